@@ -1,0 +1,288 @@
+//! The admin HTTP API on `--admin-listen`: health, Prometheus metrics, and JSON endpoints for topics
+//! and consumer groups. It calls the same `Broker` operations as the Kafka handlers.
+//!
+//! Every error is JSON (`{"error": "...", "code": "..."}`) with a fitting status; a malformed body
+//! is a 400 that says what was wrong, never a 500. Bodies are capped at [`ADMIN_BODY_BYTES_MAX`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::Encoder;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::broker::Broker;
+use crate::config::TopicConfig;
+use crate::error::BrokerError;
+use crate::groups::decode_assignment;
+
+/// Admin request bodies are small JSON documents.
+pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
+
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{name}", get(describe_topic).delete(delete_topic))
+        .route("/v1/groups", get(list_groups))
+        .route("/v1/groups/{id}", get(describe_group).delete(delete_group))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README's admin API section") })
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
+        .with_state(broker)
+}
+
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> ApiError {
+        let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::BAD_REQUEST => "invalid",
+            _ => "internal",
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message, "code": self.code }))).into_response()
+    }
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    payload.map(|Json(v)| v).map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text()))
+}
+
+async fn health(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "cluster_id": broker.cluster_id, "node_id": broker.node_id() }))
+}
+
+async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
+    refresh_state_gauges(&broker);
+    let mut text = Vec::new();
+    if let Err(error) = prometheus::TextEncoder::new().encode(&broker.metrics.registry.gather(), &mut text) {
+        return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response();
+    }
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Gauges that describe state are computed at scrape time rather than kept up to date per request.
+fn refresh_state_gauges(broker: &Broker) {
+    let metrics = &broker.metrics;
+    for topic in broker.topics() {
+        for partition in topic.partitions.read().iter() {
+            let labels = [topic.name.as_str(), &partition.index.to_string()];
+            let log = partition.log.read();
+            metrics.log_size_bytes.with_label_values(&labels).set(log.size_bytes() as i64);
+            metrics.log_end_offset.with_label_values(&labels).set(log.log_end_offset());
+        }
+    }
+    metrics.group_lag.reset();
+    let groups = group_ids(broker);
+    metrics.groups.set(groups.len() as i64);
+    for group in groups {
+        for lag in group_lag(broker, &group) {
+            metrics.group_lag.with_label_values(&[group.as_str(), lag.topic.as_str(), &lag.partition.to_string()]).set(lag.lag);
+        }
+    }
+}
+
+fn group_ids(broker: &Broker) -> Vec<String> {
+    let mut ids: Vec<String> = broker.groups.list().into_iter().map(|(g, _, _)| g).chain(broker.offsets.groups()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[derive(Serialize)]
+struct PartitionLag {
+    topic: String,
+    partition: i32,
+    committed_offset: i64,
+    high_watermark: i64,
+    lag: i64,
+    metadata: Option<String>,
+}
+
+fn group_lag(broker: &Broker, group: &str) -> Vec<PartitionLag> {
+    broker
+        .offsets
+        .group(group)
+        .into_iter()
+        .map(|((topic, partition), committed)| {
+            let high_watermark = broker.partition(&topic, partition).map(|p| p.high_watermark()).unwrap_or(-1);
+            PartitionLag {
+                lag: if high_watermark >= 0 { (high_watermark - committed.offset).max(0) } else { 0 },
+                topic,
+                partition,
+                committed_offset: committed.offset,
+                high_watermark,
+                metadata: committed.metadata,
+            }
+        })
+        .collect()
+}
+
+fn topic_summary(broker: &Broker, topic: &crate::topic::Topic) -> serde_json::Value {
+    json!({
+        "name": topic.name.as_str(),
+        "id": topic.id.to_string(),
+        "partitions": topic.partition_count(),
+        "replication_factor": 1,
+        "configs": topic.config.read().overrides,
+        "node_id": broker.node_id(),
+    })
+}
+
+async fn list_topics(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    Json(json!(broker.topics().iter().map(|t| topic_summary(&broker, t)).collect::<Vec<_>>()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopicBody {
+    name: String,
+    partitions: Option<i32>,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+    #[serde(default)]
+    replication_factor: Option<i16>,
+}
+
+async fn create_topic(State(broker): State<Arc<Broker>>, payload: Result<Json<CreateTopicBody>, JsonRejection>) -> Result<Response, ApiError> {
+    let request = body(payload)?;
+    if request.replication_factor.is_some_and(|r| r != 1) {
+        return Err(BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()).into());
+    }
+    let config = TopicConfig::from_pairs(request.configs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+    let broker_for_create = Arc::clone(&broker);
+    let created = tokio::task::spawn_blocking(move || broker_for_create.create_topic(&request.name, request.partitions, config, false))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    tracing::info!(topic = created.topic.name.as_str(), partitions = created.topic.partition_count(), "created topic (admin API)");
+    Ok((StatusCode::CREATED, Json(topic_summary(&broker, &created.topic))).into_response())
+}
+
+async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let topic = broker.topic(&name).ok_or_else(|| BrokerError::UnknownTopic(name.clone()))?;
+    let partitions: Vec<serde_json::Value> = topic
+        .partitions
+        .read()
+        .iter()
+        .map(|p| {
+            let log = p.log.read();
+            json!({
+                "partition": p.index,
+                "leader": broker.node_id(),
+                "leader_epoch": p.leader_epoch,
+                "replicas": [broker.node_id()],
+                "isr": [broker.node_id()],
+                "log_start_offset": log.log_start_offset(),
+                "high_watermark": p.high_watermark(),
+                "log_end_offset": log.log_end_offset(),
+                "size_bytes": log.size_bytes(),
+                "segments": log.segment_count(),
+            })
+        })
+        .collect();
+    let configs: Vec<serde_json::Value> = topic
+        .config
+        .read()
+        .all_effective(&broker.config)
+        .into_iter()
+        .map(|(name, value, source)| json!({ "name": name, "value": value, "source": format!("{source:?}") }))
+        .collect();
+    let mut summary = topic_summary(&broker, &topic);
+    summary["partition_details"] = json!(partitions);
+    summary["effective_configs"] = json!(configs);
+    Ok(Json(summary))
+}
+
+async fn delete_topic(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    tokio::task::spawn_blocking(move || broker.delete_topic(&name))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    let groups: Vec<serde_json::Value> = group_ids(&broker)
+        .into_iter()
+        .map(|id| {
+            let view = broker.groups.describe(&id);
+            let lag: i64 = group_lag(&broker, &id).iter().map(|l| l.lag).sum();
+            json!({
+                "group_id": id,
+                "state": view.as_ref().map_or("Empty", |v| v.state.name()),
+                "protocol_type": view.as_ref().map_or("consumer".to_string(), |v| v.protocol_type.clone()),
+                "members": view.as_ref().map_or(0, |v| v.members.len()),
+                "total_lag": lag,
+            })
+        })
+        .collect();
+    Json(json!(groups))
+}
+
+async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let view = broker.groups.describe(&id);
+    let offsets = group_lag(&broker, &id);
+    if view.is_none() && offsets.is_empty() {
+        return Err(BrokerError::UnknownGroup(id).into());
+    }
+    let members: Vec<serde_json::Value> = view
+        .as_ref()
+        .map(|v| {
+            v.members
+                .iter()
+                .map(|m| {
+                    let assignment: Vec<serde_json::Value> = decode_assignment(&m.assignment).into_iter().map(|(t, ps)| json!({ "topic": t, "partitions": ps })).collect();
+                    json!({ "member_id": m.member_id, "client_id": m.client_id, "host": m.client_host, "group_instance_id": m.group_instance_id, "assignment": assignment })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let total_lag: i64 = offsets.iter().map(|l| l.lag).sum();
+    Ok(Json(json!({
+        "group_id": id,
+        "state": view.as_ref().map_or("Empty", |v| v.state.name()),
+        "generation": view.as_ref().map_or(-1, |v| v.generation),
+        "protocol_type": view.as_ref().map_or(String::new(), |v| v.protocol_type.clone()),
+        "protocol": view.as_ref().map_or(String::new(), |v| v.protocol_name.clone()),
+        "members": members,
+        "offsets": offsets,
+        "total_lag": total_lag,
+    })))
+}
+
+async fn delete_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let has_offsets = !broker.offsets.group(&id).is_empty();
+    match broker.groups.remove_if_empty(&id) {
+        Err(_) => return Err(BrokerError::NonEmptyGroup(id).into()),
+        Ok(false) if !has_offsets => return Err(BrokerError::UnknownGroup(id).into()),
+        Ok(_) => {}
+    }
+    tokio::task::spawn_blocking(move || broker.offsets.delete_group(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}

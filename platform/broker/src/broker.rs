@@ -1,0 +1,332 @@
+//! The broker's shared state and the control-plane operations on it: opening the data directory,
+//! creating, altering and deleting topics, and allocating producer ids. Kafka handlers and the admin
+//! API both call these, so a topic created over HTTP and one created by CreateTopics follow one path.
+//!
+//! Control-plane changes are serialised by `control` (a blocking mutex held only around file work,
+//! never across an `.await`); the data plane reads the topic map concurrently without it.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use sluice_storage::PartitionLog;
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, TopicConfig};
+use crate::error::BrokerError;
+use crate::groups::GroupCoordinator;
+use crate::metastore::{MetaStore, TopicDefinition};
+use crate::metrics::Metrics;
+use crate::offsets::OffsetStore;
+use crate::topic::{FlushPolicy, Partition, Topic, TopicName};
+use crate::now_ms;
+
+/// Producer ids are reserved on disk in blocks, so an InitProducerId costs an fsync only once per block.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub data_dir: PathBuf,
+    pub cluster_id: String,
+    topics: DashMap<String, Arc<Topic>>,
+    meta: MetaStore,
+    /// Serialises topic creation, deletion and reconfiguration.
+    control: Mutex<()>,
+    pub metrics: Metrics,
+    pub groups: Arc<GroupCoordinator>,
+    pub offsets: OffsetStore,
+    producer_ids: Mutex<(i64, i64)>,
+    /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
+    _dir_lock: fs::File,
+}
+
+/// Result of CreateTopics / POST /v1/topics for one topic.
+pub struct CreatedTopic {
+    pub topic: Arc<Topic>,
+}
+
+impl Broker {
+    /// Opens (or initialises) the data directory and recovers every partition.
+    pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Arc<Broker>, String> {
+        fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+        let lock_path = data_dir.join(".lock");
+        let dir_lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        dir_lock.try_lock().map_err(|_| {
+            format!("data directory {} is in use by another sluice process (lock held on {})", data_dir.display(), lock_path.display())
+        })?;
+        let meta = MetaStore::open(data_dir)?;
+        let cluster = meta.cluster_meta()?;
+        let metrics = Metrics::new();
+        let now = now_ms();
+        let topics = DashMap::new();
+        let definitions = meta.load_topics()?;
+        let started = std::time::Instant::now();
+        let mut partition_count = 0usize;
+        for definition in &definitions {
+            let topic = open_topic(&config, data_dir, definition, &metrics, now)?;
+            partition_count += topic.partition_count() as usize;
+            topics.insert(definition.name.clone(), topic);
+        }
+        remove_orphan_partitions(data_dir, &definitions);
+        let offsets = OffsetStore::open(data_dir, now)?;
+        tracing::info!(
+            topics = definitions.len(),
+            partitions = partition_count,
+            committed_offsets = offsets.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered data directory {}",
+            data_dir.display()
+        );
+        let groups = Arc::new(GroupCoordinator::new(&config));
+        Ok(Arc::new(Broker {
+            config,
+            data_dir: data_dir.to_path_buf(),
+            cluster_id: cluster.cluster_id,
+            topics,
+            meta,
+            control: Mutex::new(()),
+            metrics,
+            groups,
+            offsets,
+            producer_ids: Mutex::new((0, 0)),
+            _dir_lock: dir_lock,
+        }))
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.get(name).map(|t| Arc::clone(t.value()))
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
+        let topic_ref = self.topic(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        topic_ref.partition(index).ok_or(BrokerError::UnknownPartition { topic: topic.to_string(), partition: index })
+    }
+
+    /// All topics, sorted by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.topics.iter().map(|t| Arc::clone(t.value())).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// Finds a topic, creating it with the broker's defaults when auto-creation is on.
+    pub fn topic_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        if let Some(topic) = self.topic(name) {
+            return Ok(topic);
+        }
+        if !self.config.auto_create_topics() {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        }
+        match self.create_topic(name, None, TopicConfig::default(), false) {
+            Ok(created) => {
+                tracing::info!(topic = name, partitions = created.topic.partition_count(), "auto-created topic");
+                Ok(created.topic)
+            }
+            // Another request created it between our look-up and our create.
+            Err(BrokerError::TopicExists(_)) => self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string())),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Creates a topic. Blocking file I/O: call from a blocking context.
+    pub fn create_topic(&self, name: &str, partitions: Option<i32>, config: TopicConfig, validate_only: bool) -> Result<CreatedTopic, BrokerError> {
+        let name = TopicName::parse(name)?;
+        let partitions = partitions.unwrap_or_else(|| self.config.num_partitions());
+        let max = self.config.partitions_per_topic_max();
+        if partitions < 1 || partitions > max {
+            return Err(BrokerError::InvalidPartitions(format!("{partitions} is outside 1..={max} (max.partitions.per.topic)")));
+        }
+        let _control = self.control.lock();
+        if self.topics.contains_key(name.as_str()) {
+            return Err(BrokerError::TopicExists(name.as_str().to_string()));
+        }
+        if self.topics.len() >= self.config.topics_max() {
+            return Err(BrokerError::PolicyViolation(format!("the broker already holds max.topics = {} topics", self.config.topics_max())));
+        }
+        // Kafka's rule: names that differ only in '.' vs '_' collide in metric names.
+        let canonical = name.as_str().replace('.', "_");
+        if let Some(clash) = self.topics.iter().find(|t| t.key().replace('.', "_") == canonical) {
+            return Err(BrokerError::InvalidTopic(format!("'{}' collides with existing topic '{}' ('.' and '_' are interchangeable in metric names)", name.as_str(), clash.key())));
+        }
+        let definition = TopicDefinition { name: name.as_str().to_string(), id: Uuid::new_v4(), partitions, config };
+        let topic = Arc::new(Topic {
+            name: name.clone(),
+            id: definition.id,
+            config: parking_lot::RwLock::new(definition.config.clone()),
+            partitions: parking_lot::RwLock::new(Vec::new()),
+            metrics: self.metrics.topic(name.as_str()),
+        });
+        if validate_only {
+            return Ok(CreatedTopic { topic });
+        }
+        // Partition directories first, definition last: a crash in between leaves orphans that the
+        // next start removes, never a definition pointing at missing partitions.
+        let opened = open_partitions(&self.config, &self.data_dir, &topic, 0..partitions, now_ms()).map_err(BrokerError::Storage)?;
+        topic.partitions.write().extend(opened);
+        self.meta.save_topic(&definition).map_err(BrokerError::Storage)?;
+        self.topics.insert(definition.name.clone(), Arc::clone(&topic));
+        Ok(CreatedTopic { topic })
+    }
+
+    /// Deletes a topic and its data. Blocking file I/O.
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let _control = self.control.lock();
+        let Some((_, topic)) = self.topics.remove(name) else {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        };
+        self.meta.remove_topic(name).map_err(BrokerError::Storage)?;
+        let partitions = topic.partitions.read().clone();
+        for partition in &partitions {
+            if let Err(error) = partition.log.write().delete() {
+                tracing::warn!(topic = name, partition = partition.index, %error, "could not remove partition directory; it will be removed at the next start");
+            }
+        }
+        self.metrics.forget_topic(name, partitions.len() as i32);
+        self.offsets.forget_topic(name);
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions. Blocking file I/O.
+    pub fn add_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<(), BrokerError> {
+        let _control = self.control.lock();
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let current = topic.partition_count();
+        let max = self.config.partitions_per_topic_max();
+        if total <= current {
+            return Err(BrokerError::InvalidPartitions(format!("topic '{name}' has {current} partitions; the new count must be larger (partitions cannot be removed)")));
+        }
+        if total > max {
+            return Err(BrokerError::InvalidPartitions(format!("{total} exceeds max.partitions.per.topic = {max}")));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let opened = open_partitions(&self.config, &self.data_dir, &topic, current..total, now_ms()).map_err(BrokerError::Storage)?;
+        topic.partitions.write().extend(opened);
+        self.save_definition(&topic)?;
+        Ok(())
+    }
+
+    /// Replaces a topic's overrides with `config` (already validated). Blocking file I/O.
+    pub fn set_topic_config(&self, name: &str, config: TopicConfig, validate_only: bool) -> Result<(), BrokerError> {
+        let _control = self.control.lock();
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        let log_config = config.log_config(&self.config);
+        let policy = FlushPolicy::from_flush_messages(config.flush_messages(&self.config));
+        *topic.config.write() = config;
+        self.save_definition(&topic)?;
+        for partition in topic.partitions.read().iter() {
+            partition.log.write().set_config(log_config.clone());
+            partition.set_policy(policy);
+        }
+        Ok(())
+    }
+
+    fn save_definition(&self, topic: &Topic) -> Result<(), BrokerError> {
+        let definition = TopicDefinition {
+            name: topic.name.as_str().to_string(),
+            id: topic.id,
+            partitions: topic.partition_count(),
+            config: topic.config.read().clone(),
+        };
+        self.meta.save_topic(&definition).map_err(BrokerError::Storage)
+    }
+
+    /// A producer id never handed out before, across restarts. Blocking file I/O once per block.
+    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        let mut ids = self.producer_ids.lock();
+        if ids.0 >= ids.1 {
+            let first = self.meta.reserve_producer_ids(PRODUCER_ID_BLOCK).map_err(BrokerError::Storage)?;
+            *ids = (first, first + PRODUCER_ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Clean shutdown: flush and close every log so the next start skips full recovery.
+    pub fn close(&self) {
+        let started = std::time::Instant::now();
+        let mut closed = 0usize;
+        for topic in self.topics() {
+            for partition in topic.partitions.read().iter() {
+                if let Err(error) = partition.log.write().close() {
+                    tracing::error!(topic = topic.name.as_str(), partition = partition.index, %error, "close failed; the next start will run recovery");
+                }
+                closed += 1;
+            }
+        }
+        self.offsets.close();
+        tracing::info!(partitions = closed, elapsed_ms = started.elapsed().as_millis() as u64, "closed all logs");
+    }
+}
+
+pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{index}"))
+}
+
+fn open_topic(config: &BrokerConfig, data_dir: &Path, definition: &TopicDefinition, metrics: &Metrics, now: i64) -> Result<Arc<Topic>, String> {
+    let name = TopicName::parse(&definition.name).map_err(|e| format!("stored topic definition: {e}"))?;
+    let topic = Arc::new(Topic {
+        name: name.clone(),
+        id: definition.id,
+        config: parking_lot::RwLock::new(definition.config.clone()),
+        partitions: parking_lot::RwLock::new(Vec::new()),
+        metrics: metrics.topic(&definition.name),
+    });
+    let opened = open_partitions(config, data_dir, &topic, 0..definition.partitions, now)?;
+    topic.partitions.write().extend(opened);
+    Ok(topic)
+}
+
+fn open_partitions(config: &BrokerConfig, data_dir: &Path, topic: &Arc<Topic>, range: std::ops::Range<i32>, now: i64) -> Result<Vec<Arc<Partition>>, String> {
+    let topic_config = topic.config.read().clone();
+    let log_config = topic_config.log_config(config);
+    let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
+    range
+        .map(|index| {
+            let dir = partition_dir(data_dir, topic.name.as_str(), index);
+            let log = PartitionLog::open(&dir, log_config.clone(), now).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            Ok(Partition::new(topic.name.clone(), index, dir, log, policy, now))
+        })
+        .collect()
+}
+
+/// Removes `<topic>-<n>` directories that no topic definition claims: the remains of a deletion
+/// that a crash interrupted.
+fn remove_orphan_partitions(data_dir: &Path, definitions: &[TopicDefinition]) {
+    let claimed: HashSet<String> = definitions
+        .iter()
+        .flat_map(|d| (0..d.partitions).map(move |p| format!("{}-{p}", d.name)))
+        .chain(std::iter::once(crate::offsets::OFFSETS_DIR_NAME.to_string()))
+        .collect();
+    let Ok(entries) = fs::read_dir(data_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let looks_like_partition = name
+            .rsplit_once('-')
+            .is_some_and(|(topic, p)| !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if looks_like_partition && entry.path().is_dir() && !claimed.contains(&name) {
+            tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
+            if let Err(error) = fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), %error, "could not remove orphan partition directory");
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Broker and topic configuration, by Kafka's names.
+//!
+//! Settings arrive as strings (a TOML file, then `--set name=value` on the command line, later ones
+//! winning) and are parsed here, once, into typed values. Every name is checked against the tables
+//! below: an unknown name is an error that names it and suggests the closest known one, because a
+//! silently ignored typo (`log.retention.hour`) is how data disappears in production.
+//!
+//! Topic-level settings (`retention.ms`, ...) have broker-level defaults (`log.retention.ms`, ...);
+//! [`TopicConfig`] resolves a topic's overrides against those defaults into a storage `LogConfig`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sluice_storage::{LogConfig, TimestampType};
+
+/// How a broker setting is parsed and what it means; the `doc` shows up in errors and DescribeConfigs.
+pub struct SettingSpec {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub doc: &'static str,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A signed integer within inclusive bounds.
+    Int { min: i64, max: i64 },
+    Bool,
+    /// One of a fixed set of values.
+    Choice(&'static [&'static str]),
+    /// A comma-separated list of choices (cleanup.policy).
+    ChoiceList(&'static [&'static str]),
+    Text,
+}
+
+const DAY_MS: &str = "604800000";
+
+/// Bounds shared by several settings.
+const SEGMENT_BYTES_MIN: i64 = 14;
+const SEGMENT_BYTES_MAX: i64 = sluice_storage::SEGMENT_BYTES_MAX as i64;
+const REQUEST_BYTES_LIMIT: i64 = 1 << 30;
+
+/// Broker settings, by Kafka's names. Settings whose topic-level twin exists are listed in
+/// [`TOPIC_SETTINGS`] with the broker name they default from.
+pub const BROKER_SETTINGS: &[SettingSpec] = &[
+    SettingSpec { name: "node.id", default: "1", doc: "This broker's id in Metadata responses.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
+    SettingSpec { name: "broker.id", default: "1", doc: "Alias of node.id.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
+    SettingSpec { name: "num.partitions", default: "1", doc: "Partitions of topics created without a count (auto-created or CreateTopics with -1).", kind: Kind::Int { min: 1, max: 10_000 } },
+    SettingSpec { name: "default.replication.factor", default: "1", doc: "Replication factor of new topics; a single node holds one replica.", kind: Kind::Int { min: 1, max: 1 } },
+    SettingSpec { name: "auto.create.topics.enable", default: "true", doc: "Create a topic when a client asks for its metadata.", kind: Kind::Bool },
+    SettingSpec { name: "advertised.listeners", default: "", doc: "PLAINTEXT://host:port clients should connect to; empty = the address each client connected to.", kind: Kind::Text },
+    SettingSpec { name: "log.segment.bytes", default: "1073741824", doc: "Default segment.bytes.", kind: Kind::Int { min: SEGMENT_BYTES_MIN, max: SEGMENT_BYTES_MAX } },
+    SettingSpec { name: "log.roll.ms", default: DAY_MS, doc: "Default segment.ms.", kind: Kind::Int { min: 1, max: i64::MAX } },
+    SettingSpec { name: "log.retention.ms", default: DAY_MS, doc: "Default retention.ms; -1 keeps data forever.", kind: Kind::Int { min: -1, max: i64::MAX } },
+    SettingSpec { name: "log.retention.bytes", default: "-1", doc: "Default retention.bytes per partition; -1 means unlimited.", kind: Kind::Int { min: -1, max: i64::MAX } },
+    SettingSpec { name: "log.retention.check.interval.ms", default: "300000", doc: "How often retention runs.", kind: Kind::Int { min: 1, max: i64::MAX } },
+    SettingSpec { name: "log.cleanup.policy", default: "delete", doc: "Default cleanup.policy.", kind: Kind::ChoiceList(&["delete", "compact"]) },
+    SettingSpec { name: "log.index.interval.bytes", default: "4096", doc: "Default index.interval.bytes.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
+    SettingSpec { name: "log.message.timestamp.type", default: "CreateTime", doc: "Default message.timestamp.type.", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]) },
+    SettingSpec { name: "message.max.bytes", default: "1048588", doc: "Default max.message.bytes (largest record batch).", kind: Kind::Int { min: 0, max: REQUEST_BYTES_LIMIT } },
+    SettingSpec { name: "log.flush.interval.messages", default: "9223372036854775807", doc: "1 = fsync before acknowledging (group commit); N > 1 = fsync in the background every N messages; the default relies on the page cache like Kafka.", kind: Kind::Int { min: 1, max: i64::MAX } },
+    SettingSpec { name: "log.flush.interval.ms", default: "-1", doc: "fsync dirty partitions in the background at least this often; -1 = never on a timer.", kind: Kind::Int { min: -1, max: i64::MAX } },
+    SettingSpec { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame accepted; larger frames close the connection.", kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT } },
+    SettingSpec { name: "max.connections", default: "10000", doc: "Client connections accepted at once; further connections wait.", kind: Kind::Int { min: 1, max: 1_000_000 } },
+    SettingSpec { name: "queued.max.requests", default: "500", doc: "Requests read ahead per connection before the broker stops reading it.", kind: Kind::Int { min: 1, max: 100_000 } },
+    SettingSpec { name: "connections.max.idle.ms", default: "600000", doc: "Close connections idle this long.", kind: Kind::Int { min: 1, max: i64::MAX } },
+    SettingSpec { name: "fetch.max.bytes", default: "57671680", doc: "Largest Fetch response, whatever the client asks for.", kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT } },
+    SettingSpec { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "How long the first rebalance of an empty group waits for more members.", kind: Kind::Int { min: 0, max: 600_000 } },
+    SettingSpec { name: "group.min.session.timeout.ms", default: "6000", doc: "Smallest session.timeout.ms a consumer may ask for.", kind: Kind::Int { min: 1, max: i32::MAX as i64 } },
+    SettingSpec { name: "group.max.session.timeout.ms", default: "1800000", doc: "Largest session.timeout.ms a consumer may ask for.", kind: Kind::Int { min: 1, max: i32::MAX as i64 } },
+    SettingSpec { name: "group.max.size", default: "1000", doc: "Members one consumer group may have.", kind: Kind::Int { min: 1, max: 1_000_000 } },
+    SettingSpec { name: "max.topics", default: "10000", doc: "Topics this broker will hold (a bound on metadata memory).", kind: Kind::Int { min: 1, max: 1_000_000 } },
+    SettingSpec { name: "max.partitions.per.topic", default: "10000", doc: "Partitions one topic may have.", kind: Kind::Int { min: 1, max: 100_000 } },
+];
+
+/// Topic settings: (topic name, broker setting it defaults from). A topic setting without a broker
+/// twin defaults to the value in the second table.
+pub const TOPIC_SETTINGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("retention.ms", "log.retention.ms"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("flush.messages", "log.flush.interval.messages"),
+    ("flush.ms", "log.flush.interval.ms"),
+];
+
+/// Topic settings that exist in Kafka and that clients set routinely but that change nothing on a
+/// single node (replication) or whose broker-side behaviour we document as not implemented yet. They
+/// are accepted so that tools which set them work, and DescribeConfigs reports them.
+pub const TOPIC_SETTINGS_ACCEPTED: &[(&str, &str)] = &[
+    ("min.insync.replicas", "1"),
+    ("unclean.leader.election.enable", "false"),
+    ("compression.type", "producer"),
+    ("delete.retention.ms", "86400000"),
+    ("min.compaction.lag.ms", "0"),
+    ("preallocate", "false"),
+];
+
+fn spec(name: &str) -> Option<&'static SettingSpec> {
+    BROKER_SETTINGS.iter().find(|s| s.name == name)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub name: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigError> {
+    let fail = |message: String| Err(ConfigError { name: name.to_string(), message });
+    match spec_kind {
+        Kind::Int { min, max } => match value.trim().parse::<i64>() {
+            Ok(v) if v >= min && v <= max => Ok(()),
+            Ok(v) => fail(format!("{v} is out of range [{min}, {max}]")),
+            Err(_) => fail(format!("'{value}' is not an integer")),
+        },
+        Kind::Bool => match value.trim() {
+            "true" | "false" => Ok(()),
+            _ => fail(format!("'{value}' is not true or false")),
+        },
+        Kind::Choice(choices) => {
+            if choices.contains(&value.trim()) {
+                Ok(())
+            } else {
+                fail(format!("'{value}' is not one of {}", choices.join(", ")))
+            }
+        }
+        Kind::ChoiceList(choices) => {
+            for part in value.split(',') {
+                if !choices.contains(&part.trim()) {
+                    return fail(format!("'{}' is not one of {}", part.trim(), choices.join(", ")));
+                }
+            }
+            Ok(())
+        }
+        Kind::Text => Ok(()),
+    }
+}
+
+/// The closest name in `candidates` to `name`, if it is close enough to be a plausible typo.
+pub fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(row[j + 1]) };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Kafka's aliases in coarser units; normalised to the canonical name at parse time.
+fn normalise(name: &str, value: &str) -> Option<(&'static str, String)> {
+    let scaled = |canonical: &'static str, factor: i64| {
+        value.trim().parse::<i64>().ok().map(|v| (canonical, if v < 0 { v.to_string() } else { (v.saturating_mul(factor)).to_string() }))
+    };
+    match name {
+        "log.retention.hours" => scaled("log.retention.ms", 3_600_000),
+        "log.retention.minutes" => scaled("log.retention.ms", 60_000),
+        "log.roll.hours" => scaled("log.roll.ms", 3_600_000),
+        _ => None,
+    }
+}
+
+/// The broker's settings after parsing and validation.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    values: BTreeMap<&'static str, String>,
+    /// Names set explicitly (file or command line), for DescribeConfigs' config_source.
+    explicit: Vec<&'static str>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let values = BROKER_SETTINGS.iter().map(|s| (s.name, s.default.to_string())).collect();
+        BrokerConfig { values, explicit: Vec::new() }
+    }
+}
+
+impl BrokerConfig {
+    /// Applies settings in order; later ones win. Fails on the first unknown name or bad value.
+    pub fn from_settings<'a>(settings: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+        let mut config = BrokerConfig::default();
+        for (name, value) in settings {
+            config.set(name, value)?;
+        }
+        Ok(config)
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let (name, value) = match normalise(name, value) {
+            Some((canonical, v)) => (canonical, v),
+            None => (name, value.to_string()),
+        };
+        let Some(spec) = spec(name) else {
+            let known = BROKER_SETTINGS.iter().map(|s| s.name).chain(["log.retention.hours", "log.retention.minutes", "log.roll.hours"]);
+            let message = match suggest(name, known) {
+                Some(hint) => format!("unknown broker setting; did you mean '{hint}'? (`sluice server --help-config` lists them all)"),
+                None if TOPIC_SETTINGS.iter().any(|(t, _)| *t == name) => {
+                    let broker = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name).map(|(_, b)| *b).unwrap_or_default();
+                    format!("'{name}' is a topic setting; the broker-wide default is '{broker}'")
+                }
+                None => "unknown broker setting (`sluice server --help-config` lists them all)".to_string(),
+            };
+            return Err(ConfigError { name: name.to_string(), message });
+        };
+        check_value(spec.kind, name, &value)?;
+        // broker.id is Kafka's older name for node.id; keep both in step.
+        let canonical = if name == "broker.id" { "node.id" } else { spec.name };
+        self.values.insert(canonical, value.trim().to_string());
+        if !self.explicit.contains(&canonical) {
+            self.explicit.push(canonical);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    pub fn is_explicit(&self, name: &str) -> bool {
+        self.explicit.iter().any(|n| *n == name)
+    }
+
+    /// All settings, for DescribeConfigs on the broker resource.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.values.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+
+    fn int(&self, name: &str) -> i64 {
+        // Values were validated as integers when set and defaults are integers by construction.
+        self.get(name).and_then(|v| v.parse().ok()).unwrap_or_default()
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.int("node.id") as i32
+    }
+    pub fn num_partitions(&self) -> i32 {
+        self.int("num.partitions") as i32
+    }
+    pub fn auto_create_topics(&self) -> bool {
+        self.get("auto.create.topics.enable") == Some("true")
+    }
+    pub fn advertised_listener(&self) -> Option<(String, i32)> {
+        let value = self.get("advertised.listeners")?.trim();
+        let address = value.split(',').next()?.trim();
+        let address = address.split_once("://").map(|(_, a)| a).unwrap_or(address);
+        let (host, port) = address.rsplit_once(':')?;
+        Some((host.to_string(), port.parse().ok()?))
+    }
+    pub fn retention_check_interval_ms(&self) -> u64 {
+        self.int("log.retention.check.interval.ms") as u64
+    }
+    pub fn request_bytes_max(&self) -> usize {
+        self.int("socket.request.max.bytes") as usize
+    }
+    pub fn max_connections(&self) -> usize {
+        self.int("max.connections") as usize
+    }
+    pub fn queued_requests_max(&self) -> usize {
+        self.int("queued.max.requests") as usize
+    }
+    pub fn connection_idle_ms(&self) -> u64 {
+        self.int("connections.max.idle.ms") as u64
+    }
+    pub fn fetch_bytes_max(&self) -> usize {
+        self.int("fetch.max.bytes") as usize
+    }
+    pub fn group_initial_rebalance_delay_ms(&self) -> u64 {
+        self.int("group.initial.rebalance.delay.ms") as u64
+    }
+    pub fn group_session_timeout_bounds_ms(&self) -> (i32, i32) {
+        (self.int("group.min.session.timeout.ms") as i32, self.int("group.max.session.timeout.ms") as i32)
+    }
+    pub fn group_size_max(&self) -> usize {
+        self.int("group.max.size") as usize
+    }
+    pub fn topics_max(&self) -> usize {
+        self.int("max.topics") as usize
+    }
+    pub fn partitions_per_topic_max(&self) -> i32 {
+        self.int("max.partitions.per.topic") as i32
+    }
+    pub fn flush_interval_ms(&self) -> Option<u64> {
+        let v = self.int("log.flush.interval.ms");
+        (v > 0).then_some(v as u64)
+    }
+}
+
+/// Where a topic setting's effective value comes from (DescribeConfigs' config_source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Set on the topic (Kafka's DYNAMIC_TOPIC_CONFIG = 1).
+    Topic,
+    /// Set in the broker's file or command line (STATIC_BROKER_CONFIG = 4).
+    StaticBroker,
+    /// Built-in default (DEFAULT_CONFIG = 5).
+    Default,
+}
+
+impl ConfigSource {
+    pub fn kafka_code(self) -> i8 {
+        match self {
+            ConfigSource::Topic => 1,
+            ConfigSource::StaticBroker => 4,
+            ConfigSource::Default => 5,
+        }
+    }
+}
+
+/// One topic's explicit overrides. Only validated values get in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicConfig {
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// Checks one topic setting. Errors carry Kafka's INVALID_CONFIG meaning.
+pub fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError> {
+    if let Some((_, broker_name)) = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name) {
+        let broker_spec = spec(broker_name).ok_or_else(|| ConfigError { name: name.to_string(), message: "internal: no broker twin".into() })?;
+        let kind = match (name, broker_spec.kind) {
+            // Kafka lets topics say -1 (never) for these even though the broker-side minimum is 1.
+            ("segment.ms", _) => Kind::Int { min: 1, max: i64::MAX },
+            ("flush.messages", _) => Kind::Int { min: 1, max: i64::MAX },
+            (_, kind) => kind,
+        };
+        return check_value(kind, name, value);
+    }
+    if let Some((_, _)) = TOPIC_SETTINGS_ACCEPTED.iter().find(|(t, _)| *t == name) {
+        return match name {
+            "compression.type" if value.trim() != "producer" => Err(ConfigError {
+                name: name.into(),
+                message: format!("'{value}': Sluice stores batches as producers compressed them and does not recompress; use compression.type=producer and set compression on the producer"),
+            }),
+            "min.insync.replicas" => check_value(Kind::Int { min: 1, max: 1 }, name, value),
+            "unclean.leader.election.enable" | "preallocate" => check_value(Kind::Bool, name, value),
+            "delete.retention.ms" | "min.compaction.lag.ms" => check_value(Kind::Int { min: 0, max: i64::MAX }, name, value),
+            _ => Ok(()),
+        };
+    }
+    let known = TOPIC_SETTINGS.iter().map(|(t, _)| *t).chain(TOPIC_SETTINGS_ACCEPTED.iter().map(|(t, _)| *t));
+    let message = match suggest(name, known) {
+        Some(hint) => format!("unknown topic setting; did you mean '{hint}'?"),
+        None => "unknown topic setting".to_string(),
+    };
+    Err(ConfigError { name: name.to_string(), message })
+}
+
+impl TopicConfig {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+        let mut config = TopicConfig::default();
+        for (name, value) in pairs {
+            validate_topic_setting(name, value)?;
+            config.overrides.insert(name.to_string(), value.trim().to_string());
+        }
+        Ok(config)
+    }
+
+    /// The effective value of a topic setting and where it came from.
+    pub fn effective(&self, name: &str, broker: &BrokerConfig) -> Option<(String, ConfigSource)> {
+        if let Some(v) = self.overrides.get(name) {
+            return Some((v.clone(), ConfigSource::Topic));
+        }
+        if let Some((_, broker_name)) = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name) {
+            let source = if broker.is_explicit(broker_name) { ConfigSource::StaticBroker } else { ConfigSource::Default };
+            return broker.get(broker_name).map(|v| (v.to_string(), source));
+        }
+        TOPIC_SETTINGS_ACCEPTED.iter().find(|(t, _)| *t == name).map(|(_, d)| (d.to_string(), ConfigSource::Default))
+    }
+
+    /// Every topic setting with its effective value, for DescribeConfigs.
+    pub fn all_effective(&self, broker: &BrokerConfig) -> Vec<(&'static str, String, ConfigSource)> {
+        TOPIC_SETTINGS
+            .iter()
+            .map(|(t, _)| *t)
+            .chain(TOPIC_SETTINGS_ACCEPTED.iter().map(|(t, _)| *t))
+            .filter_map(|name| self.effective(name, broker).map(|(v, s)| (name, v, s)))
+            .collect()
+    }
+
+    fn int(&self, name: &str, broker: &BrokerConfig) -> i64 {
+        self.effective(name, broker).and_then(|(v, _)| v.parse().ok()).unwrap_or(-1)
+    }
+
+    /// The storage engine's view of this topic.
+    pub fn log_config(&self, broker: &BrokerConfig) -> LogConfig {
+        let positive = |v: i64| (v > 0).then_some(v as u64);
+        let policy = self.effective("cleanup.policy", broker).map(|(v, _)| v).unwrap_or_default();
+        LogConfig {
+            segment_bytes: self.int("segment.bytes", broker).max(SEGMENT_BYTES_MIN) as u64,
+            segment_ms: positive(self.int("segment.ms", broker)),
+            retention_ms: positive(self.int("retention.ms", broker)).or(if self.int("retention.ms", broker) == 0 { Some(0) } else { None }),
+            retention_bytes: (self.int("retention.bytes", broker) >= 0).then(|| self.int("retention.bytes", broker) as u64),
+            index_interval_bytes: self.int("index.interval.bytes", broker).clamp(0, i32::MAX as i64) as u32,
+            max_batch_bytes: self.int("max.message.bytes", broker).clamp(0, u32::MAX as i64) as u32,
+            timestamp_type: match self.effective("message.timestamp.type", broker).map(|(v, _)| v).as_deref() {
+                Some("LogAppendTime") => TimestampType::LogAppendTime,
+                _ => TimestampType::CreateTime,
+            },
+            delete_enabled: policy.split(',').any(|p| p.trim() == "delete"),
+        }
+    }
+
+    /// `flush.messages` for this topic: 1 means fsync before acknowledging.
+    pub fn flush_messages(&self, broker: &BrokerConfig) -> i64 {
+        self.int("flush.messages", broker)
+    }
+
+    pub fn flush_ms(&self, broker: &BrokerConfig) -> Option<u64> {
+        let v = self.int("flush.ms", broker);
+        (v > 0).then_some(v as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_setting_suggests_the_closest_name() {
+        let error = BrokerConfig::from_settings([("log.retention.hour", "5")]).unwrap_err();
+        assert_eq!(error.name, "log.retention.hour");
+        assert!(error.message.contains("log.retention.hours"), "{error}");
+    }
+
+    #[test]
+    fn topic_setting_at_broker_level_points_to_the_broker_name() {
+        let error = BrokerConfig::from_settings([("retention.ms", "5")]).unwrap_err();
+        assert!(error.message.contains("log.retention.ms"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_reason() {
+        assert!(BrokerConfig::from_settings([("num.partitions", "abc")]).unwrap_err().message.contains("not an integer"));
+        assert!(BrokerConfig::from_settings([("num.partitions", "0")]).unwrap_err().message.contains("out of range"));
+        assert!(BrokerConfig::from_settings([("auto.create.topics.enable", "yes")]).is_err());
+    }
+
+    #[test]
+    fn hours_alias_normalises_to_ms() {
+        let config = BrokerConfig::from_settings([("log.retention.hours", "2")]).unwrap();
+        assert_eq!(config.get("log.retention.ms"), Some("7200000"));
+    }
+
+    #[test]
+    fn topic_overrides_resolve_against_broker_defaults() {
+        let broker = BrokerConfig::from_settings([("log.segment.bytes", "1048576")]).unwrap();
+        let topic = TopicConfig::from_pairs([("retention.ms", "1000"), ("cleanup.policy", "compact")]).unwrap();
+        let log = topic.log_config(&broker);
+        assert_eq!(log.segment_bytes, 1_048_576);
+        assert_eq!(log.retention_ms, Some(1000));
+        assert!(!log.delete_enabled);
+        assert_eq!(topic.effective("segment.bytes", &broker).unwrap().1, ConfigSource::StaticBroker);
+        assert_eq!(topic.effective("retention.ms", &broker).unwrap().1, ConfigSource::Topic);
+        assert_eq!(topic.effective("max.message.bytes", &broker).unwrap().1, ConfigSource::Default);
+    }
+
+    #[test]
+    fn topic_settings_are_validated() {
+        assert!(TopicConfig::from_pairs([("retention.ms", "soon")]).is_err());
+        assert!(TopicConfig::from_pairs([("retention.mss", "1")]).unwrap_err().message.contains("retention.ms"));
+        assert!(TopicConfig::from_pairs([("compression.type", "zstd")]).is_err());
+        assert!(TopicConfig::from_pairs([("cleanup.policy", "delete,compact")]).is_ok());
+    }
+}

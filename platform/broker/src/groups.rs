@@ -1,0 +1,673 @@
+//! The classic consumer-group coordinator: membership, rebalances and liveness for JoinGroup,
+//! SyncGroup, Heartbeat and LeaveGroup.
+//!
+//! Each group is a small state machine guarded by its own mutex:
+//!
+//! ```text
+//! Empty --join--> PreparingRebalance --all joined / deadline--> CompletingRebalance --leader syncs--> Stable
+//!   ^                  ^                                              |                              |
+//!   +--last member-----+-------------- join, leave, session expiry ---+------------------------------+
+//! ```
+//!
+//! Requests that must wait (a join until the rebalance completes, a follower's sync until the leader
+//! sends the assignment) park a oneshot sender in the member and await the receiver *after* releasing
+//! the lock; the lock is never held across an `.await`. Timers (the initial-join delay, the rebalance
+//! deadline) are tasks that re-check the group under its lock and give up if a newer rebalance has
+//! started (`rebalance_id`). A sweeper removes members whose session expired.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription, JoinGroupResponse, SyncGroupResponse};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::config::BrokerConfig;
+
+/// Group ids and member ids longer than this are refused before they are stored.
+pub const GROUP_ID_BYTES_MAX: usize = 1024;
+/// Protocols one member may offer in a JoinGroup.
+pub const MEMBER_PROTOCOLS_MAX: usize = 32;
+/// Bytes of subscription metadata per protocol, and of one member's assignment.
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1024 * 1024;
+/// How often the sweeper looks for expired sessions.
+const SESSION_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+struct Member {
+    group_instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    last_heartbeat: Instant,
+    join_waiter: Option<oneshot::Sender<JoinGroupResponse>>,
+    sync_waiter: Option<oneshot::Sender<Result<Bytes, ResponseError>>>,
+}
+
+impl Member {
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols.iter().find(|(n, _)| n == protocol).map(|(_, m)| m.clone()).unwrap_or_default()
+    }
+}
+
+struct Group {
+    state: GroupState,
+    generation: i32,
+    protocol_type: Option<String>,
+    protocol_name: Option<String>,
+    leader: Option<String>,
+    /// Ordered by member id so the leader choice and member lists are deterministic.
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED that have not joined yet, with when.
+    pending: BTreeMap<String, Instant>,
+    rebalance_id: u64,
+    /// The first rebalance of an empty group waits this long for more members to arrive.
+    join_delay_until: Option<Instant>,
+    rebalance_deadline: Instant,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol_name: None,
+            leader: None,
+            members: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            rebalance_id: 0,
+            join_delay_until: None,
+            rebalance_deadline: Instant::now(),
+        }
+    }
+}
+
+/// What a JoinGroup asks for, parsed out of any request version.
+pub struct JoinRequest {
+    pub group_id: String,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a member without an id is told to come back with the one we assign.
+    pub require_known_member_id: bool,
+}
+
+/// A member as DescribeGroups and the admin API show it.
+pub struct MemberView {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub metadata: Bytes,
+    pub assignment: Bytes,
+}
+
+pub struct GroupView {
+    pub group_id: String,
+    pub state: GroupState,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol_name: String,
+    pub members: Vec<MemberView>,
+}
+
+pub struct GroupCoordinator {
+    groups: DashMap<String, Arc<Mutex<Group>>>,
+    initial_delay: Duration,
+    session_bounds_ms: (i32, i32),
+    group_size_max: usize,
+}
+
+fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
+    JoinGroupResponse::default().with_error_code(error.code()).with_member_id(StrBytes::from_string(member_id.to_string())).with_generation_id(-1)
+}
+
+impl GroupCoordinator {
+    pub fn new(config: &BrokerConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            groups: DashMap::new(),
+            initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms()),
+            session_bounds_ms: config.group_session_timeout_bounds_ms(),
+            group_size_max: config.group_size_max(),
+        }
+    }
+
+    fn group(&self, group_id: &str) -> Option<Arc<Mutex<Group>>> {
+        self.groups.get(group_id).map(|g| Arc::clone(g.value()))
+    }
+
+    fn group_or_create(&self, group_id: &str) -> Arc<Mutex<Group>> {
+        Arc::clone(self.groups.entry(group_id.to_string()).or_insert_with(|| Arc::new(Mutex::new(Group::new()))).value())
+    }
+
+    pub async fn join(self: &Arc<Self>, request: JoinRequest) -> JoinGroupResponse {
+        let (min, max) = self.session_bounds_ms;
+        if request.group_id.is_empty() || request.group_id.len() > GROUP_ID_BYTES_MAX || request.member_id.len() > GROUP_ID_BYTES_MAX {
+            return join_error(ResponseError::InvalidGroupId, &request.member_id);
+        }
+        if request.session_timeout_ms < min || request.session_timeout_ms > max {
+            return join_error(ResponseError::InvalidSessionTimeout, &request.member_id);
+        }
+        if request.protocol_type.is_empty() || request.protocols.is_empty() || request.protocols.len() > MEMBER_PROTOCOLS_MAX {
+            return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+        }
+        if request.protocols.iter().any(|(_, m)| m.len() > MEMBER_METADATA_BYTES_MAX) {
+            return join_error(ResponseError::InvalidRequest, &request.member_id);
+        }
+        let group_arc = self.group_or_create(&request.group_id);
+        let receiver = {
+            let mut group = group_arc.lock();
+            let now = Instant::now();
+            if group.state != GroupState::Empty {
+                let same_type = group.protocol_type.as_deref() == Some(request.protocol_type.as_str());
+                let shares_protocol = request.protocols.iter().any(|(name, _)| group.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+                if !same_type || !shares_protocol {
+                    return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
+                }
+            }
+            let mut member_id = request.member_id.clone();
+            if member_id.is_empty() {
+                member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+                if group.members.len() + group.pending.len() >= self.group_size_max {
+                    return join_error(ResponseError::GroupMaxSizeReached, "");
+                }
+                if request.require_known_member_id {
+                    group.pending.insert(member_id.clone(), now);
+                    return join_error(ResponseError::MemberIdRequired, &member_id);
+                }
+            } else if !group.members.contains_key(&member_id) && group.pending.remove(&member_id).is_none() {
+                return join_error(ResponseError::UnknownMemberId, &member_id);
+            }
+            if !group.members.contains_key(&member_id) && group.members.len() >= self.group_size_max {
+                return join_error(ResponseError::GroupMaxSizeReached, &member_id);
+            }
+            let (sender, receiver) = oneshot::channel();
+            let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
+                group_instance_id: request.group_instance_id.clone(),
+                client_id: request.client_id.clone(),
+                client_host: request.client_host.clone(),
+                session_timeout: Duration::ZERO,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                last_heartbeat: now,
+                join_waiter: None,
+                sync_waiter: None,
+            });
+            member.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
+            // Clients older than JoinGroup v1 have no rebalance timeout; Kafka uses the session timeout.
+            member.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(request.session_timeout_ms) as u64);
+            member.protocols = request.protocols;
+            member.last_heartbeat = now;
+            if let Some(previous) = member.join_waiter.replace(sender) {
+                // The same member joined twice before the rebalance finished; only the newest
+                // request gets the answer, the older one is told to rejoin.
+                let _ = previous.send(join_error(ResponseError::RebalanceInProgress, &member_id));
+            }
+            group.protocol_type = Some(request.protocol_type);
+            match group.state {
+                GroupState::PreparingRebalance => {
+                    if let Some(until) = group.join_delay_until {
+                        // A newcomer during the initial delay extends it, within the rebalance deadline.
+                        group.join_delay_until = Some((now + self.initial_delay).min(group.rebalance_deadline).max(until));
+                    }
+                }
+                _ => self.prepare_rebalance(&group_arc, &mut group, &request.group_id),
+            }
+            self.try_complete_join(&mut group);
+            receiver
+        };
+        receiver.await.unwrap_or_else(|_| join_error(ResponseError::RebalanceInProgress, &request.member_id))
+    }
+
+    /// Starts a rebalance: every member must rejoin before the deadline.
+    fn prepare_rebalance(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group: &mut Group, group_id: &str) {
+        let now = Instant::now();
+        let was_empty = group.state == GroupState::Empty;
+        group.state = GroupState::PreparingRebalance;
+        group.rebalance_id += 1;
+        // Followers waiting for an assignment of the old generation will not get one.
+        for member in group.members.values_mut() {
+            if let Some(waiter) = member.sync_waiter.take() {
+                let _ = waiter.send(Err(ResponseError::RebalanceInProgress));
+            }
+        }
+        let rebalance_timeout = group.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(60));
+        group.rebalance_deadline = now + rebalance_timeout;
+        group.join_delay_until = (was_empty && !self.initial_delay.is_zero()).then(|| (now + self.initial_delay).min(group.rebalance_deadline));
+        tracing::debug!(group = group_id, generation = group.generation, "preparing rebalance");
+        let coordinator = Arc::clone(self);
+        let group_arc = Arc::clone(group_arc);
+        let rebalance_id = group.rebalance_id;
+        let group_id = group_id.to_string();
+        tokio::spawn(async move { coordinator.rebalance_timer(group_arc, rebalance_id, group_id).await });
+    }
+
+    async fn rebalance_timer(self: Arc<Self>, group_arc: Arc<Mutex<Group>>, rebalance_id: u64, group_id: String) {
+        loop {
+            let wake_at = {
+                let group = group_arc.lock();
+                if group.rebalance_id != rebalance_id || group.state != GroupState::PreparingRebalance {
+                    return;
+                }
+                group.join_delay_until.map_or(group.rebalance_deadline, |d| d.min(group.rebalance_deadline))
+            };
+            tokio::time::sleep_until(wake_at.into()).await;
+            let mut group = group_arc.lock();
+            if group.rebalance_id != rebalance_id || group.state != GroupState::PreparingRebalance {
+                return;
+            }
+            let now = Instant::now();
+            if group.join_delay_until.is_some_and(|d| now >= d) {
+                group.join_delay_until = None;
+            }
+            if now >= group.rebalance_deadline {
+                // Members that did not rejoin in time are out.
+                let missing: Vec<String> = group.members.iter().filter(|(_, m)| m.join_waiter.is_none()).map(|(id, _)| id.clone()).collect();
+                for id in &missing {
+                    tracing::info!(group = group_id, member = id, "member did not rejoin before the rebalance deadline; removing it");
+                    group.members.remove(id);
+                }
+                group.join_delay_until = None;
+                if group.members.is_empty() {
+                    group.state = GroupState::Empty;
+                    group.generation += 1;
+                    group.leader = None;
+                    return;
+                }
+            }
+            if self.try_complete_join(&mut group) {
+                return;
+            }
+        }
+    }
+
+    /// Completes the join phase when every member has rejoined and no initial delay is running.
+    fn try_complete_join(&self, group: &mut Group) -> bool {
+        if group.state != GroupState::PreparingRebalance || group.join_delay_until.is_some() {
+            return false;
+        }
+        if group.members.is_empty() || group.members.values().any(|m| m.join_waiter.is_none()) {
+            return false;
+        }
+        group.generation += 1;
+        group.state = GroupState::CompletingRebalance;
+        let protocol = select_protocol(&group.members);
+        group.protocol_name = Some(protocol.clone());
+        if group.leader.as_ref().is_none_or(|l| !group.members.contains_key(l)) {
+            group.leader = group.members.keys().next().cloned();
+        }
+        let leader = group.leader.clone().unwrap_or_default();
+        let all_members: Vec<JoinGroupResponseMember> = group
+            .members
+            .iter()
+            .map(|(id, m)| {
+                JoinGroupResponseMember::default()
+                    .with_member_id(StrBytes::from_string(id.clone()))
+                    .with_group_instance_id(m.group_instance_id.clone().map(StrBytes::from_string))
+                    .with_metadata(m.metadata_for(&protocol))
+            })
+            .collect();
+        let generation = group.generation;
+        let protocol_type = group.protocol_type.clone().unwrap_or_default();
+        let now = Instant::now();
+        for (id, member) in group.members.iter_mut() {
+            member.last_heartbeat = now;
+            member.assignment = Bytes::new();
+            if let Some(waiter) = member.join_waiter.take() {
+                let response = JoinGroupResponse::default()
+                    .with_generation_id(generation)
+                    .with_protocol_type(Some(StrBytes::from_string(protocol_type.clone())))
+                    .with_protocol_name(Some(StrBytes::from_string(protocol.clone())))
+                    .with_leader(StrBytes::from_string(leader.clone()))
+                    .with_member_id(StrBytes::from_string(id.clone()))
+                    .with_members(if *id == leader { all_members.clone() } else { Vec::new() });
+                let _ = waiter.send(response);
+            }
+        }
+        tracing::info!(generation, members = group.members.len(), protocol, "rebalance: join phase complete");
+        true
+    }
+
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        protocol_type: Option<&str>,
+        protocol_name: Option<&str>,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncGroupResponse {
+        let error = |e: ResponseError| SyncGroupResponse::default().with_error_code(e.code());
+        let Some(group_arc) = self.group(group_id) else {
+            return error(ResponseError::UnknownMemberId);
+        };
+        if assignments.iter().any(|(_, a)| a.len() > MEMBER_METADATA_BYTES_MAX) {
+            return error(ResponseError::InvalidRequest);
+        }
+        let receiver = {
+            let mut group = group_arc.lock();
+            if !group.members.contains_key(member_id) {
+                return error(ResponseError::UnknownMemberId);
+            }
+            if generation != group.generation {
+                return error(ResponseError::IllegalGeneration);
+            }
+            if protocol_type.is_some_and(|t| Some(t) != group.protocol_type.as_deref())
+                || protocol_name.is_some_and(|n| Some(n) != group.protocol_name.as_deref())
+            {
+                return error(ResponseError::InconsistentGroupProtocol);
+            }
+            let ok = |assignment: Bytes, group: &Group| {
+                SyncGroupResponse::default()
+                    .with_protocol_type(group.protocol_type.clone().map(StrBytes::from_string))
+                    .with_protocol_name(group.protocol_name.clone().map(StrBytes::from_string))
+                    .with_assignment(assignment)
+            };
+            match group.state {
+                GroupState::Empty | GroupState::PreparingRebalance => return error(ResponseError::RebalanceInProgress),
+                GroupState::Stable => {
+                    let assignment = group.members.get(member_id).map(|m| m.assignment.clone()).unwrap_or_default();
+                    return ok(assignment, &group);
+                }
+                GroupState::CompletingRebalance => {}
+            }
+            let (sender, receiver) = oneshot::channel();
+            if let Some(member) = group.members.get_mut(member_id) {
+                member.last_heartbeat = Instant::now();
+                member.sync_waiter = Some(sender);
+            }
+            if group.leader.as_deref() == Some(member_id) {
+                let mut by_member: BTreeMap<String, Bytes> = assignments.into_iter().collect();
+                for member in group.members.iter_mut() {
+                    member.1.assignment = by_member.remove(member.0).unwrap_or_default();
+                }
+                group.state = GroupState::Stable;
+                let now = Instant::now();
+                for member in group.members.values_mut() {
+                    member.last_heartbeat = now;
+                    if let Some(waiter) = member.sync_waiter.take() {
+                        let _ = waiter.send(Ok(member.assignment.clone()));
+                    }
+                }
+                tracing::info!(group = group_id, generation = group.generation, "rebalance complete: group is stable");
+            }
+            receiver
+        };
+        match receiver.await {
+            Ok(Ok(assignment)) => {
+                let group = group_arc.lock();
+                SyncGroupResponse::default()
+                    .with_protocol_type(group.protocol_type.clone().map(StrBytes::from_string))
+                    .with_protocol_name(group.protocol_name.clone().map(StrBytes::from_string))
+                    .with_assignment(assignment)
+            }
+            Ok(Err(e)) => error(e),
+            Err(_) => error(ResponseError::RebalanceInProgress),
+        }
+    }
+
+    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
+        let Some(group_arc) = self.group(group_id) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        let mut group = group_arc.lock();
+        let state = group.state;
+        let current_generation = group.generation;
+        let Some(member) = group.members.get_mut(member_id) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        member.last_heartbeat = Instant::now();
+        if state == GroupState::PreparingRebalance {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        if generation != current_generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// Removes members (LeaveGroup); returns an error per member id.
+    pub fn leave(self: &Arc<Self>, group_id: &str, member_ids: &[String]) -> Vec<(String, Result<(), ResponseError>)> {
+        let Some(group_arc) = self.group(group_id) else {
+            return member_ids.iter().map(|m| (m.clone(), Err(ResponseError::UnknownMemberId))).collect();
+        };
+        let mut group = group_arc.lock();
+        let mut results = Vec::with_capacity(member_ids.len());
+        let mut removed = false;
+        for id in member_ids {
+            match group.members.remove(id) {
+                Some(member) => {
+                    if let Some(waiter) = member.join_waiter {
+                        let _ = waiter.send(join_error(ResponseError::UnknownMemberId, id));
+                    }
+                    tracing::info!(group = group_id, member = id, "member left the group");
+                    removed = true;
+                    results.push((id.clone(), Ok(())));
+                }
+                None => results.push((id.clone(), Err(ResponseError::UnknownMemberId))),
+            }
+        }
+        if removed {
+            self.after_membership_loss(&group_arc, &mut group, group_id);
+        }
+        results
+    }
+
+    fn after_membership_loss(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group: &mut Group, group_id: &str) {
+        if group.members.is_empty() {
+            group.state = GroupState::Empty;
+            group.generation += 1;
+            group.leader = None;
+            group.rebalance_id += 1;
+            group.join_delay_until = None;
+        } else if group.state == GroupState::PreparingRebalance {
+            self.try_complete_join(group);
+        } else {
+            self.prepare_rebalance(group_arc, group, group_id);
+        }
+    }
+
+    /// Removes members whose session expired; runs until the coordinator is dropped.
+    pub async fn run_session_sweeper(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(SESSION_SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            let groups: Vec<(String, Arc<Mutex<Group>>)> = self.groups.iter().map(|g| (g.key().clone(), Arc::clone(g.value()))).collect();
+            for (group_id, group_arc) in groups {
+                let mut group = group_arc.lock();
+                // Ids handed out with MEMBER_ID_REQUIRED expire if the client never comes back.
+                group.pending.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
+                // Members parked in a join or sync are waiting on us, not the other way round.
+                let expired: Vec<String> = group
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.join_waiter.is_none() && m.sync_waiter.is_none() && now.duration_since(m.last_heartbeat) > m.session_timeout)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if expired.is_empty() {
+                    continue;
+                }
+                for id in &expired {
+                    tracing::info!(group = group_id, member = id, "session expired; removing member");
+                    group.members.remove(id);
+                }
+                self.after_membership_loss(&group_arc, &mut group, &group_id);
+            }
+        }
+    }
+
+    /// Validates an OffsetCommit's membership claims. `generation` -1 with an empty member id is a
+    /// standalone commit (no group management), allowed while the group has no members.
+    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
+        let group_arc = match self.group(group_id) {
+            Some(g) => g,
+            None if generation < 0 => return Ok(()),
+            None => return Err(ResponseError::IllegalGeneration),
+        };
+        let group = group_arc.lock();
+        if generation < 0 && member_id.is_empty() {
+            return if group.members.is_empty() { Ok(()) } else { Err(ResponseError::UnknownMemberId) };
+        }
+        if !group.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if generation != group.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        match group.state {
+            GroupState::PreparingRebalance | GroupState::CompletingRebalance => Err(ResponseError::RebalanceInProgress),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupView> {
+        let group_arc = self.group(group_id)?;
+        let group = group_arc.lock();
+        let protocol = group.protocol_name.clone().unwrap_or_default();
+        Some(GroupView {
+            group_id: group_id.to_string(),
+            state: group.state,
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            protocol_name: if group.state == GroupState::Stable || group.state == GroupState::CompletingRebalance { protocol.clone() } else { String::new() },
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| MemberView {
+                    member_id: id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m.metadata_for(&protocol),
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Groups with live state, with their state and protocol type.
+    pub fn list(&self) -> Vec<(String, GroupState, String)> {
+        let mut groups: Vec<_> = self
+            .groups
+            .iter()
+            .map(|g| {
+                let group = g.value().lock();
+                (g.key().clone(), group.state, group.protocol_type.clone().unwrap_or_default())
+            })
+            .collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        groups
+    }
+
+    pub fn member_count(&self, group_id: &str) -> usize {
+        self.group(group_id).map(|g| g.lock().members.len()).unwrap_or(0)
+    }
+
+    /// Forgets an empty group. Fails if it has members.
+    pub fn remove_if_empty(&self, group_id: &str) -> Result<bool, ResponseError> {
+        let Some(group_arc) = self.group(group_id) else {
+            return Ok(false);
+        };
+        let group = group_arc.lock();
+        if !group.members.is_empty() {
+            return Err(ResponseError::NonEmptyGroup);
+        }
+        drop(group);
+        self.groups.remove(group_id);
+        Ok(true)
+    }
+
+    /// Topics the group's consumers subscribe to (decoded from the consumer protocol's metadata).
+    pub fn subscribed_topics(&self, group_id: &str) -> Vec<String> {
+        let Some(view) = self.describe(group_id) else { return Vec::new() };
+        if view.protocol_type != "consumer" {
+            return Vec::new();
+        }
+        let mut topics: Vec<String> = view.members.iter().flat_map(|m| decode_subscription(&m.metadata)).collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// Picks the protocol every member supports that most members list first (Kafka's vote).
+fn select_protocol(members: &BTreeMap<String, Member>) -> String {
+    let candidates: Vec<&String> = members
+        .values()
+        .next()
+        .map(|first| first.protocols.iter().map(|(n, _)| n).filter(|n| members.values().all(|m| m.protocols.iter().any(|(p, _)| p == *n))).collect())
+        .unwrap_or_default();
+    let mut votes: BTreeMap<&String, usize> = BTreeMap::new();
+    for member in members.values() {
+        if let Some(choice) = member.protocols.iter().map(|(n, _)| n).find(|n| candidates.contains(n)) {
+            *votes.entry(choice).or_default() += 1;
+        }
+    }
+    candidates.iter().max_by_key(|c| votes.get(*c).copied().unwrap_or(0)).map(|c| (*c).clone()).unwrap_or_default()
+}
+
+/// Topics named in a consumer-protocol subscription (empty if the bytes are not one).
+pub fn decode_subscription(metadata: &Bytes) -> Vec<String> {
+    let mut buf = metadata.clone();
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    ConsumerProtocolSubscription::decode(&mut buf, version.clamp(0, 3))
+        .map(|s| s.topics.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// (topic, partitions) pairs in a consumer-protocol assignment (empty if the bytes are not one).
+pub fn decode_assignment(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
+    let mut buf = assignment.clone();
+    if buf.len() < 2 {
+        return Vec::new();
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    let _ = bytes::Buf::get_i16(&mut buf);
+    ConsumerProtocolAssignment::decode(&mut buf, version.clamp(0, 3))
+        .map(|a| a.assigned_partitions.iter().map(|tp| (tp.topic.to_string(), tp.partitions.clone())).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,163 @@
+//! Fetch: serves stored batches byte for byte, below each partition's high watermark.
+//!
+//! If the first pass finds fewer than `min_bytes`, the request waits (up to `max_wait_ms`) for any of
+//! its partitions' high watermarks to move, then reads again. The wait is a deferred reply, so the
+//! connection keeps reading requests meanwhile. Incremental fetch sessions (KIP-227) are not
+//! implemented: every response carries session id 0, which tells clients to send full fetches.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use sluice_storage::StorageError;
+use tokio::sync::watch;
+
+use super::{Reply, blocking};
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+use crate::topic::Topic;
+
+/// The longest a fetch may wait for data, whatever the client asks.
+pub const FETCH_WAIT_MS_MAX: i32 = 300_000;
+
+struct FetchPlan {
+    topics: Vec<FetchTopic>,
+    max_bytes: usize,
+}
+
+fn partition_error(index: i32, error: ResponseError) -> PartitionData {
+    PartitionData::default().with_partition_index(index).with_error_code(error.code()).with_high_watermark(-1).with_records(None)
+}
+
+/// Batches in a stored byte range, counted from their headers (record count at byte 57).
+fn count_records(bytes: &Bytes) -> u64 {
+    let mut position = 0usize;
+    let mut records = 0u64;
+    while let Some(header) = bytes.get(position..position + 61) {
+        let batch_length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        records += i32::from_be_bytes([header[57], header[58], header[59], header[60]]).max(0) as u64;
+        position += 12 + batch_length.max(0) as usize;
+    }
+    records
+}
+
+/// One pass over every requested partition. Returns the response and the bytes it carries.
+fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    let responses = plan
+        .topics
+        .iter()
+        .map(|fetch_topic| {
+            let topic: Option<Arc<Topic>> = broker.topic(fetch_topic.topic.0.as_str());
+            let partitions = fetch_topic
+                .partitions
+                .iter()
+                .map(|fp| {
+                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(fp.partition)) else {
+                        any_error = true;
+                        return partition_error(fp.partition, ResponseError::UnknownTopicOrPartition);
+                    };
+                    if fp.current_leader_epoch > partition.leader_epoch {
+                        any_error = true;
+                        return partition_error(fp.partition, ResponseError::UnknownLeaderEpoch);
+                    }
+                    if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < partition.leader_epoch {
+                        any_error = true;
+                        return partition_error(fp.partition, ResponseError::FencedLeaderEpoch);
+                    }
+                    let remaining = plan.max_bytes.saturating_sub(total);
+                    let partition_max = (fp.partition_max_bytes.max(0) as usize).min(remaining);
+                    // KIP-74: the first partition with data returns at least one whole batch, even
+                    // one larger than the limits, so an oversized batch never wedges a consumer.
+                    let min_one = total == 0;
+                    let high_watermark = partition.high_watermark();
+                    match blocking(|| partition.read(fp.fetch_offset, partition_max, min_one)) {
+                        Ok(read) => {
+                            total += read.bytes.len();
+                            if let Some(topic) = &topic {
+                                if !read.bytes.is_empty() {
+                                    topic.metrics.bytes_out.inc_by(read.bytes.len() as u64);
+                                    topic.metrics.records_out.inc_by(count_records(&read.bytes));
+                                }
+                            }
+                            PartitionData::default()
+                                .with_partition_index(fp.partition)
+                                .with_high_watermark(high_watermark)
+                                .with_last_stable_offset(high_watermark)
+                                .with_log_start_offset(read.log_start_offset)
+                                .with_aborted_transactions(None)
+                                .with_records(Some(read.bytes))
+                        }
+                        Err(error) => {
+                            any_error = true;
+                            if !matches!(error, StorageError::OffsetOutOfRange { .. }) {
+                                tracing::warn!(topic = fetch_topic.topic.0.as_str(), partition = fp.partition, %error, "fetch failed");
+                            }
+                            partition_error(fp.partition, storage_error_code(&error))
+                                .with_high_watermark(high_watermark)
+                                .with_log_start_offset(partition.log_start_offset())
+                        }
+                    }
+                })
+                .collect();
+            FetchableTopicResponse::default().with_topic(fetch_topic.topic.clone()).with_topic_id(fetch_topic.topic_id).with_partitions(partitions)
+        })
+        .collect();
+    (responses, total, any_error)
+}
+
+pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
+    if request.session_id != 0 {
+        return Reply::Ready(FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code()).into());
+    }
+    let broker_max = broker.config.fetch_bytes_max();
+    // Fetch v0-2 had no response-level limit.
+    let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
+    let plan = FetchPlan { topics: request.topics, max_bytes };
+    let (responses, total, any_error) = read_all(broker, &plan);
+    let max_wait = request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    if total >= min_bytes.max(1) || max_wait == 0 || any_error {
+        return Reply::Ready(FetchResponse::default().with_responses(responses).into());
+    }
+    let mut watches: Vec<watch::Receiver<i64>> = plan
+        .topics
+        .iter()
+        .filter_map(|t| broker.topic(t.topic.0.as_str()).map(|topic| (topic, t)))
+        .flat_map(|(topic, t)| t.partitions.iter().filter_map(move |p| topic.partition(p.partition)).map(|p| p.watch_high_watermark()).collect::<Vec<_>>())
+        .collect();
+    if watches.is_empty() {
+        return Reply::Ready(FetchResponse::default().with_responses(responses).into());
+    }
+    let broker = Arc::clone(broker);
+    Reply::Deferred(Box::pin(async move {
+        let deadline = Instant::now() + Duration::from_millis(max_wait);
+        let mut responses = responses;
+        for receiver in watches.iter_mut() {
+            receiver.borrow_and_update();
+        }
+        loop {
+            let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
+            match tokio::time::timeout_at(deadline.into(), changed).await {
+                Err(_) => break,
+                Ok((Err(_), _, _)) => break,
+                Ok((Ok(()), _, _)) => {}
+            }
+            let (again, total, any_error) = read_all(&broker, &plan);
+            responses = again;
+            if total >= min_bytes || any_error {
+                break;
+            }
+        }
+        if Instant::now() >= deadline {
+            // Data may have arrived right at the deadline.
+            responses = read_all(&broker, &plan).0;
+        }
+        ResponseKind::from(FetchResponse::default().with_responses(responses))
+    }))
+}

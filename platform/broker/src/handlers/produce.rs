@@ -1,0 +1,156 @@
+//! Produce and InitProducerId.
+//!
+//! A produce request's batches are validated and appended by the storage engine in request order
+//! (idempotent sequence checks happen there, under the partition lock). With the page-cache flush
+//! policy the response is ready at once; with fsync-before-ack the response is deferred until a
+//! group-committed fsync covers the batch, and the connection keeps reading meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, ResponseKind};
+use sluice_storage::{AppendMode, StorageError};
+
+use super::{Reply, blocking, str_bytes};
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+use crate::topic::{FlushPolicy, Partition};
+
+/// How long an acks=all/1 response may wait for its fsync when the client sent no usable timeout.
+const DURABILITY_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+
+struct PendingDurability {
+    topic_idx: usize,
+    partition_idx: usize,
+    partition: Arc<Partition>,
+    offset: i64,
+}
+
+fn error_response(index: i32, error: ResponseError, message: Option<String>) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(error.code())
+        .with_base_offset(-1)
+        .with_error_message(message.map(str_bytes))
+}
+
+pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
+    let acks = request.acks;
+    if !matches!(acks, -1..=1) {
+        let responses = request
+            .topic_data
+            .iter()
+            .map(|t| {
+                TopicProduceResponse::default().with_name(t.name.clone()).with_partition_responses(
+                    t.partition_data.iter().map(|p| error_response(p.index, ResponseError::InvalidRequiredAcks, None)).collect(),
+                )
+            })
+            .collect();
+        return Reply::Ready(ProduceResponse::default().with_responses(responses).into());
+    }
+    if request.transactional_id.is_some() {
+        tracing::warn!("transactional produce refused: transactions are not implemented yet");
+    }
+    let now = crate::now_ms();
+    let mut pending = Vec::new();
+    let mut responses = Vec::with_capacity(request.topic_data.len());
+    for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
+        let name = topic_data.name.0.to_string();
+        let topic = broker.topic(&name);
+        let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
+        for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
+            let index = data.index;
+            if request.transactional_id.is_some() {
+                partition_responses.push(error_response(index, ResponseError::TransactionalIdAuthorizationFailed, Some("transactions are not supported by this broker yet".into())));
+                continue;
+            }
+            let Some(partition) = topic.as_ref().and_then(|t| t.partition(index)) else {
+                partition_responses.push(error_response(index, ResponseError::UnknownTopicOrPartition, None));
+                continue;
+            };
+            let Some(records) = data.records else {
+                partition_responses.push(error_response(index, ResponseError::CorruptMessage, Some("no record batch".into())));
+                continue;
+            };
+            // The storage engine rewrites offsets in place; the request frame is shared, so copy the
+            // batch bytes once here (per batch, never per record).
+            let mut batch = records.to_vec();
+            let appended = blocking(|| partition.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch }, now));
+            match appended {
+                Ok(result) => {
+                    if let Some(topic) = &topic {
+                        topic.metrics.bytes_in.inc_by(result.byte_count);
+                        topic.metrics.records_in.inc_by(result.record_count);
+                    }
+                    if acks != 0 && partition.policy() == FlushPolicy::BeforeAck {
+                        pending.push(PendingDurability { topic_idx, partition_idx, partition: Arc::clone(&partition), offset: result.last_offset + 1 });
+                    }
+                    partition_responses.push(
+                        PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_base_offset(result.base_offset)
+                            .with_log_append_time_ms(result.log_append_time)
+                            .with_log_start_offset(result.log_start_offset),
+                    );
+                }
+                Err(error) => {
+                    let code = storage_error_code(&error);
+                    if !matches!(error, StorageError::OutOfOrderSequence { .. }) {
+                        tracing::debug!(topic = name, partition = index, %error, "produce rejected");
+                    }
+                    let mut response = error_response(index, code, Some(error.to_string()));
+                    if version >= 8 && matches!(error, StorageError::InvalidRecord(_) | StorageError::CorruptMessage(_)) {
+                        response = response.with_record_errors(vec![BatchIndexAndErrorMessage::default().with_batch_index(0).with_batch_index_error_message(Some(str_bytes(error.to_string())))]);
+                    }
+                    partition_responses.push(response);
+                }
+            }
+        }
+        responses.push(TopicProduceResponse::default().with_name(topic_data.name).with_partition_responses(partition_responses));
+    }
+    if acks == 0 {
+        return Reply::NoResponse;
+    }
+    let response = ProduceResponse::default().with_responses(responses);
+    if pending.is_empty() {
+        return Reply::Ready(response.into());
+    }
+    let wait = if request.timeout_ms > 0 { Duration::from_millis(request.timeout_ms as u64) } else { DURABILITY_WAIT_DEFAULT };
+    Reply::Deferred(Box::pin(async move {
+        let mut response = response;
+        for p in pending {
+            let outcome = tokio::time::timeout(wait, p.partition.wait_durable(p.offset)).await;
+            let error = match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => (ResponseError::KafkaStorageError, error.to_string()),
+                Err(_) => (ResponseError::RequestTimedOut, format!("fsync did not complete within {} ms", wait.as_millis())),
+            };
+            if let Some(entry) = response.responses.get_mut(p.topic_idx).and_then(|t| t.partition_responses.get_mut(p.partition_idx)) {
+                entry.error_code = error.0.code();
+                entry.error_message = Some(str_bytes(error.1));
+            }
+        }
+        ResponseKind::from(response)
+    }))
+}
+
+pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+    if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+        tracing::warn!(transactional_id = %request.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default(), "InitProducerId with a transactional.id refused: transactions are not implemented yet");
+        return InitProducerIdResponse::default().with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+    }
+    // KIP-360: an idempotent producer that hit an unrecoverable sequence error asks to bump its
+    // epoch, keeping its id; sequences restart at 0 under the new epoch.
+    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
+        return InitProducerIdResponse::default().with_producer_id(request.producer_id).with_producer_epoch(request.producer_epoch + 1);
+    }
+    match blocking(|| broker.allocate_producer_id()) {
+        Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(error) => {
+            tracing::error!(%error, "cannot allocate a producer id");
+            InitProducerIdResponse::default().with_error_code(error.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
+        }
+    }
+}

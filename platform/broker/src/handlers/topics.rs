@@ -1,0 +1,156 @@
+//! CreateTopics, DeleteTopics and CreatePartitions: the Kafka face of the broker's topic
+//! operations (the admin API calls the same `Broker` methods).
+
+use std::collections::HashSet;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+};
+use uuid::Uuid;
+
+use super::{blocking, str_bytes};
+use crate::broker::Broker;
+use crate::config::TopicConfig;
+use crate::error::BrokerError;
+
+/// Topics one CreateTopics or DeleteTopics request may name.
+pub const TOPICS_PER_REQUEST_MAX: usize = 10_000;
+
+fn check_replication(broker: &Broker, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
+    if factor != -1 && factor != 1 {
+        return Err(BrokerError::InvalidReplicationFactor(format!("{factor}: this is a single-node cluster, so the replication factor must be 1")));
+    }
+    let node = broker.node_id();
+    if assignments.iter().any(|replicas| replicas.as_slice() != [node]) {
+        return Err(BrokerError::InvalidReplicationFactor(format!("replica assignments must name exactly this broker ({node})")));
+    }
+    Ok(())
+}
+
+pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<String> = request.topics.iter().map(|t| t.name.0.to_string()).filter(|n| !seen.insert(n.clone())).collect();
+    let too_many = request.topics.len() > TOPICS_PER_REQUEST_MAX;
+    let results = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            let fail = |error: BrokerError| {
+                CreatableTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_error_code(error.code())
+                    .with_error_message(Some(str_bytes(error.to_string())))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1)
+            };
+            if too_many {
+                return fail(BrokerError::InvalidRequest(format!("more than {TOPICS_PER_REQUEST_MAX} topics in one request")));
+            }
+            if duplicates.contains(&name) {
+                return fail(BrokerError::InvalidRequest(format!("topic '{name}' appears more than once in the request")));
+            }
+            let assignments: Vec<Vec<i32>> = t.assignments.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
+            if let Err(error) = check_replication(broker, t.replication_factor, &assignments) {
+                return fail(error);
+            }
+            let partitions = if !assignments.is_empty() {
+                if t.num_partitions != -1 {
+                    return fail(BrokerError::InvalidRequest("give either num_partitions or replica assignments, not both".into()));
+                }
+                Some(assignments.len() as i32)
+            } else if t.num_partitions == -1 {
+                None
+            } else {
+                Some(t.num_partitions)
+            };
+            let pairs: Vec<(String, String)> = t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
+            let config = match TopicConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+                Ok(config) => config,
+                Err(error) => return fail(BrokerError::InvalidConfig(error.to_string())),
+            };
+            match blocking(|| broker.create_topic(&name, partitions, config, request.validate_only)) {
+                Ok(created) => {
+                    if !request.validate_only {
+                        tracing::info!(topic = name, partitions = created.topic.partition_count(), "created topic");
+                    }
+                    let configs = (version >= 5).then(|| {
+                        created
+                            .topic
+                            .config
+                            .read()
+                            .all_effective(&broker.config)
+                            .into_iter()
+                            .map(|(k, v, source)| CreatableTopicConfigs::default().with_name(str_bytes(k)).with_value(Some(str_bytes(v))).with_config_source(source.kafka_code()))
+                            .collect()
+                    });
+                    CreatableTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_topic_id(created.topic.id)
+                        .with_num_partitions(partitions.unwrap_or_else(|| broker.config.num_partitions()))
+                        .with_replication_factor(1)
+                        .with_configs(configs)
+                }
+                Err(error) => fail(error),
+            }
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+    // v6 names topics by name or id in `topics`; earlier versions list names in `topic_names`.
+    let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+        request.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
+    } else {
+        request.topic_names.into_iter().map(|n| (Some(n.0.to_string()), Uuid::nil())).collect()
+    };
+    if targets.len() > TOPICS_PER_REQUEST_MAX {
+        return DeleteTopicsResponse::default();
+    }
+    let responses = targets
+        .into_iter()
+        .map(|(name, id)| {
+            let name = name.or_else(|| broker.topics().into_iter().find(|t| t.id == id).map(|t| t.name.as_str().to_string()));
+            let Some(name) = name else {
+                return DeletableTopicResult::default().with_topic_id(id).with_error_code(ResponseError::UnknownTopicId.code());
+            };
+            let topic_id = broker.topic(&name).map(|t| t.id).unwrap_or(id);
+            let result = DeletableTopicResult::default().with_name(Some(TopicName(str_bytes(name.clone())))).with_topic_id(topic_id);
+            match blocking(|| broker.delete_topic(&name)) {
+                Ok(()) => result,
+                Err(error) => result.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),
+            }
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let results = request
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            let assignments: Vec<Vec<i32>> = t.assignments.iter().flatten().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
+            let outcome = check_replication(broker, -1, &assignments)
+                .map_err(|e| BrokerError::InvalidRequest(e.to_string()))
+                .and_then(|()| blocking(|| broker.add_partitions(&name, t.count, request.validate_only)));
+            match outcome {
+                Ok(()) => {
+                    if !request.validate_only {
+                        tracing::info!(topic = name, partitions = t.count, "added partitions");
+                    }
+                    result
+                }
+                Err(error) => result.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),
+            }
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}

@@ -1,0 +1,156 @@
+//! The Sluice broker: a single-node Kafka-protocol server over the `sluice-storage` log.
+//!
+//! Layout, in the order a request meets it:
+//! - [`server`]: the accept loop and each connection's read → dispatch → write pipeline.
+//! - `sluice_protocol` (its own crate): framing limits and request/response codecs.
+//! - [`handlers`]: one module per group of Kafka APIs; they check bounds and call the broker.
+//! - [`broker`]: shared state and control-plane operations (topics, producer ids).
+//! - [`topic`]: topics and partitions around the storage log: high watermark, group commit.
+//! - [`groups`] and [`offsets`]: the consumer-group coordinator and durable committed offsets.
+//! - [`metastore`]: durable topic definitions and cluster identity.
+//! - [`config`]: Kafka-named broker and topic settings, parsed and validated once.
+//! - [`admin`] and [`metrics`]: the HTTP admin API and Prometheus metrics.
+//!
+//! [`run`] ties them together: open the data directory (recovering every log), bind both listeners,
+//! start background maintenance, and on shutdown close every log cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod groups;
+pub mod handlers;
+pub mod metastore;
+pub mod metrics;
+pub mod offsets;
+pub mod server;
+pub mod topic;
+
+pub use broker::Broker;
+pub use config::BrokerConfig;
+
+/// How often the maintenance task checks background flush policies.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(200);
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub admin_listen: String,
+    pub config: BrokerConfig,
+}
+
+/// Addresses actually bound (useful when asked for port 0).
+pub struct Bound {
+    pub kafka: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+async fn bind(address: &str, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(address).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse { " (is another broker running? pick another port)" } else { "" };
+        format!("cannot listen for {what} on {address}: {e}{hint}")
+    })
+}
+
+/// Runs the broker until `shutdown` resolves, then closes every log cleanly.
+pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_bound: impl FnOnce(&Bound)) -> Result<(), String> {
+    let kafka_listener = bind(&options.listen, "Kafka clients").await?;
+    let admin_listener = bind(&options.admin_listen, "the admin API").await?;
+    let bound = Bound {
+        kafka: kafka_listener.local_addr().map_err(|e| e.to_string())?,
+        admin: admin_listener.local_addr().map_err(|e| e.to_string())?,
+    };
+    let data_dir = options.data_dir.clone();
+    let config = options.config;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await.map_err(|e| e.to_string())??;
+    let (stop_sender, stop) = watch::channel(false);
+    let kafka_task = tokio::spawn(server::run_kafka_listener(Arc::clone(&broker), kafka_listener, stop.clone()));
+    let mut admin_stop = stop.clone();
+    let admin_router = admin::router(Arc::clone(&broker));
+    let admin_task = tokio::spawn(async move {
+        let served = axum::serve(admin_listener, admin_router).with_graceful_shutdown(async move {
+            let _ = admin_stop.changed().await;
+        });
+        if let Err(error) = served.await {
+            tracing::error!(%error, "admin API server failed");
+        }
+    });
+    let sweeper = tokio::spawn(Arc::clone(&broker.groups).run_session_sweeper());
+    let maintenance = tokio::spawn(run_maintenance(Arc::clone(&broker)));
+    tracing::info!(kafka = %bound.kafka, admin = %bound.admin, data_dir = %options.data_dir.display(), cluster_id = broker.cluster_id, "sluice broker ready");
+    on_bound(&bound);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_sender.send(true);
+    let _ = kafka_task.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+    sweeper.abort();
+    maintenance.abort();
+    // Let in-flight connections finish their current request before the logs close under them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let closing = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || closing.close()).await.map_err(|e| e.to_string())?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Background work: retention on `log.retention.check.interval.ms`, and fsyncs for the background
+/// flush policies (`flush.messages` > 1, `flush.ms`).
+async fn run_maintenance(broker: Arc<Broker>) {
+    let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms());
+    let mut last_retention = std::time::Instant::now();
+    let mut tick = tokio::time::interval(MAINTENANCE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = now_ms();
+        for topic in broker.topics() {
+            let config = topic.config.read().clone();
+            let flush_every_ms = config.flush_ms(&broker.config).or(broker.config.flush_interval_ms());
+            for partition in topic.partitions.read().iter() {
+                let unflushed = partition.unflushed_records.load(Ordering::Relaxed);
+                if unflushed == 0 {
+                    continue;
+                }
+                let due_by_count = matches!(partition.policy(), topic::FlushPolicy::Background { messages } if unflushed >= messages);
+                let due_by_time = flush_every_ms.is_some_and(|ms| now - partition.last_flush_ms.load(Ordering::Relaxed) >= ms as i64);
+                if due_by_count || due_by_time {
+                    partition.start_flush();
+                }
+            }
+        }
+        if last_retention.elapsed() >= retention_every {
+            last_retention = std::time::Instant::now();
+            let broker = Arc::clone(&broker);
+            let _ = tokio::task::spawn_blocking(move || enforce_retention(&broker)).await;
+        }
+    }
+}
+
+fn enforce_retention(broker: &Broker) {
+    let now = now_ms();
+    for topic in broker.topics() {
+        for partition in topic.partitions.read().iter() {
+            match partition.log.write().enforce_retention(now) {
+                Ok(stats) if stats.segments_deleted > 0 => {
+                    tracing::info!(topic = topic.name.as_str(), partition = partition.index, segments = stats.segments_deleted, bytes = stats.bytes_deleted, "retention deleted segments");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(topic = topic.name.as_str(), partition = partition.index, %error, "retention failed"),
+            }
+        }
+    }
+}

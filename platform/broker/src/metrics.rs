@@ -1,0 +1,132 @@
+//! Prometheus metrics. Counters on the hot path are resolved to handles once (per API key at start,
+//! per topic at topic creation) so a request costs an atomic add, not a label lookup. Gauges that
+//! describe state (log sizes, group lag) are computed when `/metrics` is scraped.
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use kafka_protocol::messages::ApiKey;
+
+/// Per-API handles, indexed by api key.
+pub struct ApiMetrics {
+    pub requests: IntCounter,
+    pub errors: IntCounter,
+    pub latency: Histogram,
+}
+
+pub struct TopicMetrics {
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub records_in: IntCounter,
+    pub records_out: IntCounter,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    apis: Vec<Option<ApiMetrics>>,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    records_in: IntCounterVec,
+    records_out: IntCounterVec,
+    pub connections: IntGauge,
+    pub groups: IntGauge,
+    pub group_lag: IntGaugeVec,
+    pub log_size_bytes: IntGaugeVec,
+    pub log_end_offset: IntGaugeVec,
+    pub decode_errors: IntCounter,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // Metric names and labels are constants of this file; a failure here is a programming error
+    // caught by the first test that builds a broker.
+    result.expect("metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("sluice".into()), None).expect("registry");
+        let requests = IntCounterVec::new(Opts::new("requests_total", "Kafka requests handled, by API"), &["api"]);
+        let errors = IntCounterVec::new(Opts::new("request_errors_total", "Kafka requests answered with an error or dropped as malformed, by API"), &["api"]);
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Time from a request's arrival to its response being queued, by API")
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["api"],
+        );
+        let (requests, errors, latency) = (must(requests), must(errors), must(latency));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| must(IntCounterVec::new(Opts::new(name, help), labels));
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| must(IntGaugeVec::new(Opts::new(name, help), labels));
+        let metrics = Metrics {
+            apis: Vec::new(),
+            bytes_in: counter_vec("bytes_in_total", "Record batch bytes appended, by topic", &["topic"]),
+            bytes_out: counter_vec("bytes_out_total", "Record batch bytes served to consumers, by topic", &["topic"]),
+            records_in: counter_vec("records_in_total", "Records appended, by topic", &["topic"]),
+            records_out: counter_vec("records_out_total", "Records served to consumers, by topic", &["topic"]),
+            connections: must(IntGauge::new("active_connections", "Open client connections")),
+            groups: must(IntGauge::new("consumer_groups", "Consumer groups known to the coordinator")),
+            group_lag: gauge_vec("consumer_group_lag", "High watermark minus committed offset", &["group", "topic", "partition"]),
+            log_size_bytes: gauge_vec("log_size_bytes", "Bytes on disk, by partition", &["topic", "partition"]),
+            log_end_offset: gauge_vec("log_end_offset", "Next offset to be assigned, by partition", &["topic", "partition"]),
+            decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
+            registry,
+        };
+        let mut metrics = metrics;
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(latency.clone()),
+            Box::new(metrics.bytes_in.clone()),
+            Box::new(metrics.bytes_out.clone()),
+            Box::new(metrics.records_in.clone()),
+            Box::new(metrics.records_out.clone()),
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.groups.clone()),
+            Box::new(metrics.group_lag.clone()),
+            Box::new(metrics.log_size_bytes.clone()),
+            Box::new(metrics.log_end_offset.clone()),
+            Box::new(metrics.decode_errors.clone()),
+        ] {
+            must(metrics.registry.register(collector));
+        }
+        let max_key = sluice_protocol::SUPPORTED_APIS.iter().map(|(k, _, _)| *k as usize).max().unwrap_or(0);
+        metrics.apis = (0..=max_key).map(|_| None).collect();
+        for &(api_key, _, _) in sluice_protocol::SUPPORTED_APIS {
+            let name = format!("{api_key:?}");
+            metrics.apis[api_key as usize] = Some(ApiMetrics {
+                requests: requests.with_label_values(&[&name]),
+                errors: errors.with_label_values(&[&name]),
+                latency: latency.with_label_values(&[&name]),
+            });
+        }
+        metrics
+    }
+
+    pub fn api(&self, api_key: ApiKey) -> Option<&ApiMetrics> {
+        self.apis.get(api_key as usize).and_then(Option::as_ref)
+    }
+
+    pub fn topic(&self, topic: &str) -> TopicMetrics {
+        TopicMetrics {
+            bytes_in: self.bytes_in.with_label_values(&[topic]),
+            bytes_out: self.bytes_out.with_label_values(&[topic]),
+            records_in: self.records_in.with_label_values(&[topic]),
+            records_out: self.records_out.with_label_values(&[topic]),
+        }
+    }
+
+    /// Drops a deleted topic's series so they stop being exported.
+    pub fn forget_topic(&self, topic: &str, partitions: i32) {
+        for vec in [&self.bytes_in, &self.bytes_out, &self.records_in, &self.records_out] {
+            let _ = vec.remove_label_values(&[topic]);
+        }
+        for p in 0..partitions {
+            let p = p.to_string();
+            let _ = self.log_size_bytes.remove_label_values(&[topic, &p]);
+            let _ = self.log_end_offset.remove_label_values(&[topic, &p]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

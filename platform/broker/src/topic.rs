@@ -1,0 +1,285 @@
+//! Topics and partitions as the request path sees them: a partition wraps one storage
+//! `PartitionLog` with what the network side needs around it — the high watermark that fetches wait
+//! on, and group commit for fsync-before-acknowledge.
+//!
+//! Replication is not here yet, but its seams are: every partition has a leader epoch, and consumers
+//! read only below the high watermark. On a single node the high watermark is the log end offset when
+//! the broker relies on the page cache, and the flushed offset when it fsyncs before acknowledging, so
+//! a consumer never sees a record that a power cut could take back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use sluice_storage::{AppendMode, AppendResult, PartitionLog, ReadResult, StorageError};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::TopicConfig;
+use crate::error::BrokerError;
+use crate::metrics::TopicMetrics;
+
+/// A topic name as Kafka allows it: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(String);
+
+/// Kafka's limit, chosen so that `<topic>-<partition>` fits a 255-byte file name.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Names the broker keeps for its own logs.
+pub const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__cluster"];
+
+impl TopicName {
+    pub fn parse(name: &str) -> Result<TopicName, BrokerError> {
+        let invalid = |why: &str| Err(BrokerError::InvalidTopic(format!("'{name}' {why}")));
+        if name.is_empty() {
+            return invalid("is empty");
+        }
+        if name.len() > TOPIC_NAME_BYTES_MAX {
+            return invalid(&format!("is longer than {TOPIC_NAME_BYTES_MAX} characters"));
+        }
+        if name == "." || name == ".." {
+            return invalid("is not allowed");
+        }
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return invalid(&format!("contains '{bad}'; topic names use only letters, digits, '.', '_' and '-'"));
+        }
+        if RESERVED_TOPIC_NAMES.contains(&name) {
+            return invalid("is reserved for the broker's internal use");
+        }
+        Ok(TopicName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One topic. Its partition list only grows (CreatePartitions); configs change under AlterConfigs.
+pub struct Topic {
+    pub name: TopicName,
+    pub id: Uuid,
+    pub config: RwLock<TopicConfig>,
+    pub partitions: RwLock<Vec<Arc<Partition>>>,
+    pub metrics: TopicMetrics,
+}
+
+impl Topic {
+    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        usize::try_from(index).ok().and_then(|i| self.partitions.read().get(i).cloned())
+    }
+
+    pub fn partition_count(&self) -> i32 {
+        self.partitions.read().len() as i32
+    }
+}
+
+/// How a partition makes writes durable, from `flush.messages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fsync before acknowledging (flush.messages = 1); group commit shares one fsync among all
+    /// writes that arrive while the previous fsync runs.
+    BeforeAck,
+    /// Rely on the page cache; fsync in the background after this many messages (or never).
+    Background { messages: u64 },
+}
+
+impl FlushPolicy {
+    pub fn from_flush_messages(messages: i64) -> FlushPolicy {
+        if messages <= 1 { FlushPolicy::BeforeAck } else { FlushPolicy::Background { messages: messages as u64 } }
+    }
+}
+
+pub struct Partition {
+    pub topic: TopicName,
+    pub index: i32,
+    pub dir: PathBuf,
+    pub log: RwLock<PartitionLog>,
+    /// Bumped when leadership changes; constant on a single node but sent in every response that
+    /// carries one so clients' fencing logic works unchanged when replication arrives.
+    pub leader_epoch: i32,
+    /// Exclusive upper bound of what consumers may read. Fetches waiting for data watch it.
+    high_watermark: watch::Sender<i64>,
+    /// Exclusive upper bound of what is known to be on stable storage.
+    flushed: watch::Sender<i64>,
+    flush_running: AtomicBool,
+    flush_failed: Mutex<Option<String>>,
+    policy: RwLock<FlushPolicy>,
+    /// Records appended since the last fsync, for the background flush policy.
+    pub unflushed_records: AtomicU64,
+    /// Wall-clock ms of the last completed fsync, for `flush.ms`.
+    pub last_flush_ms: AtomicI64,
+}
+
+impl Partition {
+    pub fn new(topic: TopicName, index: i32, dir: PathBuf, log: PartitionLog, policy: FlushPolicy, now_ms: i64) -> Arc<Partition> {
+        let end = log.log_end_offset();
+        Arc::new(Partition {
+            topic,
+            index,
+            dir,
+            log: RwLock::new(log),
+            leader_epoch: 0,
+            // Everything recovered at start-up passed its CRC and is as durable as the disk made it.
+            high_watermark: watch::channel(end).0,
+            flushed: watch::channel(end).0,
+            flush_running: AtomicBool::new(false),
+            flush_failed: Mutex::new(None),
+            policy: RwLock::new(policy),
+            unflushed_records: AtomicU64::new(0),
+            last_flush_ms: AtomicI64::new(now_ms),
+        })
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    pub fn policy(&self) -> FlushPolicy {
+        *self.policy.read()
+    }
+
+    pub fn set_policy(&self, policy: FlushPolicy) {
+        *self.policy.write() = policy;
+        if policy != FlushPolicy::BeforeAck {
+            // Anything flushed-but-not-visible becomes visible: the page-cache policy shows the log end.
+            let end = self.log.read().log_end_offset();
+            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+        }
+    }
+
+    /// Appends producer (or replica) batches. Blocking file I/O: call from a blocking context.
+    pub fn append(&self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
+        let result = self.log.write().append(batches, mode, now_ms)?;
+        if !result.duplicate {
+            self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
+        }
+        if self.policy() != FlushPolicy::BeforeAck {
+            let end = result.last_offset + 1;
+            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+        }
+        Ok(result)
+    }
+
+    /// Reads whole batches for a consumer, below the high watermark. Blocking file I/O.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult, StorageError> {
+        let hw = self.high_watermark();
+        self.log.read().read(offset, max_bytes, hw, min_one)
+    }
+
+    /// Waits until everything below `offset` is on stable storage, starting an fsync if none is
+    /// running. Concurrent callers share fsyncs: while one runs, later appends accumulate and the next
+    /// fsync covers all of them (group commit).
+    pub async fn wait_durable(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
+        let mut flushed = self.flushed.subscribe();
+        loop {
+            if let Some(error) = self.flush_failed.lock().clone() {
+                return Err(BrokerError::Storage(error));
+            }
+            if *flushed.borrow_and_update() >= offset {
+                return Ok(());
+            }
+            self.start_flush();
+            if flushed.changed().await.is_err() {
+                return Err(BrokerError::Storage("partition closed".into()));
+            }
+        }
+    }
+
+    /// Starts the background flush loop unless one is running.
+    pub fn start_flush(self: &Arc<Self>) {
+        if !self.flush_running.swap(true, Ordering::AcqRel) {
+            let partition = Arc::clone(self);
+            tokio::spawn(async move { partition.flush_loop().await });
+        }
+    }
+
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            let (file, end) = self.log.read().sync_target();
+            if end <= *self.flushed.borrow() {
+                self.flush_running.store(false, Ordering::Release);
+                // An append may have landed between reading the target and clearing the flag; its
+                // writer saw the flag set and is waiting on us, so look once more before leaving.
+                let (_, end_now) = self.log.read().sync_target();
+                if end_now <= *self.flushed.borrow() || self.flush_running.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                continue;
+            }
+            let pending = self.unflushed_records.swap(0, Ordering::Relaxed);
+            match tokio::task::spawn_blocking(move || file.sync_data()).await {
+                Ok(Ok(())) => {
+                    self.log.write().mark_flushed(end);
+                    self.last_flush_ms.store(crate::now_ms(), Ordering::Relaxed);
+                    if self.policy() == FlushPolicy::BeforeAck {
+                        self.high_watermark.send_if_modified(|hw| raise(hw, end));
+                    }
+                    self.flushed.send_if_modified(|f| raise(f, end));
+                }
+                Ok(Err(error)) => {
+                    // After a failed fsync the kernel may have dropped the dirty pages: nothing
+                    // written since the last good fsync can be promised. Stop acknowledging.
+                    tracing::error!(topic = self.topic.as_str(), partition = self.index, %error, "fsync failed; partition stops acknowledging writes");
+                    self.unflushed_records.fetch_add(pending, Ordering::Relaxed);
+                    *self.flush_failed.lock() = Some(format!("fsync of {} failed: {error}", self.dir.display()));
+                    self.flushed.send_modify(|_| {});
+                    self.flush_running.store(false, Ordering::Release);
+                    return;
+                }
+                Err(join_error) => {
+                    tracing::error!(%join_error, "fsync task failed");
+                    self.flush_running.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Makes everything appended visible and durable now (shutdown, tests).
+    pub fn flush_blocking(&self) -> Result<(), StorageError> {
+        let mut log = self.log.write();
+        log.flush()?;
+        let end = log.log_end_offset();
+        drop(log);
+        self.flushed.send_if_modified(|f| raise(f, end));
+        self.high_watermark.send_if_modified(|hw| raise(hw, end));
+        Ok(())
+    }
+
+    /// After DeleteRecords or truncation the visible range may start above old fetch positions;
+    /// nothing to do for the high watermark, which only moves forward.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.read().log_start_offset()
+    }
+}
+
+fn raise(value: &mut i64, to: i64) -> bool {
+    if to > *value {
+        *value = to;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(TopicName::parse("orders.v1_EU-2").is_ok());
+        assert!(TopicName::parse("").is_err());
+        assert!(TopicName::parse("..").is_err());
+        assert!(TopicName::parse("a/b").is_err());
+        assert!(TopicName::parse("spaces are bad").is_err());
+        assert!(TopicName::parse(&"x".repeat(250)).is_err());
+        assert!(TopicName::parse("__consumer_offsets").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! `sluice-storage`: the durable core of Sluice. It stores Kafka RecordBatch v2 bytes in a segmented
+//! log on local disk, one `PartitionLog` per partition directory, and knows nothing about sockets,
+//! tokio or request codecs. The broker's produce path ends in `PartitionLog::append`, its fetch path
+//! in `PartitionLog::read`. The contract with the broker is `API.md` next to this crate's manifest.
+//!
+//! Modules, in data-path order: `batch` (v2 framing, CRC-32C, header rewrites), `producer`
+//! (idempotent sequences), `log` (the partition log), `segment` (one `.log` with its indexes),
+//! `index` (the sparse offset and time indexes), `error`, and `testing` (batch builders for tests).
+
+pub mod batch;
+pub mod error;
+mod index;
+pub mod log;
+mod producer;
+mod segment;
+pub mod testing;
+
+pub use batch::{BATCH_HEADER_BYTES, BatchHeader, TimestampType, validate_batches};
+pub use error::StorageError;
+pub use log::{
+    APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX,
+    ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
+};

@@ -1,0 +1,1096 @@
+//! `PartitionLog`: the ordered segments of one partition, and everything the broker does with them —
+//! append (validate, check idempotent sequences, assign offsets by header rewrite, one write),
+//! read (whole stored batches, byte for byte), segment rolls, retention, DeleteRecords, flushing,
+//! and crash recovery at open.
+//!
+//! It sits between the broker's `Partition` (which holds it under a lock and adds the high watermark
+//! and group commit) and the files: `segment` owns each `.log` with its indexes, `batch` validates
+//! and rewrites bytes, `producer` tracks idempotent producers.
+//!
+//! Files in a partition directory, besides the segments:
+//! - `log-start-offset`: the DeleteRecords log start offset, written durably (temp, fsync, rename).
+//! - `recovery-point`: every offset below it was fsynced; after an unclean shutdown recovery scans in
+//!   full only the segments at or after it. Rewritten at each roll (which fsyncs the rolled segment)
+//!   and at close.
+//! - `clean-shutdown`: written by `close` after everything was fsynced; removed at open and before the
+//!   first change after a close. Its presence lets recovery scan only each segment's unindexed tail.
+//! - `producer-state`: idempotent-producer state as of the log end, written by `close` and used (then
+//!   removed) by the next open only after a clean shutdown; otherwise the state is rebuilt by walking
+//!   batch headers.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::batch::{
+    self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, ValidatedBatch,
+};
+use crate::error::{IoContext, StorageError};
+use crate::index::remove_if_present;
+use crate::producer::{
+    PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable,
+    SequenceCheck,
+};
+use crate::segment::{
+    BatchScanner, INDEX_SUFFIX, LOG_SUFFIX, POSITION_MAX, RELATIVE_OFFSET_MAX, RecoveryScan,
+    SCAN_BUFFER_BYTES, Segment, TIME_INDEX_SUFFIX, segment_path,
+};
+
+/// Largest `segment.bytes`: index entries store file positions as u32, and keeping segments below
+/// 2 GiB (Kafka's own limit, `Int.MAX_VALUE`) leaves every batch start representable. Larger
+/// configured values are clamped to this.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+/// Largest buffer one `append` accepts. The broker's frame limit is far below; this bounds positions.
+pub const APPEND_BYTES_MAX: usize = i32::MAX as usize;
+/// Most bytes one `read` returns (beyond a single larger first batch under `min_one`), whatever
+/// `max_bytes` the caller passes: a fetch's `max_bytes` comes from the client.
+pub const READ_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// The small offset files hold one decimal i64; anything longer is not ours.
+const OFFSET_FILE_BYTES_MAX: usize = 64;
+
+const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const PRODUCER_SNAPSHOT_FILE: &str = "producer-state";
+const TEMP_SUFFIX: &str = ".tmp";
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// A topic's storage settings, by Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// segment.bytes, default 1 GiB; clamped to `SEGMENT_BYTES_MAX`.
+    pub segment_bytes: u64,
+    /// segment.ms, default 7 days; None = never roll on time.
+    pub segment_ms: Option<u64>,
+    /// retention.ms, default 7 days; None = keep forever (-1 in Kafka).
+    pub retention_ms: Option<u64>,
+    /// retention.bytes; None = unlimited (-1).
+    pub retention_bytes: Option<u64>,
+    /// index.interval.bytes, default 4096.
+    pub index_interval_bytes: u32,
+    /// max.message.bytes, default 1048588.
+    pub max_batch_bytes: u32,
+    /// message.timestamp.type.
+    pub timestamp_type: TimestampType,
+    /// cleanup.policy contains "delete".
+    pub delete_enabled: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_ms: Some(7 * DAY_MS),
+            retention_ms: Some(7 * DAY_MS),
+            retention_bytes: None,
+            index_interval_bytes: 4096,
+            max_batch_bytes: batch::MAX_BATCH_BYTES_DEFAULT,
+            timestamp_type: TimestampType::CreateTime,
+            delete_enabled: true,
+        }
+    }
+}
+
+impl LogConfig {
+    fn sanitized(mut self) -> LogConfig {
+        self.segment_bytes = self.segment_bytes.min(SEGMENT_BYTES_MAX);
+        self
+    }
+}
+
+/// How `append` treats the offsets in the batches it is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendMode {
+    /// Producer batches: the log assigns offsets by rewriting each batch's base offset.
+    AssignOffsets { leader_epoch: i32 },
+    /// Replica / offset-preserving mirror batches: offsets already assigned; must be > log end
+    /// offset - 1 (gaps allowed), strictly increasing.
+    PreserveOffsets,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// Offset of the first record appended (or of the duplicate's original).
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// -1 unless LogAppendTime.
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+    /// Records appended (0 for a duplicate).
+    pub record_count: u64,
+    pub byte_count: u64,
+    /// An idempotent retry: nothing appended, original offsets returned.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Whole stored batches, byte for byte as appended.
+    pub bytes: Bytes,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionStats {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Segments rolled away (fsynced, no longer appended to), oldest first.
+    sealed: VecDeque<Segment>,
+    /// The segment appends go to; its base offset is above every sealed segment's.
+    active: Segment,
+    log_start_offset: i64,
+    recovery_point: i64,
+    producers: ProducerStateTable,
+    /// The clean-shutdown marker is on disk (after `close`); removed before the next change.
+    clean_marker: bool,
+    /// `delete` removed the directory; every later call fails.
+    deleted: bool,
+    /// Reused across appends so validating a buffer allocates nothing in the steady state.
+    scratch: Vec<ValidatedBatch>,
+}
+
+impl PartitionLog {
+    /// Opens (creating if absent) the partition directory and runs crash recovery: every segment's
+    /// tail after its last trustworthy index entry is CRC-checked, and after an unclean shutdown every
+    /// segment at or after the recovery point is checked in full. The first invalid batch truncates
+    /// the log there and later segments are deleted. Then idempotent-producer state is rebuilt from
+    /// the batch headers.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, StorageError> {
+        let config = config.sanitized();
+        fs::create_dir_all(dir)
+            .context(|| format!("create partition directory {}", dir.display()))?;
+        let bases = list_segments(dir)?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = marker.exists();
+        // A producer snapshot describes the log only as `close` left it: read it after a clean shutdown,
+        // and in every case remove it before anything can change.
+        let snapshot_path = dir.join(PRODUCER_SNAPSHOT_FILE);
+        let snapshot = if clean {
+            read_producer_snapshot(&snapshot_path)
+        } else {
+            None
+        };
+        remove_if_present(&snapshot_path)?;
+        if clean {
+            // Gone before anything can change, and durably so: a crash from here on is unclean.
+            remove_if_present(&marker)?;
+            sync_dir(dir)?;
+        }
+        let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).unwrap_or(0);
+        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE)
+            .unwrap_or(0)
+            .max(0);
+
+        let mut scanner = BatchScanner::new(SCAN_BUFFER_BYTES);
+        let mut segments = Vec::with_capacity(bases.len());
+        for (i, &base) in bases.iter().enumerate() {
+            let next_base = bases.get(i + 1).copied();
+            let scan = if !clean && next_base.is_none_or(|next| next > recovery_point) {
+                RecoveryScan::Full
+            } else {
+                RecoveryScan::Tail
+            };
+            let (segment, recovered) = Segment::recover(
+                dir,
+                base,
+                next_base,
+                scan,
+                config.index_interval_bytes,
+                &mut scanner,
+            )?;
+            segments.push(segment);
+            if let Some((position, reason)) = recovered.truncated {
+                let later = bases.get(i + 1..).unwrap_or_default();
+                tracing::warn!(dir = %dir.display(), segment = base, position, reason, dropped_segments = later.len(), "recovery truncated the log");
+                for &base in later {
+                    delete_segment_files(dir, base)?;
+                }
+                break;
+            }
+        }
+        // An empty segment after others holds nothing (a roll interrupted before its first append, or
+        // a segment cut to nothing): dropping it keeps the log end at the last batch.
+        while segments.len() > 1 && segments.last().is_some_and(Segment::is_empty) {
+            if let Some(empty) = segments.pop() {
+                empty.delete_files()?;
+            }
+        }
+        let active = match segments.pop() {
+            Some(active) => active,
+            None => {
+                let active = Segment::create(dir, persisted_start)?;
+                sync_dir(dir)?;
+                active
+            }
+        };
+
+        let mut log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            sealed: segments.into(),
+            active,
+            log_start_offset: 0,
+            recovery_point: 0,
+            producers: ProducerStateTable::default(),
+            clean_marker: false,
+            deleted: false,
+            scratch: Vec::new(),
+        };
+        log.log_start_offset = persisted_start.max(log.first_segment_base());
+        if log.log_start_offset > log.log_end_offset() {
+            // DeleteRecords moved the start past data a crash then took back: the log restarts empty at
+            // the start offset, so no offset is ever handed out twice.
+            tracing::warn!(dir = %dir.display(), log_start_offset = log.log_start_offset, log_end_offset = log.log_end_offset(), "log start is beyond the recovered log end; starting empty");
+            for segment in mem::take(&mut log.sealed) {
+                segment.delete_files()?;
+            }
+            log.active.delete_files()?;
+            log.active = Segment::create(dir, log.log_start_offset)?;
+            sync_dir(dir)?;
+        }
+        // DeleteRecords persists the start before deleting segments; finish what a crash interrupted.
+        log.delete_segments_below_start()?;
+        let end = log.log_end_offset();
+        log.recovery_point = if clean {
+            end
+        } else {
+            recovery_point.clamp(0, end)
+        };
+        match snapshot {
+            Some((offset, producers)) if offset == end => {
+                log.producers = producers;
+                log.producers
+                    .expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+            }
+            _ => log.rebuild_producer_state(now_ms, &mut scanner),
+        }
+        tracing::debug!(dir = %dir.display(), clean, segments = log.segment_count(), log_start_offset = log.log_start_offset, log_end_offset = end, producers = log.producers.len(), "opened log");
+        Ok(log)
+    }
+
+    /// Walks batch headers to rebuild idempotent-producer state. Segments whose newest batch is older
+    /// than the producer expiration cannot hold a live producer's state and are skipped. Failures are
+    /// logged, not fatal: the log itself is intact, only duplicate detection is weakened.
+    fn rebuild_producer_state(&mut self, now_ms: i64, scanner: &mut BatchScanner) {
+        let cutoff = now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS);
+        let producers = &mut self.producers;
+        for segment in self.sealed.iter().chain([&self.active]) {
+            if segment
+                .max_timestamp()
+                .is_none_or(|(timestamp, _)| timestamp < cutoff)
+            {
+                continue;
+            }
+            let walked = segment.for_each_header(scanner, |header| {
+                if header.is_idempotent() {
+                    producers.record(header);
+                }
+            });
+            if let Err(error) = walked {
+                tracing::warn!(dir = %self.dir.display(), segment = segment.base_offset(), %error, "could not rebuild producer state from a segment");
+            }
+        }
+        producers.expire(cutoff);
+    }
+
+    /// Appends a buffer of concatenated batches: validates all of them first (nothing is written if
+    /// any fails), checks idempotent sequences, assigns or checks offsets, then writes the buffer to
+    /// the active segment in one write (rolling first when due).
+    pub fn append(
+        &mut self,
+        batches: &mut [u8],
+        mode: AppendMode,
+        now_ms: i64,
+    ) -> Result<AppendResult, StorageError> {
+        self.ensure_writable()?;
+        if batches.is_empty() {
+            return Err(StorageError::InvalidRecord(
+                "the append holds no record batches".to_string(),
+            ));
+        }
+        if batches.len() > APPEND_BYTES_MAX {
+            return Err(StorageError::RecordTooLarge {
+                size: batches.len(),
+                max: APPEND_BYTES_MAX as u32,
+            });
+        }
+        let mut validated = mem::take(&mut self.scratch);
+        validated.clear();
+        let result = self.append_validated(batches, mode, now_ms, &mut validated);
+        self.scratch = validated;
+        result
+    }
+
+    fn append_validated(
+        &mut self,
+        batches: &mut [u8],
+        mode: AppendMode,
+        now_ms: i64,
+        validated: &mut Vec<ValidatedBatch>,
+    ) -> Result<AppendResult, StorageError> {
+        let origin = match mode {
+            AppendMode::AssignOffsets { .. } => Origin::Client,
+            AppendMode::PreserveOffsets => Origin::Replica,
+        };
+        batch::validate(batches, self.config.max_batch_bytes, origin, validated)?;
+        let log_end = self.log_end_offset();
+        let mut log_append_time = -1;
+        match mode {
+            AppendMode::AssignOffsets { leader_epoch } => {
+                if let Some(duplicate) = self.check_sequences(validated)? {
+                    return Ok(AppendResult {
+                        base_offset: duplicate.first_offset,
+                        last_offset: duplicate.last_offset,
+                        log_append_time: -1,
+                        log_start_offset: self.log_start_offset,
+                        record_count: 0,
+                        byte_count: 0,
+                        duplicate: true,
+                    });
+                }
+                let stamp = self.config.timestamp_type == TimestampType::LogAppendTime;
+                if stamp {
+                    log_append_time = now_ms;
+                }
+                let mut next = log_end;
+                let mut position = 0usize;
+                for batch in validated.iter_mut() {
+                    let size = batch.header.total_size();
+                    let last = next
+                        .checked_add(i64::from(batch.header.last_offset_delta))
+                        .filter(|l| *l < i64::MAX);
+                    let (Some(bytes), Some(last)) =
+                        (batches.get_mut(position..position + size), last)
+                    else {
+                        return Err(StorageError::InvalidRecord(format!(
+                            "offsets are exhausted at {next}"
+                        )));
+                    };
+                    batch::set_base_offset(bytes, next);
+                    batch::set_partition_leader_epoch(bytes, leader_epoch);
+                    batch.header.base_offset = next;
+                    batch.header.partition_leader_epoch = leader_epoch;
+                    if stamp {
+                        batch::set_log_append_time(bytes, now_ms);
+                        batch.header = BatchHeader::parse(bytes).unwrap_or(batch.header);
+                        batch.max_timestamp_offset_delta = 0;
+                    }
+                    next = last + 1;
+                    position += size;
+                }
+            }
+            AppendMode::PreserveOffsets => {
+                let mut lowest = log_end;
+                for (i, batch) in validated.iter().enumerate() {
+                    let header = &batch.header;
+                    if header.base_offset < lowest {
+                        return Err(StorageError::InvalidRecord(format!(
+                            "batch {i} has base offset {}; offsets must be at least {lowest} (log end offset {log_end}) and strictly increasing",
+                            header.base_offset
+                        )));
+                    }
+                    let Some(last) = header
+                        .base_offset
+                        .checked_add(i64::from(header.last_offset_delta))
+                        .filter(|l| *l < i64::MAX)
+                    else {
+                        return Err(StorageError::InvalidRecord(format!(
+                            "batch {i} has offsets beyond the largest offset"
+                        )));
+                    };
+                    lowest = last + 1;
+                }
+            }
+        }
+        self.write_batches(batches, validated, now_ms)?;
+        let (Some(first), Some(last)) = (validated.first(), validated.last()) else {
+            return Err(StorageError::InvalidRecord(
+                "the append holds no record batches".to_string(),
+            ));
+        };
+        Ok(AppendResult {
+            base_offset: first.header.base_offset,
+            last_offset: last.header.last_offset(),
+            log_append_time,
+            log_start_offset: self.log_start_offset,
+            record_count: validated
+                .iter()
+                .map(|b| b.header.record_count.max(0) as u64)
+                .sum(),
+            byte_count: batches.len() as u64,
+            duplicate: false,
+        })
+    }
+
+    /// Idempotent-producer checks for a producer append. Returns the original offsets when the append
+    /// is a single batch that retries one already in the log. A retried batch inside a multi-batch
+    /// append cannot be half-applied, so there it counts as out of order.
+    fn check_sequences(
+        &self,
+        validated: &[ValidatedBatch],
+    ) -> Result<Option<crate::producer::CachedBatch>, StorageError> {
+        let single = validated.len() == 1;
+        let mut pending: Vec<Pending> = Vec::new();
+        for batch in validated.iter().filter(|b| b.header.is_idempotent()) {
+            match self.producers.check(&batch.header, &pending, single)? {
+                SequenceCheck::Duplicate(original) => return Ok(Some(original)),
+                SequenceCheck::Append if !single => pending.push(Pending {
+                    producer_id: batch.header.producer_id,
+                    epoch: batch.header.producer_epoch,
+                    last_sequence: crate::producer::increment_sequence(
+                        batch.header.base_sequence,
+                        batch.header.last_offset_delta,
+                    ),
+                }),
+                SequenceCheck::Append => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes validated batches (offsets final) to the active segment, one write per segment: the
+    /// whole buffer normally lands in one segment; it is split only when its offsets would not fit
+    /// one segment's u32 relative offsets (offset-preserving appends with huge gaps).
+    fn write_batches(
+        &mut self,
+        batches: &[u8],
+        validated: &[ValidatedBatch],
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let mut run_start = 0usize;
+        let mut byte_start = 0usize;
+        while let Some(first) = validated.get(run_start) {
+            let remaining_bytes = (batches.len() - byte_start) as u64;
+            self.prepare_active(&first.header, remaining_bytes, now_ms)?;
+            let interval = self.config.index_interval_bytes;
+            let active = &mut self.active;
+            let (base, size) = (active.base_offset(), active.size_bytes());
+            let mut run_end = run_start;
+            let mut run_bytes = 0usize;
+            while let Some(batch) = validated.get(run_end) {
+                let fits = batch.header.last_offset() - base <= RELATIVE_OFFSET_MAX
+                    && size + run_bytes as u64 <= POSITION_MAX;
+                if run_end > run_start && !fits {
+                    break;
+                }
+                run_bytes += batch.header.total_size();
+                run_end += 1;
+            }
+            let run = validated.get(run_start..run_end).unwrap_or_default();
+            let bytes = batches
+                .get(byte_start..byte_start + run_bytes)
+                .unwrap_or_default();
+            active.append(bytes, run, interval, now_ms)?;
+            for batch in run.iter().filter(|b| b.header.is_idempotent()) {
+                self.producers.record(&batch.header);
+            }
+            run_start = run_end;
+            byte_start += run_bytes;
+        }
+        Ok(())
+    }
+
+    /// Makes the active segment ready for batches starting with `first`: rolls when the segment is
+    /// full, old, or cannot address the batch's offsets, and replaces an empty active segment whose
+    /// name does not match the first batch (a segment is named by its first batch's base offset).
+    fn prepare_active(
+        &mut self,
+        first: &BatchHeader,
+        bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), StorageError> {
+        let active = &self.active;
+        if active.is_empty() {
+            if active.base_offset() != first.base_offset {
+                let replacement = Segment::create(&self.dir, first.base_offset)?;
+                sync_dir(&self.dir)?;
+                mem::replace(&mut self.active, replacement).delete_files()?;
+                if self.sealed.is_empty() {
+                    // The log held nothing: it now starts where the replicated batches do, as it would
+                    // after a reopen (the log start is never below the first segment's base).
+                    self.log_start_offset = self.log_start_offset.max(first.base_offset);
+                }
+            }
+            return Ok(());
+        }
+        let full = active.size_bytes() + bytes > self.config.segment_bytes;
+        let old = self.config.segment_ms.is_some_and(|ms| {
+            active
+                .first_append_ms()
+                .is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX))
+        });
+        let unaddressable = first.last_offset() - active.base_offset() > RELATIVE_OFFSET_MAX;
+        if full || old || unaddressable {
+            self.roll(first.base_offset)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new active segment at `base_offset`. The old one's `.log` is fsynced first, so only the
+    /// active segment is ever unsynced, and the recovery point moves past it.
+    fn roll(&mut self, base_offset: i64) -> Result<(), StorageError> {
+        self.active.sync(false)?;
+        self.recovery_point = self.recovery_point.max(self.active.next_offset());
+        let segment = Segment::create(&self.dir, base_offset)?;
+        // The new file's directory entry must be durable before an fsync of its data can promise anything.
+        sync_dir(&self.dir)?;
+        let rolled = mem::replace(&mut self.active, segment);
+        self.sealed.push_back(rolled);
+        // A lost or stale recovery point only costs a longer scan, so this write is not fsynced.
+        if let Err(error) =
+            write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, false)
+        {
+            tracing::warn!(dir = %self.dir.display(), %error, "could not record the recovery point");
+        }
+        tracing::debug!(dir = %self.dir.display(), base_offset, "rolled segment");
+        Ok(())
+    }
+
+    /// Whole batches starting with the one containing `offset`, up to `max_bytes` (at most
+    /// `READ_BYTES_MAX`), never a batch reaching `upper_bound` (exclusive; the broker passes the high
+    /// watermark). With `min_one` the first batch is returned even when larger than `max_bytes`
+    /// (KIP-74). Reads continue into later segments while bytes remain. `offset == log_end_offset`
+    /// gives empty bytes; an offset outside `[log_start, log_end]` is `OffsetOutOfRange`.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+        min_one: bool,
+    ) -> Result<ReadResult, StorageError> {
+        self.ensure_live()?;
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset < start || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let mut out = Vec::new();
+        if offset < end && offset < upper_bound {
+            let budget = max_bytes.min(READ_BYTES_MAX);
+            let mut target = offset;
+            let first = self.segment_for(offset);
+            for segment in self
+                .sealed
+                .range(first.min(self.sealed.len())..)
+                .chain([&self.active])
+            {
+                let Some((position, header)) = segment.locate(target)? else {
+                    continue;
+                };
+                if header.last_offset() >= upper_bound {
+                    break;
+                }
+                let remaining = budget.saturating_sub(out.len());
+                let allowed = if out.is_empty() && min_one {
+                    remaining.max(header.total_size())
+                } else {
+                    remaining
+                };
+                if header.total_size() > allowed {
+                    break;
+                }
+                let available = segment.size_bytes() - position;
+                let want = usize::try_from(available)
+                    .unwrap_or(usize::MAX)
+                    .min(allowed);
+                let before = out.len();
+                segment.read_into(&mut out, position, want)?;
+                let kept = whole_batches(out.get(before..).unwrap_or_default(), upper_bound)?;
+                out.truncate(before + kept);
+                if kept < want || (want as u64) < available {
+                    break;
+                }
+                target = segment.next_offset();
+            }
+        }
+        Ok(ReadResult {
+            bytes: Bytes::from(out),
+            log_start_offset: start,
+            log_end_offset: end,
+        })
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The next offset to assign.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active.next_offset()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments().map(Segment::size_bytes).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.sealed.len() + 1
+    }
+
+    /// ListOffsets by timestamp: the first offset at or after the log start whose record timestamp is
+    /// at least `ts`, with that timestamp. Exact per record for uncompressed CreateTime batches; for
+    /// compressed or LogAppendTime batches, the batch's first offset and max timestamp.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        self.ensure_live()?;
+        for segment in self.segments() {
+            if segment.next_offset() <= self.log_start_offset
+                || segment.max_timestamp().is_none_or(|(t, _)| t < ts)
+            {
+                continue;
+            }
+            if let Some(found) = segment.find_timestamp(ts, self.log_start_offset)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Largest timestamp in the log and the offset of the first record carrying it (ListOffsets
+    /// MAX_TIMESTAMP, -3). Exact per record for uncompressed CreateTime batches; otherwise the
+    /// batch's first offset. None while the log holds no batches.
+    pub fn max_timestamp(&self) -> Option<(i64, i64)> {
+        let mut best: Option<(i64, i64)> = None;
+        for segment in self
+            .segments()
+            .filter(|s| s.next_offset() > self.log_start_offset)
+        {
+            if let Some((timestamp, offset)) = segment.max_timestamp()
+                && best.is_none_or(|(t, _)| timestamp > t)
+            {
+                best = Some((timestamp, offset.max(self.log_start_offset)));
+            }
+        }
+        best
+    }
+
+    /// DeleteRecords: moves the log start offset to `offset` (persisted durably before anything is
+    /// deleted) and deletes the segments wholly below it, rolling the active segment first when it is
+    /// wholly below. Returns the new log start offset (the old one if it was already beyond).
+    pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, StorageError> {
+        self.ensure_writable()?;
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset < 0 || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        write_offset_file(&self.dir, LOG_START_OFFSET_FILE, offset, true)?;
+        self.log_start_offset = offset;
+        if !self.active.is_empty() && self.active.next_offset() <= offset {
+            self.roll(end)?;
+        }
+        self.delete_segments_below_start()?;
+        tracing::debug!(dir = %self.dir.display(), log_start_offset = offset, "moved log start offset");
+        Ok(offset)
+    }
+
+    /// Retention by time and size, deleting whole segments from the oldest. A segment expires when its
+    /// largest timestamp is older than `retention_ms`; an expired active segment is rolled first so it
+    /// can go too. Size retention deletes the oldest segments while the rest still reach
+    /// `retention_bytes`; the active segment always stays. Also forgets expired producers.
+    pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionStats, StorageError> {
+        let mut stats = RetentionStats::default();
+        if self.deleted {
+            return Ok(stats);
+        }
+        self.producers
+            .expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+        if !self.config.delete_enabled {
+            return Ok(stats);
+        }
+        if let Some(retention_ms) = self.config.retention_ms {
+            let cutoff = now_ms.saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX));
+            let expired =
+                |segment: &Segment| segment.retention_timestamp().is_some_and(|t| t < cutoff);
+            if expired(&self.active) {
+                self.ensure_writable()?;
+                let end = self.log_end_offset();
+                self.roll(end)?;
+            }
+            while self.sealed.front().is_some_and(expired) {
+                self.ensure_writable()?;
+                stats.bytes_deleted += self.delete_oldest()?;
+                stats.segments_deleted += 1;
+            }
+        }
+        if let Some(retention_bytes) = self.config.retention_bytes {
+            let mut size = self.size_bytes();
+            while self
+                .sealed
+                .front()
+                .is_some_and(|s| size - s.size_bytes() >= retention_bytes)
+            {
+                self.ensure_writable()?;
+                let deleted = self.delete_oldest()?;
+                size -= deleted;
+                stats.bytes_deleted += deleted;
+                stats.segments_deleted += 1;
+            }
+        }
+        if stats.segments_deleted > 0 {
+            tracing::debug!(dir = %self.dir.display(), segments = stats.segments_deleted, bytes = stats.bytes_deleted, log_start_offset = self.log_start_offset, "retention deleted segments");
+        }
+        Ok(stats)
+    }
+
+    /// Replaces the settings; takes effect from the next append or retention run.
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config.sanitized();
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The active segment's file, so the broker can fdatasync outside its lock, and the log end
+    /// offset that sync will cover. (Segments rolled away were fsynced when they rolled.)
+    pub fn sync_target(&self) -> (Arc<fs::File>, i64) {
+        (Arc::clone(self.active.file()), self.log_end_offset())
+    }
+
+    /// Records that everything below `offset` is on stable storage.
+    pub fn mark_flushed(&mut self, offset: i64) {
+        self.recovery_point = self.recovery_point.max(offset.min(self.log_end_offset()));
+    }
+
+    /// Everything below this offset is known to be on stable storage.
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point
+    }
+
+    /// fdatasync of the active segment, under the caller's lock.
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        self.ensure_live()?;
+        self.active.sync(false)?;
+        self.recovery_point = self.log_end_offset();
+        Ok(())
+    }
+
+    /// Clean shutdown: fsync the active segment and its indexes, write the recovery point, then the
+    /// clean-shutdown marker. Takes `&mut self` (not `self`) because the broker holds logs behind locks;
+    /// the log stays usable, and the next change removes the marker again.
+    pub fn close(&mut self) -> Result<(), StorageError> {
+        if self.deleted || self.clean_marker {
+            return Ok(());
+        }
+        self.active.sync(true)?;
+        self.recovery_point = self.log_end_offset();
+        let snapshot = self.producers.encode_snapshot(self.recovery_point);
+        write_file_atomically(&self.dir, PRODUCER_SNAPSHOT_FILE, &snapshot, true)?;
+        write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, true)?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        let file = fs::File::create(&marker).context(|| format!("create {}", marker.display()))?;
+        file.sync_all()
+            .context(|| format!("fsync {}", marker.display()))?;
+        sync_dir(&self.dir)?;
+        self.clean_marker = true;
+        Ok(())
+    }
+
+    /// Removes the partition directory (topic deletion). Every later call on this log fails.
+    pub fn delete(&mut self) -> Result<(), StorageError> {
+        self.deleted = true;
+        match fs::remove_dir_all(&self.dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(
+                error,
+                format!("remove partition directory {}", self.dir.display()),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// All segments, oldest first, the active one last.
+    fn segments(&self) -> impl Iterator<Item = &Segment> {
+        self.sealed.iter().chain([&self.active])
+    }
+
+    fn first_segment_base(&self) -> i64 {
+        self.sealed.front().unwrap_or(&self.active).base_offset()
+    }
+
+    /// Position in `segments()` of the segment that would hold `offset`: the last whose base is at or
+    /// below it (the first segment for offsets below every base).
+    fn segment_for(&self, offset: i64) -> usize {
+        if self.active.base_offset() <= offset {
+            return self.sealed.len();
+        }
+        self.sealed
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Deletes the sealed segments that hold only offsets below the log start: those followed by a
+    /// segment starting at or below it.
+    fn delete_segments_below_start(&mut self) -> Result<(), StorageError> {
+        while !self.sealed.is_empty()
+            && self.sealed.get(1).unwrap_or(&self.active).base_offset() <= self.log_start_offset
+        {
+            self.delete_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed segment (never the active one) and returns its size.
+    fn delete_oldest(&mut self) -> Result<u64, StorageError> {
+        let Some(oldest) = self.sealed.front() else {
+            return Ok(0);
+        };
+        oldest.delete_files()?;
+        let size = oldest.size_bytes();
+        self.sealed.pop_front();
+        self.log_start_offset = self.log_start_offset.max(self.first_segment_base());
+        Ok(size)
+    }
+
+    fn ensure_live(&self) -> Result<(), StorageError> {
+        if self.deleted {
+            return Err(StorageError::Io(
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the partition was deleted"),
+                format!("use partition log {}", self.dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Before any change after a clean close, the marker must go: otherwise a crash would be taken for
+    /// a clean shutdown and the unsynced change would escape the full recovery scan.
+    fn ensure_writable(&mut self) -> Result<(), StorageError> {
+        self.ensure_live()?;
+        if self.clean_marker {
+            remove_if_present(&self.dir.join(CLEAN_SHUTDOWN_FILE))?;
+            sync_dir(&self.dir)?;
+            self.clean_marker = false;
+        }
+        Ok(())
+    }
+}
+
+/// Length of the prefix of `buf` made of whole batches that end below `upper_bound`.
+fn whole_batches(buf: &[u8], upper_bound: i64) -> Result<usize, StorageError> {
+    let mut position = 0usize;
+    while let Some(header) = buf.get(position..).and_then(BatchHeader::parse) {
+        if header.magic != MAGIC_V2
+            || usize::try_from(header.batch_length).map_or(true, |l| l < BATCH_LENGTH_MIN)
+        {
+            return Err(StorageError::CorruptMessage(format!(
+                "stored batch at read offset {position} has a bad header"
+            )));
+        }
+        let end = position + header.total_size();
+        if end > buf.len() || header.last_offset() >= upper_bound {
+            break;
+        }
+        position = end;
+    }
+    Ok(position)
+}
+
+/// Base offsets of the segments in `dir`, sorted. Also removes leftover temporary files and index
+/// files whose `.log` is gone (a deletion interrupted by a crash).
+fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
+    let mut bases = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
+        let entry = entry.context(|| format!("list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(TEMP_SUFFIX) {
+            remove_if_present(&entry.path())?;
+        } else if let Some(stem) = name.strip_suffix(LOG_SUFFIX) {
+            match parse_base_offset(stem) {
+                Some(base) => bases.push(base),
+                None => {
+                    tracing::warn!(file = %entry.path().display(), "ignoring a .log file not named by a base offset")
+                }
+            }
+        } else if let Some(base) = name
+            .strip_suffix(INDEX_SUFFIX)
+            .or_else(|| name.strip_suffix(TIME_INDEX_SUFFIX))
+            .and_then(parse_base_offset)
+        {
+            indexes.push((base, entry.path()));
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in indexes {
+        if bases.binary_search(&base).is_err() {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(bases)
+}
+
+/// A segment file stem: exactly 20 decimal digits.
+fn parse_base_offset(stem: &str) -> Option<i64> {
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn delete_segment_files(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
+    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
+        remove_if_present(&segment_path(dir, base_offset, suffix))?;
+    }
+    Ok(())
+}
+
+/// Reads one of the small offset files; `None` when missing or unreadable (with a warning, since
+/// the callers fall back to the safe default).
+fn read_offset_file(dir: &Path, name: &str) -> Option<i64> {
+    let path = dir.join(name);
+    // Read at most one byte past the limit, so an oversized file is recognised without reading it.
+    let mut bytes = Vec::with_capacity(OFFSET_FILE_BYTES_MAX + 1);
+    let read = fs::File::open(&path).and_then(|file| {
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, OFFSET_FILE_BYTES_MAX as u64 + 1),
+            &mut bytes,
+        )
+    });
+    match read {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "could not read offset file");
+            return None;
+        }
+    }
+    let parsed = (bytes.len() <= OFFSET_FILE_BYTES_MAX)
+        .then(|| std::str::from_utf8(&bytes).ok()?.trim().parse::<i64>().ok())
+        .flatten();
+    if parsed.is_none() {
+        tracing::warn!(file = %path.display(), "offset file is not a number; ignoring it");
+    }
+    parsed
+}
+
+/// Reads the producer snapshot, if there is an intact one of a sane size.
+fn read_producer_snapshot(path: &Path) -> Option<(i64, ProducerStateTable)> {
+    let len = fs::metadata(path).ok()?.len();
+    if len > PRODUCER_SNAPSHOT_BYTES_MAX {
+        tracing::warn!(file = %path.display(), len, "producer snapshot is too large; rebuilding from the log");
+        return None;
+    }
+    let decoded = fs::read(path)
+        .ok()
+        .and_then(|bytes| ProducerStateTable::decode_snapshot(&bytes));
+    if decoded.is_none() {
+        tracing::warn!(file = %path.display(), "producer snapshot is damaged; rebuilding from the log");
+    }
+    decoded
+}
+
+/// Replaces an offset file atomically (see `write_file_atomically`).
+fn write_offset_file(
+    dir: &Path,
+    name: &str,
+    value: i64,
+    durable: bool,
+) -> Result<(), StorageError> {
+    write_file_atomically(dir, name, format!("{value}\n").as_bytes(), durable)
+}
+
+/// Replaces a small file atomically: write a temporary file, rename it over. With `durable`, the data
+/// and the rename are fsynced too.
+fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    durable: bool,
+) -> Result<(), StorageError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let file = fs::File::create(&temp).context(|| format!("create {}", temp.display()))?;
+    std::io::Write::write_all(&mut &file, contents)
+        .context(|| format!("write {}", temp.display()))?;
+    if durable {
+        file.sync_all()
+            .context(|| format!("fsync {}", temp.display()))?;
+    }
+    fs::rename(&temp, &path)
+        .context(|| format!("rename {} to {}", temp.display(), path.display()))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .context(|| format!("fsync directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::BatchBuilder;
+
+    #[test]
+    fn segment_names_are_twenty_digits() {
+        assert_eq!(parse_base_offset("00000000000000000042"), Some(42));
+        assert_eq!(parse_base_offset("42"), None);
+        assert_eq!(parse_base_offset("0000000000000000004x"), None);
+        assert_eq!(
+            parse_base_offset("99999999999999999999"),
+            None,
+            "beyond i64"
+        );
+    }
+
+    #[test]
+    fn whole_batches_stops_at_partial_batches_and_the_bound() {
+        let mut buf = Vec::new();
+        for base in [0i64, 3, 6] {
+            buf.extend(BatchBuilder::new(0).base_offset(base).records(3, 4).build());
+        }
+        let one = buf.len() / 3;
+        assert_eq!(whole_batches(&buf, i64::MAX).unwrap(), buf.len());
+        assert_eq!(
+            whole_batches(&buf[..buf.len() - 1], i64::MAX).unwrap(),
+            2 * one
+        );
+        assert_eq!(whole_batches(&buf, 6).unwrap(), 2 * one);
+        assert_eq!(whole_batches(&buf, 5).unwrap(), one);
+        assert_eq!(whole_batches(&buf[..10], i64::MAX).unwrap(), 0);
+        let mut bad = buf.clone();
+        bad[16] = 9;
+        assert!(matches!(
+            whole_batches(&bad, i64::MAX),
+            Err(StorageError::CorruptMessage(_))
+        ));
+    }
+
+    #[test]
+    fn offset_files_round_trip_and_reject_junk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_offset_file(dir.path(), "x"), None);
+        write_offset_file(dir.path(), "x", -5, true).unwrap();
+        assert_eq!(read_offset_file(dir.path(), "x"), Some(-5));
+        assert!(!dir.path().join("x.tmp").exists());
+        fs::write(dir.path().join("x"), "12 apples").unwrap();
+        assert_eq!(read_offset_file(dir.path(), "x"), None);
+        fs::write(dir.path().join("x"), "1".repeat(OFFSET_FILE_BYTES_MAX + 1)).unwrap();
+        assert_eq!(read_offset_file(dir.path(), "x"), None);
+    }
+}
