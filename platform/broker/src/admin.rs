@@ -169,12 +169,18 @@ struct CreateTopicBody {
     replication_factor: Option<i16>,
 }
 
-async fn create_topic(State(broker): State<Arc<Broker>>, payload: Result<Json<CreateTopicBody>, JsonRejection>) -> Result<Response, ApiError> {
+async fn create_topic(
+    State(broker): State<Arc<Broker>>,
+    payload: Result<Json<CreateTopicBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let request = body(payload)?;
     if request.replication_factor.is_some_and(|r| r != 1) {
-        return Err(BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()).into());
+        return Err(
+            BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()).into()
+        );
     }
-    let config = TopicConfig::from_pairs(request.configs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+    let config = TopicConfig::from_pairs(request.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
     let broker_for_create = Arc::clone(&broker);
     let created = tokio::task::spawn_blocking(move || broker_for_create.create_topic(&request.name, request.partitions, config, false))
         .await

@@ -20,9 +20,9 @@ use crate::error::BrokerError;
 use crate::groups::GroupCoordinator;
 use crate::metastore::{MetaStore, TopicDefinition};
 use crate::metrics::Metrics;
+use crate::now_ms;
 use crate::offsets::OffsetStore;
 use crate::topic::{FlushPolicy, Partition, Topic, TopicName};
-use crate::now_ms;
 
 /// Producer ids are reserved on disk in blocks, so an InitProducerId costs an fsync only once per block.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -141,7 +141,13 @@ impl Broker {
     }
 
     /// Creates a topic. Blocking file I/O: call from a blocking context.
-    pub fn create_topic(&self, name: &str, partitions: Option<i32>, config: TopicConfig, validate_only: bool) -> Result<CreatedTopic, BrokerError> {
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        config: TopicConfig,
+        validate_only: bool,
+    ) -> Result<CreatedTopic, BrokerError> {
         let name = TopicName::parse(name)?;
         let partitions = partitions.unwrap_or_else(|| self.config.num_partitions());
         let max = self.config.partitions_per_topic_max();
@@ -158,7 +164,11 @@ impl Broker {
         // Kafka's rule: names that differ only in '.' vs '_' collide in metric names.
         let canonical = name.as_str().replace('.', "_");
         if let Some(clash) = self.topics.iter().find(|t| t.key().replace('.', "_") == canonical) {
-            return Err(BrokerError::InvalidTopic(format!("'{}' collides with existing topic '{}' ('.' and '_' are interchangeable in metric names)", name.as_str(), clash.key())));
+            return Err(BrokerError::InvalidTopic(format!(
+                "'{}' collides with existing topic '{}' ('.' and '_' are interchangeable in metric names)",
+                name.as_str(),
+                clash.key()
+            )));
         }
         let definition = TopicDefinition { name: name.as_str().to_string(), id: Uuid::new_v4(), partitions, config };
         let topic = Arc::new(Topic {
@@ -206,7 +216,9 @@ impl Broker {
         let current = topic.partition_count();
         let max = self.config.partitions_per_topic_max();
         if total <= current {
-            return Err(BrokerError::InvalidPartitions(format!("topic '{name}' has {current} partitions; the new count must be larger (partitions cannot be removed)")));
+            return Err(BrokerError::InvalidPartitions(format!(
+                "topic '{name}' has {current} partitions; the new count must be larger (partitions cannot be removed)"
+            )));
         }
         if total > max {
             return Err(BrokerError::InvalidPartitions(format!("{total} exceeds max.partitions.per.topic = {max}")));
@@ -281,7 +293,13 @@ pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
-fn open_topic(config: &BrokerConfig, data_dir: &Path, definition: &TopicDefinition, metrics: &Metrics, now: i64) -> Result<Arc<Topic>, String> {
+fn open_topic(
+    config: &BrokerConfig,
+    data_dir: &Path,
+    definition: &TopicDefinition,
+    metrics: &Metrics,
+    now: i64,
+) -> Result<Arc<Topic>, String> {
     let name = TopicName::parse(&definition.name).map_err(|e| format!("stored topic definition: {e}"))?;
     let topic = Arc::new(Topic {
         name: name.clone(),
@@ -295,7 +313,13 @@ fn open_topic(config: &BrokerConfig, data_dir: &Path, definition: &TopicDefiniti
     Ok(topic)
 }
 
-fn open_partitions(config: &BrokerConfig, data_dir: &Path, topic: &Arc<Topic>, range: std::ops::Range<i32>, now: i64) -> Result<Vec<Arc<Partition>>, String> {
+fn open_partitions(
+    config: &BrokerConfig,
+    data_dir: &Path,
+    topic: &Arc<Topic>,
+    range: std::ops::Range<i32>,
+    now: i64,
+) -> Result<Vec<Arc<Partition>>, String> {
     let topic_config = topic.config.read().clone();
     let log_config = topic_config.log_config(config);
     let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
@@ -319,9 +343,8 @@ fn remove_orphan_partitions(data_dir: &Path, definitions: &[TopicDefinition]) {
     let Ok(entries) = fs::read_dir(data_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let looks_like_partition = name
-            .rsplit_once('-')
-            .is_some_and(|(topic, p)| !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let looks_like_partition =
+            name.rsplit_once('-').is_some_and(|(topic, p)| !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
         if looks_like_partition && entry.path().is_dir() && !claimed.contains(&name) {
             tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
             if let Err(error) = fs::remove_dir_all(entry.path()) {

@@ -24,7 +24,10 @@ pub struct SettingSpec {
 #[derive(Clone, Copy)]
 enum Kind {
     /// A signed integer within inclusive bounds.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Bool,
     /// One of a fixed set of values.
     Choice(&'static [&'static str]),
@@ -43,34 +46,164 @@ const REQUEST_BYTES_LIMIT: i64 = 1 << 30;
 /// Broker settings, by Kafka's names. Settings whose topic-level twin exists are listed in
 /// [`TOPIC_SETTINGS`] with the broker name they default from.
 pub const BROKER_SETTINGS: &[SettingSpec] = &[
-    SettingSpec { name: "node.id", default: "1", doc: "This broker's id in Metadata responses.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
+    SettingSpec {
+        name: "node.id",
+        default: "1",
+        doc: "This broker's id in Metadata responses.",
+        kind: Kind::Int { min: 0, max: i32::MAX as i64 },
+    },
     SettingSpec { name: "broker.id", default: "1", doc: "Alias of node.id.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
-    SettingSpec { name: "num.partitions", default: "1", doc: "Partitions of topics created without a count (auto-created or CreateTopics with -1).", kind: Kind::Int { min: 1, max: 10_000 } },
-    SettingSpec { name: "default.replication.factor", default: "1", doc: "Replication factor of new topics; a single node holds one replica.", kind: Kind::Int { min: 1, max: 1 } },
-    SettingSpec { name: "auto.create.topics.enable", default: "true", doc: "Create a topic when a client asks for its metadata.", kind: Kind::Bool },
-    SettingSpec { name: "advertised.listeners", default: "", doc: "PLAINTEXT://host:port clients should connect to; empty = the address each client connected to.", kind: Kind::Text },
-    SettingSpec { name: "log.segment.bytes", default: "1073741824", doc: "Default segment.bytes.", kind: Kind::Int { min: SEGMENT_BYTES_MIN, max: SEGMENT_BYTES_MAX } },
+    SettingSpec {
+        name: "num.partitions",
+        default: "1",
+        doc: "Partitions of topics created without a count (auto-created or CreateTopics with -1).",
+        kind: Kind::Int { min: 1, max: 10_000 },
+    },
+    SettingSpec {
+        name: "default.replication.factor",
+        default: "1",
+        doc: "Replication factor of new topics; a single node holds one replica.",
+        kind: Kind::Int { min: 1, max: 1 },
+    },
+    SettingSpec {
+        name: "auto.create.topics.enable",
+        default: "true",
+        doc: "Create a topic when a client asks for its metadata.",
+        kind: Kind::Bool,
+    },
+    SettingSpec {
+        name: "advertised.listeners",
+        default: "",
+        doc: "PLAINTEXT://host:port clients should connect to; empty = the address each client connected to.",
+        kind: Kind::Text,
+    },
+    SettingSpec {
+        name: "log.segment.bytes",
+        default: "1073741824",
+        doc: "Default segment.bytes.",
+        kind: Kind::Int { min: SEGMENT_BYTES_MIN, max: SEGMENT_BYTES_MAX },
+    },
     SettingSpec { name: "log.roll.ms", default: DAY_MS, doc: "Default segment.ms.", kind: Kind::Int { min: 1, max: i64::MAX } },
-    SettingSpec { name: "log.retention.ms", default: DAY_MS, doc: "Default retention.ms; -1 keeps data forever.", kind: Kind::Int { min: -1, max: i64::MAX } },
-    SettingSpec { name: "log.retention.bytes", default: "-1", doc: "Default retention.bytes per partition; -1 means unlimited.", kind: Kind::Int { min: -1, max: i64::MAX } },
-    SettingSpec { name: "log.retention.check.interval.ms", default: "300000", doc: "How often retention runs.", kind: Kind::Int { min: 1, max: i64::MAX } },
-    SettingSpec { name: "log.cleanup.policy", default: "delete", doc: "Default cleanup.policy.", kind: Kind::ChoiceList(&["delete", "compact"]) },
-    SettingSpec { name: "log.index.interval.bytes", default: "4096", doc: "Default index.interval.bytes.", kind: Kind::Int { min: 0, max: i32::MAX as i64 } },
-    SettingSpec { name: "log.message.timestamp.type", default: "CreateTime", doc: "Default message.timestamp.type.", kind: Kind::Choice(&["CreateTime", "LogAppendTime"]) },
-    SettingSpec { name: "message.max.bytes", default: "1048588", doc: "Default max.message.bytes (largest record batch).", kind: Kind::Int { min: 0, max: REQUEST_BYTES_LIMIT } },
-    SettingSpec { name: "log.flush.interval.messages", default: "9223372036854775807", doc: "1 = fsync before acknowledging (group commit); N > 1 = fsync in the background every N messages; the default relies on the page cache like Kafka.", kind: Kind::Int { min: 1, max: i64::MAX } },
-    SettingSpec { name: "log.flush.interval.ms", default: "-1", doc: "fsync dirty partitions in the background at least this often; -1 = never on a timer.", kind: Kind::Int { min: -1, max: i64::MAX } },
-    SettingSpec { name: "socket.request.max.bytes", default: "104857600", doc: "Largest request frame accepted; larger frames close the connection.", kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT } },
-    SettingSpec { name: "max.connections", default: "10000", doc: "Client connections accepted at once; further connections wait.", kind: Kind::Int { min: 1, max: 1_000_000 } },
-    SettingSpec { name: "queued.max.requests", default: "500", doc: "Requests read ahead per connection before the broker stops reading it.", kind: Kind::Int { min: 1, max: 100_000 } },
-    SettingSpec { name: "connections.max.idle.ms", default: "600000", doc: "Close connections idle this long.", kind: Kind::Int { min: 1, max: i64::MAX } },
-    SettingSpec { name: "fetch.max.bytes", default: "57671680", doc: "Largest Fetch response, whatever the client asks for.", kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT } },
-    SettingSpec { name: "group.initial.rebalance.delay.ms", default: "3000", doc: "How long the first rebalance of an empty group waits for more members.", kind: Kind::Int { min: 0, max: 600_000 } },
-    SettingSpec { name: "group.min.session.timeout.ms", default: "6000", doc: "Smallest session.timeout.ms a consumer may ask for.", kind: Kind::Int { min: 1, max: i32::MAX as i64 } },
-    SettingSpec { name: "group.max.session.timeout.ms", default: "1800000", doc: "Largest session.timeout.ms a consumer may ask for.", kind: Kind::Int { min: 1, max: i32::MAX as i64 } },
-    SettingSpec { name: "group.max.size", default: "1000", doc: "Members one consumer group may have.", kind: Kind::Int { min: 1, max: 1_000_000 } },
-    SettingSpec { name: "max.topics", default: "10000", doc: "Topics this broker will hold (a bound on metadata memory).", kind: Kind::Int { min: 1, max: 1_000_000 } },
-    SettingSpec { name: "max.partitions.per.topic", default: "10000", doc: "Partitions one topic may have.", kind: Kind::Int { min: 1, max: 100_000 } },
+    SettingSpec {
+        name: "log.retention.ms",
+        default: DAY_MS,
+        doc: "Default retention.ms; -1 keeps data forever.",
+        kind: Kind::Int { min: -1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "log.retention.bytes",
+        default: "-1",
+        doc: "Default retention.bytes per partition; -1 means unlimited.",
+        kind: Kind::Int { min: -1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "log.retention.check.interval.ms",
+        default: "300000",
+        doc: "How often retention runs.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "log.cleanup.policy",
+        default: "delete",
+        doc: "Default cleanup.policy.",
+        kind: Kind::ChoiceList(&["delete", "compact"]),
+    },
+    SettingSpec {
+        name: "log.index.interval.bytes",
+        default: "4096",
+        doc: "Default index.interval.bytes.",
+        kind: Kind::Int { min: 0, max: i32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "log.message.timestamp.type",
+        default: "CreateTime",
+        doc: "Default message.timestamp.type.",
+        kind: Kind::Choice(&["CreateTime", "LogAppendTime"]),
+    },
+    SettingSpec {
+        name: "message.max.bytes",
+        default: "1048588",
+        doc: "Default max.message.bytes (largest record batch).",
+        kind: Kind::Int { min: 0, max: REQUEST_BYTES_LIMIT },
+    },
+    SettingSpec {
+        name: "log.flush.interval.messages",
+        default: "9223372036854775807",
+        doc: "1 = fsync before acknowledging (group commit); N > 1 = fsync in the background every N messages; the default relies on the page cache like Kafka.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "log.flush.interval.ms",
+        default: "-1",
+        doc: "fsync dirty partitions in the background at least this often; -1 = never on a timer.",
+        kind: Kind::Int { min: -1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "socket.request.max.bytes",
+        default: "104857600",
+        doc: "Largest request frame accepted; larger frames close the connection.",
+        kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT },
+    },
+    SettingSpec {
+        name: "max.connections",
+        default: "10000",
+        doc: "Client connections accepted at once; further connections wait.",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+    },
+    SettingSpec {
+        name: "queued.max.requests",
+        default: "500",
+        doc: "Requests read ahead per connection before the broker stops reading it.",
+        kind: Kind::Int { min: 1, max: 100_000 },
+    },
+    SettingSpec {
+        name: "connections.max.idle.ms",
+        default: "600000",
+        doc: "Close connections idle this long.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "fetch.max.bytes",
+        default: "57671680",
+        doc: "Largest Fetch response, whatever the client asks for.",
+        kind: Kind::Int { min: 1024, max: REQUEST_BYTES_LIMIT },
+    },
+    SettingSpec {
+        name: "group.initial.rebalance.delay.ms",
+        default: "3000",
+        doc: "How long the first rebalance of an empty group waits for more members.",
+        kind: Kind::Int { min: 0, max: 600_000 },
+    },
+    SettingSpec {
+        name: "group.min.session.timeout.ms",
+        default: "6000",
+        doc: "Smallest session.timeout.ms a consumer may ask for.",
+        kind: Kind::Int { min: 1, max: i32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "group.max.session.timeout.ms",
+        default: "1800000",
+        doc: "Largest session.timeout.ms a consumer may ask for.",
+        kind: Kind::Int { min: 1, max: i32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "group.max.size",
+        default: "1000",
+        doc: "Members one consumer group may have.",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+    },
+    SettingSpec {
+        name: "max.topics",
+        default: "10000",
+        doc: "Topics this broker will hold (a bound on metadata memory).",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+    },
+    SettingSpec {
+        name: "max.partitions.per.topic",
+        default: "10000",
+        doc: "Partitions one topic may have.",
+        kind: Kind::Int { min: 1, max: 100_000 },
+    },
 ];
 
 /// Topic settings: (topic name, broker setting it defaults from). A topic setting without a broker
@@ -151,11 +284,7 @@ fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigErr
 
 /// The closest name in `candidates` to `name`, if it is close enough to be a plausible typo.
 pub fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, c)| *d <= 3.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    candidates.map(|c| (edit_distance(name, c), c)).filter(|(d, c)| *d <= 3.max(c.len() / 4)).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -341,7 +470,8 @@ pub struct TopicConfig {
 /// Checks one topic setting. Errors carry Kafka's INVALID_CONFIG meaning.
 pub fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError> {
     if let Some((_, broker_name)) = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name) {
-        let broker_spec = spec(broker_name).ok_or_else(|| ConfigError { name: name.to_string(), message: "internal: no broker twin".into() })?;
+        let broker_spec =
+            spec(broker_name).ok_or_else(|| ConfigError { name: name.to_string(), message: "internal: no broker twin".into() })?;
         let kind = match (name, broker_spec.kind) {
             // Kafka lets topics say -1 (never) for these even though the broker-side minimum is 1.
             ("segment.ms", _) => Kind::Int { min: 1, max: i64::MAX },
@@ -354,7 +484,9 @@ pub fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError
         return match name {
             "compression.type" if value.trim() != "producer" => Err(ConfigError {
                 name: name.into(),
-                message: format!("'{value}': Sluice stores batches as producers compressed them and does not recompress; use compression.type=producer and set compression on the producer"),
+                message: format!(
+                    "'{value}': Sluice stores batches as producers compressed them and does not recompress; use compression.type=producer and set compression on the producer"
+                ),
             }),
             "min.insync.replicas" => check_value(Kind::Int { min: 1, max: 1 }, name, value),
             "unclean.leader.election.enable" | "preallocate" => check_value(Kind::Bool, name, value),

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use dashmap::DashMap;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription, JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::{ConsumerProtocolAssignment, ConsumerProtocolSubscription, JoinGroupResponse, SyncGroupResponse};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -152,7 +152,10 @@ pub struct GroupCoordinator {
 }
 
 fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
-    JoinGroupResponse::default().with_error_code(error.code()).with_member_id(StrBytes::from_string(member_id.to_string())).with_generation_id(-1)
+    JoinGroupResponse::default()
+        .with_error_code(error.code())
+        .with_member_id(StrBytes::from_string(member_id.to_string()))
+        .with_generation_id(-1)
 }
 
 impl GroupCoordinator {
@@ -193,7 +196,8 @@ impl GroupCoordinator {
             let now = Instant::now();
             if group.state != GroupState::Empty {
                 let same_type = group.protocol_type.as_deref() == Some(request.protocol_type.as_str());
-                let shares_protocol = request.protocols.iter().any(|(name, _)| group.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+                let shares_protocol =
+                    request.protocols.iter().any(|(name, _)| group.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
                 if !same_type || !shares_protocol {
                     return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
                 }
@@ -267,7 +271,8 @@ impl GroupCoordinator {
         }
         let rebalance_timeout = group.members.values().map(|m| m.rebalance_timeout).max().unwrap_or(Duration::from_secs(60));
         group.rebalance_deadline = now + rebalance_timeout;
-        group.join_delay_until = (was_empty && !self.initial_delay.is_zero()).then(|| (now + self.initial_delay).min(group.rebalance_deadline));
+        group.join_delay_until =
+            (was_empty && !self.initial_delay.is_zero()).then(|| (now + self.initial_delay).min(group.rebalance_deadline));
         tracing::debug!(group = group_id, generation = group.generation, "preparing rebalance");
         let coordinator = Arc::clone(self);
         let group_arc = Arc::clone(group_arc);
@@ -296,7 +301,8 @@ impl GroupCoordinator {
             }
             if now >= group.rebalance_deadline {
                 // Members that did not rejoin in time are out.
-                let missing: Vec<String> = group.members.iter().filter(|(_, m)| m.join_waiter.is_none()).map(|(id, _)| id.clone()).collect();
+                let missing: Vec<String> =
+                    group.members.iter().filter(|(_, m)| m.join_waiter.is_none()).map(|(id, _)| id.clone()).collect();
                 for id in &missing {
                     tracing::info!(group = group_id, member = id, "member did not rejoin before the rebalance deadline; removing it");
                     group.members.remove(id);
@@ -517,7 +523,9 @@ impl GroupCoordinator {
                 let expired: Vec<String> = group
                     .members
                     .iter()
-                    .filter(|(_, m)| m.join_waiter.is_none() && m.sync_waiter.is_none() && now.duration_since(m.last_heartbeat) > m.session_timeout)
+                    .filter(|(_, m)| {
+                        m.join_waiter.is_none() && m.sync_waiter.is_none() && now.duration_since(m.last_heartbeat) > m.session_timeout
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 if expired.is_empty() {
@@ -565,7 +573,11 @@ impl GroupCoordinator {
             state: group.state,
             generation: group.generation,
             protocol_type: group.protocol_type.clone().unwrap_or_default(),
-            protocol_name: if group.state == GroupState::Stable || group.state == GroupState::CompletingRebalance { protocol.clone() } else { String::new() },
+            protocol_name: if group.state == GroupState::Stable || group.state == GroupState::CompletingRebalance {
+                protocol.clone()
+            } else {
+                String::new()
+            },
             members: group
                 .members
                 .iter()
@@ -635,7 +647,9 @@ fn select_protocol(members: &BTreeMap<String, Member>) -> String {
     let candidates: Vec<&String> = members
         .values()
         .next()
-        .map(|first| first.protocols.iter().map(|(n, _)| n).filter(|n| members.values().all(|m| m.protocols.iter().any(|(p, _)| p == *n))).collect())
+        .map(|first| {
+            first.protocols.iter().map(|(n, _)| n).filter(|n| members.values().all(|m| m.protocols.iter().any(|(p, _)| p == *n))).collect()
+        })
         .unwrap_or_default();
     let mut votes: BTreeMap<&String, usize> = BTreeMap::new();
     for member in members.values() {

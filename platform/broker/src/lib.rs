@@ -146,7 +146,13 @@ fn enforce_retention(broker: &Broker) {
         for partition in topic.partitions.read().iter() {
             match partition.log.write().enforce_retention(now) {
                 Ok(stats) if stats.segments_deleted > 0 => {
-                    tracing::info!(topic = topic.name.as_str(), partition = partition.index, segments = stats.segments_deleted, bytes = stats.bytes_deleted, "retention deleted segments");
+                    tracing::info!(
+                        topic = topic.name.as_str(),
+                        partition = partition.index,
+                        segments = stats.segments_deleted,
+                        bytes = stats.bytes_deleted,
+                        "retention deleted segments"
+                    );
                 }
                 Ok(_) => {}
                 Err(error) => tracing::warn!(topic = topic.name.as_str(), partition = partition.index, %error, "retention failed"),

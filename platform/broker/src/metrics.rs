@@ -45,7 +45,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("sluice".into()), None).expect("registry");
         let requests = IntCounterVec::new(Opts::new("requests_total", "Kafka requests handled, by API"), &["api"]);
-        let errors = IntCounterVec::new(Opts::new("request_errors_total", "Kafka requests answered with an error or dropped as malformed, by API"), &["api"]);
+        let errors = IntCounterVec::new(
+            Opts::new("request_errors_total", "Kafka requests answered with an error or dropped as malformed, by API"),
+            &["api"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new("request_duration_seconds", "Time from a request's arrival to its response being queued, by API")
                 .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),

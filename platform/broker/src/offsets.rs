@@ -64,7 +64,10 @@ fn log_config() -> LogConfig {
     LogConfig { retention_ms: None, retention_bytes: None, delete_enabled: false, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() }
 }
 
-fn encode_entries<'a>(entries: impl Iterator<Item = (&'a OffsetKey, Option<&'a CommittedOffset>)>, now: i64) -> Result<BytesMut, BrokerError> {
+fn encode_entries<'a>(
+    entries: impl Iterator<Item = (&'a OffsetKey, Option<&'a CommittedOffset>)>,
+    now: i64,
+) -> Result<BytesMut, BrokerError> {
     let records: Vec<Record> = entries
         .map(|(key, value)| {
             Ok(Record {
@@ -161,7 +164,8 @@ impl OffsetStore {
             return Ok(());
         }
         let now = crate::now_ms();
-        let keys: Vec<OffsetKey> = entries.iter().map(|((t, p), _)| OffsetKey { group: group.to_string(), topic: t.clone(), partition: *p }).collect();
+        let keys: Vec<OffsetKey> =
+            entries.iter().map(|((t, p), _)| OffsetKey { group: group.to_string(), topic: t.clone(), partition: *p }).collect();
         let mut batch = encode_entries(keys.iter().zip(entries.iter().map(|(_, v)| v.as_ref())), now)?;
         let mut log = self.log.lock();
         log.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now)?;
@@ -205,7 +209,9 @@ impl OffsetStore {
             .offsets
             .read()
             .iter()
-            .flat_map(|(g, m)| m.iter().map(move |((t, p), v)| (OffsetKey { group: g.clone(), topic: t.clone(), partition: *p }, v.clone())))
+            .flat_map(|(g, m)| {
+                m.iter().map(move |((t, p), v)| (OffsetKey { group: g.clone(), topic: t.clone(), partition: *p }, v.clone()))
+            })
             .collect();
         for chunk in entries.chunks(REWRITE_BATCH_ENTRIES) {
             let mut batch = encode_entries(chunk.iter().map(|(k, v)| (k, Some(v))), now).map_err(|e| e.to_string())?;

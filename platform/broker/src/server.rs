@@ -73,7 +73,12 @@ pub async fn run_kafka_listener(broker: Arc<Broker>, listener: TcpListener, mut 
     }
 }
 
-async fn serve_connection(broker: &Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+async fn serve_connection(
+    broker: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
     let ctx = ConnCtx { local_addr: stream.local_addr().map_err(|e| e.to_string())?, peer_addr: peer };
     let (mut reader, writer) = stream.into_split();
     let (sender, receiver) = mpsc::channel::<InFlight>(broker.config.queued_requests_max());
@@ -143,7 +148,11 @@ async fn serve_connection(broker: &Arc<Broker>, stream: TcpStream, peer: SocketA
     finish(sender, writer_task, result).await
 }
 
-async fn finish(sender: mpsc::Sender<InFlight>, writer_task: tokio::task::JoinHandle<()>, result: Result<(), String>) -> Result<(), String> {
+async fn finish(
+    sender: mpsc::Sender<InFlight>,
+    writer_task: tokio::task::JoinHandle<()>,
+    result: Result<(), String>,
+) -> Result<(), String> {
     drop(sender);
     let _ = writer_task.await;
     result

@@ -27,7 +27,8 @@ struct TestBroker {
 async fn start(settings: &[(&str, &str)]) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig::from_settings(settings.iter().copied()).unwrap();
-    let options = ServerOptions { data_dir: dir.path().to_path_buf(), listen: "127.0.0.1:0".into(), admin_listen: "127.0.0.1:0".into(), config };
+    let options =
+        ServerOptions { data_dir: dir.path().to_path_buf(), listen: "127.0.0.1:0".into(), admin_listen: "127.0.0.1:0".into(), config };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(sluice_broker::run(
@@ -122,8 +123,18 @@ async fn create_topic(client: &mut Client, name: &str, partitions: i32, configs:
         .with_name(TopicName(StrBytes::from_string(name.into())))
         .with_num_partitions(partitions)
         .with_replication_factor(1)
-        .with_configs(configs.iter().map(|(k, v)| CreatableTopicConfig::default().with_name(StrBytes::from_string(k.to_string())).with_value(Some(StrBytes::from_string(v.to_string())))).collect());
-    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(5000)).await;
+        .with_configs(
+            configs
+                .iter()
+                .map(|(k, v)| {
+                    CreatableTopicConfig::default()
+                        .with_name(StrBytes::from_string(k.to_string()))
+                        .with_value(Some(StrBytes::from_string(v.to_string())))
+                })
+                .collect(),
+        );
+    let response: CreateTopicsResponse =
+        client.call(ApiKey::CreateTopics, 5, &CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(5000)).await;
     response.topics[0].error_code
 }
 
@@ -140,9 +151,9 @@ async fn produce(client: &mut Client, topic: &str, partition: i32, records: Byte
 
 async fn fetch(client: &mut Client, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
     let request = FetchRequest::default().with_max_wait_ms(max_wait_ms).with_min_bytes(1).with_max_bytes(1 << 20).with_topics(vec![
-        FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.into())))
-            .with_partitions(vec![FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(1 << 20)]),
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_string(topic.into()))).with_partitions(vec![
+            FetchPartition::default().with_partition(partition).with_fetch_offset(offset).with_partition_max_bytes(1 << 20),
+        ]),
     ]);
     let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request).await;
     let p = &response.responses[0].partitions[0];

@@ -282,9 +282,7 @@ mod tests {
         assert_eq!(args.records, Some(10));
         assert_eq!(args.fetch_max_bytes, 52_428_800);
 
-        assert!(
-            Cli::try_parse_from(["bench", "produce", "--topic", "t", "--records", "5", "--duration", "1s"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["bench", "produce", "--topic", "t", "--records", "5", "--duration", "1s"]).is_err());
         assert!(Cli::try_parse_from(["bench", "produce", "--topic", "t", "--in-flight", "0"]).is_err());
         assert!(Cli::try_parse_from(["bench", "produce", "--topic", "t", "--acks", "2"]).is_err());
     }

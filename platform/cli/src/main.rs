@@ -85,7 +85,8 @@ fn load_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
         flatten_toml("", &table, &mut pairs).map_err(|e| format!("config file {}: {e}", path.display()))?;
     }
     for setting in &args.settings {
-        let (name, value) = setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected NAME=VALUE, e.g. --set num.partitions=3"))?;
+        let (name, value) =
+            setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected NAME=VALUE, e.g. --set num.partitions=3"))?;
         pairs.push((name.trim().to_string(), value.trim().to_string()));
     }
     BrokerConfig::from_settings(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| format!("invalid setting {e}"))
@@ -152,7 +153,9 @@ fn run_server(args: ServerArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -63,10 +63,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 
 /// The version range the broker implements for `api_key`, if it implements that API at all.
 pub fn supported_versions(api_key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS
-        .iter()
-        .find(|(key, _, _)| *key == api_key)
-        .map(|&(_, min, max)| (min, max))
+    SUPPORTED_APIS.iter().find(|(key, _, _)| *key == api_key).map(|&(_, min, max)| (min, max))
 }
 
 /// What a frame is about, read from its first eight bytes without decoding anything else. Error
@@ -105,9 +102,9 @@ impl DecodeError {
     pub fn meta(&self) -> Option<RequestMeta> {
         match self {
             DecodeError::TooShort { .. } => None,
-            DecodeError::UnknownApiKey { meta }
-            | DecodeError::UnsupportedVersion { meta, .. }
-            | DecodeError::Malformed { meta, .. } => Some(*meta),
+            DecodeError::UnknownApiKey { meta } | DecodeError::UnsupportedVersion { meta, .. } | DecodeError::Malformed { meta, .. } => {
+                Some(*meta)
+            }
         }
     }
 }
@@ -222,20 +219,36 @@ fn response_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
         };
     }
     size!(
-        Produce, Fetch, ListOffsets, Metadata, OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup,
-        Heartbeat, LeaveGroup, SyncGroup, DescribeGroups, ListGroups, ApiVersions, CreateTopics,
-        DeleteTopics, DeleteRecords, InitProducerId, DescribeConfigs, AlterConfigs, CreatePartitions,
-        DeleteGroups, IncrementalAlterConfigs, OffsetDelete, DescribeCluster
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        OffsetCommit,
+        OffsetFetch,
+        FindCoordinator,
+        JoinGroup,
+        Heartbeat,
+        LeaveGroup,
+        SyncGroup,
+        DescribeGroups,
+        ListGroups,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DeleteRecords,
+        InitProducerId,
+        DescribeConfigs,
+        AlterConfigs,
+        CreatePartitions,
+        DeleteGroups,
+        IncrementalAlterConfigs,
+        OffsetDelete,
+        DescribeCluster
     )
 }
 
 /// Builds a request frame (length prefix included). Used by Sluice's own clients (bench, CLI, tests).
-pub fn encode_request<R: Encodable>(
-    header: &RequestHeader,
-    api_key: ApiKey,
-    body: &R,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode_request<R: Encodable>(header: &RequestHeader, api_key: ApiKey, body: &R, out: &mut BytesMut) -> Result<(), EncodeError> {
     let version = header.request_api_version;
     let encode_error = |reason: String| EncodeError::Encode { api_key, version, reason };
     let header_version = api_key.request_header_version(version);

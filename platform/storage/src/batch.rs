@@ -95,8 +95,7 @@ impl BatchHeader {
 
     /// Offset of the batch's last record. Saturates rather than overflowing on a garbage header.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset
-            .saturating_add(i64::from(self.last_offset_delta))
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// Bytes the whole batch occupies: 12 + batch_length (12 for a negative, i.e. invalid, length).
@@ -117,11 +116,7 @@ impl BatchHeader {
     }
 
     pub fn timestamp_type(&self) -> TimestampType {
-        if self.attributes & TIMESTAMP_TYPE_BIT != 0 {
-            TimestampType::LogAppendTime
-        } else {
-            TimestampType::CreateTime
-        }
+        if self.attributes & TIMESTAMP_TYPE_BIT != 0 { TimestampType::LogAppendTime } else { TimestampType::CreateTime }
     }
 
     /// Whether the batch takes part in idempotent-producer sequence checks.
@@ -154,53 +149,33 @@ pub(crate) struct ValidatedBatch {
 /// record count >= 1 and == last_offset_delta + 1, each batch <= `max_batch_bytes`, no trailing bytes.
 /// For uncompressed batches the records' varint framing is walked too, and their count and offset
 /// deltas checked. Returns the headers in order.
-pub fn validate_batches(
-    buf: &[u8],
-    max_batch_bytes: u32,
-) -> Result<Vec<BatchHeader>, StorageError> {
+pub fn validate_batches(buf: &[u8], max_batch_bytes: u32) -> Result<Vec<BatchHeader>, StorageError> {
     let mut batches = Vec::new();
     validate(buf, max_batch_bytes, Origin::Client, &mut batches)?;
     Ok(batches.into_iter().map(|b| b.header).collect())
 }
 
 /// The crate's validation entry point; appends one `ValidatedBatch` per batch to `out`.
-pub(crate) fn validate(
-    buf: &[u8],
-    max_batch_bytes: u32,
-    origin: Origin,
-    out: &mut Vec<ValidatedBatch>,
-) -> Result<(), StorageError> {
+pub(crate) fn validate(buf: &[u8], max_batch_bytes: u32, origin: Origin, out: &mut Vec<ValidatedBatch>) -> Result<(), StorageError> {
     let mut position = 0usize;
     while position < buf.len() {
         let rest = buf.get(position..).unwrap_or_default();
         let at = |what: String| format!("batch {} at byte {position}: {what}", out.len());
         if rest.len() < LOG_OVERHEAD_BYTES {
-            return Err(StorageError::CorruptMessage(at(format!(
-                "{} trailing bytes are too few for a batch",
-                rest.len()
-            ))));
+            return Err(StorageError::CorruptMessage(at(format!("{} trailing bytes are too few for a batch", rest.len()))));
         }
         let batch_length = read_i32(rest, BATCH_LENGTH_AT).unwrap_or(-1);
-        let Some(length) = usize::try_from(batch_length)
-            .ok()
-            .filter(|l| *l >= BATCH_LENGTH_MIN)
-        else {
+        let Some(length) = usize::try_from(batch_length).ok().filter(|l| *l >= BATCH_LENGTH_MIN) else {
             return Err(StorageError::CorruptMessage(at(format!(
                 "batch length {batch_length} is below the minimum of {BATCH_LENGTH_MIN}"
             ))));
         };
         let size = LOG_OVERHEAD_BYTES + length;
         if size > max_batch_bytes as usize {
-            return Err(StorageError::RecordTooLarge {
-                size,
-                max: max_batch_bytes,
-            });
+            return Err(StorageError::RecordTooLarge { size, max: max_batch_bytes });
         }
         let Some(bytes) = rest.get(..size) else {
-            return Err(StorageError::CorruptMessage(at(format!(
-                "batch claims {size} bytes but only {} remain",
-                rest.len()
-            ))));
+            return Err(StorageError::CorruptMessage(at(format!("batch claims {size} bytes but only {} remain", rest.len()))));
         };
         let batch = check_batch(bytes, origin).map_err(|error| match error {
             StorageError::CorruptMessage(m) => StorageError::CorruptMessage(at(m)),
@@ -219,35 +194,20 @@ fn check_batch(bytes: &[u8], origin: Origin) -> Result<ValidatedBatch, StorageEr
     let corrupt = |m: String| Err(StorageError::CorruptMessage(m));
     let invalid = |m: String| Err(StorageError::InvalidRecord(m));
     let Some(header) = BatchHeader::parse(bytes) else {
-        return corrupt(format!(
-            "{} bytes are too few for a batch header",
-            bytes.len()
-        ));
+        return corrupt(format!("{} bytes are too few for a batch header", bytes.len()));
     };
     if header.magic != MAGIC_V2 {
-        return invalid(format!(
-            "magic {} is not supported; only RecordBatch v2 (magic 2) is",
-            header.magic
-        ));
+        return invalid(format!("magic {} is not supported; only RecordBatch v2 (magic 2) is", header.magic));
     }
     let computed = batch_crc(bytes);
     if computed != header.crc {
-        return corrupt(format!(
-            "CRC-32C mismatch: the batch says {:#010x}, its bytes give {computed:#010x}",
-            header.crc
-        ));
+        return corrupt(format!("CRC-32C mismatch: the batch says {:#010x}, its bytes give {computed:#010x}", header.crc));
     }
     if header.compression() > COMPRESSION_CODEC_MAX {
-        return invalid(format!(
-            "unknown compression codec {}",
-            header.compression()
-        ));
+        return invalid(format!("unknown compression codec {}", header.compression()));
     }
     if header.last_offset_delta < 0 {
-        return invalid(format!(
-            "negative last offset delta {}",
-            header.last_offset_delta
-        ));
+        return invalid(format!("negative last offset delta {}", header.last_offset_delta));
     }
     let offsets_spanned = i64::from(header.last_offset_delta) + 1;
     match origin {
@@ -275,10 +235,7 @@ fn check_batch(bytes: &[u8], origin: Origin) -> Result<ValidatedBatch, StorageEr
     if header.compression() == COMPRESSION_NONE {
         max_timestamp_offset_delta = check_records(&header, bytes, origin)?;
     }
-    Ok(ValidatedBatch {
-        header,
-        max_timestamp_offset_delta,
-    })
+    Ok(ValidatedBatch { header, max_timestamp_offset_delta })
 }
 
 /// Walks the records of an uncompressed batch: framing, count and offset deltas. Returns the offset
@@ -289,14 +246,11 @@ fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<i
     let mut previous_delta: i64 = -1;
     let mut best: Option<(i64, i32)> = None;
     for record in Records::new(bytes) {
-        let record =
-            record.map_err(|why| StorageError::CorruptMessage(format!("record {count}: {why}")))?;
+        let record = record.map_err(|why| StorageError::CorruptMessage(format!("record {count}: {why}")))?;
         let delta = i64::from(record.offset_delta);
         let in_order = match origin {
             Origin::Client => delta == count,
-            Origin::Replica => {
-                delta > previous_delta && delta <= i64::from(header.last_offset_delta)
-            }
+            Origin::Replica => delta > previous_delta && delta <= i64::from(header.last_offset_delta),
         };
         if !in_order {
             return Err(StorageError::InvalidRecord(format!(
@@ -311,10 +265,7 @@ fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<i
         count += 1;
     }
     if count != i64::from(header.record_count) {
-        return Err(StorageError::InvalidRecord(format!(
-            "header says {} records, the batch holds {count}",
-            header.record_count
-        )));
+        return Err(StorageError::InvalidRecord(format!("header says {} records, the batch holds {count}", header.record_count)));
     }
     if header.timestamp_type() == TimestampType::LogAppendTime {
         return Ok(0);
@@ -351,10 +302,7 @@ pub(crate) fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 }
 
 fn put<const N: usize>(batch: &mut [u8], at: usize, value: [u8; N]) {
-    if let Some(field) = batch
-        .get_mut(at..)
-        .and_then(|rest| rest.first_chunk_mut::<N>())
-    {
+    if let Some(field) = batch.get_mut(at..).and_then(|rest| rest.first_chunk_mut::<N>()) {
         *field = value;
     }
 }
@@ -383,21 +331,13 @@ pub(crate) struct Records<'a> {
 impl<'a> Records<'a> {
     /// `batch` is a whole uncompressed batch, header included.
     pub(crate) fn new(batch: &'a [u8]) -> Records<'a> {
-        Records {
-            reader: Reader::new(batch.get(BATCH_HEADER_BYTES..).unwrap_or_default()),
-        }
+        Records { reader: Reader::new(batch.get(BATCH_HEADER_BYTES..).unwrap_or_default()) }
     }
 
     fn next_record(&mut self) -> Result<RecordInfo, &'static str> {
-        let length = self
-            .reader
-            .varint()
-            .ok_or("record length is not a valid varint")?;
+        let length = self.reader.varint().ok_or("record length is not a valid varint")?;
         let length = usize::try_from(length).map_err(|_| "negative record length")?;
-        let body = self
-            .reader
-            .take(length)
-            .ok_or("record length runs past the end of the batch")?;
+        let body = self.reader.take(length).ok_or("record length runs past the end of the batch")?;
         let mut r = Reader::new(body);
         const SHORT: &str = "record is shorter than its fields";
         let _attributes = r.i8().ok_or(SHORT)?;
@@ -413,10 +353,7 @@ impl<'a> Records<'a> {
         if !r.is_empty() {
             return Err("record has bytes after its last header");
         }
-        Ok(RecordInfo {
-            offset_delta,
-            timestamp_delta,
-        })
+        Ok(RecordInfo { offset_delta, timestamp_delta })
     }
 }
 
@@ -525,28 +462,18 @@ mod tests {
     use crate::testing::BatchBuilder;
 
     fn one_batch() -> Vec<u8> {
-        BatchBuilder::new(1_000)
-            .record(Some(b"k"), Some(b"v1"))
-            .record_at(5, None, Some(b"v2"))
-            .build()
+        BatchBuilder::new(1_000).record(Some(b"k"), Some(b"v1")).record_at(5, None, Some(b"v2")).build()
     }
 
     #[test]
     fn parses_the_header_the_builder_writes() {
-        let bytes = BatchBuilder::new(1_000)
-            .producer(7, 2, 40)
-            .record(None, Some(b"a"))
-            .record_at(9, None, Some(b"b"))
-            .build();
+        let bytes = BatchBuilder::new(1_000).producer(7, 2, 40).record(None, Some(b"a")).record_at(9, None, Some(b"b")).build();
         let headers = validate_batches(&bytes, MAX_BATCH_BYTES_DEFAULT).unwrap();
         assert_eq!(headers.len(), 1);
         let h = headers[0];
         assert_eq!((h.magic, h.last_offset_delta, h.record_count), (2, 1, 2));
         assert_eq!((h.base_timestamp, h.max_timestamp), (1_000, 1_009));
-        assert_eq!(
-            (h.producer_id, h.producer_epoch, h.base_sequence),
-            (7, 2, 40)
-        );
+        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (7, 2, 40));
         assert_eq!(h.total_size(), bytes.len());
         assert_eq!(h.compression(), COMPRESSION_NONE);
         assert_eq!(h.timestamp_type(), TimestampType::CreateTime);
@@ -557,16 +484,9 @@ mod tests {
     fn accepts_concatenated_batches_and_rejects_trailing_bytes() {
         let mut buf = one_batch();
         buf.extend_from_slice(&one_batch());
-        assert_eq!(
-            validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT)
-                .unwrap()
-                .len(),
-            2
-        );
+        assert_eq!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT).unwrap().len(), 2);
         buf.extend_from_slice(&[0; 5]);
-        assert!(
-            matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("batch 2"))
-        );
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("batch 2")));
     }
 
     #[test]
@@ -574,40 +494,28 @@ mod tests {
         let mut buf = one_batch();
         let last = buf.len() - 1;
         buf[last] ^= 0x01;
-        assert!(
-            matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("CRC"))
-        );
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("CRC")));
     }
 
     #[test]
     fn enforces_the_size_limit_before_looking_further() {
         let buf = one_batch();
         let max = (buf.len() - 1) as u32;
-        assert!(
-            matches!(validate_batches(&buf, max), Err(StorageError::RecordTooLarge { size, max: m }) if size == buf.len() && m == max)
-        );
+        assert!(matches!(validate_batches(&buf, max), Err(StorageError::RecordTooLarge { size, max: m }) if size == buf.len() && m == max));
     }
 
     #[test]
     fn rejects_wrong_magic_and_bad_lengths() {
         let mut buf = one_batch();
         buf[16] = 1;
-        assert!(matches!(
-            validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT),
-            Err(StorageError::InvalidRecord(_))
-        ));
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::InvalidRecord(_))));
         let mut buf = one_batch();
         buf[8..12].copy_from_slice(&10i32.to_be_bytes());
-        assert!(matches!(
-            validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT),
-            Err(StorageError::CorruptMessage(_))
-        ));
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(_))));
         let mut buf = one_batch();
         let too_long = buf.len() as i32;
         buf[8..12].copy_from_slice(&too_long.to_be_bytes());
-        assert!(
-            matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("remain"))
-        );
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::CorruptMessage(m)) if m.contains("remain")));
     }
 
     #[test]
@@ -618,21 +526,13 @@ mod tests {
         buf[23..27].copy_from_slice(&2i32.to_be_bytes());
         let crc = batch_crc(&buf);
         buf[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(
-            matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::InvalidRecord(m)) if m.contains("holds 2"))
-        );
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::InvalidRecord(m)) if m.contains("holds 2")));
     }
 
     #[test]
     fn rejects_control_batches_from_clients_but_not_from_replicas() {
-        let buf = BatchBuilder::new(0)
-            .attributes(CONTROL_BIT)
-            .record(None, None)
-            .build();
-        assert!(matches!(
-            validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT),
-            Err(StorageError::InvalidRecord(_))
-        ));
+        let buf = BatchBuilder::new(0).attributes(CONTROL_BIT).record(None, None).build();
+        assert!(matches!(validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT), Err(StorageError::InvalidRecord(_))));
         let mut out = Vec::new();
         validate(&buf, MAX_BATCH_BYTES_DEFAULT, Origin::Replica, &mut out).unwrap();
         assert!(out[0].header.is_control());
@@ -640,20 +540,14 @@ mod tests {
 
     #[test]
     fn passes_compressed_batches_through_without_looking_inside() {
-        let buf = BatchBuilder::new(0)
-            .compressed(4, 3, b"opaque zstd frame")
-            .build();
+        let buf = BatchBuilder::new(0).compressed(4, 3, b"opaque zstd frame").build();
         let headers = validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT).unwrap();
         assert_eq!((headers[0].compression(), headers[0].record_count), (4, 3));
     }
 
     #[test]
     fn finds_the_record_with_the_largest_timestamp() {
-        let buf = BatchBuilder::new(100)
-            .record_at(0, None, None)
-            .record_at(50, None, None)
-            .record_at(7, None, None)
-            .build();
+        let buf = BatchBuilder::new(100).record_at(0, None, None).record_at(50, None, None).record_at(7, None, None).build();
         let mut out = Vec::new();
         validate(&buf, MAX_BATCH_BYTES_DEFAULT, Origin::Client, &mut out).unwrap();
         assert_eq!(out[0].max_timestamp_offset_delta, 1);
@@ -666,27 +560,16 @@ mod tests {
         set_partition_leader_epoch(&mut buf, 9);
         set_log_append_time(&mut buf, 55_555);
         let h = validate_batches(&buf, MAX_BATCH_BYTES_DEFAULT).unwrap()[0];
-        assert_eq!(
-            (h.base_offset, h.partition_leader_epoch, h.max_timestamp),
-            (1234, 9, 55_555)
-        );
+        assert_eq!((h.base_offset, h.partition_leader_epoch, h.max_timestamp), (1234, 9, 55_555));
         assert_eq!(h.timestamp_type(), TimestampType::LogAppendTime);
     }
 
     #[test]
     fn varints_round_trip_and_reject_overlong_encodings() {
-        for (bytes, want) in [
-            (&[0x00][..], 0),
-            (&[0x01][..], -1),
-            (&[0x02][..], 1),
-            (&[0xfe, 0xff, 0xff, 0xff, 0x0f][..], i32::MAX),
-        ] {
+        for (bytes, want) in [(&[0x00][..], 0), (&[0x01][..], -1), (&[0x02][..], 1), (&[0xfe, 0xff, 0xff, 0xff, 0x0f][..], i32::MAX)] {
             assert_eq!(Reader::new(bytes).varint(), Some(want));
         }
-        assert_eq!(
-            Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).varint(),
-            None
-        );
+        assert_eq!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).varint(), None);
         assert_eq!(Reader::new(&[0x80]).varint(), None);
         assert_eq!(Reader::new(&[0xff; 11]).varlong(), None);
     }

@@ -19,27 +19,13 @@ pub enum StorageError {
     RecordTooLarge { size: usize, max: u32 },
     /// A read or DeleteRecords outside `[log_start_offset, log_end_offset]`. Maps to OFFSET_OUT_OF_RANGE (1).
     #[error("offset {requested} is out of range: the log holds offsets [{start}, {end}]")]
-    OffsetOutOfRange {
-        requested: i64,
-        start: i64,
-        end: i64,
-    },
+    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
     /// An idempotent producer skipped or reordered a sequence number. Maps to OUT_OF_ORDER_SEQUENCE_NUMBER (45).
-    #[error(
-        "out of order sequence number for producer {producer_id}: expected {expected}, got {got}"
-    )]
-    OutOfOrderSequence {
-        producer_id: i64,
-        expected: i32,
-        got: i32,
-    },
+    #[error("out of order sequence number for producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
     /// A zombie producer: its epoch is older than one the log has seen. Maps to INVALID_PRODUCER_EPOCH (47).
     #[error("producer {producer_id} has epoch {got}, older than its current epoch {current}")]
-    InvalidProducerEpoch {
-        producer_id: i64,
-        current: i16,
-        got: i16,
-    },
+    InvalidProducerEpoch { producer_id: i64, current: i16, got: i16 },
     /// A file operation failed; the string names the operation and the path. Maps to KAFKA_STORAGE_ERROR.
     #[error("{1}: {0}")]
     Io(#[source] io::Error, String),
@@ -64,9 +50,7 @@ mod tests {
     #[test]
     fn io_errors_name_the_operation() {
         let result: io::Result<()> = Err(io::Error::new(io::ErrorKind::NotFound, "gone"));
-        let error = result
-            .context(|| "open /x/00000000000000000000.log".to_string())
-            .unwrap_err();
+        let error = result.context(|| "open /x/00000000000000000000.log".to_string()).unwrap_err();
         assert_eq!(error.to_string(), "open /x/00000000000000000000.log: gone");
         assert!(std::error::Error::source(&error).is_some());
     }

@@ -63,10 +63,7 @@ pub(crate) struct SegmentIndex {
 
 impl SegmentIndex {
     /// Creates empty index files, replacing any that exist.
-    pub(crate) fn create(
-        offset_path: PathBuf,
-        time_path: PathBuf,
-    ) -> Result<SegmentIndex, StorageError> {
+    pub(crate) fn create(offset_path: PathBuf, time_path: PathBuf) -> Result<SegmentIndex, StorageError> {
         let open = |path: &Path| {
             OpenOptions::new()
                 .read(true)
@@ -112,57 +109,37 @@ impl SegmentIndex {
         let time_file = open(&time_path)?;
         // Each entry names a distinct batch after the first, so a valid index cannot hold more entries
         // than the log holds batch headers. Anything longer is garbage and is not read at all.
-        let entries_max =
-            usize::try_from(log_bytes / BATCH_HEADER_BYTES as u64).unwrap_or(usize::MAX);
-        let offset_bytes = read_prefix(
-            &offset_file,
-            entries_max.saturating_mul(OFFSET_INDEX_ENTRY_BYTES),
-        )
-        .context(|| format!("read index {}", offset_path.display()))?;
-        let time_bytes = read_prefix(
-            &time_file,
-            entries_max.saturating_mul(TIME_INDEX_ENTRY_BYTES),
-        )
-        .context(|| format!("read index {}", time_path.display()))?;
+        let entries_max = usize::try_from(log_bytes / BATCH_HEADER_BYTES as u64).unwrap_or(usize::MAX);
+        let offset_bytes = read_prefix(&offset_file, entries_max.saturating_mul(OFFSET_INDEX_ENTRY_BYTES))
+            .context(|| format!("read index {}", offset_path.display()))?;
+        let time_bytes = read_prefix(&time_file, entries_max.saturating_mul(TIME_INDEX_ENTRY_BYTES))
+            .context(|| format!("read index {}", time_path.display()))?;
 
         let mut entries = Vec::with_capacity(offset_bytes.len() / OFFSET_INDEX_ENTRY_BYTES);
-        let mut previous = OffsetEntry {
-            relative_offset: 0,
-            position: 0,
-        };
+        let mut previous = OffsetEntry { relative_offset: 0, position: 0 };
         for chunk in offset_bytes.chunks_exact(OFFSET_INDEX_ENTRY_BYTES) {
             let mut r = Reader::new(chunk);
             let (Some(relative_offset), Some(position)) = (r.u32(), r.u32()) else {
                 break;
             };
             let fits = u64::from(position) + BATCH_HEADER_BYTES as u64 <= log_bytes;
-            if relative_offset <= previous.relative_offset || position <= previous.position || !fits
-            {
+            if relative_offset <= previous.relative_offset || position <= previous.position || !fits {
                 break;
             }
-            previous = OffsetEntry {
-                relative_offset,
-                position,
-            };
+            previous = OffsetEntry { relative_offset, position };
             entries.push(previous);
         }
 
         let mut max_timestamps = Vec::with_capacity(entries.len());
         let mut last_time = None;
-        for (i, chunk) in time_bytes
-            .chunks_exact(TIME_INDEX_ENTRY_BYTES)
-            .take(entries.len())
-            .enumerate()
-        {
+        for (i, chunk) in time_bytes.chunks_exact(TIME_INDEX_ENTRY_BYTES).take(entries.len()).enumerate() {
             let mut r = Reader::new(chunk);
             let (Some(timestamp), Some(relative_offset)) = (r.i64(), r.u32()) else {
                 break;
             };
             // The record with the running maximum sits in the indexed batch or before it, so before the
             // next indexed batch; and both the maximum and its offset only move forward.
-            let before_next = entries
-                .get(i + 1)
-                .is_none_or(|next| relative_offset < next.relative_offset);
+            let before_next = entries.get(i + 1).is_none_or(|next| relative_offset < next.relative_offset);
             let forward = last_time.is_none_or(|(t, o)| timestamp >= t && relative_offset >= o);
             if !before_next || !forward {
                 break;
@@ -198,8 +175,7 @@ impl SegmentIndex {
 
     /// Number of entries whose position is below `position`.
     pub(crate) fn count_before_position(&self, position: u64) -> usize {
-        self.entries
-            .partition_point(|e| u64::from(e.position) < position)
+        self.entries.partition_point(|e| u64::from(e.position) < position)
     }
 
     /// Keeps the first `n` entries, in memory and on disk (the files are cut only if longer).
@@ -209,22 +185,13 @@ impl SegmentIndex {
         self.max_timestamps.truncate(n);
         self.written = self.entries.len();
         let n = self.entries.len() as u64;
-        for (file, path, entry_bytes) in [
-            (
-                &self.offset_file,
-                &self.offset_path,
-                OFFSET_INDEX_ENTRY_BYTES,
-            ),
-            (&self.time_file, &self.time_path, TIME_INDEX_ENTRY_BYTES),
-        ] {
+        for (file, path, entry_bytes) in
+            [(&self.offset_file, &self.offset_path, OFFSET_INDEX_ENTRY_BYTES), (&self.time_file, &self.time_path, TIME_INDEX_ENTRY_BYTES)]
+        {
             let want = n * entry_bytes as u64;
-            let have = file
-                .metadata()
-                .context(|| format!("stat index {}", path.display()))?
-                .len();
+            let have = file.metadata().context(|| format!("stat index {}", path.display()))?.len();
             if have != want {
-                file.set_len(want)
-                    .context(|| format!("truncate index {}", path.display()))?;
+                file.set_len(want).context(|| format!("truncate index {}", path.display()))?;
             }
         }
         Ok(())
@@ -232,28 +199,17 @@ impl SegmentIndex {
 
     /// Adds an entry in memory and to the pending writes. Entries must come in increasing order.
     pub(crate) fn push(&mut self, entry: IndexEntry) {
-        self.pending_offset_bytes
-            .extend_from_slice(&entry.relative_offset.to_be_bytes());
-        self.pending_offset_bytes
-            .extend_from_slice(&entry.position.to_be_bytes());
-        self.pending_time_bytes
-            .extend_from_slice(&entry.max_timestamp.to_be_bytes());
-        self.pending_time_bytes
-            .extend_from_slice(&entry.max_timestamp_relative_offset.to_be_bytes());
-        self.entries.push(OffsetEntry {
-            relative_offset: entry.relative_offset,
-            position: entry.position,
-        });
+        self.pending_offset_bytes.extend_from_slice(&entry.relative_offset.to_be_bytes());
+        self.pending_offset_bytes.extend_from_slice(&entry.position.to_be_bytes());
+        self.pending_time_bytes.extend_from_slice(&entry.max_timestamp.to_be_bytes());
+        self.pending_time_bytes.extend_from_slice(&entry.max_timestamp_relative_offset.to_be_bytes());
+        self.entries.push(OffsetEntry { relative_offset: entry.relative_offset, position: entry.position });
         self.max_timestamps.push(entry.max_timestamp);
     }
 
     /// Writes pending entries once enough have accumulated.
     pub(crate) fn maybe_write(&mut self) -> Result<(), StorageError> {
-        if self.entries.len() - self.written >= INDEX_WRITE_BATCH_ENTRIES {
-            self.write_pending()
-        } else {
-            Ok(())
-        }
+        if self.entries.len() - self.written >= INDEX_WRITE_BATCH_ENTRIES { self.write_pending() } else { Ok(()) }
     }
 
     /// Appends pending entries to both files, one write per file. The in-memory entries are kept
@@ -266,12 +222,8 @@ impl SegmentIndex {
         let offset_at = (self.written * OFFSET_INDEX_ENTRY_BYTES) as u64;
         let time_at = (self.written * TIME_INDEX_ENTRY_BYTES) as u64;
         self.written = self.entries.len();
-        let offset_written = self
-            .offset_file
-            .write_all_at(&self.pending_offset_bytes, offset_at);
-        let time_written = self
-            .time_file
-            .write_all_at(&self.pending_time_bytes, time_at);
+        let offset_written = self.offset_file.write_all_at(&self.pending_offset_bytes, offset_at);
+        let time_written = self.time_file.write_all_at(&self.pending_time_bytes, time_at);
         self.pending_offset_bytes.clear();
         self.pending_time_bytes.clear();
         offset_written.context(|| format!("append to index {}", self.offset_path.display()))?;
@@ -281,12 +233,8 @@ impl SegmentIndex {
     /// File position to start scanning from for `relative_offset`: the position of the last indexed
     /// batch whose base offset is at or below it, or 0.
     pub(crate) fn position_for_offset(&self, relative_offset: u32) -> u64 {
-        let n = self
-            .entries
-            .partition_point(|e| e.relative_offset <= relative_offset);
-        n.checked_sub(1)
-            .and_then(|i| self.entries.get(i))
-            .map_or(0, |e| u64::from(e.position))
+        let n = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        n.checked_sub(1).and_then(|i| self.entries.get(i)).map_or(0, |e| u64::from(e.position))
     }
 
     /// File position to start scanning from for the first batch with max timestamp >= `timestamp`:
@@ -294,20 +242,14 @@ impl SegmentIndex {
     /// skipped, so scanning starts there (or at 0).
     pub(crate) fn position_for_timestamp(&self, timestamp: i64) -> u64 {
         let n = self.max_timestamps.partition_point(|t| *t < timestamp);
-        n.checked_sub(1)
-            .and_then(|i| self.entries.get(i))
-            .map_or(0, |e| u64::from(e.position))
+        n.checked_sub(1).and_then(|i| self.entries.get(i)).map_or(0, |e| u64::from(e.position))
     }
 
     /// Writes pending entries and fdatasyncs both files.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
         self.write_pending()?;
-        self.offset_file
-            .sync_data()
-            .context(|| format!("fsync index {}", self.offset_path.display()))?;
-        self.time_file
-            .sync_data()
-            .context(|| format!("fsync index {}", self.time_path.display()))
+        self.offset_file.sync_data().context(|| format!("fsync index {}", self.offset_path.display()))?;
+        self.time_file.sync_data().context(|| format!("fsync index {}", self.time_path.display()))
     }
 
     /// Removes both files; a file already gone is not an error.
@@ -322,19 +264,14 @@ impl SegmentIndex {
 /// Removes a file, treating "not found" as done.
 pub(crate) fn remove_if_present(path: &Path) -> Result<(), StorageError> {
     match std::fs::remove_file(path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(
-            error,
-            format!("remove {}", path.display()),
-        )),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(error, format!("remove {}", path.display()))),
         _ => Ok(()),
     }
 }
 
 /// Reads up to `limit` bytes from the start of a file.
 fn read_prefix(file: &File, limit: usize) -> std::io::Result<Vec<u8>> {
-    let len = usize::try_from(file.metadata()?.len())
-        .unwrap_or(usize::MAX)
-        .min(limit);
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX).min(limit);
     let mut buf = vec![0; len];
     let mut filled = 0;
     while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
@@ -354,12 +291,7 @@ mod tests {
     use super::*;
 
     fn entry(relative_offset: u32, position: u32, max_timestamp: i64) -> IndexEntry {
-        IndexEntry {
-            relative_offset,
-            position,
-            max_timestamp,
-            max_timestamp_relative_offset: relative_offset,
-        }
+        IndexEntry { relative_offset, position, max_timestamp, max_timestamp_relative_offset: relative_offset }
     }
 
     fn paths(dir: &Path) -> (PathBuf, PathBuf) {
@@ -371,11 +303,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (o, t) = paths(dir.path());
         let mut index = SegmentIndex::create(o, t).unwrap();
-        for e in [
-            entry(10, 1000, 50),
-            entry(20, 2000, 70),
-            entry(30, 3000, 70),
-        ] {
+        for e in [entry(10, 1000, 50), entry(20, 2000, 70), entry(30, 3000, 70)] {
             index.push(e);
         }
         assert_eq!(index.position_for_offset(0), 0);
@@ -394,19 +322,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (o, t) = paths(dir.path());
         let mut index = SegmentIndex::create(o.clone(), t.clone()).unwrap();
-        for e in [
-            entry(10, 1000, 50),
-            entry(20, 2000, 60),
-            entry(30, 3000, 70),
-        ] {
+        for e in [entry(10, 1000, 50), entry(20, 2000, 60), entry(30, 3000, 70)] {
             index.push(e);
         }
         index.maybe_write().unwrap();
-        assert_eq!(
-            std::fs::metadata(&o).unwrap().len(),
-            0,
-            "a few entries stay pending"
-        );
+        assert_eq!(std::fs::metadata(&o).unwrap().len(), 0, "a few entries stay pending");
         index.sync().unwrap();
         drop(index);
 
@@ -417,12 +337,7 @@ mod tests {
         assert_eq!(index.len(), 2);
 
         // A torn time index shortens the pair to what both files hold.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&t)
-            .unwrap()
-            .set_len(12 + 5)
-            .unwrap();
+        std::fs::OpenOptions::new().write(true).open(&t).unwrap().set_len(12 + 5).unwrap();
         let (mut index, last) = SegmentIndex::load(o.clone(), t.clone(), 10_000).unwrap();
         assert_eq!((index.len(), last), (1, Some((50, 10))));
         index.truncate(1).unwrap();

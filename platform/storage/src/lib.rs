@@ -18,6 +18,5 @@ pub mod testing;
 pub use batch::{BATCH_HEADER_BYTES, BatchHeader, TimestampType, validate_batches};
 pub use error::StorageError;
 pub use log::{
-    APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX,
-    ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
+    APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX, ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
 };

@@ -26,18 +26,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{
-    self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, ValidatedBatch,
-};
+use crate::batch::{self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, ValidatedBatch};
 use crate::error::{IoContext, StorageError};
 use crate::index::remove_if_present;
-use crate::producer::{
-    PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable,
-    SequenceCheck,
-};
+use crate::producer::{PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable, SequenceCheck};
 use crate::segment::{
-    BatchScanner, INDEX_SUFFIX, LOG_SUFFIX, POSITION_MAX, RELATIVE_OFFSET_MAX, RecoveryScan,
-    SCAN_BUFFER_BYTES, Segment, TIME_INDEX_SUFFIX, segment_path,
+    BatchScanner, INDEX_SUFFIX, LOG_SUFFIX, POSITION_MAX, RELATIVE_OFFSET_MAX, RecoveryScan, SCAN_BUFFER_BYTES, Segment, TIME_INDEX_SUFFIX,
+    segment_path,
 };
 
 /// Largest `segment.bytes`: index entries store file positions as u32, and keeping segments below
@@ -169,19 +164,14 @@ impl PartitionLog {
     /// the batch headers.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, StorageError> {
         let config = config.sanitized();
-        fs::create_dir_all(dir)
-            .context(|| format!("create partition directory {}", dir.display()))?;
+        fs::create_dir_all(dir).context(|| format!("create partition directory {}", dir.display()))?;
         let bases = list_segments(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = marker.exists();
         // A producer snapshot describes the log only as `close` left it: read it after a clean shutdown,
         // and in every case remove it before anything can change.
         let snapshot_path = dir.join(PRODUCER_SNAPSHOT_FILE);
-        let snapshot = if clean {
-            read_producer_snapshot(&snapshot_path)
-        } else {
-            None
-        };
+        let snapshot = if clean { read_producer_snapshot(&snapshot_path) } else { None };
         remove_if_present(&snapshot_path)?;
         if clean {
             // Gone before anything can change, and durably so: a crash from here on is unclean.
@@ -189,27 +179,14 @@ impl PartitionLog {
             sync_dir(dir)?;
         }
         let recovery_point = read_offset_file(dir, RECOVERY_POINT_FILE).unwrap_or(0);
-        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE)
-            .unwrap_or(0)
-            .max(0);
+        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE).unwrap_or(0).max(0);
 
         let mut scanner = BatchScanner::new(SCAN_BUFFER_BYTES);
         let mut segments = Vec::with_capacity(bases.len());
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied();
-            let scan = if !clean && next_base.is_none_or(|next| next > recovery_point) {
-                RecoveryScan::Full
-            } else {
-                RecoveryScan::Tail
-            };
-            let (segment, recovered) = Segment::recover(
-                dir,
-                base,
-                next_base,
-                scan,
-                config.index_interval_bytes,
-                &mut scanner,
-            )?;
+            let scan = if !clean && next_base.is_none_or(|next| next > recovery_point) { RecoveryScan::Full } else { RecoveryScan::Tail };
+            let (segment, recovered) = Segment::recover(dir, base, next_base, scan, config.index_interval_bytes, &mut scanner)?;
             segments.push(segment);
             if let Some((position, reason)) = recovered.truncated {
                 let later = bases.get(i + 1..).unwrap_or_default();
@@ -263,16 +240,11 @@ impl PartitionLog {
         // DeleteRecords persists the start before deleting segments; finish what a crash interrupted.
         log.delete_segments_below_start()?;
         let end = log.log_end_offset();
-        log.recovery_point = if clean {
-            end
-        } else {
-            recovery_point.clamp(0, end)
-        };
+        log.recovery_point = if clean { end } else { recovery_point.clamp(0, end) };
         match snapshot {
             Some((offset, producers)) if offset == end => {
                 log.producers = producers;
-                log.producers
-                    .expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+                log.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
             }
             _ => log.rebuild_producer_state(now_ms, &mut scanner),
         }
@@ -287,10 +259,7 @@ impl PartitionLog {
         let cutoff = now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS);
         let producers = &mut self.producers;
         for segment in self.sealed.iter().chain([&self.active]) {
-            if segment
-                .max_timestamp()
-                .is_none_or(|(timestamp, _)| timestamp < cutoff)
-            {
+            if segment.max_timestamp().is_none_or(|(timestamp, _)| timestamp < cutoff) {
                 continue;
             }
             let walked = segment.for_each_header(scanner, |header| {
@@ -308,23 +277,13 @@ impl PartitionLog {
     /// Appends a buffer of concatenated batches: validates all of them first (nothing is written if
     /// any fails), checks idempotent sequences, assigns or checks offsets, then writes the buffer to
     /// the active segment in one write (rolling first when due).
-    pub fn append(
-        &mut self,
-        batches: &mut [u8],
-        mode: AppendMode,
-        now_ms: i64,
-    ) -> Result<AppendResult, StorageError> {
+    pub fn append(&mut self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
         self.ensure_writable()?;
         if batches.is_empty() {
-            return Err(StorageError::InvalidRecord(
-                "the append holds no record batches".to_string(),
-            ));
+            return Err(StorageError::InvalidRecord("the append holds no record batches".to_string()));
         }
         if batches.len() > APPEND_BYTES_MAX {
-            return Err(StorageError::RecordTooLarge {
-                size: batches.len(),
-                max: APPEND_BYTES_MAX as u32,
-            });
+            return Err(StorageError::RecordTooLarge { size: batches.len(), max: APPEND_BYTES_MAX as u32 });
         }
         let mut validated = mem::take(&mut self.scratch);
         validated.clear();
@@ -368,15 +327,9 @@ impl PartitionLog {
                 let mut position = 0usize;
                 for batch in validated.iter_mut() {
                     let size = batch.header.total_size();
-                    let last = next
-                        .checked_add(i64::from(batch.header.last_offset_delta))
-                        .filter(|l| *l < i64::MAX);
-                    let (Some(bytes), Some(last)) =
-                        (batches.get_mut(position..position + size), last)
-                    else {
-                        return Err(StorageError::InvalidRecord(format!(
-                            "offsets are exhausted at {next}"
-                        )));
+                    let last = next.checked_add(i64::from(batch.header.last_offset_delta)).filter(|l| *l < i64::MAX);
+                    let (Some(bytes), Some(last)) = (batches.get_mut(position..position + size), last) else {
+                        return Err(StorageError::InvalidRecord(format!("offsets are exhausted at {next}")));
                     };
                     batch::set_base_offset(bytes, next);
                     batch::set_partition_leader_epoch(bytes, leader_epoch);
@@ -401,14 +354,8 @@ impl PartitionLog {
                             header.base_offset
                         )));
                     }
-                    let Some(last) = header
-                        .base_offset
-                        .checked_add(i64::from(header.last_offset_delta))
-                        .filter(|l| *l < i64::MAX)
-                    else {
-                        return Err(StorageError::InvalidRecord(format!(
-                            "batch {i} has offsets beyond the largest offset"
-                        )));
+                    let Some(last) = header.base_offset.checked_add(i64::from(header.last_offset_delta)).filter(|l| *l < i64::MAX) else {
+                        return Err(StorageError::InvalidRecord(format!("batch {i} has offsets beyond the largest offset")));
                     };
                     lowest = last + 1;
                 }
@@ -416,19 +363,14 @@ impl PartitionLog {
         }
         self.write_batches(batches, validated, now_ms)?;
         let (Some(first), Some(last)) = (validated.first(), validated.last()) else {
-            return Err(StorageError::InvalidRecord(
-                "the append holds no record batches".to_string(),
-            ));
+            return Err(StorageError::InvalidRecord("the append holds no record batches".to_string()));
         };
         Ok(AppendResult {
             base_offset: first.header.base_offset,
             last_offset: last.header.last_offset(),
             log_append_time,
             log_start_offset: self.log_start_offset,
-            record_count: validated
-                .iter()
-                .map(|b| b.header.record_count.max(0) as u64)
-                .sum(),
+            record_count: validated.iter().map(|b| b.header.record_count.max(0) as u64).sum(),
             byte_count: batches.len() as u64,
             duplicate: false,
         })
@@ -437,10 +379,7 @@ impl PartitionLog {
     /// Idempotent-producer checks for a producer append. Returns the original offsets when the append
     /// is a single batch that retries one already in the log. A retried batch inside a multi-batch
     /// append cannot be half-applied, so there it counts as out of order.
-    fn check_sequences(
-        &self,
-        validated: &[ValidatedBatch],
-    ) -> Result<Option<crate::producer::CachedBatch>, StorageError> {
+    fn check_sequences(&self, validated: &[ValidatedBatch]) -> Result<Option<crate::producer::CachedBatch>, StorageError> {
         let single = validated.len() == 1;
         let mut pending: Vec<Pending> = Vec::new();
         for batch in validated.iter().filter(|b| b.header.is_idempotent()) {
@@ -449,10 +388,7 @@ impl PartitionLog {
                 SequenceCheck::Append if !single => pending.push(Pending {
                     producer_id: batch.header.producer_id,
                     epoch: batch.header.producer_epoch,
-                    last_sequence: crate::producer::increment_sequence(
-                        batch.header.base_sequence,
-                        batch.header.last_offset_delta,
-                    ),
+                    last_sequence: crate::producer::increment_sequence(batch.header.base_sequence, batch.header.last_offset_delta),
                 }),
                 SequenceCheck::Append => {}
             }
@@ -463,12 +399,7 @@ impl PartitionLog {
     /// Writes validated batches (offsets final) to the active segment, one write per segment: the
     /// whole buffer normally lands in one segment; it is split only when its offsets would not fit
     /// one segment's u32 relative offsets (offset-preserving appends with huge gaps).
-    fn write_batches(
-        &mut self,
-        batches: &[u8],
-        validated: &[ValidatedBatch],
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
+    fn write_batches(&mut self, batches: &[u8], validated: &[ValidatedBatch], now_ms: i64) -> Result<(), StorageError> {
         let mut run_start = 0usize;
         let mut byte_start = 0usize;
         while let Some(first) = validated.get(run_start) {
@@ -480,8 +411,7 @@ impl PartitionLog {
             let mut run_end = run_start;
             let mut run_bytes = 0usize;
             while let Some(batch) = validated.get(run_end) {
-                let fits = batch.header.last_offset() - base <= RELATIVE_OFFSET_MAX
-                    && size + run_bytes as u64 <= POSITION_MAX;
+                let fits = batch.header.last_offset() - base <= RELATIVE_OFFSET_MAX && size + run_bytes as u64 <= POSITION_MAX;
                 if run_end > run_start && !fits {
                     break;
                 }
@@ -489,9 +419,7 @@ impl PartitionLog {
                 run_end += 1;
             }
             let run = validated.get(run_start..run_end).unwrap_or_default();
-            let bytes = batches
-                .get(byte_start..byte_start + run_bytes)
-                .unwrap_or_default();
+            let bytes = batches.get(byte_start..byte_start + run_bytes).unwrap_or_default();
             active.append(bytes, run, interval, now_ms)?;
             for batch in run.iter().filter(|b| b.header.is_idempotent()) {
                 self.producers.record(&batch.header);
@@ -505,12 +433,7 @@ impl PartitionLog {
     /// Makes the active segment ready for batches starting with `first`: rolls when the segment is
     /// full, old, or cannot address the batch's offsets, and replaces an empty active segment whose
     /// name does not match the first batch (a segment is named by its first batch's base offset).
-    fn prepare_active(
-        &mut self,
-        first: &BatchHeader,
-        bytes: u64,
-        now_ms: i64,
-    ) -> Result<(), StorageError> {
+    fn prepare_active(&mut self, first: &BatchHeader, bytes: u64, now_ms: i64) -> Result<(), StorageError> {
         let active = &self.active;
         if active.is_empty() {
             if active.base_offset() != first.base_offset {
@@ -526,11 +449,10 @@ impl PartitionLog {
             return Ok(());
         }
         let full = active.size_bytes() + bytes > self.config.segment_bytes;
-        let old = self.config.segment_ms.is_some_and(|ms| {
-            active
-                .first_append_ms()
-                .is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX))
-        });
+        let old = self
+            .config
+            .segment_ms
+            .is_some_and(|ms| active.first_append_ms().is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX)));
         let unaddressable = first.last_offset() - active.base_offset() > RELATIVE_OFFSET_MAX;
         if full || old || unaddressable {
             self.roll(first.base_offset)?;
@@ -549,9 +471,7 @@ impl PartitionLog {
         let rolled = mem::replace(&mut self.active, segment);
         self.sealed.push_back(rolled);
         // A lost or stale recovery point only costs a longer scan, so this write is not fsynced.
-        if let Err(error) =
-            write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, false)
-        {
+        if let Err(error) = write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, false) {
             tracing::warn!(dir = %self.dir.display(), %error, "could not record the recovery point");
         }
         tracing::debug!(dir = %self.dir.display(), base_offset, "rolled segment");
@@ -563,32 +483,18 @@ impl PartitionLog {
     /// watermark). With `min_one` the first batch is returned even when larger than `max_bytes`
     /// (KIP-74). Reads continue into later segments while bytes remain. `offset == log_end_offset`
     /// gives empty bytes; an offset outside `[log_start, log_end]` is `OffsetOutOfRange`.
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        upper_bound: i64,
-        min_one: bool,
-    ) -> Result<ReadResult, StorageError> {
+    pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64, min_one: bool) -> Result<ReadResult, StorageError> {
         self.ensure_live()?;
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if offset < start || offset > end {
-            return Err(StorageError::OffsetOutOfRange {
-                requested: offset,
-                start,
-                end,
-            });
+            return Err(StorageError::OffsetOutOfRange { requested: offset, start, end });
         }
         let mut out = Vec::new();
         if offset < end && offset < upper_bound {
             let budget = max_bytes.min(READ_BYTES_MAX);
             let mut target = offset;
             let first = self.segment_for(offset);
-            for segment in self
-                .sealed
-                .range(first.min(self.sealed.len())..)
-                .chain([&self.active])
-            {
+            for segment in self.sealed.range(first.min(self.sealed.len())..).chain([&self.active]) {
                 let Some((position, header)) = segment.locate(target)? else {
                     continue;
                 };
@@ -596,18 +502,12 @@ impl PartitionLog {
                     break;
                 }
                 let remaining = budget.saturating_sub(out.len());
-                let allowed = if out.is_empty() && min_one {
-                    remaining.max(header.total_size())
-                } else {
-                    remaining
-                };
+                let allowed = if out.is_empty() && min_one { remaining.max(header.total_size()) } else { remaining };
                 if header.total_size() > allowed {
                     break;
                 }
                 let available = segment.size_bytes() - position;
-                let want = usize::try_from(available)
-                    .unwrap_or(usize::MAX)
-                    .min(allowed);
+                let want = usize::try_from(available).unwrap_or(usize::MAX).min(allowed);
                 let before = out.len();
                 segment.read_into(&mut out, position, want)?;
                 let kept = whole_batches(out.get(before..).unwrap_or_default(), upper_bound)?;
@@ -618,11 +518,7 @@ impl PartitionLog {
                 target = segment.next_offset();
             }
         }
-        Ok(ReadResult {
-            bytes: Bytes::from(out),
-            log_start_offset: start,
-            log_end_offset: end,
-        })
+        Ok(ReadResult { bytes: Bytes::from(out), log_start_offset: start, log_end_offset: end })
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -648,9 +544,7 @@ impl PartitionLog {
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
         self.ensure_live()?;
         for segment in self.segments() {
-            if segment.next_offset() <= self.log_start_offset
-                || segment.max_timestamp().is_none_or(|(t, _)| t < ts)
-            {
+            if segment.next_offset() <= self.log_start_offset || segment.max_timestamp().is_none_or(|(t, _)| t < ts) {
                 continue;
             }
             if let Some(found) = segment.find_timestamp(ts, self.log_start_offset)? {
@@ -665,10 +559,7 @@ impl PartitionLog {
     /// batch's first offset. None while the log holds no batches.
     pub fn max_timestamp(&self) -> Option<(i64, i64)> {
         let mut best: Option<(i64, i64)> = None;
-        for segment in self
-            .segments()
-            .filter(|s| s.next_offset() > self.log_start_offset)
-        {
+        for segment in self.segments().filter(|s| s.next_offset() > self.log_start_offset) {
             if let Some((timestamp, offset)) = segment.max_timestamp()
                 && best.is_none_or(|(t, _)| timestamp > t)
             {
@@ -685,11 +576,7 @@ impl PartitionLog {
         self.ensure_writable()?;
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if offset < 0 || offset > end {
-            return Err(StorageError::OffsetOutOfRange {
-                requested: offset,
-                start,
-                end,
-            });
+            return Err(StorageError::OffsetOutOfRange { requested: offset, start, end });
         }
         if offset <= start {
             return Ok(start);
@@ -713,15 +600,13 @@ impl PartitionLog {
         if self.deleted {
             return Ok(stats);
         }
-        self.producers
-            .expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+        self.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
         if !self.config.delete_enabled {
             return Ok(stats);
         }
         if let Some(retention_ms) = self.config.retention_ms {
             let cutoff = now_ms.saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX));
-            let expired =
-                |segment: &Segment| segment.retention_timestamp().is_some_and(|t| t < cutoff);
+            let expired = |segment: &Segment| segment.retention_timestamp().is_some_and(|t| t < cutoff);
             if expired(&self.active) {
                 self.ensure_writable()?;
                 let end = self.log_end_offset();
@@ -735,11 +620,7 @@ impl PartitionLog {
         }
         if let Some(retention_bytes) = self.config.retention_bytes {
             let mut size = self.size_bytes();
-            while self
-                .sealed
-                .front()
-                .is_some_and(|s| size - s.size_bytes() >= retention_bytes)
-            {
+            while self.sealed.front().is_some_and(|s| size - s.size_bytes() >= retention_bytes) {
                 self.ensure_writable()?;
                 let deleted = self.delete_oldest()?;
                 size -= deleted;
@@ -800,8 +681,7 @@ impl PartitionLog {
         write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, true)?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
         let file = fs::File::create(&marker).context(|| format!("create {}", marker.display()))?;
-        file.sync_all()
-            .context(|| format!("fsync {}", marker.display()))?;
+        file.sync_all().context(|| format!("fsync {}", marker.display()))?;
         sync_dir(&self.dir)?;
         self.clean_marker = true;
         Ok(())
@@ -811,10 +691,9 @@ impl PartitionLog {
     pub fn delete(&mut self) -> Result<(), StorageError> {
         self.deleted = true;
         match fs::remove_dir_all(&self.dir) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Io(
-                error,
-                format!("remove partition directory {}", self.dir.display()),
-            )),
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(StorageError::Io(error, format!("remove partition directory {}", self.dir.display())))
+            }
             _ => Ok(()),
         }
     }
@@ -834,17 +713,13 @@ impl PartitionLog {
         if self.active.base_offset() <= offset {
             return self.sealed.len();
         }
-        self.sealed
-            .partition_point(|s| s.base_offset() <= offset)
-            .saturating_sub(1)
+        self.sealed.partition_point(|s| s.base_offset() <= offset).saturating_sub(1)
     }
 
     /// Deletes the sealed segments that hold only offsets below the log start: those followed by a
     /// segment starting at or below it.
     fn delete_segments_below_start(&mut self) -> Result<(), StorageError> {
-        while !self.sealed.is_empty()
-            && self.sealed.get(1).unwrap_or(&self.active).base_offset() <= self.log_start_offset
-        {
+        while !self.sealed.is_empty() && self.sealed.get(1).unwrap_or(&self.active).base_offset() <= self.log_start_offset {
             self.delete_oldest()?;
         }
         Ok(())
@@ -889,12 +764,8 @@ impl PartitionLog {
 fn whole_batches(buf: &[u8], upper_bound: i64) -> Result<usize, StorageError> {
     let mut position = 0usize;
     while let Some(header) = buf.get(position..).and_then(BatchHeader::parse) {
-        if header.magic != MAGIC_V2
-            || usize::try_from(header.batch_length).map_or(true, |l| l < BATCH_LENGTH_MIN)
-        {
-            return Err(StorageError::CorruptMessage(format!(
-                "stored batch at read offset {position} has a bad header"
-            )));
+        if header.magic != MAGIC_V2 || usize::try_from(header.batch_length).map_or(true, |l| l < BATCH_LENGTH_MIN) {
+            return Err(StorageError::CorruptMessage(format!("stored batch at read offset {position} has a bad header")));
         }
         let end = position + header.total_size();
         if end > buf.len() || header.last_offset() >= upper_bound {
@@ -923,10 +794,8 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
                     tracing::warn!(file = %entry.path().display(), "ignoring a .log file not named by a base offset")
                 }
             }
-        } else if let Some(base) = name
-            .strip_suffix(INDEX_SUFFIX)
-            .or_else(|| name.strip_suffix(TIME_INDEX_SUFFIX))
-            .and_then(parse_base_offset)
+        } else if let Some(base) =
+            name.strip_suffix(INDEX_SUFFIX).or_else(|| name.strip_suffix(TIME_INDEX_SUFFIX)).and_then(parse_base_offset)
         {
             indexes.push((base, entry.path()));
         }
@@ -961,12 +830,8 @@ fn read_offset_file(dir: &Path, name: &str) -> Option<i64> {
     let path = dir.join(name);
     // Read at most one byte past the limit, so an oversized file is recognised without reading it.
     let mut bytes = Vec::with_capacity(OFFSET_FILE_BYTES_MAX + 1);
-    let read = fs::File::open(&path).and_then(|file| {
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(file, OFFSET_FILE_BYTES_MAX as u64 + 1),
-            &mut bytes,
-        )
-    });
+    let read = fs::File::open(&path)
+        .and_then(|file| std::io::Read::read_to_end(&mut std::io::Read::take(file, OFFSET_FILE_BYTES_MAX as u64 + 1), &mut bytes));
     match read {
         Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
@@ -975,9 +840,7 @@ fn read_offset_file(dir: &Path, name: &str) -> Option<i64> {
             return None;
         }
     }
-    let parsed = (bytes.len() <= OFFSET_FILE_BYTES_MAX)
-        .then(|| std::str::from_utf8(&bytes).ok()?.trim().parse::<i64>().ok())
-        .flatten();
+    let parsed = (bytes.len() <= OFFSET_FILE_BYTES_MAX).then(|| std::str::from_utf8(&bytes).ok()?.trim().parse::<i64>().ok()).flatten();
     if parsed.is_none() {
         tracing::warn!(file = %path.display(), "offset file is not a number; ignoring it");
     }
@@ -991,9 +854,7 @@ fn read_producer_snapshot(path: &Path) -> Option<(i64, ProducerStateTable)> {
         tracing::warn!(file = %path.display(), len, "producer snapshot is too large; rebuilding from the log");
         return None;
     }
-    let decoded = fs::read(path)
-        .ok()
-        .and_then(|bytes| ProducerStateTable::decode_snapshot(&bytes));
+    let decoded = fs::read(path).ok().and_then(|bytes| ProducerStateTable::decode_snapshot(&bytes));
     if decoded.is_none() {
         tracing::warn!(file = %path.display(), "producer snapshot is damaged; rebuilding from the log");
     }
@@ -1001,34 +862,21 @@ fn read_producer_snapshot(path: &Path) -> Option<(i64, ProducerStateTable)> {
 }
 
 /// Replaces an offset file atomically (see `write_file_atomically`).
-fn write_offset_file(
-    dir: &Path,
-    name: &str,
-    value: i64,
-    durable: bool,
-) -> Result<(), StorageError> {
+fn write_offset_file(dir: &Path, name: &str, value: i64, durable: bool) -> Result<(), StorageError> {
     write_file_atomically(dir, name, format!("{value}\n").as_bytes(), durable)
 }
 
 /// Replaces a small file atomically: write a temporary file, rename it over. With `durable`, the data
 /// and the rename are fsynced too.
-fn write_file_atomically(
-    dir: &Path,
-    name: &str,
-    contents: &[u8],
-    durable: bool,
-) -> Result<(), StorageError> {
+fn write_file_atomically(dir: &Path, name: &str, contents: &[u8], durable: bool) -> Result<(), StorageError> {
     let path = dir.join(name);
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
     let file = fs::File::create(&temp).context(|| format!("create {}", temp.display()))?;
-    std::io::Write::write_all(&mut &file, contents)
-        .context(|| format!("write {}", temp.display()))?;
+    std::io::Write::write_all(&mut &file, contents).context(|| format!("write {}", temp.display()))?;
     if durable {
-        file.sync_all()
-            .context(|| format!("fsync {}", temp.display()))?;
+        file.sync_all().context(|| format!("fsync {}", temp.display()))?;
     }
-    fs::rename(&temp, &path)
-        .context(|| format!("rename {} to {}", temp.display(), path.display()))?;
+    fs::rename(&temp, &path).context(|| format!("rename {} to {}", temp.display(), path.display()))?;
     if durable {
         sync_dir(dir)?;
     }
@@ -1036,9 +884,7 @@ fn write_file_atomically(
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .context(|| format!("fsync directory {}", dir.display()))
+    fs::File::open(dir).and_then(|d| d.sync_all()).context(|| format!("fsync directory {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -1051,11 +897,7 @@ mod tests {
         assert_eq!(parse_base_offset("00000000000000000042"), Some(42));
         assert_eq!(parse_base_offset("42"), None);
         assert_eq!(parse_base_offset("0000000000000000004x"), None);
-        assert_eq!(
-            parse_base_offset("99999999999999999999"),
-            None,
-            "beyond i64"
-        );
+        assert_eq!(parse_base_offset("99999999999999999999"), None, "beyond i64");
     }
 
     #[test]
@@ -1066,19 +908,13 @@ mod tests {
         }
         let one = buf.len() / 3;
         assert_eq!(whole_batches(&buf, i64::MAX).unwrap(), buf.len());
-        assert_eq!(
-            whole_batches(&buf[..buf.len() - 1], i64::MAX).unwrap(),
-            2 * one
-        );
+        assert_eq!(whole_batches(&buf[..buf.len() - 1], i64::MAX).unwrap(), 2 * one);
         assert_eq!(whole_batches(&buf, 6).unwrap(), 2 * one);
         assert_eq!(whole_batches(&buf, 5).unwrap(), one);
         assert_eq!(whole_batches(&buf[..10], i64::MAX).unwrap(), 0);
         let mut bad = buf.clone();
         bad[16] = 9;
-        assert!(matches!(
-            whole_batches(&bad, i64::MAX),
-            Err(StorageError::CorruptMessage(_))
-        ));
+        assert!(matches!(whole_batches(&bad, i64::MAX), Err(StorageError::CorruptMessage(_))));
     }
 
     #[test]

@@ -97,11 +97,7 @@ pub(crate) struct ProducerStateTable {
 /// The sequence number `delta` after `sequence`, wrapping from i32::MAX to 0 as Kafka's do.
 pub(crate) fn increment_sequence(sequence: i32, delta: i32) -> i32 {
     let delta = delta.max(0);
-    if sequence > i32::MAX - delta {
-        delta - (i32::MAX - sequence) - 1
-    } else {
-        sequence + delta
-    }
+    if sequence > i32::MAX - delta { delta - (i32::MAX - sequence) - 1 } else { sequence + delta }
 }
 
 impl ProducerStateTable {
@@ -112,60 +108,40 @@ impl ProducerStateTable {
     /// Checks one idempotent batch. `pending` holds the state left by earlier batches of the same
     /// append (not yet recorded); a producer found there is checked against it, and duplicates are
     /// recognised only against batches already in the log, and only when `allow_duplicate`.
-    pub(crate) fn check(
-        &self,
-        header: &BatchHeader,
-        pending: &[Pending],
-        allow_duplicate: bool,
-    ) -> Result<SequenceCheck, StorageError> {
+    pub(crate) fn check(&self, header: &BatchHeader, pending: &[Pending], allow_duplicate: bool) -> Result<SequenceCheck, StorageError> {
         let producer_id = header.producer_id;
         let first_sequence = header.base_sequence;
         let last_sequence = increment_sequence(first_sequence, header.last_offset_delta);
-        let (epoch, latest_sequence, cached) =
-            match pending.iter().rev().find(|p| p.producer_id == producer_id) {
-                Some(p) => (p.epoch, p.last_sequence, &[][..]),
-                None => match self.producers.get(&producer_id) {
-                    Some(entry) => match entry.latest() {
-                        Some(latest) => (entry.epoch, latest.last_sequence, entry.cached()),
-                        None => return Ok(SequenceCheck::Append),
-                    },
-                    // Unknown producer (new, or expired): accept whatever sequence it starts at, as Kafka
-                    // does since KIP-360, rather than failing every producer after an expiration.
+        let (epoch, latest_sequence, cached) = match pending.iter().rev().find(|p| p.producer_id == producer_id) {
+            Some(p) => (p.epoch, p.last_sequence, &[][..]),
+            None => match self.producers.get(&producer_id) {
+                Some(entry) => match entry.latest() {
+                    Some(latest) => (entry.epoch, latest.last_sequence, entry.cached()),
                     None => return Ok(SequenceCheck::Append),
                 },
-            };
+                // Unknown producer (new, or expired): accept whatever sequence it starts at, as Kafka
+                // does since KIP-360, rather than failing every producer after an expiration.
+                None => return Ok(SequenceCheck::Append),
+            },
+        };
         if header.producer_epoch < epoch {
-            return Err(StorageError::InvalidProducerEpoch {
-                producer_id,
-                current: epoch,
-                got: header.producer_epoch,
-            });
+            return Err(StorageError::InvalidProducerEpoch { producer_id, current: epoch, got: header.producer_epoch });
         }
         if header.producer_epoch > epoch {
             // A bumped epoch restarts the sequence.
             if first_sequence != 0 {
-                return Err(StorageError::OutOfOrderSequence {
-                    producer_id,
-                    expected: 0,
-                    got: first_sequence,
-                });
+                return Err(StorageError::OutOfOrderSequence { producer_id, expected: 0, got: first_sequence });
             }
             return Ok(SequenceCheck::Append);
         }
-        if let Some(original) = cached
-            .iter()
-            .filter(|_| allow_duplicate)
-            .find(|b| b.first_sequence == first_sequence && b.last_sequence == last_sequence)
+        if let Some(original) =
+            cached.iter().filter(|_| allow_duplicate).find(|b| b.first_sequence == first_sequence && b.last_sequence == last_sequence)
         {
             return Ok(SequenceCheck::Duplicate(*original));
         }
         let expected = increment_sequence(latest_sequence, 1);
         if first_sequence != expected {
-            return Err(StorageError::OutOfOrderSequence {
-                producer_id,
-                expected,
-                got: first_sequence,
-            });
+            return Err(StorageError::OutOfOrderSequence { producer_id, expected, got: first_sequence });
         }
         Ok(SequenceCheck::Append)
     }
@@ -179,15 +155,12 @@ impl ProducerStateTable {
             first_offset: header.base_offset,
             last_offset: header.last_offset(),
         };
-        let entry = self
-            .producers
-            .entry(header.producer_id)
-            .or_insert_with(|| ProducerEntry {
-                epoch: header.producer_epoch,
-                batches: [CachedBatch::default(); PRODUCER_BATCHES_CACHED],
-                len: 0,
-                last_timestamp: header.max_timestamp,
-            });
+        let entry = self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry {
+            epoch: header.producer_epoch,
+            batches: [CachedBatch::default(); PRODUCER_BATCHES_CACHED],
+            len: 0,
+            last_timestamp: header.max_timestamp,
+        });
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.len = 0;
@@ -198,18 +171,13 @@ impl ProducerStateTable {
 
     /// Forgets producers whose last batch's max timestamp is older than `cutoff_ms`.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
-        self.producers
-            .retain(|_, entry| entry.last_timestamp >= cutoff_ms);
+        self.producers.retain(|_, entry| entry.last_timestamp >= cutoff_ms);
     }
 
     /// The snapshot of this state, taken at `log_end_offset`.
     pub(crate) fn encode_snapshot(&self, log_end_offset: i64) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            4 + 1
-                + 8
-                + 4
-                + self.producers.len()
-                    * (SNAPSHOT_PRODUCER_BYTES + PRODUCER_BATCHES_CACHED * SNAPSHOT_BATCH_BYTES),
+            4 + 1 + 8 + 4 + self.producers.len() * (SNAPSHOT_PRODUCER_BYTES + PRODUCER_BATCHES_CACHED * SNAPSHOT_BATCH_BYTES),
         );
         out.extend_from_slice(&[0; 4]);
         out.push(SNAPSHOT_VERSION);
@@ -245,8 +213,7 @@ impl ProducerStateTable {
         let log_end_offset = r.i64()?;
         let count = r.u32()? as usize;
         // The count comes from a file: allocate for what the bytes can actually hold.
-        let mut producers =
-            HashMap::with_capacity(count.min(bytes.len() / SNAPSHOT_PRODUCER_BYTES));
+        let mut producers = HashMap::with_capacity(count.min(bytes.len() / SNAPSHOT_PRODUCER_BYTES));
         for _ in 0..count {
             let producer_id = r.i64()?;
             let mut entry = ProducerEntry {
@@ -269,8 +236,7 @@ impl ProducerStateTable {
             }
             producers.insert(producer_id, entry);
         }
-        r.is_empty()
-            .then_some((log_end_offset, ProducerStateTable { producers }))
+        r.is_empty().then_some((log_end_offset, ProducerStateTable { producers }))
     }
 }
 
@@ -279,18 +245,8 @@ mod tests {
     use super::*;
     use crate::testing::BatchBuilder;
 
-    fn header(
-        producer_id: i64,
-        epoch: i16,
-        sequence: i32,
-        records: usize,
-        base_offset: i64,
-    ) -> BatchHeader {
-        let bytes = BatchBuilder::new(1_000)
-            .producer(producer_id, epoch, sequence)
-            .base_offset(base_offset)
-            .records(records, 1)
-            .build();
+    fn header(producer_id: i64, epoch: i16, sequence: i32, records: usize, base_offset: i64) -> BatchHeader {
+        let bytes = BatchBuilder::new(1_000).producer(producer_id, epoch, sequence).base_offset(base_offset).records(records, 1).build();
         BatchHeader::parse(&bytes).unwrap()
     }
 
@@ -306,55 +262,26 @@ mod tests {
     fn accepts_in_order_detects_duplicates_and_refuses_gaps() {
         let mut table = ProducerStateTable::default();
         let first = header(1, 0, 0, 3, 0);
-        assert_eq!(
-            table.check(&first, &[], true).unwrap(),
-            SequenceCheck::Append
-        );
+        assert_eq!(table.check(&first, &[], true).unwrap(), SequenceCheck::Append);
         table.record(&first);
         let second = header(1, 0, 3, 2, 3);
-        assert_eq!(
-            table.check(&second, &[], true).unwrap(),
-            SequenceCheck::Append
-        );
+        assert_eq!(table.check(&second, &[], true).unwrap(), SequenceCheck::Append);
         table.record(&second);
 
         let retry = header(1, 0, 0, 3, 99);
         assert_eq!(
             table.check(&retry, &[], true).unwrap(),
-            SequenceCheck::Duplicate(CachedBatch {
-                first_sequence: 0,
-                last_sequence: 2,
-                first_offset: 0,
-                last_offset: 2
-            })
+            SequenceCheck::Duplicate(CachedBatch { first_sequence: 0, last_sequence: 2, first_offset: 0, last_offset: 2 })
         );
         assert!(matches!(
             table.check(&header(1, 0, 6, 1, 0), &[], true),
-            Err(StorageError::OutOfOrderSequence {
-                expected: 5,
-                got: 6,
-                ..
-            })
+            Err(StorageError::OutOfOrderSequence { expected: 5, got: 6, .. })
         ));
         // Inside a multi-batch append a retry cannot be answered with offsets: it is out of order.
-        assert!(matches!(
-            table.check(&retry, &[], false),
-            Err(StorageError::OutOfOrderSequence {
-                expected: 5,
-                got: 0,
-                ..
-            })
-        ));
+        assert!(matches!(table.check(&retry, &[], false), Err(StorageError::OutOfOrderSequence { expected: 5, got: 0, .. })));
         // An earlier batch of the same append moves the expectation.
-        let pending = [Pending {
-            producer_id: 1,
-            epoch: 0,
-            last_sequence: 5,
-        }];
-        assert_eq!(
-            table.check(&header(1, 0, 6, 1, 0), &pending, true).unwrap(),
-            SequenceCheck::Append
-        );
+        let pending = [Pending { producer_id: 1, epoch: 0, last_sequence: 5 }];
+        assert_eq!(table.check(&header(1, 0, 6, 1, 0), &pending, true).unwrap(), SequenceCheck::Append);
     }
 
     #[test]
@@ -363,31 +290,17 @@ mod tests {
         table.record(&header(1, 3, 10, 1, 0));
         assert!(matches!(
             table.check(&header(1, 2, 11, 1, 1), &[], true),
-            Err(StorageError::InvalidProducerEpoch {
-                current: 3,
-                got: 2,
-                ..
-            })
+            Err(StorageError::InvalidProducerEpoch { current: 3, got: 2, .. })
         ));
         assert!(matches!(
             table.check(&header(1, 4, 11, 1, 1), &[], true),
-            Err(StorageError::OutOfOrderSequence {
-                expected: 0,
-                got: 11,
-                ..
-            })
+            Err(StorageError::OutOfOrderSequence { expected: 0, got: 11, .. })
         ));
         let bumped = header(1, 4, 0, 1, 1);
-        assert_eq!(
-            table.check(&bumped, &[], true).unwrap(),
-            SequenceCheck::Append
-        );
+        assert_eq!(table.check(&bumped, &[], true).unwrap(), SequenceCheck::Append);
         table.record(&bumped);
         // The old epoch's batches are forgotten: a retry of them is a stale epoch, not a duplicate.
-        assert!(matches!(
-            table.check(&header(1, 3, 10, 1, 0), &[], true),
-            Err(StorageError::InvalidProducerEpoch { .. })
-        ));
+        assert!(matches!(table.check(&header(1, 3, 10, 1, 0), &[], true), Err(StorageError::InvalidProducerEpoch { .. })));
     }
 
     #[test]
@@ -396,13 +309,8 @@ mod tests {
         for i in 0..7 {
             table.record(&header(9, 0, i, 1, i64::from(i)));
         }
-        assert!(
-            matches!(table.check(&header(9, 0, 2, 1, 0), &[], true).unwrap(), SequenceCheck::Duplicate(b) if b.first_offset == 2)
-        );
-        assert!(matches!(
-            table.check(&header(9, 0, 1, 1, 0), &[], true),
-            Err(StorageError::OutOfOrderSequence { expected: 7, .. })
-        ));
+        assert!(matches!(table.check(&header(9, 0, 2, 1, 0), &[], true).unwrap(), SequenceCheck::Duplicate(b) if b.first_offset == 2));
+        assert!(matches!(table.check(&header(9, 0, 1, 1, 0), &[], true), Err(StorageError::OutOfOrderSequence { expected: 7, .. })));
     }
 
     #[test]
@@ -417,30 +325,15 @@ mod tests {
         assert_eq!((offset, loaded.len()), (10, 2));
         for (id, entry) in &table.producers {
             let other = &loaded.producers[id];
-            assert_eq!(
-                (other.epoch, other.cached(), other.last_timestamp),
-                (entry.epoch, entry.cached(), entry.last_timestamp)
-            );
+            assert_eq!((other.epoch, other.cached(), other.last_timestamp), (entry.epoch, entry.cached(), entry.last_timestamp));
         }
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[i] ^= 0x04;
-            assert!(
-                ProducerStateTable::decode_snapshot(&damaged).is_none(),
-                "byte {i}"
-            );
-            assert!(
-                ProducerStateTable::decode_snapshot(&bytes[..i]).is_none(),
-                "cut at {i}"
-            );
+            assert!(ProducerStateTable::decode_snapshot(&damaged).is_none(), "byte {i}");
+            assert!(ProducerStateTable::decode_snapshot(&bytes[..i]).is_none(), "cut at {i}");
         }
-        assert_eq!(
-            ProducerStateTable::decode_snapshot(&ProducerStateTable::default().encode_snapshot(0))
-                .unwrap()
-                .1
-                .len(),
-            0
-        );
+        assert_eq!(ProducerStateTable::decode_snapshot(&ProducerStateTable::default().encode_snapshot(0)).unwrap().1.len(), 0);
     }
 
     #[test]

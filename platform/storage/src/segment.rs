@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use crate::batch::{
-    BATCH_HEADER_BYTES, BATCH_LENGTH_MIN, BatchHeader, COMPRESSION_NONE, CRC_COVERED_FROM,
-    LOG_OVERHEAD_BYTES, MAGIC_V2, Records, TimestampType, ValidatedBatch,
+    BATCH_HEADER_BYTES, BATCH_LENGTH_MIN, BatchHeader, COMPRESSION_NONE, CRC_COVERED_FROM, LOG_OVERHEAD_BYTES, MAGIC_V2, Records,
+    TimestampType, ValidatedBatch,
 };
 use crate::error::{IoContext, StorageError};
 use crate::index::{IndexEntry, SegmentIndex, remove_if_present};
@@ -84,10 +84,7 @@ impl Segment {
             .create_new(true)
             .open(&log_path)
             .context(|| format!("create segment {}", log_path.display()))?;
-        let index = SegmentIndex::create(
-            segment_path(dir, base_offset, INDEX_SUFFIX),
-            segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
-        )?;
+        let index = SegmentIndex::create(segment_path(dir, base_offset, INDEX_SUFFIX), segment_path(dir, base_offset, TIME_INDEX_SUFFIX))?;
         Ok(Segment {
             base_offset,
             log_path,
@@ -114,20 +111,10 @@ impl Segment {
         scanner: &mut BatchScanner,
     ) -> Result<(Segment, Recovered), StorageError> {
         let log_path = segment_path(dir, base_offset, LOG_SUFFIX);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .context(|| format!("open segment {}", log_path.display()))?;
-        let log_bytes = file
-            .metadata()
-            .context(|| format!("stat segment {}", log_path.display()))?
-            .len();
-        let (index, last_time) = SegmentIndex::load(
-            segment_path(dir, base_offset, INDEX_SUFFIX),
-            segment_path(dir, base_offset, TIME_INDEX_SUFFIX),
-            log_bytes,
-        )?;
+        let file = OpenOptions::new().read(true).write(true).open(&log_path).context(|| format!("open segment {}", log_path.display()))?;
+        let log_bytes = file.metadata().context(|| format!("stat segment {}", log_path.display()))?.len();
+        let (index, last_time) =
+            SegmentIndex::load(segment_path(dir, base_offset, INDEX_SUFFIX), segment_path(dir, base_offset, TIME_INDEX_SUFFIX), log_bytes)?;
         let first_append_ms = file_time_ms(&file);
         let mut segment = Segment {
             base_offset,
@@ -144,8 +131,7 @@ impl Segment {
         // Start at the last index entry if it points at the batch it claims to; otherwise scan all.
         let mut start = None;
         if scan == RecoveryScan::Tail
-            && let (Some((relative_offset, position)), Some((timestamp, time_relative))) =
-                (segment.index.last(), last_time)
+            && let (Some((relative_offset, position)), Some((timestamp, time_relative))) = (segment.index.last(), last_time)
         {
             let expected = base_offset + i64::from(relative_offset);
             let header = segment.read_header(u64::from(position))?;
@@ -156,19 +142,8 @@ impl Segment {
         }
         let outcome = match start {
             Some((position, expected)) => {
-                let outcome = segment.scan(
-                    position,
-                    expected,
-                    log_bytes,
-                    next_base_offset,
-                    index_interval_bytes,
-                    scanner,
-                )?;
-                if outcome
-                    .truncated
-                    .as_ref()
-                    .is_some_and(|(at, _)| *at == position)
-                {
+                let outcome = segment.scan(position, expected, log_bytes, next_base_offset, index_interval_bytes, scanner)?;
+                if outcome.truncated.as_ref().is_some_and(|(at, _)| *at == position) {
                     // The indexed batch itself is bad, so the index's running maximum may describe it:
                     // distrust the index entirely and rebuild from the start.
                     None
@@ -183,21 +158,11 @@ impl Segment {
             None => {
                 segment.index.truncate(0)?;
                 segment.max_timestamp = None;
-                segment.scan(
-                    0,
-                    base_offset,
-                    log_bytes,
-                    next_base_offset,
-                    index_interval_bytes,
-                    scanner,
-                )?
+                segment.scan(0, base_offset, log_bytes, next_base_offset, index_interval_bytes, scanner)?
             }
         };
         if segment.size_bytes < log_bytes {
-            segment
-                .file
-                .set_len(segment.size_bytes)
-                .context(|| format!("truncate segment {}", segment.log_path.display()))?;
+            segment.file.set_len(segment.size_bytes).context(|| format!("truncate segment {}", segment.log_path.display()))?;
         }
         if segment.size_bytes > 0 {
             segment.first_append_ms = first_append_ms;
@@ -228,46 +193,25 @@ impl Segment {
         let mut truncated = None;
         scanner.reset(position);
         loop {
-            let scanned = scanner
-                .next(&self.file, log_bytes, true)
-                .context(|| format!("read segment {}", self.log_path.display()))?;
+            let scanned = scanner.next(&self.file, log_bytes, true).context(|| format!("read segment {}", self.log_path.display()))?;
             let (position, header, bytes) = match scanned {
                 Scanned::End => break,
                 Scanned::Invalid { position, reason } => {
                     truncated = Some((position, reason));
                     break;
                 }
-                Scanned::Batch {
-                    position,
-                    header,
-                    bytes,
-                } => (position, header, bytes),
+                Scanned::Batch { position, header, bytes } => (position, header, bytes),
             };
-            if let Some(reason) = self.offset_problem(
-                &header,
-                position,
-                previous_last,
-                expected_base,
-                next_base_offset,
-            ) {
+            if let Some(reason) = self.offset_problem(&header, position, previous_last, expected_base, next_base_offset) {
                 truncated = Some((position, reason));
                 break;
             }
-            let delta = if self
-                .max_timestamp
-                .is_none_or(|(t, _)| header.max_timestamp > t)
-            {
+            let delta = if self.max_timestamp.is_none_or(|(t, _)| header.max_timestamp > t) {
                 max_timestamp_offset_delta(&header, bytes)
             } else {
                 0
             };
-            if let Some(entry) = self.account(
-                &header,
-                position,
-                delta,
-                index_interval_bytes,
-                position == first_position,
-            ) {
+            if let Some(entry) = self.account(&header, position, delta, index_interval_bytes, position == first_position) {
                 self.index.push(entry);
             }
             previous_last = Some(header.last_offset());
@@ -294,16 +238,10 @@ impl Segment {
     ) -> Option<String> {
         match previous_last {
             None if header.base_offset != expected_base => {
-                return Some(format!(
-                    "batch has base offset {}, expected {expected_base}",
-                    header.base_offset
-                ));
+                return Some(format!("batch has base offset {}, expected {expected_base}", header.base_offset));
             }
             Some(last) if header.base_offset <= last => {
-                return Some(format!(
-                    "batch base offset {} does not follow the previous batch's last offset {last}",
-                    header.base_offset
-                ));
+                return Some(format!("batch base offset {} does not follow the previous batch's last offset {last}", header.base_offset));
             }
             _ => {}
         }
@@ -311,35 +249,18 @@ impl Segment {
             || header.record_count < 0
             || i64::from(header.record_count) > i64::from(header.last_offset_delta) + 1
         {
-            return Some(format!(
-                "record count {} does not fit last offset delta {}",
-                header.record_count, header.last_offset_delta
-            ));
+            return Some(format!("record count {} does not fit last offset delta {}", header.record_count, header.last_offset_delta));
         }
         // The base offset is outside the CRC, so these bounds also keep the arithmetic below (and the
         // next offset, last + 1) from overflowing on a garbage header.
-        let Some(last_offset) = header
-            .base_offset
-            .checked_add(i64::from(header.last_offset_delta))
-            .filter(|last| *last < i64::MAX)
-        else {
-            return Some(format!(
-                "base offset {} is out of range",
-                header.base_offset
-            ));
+        let Some(last_offset) = header.base_offset.checked_add(i64::from(header.last_offset_delta)).filter(|last| *last < i64::MAX) else {
+            return Some(format!("base offset {} is out of range", header.base_offset));
         };
         if last_offset.saturating_sub(self.base_offset) > RELATIVE_OFFSET_MAX {
-            return Some(format!(
-                "last offset {} is too far from the segment base {}",
-                header.last_offset(),
-                self.base_offset
-            ));
+            return Some(format!("last offset {} is too far from the segment base {}", header.last_offset(), self.base_offset));
         }
         if next_base_offset.is_some_and(|next| header.last_offset() >= next) {
-            return Some(format!(
-                "last offset {} overlaps the next segment",
-                header.last_offset()
-            ));
+            return Some(format!("last offset {} overlaps the next segment", header.last_offset()));
         }
         if position > POSITION_MAX {
             return Some(format!("batch starts beyond byte {POSITION_MAX}"));
@@ -358,24 +279,14 @@ impl Segment {
         index_interval_bytes: u32,
         already_indexed: bool,
     ) -> Option<IndexEntry> {
-        if self
-            .max_timestamp
-            .is_none_or(|(t, _)| header.max_timestamp > t)
-        {
-            self.max_timestamp = Some((
-                header.max_timestamp,
-                header
-                    .base_offset
-                    .saturating_add(i64::from(max_timestamp_offset_delta)),
-            ));
+        if self.max_timestamp.is_none_or(|(t, _)| header.max_timestamp > t) {
+            self.max_timestamp = Some((header.max_timestamp, header.base_offset.saturating_add(i64::from(max_timestamp_offset_delta))));
         }
         let mut entry = None;
         if already_indexed {
             self.bytes_since_index_entry = 0;
         } else if self.bytes_since_index_entry > u64::from(index_interval_bytes) {
-            let (max_timestamp, max_offset) = self
-                .max_timestamp
-                .unwrap_or((header.max_timestamp, header.base_offset));
+            let (max_timestamp, max_offset) = self.max_timestamp.unwrap_or((header.max_timestamp, header.base_offset));
             entry = Some(IndexEntry {
                 relative_offset: (header.base_offset - self.base_offset) as u32,
                 position: position as u32,
@@ -406,24 +317,11 @@ impl Segment {
             if let Err(cut) = self.file.set_len(start) {
                 tracing::warn!(segment = %self.log_path.display(), %cut, "could not cut a failed append back; recovery will");
             }
-            return Err(StorageError::Io(
-                error,
-                format!(
-                    "append {} bytes to {}",
-                    bytes.len(),
-                    self.log_path.display()
-                ),
-            ));
+            return Err(StorageError::Io(error, format!("append {} bytes to {}", bytes.len(), self.log_path.display())));
         }
         let mut position = start;
         for batch in batches {
-            if let Some(entry) = self.account(
-                &batch.header,
-                position,
-                batch.max_timestamp_offset_delta,
-                index_interval_bytes,
-                false,
-            ) {
+            if let Some(entry) = self.account(&batch.header, position, batch.max_timestamp_offset_delta, index_interval_bytes, false) {
                 self.index.push(entry);
             }
             position += batch.header.total_size() as u64;
@@ -442,36 +340,21 @@ impl Segment {
         match self.file.read_exact_at(&mut buf, position) {
             Ok(()) => Ok(BatchHeader::parse(&buf)),
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(error) => Err(StorageError::Io(
-                error,
-                format!("read {}", self.log_path.display()),
-            )),
+            Err(error) => Err(StorageError::Io(error, format!("read {}", self.log_path.display()))),
         }
     }
 
     /// Walks batch headers from `from` until `wanted` accepts one; returns its position and header.
-    fn find_batch(
-        &self,
-        from: u64,
-        mut wanted: impl FnMut(&BatchHeader) -> bool,
-    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+    fn find_batch(&self, from: u64, mut wanted: impl FnMut(&BatchHeader) -> bool) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         let mut scanner = BatchScanner::new(LOOKUP_BUFFER_BYTES);
         scanner.reset(from);
         loop {
-            match scanner
-                .next(&self.file, self.size_bytes, false)
-                .context(|| format!("read segment {}", self.log_path.display()))?
-            {
+            match scanner.next(&self.file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
                 Scanned::End => return Ok(None),
                 Scanned::Invalid { position, reason } => {
-                    return Err(StorageError::CorruptMessage(format!(
-                        "segment {} at byte {position}: {reason}",
-                        self.log_path.display()
-                    )));
+                    return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
                 }
-                Scanned::Batch {
-                    position, header, ..
-                } => {
+                Scanned::Batch { position, header, .. } => {
                     if wanted(&header) {
                         return Ok(Some((position, header)));
                     }
@@ -483,49 +366,28 @@ impl Segment {
     /// The first batch whose last offset is at or above `offset`: its position and header.
     pub(crate) fn locate(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         let relative = (offset - self.base_offset).clamp(0, RELATIVE_OFFSET_MAX) as u32;
-        self.find_batch(self.index.position_for_offset(relative), |h| {
-            h.last_offset() >= offset
-        })
+        self.find_batch(self.index.position_for_offset(relative), |h| h.last_offset() >= offset)
     }
 
     /// The first record at or after `min_offset` with timestamp >= `timestamp`: (offset, timestamp).
     /// Record-level for uncompressed CreateTime batches; otherwise the batch's first offset (at or
     /// after `min_offset`) with its max timestamp, since batches are never decompressed.
-    pub(crate) fn find_timestamp(
-        &self,
-        timestamp: i64,
-        min_offset: i64,
-    ) -> Result<Option<(i64, i64)>, StorageError> {
+    pub(crate) fn find_timestamp(&self, timestamp: i64, min_offset: i64) -> Result<Option<(i64, i64)>, StorageError> {
         let mut from = self.index.position_for_timestamp(timestamp);
         loop {
-            let Some((position, header)) = self.find_batch(from, |h| {
-                h.max_timestamp >= timestamp && h.last_offset() >= min_offset
-            })?
-            else {
+            let Some((position, header)) = self.find_batch(from, |h| h.max_timestamp >= timestamp && h.last_offset() >= min_offset)? else {
                 return Ok(None);
             };
-            if header.compression() != COMPRESSION_NONE
-                || header.timestamp_type() == TimestampType::LogAppendTime
-            {
-                return Ok(Some((
-                    header.base_offset.max(min_offset),
-                    header.max_timestamp,
-                )));
+            if header.compression() != COMPRESSION_NONE || header.timestamp_type() == TimestampType::LogAppendTime {
+                return Ok(Some((header.base_offset.max(min_offset), header.max_timestamp)));
             }
             let mut batch = vec![0u8; header.total_size()];
-            self.file
-                .read_exact_at(&mut batch, position)
-                .context(|| format!("read {}", self.log_path.display()))?;
+            self.file.read_exact_at(&mut batch, position).context(|| format!("read {}", self.log_path.display()))?;
             for record in Records::new(&batch) {
                 let record = record.map_err(|why| {
-                    StorageError::CorruptMessage(format!(
-                        "segment {} at byte {position}: {why}",
-                        self.log_path.display()
-                    ))
+                    StorageError::CorruptMessage(format!("segment {} at byte {position}: {why}", self.log_path.display()))
                 })?;
-                let offset = header
-                    .base_offset
-                    .saturating_add(i64::from(record.offset_delta));
+                let offset = header.base_offset.saturating_add(i64::from(record.offset_delta));
                 let record_timestamp = header.base_timestamp.wrapping_add(record.timestamp_delta);
                 if offset >= min_offset && record_timestamp >= timestamp {
                     return Ok(Some((offset, record_timestamp)));
@@ -538,41 +400,21 @@ impl Segment {
     }
 
     /// Reads `len` bytes at `position`, appending them to `out`.
-    pub(crate) fn read_into(
-        &self,
-        out: &mut Vec<u8>,
-        position: u64,
-        len: usize,
-    ) -> Result<(), StorageError> {
+    pub(crate) fn read_into(&self, out: &mut Vec<u8>, position: u64, len: usize) -> Result<(), StorageError> {
         let start = out.len();
         out.resize(start + len, 0);
         let target = out.get_mut(start..).unwrap_or_default();
-        self.file.read_exact_at(target, position).context(|| {
-            format!(
-                "read {len} bytes at {position} from {}",
-                self.log_path.display()
-            )
-        })
+        self.file.read_exact_at(target, position).context(|| format!("read {len} bytes at {position} from {}", self.log_path.display()))
     }
 
     /// Walks every batch header (no CRC, payloads skipped where possible) in order.
-    pub(crate) fn for_each_header(
-        &self,
-        scanner: &mut BatchScanner,
-        mut each: impl FnMut(&BatchHeader),
-    ) -> Result<(), StorageError> {
+    pub(crate) fn for_each_header(&self, scanner: &mut BatchScanner, mut each: impl FnMut(&BatchHeader)) -> Result<(), StorageError> {
         scanner.reset(0);
         loop {
-            match scanner
-                .next(&self.file, self.size_bytes, false)
-                .context(|| format!("read segment {}", self.log_path.display()))?
-            {
+            match scanner.next(&self.file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
                 Scanned::End => return Ok(()),
                 Scanned::Invalid { position, reason } => {
-                    return Err(StorageError::CorruptMessage(format!(
-                        "segment {} at byte {position}: {reason}",
-                        self.log_path.display()
-                    )));
+                    return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
                 }
                 Scanned::Batch { header, .. } => each(&header),
             }
@@ -584,9 +426,7 @@ impl Segment {
     /// appended, so after a crash the files hold true entries up to some point and zeros or nothing
     /// after it, and recovery keeps only the valid prefix and checks its last entry against the log.
     pub(crate) fn sync(&mut self, with_indexes: bool) -> Result<(), StorageError> {
-        self.file
-            .sync_data()
-            .context(|| format!("fsync {}", self.log_path.display()))?;
+        self.file.sync_data().context(|| format!("fsync {}", self.log_path.display()))?;
         if with_indexes {
             self.index.sync()?;
         } else if let Err(error) = self.index.write_pending() {
@@ -640,14 +480,7 @@ impl Segment {
     pub(crate) fn retention_timestamp(&self) -> Option<i64> {
         match self.max_timestamp? {
             (timestamp, _) if timestamp >= 0 => Some(timestamp),
-            _ => Some(
-                self.file
-                    .metadata()
-                    .ok()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(system_time_ms)
-                    .unwrap_or(0),
-            ),
+            _ => Some(self.file.metadata().ok().and_then(|m| m.modified().ok()).and_then(system_time_ms).unwrap_or(0)),
         }
     }
 }
@@ -655,10 +488,8 @@ impl Segment {
 /// Offset delta of the first record with the batch's largest timestamp, if the batch's records can
 /// be looked at (uncompressed, CreateTime, fully in the scan buffer); 0 otherwise.
 fn max_timestamp_offset_delta(header: &BatchHeader, bytes: Option<&[u8]>) -> i32 {
-    let Some(bytes) = bytes.filter(|_| {
-        header.compression() == COMPRESSION_NONE
-            && header.timestamp_type() == TimestampType::CreateTime
-    }) else {
+    let Some(bytes) = bytes.filter(|_| header.compression() == COMPRESSION_NONE && header.timestamp_type() == TimestampType::CreateTime)
+    else {
         return 0;
     };
     let mut best: Option<(i64, i32)> = None;
@@ -675,17 +506,11 @@ fn max_timestamp_offset_delta(header: &BatchHeader, bytes: Option<&[u8]>) -> i32
 /// ms since the epoch: the best estimate of the first append after a restart.
 fn file_time_ms(file: &File) -> Option<i64> {
     let metadata = file.metadata().ok()?;
-    metadata
-        .created()
-        .or_else(|_| metadata.modified())
-        .ok()
-        .and_then(system_time_ms)
+    metadata.created().or_else(|_| metadata.modified()).ok().and_then(system_time_ms)
 }
 
 fn system_time_ms(time: std::time::SystemTime) -> Option<i64> {
-    time.duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
+    time.duration_since(UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_millis()).ok())
 }
 
 /// One step of a scan.
@@ -693,11 +518,7 @@ fn system_time_ms(time: std::time::SystemTime) -> Option<i64> {
 pub(crate) enum Scanned<'a> {
     /// A batch at `position`; `bytes` is the whole batch when the scan verified it and it fit the
     /// buffer.
-    Batch {
-        position: u64,
-        header: BatchHeader,
-        bytes: Option<&'a [u8]>,
-    },
+    Batch { position: u64, header: BatchHeader, bytes: Option<&'a [u8]> },
     /// The scan reached its limit exactly at a batch boundary.
     End,
     /// The bytes at `position` are not a valid batch (torn, garbage, or CRC mismatch).
@@ -718,12 +539,7 @@ pub(crate) struct BatchScanner {
 
 impl BatchScanner {
     pub(crate) fn new(capacity: usize) -> BatchScanner {
-        BatchScanner {
-            buf: vec![0; capacity.max(BATCH_HEADER_BYTES)],
-            start: 0,
-            end: 0,
-            buf_position: 0,
-        }
+        BatchScanner { buf: vec![0; capacity.max(BATCH_HEADER_BYTES)], start: 0, end: 0, buf_position: 0 }
     }
 
     /// Restarts the walk at file position `position`.
@@ -735,13 +551,7 @@ impl BatchScanner {
 
     /// Makes at least `need` unconsumed bytes available, or as many as the file holds below `limit`,
     /// reading up to `read_ahead` bytes beyond what is buffered.
-    fn fill(
-        &mut self,
-        file: &File,
-        limit: u64,
-        need: usize,
-        read_ahead: usize,
-    ) -> std::io::Result<()> {
+    fn fill(&mut self, file: &File, limit: u64, need: usize, read_ahead: usize) -> std::io::Result<()> {
         if self.end - self.start >= need {
             return Ok(());
         }
@@ -752,13 +562,8 @@ impl BatchScanner {
         let target_end = self.buf.len().min(self.end + read_ahead.max(need));
         while self.end < need {
             let file_position = self.buf_position + self.end as u64;
-            let room = (target_end - self.end)
-                .min(usize::try_from(limit.saturating_sub(file_position)).unwrap_or(usize::MAX));
-            let Some(target) = self
-                .buf
-                .get_mut(self.end..self.end + room)
-                .filter(|t| !t.is_empty())
-            else {
+            let room = (target_end - self.end).min(usize::try_from(limit.saturating_sub(file_position)).unwrap_or(usize::MAX));
+            let Some(target) = self.buf.get_mut(self.end..self.end + room).filter(|t| !t.is_empty()) else {
                 break;
             };
             match file.read_at(target, file_position) {
@@ -771,22 +576,13 @@ impl BatchScanner {
         Ok(())
     }
 
-    pub(crate) fn next(
-        &mut self,
-        file: &File,
-        limit: u64,
-        verify: bool,
-    ) -> std::io::Result<Scanned<'_>> {
+    pub(crate) fn next(&mut self, file: &File, limit: u64, verify: bool) -> std::io::Result<Scanned<'_>> {
         let position = self.buf_position + self.start as u64;
         if position >= limit {
             return Ok(Scanned::End);
         }
         // A verifying scan reads every byte anyway, so it reads as much as the buffer holds.
-        let read_ahead = if verify {
-            self.buf.len()
-        } else {
-            HEADER_WALK_READ_BYTES
-        };
+        let read_ahead = if verify { self.buf.len() } else { HEADER_WALK_READ_BYTES };
         self.fill(file, limit, BATCH_HEADER_BYTES, read_ahead)?;
         let available = self.buf.get(self.start..self.end).unwrap_or_default();
         if available.is_empty() {
@@ -795,29 +591,18 @@ impl BatchScanner {
         }
         let invalid = |reason: String| Ok(Scanned::Invalid { position, reason });
         let Some(header) = BatchHeader::parse(available) else {
-            return invalid(format!(
-                "torn batch: {} bytes left, too few for a header",
-                available.len()
-            ));
+            return invalid(format!("torn batch: {} bytes left, too few for a header", available.len()));
         };
         if header.magic != MAGIC_V2 {
-            return invalid(format!(
-                "magic {} where a v2 batch should start",
-                header.magic
-            ));
+            return invalid(format!("magic {} where a v2 batch should start", header.magic));
         }
-        let Some(length) = usize::try_from(header.batch_length)
-            .ok()
-            .filter(|l| *l >= BATCH_LENGTH_MIN)
-        else {
+        let Some(length) = usize::try_from(header.batch_length).ok().filter(|l| *l >= BATCH_LENGTH_MIN) else {
             return invalid(format!("batch length {} is invalid", header.batch_length));
         };
         let total = LOG_OVERHEAD_BYTES + length;
         let remaining = limit - position;
         if total as u64 > remaining {
-            return invalid(format!(
-                "torn batch: {total} bytes claimed, {remaining} left in the file"
-            ));
+            return invalid(format!("torn batch: {total} bytes claimed, {remaining} left in the file"));
         }
         if total <= self.buf.len() {
             if verify {
@@ -831,10 +616,7 @@ impl BatchScanner {
                 };
                 let computed = crate::batch::batch_crc(bytes);
                 if computed != header.crc {
-                    return invalid(format!(
-                        "CRC-32C mismatch: stored {:#010x}, computed {computed:#010x}",
-                        header.crc
-                    ));
+                    return invalid(format!("CRC-32C mismatch: stored {:#010x}, computed {computed:#010x}", header.crc));
                 }
             }
             if bytes.is_some() {
@@ -842,11 +624,7 @@ impl BatchScanner {
             } else {
                 self.reset(position + total as u64);
             }
-            return Ok(Scanned::Batch {
-                position,
-                header,
-                bytes: self.buf.get(range).filter(|_| verify),
-            });
+            return Ok(Scanned::Batch { position, header, bytes: self.buf.get(range).filter(|_| verify) });
         }
         // Larger than the buffer: stream the CRC through it chunk by chunk.
         if verify {
@@ -854,9 +632,7 @@ impl BatchScanner {
             let mut at = position + available.len() as u64;
             let end = position + total as u64;
             while at < end {
-                let n = usize::try_from(end - at)
-                    .unwrap_or(usize::MAX)
-                    .min(self.buf.len());
+                let n = usize::try_from(end - at).unwrap_or(usize::MAX).min(self.buf.len());
                 let Some(chunk) = self.buf.get_mut(..n) else {
                     break;
                 };
@@ -873,18 +649,11 @@ impl BatchScanner {
             }
             if crc != header.crc {
                 self.reset(position);
-                return invalid(format!(
-                    "CRC-32C mismatch: stored {:#010x}, computed {crc:#010x}",
-                    header.crc
-                ));
+                return invalid(format!("CRC-32C mismatch: stored {:#010x}, computed {crc:#010x}", header.crc));
             }
         }
         self.reset(position + total as u64);
-        Ok(Scanned::Batch {
-            position,
-            header,
-            bytes: None,
-        })
+        Ok(Scanned::Batch { position, header, bytes: None })
     }
 }
 
@@ -904,9 +673,7 @@ mod tests {
     fn filled(dir: &Path, n: usize, value_bytes: usize, interval: u32) -> Segment {
         let mut segment = Segment::create(dir, 100).unwrap();
         for i in 0..n {
-            let mut bytes = BatchBuilder::new(1_000 + i as i64 * 10)
-                .records(3, value_bytes)
-                .build();
+            let mut bytes = BatchBuilder::new(1_000 + i as i64 * 10).records(3, value_bytes).build();
             set_base_offset(&mut bytes, 100 + 3 * i as i64);
             let batches = validated(&bytes);
             segment.append(&bytes, &batches, interval, 5).unwrap();
@@ -921,10 +688,7 @@ mod tests {
         assert!(segment.index_entries() > 5);
         for offset in 100..250 {
             let (_, header) = segment.locate(offset).unwrap().unwrap();
-            assert!(
-                header.base_offset <= offset && offset <= header.last_offset(),
-                "offset {offset}"
-            );
+            assert!(header.base_offset <= offset && offset <= header.last_offset(), "offset {offset}");
         }
         assert!(segment.locate(250).unwrap().is_none());
         assert_eq!(segment.next_offset(), 250);
@@ -937,26 +701,11 @@ mod tests {
         let segment = filled(dir.path(), 50, 20, 0);
         // Batch i holds timestamps 1000+10i .. 1000+10i+2 at offsets 100+3i .. 100+3i+2.
         assert_eq!(segment.find_timestamp(0, 0).unwrap(), Some((100, 1_000)));
-        assert_eq!(
-            segment.find_timestamp(1_001, 0).unwrap(),
-            Some((101, 1_001))
-        );
-        assert_eq!(
-            segment.find_timestamp(1_003, 0).unwrap(),
-            Some((103, 1_010))
-        );
-        assert_eq!(
-            segment.find_timestamp(1_252, 0).unwrap(),
-            Some((177, 1_252))
-        );
-        assert_eq!(
-            segment.find_timestamp(1_253, 0).unwrap(),
-            Some((178, 1_260))
-        );
-        assert_eq!(
-            segment.find_timestamp(1_000, 150).unwrap(),
-            Some((150, 1_162))
-        );
+        assert_eq!(segment.find_timestamp(1_001, 0).unwrap(), Some((101, 1_001)));
+        assert_eq!(segment.find_timestamp(1_003, 0).unwrap(), Some((103, 1_010)));
+        assert_eq!(segment.find_timestamp(1_252, 0).unwrap(), Some((177, 1_252)));
+        assert_eq!(segment.find_timestamp(1_253, 0).unwrap(), Some((178, 1_260)));
+        assert_eq!(segment.find_timestamp(1_000, 150).unwrap(), Some((150, 1_162)));
         assert_eq!(segment.find_timestamp(5_000, 0).unwrap(), None);
     }
 
@@ -965,43 +714,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut segment = filled(dir.path(), 40, 20, 64);
         segment.sync(true).unwrap();
-        let (entries, size, max) = (
-            segment.index_entries(),
-            segment.size_bytes(),
-            segment.max_timestamp(),
-        );
+        let (entries, size, max) = (segment.index_entries(), segment.size_bytes(), segment.max_timestamp());
         drop(segment);
         let mut scanner = BatchScanner::new(1024);
-        let (segment, outcome) =
-            Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
-        assert_eq!(
-            (
-                outcome.truncated,
-                segment.index_entries(),
-                segment.size_bytes(),
-                segment.max_timestamp()
-            ),
-            (None, entries, size, max)
-        );
+        let (segment, outcome) = Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
+        assert_eq!((outcome.truncated, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
         drop(segment);
         std::fs::remove_file(segment_path(dir.path(), 100, INDEX_SUFFIX)).unwrap();
-        let (segment, outcome) =
-            Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
-        assert_eq!(
-            (
-                outcome.truncated,
-                segment.index_entries(),
-                segment.size_bytes(),
-                segment.max_timestamp()
-            ),
-            (None, entries, size, max)
-        );
-        assert_eq!(
-            std::fs::metadata(segment_path(dir.path(), 100, INDEX_SUFFIX))
-                .unwrap()
-                .len(),
-            entries as u64 * 8
-        );
+        let (segment, outcome) = Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
+        assert_eq!((outcome.truncated, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 100, INDEX_SUFFIX)).unwrap().len(), entries as u64 * 8);
     }
 
     #[test]
@@ -1011,10 +733,7 @@ mod tests {
         let mut scanner = BatchScanner::new(BATCH_HEADER_BYTES + 10);
         scanner.reset(0);
         let mut seen = 0;
-        while let Scanned::Batch { bytes, .. } = scanner
-            .next(segment.file(), segment.size_bytes(), true)
-            .unwrap()
-        {
+        while let Scanned::Batch { bytes, .. } = scanner.next(segment.file(), segment.size_bytes(), true).unwrap() {
             assert!(bytes.is_none());
             seen += 1;
         }
@@ -1023,12 +742,7 @@ mod tests {
         let second = segment.locate(103).unwrap().unwrap().0;
         segment.file().write_all_at(&[0xAB], second + 500).unwrap();
         scanner.reset(0);
-        assert!(matches!(
-            scanner
-                .next(segment.file(), segment.size_bytes(), true)
-                .unwrap(),
-            Scanned::Batch { .. }
-        ));
+        assert!(matches!(scanner.next(segment.file(), segment.size_bytes(), true).unwrap(), Scanned::Batch { .. }));
         assert!(
             matches!(scanner.next(segment.file(), segment.size_bytes(), true).unwrap(), Scanned::Invalid { position, .. } if position == second)
         );

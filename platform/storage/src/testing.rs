@@ -43,12 +43,7 @@ impl BatchBuilder {
     }
 
     /// Marks the batch as idempotent: producer id, epoch and the first record's sequence number.
-    pub fn producer(
-        mut self,
-        producer_id: i64,
-        producer_epoch: i16,
-        base_sequence: i32,
-    ) -> BatchBuilder {
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> BatchBuilder {
         self.producer_id = producer_id;
         self.producer_epoch = producer_epoch;
         self.base_sequence = base_sequence;
@@ -77,12 +72,7 @@ impl BatchBuilder {
     }
 
     /// A record `timestamp_delta` ms after the batch's base timestamp.
-    pub fn record_at(
-        self,
-        timestamp_delta: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-    ) -> BatchBuilder {
+    pub fn record_at(self, timestamp_delta: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> BatchBuilder {
         self.record_with_headers(timestamp_delta, key, value, &[])
     }
 
@@ -107,10 +97,7 @@ impl BatchBuilder {
         self.records.extend_from_slice(&body);
         self.record_count += 1;
         self.next_offset_delta += 1;
-        self.max_timestamp_delta = Some(
-            self.max_timestamp_delta
-                .map_or(timestamp_delta, |m| m.max(timestamp_delta)),
-        );
+        self.max_timestamp_delta = Some(self.max_timestamp_delta.map_or(timestamp_delta, |m| m.max(timestamp_delta)));
         self
     }
 
@@ -143,9 +130,7 @@ impl BatchBuilder {
     pub fn build(&self) -> Vec<u8> {
         let batch_length = (BATCH_HEADER_BYTES - 12 + self.records.len()) as i32;
         let last_offset_delta = (self.next_offset_delta - 1).max(0);
-        let max_timestamp = self
-            .base_timestamp
-            .wrapping_add(self.max_timestamp_delta.unwrap_or(0));
+        let max_timestamp = self.base_timestamp.wrapping_add(self.max_timestamp_delta.unwrap_or(0));
         let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len());
         out.extend_from_slice(&self.base_offset.to_be_bytes());
         out.extend_from_slice(&batch_length.to_be_bytes());
@@ -204,18 +189,13 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<DecodedRecord>, StorageError> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         let header = BatchHeader::parse(buf).ok_or_else(|| bad("short header"))?;
-        let batch = buf
-            .get(..header.total_size())
-            .ok_or_else(|| bad("short batch"))?;
+        let batch = buf.get(..header.total_size()).ok_or_else(|| bad("short batch"))?;
         if header.compression() != 0 {
             return Err(bad("compressed batch"));
         }
         let mut r = Reader::new(batch.get(BATCH_HEADER_BYTES..).unwrap_or_default());
         for _ in 0..header.record_count {
-            let length = r
-                .varint()
-                .and_then(|l| usize::try_from(l).ok())
-                .ok_or_else(|| bad("record length"))?;
+            let length = r.varint().and_then(|l| usize::try_from(l).ok()).ok_or_else(|| bad("record length"))?;
             let mut body = Reader::new(r.take(length).ok_or_else(|| bad("record body"))?);
             let fields = (|| {
                 body.i8()?;
@@ -225,18 +205,12 @@ pub fn decode(mut buf: &[u8]) -> Result<Vec<DecodedRecord>, StorageError> {
                 let value = nullable(&mut body)?;
                 Some((timestamp_delta, offset_delta, key, value))
             })();
-            let (timestamp_delta, offset_delta, key, value) =
-                fields.ok_or_else(|| bad("record fields"))?;
+            let (timestamp_delta, offset_delta, key, value) = fields.ok_or_else(|| bad("record fields"))?;
             let timestamp = match header.timestamp_type() {
                 TimestampType::LogAppendTime => header.max_timestamp,
                 TimestampType::CreateTime => header.base_timestamp.wrapping_add(timestamp_delta),
             };
-            out.push(DecodedRecord {
-                offset: header.base_offset.saturating_add(i64::from(offset_delta)),
-                timestamp,
-                key,
-                value,
-            });
+            out.push(DecodedRecord { offset: header.base_offset.saturating_add(i64::from(offset_delta)), timestamp, key, value });
         }
         buf = buf.get(header.total_size()..).unwrap_or_default();
     }
@@ -264,23 +238,8 @@ mod tests {
             .build();
         let records = decode(&bytes).unwrap();
         assert_eq!(records.len(), 2);
-        assert_eq!(
-            records[0],
-            DecodedRecord {
-                offset: 10,
-                timestamp: 500,
-                key: Some(b"k".to_vec()),
-                value: Some(b"v".to_vec())
-            }
-        );
-        assert_eq!(
-            (
-                records[1].offset,
-                records[1].timestamp,
-                records[1].value.clone()
-            ),
-            (11, 503, None)
-        );
+        assert_eq!(records[0], DecodedRecord { offset: 10, timestamp: 500, key: Some(b"k".to_vec()), value: Some(b"v".to_vec()) });
+        assert_eq!((records[1].offset, records[1].timestamp, records[1].value.clone()), (11, 503, None));
         crate::batch::validate_batches(&bytes, u32::MAX).unwrap();
     }
 }

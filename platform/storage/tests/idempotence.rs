@@ -7,17 +7,8 @@ use common::*;
 use sluice_storage::testing::BatchBuilder;
 use sluice_storage::{AppendResult, PartitionLog, StorageError};
 
-fn produce(
-    log: &mut PartitionLog,
-    producer_id: i64,
-    epoch: i16,
-    sequence: i32,
-    records: usize,
-) -> Result<AppendResult, StorageError> {
-    let mut bytes = BatchBuilder::new(NOW)
-        .producer(producer_id, epoch, sequence)
-        .records(records, 8)
-        .build();
+fn produce(log: &mut PartitionLog, producer_id: i64, epoch: i16, sequence: i32, records: usize) -> Result<AppendResult, StorageError> {
+    let mut bytes = BatchBuilder::new(NOW).producer(producer_id, epoch, sequence).records(records, 8).build();
     log.append(&mut bytes, ASSIGN, NOW)
 }
 
@@ -26,22 +17,10 @@ fn a_retried_batch_gets_its_original_offsets_and_is_not_written_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     let first = produce(&mut log, 1, 0, 0, 3).unwrap();
-    assert_eq!(
-        (first.base_offset, first.last_offset, first.duplicate),
-        (0, 2, false)
-    );
+    assert_eq!((first.base_offset, first.last_offset, first.duplicate), (0, 2, false));
     let size = log.size_bytes();
     let retry = produce(&mut log, 1, 0, 0, 3).unwrap();
-    assert_eq!(
-        (
-            retry.base_offset,
-            retry.last_offset,
-            retry.duplicate,
-            retry.record_count,
-            retry.byte_count
-        ),
-        (0, 2, true, 0, 0)
-    );
+    assert_eq!((retry.base_offset, retry.last_offset, retry.duplicate, retry.record_count, retry.byte_count), (0, 2, true, 0, 0));
     assert_eq!((log.log_end_offset(), log.size_bytes()), (3, size));
     assert_eq!(produce(&mut log, 1, 0, 3, 2).unwrap().base_offset, 3);
 }
@@ -55,19 +34,9 @@ fn any_of_the_last_five_batches_is_recognised() {
     }
     // Batch 2 (sequences 4..=5, offsets 4..=5) is among the last five.
     let retry = produce(&mut log, 4, 0, 4, 2).unwrap();
-    assert_eq!(
-        (retry.base_offset, retry.last_offset, retry.duplicate),
-        (4, 5, true)
-    );
+    assert_eq!((retry.base_offset, retry.last_offset, retry.duplicate), (4, 5, true));
     // Batch 1 is not: it is neither a known duplicate nor the next sequence.
-    assert!(matches!(
-        produce(&mut log, 4, 0, 2, 2),
-        Err(StorageError::OutOfOrderSequence {
-            producer_id: 4,
-            expected: 14,
-            got: 2
-        })
-    ));
+    assert!(matches!(produce(&mut log, 4, 0, 2, 2), Err(StorageError::OutOfOrderSequence { producer_id: 4, expected: 14, got: 2 })));
     assert_eq!(log.log_end_offset(), 14);
 }
 
@@ -76,45 +45,16 @@ fn gaps_and_stale_epochs_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     produce(&mut log, 9, 2, 0, 5).unwrap();
-    assert!(matches!(
-        produce(&mut log, 9, 2, 6, 1),
-        Err(StorageError::OutOfOrderSequence {
-            expected: 5,
-            got: 6,
-            ..
-        })
-    ));
-    assert!(matches!(
-        produce(&mut log, 9, 1, 5, 1),
-        Err(StorageError::InvalidProducerEpoch {
-            current: 2,
-            got: 1,
-            ..
-        })
-    ));
-    assert!(matches!(
-        produce(&mut log, 9, 3, 5, 1),
-        Err(StorageError::OutOfOrderSequence {
-            expected: 0,
-            got: 5,
-            ..
-        })
-    ));
+    assert!(matches!(produce(&mut log, 9, 2, 6, 1), Err(StorageError::OutOfOrderSequence { expected: 5, got: 6, .. })));
+    assert!(matches!(produce(&mut log, 9, 1, 5, 1), Err(StorageError::InvalidProducerEpoch { current: 2, got: 1, .. })));
+    assert!(matches!(produce(&mut log, 9, 3, 5, 1), Err(StorageError::OutOfOrderSequence { expected: 0, got: 5, .. })));
     assert_eq!(log.log_end_offset(), 5);
     // A new epoch starts over at sequence 0; the old epoch is fenced from then on.
     assert_eq!(produce(&mut log, 9, 3, 0, 1).unwrap().base_offset, 5);
-    assert!(matches!(
-        produce(&mut log, 9, 2, 5, 1),
-        Err(StorageError::InvalidProducerEpoch { current: 3, .. })
-    ));
+    assert!(matches!(produce(&mut log, 9, 2, 5, 1), Err(StorageError::InvalidProducerEpoch { current: 3, .. })));
     // Producers are independent, and batches without a producer id skip all of this.
     assert_eq!(produce(&mut log, 10, 0, 77, 1).unwrap().base_offset, 6);
-    assert_eq!(
-        log.append(&mut batch_of(&["plain"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        7
-    );
+    assert_eq!(log.append(&mut batch_of(&["plain"], NOW), ASSIGN, NOW).unwrap().base_offset, 7);
 }
 
 #[test]
@@ -122,14 +62,7 @@ fn sequences_wrap_around() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     produce(&mut log, 1, 0, i32::MAX - 1, 3).unwrap();
-    assert!(matches!(
-        produce(&mut log, 1, 0, 0, 1),
-        Err(StorageError::OutOfOrderSequence {
-            expected: 1,
-            got: 0,
-            ..
-        })
-    ));
+    assert!(matches!(produce(&mut log, 1, 0, 0, 1), Err(StorageError::OutOfOrderSequence { expected: 1, got: 0, .. })));
     assert_eq!(produce(&mut log, 1, 0, 1, 1).unwrap().base_offset, 3);
 }
 
@@ -137,37 +70,15 @@ fn sequences_wrap_around() {
 fn several_batches_in_one_append_are_checked_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
-    let batch = |sequence: i32, n: usize| {
-        BatchBuilder::new(NOW)
-            .producer(5, 0, sequence)
-            .records(n, 4)
-            .build()
-    };
+    let batch = |sequence: i32, n: usize| BatchBuilder::new(NOW).producer(5, 0, sequence).records(n, 4).build();
     let mut two = [batch(0, 2), batch(2, 3)].concat();
     let result = log.append(&mut two, ASSIGN, NOW).unwrap();
-    assert_eq!(
-        (result.base_offset, result.last_offset, result.record_count),
-        (0, 4, 5)
-    );
+    assert_eq!((result.base_offset, result.last_offset, result.record_count), (0, 4, 5));
     // A retry inside a larger append cannot be half applied: refused, nothing written.
     let mut mixed = [batch(2, 3), batch(5, 1)].concat();
-    assert!(matches!(
-        log.append(&mut mixed, ASSIGN, NOW),
-        Err(StorageError::OutOfOrderSequence {
-            expected: 5,
-            got: 2,
-            ..
-        })
-    ));
+    assert!(matches!(log.append(&mut mixed, ASSIGN, NOW), Err(StorageError::OutOfOrderSequence { expected: 5, got: 2, .. })));
     let mut gap = [batch(5, 1), batch(7, 1)].concat();
-    assert!(matches!(
-        log.append(&mut gap, ASSIGN, NOW),
-        Err(StorageError::OutOfOrderSequence {
-            expected: 6,
-            got: 7,
-            ..
-        })
-    ));
+    assert!(matches!(log.append(&mut gap, ASSIGN, NOW), Err(StorageError::OutOfOrderSequence { expected: 6, got: 7, .. })));
     assert_eq!(log.log_end_offset(), 5);
 }
 
@@ -191,14 +102,8 @@ fn producer_state_is_rebuilt_at_open() {
         let retry = produce(&mut log, 1, 0, 57, 3).unwrap();
         assert!(retry.duplicate, "clean {clean}");
         assert_eq!((retry.base_offset, retry.last_offset), (end - 4, end - 2));
-        assert!(matches!(
-            produce(&mut log, 1, 0, 61, 1),
-            Err(StorageError::OutOfOrderSequence { expected: 60, .. })
-        ));
-        assert!(matches!(
-            produce(&mut log, 2, 4, 20, 1),
-            Err(StorageError::InvalidProducerEpoch { current: 5, .. })
-        ));
+        assert!(matches!(produce(&mut log, 1, 0, 61, 1), Err(StorageError::OutOfOrderSequence { expected: 60, .. })));
+        assert!(matches!(produce(&mut log, 2, 4, 20, 1), Err(StorageError::InvalidProducerEpoch { current: 5, .. })));
         assert_eq!(produce(&mut log, 1, 0, 60, 1).unwrap().base_offset, end);
         assert_eq!(produce(&mut log, 2, 5, 20, 1).unwrap().base_offset, end + 1);
     }
@@ -211,10 +116,7 @@ fn producers_idle_for_longer_than_the_expiration_are_forgotten() {
     produce(&mut log, 1, 3, 10, 1).unwrap();
     const DAY_MS: i64 = 86_400_000;
     log.enforce_retention(NOW + DAY_MS - 1).unwrap();
-    assert!(matches!(
-        produce(&mut log, 1, 3, 12, 1),
-        Err(StorageError::OutOfOrderSequence { .. })
-    ));
+    assert!(matches!(produce(&mut log, 1, 3, 12, 1), Err(StorageError::OutOfOrderSequence { .. })));
     log.enforce_retention(NOW + DAY_MS + 1).unwrap();
     // Unknown again: whatever sequence it resumes at is accepted.
     assert_eq!(produce(&mut log, 1, 3, 12, 1).unwrap().base_offset, 1);
@@ -255,12 +157,7 @@ fn a_clean_close_snapshots_producer_state_and_damaged_or_stale_snapshots_are_not
     // longer describes it. Trusting it would acknowledge a retry of the lost batch as a duplicate.
     let file = segment_files(dir.path()).pop().unwrap();
     let len = file.metadata().unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len - 1)
-        .unwrap();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 1).unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     assert_eq!(log.log_end_offset(), 4);
     let retry = produce(&mut log, 1, 0, 4, 1).unwrap();

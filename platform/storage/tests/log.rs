@@ -5,28 +5,16 @@ mod common;
 
 use common::*;
 use sluice_storage::testing::{BatchBuilder, decode};
-use sluice_storage::{
-    AppendMode, BatchHeader, LogConfig, PartitionLog, StorageError, TimestampType, validate_batches,
-};
+use sluice_storage::{AppendMode, BatchHeader, LogConfig, PartitionLog, StorageError, TimestampType, validate_batches};
 
 #[test]
 fn append_and_read_round_trip_across_segment_rolls() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
-    assert_eq!(
-        (
-            log.log_start_offset(),
-            log.log_end_offset(),
-            log.segment_count()
-        ),
-        (0, 0, 1)
-    );
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.segment_count()), (0, 0, 1));
     let results = append_batches(&mut log, 0, 60, NOW);
     for (i, result) in results.iter().enumerate() {
-        assert_eq!(
-            (result.base_offset, result.last_offset, result.record_count),
-            (3 * i as i64, 3 * i as i64 + 2, 3)
-        );
+        assert_eq!((result.base_offset, result.last_offset, result.record_count), (3 * i as i64, 3 * i as i64 + 2, 3));
         assert!(!result.duplicate);
         assert_eq!(result.log_append_time, -1);
     }
@@ -35,29 +23,17 @@ fn append_and_read_round_trip_across_segment_rolls() {
     let files = segment_files(dir.path());
     assert_eq!(files.len(), log.segment_count());
     assert!(files.iter().all(|f| f.metadata().unwrap().len() <= 1000));
-    assert_eq!(
-        log.size_bytes(),
-        files
-            .iter()
-            .map(|f| f.metadata().unwrap().len())
-            .sum::<u64>()
-    );
+    assert_eq!(log.size_bytes(), files.iter().map(|f| f.metadata().unwrap().len()).sum::<u64>());
 
     let records = read_all(&log);
     assert_eq!(values(&records), expected_values(60));
-    assert_eq!(
-        records.iter().map(|r| r.offset).collect::<Vec<_>>(),
-        (0..180).collect::<Vec<_>>()
-    );
+    assert_eq!(records.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..180).collect::<Vec<_>>());
 
     // Every offset is served starting with the batch that holds it.
     for offset in 0..180 {
         let read = log.read(offset, 1, 180, true).unwrap();
         let header = BatchHeader::parse(&read.bytes).unwrap();
-        assert!(
-            header.base_offset <= offset && offset <= header.last_offset(),
-            "offset {offset}"
-        );
+        assert!(header.base_offset <= offset && offset <= header.last_offset(), "offset {offset}");
         assert_eq!(read.bytes.len(), header.total_size());
         assert_eq!((read.log_start_offset, read.log_end_offset), (0, 180));
     }
@@ -68,9 +44,7 @@ fn reads_honour_max_bytes_min_one_and_the_upper_bound() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     append_batches(&mut log, 0, 10, NOW);
-    let size = BatchHeader::parse(&log.read(0, 1, 30, true).unwrap().bytes)
-        .unwrap()
-        .total_size();
+    let size = BatchHeader::parse(&log.read(0, 1, 30, true).unwrap().bytes).unwrap().total_size();
     // All batches have the same size here: values have the same length.
     assert_eq!(log.size_bytes(), 10 * size as u64);
 
@@ -83,28 +57,15 @@ fn reads_honour_max_bytes_min_one_and_the_upper_bound() {
     // The upper bound (the high watermark) stops at whole batches below it.
     let bounded = log.read(0, 1 << 20, 6, false).unwrap();
     assert_eq!(decode(&bounded.bytes).unwrap().last().unwrap().offset, 5);
-    assert!(
-        log.read(3, 1 << 20, 5, true).unwrap().bytes.is_empty(),
-        "a batch reaching the bound is not served"
-    );
+    assert!(log.read(3, 1 << 20, 5, true).unwrap().bytes.is_empty(), "a batch reaching the bound is not served");
     assert!(log.read(7, 1 << 20, 6, true).unwrap().bytes.is_empty());
 
     // The log end reads as empty; beyond it, or below the start, is out of range.
     let at_end = log.read(30, 1 << 20, 30, true).unwrap();
     assert!(at_end.bytes.is_empty());
     assert_eq!(at_end.log_end_offset, 30);
-    assert!(matches!(
-        log.read(31, 100, 31, true),
-        Err(StorageError::OffsetOutOfRange {
-            requested: 31,
-            start: 0,
-            end: 30
-        })
-    ));
-    assert!(matches!(
-        log.read(-1, 100, 30, true),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(log.read(31, 100, 31, true), Err(StorageError::OffsetOutOfRange { requested: 31, start: 0, end: 30 })));
+    assert!(matches!(log.read(-1, 100, 30, true), Err(StorageError::OffsetOutOfRange { .. })));
 }
 
 #[test]
@@ -116,23 +77,14 @@ fn reads_continue_into_later_segments() {
     assert_eq!(log.segment_count(), 8);
     let read = log.read(4, 1 << 20, 24, false).unwrap();
     let records = decode(&read.bytes).unwrap();
-    assert_eq!(
-        (
-            records.first().unwrap().offset,
-            records.last().unwrap().offset
-        ),
-        (3, 23)
-    );
+    assert_eq!((records.first().unwrap().offset, records.last().unwrap().offset), (3, 23));
 }
 
 #[test]
 fn index_lookups_are_correct_with_small_intervals_and_after_reopen() {
     for interval in [0u32, 1, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig {
-            index_interval_bytes: interval,
-            ..small_config(4000)
-        };
+        let config = LogConfig { index_interval_bytes: interval, ..small_config(4000) };
         let mut log = PartitionLog::open(dir.path(), config.clone(), NOW).unwrap();
         let mut expected = Vec::new();
         for i in 0..120usize {
@@ -149,22 +101,13 @@ fn index_lookups_are_correct_with_small_intervals_and_after_reopen() {
             .map(|p| p.metadata().unwrap().len())
             .sum();
         if interval <= 100 {
-            assert!(
-                index_bytes > 0,
-                "interval {interval}: no index entries written"
-            );
+            assert!(index_bytes > 0, "interval {interval}: no index entries written");
         }
         let check = |log: &PartitionLog| {
             for &(base, last) in &expected {
                 for offset in base..=last {
-                    let header =
-                        BatchHeader::parse(&log.read(offset, 1, i64::MAX, true).unwrap().bytes)
-                            .unwrap();
-                    assert_eq!(
-                        (header.base_offset, header.last_offset()),
-                        (base, last),
-                        "interval {interval}, offset {offset}"
-                    );
+                    let header = BatchHeader::parse(&log.read(offset, 1, i64::MAX, true).unwrap().bytes).unwrap();
+                    assert_eq!((header.base_offset, header.last_offset()), (base, last), "interval {interval}, offset {offset}");
                 }
             }
         };
@@ -184,22 +127,10 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
     assert!(log.segment_count() > 3);
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, NOW)));
     assert_eq!(log.offset_for_timestamp(NOW).unwrap(), Some((0, NOW)));
-    assert_eq!(
-        log.offset_for_timestamp(NOW + 1).unwrap(),
-        Some((1, NOW + 1))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(NOW + 3).unwrap(),
-        Some((3, NOW + 10))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(NOW + 152).unwrap(),
-        Some((47, NOW + 152))
-    );
-    assert_eq!(
-        log.offset_for_timestamp(NOW + 292).unwrap(),
-        Some((89, NOW + 292))
-    );
+    assert_eq!(log.offset_for_timestamp(NOW + 1).unwrap(), Some((1, NOW + 1)));
+    assert_eq!(log.offset_for_timestamp(NOW + 3).unwrap(), Some((3, NOW + 10)));
+    assert_eq!(log.offset_for_timestamp(NOW + 152).unwrap(), Some((47, NOW + 152)));
+    assert_eq!(log.offset_for_timestamp(NOW + 292).unwrap(), Some((89, NOW + 292)));
     assert_eq!(log.offset_for_timestamp(NOW + 293).unwrap(), None);
     // Below the log start nothing is returned.
     log.delete_records_before(50).unwrap();
@@ -226,35 +157,16 @@ fn max_timestamp_names_the_record_that_carries_it() {
 #[test]
 fn log_append_time_stamps_batches_and_keeps_them_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        timestamp_type: TimestampType::LogAppendTime,
-        ..small_config(1 << 20)
-    };
+    let config = LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config(1 << 20) };
     let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
     let mut bytes = batch_of(&["a", "b"], 12_345);
     let result = log.append(&mut bytes, ASSIGN, NOW + 5).unwrap();
     assert_eq!(result.log_append_time, NOW + 5);
     let read = log.read(0, 1 << 20, 2, true).unwrap();
-    assert_eq!(
-        &read.bytes[..],
-        &bytes[..],
-        "the stored bytes are the rewritten buffer"
-    );
+    assert_eq!(&read.bytes[..], &bytes[..], "the stored bytes are the rewritten buffer");
     let header = validate_batches(&read.bytes, u32::MAX).unwrap()[0];
-    assert_eq!(
-        (
-            header.timestamp_type(),
-            header.max_timestamp,
-            header.base_timestamp
-        ),
-        (TimestampType::LogAppendTime, NOW + 5, 12_345)
-    );
-    assert!(
-        decode(&read.bytes)
-            .unwrap()
-            .iter()
-            .all(|r| r.timestamp == NOW + 5)
-    );
+    assert_eq!((header.timestamp_type(), header.max_timestamp, header.base_timestamp), (TimestampType::LogAppendTime, NOW + 5, 12_345));
+    assert!(decode(&read.bytes).unwrap().iter().all(|r| r.timestamp == NOW + 5));
     assert_eq!(log.offset_for_timestamp(NOW).unwrap(), Some((0, NOW + 5)));
 }
 
@@ -263,75 +175,39 @@ fn leader_epoch_and_offsets_are_rewritten_and_compressed_batches_pass_through() 
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     append_batches(&mut log, 0, 1, NOW);
-    let original = BatchBuilder::new(NOW)
-        .base_offset(999)
-        .compressed(3, 4, b"\x04\x22\x4d\x18 opaque lz4 frame")
-        .build();
+    let original = BatchBuilder::new(NOW).base_offset(999).compressed(3, 4, b"\x04\x22\x4d\x18 opaque lz4 frame").build();
     let mut bytes = original.clone();
-    let result = log
-        .append(
-            &mut bytes,
-            AppendMode::AssignOffsets { leader_epoch: 7 },
-            NOW,
-        )
-        .unwrap();
-    assert_eq!(
-        (result.base_offset, result.last_offset, result.record_count),
-        (3, 6, 4)
-    );
+    let result = log.append(&mut bytes, AppendMode::AssignOffsets { leader_epoch: 7 }, NOW).unwrap();
+    assert_eq!((result.base_offset, result.last_offset, result.record_count), (3, 6, 4));
     let read = log.read(3, 1 << 20, 7, true).unwrap();
     assert_eq!(&read.bytes[..], &bytes[..]);
     // Only the base offset and the leader epoch changed; the CRC-covered bytes are untouched.
     assert_eq!(&read.bytes[16..], &original[16..]);
     let header = BatchHeader::parse(&read.bytes).unwrap();
-    assert_eq!(
-        (
-            header.base_offset,
-            header.partition_leader_epoch,
-            header.compression()
-        ),
-        (3, 7, 3)
-    );
+    assert_eq!((header.base_offset, header.partition_leader_epoch, header.compression()), (3, 7, 3));
     assert_eq!(log.offset_for_timestamp(NOW).unwrap(), Some((0, NOW)));
 }
 
 #[test]
 fn bad_batches_are_rejected_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        max_batch_bytes: 300,
-        ..small_config(1 << 20)
-    };
+    let config = LogConfig { max_batch_bytes: 300, ..small_config(1 << 20) };
     let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
     let good = batch_of(&["a"], NOW);
 
     let mut flipped = good.clone();
     *flipped.last_mut().unwrap() ^= 0x40;
-    assert!(
-        matches!(log.append(&mut flipped, ASSIGN, NOW), Err(StorageError::CorruptMessage(m)) if m.contains("CRC"))
-    );
+    assert!(matches!(log.append(&mut flipped, ASSIGN, NOW), Err(StorageError::CorruptMessage(m)) if m.contains("CRC")));
 
     // A good batch followed by a bad one: the whole append is refused.
     let mut mixed = [good.clone(), flipped].concat();
-    assert!(matches!(
-        log.append(&mut mixed, ASSIGN, NOW),
-        Err(StorageError::CorruptMessage(_))
-    ));
+    assert!(matches!(log.append(&mut mixed, ASSIGN, NOW), Err(StorageError::CorruptMessage(_))));
 
     let mut big = BatchBuilder::new(NOW).records(1, 400).build();
-    assert!(matches!(
-        log.append(&mut big, ASSIGN, NOW),
-        Err(StorageError::RecordTooLarge { max: 300, .. })
-    ));
-    assert!(matches!(
-        log.append(&mut [], ASSIGN, NOW),
-        Err(StorageError::InvalidRecord(_))
-    ));
+    assert!(matches!(log.append(&mut big, ASSIGN, NOW), Err(StorageError::RecordTooLarge { max: 300, .. })));
+    assert!(matches!(log.append(&mut [], ASSIGN, NOW), Err(StorageError::InvalidRecord(_))));
     let mut truncated = good[..good.len() - 3].to_vec();
-    assert!(matches!(
-        log.append(&mut truncated, ASSIGN, NOW),
-        Err(StorageError::CorruptMessage(_))
-    ));
+    assert!(matches!(log.append(&mut truncated, ASSIGN, NOW), Err(StorageError::CorruptMessage(_))));
 
     assert_eq!((log.log_end_offset(), log.size_bytes()), (0, 0));
     let mut ok = good;
@@ -343,104 +219,47 @@ fn preserve_offsets_accepts_gaps_and_refuses_going_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(300), NOW).unwrap();
     let mut first = BatchBuilder::new(NOW).base_offset(0).records(3, 5).build();
-    log.append(&mut first, AppendMode::PreserveOffsets, NOW)
-        .unwrap();
+    log.append(&mut first, AppendMode::PreserveOffsets, NOW).unwrap();
     let mut gap = BatchBuilder::new(NOW).base_offset(10).records(2, 5).build();
-    log.append(&mut gap, AppendMode::PreserveOffsets, NOW)
-        .unwrap();
+    log.append(&mut gap, AppendMode::PreserveOffsets, NOW).unwrap();
     // A compacted batch: offsets 100..=104 with records only at 100 and 104.
-    let mut compacted = BatchBuilder::new(NOW)
-        .base_offset(100)
-        .record(None, Some(b"x"))
-        .skip_offsets(3)
-        .record(None, Some(b"y"))
-        .build();
-    let result = log
-        .append(&mut compacted, AppendMode::PreserveOffsets, NOW)
-        .unwrap();
-    assert_eq!(
-        (result.base_offset, result.last_offset, result.record_count),
-        (100, 104, 2)
-    );
+    let mut compacted = BatchBuilder::new(NOW).base_offset(100).record(None, Some(b"x")).skip_offsets(3).record(None, Some(b"y")).build();
+    let result = log.append(&mut compacted, AppendMode::PreserveOffsets, NOW).unwrap();
+    assert_eq!((result.base_offset, result.last_offset, result.record_count), (100, 104, 2));
     assert_eq!(log.log_end_offset(), 105);
 
-    assert_eq!(
-        BatchHeader::parse(&log.read(5, 1, 105, true).unwrap().bytes)
-            .unwrap()
-            .base_offset,
-        10
-    );
-    assert_eq!(
-        BatchHeader::parse(&log.read(50, 1, 105, true).unwrap().bytes)
-            .unwrap()
-            .base_offset,
-        100
-    );
+    assert_eq!(BatchHeader::parse(&log.read(5, 1, 105, true).unwrap().bytes).unwrap().base_offset, 10);
+    assert_eq!(BatchHeader::parse(&log.read(50, 1, 105, true).unwrap().bytes).unwrap().base_offset, 100);
     let offsets: Vec<i64> = read_all(&log).iter().map(|r| r.offset).collect();
     assert_eq!(offsets, vec![0, 1, 2, 10, 11, 100, 104]);
 
-    let mut back = BatchBuilder::new(NOW)
-        .base_offset(104)
-        .records(1, 5)
-        .build();
-    assert!(matches!(
-        log.append(&mut back, AppendMode::PreserveOffsets, NOW),
-        Err(StorageError::InvalidRecord(_))
-    ));
-    let mut unordered = [
-        BatchBuilder::new(NOW)
-            .base_offset(200)
-            .records(2, 5)
-            .build(),
-        BatchBuilder::new(NOW)
-            .base_offset(201)
-            .records(1, 5)
-            .build(),
-    ]
-    .concat();
-    assert!(matches!(
-        log.append(&mut unordered, AppendMode::PreserveOffsets, NOW),
-        Err(StorageError::InvalidRecord(_))
-    ));
+    let mut back = BatchBuilder::new(NOW).base_offset(104).records(1, 5).build();
+    assert!(matches!(log.append(&mut back, AppendMode::PreserveOffsets, NOW), Err(StorageError::InvalidRecord(_))));
+    let mut unordered =
+        [BatchBuilder::new(NOW).base_offset(200).records(2, 5).build(), BatchBuilder::new(NOW).base_offset(201).records(1, 5).build()]
+            .concat();
+    assert!(matches!(log.append(&mut unordered, AppendMode::PreserveOffsets, NOW), Err(StorageError::InvalidRecord(_))));
     assert_eq!(log.log_end_offset(), 105);
 
     // Producer appends continue after the replicated offsets.
-    assert_eq!(
-        log.append(&mut batch_of(&["p"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        105
-    );
+    assert_eq!(log.append(&mut batch_of(&["p"], NOW), ASSIGN, NOW).unwrap().base_offset, 105);
     log.close().unwrap();
     let log = PartitionLog::open(dir.path(), small_config(300), NOW).unwrap();
-    assert_eq!(
-        read_all(&log).iter().map(|r| r.offset).collect::<Vec<_>>(),
-        vec![0, 1, 2, 10, 11, 100, 104, 105]
-    );
+    assert_eq!(read_all(&log).iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0, 1, 2, 10, 11, 100, 104, 105]);
 }
 
 #[test]
 fn a_replica_starting_far_ahead_names_the_first_segment_after_its_first_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
-    let mut bytes = BatchBuilder::new(NOW)
-        .base_offset(10_000_000_000)
-        .records(2, 5)
-        .build();
-    log.append(&mut bytes, AppendMode::PreserveOffsets, NOW)
-        .unwrap();
-    assert_eq!(
-        (log.log_start_offset(), log.log_end_offset()),
-        (10_000_000_000, 10_000_000_002)
-    );
+    let mut bytes = BatchBuilder::new(NOW).base_offset(10_000_000_000).records(2, 5).build();
+    log.append(&mut bytes, AppendMode::PreserveOffsets, NOW).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (10_000_000_000, 10_000_000_002));
     assert_eq!(segment_files(dir.path()).len(), 1);
     assert!(segment_files(dir.path())[0].ends_with("00000000010000000000.log"));
     drop(log);
     let log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
-    assert_eq!(
-        (log.log_start_offset(), log.log_end_offset()),
-        (10_000_000_000, 10_000_000_002)
-    );
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (10_000_000_000, 10_000_000_002));
 }
 
 #[test]
@@ -452,24 +271,11 @@ fn delete_records_moves_the_start_durably_and_drops_whole_segments() {
     assert_eq!(log.delete_records_before(25).unwrap(), 25);
     assert!(log.segment_count() < segments);
     assert_eq!(log.log_start_offset(), 25);
-    assert!(matches!(
-        log.read(24, 100, 90, true),
-        Err(StorageError::OffsetOutOfRange { start: 25, .. })
-    ));
+    assert!(matches!(log.read(24, 100, 90, true), Err(StorageError::OffsetOutOfRange { start: 25, .. })));
     let first = BatchHeader::parse(&log.read(25, 1, 90, true).unwrap().bytes).unwrap();
-    assert_eq!(
-        first.base_offset, 24,
-        "the batch holding the new start is served whole"
-    );
-    assert_eq!(
-        log.delete_records_before(10).unwrap(),
-        25,
-        "the start never moves back"
-    );
-    assert!(matches!(
-        log.delete_records_before(91),
-        Err(StorageError::OffsetOutOfRange { .. })
-    ));
+    assert_eq!(first.base_offset, 24, "the batch holding the new start is served whole");
+    assert_eq!(log.delete_records_before(10).unwrap(), 25, "the start never moves back");
+    assert!(matches!(log.delete_records_before(91), Err(StorageError::OffsetOutOfRange { .. })));
 
     drop(log);
     let mut log = PartitionLog::open(dir.path(), small_config(400), NOW).unwrap();
@@ -478,16 +284,8 @@ fn delete_records_moves_the_start_durably_and_drops_whole_segments() {
 
     // Up to the end: everything goes, and appends continue at the old end.
     assert_eq!(log.delete_records_before(90).unwrap(), 90);
-    assert_eq!(
-        (log.segment_count(), log.size_bytes(), log.log_end_offset()),
-        (1, 0, 90)
-    );
-    assert_eq!(
-        log.append(&mut batch_of(&["next"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        90
-    );
+    assert_eq!((log.segment_count(), log.size_bytes(), log.log_end_offset()), (1, 0, 90));
+    assert_eq!(log.append(&mut batch_of(&["next"], NOW), ASSIGN, NOW).unwrap().base_offset, 90);
     log.close().unwrap();
     let log = PartitionLog::open(dir.path(), small_config(400), NOW).unwrap();
     assert_eq!((log.log_start_offset(), log.log_end_offset()), (90, 91));
@@ -496,10 +294,7 @@ fn delete_records_moves_the_start_durably_and_drops_whole_segments() {
 #[test]
 fn retention_by_time_deletes_old_segments_and_rolls_an_expired_active_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_ms: Some(60_000),
-        ..small_config(400)
-    };
+    let config = LogConfig { retention_ms: Some(60_000), ..small_config(400) };
     let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
     append_batches(&mut log, 0, 20, NOW - 120_000);
     append_batches(&mut log, 20, 20, NOW);
@@ -510,61 +305,31 @@ fn retention_by_time_deletes_old_segments_and_rolls_an_expired_active_one() {
     // Only whole segments whose newest record is older than the cutoff went.
     assert!(log.log_start_offset() > 0 && log.log_start_offset() <= 60);
     let records = read_all(&log);
-    assert!(
-        records
-            .iter()
-            .filter(|r| r.offset < 60)
-            .all(|r| r.timestamp < NOW - 60_000)
-    );
+    assert!(records.iter().filter(|r| r.offset < 60).all(|r| r.timestamp < NOW - 60_000));
     assert_eq!(records.last().unwrap().offset, 119);
 
     // Much later, everything has expired, including the active segment.
     let stats = log.enforce_retention(NOW + 10 * 60_000).unwrap();
     assert!(stats.segments_deleted > 0);
-    assert_eq!(
-        (
-            log.segment_count(),
-            log.size_bytes(),
-            log.log_start_offset(),
-            log.log_end_offset()
-        ),
-        (1, 0, 120, 120)
-    );
-    assert_eq!(
-        log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        120
-    );
+    assert_eq!((log.segment_count(), log.size_bytes(), log.log_start_offset(), log.log_end_offset()), (1, 0, 120, 120));
+    assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, 120);
 
     // Retention does nothing when the policy does not include delete.
     let mut config = log.config().clone();
     config.delete_enabled = false;
     log.set_config(config);
-    assert_eq!(
-        log.enforce_retention(NOW + 100 * 60_000)
-            .unwrap()
-            .segments_deleted,
-        0
-    );
+    assert_eq!(log.enforce_retention(NOW + 100 * 60_000).unwrap().segments_deleted, 0);
 }
 
 #[test]
 fn retention_by_size_keeps_the_newest_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        retention_bytes: Some(1500),
-        ..small_config(400)
-    };
+    let config = LogConfig { retention_bytes: Some(1500), ..small_config(400) };
     let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
     append_batches(&mut log, 0, 60, NOW);
     let stats = log.enforce_retention(NOW).unwrap();
     assert!(stats.segments_deleted > 0);
-    assert!(
-        log.size_bytes() >= 1500 && log.size_bytes() < 1500 + 400,
-        "{} bytes left",
-        log.size_bytes()
-    );
+    assert!(log.size_bytes() >= 1500 && log.size_bytes() < 1500 + 400, "{} bytes left", log.size_bytes());
     assert_eq!(log.log_end_offset(), 180);
     assert_eq!(read_all(&log).last().unwrap().offset, 179);
     assert_eq!(log.enforce_retention(NOW).unwrap().segments_deleted, 0);
@@ -573,47 +338,24 @@ fn retention_by_size_keeps_the_newest_bytes() {
 #[test]
 fn segments_roll_on_time_since_their_first_append() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_ms: Some(1000),
-        ..small_config(1 << 20)
-    };
+    let config = LogConfig { segment_ms: Some(1000), ..small_config(1 << 20) };
     let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
     log.append(&mut batch_of(&["a"], NOW), ASSIGN, NOW).unwrap();
-    log.append(&mut batch_of(&["b"], NOW), ASSIGN, NOW + 999)
-        .unwrap();
+    log.append(&mut batch_of(&["b"], NOW), ASSIGN, NOW + 999).unwrap();
     assert_eq!(log.segment_count(), 1);
-    log.append(&mut batch_of(&["c"], NOW), ASSIGN, NOW + 1000)
-        .unwrap();
+    log.append(&mut batch_of(&["c"], NOW), ASSIGN, NOW + 1000).unwrap();
     assert_eq!(log.segment_count(), 2);
-    log.append(&mut batch_of(&["d"], NOW), ASSIGN, NOW + 1999)
-        .unwrap();
+    log.append(&mut batch_of(&["d"], NOW), ASSIGN, NOW + 1999).unwrap();
     assert_eq!(log.segment_count(), 2);
 }
 
 #[test]
 fn segment_bytes_is_clamped_below_2_gib() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = PartitionLog::open(
-        dir.path(),
-        LogConfig {
-            segment_bytes: u64::MAX,
-            ..LogConfig::default()
-        },
-        NOW,
-    )
-    .unwrap();
-    assert_eq!(
-        log.config().segment_bytes,
-        sluice_storage::SEGMENT_BYTES_MAX
-    );
-    log.set_config(LogConfig {
-        segment_bytes: 5 << 30,
-        ..LogConfig::default()
-    });
-    assert_eq!(
-        log.config().segment_bytes,
-        sluice_storage::SEGMENT_BYTES_MAX
-    );
+    let mut log = PartitionLog::open(dir.path(), LogConfig { segment_bytes: u64::MAX, ..LogConfig::default() }, NOW).unwrap();
+    assert_eq!(log.config().segment_bytes, sluice_storage::SEGMENT_BYTES_MAX);
+    log.set_config(LogConfig { segment_bytes: 5 << 30, ..LogConfig::default() });
+    assert_eq!(log.config().segment_bytes, sluice_storage::SEGMENT_BYTES_MAX);
 }
 
 #[test]
@@ -638,12 +380,6 @@ fn flush_close_and_delete() {
 
     log.delete().unwrap();
     assert!(!path.exists());
-    assert!(matches!(
-        log.read(0, 100, 12, true),
-        Err(StorageError::Io(..))
-    ));
-    assert!(matches!(
-        log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW),
-        Err(StorageError::Io(..))
-    ));
+    assert!(matches!(log.read(0, 100, 12, true), Err(StorageError::Io(..))));
+    assert!(matches!(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW), Err(StorageError::Io(..))));
 }

@@ -12,10 +12,7 @@ use sluice_storage::{LogConfig, PartitionLog, StorageError, validate_batches};
 const CRC_COVERED_FROM: usize = 21;
 
 fn valid_batch(records: usize, value_bytes: usize, ts: i64) -> Vec<u8> {
-    BatchBuilder::new(ts)
-        .producer(3, 1, 0)
-        .records(records, value_bytes)
-        .build()
+    BatchBuilder::new(ts).producer(3, 1, 0).records(records, value_bytes).build()
 }
 
 proptest! {
@@ -58,11 +55,7 @@ proptest! {
 #[derive(Debug, Clone)]
 enum Op {
     /// Append `batches` batches of `records` records with values of `value_bytes` bytes.
-    Append {
-        batches: usize,
-        records: usize,
-        value_bytes: usize,
-    },
+    Append { batches: usize, records: usize, value_bytes: usize },
     /// Reopen, after a clean close or a simulated crash.
     Reopen { clean: bool },
 }
@@ -123,11 +116,7 @@ proptest! {
 
 /// Files of a partition directory that recovery reads, for damaging.
 fn partition_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     files.sort();
     files
 }

@@ -12,21 +12,14 @@ use sluice_storage::{BatchHeader, PartitionLog};
 
 /// What a consumer sees plus the log's offsets, to compare before and after a reopen.
 fn snapshot(log: &PartitionLog) -> (Vec<String>, i64, i64) {
-    (
-        values(&read_all(log)),
-        log.log_start_offset(),
-        log.log_end_offset(),
-    )
+    (values(&read_all(log)), log.log_start_offset(), log.log_end_offset())
 }
 
 fn index_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     let mut files: Vec<_> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "index" || e == "timeindex")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "index" || e == "timeindex"))
         .map(|p| {
             let len = p.metadata().unwrap().len();
             (p, len)
@@ -47,26 +40,11 @@ fn reopen_after_a_clean_close_keeps_everything() {
     let indexes = index_files(dir.path());
 
     let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
-    assert!(
-        !dir.path().join("clean-shutdown").exists(),
-        "the marker is consumed at open"
-    );
+    assert!(!dir.path().join("clean-shutdown").exists(), "the marker is consumed at open");
     assert_eq!(snapshot(&log), before);
-    assert_eq!(
-        (log.segment_count(), log.size_bytes(), log.max_timestamp()),
-        (segments, size, max)
-    );
-    assert_eq!(
-        index_files(dir.path()),
-        indexes,
-        "intact indexes are kept as they are"
-    );
-    assert_eq!(
-        log.append(&mut batch_of(&["more"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        150
-    );
+    assert_eq!((log.segment_count(), log.size_bytes(), log.max_timestamp()), (segments, size, max));
+    assert_eq!(index_files(dir.path()), indexes, "intact indexes are kept as they are");
+    assert_eq!(log.append(&mut batch_of(&["more"], NOW), ASSIGN, NOW).unwrap().base_offset, 150);
 }
 
 #[test]
@@ -76,10 +54,7 @@ fn reopen_after_a_crash_keeps_everything_written() {
     append_batches(&mut log, 0, 50, NOW);
     let before = snapshot(&log);
     drop(log);
-    assert!(
-        dir.path().join("recovery-point").exists(),
-        "rolls record the recovery point"
-    );
+    assert!(dir.path().join("recovery-point").exists(), "rolls record the recovery point");
     let log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
     assert_eq!(snapshot(&log), before);
 }
@@ -89,12 +64,7 @@ fn garbage_kinds(log_file: &Path, next_offset: i64) -> Vec<(&'static str, Vec<u8
     let next = first_batch_as(log_file, next_offset);
     let mut bad_crc = next.clone();
     *bad_crc.last_mut().unwrap() ^= 0xFF;
-    vec![
-        ("random", garbage(4096, 7)),
-        ("torn batch", next[..next.len() / 2].to_vec()),
-        ("bad crc", bad_crc),
-        ("lone bytes", vec![0, 0, 0]),
-    ]
+    vec![("random", garbage(4096, 7)), ("torn batch", next[..next.len() / 2].to_vec()), ("bad crc", bad_crc), ("lone bytes", vec![0, 0, 0])]
 }
 
 #[test]
@@ -116,17 +86,8 @@ fn garbage_after_the_last_segment_is_cut_off_after_clean_and_unclean_shutdowns()
 
             let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
             assert_eq!(snapshot(&log), before, "{name}, clean {clean}");
-            assert_eq!(
-                newest.metadata().unwrap().len(),
-                original_len,
-                "{name}, clean {clean}: cut exactly at the valid end"
-            );
-            assert_eq!(
-                log.append(&mut batch_of(&["next"], NOW), ASSIGN, NOW)
-                    .unwrap()
-                    .base_offset,
-                60
-            );
+            assert_eq!(newest.metadata().unwrap().len(), original_len, "{name}, clean {clean}: cut exactly at the valid end");
+            assert_eq!(log.append(&mut batch_of(&["next"], NOW), ASSIGN, NOW).unwrap().base_offset, 60);
             drop(log);
             let log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
             assert_eq!(values(&read_all(&log)).last().unwrap(), "next");
@@ -147,13 +108,7 @@ fn garbage_in_a_middle_segment_truncates_there_and_drops_later_segments() {
         let files = segment_files(dir.path());
         assert!(files.len() >= 5);
         let middle = &files[2];
-        let middle_end: i64 = files[3]
-            .file_stem()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let middle_end: i64 = files[3].file_stem().unwrap().to_str().unwrap().parse().unwrap();
         // A valid batch re-addressed to the next offset overlaps the next segment: also not acceptable.
         let (name, junk) = garbage_kinds(middle, middle_end).swap_remove(kind);
         let original_len = middle.metadata().unwrap().len();
@@ -164,23 +119,10 @@ fn garbage_in_a_middle_segment_truncates_there_and_drops_later_segments() {
         assert_eq!(log.segment_count(), 3, "{name}");
         assert_eq!(segment_files(dir.path()).len(), 3, "{name}");
         assert_eq!(middle.metadata().unwrap().len(), original_len, "{name}");
-        assert_eq!(
-            values(&read_all(&log)),
-            expected_values(middle_end as usize / 3),
-            "{name}"
-        );
-        assert_eq!(
-            log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW)
-                .unwrap()
-                .base_offset,
-            middle_end,
-            "{name}"
-        );
+        assert_eq!(values(&read_all(&log)), expected_values(middle_end as usize / 3), "{name}");
+        assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, middle_end, "{name}");
         let later = log.read(middle_end, 1 << 20, middle_end + 1, true).unwrap();
-        assert_eq!(
-            values(&sluice_storage::testing::decode(&later.bytes).unwrap()),
-            vec!["after"]
-        );
+        assert_eq!(values(&sluice_storage::testing::decode(&later.bytes).unwrap()), vec!["after"]);
     }
 }
 
@@ -192,22 +134,12 @@ fn a_torn_last_batch_is_truncated() {
     drop(log);
     let file = segment_files(dir.path()).pop().unwrap();
     let len = file.metadata().unwrap().len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_len(len - 10)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 10).unwrap();
 
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     assert_eq!(log.log_end_offset(), 27);
     assert_eq!(values(&read_all(&log)), expected_values(9));
-    assert_eq!(
-        log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        27
-    );
+    assert_eq!(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW).unwrap().base_offset, 27);
 }
 
 #[test]
@@ -220,20 +152,14 @@ fn an_unclean_shutdown_scans_the_active_segment_in_full() {
     // Flip a byte inside the batch holding offset 20, which the index covers: only a full scan sees it.
     let file = segment_files(dir.path()).pop().unwrap();
     let mut bytes = fs::read(&file).unwrap();
-    let position = bytes
-        .windows(offset_20.bytes.len())
-        .position(|w| w == &offset_20.bytes[..])
-        .unwrap();
+    let position = bytes.windows(offset_20.bytes.len()).position(|w| w == &offset_20.bytes[..]).unwrap();
     bytes[position + 70] ^= 0x01;
     fs::write(&file, &bytes).unwrap();
 
     let log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
     let header = BatchHeader::parse(&offset_20.bytes).unwrap();
     assert_eq!(log.log_end_offset(), header.base_offset);
-    assert_eq!(
-        values(&read_all(&log)),
-        expected_values(header.base_offset as usize / 3)
-    );
+    assert_eq!(values(&read_all(&log)), expected_values(header.base_offset as usize / 3));
 }
 
 #[test]
@@ -252,10 +178,7 @@ fn without_a_recovery_point_every_segment_is_scanned() {
     let log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
     assert_eq!(log.segment_count(), 1);
     assert!(log.log_end_offset() < 15);
-    assert_eq!(
-        values(&read_all(&log)),
-        expected_values(log.log_end_offset() as usize / 3)
-    );
+    assert_eq!(values(&read_all(&log)), expected_values(log.log_end_offset() as usize / 3));
 }
 
 #[test]
@@ -266,20 +189,12 @@ fn corrupted_index_files_are_rebuilt() {
     let expected: Vec<(i64, i64)> = (0..80).map(|i| (3 * i, 3 * i + 2)).collect();
     log.close().unwrap();
     let indexes = index_files(dir.path());
-    assert!(
-        indexes.len() >= 6 && indexes.iter().all(|(_, len)| *len > 0),
-        "{indexes:?}"
-    );
+    assert!(indexes.len() >= 6 && indexes.iter().all(|(_, len)| *len > 0), "{indexes:?}");
 
     // Segment 0: random bytes over the offset index. Segment 1: time index torn. Segment 2: both
     // index files deleted. Segment 3: a structurally fine last entry pointing into the middle of a batch.
     fs::write(&indexes[0].0, garbage(indexes[0].1 as usize, 3)).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&indexes[3].0)
-        .unwrap()
-        .set_len(indexes[3].1 / 2 + 1)
-        .unwrap();
+    fs::OpenOptions::new().write(true).open(&indexes[3].0).unwrap().set_len(indexes[3].1 / 2 + 1).unwrap();
     fs::remove_file(&indexes[4].0).unwrap();
     fs::remove_file(&indexes[5].0).unwrap();
     let mut offset_index = fs::read(&indexes[6].0).unwrap();
@@ -291,25 +206,13 @@ fn corrupted_index_files_are_rebuilt() {
     let log = PartitionLog::open(dir.path(), small_config(1200), NOW).unwrap();
     for &(base, last) in &expected {
         for offset in base..=last {
-            let header =
-                BatchHeader::parse(&log.read(offset, 1, 240, true).unwrap().bytes).unwrap();
-            assert_eq!(
-                (header.base_offset, header.last_offset()),
-                (base, last),
-                "offset {offset}"
-            );
+            let header = BatchHeader::parse(&log.read(offset, 1, 240, true).unwrap().bytes).unwrap();
+            assert_eq!((header.base_offset, header.last_offset()), (base, last), "offset {offset}");
         }
     }
-    assert_eq!(
-        log.offset_for_timestamp(NOW + 401).unwrap(),
-        Some((121, NOW + 401))
-    );
+    assert_eq!(log.offset_for_timestamp(NOW + 401).unwrap(), Some((121, NOW + 401)));
     assert_eq!(log.max_timestamp(), Some((NOW + 792, 239)));
-    assert_eq!(
-        index_files(dir.path()),
-        indexes,
-        "rebuilt indexes match the originals"
-    );
+    assert_eq!(index_files(dir.path()), indexes, "rebuilt indexes match the originals");
 }
 
 #[test]
@@ -321,14 +224,7 @@ fn stray_files_are_cleaned_up_and_an_empty_directory_opens_empty() {
     fs::write(path.join("00000000000000000100.index"), [0u8; 8]).unwrap();
     fs::write(path.join("notes.txt"), b"operator notes").unwrap();
     let log = PartitionLog::open(&path, small_config(1000), NOW).unwrap();
-    assert_eq!(
-        (
-            log.log_start_offset(),
-            log.log_end_offset(),
-            log.segment_count()
-        ),
-        (0, 0, 1)
-    );
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.segment_count()), (0, 0, 1));
     assert!(!path.join("log-start-offset.tmp").exists());
     assert!(!path.join("00000000000000000100.index").exists());
     assert!(path.join("notes.txt").exists());
@@ -349,20 +245,8 @@ fn a_log_start_beyond_the_recovered_end_restarts_the_log_there() {
     fs::write(&file, &bytes[..two_batches]).unwrap();
 
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
-    assert_eq!(
-        (
-            log.log_start_offset(),
-            log.log_end_offset(),
-            log.size_bytes()
-        ),
-        (15, 15, 0)
-    );
-    assert_eq!(
-        log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        15
-    );
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.size_bytes()), (15, 15, 0));
+    assert_eq!(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW).unwrap().base_offset, 15);
 }
 
 #[test]
@@ -376,10 +260,5 @@ fn an_empty_trailing_segment_is_dropped_at_open() {
     fs::write(dir.path().join(format!("{:020}.log", end + 1000)), b"").unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
     assert_eq!(log.log_end_offset(), end);
-    assert_eq!(
-        log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW)
-            .unwrap()
-            .base_offset,
-        end
-    );
+    assert_eq!(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW).unwrap().base_offset, end);
 }

@@ -6,7 +6,8 @@ use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceRespon
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResourceResponse;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
 };
 
 use super::{blocking, str_bytes};
@@ -32,7 +33,9 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
         .map(|resource| {
             let name = resource.resource_name.to_string();
             let wanted = |key: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|k| k.as_str() == key));
-            let result = DescribeConfigsResult::default().with_resource_type(resource.resource_type).with_resource_name(resource.resource_name.clone());
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
             match resource.resource_type {
                 RESOURCE_TOPIC => match broker.topic(&name) {
                     Some(topic) => {
@@ -46,11 +49,15 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
                             .collect();
                         result.with_configs(entries)
                     }
-                    None => result.with_error_code(ResponseError::UnknownTopicOrPartition.code()).with_error_message(Some(str_bytes(format!("topic '{name}' does not exist")))),
+                    None => result
+                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                        .with_error_message(Some(str_bytes(format!("topic '{name}' does not exist")))),
                 },
                 RESOURCE_BROKER => {
                     if !name.is_empty() && name != broker.node_id().to_string() {
-                        return result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(Some(str_bytes(format!("this is broker {}", broker.node_id()))));
+                        return result
+                            .with_error_code(ResponseError::InvalidRequest.code())
+                            .with_error_message(Some(str_bytes(format!("this is broker {}", broker.node_id()))));
                     }
                     let entries = broker
                         .config
@@ -60,7 +67,9 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
                         .collect();
                     result.with_configs(entries)
                 }
-                other => result.with_error_code(ResponseError::InvalidRequest.code()).with_error_message(Some(str_bytes(format!("resource type {other} is not supported")))),
+                other => result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes(format!("resource type {other} is not supported")))),
             }
         })
         .collect();
@@ -87,13 +96,17 @@ pub fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConf
             let name = resource.resource_name.to_string();
             let outcome = match resource.resource_type {
                 // AlterConfigs replaces the whole set of overrides.
-                RESOURCE_TOPIC => TopicConfig::from_pairs(resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str()))))
-                    .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
-                    .and_then(|config| apply_topic_config(broker, &name, config, request.validate_only)),
+                RESOURCE_TOPIC => {
+                    TopicConfig::from_pairs(resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str()))))
+                        .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+                        .and_then(|config| apply_topic_config(broker, &name, config, request.validate_only))
+                }
                 RESOURCE_BROKER => Err(static_broker_error()),
                 other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
             };
-            let response = AlterConfigsResourceResponse::default().with_resource_type(resource.resource_type).with_resource_name(resource.resource_name);
+            let response = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name);
             match outcome {
                 Ok(()) => response,
                 Err(error) => response.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),
@@ -152,7 +165,9 @@ pub fn incremental_alter_configs(broker: &Broker, request: IncrementalAlterConfi
                 RESOURCE_BROKER => Err(static_broker_error()),
                 other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
             };
-            let response = IncrementalResourceResponse::default().with_resource_type(resource.resource_type).with_resource_name(resource.resource_name);
+            let response = IncrementalResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name);
             match outcome {
                 Ok(()) => response,
                 Err(error) => response.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),

@@ -105,7 +105,10 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                     }
                 })
                 .collect();
-            FetchableTopicResponse::default().with_topic(fetch_topic.topic.clone()).with_topic_id(fetch_topic.topic_id).with_partitions(partitions)
+            FetchableTopicResponse::default()
+                .with_topic(fetch_topic.topic.clone())
+                .with_topic_id(fetch_topic.topic_id)
+                .with_partitions(partitions)
         })
         .collect();
     (responses, total, any_error)
@@ -129,7 +132,9 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         .topics
         .iter()
         .filter_map(|t| broker.topic(t.topic.0.as_str()).map(|topic| (topic, t)))
-        .flat_map(|(topic, t)| t.partitions.iter().filter_map(move |p| topic.partition(p.partition)).map(|p| p.watch_high_watermark()).collect::<Vec<_>>())
+        .flat_map(|(topic, t)| {
+            t.partitions.iter().filter_map(move |p| topic.partition(p.partition)).map(|p| p.watch_high_watermark()).collect::<Vec<_>>()
+        })
         .collect();
     if watches.is_empty() {
         return Reply::Ready(FetchResponse::default().with_responses(responses).into());

@@ -7,19 +7,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
 };
-use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
 };
 
 use super::{ConnCtx, blocking, str_bytes};
@@ -31,7 +33,13 @@ fn error_code(result: Result<(), ResponseError>) -> i16 {
     result.err().map_or(0, |e| e.code())
 }
 
-pub async fn join_group(broker: &Arc<Broker>, ctx: &ConnCtx, request: JoinGroupRequest, version: i16, client_id: String) -> JoinGroupResponse {
+pub async fn join_group(
+    broker: &Arc<Broker>,
+    ctx: &ConnCtx,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: String,
+) -> JoinGroupResponse {
     let join = JoinRequest {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),
@@ -69,13 +77,19 @@ pub fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatRespons
 
 pub fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     // v0-2 name one member; v3+ a batch.
-    let member_ids: Vec<String> = if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
+    let member_ids: Vec<String> =
+        if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
     let results = broker.groups.leave(request.group_id.0.as_str(), &member_ids);
     if version >= 3 {
         let members = results
             .into_iter()
             .zip(request.members)
-            .map(|((id, result), m)| MemberResponse::default().with_member_id(str_bytes(id)).with_group_instance_id(m.group_instance_id).with_error_code(error_code(result)))
+            .map(|((id, result), m)| {
+                MemberResponse::default()
+                    .with_member_id(str_bytes(id))
+                    .with_group_instance_id(m.group_instance_id)
+                    .with_error_code(error_code(result))
+            })
             .collect();
         return LeaveGroupResponse::default().with_members(members);
     }
@@ -97,9 +111,15 @@ fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
 pub fn list_groups(broker: &Broker, request: ListGroupsRequest) -> ListGroupsResponse {
     let groups = all_groups(broker)
         .into_iter()
-        .filter(|(_, state, _)| request.states_filter.is_empty() || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(state.name())))
+        .filter(|(_, state, _)| {
+            request.states_filter.is_empty() || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(state.name()))
+        })
         .map(|(id, state, protocol_type)| {
-            ListedGroup::default().with_group_id(GroupId(str_bytes(id))).with_protocol_type(str_bytes(protocol_type)).with_group_state(str_bytes(state.name())).with_group_type(str_bytes("classic"))
+            ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(id)))
+                .with_protocol_type(str_bytes(protocol_type))
+                .with_group_state(str_bytes(state.name()))
+                .with_group_type(str_bytes("classic"))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
@@ -131,7 +151,9 @@ pub fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -> Descr
                             })
                             .collect(),
                     ),
-                None if !broker.offsets.group(&id).is_empty() => described.with_group_state(str_bytes("Empty")).with_protocol_type(str_bytes("consumer")),
+                None if !broker.offsets.group(&id).is_empty() => {
+                    described.with_group_state(str_bytes("Empty")).with_protocol_type(str_bytes("consumer"))
+                }
                 // Kafka describes a group it has never heard of as Dead, without an error.
                 None => described.with_group_state(str_bytes("Dead")),
             }
@@ -219,7 +241,11 @@ pub fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCom
 
 /// Committed offsets of one group for the requested partitions, or for all it has when `topics` is
 /// None. Partitions without a commit report offset -1, as Kafka does.
-fn fetch_group_offsets(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+fn fetch_group_offsets(
+    broker: &Broker,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
     match topics {
         Some(topics) => topics
             .into_iter()
@@ -258,7 +284,10 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
                                 .map(|(p, offset)| {
                                     let response = OffsetFetchResponsePartitions::default().with_partition_index(p);
                                     match offset {
-                                        Some(o) => response.with_committed_offset(o.offset).with_committed_leader_epoch(o.leader_epoch).with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
+                                        Some(o) => response
+                                            .with_committed_offset(o.offset)
+                                            .with_committed_leader_epoch(o.leader_epoch)
+                                            .with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
                                         None => response.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
                                     }
                                 })
@@ -282,7 +311,10 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
                     .map(|(p, offset)| {
                         let response = OffsetFetchResponsePartition::default().with_partition_index(p);
                         match offset {
-                            Some(o) => response.with_committed_offset(o.offset).with_committed_leader_epoch(o.leader_epoch).with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
+                            Some(o) => response
+                                .with_committed_offset(o.offset)
+                                .with_committed_leader_epoch(o.leader_epoch)
+                                .with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
                             None => response.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
                         }
                     })

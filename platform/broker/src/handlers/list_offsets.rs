@@ -33,7 +33,9 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, _version: i16)
                     let epoch = partition.leader_epoch;
                     match p.timestamp {
                         LATEST_TIMESTAMP => response.with_offset(partition.high_watermark()).with_timestamp(-1).with_leader_epoch(epoch),
-                        EARLIEST_TIMESTAMP => response.with_offset(partition.log_start_offset()).with_timestamp(-1).with_leader_epoch(epoch),
+                        EARLIEST_TIMESTAMP => {
+                            response.with_offset(partition.log_start_offset()).with_timestamp(-1).with_leader_epoch(epoch)
+                        }
                         MAX_TIMESTAMP => match partition.log.read().max_timestamp() {
                             Some((timestamp, offset)) => response.with_offset(offset).with_timestamp(timestamp).with_leader_epoch(epoch),
                             None => response.with_offset(-1).with_timestamp(-1),
@@ -43,7 +45,9 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, _version: i16)
                                 response.with_offset(offset).with_timestamp(found).with_leader_epoch(epoch)
                             }
                             Ok(_) => response.with_offset(-1).with_timestamp(-1),
-                            Err(error) => response.with_error_code(crate::error::storage_error_code(&error).code()).with_offset(-1).with_timestamp(-1),
+                            Err(error) => {
+                                response.with_error_code(crate::error::storage_error_code(&error).code()).with_offset(-1).with_timestamp(-1)
+                            }
                         },
                         _ => response.with_error_code(ResponseError::InvalidRequest.code()).with_offset(-1).with_timestamp(-1),
                     }
@@ -74,7 +78,9 @@ pub fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> DeleteR
                     // -1 means "everything up to the high watermark".
                     let offset = if p.offset == -1 { high_watermark } else { p.offset };
                     if offset < 0 || offset > high_watermark {
-                        return result.with_error_code(ResponseError::OffsetOutOfRange.code()).with_low_watermark(partition.log_start_offset());
+                        return result
+                            .with_error_code(ResponseError::OffsetOutOfRange.code())
+                            .with_low_watermark(partition.log_start_offset());
                     }
                     match blocking(|| partition.log.write().delete_records_before(offset)) {
                         Ok(low_watermark) => {

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
     MetadataResponse, TopicName,
@@ -72,7 +72,11 @@ pub async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: MetadataRequ
             .map(|t| match t.name {
                 Some(name) => {
                     let name = name.0.to_string();
-                    let found = if allow_auto_create { blocking(|| broker.topic_or_auto_create(&name)) } else { broker.topic(&name).ok_or(crate::error::BrokerError::UnknownTopic(name.clone())) };
+                    let found = if allow_auto_create {
+                        blocking(|| broker.topic_or_auto_create(&name))
+                    } else {
+                        broker.topic(&name).ok_or(crate::error::BrokerError::UnknownTopic(name.clone()))
+                    };
                     match found {
                         Ok(topic) => topic_entry(broker, &topic),
                         Err(error) => error_entry(Some(name), Uuid::nil(), error.kafka()),
@@ -119,7 +123,9 @@ pub fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinator
                 let entry = Coordinator::default().with_key(key);
                 match error {
                     None => entry.with_node_id(node).with_host(str_bytes(host.clone())).with_port(port),
-                    Some(e) => entry.with_node_id(BrokerId(-1)).with_error_code(e.code()).with_error_message(Some(str_bytes(e.to_string()))),
+                    Some(e) => {
+                        entry.with_node_id(BrokerId(-1)).with_error_code(e.code()).with_error_message(Some(str_bytes(e.to_string())))
+                    }
                 }
             })
             .collect();
@@ -127,6 +133,9 @@ pub fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinator
     }
     match error {
         None => FindCoordinatorResponse::default().with_node_id(node).with_host(str_bytes(host)).with_port(port),
-        Some(e) => FindCoordinatorResponse::default().with_node_id(BrokerId(-1)).with_error_code(e.code()).with_error_message(Some(str_bytes(e.to_string()))),
+        Some(e) => FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(-1))
+            .with_error_code(e.code())
+            .with_error_message(Some(str_bytes(e.to_string()))),
     }
 }

@@ -63,7 +63,11 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
         for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;
             if request.transactional_id.is_some() {
-                partition_responses.push(error_response(index, ResponseError::TransactionalIdAuthorizationFailed, Some("transactions are not supported by this broker yet".into())));
+                partition_responses.push(error_response(
+                    index,
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    Some("transactions are not supported by this broker yet".into()),
+                ));
                 continue;
             }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(index)) else {
@@ -77,7 +81,8 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             // The storage engine rewrites offsets in place; the request frame is shared, so copy the
             // batch bytes once here (per batch, never per record).
             let mut batch = records.to_vec();
-            let appended = blocking(|| partition.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch }, now));
+            let appended =
+                blocking(|| partition.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch }, now));
             match appended {
                 Ok(result) => {
                     if let Some(topic) = &topic {
@@ -85,7 +90,12 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                         topic.metrics.records_in.inc_by(result.record_count);
                     }
                     if acks != 0 && partition.policy() == FlushPolicy::BeforeAck {
-                        pending.push(PendingDurability { topic_idx, partition_idx, partition: Arc::clone(&partition), offset: result.last_offset + 1 });
+                        pending.push(PendingDurability {
+                            topic_idx,
+                            partition_idx,
+                            partition: Arc::clone(&partition),
+                            offset: result.last_offset + 1,
+                        });
                     }
                     partition_responses.push(
                         PartitionProduceResponse::default()
@@ -102,7 +112,11 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                     }
                     let mut response = error_response(index, code, Some(error.to_string()));
                     if version >= 8 && matches!(error, StorageError::InvalidRecord(_) | StorageError::CorruptMessage(_)) {
-                        response = response.with_record_errors(vec![BatchIndexAndErrorMessage::default().with_batch_index(0).with_batch_index_error_message(Some(str_bytes(error.to_string())))]);
+                        response = response.with_record_errors(vec![
+                            BatchIndexAndErrorMessage::default()
+                                .with_batch_index(0)
+                                .with_batch_index_error_message(Some(str_bytes(error.to_string()))),
+                        ]);
                     }
                     partition_responses.push(response);
                 }
@@ -139,7 +153,10 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
 pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
     if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
         tracing::warn!(transactional_id = %request.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default(), "InitProducerId with a transactional.id refused: transactions are not implemented yet");
-        return InitProducerIdResponse::default().with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1);
+        return InitProducerIdResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
     }
     // KIP-360: an idempotent producer that hit an unrecoverable sequence error asks to bump its
     // epoch, keeping its id; sequences restart at 0 under the new epoch.

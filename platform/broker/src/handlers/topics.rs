@@ -8,7 +8,8 @@ use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicR
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, TopicName,
 };
 use uuid::Uuid;
 
@@ -22,7 +23,9 @@ pub const TOPICS_PER_REQUEST_MAX: usize = 10_000;
 
 fn check_replication(broker: &Broker, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
     if factor != -1 && factor != 1 {
-        return Err(BrokerError::InvalidReplicationFactor(format!("{factor}: this is a single-node cluster, so the replication factor must be 1")));
+        return Err(BrokerError::InvalidReplicationFactor(format!(
+            "{factor}: this is a single-node cluster, so the replication factor must be 1"
+        )));
     }
     let node = broker.node_id();
     if assignments.iter().any(|replicas| replicas.as_slice() != [node]) {
@@ -68,7 +71,8 @@ pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16
             } else {
                 Some(t.num_partitions)
             };
-            let pairs: Vec<(String, String)> = t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
+            let pairs: Vec<(String, String)> =
+                t.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string()))).collect();
             let config = match TopicConfig::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
                 Ok(config) => config,
                 Err(error) => return fail(BrokerError::InvalidConfig(error.to_string())),
@@ -85,7 +89,12 @@ pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16
                             .read()
                             .all_effective(&broker.config)
                             .into_iter()
-                            .map(|(k, v, source)| CreatableTopicConfigs::default().with_name(str_bytes(k)).with_value(Some(str_bytes(v))).with_config_source(source.kafka_code()))
+                            .map(|(k, v, source)| {
+                                CreatableTopicConfigs::default()
+                                    .with_name(str_bytes(k))
+                                    .with_value(Some(str_bytes(v)))
+                                    .with_config_source(source.kafka_code())
+                            })
                             .collect()
                     });
                     CreatableTopicResult::default()

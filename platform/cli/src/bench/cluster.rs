@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, MetadataRequest, TopicName, create_topics_request::CreatableTopic,
-    metadata_request::MetadataRequestTopic,
+    ApiKey, CreateTopicsRequest, MetadataRequest, TopicName, create_topics_request::CreatableTopic, metadata_request::MetadataRequestTopic,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -75,17 +74,15 @@ pub(super) struct TopicMeta {
 /// Describes `topic`, or `None` if the broker does not know it.
 async fn describe_topic(boot: &mut Bootstrap, topic: &str) -> Result<Option<TopicMeta>> {
     let version = boot.metadata_version;
-    let mut request = MetadataRequest::default().with_topics(Some(vec![
-        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(topic.to_string())))),
-    ]));
+    let mut request = MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(topic.to_string()))))]));
     // The field exists from v4 on; earlier versions never auto-create for non-empty topic lists
     // anyway, and the encoder refuses a non-default value it cannot send.
     if version >= 4 {
         request = request.with_allow_auto_topic_creation(false);
     }
     let response = boot.conn.call(&request, version).await?;
-    let Some(entry) = response.topics.iter().find(|t| t.name.as_ref().is_some_and(|name| name.as_str() == topic))
-    else {
+    let Some(entry) = response.topics.iter().find(|t| t.name.as_ref().is_some_and(|name| name.as_str() == topic)) else {
         bail!("broker at {} left topic `{topic}` out of its Metadata response", boot.conn.addr);
     };
     match entry.error_code {
@@ -139,11 +136,7 @@ async fn create_topic(boot: &mut Bootstrap, topic: &str, partitions: i32) -> Res
 
 /// Finds `topic`, creating it with `create_partitions` partitions if it is missing and a count was
 /// given, then waits until every partition has a leader.
-pub(super) async fn ensure_topic(
-    boot: &mut Bootstrap,
-    topic: &str,
-    create_partitions: Option<i32>,
-) -> Result<TopicMeta> {
+pub(super) async fn ensure_topic(boot: &mut Bootstrap, topic: &str, create_partitions: Option<i32>) -> Result<TopicMeta> {
     match (describe_topic(boot, topic).await?, create_partitions) {
         (Some(meta), Some(wanted)) if meta.partitions.len() != wanted as usize && !meta.partitions.is_empty() => {
             eprintln!(
@@ -152,10 +145,7 @@ pub(super) async fn ensure_topic(
             );
         }
         (Some(_), _) => {}
-        (None, None) => bail!(
-            "topic `{topic}` does not exist on {} (`sluice bench produce --partitions N` creates it)",
-            boot.conn.addr
-        ),
+        (None, None) => bail!("topic `{topic}` does not exist on {} (`sluice bench produce --partitions N` creates it)", boot.conn.addr),
         (None, Some(partitions)) => {
             create_topic(boot, topic, partitions).await?;
             eprintln!("created topic `{topic}` with {partitions} partition(s)");
@@ -229,17 +219,11 @@ mod tests {
 
     #[test]
     fn partitions_spread_over_connections() {
-        let routes: Vec<(i32, String)> =
-            (0..5).map(|p| (p, if p % 2 == 0 { "a:1".to_string() } else { "b:1".to_string() })).collect();
+        let routes: Vec<(i32, String)> = (0..5).map(|p| (p, if p % 2 == 0 { "a:1".to_string() } else { "b:1".to_string() })).collect();
         let plan = assign(&routes, 2, true);
         assert_eq!(
             plan,
-            vec![
-                ("a:1".to_string(), vec![0, 4]),
-                ("a:1".to_string(), vec![2]),
-                ("b:1".to_string(), vec![1]),
-                ("b:1".to_string(), vec![3]),
-            ]
+            vec![("a:1".to_string(), vec![0, 4]), ("a:1".to_string(), vec![2]), ("b:1".to_string(), vec![1]), ("b:1".to_string(), vec![3]),]
         );
         let shared = assign(&[(0, "a:1".to_string())], 3, true);
         assert_eq!(shared.len(), 3);

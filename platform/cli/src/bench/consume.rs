@@ -98,9 +98,7 @@ pub(super) async fn measure(args: &ConsumeArgs) -> Result<Summary> {
         (Some(records), None) => {
             (Goal::Records(records), Some(STALL_TIMEOUT), "does the topic hold as many records as --records asks for?")
         }
-        (None, None) => {
-            (Goal::Open, Some(STALL_TIMEOUT), "the broker stopped serving records below the high watermark")
-        }
+        (None, None) => (Goal::Open, Some(STALL_TIMEOUT), "the broker stopped serving records below the high watermark"),
     };
     let config = Arc::new(Config {
         topic: TopicName(StrBytes::from_string(target.topic.clone())),
@@ -136,8 +134,7 @@ struct Stop {
 
 impl Stop {
     fn reached(&self, meter: &Meter) -> bool {
-        self.target.is_some_and(|target| meter.records() >= target)
-            || self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        self.target.is_some_and(|target| meter.records() >= target) || self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
     }
 }
 
@@ -208,8 +205,7 @@ impl Config {
             }
             let now = Instant::now();
             while pending.len() < self.in_flight {
-                let members: Vec<usize> =
-                    (0..cursors.len()).filter(|&i| cursors[i].ready(now)).take(per_request).collect();
+                let members: Vec<usize> = (0..cursors.len()).filter(|&i| cursors[i].ready(now)).take(per_request).collect();
                 if members.is_empty() {
                     break;
                 }
@@ -232,12 +228,7 @@ impl Config {
                     break;
                 }
                 // Every remaining partition is backing off; sleep until the first may go again.
-                let wake = cursors
-                    .iter()
-                    .filter(|c| !c.done)
-                    .filter_map(|c| c.retry_at)
-                    .min()
-                    .unwrap_or(now + FETCH_ERROR_BACKOFF);
+                let wake = cursors.iter().filter(|c| !c.done).filter_map(|c| c.retry_at).min().unwrap_or(now + FETCH_ERROR_BACKOFF);
                 // ...but not past the end of a timed run.
                 let wake = self.stop.deadline.map_or(wake, |deadline| wake.min(deadline));
                 tokio::time::sleep_until(wake.into()).await;
@@ -254,8 +245,7 @@ impl Config {
                 None => read.await?,
             };
             tally.wire_bytes += (frame.len() + FRAME_PREFIX_BYTES) as u64;
-            let response: FetchResponse =
-                wire::decode_response(ApiKey::Fetch, self.version, fetch.correlation_id, frame, &addr)?;
+            let response: FetchResponse = wire::decode_response(ApiKey::Fetch, self.version, fetch.correlation_id, frame, &addr)?;
             if response.error_code != 0 {
                 bail!("Fetch from {addr} failed: {}", error_label(response.error_code));
             }
@@ -311,10 +301,9 @@ impl Config {
                         cursor.next_offset,
                         self.partition_max_bytes
                     ),
-                    None if scan.complete_batches > 0 => bail!(
-                        "partition {partition}: asked for offset {} but the broker sent only earlier batches",
-                        cursor.next_offset
-                    ),
+                    None if scan.complete_batches > 0 => {
+                        bail!("partition {partition}: asked for offset {} but the broker sent only earlier batches", cursor.next_offset)
+                    }
                     // Nothing new. Poll no faster than a long-polling broker would answer.
                     None => cursor.retry_at = Some(sent_at + FETCH_MAX_WAIT),
                 }
@@ -381,11 +370,8 @@ fn scan_batches(data: &[u8], fetch_offset: i64) -> Result<Scan> {
         let attributes = i16::from_be_bytes([batch[ATTRIBUTES_AT], batch[ATTRIBUTES_AT + 1]]);
         let last_offset_delta = be_i32(batch, LAST_OFFSET_DELTA_AT);
         let record_count = be_i32(batch, RECORD_COUNT_AT);
-        let (Ok(last_offset_delta), Ok(record_count)) = (u32::try_from(last_offset_delta), u64::try_from(record_count))
-        else {
-            bail!(
-                "corrupt record batch at offset {base_offset}: last offset delta {last_offset_delta}, {record_count} records"
-            );
+        let (Ok(last_offset_delta), Ok(record_count)) = (u32::try_from(last_offset_delta), u64::try_from(record_count)) else {
+            bail!("corrupt record batch at offset {base_offset}: last offset delta {last_offset_delta}, {record_count} records");
         };
         let next_offset = base_offset
             .checked_add(i64::from(last_offset_delta) + 1)

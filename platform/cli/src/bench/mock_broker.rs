@@ -10,13 +10,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::metadata_response::{
-    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse,
-    MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -97,9 +95,7 @@ async fn serve(stream: TcpStream, topics: Topics) -> Result<()> {
                 &ApiVersionsResponse::default().with_api_keys(
                     SUPPORTED
                         .iter()
-                        .map(|&(k, min, max)| {
-                            ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max)
-                        })
+                        .map(|&(k, min, max)| ApiVersion::default().with_api_key(k as i16).with_min_version(min).with_max_version(max))
                         .collect(),
                 ),
                 version,
@@ -138,11 +134,7 @@ fn metadata(topics: &Topics, request: &MetadataRequest, version: i16) -> Result<
                 None => entry.with_error_code(3),
                 Some(parts) => entry.with_partitions(
                     (0..parts.len())
-                        .map(|p| {
-                            MetadataResponsePartition::default()
-                                .with_partition_index(p as i32)
-                                .with_leader_id(BrokerId(0))
-                        })
+                        .map(|p| MetadataResponsePartition::default().with_partition_index(p as i32).with_leader_id(BrokerId(0)))
                         .collect(),
                 ),
             }
@@ -164,9 +156,7 @@ fn create(topics: &Topics, request: &CreateTopicsRequest, version: i16) -> Resul
         .iter()
         .map(|t| {
             let partitions = usize::try_from(t.num_partitions).unwrap_or(1);
-            topics
-                .entry(t.name.as_str().to_string())
-                .or_insert_with(|| (0..partitions).map(|_| Log::default()).collect());
+            topics.entry(t.name.as_str().to_string()).or_insert_with(|| (0..partitions).map(|_| Log::default()).collect());
             CreatableTopicResult::default().with_name(t.name.clone())
         })
         .collect();
@@ -213,8 +203,7 @@ fn fetch(topics: &Topics, request: &FetchRequest, version: i16) -> Result<Bytes>
     for topic in &request.topics {
         let mut partitions = Vec::new();
         for wanted in &topic.partitions {
-            let Some(log) = topics.get(topic.topic.as_str()).and_then(|parts| parts.get(wanted.partition as usize))
-            else {
+            let Some(log) = topics.get(topic.topic.as_str()).and_then(|parts| parts.get(wanted.partition as usize)) else {
                 partitions.push(PartitionData::default().with_partition_index(wanted.partition).with_error_code(3));
                 continue;
             };
@@ -317,18 +306,15 @@ mod tests {
 
         // acks=0 over two connections with compression: the trailing barrier means everything is
         // stored by the time the run returns.
-        let args = produce_args(
-            &broker,
-            &["--topic", "t", "--records", "5000", "--acks", "0", "--connections", "2", "--compression", "zstd"],
-        );
+        let args =
+            produce_args(&broker, &["--topic", "t", "--records", "5000", "--acks", "0", "--connections", "2", "--compression", "zstd"]);
         let summary = produce::measure(&args).await.expect("produce acks=0");
         assert_eq!(summary.tally.records, 5000);
         assert!(summary.tally.latency_us.is_none());
         assert_eq!(broker.records("t"), 15_007);
 
         // Read everything back to the high watermark.
-        let summary =
-            consume::measure(&consume_args(&broker, &["--topic", "t", "--in-flight", "2"])).await.expect("consume");
+        let summary = consume::measure(&consume_args(&broker, &["--topic", "t", "--in-flight", "2"])).await.expect("consume");
         assert_eq!(summary.tally.records, 15_007);
         assert!(summary.tally.errors.is_empty());
 
@@ -347,10 +333,7 @@ mod tests {
     #[tokio::test]
     async fn missing_topic_is_a_clear_error() {
         let broker = MockBroker::start().await;
-        let error = produce::measure(&produce_args(&broker, &["--topic", "nope", "--records", "1"]))
-            .await
-            .err()
-            .map(|e| e.to_string());
+        let error = produce::measure(&produce_args(&broker, &["--topic", "nope", "--records", "1"])).await.err().map(|e| e.to_string());
         assert!(error.is_some_and(|e| e.contains("does not exist") && e.contains("--partitions")));
     }
 }

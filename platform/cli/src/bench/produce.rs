@@ -13,13 +13,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ProduceRequest, ProduceResponse, ResponseHeader, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ProduceRequest, ProduceResponse, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::{
-    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, Record, RecordBatchEncoder,
-    RecordEncodeOptions, TimestampType,
+    Compression, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, Record, RecordBatchEncoder, RecordEncodeOptions,
+    TimestampType,
 };
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{Semaphore, mpsc};
@@ -82,10 +80,7 @@ pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
         let groups = plan.groups(&partitions, args.batches_per_request as usize)?;
         preencoded += groups.iter().map(|g| g.body.len()).sum::<usize>();
         if preencoded > MAX_PREENCODED_BYTES {
-            bail!(
-                "the pre-encoded requests would exceed {} MiB; lower --batch-bytes or --connections",
-                MAX_PREENCODED_BYTES >> 20
-            );
+            bail!("the pre-encoded requests would exceed {} MiB; lower --batch-bytes or --connections", MAX_PREENCODED_BYTES >> 20);
         }
         let stream = wire::connect(&addr).await?;
         connections.push((addr, stream, groups));
@@ -125,13 +120,8 @@ pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
         } else {
             let permits = Arc::new(Semaphore::new(target.in_flight as usize));
             let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-            let receiver = Receiver {
-                plan: plan.clone(),
-                meter: meter.clone(),
-                addr: sender.addr.clone(),
-                permits: permits.clone(),
-                queue: queue_rx,
-            };
+            let receiver =
+                Receiver { plan: plan.clone(), meter: meter.clone(), addr: sender.addr.clone(), permits: permits.clone(), queue: queue_rx };
             tasks.spawn(receiver.run(read_half));
             tasks.spawn(async move {
                 let mut write_half = write_half;
@@ -191,9 +181,7 @@ struct BatchTemplate {
 impl BatchTemplate {
     fn new(record_size: usize, batch_bytes: usize, compression: Compression) -> Result<Self> {
         let count = records_per_batch(record_size, batch_bytes);
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let mut letters = Letters(VALUE_SEED);
         let records: Vec<Record> = (0..count)
             .map(|i| {
@@ -312,10 +300,10 @@ impl Plan {
             .into_iter()
             .map(|(partition, batch)| PartitionProduceData::default().with_index(partition).with_records(Some(batch)))
             .collect();
-        let request =
-            ProduceRequest::default().with_acks(self.acks).with_timeout_ms(PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-                TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(partition_data),
-            ]);
+        let request = ProduceRequest::default()
+            .with_acks(self.acks)
+            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+            .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(partition_data)]);
         wire::encode_body(&request, ApiKey::Produce, self.version)
     }
 
@@ -401,11 +389,8 @@ impl Sender {
             if take == 0 {
                 break;
             }
-            let (body, batches) = if take == group.records {
-                (group.body.clone(), group.batches.clone())
-            } else {
-                self.plan.partial(group, take)?
-            };
+            let (body, batches) =
+                if take == group.records { (group.body.clone(), group.batches.clone()) } else { self.plan.partial(group, take)? };
             let prefix = wire::request_prefix(ApiKey::Produce, self.plan.version, correlation_id, body.len())?;
             let frame_bytes = (prefix.len() + body.len()) as u64;
             if let Some((_, queue)) = &pipeline {
@@ -436,29 +421,23 @@ impl Sender {
         W: AsyncWrite + Unpin,
     {
         let (tally, correlation_id) = self.send_all(&mut write_half, None).await?;
-        let body =
-            wire::encode_body(&ApiVersionsRequest::default(), ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION)?;
-        let prefix =
-            wire::request_prefix(ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION, correlation_id, body.len())?;
+        let body = wire::encode_body(&ApiVersionsRequest::default(), ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION)?;
+        let prefix = wire::request_prefix(ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION, correlation_id, body.len())?;
         let barrier = async {
             wire::write_frame(&mut write_half, prefix, body, &self.addr).await?;
             let mut reader = read_half;
             wire::read_frame_timed(&mut reader, &self.addr, ApiKey::ApiVersions).await
         };
-        let frame = barrier
-            .await
-            .context("waiting for the broker to process the acks=0 requests (a broker reports a failed acks=0 produce by closing the connection)")?;
+        let frame = barrier.await.context(
+            "waiting for the broker to process the acks=0 requests (a broker reports a failed acks=0 produce by closing the connection)",
+        )?;
         // Only the correlation id matters; the body is ignored.
         let header_version = ApiKey::ApiVersions.response_header_version(BARRIER_API_VERSIONS_VERSION);
         let mut frame = frame;
-        let header = ResponseHeader::decode(&mut frame, header_version)
-            .with_context(|| format!("malformed response header from {}", self.addr))?;
+        let header =
+            ResponseHeader::decode(&mut frame, header_version).with_context(|| format!("malformed response header from {}", self.addr))?;
         if header.correlation_id != correlation_id {
-            bail!(
-                "broker at {} answered correlation id {} where {correlation_id} was due",
-                self.addr,
-                header.correlation_id
-            );
+            bail!("broker at {} answered correlation id {} where {correlation_id} was due", self.addr, header.correlation_id);
         }
         Ok(tally)
     }
@@ -548,9 +527,7 @@ mod tests {
 
     #[test]
     fn compressed_batch_sets_codec_bits() {
-        for (compression, bits) in
-            [(Compression::Gzip, 1), (Compression::Snappy, 2), (Compression::Lz4, 3), (Compression::Zstd, 4)]
-        {
+        for (compression, bits) in [(Compression::Gzip, 1), (Compression::Snappy, 2), (Compression::Lz4, 3), (Compression::Zstd, 4)] {
             let template = BatchTemplate::new(100, 16384, compression).expect("encode");
             let batch = &template.full;
             assert_eq!(i16::from_be_bytes([batch[21], batch[22]]) & 0x7, bits, "{compression:?}");
@@ -576,8 +553,7 @@ mod tests {
     fn partial_request_credits_the_remainder() {
         let template = BatchTemplate::new(10, 512, Compression::None).expect("encode");
         let per_batch = template.records_per_batch() as u64;
-        let plan =
-            Plan { topic: TopicName(StrBytes::from_static_str("t")), acks: 1, version: 9, record_size: 10, template };
+        let plan = Plan { topic: TopicName(StrBytes::from_static_str("t")), acks: 1, version: 9, record_size: 10, template };
         let groups = plan.groups(&[0, 1, 2], 3).expect("groups");
         assert_eq!(groups.len(), 1);
         let (_, credits) = plan.partial(&groups[0], per_batch + 3).expect("partial");

@@ -53,8 +53,7 @@ impl Summary {
     }
 
     pub(super) fn to_json(&self) -> Value {
-        let errors: Map<String, Value> =
-            self.tally.errors.iter().map(|(code, n)| (code.to_string(), json!(n))).collect();
+        let errors: Map<String, Value> = self.tally.errors.iter().map(|(code, n)| (code.to_string(), json!(n))).collect();
         json!({
             "mode": self.mode,
             "records": self.tally.records,
@@ -84,17 +83,9 @@ impl Summary {
         row("records/s", group_digits(self.rate(t.records) as u64));
         row(
             "MB/s",
-            format!(
-                "{:.2}  ({:.2} MB of {})",
-                self.rate(t.payload_bytes) / MB,
-                t.payload_bytes as f64 / MB,
-                payload_name(self.mode)
-            ),
+            format!("{:.2}  ({:.2} MB of {})", self.rate(t.payload_bytes) / MB, t.payload_bytes as f64 / MB, payload_name(self.mode)),
         );
-        row(
-            "wire MB/s",
-            format!("{:.2}  ({:.2} MB in frames)", self.rate(t.wire_bytes) / MB, t.wire_bytes as f64 / MB),
-        );
+        row("wire MB/s", format!("{:.2}  ({:.2} MB in frames)", self.rate(t.wire_bytes) / MB, t.wire_bytes as f64 / MB));
         row("requests", group_digits(t.requests));
         let latency = match [Some(0.5), Some(0.99), Some(0.999), None].map(|q| self.latency_ms(q)) {
             [Some(p50), Some(p99), Some(p999), Some(max)] => {
@@ -151,11 +142,7 @@ pub(super) fn error_label(code: i16) -> String {
 
 /// `{3: 12, 6: 1}` → `UNKNOWN_TOPIC_OR_PARTITION (3) ×12, NOT_LEADER_OR_FOLLOWER (6) ×1`.
 pub(super) fn describe_errors(errors: &std::collections::BTreeMap<i16, u64>) -> String {
-    errors
-        .iter()
-        .map(|(code, n)| format!("{} ×{}", error_label(*code), group_digits(*n)))
-        .collect::<Vec<_>>()
-        .join(", ")
+    errors.iter().map(|(code, n)| format!("{} ×{}", error_label(*code), group_digits(*n))).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -181,19 +168,7 @@ mod tests {
         tally.count_error(6);
         let summary = Summary { mode: "produce", settings: String::new(), seconds: 2.0, tally, latency_note: "" };
         let value = summary.to_json();
-        for key in [
-            "mode",
-            "records",
-            "bytes",
-            "seconds",
-            "mb_per_s",
-            "records_per_s",
-            "p50_ms",
-            "p99_ms",
-            "p999_ms",
-            "max_ms",
-            "errors",
-        ] {
+        for key in ["mode", "records", "bytes", "seconds", "mb_per_s", "records_per_s", "p50_ms", "p99_ms", "p999_ms", "max_ms", "errors"] {
             assert!(value.get(key).is_some(), "missing {key}");
         }
         assert_eq!(value["records_per_s"], json!(5.0));

@@ -119,10 +119,9 @@ impl Progress {
     fn new(goal: Goal, started: Instant) -> Self {
         let (bar, template) = match goal {
             Goal::Records(n) => (ProgressBar::new(n), "{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% {msg}"),
-            Goal::Duration(d) => (
-                ProgressBar::new(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-                "{spinner} [{elapsed_precise}] {bar:30} {msg}",
-            ),
+            Goal::Duration(d) => {
+                (ProgressBar::new(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)), "{spinner} [{elapsed_precise}] {bar:30} {msg}")
+            }
             Goal::Open => (ProgressBar::new_spinner(), "{spinner} [{elapsed_precise}] {msg}"),
         };
         // The templates are constants; should one ever fail to parse, the default style still works.
@@ -141,9 +140,7 @@ impl Progress {
         (self.last_at, self.last_records, self.last_bytes) = (now, records, bytes);
         match self.goal {
             Goal::Records(_) => self.bar.set_position(records),
-            Goal::Duration(_) => {
-                self.bar.set_position(u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX))
-            }
+            Goal::Duration(_) => self.bar.set_position(u64::try_from(now.duration_since(self.started).as_millis()).unwrap_or(u64::MAX)),
             Goal::Open => self.bar.tick(),
         }
         self.bar.set_message(format!(

@@ -89,12 +89,7 @@ pub(super) fn request_prefix(api_key: ApiKey, version: i16, correlation_id: i32,
 
 /// Writes one request frame: the prefix from [`request_prefix`] followed by the body, in one vectored
 /// write where the socket allows it (the body is shared, never copied).
-pub(super) async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    prefix: Bytes,
-    body: Bytes,
-    addr: &str,
-) -> Result<()> {
+pub(super) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, prefix: Bytes, body: Bytes, addr: &str) -> Result<()> {
     let mut frame = prefix.chain(body);
     writer.write_all_buf(&mut frame).await.map_err(|e| io_error(e, addr, "sending a request to"))
 }
@@ -127,11 +122,7 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, addr: &str)
 }
 
 /// Like [`read_frame`], but gives up after [`RESPONSE_TIMEOUT`].
-pub(super) async fn read_frame_timed<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    addr: &str,
-    api_key: ApiKey,
-) -> Result<Bytes> {
+pub(super) async fn read_frame_timed<R: AsyncRead + Unpin>(reader: &mut R, addr: &str, api_key: ApiKey) -> Result<Bytes> {
     tokio::time::timeout(RESPONSE_TIMEOUT, read_frame(reader, addr))
         .await
         .map_err(|_| anyhow!("broker at {addr} sent no {api_key:?} response within {}s", RESPONSE_TIMEOUT.as_secs()))?
@@ -139,13 +130,7 @@ pub(super) async fn read_frame_timed<R: AsyncRead + Unpin>(
 
 /// Decodes a response frame: the header (whose version depends on the API and version), a check that it
 /// answers `correlation_id`, then the body.
-pub(super) fn decode_response<R: Decodable>(
-    api_key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    mut frame: Bytes,
-    addr: &str,
-) -> Result<R> {
+pub(super) fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, correlation_id: i32, mut frame: Bytes, addr: &str) -> Result<R> {
     let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
         .with_context(|| format!("malformed {api_key:?} response header from {addr}"))?;
     if header.correlation_id != correlation_id {
@@ -190,8 +175,7 @@ impl Connection {
     /// Sends one request and waits for its response.
     pub(super) async fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         let api_key = ApiKey::try_from(R::KEY).map_err(|()| anyhow!("unknown api key {}", R::KEY))?;
-        let (correlation_id, frame) =
-            self.round_trip(api_key, version, encode_body(request, api_key, version)?).await?;
+        let (correlation_id, frame) = self.round_trip(api_key, version, encode_body(request, api_key, version)?).await?;
         decode_response(api_key, version, correlation_id, frame, &self.addr)
     }
 
@@ -218,11 +202,7 @@ impl Connection {
             let header = ResponseHeader::decode(&mut frame, ApiKey::ApiVersions.response_header_version(version))
                 .with_context(|| format!("malformed ApiVersions response header from {}", self.addr))?;
             if header.correlation_id != correlation_id {
-                bail!(
-                    "broker at {} answered correlation id {} where {correlation_id} was due",
-                    self.addr,
-                    header.correlation_id
-                );
+                bail!("broker at {} answered correlation id {} where {correlation_id} was due", self.addr, header.correlation_id);
             }
             // The error code leads the body in every version; peek at it to pick the layout to decode.
             let error_code = frame.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]]));
@@ -263,12 +243,7 @@ impl BrokerApis {
         };
         let (low, high) = (min.max(ours.0), max.min(ours.1));
         if low > high {
-            bail!(
-                "broker at {} supports {api:?} v{min}-v{max}, but `sluice bench` implements only v{}-v{}",
-                self.addr,
-                ours.0,
-                ours.1
-            );
+            bail!("broker at {} supports {api:?} v{min}-v{max}, but `sluice bench` implements only v{}-v{}", self.addr, ours.0, ours.1);
         }
         Ok(high)
     }

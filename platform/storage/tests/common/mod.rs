@@ -34,12 +34,7 @@ pub fn batch_of(values: &[&str], ts: i64) -> Vec<u8> {
 }
 
 /// Appends `n` batches of three records each, values "v{batch}-{record}".
-pub fn append_batches(
-    log: &mut PartitionLog,
-    first: usize,
-    n: usize,
-    ts: i64,
-) -> Vec<AppendResult> {
+pub fn append_batches(log: &mut PartitionLog, first: usize, n: usize, ts: i64) -> Vec<AppendResult> {
     (first..first + n)
         .map(|i| {
             let values = [format!("v{i}-0"), format!("v{i}-1"), format!("v{i}-2")];
@@ -52,9 +47,7 @@ pub fn append_batches(
 
 /// Values appended by `append_batches(_, 0, n, _)`.
 pub fn expected_values(n: usize) -> Vec<String> {
-    (0..n)
-        .flat_map(|i| (0..3).map(move |r| format!("v{i}-{r}")))
-        .collect()
+    (0..n).flat_map(|i| (0..3).map(move |r| format!("v{i}-{r}"))).collect()
 }
 
 /// Every record from the log start to the log end, read in modest chunks like a consumer.
@@ -78,31 +71,20 @@ pub fn read_all(log: &PartitionLog) -> Vec<DecodedRecord> {
 }
 
 pub fn values(records: &[DecodedRecord]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| String::from_utf8(r.value.clone().unwrap_or_default()).unwrap())
-        .collect()
+    records.iter().map(|r| String::from_utf8(r.value.clone().unwrap_or_default()).unwrap()).collect()
 }
 
 /// The `.log` files of a partition directory, oldest first.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect();
     files.sort();
     files
 }
 
 pub fn append_bytes(path: &Path, bytes: &[u8]) {
     use std::io::Write;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .unwrap()
-        .write_all(bytes)
-        .unwrap();
+    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
 }
 
 /// The first batch of a segment file re-addressed to `next_offset`: a valid batch (the base offset
