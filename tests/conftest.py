@@ -5,7 +5,12 @@
   e.g. `make_broker("log.flush.interval.messages=1")`.
 
 Every broker a test started is SIGKILLed at teardown, and when a test fails the tail of each broker's log
-is attached to the failure report. The `Broker` class and the client helpers live in `harness.py`.
+is attached to the failure report. The `Broker` class and the client helpers live in `harness.py`, the
+hand-rolled wire codec in `kafka_wire.py`.
+
+Run one module or test against a build:
+    SLUICE_BIN=target/release/sluice python3 -m pytest tests/test_groups.py -k restart
+SLUICE_TEST_RUST_LOG overrides the broker's RUST_LOG (default: info).
 """
 
 from __future__ import annotations

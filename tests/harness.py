@@ -460,7 +460,7 @@ def cf_consume(
 ) -> list[Rec]:
     """Assign the topic's partitions (no group) from the beginning and read until `expected` records have
     arrived (or `timeout`), then keep polling `settle` seconds to catch extra records."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     if partitions is None:
         partitions = range(partition_count(broker, topic))

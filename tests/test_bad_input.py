@@ -8,6 +8,8 @@ import random
 import socket
 import time
 
+from confluent_kafka import TopicPartition
+
 from harness import assert_serves_traffic, cf_consume, cf_consumer, create_topic, unique
 from kafka_wire import (
     API_VERSIONS,
@@ -25,8 +27,6 @@ from kafka_wire import (
     read_response,
     record_batch,
 )
-
-from confluent_kafka import TopicPartition
 
 RSS_LIMIT_BYTES = 1024 * 1024 * 1024
 

@@ -1,5 +1,9 @@
 """Durability and recovery: acknowledged records survive kill -9 (with and without fsync before ack), and a
-segment whose tail is garbage (a torn or corrupted write) is cut back to its valid prefix on start-up."""
+segment whose tail is garbage (a torn or corrupted write) is cut back to its valid prefix on start-up.
+
+The garbage tests after a *graceful* stop ask more than Apache Kafka gives: Kafka skips log recovery after a
+clean shutdown. Sluice scans segment tails on every start and never serves a byte that failed its CRC
+(README, "Durability"), so both shutdown kinds are tested."""
 
 from __future__ import annotations
 

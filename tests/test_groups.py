@@ -133,7 +133,12 @@ def test_committed_offsets_survive_restart(broker, restart):
             f"resumed with {len(rest)} records; re-delivered: {sorted(got & {(p, o) for p, o, _ in first})[:5]}"
         )
         for p, start in expected.items():
-            assert min(o for pp, o, _ in rest if pp == p) == start
+            # A partition the first consumer drained completely has nothing left to resume.
+            remaining = [o for pp, o, _ in rest if pp == p]
+            if start < 50:
+                assert remaining and min(remaining) == start, (p, start, remaining[:3])
+            else:
+                assert not remaining, (p, remaining[:3])
     finally:
         c2.close()
 
@@ -200,7 +205,6 @@ def test_group_admin_list_describe_delete(broker):
     c.subscribe([topic])
     got = consume_exactly(c, 10)
     assert len(got) == 10
-    c.commit(asynchronous=False)
 
     listing = admin.list_consumer_groups(request_timeout=10).result(timeout=15)
     mine = [g for g in listing.valid if g.group_id == group]
@@ -217,9 +221,6 @@ def test_group_admin_list_describe_delete(broker):
     assert member.client_id == "sluice-e2e-member"
     assert {(tp.topic, tp.partition) for tp in member.assignment.topic_partitions} == {(topic, 0), (topic, 1)}
 
-    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(timeout=15)
-    assert {(tp.topic, tp.partition, tp.offset) for tp in offsets.topic_partitions} == {(topic, 0, 5), (topic, 1, 5)}
-
     kp = kp_admin(broker)
     try:
         assert group in {g["group_id"] for g in kp.list_groups()}
@@ -233,6 +234,10 @@ def test_group_admin_list_describe_delete(broker):
     with pytest.raises(KafkaException) as exc:
         admin.delete_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
     assert exc.value.args[0].code() == KafkaError.NON_EMPTY_GROUP, exc.value
+
+    c.commit(asynchronous=False)
+    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(timeout=15)
+    assert {(tp.topic, tp.partition, tp.offset) for tp in offsets.topic_partitions} == {(topic, 0, 5), (topic, 1, 5)}
 
     c.close()  # LeaveGroup: the group becomes Empty
     deadline = time.monotonic() + 10

@@ -68,8 +68,11 @@ fn encode_entries<'a>(
     entries: impl Iterator<Item = (&'a OffsetKey, Option<&'a CommittedOffset>)>,
     now: i64,
 ) -> Result<BytesMut, BrokerError> {
+    // Offsets inside the batch must be consecutive: the encoder derives the batch's last offset
+    // delta from them, and the log rejects a batch whose count and delta disagree.
     let records: Vec<Record> = entries
-        .map(|(key, value)| {
+        .enumerate()
+        .map(|(i, (key, value))| {
             Ok(Record {
                 transactional: false,
                 control: false,
@@ -78,7 +81,7 @@ fn encode_entries<'a>(
                 producer_id: -1,
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
-                offset: 0,
+                offset: i as i64,
                 sequence: -1,
                 timestamp: now,
                 key: Some(rmp_serde::to_vec(key).map_err(|e| BrokerError::Storage(e.to_string()))?.into()),

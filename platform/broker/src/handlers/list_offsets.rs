@@ -12,7 +12,7 @@ pub const LATEST_TIMESTAMP: i64 = -1;
 pub const EARLIEST_TIMESTAMP: i64 = -2;
 pub const MAX_TIMESTAMP: i64 = -3;
 
-pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     let topics = request
         .topics
         .into_iter()
@@ -30,7 +30,8 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, _version: i16)
                     if p.current_leader_epoch > partition.leader_epoch {
                         return response.with_error_code(ResponseError::UnknownLeaderEpoch.code());
                     }
-                    let epoch = partition.leader_epoch;
+                    // leader_epoch exists from v4; encoding it at older versions is refused by the codec.
+                    let epoch = if version >= 4 { partition.leader_epoch } else { -1 };
                     match p.timestamp {
                         LATEST_TIMESTAMP => response.with_offset(partition.high_watermark()).with_timestamp(-1).with_leader_epoch(epoch),
                         EARLIEST_TIMESTAMP => {
