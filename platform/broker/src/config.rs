@@ -545,7 +545,8 @@ impl TopicConfig {
         LogConfig {
             segment_bytes: self.int("segment.bytes", broker).max(SEGMENT_BYTES_MIN) as u64,
             segment_ms: positive(self.int("segment.ms", broker)),
-            retention_ms: positive(self.int("retention.ms", broker)).or(if self.int("retention.ms", broker) == 0 { Some(0) } else { None }),
+            // -1 keeps data forever; 0 expires everything at the next retention check.
+            retention_ms: u64::try_from(self.int("retention.ms", broker)).ok(),
             retention_bytes: (self.int("retention.bytes", broker) >= 0).then(|| self.int("retention.bytes", broker) as u64),
             index_interval_bytes: self.int("index.interval.bytes", broker).clamp(0, i32::MAX as i64) as u32,
             max_batch_bytes: self.int("max.message.bytes", broker).clamp(0, u32::MAX as i64) as u32,

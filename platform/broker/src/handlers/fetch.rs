@@ -31,7 +31,11 @@ struct FetchPlan {
 
 fn partition_error(index: i32, error: ResponseError) -> PartitionData {
     // librdkafka cannot parse a null record set, even on an error: always send an empty one.
-    PartitionData::default().with_partition_index(index).with_error_code(error.code()).with_high_watermark(-1).with_records(Some(Bytes::new()))
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(error.code())
+        .with_high_watermark(-1)
+        .with_records(Some(Bytes::new()))
 }
 
 /// Batches in a stored byte range, counted from their headers (record count at byte 57).

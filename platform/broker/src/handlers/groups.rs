@@ -267,6 +267,33 @@ fn fetch_group_offsets(
     }
 }
 
+/// OffsetFetch v0-7 and v8 carry the same per-topic data in two sets of wire types; one macro
+/// builds either so the two shapes cannot drift apart.
+macro_rules! offset_fetch_topics {
+    ($entries:expr, $topic_type:ty, $partition_type:ty) => {
+        $entries
+            .into_iter()
+            .map(|(topic, partitions)| {
+                <$topic_type>::default().with_name(TopicName(str_bytes(topic))).with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(p, offset)| {
+                            let response = <$partition_type>::default().with_partition_index(p);
+                            match offset {
+                                Some(o) => response
+                                    .with_committed_offset(o.offset)
+                                    .with_committed_leader_epoch(o.leader_epoch)
+                                    .with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
+                                None => response.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+}
+
 pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     if version >= 8 {
         let groups = request
@@ -275,54 +302,20 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
             .map(|g| {
                 let id = g.group_id.0.to_string();
                 let wanted = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
-                let topics = fetch_group_offsets(broker, &id, wanted)
-                    .into_iter()
-                    .map(|(topic, partitions)| {
-                        OffsetFetchResponseTopics::default().with_name(TopicName(str_bytes(topic))).with_partitions(
-                            partitions
-                                .into_iter()
-                                .map(|(p, offset)| {
-                                    let response = OffsetFetchResponsePartitions::default().with_partition_index(p);
-                                    match offset {
-                                        Some(o) => response
-                                            .with_committed_offset(o.offset)
-                                            .with_committed_leader_epoch(o.leader_epoch)
-                                            .with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
-                                        None => response.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
-                                    }
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(topics)
+                let entries = fetch_group_offsets(broker, &id, wanted);
+                OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(offset_fetch_topics!(
+                    entries,
+                    OffsetFetchResponseTopics,
+                    OffsetFetchResponsePartitions
+                ))
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
     let group = request.group_id.0.to_string();
     let wanted = request.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
-    let topics = fetch_group_offsets(broker, &group, wanted)
-        .into_iter()
-        .map(|(topic, partitions)| {
-            OffsetFetchResponseTopic::default().with_name(TopicName(str_bytes(topic))).with_partitions(
-                partitions
-                    .into_iter()
-                    .map(|(p, offset)| {
-                        let response = OffsetFetchResponsePartition::default().with_partition_index(p);
-                        match offset {
-                            Some(o) => response
-                                .with_committed_offset(o.offset)
-                                .with_committed_leader_epoch(o.leader_epoch)
-                                .with_metadata(Some(str_bytes(o.metadata.unwrap_or_default()))),
-                            None => response.with_committed_offset(-1).with_metadata(Some(str_bytes(""))),
-                        }
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    OffsetFetchResponse::default().with_topics(topics)
+    let entries = fetch_group_offsets(broker, &group, wanted);
+    OffsetFetchResponse::default().with_topics(offset_fetch_topics!(entries, OffsetFetchResponseTopic, OffsetFetchResponsePartition))
 }
 
 pub fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
