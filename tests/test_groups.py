@@ -292,3 +292,63 @@ def test_offset_delete(broker):
         assert [tp.offset for tp in offs] == [OFFSET_INVALID, 5]
     finally:
         c.close()
+
+
+def test_kafka_python_two_consumers_rebalance_when_one_leaves(broker):
+    """The same rebalance as the librdkafka test above, driven by kafka-python's own group client.
+
+    Each consumer polls in its own thread, as kafka-python consumers are used: one thread driving two
+    consumers with short polls leaves joins half-done and makes the client itself rejoin."""
+    import threading
+
+    topic = unique("grp-kp2")
+    create_topic(broker, topic, 4)
+    group = unique("g-kp2")
+    consumers = [kp_consumer(broker, topic, group_id=group) for _ in range(2)]
+    stops = [threading.Event(), threading.Event()]
+    received: list[bytes] = []
+    lock = threading.Lock()
+
+    def loop(consumer, stop):
+        while not stop.is_set():
+            for _, msgs in consumer.poll(timeout_ms=200).items():
+                with lock:
+                    received.extend(m.value for m in msgs)
+        consumer.close(autocommit=False)  # sends LeaveGroup
+
+    threads = [threading.Thread(target=loop, args=(c, s), daemon=True) for c, s in zip(consumers, stops)]
+    for t in threads:
+        t.start()
+
+    def kp_parts(consumer) -> set[int]:
+        return {tp.partition for tp in consumer.assignment()}
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            a1, a2 = kp_parts(consumers[0]), kp_parts(consumers[1])
+            if a1 and a2 and a1 | a2 == {0, 1, 2, 3} and not a1 & a2:
+                break
+            assert time.monotonic() < deadline, f"no split assignment within 30 s: {a1} / {a2}"
+            time.sleep(0.1)
+        stops[1].set()
+        threads[1].join(timeout=15)
+        left_at = time.monotonic()
+        while kp_parts(consumers[0]) != {0, 1, 2, 3}:
+            assert time.monotonic() - left_at < 15, f"consumer 1 holds {kp_parts(consumers[0])} 15 s after consumer 2 left"
+            time.sleep(0.1)
+        produce_round_robin(broker, topic, 4, [f"x{i}".encode() for i in range(8)])
+        deadline = time.monotonic() + 20
+        while True:
+            with lock:
+                got = [v for v in received if v.startswith(b"x")]
+            if len(got) >= 8:
+                break
+            assert time.monotonic() < deadline, f"consumer 1 received {len(got)} of 8 records after the rebalance"
+            time.sleep(0.1)
+        assert sorted(got) == sorted(f"x{i}".encode() for i in range(8))
+    finally:
+        for stop in stops:
+            stop.set()
+        for t in threads:
+            t.join(timeout=15)

@@ -218,6 +218,26 @@ impl GroupCoordinator {
             if !group.members.contains_key(&member_id) && group.members.len() >= self.group_size_max {
                 return join_error(ResponseError::GroupMaxSizeReached, &member_id);
             }
+            // Kafka's rule: a follower that rejoins a settled generation with the metadata it already
+            // has gets that generation back. Starting a new rebalance for it would make clients that
+            // rejoin eagerly (kafka-python does after every assignment) rebalance forever.
+            if matches!(group.state, GroupState::CompletingRebalance | GroupState::Stable)
+                && group.leader.as_deref() != Some(member_id.as_str())
+                && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
+            {
+                if let Some(member) = group.members.get_mut(&member_id) {
+                    member.last_heartbeat = now;
+                }
+                return current_join_response(&group, &member_id);
+            }
+            // In CompletingRebalance the leader may rejoin unchanged too (it lost the response); it
+            // must get the member list again rather than restart the round.
+            if group.state == GroupState::CompletingRebalance
+                && group.leader.as_deref() == Some(member_id.as_str())
+                && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
+            {
+                return current_join_response(&group, &member_id);
+            }
             let (sender, receiver) = oneshot::channel();
             let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
                 group_instance_id: request.group_instance_id.clone(),
@@ -336,34 +356,19 @@ impl GroupCoordinator {
         if group.leader.as_ref().is_none_or(|l| !group.members.contains_key(l)) {
             group.leader = group.members.keys().next().cloned();
         }
-        let leader = group.leader.clone().unwrap_or_default();
-        let all_members: Vec<JoinGroupResponseMember> = group
-            .members
-            .iter()
-            .map(|(id, m)| {
-                JoinGroupResponseMember::default()
-                    .with_member_id(StrBytes::from_string(id.clone()))
-                    .with_group_instance_id(m.group_instance_id.clone().map(StrBytes::from_string))
-                    .with_metadata(m.metadata_for(&protocol))
-            })
-            .collect();
-        let generation = group.generation;
-        let protocol_type = group.protocol_type.clone().unwrap_or_default();
         let now = Instant::now();
-        for (id, member) in group.members.iter_mut() {
-            member.last_heartbeat = now;
-            member.assignment = Bytes::new();
-            if let Some(waiter) = member.join_waiter.take() {
-                let response = JoinGroupResponse::default()
-                    .with_generation_id(generation)
-                    .with_protocol_type(Some(StrBytes::from_string(protocol_type.clone())))
-                    .with_protocol_name(Some(StrBytes::from_string(protocol.clone())))
-                    .with_leader(StrBytes::from_string(leader.clone()))
-                    .with_member_id(StrBytes::from_string(id.clone()))
-                    .with_members(if *id == leader { all_members.clone() } else { Vec::new() });
-                let _ = waiter.send(response);
+        let responses: Vec<(String, JoinGroupResponse)> =
+            group.members.keys().map(|id| (id.clone(), current_join_response(group, id))).collect();
+        for (id, response) in responses {
+            if let Some(member) = group.members.get_mut(&id) {
+                member.last_heartbeat = now;
+                member.assignment = Bytes::new();
+                if let Some(waiter) = member.join_waiter.take() {
+                    let _ = waiter.send(response);
+                }
             }
         }
+        let generation = group.generation;
         tracing::info!(generation, members = group.members.len(), protocol, "rebalance: join phase complete");
         true
     }
@@ -640,6 +645,34 @@ impl GroupCoordinator {
     pub fn group_count(&self) -> usize {
         self.groups.len()
     }
+}
+
+/// The JoinGroup answer of the current generation for `member_id`: the leader also gets every
+/// member's subscription, to compute the assignment from.
+fn current_join_response(group: &Group, member_id: &str) -> JoinGroupResponse {
+    let protocol = group.protocol_name.clone().unwrap_or_default();
+    let leader = group.leader.clone().unwrap_or_default();
+    let members = if member_id == leader {
+        group
+            .members
+            .iter()
+            .map(|(id, m)| {
+                JoinGroupResponseMember::default()
+                    .with_member_id(StrBytes::from_string(id.clone()))
+                    .with_group_instance_id(m.group_instance_id.clone().map(StrBytes::from_string))
+                    .with_metadata(m.metadata_for(&protocol))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    JoinGroupResponse::default()
+        .with_generation_id(group.generation)
+        .with_protocol_type(group.protocol_type.clone().map(StrBytes::from_string))
+        .with_protocol_name(Some(StrBytes::from_string(protocol)))
+        .with_leader(StrBytes::from_string(leader))
+        .with_member_id(StrBytes::from_string(member_id.to_string()))
+        .with_members(members)
 }
 
 /// Picks the protocol every member supports that most members list first (Kafka's vote).
