@@ -718,3 +718,96 @@ pub fn decode_assignment(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
         .map(|a| a.assigned_partitions.iter().map(|tp| (tp.topic.to_string(), tp.partitions.clone())).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator() -> Arc<GroupCoordinator> {
+        let config = BrokerConfig::from_settings([("group.initial.rebalance.delay.ms", "0")]).unwrap();
+        Arc::new(GroupCoordinator::new(&config))
+    }
+
+    fn join_request(member_id: &str, metadata: &'static [u8]) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            member_id: member_id.into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(metadata))],
+            require_known_member_id: false,
+        }
+    }
+
+    /// Two members join together and the leader syncs; returns (leader, follower, generation).
+    async fn stable_group(coordinator: &Arc<GroupCoordinator>) -> (String, String, i32) {
+        let first = coordinator.join(join_request("", b"m")).await;
+        let a = first.member_id.to_string();
+        // The second member's join starts a rebalance that needs the first to rejoin too.
+        let second = tokio::spawn({
+            let coordinator = Arc::clone(coordinator);
+            async move { coordinator.join(join_request("", b"m")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = coordinator.join(join_request(&a, b"m")).await;
+        let second = second.await.unwrap();
+        assert_eq!(again.generation_id, second.generation_id);
+        let (leader, follower) =
+            if again.leader.as_str() == a { (a, second.member_id.to_string()) } else { (second.member_id.to_string(), a) };
+        let generation = again.generation_id;
+        let follower_sync = tokio::spawn({
+            let coordinator = Arc::clone(coordinator);
+            let follower = follower.clone();
+            async move { coordinator.sync("g", &follower, generation, None, None, Vec::new()).await }
+        });
+        let assignments = vec![(leader.clone(), Bytes::from_static(b"L")), (follower.clone(), Bytes::from_static(b"F"))];
+        assert_eq!(coordinator.sync("g", &leader, generation, None, None, assignments).await.error_code, 0);
+        assert_eq!(follower_sync.await.unwrap().assignment, Bytes::from_static(b"F"));
+        (leader, follower, generation)
+    }
+
+    #[tokio::test]
+    async fn unchanged_follower_rejoin_keeps_the_generation() {
+        // Regression: every JoinGroup used to start a rebalance, so a client that rejoins eagerly after
+        // an assignment kept its group rebalancing forever.
+        let coordinator = coordinator();
+        let (_, follower, generation) = stable_group(&coordinator).await;
+        let rejoin = coordinator.join(join_request(&follower, b"m")).await;
+        assert_eq!((rejoin.error_code, rejoin.generation_id), (0, generation));
+        assert_eq!(coordinator.describe("g").unwrap().state, GroupState::Stable);
+        assert_eq!(coordinator.heartbeat("g", &follower, generation), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn changed_metadata_or_leader_rejoin_starts_a_rebalance() {
+        let coordinator = coordinator();
+        let (leader, follower, generation) = stable_group(&coordinator).await;
+        let pending = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            let follower = follower.clone();
+            async move { coordinator.join(join_request(&follower, b"changed")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(coordinator.describe("g").unwrap().state, GroupState::PreparingRebalance);
+        assert_eq!(coordinator.heartbeat("g", &leader, generation), Err(ResponseError::RebalanceInProgress));
+        let leader_rejoin = coordinator.join(join_request(&leader, b"m")).await;
+        assert_eq!(leader_rejoin.generation_id, generation + 1);
+        assert_eq!(pending.await.unwrap().generation_id, generation + 1);
+    }
+
+    #[tokio::test]
+    async fn leaving_member_triggers_a_rebalance_and_the_last_one_empties_the_group() {
+        let coordinator = coordinator();
+        let (leader, follower, _) = stable_group(&coordinator).await;
+        assert!(coordinator.leave("g", std::slice::from_ref(&follower))[0].1.is_ok());
+        assert_eq!(coordinator.describe("g").unwrap().state, GroupState::PreparingRebalance);
+        let rejoin = coordinator.join(join_request(&leader, b"m")).await;
+        assert_eq!(rejoin.members.len(), 1, "the leader gets only itself to assign to");
+        assert!(coordinator.leave("g", std::slice::from_ref(&leader))[0].1.is_ok());
+        assert_eq!(coordinator.describe("g").unwrap().state, GroupState::Empty);
+    }
+}
