@@ -372,7 +372,7 @@ impl BrokerConfig {
     }
 
     pub fn is_explicit(&self, name: &str) -> bool {
-        self.explicit.iter().any(|n| *n == name)
+        self.explicit.contains(&name)
     }
 
     /// All settings, for DescribeConfigs on the broker resource.

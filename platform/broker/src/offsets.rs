@@ -54,6 +54,9 @@ pub struct CommittedOffset {
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
+/// One entry of a write: a (topic, partition) and its new committed offset, or `None` to delete it.
+pub type OffsetWrite = ((String, i32), Option<CommittedOffset>);
+
 pub struct OffsetStore {
     dir: PathBuf,
     log: Mutex<PartitionLog>,
@@ -162,7 +165,7 @@ impl OffsetStore {
 
     /// Durably records commits (or deletions, for `None`) for one group, then makes them visible.
     /// Blocking file I/O.
-    pub fn write(&self, group: &str, entries: Vec<((String, i32), Option<CommittedOffset>)>, fsync: bool) -> Result<(), BrokerError> {
+    pub fn write(&self, group: &str, entries: Vec<OffsetWrite>, fsync: bool) -> Result<(), BrokerError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -193,10 +196,11 @@ impl OffsetStore {
         let live = offsets.values().map(BTreeMap::len).sum::<usize>() as u64;
         drop(offsets);
         let size = log.size_bytes();
-        if size > REWRITE_THRESHOLD_BYTES && size > REWRITE_GARBAGE_RATIO * live * ENTRY_BYTES_ESTIMATE {
-            if let Err(error) = self.rewrite(&mut log) {
-                tracing::warn!(%error, "offsets log rewrite failed; keeping the current log");
-            }
+        if size > REWRITE_THRESHOLD_BYTES
+            && size > REWRITE_GARBAGE_RATIO * live * ENTRY_BYTES_ESTIMATE
+            && let Err(error) = self.rewrite(&mut log)
+        {
+            tracing::warn!(%error, "offsets log rewrite failed; keeping the current log");
         }
         Ok(())
     }
@@ -253,7 +257,7 @@ impl OffsetStore {
 
     /// Drops committed offsets of a deleted topic from every group.
     pub fn forget_topic(&self, topic: &str) {
-        let affected: Vec<(String, Vec<((String, i32), Option<CommittedOffset>)>)> = self
+        let affected: Vec<(String, Vec<OffsetWrite>)> = self
             .offsets
             .read()
             .iter()

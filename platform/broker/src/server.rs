@@ -193,11 +193,11 @@ async fn write_responses(broker: Arc<Broker>, mut writer: tokio::net::tcp::Owned
             Reply::Deferred(future) => Some(future.await),
             Reply::NoResponse => None,
         };
-        if let Some(body) = body {
-            if let Err(error) = encode_response(in_flight.api_key, in_flight.version, in_flight.correlation_id, &body, &mut out) {
-                tracing::error!(%error, "cannot encode response; closing connection");
-                return;
-            }
+        if let Some(body) = body
+            && let Err(error) = encode_response(in_flight.api_key, in_flight.version, in_flight.correlation_id, &body, &mut out)
+        {
+            tracing::error!(%error, "cannot encode response; closing connection");
+            return;
         }
         if let Some(api) = broker.metrics.api(in_flight.api_key) {
             api.latency.observe(in_flight.started.elapsed().as_secs_f64());

@@ -84,11 +84,11 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                     match blocking(|| partition.read(fp.fetch_offset, partition_max, min_one)) {
                         Ok(read) => {
                             total += read.bytes.len();
-                            if let Some(topic) = &topic {
-                                if !read.bytes.is_empty() {
-                                    topic.metrics.bytes_out.inc_by(read.bytes.len() as u64);
-                                    topic.metrics.records_out.inc_by(count_records(&read.bytes));
-                                }
+                            if let Some(topic) = &topic
+                                && !read.bytes.is_empty()
+                            {
+                                topic.metrics.bytes_out.inc_by(read.bytes.len() as u64);
+                                topic.metrics.records_out.inc_by(count_records(&read.bytes));
                             }
                             PartitionData::default()
                                 .with_partition_index(fp.partition)

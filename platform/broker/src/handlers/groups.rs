@@ -239,13 +239,12 @@ pub fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCom
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// One topic's partitions with their committed offset, if any.
+type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
+
 /// Committed offsets of one group for the requested partitions, or for all it has when `topics` is
 /// None. Partitions without a commit report offset -1, as Kafka does.
-fn fetch_group_offsets(
-    broker: &Broker,
-    group: &str,
-    topics: Option<Vec<(String, Vec<i32>)>>,
-) -> Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> {
+fn fetch_group_offsets(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Vec<TopicOffsets> {
     match topics {
         Some(topics) => topics
             .into_iter()
@@ -255,7 +254,7 @@ fn fetch_group_offsets(
             })
             .collect(),
         None => {
-            let mut by_topic: Vec<(String, Vec<(i32, Option<CommittedOffset>)>)> = Vec::new();
+            let mut by_topic: Vec<TopicOffsets> = Vec::new();
             for ((topic, partition), offset) in broker.offsets.group(group) {
                 match by_topic.last_mut() {
                     Some((t, list)) if *t == topic => list.push((partition, Some(offset))),
