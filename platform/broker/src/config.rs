@@ -434,6 +434,11 @@ impl BrokerConfig {
     pub fn partitions_per_topic_max(&self) -> i32 {
         self.int("max.partitions.per.topic") as i32
     }
+    /// Whether the broker-wide default is fsync-before-acknowledge (`log.flush.interval.messages=1`);
+    /// the broker's own logs (committed offsets) follow it.
+    pub fn flush_before_ack(&self) -> bool {
+        crate::topic::FlushPolicy::from_flush_messages(self.int("log.flush.interval.messages")) == crate::topic::FlushPolicy::BeforeAck
+    }
     pub fn flush_interval_ms(&self) -> Option<u64> {
         let v = self.int("log.flush.interval.ms");
         (v > 0).then_some(v as u64)

@@ -118,8 +118,7 @@ async fn run_maintenance(broker: Arc<Broker>) {
         tick.tick().await;
         let now = now_ms();
         for topic in broker.topics() {
-            let config = topic.config.read().clone();
-            let flush_every_ms = config.flush_ms(&broker.config).or(broker.config.flush_interval_ms());
+            let flush_every_ms = topic.config.read().flush_ms(&broker.config).or(broker.config.flush_interval_ms());
             for partition in topic.partitions.read().iter() {
                 let unflushed = partition.unflushed_records.load(Ordering::Relaxed);
                 if unflushed == 0 {

@@ -46,7 +46,7 @@ impl Metrics {
         let registry = Registry::new_custom(Some("sluice".into()), None).expect("registry");
         let requests = IntCounterVec::new(Opts::new("requests_total", "Kafka requests handled, by API"), &["api"]);
         let errors = IntCounterVec::new(
-            Opts::new("request_errors_total", "Kafka requests answered with an error or dropped as malformed, by API"),
+            Opts::new("request_errors_total", "Kafka requests that could not be decoded (malformed, or an unsupported version), by API"),
             &["api"],
         );
         let latency = HistogramVec::new(

@@ -225,7 +225,7 @@ pub fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCom
             OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
         })
         .collect();
-    let fsync = broker.config.get("log.flush.interval.messages") == Some("1");
+    let fsync = broker.config.flush_before_ack();
     if let Err(error) = blocking(|| broker.offsets.write(&group, entries, fsync)) {
         tracing::error!(group, %error, "cannot write committed offsets");
         for topic in topics.iter_mut() {
