@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::offsets::OffsetStore;
 use crate::topic::{FlushPolicy, Partition, Topic, TopicName};
+use crate::transactions::TransactionCoordinator;
 
 /// Producer ids are reserved on disk in blocks, so an InitProducerId costs an fsync only once per block.
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -38,6 +39,7 @@ pub struct Broker {
     pub metrics: Metrics,
     pub groups: Arc<GroupCoordinator>,
     pub offsets: OffsetStore,
+    pub transactions: TransactionCoordinator,
     producer_ids: Mutex<(i64, i64)>,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
@@ -85,8 +87,9 @@ impl Broker {
             "recovered data directory {}",
             data_dir.display()
         );
+        let transactions = TransactionCoordinator::open(data_dir, now, config.transaction_max_timeout_ms())?;
         let groups = Arc::new(GroupCoordinator::new(&config));
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             config,
             data_dir: data_dir.to_path_buf(),
             cluster_id: cluster.cluster_id,
@@ -96,9 +99,12 @@ impl Broker {
             metrics,
             groups,
             offsets,
+            transactions,
             producer_ids: Mutex::new((0, 0)),
             _dir_lock: dir_lock,
-        }))
+        });
+        broker.transactions.recover(&broker);
+        Ok(broker)
     }
 
     pub fn node_id(&self) -> i32 {
@@ -285,6 +291,7 @@ impl Broker {
             }
         }
         self.offsets.close();
+        self.transactions.close();
         tracing::info!(partitions = closed, elapsed_ms = started.elapsed().as_millis() as u64, "closed all logs");
     }
 }

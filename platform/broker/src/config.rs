@@ -193,6 +193,18 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         kind: Kind::Int { min: 1, max: 1_000_000 },
     },
     SettingSpec {
+        name: "transaction.max.timeout.ms",
+        default: "900000",
+        doc: "Largest transaction.timeout.ms a transactional producer may ask for.",
+        kind: Kind::Int { min: 1, max: i32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        default: "10000",
+        doc: "How often transactions open longer than their timeout are looked for and aborted.",
+        kind: Kind::Int { min: 1, max: i32::MAX as i64 },
+    },
+    SettingSpec {
         name: "max.topics",
         default: "10000",
         doc: "Topics this broker will hold (a bound on metadata memory).",
@@ -427,6 +439,12 @@ impl BrokerConfig {
     }
     pub fn group_size_max(&self) -> usize {
         self.int("group.max.size") as usize
+    }
+    pub fn transaction_max_timeout_ms(&self) -> i32 {
+        self.int("transaction.max.timeout.ms") as i32
+    }
+    pub fn transaction_expiry_check_ms(&self) -> u64 {
+        self.int("transaction.abort.timed.out.transaction.cleanup.interval.ms") as u64
     }
     pub fn topics_max(&self) -> usize {
         self.int("max.topics") as usize

@@ -7,6 +7,8 @@
 //! - [`broker`]: shared state and control-plane operations (topics, producer ids).
 //! - [`topic`]: topics and partitions around the storage log: high watermark, group commit.
 //! - [`groups`] and [`offsets`]: the consumer-group coordinator and durable committed offsets.
+//! - [`transactions`]: the transaction coordinator; [`txn_writer`]: the in-process transactional producer.
+//! - [`internal_log`]: the keyed logs behind committed offsets and transaction state.
 //! - [`metastore`]: durable topic definitions and cluster identity.
 //! - [`config`]: Kafka-named broker and topic settings, parsed and validated once.
 //! - [`admin`] and [`metrics`]: the HTTP admin API and Prometheus metrics.
@@ -29,11 +31,14 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod internal_log;
 pub mod metastore;
 pub mod metrics;
 pub mod offsets;
 pub mod server;
 pub mod topic;
+pub mod transactions;
+pub mod txn_writer;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
@@ -112,6 +117,8 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
 async fn run_maintenance(broker: Arc<Broker>) {
     let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms());
     let mut last_retention = std::time::Instant::now();
+    let txn_check_every = Duration::from_millis(broker.config.transaction_expiry_check_ms());
+    let mut last_txn_check = std::time::Instant::now();
     let mut tick = tokio::time::interval(MAINTENANCE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -130,6 +137,11 @@ async fn run_maintenance(broker: Arc<Broker>) {
                     partition.start_flush();
                 }
             }
+        }
+        if last_txn_check.elapsed() >= txn_check_every {
+            last_txn_check = std::time::Instant::now();
+            let broker = Arc::clone(&broker);
+            let _ = tokio::task::spawn_blocking(move || broker.transactions.abort_expired(&broker, now_ms())).await;
         }
         if last_retention.elapsed() >= retention_every {
             last_retention = std::time::Instant::now();

@@ -1,38 +1,20 @@
-//! Committed consumer-group offsets, kept in the broker's own log (`__consumer_offsets-0` in the data
-//! directory) the way Kafka keeps them in `__consumer_offsets`: every commit appends records whose key
-//! is (group, topic, partition) and whose value is the committed position; a record without a value
-//! (a tombstone) deletes one. The in-memory map is rebuilt by replaying the log at start-up.
-//!
-//! The log is compacted by rewriting: once it holds much more than the live entries, the live map is
-//! written to a fresh log beside it, which then replaces the old one by rename. A crash mid-rewrite
-//! leaves the old log in place and an incomplete rewrite that the next start discards.
+//! Committed consumer-group offsets, kept in the broker's own keyed log (`__consumer_offsets-0` in the
+//! data directory, see `internal_log`) the way Kafka keeps them in `__consumer_offsets`: every commit
+//! appends records whose key is (group, topic, partition) and whose value is the committed position;
+//! a tombstone deletes one. The in-memory map is rebuilt by replaying the log at start-up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use bytes::BytesMut;
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use sluice_storage::{AppendMode, LogConfig, PartitionLog};
 
 use crate::error::BrokerError;
+use crate::internal_log::{KeyedEntry, KeyedLog};
 
 pub const OFFSETS_DIR_NAME: &str = "__consumer_offsets-0";
-const REWRITE_SUFFIX: &str = ".rewrite";
-const RETIRED_SUFFIX: &str = ".retired";
-
-/// Bytes read per step while replaying the log at start-up.
-const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
-/// The log is rewritten when it exceeds this size and is several times larger than its live data.
-const REWRITE_THRESHOLD_BYTES: u64 = 64 * 1024 * 1024;
-const REWRITE_GARBAGE_RATIO: u64 = 4;
 /// Rough bytes per live entry in the log, for the garbage estimate.
 const ENTRY_BYTES_ESTIMATE: u64 = 96;
-/// Entries per record batch when rewriting, to keep each batch well below the batch size limit.
-const REWRITE_BATCH_ENTRIES: usize = 2000;
 /// Group metadata strings (OffsetCommit's `metadata`) longer than this are refused, like Kafka's
 /// `offset.metadata.max.bytes`.
 pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
@@ -58,68 +40,24 @@ type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 pub type OffsetWrite = ((String, i32), Option<CommittedOffset>);
 
 pub struct OffsetStore {
-    dir: PathBuf,
-    log: Mutex<PartitionLog>,
+    log: KeyedLog,
     offsets: RwLock<HashMap<String, GroupOffsets>>,
 }
 
-fn log_config() -> LogConfig {
-    LogConfig { retention_ms: None, retention_bytes: None, delete_enabled: false, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() }
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
+    rmp_serde::to_vec(value).map_err(|e| BrokerError::Storage(e.to_string()))
 }
 
-fn encode_entries<'a>(
-    entries: impl Iterator<Item = (&'a OffsetKey, Option<&'a CommittedOffset>)>,
-    now: i64,
-) -> Result<BytesMut, BrokerError> {
-    // Offsets inside the batch must be consecutive: the encoder derives the batch's last offset
-    // delta from them, and the log rejects a batch whose count and delta disagree.
-    let records: Vec<Record> = entries
-        .enumerate()
-        .map(|(i, (key, value))| {
-            Ok(Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: now,
-                key: Some(rmp_serde::to_vec(key).map_err(|e| BrokerError::Storage(e.to_string()))?.into()),
-                value: match value {
-                    Some(v) => Some(rmp_serde::to_vec(v).map_err(|e| BrokerError::Storage(e.to_string()))?.into()),
-                    None => None,
-                },
-                headers: IndexMap::new(),
-            })
-        })
-        .collect::<Result<_, BrokerError>>()?;
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .map_err(|e| BrokerError::Storage(format!("encoding offset commit: {e}")))?;
-    Ok(buf)
-}
-
-fn replay(log: &PartitionLog, offsets: &mut HashMap<String, GroupOffsets>) -> Result<(), String> {
-    let mut position = log.log_start_offset();
-    let end = log.log_end_offset();
-    while position < end {
-        let read = log.read(position, REPLAY_CHUNK_BYTES, end, true).map_err(|e| e.to_string())?;
-        if read.bytes.is_empty() {
-            break;
-        }
-        let mut bytes = read.bytes;
-        let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| format!("offsets log: {e}"))?;
-        for record in sets.iter().flat_map(|s| s.records.iter()) {
-            position = position.max(record.offset + 1);
-            let Some(key) = record.key.as_ref().and_then(|k| rmp_serde::from_slice::<OffsetKey>(k).ok()) else {
-                tracing::warn!(offset = record.offset, "skipping unreadable record in the offsets log");
-                continue;
+impl OffsetStore {
+    pub fn open(data_dir: &Path, now: i64) -> Result<OffsetStore, String> {
+        let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
+        let log = KeyedLog::open(data_dir, OFFSETS_DIR_NAME, now, |key, value| {
+            let Ok(key) = rmp_serde::from_slice::<OffsetKey>(key) else {
+                tracing::warn!("skipping unreadable record in the offsets log");
+                return;
             };
             let group = offsets.entry(key.group).or_default();
-            match record.value.as_ref().and_then(|v| rmp_serde::from_slice::<CommittedOffset>(v).ok()) {
+            match value.and_then(|v| rmp_serde::from_slice::<CommittedOffset>(v).ok()) {
                 Some(value) => {
                     group.insert((key.topic, key.partition), value);
                 }
@@ -127,31 +65,9 @@ fn replay(log: &PartitionLog, offsets: &mut HashMap<String, GroupOffsets>) -> Re
                     group.remove(&(key.topic, key.partition));
                 }
             }
-        }
-    }
-    offsets.retain(|_, g| !g.is_empty());
-    Ok(())
-}
-
-impl OffsetStore {
-    pub fn open(data_dir: &Path, now: i64) -> Result<OffsetStore, String> {
-        let dir = data_dir.join(OFFSETS_DIR_NAME);
-        let rewrite = data_dir.join(format!("{OFFSETS_DIR_NAME}{REWRITE_SUFFIX}"));
-        let retired = data_dir.join(format!("{OFFSETS_DIR_NAME}{RETIRED_SUFFIX}"));
-        // A finished rewrite whose swap was cut short: the new log is complete once the old one has
-        // been retired, so finish the swap; otherwise the rewrite is incomplete and discarded.
-        if !dir.exists() && rewrite.exists() && retired.exists() {
-            fs::rename(&rewrite, &dir).map_err(|e| format!("finishing offsets log rewrite: {e}"))?;
-        }
-        for leftover in [&rewrite, &retired] {
-            if leftover.exists() {
-                fs::remove_dir_all(leftover).map_err(|e| format!("removing {}: {e}", leftover.display()))?;
-            }
-        }
-        let log = PartitionLog::open(&dir, log_config(), now).map_err(|e| format!("cannot open offsets log {}: {e}", dir.display()))?;
-        let mut offsets = HashMap::new();
-        replay(&log, &mut offsets)?;
-        Ok(OffsetStore { dir, log: Mutex::new(log), offsets: RwLock::new(offsets) })
+        })?;
+        offsets.retain(|_, g| !g.is_empty());
+        Ok(OffsetStore { log, offsets: RwLock::new(offsets) })
     }
 
     /// Number of committed (group, topic, partition) entries.
@@ -169,15 +85,15 @@ impl OffsetStore {
         if entries.is_empty() {
             return Ok(());
         }
-        let now = crate::now_ms();
-        let keys: Vec<OffsetKey> =
-            entries.iter().map(|((t, p), _)| OffsetKey { group: group.to_string(), topic: t.clone(), partition: *p }).collect();
-        let mut batch = encode_entries(keys.iter().zip(entries.iter().map(|(_, v)| v.as_ref())), now)?;
+        let records: Vec<KeyedEntry> = entries
+            .iter()
+            .map(|((topic, partition), value)| {
+                let key = encode(&OffsetKey { group: group.to_string(), topic: topic.clone(), partition: *partition })?;
+                Ok((key, value.as_ref().map(encode).transpose()?))
+            })
+            .collect::<Result<_, BrokerError>>()?;
         let mut log = self.log.lock();
-        log.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now)?;
-        if fsync {
-            log.flush()?;
-        }
+        log.append(&records, fsync)?;
         let mut offsets = self.offsets.write();
         let group_offsets = offsets.entry(group.to_string()).or_default();
         for (key, value) in entries {
@@ -193,45 +109,26 @@ impl OffsetStore {
         if group_offsets.is_empty() {
             offsets.remove(group);
         }
-        let live = offsets.values().map(BTreeMap::len).sum::<usize>() as u64;
+        let live = offsets.values().map(BTreeMap::len).sum::<usize>();
         drop(offsets);
-        let size = log.size_bytes();
-        if size > REWRITE_THRESHOLD_BYTES
-            && size > REWRITE_GARBAGE_RATIO * live * ENTRY_BYTES_ESTIMATE
-            && let Err(error) = self.rewrite(&mut log)
-        {
-            tracing::warn!(%error, "offsets log rewrite failed; keeping the current log");
+        if log.wants_rewrite(live, ENTRY_BYTES_ESTIMATE) {
+            let snapshot = self.live_records();
+            if let Err(error) = snapshot.map_err(|e| e.to_string()).and_then(|live| log.rewrite(&live)) {
+                tracing::warn!(%error, "offsets log rewrite failed; keeping the current log");
+            }
         }
         Ok(())
     }
 
-    fn rewrite(&self, log: &mut PartitionLog) -> Result<(), String> {
-        let started = std::time::Instant::now();
-        let parent = self.dir.parent().ok_or("offsets dir has no parent")?;
-        let rewrite = parent.join(format!("{OFFSETS_DIR_NAME}{REWRITE_SUFFIX}"));
-        let retired = parent.join(format!("{OFFSETS_DIR_NAME}{RETIRED_SUFFIX}"));
-        let now = crate::now_ms();
-        let mut fresh = PartitionLog::open(&rewrite, log_config(), now).map_err(|e| e.to_string())?;
-        let entries: Vec<(OffsetKey, CommittedOffset)> = self
-            .offsets
-            .read()
-            .iter()
-            .flat_map(|(g, m)| {
-                m.iter().map(move |((t, p), v)| (OffsetKey { group: g.clone(), topic: t.clone(), partition: *p }, v.clone()))
-            })
-            .collect();
-        for chunk in entries.chunks(REWRITE_BATCH_ENTRIES) {
-            let mut batch = encode_entries(chunk.iter().map(|(k, v)| (k, Some(v))), now).map_err(|e| e.to_string())?;
-            fresh.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now).map_err(|e| e.to_string())?;
+    fn live_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BrokerError> {
+        let offsets = self.offsets.read();
+        let mut live = Vec::with_capacity(offsets.values().map(BTreeMap::len).sum());
+        for (group, entries) in offsets.iter() {
+            for ((topic, partition), value) in entries {
+                live.push((encode(&OffsetKey { group: group.clone(), topic: topic.clone(), partition: *partition })?, encode(value)?));
+            }
         }
-        fresh.close().map_err(|e| e.to_string())?;
-        log.close().map_err(|e| e.to_string())?;
-        fs::rename(&self.dir, &retired).map_err(|e| e.to_string())?;
-        fs::rename(&rewrite, &self.dir).map_err(|e| e.to_string())?;
-        *log = PartitionLog::open(&self.dir, log_config(), now).map_err(|e| e.to_string())?;
-        fs::remove_dir_all(&retired).map_err(|e| e.to_string())?;
-        tracing::info!(entries = entries.len(), elapsed_ms = started.elapsed().as_millis() as u64, "rewrote the offsets log");
-        Ok(())
+        Ok(live)
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
@@ -272,8 +169,6 @@ impl OffsetStore {
     }
 
     pub fn close(&self) {
-        if let Err(error) = self.log.lock().close() {
-            tracing::error!(%error, "closing the offsets log failed");
-        }
+        self.log.close();
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use sluice_storage::{AppendMode, AppendResult, PartitionLog, ReadResult, StorageError};
+use sluice_storage::{AbortedTxn, AppendMode, AppendResult, BatchHeader, PartitionLog, ReadResult, StorageError, TxnMarker};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -166,10 +166,55 @@ impl Partition {
         Ok(result)
     }
 
+    /// Appends a transaction marker (see `PartitionLog::append_marker`) and makes it visible like any
+    /// append: at once under the page-cache policy; after the next group-committed fsync, which this
+    /// starts, under fsync-before-ack. Blocking file I/O.
+    pub fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
+        let result = self.log.write().append_marker(marker, self.leader_epoch, now_ms)?;
+        self.unflushed_records.fetch_add(1, Ordering::Relaxed);
+        if self.policy() == FlushPolicy::BeforeAck {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.start_flush();
+            } else {
+                self.flush_blocking()?;
+            }
+        } else {
+            let end = result.last_offset + 1;
+            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+        }
+        Ok(result)
+    }
+
+    /// The last stable offset: below it every transaction is decided. Never above the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.log.read().last_stable_offset().min(hw)
+    }
+
     /// Reads whole batches for a consumer, below the high watermark. Blocking file I/O.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult, StorageError> {
         let hw = self.high_watermark();
         self.log.read().read(offset, max_bytes, hw, min_one)
+    }
+
+    /// Reads for a fetch at either isolation level: below the high watermark (read_uncommitted) or
+    /// the last stable offset (read_committed). Returns the read, the bound used, and for
+    /// read_committed the aborted transactions overlapping what was returned. Blocking file I/O.
+    pub fn read_isolated(&self, offset: i64, max_bytes: usize, min_one: bool, read_committed: bool) -> Result<IsolatedRead, StorageError> {
+        let hw = self.high_watermark();
+        let log = self.log.read();
+        let last_stable = log.last_stable_offset().min(hw);
+        let upper = if read_committed { last_stable } else { hw };
+        let read = log.read(offset, max_bytes, upper, min_one)?;
+        let aborted = if read_committed && !read.bytes.is_empty() {
+            let end = last_batch_end(&read.bytes).unwrap_or(upper);
+            Some(log.aborted_transactions(offset, end))
+        } else if read_committed {
+            Some(Vec::new())
+        } else {
+            None
+        };
+        Ok(IsolatedRead { read, high_watermark: hw, last_stable_offset: last_stable, aborted })
     }
 
     /// Waits until everything below `offset` is on stable storage, starting an fsync if none is
@@ -257,6 +302,30 @@ impl Partition {
     pub fn log_start_offset(&self) -> i64 {
         self.log.read().log_start_offset()
     }
+}
+
+/// What `Partition::read_isolated` returns.
+pub struct IsolatedRead {
+    pub read: ReadResult,
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    /// For read_committed: aborted transactions overlapping the returned records.
+    pub aborted: Option<Vec<AbortedTxn>>,
+}
+
+/// One past the last offset of the last whole batch in `bytes` (stored batches, as a read returns them).
+fn last_batch_end(bytes: &[u8]) -> Option<i64> {
+    let mut position = 0usize;
+    let mut end = None;
+    while let Some(header) = bytes.get(position..).and_then(BatchHeader::parse) {
+        let size = header.total_size();
+        if size <= 12 || position + size > bytes.len() {
+            break;
+        }
+        end = Some(header.last_offset() + 1);
+        position += size;
+    }
+    end
 }
 
 fn raise(value: &mut i64, to: i64) -> bool {

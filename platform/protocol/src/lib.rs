@@ -32,7 +32,9 @@ pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024 * 1024;
 ///
 /// Upper bounds stop where a newer version would change semantics we do not implement yet: Fetch v13+
 /// and Produce v13 address topics by id only, OffsetCommit v9+ / OffsetFetch v9+ belong to the KIP-848
-/// consumer protocol, ListOffsets v8+ adds earliest-local / tiered timestamps.
+/// consumer protocol, ListOffsets v8+ adds earliest-local / tiered timestamps. AddPartitionsToTxn v4+ is
+/// broker-to-broker verification; AddOffsetsToTxn, EndTxn and TxnOffsetCommit v4+ (and EndTxn v5)
+/// belong to KIP-890's transaction protocol version 2, which bumps the epoch on every commit.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -55,10 +57,16 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The version range the broker implements for `api_key`, if it implements that API at all.

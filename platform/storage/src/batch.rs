@@ -125,6 +125,83 @@ impl BatchHeader {
     }
 }
 
+/// The type in a control record's key (Kafka's `ControlRecordType`): how a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+/// A transaction marker as the transaction coordinator writes it to each partition of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub control: ControlType,
+    /// The coordinator's epoch, carried in the record's value as Kafka does; 0 on a single node.
+    pub coordinator_epoch: i32,
+}
+
+/// Bytes of a control batch: the header and one 17-byte record (length varint + 16-byte body).
+pub(crate) const CONTROL_BATCH_BYTES: usize = BATCH_HEADER_BYTES + 17;
+
+/// Encodes the control batch for `marker` at base offset 0: transactional and control attribute bits,
+/// the marker's producer id and epoch, no sequence, and one record whose key is (version 0, type) and
+/// whose value is (version 0, coordinator epoch).
+pub(crate) fn encode_control_batch(marker: &TxnMarker, timestamp_ms: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CONTROL_BATCH_BYTES);
+    out.extend_from_slice(&0i64.to_be_bytes());
+    out.extend_from_slice(&((CONTROL_BATCH_BYTES - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.push(MAGIC_V2 as u8);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&(TRANSACTIONAL_BIT | CONTROL_BIT).to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&timestamp_ms.to_be_bytes());
+    out.extend_from_slice(&marker.producer_id.to_be_bytes());
+    out.extend_from_slice(&marker.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+    out.extend_from_slice(&1i32.to_be_bytes());
+    // The record, with zigzag varints: length 16, attributes 0, timestamp delta 0, offset delta 0,
+    // key length 4, key, value length 6, value, no headers.
+    let control_type: i16 = match marker.control {
+        ControlType::Abort => 0,
+        ControlType::Commit => 1,
+    };
+    out.extend_from_slice(&[32, 0, 0, 0, 8]);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&control_type.to_be_bytes());
+    out.push(12);
+    out.extend_from_slice(&0i16.to_be_bytes());
+    out.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    out.push(0);
+    let crc = batch_crc(&out);
+    put(&mut out, CRC_AT, crc.to_be_bytes());
+    out
+}
+
+/// The type of a control batch's first record, read from its key. `batch` starts at the batch header;
+/// it may be cut after the first record. `None` when the record or its key cannot be read or the type
+/// is one this log does not track (Kafka's later control types).
+pub(crate) fn control_type(batch: &[u8]) -> Option<ControlType> {
+    let mut r = Reader::new(batch.get(BATCH_HEADER_BYTES..)?);
+    let length = usize::try_from(r.varint()?).ok()?;
+    let mut body = Reader::new(r.take(length)?);
+    body.i8()?;
+    body.varlong()?;
+    body.varint()?;
+    if body.varint()? < 4 {
+        return None;
+    }
+    let _version = body.i16()?;
+    match body.i16()? {
+        0 => Some(ControlType::Abort),
+        1 => Some(ControlType::Commit),
+        _ => None,
+    }
+}
+
 /// Who sent a buffer, which decides how strict validation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -214,6 +291,12 @@ fn check_batch(bytes: &[u8], origin: Origin) -> Result<ValidatedBatch, StorageEr
         Origin::Client => {
             if header.is_control() {
                 return invalid("control batches cannot be written by clients".to_string());
+            }
+            if header.is_transactional() && !header.is_idempotent() {
+                return invalid(format!(
+                    "transactional batch without a producer id and sequence (producer id {}, base sequence {})",
+                    header.producer_id, header.base_sequence
+                ));
             }
             if header.record_count < 1 || i64::from(header.record_count) != offsets_spanned {
                 return invalid(format!(

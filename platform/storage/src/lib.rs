@@ -14,9 +14,11 @@ pub mod log;
 mod producer;
 mod segment;
 pub mod testing;
+pub mod txn;
 
-pub use batch::{BATCH_HEADER_BYTES, BatchHeader, TimestampType, validate_batches};
+pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, TxnMarker, validate_batches};
 pub use error::StorageError;
 pub use log::{
     APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX, ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
 };
+pub use txn::AbortedTxn;

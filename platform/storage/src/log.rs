@@ -14,9 +14,10 @@
 //!   and at close.
 //! - `clean-shutdown`: written by `close` after everything was fsynced; removed at open and before the
 //!   first change after a close. Its presence lets recovery scan only each segment's unindexed tail.
-//! - `producer-state`: idempotent-producer state as of the log end, written by `close` and used (then
-//!   removed) by the next open only after a clean shutdown; otherwise the state is rebuilt by walking
-//!   batch headers.
+//! - `producer-state`: idempotent-producer state (with ongoing transactions) as of the log end, written
+//!   by `close` and used (then removed) by the next open only after a clean shutdown; otherwise the
+//!   state is rebuilt by walking batch headers.
+//! - `aborted-txns`: the aborted-transaction index (see `txn`).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, ValidatedBatch};
+use crate::batch::{self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, TxnMarker, ValidatedBatch};
 use crate::error::{IoContext, StorageError};
 use crate::index::remove_if_present;
 use crate::producer::{PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable, SequenceCheck};
@@ -34,6 +35,7 @@ use crate::segment::{
     BatchScanner, INDEX_SUFFIX, LOG_SUFFIX, POSITION_MAX, RELATIVE_OFFSET_MAX, RecoveryScan, SCAN_BUFFER_BYTES, Segment, TIME_INDEX_SUFFIX,
     segment_path,
 };
+use crate::txn::{ABORTED_TXNS_FILE, AbortedIndex, AbortedTxn};
 
 /// Largest `segment.bytes`: index entries store file positions as u32, and keeping segments below
 /// 2 GiB (Kafka's own limit, `Int.MAX_VALUE`) leaves every batch start representable. Larger
@@ -148,6 +150,7 @@ pub struct PartitionLog {
     log_start_offset: i64,
     recovery_point: i64,
     producers: ProducerStateTable,
+    aborted: AbortedIndex,
     /// The clean-shutdown marker is on disk (after `close`); removed before the next change.
     clean_marker: bool,
     /// `delete` removed the directory; every later call fails.
@@ -221,6 +224,7 @@ impl PartitionLog {
             log_start_offset: 0,
             recovery_point: 0,
             producers: ProducerStateTable::default(),
+            aborted: AbortedIndex::empty(dir),
             clean_marker: false,
             deleted: false,
             scratch: Vec::new(),
@@ -241,6 +245,7 @@ impl PartitionLog {
         log.delete_segments_below_start()?;
         let end = log.log_end_offset();
         log.recovery_point = if clean { end } else { recovery_point.clamp(0, end) };
+        log.aborted = AbortedIndex::load(dir, log.log_start_offset, end);
         match snapshot {
             Some((offset, producers)) if offset == end => {
                 log.producers = producers;
@@ -248,22 +253,45 @@ impl PartitionLog {
             }
             _ => log.rebuild_producer_state(now_ms, &mut scanner),
         }
+        if log.aborted.file_differs() {
+            let aborted = &log.aborted;
+            aborted.rewrite(|bytes| write_file_atomically(dir, ABORTED_TXNS_FILE, bytes, true))?;
+        }
         tracing::debug!(dir = %dir.display(), clean, segments = log.segment_count(), log_start_offset = log.log_start_offset, log_end_offset = end, producers = log.producers.len(), "opened log");
         Ok(log)
     }
 
-    /// Walks batch headers to rebuild idempotent-producer state. Segments whose newest batch is older
-    /// than the producer expiration cannot hold a live producer's state and are skipped. Failures are
-    /// logged, not fatal: the log itself is intact, only duplicate detection is weakened.
+    /// Walks batch headers to rebuild idempotent-producer state, ongoing transactions and recent aborts.
+    /// Segments whose newest batch is older than the producer expiration cannot hold a live producer's
+    /// state (nor an open transaction: transactions time out within minutes) and are skipped. Failures
+    /// are logged, not fatal: the log itself is intact, only duplicate detection is weakened.
     fn rebuild_producer_state(&mut self, now_ms: i64, scanner: &mut BatchScanner) {
         let cutoff = now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS);
         let producers = &mut self.producers;
+        let aborted = &mut self.aborted;
+        let log_start = self.log_start_offset;
         for segment in self.sealed.iter().chain([&self.active]) {
             if segment.max_timestamp().is_none_or(|(timestamp, _)| timestamp < cutoff) {
                 continue;
             }
-            let walked = segment.for_each_header(scanner, |header| {
-                if header.is_idempotent() {
+            let walked = segment.for_each_header(scanner, |header, position| {
+                if header.is_control() {
+                    match segment.control_type_at(position) {
+                        Some(control) => {
+                            if let Some(entry) = producers.record_marker(header, control)
+                                && entry.last_offset >= log_start
+                                && aborted.insert(entry)
+                            {
+                                tracing::info!(
+                                    producer_id = entry.producer_id,
+                                    marker = entry.last_offset,
+                                    "recovered an aborted transaction from the log"
+                                );
+                            }
+                        }
+                        None => tracing::warn!(offset = header.base_offset, "unreadable control record; marker ignored"),
+                    }
+                } else if header.is_idempotent() {
                     producers.record(header);
                 }
             });
@@ -421,8 +449,18 @@ impl PartitionLog {
             let run = validated.get(run_start..run_end).unwrap_or_default();
             let bytes = batches.get(byte_start..byte_start + run_bytes).unwrap_or_default();
             active.append(bytes, run, interval, now_ms)?;
-            for batch in run.iter().filter(|b| b.header.is_idempotent()) {
-                self.producers.record(&batch.header);
+            let mut at = 0usize;
+            for batch in run {
+                let size = batch.header.total_size();
+                if batch.header.is_control() {
+                    let control = bytes.get(at..at + size).and_then(batch::control_type);
+                    if let Some(entry) = control.and_then(|c| self.producers.record_marker(&batch.header, c)) {
+                        self.aborted.append(entry)?;
+                    }
+                } else if batch.header.is_idempotent() {
+                    self.producers.record(&batch.header);
+                }
+                at += size;
             }
             run_start = run_end;
             byte_start += run_bytes;
@@ -521,6 +559,62 @@ impl PartitionLog {
         Ok(ReadResult { bytes: Bytes::from(out), log_start_offset: start, log_end_offset: end })
     }
 
+    /// Appends a transaction marker (a control batch) for `marker` at the log end and ends the
+    /// producer's ongoing transaction in this partition; an abort is added to the aborted-transaction
+    /// index. A marker whose epoch is older than the producer's is InvalidProducerEpoch. Returns the
+    /// marker's offset.
+    pub fn append_marker(&mut self, marker: &TxnMarker, leader_epoch: i32, now_ms: i64) -> Result<AppendResult, StorageError> {
+        self.ensure_writable()?;
+        self.producers.check_marker(marker.producer_id, marker.producer_epoch)?;
+        let mut bytes = batch::encode_control_batch(marker, now_ms);
+        let offset = self.log_end_offset();
+        batch::set_base_offset(&mut bytes, offset);
+        batch::set_partition_leader_epoch(&mut bytes, leader_epoch);
+        let mut validated = mem::take(&mut self.scratch);
+        validated.clear();
+        let written = batch::validate(&bytes, u32::MAX, Origin::Replica, &mut validated)
+            .and_then(|()| self.write_batches(&bytes, &validated, now_ms));
+        self.scratch = validated;
+        written?;
+        Ok(AppendResult {
+            base_offset: offset,
+            last_offset: offset,
+            log_append_time: -1,
+            log_start_offset: self.log_start_offset,
+            record_count: 1,
+            byte_count: bytes.len() as u64,
+            duplicate: false,
+        })
+    }
+
+    /// The first offset that is not yet decided: the start of the oldest ongoing transaction, or the
+    /// log end. read_committed consumers read below it (and below the high watermark).
+    pub fn last_stable_offset(&self) -> i64 {
+        let end = self.log_end_offset();
+        self.producers.first_unstable_offset().map_or(end, |first| first.min(end))
+    }
+
+    /// (producer id, first offset) of every transaction with records here and no marker yet.
+    pub fn ongoing_transactions(&self) -> Vec<(i64, i64)> {
+        self.producers.ongoing_transactions()
+    }
+
+    /// The epoch this partition last saw from `producer_id`, if it remembers the producer.
+    pub fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        self.producers.epoch(producer_id)
+    }
+
+    /// Aborted transactions overlapping `[from, upper)`, for a read_committed fetch that returns
+    /// records from `from` up to (not including) `upper`.
+    pub fn aborted_transactions(&self, from: i64, upper: i64) -> Vec<AbortedTxn> {
+        self.aborted.overlapping(from, upper)
+    }
+
+    /// Number of entries in the aborted-transaction index.
+    pub fn aborted_transaction_count(&self) -> usize {
+        self.aborted.len()
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
     }
@@ -587,6 +681,7 @@ impl PartitionLog {
             self.roll(end)?;
         }
         self.delete_segments_below_start()?;
+        self.prune_aborted()?;
         tracing::debug!(dir = %self.dir.display(), log_start_offset = offset, "moved log start offset");
         Ok(offset)
     }
@@ -629,6 +724,7 @@ impl PartitionLog {
             }
         }
         if stats.segments_deleted > 0 {
+            self.prune_aborted()?;
             tracing::debug!(dir = %self.dir.display(), segments = stats.segments_deleted, bytes = stats.bytes_deleted, log_start_offset = self.log_start_offset, "retention deleted segments");
         }
         Ok(stats)
@@ -721,6 +817,15 @@ impl PartitionLog {
     fn delete_segments_below_start(&mut self) -> Result<(), StorageError> {
         while !self.sealed.is_empty() && self.sealed.get(1).unwrap_or(&self.active).base_offset() <= self.log_start_offset {
             self.delete_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Drops aborted-transaction entries below the log start, rewriting the index file if any went.
+    fn prune_aborted(&mut self) -> Result<(), StorageError> {
+        if self.aborted.drop_below(self.log_start_offset) {
+            let dir = &self.dir;
+            self.aborted.rewrite(|bytes| write_file_atomically(dir, ABORTED_TXNS_FILE, bytes, true))?;
         }
         Ok(())
     }

@@ -5,16 +5,22 @@
 //! after a clean shutdown, loads the snapshot `close` wrote (encoded here), so a clean restart does not
 //! read the last day of data.
 //!
+//! Transactions live here too, as in Kafka's producer state: a producer whose transactional batches
+//! have no marker yet has an ongoing transaction starting at its first such batch. The smallest of
+//! those first offsets is the partition's last stable offset (LSO); a commit or abort marker ends the
+//! transaction, and an abort yields the aborted range that read_committed fetches report.
+//!
 //! Snapshot format (big-endian): crc32c u32 of everything after it, version u8, log end offset i64,
-//! producer count u32, then per producer: id i64, epoch i16, last timestamp i64, batch count u8, and
-//! per batch first sequence i32, last sequence i32, first offset i64, last offset i64.
+//! producer count u32, then per producer: id i64, epoch i16, last timestamp i64, ongoing transaction
+//! first offset i64 (-1 for none), batch count u8, and per batch first sequence i32, last sequence i32,
+//! first offset i64, last offset i64.
 //!
 //! Producers are forgotten `PRODUCER_ID_EXPIRATION_MS` after the largest timestamp of their last
 //! batch, as Kafka does with `producer.id.expiration.ms`, so the table does not grow forever.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use crate::batch::{BatchHeader, Reader};
+use crate::batch::{BatchHeader, ControlType, Reader};
 use crate::error::StorageError;
 
 /// How many recent batches per producer are remembered for duplicate detection (Kafka's
@@ -25,9 +31,9 @@ pub(crate) const PRODUCER_ID_EXPIRATION_MS: i64 = 86_400_000;
 /// Largest snapshot file `open` reads (over a million producers); a larger one is ignored and the
 /// state is rebuilt from the log instead.
 pub(crate) const PRODUCER_SNAPSHOT_BYTES_MAX: u64 = 256 * 1024 * 1024;
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 /// Bytes of one producer in a snapshot without its batches, and of one batch.
-const SNAPSHOT_PRODUCER_BYTES: usize = 8 + 2 + 8 + 1;
+const SNAPSHOT_PRODUCER_BYTES: usize = 8 + 2 + 8 + 8 + 1;
 const SNAPSHOT_BATCH_BYTES: usize = 4 + 4 + 8 + 8;
 
 /// Sequence and offset range of one appended batch.
@@ -48,9 +54,15 @@ struct ProducerEntry {
     len: usize,
     /// Max timestamp of the producer's last batch, for expiration.
     last_timestamp: i64,
+    /// First offset of the producer's ongoing transaction in this partition; -1 when none.
+    txn_first_offset: i64,
 }
 
 impl ProducerEntry {
+    fn new(epoch: i16, last_timestamp: i64) -> ProducerEntry {
+        ProducerEntry { epoch, batches: [CachedBatch::default(); PRODUCER_BATCHES_CACHED], len: 0, last_timestamp, txn_first_offset: -1 }
+    }
+
     fn cached(&self) -> &[CachedBatch] {
         self.batches.get(..self.len).unwrap_or_default()
     }
@@ -89,9 +101,20 @@ pub(crate) struct Pending {
     pub last_sequence: i32,
 }
 
+/// A transaction that ended with an abort marker: read_committed consumers drop the producer's
+/// records from `first_offset` up to the marker at `last_offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// (first offset, producer id) of every ongoing transaction; its first element bounds the LSO.
+    ongoing: BTreeSet<(i64, i64)>,
 }
 
 /// The sequence number `delta` after `sequence`, wrapping from i32::MAX to 0 as Kafka's do.
@@ -117,6 +140,11 @@ impl ProducerStateTable {
             None => match self.producers.get(&producer_id) {
                 Some(entry) => match entry.latest() {
                     Some(latest) => (entry.epoch, latest.last_sequence, entry.cached()),
+                    // Known only from a marker (which carries no sequence): any sequence may start,
+                    // but not from an older epoch.
+                    None if header.producer_epoch < entry.epoch => {
+                        return Err(StorageError::InvalidProducerEpoch { producer_id, current: entry.epoch, got: header.producer_epoch });
+                    }
                     None => return Ok(SequenceCheck::Append),
                 },
                 // Unknown producer (new, or expired): accept whatever sequence it starts at, as Kafka
@@ -155,23 +183,70 @@ impl ProducerStateTable {
             first_offset: header.base_offset,
             last_offset: header.last_offset(),
         };
-        let entry = self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry {
-            epoch: header.producer_epoch,
-            batches: [CachedBatch::default(); PRODUCER_BATCHES_CACHED],
-            len: 0,
-            last_timestamp: header.max_timestamp,
-        });
+        let entry =
+            self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, header.max_timestamp));
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.len = 0;
         }
         entry.push(batch);
         entry.last_timestamp = header.max_timestamp;
+        if header.is_transactional() && entry.txn_first_offset < 0 {
+            entry.txn_first_offset = header.base_offset;
+            self.ongoing.insert((header.base_offset, header.producer_id));
+        }
     }
 
-    /// Forgets producers whose last batch's max timestamp is older than `cutoff_ms`.
+    /// Refuses a marker from an epoch older than the producer's: a fenced coordinator request.
+    pub(crate) fn check_marker(&self, producer_id: i64, epoch: i16) -> Result<(), StorageError> {
+        match self.producers.get(&producer_id) {
+            Some(entry) if epoch < entry.epoch => Err(StorageError::InvalidProducerEpoch { producer_id, current: entry.epoch, got: epoch }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records an appended (or recovered) transaction marker: it ends the producer's ongoing
+    /// transaction, if any, and raises its epoch to the marker's (a fencing abort carries a bumped
+    /// epoch). Returns the aborted range for an abort that ended a transaction.
+    pub(crate) fn record_marker(&mut self, header: &BatchHeader, control: ControlType) -> Option<AbortedTxn> {
+        let entry =
+            self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, header.max_timestamp));
+        if header.producer_epoch > entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.len = 0;
+        }
+        entry.last_timestamp = entry.last_timestamp.max(header.max_timestamp);
+        let first_offset = std::mem::replace(&mut entry.txn_first_offset, -1);
+        if first_offset < 0 {
+            return None;
+        }
+        self.ongoing.remove(&(first_offset, header.producer_id));
+        (control == ControlType::Abort).then_some(AbortedTxn {
+            producer_id: header.producer_id,
+            first_offset,
+            last_offset: header.base_offset,
+        })
+    }
+
+    /// The producer's current epoch, if it is known here.
+    pub(crate) fn epoch(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|e| e.epoch)
+    }
+
+    /// First offset of the oldest ongoing transaction: nothing at or after it is stable.
+    pub(crate) fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.first().map(|(offset, _)| *offset)
+    }
+
+    /// (producer id, first offset) of every ongoing transaction, oldest first.
+    pub(crate) fn ongoing_transactions(&self) -> Vec<(i64, i64)> {
+        self.ongoing.iter().map(|(offset, producer)| (*producer, *offset)).collect()
+    }
+
+    /// Forgets producers whose last batch's max timestamp is older than `cutoff_ms`, except those in a
+    /// transaction: their state bounds the last stable offset until a marker ends it.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
-        self.producers.retain(|_, entry| entry.last_timestamp >= cutoff_ms);
+        self.producers.retain(|_, entry| entry.last_timestamp >= cutoff_ms || entry.txn_first_offset >= 0);
     }
 
     /// The snapshot of this state, taken at `log_end_offset`.
@@ -187,6 +262,7 @@ impl ProducerStateTable {
             out.extend_from_slice(&producer_id.to_be_bytes());
             out.extend_from_slice(&entry.epoch.to_be_bytes());
             out.extend_from_slice(&entry.last_timestamp.to_be_bytes());
+            out.extend_from_slice(&entry.txn_first_offset.to_be_bytes());
             out.push(entry.len as u8);
             for batch in entry.cached() {
                 out.extend_from_slice(&batch.first_sequence.to_be_bytes());
@@ -214,14 +290,14 @@ impl ProducerStateTable {
         let count = r.u32()? as usize;
         // The count comes from a file: allocate for what the bytes can actually hold.
         let mut producers = HashMap::with_capacity(count.min(bytes.len() / SNAPSHOT_PRODUCER_BYTES));
+        let mut ongoing = BTreeSet::new();
         for _ in 0..count {
             let producer_id = r.i64()?;
-            let mut entry = ProducerEntry {
-                epoch: r.i16()?,
-                batches: [CachedBatch::default(); PRODUCER_BATCHES_CACHED],
-                len: 0,
-                last_timestamp: r.i64()?,
-            };
+            let mut entry = ProducerEntry::new(r.i16()?, r.i64()?);
+            entry.txn_first_offset = r.i64()?.max(-1);
+            if entry.txn_first_offset >= 0 {
+                ongoing.insert((entry.txn_first_offset, producer_id));
+            }
             let len = r.i8()? as u8 as usize;
             if len > PRODUCER_BATCHES_CACHED {
                 return None;
@@ -236,7 +312,7 @@ impl ProducerStateTable {
             }
             producers.insert(producer_id, entry);
         }
-        r.is_empty().then_some((log_end_offset, ProducerStateTable { producers }))
+        r.is_empty().then_some((log_end_offset, ProducerStateTable { producers, ongoing }))
     }
 }
 

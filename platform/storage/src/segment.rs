@@ -408,7 +408,7 @@ impl Segment {
     }
 
     /// Walks every batch header (no CRC, payloads skipped where possible) in order.
-    pub(crate) fn for_each_header(&self, scanner: &mut BatchScanner, mut each: impl FnMut(&BatchHeader)) -> Result<(), StorageError> {
+    pub(crate) fn for_each_header(&self, scanner: &mut BatchScanner, mut each: impl FnMut(&BatchHeader, u64)) -> Result<(), StorageError> {
         scanner.reset(0);
         loop {
             match scanner.next(&self.file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
@@ -416,9 +416,19 @@ impl Segment {
                 Scanned::Invalid { position, reason } => {
                     return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
                 }
-                Scanned::Batch { header, .. } => each(&header),
+                Scanned::Batch { header, position, .. } => each(&header, position),
             }
         }
+    }
+
+    /// The control type of the control batch at file position `position` (read from its first
+    /// record's key). `None` when it cannot be read; recovery then treats the marker as unknown.
+    pub(crate) fn control_type_at(&self, position: u64) -> Option<crate::batch::ControlType> {
+        let mut buf = [0u8; crate::batch::CONTROL_BATCH_BYTES + 16];
+        let available = usize::try_from(self.size_bytes.saturating_sub(position)).ok()?.min(buf.len());
+        let target = buf.get_mut(..available)?;
+        self.file.read_exact_at(target, position).ok()?;
+        crate::batch::control_type(target)
     }
 
     /// fdatasync of the `.log`. Pending index entries are written too; the index files are fsynced

@@ -1,4 +1,6 @@
-//! Fetch: serves stored batches byte for byte, below each partition's high watermark.
+//! Fetch: serves stored batches byte for byte, below each partition's high watermark, or for
+//! read_committed consumers below its last stable offset, with the aborted transactions overlapping
+//! what is returned so the client can drop their records (and every control batch).
 //!
 //! If the first pass finds fewer than `min_bytes`, the request waits (up to `max_wait_ms`) for any of
 //! its partitions' high watermarks to move, then reads again. The wait is a deferred reply, so the
@@ -11,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, ResponseKind};
 use sluice_storage::StorageError;
 use tokio::sync::watch;
 
@@ -27,6 +29,8 @@ pub const FETCH_WAIT_MS_MAX: i32 = 300_000;
 struct FetchPlan {
     topics: Vec<FetchTopic>,
     max_bytes: usize,
+    /// isolation_level = 1: read below the last stable offset and report aborted transactions.
+    read_committed: bool,
 }
 
 fn partition_error(index: i32, error: ResponseError) -> PartitionData {
@@ -80,9 +84,9 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
-                    let high_watermark = partition.high_watermark();
-                    match blocking(|| partition.read(fp.fetch_offset, partition_max, min_one)) {
-                        Ok(read) => {
+                    match blocking(|| partition.read_isolated(fp.fetch_offset, partition_max, min_one, plan.read_committed)) {
+                        Ok(isolated) => {
+                            let read = isolated.read;
                             total += read.bytes.len();
                             if let Some(topic) = &topic
                                 && !read.bytes.is_empty()
@@ -90,12 +94,21 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                                 topic.metrics.bytes_out.inc_by(read.bytes.len() as u64);
                                 topic.metrics.records_out.inc_by(count_records(&read.bytes));
                             }
+                            let aborted = isolated.aborted.map(|list| {
+                                list.into_iter()
+                                    .map(|a| {
+                                        AbortedTransaction::default()
+                                            .with_producer_id(ProducerId(a.producer_id))
+                                            .with_first_offset(a.first_offset)
+                                    })
+                                    .collect()
+                            });
                             PartitionData::default()
                                 .with_partition_index(fp.partition)
-                                .with_high_watermark(high_watermark)
-                                .with_last_stable_offset(high_watermark)
+                                .with_high_watermark(isolated.high_watermark)
+                                .with_last_stable_offset(isolated.last_stable_offset)
                                 .with_log_start_offset(read.log_start_offset)
-                                .with_aborted_transactions(None)
+                                .with_aborted_transactions(aborted)
                                 .with_records(Some(read.bytes))
                         }
                         Err(error) => {
@@ -104,7 +117,7 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                                 tracing::warn!(topic = fetch_topic.topic.0.as_str(), partition = fp.partition, %error, "fetch failed");
                             }
                             partition_error(fp.partition, storage_error_code(&error))
-                                .with_high_watermark(high_watermark)
+                                .with_high_watermark(partition.high_watermark())
                                 .with_log_start_offset(partition.log_start_offset())
                         }
                     }
@@ -126,7 +139,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
     let broker_max = broker.config.fetch_bytes_max();
     // Fetch v0-2 had no response-level limit.
     let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
-    let plan = FetchPlan { topics: request.topics, max_bytes };
+    let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1 };
     let (responses, total, any_error) = read_all(broker, &plan);
     let max_wait = request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64;
     let min_bytes = request.min_bytes.max(0) as usize;

@@ -294,6 +294,12 @@ macro_rules! offset_fetch_topics {
 }
 
 pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    // require_stable (v7+, KIP-447): a partition with offsets staged by an open transaction answers
+    // UNSTABLE_OFFSET_COMMIT, and the client retries until the transaction ends.
+    let unstable = |group: &str, topic: &str, partition: i32| {
+        request.require_stable && broker.transactions.has_pending_offset(group, topic, partition)
+    };
+    let code = ResponseError::UnstableOffsetCommit.code();
     if version >= 8 {
         let groups = request
             .groups
@@ -302,19 +308,28 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
                 let id = g.group_id.0.to_string();
                 let wanted = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
                 let entries = fetch_group_offsets(broker, &id, wanted);
-                OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(offset_fetch_topics!(
-                    entries,
-                    OffsetFetchResponseTopics,
-                    OffsetFetchResponsePartitions
-                ))
+                let mut topics: Vec<OffsetFetchResponseTopics> =
+                    offset_fetch_topics!(entries, OffsetFetchResponseTopics, OffsetFetchResponsePartitions);
+                for topic in topics.iter_mut() {
+                    for partition in topic.partitions.iter_mut().filter(|p| unstable(&id, topic.name.0.as_str(), p.partition_index)) {
+                        partition.error_code = code;
+                    }
+                }
+                OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_topics(topics)
             })
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
     let group = request.group_id.0.to_string();
-    let wanted = request.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let wanted = request.topics.clone().map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
     let entries = fetch_group_offsets(broker, &group, wanted);
-    OffsetFetchResponse::default().with_topics(offset_fetch_topics!(entries, OffsetFetchResponseTopic, OffsetFetchResponsePartition))
+    let mut topics: Vec<OffsetFetchResponseTopic> = offset_fetch_topics!(entries, OffsetFetchResponseTopic, OffsetFetchResponsePartition);
+    for topic in topics.iter_mut() {
+        for partition in topic.partitions.iter_mut().filter(|p| unstable(&group, topic.name.0.as_str(), p.partition_index)) {
+            partition.error_code = code;
+        }
+    }
+    OffsetFetchResponse::default().with_topics(topics)
 }
 
 pub fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {

@@ -13,6 +13,8 @@ pub const EARLIEST_TIMESTAMP: i64 = -2;
 pub const MAX_TIMESTAMP: i64 = -3;
 
 pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
+    // read_committed consumers may only see offsets below the last stable offset.
+    let read_committed = request.isolation_level == 1;
     let topics = request
         .topics
         .into_iter()
@@ -32,8 +34,9 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version: i16) 
                     }
                     // leader_epoch exists from v4; encoding it at older versions is refused by the codec.
                     let epoch = if version >= 4 { partition.leader_epoch } else { -1 };
+                    let visible_end = if read_committed { partition.last_stable_offset() } else { partition.high_watermark() };
                     match p.timestamp {
-                        LATEST_TIMESTAMP => response.with_offset(partition.high_watermark()).with_timestamp(-1).with_leader_epoch(epoch),
+                        LATEST_TIMESTAMP => response.with_offset(visible_end).with_timestamp(-1).with_leader_epoch(epoch),
                         EARLIEST_TIMESTAMP => {
                             response.with_offset(partition.log_start_offset()).with_timestamp(-1).with_leader_epoch(epoch)
                         }
@@ -42,7 +45,7 @@ pub fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version: i16) 
                             None => response.with_offset(-1).with_timestamp(-1),
                         },
                         timestamp if timestamp >= 0 => match blocking(|| partition.log.read().offset_for_timestamp(timestamp)) {
-                            Ok(Some((offset, found))) if offset < partition.high_watermark() => {
+                            Ok(Some((offset, found))) if offset < visible_end => {
                                 response.with_offset(offset).with_timestamp(found).with_leader_epoch(epoch)
                             }
                             Ok(_) => response.with_offset(-1).with_timestamp(-1),

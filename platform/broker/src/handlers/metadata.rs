@@ -111,8 +111,8 @@ pub fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinator
     let (host, port) = advertised(broker, ctx);
     let node = BrokerId(broker.node_id());
     let error = match request.key_type {
-        0 => None,
-        1 => Some(ResponseError::CoordinatorNotAvailable),
+        // Groups and transactions: this node coordinates both.
+        0 | 1 => None,
         _ => Some(ResponseError::InvalidRequest),
     };
     if version >= 4 {

@@ -23,6 +23,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 pub mod topics;
+pub mod txn;
 
 /// The connection a request arrived on.
 pub struct ConnCtx {
@@ -73,6 +74,12 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: DecodedReque
         RequestKind::OffsetCommit(r) => ready(groups::offset_commit(broker, r).into()),
         RequestKind::OffsetFetch(r) => ready(groups::offset_fetch(broker, r, version).into()),
         RequestKind::OffsetDelete(r) => ready(groups::offset_delete(broker, r).into()),
+        RequestKind::AddPartitionsToTxn(r) => ready(txn::add_partitions_to_txn(broker, r).into()),
+        RequestKind::AddOffsetsToTxn(r) => ready(txn::add_offsets_to_txn(broker, r).into()),
+        RequestKind::TxnOffsetCommit(r) => ready(txn::txn_offset_commit(broker, r).into()),
+        RequestKind::EndTxn(r) => ready(txn::end_txn(broker, r).into()),
+        RequestKind::DescribeTransactions(r) => ready(txn::describe_transactions(broker, r).into()),
+        RequestKind::ListTransactions(r) => ready(txn::list_transactions(broker, r).into()),
         // decode_request only yields the APIs in SUPPORTED_APIS, all matched above.
         other => {
             tracing::error!(request = ?std::mem::discriminant(&other), "request kind without a handler");

@@ -1,4 +1,5 @@
-//! Produce and InitProducerId.
+//! Produce and InitProducerId. Transactional batches are appended only after the transaction
+//! coordinator confirms the producer's transaction is open and holds the partition.
 //!
 //! A produce request's batches are validated and appended by the storage engine in request order
 //! (idempotent sequence checks happen there, under the partition lock). With the page-cache flush
@@ -11,7 +12,7 @@ use std::time::Duration;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, ResponseKind};
-use sluice_storage::{AppendMode, StorageError};
+use sluice_storage::{AppendMode, BatchHeader, StorageError};
 
 use super::{Reply, blocking, str_bytes};
 use crate::broker::Broker;
@@ -50,9 +51,6 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             .collect();
         return Reply::Ready(ProduceResponse::default().with_responses(responses).into());
     }
-    if request.transactional_id.is_some() {
-        tracing::warn!("transactional produce refused: transactions are not implemented yet");
-    }
     let now = crate::now_ms();
     let mut pending = Vec::new();
     let mut responses = Vec::with_capacity(request.topic_data.len());
@@ -62,14 +60,6 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
         for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;
-            if request.transactional_id.is_some() {
-                partition_responses.push(error_response(
-                    index,
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    Some("transactions are not supported by this broker yet".into()),
-                ));
-                continue;
-            }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(index)) else {
                 partition_responses.push(error_response(index, ResponseError::UnknownTopicOrPartition, None));
                 continue;
@@ -81,8 +71,41 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             // The storage engine rewrites offsets in place; the request frame is shared, so copy the
             // batch bytes once here (per batch, never per record).
             let mut batch = records.to_vec();
-            let appended =
-                blocking(|| partition.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch }, now));
+            let mode = AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch };
+            let header = BatchHeader::parse(&batch);
+            let transactional = header.is_some_and(|h| h.is_transactional());
+            if transactional != request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+                let why = if transactional {
+                    "transactional batches need the request's transactional id"
+                } else {
+                    "a transactional request carries non-transactional batches"
+                };
+                partition_responses.push(error_response(index, ResponseError::InvalidRecord, Some(why.into())));
+                continue;
+            }
+            let appended = match header.filter(|_| transactional) {
+                // The coordinator checks the producer's transaction holds this partition, and keeps
+                // the transaction from completing while the batch is appended.
+                Some(h) => match blocking(|| {
+                    broker
+                        .transactions
+                        .transactional_append(h.producer_id, h.producer_epoch, &name, index, || partition.append(&mut batch, mode, now))
+                }) {
+                    Ok(appended) => appended,
+                    Err(error) => {
+                        tracing::debug!(
+                            topic = name,
+                            partition = index,
+                            producer_id = h.producer_id,
+                            ?error,
+                            "transactional produce refused"
+                        );
+                        partition_responses.push(error_response(index, error, None));
+                        continue;
+                    }
+                },
+                None => blocking(|| partition.append(&mut batch, mode, now)),
+            };
             match appended {
                 Ok(result) => {
                     if let Some(topic) = &topic {
@@ -151,12 +174,8 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
 }
 
 pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
-    if request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
-        tracing::warn!(transactional_id = %request.transactional_id.as_ref().map(|t| t.0.to_string()).unwrap_or_default(), "InitProducerId with a transactional.id refused: transactions are not implemented yet");
-        return InitProducerIdResponse::default()
-            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+    if let Some(transactional_id) = request.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
+        return super::txn::init_producer_id(broker, &request, &transactional_id.0.to_string());
     }
     // KIP-360: an idempotent producer that hit an unrecoverable sequence error asks to bump its
     // epoch, keeping its id; sequences restart at 0 under the new epoch.

@@ -1,0 +1,219 @@
+//! The transactional APIs: InitProducerId with a transactional id, AddPartitionsToTxn,
+//! AddOffsetsToTxn, TxnOffsetCommit, EndTxn, DescribeTransactions and ListTransactions. They check
+//! shapes and bounds and call the transaction coordinator (`crate::transactions`), which owns the
+//! state machine; WriteTxnMarkers has no handler because this node writes its markers itself.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_response::{AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult};
+use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTransaction;
+use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse, ListTransactionsRequest,
+    ListTransactionsResponse, ProducerId, TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+};
+
+use super::{blocking, str_bytes};
+use crate::broker::Broker;
+use crate::offsets::CommittedOffset;
+use crate::transactions::TxnStatus;
+
+/// Most partitions one AddPartitionsToTxn or TxnOffsetCommit request may name (the coordinator also
+/// bounds each transaction's totals).
+pub const TXN_REQUEST_PARTITIONS_MAX: usize = 10_000;
+
+/// InitProducerId with a non-empty transactional id.
+pub fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
+    let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
+    let outcome = blocking(|| broker.transactions.init_producer_id(broker, transactional_id, request.transaction_timeout_ms, expected));
+    match outcome {
+        Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
+        Err(error) => {
+            tracing::debug!(transactional_id, ?error, "InitProducerId refused");
+            InitProducerIdResponse::default().with_error_code(error.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
+        }
+    }
+}
+
+pub fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
+    // v4+ batches several transactions for broker-to-broker verification; clients use v0-3, the only
+    // versions advertised.
+    let topics = request.v3_and_below_topics;
+    let wanted: Vec<(String, i32)> = topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p))).collect();
+    let outcome = if wanted.len() > TXN_REQUEST_PARTITIONS_MAX {
+        Err(ResponseError::InvalidRequest)
+    } else {
+        blocking(|| {
+            broker.transactions.add_partitions(
+                broker,
+                request.v3_and_below_transactional_id.0.as_str(),
+                request.v3_and_below_producer_id.0,
+                request.v3_and_below_producer_epoch,
+                &wanted,
+            )
+        })
+    };
+    let results = topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error = match &outcome {
+                        Err(error) => Some(*error),
+                        Ok(results) => {
+                            results.iter().find(|((topic, index), _)| topic == t.name.0.as_str() && index == p).and_then(|(_, e)| *e)
+                        }
+                    };
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(*p)
+                        .with_partition_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(partitions)
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+}
+
+pub fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    let outcome = blocking(|| {
+        broker.transactions.add_offsets(
+            request.transactional_id.0.as_str(),
+            request.producer_id.0,
+            request.producer_epoch,
+            request.group_id.0.as_str(),
+        )
+    });
+    AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |e| e.code()))
+}
+
+pub fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    let now = crate::now_ms();
+    let offsets: Vec<((String, i32), CommittedOffset)> = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    (t.name.0.to_string(), p.partition_index),
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                        commit_timestamp_ms: now,
+                    },
+                )
+            })
+        })
+        .collect();
+    let outcome = if offsets.len() > TXN_REQUEST_PARTITIONS_MAX {
+        Err(ResponseError::InvalidRequest)
+    } else {
+        blocking(|| {
+            broker.transactions.txn_offset_commit(
+                broker,
+                request.transactional_id.0.as_str(),
+                request.group_id.0.as_str(),
+                request.producer_id.0,
+                request.producer_epoch,
+                request.generation_id,
+                request.member_id.as_str(),
+                offsets,
+            )
+        })
+    };
+    let topics = request
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let error = match &outcome {
+                        Err(error) => Some(*error),
+                        Ok(results) => results
+                            .iter()
+                            .find(|((topic, index), _)| topic == t.name.0.as_str() && *index == p.partition_index)
+                            .and_then(|(_, e)| *e),
+                    };
+                    TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(error.map_or(0, |e| e.code()))
+                })
+                .collect();
+            TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+pub fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
+    let id = request.transactional_id.0.to_string();
+    let outcome = blocking(|| broker.transactions.end_txn(broker, &id, request.producer_id.0, request.producer_epoch, request.committed));
+    if let Err(error) = outcome {
+        tracing::debug!(transactional_id = id, commit = request.committed, ?error, "EndTxn refused");
+    }
+    EndTxnResponse::default()
+        .with_error_code(outcome.err().map_or(0, |e| e.code()))
+        .with_producer_id(request.producer_id)
+        .with_producer_epoch(request.producer_epoch)
+}
+
+pub fn describe_transactions(broker: &Broker, request: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+    let states = request
+        .transactional_ids
+        .into_iter()
+        .map(|id| match broker.transactions.describe(id.0.as_str()) {
+            None => TransactionState::default()
+                .with_transactional_id(id)
+                .with_error_code(ResponseError::TransactionalIdNotFound.code())
+                .with_transaction_state(str_bytes(""))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+            Some(view) => {
+                let mut topics: Vec<TopicData> = Vec::new();
+                for (topic, partition) in view.partitions {
+                    match topics.last_mut() {
+                        Some(last) if last.topic.0.as_str() == topic => last.partitions.push(partition),
+                        _ => topics.push(TopicData::default().with_topic(TopicName(str_bytes(topic))).with_partitions(vec![partition])),
+                    }
+                }
+                TransactionState::default()
+                    .with_transactional_id(id)
+                    .with_transaction_state(str_bytes(view.state))
+                    .with_transaction_timeout_ms(view.timeout_ms)
+                    .with_transaction_start_time_ms(view.start_ms)
+                    .with_producer_id(ProducerId(view.producer_id))
+                    .with_producer_epoch(view.producer_epoch)
+                    .with_topics(topics)
+            }
+        })
+        .collect();
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+pub fn list_transactions(broker: &Broker, request: ListTransactionsRequest) -> ListTransactionsResponse {
+    let known: Vec<&str> = TxnStatus::ALL.iter().map(|s| s.name()).collect();
+    let unknown: Vec<_> = request.state_filters.iter().filter(|s| !known.contains(&s.as_str())).cloned().collect();
+    let now = crate::now_ms();
+    let states = broker
+        .transactions
+        .list()
+        .into_iter()
+        .filter(|v| request.state_filters.is_empty() || request.state_filters.iter().any(|s| s.as_str() == v.state))
+        .filter(|v| request.producer_id_filters.is_empty() || request.producer_id_filters.iter().any(|p| p.0 == v.producer_id))
+        // v1: only transactions running longer than the filter (Ongoing ones have a start time).
+        .filter(|v| request.duration_filter < 0 || (v.start_ms >= 0 && now - v.start_ms > request.duration_filter))
+        .map(|v| {
+            ListedTransaction::default()
+                .with_transactional_id(TransactionalId(str_bytes(v.transactional_id)))
+                .with_producer_id(ProducerId(v.producer_id))
+                .with_transaction_state(str_bytes(v.state))
+        })
+        .collect();
+    ListTransactionsResponse::default().with_unknown_state_filters(unknown).with_transaction_states(states)
+}

@@ -1,0 +1,183 @@
+//! The broker's own keyed logs (`__consumer_offsets-0`, `__transaction_state-0` in the data
+//! directory), kept the way Kafka keeps its internal topics: every change appends records whose key
+//! names an entity and whose value is its new state; a record without a value (a tombstone) deletes
+//! it. The owner rebuilds its in-memory map by replaying the log at start-up.
+//!
+//! Such a log is compacted by rewriting: once it holds much more than the live entries, the live map
+//! is written to a fresh log beside it (`<name>.rewrite`), the old one is renamed away
+//! (`<name>.retired`) and the new one takes its place. A crash mid-rewrite leaves either the old log
+//! (the incomplete rewrite is discarded at the next open) or a complete new one whose swap the next
+//! open finishes.
+//!
+//! Keys and values are opaque bytes here; the owners encode them with rmp-serde.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use bytes::BytesMut;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use parking_lot::{Mutex, MutexGuard};
+use sluice_storage::{AppendMode, LogConfig, PartitionLog};
+
+use crate::error::BrokerError;
+
+const REWRITE_SUFFIX: &str = ".rewrite";
+const RETIRED_SUFFIX: &str = ".retired";
+/// Bytes read per step while replaying a log at start-up.
+const REPLAY_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// A log is rewritten when it exceeds this size and is several times larger than its live data.
+const REWRITE_THRESHOLD_BYTES: u64 = 64 * 1024 * 1024;
+const REWRITE_GARBAGE_RATIO: u64 = 4;
+/// Entries per record batch when rewriting, to keep each batch well below the batch size limit.
+const REWRITE_BATCH_ENTRIES: usize = 2000;
+
+/// One record: a key and its new value, or `None` to delete the key.
+pub type KeyedEntry = (Vec<u8>, Option<Vec<u8>>);
+
+pub struct KeyedLog {
+    name: &'static str,
+    dir: PathBuf,
+    log: Mutex<PartitionLog>,
+}
+
+fn log_config() -> LogConfig {
+    LogConfig { retention_ms: None, retention_bytes: None, delete_enabled: false, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() }
+}
+
+fn encode(entries: &[KeyedEntry], now: i64) -> Result<BytesMut, BrokerError> {
+    // Offsets inside the batch must be consecutive: the encoder derives the batch's last offset
+    // delta from them, and the log rejects a batch whose count and delta disagree.
+    let records: Vec<Record> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now,
+            key: Some(key.clone().into()),
+            value: value.clone().map(Into::into),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
+        .map_err(|e| BrokerError::Storage(format!("encoding an internal log record: {e}")))?;
+    Ok(buf)
+}
+
+fn replay(name: &str, log: &PartitionLog, each: &mut impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), String> {
+    let mut position = log.log_start_offset();
+    let end = log.log_end_offset();
+    while position < end {
+        let read = log.read(position, REPLAY_CHUNK_BYTES, end, true).map_err(|e| e.to_string())?;
+        if read.bytes.is_empty() {
+            break;
+        }
+        let mut bytes = read.bytes;
+        let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| format!("{name}: {e}"))?;
+        for record in sets.iter().flat_map(|s| s.records.iter()) {
+            position = position.max(record.offset + 1);
+            match &record.key {
+                Some(key) => each(key, record.value.as_deref()),
+                None => tracing::warn!(log = name, offset = record.offset, "skipping a keyless record"),
+            }
+        }
+    }
+    Ok(())
+}
+
+impl KeyedLog {
+    /// Opens `data_dir/name` (finishing or discarding an interrupted rewrite) and replays every record
+    /// into `each`, oldest first.
+    pub fn open(data_dir: &Path, name: &'static str, now: i64, mut each: impl FnMut(&[u8], Option<&[u8]>)) -> Result<KeyedLog, String> {
+        let dir = data_dir.join(name);
+        let rewrite = data_dir.join(format!("{name}{REWRITE_SUFFIX}"));
+        let retired = data_dir.join(format!("{name}{RETIRED_SUFFIX}"));
+        // A finished rewrite whose swap was cut short: the new log is complete once the old one has
+        // been retired, so finish the swap; otherwise the rewrite is incomplete and discarded.
+        if !dir.exists() && rewrite.exists() && retired.exists() {
+            fs::rename(&rewrite, &dir).map_err(|e| format!("finishing the {name} rewrite: {e}"))?;
+        }
+        for leftover in [&rewrite, &retired] {
+            if leftover.exists() {
+                fs::remove_dir_all(leftover).map_err(|e| format!("removing {}: {e}", leftover.display()))?;
+            }
+        }
+        let log = PartitionLog::open(&dir, log_config(), now).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+        replay(name, &log, &mut each)?;
+        Ok(KeyedLog { name, dir, log: Mutex::new(log) })
+    }
+
+    /// Exclusive access for an append (and the owner's map update that must follow it in order).
+    pub fn lock(&self) -> KeyedLogGuard<'_> {
+        KeyedLogGuard { owner: self, log: self.log.lock() }
+    }
+
+    pub fn close(&self) {
+        if let Err(error) = self.log.lock().close() {
+            tracing::error!(log = self.name, %error, "closing an internal log failed");
+        }
+    }
+}
+
+pub struct KeyedLogGuard<'a> {
+    owner: &'a KeyedLog,
+    log: MutexGuard<'a, PartitionLog>,
+}
+
+impl KeyedLogGuard<'_> {
+    /// Appends the entries as one batch; with `fsync`, durably. Blocking file I/O.
+    pub fn append(&mut self, entries: &[KeyedEntry], fsync: bool) -> Result<(), BrokerError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = crate::now_ms();
+        let mut batch = encode(entries, now)?;
+        self.log.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now)?;
+        if fsync {
+            self.log.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the log is large and mostly garbage given `live_entries` live keys of about
+    /// `entry_bytes` each.
+    pub fn wants_rewrite(&self, live_entries: usize, entry_bytes: u64) -> bool {
+        let size = self.log.size_bytes();
+        size > REWRITE_THRESHOLD_BYTES && size > REWRITE_GARBAGE_RATIO * live_entries as u64 * entry_bytes
+    }
+
+    /// Replaces the log with one holding only `live` (see the module docs). On failure the current
+    /// log stays in use.
+    pub fn rewrite(&mut self, live: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let name = self.owner.name;
+        let dir = &self.owner.dir;
+        let parent = dir.parent().ok_or("internal log directory has no parent")?;
+        let rewrite = parent.join(format!("{name}{REWRITE_SUFFIX}"));
+        let retired = parent.join(format!("{name}{RETIRED_SUFFIX}"));
+        let now = crate::now_ms();
+        let mut fresh = PartitionLog::open(&rewrite, log_config(), now).map_err(|e| e.to_string())?;
+        for chunk in live.chunks(REWRITE_BATCH_ENTRIES) {
+            let entries: Vec<KeyedEntry> = chunk.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            let mut batch = encode(&entries, now).map_err(|e| e.to_string())?;
+            fresh.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now).map_err(|e| e.to_string())?;
+        }
+        fresh.close().map_err(|e| e.to_string())?;
+        self.log.close().map_err(|e| e.to_string())?;
+        fs::rename(dir, &retired).map_err(|e| e.to_string())?;
+        fs::rename(&rewrite, dir).map_err(|e| e.to_string())?;
+        *self.log = PartitionLog::open(dir, log_config(), now).map_err(|e| e.to_string())?;
+        fs::remove_dir_all(&retired).map_err(|e| e.to_string())?;
+        tracing::info!(log = name, entries = live.len(), elapsed_ms = started.elapsed().as_millis() as u64, "rewrote an internal log");
+        Ok(())
+    }
+}

@@ -1,0 +1,316 @@
+//! Kafka transactions at the wire level: the coordinator's state machine and its error codes, markers
+//! and the last stable offset as fetches see them, transactional offsets, and the timeout abort.
+//! Real clients (librdkafka) run the same flows end to end in `tests/test_transactions.py`.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use common::*;
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::txn_offset_commit_request::{TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+const INVALID_TXN_STATE: i16 = 48;
+const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+const INVALID_TRANSACTION_TIMEOUT: i16 = 50;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+const PRODUCER_FENCED: i16 = 90;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+
+fn s(value: &str) -> StrBytes {
+    StrBytes::from_string(value.to_string())
+}
+
+fn txn_batch(values: &[&str], producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: true,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence + i as i32,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(v.to_string())),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    buf.freeze()
+}
+
+async fn init(client: &mut Client, id: &str, timeout_ms: i32) -> (i16, i64, i16) {
+    let request =
+        InitProducerIdRequest::default().with_transactional_id(Some(TransactionalId(s(id)))).with_transaction_timeout_ms(timeout_ms);
+    let response: InitProducerIdResponse = client.call(ApiKey::InitProducerId, 3, &request).await;
+    (response.error_code, response.producer_id.0, response.producer_epoch)
+}
+
+async fn add_partition(client: &mut Client, id: &str, producer_id: i64, epoch: i16, topic: &str, partition: i32) -> i16 {
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s(id)))
+        .with_v3_and_below_producer_id(ProducerId(producer_id))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default().with_name(TopicName(s(topic))).with_partitions(vec![partition])]);
+    let response: AddPartitionsToTxnResponse = client.call(ApiKey::AddPartitionsToTxn, 3, &request).await;
+    response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+}
+
+async fn end(client: &mut Client, id: &str, producer_id: i64, epoch: i16, commit: bool) -> i16 {
+    let request = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(id)))
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    let response: EndTxnResponse = client.call(ApiKey::EndTxn, 3, &request).await;
+    response.error_code
+}
+
+async fn txn_produce(client: &mut Client, id: &str, topic: &str, records: Bytes) -> (i16, i64) {
+    let request =
+        ProduceRequest::default().with_transactional_id(Some(TransactionalId(s(id)))).with_acks(-1).with_timeout_ms(5000).with_topic_data(
+            vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(s(topic)))
+                    .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))]),
+            ],
+        );
+    let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request).await;
+    let p = &response.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+struct Fetched {
+    high_watermark: i64,
+    last_stable_offset: i64,
+    aborted: Vec<(i64, i64)>,
+    values: Vec<(i64, String)>,
+}
+
+async fn fetch_isolated(client: &mut Client, topic: &str, offset: i64, read_committed: bool) -> Fetched {
+    let request = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(if read_committed { 1 } else { 0 })
+        .with_topics(vec![FetchTopic::default().with_topic(TopicName(s(topic))).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_fetch_offset(offset).with_partition_max_bytes(1 << 20),
+        ])]);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request).await;
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    let records = p.records.clone().unwrap_or_default();
+    // Control records (markers) have no value; data records here always do.
+    let values = {
+        let mut buf = records;
+        kafka_protocol::records::RecordBatchDecoder::decode_all(&mut buf)
+            .unwrap()
+            .into_iter()
+            .flat_map(|set| set.records)
+            .filter(|r| !r.control)
+            .map(|r| (r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()))
+            .collect()
+    };
+    Fetched {
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.last_stable_offset,
+        aborted: p.aborted_transactions.clone().unwrap_or_default().iter().map(|a| (a.producer_id.0, a.first_offset)).collect(),
+        values,
+    }
+}
+
+async fn latest_offset(client: &mut Client, topic: &str, read_committed: bool) -> i64 {
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(if read_committed { 1 } else { 0 })
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1)]),
+        ]);
+    let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 5, &request).await;
+    response.topics[0].partitions[0].offset
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_abort_move_the_last_stable_offset_and_abort_is_reported() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "tx", 1, &[]).await, 0);
+    let (error, pid, epoch) = init(&mut client, "t1", 60_000).await;
+    assert_eq!((error, epoch), (0, 0));
+
+    assert_eq!(add_partition(&mut client, "t1", pid, epoch, "tx", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "t1", "tx", txn_batch(&["a", "b", "c"], pid, epoch, 0)).await, (0, 0));
+    let open = fetch_isolated(&mut client, "tx", 0, true).await;
+    assert_eq!(
+        (open.high_watermark, open.last_stable_offset, open.values.len()),
+        (3, 0, 0),
+        "nothing is stable while the transaction is open"
+    );
+    assert_eq!(fetch_isolated(&mut client, "tx", 0, false).await.values.len(), 3, "read_uncommitted sees open records");
+    assert_eq!((latest_offset(&mut client, "tx", true).await, latest_offset(&mut client, "tx", false).await), (0, 3));
+
+    assert_eq!(end(&mut client, "t1", pid, epoch, true).await, 0);
+    let committed = fetch_isolated(&mut client, "tx", 0, true).await;
+    assert_eq!(committed.last_stable_offset, 4, "three records and the commit marker");
+    assert_eq!(committed.values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), vec!["a", "b", "c"]);
+    assert!(committed.aborted.is_empty());
+
+    assert_eq!(add_partition(&mut client, "t1", pid, epoch, "tx", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "t1", "tx", txn_batch(&["x", "y"], pid, epoch, 3)).await, (0, 4));
+    assert_eq!(end(&mut client, "t1", pid, epoch, false).await, 0);
+    let after = fetch_isolated(&mut client, "tx", 0, true).await;
+    assert_eq!(after.last_stable_offset, 7);
+    assert_eq!(after.aborted, vec![(pid, 4)], "the aborted range is reported so clients drop x and y");
+    assert_eq!(latest_offset(&mut client, "tx", true).await, 7);
+    // A read that ends before the aborted range does not carry it.
+    assert!(fetch_isolated(&mut client, "tx", 7, true).await.aborted.is_empty());
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_and_stale_requests_get_kafka_error_codes_and_leave_the_log_intact() {
+    let broker = start(&[("transaction.max.timeout.ms", "60000")]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "bad", 1, &[]).await, 0);
+
+    assert_eq!(end(&mut client, "nobody", 5, 0, true).await, INVALID_PRODUCER_ID_MAPPING);
+    assert_eq!(init(&mut client, "t2", 60_001).await.0, INVALID_TRANSACTION_TIMEOUT);
+    let (_, pid, e0) = init(&mut client, "t2", 30_000).await;
+    assert_eq!(end(&mut client, "t2", pid, e0, true).await, INVALID_TXN_STATE, "EndTxn with no transaction");
+    assert_eq!(
+        txn_produce(&mut client, "t2", "bad", txn_batch(&["early"], pid, e0, 0)).await.0,
+        INVALID_TXN_STATE,
+        "produce before AddPartitionsToTxn"
+    );
+    assert_eq!(add_partition(&mut client, "t2", pid, e0, "missing", 0).await, UNKNOWN_TOPIC_OR_PARTITION);
+    assert_eq!(add_partition(&mut client, "t2", pid + 1, e0, "bad", 0).await, INVALID_PRODUCER_ID_MAPPING);
+
+    // A second InitProducerId fences the first producer.
+    let (_, pid_again, e1) = init(&mut client, "t2", 30_000).await;
+    assert_eq!((pid_again, e1), (pid, e0 + 1));
+    assert_eq!(add_partition(&mut client, "t2", pid, e0, "bad", 0).await, PRODUCER_FENCED);
+    assert_eq!(add_partition(&mut client, "t2", pid, e1 + 1, "bad", 0).await, INVALID_PRODUCER_EPOCH);
+    assert_eq!(add_partition(&mut client, "t2", pid, e1, "bad", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "t2", "bad", txn_batch(&["zombie"], pid, e0, 0)).await.0, INVALID_PRODUCER_EPOCH);
+    assert_eq!(txn_produce(&mut client, "t2", "bad", txn_batch(&["ok"], pid, e1, 0)).await.0, 0);
+    // A non-transactional batch on a transactional request, and the reverse, are refused.
+    assert_ne!(txn_produce(&mut client, "t2", "bad", batch(&["plain"])).await.0, 0);
+    assert_ne!(produce(&mut client, "bad", 0, txn_batch(&["sneaky"], pid, e1, 1), -1).await.0, 0);
+
+    // TxnOffsetCommit for a group never added to the transaction.
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s("t2")))
+        .with_group_id(GroupId(s("g")))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(e1)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("bad")))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(1)]),
+        ]);
+    let response: TxnOffsetCommitResponse = client.call(ApiKey::TxnOffsetCommit, 3, &request).await;
+    assert_eq!(response.topics[0].partitions[0].error_code, INVALID_TXN_STATE);
+
+    assert_eq!(end(&mut client, "t2", pid, e1, true).await, 0);
+    assert_eq!(end(&mut client, "t2", pid, e1, true).await, 0, "a retried commit succeeds");
+    assert_eq!(end(&mut client, "t2", pid, e1, false).await, INVALID_TXN_STATE, "abort after commit");
+
+    let all = fetch_isolated(&mut client, "bad", 0, false).await;
+    assert_eq!(all.values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), vec!["ok"], "refused batches never reached the log");
+    let committed = fetch_isolated(&mut client, "bad", 0, true).await;
+    assert_eq!((committed.last_stable_offset, committed.high_watermark), (2, 2));
+    broker.stop().await;
+}
+
+async fn offset_fetch(client: &mut Client, group: &str, topic: &str, require_stable: bool) -> (i16, i64) {
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_require_stable(require_stable)
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default().with_name(TopicName(s(topic))).with_partition_indexes(vec![0])]));
+    let response: OffsetFetchResponse = client.call(ApiKey::OffsetFetch, 7, &request).await;
+    let p = &response.topics[0].partitions[0];
+    (p.error_code, p.committed_offset)
+}
+
+async fn send_offsets(client: &mut Client, id: &str, pid: i64, epoch: i16, group: &str, topic: &str, offset: i64) -> (i16, i16) {
+    let request = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(id)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_group_id(GroupId(s(group)));
+    let added: AddOffsetsToTxnResponse = client.call(ApiKey::AddOffsetsToTxn, 3, &request).await;
+    let request = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s(id)))
+        .with_group_id(GroupId(s(group)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![TxnOffsetCommitRequestPartition::default().with_partition_index(0).with_committed_offset(offset)]),
+        ]);
+    let committed: TxnOffsetCommitResponse = client.call(ApiKey::TxnOffsetCommit, 3, &request).await;
+    (added.error_code, committed.topics[0].partitions[0].error_code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_offsets_are_visible_only_after_commit() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "in", 1, &[]).await, 0);
+    let (_, pid, epoch) = init(&mut client, "t3", 30_000).await;
+
+    assert_eq!(send_offsets(&mut client, "t3", pid, epoch, "g", "in", 42).await, (0, 0));
+    assert_eq!(offset_fetch(&mut client, "g", "in", true).await.0, UNSTABLE_OFFSET_COMMIT);
+    assert_eq!(offset_fetch(&mut client, "g", "in", false).await, (0, -1), "not committed yet");
+    assert_eq!(end(&mut client, "t3", pid, epoch, true).await, 0);
+    assert_eq!(offset_fetch(&mut client, "g", "in", true).await, (0, 42));
+
+    assert_eq!(send_offsets(&mut client, "t3", pid, epoch, "g", "in", 99).await, (0, 0));
+    assert_eq!(end(&mut client, "t3", pid, epoch, false).await, 0);
+    assert_eq!(offset_fetch(&mut client, "g", "in", true).await, (0, 42), "aborted offsets are dropped");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_transaction_is_aborted_at_its_timeout_and_its_producer_fenced() {
+    let broker = start(&[("transaction.abort.timed.out.transaction.cleanup.interval.ms", "100")]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "slow", 1, &[]).await, 0);
+    let (_, pid, epoch) = init(&mut client, "t4", 300).await;
+    assert_eq!(add_partition(&mut client, "t4", pid, epoch, "slow", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "t4", "slow", txn_batch(&["lost"], pid, epoch, 0)).await.0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let fetched = fetch_isolated(&mut client, "slow", 0, true).await;
+        if fetched.last_stable_offset == 2 {
+            assert_eq!(fetched.aborted, vec![(pid, 0)]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the transaction was not aborted in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(end(&mut client, "t4", pid, epoch, true).await, PRODUCER_FENCED);
+    broker.stop().await;
+}
