@@ -33,6 +33,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/topics/{name}", get(describe_topic).delete(delete_topic))
         .route("/v1/groups", get(list_groups))
         .route("/v1/groups/{id}", get(describe_group).delete(delete_group))
+        .route("/v1/transactions", get(list_transactions))
+        .route("/v1/transactions/{id}", get(describe_transaction))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the README's admin API section") })
         .layer(DefaultBodyLimit::max(ADMIN_BODY_BYTES_MAX))
         .with_state(broker)
@@ -95,8 +97,17 @@ fn refresh_state_gauges(broker: &Broker) {
             let log = partition.log.read();
             metrics.log_size_bytes.with_label_values(&labels).set(log.size_bytes() as i64);
             metrics.log_end_offset.with_label_values(&labels).set(log.log_end_offset());
+            drop(log);
+            metrics.unstable_records.with_label_values(&labels).set(partition.high_watermark() - partition.last_stable_offset());
         }
     }
+    let counters = broker.transactions.counters();
+    for (outcome, value) in
+        [("committed", counters.committed), ("aborted", counters.aborted), ("timed_out", counters.timed_out), ("fenced", counters.fenced)]
+    {
+        metrics.transactions_finished.with_label_values(&[outcome]).set(value as i64);
+    }
+    metrics.transactions_ongoing.set(broker.transactions.ongoing_count() as i64);
     metrics.group_lag.reset();
     let groups = group_ids(broker);
     metrics.groups.set(groups.len() as i64);
@@ -291,4 +302,15 @@ async fn delete_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_transactions(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "transactions": broker.transactions.list() }))
+}
+
+async fn describe_transaction(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    match broker.transactions.describe(&id) {
+        Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or_default())),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_transactional_id", format!("no transactional id '{id}'"))),
+    }
 }

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub group_lag: IntGaugeVec,
     pub log_size_bytes: IntGaugeVec,
     pub log_end_offset: IntGaugeVec,
+    pub unstable_records: IntGaugeVec,
+    pub transactions_finished: IntGaugeVec,
+    pub transactions_ongoing: IntGauge,
     pub decode_errors: IntCounter,
 }
 
@@ -68,6 +71,17 @@ impl Metrics {
             group_lag: gauge_vec("consumer_group_lag", "High watermark minus committed offset", &["group", "topic", "partition"]),
             log_size_bytes: gauge_vec("log_size_bytes", "Bytes on disk, by partition", &["topic", "partition"]),
             log_end_offset: gauge_vec("log_end_offset", "Next offset to be assigned, by partition", &["topic", "partition"]),
+            unstable_records: gauge_vec(
+                "unstable_offsets",
+                "High watermark minus last stable offset: offsets held back from read_committed consumers by open transactions",
+                &["topic", "partition"],
+            ),
+            transactions_finished: gauge_vec(
+                "transactions_finished",
+                "Transactions finished since start, by outcome (committed, aborted, timed_out, fenced)",
+                &["outcome"],
+            ),
+            transactions_ongoing: must(IntGauge::new("transactions_ongoing", "Transactions currently open")),
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
             registry,
         };
@@ -85,6 +99,9 @@ impl Metrics {
             Box::new(metrics.group_lag.clone()),
             Box::new(metrics.log_size_bytes.clone()),
             Box::new(metrics.log_end_offset.clone()),
+            Box::new(metrics.unstable_records.clone()),
+            Box::new(metrics.transactions_finished.clone()),
+            Box::new(metrics.transactions_ongoing.clone()),
             Box::new(metrics.decode_errors.clone()),
         ] {
             must(metrics.registry.register(collector));
