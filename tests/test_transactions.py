@@ -130,7 +130,7 @@ def test_an_abandoned_transaction_times_out_and_unblocks_readers(make_broker):
     broker = make_broker("transaction.abort.timed.out.transaction.cleanup.interval.ms=200")
     topic = unique("txn-timeout")
     create_topic(broker, topic)
-    stuck = txn_producer(broker, unique("tid"), **{"transaction.timeout.ms": 1500})
+    stuck = txn_producer(broker, unique("tid"), **{"transaction.timeout.ms": 2500, "socket.timeout.ms": 2500, "message.timeout.ms": 2500})
     stuck.init_transactions(30)
     stuck.begin_transaction()
     produce_all(stuck, topic, ["never"])

@@ -8,6 +8,10 @@ from the beginning and reports consume MB/s. Works against any Kafka-compatible 
     python3 tests/perf/rdkafka_perf.py --brokers 127.0.0.1:9092 --topic perf --records 2000000 \
         --record-size 100 --acks 1 --partitions 8
 
+Transactions (issue 4's benchmark): `--transactional-commit-ms 100` produces inside transactions
+committed every 100 ms; `--isolation read_committed --skip-produce` consumes what is there as a
+read_committed consumer.
+
 Not collected by pytest (no test_ prefix): it measures, it does not assert.
 """
 
@@ -48,7 +52,15 @@ def produce(args) -> dict:
         "queue.buffering.max.kbytes": 1_048_576,
         "enable.idempotence": args.idempotence,
     }
+    if args.transactional_commit_ms:
+        conf["transactional.id"] = f"rdkafka-perf-{time.time_ns()}"
     producer = Producer(conf)
+    commit_every = args.transactional_commit_ms / 1000 if args.transactional_commit_ms else None
+    transactions = 0
+    if commit_every:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    last_commit = time.perf_counter()
     payload = os.urandom(args.record_size)
     latencies: list[float] = []
     errors = 0
@@ -77,7 +89,15 @@ def produce(args) -> dict:
                 producer.poll(0.001)
         if i % 10_000 == 0:
             producer.poll(0)
+        if commit_every and i % 1000 == 0 and time.perf_counter() - last_commit >= commit_every:
+            producer.commit_transaction(60)
+            transactions += 1
+            producer.begin_transaction()
+            last_commit = time.perf_counter()
     producer.flush(120)
+    if commit_every:
+        producer.commit_transaction(60)
+        transactions += 1
     seconds = time.perf_counter() - started
     latencies.sort()
     total_bytes = args.records * args.record_size
@@ -86,6 +106,8 @@ def produce(args) -> dict:
         "records": args.records,
         "record_size": args.record_size,
         "acks": args.acks,
+        "idempotence": args.idempotence,
+        "transactions": transactions,
         "seconds": round(seconds, 3),
         "mb_per_s": round(total_bytes / seconds / 1e6, 1),
         "records_per_s": round(args.records / seconds),
@@ -105,6 +127,7 @@ def consume(args, partitions: int) -> dict:
             "fetch.max.bytes": 52_428_800,
             "max.partition.fetch.bytes": 1_048_576,
             "queued.max.messages.kbytes": 1_048_576,
+            "isolation.level": args.isolation,
         }
     )
     consumer.assign([TopicPartition(args.topic, p, 0) for p in range(partitions)])
@@ -124,6 +147,7 @@ def consume(args, partitions: int) -> dict:
     consumer.close()
     return {
         "mode": "consume",
+        "isolation": args.isolation,
         "records": got,
         "seconds": round(seconds, 3),
         "mb_per_s": round(got_bytes / max(seconds, 1e-9) / 1e6, 1),
@@ -144,9 +168,13 @@ def main() -> None:
     parser.add_argument("--compression", default="none")
     parser.add_argument("--idempotence", action="store_true")
     parser.add_argument("--skip-consume", action="store_true")
+    parser.add_argument("--skip-produce", action="store_true", help="only consume (an earlier run's records)")
+    parser.add_argument("--transactional-commit-ms", type=int, default=0, help="produce in transactions committed this often")
+    parser.add_argument("--isolation", default="read_uncommitted", choices=["read_uncommitted", "read_committed"])
     args = parser.parse_args()
     ensure_topic(args.brokers, args.topic, args.partitions)
-    print(json.dumps(produce(args)))
+    if not args.skip_produce:
+        print(json.dumps(produce(args)))
     if not args.skip_consume:
         print(json.dumps(consume(args, args.partitions)))
 

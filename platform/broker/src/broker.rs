@@ -22,7 +22,7 @@ use crate::metastore::{MetaStore, TopicDefinition};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::offsets::OffsetStore;
-use crate::topic::{FlushPolicy, Partition, Topic, TopicName};
+use crate::topic::{FlushPolicy, Partition, RESERVED_TOPIC_NAMES, Topic, TopicName};
 use crate::transactions::TransactionCoordinator;
 
 /// Producer ids are reserved on disk in blocks, so an InitProducerId costs an fsync only once per block.
@@ -342,16 +342,15 @@ fn open_partitions(
 /// Removes `<topic>-<n>` directories that no topic definition claims: the remains of a deletion
 /// that a crash interrupted.
 fn remove_orphan_partitions(data_dir: &Path, definitions: &[TopicDefinition]) {
-    let claimed: HashSet<String> = definitions
-        .iter()
-        .flat_map(|d| (0..d.partitions).map(move |p| format!("{}-{p}", d.name)))
-        .chain(std::iter::once(crate::offsets::OFFSETS_DIR_NAME.to_string()))
-        .collect();
+    let claimed: HashSet<String> = definitions.iter().flat_map(|d| (0..d.partitions).map(move |p| format!("{}-{p}", d.name))).collect();
     let Ok(entries) = fs::read_dir(data_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let looks_like_partition =
-            name.rsplit_once('-').is_some_and(|(topic, p)| !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        // The broker's own logs (`__consumer_offsets-0`, `__transaction_state-0`) look like partitions
+        // but are never claimed by a topic definition.
+        let looks_like_partition = name.rsplit_once('-').is_some_and(|(topic, p)| {
+            !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !RESERVED_TOPIC_NAMES.contains(&topic)
+        });
         if looks_like_partition && entry.path().is_dir() && !claimed.contains(&name) {
             tracing::warn!(dir = %entry.path().display(), "removing partition directory of a deleted topic");
             if let Err(error) = fs::remove_dir_all(entry.path()) {

@@ -619,7 +619,9 @@ impl BatchScanner {
                 self.fill(file, limit, total, read_ahead)?;
             }
             let range = self.start..self.start + total;
-            let bytes = self.buf.get(range.clone());
+            // Only bytes already read are the batch: a header walk reads ahead a bounded amount, so
+            // a batch may run past `end` even though the buffer has room for it.
+            let bytes = self.buf.get(range.clone()).filter(|_| range.end <= self.end);
             if verify {
                 let Some(bytes) = bytes else {
                     return invalid("torn batch: the file ended while reading it".to_string());

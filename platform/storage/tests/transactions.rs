@@ -133,3 +133,29 @@ fn aborted_entries_follow_the_log_start() {
     let records = decode(&log.read(3, 1 << 20, 8, false).unwrap().bytes).unwrap();
     assert_eq!(records.len(), 5, "three data records and two markers");
 }
+
+#[test]
+fn recovery_walks_past_the_header_read_ahead_without_losing_markers() {
+    // Regression: the header walk reads ahead 64 KiB at a time; a batch straddling that boundary once
+    // made it skip ahead into stale bytes and miss markers, so committed transactions looked open
+    // after a crash (and were then aborted as hanging).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(64 << 20), NOW).unwrap();
+    let mut sequence = 0;
+    for i in 0..60 {
+        let mut bytes = BatchBuilder::new(NOW).producer(4, 0, sequence).attributes(TRANSACTIONAL).records(50, 90).build();
+        log.append(&mut bytes, ASSIGN, NOW).unwrap();
+        sequence += 50;
+        let control = if i % 7 == 3 { ControlType::Abort } else { ControlType::Commit };
+        log.append_marker(&marker(4, 0, control), 0, NOW).unwrap();
+    }
+    assert!(log.size_bytes() > 4 * 64 * 1024, "the log must span several read-ahead windows");
+    let (end, aborted) = (log.log_end_offset(), log.aborted_transactions(0, i64::MAX));
+    drop(log);
+    std::fs::remove_file(dir.path().join("aborted-txns")).unwrap();
+    let log = PartitionLog::open(dir.path(), small_config(64 << 20), NOW).unwrap();
+    assert_eq!((log.log_end_offset(), log.last_stable_offset()), (end, end));
+    assert!(log.ongoing_transactions().is_empty());
+    assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
+    assert_eq!(aborted.len(), 9);
+}
