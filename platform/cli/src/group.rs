@@ -231,7 +231,8 @@ async fn describe(client: &mut Client, group: &str, as_json: bool) -> Result<()>
         }));
         return Ok(());
     }
-    println!("Group: {group}  State: {state}  Members: {}  Assignor: {}", described.members.len(), described.protocol_data.as_str());
+    let assignor = if described.protocol_data.is_empty() { "-" } else { described.protocol_data.as_str() };
+    println!("Group: {group}  State: {state}  Members: {}  Assignor: {assignor}", described.members.len());
     println!();
     let mut t = table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST", "CLIENT-ID"]);
     let dash = || "-".to_string();
