@@ -8,14 +8,12 @@
 //! negotiate versions with ApiVersions first, route partitions to their leaders from Metadata, show a
 //! progress bar on stderr and print a table (or one JSON object with `--json`) on stdout.
 
-mod cluster;
 mod consume;
 #[cfg(test)]
 mod mock_broker;
 mod produce;
 mod report;
 mod stats;
-mod wire;
 
 use std::time::Duration;
 
@@ -52,17 +50,19 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Write generated records as fast as the broker takes them; report throughput and latency.
+    #[command(after_help = "Example:\n  sluice bench produce --topic bench --partitions 6 --records 1000000 --acks all --compression lz4")]
     Produce(ProduceArgs),
     /// Read a topic from the earliest offset as fast as the broker serves it; report throughput.
+    #[command(after_help = "Example:\n  sluice bench consume --topic bench --json")]
     Consume(ConsumeArgs),
 }
 
 /// Where to connect and how hard to push; shared by both subcommands.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
-    /// Bootstrap brokers as host:port, comma separated; the first reachable one is asked for metadata.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9092")]
-    pub brokers: Vec<String>,
+    /// Bootstrap brokers, admin URL and profile (see `sluice --help`).
+    #[command(flatten)]
+    pub conn: crate::conn::ConnArgs,
 
     /// Topic to write to or read from.
     #[arg(long)]
@@ -153,7 +153,7 @@ pub enum Acks {
 
 impl Acks {
     /// The value of the Produce request's `acks` field.
-    fn wire_value(self) -> i16 {
+    pub(crate) fn wire_value(self) -> i16 {
         match self {
             Acks::None => 0,
             Acks::One => 1,
@@ -266,7 +266,7 @@ mod tests {
         ])
         .expect("valid produce arguments");
         let BenchCmd::Produce(args) = cli.cmd else { panic!("expected produce") };
-        assert_eq!(args.target.brokers, ["a:1", "b:2"]);
+        assert_eq!(args.target.conn.brokers.as_deref(), Some("a:1,b:2"));
         assert_eq!(args.duration, Some(Duration::from_secs(2)));
         assert_eq!(args.acks.wire_value(), -1);
         assert_eq!(args.compression, CompressionArg::Zstd);

@@ -1,31 +1,100 @@
-//! `sluice`: the one binary. `sluice server` runs a broker; `sluice bench` drives one with load.
-//! Further commands (topics, groups, produce/consume, transforms) join as their issues land.
+//! `sluice`: the one binary. `sluice server` runs a broker; every other command is a Kafka-protocol
+//! client that works against any Kafka-compatible cluster: `topic`, `produce`, `consume`, `group`,
+//! `cluster`, `verify` and `bench`, plus `completions`.
+//!
+//! Layout: `client/` is the protocol client (framing, version negotiation, metadata, record batches,
+//! group membership); one module per command group turns arguments into client calls and prints;
+//! `conn` resolves where to connect (flags, environment, profiles); `output` prints tables and JSON;
+//! `exit` maps failures to exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_broker::{BrokerConfig, ServerOptions};
 
 mod bench;
+mod client;
+mod cluster_info;
+mod conn;
+mod consume;
+mod exit;
+mod group;
+mod output;
+mod produce;
+mod topic;
+mod verify;
+
+const MAIN_HELP: &str = "\
+Connection: --brokers / SLUICE_BROKERS, --admin-url / SLUICE_ADMIN_URL, --profile / SLUICE_PROFILE
+(profiles in ~/.config/sluice/profiles.toml). A flag beats the environment, which beats the profile,
+which beats the defaults 127.0.0.1:9092 and http://127.0.0.1:9644.
+
+Exit codes: 0 ok, 1 the cluster refused or a check failed, 2 usage error, 3 cluster unreachable.
+
+Examples:
+  sluice topic create orders -p 6
+  printf 'k1:hello\\nk2:world\\n' | sluice produce orders -K:
+  sluice consume orders --from-beginning -e --format '%k => %v (p%p @%o)'
+  sluice group describe billing";
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "Sluice: a Kafka-compatible streaming platform with WebAssembly plugins")]
+#[command(name = "sluice", version, about = "Sluice: a Kafka-compatible streaming platform with WebAssembly plugins", after_help = MAIN_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Connection and output flags shared by every client command.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub conn: conn::ConnArgs,
+
+    /// Print stable, machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker.
-    ///
-    /// Example: sluice server --data-dir ./sluice-data --set num.partitions=3 --set log.flush.interval.messages=1
+    #[command(after_help = "Example:\n  sluice server --data-dir ./sluice-data --set num.partitions=3 --set log.flush.interval.messages=1")]
     Server(ServerArgs),
+    /// Create, list, describe, alter, grow and delete topics; delete records.
+    #[command(after_help = "Examples:\n  sluice topic create orders -p 6\n  sluice topic describe orders")]
+    Topic(topic::TopicArgs),
+    /// Write lines from stdin or a file as records.
+    #[command(after_help = "Examples:\n  printf 'user-1:hello\\n' | sluice produce greetings -K: -H source=cli\n  \
+                            sluice produce orders --file orders.txt --compression zstd --acks all")]
+    Produce(produce::ProduceArgs),
+    /// Print records, optionally as a member of a consumer group.
+    #[command(after_help = "Examples:\n  sluice consume orders --from-beginning -e\n  \
+                            sluice consume orders --group billing --format json\n  \
+                            sluice consume orders --from-time 2024-05-01T00:00:00Z -n 10 --format '%p %o %k %v %h'")]
+    Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(after_help = "Examples:\n  sluice group list\n  sluice group reset-offsets billing --topic orders --to-earliest --dry-run")]
+    Group(group::GroupArgs),
+    /// Cluster-wide information.
+    #[command(after_help = "Example:\n  sluice cluster info")]
+    Cluster(cluster_info::ClusterArgs),
+    /// Verifiable producer and consumer: end-to-end checks with sequence numbers.
+    #[command(
+        after_help = "Example:\n  sluice verify produce --topic check --count 10000 && sluice verify consume --topic check --expect 10000"
+    )]
+    Verify(verify::VerifyArgs),
     /// Load-test a Kafka-compatible broker (produce or consume) and report throughput and latency.
-    ///
-    /// Example: sluice bench produce --topic bench --record-size 1024 --records 1000000 --acks 1
+    #[command(after_help = "Example:\n  sluice bench produce --topic bench --record-size 1024 --records 1000000 --acks 1")]
     Bench(bench::BenchArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  sluice completions bash > /etc/bash_completion.d/sluice\n  \
+                            sluice completions zsh > \"${fpath[1]}/_sluice\"\n  \
+                            sluice completions fish > ~/.config/fish/completions/sluice.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,31 +220,91 @@ fn run_server(args: ServerArgs) -> ExitCode {
     }
 }
 
+/// Runs one client command on a fresh runtime and maps its outcome to an exit code.
+fn run_client<F>(future: F) -> ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = exit::report(runtime.block_on(future));
+    // Reader threads blocked on stdin must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
+}
+
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Client commands log only warnings unless RUST_LOG asks for more: their stderr is for people.
+    let default_filter = if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => run_server(args),
-        Command::Bench(args) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(error) => {
-                    eprintln!("error: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
+        Command::Bench(args) => run_client(bench::run(args)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Topic(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            topic::run(args.cmd, &target.brokers, args.common.json).await
+        }),
+        Command::Produce(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            let json = args.common.json;
+            produce::run(args, &target.brokers, json).await
+        }),
+        Command::Consume(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            let json = args.common.json;
+            consume::run(args, &target.brokers, json).await
+        }),
+        Command::Group(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            group::run(args.cmd, &target.brokers, args.common.json).await
+        }),
+        Command::Cluster(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            cluster_info::run(args.cmd, &target.brokers, &target.admin_url, args.common.json).await
+        }),
+        Command::Verify(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            verify::run(args.cmd, &target.brokers, args.common.json).await
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_parses_and_has_an_example() {
+        Cli::command().debug_assert();
+        fn check(cmd: &clap::Command, path: &str) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" {
+                    let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+                    assert!(help.contains("sluice"), "`{path}` has no example in its help");
                 }
-            };
-            match runtime.block_on(bench::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
+                check(sub, &path);
             }
         }
+        check(&Cli::command(), "sluice");
+        assert!(Cli::try_parse_from(["sluice", "consume", "t", "--offset", "5", "--group", "g"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "group", "reset-offsets", "g", "--topic", "t"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "topic", "list", "--brokers", "a:1", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["sluice", "topic", "--brokers", "a:1", "describe", "x"]).is_ok());
     }
 }

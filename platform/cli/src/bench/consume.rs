@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::ConsumeArgs;
 use super::report::{Summary, error_label};
 use super::stats::{self, Goal, Meter, Tally};
-use super::wire::{self, FETCH_VERSIONS, FRAME_PREFIX_BYTES};
+use crate::client::wire::{self, FETCH_VERSIONS, FRAME_PREFIX_BYTES};
 
 /// How long the broker may hold a fetch open waiting for `FETCH_MIN_BYTES` of new data (only asked
 /// for once every partition of a connection is caught up; see `consume`).
@@ -69,11 +69,11 @@ pub(super) async fn run(args: ConsumeArgs) -> Result<()> {
 /// Sets up, reads and returns the summary without printing it.
 pub(super) async fn measure(args: &ConsumeArgs) -> Result<Summary> {
     let target = &args.target;
-    let mut boot = super::cluster::bootstrap(&target.brokers).await?;
+    let mut boot = crate::client::cluster::bootstrap(&target.conn.resolve()?.brokers).await?;
     let version = boot.apis.pick(ApiKey::Fetch, FETCH_VERSIONS)?;
-    let meta = super::cluster::ensure_topic(&mut boot, &target.topic, None).await?;
-    let routes = super::cluster::routes(&meta, &boot.conn.addr)?;
-    let assignment = super::cluster::assign(&routes, target.connections, false);
+    let meta = crate::client::cluster::ensure_topic(&mut boot, &target.topic, None).await?;
+    let routes = crate::client::cluster::routes(&meta, &boot.conn.addr)?;
+    let assignment = crate::client::cluster::assign(&routes, target.connections, false);
     drop(boot);
 
     let mut connections = Vec::with_capacity(assignment.len());

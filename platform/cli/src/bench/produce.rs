@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 
 use super::report::{Summary, describe_errors, group_digits};
 use super::stats::{self, Goal, Meter, Tally};
-use super::wire::{self, PRODUCE_VERSIONS};
 use super::{Acks, DEFAULT_PRODUCE_RECORDS, ProduceArgs, arg_name};
+use crate::client::wire::{self, PRODUCE_VERSIONS};
 
 /// Bytes of a v2 record batch header, before the first record.
 const RECORD_BATCH_HEADER_BYTES: usize = 61;
@@ -57,11 +57,11 @@ pub(super) async fn run(args: ProduceArgs) -> Result<()> {
 /// Sets up, runs the load and returns the summary without printing it.
 pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
     let target = &args.target;
-    let mut boot = super::cluster::bootstrap(&target.brokers).await?;
+    let mut boot = crate::client::cluster::bootstrap(&target.conn.resolve()?.brokers).await?;
     let version = boot.apis.pick(ApiKey::Produce, PRODUCE_VERSIONS)?;
-    let meta = super::cluster::ensure_topic(&mut boot, &target.topic, args.partitions).await?;
-    let routes = super::cluster::routes(&meta, &boot.conn.addr)?;
-    let assignment = super::cluster::assign(&routes, target.connections, true);
+    let meta = crate::client::cluster::ensure_topic(&mut boot, &target.topic, args.partitions).await?;
+    let routes = crate::client::cluster::routes(&meta, &boot.conn.addr)?;
+    let assignment = crate::client::cluster::assign(&routes, target.connections, true);
     drop(boot);
 
     let template = BatchTemplate::new(args.record_size as usize, args.batch_bytes as usize, args.compression.into())?;

@@ -2,7 +2,6 @@
 
 use std::fmt::Write as _;
 
-use kafka_protocol::ResponseError;
 use serde_json::{Map, Value, json};
 
 use super::stats::Tally;
@@ -120,25 +119,7 @@ pub(super) fn group_digits(n: u64) -> String {
     out
 }
 
-/// `3` → `UNKNOWN_TOPIC_OR_PARTITION (3)`, in the spelling Kafka's docs and logs use.
-pub(super) fn error_label(code: i16) -> String {
-    let name = match ResponseError::try_from_code(code) {
-        None => "NONE".to_string(),
-        Some(ResponseError::Unknown(_)) => "UNKNOWN_ERROR_CODE".to_string(),
-        Some(error) => {
-            let camel = error.to_string();
-            let mut snake = String::with_capacity(camel.len() + 8);
-            for (i, c) in camel.chars().enumerate() {
-                if c.is_ascii_uppercase() && i > 0 {
-                    snake.push('_');
-                }
-                snake.push(c.to_ascii_uppercase());
-            }
-            snake
-        }
-    };
-    format!("{name} ({code})")
-}
+pub(super) use crate::client::error_label;
 
 /// `{3: 12, 6: 1}` → `UNKNOWN_TOPIC_OR_PARTITION (3) ×12, NOT_LEADER_OR_FOLLOWER (6) ×1`.
 pub(super) fn describe_errors(errors: &std::collections::BTreeMap<i16, u64>) -> String {

@@ -1,12 +1,15 @@
 //! Kafka framing over TCP: a 4-byte big-endian length, then a request header and body (or a response
 //! header and body). Everything read off the socket is bounded and decoded into `Result`s; a broker that
-//! sends garbage gets an error naming its address, never a panic or an unbounded allocation.
+//! sends garbage gets an error naming its address, never a panic or an unbounded allocation. Failing to
+//! reach a broker (refused, timed out, connection lost) is an [`Unreachable`] error: exit code 3.
 
 use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+
+use super::Unreachable;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
@@ -14,18 +17,18 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long to wait for a TCP connection before giving up on a broker.
-pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response frame accepted; a bigger length prefix means a confused or hostile peer.
-pub(super) const MAX_RESPONSE_FRAME_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_FRAME_BYTES: usize = 256 * 1024 * 1024;
 /// Kafka's default `socket.request.max.bytes`; brokers drop connections that send larger requests.
-pub(super) const MAX_REQUEST_FRAME_BYTES: usize = 100 * 1024 * 1024;
+pub(crate) const MAX_REQUEST_FRAME_BYTES: usize = 100 * 1024 * 1024;
 /// How long one response may take. Produce requests carry a 30 s timeout of their own, and a broker
 /// that has not answered a few seconds after that is stuck rather than slow.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(35);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(35);
 /// Bytes of the length prefix in front of every frame.
-pub(super) const FRAME_PREFIX_BYTES: usize = 4;
-/// Sent as the request header's client id so broker logs can tell benchmark traffic apart.
-const CLIENT_ID: &str = "sluice-bench";
+pub(crate) const FRAME_PREFIX_BYTES: usize = 4;
+/// Sent as the request header's client id so broker logs can tell the CLI's traffic apart.
+const CLIENT_ID: &str = "sluice";
 /// Appended to connection errors: the usual cause is that nothing is listening.
 const SERVER_HINT: &str = "is `sluice server` running and listening there?";
 
@@ -36,18 +39,22 @@ const UNSUPPORTED_VERSION: i16 = 35;
 
 /// Version ranges (inclusive) this tool implements. Fetch stops at v12 because v13+ address topics by
 /// id; Produce stops at v9, the first flexible version, which every current broker accepts.
-pub(super) const PRODUCE_VERSIONS: (i16, i16) = (3, 9);
-pub(super) const FETCH_VERSIONS: (i16, i16) = (4, 12);
-pub(super) const METADATA_VERSIONS: (i16, i16) = (1, 12);
-pub(super) const CREATE_TOPICS_VERSIONS: (i16, i16) = (2, 7);
+pub(crate) const PRODUCE_VERSIONS: (i16, i16) = (3, 9);
+pub(crate) const FETCH_VERSIONS: (i16, i16) = (4, 12);
+pub(crate) const METADATA_VERSIONS: (i16, i16) = (1, 12);
+pub(crate) const CREATE_TOPICS_VERSIONS: (i16, i16) = (2, 7);
 
 /// Opens a TCP connection with a bounded wait and an error that says where and what to check.
-pub(super) async fn connect(addr: &str) -> Result<TcpStream> {
+pub(crate) async fn connect(addr: &str) -> Result<TcpStream> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => bail!("cannot connect to broker at {addr}: {e} ({SERVER_HINT})"),
+        Ok(Err(e)) => return Err(Unreachable(format!("cannot connect to broker at {addr}: {e} ({SERVER_HINT})")).into()),
         Err(_) => {
-            bail!("connecting to broker at {addr} timed out after {}s ({SERVER_HINT})", CONNECT_TIMEOUT.as_secs())
+            return Err(Unreachable(format!(
+                "connecting to broker at {addr} timed out after {}s ({SERVER_HINT})",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+            .into());
         }
     };
     // Requests go out whole; Nagle's algorithm would only delay the small ones.
@@ -56,7 +63,7 @@ pub(super) async fn connect(addr: &str) -> Result<TcpStream> {
 }
 
 /// Encodes a request body once, so it can be sent many times behind fresh headers.
-pub(super) fn encode_body<R: Encodable>(body: &R, api_key: ApiKey, version: i16) -> Result<Bytes> {
+pub(crate) fn encode_body<R: Encodable>(body: &R, api_key: ApiKey, version: i16) -> Result<Bytes> {
     let size = body.compute_size(version).with_context(|| format!("sizing a {api_key:?} v{version} request"))?;
     let mut buf = BytesMut::with_capacity(size);
     body.encode(&mut buf, version).with_context(|| format!("encoding a {api_key:?} v{version} request"))?;
@@ -65,7 +72,7 @@ pub(super) fn encode_body<R: Encodable>(body: &R, api_key: ApiKey, version: i16)
 
 /// The length prefix and request header for a body of `body_len` bytes. Sent in front of a
 /// pre-encoded body, this is the only per-request encoding work.
-pub(super) fn request_prefix(api_key: ApiKey, version: i16, correlation_id: i32, body_len: usize) -> Result<Bytes> {
+pub(crate) fn request_prefix(api_key: ApiKey, version: i16, correlation_id: i32, body_len: usize) -> Result<Bytes> {
     let header = RequestHeader::default()
         .with_request_api_key(api_key as i16)
         .with_request_api_version(version)
@@ -89,13 +96,13 @@ pub(super) fn request_prefix(api_key: ApiKey, version: i16, correlation_id: i32,
 
 /// Writes one request frame: the prefix from [`request_prefix`] followed by the body, in one vectored
 /// write where the socket allows it (the body is shared, never copied).
-pub(super) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, prefix: Bytes, body: Bytes, addr: &str) -> Result<()> {
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, prefix: Bytes, body: Bytes, addr: &str) -> Result<()> {
     let mut frame = prefix.chain(body);
     writer.write_all_buf(&mut frame).await.map_err(|e| io_error(e, addr, "sending a request to"))
 }
 
 /// Reads one response frame, rejecting lengths that are negative or over [`MAX_RESPONSE_FRAME_BYTES`].
-pub(super) async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, addr: &str) -> Result<Bytes> {
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, addr: &str) -> Result<Bytes> {
     let mut prefix = [0u8; FRAME_PREFIX_BYTES];
     reader.read_exact(&mut prefix).await.map_err(|e| io_error(e, addr, "reading a response from"))?;
     if &prefix == b"HTTP" {
@@ -122,15 +129,15 @@ pub(super) async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, addr: &str)
 }
 
 /// Like [`read_frame`], but gives up after [`RESPONSE_TIMEOUT`].
-pub(super) async fn read_frame_timed<R: AsyncRead + Unpin>(reader: &mut R, addr: &str, api_key: ApiKey) -> Result<Bytes> {
+pub(crate) async fn read_frame_timed<R: AsyncRead + Unpin>(reader: &mut R, addr: &str, api_key: ApiKey) -> Result<Bytes> {
     tokio::time::timeout(RESPONSE_TIMEOUT, read_frame(reader, addr))
         .await
-        .map_err(|_| anyhow!("broker at {addr} sent no {api_key:?} response within {}s", RESPONSE_TIMEOUT.as_secs()))?
+        .map_err(|_| Unreachable(format!("broker at {addr} sent no {api_key:?} response within {}s", RESPONSE_TIMEOUT.as_secs())))?
 }
 
 /// Decodes a response frame: the header (whose version depends on the API and version), a check that it
 /// answers `correlation_id`, then the body.
-pub(super) fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, correlation_id: i32, mut frame: Bytes, addr: &str) -> Result<R> {
+pub(crate) fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, correlation_id: i32, mut frame: Bytes, addr: &str) -> Result<R> {
     let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
         .with_context(|| format!("malformed {api_key:?} response header from {addr}"))?;
     if header.correlation_id != correlation_id {
@@ -144,25 +151,24 @@ pub(super) fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, corre
 }
 
 fn io_error(error: io::Error, addr: &str, doing: &str) -> anyhow::Error {
-    match error.kind() {
-        io::ErrorKind::UnexpectedEof => anyhow!("broker at {addr} closed the connection"),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-            anyhow!("broker at {addr} reset the connection ({error})")
-        }
-        _ => anyhow!("{doing} broker at {addr} failed: {error}"),
-    }
+    let message = match error.kind() {
+        io::ErrorKind::UnexpectedEof => format!("broker at {addr} closed the connection"),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => format!("broker at {addr} reset the connection ({error})"),
+        _ => format!("{doing} broker at {addr} failed: {error}"),
+    };
+    Unreachable(message).into()
 }
 
 /// A plain request/response connection, used for setup (ApiVersions, Metadata, CreateTopics) before
 /// the socket is handed to a pipelined benchmark loop.
-pub(super) struct Connection {
-    pub(super) addr: String,
+pub(crate) struct Connection {
+    pub(crate) addr: String,
     stream: TcpStream,
     next_correlation_id: i32,
 }
 
 impl Connection {
-    pub(super) async fn open(addr: &str) -> Result<Self> {
+    pub(crate) async fn open(addr: &str) -> Result<Self> {
         Ok(Self { addr: addr.to_string(), stream: connect(addr).await?, next_correlation_id: 0 })
     }
 
@@ -173,7 +179,7 @@ impl Connection {
     }
 
     /// Sends one request and waits for its response.
-    pub(super) async fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
+    pub(crate) async fn call<R: Request>(&mut self, request: &R, version: i16) -> Result<R::Response> {
         let api_key = ApiKey::try_from(R::KEY).map_err(|()| anyhow!("unknown api key {}", R::KEY))?;
         let (correlation_id, frame) = self.round_trip(api_key, version, encode_body(request, api_key, version)?).await?;
         decode_response(api_key, version, correlation_id, frame, &self.addr)
@@ -190,7 +196,7 @@ impl Connection {
     /// Asks the broker which API versions it supports. A broker that does not know our ApiVersions
     /// version answers UNSUPPORTED_VERSION in the v0 layout with its own range, and we retry once at the
     /// newest version we share.
-    pub(super) async fn api_versions(&mut self) -> Result<BrokerApis> {
+    pub(crate) async fn api_versions(&mut self) -> Result<BrokerApis> {
         let mut version = API_VERSIONS_VERSION;
         for _attempt in 0..2 {
             let request = ApiVersionsRequest::default()
@@ -222,7 +228,7 @@ impl Connection {
                     }
                     version = retry;
                 }
-                code => bail!("broker at {} rejected ApiVersions: {}", self.addr, super::report::error_label(code)),
+                code => bail!("broker at {} rejected ApiVersions: {}", self.addr, super::error_label(code)),
             }
         }
         bail!("broker at {} kept rejecting ApiVersions as UNSUPPORTED_VERSION", self.addr)
@@ -230,20 +236,25 @@ impl Connection {
 }
 
 /// The API version ranges one broker advertised.
-pub(super) struct BrokerApis {
+pub(crate) struct BrokerApis {
     addr: String,
     ranges: HashMap<i16, (i16, i16)>,
 }
 
 impl BrokerApis {
+    /// How many APIs the broker advertised.
+    pub(crate) fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
     /// The newest version of `api` that both the broker and this tool (`ours`, inclusive) support.
-    pub(super) fn pick(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16> {
+    pub(crate) fn pick(&self, api: ApiKey, ours: (i16, i16)) -> Result<i16> {
         let Some(&(min, max)) = self.ranges.get(&(api as i16)) else {
-            bail!("broker at {} does not support the {api:?} API, which `sluice bench` needs", self.addr);
+            bail!("broker at {} does not support the {api:?} API, which `sluice` needs", self.addr);
         };
         let (low, high) = (min.max(ours.0), max.min(ours.1));
         if low > high {
-            bail!("broker at {} supports {api:?} v{min}-v{max}, but `sluice bench` implements only v{}-v{}", self.addr, ours.0, ours.1);
+            bail!("broker at {} supports {api:?} v{min}-v{max}, but `sluice` implements only v{}-v{}", self.addr, ours.0, ours.1);
         }
         Ok(high)
     }

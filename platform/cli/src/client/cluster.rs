@@ -11,11 +11,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::report::error_label;
 use super::wire::{BrokerApis, CREATE_TOPICS_VERSIONS, Connection, METADATA_VERSIONS};
+use super::{Unreachable, error_label};
 
 /// How long to wait for a topic's partitions to get leaders (e.g. right after creating it).
 const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the first exchange (ApiVersions) with a bootstrap broker may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause between Metadata polls while waiting for leaders.
 const TOPIC_READY_POLL: Duration = Duration::from_millis(100);
 /// CreateTopics timeout the broker is asked to honour.
@@ -28,47 +30,61 @@ const TOPIC_ALREADY_EXISTS: i16 = 36;
 const DEFAULT_REPLICATION_FACTOR: i16 = -1;
 
 /// A connection to a bootstrap broker together with what it told us about versions.
-pub(super) struct Bootstrap {
-    pub(super) conn: Connection,
-    pub(super) apis: BrokerApis,
-    pub(super) metadata_version: i16,
+pub(crate) struct Bootstrap {
+    pub(crate) conn: Connection,
+    pub(crate) apis: BrokerApis,
+    pub(crate) metadata_version: i16,
 }
 
 /// Connects to the first reachable broker of `brokers` and negotiates API versions with it. Versions
 /// picked here are used on every connection: a cluster runs one broker version.
-pub(super) async fn bootstrap(brokers: &[String]) -> Result<Bootstrap> {
+pub(crate) async fn bootstrap(brokers: &[String]) -> Result<Bootstrap> {
     let mut failures = Vec::new();
     for addr in brokers.iter().map(|b| b.trim()).filter(|b| !b.is_empty()) {
         let attempt = async {
             let mut conn = Connection::open(addr).await?;
-            let apis = conn.api_versions().await?;
+            // A peer that accepts connections but never answers (a stuck process, a firewall that
+            // swallows packets) must fail in seconds, not after the long per-request timeout.
+            let apis = match tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.api_versions()).await {
+                Ok(apis) => apis?,
+                Err(_) => {
+                    return Err(Unreachable(format!(
+                        "broker at {addr} accepted the connection but sent no ApiVersions response within {}s \
+                         (is that a Kafka listener, and is the broker healthy?)",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ))
+                    .into());
+                }
+            };
             let metadata_version = apis.pick(ApiKey::Metadata, METADATA_VERSIONS)?;
             anyhow::Ok(Bootstrap { conn, apis, metadata_version })
         };
         match attempt.await {
             Ok(bootstrap) => return Ok(bootstrap),
+            Err(e) if failures.is_empty() && brokers.len() == 1 => return Err(e),
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
     match failures.len() {
         0 => bail!("no brokers given (--brokers host:port)"),
         1 => bail!("{}", failures.remove(0)),
-        _ => bail!("no bootstrap broker reachable:\n  {}", failures.join("\n  ")),
+        // Every one failed; whatever the individual reasons, the cluster was not reached.
+        _ => Err(Unreachable(format!("no bootstrap broker reachable:\n  {}", failures.join("\n  "))).into()),
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct PartitionMeta {
-    pub(super) id: i32,
+pub(crate) struct PartitionMeta {
+    pub(crate) id: i32,
     /// Broker id of the leader, or -1 while there is none.
-    pub(super) leader: i32,
+    pub(crate) leader: i32,
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct TopicMeta {
-    pub(super) partitions: Vec<PartitionMeta>,
+pub(crate) struct TopicMeta {
+    pub(crate) partitions: Vec<PartitionMeta>,
     /// Broker id → "host:port" as advertised.
-    pub(super) brokers: HashMap<i32, String>,
+    pub(crate) brokers: HashMap<i32, String>,
 }
 
 /// Describes `topic`, or `None` if the broker does not know it.
@@ -136,7 +152,7 @@ async fn create_topic(boot: &mut Bootstrap, topic: &str, partitions: i32) -> Res
 
 /// Finds `topic`, creating it with `create_partitions` partitions if it is missing and a count was
 /// given, then waits until every partition has a leader.
-pub(super) async fn ensure_topic(boot: &mut Bootstrap, topic: &str, create_partitions: Option<i32>) -> Result<TopicMeta> {
+pub(crate) async fn ensure_topic(boot: &mut Bootstrap, topic: &str, create_partitions: Option<i32>) -> Result<TopicMeta> {
     match (describe_topic(boot, topic).await?, create_partitions) {
         (Some(meta), Some(wanted)) if meta.partitions.len() != wanted as usize && !meta.partitions.is_empty() => {
             eprintln!(
@@ -169,7 +185,7 @@ pub(super) async fn ensure_topic(boot: &mut Bootstrap, topic: &str, create_parti
 /// Pairs each partition with the address of its leader. With a single broker in the metadata the
 /// bootstrap address is used as given: it is known to work from here, while the advertised one may be
 /// a wildcard or an in-container name.
-pub(super) fn routes(meta: &TopicMeta, bootstrap_addr: &str) -> Result<Vec<(i32, String)>> {
+pub(crate) fn routes(meta: &TopicMeta, bootstrap_addr: &str) -> Result<Vec<(i32, String)>> {
     let single_broker = meta.brokers.len() <= 1;
     meta.partitions
         .iter()
@@ -191,7 +207,7 @@ pub(super) fn routes(meta: &TopicMeta, bootstrap_addr: &str) -> Result<Vec<(i32,
 /// partitions than connections, `share` decides: producers may share partitions (like independent
 /// producers would), while readers must not (they would read the same records twice), so surplus
 /// connections are dropped.
-pub(super) fn assign(routes: &[(i32, String)], connections: u32, share: bool) -> Vec<(String, Vec<i32>)> {
+pub(crate) fn assign(routes: &[(i32, String)], connections: u32, share: bool) -> Vec<(String, Vec<i32>)> {
     let mut by_leader: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for (partition, addr) in routes {
         by_leader.entry(addr.as_str()).or_default().push(*partition);

@@ -1,0 +1,501 @@
+//! `sluice topic …`: create, list, describe, alter-config, add-partitions, delete and delete-records,
+//! the jobs of `kafka-topics.sh`, `kafka-configs.sh --entity-type topics` and `kafka-delete-records.sh`,
+//! all over the Kafka protocol (CreateTopics, Metadata, ListOffsets, DescribeConfigs,
+//! IncrementalAlterConfigs, CreatePartitions, DeleteTopics, DeleteRecords).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use kafka_protocol::messages::{
+    ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest,
+    create_partitions_request::CreatePartitionsTopic,
+    create_topics_request::{CreatableTopic, CreatableTopicConfig},
+    delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
+    delete_topics_request::DeleteTopicState,
+    describe_configs_request::DescribeConfigsResource,
+    incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig},
+};
+use serde_json::{Value, json};
+
+use crate::client::wire::CREATE_TOPICS_VERSIONS;
+use crate::client::{
+    CREATE_PARTITIONS_VERSIONS, Client, DELETE_RECORDS_VERSIONS, DELETE_TOPICS_VERSIONS, DESCRIBE_CONFIGS_VERSIONS,
+    INCREMENTAL_ALTER_CONFIGS_VERSIONS, LATEST_TIMESTAMP, TopicInfo, error_label, error_with_message, str_bytes, topic_name,
+};
+use crate::exit::usage;
+use crate::output::{key_value, parse_time, print_json, print_table, table};
+
+/// Largest partition count accepted on the command line (Kafka has no hard limit; this catches typos).
+const PARTITIONS_MAX: i64 = 100_000;
+/// The timeout the broker is asked to honour for topic changes.
+const ADMIN_TIMEOUT_MS: i32 = 30_000;
+/// How long `create` / `add-partitions` wait for every partition to have a leader.
+const LEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// DescribeConfigs resource type of a topic.
+const RESOURCE_TOPIC: i8 = 2;
+/// DescribeConfigs `config_source` of a value set on the topic itself.
+const SOURCE_TOPIC: i8 = 1;
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+
+#[derive(Debug, Args)]
+pub struct TopicArgs {
+    #[command(flatten)]
+    pub common: crate::Common,
+    #[command(subcommand)]
+    pub cmd: TopicCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCmd {
+    /// Create a topic (kafka-topics.sh --create).
+    #[command(after_help = "Example:\n  sluice topic create orders -p 6 -c retention.ms=86400000 -c cleanup.policy=delete")]
+    Create {
+        name: String,
+        /// Number of partitions [default: the broker's num.partitions].
+        #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..=PARTITIONS_MAX))]
+        partitions: Option<i32>,
+        /// Replication factor [default: the broker's default.replication.factor].
+        #[arg(short = 'r', long, value_parser = clap::value_parser!(i16).range(1..))]
+        replicas: Option<i16>,
+        /// A topic setting, key=value (repeatable).
+        #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+        configs: Vec<(String, String)>,
+        /// Succeed without changes if the topic already exists.
+        #[arg(long)]
+        if_not_exists: bool,
+    },
+    /// List topics with their partition counts (kafka-topics.sh --list).
+    #[command(after_help = "Examples:\n  sluice topic list\n  sluice topic list --json | jq -r '.[].name'")]
+    List {
+        /// Include internal topics such as __consumer_offsets.
+        #[arg(long)]
+        internal: bool,
+    },
+    /// Partitions (leader, replicas, ISR, low/high watermark) and non-default configs (kafka-topics.sh --describe).
+    #[command(after_help = "Examples:\n  sluice topic describe orders\n  sluice topic describe orders --all-configs --json")]
+    Describe {
+        name: String,
+        /// Show every config, defaults included, with its source.
+        #[arg(long)]
+        all_configs: bool,
+    },
+    /// Set or remove topic settings (kafka-configs.sh --alter --entity-type topics).
+    #[command(after_help = "Example:\n  sluice topic alter-config orders --set retention.ms=3600000 --delete segment.bytes")]
+    AlterConfig {
+        name: String,
+        /// key=value to set (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+        set: Vec<(String, String)>,
+        /// A key to reset to its default (repeatable).
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Raise a topic's partition count to a new total (kafka-topics.sh --alter --partitions).
+    #[command(after_help = "Example (grow `orders` to 12 partitions in all):\n  sluice topic add-partitions orders -p 12")]
+    AddPartitions {
+        name: String,
+        /// The new total number of partitions (as in kafka-topics.sh), more than the current count.
+        #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..=PARTITIONS_MAX))]
+        partitions: i32,
+    },
+    /// Delete a topic and all its records (kafka-topics.sh --delete).
+    #[command(after_help = "Example:\n  sluice topic delete orders")]
+    Delete { name: String },
+    /// Delete the records before an offset or a time (kafka-delete-records.sh).
+    #[command(after_help = "Examples:\n  sluice topic delete-records orders --partition 0 --offset 1000\n  \
+                          sluice topic delete-records orders --before 2024-05-01T00:00:00Z   # every partition\n  \
+                          sluice topic delete-records orders --offset -1                      # everything so far")]
+    DeleteRecords {
+        name: String,
+        /// Only this partition [default: every partition].
+        #[arg(long)]
+        partition: Option<i32>,
+        /// Delete records below this offset; -1 means up to the high watermark.
+        #[arg(long, allow_negative_numbers = true, required_unless_present = "before", conflicts_with = "before")]
+        offset: Option<i64>,
+        /// Delete records older than this time (RFC 3339 or epoch ms).
+        #[arg(long, value_name = "TIME")]
+        before: Option<String>,
+    },
+}
+
+pub(crate) async fn run(cmd: TopicCmd, brokers: &[String], as_json: bool) -> Result<()> {
+    match cmd {
+        TopicCmd::Create { name, partitions, replicas, configs, if_not_exists } => {
+            let mut client = Client::connect(brokers).await?;
+            create(&mut client, &name, partitions, replicas, &configs, if_not_exists, as_json).await
+        }
+        TopicCmd::List { internal } => list(&mut Client::connect(brokers).await?, internal, as_json).await,
+        TopicCmd::Describe { name, all_configs } => describe(&mut Client::connect(brokers).await?, &name, all_configs, as_json).await,
+        TopicCmd::AlterConfig { name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                return usage("nothing to change: give --set key=value and/or --delete key");
+            }
+            alter_config(&mut Client::connect(brokers).await?, &name, &set, &delete, as_json).await
+        }
+        TopicCmd::AddPartitions { name, partitions } => {
+            add_partitions(&mut Client::connect(brokers).await?, &name, partitions, as_json).await
+        }
+        TopicCmd::Delete { name } => delete(&mut Client::connect(brokers).await?, &name, as_json).await,
+        TopicCmd::DeleteRecords { name, partition, offset, before } => {
+            let before = before.as_deref().map(parse_time).transpose()?;
+            delete_records(&mut Client::connect(brokers).await?, &name, partition, offset, before, as_json).await
+        }
+    }
+}
+
+async fn create(
+    client: &mut Client,
+    name: &str,
+    partitions: Option<i32>,
+    replicas: Option<i16>,
+    configs: &[(String, String)],
+    if_not_exists: bool,
+    as_json: bool,
+) -> Result<()> {
+    let version = client.version(ApiKey::CreateTopics, CREATE_TOPICS_VERSIONS)?;
+    // "The broker's default" (-1) exists from v4 on; before that, ask for what a default broker has.
+    let default_partitions = if version >= 4 { -1 } else { 1 };
+    let default_replicas = if version >= 4 { -1 } else { 1 };
+    let request = CreateTopicsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS).with_topics(vec![
+        CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions.unwrap_or(default_partitions))
+            .with_replication_factor(replicas.unwrap_or(default_replicas))
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| CreatableTopicConfig::default().with_name(str_bytes(k)).with_value(Some(str_bytes(v))))
+                    .collect(),
+            ),
+    ]);
+    let response = client.call(&request, version).await?;
+    let result = response.topics.first().ok_or_else(|| anyhow::anyhow!("CreateTopics returned no result for `{name}`"))?;
+    const TOPIC_ALREADY_EXISTS: i16 = 36;
+    match result.error_code {
+        0 => {}
+        TOPIC_ALREADY_EXISTS if if_not_exists => {
+            if as_json {
+                print_json(&json!({"topic": name, "created": false}));
+            } else {
+                println!("topic `{name}` already exists");
+            }
+            return Ok(());
+        }
+        TOPIC_ALREADY_EXISTS => bail!("topic `{name}` already exists on {} (use --if-not-exists to accept that)", client.bootstrap_addr()),
+        code => bail!("creating topic `{name}` failed: {}", error_with_message(code, result.error_message.as_ref())),
+    }
+    let topic = wait_for_leaders(client, name, None).await?;
+    if as_json {
+        print_json(&json!({"topic": name, "created": true, "partitions": topic.partitions.len()}));
+    } else {
+        println!("created topic `{name}` with {} partition(s)", topic.partitions.len());
+    }
+    Ok(())
+}
+
+/// Waits until `name` has (at least `count`) partitions, each with a leader.
+async fn wait_for_leaders(client: &mut Client, name: &str, count: Option<usize>) -> Result<TopicInfo> {
+    let deadline = Instant::now() + LEADERS_TIMEOUT;
+    loop {
+        let meta = client.metadata(Some(&[name.to_string()])).await?;
+        if let Some(topic) = meta.topic(name)
+            && topic.error_code == 0
+            && !topic.partitions.is_empty()
+            && count.is_none_or(|c| topic.partitions.len() >= c)
+            && topic.partitions.iter().all(|p| p.leader >= 0)
+        {
+            return Ok(topic.clone());
+        }
+        if Instant::now() >= deadline {
+            bail!("topic `{name}` still has partitions without a leader after {}s", LEADERS_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn list(client: &mut Client, internal: bool, as_json: bool) -> Result<()> {
+    let meta = client.metadata(None).await?;
+    let topics: Vec<&TopicInfo> = meta.topics.iter().filter(|t| internal || !(t.internal || t.name.starts_with("__"))).collect();
+    if as_json {
+        let items: Vec<Value> = topics
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name,
+                    "partitions": t.partitions.len(),
+                    "replicas": t.partitions.first().map_or(0, |p| p.replicas.len()),
+                    "internal": t.internal,
+                })
+            })
+            .collect();
+        print_json(&Value::Array(items));
+        return Ok(());
+    }
+    let mut t = table(["NAME", "PARTITIONS", "REPLICAS"]);
+    for topic in topics {
+        t.add_row(vec![
+            topic.name.clone(),
+            topic.partitions.len().to_string(),
+            topic.partitions.first().map_or(0, |p| p.replicas.len()).to_string(),
+        ]);
+    }
+    print_table(&t);
+    Ok(())
+}
+
+/// One config as DescribeConfigs reports it.
+struct ConfigEntry {
+    name: String,
+    value: Option<String>,
+    source: i8,
+    sensitive: bool,
+}
+
+fn source_label(source: i8) -> &'static str {
+    match source {
+        1 => "topic",
+        2 => "dynamic-broker",
+        3 => "dynamic-default-broker",
+        4 => "static-broker",
+        5 => "default",
+        6 => "dynamic-broker-logger",
+        7 => "client-metrics",
+        8 => "group",
+        _ => "unknown",
+    }
+}
+
+async fn describe_configs(client: &mut Client, name: &str) -> Result<Vec<ConfigEntry>> {
+    let version = client.version(ApiKey::DescribeConfigs, DESCRIBE_CONFIGS_VERSIONS)?;
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(RESOURCE_TOPIC)
+            .with_resource_name(str_bytes(name))
+            .with_configuration_keys(None),
+    ]);
+    let response = client.call(&request, version).await?;
+    let result = response.results.first().ok_or_else(|| anyhow::anyhow!("DescribeConfigs returned no result for `{name}`"))?;
+    if result.error_code != 0 {
+        bail!("describing the configs of `{name}` failed: {}", error_with_message(result.error_code, result.error_message.as_ref()));
+    }
+    let mut entries: Vec<ConfigEntry> = result
+        .configs
+        .iter()
+        .map(|c| ConfigEntry {
+            name: c.name.to_string(),
+            value: c.value.as_ref().map(|v| v.to_string()),
+            source: c.config_source,
+            sensitive: c.is_sensitive,
+        })
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
+}
+
+async fn describe(client: &mut Client, name: &str, all_configs: bool, as_json: bool) -> Result<()> {
+    let topic = client.topic(name).await?;
+    let watermarks = client.watermarks(&topic).await?;
+    let configs = describe_configs(client, name).await?;
+    let shown: Vec<&ConfigEntry> = configs.iter().filter(|c| all_configs || c.source == SOURCE_TOPIC).collect();
+    let shown_value = |c: &ConfigEntry| if c.sensitive { Some("(sensitive)".to_string()) } else { c.value.clone() };
+    if as_json {
+        let partitions: Vec<Value> = topic
+            .partitions
+            .iter()
+            .map(|p| {
+                let w = watermarks.get(&p.id);
+                json!({
+                    "partition": p.id,
+                    "leader": p.leader,
+                    "replicas": p.replicas,
+                    "isr": p.isr,
+                    "low_watermark": w.map(|w| w.low),
+                    "high_watermark": w.map(|w| w.high),
+                    "error": if p.error_code == 0 { Value::Null } else { Value::String(error_label(p.error_code)) },
+                })
+            })
+            .collect();
+        let configs: Vec<Value> =
+            shown.iter().map(|c| json!({"name": c.name, "value": shown_value(c), "source": source_label(c.source)})).collect();
+        print_json(&json!({"name": topic.name, "internal": topic.internal, "partitions": partitions, "configs": configs}));
+        return Ok(());
+    }
+    println!(
+        "Topic: {}  Partitions: {}  Replicas: {}",
+        topic.name,
+        topic.partitions.len(),
+        topic.partitions.first().map_or(0, |p| p.replicas.len())
+    );
+    println!();
+    let mut t = table(["PARTITION", "LEADER", "REPLICAS", "ISR", "LOW", "HIGH", "RECORDS"]);
+    let join = |ids: &[i32]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    for p in &topic.partitions {
+        let w = watermarks.get(&p.id);
+        t.add_row(vec![
+            p.id.to_string(),
+            if p.leader >= 0 { p.leader.to_string() } else { "none".to_string() },
+            join(&p.replicas),
+            join(&p.isr),
+            w.map_or("?".into(), |w| w.low.to_string()),
+            w.map_or("?".into(), |w| w.high.to_string()),
+            w.map_or("?".into(), |w| (w.high - w.low).to_string()),
+        ]);
+    }
+    print_table(&t);
+    println!();
+    if shown.is_empty() {
+        println!("Configs: all defaults (--all-configs shows them)");
+    } else {
+        let mut t = table(["CONFIG", "VALUE", "SOURCE"]);
+        for c in shown {
+            t.add_row(vec![c.name.clone(), shown_value(c).unwrap_or_default(), source_label(c.source).to_string()]);
+        }
+        print_table(&t);
+    }
+    Ok(())
+}
+
+async fn alter_config(client: &mut Client, name: &str, set: &[(String, String)], delete: &[String], as_json: bool) -> Result<()> {
+    client.topic(name).await?;
+    let version = client.version(ApiKey::IncrementalAlterConfigs, INCREMENTAL_ALTER_CONFIGS_VERSIONS)?;
+    let mut configs: Vec<AlterableConfig> = set
+        .iter()
+        .map(|(k, v)| AlterableConfig::default().with_name(str_bytes(k)).with_config_operation(OP_SET).with_value(Some(str_bytes(v))))
+        .collect();
+    configs.extend(
+        delete.iter().map(|k| AlterableConfig::default().with_name(str_bytes(k)).with_config_operation(OP_DELETE).with_value(None)),
+    );
+    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default().with_resource_type(RESOURCE_TOPIC).with_resource_name(str_bytes(name)).with_configs(configs),
+    ]);
+    let response = client.call(&request, version).await?;
+    for r in &response.responses {
+        if r.error_code != 0 {
+            bail!("altering the configs of `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
+        }
+    }
+    if as_json {
+        let set: BTreeMap<&str, &str> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        print_json(&json!({"topic": name, "set": set, "deleted": delete}));
+    } else {
+        println!("updated the configs of topic `{name}`: {} set, {} reset to default", set.len(), delete.len());
+    }
+    Ok(())
+}
+
+async fn add_partitions(client: &mut Client, name: &str, total: i32, as_json: bool) -> Result<()> {
+    let topic = client.topic(name).await?;
+    let current = topic.partitions.len();
+    if total as usize <= current {
+        return usage(format!(
+            "topic `{name}` already has {current} partitions; -p is the new total (as in kafka-topics.sh), so it must be more than {current}"
+        ));
+    }
+    let version = client.version(ApiKey::CreatePartitions, CREATE_PARTITIONS_VERSIONS)?;
+    let request = CreatePartitionsRequest::default()
+        .with_timeout_ms(ADMIN_TIMEOUT_MS)
+        .with_topics(vec![CreatePartitionsTopic::default().with_name(topic_name(name)).with_count(total).with_assignments(None)]);
+    let response = client.call(&request, version).await?;
+    for r in &response.results {
+        if r.error_code != 0 {
+            bail!("adding partitions to `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
+        }
+    }
+    wait_for_leaders(client, name, Some(total as usize)).await?;
+    if as_json {
+        print_json(&json!({"topic": name, "partitions_before": current, "partitions": total}));
+    } else {
+        println!("topic `{name}` now has {total} partitions (was {current})");
+    }
+    Ok(())
+}
+
+async fn delete(client: &mut Client, name: &str, as_json: bool) -> Result<()> {
+    client.topic(name).await?;
+    let version = client.version(ApiKey::DeleteTopics, DELETE_TOPICS_VERSIONS)?;
+    let mut request = DeleteTopicsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS);
+    if version >= 6 {
+        request.topics = vec![DeleteTopicState::default().with_name(Some(topic_name(name)))];
+    } else {
+        request.topic_names = vec![topic_name(name)];
+    }
+    let response = client.call(&request, version).await?;
+    for r in &response.responses {
+        if r.error_code != 0 {
+            bail!("deleting topic `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
+        }
+    }
+    if as_json {
+        print_json(&json!({"topic": name, "deleted": true}));
+    } else {
+        println!("deleted topic `{name}`");
+    }
+    Ok(())
+}
+
+async fn delete_records(
+    client: &mut Client,
+    name: &str,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    before: Option<i64>,
+    as_json: bool,
+) -> Result<()> {
+    let topic = client.topic(name).await?;
+    let partitions: Vec<i32> = match partition {
+        Some(p) if topic.partitions.iter().any(|tp| tp.id == p) => vec![p],
+        Some(p) => return usage(format!("topic `{name}` has no partition {p} (it has {})", topic.partitions.len())),
+        None => topic.partitions.iter().map(|p| p.id).collect(),
+    };
+    let targets: BTreeMap<i32, i64> = match (offset, before) {
+        (Some(o), _) if o < -1 => return usage(format!("--offset {o}: use an offset ≥ 0, or -1 for the high watermark")),
+        (Some(o), _) => partitions.iter().map(|&p| (p, o)).collect(),
+        (None, Some(ts)) => {
+            let by_time = client.list_offsets(&topic, &partitions.iter().map(|&p| (p, ts)).collect()).await?;
+            let latest = client.list_offsets(&topic, &partitions.iter().map(|&p| (p, LATEST_TIMESTAMP)).collect()).await?;
+            // No record at or after the time means every record is older: delete up to the end.
+            by_time.iter().map(|(&p, &o)| (p, if o < 0 { latest.get(&p).copied().unwrap_or(-1) } else { o })).collect()
+        }
+        (None, None) => return usage("give --offset O or --before TIME"),
+    };
+    let version = client.version(ApiKey::DeleteRecords, DELETE_RECORDS_VERSIONS)?;
+    let mut by_leader: BTreeMap<i32, Vec<(i32, i64)>> = BTreeMap::new();
+    for (&p, &o) in &targets {
+        let leader = topic.partitions.iter().find(|tp| tp.id == p).map_or(-1, |tp| tp.leader);
+        by_leader.entry(leader).or_default().push((p, o));
+    }
+    let mut results = BTreeMap::new();
+    for (leader, parts) in by_leader {
+        let request = DeleteRecordsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS).with_topics(vec![
+            DeleteRecordsTopic::default().with_name(topic_name(name)).with_partitions(
+                parts.iter().map(|&(p, o)| DeleteRecordsPartition::default().with_partition_index(p).with_offset(o)).collect(),
+            ),
+        ]);
+        let response = client.call_node(leader, &request, version).await?;
+        for t in &response.topics {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    bail!("deleting records of `{name}` partition {} failed: {}", p.partition_index, error_label(p.error_code));
+                }
+                results.insert(p.partition_index, p.low_watermark);
+            }
+        }
+    }
+    if as_json {
+        let items: Vec<Value> = results.iter().map(|(p, low)| json!({"partition": p, "low_watermark": low})).collect();
+        print_json(&json!({"topic": name, "partitions": items}));
+    } else {
+        let mut t = table(["PARTITION", "LOW WATERMARK"]);
+        for (p, low) in &results {
+            t.add_row(vec![p.to_string(), low.to_string()]);
+        }
+        print_table(&t);
+    }
+    Ok(())
+}
