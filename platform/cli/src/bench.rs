@@ -139,6 +139,10 @@ pub struct ConsumeArgs {
     /// Upper bound on the bytes returned for one partition in one Fetch response.
     #[arg(long, default_value_t = 1_048_576, value_parser = clap::value_parser!(i32).range(1..=MAX_FETCH_BYTES))]
     pub partition_max_bytes: i32,
+
+    /// Fetch with isolation_level=read_committed: read up to the last stable offset only.
+    #[arg(long)]
+    pub read_committed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -30,6 +30,7 @@ const FETCH_MAX_WAIT: Duration = Duration::from_millis(FETCH_MAX_WAIT_MS as u64)
 const FETCH_MIN_BYTES: i32 = 1;
 /// READ_UNCOMMITTED: count every record up to the high watermark.
 const ISOLATION_READ_UNCOMMITTED: i8 = 0;
+const ISOLATION_READ_COMMITTED: i8 = 1;
 /// Session id 0 with epoch -1 asks for a plain full fetch, without an incremental fetch session.
 const NO_FETCH_SESSION_ID: i32 = 0;
 const NO_FETCH_SESSION_EPOCH: i32 = -1;
@@ -105,6 +106,7 @@ pub(super) async fn measure(args: &ConsumeArgs) -> Result<Summary> {
         version,
         fetch_max_bytes: args.fetch_max_bytes,
         partition_max_bytes: args.partition_max_bytes,
+        isolation_level: if args.read_committed { ISOLATION_READ_COMMITTED } else { ISOLATION_READ_UNCOMMITTED },
         in_flight: target.in_flight as usize,
         meter: meter.clone(),
         stop: Stop {
@@ -144,6 +146,7 @@ struct Config {
     version: i16,
     fetch_max_bytes: i32,
     partition_max_bytes: i32,
+    isolation_level: i8,
     in_flight: usize,
     meter: Arc<Meter>,
     stop: Stop,
@@ -277,7 +280,7 @@ impl Config {
             .with_max_wait_ms(if long_poll { FETCH_MAX_WAIT_MS } else { 0 })
             .with_min_bytes(FETCH_MIN_BYTES)
             .with_max_bytes(self.fetch_max_bytes)
-            .with_isolation_level(ISOLATION_READ_UNCOMMITTED)
+            .with_isolation_level(self.isolation_level)
             .with_session_id(NO_FETCH_SESSION_ID)
             .with_session_epoch(NO_FETCH_SESSION_EPOCH)
             .with_topics(vec![FetchTopic::default().with_topic(self.topic.clone()).with_partitions(partitions)])
