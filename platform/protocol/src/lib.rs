@@ -14,6 +14,8 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 
 pub use kafka_protocol;
 
+pub mod partitioner;
+
 /// Bytes of the big-endian length prefix in front of every request and response.
 pub const FRAME_LENGTH_BYTES: usize = 4;
 
