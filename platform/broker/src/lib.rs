@@ -55,6 +55,21 @@ pub struct ServerOptions {
     pub listen: String,
     pub admin_listen: String,
     pub config: BrokerConfig,
+    /// Subsystems that run inside the broker on top of it (the Wasm transform runtime): started once
+    /// the logs are recovered, stopped before they close.
+    pub extensions: Vec<Arc<dyn Extension>>,
+}
+
+/// A subsystem that runs inside the broker process on top of [`Broker`]: the Wasm transform runtime,
+/// later connectors and mirrors. It lives in its own crate (the broker does not depend on it) and
+/// plugs in here.
+pub trait Extension: Send + Sync {
+    /// Called once the broker has recovered its logs and before clients are served. Returns routes
+    /// merged into the admin API (their paths must not collide with the broker's own).
+    fn start(&self, broker: Arc<Broker>) -> Result<axum::Router, String>;
+    /// Called at shutdown, after clients are disconnected and before the logs close. Must return
+    /// once the extension no longer writes to the broker.
+    fn stop(&self);
 }
 
 /// Addresses actually bound (useful when asked for port 0).
@@ -81,10 +96,16 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let data_dir = options.data_dir.clone();
     let config = options.config;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await.map_err(|e| e.to_string())??;
+    let mut admin_router = admin::router(Arc::clone(&broker));
+    for extension in &options.extensions {
+        let (extension, broker) = (Arc::clone(extension), Arc::clone(&broker));
+        // Starting may compile Wasm modules or read files: keep it off the async workers.
+        let routes = tokio::task::spawn_blocking(move || extension.start(broker)).await.map_err(|e| e.to_string())??;
+        admin_router = admin_router.merge(routes);
+    }
     let (stop_sender, stop) = watch::channel(false);
     let kafka_task = tokio::spawn(server::run_kafka_listener(Arc::clone(&broker), kafka_listener, stop.clone()));
     let mut admin_stop = stop.clone();
-    let admin_router = admin::router(Arc::clone(&broker));
     let admin_task = tokio::spawn(async move {
         let served = axum::serve(admin_listener, admin_router).with_graceful_shutdown(async move {
             let _ = admin_stop.changed().await;
@@ -104,6 +125,8 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
     sweeper.abort();
     maintenance.abort();
+    let extensions = options.extensions.clone();
+    tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await.map_err(|e| e.to_string())?;
     // Let in-flight connections finish their current request before the logs close under them.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let closing = Arc::clone(&broker);
