@@ -88,7 +88,7 @@ mod wasm {
     /// The `init` export.
     pub fn export_init(config: Vec<(String, String)>, outputs: Vec<String>, user_init: Option<InitFn>) -> Result<(), String> {
         // A panic traps the instance; log its message first so the host can say why.
-        std::panic::set_hook(Box::new(|info| host_log(Level::Error, &format!("transform panicked: {info}"))));
+        std::panic::set_hook(Box::new(|info| host_log(Level::Error, &info.to_string())));
         let state = init(config, outputs, user_init).map_err(crate::Error::into_message)?;
         STATE.with(|current| *current.borrow_mut() = Some(state));
         Ok(())
