@@ -4,6 +4,7 @@
 //! Configuration:
 //! - `on-invalid`: a value that is not JSON: `fail` (default: a converter that silently loses
 //!   records is worse than one that stops), `drop` or `pass` (forward unchanged).
+//!
 //! Records without a value pass through unchanged (tombstones stay tombstones).
 
 use serde_json::Value;
