@@ -55,6 +55,12 @@ impl Engine {
         }
         let mut wasm_config = wasmtime::Config::new();
         wasm_config.wasm_component_model(true).epoch_interruption(true).cranelift_opt_level(wasmtime::OptLevel::Speed);
+        // With `--features profiling`, `SLUICE_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so that `perf`
+        // names guest functions (how BENCHMARKS.md's profile was taken).
+        #[cfg(feature = "profiling")]
+        if std::env::var_os("SLUICE_WASM_PERFMAP").is_some() {
+            wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wasmtime::Engine::new(&wasm_config).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);

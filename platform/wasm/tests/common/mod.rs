@@ -20,6 +20,7 @@ pub const GUESTS: &[&str] = &[
     "fixture-hostile",
     "fixture-wrong-world",
     "fixture-raw-bad-output",
+    "fixture-bulky",
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -43,7 +44,9 @@ fn build_guests() -> PathBuf {
 /// The bytes of a guest component, e.g. `guest("json-filter")`.
 pub fn guest(name: &str) -> Vec<u8> {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(build_guests);
+    // `SLUICE_GUEST_DIR` points at components built elsewhere (e.g. with other compiler flags, for the
+    // benchmark) instead of building them here.
+    let dir = DIR.get_or_init(|| std::env::var_os("SLUICE_GUEST_DIR").map(PathBuf::from).unwrap_or_else(build_guests));
     let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
@@ -54,6 +57,39 @@ pub fn engine() -> Engine {
 
 pub fn load(engine: &Engine, name: &str) -> Module {
     engine.load(&guest(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+}
+
+/// Bytes of code in all core modules of a component (the code sections; debug info and names excluded).
+pub fn code_bytes(component: &[u8]) -> usize {
+    fn leb(bytes: &[u8], mut i: usize) -> Option<(usize, usize)> {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = *bytes.get(i)?;
+            i += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                return Some((value, i));
+            }
+        }
+    }
+    fn walk(bytes: &[u8]) -> Option<usize> {
+        let is_component = bytes.get(6..8)? != [0, 0];
+        let (mut i, mut code) = (8, 0);
+        while i < bytes.len() {
+            let id = bytes[i];
+            let (len, start) = leb(bytes, i + 1)?;
+            let body = bytes.get(start..start + len)?;
+            match (is_component, id) {
+                (true, 1) => code += walk(body)?,
+                (false, 10) => code += len,
+                _ => {}
+            }
+            i = start + len;
+        }
+        Some(code)
+    }
+    walk(component).unwrap_or(0)
 }
 
 /// A record with this value at `offset`.
