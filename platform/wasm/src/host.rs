@@ -48,8 +48,11 @@ pub(crate) struct HostState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
     pub log_sink: Arc<dyn LogSink>,
-    /// Memory cap in bytes; read on every growth, so `set_limits` takes effect at once.
+    /// Memory cap in bytes, for all the instance's linear memories together; read on every growth,
+    /// so `set_limits` takes effect at once.
     pub memory_bytes_max: usize,
+    /// Bytes of linear memory the instance holds (memories only grow).
+    pub memory_bytes_used: usize,
     /// Log calls in the current call; reset by `begin_call`.
     pub log_count: usize,
     /// The last error-level line of the current call (the SDK logs panics there), for trap messages.
@@ -94,13 +97,22 @@ impl host::Host for HostState {
 }
 
 impl wasmtime::ResourceLimiter for HostState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes_max {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let requested_bytes = self.memory_bytes_used.saturating_sub(current).saturating_add(desired);
+        if requested_bytes > self.memory_bytes_max {
             // An error rather than `Ok(false)`: the guest traps at once with a cause we can name,
             // instead of failing an allocation and aborting with a bare `unreachable`.
-            return Err(wasmtime::Error::new(MemoryCapExceeded { limit_bytes: self.memory_bytes_max, requested_bytes: desired }));
+            return Err(wasmtime::Error::new(MemoryCapExceeded { limit_bytes: self.memory_bytes_max, requested_bytes }));
         }
+        self.memory_bytes_used = requested_bytes;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Growth we allowed failed anyway (the OS refused); the exact size is unknown, so keep counting
+        // it as used: the cap errs on the safe side.
+        tracing::debug!("guest memory growth failed: {error:#}");
+        Ok(())
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {

@@ -92,6 +92,7 @@ impl Instance {
             table: wasmtime::component::ResourceTable::new(),
             log_sink: config.log_sink.clone(),
             memory_bytes_max: config.limits.memory_bytes,
+            memory_bytes_used: 0,
             log_count: 0,
             last_error_log: None,
         };
@@ -159,6 +160,11 @@ impl Instance {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Bytes of linear memory the guest holds now (for metrics; it never shrinks).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory_bytes_used
     }
 
     /// Why the instance cannot be called any more, if it cannot.

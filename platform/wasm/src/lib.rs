@@ -7,7 +7,8 @@
 //!    a background thread ticking the epoch, the linker (WASI p2 with nothing granted, plus the
 //!    `host` import), and the on-disk cache of compiled modules.
 //! 2. [`Engine::load`] turns bytes into a [`Module`]: checks they are a component, compiles it (or
-//!    loads the cached compilation) and checks it is of the transform world.
+//!    loads the cached compilation) and checks it is of the transform world. Compiling takes up to
+//!    seconds for large modules (BENCHMARKS.md): call it on a blocking thread, never on the data path.
 //! 3. [`Module::instantiate`] makes an [`Instance`]: its own store, memory cap, CPU bound, config and
 //!    output topics; runs the guest's `init`.
 //! 4. [`Instance::process`] sends one batch of [`InputRecord`]s across and validates the
@@ -46,6 +47,15 @@ pub use host::{LogSink, TracingLogSink};
 pub use instance::{Grants, Instance, InstanceConfig};
 pub use limits::*;
 pub use module::Module;
+
+// The broker shares modules across threads and moves each instance to a thread of its own.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send_sync::<Module>();
+    send::<Instance>();
+};
 
 /// The WIT package version this host implements; components built against another are `WrongWorld`.
 pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";

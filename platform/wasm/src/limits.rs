@@ -4,8 +4,8 @@
 /// ([`crate::Instance::set_limits`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Cap on the guest's linear memory (all memories of the component together). Growing past it
-    /// stops the call with `OutOfMemory`. Memory is never shrunk: lowering the cap below what the
+    /// Cap on the guest's linear memory (all memories of the component together; a Rust component
+    /// has one). Growing past it stops the call with `OutOfMemory`. Memory is never shrunk: lowering the cap below what the
     /// guest already has makes its next growth fail.
     pub memory_bytes: usize,
     /// How long one call (`init` or `process`) may run, in milliseconds of wall-clock time, enforced

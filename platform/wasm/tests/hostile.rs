@@ -200,6 +200,8 @@ fn limits_change_between_calls_without_reinstantiating() {
     instance.set_limits(Limits { memory_bytes: 64 << 20, cpu_ms_per_call: 1_000 }).unwrap();
     // ...but after raising the cap, the next call has room.
     assert_eq!(instance.process(&big).unwrap().len(), 8);
+    let held = instance.memory_bytes();
+    assert!(held > 8 << 20 && held <= 64 << 20, "the guest holds {held} bytes");
 
     // Lowering the CPU bound takes effect on the next call too.
     let mut looping = hostile(&engine, "loop", Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 60_000 });

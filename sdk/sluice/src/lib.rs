@@ -30,6 +30,8 @@ extern crate self as sluice;
 mod config;
 mod error;
 pub mod log;
+#[cfg(doctest)]
+mod macro_tests;
 mod record;
 pub mod testing;
 mod writer;
