@@ -92,7 +92,7 @@ impl Engine {
         };
         let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| TransformError::WrongWorld(format!("{e:#}")))?;
         let pre = TransformPre::new(instance_pre).map_err(|e| {
-            TransformError::WrongWorld(format!("{e:#} (a transform exports `init` and `process` of {})", crate::WIT_PACKAGE))
+            TransformError::WrongWorld(format!("{e:#} (a transform exports `sluice:plugin/transformer@{}`)", crate::WIT_VERSION))
         })?;
         Ok(Module::new(self.clone(), pre, digest, cache_hit, started.elapsed()))
     }

@@ -108,7 +108,7 @@ impl Instance {
         };
         let mut instance = Instance { store, bindings, limits: config.limits, tick_ms, outputs_len: config.outputs.len(), poisoned: None };
         arm_deadline(&mut instance.store, instance.limits, tick_ms);
-        let result = instance.bindings.call_init(&mut instance.store, &config.config, &config.outputs);
+        let result = instance.bindings.sluice_plugin_transformer().call_init(&mut instance.store, &config.config, &config.outputs);
         instance.store.data_mut().end_call();
         match result {
             Ok(Ok(())) => Ok(instance),
@@ -133,7 +133,7 @@ impl Instance {
         }
         arm_deadline(&mut self.store, self.limits, self.tick_ms);
         self.store.data_mut().begin_call();
-        let result = self.bindings.call_process(&mut self.store, batch);
+        let result = self.bindings.sluice_plugin_transformer().call_process(&mut self.store, batch);
         self.store.data_mut().end_call();
         match result {
             Ok(Ok(records)) => {

@@ -57,5 +57,6 @@ const _: () = {
     send::<Instance>();
 };
 
-/// The WIT package version this host implements; components built against another are `WrongWorld`.
-pub const WIT_PACKAGE: &str = "sluice:plugin@0.1.0";
+/// The version of the `sluice:plugin` WIT package this host implements; components built against an
+/// incompatible version are `WrongWorld`.
+pub const WIT_VERSION: &str = "0.1.0";

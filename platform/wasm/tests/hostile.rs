@@ -40,7 +40,14 @@ fn garbage_bytes_core_modules_and_truncated_components_are_invalid_modules() {
 fn a_component_of_another_world_is_refused_at_load() {
     let error = engine().load(&guest("fixture-wrong-world")).err().expect("must be refused");
     assert!(matches!(error, TransformError::WrongWorld(_)), "{error:?}");
-    assert!(error.to_string().contains("sluice:plugin@0.1.0"), "{error}");
+    assert!(error.to_string().contains("sluice:plugin/transformer@0.1.0"), "{error}");
+}
+
+#[test]
+fn a_component_built_against_the_next_minor_version_is_refused() {
+    let error = engine().load(&guest("fixture-future-version")).err().expect("must be refused");
+    assert!(matches!(error, TransformError::WrongWorld(_)), "{error:?}");
+    assert!(error.to_string().contains("sluice:plugin/transformer@0.1.0"), "{error}");
 }
 
 #[test]

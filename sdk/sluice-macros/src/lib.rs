@@ -84,7 +84,7 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
         const _: () = {
             struct #guest;
 
-            impl ::sluice::__private::bindings::Guest for #guest {
+            impl ::sluice::__private::Guest for #guest {
                 fn init(
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                     outputs: ::std::vec::Vec<::std::string::String>,
@@ -93,10 +93,10 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
                 }
 
                 fn process(
-                    batch: ::std::vec::Vec<::sluice::__private::bindings::InputRecord>,
+                    batch: ::std::vec::Vec<::sluice::__private::WitInputRecord>,
                 ) -> ::core::result::Result<
-                    ::std::vec::Vec<::sluice::__private::bindings::OutputRecord>,
-                    ::sluice::__private::bindings::TransformError,
+                    ::std::vec::Vec<::sluice::__private::WitOutputRecord>,
+                    ::sluice::__private::WitTransformError,
                 > {
                     ::sluice::__private::export_process(batch, #name)
                 }

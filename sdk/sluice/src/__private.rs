@@ -70,6 +70,9 @@ mod wasm {
     use bindings::sluice::plugin::host;
     use bindings::sluice::plugin::types;
 
+    pub use bindings::exports::sluice::plugin::transformer::Guest;
+    pub use types::{InputRecord as WitInputRecord, OutputRecord as WitOutputRecord, TransformError as WitTransformError};
+
     thread_local! {
         static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
     }

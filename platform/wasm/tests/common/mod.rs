@@ -21,6 +21,7 @@ pub const GUESTS: &[&str] = &[
     "fixture-wrong-world",
     "fixture-raw-bad-output",
     "fixture-bulky",
+    "fixture-future-version",
 ];
 
 pub fn workspace_root() -> PathBuf {
