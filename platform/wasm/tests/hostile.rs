@@ -44,6 +44,16 @@ fn a_component_of_another_world_is_refused_at_load() {
 }
 
 #[test]
+fn the_future_version_fixture_is_the_real_wit_with_only_the_version_bumped() {
+    let root = common::workspace_root();
+    let real = std::fs::read_to_string(root.join("sdk/wit/plugin.wit")).unwrap();
+    let fixture = std::fs::read_to_string(root.join("platform/wasm/fixtures/future-version/wit/plugin.wit")).unwrap();
+    let expected = real.replace("package sluice:plugin@0.1.0;", "package sluice:plugin@0.2.0;");
+    assert_ne!(expected, real, "sdk/wit changed version: update WIT_VERSION and this fixture");
+    assert_eq!(fixture, expected, "regenerate the fixture: sed 's/@0.1.0;/@0.2.0;/' sdk/wit/plugin.wit");
+}
+
+#[test]
 fn a_component_built_against_the_next_minor_version_is_refused() {
     let error = engine().load(&guest("fixture-future-version")).err().expect("must be refused");
     assert!(matches!(error, TransformError::WrongWorld(_)), "{error:?}");
