@@ -1,0 +1,165 @@
+//! `cargo bench -p sluice-wasm --bench transform` — the numbers behind BENCHMARKS.md:
+//!
+//! 1. identity: records/s through one instance on one thread, 100-byte values, 1000 per batch;
+//! 2. json-filter: the same filter code natively and in Wasm, records/s and the Wasm overhead;
+//! 3. deploy: compile + world check + instantiate of identity and of a component with ~2 MB of code
+//!    (`fixtures/bulky`), without and with the cache.
+//!
+//! Set `BENCH_SECONDS` to change the time per throughput measurement (default 3).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{guest, instance_config};
+use sluice_wasm::{Engine, EngineConfig, InputRecord};
+
+const BATCH_RECORDS: usize = 1_000;
+const VALUE_BYTES: usize = 100;
+
+fn main() {
+    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
+    let budget = Duration::from_secs_f64(seconds);
+    // `BENCH_ONLY=identity|json-filter|json-filter-wasm|deploy` runs one part (for profiling).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
+    if run("identity") {
+        identity(budget);
+    }
+    if run("json-filter") || only == "json-filter-wasm" {
+        json_filter(budget, only != "json-filter-wasm");
+    }
+    if run("deploy") {
+        deploy();
+    }
+}
+
+/// Run `f` on batches until `budget` is spent; records per second.
+fn throughput(budget: Duration, records_per_call: usize, mut f: impl FnMut() -> usize) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let started = Instant::now();
+    let mut records = 0usize;
+    while started.elapsed() < budget {
+        let kept = f();
+        std::hint::black_box(kept);
+        records += records_per_call;
+    }
+    records as f64 / started.elapsed().as_secs_f64()
+}
+
+fn identity(budget: Duration) {
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let module = engine.load(&guest("identity")).unwrap();
+    let (config, _) = instance_config(&[]);
+    let mut instance = module.instantiate(config).unwrap();
+    let batch: Vec<InputRecord> = (0..BATCH_RECORDS as i64)
+        .map(|offset| InputRecord {
+            key: None,
+            value: Some(vec![b'x'; VALUE_BYTES]),
+            headers: Vec::new(),
+            timestamp_ms: 1_700_000_000_000,
+            partition: 0,
+            offset,
+        })
+        .collect();
+    let rate = throughput(budget, BATCH_RECORDS, || instance.process(&batch).unwrap().len());
+    println!(
+        "identity (wasm): {:.2} M records/s, {:.0} MB/s of values ({VALUE_BYTES} B values, {BATCH_RECORDS} per batch, one thread)",
+        rate / 1e6,
+        rate * VALUE_BYTES as f64 / 1e6
+    );
+}
+
+fn json_values() -> Vec<Vec<u8>> {
+    (0..BATCH_RECORDS)
+        .map(|i| {
+            let status = if i % 2 == 0 { "shipped" } else { "pending" };
+            format!(r#"{{"id":{i},"status":"{status}","customer":{{"country":"DE","tier":"gold"}},"amount":12.5}}"#).into_bytes()
+        })
+        .collect()
+}
+
+fn json_filter(budget: Duration, with_native: bool) {
+    let values = json_values();
+    let config = [("field", "status"), ("equals", "shipped")];
+    let mean_bytes = values.iter().map(Vec::len).sum::<usize>() / values.len();
+
+    // Natively: the plugin's own init and run, the per-batch copies a host would make (inputs into
+    // records, kept records out of the writer), no boundary.
+    json_filter::init(&sluice::Config::from_pairs(config)).unwrap();
+    let native_budget = if with_native { budget } else { Duration::ZERO };
+    let native = throughput(native_budget, BATCH_RECORDS, || {
+        let mut writer = sluice::Writer::new(["out"]);
+        for (offset, value) in values.iter().enumerate() {
+            let record = sluice::Record::new(value.clone()).with_position(0, offset as i64);
+            json_filter::run(record, &mut writer).unwrap();
+        }
+        writer.len()
+    });
+
+    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let (instance_config, _) = instance_config(&config);
+    let mut instance = engine.load(&guest("json-filter")).unwrap().instantiate(instance_config).unwrap();
+    let batch: Vec<InputRecord> = values
+        .iter()
+        .enumerate()
+        .map(|(offset, value)| InputRecord {
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            partition: 0,
+            offset: offset as i64,
+        })
+        .collect();
+    assert_eq!(instance.process(&batch).unwrap().len(), BATCH_RECORDS / 2);
+    let wasm = throughput(budget, BATCH_RECORDS, || instance.process(&batch).unwrap().len());
+    println!(
+        "json-filter ({mean_bytes} B JSON values, half kept): native {:.2} M records/s, wasm {:.2} M records/s; wasm overhead {:.1}% (native time / wasm time = {:.2})",
+        native / 1e6,
+        wasm / 1e6,
+        (native / wasm - 1.0) * 100.0,
+        wasm / native
+    );
+}
+
+fn deploy() {
+    for name in ["identity", "fixture-bulky"] {
+        deploy_one(name);
+    }
+}
+
+fn deploy_one(name: &str) {
+    let bytes = guest(name);
+    let median = |mut samples: Vec<Duration>| {
+        samples.sort();
+        samples[samples.len() / 2]
+    };
+    let mut compiled = Vec::new();
+    let mut cached = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig { cache_dir: Some(dir.path().to_owned()), ..EngineConfig::default() };
+        for (samples, expect_hit) in [(&mut compiled, false), (&mut cached, true)] {
+            // A new engine each time: a broker restart.
+            let engine = Engine::new(config.clone()).unwrap();
+            let started = Instant::now();
+            let module = engine.load(&bytes).unwrap();
+            let (instance_config, _) = instance_config(&[]);
+            let instance = module.instantiate(instance_config).unwrap();
+            samples.push(started.elapsed());
+            assert_eq!(module.cache_hit(), expect_hit);
+            drop(instance);
+        }
+    }
+    println!(
+        "deploy of {name} ({:.2} MB file, {:.2} MB of code): compile + check + instantiate {:.0} ms; from the cache {:.1} ms (medians of 5)",
+        bytes.len() as f64 / 1e6,
+        common::code_bytes(&bytes) as f64 / 1e6,
+        median(compiled).as_secs_f64() * 1e3,
+        median(cached).as_secs_f64() * 1e3
+    );
+}

@@ -1,0 +1,83 @@
+//! Every size that crosses into or out of a guest has a named maximum here.
+
+/// Per-instance resource limits, set at deploy time and changeable between calls
+/// ([`crate::Instance::set_limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on the guest's linear memory (all memories of the component together; a Rust component
+    /// has one). Growing past it stops the call with `OutOfMemory`. Memory is never shrunk: lowering the cap below what the
+    /// guest already has makes its next growth fail.
+    pub memory_bytes: usize,
+    /// How long one call (`init` or `process`) may run, in milliseconds of wall-clock time, enforced
+    /// by epoch interruption at the engine's tick granularity. A guest has no I/O to wait on, so this is
+    /// its CPU time unless the host is oversubscribed.
+    pub cpu_ms_per_call: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: MEMORY_BYTES_DEFAULT, cpu_ms_per_call: CPU_MS_PER_CALL_DEFAULT }
+    }
+}
+
+pub const MEMORY_BYTES_DEFAULT: usize = 64 << 20;
+/// A guest needs a few pages for its stack and data; below this nothing useful runs.
+pub const MEMORY_BYTES_MIN: usize = 1 << 20;
+/// wasm32 addresses 4 GiB.
+pub const MEMORY_BYTES_MAX: usize = 4 << 30;
+pub const CPU_MS_PER_CALL_DEFAULT: u64 = 2_000;
+pub const CPU_MS_PER_CALL_MIN: u64 = 1;
+pub const CPU_MS_PER_CALL_MAX: u64 = 600_000;
+
+/// The largest component `Engine::load` accepts.
+pub const MODULE_BYTES_MAX: usize = 64 << 20;
+/// Input records per `process` call (the broker's batches are smaller).
+pub const INPUT_RECORDS_PER_CALL_MAX: usize = 10_000;
+/// Output records one `process` call may return (fan-out of a full input batch to several topics).
+pub const OUTPUT_RECORDS_PER_CALL_MAX: usize = 100_000;
+/// Key + value + header bytes of one output record: Kafka's default `max.message.bytes`.
+pub const OUTPUT_RECORD_BYTES_MAX: usize = 1 << 20;
+/// Headers on one output record.
+pub const OUTPUT_HEADERS_PER_RECORD_MAX: usize = 1_024;
+/// Output topics one deployment may name.
+pub const OUTPUTS_MAX: usize = 64;
+/// Output topic name length (Kafka's limit on topic names).
+pub const OUTPUT_NAME_BYTES_MAX: usize = 249;
+/// Deploy-time configuration entries and their total size.
+pub const CONFIG_ENTRIES_MAX: usize = 1_024;
+pub const CONFIG_BYTES_MAX: usize = 1 << 20;
+/// One log message from a guest; longer ones are truncated.
+pub const LOG_MESSAGE_BYTES_MAX: usize = 4_096;
+/// Log messages a guest may write per call; the rest are counted and dropped.
+pub const LOG_MESSAGES_PER_CALL_MAX: usize = 256;
+/// A guest's error message (from `init` or `process`); longer ones are truncated.
+pub const GUEST_ERROR_BYTES_MAX: usize = 4_096;
+
+const _: () = assert!(MEMORY_BYTES_MIN <= MEMORY_BYTES_DEFAULT && MEMORY_BYTES_DEFAULT <= MEMORY_BYTES_MAX);
+const _: () = assert!(CPU_MS_PER_CALL_MIN <= CPU_MS_PER_CALL_DEFAULT && CPU_MS_PER_CALL_DEFAULT <= CPU_MS_PER_CALL_MAX);
+const _: () = assert!(OUTPUT_RECORDS_PER_CALL_MAX >= INPUT_RECORDS_PER_CALL_MAX);
+
+impl Limits {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !(MEMORY_BYTES_MIN..=MEMORY_BYTES_MAX).contains(&self.memory_bytes) {
+            return Err(format!("memory_bytes {} outside {MEMORY_BYTES_MIN}..={MEMORY_BYTES_MAX}", self.memory_bytes));
+        }
+        if !(CPU_MS_PER_CALL_MIN..=CPU_MS_PER_CALL_MAX).contains(&self.cpu_ms_per_call) {
+            return Err(format!("cpu_ms_per_call {} outside {CPU_MS_PER_CALL_MIN}..={CPU_MS_PER_CALL_MAX}", self.cpu_ms_per_call));
+        }
+        Ok(())
+    }
+}
+
+/// Truncate to at most `max` bytes on a char boundary, marking the cut.
+pub(crate) fn truncate_message(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut cut = max;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    message
+}

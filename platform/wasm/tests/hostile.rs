@@ -1,0 +1,253 @@
+//! Hostile modules: each must be stopped with a clear error while the host — and a well-behaved
+//! instance beside it — keeps running.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{engine, guest, input, instance_config, load};
+use sluice_wasm::{Grants, Limits, LogLevel, TransformError};
+
+fn hostile(engine: &sluice_wasm::Engine, mode: &str, limits: Limits) -> sluice_wasm::Instance {
+    let (mut config, _) = instance_config(&[("mode", mode)]);
+    config.limits = limits;
+    load(engine, "fixture-hostile").instantiate(config).unwrap()
+}
+
+fn quick_limits() -> Limits {
+    Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 200 }
+}
+
+#[test]
+fn garbage_bytes_core_modules_and_truncated_components_are_invalid_modules() {
+    let engine = engine();
+    let cases: [(&[u8], &str); 4] = [
+        (b"", "too short to be WebAssembly"),
+        (b"this is not wasm at all", "not WebAssembly"),
+        (b"\0asm\x01\0\0\0", "a core WebAssembly module, not a component"),
+        (&guest("identity")[..4096], "invalid module"),
+    ];
+    for (bytes, expected) in cases {
+        match engine.load(bytes) {
+            Err(error @ TransformError::InvalidModule(_)) => assert!(error.to_string().contains(expected), "{error}"),
+            Err(other) => panic!("expected InvalidModule for {expected:?}, got {other:?}"),
+            Ok(_) => panic!("garbage loaded: {expected:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_at_load() {
+    let error = engine().load(&guest("fixture-wrong-world")).err().expect("must be refused");
+    assert!(matches!(error, TransformError::WrongWorld(_)), "{error:?}");
+    assert!(error.to_string().contains("sluice:plugin/transformer@0.1.0"), "{error}");
+}
+
+#[test]
+fn the_future_version_fixture_is_the_real_wit_with_only_the_version_bumped() {
+    let root = common::workspace_root();
+    let real = std::fs::read_to_string(root.join("sdk/wit/plugin.wit")).unwrap();
+    let fixture = std::fs::read_to_string(root.join("platform/wasm/fixtures/future-version/wit/plugin.wit")).unwrap();
+    let expected = real.replace("package sluice:plugin@0.1.0;", "package sluice:plugin@0.2.0;");
+    assert_ne!(expected, real, "sdk/wit changed version: update WIT_VERSION and this fixture");
+    assert_eq!(fixture, expected, "regenerate the fixture: sed 's/@0.1.0;/@0.2.0;/' sdk/wit/plugin.wit");
+}
+
+#[test]
+fn a_component_built_against_the_next_minor_version_is_refused() {
+    let error = engine().load(&guest("fixture-future-version")).err().expect("must be refused");
+    assert!(matches!(error, TransformError::WrongWorld(_)), "{error:?}");
+    assert!(error.to_string().contains("sluice:plugin/transformer@0.1.0"), "{error}");
+}
+
+#[test]
+fn an_infinite_loop_is_interrupted_at_the_cpu_limit_and_poisons_the_instance() {
+    let engine = engine();
+    let mut instance = hostile(&engine, "loop", quick_limits());
+    let started = Instant::now();
+    let error = instance.process(&[input(b"x", 0)]).unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(error, TransformError::CpuTimeout { limit_ms: 200 });
+    assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_secs(3), "interrupted after {elapsed:?}");
+    assert!(instance.poisoned().is_some());
+    assert!(matches!(instance.process(&[input(b"x", 1)]), Err(TransformError::Poisoned(_))));
+}
+
+#[test]
+fn a_loop_in_init_fails_instantiation_with_a_timeout() {
+    let engine = engine();
+    let (mut config, _) = instance_config(&[("mode", "loop-in-init")]);
+    config.limits = quick_limits();
+    let error = load(&engine, "fixture-hostile").instantiate(config).err().unwrap();
+    assert_eq!(error, TransformError::CpuTimeout { limit_ms: 200 });
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap() {
+    let engine = engine();
+    let mut instance = hostile(&engine, "memory-bomb", quick_limits());
+    match instance.process(&[input(b"x", 0)]) {
+        Err(TransformError::OutOfMemory { limit_bytes, requested_bytes }) => {
+            assert_eq!(limit_bytes, 32 << 20);
+            assert!(requested_bytes > limit_bytes);
+        }
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+    assert!(instance.poisoned().unwrap().contains("memory limit exceeded"));
+}
+
+#[test]
+fn a_panic_is_a_trap_that_carries_the_panic_message() {
+    let engine = engine();
+    let mut instance = hostile(&engine, "panic", quick_limits());
+    let error = instance.process(&[input(b"x", 41)]).unwrap_err();
+    assert!(matches!(error, TransformError::Trap(_)), "{error:?}");
+    assert!(error.to_string().contains("mode=panic: boom at offset 41"), "{error}");
+    assert!(matches!(instance.process(&[input(b"x", 42)]), Err(TransformError::Poisoned(_))));
+}
+
+#[test]
+fn a_stack_overflow_is_a_trap() {
+    let engine = engine();
+    let error = hostile(&engine, "stack-overflow", quick_limits()).process(&[input(b"x", 0)]).unwrap_err();
+    assert!(matches!(error, TransformError::Trap(_)), "{error:?}");
+    assert!(error.to_string().contains("stack"), "{error}");
+}
+
+#[test]
+fn malformed_output_is_refused() {
+    let engine = engine();
+    let error = hostile(&engine, "oversized-record", quick_limits()).process(&[input(b"x", 0)]).unwrap_err();
+    assert!(matches!(error, TransformError::MalformedOutput(_)), "{error:?}");
+    assert!(error.to_string().contains("1048577 bytes"), "{error}");
+
+    let error = hostile(&engine, "too-many-records", quick_limits()).process(&[input(b"x", 0)]).unwrap_err();
+    assert!(error.to_string().contains("100001 records from one batch"), "{error}");
+
+    let (config, _) = instance_config(&[]);
+    let mut raw = load(&engine, "fixture-raw-bad-output").instantiate(config).unwrap();
+    let error = raw.process(&[input(b"x", 0)]).unwrap_err();
+    assert_eq!(error, TransformError::MalformedOutput("record 0 names output 7 but the transform has 1 output topics".into()));
+}
+
+#[test]
+fn guest_errors_and_refused_config_are_reported_with_the_guests_message() {
+    let engine = engine();
+    let error = hostile(&engine, "guest-error", quick_limits()).process(&[input(b"x", 3)]).unwrap_err();
+    assert_eq!(error, TransformError::GuestError("record at partition 0 offset 3: mode=guest-error: cannot handle offset 3".into()));
+    let (config, _) = instance_config(&[("mode", "reject-config")]);
+    let error = load(&engine, "fixture-hostile").instantiate(config).err().unwrap();
+    assert_eq!(error, TransformError::InitFailed("init: mode=reject-config: this transform refuses to start".into()));
+}
+
+#[test]
+fn log_floods_are_capped_per_call() {
+    let engine = engine();
+    let (config, logs) = instance_config(&[("mode", "log-flood")]);
+    let mut instance = load(&engine, "fixture-hostile").instantiate(config).unwrap();
+    assert_eq!(instance.process(&[input(b"x", 0)]).unwrap().len(), 1);
+    let lines = logs.lines();
+    assert_eq!(lines.len(), sluice_wasm::LOG_MESSAGES_PER_CALL_MAX + 1);
+    assert_eq!(lines[0], (LogLevel::Info, "line 0".to_owned()));
+    assert_eq!(lines.last().unwrap(), &(LogLevel::Warn, "744 log messages dropped (limit 256 per call)".to_owned()));
+}
+
+#[test]
+fn the_sandbox_grants_no_environment_or_filesystem_unless_asked() {
+    let engine = engine();
+    let module = load(&engine, "fixture-hostile");
+    let (config, _) = instance_config(&[("mode", "probe-sandbox")]);
+    let output = module.instantiate(config).unwrap().process(&[input(b"x", 0)]).unwrap();
+    assert_eq!(output[0].value.as_deref(), Some(&b""[..]), "no environment variables");
+    let fs = String::from_utf8(output[1].value.clone().unwrap()).unwrap();
+    assert!(fs.starts_with("error:"), "no filesystem: {fs}");
+
+    let (mut config, _) = instance_config(&[("mode", "probe-sandbox")]);
+    config.grants = Grants { env: vec![("REGION".into(), "eu".into())], ..Grants::default() };
+    let output = module.instantiate(config).unwrap().process(&[input(b"x", 0)]).unwrap();
+    assert_eq!(output[0].value.as_deref(), Some(&b"REGION=eu"[..]));
+}
+
+#[test]
+fn a_good_instance_keeps_running_beside_hostile_ones() {
+    let engine = engine();
+    let identity = load(&engine, "identity");
+    let (config, _) = instance_config(&[]);
+    let mut good = identity.instantiate(config).unwrap();
+    let batch: Vec<_> = (0..100).map(|i| input(&[7u8; 100], i)).collect();
+
+    let hostile_engine = engine.clone();
+    let hostile_threads: Vec<_> = ["loop", "memory-bomb", "panic", "stack-overflow"]
+        .into_iter()
+        .map(|mode| {
+            let engine = hostile_engine.clone();
+            std::thread::spawn(move || {
+                let limits = Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 500 };
+                hostile(&engine, mode, limits).process(&[input(b"x", 0)]).unwrap_err()
+            })
+        })
+        .collect();
+    // While they misbehave, the good instance keeps transforming on this thread.
+    let deadline = Instant::now() + Duration::from_millis(700);
+    let mut batches = 0;
+    while Instant::now() < deadline {
+        assert_eq!(good.process(&batch).unwrap().len(), 100);
+        batches += 1;
+    }
+    let errors: Vec<TransformError> = hostile_threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(matches!(errors[0], TransformError::CpuTimeout { .. }));
+    assert!(matches!(errors[1], TransformError::OutOfMemory { .. }));
+    assert!(matches!(errors[2], TransformError::Trap(_)));
+    assert!(matches!(errors[3], TransformError::Trap(_)));
+    assert!(batches > 10, "the good instance only ran {batches} batches");
+    // And after them: the good instance, and new instances of every module, still work.
+    assert_eq!(good.process(&batch).unwrap().len(), 100);
+    assert_eq!(hostile(&engine, "identity", quick_limits()).process(&batch).unwrap().len(), 100);
+}
+
+#[test]
+fn limits_change_between_calls_without_reinstantiating() {
+    let engine = engine();
+    let identity = load(&engine, "identity");
+    let (mut config, _) = instance_config(&[]);
+    config.limits = Limits { memory_bytes: 4 << 20, cpu_ms_per_call: 1_000 };
+    let mut instance = identity.instantiate(config).unwrap();
+    // 8 MiB of values cannot be lowered into a 4 MiB guest...
+    let big: Vec<_> = (0..8).map(|i| input(&vec![1u8; 1 << 20], i)).collect();
+    instance.set_limits(Limits { memory_bytes: 64 << 20, cpu_ms_per_call: 1_000 }).unwrap();
+    // ...but after raising the cap, the next call has room.
+    assert_eq!(instance.process(&big).unwrap().len(), 8);
+    let held = instance.memory_bytes();
+    assert!(held > 8 << 20 && held <= 64 << 20, "the guest holds {held} bytes");
+
+    // Lowering the CPU bound takes effect on the next call too.
+    let mut looping = hostile(&engine, "loop", Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 60_000 });
+    looping.set_limits(Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 50 }).unwrap();
+    let started = Instant::now();
+    assert_eq!(looping.process(&[input(b"x", 0)]).unwrap_err(), TransformError::CpuTimeout { limit_ms: 50 });
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Lowering the memory cap below what a new batch needs stops that batch.
+    let (mut config, _) = instance_config(&[]);
+    config.limits = Limits { memory_bytes: 64 << 20, cpu_ms_per_call: 1_000 };
+    let mut shrinking = identity.instantiate(config).unwrap();
+    shrinking.set_limits(Limits { memory_bytes: 4 << 20, cpu_ms_per_call: 1_000 }).unwrap();
+    assert!(matches!(shrinking.process(&big), Err(TransformError::OutOfMemory { limit_bytes, .. }) if limit_bytes == 4 << 20));
+}
+
+#[test]
+fn out_of_range_requests_are_refused_before_touching_the_guest() {
+    let engine = engine();
+    let module = load(&engine, "identity");
+    let (mut config, _) = instance_config(&[]);
+    config.limits.memory_bytes = 0;
+    assert!(matches!(module.instantiate(config), Err(TransformError::InvalidRequest(_))));
+    let (mut config, _) = instance_config(&[]);
+    config.outputs.clear();
+    assert!(matches!(module.instantiate(config), Err(TransformError::InvalidRequest(_))));
+    let (config, _) = instance_config(&[]);
+    let mut instance = module.instantiate(config).unwrap();
+    assert!(instance.set_limits(Limits { memory_bytes: 1 << 20, cpu_ms_per_call: 0 }).is_err());
+    let too_many: Vec<_> = (0..=sluice_wasm::INPUT_RECORDS_PER_CALL_MAX as i64).map(|i| input(b"", i)).collect();
+    assert!(matches!(instance.process(&too_many), Err(TransformError::InvalidRequest(_))));
+}

@@ -1,0 +1,101 @@
+//! The example and first-party transforms, compiled to components and run through the host: the same
+//! behaviour their native unit tests check, now across the Wasm boundary.
+
+mod common;
+
+use common::{engine, input, instance_config, load};
+use sluice_wasm::{InputRecord, OutputRecord};
+
+#[test]
+fn identity_copies_every_field_one_batch_per_call() {
+    let engine = engine();
+    let module = load(&engine, "identity");
+    let (config, _) = instance_config(&[]);
+    let mut instance = module.instantiate(config).unwrap();
+    let batch: Vec<InputRecord> = (0..1000)
+        .map(|i| InputRecord {
+            key: Some(format!("k{i}").into_bytes()),
+            value: if i % 10 == 0 { None } else { Some(vec![i as u8; 100]) },
+            headers: vec![sluice_wasm::Header { key: "h".into(), value: vec![1, 2] }],
+            timestamp_ms: i,
+            partition: 3,
+            offset: 500 + i,
+        })
+        .collect();
+    let output = instance.process(&batch).unwrap();
+    assert_eq!(output.len(), batch.len());
+    for (inp, out) in batch.iter().zip(&output) {
+        assert_eq!(
+            out,
+            &OutputRecord {
+                key: inp.key.clone(),
+                value: inp.value.clone(),
+                headers: inp.headers.clone(),
+                timestamp_ms: inp.timestamp_ms,
+                output: 0
+            }
+        );
+    }
+    // Many calls on one instance: the guest frees what each batch allocated.
+    for _ in 0..200 {
+        assert_eq!(instance.process(&batch).unwrap().len(), 1000);
+    }
+    assert!(instance.process(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn json_filter_filters_and_refuses_bad_config_at_init() {
+    let engine = engine();
+    let module = load(&engine, "json-filter");
+    let (config, _) = instance_config(&[("field", "status"), ("equals", "shipped")]);
+    let mut instance = module.instantiate(config).unwrap();
+    let batch = [input(br#"{"status":"shipped"}"#, 0), input(br#"{"status":"pending"}"#, 1), input(b"garbage", 2)];
+    let output = instance.process(&batch).unwrap();
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0].value.as_deref(), Some(&br#"{"status":"shipped"}"#[..]));
+
+    let (config, _) = instance_config(&[]);
+    let error = module.instantiate(config).err().expect("init must refuse a missing field");
+    assert_eq!(error.to_string(), "init failed: init: missing required config key `field`");
+}
+
+#[test]
+fn pii_mask_redacts_across_the_boundary() {
+    let engine = engine();
+    let (config, logs) = instance_config(&[("fields", "email")]);
+    let mut instance = load(&engine, "pii-mask").instantiate(config).unwrap();
+    let output = instance.process(&[input(br#"{"user":{"email":"a@b.c"},"n":1}"#, 0), input(b"email=x", 1)]).unwrap();
+    assert_eq!(output.len(), 1);
+    let value: serde_json::Value = serde_json::from_slice(output[0].value.as_deref().unwrap()).unwrap();
+    assert_eq!(value, serde_json::json!({"user": {"email": "***"}, "n": 1}));
+    assert!(logs.lines().iter().any(|(_, line)| line.contains("offset 1: value is not JSON")), "{:?}", logs.lines());
+}
+
+#[test]
+fn router_fans_out_by_output_index() {
+    let engine = engine();
+    let (mut config, _) = instance_config(&[("field", "region"), ("routes", "eu:orders-eu,us:orders-us")]);
+    config.outputs = vec!["orders-other".into(), "orders-eu".into(), "orders-us".into()];
+    let mut instance = load(&engine, "router").instantiate(config).unwrap();
+    let output =
+        instance.process(&[input(br#"{"region":"us"}"#, 0), input(br#"{"region":"eu"}"#, 1), input(br#"{"region":"mars"}"#, 2)]).unwrap();
+    let outputs: Vec<u32> = output.iter().map(|r| r.output).collect();
+    assert_eq!(outputs, [2, 1, 0]);
+}
+
+#[test]
+fn json_to_msgpack_converts_and_a_guest_error_names_the_record() {
+    let engine = engine();
+    let (config, _) = instance_config(&[]);
+    let mut instance = load(&engine, "json-to-msgpack").instantiate(config).unwrap();
+    let output = instance.process(&[input(br#"{"a":[1,2,3]}"#, 0)]).unwrap();
+    assert_eq!(output[0].value.as_deref(), Some(&[0x81, 0xa1, b'a', 0x93, 1, 2, 3][..]));
+    assert_eq!(output[0].headers[0].key, "content-type");
+
+    let error = instance.process(&[input(b"{}", 5), input(b"{not json", 6)]).unwrap_err();
+    assert!(matches!(error, sluice_wasm::TransformError::GuestError(_)), "{error:?}");
+    assert!(error.to_string().contains("record at partition 0 offset 6"), "{error}");
+    // A guest's own error does not poison the instance.
+    assert!(instance.poisoned().is_none());
+    assert_eq!(instance.process(&[input(b"1", 7)]).unwrap().len(), 1);
+}

@@ -1,0 +1,56 @@
+//! `sluice`: the Rust SDK for Sluice WebAssembly transforms.
+//!
+//! A transform is one function and one attribute:
+//!
+//! ```
+//! use sluice::{Record, Result, Writer};
+//!
+//! #[sluice::transform]
+//! fn run(record: Record, out: &mut Writer) -> Result<()> {
+//!     out.write(record);
+//!     Ok(())
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! Built with `cargo build --release --target wasm32-wasip2`, the crate becomes a component of the
+//! `sluice:plugin/transform` world (`sdk/wit/plugin.wit`), which the broker runs one batch per call.
+//! Built natively, the same code is an ordinary library: `cargo test` exercises the function through
+//! [`testing::Harness`], and logging goes to stderr instead of the broker.
+//!
+//! Layers, from the user down: the [`transform`] attribute (in `sluice-macros`), the pure record types
+//! ([`Record`], [`OutputRecord`], [`Writer`], [`Config`]) that never touch the ABI, and `__private`,
+//! which holds the generated `wit-bindgen` glue (wasm32 only) and the batch loop shared by the Wasm
+//! export and the native test harness.
+
+// The generated bindings name `::sluice::...` paths so that the export glue expands the same way in
+// users' crates and here.
+extern crate self as sluice;
+
+mod config;
+mod error;
+pub mod log;
+#[cfg(doctest)]
+mod macro_tests;
+mod record;
+pub mod testing;
+mod writer;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use config::{Config, config};
+pub use error::{Error, Result};
+pub use record::{Header, OutputRecord, Record};
+pub use writer::Writer;
+
+/// Marks the transform function: `fn(Record, &mut Writer) -> sluice::Result<()>`.
+///
+/// `#[sluice::transform(init = setup)]` also names a `fn(&Config) -> Result<()>` run once at
+/// deploy time; its error refuses the deployment (use it to validate configuration).
+pub use sluice_macros::transform;
+
+/// Re-exported so transforms use the same versions the SDK's helpers are written against.
+pub use rmp_serde;
+pub use serde;
+pub use serde_json;
