@@ -1,6 +1,6 @@
 //! `sluice`: the one binary. `sluice server` runs a broker; every other command is a Kafka-protocol
 //! client that works against any Kafka-compatible cluster: `topic`, `produce`, `consume`, `group`,
-//! `cluster`, `verify` and `bench`, plus `completions`.
+//! `cluster`, `verify`, `transform` and `bench`, plus `completions`.
 //!
 //! Layout: `client/` is the protocol client (framing, version negotiation, metadata, record batches,
 //! group membership); one module per command group turns arguments into client calls and prints;
@@ -23,6 +23,7 @@ mod group;
 mod output;
 mod produce;
 mod topic;
+mod transform;
 mod verify;
 
 const MAIN_HELP: &str = "\
@@ -84,6 +85,11 @@ enum Command {
         after_help = "Example:\n  sluice verify produce --topic check --count 10000 && sluice verify consume --topic check --expect 10000"
     )]
     Verify(verify::VerifyArgs),
+    /// WebAssembly transforms: scaffold, build, deploy, inspect, pause, resume, delete.
+    #[command(after_help = "Examples:\n  sluice transform init big-orders\n  sluice transform build ./big-orders\n  \
+                            sluice transform deploy big_orders.wasm --name big-orders --input-topic orders --output-topic big-orders\n  \
+                            sluice transform status big-orders")]
+    Transform(transform::TransformArgs),
     /// Load-test a Kafka-compatible broker (produce or consume) and report throughput and latency.
     #[command(after_help = "Example:\n  sluice bench produce --topic bench --record-size 1024 --records 1000000 --acks 1")]
     Bench(bench::BenchArgs),
@@ -209,7 +215,7 @@ fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = ServerOptions { data_dir: args.data_dir, listen: args.listen, admin_listen: args.admin_listen, config, extensions: Vec::new() };
+    let options = ServerOptions { data_dir: args.data_dir, listen: args.listen, admin_listen: args.admin_listen, config, extensions: vec![std::sync::Arc::new(sluice_transforms::TransformsExtension::default())] };
     match runtime.block_on(sluice_broker::run(options, shutdown_signal(), |_| {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -276,6 +282,10 @@ fn main() -> ExitCode {
         Command::Cluster(args) => run_client(async move {
             let target = args.common.conn.resolve()?;
             cluster_info::run(args.cmd, &target.brokers, &target.admin_url, args.common.json).await
+        }),
+        Command::Transform(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            transform::run(args.cmd, &target.admin_url, args.common.json).await
         }),
         Command::Verify(args) => run_client(async move {
             let target = args.common.conn.resolve()?;

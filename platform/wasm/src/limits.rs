@@ -58,7 +58,8 @@ const _: () = assert!(CPU_MS_PER_CALL_MIN <= CPU_MS_PER_CALL_DEFAULT && CPU_MS_P
 const _: () = assert!(OUTPUT_RECORDS_PER_CALL_MAX >= INPUT_RECORDS_PER_CALL_MAX);
 
 impl Limits {
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the limits are within their bounds; the message says which is not.
+    pub fn validate(&self) -> Result<(), String> {
         if !(MEMORY_BYTES_MIN..=MEMORY_BYTES_MAX).contains(&self.memory_bytes) {
             return Err(format!("memory_bytes {} outside {MEMORY_BYTES_MIN}..={MEMORY_BYTES_MAX}", self.memory_bytes));
         }

@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 GET for the broker's admin API (`/health`), so `cluster info` can report it
-//! without an HTTP client dependency. Plain `http://` only, bounded in time and size.
+//! A minimal HTTP/1.1 client for the broker's admin API (`/health`, `/v1/transforms`), so the CLI
+//! needs no HTTP client dependency. Plain `http://` only, bounded in time and size.
 
 use std::time::Duration;
 
@@ -9,13 +9,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::Unreachable;
 use super::wire::CONNECT_TIMEOUT;
 
-/// Largest admin response read; `/health` is a few dozen bytes.
+/// Largest admin response read (a transform's status with its log lines is a few KiB).
 const RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 /// The whole exchange after connecting.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GETs `path` from the admin API at `base` (`http://host:port`) and returns (status, body).
 pub(crate) async fn get(base: &str, path: &str) -> Result<(u16, String)> {
+    request(base, "GET", path, None, RESPONSE_TIMEOUT).await
+}
+
+/// Sends `method path` with an optional JSON body to the admin API at `base` and returns (status,
+/// body). `timeout` bounds the exchange after connecting (deploying a transform compiles it).
+pub(crate) async fn request(base: &str, method: &str, path: &str, json_body: Option<&[u8]>, timeout: Duration) -> Result<(u16, String)> {
     let Some(rest) = base.strip_prefix("http://") else {
         bail!("admin URL `{base}` must start with http:// (https is not supported)");
     };
@@ -27,15 +33,22 @@ pub(crate) async fn get(base: &str, path: &str) -> Result<(u16, String)> {
         Err(_) => return Err(Unreachable(format!("connecting to the admin API at {base} timed out")).into()),
     };
     let exchange = async {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nUser-Agent: sluice-cli\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\nUser-Agent: sluice-cli\r\n");
+        if let Some(body) = json_body {
+            head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        if let Some(body) = json_body {
+            stream.write_all(body).await?;
+        }
         let mut raw = Vec::new();
         (&mut stream).take(RESPONSE_BYTES_MAX).read_to_end(&mut raw).await?;
         anyhow::Ok(raw)
     };
-    let raw = tokio::time::timeout(RESPONSE_TIMEOUT, exchange)
+    let raw = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| Unreachable(format!("the admin API at {base} did not answer within {}s", RESPONSE_TIMEOUT.as_secs())))??;
+        .map_err(|_| Unreachable(format!("the admin API at {base} did not answer within {}s", timeout.as_secs())))??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("the admin API at {base} sent a malformed HTTP response"))?;
     let status = head

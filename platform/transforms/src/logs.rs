@@ -1,0 +1,64 @@
+//! A transform's log: lines its module writes (`sluice::log::info!` in the SDK) and what the runtime
+//! says about it (stops, dead-lettered batches) go to the broker's `tracing` log and to a bounded
+//! buffer that `GET /v1/transforms/{name}` and `sluice transform status` show.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_wasm::{LogLevel, LogSink};
+
+/// Lines kept per deployment; older ones are dropped.
+pub const LOG_LINES_KEPT: usize = 200;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub at_ms: i64,
+    pub level: &'static str,
+    pub message: String,
+}
+
+pub struct LogBuffer {
+    transform: String,
+    lines: Mutex<VecDeque<LogLine>>,
+}
+
+impl LogBuffer {
+    pub fn new(transform: &str) -> LogBuffer {
+        LogBuffer { transform: transform.to_string(), lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
+    }
+
+    pub fn push(&self, level: LogLevel, message: &str) {
+        let level_name = match level {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        };
+        let mut lines = self.lines.lock();
+        if lines.len() == LOG_LINES_KEPT {
+            lines.pop_front();
+        }
+        lines.push_back(LogLine { at_ms: sluice_broker::now_ms(), level: level_name, message: message.to_string() });
+    }
+
+    pub fn recent(&self, n: usize) -> Vec<LogLine> {
+        let lines = self.lines.lock();
+        lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect()
+    }
+}
+
+impl LogSink for LogBuffer {
+    fn log(&self, level: LogLevel, message: &str) {
+        let transform = self.transform.as_str();
+        match level {
+            LogLevel::Trace => tracing::trace!(transform, "{message}"),
+            LogLevel::Debug => tracing::debug!(transform, "{message}"),
+            LogLevel::Info => tracing::info!(transform, "{message}"),
+            LogLevel::Warn => tracing::warn!(transform, "{message}"),
+            LogLevel::Error => tracing::error!(transform, "{message}"),
+        }
+        self.push(level, message);
+    }
+}

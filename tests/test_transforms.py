@@ -1,0 +1,263 @@
+"""Wasm transforms end to end: the examples and first-party plugins are built to `.wasm` components with
+cargo, deployed to a real broker through `sluice transform deploy`, fed with a real Kafka client, and
+their output topics read back with a read_committed consumer. Also: a kill -9 of the broker mid-stream
+(exactly once, per-key order), hostile modules beside a well-behaved one, the error policies, limits
+changed without a restart, pause/resume, redeploy, restart survival, and `transform init` + `build`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique
+
+GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "release"
+GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world"]
+COMMITTED = {"isolation.level": "read_committed"}
+
+
+@pytest.fixture(scope="session")
+def guests() -> Path:
+    """Builds the guest components once per session (cargo makes it a no-op when they are current)."""
+    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip2", "--target-dir", str(REPO_ROOT / "target" / "wasm-guests")]
+    for g in GUESTS:
+        cmd += ["-p", g]
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, timeout=1200)
+    return GUEST_DIR
+
+
+def wasm(guests: Path, name: str) -> Path:
+    path = guests / f"{name.replace('-', '_')}.wasm"
+    assert path.exists(), f"{path} was not built"
+    return path
+
+
+def sluice(broker, *args: str, timeout: int = 180, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SLUICE_BROKERS=broker.bootstrap, SLUICE_ADMIN_URL=broker.admin_url, NO_COLOR="1")
+    proc = subprocess.run([str(require_binary()), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
+def status(broker, name: str) -> dict:
+    return json.loads(sluice(broker, "transform", "status", name, "--json").stdout)
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def deploy(broker, guests, module: str, name: str, inp: str, outs: list[str], *extra: str) -> dict:
+    args = ["transform", "deploy", str(wasm(guests, module)), "--name", name, "--input-topic", inp]
+    for o in outs:
+        args += ["--output-topic", o]
+    sluice(broker, *args, *extra)
+    return status(broker, name)
+
+
+def test_identity_copies_every_record_with_key_headers_and_order(broker, guests):
+    src, dst = unique("id-in"), unique("id-out")
+    create_topic(broker, src, partitions=3)
+    create_topic(broker, dst, partitions=3)
+    records = [{"key": f"k{i % 7}".encode(), "value": f"v{i}".encode(), "headers": [("h", b"1")]} for i in range(300)]
+    cf_produce(cf_producer(broker), src, records)
+    st = deploy(broker, guests, "identity", "copy", src, [dst])
+    assert st["state"] == "running" and st["version"] == 1
+    out = cf_consume(broker, dst, expected=300, conf=COMMITTED)
+    assert sorted(r.value for r in out) == sorted(r["value"] for r in records)
+    assert all(r.headers == (("h", b"1"),) for r in out)
+    by_key: dict[bytes, list[int]] = {}
+    for r in out:
+        by_key.setdefault(r.key, []).append(int(r.value[1:]))
+    assert all(v == sorted(v) for v in by_key.values()), "per-key order must hold"
+    st = wait_for(lambda: (s := status(broker, "copy"))["records_in"] == 300 and s, "records_in == 300")
+    assert st["lag"] == 0 and st["records_out"] == 300
+    listed = json.loads(sluice(broker, "transform", "list", "--json").stdout)
+    assert [t["name"] for t in listed] == ["copy"]
+    text = sluice(broker, "transform", "status", "copy").stdout
+    assert "running" in text and src in text
+
+
+def test_plugins_filter_mask_route_and_convert(broker, guests):
+    import msgpack
+
+    src = unique("orders")
+    big, masked, eu, us, other, packed = (unique(p) for p in ("big", "masked", "eu", "us", "other", "packed"))
+    for t in (src, big, masked, eu, us, other, packed):
+        create_topic(broker, t)
+    orders = [{"id": i, "status": "shipped" if i % 2 else "new", "region": ["eu", "us", "apac"][i % 3], "email": f"u{i}@x.io"} for i in range(30)]
+    cf_produce(cf_producer(broker), src, [{"key": str(o["id"]).encode(), "value": json.dumps(o).encode()} for o in orders])
+    deploy(broker, guests, "json-filter", "only-shipped", src, [big], "--config", "field=status", "--config", 'equals="shipped"')
+    deploy(broker, guests, "pii-mask", "mask", src, [masked], "--config", "fields=email")
+    deploy(broker, guests, "router", "route", src, [other, eu, us], "--config", "field=region", "--config", f"routes=eu:{eu},us:{us}")
+    deploy(broker, guests, "json-to-msgpack", "pack", src, [packed])
+
+    shipped = [json.loads(r.value) for r in cf_consume(broker, big, expected=15, conf=COMMITTED)]
+    assert sorted(o["id"] for o in shipped) == [o["id"] for o in orders if o["status"] == "shipped"]
+    masked_out = [json.loads(r.value) for r in cf_consume(broker, masked, expected=30, conf=COMMITTED)]
+    assert len(masked_out) == 30 and all(o["email"] == "***" for o in masked_out)
+    assert sorted(json.loads(r.value)["id"] for r in cf_consume(broker, eu, expected=10, conf=COMMITTED)) == [o["id"] for o in orders if o["region"] == "eu"]
+    assert len(cf_consume(broker, us, expected=10, conf=COMMITTED)) == 10
+    assert len(cf_consume(broker, other, expected=10, conf=COMMITTED)) == 10, "unmatched records go to the first output"
+    packed_out = cf_consume(broker, packed, expected=30, conf=COMMITTED)
+    decoded = sorted((msgpack.unpackb(r.value) for r in packed_out), key=lambda o: o["id"])
+    assert decoded == orders
+    assert all(dict(r.headers).get("content-type") == b"application/msgpack" for r in packed_out)
+
+
+def test_bad_deploys_are_refused_with_a_clear_message(broker, guests, tmp_path):
+    src, dst = unique("in"), unique("out")
+    create_topic(broker, src)
+    create_topic(broker, dst)
+    garbage = tmp_path / "garbage.wasm"
+    garbage.write_bytes(os.urandom(4096))
+    cases = [
+        (["transform", "deploy", str(garbage), "--name", "g", "--input-topic", src, "--output-topic", dst], "invalid module"),
+        (["transform", "deploy", str(wasm(guests, "fixture-wrong-world")), "--name", "w", "--input-topic", src, "--output-topic", dst], "wrong world"),
+        (["transform", "deploy", str(wasm(guests, "json-filter")), "--name", "f", "--input-topic", src, "--output-topic", dst], "field"),
+        (["transform", "deploy", str(wasm(guests, "identity")), "--name", "x", "--input-topic", "nope", "--output-topic", dst], "does not exist"),
+        (["transform", "deploy", str(wasm(guests, "identity")), "--name", "bad/name", "--input-topic", src, "--output-topic", dst], "name"),
+        (["transform", "status", "never-deployed"], "no transform"),
+    ]
+    for args, expected in cases:
+        proc = sluice(broker, *args, check=False)
+        assert proc.returncode == 1, f"{args}: exit {proc.returncode}, stderr {proc.stderr}"
+        assert expected in proc.stderr.lower(), f"{args}: {proc.stderr}"
+    proc = sluice(broker, "transform", "deploy", str(garbage), "--name", "g", "--input-topic", src, "--output-topic", dst, "--error-policy", "sometimes", check=False)
+    assert proc.returncode == 2
+    assert json.loads(sluice(broker, "transform", "list", "--json").stdout) == []
+
+
+def test_hostile_modules_are_stopped_and_a_good_transform_keeps_running(broker, guests):
+    src, good_out = unique("in"), unique("good")
+    create_topic(broker, src, partitions=2)
+    create_topic(broker, good_out, partitions=2)
+    deploy(broker, guests, "identity", "good", src, [good_out])
+    modes = {"loop": "cpu limit", "memory-bomb": "memory limit", "panic": "trapped", "guest-error": "transform error", "oversized-record": "malformed output"}
+    for mode in modes:
+        out = unique(f"bad-{mode}")
+        create_topic(broker, out)
+        deploy(broker, guests, "fixture-hostile", f"bad-{mode}", src, [out], "--config", f"mode={mode}", "--cpu-ms-per-call", "300", "--memory-mb", "16")
+    cf_produce(cf_producer(broker), src, [{"key": f"k{i}".encode(), "value": f"v{i}".encode()} for i in range(50)])
+    for mode, expected in modes.items():
+        st = wait_for(lambda: (s := status(broker, f"bad-{mode}"))["state"] == "failed" and s, f"bad-{mode} to fail", timeout=60)
+        assert expected in st["error"].lower(), f"{mode}: {st['error']}"
+        assert st["records_out"] == 0
+    assert len(cf_consume(broker, good_out, expected=50, conf=COMMITTED)) == 50
+    health = json.loads(sluice(broker, "cluster", "info", "--json").stdout)
+    assert health["admin"]["reachable"]
+    metrics = subprocess.run(["curl", "-s", f"{broker.admin_url}/metrics"], capture_output=True, text=True, timeout=10).stdout
+    assert 'sluice_transform_errors_total{kind="cpu_timeout",transform="bad-loop"}' in metrics
+
+
+def test_dead_letter_policy_sends_the_failing_batch_with_the_error_and_goes_on(broker, guests):
+    src, out, dlq = unique("in"), unique("out"), unique("dlq")
+    for t in (src, out, dlq):
+        create_topic(broker, t)
+    deploy(broker, guests, "json-filter", "strict", src, [out], "--config", "field=ok", "--config", "on-invalid=fail", "--error-policy", f"dead-letter:{dlq}", "--batch-records", "1")
+    cf_produce(cf_producer(broker), src, [{"value": b'{"ok": 1}'}, {"value": b"not json"}, {"value": b'{"ok": 2}'}])
+    assert len(cf_consume(broker, out, expected=2, conf=COMMITTED)) == 2
+    dead = cf_consume(broker, dlq, expected=1, conf=COMMITTED)
+    assert [r.value for r in dead] == [b"not json"]
+    headers = dict(dead[0].headers)
+    assert b"json" in headers["sluice.error"].lower() and headers["sluice.source.offset"] == b"1" and headers["sluice.transform"] == b"strict"
+    st = status(broker, "strict")
+    assert st["state"] == "running" and st["dead_lettered"] == 1
+
+
+def test_limits_change_without_restart_and_pause_resume_redeploy(broker, guests):
+    src, out = unique("in"), unique("out")
+    create_topic(broker, src)
+    create_topic(broker, out)
+    deploy(broker, guests, "fixture-hostile", "bomb", src, [out], "--config", "mode=memory-bomb", "--memory-mb", "8")
+    cf_produce(cf_producer(broker), src, [{"value": b"x"}])
+    wait_for(lambda: status(broker, "bomb")["state"] == "failed", "bomb to fail")
+    st = json.loads(sluice(broker, "transform", "set-limits", "bomb", "--memory-mb", "4", "--cpu-ms-per-call", "100", "--json").stdout)
+    assert (st["memory_bytes"], st["cpu_ms_per_call"]) == (4 << 20, 100)
+    # Redeploy a fixed module under the same name: it resumes at the failed record, exactly once.
+    st = deploy(broker, guests, "identity", "bomb", src, [out])
+    assert st["version"] == 2
+    assert [r.value for r in cf_consume(broker, out, expected=1, conf=COMMITTED)] == [b"x"]
+    sluice(broker, "transform", "pause", "bomb")
+    assert status(broker, "bomb")["state"] == "paused"
+    cf_produce(cf_producer(broker), src, [{"value": b"y"}])
+    time.sleep(1.0)
+    assert status(broker, "bomb")["records_in"] == 1, "a paused transform reads nothing"
+    sluice(broker, "transform", "resume", "bomb")
+    assert sorted(r.value for r in cf_consume(broker, out, expected=2, conf=COMMITTED)) == [b"x", b"y"]
+    sluice(broker, "transform", "delete", "bomb")
+    assert json.loads(sluice(broker, "transform", "list", "--json").stdout) == []
+
+
+@pytest.mark.timeout(300)
+def test_kill9_mid_stream_leaves_each_result_exactly_once_in_key_order(broker, guests):
+    src, out = unique("eos-in"), unique("eos-out")
+    create_topic(broker, src, partitions=2)
+    create_topic(broker, out, partitions=2)
+    deploy(broker, guests, "identity", "eos", src, [out], "--batch-records", "50")
+    producer = cf_producer(broker, {"enable.idempotence": True})
+    sent = []
+    for round_ in range(4):
+        batch = [{"key": f"k{i % 10}".encode(), "value": f"{round_:02d}-{i:05d}".encode()} for i in range(3000)]
+        cf_produce(producer, src, batch)
+        sent += [r["value"] for r in batch]
+        time.sleep(0.3)
+        broker.kill9()
+        broker.start()
+        producer = cf_producer(broker, {"enable.idempotence": True})
+    wait_for(lambda: status(broker, "eos")["lag"] == 0 and status(broker, "eos")["state"] == "running", "the transform to catch up", timeout=120)
+    out_recs = cf_consume(broker, out, expected=len(sent), conf=COMMITTED, timeout=60, settle=2.0)
+    values = [r.value for r in out_recs]
+    assert len(values) == len(set(values)), f"{len(values) - len(set(values))} duplicates after kill -9"
+    assert sorted(values) == sorted(sent)
+    by_key: dict[bytes, list[bytes]] = {}
+    for r in out_recs:
+        by_key.setdefault(r.key, []).append(r.value)
+    assert all(v == sorted(v) for v in by_key.values()), "per-key order must hold across crashes"
+
+
+def test_transforms_survive_a_restart_without_recompiling(broker, guests):
+    src, out = unique("in"), unique("out")
+    create_topic(broker, src)
+    create_topic(broker, out)
+    deploy(broker, guests, "identity", "durable", src, [out])
+    cf_produce(cf_producer(broker), src, [{"value": b"before"}])
+    assert len(cf_consume(broker, out, expected=1, conf=COMMITTED)) == 1
+    broker.restart()
+    st = status(broker, "durable")
+    assert st["state"] == "running" and st["version"] == 1
+    assert "cache_hit=true" in broker.log_tail(200).replace(" ", "")
+    cf_produce(cf_producer(broker), src, [{"value": b"after"}])
+    assert sorted(r.value for r in cf_consume(broker, out, expected=2, conf=COMMITTED)) == [b"after", b"before"]
+
+
+@pytest.mark.timeout(900)
+def test_init_scaffolds_a_crate_that_builds_and_deploys(broker, tmp_path):
+    proc = sluice(broker, "transform", "init", "shout", "--dir", str(tmp_path / "shout"))
+    assert "cargo test" in proc.stdout
+    target = REPO_ROOT / "target" / "wasm-guests"
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    subprocess.run(["cargo", "test", "-q"], cwd=tmp_path / "shout", check=True, timeout=600, env=env)
+    built = subprocess.run([str(require_binary()), "transform", "build", str(tmp_path / "shout"), "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert built.returncode == 0, built.stderr
+    module = json.loads(built.stdout)["module"]
+    src, out = unique("in"), unique("out")
+    create_topic(broker, src)
+    create_topic(broker, out)
+    sluice(broker, "transform", "deploy", module, "--name", "shout", "--input-topic", src, "--output-topic", out)
+    cf_produce(cf_producer(broker), src, [{"value": b"hello"}])
+    assert [r.value for r in cf_consume(broker, out, expected=1, conf=COMMITTED)] == [b"HELLO"]
