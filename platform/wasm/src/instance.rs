@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::bindings::Transform;
 use crate::host::{HostState, LogSink, MemoryCapExceeded, TracingLogSink};
@@ -79,9 +78,6 @@ pub struct Instance {
     /// Set by a trap, timeout or memory exhaustion: the guest's state is unknown, so no further calls.
     poisoned: Option<String>,
 }
-
-/// Captured guest stderr (Rust's default panic output lands here before the SDK hook existed).
-const STDERR_BYTES_MAX: usize = 64 << 10;
 
 impl Instance {
     pub(crate) fn new(module: &Module, config: InstanceConfig) -> Result<Instance, TransformError> {
@@ -234,8 +230,9 @@ fn classify(error: wasmtime::Error, store: &mut Store<HostState>, limits: Limits
 }
 
 fn wasi_ctx(grants: &Grants) -> Result<wasmtime_wasi::WasiCtx, TransformError> {
+    // stdin is closed; stdout and stderr accept and discard everything (a bounded buffer would make
+    // `eprintln!` panic once full). Guests log through the `host.log` import.
     let mut builder = WasiCtxBuilder::new();
-    builder.stderr(MemoryOutputPipe::new(STDERR_BYTES_MAX));
     for (key, value) in &grants.env {
         builder.env(key, value);
     }

@@ -41,7 +41,7 @@ mod bindings {
 }
 
 pub use bindings::sluice::plugin::types::{Header, InputRecord, LogLevel, OutputRecord};
-pub use engine::{Engine, EngineConfig};
+pub use engine::{EPOCH_TICK_DEFAULT, Engine, EngineConfig};
 pub use error::TransformError;
 pub use host::{LogSink, TracingLogSink};
 pub use instance::{Grants, Instance, InstanceConfig};

@@ -153,6 +153,14 @@ fn log_floods_are_capped_per_call() {
 }
 
 #[test]
+fn stdout_and_stderr_are_discarded_without_limit() {
+    let engine = engine();
+    let mut instance = hostile(&engine, "stderr-flood", quick_limits());
+    assert_eq!(instance.process(&[input(b"x", 0)]).unwrap().len(), 1);
+    assert_eq!(instance.process(&[input(b"x", 1)]).unwrap().len(), 1);
+}
+
+#[test]
 fn the_sandbox_grants_no_environment_or_filesystem_unless_asked() {
     let engine = engine();
     let module = load(&engine, "fixture-hostile");
