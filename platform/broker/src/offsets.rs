@@ -36,6 +36,9 @@ pub struct CommittedOffset {
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
+/// An encoded (key, value) of the rewritten log.
+type LiveRecord = (Vec<u8>, Vec<u8>);
+
 /// One entry of a write: a (topic, partition) and its new committed offset, or `None` to delete it.
 pub type OffsetWrite = ((String, i32), Option<CommittedOffset>);
 
@@ -120,7 +123,7 @@ impl OffsetStore {
         Ok(())
     }
 
-    fn live_records(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BrokerError> {
+    fn live_records(&self) -> Result<Vec<LiveRecord>, BrokerError> {
         let offsets = self.offsets.read();
         let mut live = Vec::with_capacity(offsets.values().map(BTreeMap::len).sum());
         for (group, entries) in offsets.iter() {

@@ -113,6 +113,9 @@ pub struct TxnView {
     pub groups: Vec<String>,
 }
 
+/// Per-partition outcome of a request naming many partitions: `None` for success.
+pub type PartitionResults = Vec<((String, i32), Option<ResponseError>)>;
+
 /// Per-id slot: `None` until InitProducerId creates the id.
 type Slot = Arc<Mutex<Option<TxnMetadata>>>;
 
@@ -439,7 +442,7 @@ impl TransactionCoordinator {
         producer_id: i64,
         epoch: i16,
         partitions: &[(String, i32)],
-    ) -> Result<Vec<((String, i32), Option<ResponseError>)>, ResponseError> {
+    ) -> Result<PartitionResults, ResponseError> {
         self.with_open_txn(transactional_id, producer_id, epoch, |metadata| {
             let unknown: Vec<bool> = partitions.iter().map(|(t, p)| broker.partition(t, *p).is_err()).collect();
             if unknown.iter().any(|u| *u) {
@@ -504,7 +507,7 @@ impl TransactionCoordinator {
         generation: i32,
         member_id: &str,
         offsets: Vec<((String, i32), CommittedOffset)>,
-    ) -> Result<Vec<((String, i32), Option<ResponseError>)>, ResponseError> {
+    ) -> Result<PartitionResults, ResponseError> {
         if !member_id.is_empty() && generation >= 0 {
             match broker.groups.check_commit(group, member_id, generation) {
                 Ok(()) | Err(ResponseError::RebalanceInProgress) => {}

@@ -215,7 +215,13 @@ fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = ServerOptions { data_dir: args.data_dir, listen: args.listen, admin_listen: args.admin_listen, config, extensions: vec![std::sync::Arc::new(sluice_transforms::TransformsExtension::default())] };
+    let options = ServerOptions {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        config,
+        extensions: vec![std::sync::Arc::new(sluice_transforms::TransformsExtension::default())],
+    };
     match runtime.block_on(sluice_broker::run(options, shutdown_signal(), |_| {})) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -42,15 +42,19 @@ pub enum TransformCmd {
         sdk_path: Option<PathBuf>,
     },
     /// Build a transform crate to a WebAssembly component (cargo build --release --target wasm32-wasip2).
-    #[command(after_help = "Example:\n  sluice transform build            # in the crate's directory\n  sluice transform build ./big-orders")]
+    #[command(
+        after_help = "Example:\n  sluice transform build            # in the crate's directory\n  sluice transform build ./big-orders"
+    )]
     Build {
         /// The crate's directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
     /// Deploy a .wasm component (or redeploy under the same name: it resumes where the old one stopped).
-    #[command(after_help = "Examples:\n  sluice transform deploy target/wasm32-wasip2/release/big_orders.wasm --name big-orders \\\n      --input-topic orders --output-topic big-orders --config threshold=1000\n  \
-                            sluice transform deploy mask.wasm --name mask --input-topic users --output-topic users-masked \\\n      --error-policy dead-letter:users-dlq --memory-mb 32 --cpu-ms-per-call 200")]
+    #[command(
+        after_help = "Examples:\n  sluice transform deploy target/wasm32-wasip2/release/big_orders.wasm --name big-orders \\\n      --input-topic orders --output-topic big-orders --config threshold=1000\n  \
+                            sluice transform deploy mask.wasm --name mask --input-topic users --output-topic users-masked \\\n      --error-policy dead-letter:users-dlq --memory-mb 32 --cpu-ms-per-call 200"
+    )]
     Deploy(DeployArgs),
     /// List deployed transforms with state, lag and counts.
     #[command(after_help = "Example:\n  sluice transform list")]
@@ -148,7 +152,8 @@ pub(crate) async fn run(cmd: TransformCmd, admin_url: &str, as_json: bool) -> Re
 async fn call(admin_url: &str, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value> {
     let bytes = body.map(|b| serde_json::to_vec(&b)).transpose()?;
     let (status, text) = http::request(admin_url, method, path, bytes.as_deref(), timeout).await?;
-    let parsed: Value = if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text.clone())) };
+    let parsed: Value =
+        if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text.clone())) };
     if !(200..300).contains(&status) {
         let message = parsed.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| text.trim().to_string());
         if status == 404 && message.is_empty() {
@@ -188,7 +193,8 @@ fn parse_policy(text: &str) -> Result<Value> {
 }
 
 async fn deploy(args: DeployArgs, admin_url: &str, as_json: bool) -> Result<()> {
-    let size = std::fs::metadata(&args.file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", args.file.display())))?.len();
+    let size =
+        std::fs::metadata(&args.file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", args.file.display())))?.len();
     if size > MODULE_BYTES_MAX {
         return usage(format!("{} is {size} bytes; modules may be at most {MODULE_BYTES_MAX}", args.file.display()));
     }
@@ -237,7 +243,9 @@ async fn list(admin_url: &str, as_json: bool) -> Result<()> {
         return Ok(());
     }
     if transforms.is_empty() {
-        println!("No transforms deployed. Deploy one with: sluice transform deploy FILE.wasm --name NAME --input-topic IN --output-topic OUT");
+        println!(
+            "No transforms deployed. Deploy one with: sluice transform deploy FILE.wasm --name NAME --input-topic IN --output-topic OUT"
+        );
         return Ok(());
     }
     let mut t = table(["NAME", "STATE", "VERSION", "INPUT", "OUTPUTS", "RECORDS IN", "RECORDS OUT", "LAG"]);
@@ -273,8 +281,15 @@ fn print_status(status: &Value, as_json: bool) {
         text("input_topic"),
         status["output_topics"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
     );
-    println!("Limits:      {} MiB memory, {} ms CPU per call", status["memory_bytes"].as_u64().unwrap_or(0) / (1024 * 1024), status["cpu_ms_per_call"]);
-    println!("Records:     {} in, {} out, {} dead-lettered; lag {}", status["records_in"], status["records_out"], status["dead_lettered"], status["lag"]);
+    println!(
+        "Limits:      {} MiB memory, {} ms CPU per call",
+        status["memory_bytes"].as_u64().unwrap_or(0) / (1024 * 1024),
+        status["cpu_ms_per_call"]
+    );
+    println!(
+        "Records:     {} in, {} out, {} dead-lettered; lag {}",
+        status["records_in"], status["records_out"], status["dead_lettered"], status["lag"]
+    );
     println!();
     let mut t = table(["PARTITION", "POSITION", "LAST STABLE", "LAG", "RECORDS IN", "ERROR"]);
     for p in status["partitions"].as_array().into_iter().flatten() {
@@ -304,7 +319,10 @@ fn default_sdk_path() -> Option<PathBuf> {
 }
 
 fn init(name: &str, dir: Option<PathBuf>, sdk_path: Option<PathBuf>) -> Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
         return usage(format!("`{name}` is not a valid crate name: use letters, digits, '-' and '_', not starting with a digit"));
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
@@ -350,7 +368,10 @@ codegen-units = 1
     println!("Next:");
     println!("  cd {} && cargo test                      # unit-test it natively", dir.display());
     println!("  sluice transform build                     # -> target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
-    println!("  sluice transform deploy target/wasm32-wasip2/release/{}.wasm --name {name} --input-topic IN --output-topic OUT", name.replace('-', "_"));
+    println!(
+        "  sluice transform deploy target/wasm32-wasip2/release/{}.wasm --name {name} --input-topic IN --output-topic OUT",
+        name.replace('-', "_")
+    );
     Ok(())
 }
 
@@ -386,7 +407,9 @@ mod tests {
 
 fn build(dir: &Path, as_json: bool) -> Result<()> {
     let manifest = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).map_err(|e| crate::exit::UsageError(format!("{}: {e} (run this in a transform crate, or pass its directory)", manifest.display())))?;
+    let text = std::fs::read_to_string(&manifest).map_err(|e| {
+        crate::exit::UsageError(format!("{}: {e} (run this in a transform crate, or pass its directory)", manifest.display()))
+    })?;
     let name = text
         .lines()
         .skip_while(|l| l.trim() != "[package]")

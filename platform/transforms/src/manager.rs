@@ -89,15 +89,21 @@ impl TransformManager {
         for deployment in stored {
             let name = deployment.spec.name.clone();
             let started = std::time::Instant::now();
-            let module = match self.store.load_module(&deployment.module_digest).and_then(|b| self.engine.load(&b).map_err(|e| e.to_string())) {
-                Ok(module) => module,
-                Err(error) => {
-                    tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
-                    continue;
-                }
-            };
+            let module =
+                match self.store.load_module(&deployment.module_digest).and_then(|b| self.engine.load(&b).map_err(|e| e.to_string())) {
+                    Ok(module) => module,
+                    Err(error) => {
+                        tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
+                        continue;
+                    }
+                };
             match self.start(deployment, module.clone()) {
-                Ok(()) => tracing::info!(transform = name, cache_hit = module.cache_hit(), elapsed_ms = started.elapsed().as_millis() as u64, "transform restored"),
+                Ok(()) => tracing::info!(
+                    transform = name,
+                    cache_hit = module.cache_hit(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "transform restored"
+                ),
                 Err(error) => tracing::error!(transform = name, %error, "cannot start a deployed transform"),
             }
         }
@@ -105,7 +111,10 @@ impl TransformManager {
 
     fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), ApiError> {
         let spec = stored.spec.clone();
-        let topic = self.broker.topic(&spec.input_topic).ok_or_else(|| ApiError::bad_request(format!("input topic '{}' does not exist", spec.input_topic)))?;
+        let topic = self
+            .broker
+            .topic(&spec.input_topic)
+            .ok_or_else(|| ApiError::bad_request(format!("input topic '{}' does not exist", spec.input_topic)))?;
         let partitions = topic.partition_count().max(0) as usize;
         let logs = Arc::new(LogBuffer::new(&spec.name));
         let shared = Arc::new(Shared {
@@ -148,7 +157,9 @@ impl TransformManager {
         if bytes.len() > sluice_wasm::MODULE_BYTES_MAX {
             return Err(ApiError::bad_request(format!("the module is {} bytes; at most {}", bytes.len(), sluice_wasm::MODULE_BYTES_MAX)));
         }
-        let missing = |what: &str, topic: &str| ApiError::bad_request(format!("{what} topic '{topic}' does not exist; create it first (sluice topic create {topic})"));
+        let missing = |what: &str, topic: &str| {
+            ApiError::bad_request(format!("{what} topic '{topic}' does not exist; create it first (sluice topic create {topic})"))
+        };
         let input = self.broker.topic(&spec.input_topic).ok_or_else(|| missing("input", &spec.input_topic))?;
         for topic in &spec.output_topics {
             self.broker.topic(topic).ok_or_else(|| missing("output", topic))?;
@@ -178,7 +189,14 @@ impl TransformManager {
         let name = stored.spec.name.clone();
         self.store.save_module(&stored.module_digest, &bytes).map_err(ApiError::internal)?;
         self.store.save(&stored).map_err(ApiError::internal)?;
-        tracing::info!(transform = name, version = stored.version, digest = stored.module_digest, cache_hit = module.cache_hit(), load_ms = module.load_time().as_millis() as u64, "transform deployed");
+        tracing::info!(
+            transform = name,
+            version = stored.version,
+            digest = stored.module_digest,
+            cache_hit = module.cache_hit(),
+            load_ms = module.load_time().as_millis() as u64,
+            "transform deployed"
+        );
         self.start(stored, module)?;
         self.collect_garbage();
         self.status(&name)

@@ -17,7 +17,8 @@ pub struct MetricFamilies {
 
 impl MetricFamilies {
     pub fn register(registry: &Registry) -> Result<MetricFamilies, String> {
-        let counter = |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string());
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string());
         let families = MetricFamilies {
             records_in: counter("transform_records_in_total", "Input records a transform consumed (committed)", &["transform"])?,
             records_out: counter("transform_records_out_total", "Output records a transform wrote (committed)", &["transform"])?,
@@ -29,8 +30,11 @@ impl MetricFamilies {
                 &["transform"],
             )
             .map_err(|e| e.to_string())?,
-            lag: IntGaugeVec::new(Opts::new("transform_lag", "Input records not yet transformed, by partition"), &["transform", "partition"])
-                .map_err(|e| e.to_string())?,
+            lag: IntGaugeVec::new(
+                Opts::new("transform_lag", "Input records not yet transformed, by partition"),
+                &["transform", "partition"],
+            )
+            .map_err(|e| e.to_string())?,
         };
         for collector in [
             Box::new(families.records_in.clone()) as Box<dyn prometheus::core::Collector>,

@@ -68,7 +68,12 @@ struct Input {
     record: InputRecord,
 }
 
-pub fn spawn(broker: Arc<Broker>, shared: Arc<Shared>, partition: i32, handle: tokio::runtime::Handle) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    broker: Arc<Broker>,
+    shared: Arc<Shared>,
+    partition: i32,
+    handle: tokio::runtime::Handle,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(format!("transform-{}-{partition}", shared.spec.name)).spawn(move || {
         let _runtime = handle.enter();
         let mut runner = Runner { broker, shared, partition, handle, writer: None, instance: None, limits_seen: u64::MAX };
@@ -172,7 +177,13 @@ impl Runner {
         let (batch, next) = match read_batch(&input, position, self.shared.spec.batch_records()) {
             Ok(read) => read,
             Err(ReadError::OutOfRange { start }) => {
-                tracing::warn!(transform = self.name(), partition = self.partition, position, start, "input position was deleted by retention; skipping to the log start");
+                tracing::warn!(
+                    transform = self.name(),
+                    partition = self.partition,
+                    position,
+                    start,
+                    "input position was deleted by retention; skipping to the log start"
+                );
                 self.state().position.store(start, Ordering::Release);
                 return Ok(());
             }
@@ -378,7 +389,9 @@ enum ReadError {
 fn read_batch(input: &Partition, position: i64, max_records: usize) -> Result<(Vec<Input>, i64), ReadError> {
     let read = match input.read_isolated(position, READ_BYTES_MAX, true, true) {
         Ok(read) => read,
-        Err(sluice_storage::StorageError::OffsetOutOfRange { start, .. }) if position < start => return Err(ReadError::OutOfRange { start }),
+        Err(sluice_storage::StorageError::OffsetOutOfRange { start, .. }) if position < start => {
+            return Err(ReadError::OutOfRange { start });
+        }
         Err(error) => return Err(ReadError::Other(error.to_string())),
     };
     let aborted = read.aborted.unwrap_or_default();
@@ -402,7 +415,9 @@ fn read_batch(input: &Partition, position: i64, max_records: usize) -> Result<(V
             continue;
         }
         if record.transactional
-            && aborted.iter().any(|a| a.producer_id == record.producer_id && record.offset >= a.first_offset && record.offset < a.last_offset)
+            && aborted
+                .iter()
+                .any(|a| a.producer_id == record.producer_id && record.offset >= a.first_offset && record.offset < a.last_offset)
         {
             continue;
         }

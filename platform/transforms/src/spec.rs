@@ -138,7 +138,9 @@ impl TransformSpec {
             ErrorPolicy::DeadLetter(topic) if topic == &self.input_topic || self.output_topics.contains(topic) => {
                 return Err(ApiError::bad_request("the dead-letter topic must differ from the input and output topics"));
             }
-            ErrorPolicy::Retry { max_attempts, backoff_ms } if *max_attempts == 0 || *max_attempts > RETRY_ATTEMPTS_MAX || *backoff_ms > RETRY_BACKOFF_MS_MAX => {
+            ErrorPolicy::Retry { max_attempts, backoff_ms }
+                if *max_attempts == 0 || *max_attempts > RETRY_ATTEMPTS_MAX || *backoff_ms > RETRY_BACKOFF_MS_MAX =>
+            {
                 return Err(ApiError::bad_request(format!(
                     "retry needs 1..={RETRY_ATTEMPTS_MAX} attempts and a backoff of at most {RETRY_BACKOFF_MS_MAX} ms"
                 )));
@@ -235,7 +237,10 @@ impl Store {
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
-            match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<StoredDeployment>(&b).map_err(|e| e.to_string())) {
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<StoredDeployment>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(deployment) => out.push(deployment),
                 Err(error) => tracing::error!(file = %path.display(), %error, "skipping an unreadable transform deployment"),
             }
@@ -281,7 +286,10 @@ mod tests {
     fn a_minimal_spec_gets_defaults_and_validates() {
         let spec = spec();
         spec.validate().unwrap();
-        assert_eq!((spec.from, spec.partitioning, spec.error_policy.clone()), (StartFrom::Earliest, Partitioning::KeyHash, ErrorPolicy::Stop));
+        assert_eq!(
+            (spec.from, spec.partitioning, spec.error_policy.clone()),
+            (StartFrom::Earliest, Partitioning::KeyHash, ErrorPolicy::Stop)
+        );
         assert_eq!(spec.transactional_id(3), "__sluice-transform-t1-3");
     }
 
@@ -302,8 +310,9 @@ mod tests {
         let mut bad = spec();
         bad.output_topics.clear();
         assert!(bad.validate().is_err());
-        let parsed: Result<TransformSpec, _> =
-            serde_json::from_value(serde_json::json!({"name": "t", "input_topic": "in", "output_topics": ["o"], "from": {"offset": 5}, "error_policy": {"retry": {"max_attempts": 3, "backoff_ms": 100}}}));
+        let parsed: Result<TransformSpec, _> = serde_json::from_value(
+            serde_json::json!({"name": "t", "input_topic": "in", "output_topics": ["o"], "from": {"offset": 5}, "error_policy": {"retry": {"max_attempts": 3, "backoff_ms": 100}}}),
+        );
         let parsed = parsed.unwrap();
         assert_eq!(parsed.from, StartFrom::Offset(5));
         parsed.validate().unwrap();

@@ -28,8 +28,13 @@ pub struct TestBroker {
 pub async fn start(settings: &[(&str, &str)]) -> TestBroker {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig::from_settings(settings.iter().copied()).unwrap();
-    let options =
-        ServerOptions { data_dir: dir.path().to_path_buf(), listen: "127.0.0.1:0".into(), admin_listen: "127.0.0.1:0".into(), config, extensions: Vec::new() };
+    let options = ServerOptions {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
+        config,
+        extensions: Vec::new(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(sluice_broker::run(
