@@ -87,7 +87,7 @@ impl Broker {
             "recovered data directory {}",
             data_dir.display()
         );
-        let transactions = TransactionCoordinator::open(data_dir, now, config.transaction_max_timeout_ms())?;
+        let transactions = TransactionCoordinator::open(data_dir, now, config.transaction_max_timeout_ms(), config.flush_before_ack())?;
         let groups = Arc::new(GroupCoordinator::new(&config));
         let broker = Arc::new(Broker {
             config,

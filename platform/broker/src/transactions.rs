@@ -4,8 +4,9 @@
 //! through Kafka's states: Empty → Ongoing (the first `AddPartitionsToTxn` / `AddOffsetsToTxn`) →
 //! PrepareCommit / PrepareAbort (`EndTxn`, or a timeout) → CompleteCommit / CompleteAbort. Every state
 //! change is written to the broker's keyed log `__transaction_state-0` before it is acknowledged;
-//! changes that a crash must not lose (partitions added, offsets sent, the commit/abort decision) are
-//! fsynced. Completing a transaction writes a marker (control batch) to each of its partitions and,
+//! with fsync-before-ack (`log.flush.interval.messages=1`) the changes a crash must not lose
+//! (partitions added, offsets sent, the commit/abort decision) are fsynced first, otherwise they rely
+//! on the page cache like the records they describe. Completing a transaction writes a marker (control batch) to each of its partitions and,
 //! on commit, the offsets it carries to the group offsets store; only then is the state Complete.
 //!
 //! Where Kafka's coordinator sends WriteTxnMarkers to partition leaders, this node appends the markers
@@ -133,6 +134,9 @@ pub struct TransactionCoordinator {
     /// Producer id → transactional id, for checks on transactional produce.
     by_producer: DashMap<i64, String>,
     max_timeout_ms: i32,
+    /// Whether state changes that must survive a crash are fsynced (fsync-before-ack brokers), or
+    /// left to the page cache like acknowledged records are (the default policy).
+    fsync: bool,
     counters: Mutex<TxnCounters>,
 }
 
@@ -152,7 +156,9 @@ fn bump(epoch: i16) -> Option<i16> {
 }
 
 impl TransactionCoordinator {
-    pub fn open(data_dir: &Path, now: i64, max_timeout_ms: i32) -> Result<TransactionCoordinator, String> {
+    /// Opens (replays) the state log. `fsync`: make decisions durable against power loss before acting
+    /// on them, as the broker's flush policy does for records (`log.flush.interval.messages=1`).
+    pub fn open(data_dir: &Path, now: i64, max_timeout_ms: i32, fsync: bool) -> Result<TransactionCoordinator, String> {
         let mut state: BTreeMap<String, TxnMetadata> = BTreeMap::new();
         let log = KeyedLog::open(data_dir, TXN_STATE_DIR_NAME, now, |key, value| {
             let Ok(id) = rmp_serde::from_slice::<String>(key) else {
@@ -169,8 +175,14 @@ impl TransactionCoordinator {
                 }
             }
         })?;
-        let coordinator =
-            TransactionCoordinator { log, txns: DashMap::new(), by_producer: DashMap::new(), max_timeout_ms, counters: Mutex::default() };
+        let coordinator = TransactionCoordinator {
+            log,
+            txns: DashMap::new(),
+            by_producer: DashMap::new(),
+            max_timeout_ms,
+            fsync,
+            counters: Mutex::default(),
+        };
         for (id, metadata) in state {
             coordinator.by_producer.insert(metadata.producer_id, id.clone());
             coordinator.txns.insert(id, Arc::new(Mutex::new(Some(metadata))));
@@ -189,32 +201,46 @@ impl TransactionCoordinator {
         self.txns.get(transactional_id).map(|s| Arc::clone(s.value()))
     }
 
-    /// Writes the id's new state to the state log (durably when `fsync`).
-    fn persist(&self, transactional_id: &str, metadata: &TxnMetadata, fsync: bool) -> Result<(), ResponseError> {
+    /// Writes the id's new state to the state log; `must_survive` changes are fsynced when the broker
+    /// fsyncs before acknowledging. Under the page-cache policy nothing is fsynced, exactly as for the
+    /// records themselves: a process crash loses nothing (the page cache survives it), a power cut may
+    /// lose the last moments of both records and decisions, consistently.
+    fn persist(&self, transactional_id: &str, metadata: &TxnMetadata, must_survive: bool) -> Result<(), ResponseError> {
+        let fsync = must_survive && self.fsync;
         let entry: KeyedEntry = (encode(transactional_id).map_err(storage_failure)?, Some(encode(metadata).map_err(storage_failure)?));
         let mut log = self.log.lock();
         log.append(&[entry], fsync).map_err(storage_failure)?;
         if log.wants_rewrite(self.txns.len(), ENTRY_BYTES_ESTIMATE) {
             drop(log);
-            self.rewrite_log();
+            self.rewrite_log(transactional_id, metadata);
         }
         Ok(())
     }
 
-    fn rewrite_log(&self) {
+    /// Compacts the state log. The caller holds `current`'s slot and passes its state; other slots
+    /// are only tried: if one is busy the rewrite waits for a later persist rather than block.
+    fn rewrite_log(&self, current: &str, current_state: &TxnMetadata) {
+        // The log lock first: no other id can append between the snapshot and the swap (one that is
+        // waiting for it holds its slot, so the snapshot below gives up instead of missing its change).
+        let mut log = self.log.lock();
         let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
         let mut live = Vec::with_capacity(slots.len());
         for (id, slot) in slots {
-            // try_lock: a slot busy in another operation is written by it anyway; skip rather than wait.
-            let Some(guard) = slot.try_lock() else { return };
-            if let Some(metadata) = guard.as_ref() {
-                match (encode(&id), encode(metadata)) {
-                    (Ok(k), Ok(v)) => live.push((k, v)),
-                    _ => return,
+            let encoded = if id == current {
+                (encode(&id), encode(current_state))
+            } else {
+                let Some(guard) = slot.try_lock() else { return };
+                match guard.as_ref() {
+                    Some(metadata) => (encode(&id), encode(metadata)),
+                    None => continue,
                 }
+            };
+            match encoded {
+                (Ok(k), Ok(v)) => live.push((k, v)),
+                _ => return,
             }
         }
-        if let Err(error) = self.log.lock().rewrite(&live) {
+        if let Err(error) = log.rewrite(&live) {
             tracing::warn!(%error, "transaction state log rewrite failed; keeping the current log");
         }
     }
