@@ -21,7 +21,7 @@ pub const TRANSFORMS_DIR: &str = "__transforms";
 /// Longest transform name: it becomes part of transactional ids and a group id.
 pub const TRANSFORM_NAME_BYTES_MAX: usize = 100;
 /// Records handed to the module per call at most (one call per batch, never per record).
-pub const BATCH_RECORDS_DEFAULT: usize = 1_000;
+pub const BATCH_RECORDS_DEFAULT: usize = 5_000;
 pub const BATCH_RECORDS_MAX: usize = sluice_wasm::INPUT_RECORDS_PER_CALL_MAX;
 /// Retry policy bounds.
 pub const RETRY_ATTEMPTS_MAX: u32 = 1_000;
