@@ -262,3 +262,20 @@ def test_init_scaffolds_a_crate_that_builds_and_deploys(broker, tmp_path):
     sluice(broker, "transform", "deploy", module, "--name", "shout", "--input-topic", src, "--output-topic", out)
     cf_produce(cf_producer(broker), src, [{"value": b"hello"}])
     assert [r.value for r in cf_consume(broker, out, expected=1, conf=COMMITTED)] == [b"HELLO"]
+
+
+def test_from_latest_is_pinned_at_deploy_and_survives_a_crash(broker, guests):
+    src, out = unique("in"), unique("out")
+    create_topic(broker, src)
+    create_topic(broker, out)
+    cf_produce(cf_producer(broker), src, [{"value": f"old-{i}".encode()} for i in range(5)])
+    deploy(broker, guests, "identity", "tail", src, [out], "--from", "latest")
+    sluice(broker, "transform", "pause", "tail")
+    wait_for(lambda: status(broker, "tail")["partitions"][0]["position"] == 5, "the start position to be pinned")
+    cf_produce(cf_producer(broker), src, [{"value": f"new-{i}".encode()} for i in range(3)])
+    broker.kill9()
+    broker.start()
+    assert status(broker, "tail")["state"] == "paused", "pause survives a restart"
+    sluice(broker, "transform", "resume", "tail")
+    out_values = sorted(r.value for r in cf_consume(broker, out, expected=3, conf=COMMITTED))
+    assert out_values == [b"new-0", b"new-1", b"new-2"], "records that arrived after the deploy are not skipped, old ones not read"

@@ -104,6 +104,12 @@ impl Runner {
         tracing::info!(transform = self.name(), partition = self.partition, version = self.shared.version, "transform runner started");
         while !self.shared.stop.load(Ordering::Acquire) {
             if self.shared.paused.load(Ordering::Acquire) || self.state().failure.lock().is_some() {
+                // Even paused from the start, pin the start position now (see `ensure_writer`).
+                if self.writer.is_none()
+                    && let Err(error) = self.ensure_writer()
+                {
+                    tracing::warn!(transform = self.name(), partition = self.partition, %error, "cannot initialise the transform's producer; retrying");
+                }
                 std::thread::sleep(IDLE_WAIT);
                 continue;
             }
@@ -135,12 +141,22 @@ impl Runner {
             return Ok(());
         }
         let spec = &self.shared.spec;
-        let writer = TransactionalProducer::init(Arc::clone(&self.broker), &spec.transactional_id(self.partition), TXN_TIMEOUT_MS)
+        let mut writer = TransactionalProducer::init(Arc::clone(&self.broker), &spec.transactional_id(self.partition), TXN_TIMEOUT_MS)
             .map_err(|e| e.to_string())?;
         let input = self.input_partition()?;
         let position = match self.broker.offsets.get(&spec.group(), &spec.input_topic, self.partition) {
             Some(committed) => committed.offset,
-            None => start_position(&input, spec.from)?,
+            None => {
+                // First start: pin the start position (`--from latest` or a timestamp resolves to an
+                // offset now), so a restart before the first batch does not resolve it again and skip
+                // the records that arrived in between.
+                let start = start_position(&input, spec.from)?;
+                writer
+                    .send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, start)])
+                    .and_then(|()| writer.commit())
+                    .map_err(|e| e.to_string())?;
+                start
+            }
         };
         self.state().position.store(position, Ordering::Release);
         self.writer = Some(writer);
