@@ -133,6 +133,9 @@ pub struct TransactionCoordinator {
     txns: DashMap<String, Slot>,
     /// Producer id → transactional id, for checks on transactional produce.
     by_producer: DashMap<i64, String>,
+    /// (group, topic, partition) → how many open transactions stage an offset for it, so OffsetFetch
+    /// with require_stable answers without touching (or waiting for) any transaction's lock.
+    pending_index: DashMap<(String, String, i32), usize>,
     max_timeout_ms: i32,
     /// Whether state changes that must survive a crash are fsynced (fsync-before-ack brokers), or
     /// left to the page cache like acknowledged records are (the default policy).
@@ -179,12 +182,18 @@ impl TransactionCoordinator {
             log,
             txns: DashMap::new(),
             by_producer: DashMap::new(),
+            pending_index: DashMap::new(),
             max_timeout_ms,
             fsync,
             counters: Mutex::default(),
         };
         for (id, metadata) in state {
             coordinator.by_producer.insert(metadata.producer_id, id.clone());
+            for (group, offsets) in &metadata.pending_offsets {
+                for (topic, partition) in offsets.keys() {
+                    coordinator.index_pending(group, topic, *partition);
+                }
+            }
             coordinator.txns.insert(id, Arc::new(Mutex::new(Some(metadata))));
         }
         Ok(coordinator)
@@ -289,8 +298,9 @@ impl TransactionCoordinator {
         }
         match metadata.status {
             TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
-                // A completion that failed earlier: finish it before anything else.
+                // A completion that failed earlier: finish it, then fence its producer like any other.
                 self.complete(broker, transactional_id, metadata).map_err(|_| ResponseError::ConcurrentTransactions)?;
+                self.bump_epoch(broker, metadata)?;
             }
             TxnStatus::Ongoing => {
                 // The previous producer's transaction: abort it under a new epoch, which fences it.
@@ -304,7 +314,7 @@ impl TransactionCoordinator {
         metadata.timeout_ms = timeout_ms;
         metadata.status = TxnStatus::Empty;
         metadata.partitions.clear();
-        metadata.pending_offsets.clear();
+        self.release_pending(metadata);
         metadata.start_ms = 0;
         metadata.last_update_ms = now;
         self.persist(transactional_id, metadata, true)?;
@@ -374,7 +384,13 @@ impl TransactionCoordinator {
                 );
                 continue;
             };
-            match partition.append_marker(&marker, now) {
+            let appended = partition.append_marker(&marker, now).and_then(|_| {
+                // Under fsync-before-ack the marker must be durable before the offsets and the
+                // Complete record that presuppose it: otherwise a power cut could keep those and
+                // lose the marker, and recovery would abort a committed transaction.
+                if self.fsync { partition.flush_blocking() } else { Ok(()) }
+            });
+            match appended {
                 Ok(_) => {}
                 Err(StorageError::InvalidProducerEpoch { current, got, .. }) => {
                     // A newer epoch already wrote here: this transaction cannot be open in it.
@@ -402,7 +418,7 @@ impl TransactionCoordinator {
         }
         metadata.status = complete;
         metadata.partitions.clear();
-        metadata.pending_offsets.clear();
+        self.release_pending(metadata);
         metadata.start_ms = 0;
         metadata.last_update_ms = now;
         // Not fsynced: if this record is lost, recovery completes the transaction again, and markers
@@ -448,15 +464,32 @@ impl TransactionCoordinator {
         }
     }
 
-    fn begin_if_needed(metadata: &mut TxnMetadata, now: i64) -> bool {
+    fn begin_if_needed(&self, metadata: &mut TxnMetadata, now: i64) -> bool {
         if metadata.status == TxnStatus::Ongoing {
             return false;
         }
         metadata.status = TxnStatus::Ongoing;
         metadata.partitions.clear();
-        metadata.pending_offsets.clear();
+        self.release_pending(metadata);
         metadata.start_ms = now;
         true
+    }
+
+    fn index_pending(&self, group: &str, topic: &str, partition: i32) {
+        *self.pending_index.entry((group.to_string(), topic.to_string(), partition)).or_insert(0) += 1;
+    }
+
+    /// Drops the transaction's staged offsets, and their entries in the require_stable index.
+    fn release_pending(&self, metadata: &mut TxnMetadata) {
+        for (group, offsets) in std::mem::take(&mut metadata.pending_offsets) {
+            for (topic, partition) in offsets.into_keys() {
+                let key = (group.clone(), topic, partition);
+                self.pending_index.remove_if_mut(&key, |_, count| {
+                    *count = count.saturating_sub(1);
+                    *count == 0
+                });
+            }
+        }
     }
 
     /// AddPartitionsToTxn. Unknown partitions fail the whole request (the others get
@@ -481,7 +514,7 @@ impl TransactionCoordinator {
                     .collect());
             }
             let now = crate::now_ms();
-            let mut changed = Self::begin_if_needed(metadata, now);
+            let mut changed = self.begin_if_needed(metadata, now);
             let new: Vec<&(String, i32)> = partitions.iter().filter(|tp| !metadata.partitions.contains(*tp)).collect();
             if metadata.partitions.len() + new.len() > TXN_PARTITIONS_MAX {
                 tracing::warn!(transactional_id, limit = TXN_PARTITIONS_MAX, "transaction refused: too many partitions");
@@ -506,7 +539,7 @@ impl TransactionCoordinator {
         }
         self.with_open_txn(transactional_id, producer_id, epoch, |metadata| {
             let now = crate::now_ms();
-            let began = Self::begin_if_needed(metadata, now);
+            let began = self.begin_if_needed(metadata, now);
             if !began && metadata.pending_offsets.contains_key(group) {
                 return Ok(());
             }
@@ -564,7 +597,15 @@ impl TransactionCoordinator {
             }
             if !accepted.is_empty() {
                 let staged = metadata.pending_offsets.entry(group.to_string()).or_default();
-                staged.extend(accepted);
+                let mut fresh = Vec::new();
+                for (key, offset) in accepted {
+                    if staged.insert(key.clone(), offset).is_none() {
+                        fresh.push(key);
+                    }
+                }
+                for (topic, partition) in fresh {
+                    self.index_pending(group, &topic, partition);
+                }
                 metadata.last_update_ms = crate::now_ms();
                 self.persist(transactional_id, metadata, true)?;
             }
@@ -627,12 +668,21 @@ impl TransactionCoordinator {
         Ok(append())
     }
 
-    /// Aborts (and fences) transactions open longer than their `transaction.timeout.ms`.
+    /// Aborts (and fences) transactions open longer than their `transaction.timeout.ms`, and retries
+    /// completions that failed.
     pub fn abort_expired(&self, broker: &Broker, now: i64) {
         let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
         for (id, slot) in slots {
             let mut guard = slot.lock();
             let Some(metadata) = guard.as_mut() else { continue };
+            if matches!(metadata.status, TxnStatus::PrepareCommit | TxnStatus::PrepareAbort) {
+                // A completion that failed (a marker write error): retry it here, so partitions do not
+                // wait for the transactional id's next request, which may never come.
+                if let Err(error) = self.complete(broker, &id, metadata) {
+                    tracing::warn!(transactional_id = id, ?error, "retrying an interrupted transaction completion failed; will retry");
+                }
+                continue;
+            }
             if metadata.status != TxnStatus::Ongoing || now - metadata.start_ms <= i64::from(metadata.timeout_ms) {
                 continue;
             }
@@ -695,16 +745,7 @@ impl TransactionCoordinator {
     /// Whether any ongoing transaction has staged offsets for this group and partition (OffsetFetch
     /// with require_stable answers UNSTABLE_OFFSET_COMMIT then).
     pub fn has_pending_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
-        let key = (topic.to_string(), partition);
-        self.txns.iter().any(|entry| {
-            entry.value().try_lock().is_none_or(|guard| {
-                guard.as_ref().is_some_and(|m| {
-                    m.status != TxnStatus::CompleteCommit
-                        && m.status != TxnStatus::CompleteAbort
-                        && m.pending_offsets.get(group).is_some_and(|o| o.contains_key(&key))
-                })
-            })
-        })
+        self.pending_index.get(&(group.to_string(), topic.to_string(), partition)).is_some_and(|count| *count > 0)
     }
 
     pub fn describe(&self, transactional_id: &str) -> Option<TxnView> {

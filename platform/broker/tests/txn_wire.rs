@@ -212,6 +212,10 @@ async fn out_of_order_and_stale_requests_get_kafka_error_codes_and_leave_the_log
     assert_eq!(add_partition(&mut client, "t2", pid, e1, "bad", 0).await, 0);
     assert_eq!(txn_produce(&mut client, "t2", "bad", txn_batch(&["zombie"], pid, e0, 0)).await.0, INVALID_PRODUCER_EPOCH);
     assert_eq!(txn_produce(&mut client, "t2", "bad", txn_batch(&["ok"], pid, e1, 0)).await.0, 0);
+    // A second batch from another producer cannot ride along behind a checked first batch.
+    let mut mixed = txn_batch(&["ok-too"], pid, e1, 1).to_vec();
+    mixed.extend_from_slice(&txn_batch(&["stowaway"], pid + 7, 0, 0));
+    assert_eq!(txn_produce(&mut client, "t2", "bad", Bytes::from(mixed)).await.0, 87, "INVALID_RECORD");
     // A non-transactional batch on a transactional request, and the reverse, are refused.
     assert_ne!(txn_produce(&mut client, "t2", "bad", batch(&["plain"])).await.0, 0);
     assert_ne!(produce(&mut client, "bad", 0, txn_batch(&["sneaky"], pid, e1, 1), -1).await.0, 0);

@@ -271,7 +271,11 @@ impl PartitionLog {
         let aborted = &mut self.aborted;
         let log_start = self.log_start_offset;
         for segment in self.sealed.iter().chain([&self.active]) {
-            if segment.max_timestamp().is_none_or(|(timestamp, _)| timestamp < cutoff) {
+            // Skip only what is old by both clocks: producers' timestamps can be days old on data
+            // written a minute ago (reprocessing keeps input timestamps), and a segment holding an
+            // open transaction must never be skipped.
+            let old_records = segment.max_timestamp().is_none_or(|(timestamp, _)| timestamp < cutoff);
+            if old_records && segment.modified_ms().is_some_and(|modified| modified < cutoff) {
                 continue;
             }
             let walked = segment.for_each_header(scanner, |header, position| {

@@ -421,6 +421,13 @@ impl Segment {
         }
     }
 
+    /// Last modification of the `.log` by the broker's clock (ms since the epoch), if the file system
+    /// says. Record timestamps come from producers and can be old for fresh data; this cannot.
+    pub(crate) fn modified_ms(&self) -> Option<i64> {
+        let modified = self.file.metadata().ok()?.modified().ok()?;
+        i64::try_from(modified.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+    }
+
     /// The control type of the control batch at file position `position` (read from its first
     /// record's key). `None` when it cannot be read; recovery then treats the marker as unknown.
     pub(crate) fn control_type_at(&self, position: u64) -> Option<crate::batch::ControlType> {

@@ -159,3 +159,17 @@ fn recovery_walks_past_the_header_read_ahead_without_losing_markers() {
     assert_eq!(log.aborted_transactions(0, i64::MAX), aborted);
     assert_eq!(aborted.len(), 9);
 }
+
+#[test]
+fn an_open_transaction_with_old_record_timestamps_survives_a_crash() {
+    // Reprocessing pipelines keep their input's timestamps: fresh data can carry day-old timestamps.
+    // Recovery must still find the open transaction (it used to skip segments by record time).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    produce_txn(&mut log, 5, 0, 0, 2);
+    drop(log);
+    let three_days_later = NOW + 3 * 86_400_000;
+    let log = PartitionLog::open(dir.path(), small_config(1 << 20), three_days_later).unwrap();
+    assert_eq!(log.ongoing_transactions(), vec![(5, 0)]);
+    assert_eq!(log.last_stable_offset(), 0);
+}

@@ -74,6 +74,11 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
             let mode = AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch };
             let header = BatchHeader::parse(&batch);
             let transactional = header.is_some_and(|h| h.is_transactional());
+            if !same_producer_throughout(&batch) {
+                let why = "every batch of one partition's records must come from the same producer, epoch and transactional state";
+                partition_responses.push(error_response(index, ResponseError::InvalidRecord, Some(why.into())));
+                continue;
+            }
             if transactional != request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
                 let why = if transactional {
                     "transactional batches need the request's transactional id"
@@ -189,4 +194,26 @@ pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> Init
             InitProducerIdResponse::default().with_error_code(error.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
         }
     }
+}
+
+/// Whether every batch in `records` has the first batch's producer id, epoch and transactional bit.
+/// The transaction check looks at the first header; a later batch must not slip another producer's
+/// transaction past it. Framing is validated later by the log; here a short tail just ends the walk.
+fn same_producer_throughout(records: &[u8]) -> bool {
+    let Some(first) = BatchHeader::parse(records) else { return true };
+    let mut position = first.total_size();
+    while let Some(header) = records.get(position..).and_then(BatchHeader::parse) {
+        if header.producer_id != first.producer_id
+            || header.producer_epoch != first.producer_epoch
+            || header.is_transactional() != first.is_transactional()
+        {
+            return false;
+        }
+        let size = header.total_size();
+        if size <= 12 {
+            break;
+        }
+        position = position.saturating_add(size);
+    }
+    true
 }
