@@ -30,6 +30,10 @@ use crate::error::{BrokerError, storage_error_code};
 use crate::offsets::CommittedOffset;
 use crate::topic::FlushPolicy;
 
+/// Longest a commit waits for its records' fsync under fsync-before-ack (a produce request's default
+/// timeout); after it the commit fails and the caller aborts.
+const DURABILITY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One record to write.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct OutRecord {
@@ -209,8 +213,10 @@ impl TransactionalProducer {
         for ((topic, index), end) in &self.partitions {
             let Ok(partition) = self.broker.partition(topic, *index) else { continue };
             if partition.policy() == FlushPolicy::BeforeAck {
-                tokio::task::block_in_place(|| handle.block_on(partition.wait_durable(*end)))
-                    .map_err(|e| TxnError::new(format!("making {topic}-{index} durable"), e.kafka()))?;
+                let action = || format!("making {topic}-{index} durable");
+                tokio::task::block_in_place(|| handle.block_on(tokio::time::timeout(DURABILITY_WAIT, partition.wait_durable(*end))))
+                    .map_err(|_| TxnError::new(action(), ResponseError::RequestTimedOut))?
+                    .map_err(|e| TxnError::new(action(), e.kafka()))?;
             }
         }
         Ok(())

@@ -131,9 +131,17 @@ impl TransformManager {
         });
         let mut threads = Vec::with_capacity(partitions);
         for p in 0..partitions as i32 {
-            let thread = runner::spawn(Arc::clone(&self.broker), Arc::clone(&shared), p, self.handle.clone())
-                .map_err(|e| ApiError::internal(format!("cannot start a runner thread: {e}")))?;
-            threads.push(thread);
+            match runner::spawn(Arc::clone(&self.broker), Arc::clone(&shared), p, self.handle.clone()) {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    // Stop the runners already started rather than leave them untracked.
+                    shared.stop.store(true, Ordering::Release);
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(ApiError::internal(format!("cannot start a runner thread: {error}")));
+                }
+            }
         }
         self.deployments.lock().insert(stored.spec.name.clone(), Running { stored, shared, threads });
         Ok(())
