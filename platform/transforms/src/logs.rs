@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_wasm::{LogLevel, LogSink};
+use sluice_wasm::{LogLevel, LogSink, TracingLogSink};
 
 /// Lines kept per deployment; older ones are dropped.
 pub const LOG_LINES_KEPT: usize = 200;
@@ -19,13 +19,16 @@ pub struct LogLine {
 }
 
 pub struct LogBuffer {
-    transform: String,
+    tracing: TracingLogSink,
     lines: Mutex<VecDeque<LogLine>>,
 }
 
 impl LogBuffer {
     pub fn new(transform: &str) -> LogBuffer {
-        LogBuffer { transform: transform.to_string(), lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
+        LogBuffer {
+            tracing: TracingLogSink { transform: transform.to_string() },
+            lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)),
+        }
     }
 
     pub fn push(&self, level: LogLevel, message: &str) {
@@ -51,14 +54,7 @@ impl LogBuffer {
 
 impl LogSink for LogBuffer {
     fn log(&self, level: LogLevel, message: &str) {
-        let transform = self.transform.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(transform, "{message}"),
-            LogLevel::Debug => tracing::debug!(transform, "{message}"),
-            LogLevel::Info => tracing::info!(transform, "{message}"),
-            LogLevel::Warn => tracing::warn!(transform, "{message}"),
-            LogLevel::Error => tracing::error!(transform, "{message}"),
-        }
+        self.tracing.log(level, message);
         self.push(level, message);
     }
 }

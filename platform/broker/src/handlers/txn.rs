@@ -17,11 +17,20 @@ use kafka_protocol::messages::{
 use super::{blocking, str_bytes};
 use crate::broker::Broker;
 use crate::offsets::CommittedOffset;
-use crate::transactions::TxnStatus;
+use crate::transactions::{PartitionResults, TxnStatus};
 
 /// Most partitions one AddPartitionsToTxn or TxnOffsetCommit request may name (the coordinator also
 /// bounds each transaction's totals).
 pub const TXN_REQUEST_PARTITIONS_MAX: usize = 10_000;
+
+/// The error for one partition of a request the coordinator answered as a whole (`Err`) or per
+/// partition.
+fn partition_error(outcome: &Result<PartitionResults, ResponseError>, topic: &str, partition: i32) -> Option<ResponseError> {
+    match outcome {
+        Err(error) => Some(*error),
+        Ok(results) => results.iter().find(|((t, p), _)| t == topic && *p == partition).and_then(|(_, e)| *e),
+    }
+}
 
 /// InitProducerId with a non-empty transactional id.
 pub fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
@@ -61,12 +70,7 @@ pub fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest
                 .partitions
                 .iter()
                 .map(|p| {
-                    let error = match &outcome {
-                        Err(error) => Some(*error),
-                        Ok(results) => {
-                            results.iter().find(|((topic, index), _)| topic == t.name.0.as_str() && index == p).and_then(|(_, e)| *e)
-                        }
-                    };
+                    let error = partition_error(&outcome, t.name.0.as_str(), *p);
                     AddPartitionsToTxnPartitionResult::default()
                         .with_partition_index(*p)
                         .with_partition_error_code(error.map_or(0, |e| e.code()))
@@ -133,13 +137,7 @@ pub fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> Tx
                 .partitions
                 .iter()
                 .map(|p| {
-                    let error = match &outcome {
-                        Err(error) => Some(*error),
-                        Ok(results) => results
-                            .iter()
-                            .find(|((topic, index), _)| topic == t.name.0.as_str() && *index == p.partition_index)
-                            .and_then(|(_, e)| *e),
-                    };
+                    let error = partition_error(&outcome, t.name.0.as_str(), p.partition_index);
                     TxnOffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
                         .with_error_code(error.map_or(0, |e| e.code()))

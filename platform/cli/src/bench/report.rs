@@ -106,20 +106,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// `1234567` → `1,234,567`.
-pub(super) fn group_digits(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 pub(super) use crate::client::error_label;
+pub(super) use crate::output::group_digits;
 
 /// `{3: 12, 6: 1}` → `UNKNOWN_TOPIC_OR_PARTITION (3) ×12, NOT_LEADER_OR_FOLLOWER (6) ×1`.
 pub(super) fn describe_errors(errors: &std::collections::BTreeMap<i16, u64>) -> String {
