@@ -15,10 +15,14 @@ mod produce;
 mod report;
 mod stats;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use kafka_protocol::messages::ApiKey;
 use kafka_protocol::records::Compression;
+use sluice_client::codes::TOPIC_ALREADY_EXISTS;
+use sluice_client::{ClientError, NewTopic};
 
 /// Largest `--connections` per leader; beyond this the client, not the broker, is what gets measured.
 const MAX_CONNECTIONS: i64 = 256;
@@ -155,14 +159,20 @@ pub enum Acks {
     All,
 }
 
+impl From<Acks> for sluice_client::Acks {
+    fn from(value: Acks) -> Self {
+        match value {
+            Acks::None => sluice_client::Acks::None,
+            Acks::One => sluice_client::Acks::Leader,
+            Acks::All => sluice_client::Acks::All,
+        }
+    }
+}
+
 impl Acks {
     /// The value of the Produce request's `acks` field.
     pub(crate) fn wire_value(self) -> i16 {
-        match self {
-            Acks::None => 0,
-            Acks::One => 1,
-            Acks::All => -1,
-        }
+        sluice_client::Acks::from(self).wire_value()
     }
 }
 
@@ -185,6 +195,77 @@ impl From<CompressionArg> for Compression {
             CompressionArg::Zstd => Compression::Zstd,
         }
     }
+}
+
+/// How long a topic's partitions may take to get leaders (e.g. right after creating it).
+const TOPIC_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// CreateTopics timeout the broker is asked to honour.
+const CREATE_TOPICS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What setting up a run learned: the negotiated version of the API the run drives, and each
+/// partition with the address of its leader.
+struct Setup {
+    version: i16,
+    routes: Vec<(i32, String)>,
+}
+
+/// Connects, negotiates `api` within `ours`, finds `topic` (creating it with `create_partitions`
+/// partitions if it is missing and a count was given) and waits until every partition has a leader.
+async fn setup(brokers: &[String], topic: &str, create_partitions: Option<i32>, api: ApiKey, ours: (i16, i16)) -> anyhow::Result<Setup> {
+    let client = crate::conn::connect(brokers).await?;
+    let version = client.version(api, ours)?;
+    match (client.topic(topic).await, create_partitions) {
+        (Ok(meta), Some(wanted)) if meta.partitions.len() != wanted as usize && !meta.partitions.is_empty() => {
+            eprintln!(
+                "note: topic `{topic}` already exists with {} partitions; using those instead of --partitions {wanted}",
+                meta.partitions.len()
+            );
+        }
+        (Ok(_), _) => {}
+        (Err(ClientError::UnknownTopic { addr, .. }), None) => {
+            anyhow::bail!("topic `{topic}` does not exist on {addr} (`sluice bench produce --partitions N` creates it)")
+        }
+        (Err(ClientError::UnknownTopic { .. }), Some(partitions)) => {
+            let new = NewTopic { name: topic.to_string(), partitions: Some(partitions), ..NewTopic::default() };
+            for outcome in client.create_topics(&[new], CREATE_TOPICS_TIMEOUT).await? {
+                match outcome.error {
+                    // Someone else created it between our Metadata and CreateTopics calls: fine.
+                    Some(e) if e.code != TOPIC_ALREADY_EXISTS => anyhow::bail!("creating topic `{topic}` failed with {e}"),
+                    _ => {}
+                }
+            }
+            eprintln!("created topic `{topic}` with {partitions} partition(s)");
+        }
+        (Err(e), _) => return Err(e.into()),
+    }
+    let meta = client.wait_for_leaders(topic, None, TOPIC_READY_TIMEOUT).await?;
+    Ok(Setup { version, routes: client.leader_addrs(&meta)? })
+}
+
+/// Spreads each leader's partitions over `connections` connections to it, round-robin. With fewer
+/// partitions than connections, `share` decides: producers may share partitions (like independent
+/// producers would), while readers must not (they would read the same records twice), so surplus
+/// connections are dropped.
+fn assign(routes: &[(i32, String)], connections: u32, share: bool) -> Vec<(String, Vec<i32>)> {
+    let mut by_leader: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (partition, addr) in routes {
+        by_leader.entry(addr.as_str()).or_default().push(*partition);
+    }
+    let connections = connections.max(1) as usize;
+    let mut out = Vec::new();
+    for (addr, partitions) in by_leader {
+        if partitions.len() >= connections || !share {
+            for slot in 0..connections.min(partitions.len()) {
+                let mine = partitions.iter().skip(slot).step_by(connections).copied().collect();
+                out.push((addr.to_string(), mine));
+            }
+        } else {
+            for slot in 0..connections {
+                out.push((addr.to_string(), vec![partitions[slot % partitions.len()]]));
+            }
+        }
+    }
+    out
 }
 
 /// The command-line spelling of a value-enum argument, for the summary's settings line.
@@ -226,6 +307,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn partitions_spread_over_connections() {
+        let routes: Vec<(i32, String)> = (0..5).map(|p| (p, if p % 2 == 0 { "a:1".to_string() } else { "b:1".to_string() })).collect();
+        let plan = assign(&routes, 2, true);
+        assert_eq!(
+            plan,
+            vec![("a:1".to_string(), vec![0, 4]), ("a:1".to_string(), vec![2]), ("b:1".to_string(), vec![1]), ("b:1".to_string(), vec![3]),]
+        );
+        let shared = assign(&[(0, "a:1".to_string())], 3, true);
+        assert_eq!(shared.len(), 3);
+        assert!(shared.iter().all(|(_, parts)| parts == &[0]));
+        assert_eq!(assign(&[(0, "a:1".to_string())], 3, false), vec![("a:1".to_string(), vec![0])]);
+    }
 
     /// Stands in for the CLI's top-level parser, which owns the `bench` subcommand.
     #[derive(Debug, Parser)]

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::client::{Client, http};
+use crate::http;
 use crate::output::{print_json, print_table, table};
 
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub enum ClusterCmd {
 }
 
 pub(crate) async fn run(_cmd: ClusterCmd, brokers: &[String], admin_url: &str, as_json: bool) -> Result<()> {
-    let mut client = Client::connect(brokers).await?;
+    let client = crate::conn::connect(brokers).await?;
     let meta = client.metadata(None).await?;
     let api_count = client.apis().len();
     let health = match http::get(admin_url, "/health").await {

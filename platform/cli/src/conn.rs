@@ -19,6 +19,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use sluice_client::connection::MAX_IN_FLIGHT_DEFAULT;
+use sluice_client::{Client, ClientOptions};
 
 use crate::exit::usage;
 
@@ -26,6 +28,20 @@ use crate::exit::usage;
 pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 /// The admin listener `sluice server` binds by default.
 pub(crate) const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9644";
+/// The client id the CLI's requests carry, so broker logs can tell its traffic apart.
+pub(crate) const CLIENT_ID: &str = "sluice";
+
+/// Connects to the first reachable of `brokers` and negotiates API versions.
+pub(crate) async fn connect(brokers: &[String]) -> Result<Client> {
+    connect_with_in_flight(brokers, MAX_IN_FLIGHT_DEFAULT).await
+}
+
+/// Like [`connect`], with up to `in_flight` requests outstanding per broker connection.
+pub(crate) async fn connect_with_in_flight(brokers: &[String], in_flight: usize) -> Result<Client> {
+    let options = ClientOptions { client_id: CLIENT_ID.to_string(), max_in_flight_per_connection: in_flight };
+    Ok(Client::connect(brokers, options).await?)
+}
+
 /// Largest profile file read; it holds a few addresses, so anything bigger is a wrong path.
 const PROFILE_FILE_BYTES_MAX: u64 = 1024 * 1024;
 

@@ -1,6 +1,6 @@
 //! `sluice consume TOPIC`: print records (kafka-console-consumer.sh, kcat -C). Without `--group` every
 //! partition is read directly; with `--group` the process is a real group member (see
-//! `client::group`), shares partitions with the other members, commits what it printed every few seconds
+//! `sluice_client::group`), shares partitions with the other members, commits what it printed every few seconds
 //! and on exit, and leaves the group on Ctrl-C / SIGTERM. The [`Consumer`] engine under it is shared with
 //! `verify consume`.
 
@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use kafka_protocol::messages::{ApiKey, FetchRequest, fetch_request::FetchPartition, fetch_request::FetchTopic};
 use serde_json::{Map, Value, json};
+use sluice_client::codes::{self, OFFSET_OUT_OF_RANGE, UNKNOWN_TOPIC_OR_PARTITION};
+use sluice_client::group::{HEARTBEAT_INTERVAL, Heartbeat};
+use sluice_client::records::decode_batches;
+use sluice_client::{Client, ClientError, ConsumerRecord, FetchOptions, GroupMember, Isolation, OffsetSpec, PartitionFetch, TopicInfo};
 
-use crate::client::group::{GroupMember, HEARTBEAT_INTERVAL, Heartbeat, RejoinNeeded};
-use crate::client::records::{InRecord, decode_fetched};
-use crate::client::wire::FETCH_VERSIONS;
-use crate::client::{Client, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, TopicInfo, code, error_label, topic_name};
 use crate::exit::usage;
 use crate::output::{bytes_json, bytes_text, time_arg};
 
@@ -160,7 +159,7 @@ impl Format {
         Ok(Format::Template(pieces))
     }
 
-    pub(crate) fn write(&self, out: &mut impl Write, topic: &str, partition: i32, record: &InRecord) -> std::io::Result<()> {
+    pub(crate) fn write(&self, out: &mut impl Write, topic: &str, partition: i32, record: &ConsumerRecord) -> std::io::Result<()> {
         match self {
             Format::Text => {
                 out.write_all(record.value.as_deref().unwrap_or_default())?;
@@ -219,31 +218,22 @@ pub(crate) struct Consumer {
     positions: BTreeMap<i32, i64>,
     /// Partition → high watermark in the last response.
     high_watermarks: BTreeMap<i32, i64>,
-    version: i16,
     /// With `--exit-at-end` the fetch does not wait for new records.
     wait_ms: i32,
 }
 
 impl Consumer {
-    pub(crate) fn new(client: &Client, topic: TopicInfo, exit_at_end: bool) -> Result<Consumer> {
-        let version = client.version(ApiKey::Fetch, FETCH_VERSIONS)?;
+    pub(crate) fn new(topic: TopicInfo, exit_at_end: bool) -> Result<Consumer> {
         Ok(Consumer {
             topic,
             positions: BTreeMap::new(),
             high_watermarks: BTreeMap::new(),
-            version,
             wait_ms: if exit_at_end { 0 } else { FETCH_WAIT_MS },
         })
     }
 
     /// Starts reading `partitions` at the offsets `start` resolves to (after `committed`, if any).
-    pub(crate) async fn assign(
-        &mut self,
-        client: &mut Client,
-        partitions: &[i32],
-        start: Start,
-        committed: &BTreeMap<i32, i64>,
-    ) -> Result<()> {
+    pub(crate) async fn assign(&mut self, client: &Client, partitions: &[i32], start: Start, committed: &BTreeMap<i32, i64>) -> Result<()> {
         self.positions.clear();
         self.high_watermarks.clear();
         let open: Vec<i32> = partitions.iter().copied().filter(|p| !committed.contains_key(p)).collect();
@@ -255,19 +245,19 @@ impl Consumer {
         if open.is_empty() {
             return Ok(());
         }
-        let ask = |ts: i64| open.iter().map(|&p| (p, ts)).collect::<BTreeMap<i32, i64>>();
+        let topic = &self.topic;
         let resolved: BTreeMap<i32, i64> = match start {
-            Start::Earliest => client.list_offsets(&self.topic, &ask(EARLIEST_TIMESTAMP)).await?,
-            Start::Latest => client.list_offsets(&self.topic, &ask(LATEST_TIMESTAMP)).await?,
-            Start::Offset(offset) if offset >= 0 => ask(offset),
+            Start::Earliest => client.list_offsets_all(topic, &open, OffsetSpec::Earliest).await?,
+            Start::Latest => client.list_offsets_all(topic, &open, OffsetSpec::Latest).await?,
+            Start::Offset(offset) if offset >= 0 => open.iter().map(|&p| (p, offset)).collect(),
             Start::Offset(back) => {
-                let low = client.list_offsets(&self.topic, &ask(EARLIEST_TIMESTAMP)).await?;
-                let high = client.list_offsets(&self.topic, &ask(LATEST_TIMESTAMP)).await?;
+                let low = client.list_offsets_all(topic, &open, OffsetSpec::Earliest).await?;
+                let high = client.list_offsets_all(topic, &open, OffsetSpec::Latest).await?;
                 high.iter().map(|(&p, &h)| (p, (h + back).max(low.get(&p).copied().unwrap_or(0)))).collect()
             }
             Start::Time(ts) => {
-                let by_time = client.list_offsets(&self.topic, &ask(ts)).await?;
-                let latest = client.list_offsets(&self.topic, &ask(LATEST_TIMESTAMP)).await?;
+                let by_time = client.list_offsets_all(topic, &open, OffsetSpec::Timestamp(ts)).await?;
+                let latest = client.list_offsets_all(topic, &open, OffsetSpec::Latest).await?;
                 by_time.iter().map(|(&p, &o)| (p, if o < 0 { latest.get(&p).copied().unwrap_or(0) } else { o })).collect()
             }
         };
@@ -285,7 +275,7 @@ impl Consumer {
     }
 
     /// One Fetch round to every leader; returns the records in partition order.
-    pub(crate) async fn poll(&mut self, client: &mut Client) -> Result<Vec<(i32, InRecord)>> {
+    pub(crate) async fn poll(&mut self, client: &Client) -> Result<Vec<(i32, ConsumerRecord)>> {
         if self.positions.is_empty() {
             // Nothing assigned (e.g. more group members than partitions): wait like an empty fetch would.
             tokio::time::sleep(Duration::from_millis(self.wait_ms.max(100) as u64)).await;
@@ -296,6 +286,8 @@ impl Consumer {
             let leader = self.topic.partitions.iter().find(|tp| tp.id == p).map_or(-1, |tp| tp.leader);
             by_leader.entry(leader).or_default().push((p, offset));
         }
+        let options =
+            FetchOptions { max_wait_ms: self.wait_ms, min_bytes: 1, max_bytes: FETCH_BYTES_MAX, isolation: Isolation::ReadUncommitted };
         let mut out = Vec::new();
         for (leader, partitions) in by_leader {
             if leader < 0 {
@@ -303,58 +295,41 @@ impl Consumer {
                 self.topic = client.topic(&self.topic.name).await?;
                 continue;
             }
-            let request = FetchRequest::default()
-                .with_replica_id((-1).into())
-                .with_max_wait_ms(self.wait_ms)
-                .with_min_bytes(1)
-                .with_max_bytes(FETCH_BYTES_MAX)
-                .with_session_epoch(-1)
-                .with_topics(vec![
-                    FetchTopic::default().with_topic(topic_name(&self.topic.name)).with_partitions(
-                        partitions
-                            .iter()
-                            .map(|&(p, offset)| {
-                                FetchPartition::default()
-                                    .with_partition(p)
-                                    .with_fetch_offset(offset)
-                                    .with_current_leader_epoch(-1)
-                                    .with_log_start_offset(-1)
-                                    .with_partition_max_bytes(PARTITION_FETCH_BYTES_MAX)
-                            })
-                            .collect(),
-                    ),
-                ]);
-            let response = client.call_node(leader, &request, self.version).await.context("Fetch")?;
-            if response.error_code != 0 {
-                bail!("Fetch from broker {leader} failed: {}", error_label(response.error_code));
-            }
-            for t in &response.responses {
-                for pd in &t.partitions {
-                    let p = pd.partition_index;
-                    let Some(&position) = self.positions.get(&p) else { continue };
-                    match pd.error_code {
-                        code::NONE => {}
-                        code::OFFSET_OUT_OF_RANGE => {
-                            let low = client.list_offsets(&self.topic, &BTreeMap::from([(p, EARLIEST_TIMESTAMP)])).await?;
-                            let high = client.list_offsets(&self.topic, &BTreeMap::from([(p, LATEST_TIMESTAMP)])).await?;
-                            let (low, high) = (low.get(&p).copied().unwrap_or(0), high.get(&p).copied().unwrap_or(0));
-                            let reset = if position < low { low } else { high };
-                            eprintln!("note: offset {position} is out of range for partition {p} ({low}..{high}); continuing at {reset}");
-                            self.positions.insert(p, reset);
-                            continue;
-                        }
-                        code::UNKNOWN_TOPIC_OR_PARTITION => {
-                            bail!("topic `{}` partition {p} no longer exists (was it deleted?)", self.topic.name)
-                        }
-                        other => bail!("Fetch of `{}` partition {p} failed: {}", self.topic.name, error_label(other)),
+            let wanted: Vec<PartitionFetch> = partitions
+                .iter()
+                .map(|&(partition, offset)| PartitionFetch {
+                    topic: self.topic.name.clone(),
+                    partition,
+                    offset,
+                    max_bytes: PARTITION_FETCH_BYTES_MAX,
+                })
+                .collect();
+            let fetched = client.fetch(leader, &wanted, &options).await.context("Fetch")?;
+            for pd in fetched {
+                let p = pd.partition;
+                let Some(&position) = self.positions.get(&p) else { continue };
+                match pd.error.as_ref().map(|e| e.code) {
+                    None => {}
+                    Some(OFFSET_OUT_OF_RANGE) => {
+                        let low = client.list_offsets_all(&self.topic, &[p], OffsetSpec::Earliest).await?;
+                        let high = client.list_offsets_all(&self.topic, &[p], OffsetSpec::Latest).await?;
+                        let (low, high) = (low.get(&p).copied().unwrap_or(0), high.get(&p).copied().unwrap_or(0));
+                        let reset = if position < low { low } else { high };
+                        eprintln!("note: offset {position} is out of range for partition {p} ({low}..{high}); continuing at {reset}");
+                        self.positions.insert(p, reset);
+                        continue;
                     }
-                    self.high_watermarks.insert(p, pd.high_watermark);
-                    if let Some(data) = &pd.records {
-                        let (records, next) = decode_fetched(data, position)
-                            .with_context(|| format!("reading `{}` partition {p} at offset {position}", self.topic.name))?;
-                        self.positions.insert(p, next.max(position));
-                        out.extend(records.into_iter().map(|r| (p, r)));
+                    Some(UNKNOWN_TOPIC_OR_PARTITION) => {
+                        bail!("topic `{}` partition {p} no longer exists (was it deleted?)", self.topic.name)
                     }
+                    Some(other) => bail!("Fetch of `{}` partition {p} failed: {}", self.topic.name, codes::error_label(other)),
+                }
+                self.high_watermarks.insert(p, pd.high_watermark);
+                if !pd.records.is_empty() {
+                    let (records, next) = decode_batches(&pd.records, position)
+                        .with_context(|| format!("reading `{}` partition {p} at offset {position}", self.topic.name))?;
+                    self.positions.insert(p, next.max(position));
+                    out.extend(records.into_iter().map(|r| (p, r)));
                 }
             }
         }
@@ -386,7 +361,7 @@ pub(crate) fn stop_flag() -> Arc<AtomicBool> {
 
 pub(crate) async fn run(args: ConsumeArgs, brokers: &[String], as_json: bool) -> Result<()> {
     let format = if as_json { Format::Json } else { Format::parse(&args.format)? };
-    let mut client = Client::connect(brokers).await?;
+    let client = crate::conn::connect(brokers).await?;
     let topic = client.topic(&args.topic).await?;
     for p in &args.partitions {
         if !topic.partitions.iter().any(|tp| tp.id == *p) {
@@ -400,17 +375,17 @@ pub(crate) async fn run(args: ConsumeArgs, brokers: &[String], as_json: bool) ->
         _ => Start::Latest,
     };
     let stop = stop_flag();
-    let mut consumer = Consumer::new(&client, topic.clone(), args.exit_at_end)?;
+    let mut consumer = Consumer::new(topic.clone(), args.exit_at_end)?;
     let mut member = match &args.group {
         Some(group) => {
-            let member = GroupMember::join(&mut client, group, vec![args.topic.clone()]).await?;
+            let member = GroupMember::join(&client, group, vec![args.topic.clone()]).await?;
             announce(&member, &args.topic);
             Some(member)
         }
         None => None,
     };
     // Printed-up-to positions (next offset), which is what a group commits.
-    let mut printed = start_consumer(&mut client, &mut consumer, member.as_ref(), &args, start).await?;
+    let mut printed = start_consumer(&client, &mut consumer, member.as_ref(), &args, start).await?;
 
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -427,12 +402,12 @@ pub(crate) async fn run(args: ConsumeArgs, brokers: &[String], as_json: bool) ->
             if let Some(m) = member.as_mut() {
                 if last_heartbeat.elapsed() >= HEARTBEAT_INTERVAL {
                     last_heartbeat = Instant::now();
-                    if m.heartbeat(&mut client).await? == Heartbeat::Rebalance {
+                    if m.heartbeat(&client).await? == Heartbeat::Rebalance {
                         // Commit before giving partitions up, so the next owner starts where we stopped.
-                        let _ = m.commit(&mut client, &by_topic(&args.topic, &printed)).await;
-                        m.rejoin(&mut client).await?;
+                        let _ = m.commit(&client, &by_topic(&args.topic, &printed)).await;
+                        m.rejoin(&client).await?;
                         announce(m, &args.topic);
-                        printed = start_consumer(&mut client, &mut consumer, Some(m), &args, start).await?;
+                        printed = start_consumer(&client, &mut consumer, Some(m), &args, start).await?;
                         committed = printed.clone();
                         last_heartbeat = Instant::now();
                         continue;
@@ -440,15 +415,15 @@ pub(crate) async fn run(args: ConsumeArgs, brokers: &[String], as_json: bool) ->
                 }
                 if last_commit.elapsed() >= COMMIT_INTERVAL && printed != committed {
                     last_commit = Instant::now();
-                    match m.commit(&mut client, &by_topic(&args.topic, &printed)).await {
+                    match m.commit(&client, &by_topic(&args.topic, &printed)).await {
                         Ok(()) => committed = printed.clone(),
                         // The group is rebalancing; the next heartbeat says so and we rejoin then.
-                        Err(e) if e.is::<RejoinNeeded>() => last_heartbeat = Instant::now() - HEARTBEAT_INTERVAL,
-                        Err(e) => return Err(e),
+                        Err(ClientError::RejoinNeeded { .. }) => last_heartbeat = Instant::now() - HEARTBEAT_INTERVAL,
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
-            let records = consumer.poll(&mut client).await?;
+            let records = consumer.poll(&client).await?;
             for (partition, record) in &records {
                 if let Err(e) = format.write(&mut out, &args.topic, *partition, record) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -484,28 +459,28 @@ pub(crate) async fn run(args: ConsumeArgs, brokers: &[String], as_json: bool) ->
     if let Some(m) = member.as_mut() {
         // Commit and leave even after an error, so the group neither replays nor waits for our session.
         if printed != committed {
-            commit_on_exit(&mut client, m, &by_topic(&args.topic, &printed)).await.context("committing offsets on exit")?;
+            commit_on_exit(&client, m, &by_topic(&args.topic, &printed)).await.context("committing offsets on exit")?;
         }
-        m.leave(&mut client).await.context("leaving the group")?;
+        m.leave(&client).await.context("leaving the group")?;
     }
     outcome
 }
 
 /// Commits what was printed. If the group is rebalancing (another member just left too), rejoins
 /// first: a classic group only takes commits from members of its current generation.
-async fn commit_on_exit(client: &mut Client, member: &mut GroupMember, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> Result<()> {
+async fn commit_on_exit(client: &Client, member: &mut GroupMember, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> Result<()> {
     match member.commit(client, offsets).await {
-        Err(e) if e.is::<RejoinNeeded>() => {
+        Err(ClientError::RejoinNeeded { .. }) => {
             member.rejoin(client).await?;
-            member.commit(client, offsets).await
+            Ok(member.commit(client, offsets).await?)
         }
-        other => other,
+        other => Ok(other?),
     }
 }
 
 /// Positions where a (re)started consumer begins, which are also what it would commit.
 async fn start_consumer(
-    client: &mut Client,
+    client: &Client,
     consumer: &mut Consumer,
     member: Option<&GroupMember>,
     args: &ConsumeArgs,
@@ -541,8 +516,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn record() -> InRecord {
-        InRecord {
+    fn record() -> ConsumerRecord {
+        ConsumerRecord {
             offset: 7,
             timestamp_ms: 1000,
             key: Some(Bytes::from_static(b"k")),

@@ -6,16 +6,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use clap::{ArgGroup, Args, Subcommand};
-use kafka_protocol::messages::{
-    ApiKey, DeleteGroupsRequest, DescribeGroupsRequest, ListGroupsRequest, describe_groups_response::DescribedGroup,
-};
 use serde_json::{Value, json};
+use sluice_client::codes::{self, GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP};
+use sluice_client::group::{commit_offsets, decode_assignment, fetch_offsets};
+use sluice_client::{Client, ClientError, GroupDescription, OffsetSpec};
 
-use crate::client::group::{commit_offsets, decode_assignment, fetch_offsets};
-use crate::client::{
-    Client, DELETE_GROUPS_VERSIONS, DESCRIBE_GROUPS_VERSIONS, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, LIST_GROUPS_VERSIONS, code,
-    error_label, error_with_message, group_id,
-};
 use crate::exit::usage;
 use crate::output::{print_json, print_table, table, time_arg};
 
@@ -77,10 +72,10 @@ pub enum GroupCmd {
 }
 
 pub(crate) async fn run(cmd: GroupCmd, brokers: &[String], as_json: bool) -> Result<()> {
-    let mut client = Client::connect(brokers).await?;
+    let client = crate::conn::connect(brokers).await?;
     match cmd {
-        GroupCmd::List => list(&mut client, as_json).await,
-        GroupCmd::Describe { group } => describe(&mut client, &group, as_json).await,
+        GroupCmd::List => list(&client, as_json).await,
+        GroupCmd::Describe { group } => describe(&client, &group, as_json).await,
         GroupCmd::ResetOffsets { group, topic, partitions, to_earliest, to_latest, to_datetime, to_offset, shift_by, dry_run } => {
             let target = match (to_earliest, to_latest, to_datetime, to_offset, shift_by) {
                 (true, ..) => Target::Earliest,
@@ -90,21 +85,15 @@ pub(crate) async fn run(cmd: GroupCmd, brokers: &[String], as_json: bool) -> Res
                 (.., Some(n)) => Target::Shift(n),
                 _ => return usage("give one of --to-earliest, --to-latest, --to-datetime, --to-offset, --shift-by"),
             };
-            reset_offsets(&mut client, &group, &topic, &partitions, target, dry_run, as_json).await
+            reset_offsets(&client, &group, &topic, &partitions, target, dry_run, as_json).await
         }
-        GroupCmd::Delete { group } => delete(&mut client, &group, as_json).await,
+        GroupCmd::Delete { group } => delete(&client, &group, as_json).await,
     }
 }
 
-async fn list(client: &mut Client, as_json: bool) -> Result<()> {
-    let version = client.version(ApiKey::ListGroups, LIST_GROUPS_VERSIONS)?;
-    let response = client.call(&ListGroupsRequest::default(), version).await?;
-    if response.error_code != 0 {
-        bail!("ListGroups failed on {}: {}", client.bootstrap_addr(), error_label(response.error_code));
-    }
-    let mut groups: Vec<(String, String, String)> =
-        response.groups.iter().map(|g| (g.group_id.0.to_string(), g.group_state.to_string(), g.protocol_type.to_string())).collect();
-    groups.sort();
+async fn list(client: &Client, as_json: bool) -> Result<()> {
+    let groups: Vec<(String, String, String)> =
+        client.list_groups().await?.into_iter().map(|g| (g.group_id, g.state, g.protocol_type)).collect();
     if as_json {
         let items: Vec<Value> = groups
             .iter()
@@ -121,14 +110,10 @@ async fn list(client: &mut Client, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn describe_group(client: &mut Client, coordinator: &str, group: &str) -> Result<DescribedGroup> {
-    let version = client.version(ApiKey::DescribeGroups, DESCRIBE_GROUPS_VERSIONS)?;
-    let response = client.call_at(coordinator, &DescribeGroupsRequest::default().with_groups(vec![group_id(group)]), version).await?;
-    let Some(described) = response.groups.into_iter().next() else { bail!("DescribeGroups returned nothing for `{group}`") };
-    match described.error_code {
-        0 => Ok(described),
-        code::GROUP_ID_NOT_FOUND => bail!("consumer group `{group}` does not exist (see `sluice group list`)"),
-        other => bail!("describing group `{group}` failed: {}", error_with_message(other, described.error_message.as_ref())),
+async fn describe_group(client: &Client, coordinator: &str, group: &str) -> Result<GroupDescription> {
+    match client.describe_group(coordinator, group).await {
+        Err(e) if e.kafka_code() == Some(GROUP_ID_NOT_FOUND) => bail!("consumer group `{group}` does not exist (see `sluice group list`)"),
+        other => Ok(other?),
     }
 }
 
@@ -141,11 +126,11 @@ struct PartitionRow {
     member: Option<(String, String, String)>,
 }
 
-async fn describe(client: &mut Client, group: &str, as_json: bool) -> Result<()> {
+async fn describe(client: &Client, group: &str, as_json: bool) -> Result<()> {
     let coordinator = client.find_coordinator(group).await?;
     let described = describe_group(client, &coordinator, group).await?;
     let offsets = fetch_offsets(client, &coordinator, group, None).await?;
-    let state = described.group_state.to_string();
+    let state = described.state.clone();
     if (state == "Dead" || state.is_empty()) && offsets.is_empty() && described.members.is_empty() {
         bail!("consumer group `{group}` does not exist on {} (see `sluice group list`)", client.bootstrap_addr());
     }
@@ -153,20 +138,17 @@ async fn describe(client: &mut Client, group: &str, as_json: bool) -> Result<()>
     let mut owners: BTreeMap<(String, i32), (String, String, String)> = BTreeMap::new();
     let mut members_json = Vec::new();
     for m in &described.members {
-        let assignment = if described.protocol_type.as_str() == "consumer" {
-            decode_assignment(&m.member_assignment).unwrap_or_default()
-        } else {
-            BTreeMap::new()
-        };
+        let assignment =
+            if described.protocol_type == "consumer" { decode_assignment(&m.assignment).unwrap_or_default() } else { BTreeMap::new() };
         for (topic, partitions) in &assignment {
             for p in partitions {
-                owners.insert((topic.clone(), *p), (m.member_id.to_string(), m.client_id.to_string(), m.client_host.to_string()));
+                owners.insert((topic.clone(), *p), (m.member_id.clone(), m.client_id.clone(), m.host.clone()));
             }
         }
         members_json.push(json!({
-            "member_id": m.member_id.to_string(),
-            "client_id": m.client_id.to_string(),
-            "host": m.client_host.to_string(),
+            "member_id": m.member_id,
+            "client_id": m.client_id,
+            "host": m.host,
             "assignment": assignment,
         }));
     }
@@ -184,8 +166,8 @@ async fn describe(client: &mut Client, group: &str, as_json: bool) -> Result<()>
         // A committed offset can outlive its topic; show it without an end offset then.
         let ends = match client.topic(&topic).await {
             Ok(info) => {
-                let wanted: BTreeMap<i32, i64> =
-                    partitions.iter().filter(|p| info.partitions.iter().any(|tp| tp.id == **p)).map(|&p| (p, LATEST_TIMESTAMP)).collect();
+                let wanted: BTreeMap<i32, OffsetSpec> =
+                    partitions.iter().filter(|p| info.partition(**p).is_some()).map(|&p| (p, OffsetSpec::Latest)).collect();
                 client.list_offsets(&info, &wanted).await?
             }
             Err(_) => BTreeMap::new(),
@@ -223,15 +205,15 @@ async fn describe(client: &mut Client, group: &str, as_json: bool) -> Result<()>
         print_json(&json!({
             "group": group,
             "state": state,
-            "protocol_type": described.protocol_type.to_string(),
-            "protocol": described.protocol_data.to_string(),
+            "protocol_type": described.protocol_type,
+            "protocol": described.protocol,
             "members": members_json,
             "partitions": partitions,
             "total_lag": rows.iter().filter_map(lag).sum::<i64>(),
         }));
         return Ok(());
     }
-    let assignor = if described.protocol_data.is_empty() { "-" } else { described.protocol_data.as_str() };
+    let assignor = if described.protocol.is_empty() { "-" } else { described.protocol.as_str() };
     println!("Group: {group}  State: {state}  Members: {}  Assignor: {assignor}", described.members.len());
     println!();
     let mut t = table(["TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "CONSUMER-ID", "HOST", "CLIENT-ID"]);
@@ -262,7 +244,7 @@ enum Target {
 }
 
 async fn reset_offsets(
-    client: &mut Client,
+    client: &Client,
     group: &str,
     topic_name: &str,
     only: &[i32],
@@ -278,28 +260,29 @@ async fn reset_offsets(
         }
     }
     let coordinator = client.find_coordinator(group).await?;
-    let version = client.version(ApiKey::DescribeGroups, DESCRIBE_GROUPS_VERSIONS)?;
-    let response = client.call_at(&coordinator, &DescribeGroupsRequest::default().with_groups(vec![group_id(group)]), version).await?;
-    if let Some(g) = response.groups.first()
-        && g.error_code == 0
+    // A group the coordinator cannot describe has no members to protect; the commit below says more.
+    let described = match client.describe_group(&coordinator, group).await {
+        Err(e) if e.kafka_code().is_some() => None,
+        other => Some(other?),
+    };
+    if let Some(g) = described
         && !g.members.is_empty()
     {
         bail!(
             "group `{group}` has {} active member(s) (state {}); offsets can only be reset while it is empty — \
              stop its consumers first (as kafka-consumer-groups.sh requires), then retry",
             g.members.len(),
-            g.group_state.as_str()
+            g.state
         );
     }
-    let ask = |ts: i64| partitions.iter().map(|&p| (p, ts)).collect::<BTreeMap<i32, i64>>();
-    let low = client.list_offsets(&topic, &ask(EARLIEST_TIMESTAMP)).await?;
-    let high = client.list_offsets(&topic, &ask(LATEST_TIMESTAMP)).await?;
+    let low = client.list_offsets_all(&topic, &partitions, OffsetSpec::Earliest).await?;
+    let high = client.list_offsets_all(&topic, &partitions, OffsetSpec::Latest).await?;
     let current = fetch_offsets(client, &coordinator, group, Some(&BTreeMap::from([(topic_name.to_string(), partitions.clone())])))
         .await?
         .remove(topic_name)
         .unwrap_or_default();
     let by_time = match target {
-        Target::Time(ts) => client.list_offsets(&topic, &ask(ts)).await?,
+        Target::Time(ts) => client.list_offsets_all(&topic, &partitions, OffsetSpec::Timestamp(ts)).await?,
         _ => BTreeMap::new(),
     };
     let mut plan: BTreeMap<i32, i64> = BTreeMap::new();
@@ -315,7 +298,16 @@ async fn reset_offsets(
         plan.insert(p, wanted.clamp(lo, hi.max(lo)));
     }
     if !dry_run {
-        commit_offsets(client, &coordinator, group, -1, "", &BTreeMap::from([(topic_name.to_string(), plan.clone())])).await?;
+        let offsets = BTreeMap::from([(topic_name.to_string(), plan.clone())]);
+        match commit_offsets(client, &coordinator, group, -1, "", &offsets).await {
+            // Members joined since the check above.
+            Err(e @ ClientError::Kafka { .. })
+                if matches!(e.kafka_code(), Some(codes::UNKNOWN_MEMBER_ID | codes::ILLEGAL_GENERATION | codes::REBALANCE_IN_PROGRESS)) =>
+            {
+                bail!("{e} (the group has active members; stop them first)")
+            }
+            other => other?,
+        }
     }
     if as_json {
         let rows: Vec<Value> = plan
@@ -336,16 +328,16 @@ async fn reset_offsets(
     Ok(())
 }
 
-async fn delete(client: &mut Client, group: &str, as_json: bool) -> Result<()> {
+async fn delete(client: &Client, group: &str, as_json: bool) -> Result<()> {
     let coordinator = client.find_coordinator(group).await?;
-    let version = client.version(ApiKey::DeleteGroups, DELETE_GROUPS_VERSIONS)?;
-    let response = client.call_at(&coordinator, &DeleteGroupsRequest::default().with_groups_names(vec![group_id(group)]), version).await?;
-    for r in &response.results {
-        match r.error_code {
-            0 => {}
-            code::NON_EMPTY_GROUP => bail!("group `{group}` still has active members; stop its consumers first, then delete it"),
-            code::GROUP_ID_NOT_FOUND => bail!("consumer group `{group}` does not exist (see `sluice group list`)"),
-            other => bail!("deleting group `{group}` failed: {}", error_label(other)),
+    for outcome in client.delete_groups(&coordinator, &[group.to_string()]).await? {
+        match outcome.error {
+            None => {}
+            Some(e) if e.code == NON_EMPTY_GROUP => {
+                bail!("group `{group}` still has active members; stop its consumers first, then delete it")
+            }
+            Some(e) if e.code == GROUP_ID_NOT_FOUND => bail!("consumer group `{group}` does not exist (see `sluice group list`)"),
+            Some(e) => bail!("deleting group `{group}` failed: {e}"),
         }
     }
     if as_json {

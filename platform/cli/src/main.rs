@@ -2,10 +2,11 @@
 //! client that works against any Kafka-compatible cluster: `topic`, `produce`, `consume`, `group`,
 //! `cluster`, `verify`, `transform` and `bench`, plus `completions`.
 //!
-//! Layout: `client/` is the protocol client (framing, version negotiation, metadata, record batches,
-//! group membership); one module per command group turns arguments into client calls and prints;
-//! `conn` resolves where to connect (flags, environment, profiles); `output` prints tables and JSON;
-//! `exit` maps failures to exit codes.
+//! Layout: the Kafka protocol client is the `sluice-client` crate (framing, version negotiation,
+//! metadata, record batches, group membership); one module per command group turns arguments into
+//! client calls and prints; `conn` resolves where to connect (flags, environment, profiles) and opens
+//! the client; `http` is the bounded admin-API client; `output` prints tables and JSON; `exit` maps
+//! failures to exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +15,12 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use sluice_broker::{BrokerConfig, ServerOptions};
 
 mod bench;
-mod client;
 mod cluster_info;
 mod conn;
 mod consume;
 mod exit;
 mod group;
+mod http;
 mod output;
 mod produce;
 mod topic;

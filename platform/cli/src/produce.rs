@@ -4,8 +4,8 @@
 //! Records are partitioned like the Java client: an explicit `--partition`, else murmur2 of the key,
 //! else a sticky partition that moves on with every batch sent. Each partition accumulates a batch
 //! until it reaches `--batch-bytes` or has waited `--linger-ms`; batches go to their leader's
-//! connection, where a writer task pipelines up to `--in-flight` Produce requests and a reader task
-//! matches responses in order (Kafka answers a connection's requests in order) and reports acks.
+//! pipelined connection (`sluice-client`), which keeps up to `--in-flight` Produce requests
+//! outstanding; each request's answer is awaited on a task of its own that reports the acks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, IsTerminal, Read};
@@ -18,20 +18,14 @@ use clap::Args;
 use clap::builder::TypedValueParser as _;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, ProduceRequest, ProduceResponse,
-    describe_configs_request::DescribeConfigsResource,
-    produce_request::{PartitionProduceData, TopicProduceData},
-};
 use kafka_protocol::records::Compression;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use sluice_client::codes::error_label;
+use sluice_client::records::encode_batch;
+use sluice_client::{Client, ConfigResource, PartitionBatch, ProducedPartition, ProducerRecord, TopicInfo, partition_for_key};
 use tokio::sync::mpsc;
 
 use crate::bench::{Acks, CompressionArg};
-use crate::client::records::{OutRecord, encode_batch};
-use crate::client::wire::{self, PRODUCE_VERSIONS};
-use crate::client::{Client, DESCRIBE_CONFIGS_VERSIONS, TopicInfo, error_label, murmur2, str_bytes, topic_name};
 use crate::exit::usage;
 use crate::output::{group_digits, key_value, print_json};
 
@@ -169,23 +163,17 @@ struct BatchMeta {
     enqueued: Vec<Instant>,
 }
 
-/// A Produce request for one leader.
-struct Outgoing {
-    body: Bytes,
-    batches: Vec<BatchMeta>,
-}
-
-/// What a connection task reports.
+/// What a sent batch's task reports.
 enum Event {
     /// A batch's fate: its base offset, or an error code and message.
     Acked { batch: BatchMeta, result: std::result::Result<i64, (i16, Option<String>)> },
-    /// The connection failed; nothing more will come from it.
+    /// The request failed as a whole (the connection broke); nothing more will come for it.
     Fatal(anyhow::Error),
 }
 
 /// Records accumulating for one partition.
 struct Pending {
-    records: Vec<OutRecord>,
+    records: Vec<ProducerRecord>,
     enqueued: Vec<Instant>,
     bytes: usize,
     first_at: Instant,
@@ -196,14 +184,11 @@ pub(crate) struct Producer {
     topic: TopicInfo,
     options: ProducerOptions,
     compression: Compression,
-    version: i16,
     /// `max.message.bytes` of the topic: the largest batch the broker accepts.
     max_message_bytes: usize,
     pending: BTreeMap<i32, Pending>,
-    /// Leader address → the request queue of its connection task.
-    senders: HashMap<String, mpsc::Sender<Outgoing>>,
-    /// Partition → leader address.
-    routes: HashMap<i32, String>,
+    /// Partition → broker id of its leader.
+    leaders: HashMap<i32, i32>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     sticky_partition: usize,
@@ -213,7 +198,7 @@ pub(crate) struct Producer {
 
 impl Producer {
     /// Looks up `topic`, its leaders and its `max.message.bytes`.
-    pub(crate) async fn new(client: &mut Client, topic: &str, options: ProducerOptions) -> Result<Producer> {
+    pub(crate) async fn new(client: &Client, topic: &str, options: ProducerOptions) -> Result<Producer> {
         let info = client.topic(topic).await?;
         if info.partitions.is_empty() || info.partitions.iter().any(|p| p.leader < 0) {
             bail!("topic `{topic}` has partitions without a leader right now; try again in a moment");
@@ -223,11 +208,10 @@ impl Producer {
         {
             return usage(format!("topic `{topic}` has no partition {p} (it has {})", info.partitions.len()));
         }
-        let version = client.version(ApiKey::Produce, PRODUCE_VERSIONS)?;
         let max_message_bytes = max_message_bytes(client, topic).await.unwrap_or(MAX_MESSAGE_BYTES_DEFAULT);
-        let mut routes = HashMap::new();
+        let mut leaders = HashMap::new();
         for p in &info.partitions {
-            routes.insert(p.id, client.node_addr(p.leader)?);
+            leaders.insert(p.id, info.leader_of(p.id)?);
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         Ok(Producer {
@@ -235,11 +219,9 @@ impl Producer {
             sticky_partition: (std::process::id() as usize) % info.partitions.len(),
             topic: info,
             options,
-            version,
             max_message_bytes,
             pending: BTreeMap::new(),
-            senders: HashMap::new(),
-            routes,
+            leaders,
             events_tx,
             events_rx,
             outstanding_batches: 0,
@@ -257,14 +239,14 @@ impl Producer {
             return p;
         }
         match key {
-            Some(key) => murmur2::partition_for_key(key, self.topic.partitions.len()),
+            Some(key) => partition_for_key(key, self.topic.partitions.len()),
             None => self.topic.partitions[self.sticky_partition % self.topic.partitions.len()].id,
         }
     }
 
     /// Adds a record, sending its partition's batch first if the record would overflow it.
     /// `what` names the record in errors (e.g. "line 12").
-    pub(crate) async fn send(&mut self, record: OutRecord, what: &dyn Fn() -> String) -> Result<()> {
+    pub(crate) async fn send(&mut self, client: &Client, record: ProducerRecord, what: &dyn Fn() -> String) -> Result<()> {
         let size = record.payload_bytes() + RECORD_OVERHEAD_BYTES;
         if size + BATCH_OVERHEAD_BYTES > self.max_message_bytes {
             bail!(
@@ -276,7 +258,7 @@ impl Producer {
         let partition = self.partition_for(record.key.as_deref());
         let batch_limit = self.options.batch_bytes.min(self.max_message_bytes - BATCH_OVERHEAD_BYTES);
         if self.pending.get(&partition).is_some_and(|p| p.bytes + size > batch_limit) {
-            self.flush_partition(partition).await?;
+            self.flush_partition(client, partition).await?;
         }
         let now = Instant::now();
         let pending =
@@ -294,17 +276,17 @@ impl Producer {
     }
 
     /// Sends every batch that has lingered long enough.
-    pub(crate) async fn flush_expired(&mut self) -> Result<()> {
+    pub(crate) async fn flush_expired(&mut self, client: &Client) -> Result<()> {
         let linger = Duration::from_millis(self.options.linger_ms);
         let now = Instant::now();
         let due: Vec<i32> = self.pending.iter().filter(|(_, p)| p.first_at + linger <= now).map(|(&id, _)| id).collect();
         for partition in due {
-            self.flush_partition(partition).await?;
+            self.flush_partition(client, partition).await?;
         }
         self.drain_events()
     }
 
-    async fn flush_partition(&mut self, partition: i32) -> Result<()> {
+    async fn flush_partition(&mut self, client: &Client, partition: i32) -> Result<()> {
         let Some(pending) = self.pending.remove(&partition) else { return Ok(()) };
         if pending.records.is_empty() {
             return Ok(());
@@ -314,111 +296,27 @@ impl Producer {
             self.sticky_partition = (self.sticky_partition + 1) % self.topic.partitions.len();
         }
         let batch = encode_batch(&pending.records, self.compression)?;
-        let request =
-            ProduceRequest::default().with_acks(self.options.acks.wire_value()).with_timeout_ms(PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(topic_name(&self.topic.name))
-                    .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))]),
-            ]);
-        let body = wire::encode_body(&request, ApiKey::Produce, self.version)?;
         let meta = BatchMeta {
             partition,
             records: pending.records.len() as u64,
             payload_bytes: pending.records.iter().map(|r| r.payload_bytes() as u64).sum(),
             enqueued: pending.enqueued,
         };
-        let addr = self.routes.get(&partition).cloned().ok_or_else(|| anyhow!("no leader known for partition {partition}"))?;
-        if !self.senders.contains_key(&addr) {
-            let sender = self.spawn_connection(&addr).await?;
-            self.senders.insert(addr.clone(), sender);
-        }
-        let sender = self.senders.get(&addr).ok_or_else(|| anyhow!("no connection to {addr}"))?;
+        let leader = self.leaders.get(&partition).copied().ok_or_else(|| anyhow!("no leader known for partition {partition}"))?;
+        let batches = [PartitionBatch { topic: self.topic.name.clone(), partition, records: batch }];
+        // Returns once the request is queued on the leader's connection, which keeps up to `--in-flight`
+        // outstanding: that wait is the producer's back-pressure. The answer is awaited on its own task.
+        let sent = client.send_produce(leader, &batches, self.options.acks.into(), PRODUCE_TIMEOUT_MS).await?;
         self.outstanding_batches += 1;
-        if sender.send(Outgoing { body, batches: vec![meta] }).await.is_err() {
-            // The connection task ended; its Fatal event says why.
-            self.wait_for_fatal().await?;
-            bail!("the connection to {addr} closed");
-        }
-        Ok(())
-    }
-
-    async fn wait_for_fatal(&mut self) -> Result<()> {
-        while let Some(event) = self.events_rx.recv().await {
-            self.apply(event)?;
-        }
-        Ok(())
-    }
-
-    /// Opens a connection to a leader with a writer task (pipelining up to `in_flight` requests) and a
-    /// reader task (matching responses in order).
-    async fn spawn_connection(&self, addr: &str) -> Result<mpsc::Sender<Outgoing>> {
-        let stream = wire::connect(addr).await?;
-        let (mut reader, mut writer) = stream.into_split();
-        let in_flight = self.options.in_flight as usize;
-        let (tx, mut rx) = mpsc::channel::<Outgoing>(in_flight);
-        let (inflight_tx, mut inflight_rx) = mpsc::channel::<(i32, Vec<BatchMeta>)>(in_flight);
-        let version = self.version;
-        let acks_none = self.options.acks == Acks::None;
         let events = self.events_tx.clone();
-        let addr_w = addr.to_string();
-        let events_w = events.clone();
         tokio::spawn(async move {
-            let mut correlation_id = 0i32;
-            while let Some(outgoing) = rx.recv().await {
-                correlation_id = correlation_id.wrapping_add(1);
-                let result = async {
-                    let prefix = wire::request_prefix(ApiKey::Produce, version, correlation_id, outgoing.body.len())?;
-                    wire::write_frame(&mut writer, prefix, outgoing.body, &addr_w).await
-                }
-                .await;
-                if let Err(error) = result {
-                    let _ = events_w.send(Event::Fatal(error));
-                    return;
-                }
-                if acks_none {
-                    for batch in outgoing.batches {
-                        let _ = events_w.send(Event::Acked { batch, result: Ok(-1) });
-                    }
-                } else if inflight_tx.send((correlation_id, outgoing.batches)).await.is_err() {
-                    return;
-                }
-            }
-            let _ = writer.shutdown().await;
+            let event = match sent.wait().await {
+                Ok(results) => Event::Acked { batch: meta, result: batch_result(results, partition) },
+                Err(error) => Event::Fatal(error.into()),
+            };
+            let _ = events.send(event);
         });
-        let addr_r = addr.to_string();
-        tokio::spawn(async move {
-            while let Some((correlation_id, batches)) = inflight_rx.recv().await {
-                let result = async {
-                    let frame = wire::read_frame_timed(&mut reader, &addr_r, ApiKey::Produce).await?;
-                    wire::decode_response::<ProduceResponse>(ApiKey::Produce, version, correlation_id, frame, &addr_r)
-                }
-                .await;
-                let response = match result {
-                    Ok(r) => r,
-                    Err(error) => {
-                        let _ = events.send(Event::Fatal(error));
-                        return;
-                    }
-                };
-                for batch in batches {
-                    let found = response
-                        .responses
-                        .iter()
-                        .flat_map(|t| t.partition_responses.iter())
-                        .find(|p| p.index == batch.partition)
-                        .map(|p| {
-                            if p.error_code == 0 {
-                                Ok(p.base_offset)
-                            } else {
-                                Err((p.error_code, p.error_message.as_ref().map(|m| m.to_string())))
-                            }
-                        })
-                        .unwrap_or(Err((-1, Some(format!("no response for partition {}", batch.partition)))));
-                    let _ = events.send(Event::Acked { batch, result: found });
-                }
-            }
-        });
-        Ok(tx)
+        Ok(())
     }
 
     fn apply(&mut self, event: Event) -> Result<()> {
@@ -465,12 +363,11 @@ impl Producer {
     }
 
     /// Sends every pending batch and waits for all acknowledgements.
-    pub(crate) async fn close(mut self) -> Result<Tally> {
+    pub(crate) async fn close(mut self, client: &Client) -> Result<Tally> {
         let partitions: Vec<i32> = self.pending.keys().copied().collect();
         for partition in partitions {
-            self.flush_partition(partition).await?;
+            self.flush_partition(client, partition).await?;
         }
-        self.senders.clear();
         while self.outstanding_batches > 0 {
             match self.events_rx.recv().await {
                 Some(event) => self.apply(event)?,
@@ -481,18 +378,20 @@ impl Producer {
     }
 }
 
+/// The result for `partition` among a Produce's results: its base offset, or the error.
+fn batch_result(results: Vec<ProducedPartition>, partition: i32) -> std::result::Result<i64, (i16, Option<String>)> {
+    match results.into_iter().find(|r| r.partition == partition) {
+        Some(ProducedPartition { error: None, base_offset, .. }) => Ok(base_offset),
+        Some(ProducedPartition { error: Some(e), .. }) => Err((e.code, e.message)),
+        None => Err((-1, Some(format!("no response for partition {partition}")))),
+    }
+}
+
 /// The topic's `max.message.bytes`, if the broker tells.
-async fn max_message_bytes(client: &mut Client, topic: &str) -> Option<usize> {
-    let version = client.version(ApiKey::DescribeConfigs, DESCRIBE_CONFIGS_VERSIONS).ok()?;
-    let request = DescribeConfigsRequest::default().with_resources(vec![
-        DescribeConfigsResource::default()
-            .with_resource_type(2)
-            .with_resource_name(str_bytes(topic))
-            .with_configuration_keys(Some(vec![str_bytes("max.message.bytes")])),
-    ]);
-    let response = client.call(&request, version).await.ok()?;
-    let result = response.results.first().filter(|r| r.error_code == 0)?;
-    result.configs.iter().find(|c| c.name.as_str() == "max.message.bytes")?.value.as_ref()?.parse().ok()
+async fn max_message_bytes(client: &Client, topic: &str) -> Option<usize> {
+    let keys = ["max.message.bytes".to_string()];
+    let configs = client.describe_configs(&ConfigResource::Topic(topic.to_string()), Some(&keys)).await.ok()?;
+    configs.iter().find(|c| c.name == "max.message.bytes")?.value.as_ref()?.parse().ok()
 }
 
 /// One input line, or the reason reading stopped.
@@ -567,8 +466,8 @@ pub(crate) async fn run(args: ProduceArgs, brokers: &[String], as_json: bool) ->
         }
         None => (Box::new(std::io::stdin()), None),
     };
-    let mut client = Client::connect(brokers).await?;
-    let mut producer = Producer::new(&mut client, &args.topic, args.producer.clone()).await?;
+    let client = crate::conn::connect_with_in_flight(brokers, args.producer.in_flight as usize).await?;
+    let mut producer = Producer::new(&client, &args.topic, args.producer.clone()).await?;
     let headers: Vec<(String, Bytes)> = args.headers.iter().map(|(k, v)| (k.clone(), Bytes::copy_from_slice(v.as_bytes()))).collect();
     let separator = args.key_separator.as_deref().map(str::as_bytes);
 
@@ -599,7 +498,7 @@ pub(crate) async fn run(args: ProduceArgs, brokers: &[String], as_json: bool) ->
             let line = tokio::select! {
                 line = lines.recv() => line,
                 _ = sleep_until(deadline) => {
-                    producer.flush_expired().await?;
+                    producer.flush_expired(&client).await?;
                     continue;
                 }
             };
@@ -613,10 +512,10 @@ pub(crate) async fn run(args: ProduceArgs, brokers: &[String], as_json: bool) ->
                     read_bytes += consumed;
                     records_in += 1;
                     let (key, value) = split_key(bytes, separator, number)?;
-                    let record = OutRecord { key, value, headers: headers.clone(), timestamp_ms: now_ms() };
-                    producer.send(record, &|| format!("line {number}")).await?;
+                    let record = ProducerRecord { key, value, headers: headers.clone(), timestamp_ms: now_ms() };
+                    producer.send(&client, record, &|| format!("line {number}")).await?;
                     if producer.next_deadline().is_some_and(|d| d <= Instant::now()) {
-                        producer.flush_expired().await?;
+                        producer.flush_expired(&client).await?;
                     }
                     if let Some(bar) = &progress
                         && last_draw.elapsed() >= PROGRESS_TICK
@@ -636,13 +535,13 @@ pub(crate) async fn run(args: ProduceArgs, brokers: &[String], as_json: bool) ->
     let tally = match outcome {
         // Whatever was read before the failure still goes out, then the failure is reported.
         Err(error) => {
-            let _ = producer.close().await;
+            let _ = producer.close(&client).await;
             if let Some(bar) = &progress {
                 bar.finish_and_clear();
             }
             return Err(error);
         }
-        Ok(()) => producer.close().await.context("finishing the produce")?,
+        Ok(()) => producer.close(&client).await.context("finishing the produce")?,
     };
     if let Some(bar) = &progress {
         bar.finish_and_clear();

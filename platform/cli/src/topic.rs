@@ -4,43 +4,23 @@
 //! IncrementalAlterConfigs, CreatePartitions, DeleteTopics, DeleteRecords).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use kafka_protocol::messages::{
-    ApiKey, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest,
-    create_partitions_request::CreatePartitionsTopic,
-    create_topics_request::{CreatableTopic, CreatableTopicConfig},
-    delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic},
-    delete_topics_request::DeleteTopicState,
-    describe_configs_request::DescribeConfigsResource,
-    incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig},
-};
 use serde_json::{Value, json};
+use sluice_client::codes::{TOPIC_ALREADY_EXISTS, error_label};
+use sluice_client::{Client, ConfigChange, ConfigEntry, ConfigResource, ConfigSource, NewTopic, OffsetSpec, TopicInfo};
 
-use crate::client::wire::CREATE_TOPICS_VERSIONS;
-use crate::client::{
-    CREATE_PARTITIONS_VERSIONS, Client, DELETE_RECORDS_VERSIONS, DELETE_TOPICS_VERSIONS, DESCRIBE_CONFIGS_VERSIONS,
-    INCREMENTAL_ALTER_CONFIGS_VERSIONS, LATEST_TIMESTAMP, TopicInfo, error_label, error_with_message, str_bytes, topic_name,
-};
 use crate::exit::usage;
 use crate::output::{key_value, parse_time, print_json, print_table, table};
 
 /// Largest partition count accepted on the command line (Kafka has no hard limit; this catches typos).
 const PARTITIONS_MAX: i64 = 100_000;
 /// The timeout the broker is asked to honour for topic changes.
-const ADMIN_TIMEOUT_MS: i32 = 30_000;
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `create` / `add-partitions` wait for every partition to have a leader.
 const LEADERS_TIMEOUT: Duration = Duration::from_secs(10);
-/// DescribeConfigs resource type of a topic.
-const RESOURCE_TOPIC: i8 = 2;
-/// DescribeConfigs `config_source` of a value set on the topic itself.
-const SOURCE_TOPIC: i8 = 1;
-/// IncrementalAlterConfigs operations.
-const OP_SET: i8 = 0;
-const OP_DELETE: i8 = 1;
 
 #[derive(Debug, Args)]
 pub struct TopicArgs {
@@ -127,30 +107,30 @@ pub enum TopicCmd {
 pub(crate) async fn run(cmd: TopicCmd, brokers: &[String], as_json: bool) -> Result<()> {
     match cmd {
         TopicCmd::Create { name, partitions, replicas, configs, if_not_exists } => {
-            let mut client = Client::connect(brokers).await?;
-            create(&mut client, &name, partitions, replicas, &configs, if_not_exists, as_json).await
+            let client = crate::conn::connect(brokers).await?;
+            create(&client, &name, partitions, replicas, &configs, if_not_exists, as_json).await
         }
-        TopicCmd::List { internal } => list(&mut Client::connect(brokers).await?, internal, as_json).await,
-        TopicCmd::Describe { name, all_configs } => describe(&mut Client::connect(brokers).await?, &name, all_configs, as_json).await,
+        TopicCmd::List { internal } => list(&crate::conn::connect(brokers).await?, internal, as_json).await,
+        TopicCmd::Describe { name, all_configs } => describe(&crate::conn::connect(brokers).await?, &name, all_configs, as_json).await,
         TopicCmd::AlterConfig { name, set, delete } => {
             if set.is_empty() && delete.is_empty() {
                 return usage("nothing to change: give --set key=value and/or --delete key");
             }
-            alter_config(&mut Client::connect(brokers).await?, &name, &set, &delete, as_json).await
+            alter_config(&crate::conn::connect(brokers).await?, &name, &set, &delete, as_json).await
         }
         TopicCmd::AddPartitions { name, partitions } => {
-            add_partitions(&mut Client::connect(brokers).await?, &name, partitions, as_json).await
+            add_partitions(&crate::conn::connect(brokers).await?, &name, partitions, as_json).await
         }
-        TopicCmd::Delete { name } => delete(&mut Client::connect(brokers).await?, &name, as_json).await,
+        TopicCmd::Delete { name } => delete(&crate::conn::connect(brokers).await?, &name, as_json).await,
         TopicCmd::DeleteRecords { name, partition, offset, before } => {
             let before = before.as_deref().map(parse_time).transpose()?;
-            delete_records(&mut Client::connect(brokers).await?, &name, partition, offset, before, as_json).await
+            delete_records(&crate::conn::connect(brokers).await?, &name, partition, offset, before, as_json).await
         }
     }
 }
 
 async fn create(
-    client: &mut Client,
+    client: &Client,
     name: &str,
     partitions: Option<i32>,
     replicas: Option<i16>,
@@ -158,28 +138,14 @@ async fn create(
     if_not_exists: bool,
     as_json: bool,
 ) -> Result<()> {
-    let version = client.version(ApiKey::CreateTopics, CREATE_TOPICS_VERSIONS)?;
-    // "The broker's default" (-1) exists from v4 on; before that, ask for what a default broker has.
-    let default_partitions = if version >= 4 { -1 } else { 1 };
-    let default_replicas = if version >= 4 { -1 } else { 1 };
-    let request = CreateTopicsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS).with_topics(vec![
-        CreatableTopic::default()
-            .with_name(topic_name(name))
-            .with_num_partitions(partitions.unwrap_or(default_partitions))
-            .with_replication_factor(replicas.unwrap_or(default_replicas))
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| CreatableTopicConfig::default().with_name(str_bytes(k)).with_value(Some(str_bytes(v))))
-                    .collect(),
-            ),
-    ]);
-    let response = client.call(&request, version).await?;
-    let result = response.topics.first().ok_or_else(|| anyhow::anyhow!("CreateTopics returned no result for `{name}`"))?;
-    const TOPIC_ALREADY_EXISTS: i16 = 36;
-    match result.error_code {
-        0 => {}
-        TOPIC_ALREADY_EXISTS if if_not_exists => {
+    let new = NewTopic { name: name.to_string(), partitions, replication_factor: replicas, configs: configs.to_vec() };
+    let outcomes = client.create_topics(&[new], ADMIN_TIMEOUT).await?;
+    let Some(outcome) = outcomes.into_iter().find(|o| o.name == name) else {
+        bail!("CreateTopics returned no result for `{name}`");
+    };
+    match outcome.error {
+        None => {}
+        Some(e) if e.code == TOPIC_ALREADY_EXISTS && if_not_exists => {
             if as_json {
                 print_json(&json!({"topic": name, "created": false}));
             } else {
@@ -187,8 +153,10 @@ async fn create(
             }
             return Ok(());
         }
-        TOPIC_ALREADY_EXISTS => bail!("topic `{name}` already exists on {} (use --if-not-exists to accept that)", client.bootstrap_addr()),
-        code => bail!("creating topic `{name}` failed: {}", error_with_message(code, result.error_message.as_ref())),
+        Some(e) if e.code == TOPIC_ALREADY_EXISTS => {
+            bail!("topic `{name}` already exists on {} (use --if-not-exists to accept that)", client.bootstrap_addr())
+        }
+        Some(e) => bail!("creating topic `{name}` failed: {e}"),
     }
     let topic = wait_for_leaders(client, name, None).await?;
     if as_json {
@@ -200,26 +168,11 @@ async fn create(
 }
 
 /// Waits until `name` has (at least `count`) partitions, each with a leader.
-async fn wait_for_leaders(client: &mut Client, name: &str, count: Option<usize>) -> Result<TopicInfo> {
-    let deadline = Instant::now() + LEADERS_TIMEOUT;
-    loop {
-        let meta = client.metadata(Some(&[name.to_string()])).await?;
-        if let Some(topic) = meta.topic(name)
-            && topic.error_code == 0
-            && !topic.partitions.is_empty()
-            && count.is_none_or(|c| topic.partitions.len() >= c)
-            && topic.partitions.iter().all(|p| p.leader >= 0)
-        {
-            return Ok(topic.clone());
-        }
-        if Instant::now() >= deadline {
-            bail!("topic `{name}` still has partitions without a leader after {}s", LEADERS_TIMEOUT.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for_leaders(client: &Client, name: &str, count: Option<usize>) -> Result<TopicInfo> {
+    Ok(client.wait_for_leaders(name, count, LEADERS_TIMEOUT).await?)
 }
 
-async fn list(client: &mut Client, internal: bool, as_json: bool) -> Result<()> {
+async fn list(client: &Client, internal: bool, as_json: bool) -> Result<()> {
     let meta = client.metadata(None).await?;
     let topics: Vec<&TopicInfo> = meta.topics.iter().filter(|t| internal || !(t.internal || t.name.starts_with("__"))).collect();
     if as_json {
@@ -249,60 +202,15 @@ async fn list(client: &mut Client, internal: bool, as_json: bool) -> Result<()> 
     Ok(())
 }
 
-/// One config as DescribeConfigs reports it.
-struct ConfigEntry {
-    name: String,
-    value: Option<String>,
-    source: i8,
-    sensitive: bool,
+async fn describe_configs(client: &Client, name: &str) -> Result<Vec<ConfigEntry>> {
+    Ok(client.describe_configs(&ConfigResource::Topic(name.to_string()), None).await?)
 }
 
-fn source_label(source: i8) -> &'static str {
-    match source {
-        1 => "topic",
-        2 => "dynamic-broker",
-        3 => "dynamic-default-broker",
-        4 => "static-broker",
-        5 => "default",
-        6 => "dynamic-broker-logger",
-        7 => "client-metrics",
-        8 => "group",
-        _ => "unknown",
-    }
-}
-
-async fn describe_configs(client: &mut Client, name: &str) -> Result<Vec<ConfigEntry>> {
-    let version = client.version(ApiKey::DescribeConfigs, DESCRIBE_CONFIGS_VERSIONS)?;
-    let request = DescribeConfigsRequest::default().with_resources(vec![
-        DescribeConfigsResource::default()
-            .with_resource_type(RESOURCE_TOPIC)
-            .with_resource_name(str_bytes(name))
-            .with_configuration_keys(None),
-    ]);
-    let response = client.call(&request, version).await?;
-    let result = response.results.first().ok_or_else(|| anyhow::anyhow!("DescribeConfigs returned no result for `{name}`"))?;
-    if result.error_code != 0 {
-        bail!("describing the configs of `{name}` failed: {}", error_with_message(result.error_code, result.error_message.as_ref()));
-    }
-    let mut entries: Vec<ConfigEntry> = result
-        .configs
-        .iter()
-        .map(|c| ConfigEntry {
-            name: c.name.to_string(),
-            value: c.value.as_ref().map(|v| v.to_string()),
-            source: c.config_source,
-            sensitive: c.is_sensitive,
-        })
-        .collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(entries)
-}
-
-async fn describe(client: &mut Client, name: &str, all_configs: bool, as_json: bool) -> Result<()> {
+async fn describe(client: &Client, name: &str, all_configs: bool, as_json: bool) -> Result<()> {
     let topic = client.topic(name).await?;
     let watermarks = client.watermarks(&topic).await?;
     let configs = describe_configs(client, name).await?;
-    let shown: Vec<&ConfigEntry> = configs.iter().filter(|c| all_configs || c.source == SOURCE_TOPIC).collect();
+    let shown: Vec<&ConfigEntry> = configs.iter().filter(|c| all_configs || c.source == ConfigSource::Topic).collect();
     let shown_value = |c: &ConfigEntry| if c.sensitive { Some("(sensitive)".to_string()) } else { c.value.clone() };
     if as_json {
         let partitions: Vec<Value> = topic
@@ -322,7 +230,7 @@ async fn describe(client: &mut Client, name: &str, all_configs: bool, as_json: b
             })
             .collect();
         let configs: Vec<Value> =
-            shown.iter().map(|c| json!({"name": c.name, "value": shown_value(c), "source": source_label(c.source)})).collect();
+            shown.iter().map(|c| json!({"name": c.name, "value": shown_value(c), "source": c.source.label()})).collect();
         print_json(&json!({"name": topic.name, "internal": topic.internal, "partitions": partitions, "configs": configs}));
         return Ok(());
     }
@@ -354,32 +262,18 @@ async fn describe(client: &mut Client, name: &str, all_configs: bool, as_json: b
     } else {
         let mut t = table(["CONFIG", "VALUE", "SOURCE"]);
         for c in shown {
-            t.add_row(vec![c.name.clone(), shown_value(c).unwrap_or_default(), source_label(c.source).to_string()]);
+            t.add_row(vec![c.name.clone(), shown_value(c).unwrap_or_default(), c.source.label().to_string()]);
         }
         print_table(&t);
     }
     Ok(())
 }
 
-async fn alter_config(client: &mut Client, name: &str, set: &[(String, String)], delete: &[String], as_json: bool) -> Result<()> {
+async fn alter_config(client: &Client, name: &str, set: &[(String, String)], delete: &[String], as_json: bool) -> Result<()> {
     client.topic(name).await?;
-    let version = client.version(ApiKey::IncrementalAlterConfigs, INCREMENTAL_ALTER_CONFIGS_VERSIONS)?;
-    let mut configs: Vec<AlterableConfig> = set
-        .iter()
-        .map(|(k, v)| AlterableConfig::default().with_name(str_bytes(k)).with_config_operation(OP_SET).with_value(Some(str_bytes(v))))
-        .collect();
-    configs.extend(
-        delete.iter().map(|k| AlterableConfig::default().with_name(str_bytes(k)).with_config_operation(OP_DELETE).with_value(None)),
-    );
-    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
-        AlterConfigsResource::default().with_resource_type(RESOURCE_TOPIC).with_resource_name(str_bytes(name)).with_configs(configs),
-    ]);
-    let response = client.call(&request, version).await?;
-    for r in &response.responses {
-        if r.error_code != 0 {
-            bail!("altering the configs of `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
-        }
-    }
+    let mut changes: Vec<ConfigChange> = set.iter().map(|(k, v)| ConfigChange::Set(k.clone(), v.clone())).collect();
+    changes.extend(delete.iter().map(|k| ConfigChange::Delete(k.clone())));
+    client.alter_configs(&ConfigResource::Topic(name.to_string()), &changes).await?;
     if as_json {
         let set: BTreeMap<&str, &str> = set.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         print_json(&json!({"topic": name, "set": set, "deleted": delete}));
@@ -389,7 +283,7 @@ async fn alter_config(client: &mut Client, name: &str, set: &[(String, String)],
     Ok(())
 }
 
-async fn add_partitions(client: &mut Client, name: &str, total: i32, as_json: bool) -> Result<()> {
+async fn add_partitions(client: &Client, name: &str, total: i32, as_json: bool) -> Result<()> {
     let topic = client.topic(name).await?;
     let current = topic.partitions.len();
     if total as usize <= current {
@@ -397,16 +291,7 @@ async fn add_partitions(client: &mut Client, name: &str, total: i32, as_json: bo
             "topic `{name}` already has {current} partitions; -p is the new total (as in kafka-topics.sh), so it must be more than {current}"
         ));
     }
-    let version = client.version(ApiKey::CreatePartitions, CREATE_PARTITIONS_VERSIONS)?;
-    let request = CreatePartitionsRequest::default()
-        .with_timeout_ms(ADMIN_TIMEOUT_MS)
-        .with_topics(vec![CreatePartitionsTopic::default().with_name(topic_name(name)).with_count(total).with_assignments(None)]);
-    let response = client.call(&request, version).await?;
-    for r in &response.results {
-        if r.error_code != 0 {
-            bail!("adding partitions to `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
-        }
-    }
+    client.create_partitions(name, total, ADMIN_TIMEOUT).await?;
     wait_for_leaders(client, name, Some(total as usize)).await?;
     if as_json {
         print_json(&json!({"topic": name, "partitions_before": current, "partitions": total}));
@@ -416,19 +301,11 @@ async fn add_partitions(client: &mut Client, name: &str, total: i32, as_json: bo
     Ok(())
 }
 
-async fn delete(client: &mut Client, name: &str, as_json: bool) -> Result<()> {
+async fn delete(client: &Client, name: &str, as_json: bool) -> Result<()> {
     client.topic(name).await?;
-    let version = client.version(ApiKey::DeleteTopics, DELETE_TOPICS_VERSIONS)?;
-    let mut request = DeleteTopicsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS);
-    if version >= 6 {
-        request.topics = vec![DeleteTopicState::default().with_name(Some(topic_name(name)))];
-    } else {
-        request.topic_names = vec![topic_name(name)];
-    }
-    let response = client.call(&request, version).await?;
-    for r in &response.responses {
-        if r.error_code != 0 {
-            bail!("deleting topic `{name}` failed: {}", error_with_message(r.error_code, r.error_message.as_ref()));
+    for outcome in client.delete_topics(&[name.to_string()], ADMIN_TIMEOUT).await? {
+        if let Some(e) = outcome.error {
+            bail!("deleting topic `{name}` failed: {e}");
         }
     }
     if as_json {
@@ -440,7 +317,7 @@ async fn delete(client: &mut Client, name: &str, as_json: bool) -> Result<()> {
 }
 
 async fn delete_records(
-    client: &mut Client,
+    client: &Client,
     name: &str,
     partition: Option<i32>,
     offset: Option<i64>,
@@ -457,36 +334,14 @@ async fn delete_records(
         (Some(o), _) if o < -1 => return usage(format!("--offset {o}: use an offset ≥ 0, or -1 for the high watermark")),
         (Some(o), _) => partitions.iter().map(|&p| (p, o)).collect(),
         (None, Some(ts)) => {
-            let by_time = client.list_offsets(&topic, &partitions.iter().map(|&p| (p, ts)).collect()).await?;
-            let latest = client.list_offsets(&topic, &partitions.iter().map(|&p| (p, LATEST_TIMESTAMP)).collect()).await?;
+            let by_time = client.list_offsets_all(&topic, &partitions, OffsetSpec::Timestamp(ts)).await?;
+            let latest = client.list_offsets_all(&topic, &partitions, OffsetSpec::Latest).await?;
             // No record at or after the time means every record is older: delete up to the end.
             by_time.iter().map(|(&p, &o)| (p, if o < 0 { latest.get(&p).copied().unwrap_or(-1) } else { o })).collect()
         }
         (None, None) => return usage("give --offset O or --before TIME"),
     };
-    let version = client.version(ApiKey::DeleteRecords, DELETE_RECORDS_VERSIONS)?;
-    let mut by_leader: BTreeMap<i32, Vec<(i32, i64)>> = BTreeMap::new();
-    for (&p, &o) in &targets {
-        let leader = topic.partitions.iter().find(|tp| tp.id == p).map_or(-1, |tp| tp.leader);
-        by_leader.entry(leader).or_default().push((p, o));
-    }
-    let mut results = BTreeMap::new();
-    for (leader, parts) in by_leader {
-        let request = DeleteRecordsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS).with_topics(vec![
-            DeleteRecordsTopic::default().with_name(topic_name(name)).with_partitions(
-                parts.iter().map(|&(p, o)| DeleteRecordsPartition::default().with_partition_index(p).with_offset(o)).collect(),
-            ),
-        ]);
-        let response = client.call_node(leader, &request, version).await?;
-        for t in &response.topics {
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    bail!("deleting records of `{name}` partition {} failed: {}", p.partition_index, error_label(p.error_code));
-                }
-                results.insert(p.partition_index, p.low_watermark);
-            }
-        }
-    }
+    let results = client.delete_records(&topic, &targets, ADMIN_TIMEOUT).await?;
     if as_json {
         let items: Vec<Value> = results.iter().map(|(p, low)| json!({"partition": p, "low_watermark": low})).collect();
         print_json(&json!({"topic": name, "partitions": items}));

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::http;
+use crate::http;
 use crate::exit::usage;
 use crate::output::{key_value, print_json, print_table, table};
 

@@ -12,11 +12,11 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::client::Client;
-use crate::client::records::OutRecord;
 use crate::consume::{Consumer, Start};
 use crate::output::{group_digits, print_json, print_table, table};
 use crate::produce::{Producer, ProducerOptions, now_ms, sleep_until};
+use sluice_client::Client;
+use sluice_client::ProducerRecord;
 
 /// Largest `--count`: the consumer keeps one byte per sequence number.
 const VERIFY_RECORDS_MAX: u64 = 100_000_000;
@@ -58,33 +58,37 @@ pub enum VerifyCmd {
 }
 
 pub(crate) async fn run(cmd: VerifyCmd, brokers: &[String], as_json: bool) -> Result<()> {
-    let mut client = Client::connect(brokers).await?;
+    let in_flight = match &cmd {
+        VerifyCmd::Produce { producer, .. } => producer.in_flight as usize,
+        VerifyCmd::Consume { .. } => sluice_client::connection::MAX_IN_FLIGHT_DEFAULT,
+    };
+    let client = crate::conn::connect_with_in_flight(brokers, in_flight).await?;
     match cmd {
-        VerifyCmd::Produce { topic, count, producer } => produce(&mut client, &topic, count, producer, as_json).await,
-        VerifyCmd::Consume { topic, expect } => consume(&mut client, &topic, expect, as_json).await,
+        VerifyCmd::Produce { topic, count, producer } => produce(&client, &topic, count, producer, as_json).await,
+        VerifyCmd::Consume { topic, expect } => consume(&client, &topic, expect, as_json).await,
     }
 }
 
-async fn produce(client: &mut Client, topic: &str, count: u64, options: ProducerOptions, as_json: bool) -> Result<()> {
+async fn produce(client: &Client, topic: &str, count: u64, options: ProducerOptions, as_json: bool) -> Result<()> {
     let mut producer = Producer::new(client, topic, options).await?;
     let started = Instant::now();
     for seq in 0..count {
-        let record = OutRecord { key: None, value: Bytes::from(seq.to_string()), headers: Vec::new(), timestamp_ms: now_ms() };
-        producer.send(record, &|| format!("record {seq}")).await?;
+        let record = ProducerRecord { key: None, value: Bytes::from(seq.to_string()), headers: Vec::new(), timestamp_ms: now_ms() };
+        producer.send(client, record, &|| format!("record {seq}")).await?;
         if producer.next_deadline().is_some_and(|d| d <= Instant::now()) {
-            producer.flush_expired().await?;
+            producer.flush_expired(client).await?;
         }
         // Let acknowledgements and lingering batches progress between records.
         if seq % 1024 == 0 {
             tokio::select! {
                 biased;
-                _ = sleep_until(producer.next_deadline()) => producer.flush_expired().await?,
+                _ = sleep_until(producer.next_deadline()) => producer.flush_expired(client).await?,
                 _ = tokio::task::yield_now() => {}
             }
         }
     }
     let partitions = producer.partition_count();
-    let tally = producer.close().await?;
+    let tally = producer.close(client).await?;
     let seconds = started.elapsed().as_secs_f64();
     let round = |v: Option<f64>| v.map(|v| (v * 1000.0).round() / 1000.0);
     if as_json {
@@ -97,7 +101,7 @@ async fn produce(client: &mut Client, topic: &str, count: u64, options: Producer
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "records_per_s": if seconds > 0.0 { (tally.acked as f64 / seconds).round() } else { 0.0 },
             "latency_ms": {"p50": round(tally.latency_ms(0.5)), "p99": round(tally.latency_ms(0.99)), "max": round(tally.latency_ms(1.0))},
-            "errors": tally.errors.iter().map(|(c, n)| (crate::client::error_label(*c), *n)).collect::<BTreeMap<_, _>>(),
+            "errors": tally.errors.iter().map(|(c, n)| (sluice_client::codes::error_label(*c), *n)).collect::<BTreeMap<_, _>>(),
         }));
     } else {
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
@@ -181,10 +185,10 @@ impl Seen {
     }
 }
 
-async fn consume(client: &mut Client, topic_name: &str, expect: Option<u64>, as_json: bool) -> Result<()> {
+async fn consume(client: &Client, topic_name: &str, expect: Option<u64>, as_json: bool) -> Result<()> {
     let topic = client.topic(topic_name).await?;
     let partitions: Vec<i32> = topic.partitions.iter().map(|p| p.id).collect();
-    let mut consumer = Consumer::new(client, topic, true)?;
+    let mut consumer = Consumer::new(topic, true)?;
     consumer.assign(client, &partitions, Start::Earliest, &BTreeMap::new()).await?;
     let started = Instant::now();
     let mut check = Check::default();

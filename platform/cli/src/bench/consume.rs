@@ -20,7 +20,8 @@ use tokio::task::JoinSet;
 use super::ConsumeArgs;
 use super::report::{Summary, error_label};
 use super::stats::{self, Goal, Meter, Tally};
-use crate::client::wire::{self, FETCH_VERSIONS, FRAME_PREFIX_BYTES};
+use sluice_client::versions::FETCH_VERSIONS;
+use sluice_client::wire::{self, FRAME_PREFIX_BYTES};
 
 /// How long the broker may hold a fetch open waiting for `FETCH_MIN_BYTES` of new data (only asked
 /// for once every partition of a connection is caught up; see `consume`).
@@ -70,12 +71,9 @@ pub(super) async fn run(args: ConsumeArgs) -> Result<()> {
 /// Sets up, reads and returns the summary without printing it.
 pub(super) async fn measure(args: &ConsumeArgs) -> Result<Summary> {
     let target = &args.target;
-    let mut boot = crate::client::cluster::bootstrap(&target.conn.resolve()?.brokers).await?;
-    let version = boot.apis.pick(ApiKey::Fetch, FETCH_VERSIONS)?;
-    let meta = crate::client::cluster::ensure_topic(&mut boot, &target.topic, None).await?;
-    let routes = crate::client::cluster::routes(&meta, &boot.conn.addr)?;
-    let assignment = crate::client::cluster::assign(&routes, target.connections, false);
-    drop(boot);
+    let super::Setup { version, routes } =
+        super::setup(&target.conn.resolve()?.brokers, &target.topic, None, ApiKey::Fetch, FETCH_VERSIONS).await?;
+    let assignment = super::assign(&routes, target.connections, false);
 
     let mut connections = Vec::with_capacity(assignment.len());
     for (addr, partitions) in assignment {
@@ -217,7 +215,7 @@ impl Config {
                 let long_poll = cursors.iter().all(|c| c.caught_up || c.done);
                 let request = self.fetch_request(&cursors, &members, long_poll);
                 let body = wire::encode_body(&request, ApiKey::Fetch, self.version)?;
-                let prefix = wire::request_prefix(ApiKey::Fetch, self.version, correlation_id, body.len())?;
+                let prefix = wire::request_prefix(ApiKey::Fetch, self.version, correlation_id, crate::conn::CLIENT_ID, body.len())?;
                 wire::write_frame(&mut writer, prefix, body, &addr).await?;
                 tally.requests += 1;
                 for &i in &members {

@@ -26,7 +26,8 @@ use tokio::task::JoinSet;
 use super::report::{Summary, describe_errors, group_digits};
 use super::stats::{self, Goal, Meter, Tally};
 use super::{Acks, DEFAULT_PRODUCE_RECORDS, ProduceArgs, arg_name};
-use crate::client::wire::{self, PRODUCE_VERSIONS};
+use sluice_client::versions::PRODUCE_VERSIONS;
+use sluice_client::wire;
 
 /// Bytes of a v2 record batch header, before the first record.
 const RECORD_BATCH_HEADER_BYTES: usize = 61;
@@ -57,12 +58,9 @@ pub(super) async fn run(args: ProduceArgs) -> Result<()> {
 /// Sets up, runs the load and returns the summary without printing it.
 pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
     let target = &args.target;
-    let mut boot = crate::client::cluster::bootstrap(&target.conn.resolve()?.brokers).await?;
-    let version = boot.apis.pick(ApiKey::Produce, PRODUCE_VERSIONS)?;
-    let meta = crate::client::cluster::ensure_topic(&mut boot, &target.topic, args.partitions).await?;
-    let routes = crate::client::cluster::routes(&meta, &boot.conn.addr)?;
-    let assignment = crate::client::cluster::assign(&routes, target.connections, true);
-    drop(boot);
+    let super::Setup { version, routes } =
+        super::setup(&target.conn.resolve()?.brokers, &target.topic, args.partitions, ApiKey::Produce, PRODUCE_VERSIONS).await?;
+    let assignment = super::assign(&routes, target.connections, true);
 
     let template = BatchTemplate::new(args.record_size as usize, args.batch_bytes as usize, args.compression.into())?;
     let plan = Arc::new(Plan {
@@ -304,7 +302,7 @@ impl Plan {
             .with_acks(self.acks)
             .with_timeout_ms(PRODUCE_TIMEOUT_MS)
             .with_topic_data(vec![TopicProduceData::default().with_name(self.topic.clone()).with_partition_data(partition_data)]);
-        wire::encode_body(&request, ApiKey::Produce, self.version)
+        Ok(wire::encode_body(&request, ApiKey::Produce, self.version)?)
     }
 
     /// Encodes the request cycle for a connection owning `partitions`.
@@ -316,7 +314,7 @@ impl Plan {
             .map(|chunk| {
                 let body = self.request_body(chunk.iter().map(|&p| (p, self.template.full.clone())).collect())?;
                 // The header adds a few dozen bytes; check the limit now rather than on first send.
-                wire::request_prefix(ApiKey::Produce, self.version, 0, body.len())?;
+                wire::request_prefix(ApiKey::Produce, self.version, 0, crate::conn::CLIENT_ID, body.len())?;
                 Ok(Group {
                     body,
                     partitions: chunk.to_vec(),
@@ -391,7 +389,7 @@ impl Sender {
             }
             let (body, batches) =
                 if take == group.records { (group.body.clone(), group.batches.clone()) } else { self.plan.partial(group, take)? };
-            let prefix = wire::request_prefix(ApiKey::Produce, self.plan.version, correlation_id, body.len())?;
+            let prefix = wire::request_prefix(ApiKey::Produce, self.plan.version, correlation_id, crate::conn::CLIENT_ID, body.len())?;
             let frame_bytes = (prefix.len() + body.len()) as u64;
             if let Some((_, queue)) = &pipeline {
                 let in_flight = InFlight { correlation_id, sent_at: Instant::now(), batches };
@@ -422,7 +420,8 @@ impl Sender {
     {
         let (tally, correlation_id) = self.send_all(&mut write_half, None).await?;
         let body = wire::encode_body(&ApiVersionsRequest::default(), ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION)?;
-        let prefix = wire::request_prefix(ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION, correlation_id, body.len())?;
+        let prefix =
+            wire::request_prefix(ApiKey::ApiVersions, BARRIER_API_VERSIONS_VERSION, correlation_id, crate::conn::CLIENT_ID, body.len())?;
         let barrier = async {
             wire::write_frame(&mut write_half, prefix, body, &self.addr).await?;
             let mut reader = read_half;

@@ -106,8 +106,8 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-pub(super) use crate::client::error_label;
 pub(super) use crate::output::group_digits;
+pub(super) use sluice_client::codes::error_label;
 
 /// `{3: 12, 6: 1}` → `UNKNOWN_TOPIC_OR_PARTITION (3) ×12, NOT_LEADER_OR_FOLLOWER (6) ×1`.
 pub(super) fn describe_errors(errors: &std::collections::BTreeMap<i16, u64>) -> String {

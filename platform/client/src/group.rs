@@ -1,12 +1,11 @@
 //! A classic-protocol consumer-group member (JoinGroup → SyncGroup → Heartbeat / OffsetCommit →
-//! LeaveGroup) with the `range` assignor, as Kafka's consumers implement it, so `sluice consume
-//! --group` shares partitions with other `sluice` processes and with Java / librdkafka consumers that
-//! also offer `range`. Also the group-less offset calls `group reset-offsets` needs.
+//! LeaveGroup) with the `range` assignor, as Kafka's consumers implement it, so a member shares
+//! partitions with Java / librdkafka consumers that also offer `range`. Also the offset calls outside a
+//! generation (OffsetFetch, and OffsetCommit as admin tools and mirrors use it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ConsumerProtocolAssignment, ConsumerProtocolSubscription, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
@@ -17,10 +16,14 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::{
-    Client, HEARTBEAT_VERSIONS, JOIN_GROUP_VERSIONS, LEAVE_GROUP_VERSIONS, OFFSET_COMMIT_VERSIONS, OFFSET_FETCH_VERSIONS,
-    SYNC_GROUP_VERSIONS, code, error_label, group_id, str_bytes, topic_name,
+use crate::client::Client;
+use crate::codes as code;
+use crate::codes::error_label;
+use crate::error::{ClientError, KafkaError, Result};
+use crate::versions::{
+    HEARTBEAT_VERSIONS, JOIN_GROUP_VERSIONS, LEAVE_GROUP_VERSIONS, OFFSET_COMMIT_VERSIONS, OFFSET_FETCH_VERSIONS, SYNC_GROUP_VERSIONS,
 };
+use crate::{group_id, str_bytes, topic_name};
 
 /// The protocol type every Kafka consumer uses; members of other types (e.g. Connect) cannot share.
 const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
@@ -31,11 +34,11 @@ const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 /// Newest subscription / assignment schema this client can read; newer ones only append fields.
 const CONSUMER_PROTOCOL_VERSION_MAX: i16 = 3;
 /// How long the coordinator waits without a heartbeat before it evicts us.
-pub(crate) const SESSION_TIMEOUT_MS: i32 = 10_000;
+pub const SESSION_TIMEOUT_MS: i32 = 10_000;
 /// How long the coordinator waits for members to rejoin during a rebalance.
 const REBALANCE_TIMEOUT_MS: i32 = 20_000;
 /// Heartbeats per session timeout, as Kafka's consumer does (`heartbeat.interval.ms` = session / 3).
-pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(SESSION_TIMEOUT_MS as u64 / 3);
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(SESSION_TIMEOUT_MS as u64 / 3);
 /// Join attempts before giving up; each retriable error costs one.
 const JOIN_ATTEMPTS_MAX: u32 = 20;
 /// Pause between join attempts after a retriable error.
@@ -52,40 +55,27 @@ struct Versions {
 
 /// What a heartbeat learned.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Heartbeat {
+pub enum Heartbeat {
     Stable,
     /// The group is rebalancing (a member joined or left): commit and rejoin.
     Rebalance,
 }
 
-/// A commit or heartbeat refused because the group moved on (rebalancing, or we were evicted): the
-/// member must rejoin before it can commit again.
-#[derive(Debug)]
-pub(crate) struct RejoinNeeded(pub(crate) String);
-
-impl std::fmt::Display for RejoinNeeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RejoinNeeded {}
-
 /// One membership of a consumer group.
-pub(crate) struct GroupMember {
-    pub(crate) group: String,
+pub struct GroupMember {
+    pub group: String,
     coordinator: String,
-    pub(crate) member_id: String,
-    pub(crate) generation: i32,
+    pub member_id: String,
+    pub generation: i32,
     topics: Vec<String>,
     versions: Versions,
     /// Partitions assigned to this member, by topic.
-    pub(crate) assignment: BTreeMap<String, Vec<i32>>,
+    pub assignment: BTreeMap<String, Vec<i32>>,
 }
 
 impl GroupMember {
     /// Finds the coordinator, joins `group` subscribed to `topics` and waits for an assignment.
-    pub(crate) async fn join(client: &mut Client, group: &str, topics: Vec<String>) -> Result<GroupMember> {
+    pub async fn join(client: &Client, group: &str, topics: Vec<String>) -> Result<GroupMember> {
         let versions = Versions {
             join: client.version(ApiKey::JoinGroup, JOIN_GROUP_VERSIONS)?,
             sync: client.version(ApiKey::SyncGroup, SYNC_GROUP_VERSIONS)?,
@@ -107,12 +97,13 @@ impl GroupMember {
     }
 
     /// Runs JoinGroup and SyncGroup until the group settles and this member has its assignment.
-    pub(crate) async fn rejoin(&mut self, client: &mut Client) -> Result<()> {
+    pub async fn rejoin(&mut self, client: &Client) -> Result<()> {
         let mut subscription = BytesMut::new();
         subscription.put_i16(CONSUMER_PROTOCOL_VERSION);
         ConsumerProtocolSubscription::default()
             .with_topics(self.topics.iter().map(|t| str_bytes(t)).collect())
-            .encode(&mut subscription, CONSUMER_PROTOCOL_VERSION)?;
+            .encode(&mut subscription, CONSUMER_PROTOCOL_VERSION)
+            .map_err(|e| ClientError::Records { detail: format!("encoding a group subscription: {e:#}") })?;
         let subscription = subscription.freeze();
         let mut last_error = String::new();
         for _attempt in 0..JOIN_ATTEMPTS_MAX {
@@ -126,7 +117,7 @@ impl GroupMember {
                     JoinGroupRequestProtocol::default().with_name(str_bytes(RANGE_ASSIGNOR)).with_metadata(subscription.clone()),
                 ]);
             let coordinator = self.coordinator.clone();
-            let joined = client.call_at(&coordinator, &request, self.versions.join).await.context("JoinGroup")?;
+            let joined = client.call_at(&coordinator, &request, self.versions.join).await?;
             match joined.error_code {
                 code::NONE => {}
                 code::MEMBER_ID_REQUIRED => {
@@ -148,14 +139,17 @@ impl GroupMember {
                     self.coordinator = client.find_coordinator(&self.group).await?;
                     continue;
                 }
-                other => bail!("joining group `{}` failed: {}", self.group, error_label(other)),
+                other => return Err(ClientError::kafka(format!("joining group `{}`", self.group), KafkaError::new(other, None))),
             }
             self.member_id = joined.member_id.to_string();
             self.generation = joined.generation_id;
             if let Some(protocol) = &joined.protocol_name
                 && protocol.as_str() != RANGE_ASSIGNOR
             {
-                bail!("group `{}` settled on assignor `{}`, which sluice does not implement", self.group, protocol.as_str());
+                return Err(ClientError::Group {
+                    group: self.group.clone(),
+                    detail: format!("the group settled on assignor `{}`, which this client does not implement", protocol.as_str()),
+                });
             }
             let assignments = if joined.leader.as_str() == self.member_id {
                 let mut subscriptions = BTreeMap::new();
@@ -185,7 +179,7 @@ impl GroupMember {
             if self.versions.sync >= 5 {
                 sync = sync.with_protocol_type(Some(str_bytes(CONSUMER_PROTOCOL_TYPE))).with_protocol_name(Some(str_bytes(RANGE_ASSIGNOR)));
             }
-            let synced = client.call_at(&coordinator, &sync, self.versions.sync).await.context("SyncGroup")?;
+            let synced = client.call_at(&coordinator, &sync, self.versions.sync).await?;
             match synced.error_code {
                 code::NONE => {
                     self.assignment = decode_assignment(&synced.assignment)?;
@@ -200,20 +194,20 @@ impl GroupMember {
                     self.member_id.clear();
                     continue;
                 }
-                other => bail!("SyncGroup for group `{}` failed: {}", self.group, error_label(other)),
+                other => return Err(ClientError::kafka(format!("SyncGroup for group `{}`", self.group), KafkaError::new(other, None))),
             }
         }
-        bail!("group `{}` did not settle after {JOIN_ATTEMPTS_MAX} join attempts (last: {last_error})", self.group)
+        Err(ClientError::GroupUnsettled { group: self.group.clone(), attempts: JOIN_ATTEMPTS_MAX, last: last_error })
     }
 
     /// Tells the coordinator we are alive; learns whether a rebalance started.
-    pub(crate) async fn heartbeat(&mut self, client: &mut Client) -> Result<Heartbeat> {
+    pub async fn heartbeat(&mut self, client: &Client) -> Result<Heartbeat> {
         let request = HeartbeatRequest::default()
             .with_group_id(group_id(&self.group))
             .with_generation_id(self.generation)
             .with_member_id(str_bytes(&self.member_id));
         let coordinator = self.coordinator.clone();
-        let response = client.call_at(&coordinator, &request, self.versions.heartbeat).await.context("Heartbeat")?;
+        let response = client.call_at(&coordinator, &request, self.versions.heartbeat).await?;
         match response.error_code {
             code::NONE => Ok(Heartbeat::Stable),
             code::REBALANCE_IN_PROGRESS => Ok(Heartbeat::Rebalance),
@@ -222,22 +216,22 @@ impl GroupMember {
                 self.member_id.clear();
                 Ok(Heartbeat::Rebalance)
             }
-            other => bail!("heartbeat in group `{}` failed: {}", self.group, error_label(other)),
+            other => Err(ClientError::kafka(format!("heartbeat in group `{}`", self.group), KafkaError::new(other, None))),
         }
     }
 
     /// Commits `offsets` (topic → partition → next offset to read) as this member.
-    pub(crate) async fn commit(&self, client: &mut Client, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> Result<()> {
+    pub async fn commit(&self, client: &Client, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> Result<()> {
         commit_offsets(client, &self.coordinator, &self.group, self.generation, &self.member_id, offsets).await
     }
 
     /// Committed offsets of this member's assignment.
-    pub(crate) async fn committed(&self, client: &mut Client) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    pub async fn committed(&self, client: &Client) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
         fetch_offsets(client, &self.coordinator, &self.group, Some(&self.assignment)).await
     }
 
     /// Leaves the group so the others rebalance at once instead of after the session timeout.
-    pub(crate) async fn leave(&self, client: &mut Client) -> Result<()> {
+    pub async fn leave(&self, client: &Client) -> Result<()> {
         let mut request = LeaveGroupRequest::default().with_group_id(group_id(&self.group));
         if self.versions.leave >= 3 {
             request.members = vec![MemberIdentity::default().with_member_id(str_bytes(&self.member_id))];
@@ -245,18 +239,18 @@ impl GroupMember {
             request.member_id = str_bytes(&self.member_id);
         }
         let coordinator = self.coordinator.clone();
-        let response = client.call_at(&coordinator, &request, self.versions.leave).await.context("LeaveGroup")?;
+        let response = client.call_at(&coordinator, &request, self.versions.leave).await?;
         match response.error_code {
             code::NONE | code::UNKNOWN_MEMBER_ID => Ok(()),
-            other => bail!("leaving group `{}` failed: {}", self.group, error_label(other)),
+            other => Err(ClientError::kafka(format!("leaving group `{}`", self.group), KafkaError::new(other, None))),
         }
     }
 }
 
 /// Commits offsets to `group` on `coordinator`. Outside a generation (`generation` -1, empty member id)
 /// this is how admin tools set an empty group's offsets.
-pub(crate) async fn commit_offsets(
-    client: &mut Client,
+pub async fn commit_offsets(
+    client: &Client,
     coordinator: &str,
     group: &str,
     generation: i32,
@@ -292,23 +286,18 @@ pub(crate) async fn commit_offsets(
     if version >= 6 {
         request.topics.iter_mut().flat_map(|t| t.partitions.iter_mut()).for_each(|p| p.committed_leader_epoch = -1);
     }
-    let response = client.call_at(coordinator, &request, version).await.context("OffsetCommit")?;
+    let response = client.call_at(coordinator, &request, version).await?;
     for topic in &response.topics {
         for p in &topic.partitions {
-            if p.error_code != 0 {
-                let message = format!(
-                    "committing offsets for group `{group}` ({} partition {}) failed: {}",
-                    topic.name.0.as_str(),
-                    p.partition_index,
-                    error_label(p.error_code)
-                );
-                if matches!(p.error_code, code::UNKNOWN_MEMBER_ID | code::ILLEGAL_GENERATION | code::REBALANCE_IN_PROGRESS) {
-                    if generation >= 0 {
-                        return Err(RejoinNeeded(message).into());
-                    }
-                    bail!("{message} (the group has active members; stop them first)");
+            if let Some(error) = KafkaError::from_code(p.error_code, None) {
+                let operation = format!("committing offsets ({} partition {})", topic.name.0.as_str(), p.partition_index);
+                // Inside a generation these mean the group moved on: rejoin, then commit again.
+                if generation >= 0
+                    && matches!(p.error_code, code::UNKNOWN_MEMBER_ID | code::ILLEGAL_GENERATION | code::REBALANCE_IN_PROGRESS)
+                {
+                    return Err(ClientError::RejoinNeeded { group: group.to_string(), operation, error });
                 }
-                bail!("{message}");
+                return Err(ClientError::kafka(format!("{operation} for group `{group}`"), error));
             }
         }
     }
@@ -317,15 +306,17 @@ pub(crate) async fn commit_offsets(
 
 /// Committed offsets of `group`, for `only` (topic → partitions) or for everything when `None`.
 /// Partitions without a committed offset are left out.
-pub(crate) async fn fetch_offsets(
-    client: &mut Client,
+pub async fn fetch_offsets(
+    client: &Client,
     coordinator: &str,
     group: &str,
     only: Option<&BTreeMap<String, Vec<i32>>>,
 ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
     let version = client.version(ApiKey::OffsetFetch, OFFSET_FETCH_VERSIONS)?;
     if only.is_none() && version < 2 {
-        bail!("the broker's OffsetFetch v{version} cannot list all of a group's offsets (v2+ needed)");
+        return Err(ClientError::InvalidRequest(format!(
+            "the broker's OffsetFetch v{version} cannot list all of a group's offsets (v2+ needed)"
+        )));
     }
     let request = OffsetFetchRequest::default().with_group_id(group_id(group)).with_topics(only.map(|topics| {
         topics
@@ -333,20 +324,25 @@ pub(crate) async fn fetch_offsets(
             .map(|(t, partitions)| OffsetFetchRequestTopic::default().with_name(topic_name(t)).with_partition_indexes(partitions.clone()))
             .collect()
     }));
-    let response = client.call_at(coordinator, &request, version).await.context("OffsetFetch")?;
+    let response = client.call_at(coordinator, &request, version).await?;
     if version >= 2 && response.error_code != 0 {
-        bail!("fetching committed offsets of group `{group}` failed: {}", error_label(response.error_code));
+        return Err(ClientError::kafka(
+            format!("fetching committed offsets of group `{group}`"),
+            KafkaError::new(response.error_code, None),
+        ));
     }
     let mut out: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for topic in &response.topics {
         for p in &topic.partitions {
-            if p.error_code != 0 {
-                bail!(
-                    "fetching the committed offset of {} partition {} failed: {}",
-                    topic.name.0.as_str(),
-                    p.partition_index,
-                    error_label(p.error_code)
-                );
+            if let Some(error) = KafkaError::from_code(p.error_code, None) {
+                return Err(ClientError::kafka(
+                    format!(
+                        "fetching the committed offset of {} partition {} for group `{group}`",
+                        topic.name.0.as_str(),
+                        p.partition_index
+                    ),
+                    error,
+                ));
             }
             if p.committed_offset >= 0 {
                 out.entry(topic.name.0.to_string()).or_default().insert(p.partition_index, p.committed_offset);
@@ -356,25 +352,47 @@ pub(crate) async fn fetch_offsets(
     Ok(out)
 }
 
+impl Client {
+    /// Committed offsets of `group` (topic → partition → next offset to read), for `only` or for every
+    /// partition it has committed; finds the coordinator first.
+    pub async fn group_offsets(
+        &self,
+        group: &str,
+        only: Option<&BTreeMap<String, Vec<i32>>>,
+    ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+        let coordinator = self.find_coordinator(group).await?;
+        fetch_offsets(self, &coordinator, group, only).await
+    }
+
+    /// Commits `offsets` to `group` outside any generation, as admin tools and mirrors do (the group
+    /// must have no active members); finds the coordinator first.
+    pub async fn commit_group_offsets(&self, group: &str, offsets: &BTreeMap<String, BTreeMap<i32, i64>>) -> Result<()> {
+        let coordinator = self.find_coordinator(group).await?;
+        commit_offsets(self, &coordinator, group, -1, "", offsets).await
+    }
+}
+
 /// Reads the topics out of a member's subscription metadata.
-pub(crate) fn decode_subscription(metadata: &Bytes) -> Result<Vec<String>> {
+pub fn decode_subscription(metadata: &Bytes) -> Result<Vec<String>> {
     let mut buf = metadata.clone();
     if buf.remaining() < 2 {
-        bail!("a group member sent subscription metadata of {} bytes", metadata.len());
+        return Err(ClientError::Records { detail: format!("a group member sent subscription metadata of {} bytes", metadata.len()) });
     }
     let version = buf.get_i16().clamp(0, CONSUMER_PROTOCOL_VERSION_MAX);
-    let subscription = ConsumerProtocolSubscription::decode(&mut buf, version).context("decoding a member's subscription")?;
+    let subscription = ConsumerProtocolSubscription::decode(&mut buf, version)
+        .map_err(|e| ClientError::Records { detail: format!("decoding a member's subscription: {e:#}") })?;
     Ok(subscription.topics.iter().map(|t| t.to_string()).collect())
 }
 
 /// Reads an assignment (topic → partitions); empty bytes mean nothing assigned.
-pub(crate) fn decode_assignment(bytes: &Bytes) -> Result<BTreeMap<String, Vec<i32>>> {
+pub fn decode_assignment(bytes: &Bytes) -> Result<BTreeMap<String, Vec<i32>>> {
     let mut buf = bytes.clone();
     if buf.remaining() < 2 {
         return Ok(BTreeMap::new());
     }
     let version = buf.get_i16().clamp(0, CONSUMER_PROTOCOL_VERSION_MAX);
-    let assignment = ConsumerProtocolAssignment::decode(&mut buf, version).map_err(|e| anyhow!("decoding a group assignment: {e}"))?;
+    let assignment = ConsumerProtocolAssignment::decode(&mut buf, version)
+        .map_err(|e| ClientError::Records { detail: format!("decoding a group assignment: {e:#}") })?;
     let mut out: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for tp in assignment.assigned_partitions {
         let partitions = out.entry(tp.topic.0.to_string()).or_default();
@@ -398,13 +416,14 @@ fn encode_assignment(assignment: &BTreeMap<String, Vec<i32>>) -> Result<Bytes> {
                 })
                 .collect(),
         )
-        .encode(&mut buf, CONSUMER_PROTOCOL_VERSION)?;
+        .encode(&mut buf, CONSUMER_PROTOCOL_VERSION)
+        .map_err(|e| ClientError::Records { detail: format!("encoding a group assignment: {e:#}") })?;
     Ok(buf.freeze())
 }
 
 /// Kafka's `RangeAssignor`: per topic, the members subscribed to it in member-id order each get a
 /// contiguous range of partitions; the first `partitions % members` get one extra.
-pub(crate) fn range_assign(
+pub fn range_assign(
     subscriptions: &BTreeMap<String, Vec<String>>,
     partition_counts: &BTreeMap<String, usize>,
 ) -> BTreeMap<String, BTreeMap<String, Vec<i32>>> {

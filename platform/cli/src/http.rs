@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Unreachable;
-use super::wire::CONNECT_TIMEOUT;
+use crate::exit::Unreachable;
+use sluice_client::wire::CONNECT_TIMEOUT;
 
 /// Largest admin response read (a transform's status with its log lines is a few KiB).
 const RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
