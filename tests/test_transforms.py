@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -248,12 +249,40 @@ def test_transforms_survive_a_restart_without_recompiling(broker, guests):
 
 @pytest.mark.timeout(900)
 def test_init_scaffolds_a_crate_that_builds_and_deploys(broker, tmp_path):
-    proc = sluice(broker, "transform", "init", "shout", "--dir", str(tmp_path / "shout"))
+    # Regression: `init` wrote the SDK dependency as the absolute path of the source tree the binary was
+    # built from, so a binary installed anywhere else scaffolded a crate that could not build. Here a copy
+    # of the binary runs from another directory with its own XDG_DATA_HOME: the SDK must come out of the
+    # binary, unpacked there, with nothing pointing back into this checkout.
+    installed = tmp_path / "bin" / "sluice"
+    installed.parent.mkdir()
+    shutil.copy2(require_binary(), installed)
+    data_home = tmp_path / "xdg-data"
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_SDK_PATH"}
+    env.update(XDG_DATA_HOME=str(data_home), NO_COLOR="1")
+
+    def init(name: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(installed), "transform", "init", name, "--dir", str(tmp_path / name)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    proc = init("shout")
     assert "cargo test" in proc.stdout
+    manifest = (tmp_path / "shout" / "Cargo.toml").read_text()
+    assert str(REPO_ROOT) not in manifest, manifest
+    [sdk_dir] = list((data_home / "sluice" / "sdk").iterdir())
+    assert f'sluice = {{ path = "{sdk_dir / "sluice"}" }}' in manifest, manifest
+    for path in sdk_dir.rglob("*"):
+        if path.is_file():
+            assert str(REPO_ROOT) not in path.read_text(errors="replace"), path
+    # A second crate reuses the unpacked SDK.
+    init("whisper")
+    assert list((data_home / "sluice" / "sdk").iterdir()) == [sdk_dir]
+
     target = REPO_ROOT / "target" / "wasm-guests"
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
     subprocess.run(["cargo", "test", "-q"], cwd=tmp_path / "shout", check=True, timeout=600, env=env)
-    built = subprocess.run([str(require_binary()), "transform", "build", str(tmp_path / "shout"), "--json"], capture_output=True, text=True, timeout=600, env=env)
+    built = subprocess.run([str(installed), "transform", "build", str(tmp_path / "shout"), "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert built.returncode == 0, built.stderr
     module = json.loads(built.stdout)["module"]
     src, out = unique("in"), unique("out")

@@ -6,7 +6,7 @@
 //! metadata, record batches, group membership); one module per command group turns arguments into
 //! client calls and prints; `conn` resolves where to connect (flags, environment, profiles) and opens
 //! the client; `http` is the bounded admin-API client; `output` prints tables and JSON; `exit` maps
-//! failures to exit codes.
+//! failures to exit codes; `sdk_bundle` is the guest SDK packed into the binary for `transform init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +23,7 @@ mod group;
 mod http;
 mod output;
 mod produce;
+mod sdk_bundle;
 mod topic;
 mod transform;
 mod verify;

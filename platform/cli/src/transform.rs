@@ -9,9 +9,10 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::http;
 use crate::exit::usage;
+use crate::http;
 use crate::output::{key_value, print_json, print_table, table};
+use crate::sdk_bundle;
 
 /// Deploying compiles the module and runs its `init`: allow for a slow first compile.
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -37,7 +38,8 @@ pub enum TransformCmd {
         /// Create it here instead of ./NAME.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Path to the SDK crate (sdk/sluice of a Sluice checkout) [env: SLUICE_SDK_PATH; default: the checkout this binary was built from].
+        /// Use this SDK crate (sdk/sluice of a Sluice checkout) [env: SLUICE_SDK_PATH; default: the SDK built
+        /// into this binary, unpacked once to $XDG_DATA_HOME/sluice/sdk/VERSION (~/.local/share/sluice/sdk/VERSION)].
         #[arg(long, env = "SLUICE_SDK_PATH")]
         sdk_path: Option<PathBuf>,
     },
@@ -312,12 +314,6 @@ fn print_status(status: &Value, as_json: bool) {
     }
 }
 
-/// The SDK of the checkout this binary was built from, if it is still there.
-fn default_sdk_path() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/sluice");
-    path.canonicalize().ok()
-}
-
 fn init(name: &str, dir: Option<PathBuf>, sdk_path: Option<PathBuf>) -> Result<()> {
     if name.is_empty()
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -329,13 +325,22 @@ fn init(name: &str, dir: Option<PathBuf>, sdk_path: Option<PathBuf>) -> Result<(
     if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return usage(format!("{} already exists and is not empty", dir.display()));
     }
-    let Some(sdk) = sdk_path.or_else(default_sdk_path) else {
-        return usage("cannot find the Sluice SDK: pass --sdk-path /path/to/sluice/sdk/sluice (or set SLUICE_SDK_PATH)");
+    let sdk = match sdk_path {
+        Some(sdk) => {
+            let sdk = sdk.canonicalize().map_err(|e| crate::exit::UsageError(format!("SDK path {}: {e}", sdk.display())))?;
+            if !sdk.join("Cargo.toml").exists() {
+                return usage(format!("{} is not the SDK crate (no Cargo.toml); point --sdk-path at sdk/sluice", sdk.display()));
+            }
+            sdk
+        }
+        // The SDK this binary carries, so a binary installed anywhere scaffolds a crate that builds.
+        None => {
+            let Some(root) = sdk_bundle::default_root() else {
+                return usage("cannot tell where to unpack the Sluice SDK: set XDG_DATA_HOME or HOME, or pass --sdk-path");
+            };
+            sdk_bundle::unpack(&root).context("unpacking the Sluice SDK")?
+        }
     };
-    let sdk = sdk.canonicalize().map_err(|e| crate::exit::UsageError(format!("SDK path {}: {e}", sdk.display())))?;
-    if !sdk.join("Cargo.toml").exists() {
-        return usage(format!("{} is not the SDK crate (no Cargo.toml); point --sdk-path at sdk/sluice", sdk.display()));
-    }
     std::fs::create_dir_all(dir.join("src")).with_context(|| format!("creating {}", dir.display()))?;
     let manifest = format!(
         r#"[package]
@@ -348,7 +353,7 @@ edition = "2024"
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-sluice = {{ path = "{sdk}" }}
+sluice = {{ path = {sdk} }}
 serde = {{ version = "1", features = ["derive"] }}
 
 [profile.release]
@@ -359,12 +364,13 @@ codegen-units = 1
 # A crate of its own, not a member of an enclosing workspace.
 [workspace]
 "#,
-        sdk = sdk.display()
+        // A TOML string, quoted and escaped, whatever the path holds.
+        sdk = toml::Value::String(sdk.display().to_string())
     );
     std::fs::write(dir.join("Cargo.toml"), manifest)?;
     std::fs::write(dir.join("src/lib.rs"), LIB_TEMPLATE)?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
-    println!("Created transform crate `{name}` in {}.", dir.display());
+    println!("Created transform crate `{name}` in {}, using the Sluice SDK in {}.", dir.display(), sdk.display());
     println!("Next:");
     println!("  cd {} && cargo test                      # unit-test it natively", dir.display());
     println!("  sluice transform build                     # -> target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
