@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -589,3 +590,45 @@ def test_consume_into_closed_pipe_exits_quietly(broker):
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, timeout=30, env=cli_env())
     assert proc.stdout == b"v" * 100 + b"\n"
     assert b"panicked" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# server logs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def start_logging_broker(make_broker, tmp_path, *extra: str) -> tuple[Broker, Path]:
+    """A broker whose stderr (only) goes to a file, started WITHOUT NO_COLOR in its environment (the harness
+    sets it for every other broker, which hid the bug), so colour depends on the terminal check alone."""
+    broker = make_broker(start=False, extra_args=extra)
+    log_path = tmp_path / "stderr.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "SLUICE_LOG_FORMAT")}
+    env["RUST_LOG"] = "info"
+    with open(log_path, "wb") as log:
+        broker.proc = subprocess.Popen(broker.command(), stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env)
+    broker.wait_ready()
+    # Something that logs beyond start-up: a topic created through the Kafka protocol.
+    create_topic(broker, unique("cli-logs"), 1)
+    return broker, log_path
+
+
+def test_server_logs_to_a_file_carry_no_colour_codes(make_broker, tmp_path):
+    broker, log_path = start_logging_broker(make_broker, tmp_path)
+    broker.kill9()
+    text = log_path.read_bytes()
+    assert b"INFO" in text, text[-2000:]
+    assert b"\x1b[" not in text, f"ANSI escape codes in a log written to a file: {text[:500]!r}"
+
+
+def test_server_log_format_json_writes_one_object_per_line(make_broker, tmp_path):
+    broker, log_path = start_logging_broker(make_broker, tmp_path, "--log-format", "json")
+    broker.kill9()
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert len(lines) >= 2, lines
+    for line in lines:
+        entry = json.loads(line)
+        assert entry["level"] in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR"), entry
+        assert isinstance(entry.get("message"), str) and entry["message"], entry
+        assert "timestamp" in entry and "target" in entry, entry
+    bad = subprocess.run([str(require_binary()), "server", "--log-format", "xml"], capture_output=True, timeout=30, env=cli_env())
+    assert bad.returncode == 2 and b"--log-format" in bad.stderr

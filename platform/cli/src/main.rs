@@ -8,6 +8,7 @@
 //! the client; `http` is the bounded admin-API client; `output` prints tables and JSON; `exit` maps
 //! failures to exit codes; `sdk_bundle` is the guest SDK packed into the binary for `transform init`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -125,6 +126,33 @@ struct ServerArgs {
     /// List every broker setting with its default and meaning, then exit.
     #[arg(long)]
     help_config: bool,
+    /// Log line format on stderr: `text` for people (coloured only on a terminal), `json` (one object per
+    /// line with timestamp, level, message, target and fields) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the `tracing` subscriber: `RUST_LOG` if set, else `default_filter`, to stderr. Colour codes
+/// only when stderr is a terminal and `NO_COLOR` is unset: in a file or a pipe they are noise that log
+/// tools show as `\x1b[2m`.
+fn init_logging(default_filter: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::stderr().is_terminal() && !no_color;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        // Message and fields at the top level of each object, where log shippers look for them.
+        LogFormat::Json => builder.json().flatten_event(true).with_ansi(false).init(),
+    }
 }
 
 /// Flattens a TOML document into (dotted name, value) pairs: `log.retention.ms = 5` in TOML is a
@@ -255,13 +283,10 @@ where
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client commands log only warnings unless RUST_LOG asks for more: their stderr is for people.
-    let default_filter = if matches!(cli.command, Command::Server(_)) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    match &cli.command {
+        Command::Server(args) => init_logging("info", args.log_format),
+        _ => init_logging("warn", LogFormat::Text),
+    }
     match cli.command {
         Command::Server(args) => run_server(args),
         Command::Bench(args) => run_client(bench::run(args)),
