@@ -157,7 +157,7 @@ fn init_logging(default_filter: &str, format: LogFormat) {
 
 /// Flattens a TOML document into (dotted name, value) pairs: `log.retention.ms = 5` in TOML is a
 /// nested table, and `"log.retention.ms" = 5` a quoted key; both mean the same setting.
-fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> Result<(), String> {
+fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) -> anyhow::Result<()> {
     for (key, value) in table {
         let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match value {
@@ -167,34 +167,35 @@ fn flatten_toml(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String
             toml::Value::Boolean(b) => out.push((name, b.to_string())),
             toml::Value::Float(f) => out.push((name, f.to_string())),
             toml::Value::Array(items) => {
-                let parts: Result<Vec<String>, String> = items
+                let parts: Vec<String> = items
                     .iter()
                     .map(|v| match v {
-                        toml::Value::String(s) => Ok(s.clone()),
-                        other => Ok(other.to_string()),
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
                     })
                     .collect();
-                out.push((name, parts?.join(",")));
+                out.push((name, parts.join(",")));
             }
-            toml::Value::Datetime(_) => return Err(format!("{name}: dates are not a valid setting value")),
+            toml::Value::Datetime(_) => anyhow::bail!("{name}: dates are not a valid setting value"),
         }
     }
     Ok(())
 }
 
-fn load_config(args: &ServerArgs) -> Result<BrokerConfig, String> {
+fn load_config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
+    use anyhow::anyhow;
     let mut pairs = Vec::new();
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let table: toml::Table = text.parse().map_err(|e| format!("config file {} is not valid TOML: {e}", path.display()))?;
-        flatten_toml("", &table, &mut pairs).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let table: toml::Table = text.parse().map_err(|e| anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+        flatten_toml("", &table, &mut pairs).map_err(|e| anyhow!("config file {}: {e}", path.display()))?;
     }
     for setting in &args.settings {
         let (name, value) =
-            setting.split_once('=').ok_or_else(|| format!("--set {setting}: expected NAME=VALUE, e.g. --set num.partitions=3"))?;
+            setting.split_once('=').ok_or_else(|| anyhow!("--set {setting}: expected NAME=VALUE, e.g. --set num.partitions=3"))?;
         pairs.push((name.trim().to_string(), value.trim().to_string()));
     }
-    BrokerConfig::from_settings(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| format!("invalid setting {e}"))
+    BrokerConfig::from_settings(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| anyhow!("invalid setting {e}"))
 }
 
 fn print_settings() {

@@ -336,3 +336,46 @@ async fn bootstrap_connection(brokers: &[String], options: &ConnectionOptions) -
         _ => Err(ClientError::NoBootstrapReachable { failures: failures.iter().map(ToString::to_string).collect() }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FetchOptions, PartitionBatch, produce::Acks};
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: T) {}
+
+    /// A client is shared between tasks (a mirror runs one per partition set), so it and the futures
+    /// of its calls must be `Send`; this fails to compile otherwise.
+    #[allow(dead_code)]
+    fn shared_between_tasks(client: &Client) {
+        is_send_sync(client);
+        is_send(client.metadata(None));
+        is_send(client.fetch(0, &[], &FetchOptions::default()));
+        is_send(client.produce(0, &[] as &[PartitionBatch], Acks::All, 1000));
+        is_send(client.find_coordinator("g"));
+    }
+
+    #[test]
+    fn offset_specs_map_to_listoffsets_timestamps() {
+        assert_eq!(OffsetSpec::Earliest.wire_timestamp(), -2);
+        assert_eq!(OffsetSpec::Latest.wire_timestamp(), -1);
+        assert_eq!(OffsetSpec::Timestamp(1_700_000_000_000).wire_timestamp(), 1_700_000_000_000);
+    }
+
+    #[tokio::test]
+    async fn bootstrap_reports_every_unreachable_address() {
+        let mut addrs = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addrs.push(listener.local_addr().expect("addr").to_string());
+        }
+        // Both listeners are closed now: nothing answers at either address.
+        let error = Client::connect(&addrs, ClientOptions::default()).await.err().expect("unreachable");
+        assert!(error.is_unreachable(), "{error}");
+        assert!(addrs.iter().all(|a| error.to_string().contains(a.as_str())), "{error}");
+        let one = Client::connect(&addrs[..1], ClientOptions::default()).await.err().expect("unreachable");
+        assert!(one.is_connect_failure(), "{one}");
+        assert!(matches!(Client::connect(&[" ".to_string()], ClientOptions::default()).await, Err(ClientError::NoBrokers)));
+    }
+}
