@@ -40,15 +40,40 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .with_state(broker)
 }
 
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+/// An admin API error: a JSON body `{"error": "<sentence saying what to do>", "code": "<machine-readable>"}`
+/// with an HTTP status. The one REST error type of the broker and of every runtime's routes
+/// (re-exported as `host::ApiError`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into() }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 404 with `code` naming what was not found (`unknown_transform`, …).
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409 `conflict`.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// 500 `internal`.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 }
 
@@ -71,7 +96,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+/// A JSON request body, or a 400 `bad_body` that says what was wrong with it.
+pub fn json_body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(v)| v).map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text()))
 }
 
@@ -184,7 +210,7 @@ async fn create_topic(
     State(broker): State<Arc<Broker>>,
     payload: Result<Json<CreateTopicBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let request = body(payload)?;
+    let request = json_body(payload)?;
     if request.replication_factor.is_some_and(|r| r != 1) {
         return Err(
             BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()).into()

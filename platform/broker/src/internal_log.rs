@@ -15,12 +15,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::RecordBatchDecoder;
 use parking_lot::{Mutex, MutexGuard};
 use sluice_storage::{AppendMode, LogConfig, PartitionLog};
 
 use crate::error::BrokerError;
+use crate::record_batch::{BatchBuilder, BatchProducer, RecordRef};
 
 const REWRITE_SUFFIX: &str = ".rewrite";
 const RETIRED_SUFFIX: &str = ".retired";
@@ -45,32 +45,12 @@ fn log_config() -> LogConfig {
     LogConfig { retention_ms: None, retention_bytes: None, delete_enabled: false, segment_bytes: 64 * 1024 * 1024, ..LogConfig::default() }
 }
 
-fn encode(entries: &[KeyedEntry], now: i64) -> Result<BytesMut, BrokerError> {
-    // Offsets inside the batch must be consecutive: the encoder derives the batch's last offset
-    // delta from them, and the log rejects a batch whose count and delta disagree.
-    let records: Vec<Record> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now,
-            key: Some(key.clone().into()),
-            value: value.clone().map(Into::into),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
-        .map_err(|e| BrokerError::Storage(format!("encoding an internal log record: {e}")))?;
-    Ok(buf)
+fn encode(entries: &[KeyedEntry], now: i64) -> BytesMut {
+    let mut builder = BatchBuilder::new(BatchProducer::NONE);
+    for (key, value) in entries {
+        builder.push(&RecordRef { key: Some(key), value: value.as_deref(), headers: &[], timestamp_ms: now });
+    }
+    builder.finish()
 }
 
 fn replay(name: &str, log: &PartitionLog, each: &mut impl FnMut(&[u8], Option<&[u8]>)) -> Result<(), String> {
@@ -140,7 +120,7 @@ impl KeyedLogGuard<'_> {
             return Ok(());
         }
         let now = crate::now_ms();
-        let mut batch = encode(entries, now)?;
+        let mut batch = encode(entries, now);
         self.log.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now)?;
         if fsync {
             self.log.flush()?;
@@ -168,7 +148,7 @@ impl KeyedLogGuard<'_> {
         let mut fresh = PartitionLog::open(&rewrite, log_config(), now).map_err(|e| e.to_string())?;
         for chunk in live.chunks(REWRITE_BATCH_ENTRIES) {
             let entries: Vec<KeyedEntry> = chunk.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
-            let mut batch = encode(&entries, now).map_err(|e| e.to_string())?;
+            let mut batch = encode(&entries, now);
             fresh.append(&mut batch, AppendMode::AssignOffsets { leader_epoch: 0 }, now).map_err(|e| e.to_string())?;
         }
         fresh.close().map_err(|e| e.to_string())?;

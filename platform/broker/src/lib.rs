@@ -7,7 +7,10 @@
 //! - [`broker`]: shared state and control-plane operations (topics, producer ids).
 //! - [`topic`]: topics and partitions around the storage log: high watermark, group commit.
 //! - [`groups`] and [`offsets`]: the consumer-group coordinator and durable committed offsets.
-//! - [`transactions`]: the transaction coordinator; [`txn_writer`]: the in-process transactional producer.
+//! - [`transactions`]: the transaction coordinator.
+//! - [`host`]: what in-broker runtimes (transforms, connectors, mirrors) may use: the extension
+//!   hook, the committed reader and the transactional producer.
+//! - `record_batch`: the one RecordBatch v2 encoder for records the broker writes itself.
 //! - [`internal_log`]: the keyed logs behind committed offsets and transaction state.
 //! - [`metastore`]: durable topic definitions and cluster identity.
 //! - [`config`]: Kafka-named broker and topic settings, parsed and validated once.
@@ -31,14 +34,15 @@ pub mod config;
 pub mod error;
 pub mod groups;
 pub mod handlers;
+pub mod host;
 pub mod internal_log;
 pub mod metastore;
 pub mod metrics;
 pub mod offsets;
+mod record_batch;
 pub mod server;
 pub mod topic;
 pub mod transactions;
-pub mod txn_writer;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
@@ -55,21 +59,9 @@ pub struct ServerOptions {
     pub listen: String,
     pub admin_listen: String,
     pub config: BrokerConfig,
-    /// Subsystems that run inside the broker on top of it (the Wasm transform runtime): started once
-    /// the logs are recovered, stopped before they close.
-    pub extensions: Vec<Arc<dyn Extension>>,
-}
-
-/// A subsystem that runs inside the broker process on top of [`Broker`]: the Wasm transform runtime,
-/// later connectors and mirrors. It lives in its own crate (the broker does not depend on it) and
-/// plugs in here.
-pub trait Extension: Send + Sync {
-    /// Called once the broker has recovered its logs and before clients are served. Returns routes
-    /// merged into the admin API (their paths must not collide with the broker's own).
-    fn start(&self, broker: Arc<Broker>) -> Result<axum::Router, String>;
-    /// Called at shutdown, after clients are disconnected and before the logs close. Must return
-    /// once the extension no longer writes to the broker.
-    fn stop(&self);
+    /// Runtimes that run inside the broker through [`host::Host`] (the Wasm transform runtime,
+    /// connectors, mirrors): started once the logs are recovered, stopped before they close.
+    pub extensions: Vec<Arc<dyn host::Extension>>,
 }
 
 /// Addresses actually bound (useful when asked for port 0).
@@ -98,9 +90,14 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await.map_err(|e| e.to_string())??;
     let mut admin_router = admin::router(Arc::clone(&broker));
     for extension in &options.extensions {
-        let (extension, broker) = (Arc::clone(extension), Arc::clone(&broker));
+        let name = extension.name();
+        let host = host::Host::new(Arc::clone(&broker), name, tokio::runtime::Handle::current());
+        let extension = Arc::clone(extension);
         // Starting may compile Wasm modules or read files: keep it off the async workers.
-        let routes = tokio::task::spawn_blocking(move || extension.start(broker)).await.map_err(|e| e.to_string())??;
+        let routes = tokio::task::spawn_blocking(move || extension.start(host))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
         admin_router = admin_router.merge(routes);
     }
     let (stop_sender, stop) = watch::channel(false);

@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use sluice_storage::{AbortedTxn, AppendMode, AppendResult, BatchHeader, PartitionLog, ReadResult, StorageError, TxnMarker};
@@ -74,6 +75,10 @@ impl Topic {
         self.partitions.read().len() as i32
     }
 }
+
+/// How long a write waits for its fsync under fsync-before-ack when the writer gave no timeout (a
+/// produce request's default `request.timeout.ms`).
+pub const DURABILITY_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How a partition makes writes durable, from `flush.messages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +238,31 @@ impl Partition {
             if flushed.changed().await.is_err() {
                 return Err(BrokerError::Storage("partition closed".into()));
             }
+        }
+    }
+
+    /// The one append-then-wait-durable path for every writer (produce requests, the in-process
+    /// producer): under fsync-before-ack, waits up to `timeout` for everything below `offset` to be on
+    /// stable storage; under the page-cache policy, returns at once.
+    pub async fn wait_durable_within(self: &Arc<Self>, offset: i64, timeout: Duration) -> Result<(), BrokerError> {
+        if self.policy() != FlushPolicy::BeforeAck {
+            return Ok(());
+        }
+        match tokio::time::timeout(timeout, self.wait_durable(offset)).await {
+            Ok(result) => result,
+            Err(_) => Err(BrokerError::Timeout(format!("fsync did not complete within {} ms", timeout.as_millis()))),
+        }
+    }
+
+    /// [`Self::wait_durable_within`] with [`DURABILITY_WAIT_DEFAULT`], for blocking callers (threads
+    /// of in-broker runtimes). Without a tokio runtime (tests) it fsyncs itself.
+    pub fn wait_durable_blocking(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
+        if self.policy() != FlushPolicy::BeforeAck {
+            return Ok(());
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => tokio::task::block_in_place(|| handle.block_on(self.wait_durable_within(offset, DURABILITY_WAIT_DEFAULT))),
+            Err(_) => self.flush_blocking().map_err(BrokerError::Log),
         }
     }
 

@@ -643,17 +643,20 @@ impl TransactionCoordinator {
     /// Runs `append` for a transactional produce from `producer_id`/`epoch` to (topic, partition),
     /// after checking that the producer's transaction is open and holds that partition. The id's lock
     /// is held across the append, so it cannot interleave with the transaction's completion.
+    /// `transactional_id` is the id the request names: the producer id must belong to it.
     pub fn transactional_append<T>(
         &self,
+        transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         topic: &str,
         partition: i32,
         append: impl FnOnce() -> T,
     ) -> Result<T, ResponseError> {
-        let transactional_id =
-            self.by_producer.get(&producer_id).map(|e| e.value().clone()).ok_or(ResponseError::InvalidProducerIdMapping)?;
-        let slot = self.existing_slot(&transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
+        if self.by_producer.get(&producer_id).is_none_or(|owner| owner.value() != transactional_id) {
+            return Err(ResponseError::InvalidProducerIdMapping);
+        }
+        let slot = self.existing_slot(transactional_id).ok_or(ResponseError::InvalidProducerIdMapping)?;
         let guard = slot.lock();
         let metadata = guard.as_ref().ok_or(ResponseError::InvalidProducerIdMapping)?;
         if producer_id != metadata.producer_id {

@@ -318,3 +318,44 @@ async fn an_abandoned_transaction_is_aborted_at_its_timeout_and_its_producer_fen
     assert_eq!(end(&mut client, "t4", pid, epoch, true).await, PRODUCER_FENCED);
     broker.stop().await;
 }
+
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
+const GROUP_AUTHORIZATION_FAILED: i16 = 30;
+
+/// Issue 10, item 15: transactional ids and groups under `__sluice` belong to the broker's runtimes.
+/// Before, any client could InitProducerId `__sluice-transform-<name>-<p>` (fencing the runner) or
+/// commit to `__sluice-transform-<name>` (moving its input position).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_reserved_for_the_broker_are_refused_to_clients() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "tx", 1, &[]).await, 0);
+    assert_eq!(init(&mut client, "__sluice-transform-t-0", 60_000).await.0, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    assert_eq!(end(&mut client, "__sluice-transform-t-0", 0, 0, true).await, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+
+    let commit = OffsetCommitRequest::default().with_group_id(GroupId(s("__sluice-transform-t"))).with_topics(vec![
+        kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic::default().with_name(TopicName(s("tx"))).with_partitions(
+            vec![kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition::default().with_committed_offset(5)],
+        ),
+    ]);
+    let response: OffsetCommitResponse = client.call(ApiKey::OffsetCommit, 8, &commit).await;
+    assert_eq!(response.topics[0].partitions[0].error_code, GROUP_AUTHORIZATION_FAILED);
+    let join = JoinGroupRequest::default()
+        .with_group_id(GroupId(s("__sluice-transform-t")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(s("consumer"));
+    let response: JoinGroupResponse = client.call(ApiKey::JoinGroup, 5, &join).await;
+    assert_eq!(response.error_code, GROUP_AUTHORIZATION_FAILED);
+    // Reading a runtime's group stays allowed (operators look at transform positions).
+    assert_eq!(offset_fetch(&mut client, "__sluice-transform-t", "tx", false).await, (0, -1));
+
+    // A transactional produce must come from the producer its transactional id owns: t2's request
+    // cannot carry t1's producer id into t1's transaction.
+    let (_, pid, epoch) = init(&mut client, "t1", 60_000).await;
+    assert_eq!(init(&mut client, "t2", 60_000).await.0, 0);
+    assert_eq!(add_partition(&mut client, "t1", pid, epoch, "tx", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "t2", "tx", txn_batch(&["smuggled"], pid, epoch, 0)).await.0, INVALID_PRODUCER_ID_MAPPING);
+    assert_eq!(txn_produce(&mut client, "t1", "tx", txn_batch(&["own"], pid, epoch, 0)).await, (0, 0));
+    broker.stop().await;
+}

@@ -2,22 +2,25 @@
 //!
 //! A transform reads one input topic, runs the user's component (`sluice-wasm`) on each batch and
 //! writes the results to its output topics, exactly once: every batch's output and the input
-//! position after it commit in one Kafka transaction (`sluice_broker::txn_writer`).
+//! position after it commit in one Kafka transaction. It sees the broker only through
+//! `sluice_broker::host`: a committed reader per input partition and a transactional producer.
 //!
 //! - [`spec`]: the deployment spec, its validation and its files under `<data-dir>/__transforms/`.
 //! - [`manager`]: deployments by name; deploy, redeploy, pause, resume, limits, delete, restore.
 //! - [`runner`]: one thread per input partition: read committed input → process → commit.
+//! - [`isolate`]: finds the failing records of a failing batch for the dead-letter policy.
 //! - [`api`]: `/v1/transforms` on the admin API. [`logs`], [`metrics`]: what operators see.
 //!
-//! [`TransformsExtension`] plugs all of it into `sluice_broker::run`.
+//! [`TransformsExtension`] plugs all of it into the broker as a `host::Extension`.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use sluice_broker::{Broker, Extension};
+use sluice_broker::host::{Extension, Host, StartError};
 
 pub mod api;
 pub mod error;
+pub mod isolate;
 pub mod logs;
 pub mod manager;
 pub mod metrics;
@@ -33,9 +36,12 @@ pub struct TransformsExtension {
 }
 
 impl Extension for TransformsExtension {
-    fn start(&self, broker: Arc<Broker>) -> Result<axum::Router, String> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|e| format!("the transform runtime needs a tokio runtime: {e}"))?;
-        let manager = Arc::new(TransformManager::open(broker, handle)?);
+    fn name(&self) -> &'static str {
+        "transforms"
+    }
+
+    fn start(&self, host: Host) -> Result<axum::Router, StartError> {
+        let manager = Arc::new(TransformManager::open(host)?);
         manager.start_all();
         *self.manager.lock() = Some(Arc::clone(&manager));
         Ok(api::router(manager))

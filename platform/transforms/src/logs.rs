@@ -43,7 +43,7 @@ impl LogBuffer {
         if lines.len() == LOG_LINES_KEPT {
             lines.pop_front();
         }
-        lines.push_back(LogLine { at_ms: sluice_broker::now_ms(), level: level_name, message: message.to_string() });
+        lines.push_back(LogLine { at_ms: sluice_broker::host::now_ms(), level: level_name, message: message.to_string() });
     }
 
     pub fn recent(&self, n: usize) -> Vec<LogLine> {

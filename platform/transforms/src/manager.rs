@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 use serde::Serialize;
-use sluice_broker::Broker;
+use sluice_broker::host::Host;
 use sluice_wasm::{Engine, EngineConfig, InstanceConfig, Limits, Module, TransformError};
 
 use crate::error::ApiError;
@@ -25,11 +25,10 @@ struct Running {
 }
 
 pub struct TransformManager {
-    broker: Arc<Broker>,
+    host: Host,
     engine: Engine,
     store: Store,
     families: MetricFamilies,
-    handle: tokio::runtime::Handle,
     deployments: Mutex<BTreeMap<String, Running>>,
     /// Serialises deploys, deletes and restarts (compiling happens outside `deployments`' lock).
     control: Mutex<()>,
@@ -74,11 +73,11 @@ pub struct PartitionStatus {
 const STATUS_LOG_LINES: usize = 20;
 
 impl TransformManager {
-    pub fn open(broker: Arc<Broker>, handle: tokio::runtime::Handle) -> Result<TransformManager, String> {
-        let store = Store::open(&broker.data_dir)?;
+    pub fn open(host: Host) -> Result<TransformManager, String> {
+        let store = Store::open(&host.data_dir().map_err(|e| e.to_string())?)?;
         let engine = Engine::new(EngineConfig { cache_dir: Some(store.cache_dir()), ..Default::default() }).map_err(|e| e.to_string())?;
-        let families = MetricFamilies::register(&broker.metrics.registry)?;
-        Ok(TransformManager { broker, engine, store, families, handle, deployments: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
+        let families = MetricFamilies::register(host.metrics())?;
+        Ok(TransformManager { host, engine, store, families, deployments: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
     }
 
     /// Starts every stored deployment (at broker start). A deployment whose module no longer loads
@@ -112,10 +111,10 @@ impl TransformManager {
     fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), ApiError> {
         let spec = stored.spec.clone();
         let topic = self
-            .broker
+            .host
             .topic(&spec.input_topic)
             .ok_or_else(|| ApiError::bad_request(format!("input topic '{}' does not exist", spec.input_topic)))?;
-        let partitions = topic.partition_count().max(0) as usize;
+        let partitions = topic.partitions.max(0) as usize;
         let logs = Arc::new(LogBuffer::new(&spec.name));
         let shared = Arc::new(Shared {
             limits: Mutex::new(spec.limits()),
@@ -131,7 +130,7 @@ impl TransformManager {
         });
         let mut threads = Vec::with_capacity(partitions);
         for p in 0..partitions as i32 {
-            match runner::spawn(Arc::clone(&self.broker), Arc::clone(&shared), p, self.handle.clone()) {
+            match runner::spawn(self.host.clone(), Arc::clone(&shared), p) {
                 Ok(thread) => threads.push(thread),
                 Err(error) => {
                     // Stop the runners already started rather than leave them untracked.
@@ -168,14 +167,14 @@ impl TransformManager {
         let missing = |what: &str, topic: &str| {
             ApiError::bad_request(format!("{what} topic '{topic}' does not exist; create it first (sluice topic create {topic})"))
         };
-        let input = self.broker.topic(&spec.input_topic).ok_or_else(|| missing("input", &spec.input_topic))?;
+        let input = self.host.topic(&spec.input_topic).ok_or_else(|| missing("input", &spec.input_topic))?;
         for topic in &spec.output_topics {
-            self.broker.topic(topic).ok_or_else(|| missing("output", topic))?;
+            self.host.topic(topic).ok_or_else(|| missing("output", topic))?;
         }
         if let ErrorPolicy::DeadLetter(topic) = &spec.error_policy {
-            self.broker.topic(topic).ok_or_else(|| missing("dead-letter", topic))?;
+            self.host.topic(topic).ok_or_else(|| missing("dead-letter", topic))?;
         }
-        if input.partition_count() < 1 {
+        if input.partitions < 1 {
             return Err(ApiError::bad_request("the input topic has no partitions"));
         }
         let module = self.engine.load(&bytes).map_err(module_error)?;
@@ -191,7 +190,7 @@ impl TransformManager {
             module_bytes: bytes.len(),
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             paused: false,
-            deployed_at_ms: sluice_broker::now_ms(),
+            deployed_at_ms: sluice_broker::host::now_ms(),
             spec,
         };
         let name = stored.spec.name.clone();
@@ -219,7 +218,7 @@ impl TransformManager {
         let _control = self.control.lock();
         let stored = self.stop(name).ok_or_else(|| ApiError::not_found(name))?;
         self.store.remove(name).map_err(ApiError::internal)?;
-        let partitions = self.broker.topic(&stored.spec.input_topic).map_or(0, |t| t.partition_count().max(0) as usize);
+        let partitions = self.host.topic(&stored.spec.input_topic).map_or(0, |t| t.partitions.max(0) as usize);
         self.families.forget(name, partitions);
         self.collect_garbage();
         tracing::info!(transform = name, "transform deleted");
@@ -275,14 +274,13 @@ impl TransformManager {
         let running = deployments.get(name).ok_or_else(|| ApiError::not_found(name))?;
         let shared = &running.shared;
         let spec = &shared.spec;
-        let input = self.broker.topic(&spec.input_topic);
         let partitions: Vec<PartitionStatus> = shared
             .partitions
             .iter()
             .enumerate()
             .map(|(p, state)| {
                 let position = state.position.load(Ordering::Acquire);
-                let last_stable = input.as_ref().and_then(|t| t.partition(p as i32)).map_or(position, |p| p.last_stable_offset());
+                let last_stable = self.host.partition_offsets(&spec.input_topic, p as i32).map_or(position, |offsets| offsets.last_stable);
                 PartitionStatus {
                     partition: p as i32,
                     position,

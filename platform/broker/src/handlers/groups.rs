@@ -27,7 +27,14 @@ use kafka_protocol::messages::{
 use super::{ConnCtx, blocking, str_bytes};
 use crate::broker::Broker;
 use crate::groups::{GroupState, JoinRequest};
+use crate::host::is_internal_name;
 use crate::offsets::{COMMIT_METADATA_BYTES_MAX, CommittedOffset};
+
+/// Groups under `__sluice` hold the positions of the broker's own runtimes (transforms, connectors,
+/// mirrors); clients may read them but not join, commit to or delete them.
+fn writable(group: &str) -> Result<(), ResponseError> {
+    if is_internal_name(group) { Err(ResponseError::GroupAuthorizationFailed) } else { Ok(()) }
+}
 
 fn error_code(result: Result<(), ResponseError>) -> i16 {
     result.err().map_or(0, |e| e.code())
@@ -40,6 +47,9 @@ pub async fn join_group(
     version: i16,
     client_id: String,
 ) -> JoinGroupResponse {
+    if let Err(error) = writable(request.group_id.0.as_str()) {
+        return JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1);
+    }
     let join = JoinRequest {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),
@@ -56,6 +66,9 @@ pub async fn join_group(
 }
 
 pub async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> SyncGroupResponse {
+    if let Err(error) = writable(request.group_id.0.as_str()) {
+        return SyncGroupResponse::default().with_error_code(error.code());
+    }
     let assignments: Vec<(String, Bytes)> = request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
     broker
         .groups
@@ -71,7 +84,8 @@ pub async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> Sync
 }
 
 pub fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
-    let result = broker.groups.heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id);
+    let result = writable(request.group_id.0.as_str())
+        .and_then(|()| broker.groups.heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
     HeartbeatResponse::default().with_error_code(error_code(result))
 }
 
@@ -79,7 +93,10 @@ pub fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i1
     // v0-2 name one member; v3+ a batch.
     let member_ids: Vec<String> =
         if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
-    let results = broker.groups.leave(request.group_id.0.as_str(), &member_ids);
+    let results = match writable(request.group_id.0.as_str()) {
+        Ok(()) => broker.groups.leave(request.group_id.0.as_str(), &member_ids),
+        Err(error) => member_ids.into_iter().map(|id| (id, Err(error))).collect(),
+    };
     if version >= 3 {
         let members = results
             .into_iter()
@@ -169,6 +186,9 @@ pub fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGro
         .map(|group_id| {
             let id = group_id.0.to_string();
             let result = DeletableGroupResult::default().with_group_id(group_id);
+            if let Err(error) = writable(&id) {
+                return result.with_error_code(error.code());
+            }
             let has_offsets = !broker.offsets.group(&id).is_empty();
             match broker.groups.remove_if_empty(&id) {
                 Err(error) => result.with_error_code(error.code()),
@@ -188,7 +208,8 @@ pub fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGro
 
 pub fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
-    let membership = broker.groups.check_commit(&group, request.member_id.as_str(), request.generation_id_or_member_epoch);
+    let membership = writable(&group)
+        .and_then(|()| broker.groups.check_commit(&group, request.member_id.as_str(), request.generation_id_or_member_epoch));
     let now = crate::now_ms();
     let mut entries = Vec::new();
     let mut topics: Vec<OffsetCommitResponseTopic> = request
@@ -334,6 +355,9 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
 
 pub fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.0.to_string();
+    if let Err(error) = writable(&group) {
+        return OffsetDeleteResponse::default().with_error_code(error.code());
+    }
     if broker.offsets.group(&group).is_empty() && broker.groups.describe(&group).is_none() {
         return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code());
     }

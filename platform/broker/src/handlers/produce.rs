@@ -17,10 +17,7 @@ use sluice_storage::{AppendMode, BatchHeader, StorageError};
 use super::{Reply, blocking, str_bytes};
 use crate::broker::Broker;
 use crate::error::storage_error_code;
-use crate::topic::{FlushPolicy, Partition};
-
-/// How long an acks=all/1 response may wait for its fsync when the client sent no usable timeout.
-const DURABILITY_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+use crate::topic::{DURABILITY_WAIT_DEFAULT, FlushPolicy, Partition};
 
 struct PendingDurability {
     topic_idx: usize,
@@ -52,6 +49,7 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
         return Reply::Ready(ProduceResponse::default().with_responses(responses).into());
     }
     let now = crate::now_ms();
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.0.as_str()).unwrap_or_default();
     let mut pending = Vec::new();
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
@@ -79,7 +77,7 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 partition_responses.push(error_response(index, ResponseError::InvalidRecord, Some(why.into())));
                 continue;
             }
-            if transactional != request.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+            if transactional != !transactional_id.is_empty() {
                 let why = if transactional {
                     "transactional batches need the request's transactional id"
                 } else {
@@ -89,12 +87,15 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 continue;
             }
             let appended = match header.filter(|_| transactional) {
-                // The coordinator checks the producer's transaction holds this partition, and keeps
-                // the transaction from completing while the batch is appended.
-                Some(h) => match blocking(|| {
-                    broker
-                        .transactions
-                        .transactional_append(h.producer_id, h.producer_epoch, &name, index, || partition.append(&mut batch, mode, now))
+                // The coordinator checks the producer belongs to the request's transactional id and
+                // its transaction holds this partition, and keeps the transaction from completing
+                // while the batch is appended.
+                Some(h) => match reserved_id(transactional_id).and_then(|id| {
+                    blocking(|| {
+                        broker.transactions.transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
+                            partition.append(&mut batch, mode, now)
+                        })
+                    })
                 }) {
                     Ok(appended) => appended,
                     Err(error) => {
@@ -163,11 +164,10 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
     Reply::Deferred(Box::pin(async move {
         let mut response = response;
         for p in pending {
-            let outcome = tokio::time::timeout(wait, p.partition.wait_durable(p.offset)).await;
-            let error = match outcome {
-                Ok(Ok(())) => continue,
-                Ok(Err(error)) => (ResponseError::KafkaStorageError, error.to_string()),
-                Err(_) => (ResponseError::RequestTimedOut, format!("fsync did not complete within {} ms", wait.as_millis())),
+            let error = match p.partition.wait_durable_within(p.offset, wait).await {
+                Ok(()) => continue,
+                Err(error @ crate::error::BrokerError::Timeout(_)) => (ResponseError::RequestTimedOut, error.to_string()),
+                Err(error) => (ResponseError::KafkaStorageError, error.to_string()),
             };
             if let Some(entry) = response.responses.get_mut(p.topic_idx).and_then(|t| t.partition_responses.get_mut(p.partition_idx)) {
                 entry.error_code = error.0.code();
@@ -193,6 +193,15 @@ pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> Init
             tracing::error!(%error, "cannot allocate a producer id");
             InitProducerIdResponse::default().with_error_code(error.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
         }
+    }
+}
+
+/// The request's transactional id, unless it is one of the broker's own (`__sluice…`).
+fn reserved_id(transactional_id: &str) -> Result<&str, ResponseError> {
+    if crate::host::is_internal_name(transactional_id) {
+        Err(ResponseError::TransactionalIdAuthorizationFailed)
+    } else {
+        Ok(transactional_id)
     }
 }
 

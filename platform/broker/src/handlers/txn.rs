@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
 
 use super::{blocking, str_bytes};
 use crate::broker::Broker;
+use crate::host::is_internal_name;
 use crate::offsets::CommittedOffset;
 use crate::transactions::{PartitionResults, TxnStatus};
 
@@ -32,10 +33,25 @@ fn partition_error(outcome: &Result<PartitionResults, ResponseError>, topic: &st
     }
 }
 
+/// Transactional ids and groups under `__sluice` belong to the broker's own runtimes: a client that
+/// names one could fence a transform's runner or move its input position.
+fn reserved(transactional_id: &str, group: Option<&str>) -> Result<(), ResponseError> {
+    if is_internal_name(transactional_id) {
+        tracing::debug!(transactional_id, "refused a reserved transactional id");
+        return Err(ResponseError::TransactionalIdAuthorizationFailed);
+    }
+    if group.is_some_and(is_internal_name) {
+        return Err(ResponseError::GroupAuthorizationFailed);
+    }
+    Ok(())
+}
+
 /// InitProducerId with a non-empty transactional id.
 pub fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
     let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
-    let outcome = blocking(|| broker.transactions.init_producer_id(broker, transactional_id, request.transaction_timeout_ms, expected));
+    let outcome = reserved(transactional_id, None).and_then(|()| {
+        blocking(|| broker.transactions.init_producer_id(broker, transactional_id, request.transaction_timeout_ms, expected))
+    });
     match outcome {
         Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
         Err(error) => {
@@ -52,6 +68,8 @@ pub fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest
     let wanted: Vec<(String, i32)> = topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p))).collect();
     let outcome = if wanted.len() > TXN_REQUEST_PARTITIONS_MAX {
         Err(ResponseError::InvalidRequest)
+    } else if let Err(error) = reserved(request.v3_and_below_transactional_id.0.as_str(), None) {
+        Err(error)
     } else {
         blocking(|| {
             broker.transactions.add_partitions(
@@ -83,13 +101,15 @@ pub fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest
 }
 
 pub fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
-    let outcome = blocking(|| {
-        broker.transactions.add_offsets(
-            request.transactional_id.0.as_str(),
-            request.producer_id.0,
-            request.producer_epoch,
-            request.group_id.0.as_str(),
-        )
+    let outcome = reserved(request.transactional_id.0.as_str(), Some(request.group_id.0.as_str())).and_then(|()| {
+        blocking(|| {
+            broker.transactions.add_offsets(
+                request.transactional_id.0.as_str(),
+                request.producer_id.0,
+                request.producer_epoch,
+                request.group_id.0.as_str(),
+            )
+        })
     });
     AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |e| e.code()))
 }
@@ -115,6 +135,8 @@ pub fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> Tx
         .collect();
     let outcome = if offsets.len() > TXN_REQUEST_PARTITIONS_MAX {
         Err(ResponseError::InvalidRequest)
+    } else if let Err(error) = reserved(request.transactional_id.0.as_str(), Some(request.group_id.0.as_str())) {
+        Err(error)
     } else {
         blocking(|| {
             broker.transactions.txn_offset_commit(
@@ -151,7 +173,9 @@ pub fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> Tx
 
 pub fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
-    let outcome = blocking(|| broker.transactions.end_txn(broker, &id, request.producer_id.0, request.producer_epoch, request.committed));
+    let outcome = reserved(&id, None).and_then(|()| {
+        blocking(|| broker.transactions.end_txn(broker, &id, request.producer_id.0, request.producer_epoch, request.committed))
+    });
     if let Err(error) = outcome {
         tracing::debug!(transactional_id = id, commit = request.committed, ?error, "EndTxn refused");
     }

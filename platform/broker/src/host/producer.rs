@@ -1,0 +1,241 @@
+//! The in-process transactional producer: what a transactional Kafka client does, for code running
+//! inside the broker. It goes through the same transaction coordinator and the same checked append
+//! path as a client's requests, so an in-broker pipeline gets exactly the guarantee a Kafka client
+//! gets: its output records and its input progress (committed group offsets) become visible together
+//! when `commit` returns, or not at all.
+//!
+//! ```text
+//! let mut producer = host.producer("__sluice-transform-orders-0", 60_000)?;
+//! producer.send("orders-clean", 3, &records)?;          // any number of partitions
+//! producer.send_offsets("__sluice-transform-orders", &[("orders".into(), 0, next_offset)])?;
+//! producer.commit()?;                                    // or producer.abort()
+//! ```
+//!
+//! A second `init` with the same transactional id (a restarted runner) fences this one: its calls then
+//! fail with [`HostError::Fenced`], and its open transaction is aborted. Records are split into
+//! batches that fit the target topic's `max.message.bytes`. Every method does blocking file I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+
+use super::HostError;
+use crate::broker::Broker;
+use crate::error::storage_error_code;
+use crate::offsets::CommittedOffset;
+use crate::record_batch::{BATCH_HEADER_BYTES, BatchBuilder, BatchProducer, RecordRef};
+
+/// One record to write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProducerRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// Milliseconds since the epoch; the producer uses the current time when this is negative.
+    pub timestamp_ms: i64,
+}
+
+pub struct TransactionalProducer {
+    broker: Arc<Broker>,
+    transactional_id: String,
+    producer_id: i64,
+    epoch: i16,
+    /// Next sequence per partition (idempotence applies inside transactions too).
+    sequences: HashMap<(String, i32), i32>,
+    /// Partitions and groups already added to the current transaction, and the offset each
+    /// partition reached, for the durability wait before commit.
+    partitions: HashMap<(String, i32), i64>,
+    groups: HashSet<String>,
+}
+
+/// A coordinator or partition refusal as a host error.
+fn refused(action: String, error: ResponseError) -> HostError {
+    match error {
+        ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch | ResponseError::InvalidProducerIdMapping => {
+            HostError::Fenced { action }
+        }
+        ResponseError::RequestTimedOut => HostError::TimedOut(action),
+        ResponseError::KafkaStorageError => HostError::Storage(action),
+        other => HostError::Refused { action, reason: format!("{other:?}") },
+    }
+}
+
+impl TransactionalProducer {
+    pub(super) fn init(broker: Arc<Broker>, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
+        let (producer_id, epoch) = broker
+            .transactions
+            .init_producer_id(&broker, transactional_id, timeout_ms, None)
+            .map_err(|e| refused(format!("initialising transactional id '{transactional_id}'"), e))?;
+        Ok(TransactionalProducer {
+            broker,
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+            epoch,
+            sequences: HashMap::new(),
+            partitions: HashMap::new(),
+            groups: HashSet::new(),
+        })
+    }
+
+    pub fn transactional_id(&self) -> &str {
+        &self.transactional_id
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    pub fn epoch(&self) -> i16 {
+        self.epoch
+    }
+
+    /// Writes `records` to one partition inside the current transaction (starting one if needed), in
+    /// as many batches as the topic's `max.message.bytes` requires, and returns the offset of the
+    /// first. Empty input writes nothing and returns -1.
+    pub fn send(&mut self, topic: &str, partition: i32, records: &[ProducerRecord]) -> Result<i64, HostError> {
+        if records.is_empty() {
+            return Ok(-1);
+        }
+        let key = (topic.to_string(), partition);
+        let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
+        let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
+        let limit_bytes = target.log.read().config().max_batch_bytes as usize;
+        if !self.partitions.contains_key(&key) {
+            let results = self
+                .broker
+                .transactions
+                .add_partitions(&self.broker, &self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
+                .map_err(|e| refused(action(), e))?;
+            if let Some(error) = results.into_iter().find_map(|(_, e)| e) {
+                return Err(refused(action(), error));
+            }
+            self.partitions.insert(key.clone(), 0);
+        }
+        let now = crate::now_ms();
+        let mut first_offset = -1;
+        let mut remaining = records;
+        while !remaining.is_empty() {
+            let sequence = self.sequences.get(&key).copied().unwrap_or(0);
+            let producer = BatchProducer { producer_id: self.producer_id, epoch: self.epoch, base_sequence: sequence, transactional: true };
+            let (mut batch, taken) = encode_fitting(remaining, producer, limit_bytes, now)
+                .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
+            let appended = self
+                .broker
+                .transactions
+                .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
+                    target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch }, now)
+                })
+                .map_err(|e| refused(action(), e))?
+                .map_err(|e| match e {
+                    sluice_storage::StorageError::Io(..) => HostError::Storage(format!("{}: {e}", action())),
+                    other => refused(action(), storage_error_code(&other)),
+                })?;
+            if first_offset < 0 {
+                first_offset = appended.base_offset;
+            }
+            self.sequences.insert(key.clone(), sequence.wrapping_add(taken as i32) & i32::MAX);
+            self.partitions.insert(key.clone(), appended.last_offset + 1);
+            remaining = &remaining[taken..];
+        }
+        Ok(first_offset)
+    }
+
+    /// Stages consumer-group offsets (topic, partition, next offset to read) to commit with the
+    /// transaction: a runner's input progress.
+    pub fn send_offsets(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), HostError> {
+        let action = || format!("sending offsets for group '{group}' in transaction '{}'", self.transactional_id);
+        if !self.groups.contains(group) {
+            self.broker
+                .transactions
+                .add_offsets(&self.transactional_id, self.producer_id, self.epoch, group)
+                .map_err(|e| refused(action(), e))?;
+            self.groups.insert(group.to_string());
+        }
+        let now = crate::now_ms();
+        let entries = offsets
+            .iter()
+            .map(|(topic, partition, offset)| {
+                (
+                    (topic.clone(), *partition),
+                    CommittedOffset { offset: *offset, leader_epoch: -1, metadata: None, commit_timestamp_ms: now },
+                )
+            })
+            .collect();
+        let results = self
+            .broker
+            .transactions
+            .txn_offset_commit(&self.broker, &self.transactional_id, group, self.producer_id, self.epoch, -1, "", entries)
+            .map_err(|e| refused(action(), e))?;
+        match results.into_iter().find_map(|(_, e)| e) {
+            Some(error) => Err(refused(action(), error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Commits the current transaction: its records become visible to read_committed consumers and
+    /// its offsets become the groups' committed offsets, together. Under fsync-before-ack the records
+    /// are made durable first, as a client's acks would have waited for.
+    pub fn commit(&mut self) -> Result<(), HostError> {
+        if self.partitions.is_empty() && self.groups.is_empty() {
+            return Ok(());
+        }
+        self.wait_durable()?;
+        self.end(true)
+    }
+
+    /// Aborts the current transaction: its records stay in the log but read_committed consumers skip
+    /// them, and its offsets are dropped.
+    pub fn abort(&mut self) -> Result<(), HostError> {
+        if self.partitions.is_empty() && self.groups.is_empty() {
+            return Ok(());
+        }
+        self.end(false)
+    }
+
+    fn end(&mut self, commit: bool) -> Result<(), HostError> {
+        let result = self.broker.transactions.end_txn(&self.broker, &self.transactional_id, self.producer_id, self.epoch, commit);
+        self.partitions.clear();
+        self.groups.clear();
+        result
+            .map_err(|e| refused(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e))
+    }
+
+    fn wait_durable(&self) -> Result<(), HostError> {
+        for ((topic, index), end) in &self.partitions {
+            let Ok(partition) = self.broker.partition(topic, *index) else { continue };
+            partition.wait_durable_blocking(*end).map_err(|e| match e {
+                crate::error::BrokerError::Timeout(_) => HostError::TimedOut(format!("making {topic}-{index} durable")),
+                other => HostError::Storage(format!("making {topic}-{index} durable: {other}")),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a prefix of `records` into one batch of at most `limit_bytes`; returns it and how many
+/// records it holds (at least one), or the size of a first record that alone exceeds the limit.
+fn encode_fitting(
+    records: &[ProducerRecord],
+    producer: BatchProducer,
+    limit_bytes: usize,
+    now: i64,
+) -> Result<(bytes::BytesMut, usize), usize> {
+    let mut builder = BatchBuilder::new(producer);
+    let mut taken = 0;
+    for record in records {
+        let timestamp_ms = if record.timestamp_ms >= 0 { record.timestamp_ms } else { now };
+        let view = RecordRef { key: record.key.as_deref(), value: record.value.as_deref(), headers: &record.headers, timestamp_ms };
+        let bytes = builder.record_bytes(&view);
+        if builder.size_bytes() + bytes > limit_bytes {
+            if taken == 0 {
+                return Err(BATCH_HEADER_BYTES + bytes);
+            }
+            break;
+        }
+        builder.push(&view);
+        taken += 1;
+    }
+    Ok((builder.finish(), taken))
+}
