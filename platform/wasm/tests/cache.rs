@@ -40,13 +40,11 @@ fn a_component_with_two_megabytes_of_code_deploys_and_runs() {
     let bytes = guest("fixture-bulky");
     assert!(common::code_bytes(&bytes) > 1_900_000, "the fixture should carry ~2 MB of code");
     let engine = Engine::new(EngineConfig::default()).unwrap();
-    let started = std::time::Instant::now();
+    // How long this takes is a benchmark (BENCHMARKS.md, `benches/transform.rs`), not a test: a
+    // timed assertion fails on a loaded machine and proves nothing on an idle one.
     let module = engine.load(&bytes).unwrap();
     let (instance_config, _) = instance_config(&[]);
     let mut instance = module.instantiate(instance_config).unwrap();
-    let deploy = started.elapsed();
-    // The target is < 1 s (BENCHMARKS.md); the test allows for a loaded CI machine and a debug build.
-    assert!(deploy < std::time::Duration::from_secs(10), "deploy took {deploy:?}");
     let output = instance.process(&[input(b"abc", 0), input(b"abc", 1)]).unwrap();
     assert_eq!(output.len(), 2);
     assert_ne!(output[0].headers[0].value, output[1].headers[0].value, "different generated functions ran");
