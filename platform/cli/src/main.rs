@@ -251,7 +251,11 @@ fn run_server(args: ServerArgs) -> ExitCode {
         listen: args.listen,
         admin_listen: args.admin_listen,
         config,
-        extensions: vec![std::sync::Arc::new(sluice_transforms::TransformsExtension::default())],
+        extensions: {
+            // One Wasm engine and module registry, shared by every runtime; it starts first.
+            let plugins = sluice_runtime::Plugins::new();
+            vec![std::sync::Arc::new(plugins.clone()), std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins))]
+        },
     };
     match runtime.block_on(sluice_broker::run(options, shutdown_signal(), |_| {})) {
         Ok(()) => ExitCode::SUCCESS,

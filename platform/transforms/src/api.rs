@@ -3,7 +3,7 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /v1/transforms` | every deployment's status |
-//! | `POST /v1/transforms` | deploy or redeploy: the spec's fields plus `module_base64` (the `.wasm` component) |
+//! | `POST /v1/transforms` | deploy or redeploy: the spec's fields plus `module_base64` (the `.wasm` component) or `module` (a name in the plugin registry, `/v1/plugins`) |
 //! | `GET /v1/transforms/{name}` | state, error, lag and counts per partition, recent log lines |
 //! | `PATCH /v1/transforms/{name}` | `{"memory_bytes": .., "cpu_ms_per_call": ..}`: new limits, no restart |
 //! | `POST /v1/transforms/{name}/pause`, `/resume` | pause; resume (also retries a failed partition) |
@@ -19,8 +19,9 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::manager::{TransformManager, TransformStatus};
+use sluice_runtime::{ApiError, RuntimeError};
+
+use crate::manager::{ModuleSource, TransformManager, TransformStatus};
 use crate::spec::TransformSpec;
 
 /// Largest deploy body: the module limit in base64 plus room for the spec.
@@ -32,7 +33,8 @@ const SMALL_BODY_BYTES_MAX: usize = 64 * 1024;
 struct DeployRequest {
     #[serde(flatten)]
     spec: TransformSpec,
-    module_base64: String,
+    module_base64: Option<String>,
+    module: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -54,8 +56,8 @@ fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("bad request body: {}", e.body_text())))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)
 }
 
 async fn list(State(manager): State<Arc<TransformManager>>) -> Json<serde_json::Value> {
@@ -68,10 +70,20 @@ async fn deploy(
     payload: Result<Json<DeployRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<TransformStatus>), ApiError> {
     let request = body(payload)?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(request.module_base64.as_bytes())
-        .map_err(|e| ApiError::bad_request(format!("module_base64 is not base64: {e}")))?;
-    let status = blocking(move || manager.deploy(request.spec, bytes)).await?;
+    let source = match (request.module_base64, request.module) {
+        (Some(encoded), None) => ModuleSource::Bytes(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| ApiError::bad_request(format!("module_base64 is not base64: {e}")))?,
+        ),
+        (None, Some(name)) => ModuleSource::Registered(name),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give the module as module_base64 (the component) or module (a name in /v1/plugins), not both",
+            ));
+        }
+    };
+    let status = blocking(move || manager.deploy(request.spec, source)).await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
 

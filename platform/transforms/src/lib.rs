@@ -6,10 +6,11 @@
 //! `sluice_broker::host`: a committed reader per input partition and a transactional producer.
 //!
 //! - [`spec`]: the deployment spec, its validation and its files under `<data-dir>/__transforms/`.
-//! - [`manager`]: deployments by name; deploy, redeploy, pause, resume, limits, delete, restore.
-//! - [`runner`]: one thread per input partition: read committed input → process → commit.
-//! - [`isolate`]: finds the failing records of a failing batch for the dead-letter policy.
-//! - [`api`]: `/v1/transforms` on the admin API. [`logs`], [`metrics`]: what operators see.
+//! - [`manager`]: deployments by name on `sluice-runtime`'s supervisor and module registry; deploy,
+//!   redeploy, pause, resume, limits, delete, restore.
+//! - [`runner`]: the supervised task of one input partition: read committed input → process →
+//!   commit, through the runtime's error policy.
+//! - [`api`]: `/v1/transforms` on the admin API.
 //!
 //! [`TransformsExtension`] plugs all of it into the broker as a `host::Extension`.
 
@@ -17,22 +18,26 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_broker::host::{Extension, Host, StartError};
+use sluice_runtime::Plugins;
 
 pub mod api;
-pub mod error;
-pub mod isolate;
-pub mod logs;
 pub mod manager;
-pub mod metrics;
 pub mod runner;
 pub mod spec;
 
 pub use manager::TransformManager;
 
-/// The transform runtime as a broker extension.
-#[derive(Default)]
+/// The transform runtime as a broker extension. It takes its modules from `plugins`, which must be
+/// listed before it among the broker's extensions.
 pub struct TransformsExtension {
+    plugins: Plugins,
     manager: Mutex<Option<Arc<TransformManager>>>,
+}
+
+impl TransformsExtension {
+    pub fn new(plugins: Plugins) -> TransformsExtension {
+        TransformsExtension { plugins, manager: Mutex::new(None) }
+    }
 }
 
 impl Extension for TransformsExtension {
@@ -41,7 +46,7 @@ impl Extension for TransformsExtension {
     }
 
     fn start(&self, host: Host) -> Result<axum::Router, StartError> {
-        let manager = Arc::new(TransformManager::open(host)?);
+        let manager = Arc::new(TransformManager::open(host, self.plugins.clone())?);
         manager.start_all();
         *self.manager.lock() = Some(Arc::clone(&manager));
         Ok(api::router(manager))

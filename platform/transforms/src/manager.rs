@@ -1,37 +1,46 @@
-//! The transform manager: deployments by name, each with its module and one runner thread per input
-//! partition. Deploy, redeploy (same name: the new module resumes from the committed positions),
-//! pause, resume, limit changes without a restart, delete, and start-up from the stored deployments.
+//! The transform manager: deployments by name, each a supervised set of runners (one per input
+//! partition, `sluice-runtime`'s supervisor), its module from the shared registry. Deploy, redeploy
+//! (same name: the new module resumes from the committed positions), pause, resume, limit changes
+//! without a restart, delete, and start-up from the stored deployments. Partitions added to an input
+//! topic get a runner within the supervisor's reconcile interval.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_broker::host::Host;
-use sluice_wasm::{Engine, EngineConfig, InstanceConfig, Limits, Module, TransformError};
+use sluice_runtime::{LogBuffer, LogLine, MetricFamilies, Plugins, RuntimeError, Supervisor, Task, TaskSet, TaskState};
+use sluice_wasm::{InstanceConfig, Limits, Module};
 
-use crate::error::ApiError;
-use crate::logs::{LogBuffer, LogLine};
-use crate::metrics::MetricFamilies;
-use crate::runner::{self, PartitionState, Shared};
-use crate::spec::{ErrorPolicy, Store, StoredDeployment, TransformSpec};
+use crate::runner::{Runner, Shared};
+use crate::spec::{Store, StoredDeployment, TransformErrorPolicy, TransformSpec};
 
-struct Running {
+/// Lines of a deployment's log a status shows.
+const STATUS_LOG_LINES: usize = 20;
+
+struct Deployment {
     stored: StoredDeployment,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    tasks: Arc<TaskSet>,
 }
 
 pub struct TransformManager {
     host: Host,
-    engine: Engine,
+    plugins: Plugins,
     store: Store,
     families: MetricFamilies,
-    deployments: Mutex<BTreeMap<String, Running>>,
+    supervisor: Supervisor,
+    deployments: Mutex<BTreeMap<String, Deployment>>,
     /// Serialises deploys, deletes and restarts (compiling happens outside `deployments`' lock).
     control: Mutex<()>,
+}
+
+/// What a deploy names as its module: bytes uploaded with it, or a module in the registry.
+pub enum ModuleSource {
+    Bytes(Vec<u8>),
+    Registered(String),
 }
 
 /// `GET /v1/transforms/{name}`.
@@ -47,7 +56,7 @@ pub struct TransformStatus {
     pub deployed_at_ms: i64,
     pub input_topic: String,
     pub output_topics: Vec<String>,
-    pub error_policy: ErrorPolicy,
+    pub error_policy: TransformErrorPolicy,
     pub memory_bytes: usize,
     pub cpu_ms_per_call: u64,
     pub records_in: u64,
@@ -61,23 +70,46 @@ pub struct TransformStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionStatus {
     pub partition: i32,
+    /// RUNNING | PAUSED | FAILED | STOPPED | UNASSIGNED (Kafka Connect's task states).
+    pub state: TaskState,
     pub position: i64,
     pub last_stable_offset: i64,
     pub lag: i64,
     pub records_in: u64,
     pub records_out: u64,
     pub error: Option<String>,
+    /// Infrastructure errors the runner backed off from since it started.
+    pub retries: u64,
 }
 
-/// Limits and log lines a status shows.
-const STATUS_LOG_LINES: usize = 20;
-
 impl TransformManager {
-    pub fn open(host: Host) -> Result<TransformManager, String> {
-        let store = Store::open(&host.data_dir().map_err(|e| e.to_string())?)?;
-        let engine = Engine::new(EngineConfig { cache_dir: Some(store.cache_dir()), ..Default::default() }).map_err(|e| e.to_string())?;
-        let families = MetricFamilies::register(host.metrics())?;
-        Ok(TransformManager { host, engine, store, families, deployments: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
+    pub fn open(host: Host, plugins: Plugins) -> Result<TransformManager, RuntimeError> {
+        let store = Store::open(&host.data_dir()?)?;
+        let families = MetricFamilies::register(host.metrics(), "transform")?;
+        let supervisor = Supervisor::new("transform")?;
+        Ok(TransformManager {
+            host,
+            plugins,
+            store,
+            families,
+            supervisor,
+            deployments: Mutex::new(BTreeMap::new()),
+            control: Mutex::new(()),
+        })
+    }
+
+    /// The compiled module of a stored deployment, moving components an earlier version kept in
+    /// `__transforms/modules/` into the registry.
+    fn stored_module(&self, digest: &str) -> Result<Module, RuntimeError> {
+        let registry = self.plugins.registry()?;
+        if !registry.has_digest(digest)
+            && let Some((path, bytes)) = self.store.legacy_module(digest)
+        {
+            registry.import(&bytes)?;
+            let _ = std::fs::remove_file(&path);
+            tracing::info!(digest, "moved a transform module into the plugin registry");
+        }
+        registry.load(digest)
     }
 
     /// Starts every stored deployment (at broker start). A deployment whose module no longer loads
@@ -88,114 +120,109 @@ impl TransformManager {
         for deployment in stored {
             let name = deployment.spec.name.clone();
             let started = std::time::Instant::now();
-            let module =
-                match self.store.load_module(&deployment.module_digest).and_then(|b| self.engine.load(&b).map_err(|e| e.to_string())) {
-                    Ok(module) => module,
-                    Err(error) => {
-                        tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
-                        continue;
-                    }
-                };
-            match self.start(deployment, module.clone()) {
-                Ok(()) => tracing::info!(
-                    transform = name,
-                    cache_hit = module.cache_hit(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "transform restored"
-                ),
+            let module = match self.stored_module(&deployment.module_digest) {
+                Ok(module) => module,
+                Err(error) => {
+                    tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
+                    continue;
+                }
+            };
+            let cache_hit = module.cache_hit();
+            match self.start(deployment, module) {
+                Ok(()) => {
+                    tracing::info!(transform = name, cache_hit, elapsed_ms = started.elapsed().as_millis() as u64, "transform restored")
+                }
                 Err(error) => tracing::error!(transform = name, %error, "cannot start a deployed transform"),
             }
         }
     }
 
-    fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), ApiError> {
+    fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), RuntimeError> {
         let spec = stored.spec.clone();
-        let topic = self
-            .host
-            .topic(&spec.input_topic)
-            .ok_or_else(|| ApiError::bad_request(format!("input topic '{}' does not exist", spec.input_topic)))?;
-        let partitions = topic.partitions.max(0) as usize;
-        let logs = Arc::new(LogBuffer::new(&spec.name));
+        if self.host.topic(&spec.input_topic).is_none() {
+            return Err(RuntimeError::Invalid(format!("input topic '{}' does not exist", spec.input_topic)));
+        }
         let shared = Arc::new(Shared {
             limits: Mutex::new(spec.limits()),
             limits_version: AtomicU64::new(0),
-            paused: AtomicBool::new(stored.paused),
-            stop: AtomicBool::new(false),
-            partitions: (0..partitions).map(|_| Arc::new(PartitionState::default())).collect(),
-            metrics: self.families.for_transform(&spec.name),
-            logs,
+            partitions: Mutex::new(BTreeMap::new()),
+            metrics: self.families.deployment(&spec.name),
+            logs: Arc::new(LogBuffer::new(&spec.name)),
             module,
             version: stored.version,
             spec,
         });
-        let mut threads = Vec::with_capacity(partitions);
-        for p in 0..partitions as i32 {
-            match runner::spawn(self.host.clone(), Arc::clone(&shared), p) {
-                Ok(thread) => threads.push(thread),
-                Err(error) => {
-                    // Stop the runners already started rather than leave them untracked.
-                    shared.stop.store(true, Ordering::Release);
-                    for thread in threads {
-                        let _ = thread.join();
-                    }
-                    return Err(ApiError::internal(format!("cannot start a runner thread: {error}")));
-                }
-            }
-        }
-        self.deployments.lock().insert(stored.spec.name.clone(), Running { stored, shared, threads });
+        let (factory_host, factory_shared) = (self.host.clone(), Arc::clone(&shared));
+        let (wanted_host, input) = (self.host.clone(), shared.spec.input_topic.clone());
+        let tasks = TaskSet::new(
+            "transform",
+            &shared.spec.name,
+            stored.paused,
+            Box::new(move |partition| {
+                Ok(Box::new(Runner::new(factory_host.clone(), Arc::clone(&factory_shared), partition)) as Box<dyn Task>)
+            }),
+            Box::new(move || wanted_host.topic(&input).map_or(Vec::new(), |t| (0..t.partitions).collect())),
+        );
+        let name = stored.spec.name.clone();
+        self.supervisor.insert(&name, Arc::clone(&tasks));
+        self.deployments.lock().insert(name, Deployment { stored, shared, tasks });
         Ok(())
     }
 
-    /// Stops a deployment's runners and waits for them (each finishes or aborts its transaction).
+    /// Stops a deployment's runners and waits for them (each aborts its open transaction).
     fn stop(&self, name: &str) -> Option<StoredDeployment> {
-        let running = self.deployments.lock().remove(name)?;
-        running.shared.stop.store(true, Ordering::Release);
-        for thread in running.threads {
-            let _ = thread.join();
-        }
-        Some(running.stored)
+        let deployment = self.deployments.lock().remove(name)?;
+        self.supervisor.remove(name);
+        deployment.tasks.stop();
+        Some(deployment.stored)
     }
 
     /// Deploys (or redeploys) a module. Blocking: compiles the module and runs the guest's `init` once
     /// with the deployment's configuration, so a module that cannot start is refused here, with its
     /// message, rather than failing later in the runners.
-    pub fn deploy(&self, spec: TransformSpec, bytes: Vec<u8>) -> Result<TransformStatus, ApiError> {
+    pub fn deploy(&self, spec: TransformSpec, source: ModuleSource) -> Result<TransformStatus, RuntimeError> {
         spec.validate()?;
-        if bytes.len() > sluice_wasm::MODULE_BYTES_MAX {
-            return Err(ApiError::bad_request(format!("the module is {} bytes; at most {}", bytes.len(), sluice_wasm::MODULE_BYTES_MAX)));
-        }
         let missing = |what: &str, topic: &str| {
-            ApiError::bad_request(format!("{what} topic '{topic}' does not exist; create it first (sluice topic create {topic})"))
+            RuntimeError::Invalid(format!("{what} topic '{topic}' does not exist; create it first (sluice topic create {topic})"))
         };
         let input = self.host.topic(&spec.input_topic).ok_or_else(|| missing("input", &spec.input_topic))?;
         for topic in &spec.output_topics {
             self.host.topic(topic).ok_or_else(|| missing("output", topic))?;
         }
-        if let ErrorPolicy::DeadLetter(topic) = &spec.error_policy {
+        if let TransformErrorPolicy::DeadLetter(topic) = &spec.error_policy {
             self.host.topic(topic).ok_or_else(|| missing("dead-letter", topic))?;
         }
         if input.partitions < 1 {
-            return Err(ApiError::bad_request("the input topic has no partitions"));
+            return Err(RuntimeError::Invalid("the input topic has no partitions".into()));
         }
-        let module = self.engine.load(&bytes).map_err(module_error)?;
+        let registry = self.plugins.registry()?;
+        let (digest, module_bytes, module) = match source {
+            ModuleSource::Bytes(bytes) => {
+                let (digest, module) = registry.import(&bytes)?;
+                (digest, bytes.len(), module)
+            }
+            ModuleSource::Registered(name) => {
+                let info = registry.get(&name).ok_or(RuntimeError::NotFound { what: "module", name })?;
+                (info.digest.clone(), info.bytes, registry.load(&info.digest)?)
+            }
+        };
         let mut trial = InstanceConfig::new(&spec.name, spec.output_topics.clone());
         trial.config = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         trial.limits = spec.limits();
-        module.instantiate(trial).map_err(module_error)?;
+        module.instantiate(trial)?;
 
         let _control = self.control.lock();
         let previous = self.stop(&spec.name);
         let stored = StoredDeployment {
-            module_digest: module.digest().to_string(),
-            module_bytes: bytes.len(),
+            module_digest: digest,
+            module_bytes,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             paused: false,
             deployed_at_ms: sluice_broker::host::now_ms(),
             spec,
         };
         let name = stored.spec.name.clone();
-        self.store.save_module(&stored.module_digest, &bytes).map_err(ApiError::internal)?;
-        self.store.save(&stored).map_err(ApiError::internal)?;
+        self.store.save(&stored)?;
         tracing::info!(
             transform = name,
             version = stored.version,
@@ -210,14 +237,16 @@ impl TransformManager {
     }
 
     fn collect_garbage(&self) {
-        let live: Vec<String> = self.deployments.lock().values().map(|r| r.stored.module_digest.clone()).collect();
-        self.store.collect_garbage(&live);
+        let in_use: Vec<String> = self.deployments.lock().values().map(|d| d.stored.module_digest.clone()).collect();
+        if let Ok(registry) = self.plugins.registry() {
+            registry.collect_garbage(&in_use);
+        }
     }
 
-    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub fn delete(&self, name: &str) -> Result<(), RuntimeError> {
         let _control = self.control.lock();
-        let stored = self.stop(name).ok_or_else(|| ApiError::not_found(name))?;
-        self.store.remove(name).map_err(ApiError::internal)?;
+        let stored = self.stop(name).ok_or_else(|| not_found(name))?;
+        self.store.remove(name)?;
         let partitions = self.host.topic(&stored.spec.input_topic).map_or(0, |t| t.partitions.max(0) as usize);
         self.families.forget(name, partitions);
         self.collect_garbage();
@@ -227,39 +256,42 @@ impl TransformManager {
 
     /// Pause (`true`) or resume. Resuming also clears a failed partition's error, so it retries the
     /// batch it failed on (after, say, a config or data fix elsewhere).
-    pub fn set_paused(&self, name: &str, paused: bool) -> Result<TransformStatus, ApiError> {
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<TransformStatus, RuntimeError> {
         {
             let mut deployments = self.deployments.lock();
-            let running = deployments.get_mut(name).ok_or_else(|| ApiError::not_found(name))?;
-            running.shared.paused.store(paused, Ordering::Release);
+            let deployment = deployments.get_mut(name).ok_or_else(|| not_found(name))?;
+            deployment.tasks.set_paused(paused);
             if !paused {
-                for partition in &running.shared.partitions {
-                    *partition.failure.lock() = None;
-                }
+                deployment.tasks.clear_failures(true);
             }
-            running.stored.paused = paused;
-            self.store.save(&running.stored).map_err(ApiError::internal)?;
+            deployment.stored.paused = paused;
+            self.store.save(&deployment.stored)?;
         }
         tracing::info!(transform = name, paused, "transform {}", if paused { "paused" } else { "resumed" });
         self.status(name)
     }
 
     /// New memory / CPU limits, applied by every runner before its next call: no restart.
-    pub fn set_limits(&self, name: &str, memory_bytes: Option<usize>, cpu_ms_per_call: Option<u64>) -> Result<TransformStatus, ApiError> {
+    pub fn set_limits(
+        &self,
+        name: &str,
+        memory_bytes: Option<usize>,
+        cpu_ms_per_call: Option<u64>,
+    ) -> Result<TransformStatus, RuntimeError> {
         {
             let mut deployments = self.deployments.lock();
-            let running = deployments.get_mut(name).ok_or_else(|| ApiError::not_found(name))?;
-            let current = *running.shared.limits.lock();
+            let deployment = deployments.get_mut(name).ok_or_else(|| not_found(name))?;
+            let current = *deployment.shared.limits.lock();
             let limits = Limits {
                 memory_bytes: memory_bytes.unwrap_or(current.memory_bytes),
                 cpu_ms_per_call: cpu_ms_per_call.unwrap_or(current.cpu_ms_per_call),
             };
-            limits.validate().map_err(|e| ApiError::bad_request(format!("limits: {e}")))?;
-            *running.shared.limits.lock() = limits;
-            running.shared.limits_version.fetch_add(1, Ordering::AcqRel);
-            running.stored.spec.memory_bytes = Some(limits.memory_bytes);
-            running.stored.spec.cpu_ms_per_call = Some(limits.cpu_ms_per_call);
-            self.store.save(&running.stored).map_err(ApiError::internal)?;
+            limits.validate().map_err(|e| RuntimeError::Invalid(format!("limits: {e}")))?;
+            *deployment.shared.limits.lock() = limits;
+            deployment.shared.limits_version.fetch_add(1, Ordering::AcqRel);
+            deployment.stored.spec.memory_bytes = Some(limits.memory_bytes);
+            deployment.stored.spec.cpu_ms_per_call = Some(limits.cpu_ms_per_call);
+            self.store.save(&deployment.stored)?;
         }
         self.status(name)
     }
@@ -269,45 +301,47 @@ impl TransformManager {
         names.iter().filter_map(|n| self.status(n).ok()).collect()
     }
 
-    pub fn status(&self, name: &str) -> Result<TransformStatus, ApiError> {
+    pub fn status(&self, name: &str) -> Result<TransformStatus, RuntimeError> {
         let deployments = self.deployments.lock();
-        let running = deployments.get(name).ok_or_else(|| ApiError::not_found(name))?;
-        let shared = &running.shared;
+        let deployment = deployments.get(name).ok_or_else(|| not_found(name))?;
+        let shared = &deployment.shared;
         let spec = &shared.spec;
-        let partitions: Vec<PartitionStatus> = shared
-            .partitions
-            .iter()
-            .enumerate()
-            .map(|(p, state)| {
+        let tasks: BTreeMap<i32, sluice_runtime::TaskStatus> = deployment.tasks.statuses().into_iter().map(|t| (t.id, t)).collect();
+        let partitions: Vec<PartitionStatus> = tasks
+            .values()
+            .map(|task| {
+                let state = shared.partition_state(task.id);
                 let position = state.position.load(Ordering::Acquire);
-                let last_stable = self.host.partition_offsets(&spec.input_topic, p as i32).map_or(position, |offsets| offsets.last_stable);
+                let last_stable = self.host.partition_offsets(&spec.input_topic, task.id).map_or(position, |o| o.last_stable);
                 PartitionStatus {
-                    partition: p as i32,
+                    partition: task.id,
+                    state: task.state,
                     position,
                     last_stable_offset: last_stable,
                     lag: (last_stable - position).max(0),
                     records_in: state.records_in.load(Ordering::Relaxed),
                     records_out: state.records_out.load(Ordering::Relaxed),
-                    error: state.failure.lock().clone(),
+                    error: task.error.clone(),
+                    retries: task.retries,
                 }
             })
             .collect();
-        let error = partitions.iter().find_map(|p| p.error.clone());
+        let failure = partitions.iter().find(|p| p.state == TaskState::Failed).and_then(|p| p.error.clone());
         let limits = *shared.limits.lock();
         Ok(TransformStatus {
             name: name.to_string(),
-            state: if error.is_some() {
+            state: if failure.is_some() {
                 "failed"
-            } else if shared.paused.load(Ordering::Acquire) {
+            } else if deployment.tasks.paused() {
                 "paused"
             } else {
                 "running"
             },
-            error,
-            version: running.stored.version,
-            module_digest: running.stored.module_digest.clone(),
-            module_bytes: running.stored.module_bytes,
-            deployed_at_ms: running.stored.deployed_at_ms,
+            error: failure,
+            version: deployment.stored.version,
+            module_digest: deployment.stored.module_digest.clone(),
+            module_bytes: deployment.stored.module_bytes,
+            deployed_at_ms: deployment.stored.deployed_at_ms,
             input_topic: spec.input_topic.clone(),
             output_topics: spec.output_topics.clone(),
             error_policy: spec.error_policy.clone(),
@@ -315,7 +349,7 @@ impl TransformManager {
             cpu_ms_per_call: limits.cpu_ms_per_call,
             records_in: partitions.iter().map(|p| p.records_in).sum(),
             records_out: partitions.iter().map(|p| p.records_out).sum(),
-            dead_lettered: shared.partitions.iter().map(|p| p.dead_lettered.load(Ordering::Relaxed)).sum(),
+            dead_lettered: shared.partitions.lock().values().map(|p| p.dead_lettered.load(Ordering::Relaxed)).sum(),
             lag: partitions.iter().map(|p| p.lag).sum(),
             partitions,
             logs: shared.logs.recent(STATUS_LOG_LINES),
@@ -324,22 +358,11 @@ impl TransformManager {
 
     /// Stops every runner (broker shutdown). Deployments stay stored and start again at the next start.
     pub fn stop_all(&self) {
-        let names: Vec<String> = self.deployments.lock().keys().cloned().collect();
-        for running in names.iter().filter_map(|n| self.deployments.lock().get(n).map(|r| Arc::clone(&r.shared))) {
-            running.stop.store(true, Ordering::Release);
-        }
-        for name in names {
-            self.stop(&name);
-        }
+        self.supervisor.stop_all();
+        self.deployments.lock().clear();
     }
 }
 
-fn module_error(error: TransformError) -> ApiError {
-    let code = match error {
-        TransformError::InvalidModule(_) => "invalid_module",
-        TransformError::WrongWorld(_) => "wrong_world",
-        TransformError::InitFailed(_) => "init_failed",
-        _ => "module_error",
-    };
-    ApiError::new(axum::http::StatusCode::BAD_REQUEST, code, error.to_string())
+fn not_found(name: &str) -> RuntimeError {
+    RuntimeError::NotFound { what: "transform", name: name.to_string() }
 }

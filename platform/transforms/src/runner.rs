@@ -1,5 +1,5 @@
-//! One runner per input partition of a deployment: a thread of its own (Wasm calls are synchronous
-//! and CPU-bound) that loops read → process → write-and-commit.
+//! One runner per input partition of a deployment: a supervised task (`sluice-runtime`) on a thread
+//! of its own (Wasm calls are synchronous and CPU-bound) that loops read → process → commit.
 //!
 //! Exactly once: each batch's output records and the input position after the batch are written in
 //! one transaction of the partition's transactional producer (`__sluice-transform-<name>-<p>`), the
@@ -9,42 +9,36 @@
 //! reader), so aborted input records are never transformed. Per-key order holds: one runner per
 //! input partition, in order.
 //!
-//! A failing batch goes through the deployment's error policy. With the dead-letter policy only the
-//! records that fail go to the dead-letter topic: the guest may say which record failed; otherwise
-//! the runner bisects the batch ([`crate::isolate`]) and the rest of the batch is transformed and
-//! committed in the same transaction as the dead letters.
+//! A failing batch goes through the deployment's error policy (`sluice_runtime::policy`): retries,
+//! then stop, or dead-letter exactly the records that fail while the rest is transformed and
+//! committed in the same transaction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_broker::host::{CommittedReader, ConsumedRecord, Host, HostError, ProducerRecord, StartPosition, TransactionalProducer};
-use sluice_wasm::{Header, InputRecord, Instance, InstanceConfig, Limits, Module, OutputRecord, TransformError};
+use sluice_broker::host::{CommittedReader, ConsumedRecord, Host, HostError, ProducerRecord, TransactionalProducer};
+use sluice_runtime::isolate::Outcome;
+use sluice_runtime::policy::{self, OnFailure, Verdict};
+use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
+use sluice_wasm::{Header, InputRecord, Instance, InstanceConfig, Limits, LogLevel, Module, OutputRecord, TransformError};
 
-use crate::isolate::{self, Outcome};
-use crate::metrics::TransformMetrics;
-use crate::spec::{ErrorPolicy, Partitioning, StartFrom, TransformSpec};
+use crate::spec::{Partitioning, TransformSpec};
 
 /// How long an idle runner waits for new input before checking its flags again.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// Transaction timeout of the runners' producers: a crashed runner's open transaction is aborted by
 /// its successor's init anyway; this only bounds how long one can hold read_committed readers back.
 const TXN_TIMEOUT_MS: i32 = 60_000;
-/// Backoff after an infrastructure error (not the module's): storage, fencing races.
-const INFRA_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest backoff of the retry policy.
-const RETRY_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 /// Where one partition's runner stands, for status and lag.
 #[derive(Debug, Default)]
 pub struct PartitionState {
     /// Next input offset to transform.
     pub position: AtomicI64,
-    /// Set when the module failed and the policy stopped this partition.
-    pub failure: Mutex<Option<String>>,
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -55,106 +49,40 @@ pub struct Shared {
     pub spec: TransformSpec,
     pub module: Module,
     pub version: u64,
-    pub paused: AtomicBool,
-    pub stop: AtomicBool,
     pub limits: Mutex<Limits>,
     /// Bumped on every limits change; runners apply the new limits before their next call.
     pub limits_version: AtomicU64,
-    pub partitions: Vec<Arc<PartitionState>>,
-    pub metrics: TransformMetrics,
-    pub logs: Arc<crate::logs::LogBuffer>,
+    /// One entry per input partition, grown when the input topic gains partitions.
+    pub partitions: Mutex<BTreeMap<i32, Arc<PartitionState>>>,
+    pub metrics: DeploymentMetrics,
+    pub logs: Arc<LogBuffer>,
 }
 
-pub fn spawn(host: Host, shared: Arc<Shared>, partition: i32) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("transform-{}-{partition}", shared.spec.name)).spawn(move || {
-        let _runtime = host.runtime().enter();
-        let mut runner = Runner { host, shared, partition, producer: None, reader: None, instance: None, limits_seen: u64::MAX };
-        runner.run();
-    })
+impl Shared {
+    pub fn partition_state(&self, partition: i32) -> Arc<PartitionState> {
+        Arc::clone(self.partitions.lock().entry(partition).or_default())
+    }
 }
 
-struct Runner {
+pub struct Runner {
     host: Host,
     shared: Arc<Shared>,
     partition: i32,
+    state: Arc<PartitionState>,
     producer: Option<TransactionalProducer>,
     reader: Option<CommittedReader>,
     instance: Option<Instance>,
     limits_seen: u64,
 }
 
-/// What one failing batch's records become under the dead-letter policy.
-struct Split {
-    outputs: Vec<OutputRecord>,
-    dead: Vec<(usize, String)>,
-}
-
 impl Runner {
-    fn state(&self) -> &PartitionState {
-        &self.shared.partitions[self.partition as usize]
+    pub fn new(host: Host, shared: Arc<Shared>, partition: i32) -> Runner {
+        let state = shared.partition_state(partition);
+        Runner { host, shared, partition, state, producer: None, reader: None, instance: None, limits_seen: u64::MAX }
     }
 
     fn name(&self) -> &str {
         &self.shared.spec.name
-    }
-
-    fn run(&mut self) {
-        tracing::info!(transform = self.name(), partition = self.partition, version = self.shared.version, "transform runner started");
-        while !self.shared.stop.load(Ordering::Acquire) {
-            if self.shared.paused.load(Ordering::Acquire) || self.state().failure.lock().is_some() {
-                // Even paused from the start, pin the start position now (see `ensure_producer`).
-                if self.producer.is_none()
-                    && let Err(error) = self.ensure_producer()
-                {
-                    tracing::warn!(transform = self.name(), partition = self.partition, %error, "cannot initialise the transform's producer; retrying");
-                }
-                std::thread::sleep(IDLE_WAIT);
-                continue;
-            }
-            if let Err(error) = self.step() {
-                tracing::warn!(transform = self.name(), partition = self.partition, %error, "transform runner step failed; retrying");
-                self.abort_quietly();
-                // Start over from the committed position with a fresh producer (which fences any
-                // zombie and aborts what was left open).
-                self.producer = None;
-                self.reader = None;
-                std::thread::sleep(INFRA_BACKOFF);
-            }
-        }
-        self.abort_quietly();
-        tracing::info!(transform = self.name(), partition = self.partition, "transform runner stopped");
-    }
-
-    fn abort_quietly(&mut self) {
-        if let Some(producer) = self.producer.as_mut() {
-            let _ = producer.abort();
-        }
-    }
-
-    /// Initialises the transactional producer (fencing any predecessor) and the reader at the
-    /// committed position, or at the deployment's start position when none is committed.
-    fn ensure_producer(&mut self) -> Result<(), HostError> {
-        if self.producer.is_some() && self.reader.is_some() {
-            return Ok(());
-        }
-        let spec = &self.shared.spec;
-        let mut producer = self.host.producer(&spec.transactional_id(self.partition), TXN_TIMEOUT_MS)?;
-        let position = match self.host.committed_offset(&spec.group(), &spec.input_topic, self.partition) {
-            Some(committed) => committed,
-            None => {
-                // First start: pin the start position (`--from latest` or a timestamp resolves to an
-                // offset now), so a restart before the first batch does not resolve it again and skip
-                // the records that arrived in between.
-                let start = self.host.resolve_start(&spec.input_topic, self.partition, start_position(spec.from))?;
-                producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, start)])?;
-                producer.commit()?;
-                start
-            }
-        };
-        self.reader = Some(self.host.reader(&spec.input_topic, self.partition, position)?);
-        self.state().position.store(position, Ordering::Release);
-        self.producer = Some(producer);
-        Ok(())
     }
 
     fn ensure_instance(&mut self) -> Result<&mut Instance, TransformError> {
@@ -194,10 +122,134 @@ impl Runner {
         outcome
     }
 
-    /// One read → process → commit round, or a bounded wait when there is nothing to read.
-    fn step(&mut self) -> Result<(), HostError> {
-        self.ensure_producer()?;
-        let reader = self.reader.as_mut().ok_or_else(|| HostError::InvalidArgument("no reader".into()))?;
+    fn producer(&mut self) -> Result<&mut TransactionalProducer, RuntimeError> {
+        self.producer.as_mut().ok_or_else(|| RuntimeError::Invalid("the runner has no producer".into()))
+    }
+
+    fn seek(&mut self, offset: i64) {
+        if let Some(reader) = self.reader.as_mut() {
+            reader.seek(offset);
+        }
+    }
+
+    fn failed(&mut self, error: &dyn std::fmt::Display) -> Step {
+        let position = self.state.position.load(Ordering::Acquire);
+        let message = format!("{error} (input {}-{} at offset {position})", self.shared.spec.input_topic, self.partition);
+        self.shared.logs.push(LogLevel::Error, &format!("stopped: {message}"));
+        Step::Failed(message)
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<i32, RuntimeError> {
+        Ok(self.host.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?.partitions.max(1))
+    }
+
+    /// A stored input batch that cannot be decoded: stop, or under the dead-letter policy record it
+    /// (its offsets and the reason, no payload) and move past it. Retrying cannot help.
+    fn undecodable(&mut self, error: TransformError, offset: i64, next: i64) -> Result<Step, RuntimeError> {
+        let OnFailure::DeadLetter { topic, .. } = self.shared.spec.policy().on_failure else {
+            return Ok(self.failed(&error));
+        };
+        let spec = &self.shared.spec;
+        let mut headers = policy::context_headers("transform", &spec.name, &spec.input_topic, self.partition, offset, &error.to_string());
+        headers.push(("sluice.source.next_offset".into(), Some(Bytes::from(next.to_string()))));
+        let record = ProducerRecord { key: None, value: None, headers, timestamp_ms: -1 };
+        let partition = self.partition % self.partition_count(&topic)?;
+        let (group, input) = (spec.group(), spec.input_topic.clone());
+        let own = self.partition;
+        let producer = self.producer()?;
+        producer.send(&topic, partition, &[record])?;
+        producer.send_offsets(&group, &[(input, own, next)])?;
+        producer.commit()?;
+        tracing::warn!(transform = self.name(), partition = self.partition, offset, %error, "undecodable input batch recorded in the dead-letter topic and skipped");
+        self.seek(next);
+        self.state.position.store(next, Ordering::Release);
+        Ok(Step::Progress)
+    }
+
+    /// Writes the outputs, the dead letters and the new input position in one transaction.
+    fn commit(&mut self, inputs: &[InputRecord], outcomes: Vec<Outcome<Vec<OutputRecord>>>, next: i64) -> Result<(), RuntimeError> {
+        let spec = self.shared.spec.clone();
+        let now = sluice_broker::host::now_ms();
+        let on_failure = spec.policy().on_failure;
+        let mut grouped: BTreeMap<(String, i32), Vec<ProducerRecord>> = BTreeMap::new();
+        let counts: Vec<i32> = spec.output_topics.iter().map(|t| self.partition_count(t)).collect::<Result<_, _>>()?;
+        let (mut written, mut dead) = (0u64, Vec::new());
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Ok(outputs) => {
+                    written += outputs.len() as u64;
+                    for output in outputs {
+                        let index = output.output as usize;
+                        let count =
+                            *counts.get(index).ok_or_else(|| RuntimeError::Invalid(format!("output index {index} out of range")))?;
+                        let partition = match (spec.partitioning, output.key.as_deref()) {
+                            (Partitioning::KeyHash, Some(key)) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
+                            _ => self.partition % count,
+                        };
+                        grouped.entry((spec.output_topics[index].clone(), partition)).or_default().push(producer_record(output, now));
+                    }
+                }
+                Outcome::Failed { index, error } => dead.push((index, error.to_string())),
+            }
+        }
+        if let (OnFailure::DeadLetter { topic, .. }, false) = (&on_failure, dead.is_empty()) {
+            let count = self.partition_count(topic)?;
+            for (index, message) in &dead {
+                let input = &inputs[*index];
+                let partition = match input.key.as_deref() {
+                    Some(key) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
+                    None => self.partition % count,
+                };
+                grouped.entry((topic.clone(), partition)).or_default().push(dead_letter(&spec, self.partition, input, message));
+            }
+            tracing::warn!(transform = spec.name, partition = self.partition, records = dead.len(), topic, error = %dead[0].1, "records sent to the dead-letter topic");
+            self.shared.logs.push(LogLevel::Warn, &format!("{} records sent to {topic}: {}", dead.len(), dead[0].1));
+        }
+        let own = self.partition;
+        let producer = self.producer()?;
+        for ((topic, partition), records) in &grouped {
+            producer.send(topic, *partition, records)?;
+        }
+        producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), own, next)])?;
+        producer.commit()?;
+        let dead_count = dead.len() as u64;
+        self.state.position.store(next, Ordering::Release);
+        self.state.records_in.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        self.state.records_out.fetch_add(written, Ordering::Relaxed);
+        self.state.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
+        self.shared.metrics.records_in.inc_by(inputs.len() as u64);
+        self.shared.metrics.records_out.inc_by(written);
+        self.shared.metrics.dead_lettered.inc_by(dead_count);
+        Ok(())
+    }
+}
+
+impl Task for Runner {
+    /// Initialises the transactional producer (fencing any predecessor) and the reader at the
+    /// committed position, or at the deployment's start position when none is committed.
+    fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
+        let spec = &self.shared.spec;
+        let mut producer = self.host.producer(&spec.transactional_id(self.partition), TXN_TIMEOUT_MS)?;
+        let position = match self.host.committed_offset(&spec.group(), &spec.input_topic, self.partition) {
+            Some(committed) => committed,
+            None => {
+                // First start: pin the start position (`--from latest` or a timestamp resolves to an
+                // offset now), so a restart before the first batch does not resolve it again and skip
+                // the records that arrived in between.
+                let start = self.host.resolve_start(&spec.input_topic, self.partition, spec.start_position())?;
+                producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, start)])?;
+                producer.commit()?;
+                start
+            }
+        };
+        self.reader = Some(self.host.reader(&spec.input_topic, self.partition, position)?);
+        self.state.position.store(position, Ordering::Release);
+        self.producer = Some(producer);
+        Ok(())
+    }
+
+    fn step(&mut self, control: &TaskControl) -> Result<Step, RuntimeError> {
+        let reader = self.reader.as_mut().ok_or_else(|| RuntimeError::Invalid("the runner has no reader".into()))?;
         let position = reader.position();
         let read = reader.next_batch(self.shared.spec.batch_records());
         let lag = reader.lag();
@@ -212,15 +264,15 @@ impl Runner {
                     "input position was deleted by retention; skipping to the log start"
                 );
                 self.seek(log_start);
-                self.state().position.store(log_start, Ordering::Release);
-                return Ok(());
+                self.state.position.store(log_start, Ordering::Release);
+                return Ok(Step::Progress);
             }
             Err(HostError::UndecodableBatch { offset, next_offset, reason, .. }) => {
                 let error = TransformError::GuestError(format!("input batch at offset {offset} cannot be decoded: {reason}"));
                 self.seek(position);
-                return self.undecodable(&error, offset, next_offset);
+                return self.undecodable(error, offset, next_offset);
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         self.shared.metrics.lag(self.partition).set(lag);
         if batch.records.is_empty() {
@@ -228,181 +280,40 @@ impl Runner {
                 if let Some(reader) = self.reader.as_ref() {
                     reader.wait_for_records(IDLE_WAIT);
                 }
-            } else {
-                // Only markers or aborted records: skip them (progress is committed with the next batch).
-                self.state().position.store(batch.next_offset, Ordering::Release);
+                return Ok(Step::Idle);
             }
-            return Ok(());
+            // Only markers or aborted records: skip them (progress is committed with the next batch).
+            self.state.position.store(batch.next_offset, Ordering::Release);
+            return Ok(Step::Progress);
         }
         let inputs: Vec<InputRecord> = batch.records.into_iter().map(|r| input_record(r, self.partition)).collect();
-        let result = self.process_batch(&inputs, batch.next_offset);
-        if self.state().position.load(Ordering::Acquire) != batch.next_offset {
-            // Not committed (an error, or the policy stopped the partition): read it again next time.
+        let verdict = policy::apply(&self.shared.spec.policy(), inputs.len(), control, |range| self.call(&inputs[range]));
+        let step = match verdict {
+            Verdict::Done(outcomes) => self.commit(&inputs, outcomes, batch.next_offset).map(|()| Step::Progress),
+            Verdict::Stop(error) => Ok(self.failed(&error)),
+            Verdict::Interrupted => Ok(Step::Idle),
+        };
+        if self.state.position.load(Ordering::Acquire) != batch.next_offset {
+            // Not committed (an error, a stop, an interruption): read it again next time.
             self.seek(position);
         }
-        result
+        step
     }
 
-    fn seek(&mut self, offset: i64) {
-        if let Some(reader) = self.reader.as_mut() {
-            reader.seek(offset);
+    fn reset(&mut self) {
+        if let Some(producer) = self.producer.as_mut() {
+            let _ = producer.abort();
         }
+        self.producer = None;
+        self.reader = None;
     }
-
-    fn process_batch(&mut self, inputs: &[InputRecord], next: i64) -> Result<(), HostError> {
-        let mut attempt = 0u32;
-        loop {
-            let error = match self.call(inputs) {
-                Ok(outputs) => return self.commit(inputs, Split { outputs, dead: Vec::new() }, next),
-                Err(error) => error,
-            };
-            match self.shared.spec.error_policy.clone() {
-                ErrorPolicy::Stop => return self.fail(&error),
-                ErrorPolicy::DeadLetter(_) => {
-                    let split = self.isolate(inputs, error);
-                    return self.commit(inputs, split, next);
-                }
-                ErrorPolicy::Retry { max_attempts, backoff_ms } => {
-                    attempt += 1;
-                    if attempt >= max_attempts {
-                        return self.fail(&error);
-                    }
-                    let backoff = Duration::from_millis(backoff_ms.saturating_mul(1 << attempt.min(16))).min(RETRY_BACKOFF_CAP);
-                    tracing::warn!(transform = self.name(), partition = self.partition, attempt, %error, backoff_ms = backoff.as_millis() as u64, "transform failed on a batch; retrying");
-                    std::thread::sleep(backoff);
-                    if self.shared.stop.load(Ordering::Acquire) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Finds the records of a failing batch that fail on their own: the rest is transformed.
-    fn isolate(&mut self, inputs: &[InputRecord], first_error: TransformError) -> Split {
-        let mut split = Split { outputs: Vec::new(), dead: Vec::new() };
-        let outcomes = isolate::isolate(inputs.len(), first_error, |range| self.call(&inputs[range]));
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Ok(outputs) => split.outputs.extend(outputs),
-                Outcome::Failed { index, error } => split.dead.push((index, error.to_string())),
-            }
-        }
-        split
-    }
-
-    fn fail(&mut self, error: &TransformError) -> Result<(), HostError> {
-        let position = self.state().position.load(Ordering::Acquire);
-        let message = format!("{error} (input {}-{} at offset {position})", self.shared.spec.input_topic, self.partition);
-        tracing::error!(transform = self.name(), partition = self.partition, error = %message, "transform stopped");
-        self.shared.logs.push(sluice_wasm::LogLevel::Error, &format!("stopped: {message}"));
-        *self.state().failure.lock() = Some(message);
-        Ok(())
-    }
-
-    /// A stored input batch that cannot be decoded: stop, or under the dead-letter policy record it
-    /// (its offsets and the reason, no payload) and move past it. Retrying cannot help.
-    fn undecodable(&mut self, error: &TransformError, offset: i64, next: i64) -> Result<(), HostError> {
-        let ErrorPolicy::DeadLetter(topic) = self.shared.spec.error_policy.clone() else {
-            return self.fail(error);
-        };
-        let spec = &self.shared.spec;
-        let mut headers = context_headers(spec, self.partition, offset, &error.to_string());
-        headers.push(("sluice.source.next_offset".into(), Some(Bytes::from(next.to_string()))));
-        let record = ProducerRecord { key: None, value: None, headers, timestamp_ms: -1 };
-        let partition = self.partition % self.partition_count(&topic)?;
-        let producer = self.producer.as_mut().ok_or_else(|| HostError::InvalidArgument("no producer".into()))?;
-        producer.send(&topic, partition, &[record])?;
-        producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, next)])?;
-        producer.commit()?;
-        tracing::warn!(transform = self.name(), partition = self.partition, offset, %error, "undecodable input batch recorded in the dead-letter topic and skipped");
-        self.seek(next);
-        self.state().position.store(next, Ordering::Release);
-        Ok(())
-    }
-
-    fn partition_count(&self, topic: &str) -> Result<i32, HostError> {
-        Ok(self.host.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?.partitions.max(1))
-    }
-
-    /// Writes the outputs, the dead letters and the new input position in one transaction.
-    fn commit(&mut self, inputs: &[InputRecord], split: Split, next: i64) -> Result<(), HostError> {
-        let spec = &self.shared.spec;
-        let now = sluice_broker::host::now_ms();
-        let mut grouped: BTreeMap<(String, i32), Vec<ProducerRecord>> = BTreeMap::new();
-        let mut counts = Vec::with_capacity(spec.output_topics.len());
-        for topic in &spec.output_topics {
-            counts.push(self.partition_count(topic)?);
-        }
-        let written = split.outputs.len() as u64;
-        for output in split.outputs {
-            let index = output.output as usize;
-            let count = *counts.get(index).ok_or_else(|| HostError::InvalidArgument(format!("output index {index} out of range")))?;
-            let partition = match (spec.partitioning, output.key.as_deref()) {
-                (Partitioning::KeyHash, Some(key)) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
-                _ => self.partition % count,
-            };
-            grouped.entry((spec.output_topics[index].clone(), partition)).or_default().push(producer_record(output, now));
-        }
-        let dead_count = split.dead.len() as u64;
-        if let (ErrorPolicy::DeadLetter(topic), false) = (&spec.error_policy, split.dead.is_empty()) {
-            let count = self.partition_count(topic)?;
-            for (index, message) in &split.dead {
-                let input = &inputs[*index];
-                let partition = match input.key.as_deref() {
-                    Some(key) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
-                    None => self.partition % count,
-                };
-                grouped.entry((topic.clone(), partition)).or_default().push(dead_letter(spec, self.partition, input, message));
-            }
-            let (_, first) = &split.dead[0];
-            tracing::warn!(transform = self.name(), partition = self.partition, records = dead_count, topic, error = %first, "records sent to the dead-letter topic");
-            self.shared.logs.push(sluice_wasm::LogLevel::Warn, &format!("{dead_count} records sent to {topic}: {first}"));
-        }
-        let producer = self.producer.as_mut().ok_or_else(|| HostError::InvalidArgument("no producer".into()))?;
-        let result = (|| -> Result<(), HostError> {
-            for ((topic, partition), records) in &grouped {
-                producer.send(topic, *partition, records)?;
-            }
-            producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, next)])?;
-            producer.commit()
-        })();
-        if let Err(error) = result {
-            if error.is_fenced() {
-                // Another runner of this partition (a redeploy) took over: stop writing.
-                tracing::warn!(transform = self.name(), partition = self.partition, %error, "fenced by a newer runner");
-                self.producer = None;
-            }
-            return Err(error);
-        }
-        let state = self.state();
-        state.position.store(next, Ordering::Release);
-        state.records_in.fetch_add(inputs.len() as u64, Ordering::Relaxed);
-        state.records_out.fetch_add(written, Ordering::Relaxed);
-        state.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
-        self.shared.metrics.records_in.inc_by(inputs.len() as u64);
-        self.shared.metrics.records_out.inc_by(written);
-        self.shared.metrics.dead_lettered.inc_by(dead_count);
-        Ok(())
-    }
-}
-
-/// Headers that say where a dead letter came from and why.
-fn context_headers(spec: &TransformSpec, partition: i32, offset: i64, message: &str) -> Vec<(String, Option<Bytes>)> {
-    vec![
-        ("sluice.error".into(), Some(Bytes::from(message.to_string()))),
-        ("sluice.transform".into(), Some(Bytes::from(spec.name.clone()))),
-        ("sluice.source.topic".into(), Some(Bytes::from(spec.input_topic.clone()))),
-        ("sluice.source.partition".into(), Some(Bytes::from(partition.to_string()))),
-        ("sluice.source.offset".into(), Some(Bytes::from(offset.to_string()))),
-    ]
 }
 
 /// The input record as it was, with its original headers, plus the context headers.
 fn dead_letter(spec: &TransformSpec, partition: i32, input: &InputRecord, message: &str) -> ProducerRecord {
     let mut headers: Vec<(String, Option<Bytes>)> =
         input.headers.iter().map(|h| (h.key.clone(), Some(Bytes::from(h.value.clone())))).collect();
-    headers.extend(context_headers(spec, partition, input.offset, message));
+    headers.extend(policy::context_headers("transform", &spec.name, &spec.input_topic, partition, input.offset, message));
     ProducerRecord {
         key: input.key.clone().map(Bytes::from),
         value: input.value.clone().map(Bytes::from),
@@ -444,14 +355,5 @@ fn error_kind(error: &TransformError) -> &'static str {
         TransformError::MalformedOutput(_) => "malformed_output",
         TransformError::InitFailed(_) => "init_failed",
         _ => "other",
-    }
-}
-
-fn start_position(from: StartFrom) -> StartPosition {
-    match from {
-        StartFrom::Earliest => StartPosition::Earliest,
-        StartFrom::Latest => StartPosition::Latest,
-        StartFrom::Offset(offset) => StartPosition::Offset(offset),
-        StartFrom::Timestamp(ts) => StartPosition::Timestamp(ts),
     }
 }

@@ -1,31 +1,25 @@
 //! What a deployment is: the spec an operator sends (`POST /v1/transforms`, `sluice transform
 //! deploy`), its validation, and how deployments persist in the data directory.
 //!
-//! Layout under `<data-dir>/__transforms/`:
-//! - `modules/<sha256>.wasm` — the uploaded components, by content;
-//! - `deployments/<name>.json` — one file per deployment (spec, module digest, version, paused),
-//!   replaced atomically (temp file, fsync, rename);
-//! - `cache/` — wasmtime's compiled modules (see `sluice-wasm`), so a restart does not recompile.
+//! Deployments live in `<data-dir>/__transforms/deployments/<name>.json` (spec, module digest,
+//! version, paused), replaced atomically. Modules live in the shared registry (`sluice-runtime`,
+//! `<data-dir>/__plugins/`); components that earlier versions kept in `__transforms/modules/` are
+//! moved there at start.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sluice_broker::host::{StartPosition, write_file_atomically};
+use sluice_runtime::registry::validate_name as validate_module_name;
+use sluice_runtime::{OnFailure, RetryPolicy, RuntimeError};
 use sluice_wasm::Limits;
-
-use crate::error::ApiError;
-
-pub const TRANSFORMS_DIR: &str = "__transforms";
 /// Longest transform name: it becomes part of transactional ids and a group id.
 pub const TRANSFORM_NAME_BYTES_MAX: usize = 100;
 /// Records handed to the module per call at most (one call per batch, never per record).
 pub const BATCH_RECORDS_DEFAULT: usize = 5_000;
 pub const BATCH_RECORDS_MAX: usize = sluice_wasm::INPUT_RECORDS_PER_CALL_MAX;
-/// Retry policy bounds.
-pub const RETRY_ATTEMPTS_MAX: u32 = 1_000;
-pub const RETRY_BACKOFF_MS_MAX: u64 = 600_000;
 
 /// Where a new deployment starts reading when its group has no committed position for a partition.
 /// A redeploy under the same name resumes from the committed positions and ignores this.
@@ -45,13 +39,14 @@ pub enum StartFrom {
 /// output).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorPolicy {
+pub enum TransformErrorPolicy {
     /// Stop the transform's partition in the `failed` state with the error; nothing of the batch is
     /// written and its input is not consumed. Resume after fixing (redeploy, or `resume`).
     #[default]
     Stop,
-    /// Write the failing batch's input records to this topic, with the error in headers, commit them
-    /// with the input progress, and go on.
+    /// Write the input records that fail (found by bisecting a failing batch, or named by the
+    /// module) to this topic, with the error in headers; transform the rest; commit both with the
+    /// input progress, and go on.
     DeadLetter(String),
     /// Retry the batch with exponential backoff (starting at `backoff_ms`), `max_attempts` times,
     /// then stop.
@@ -81,7 +76,7 @@ pub struct TransformSpec {
     #[serde(default)]
     pub from: StartFrom,
     #[serde(default)]
-    pub error_policy: ErrorPolicy,
+    pub error_policy: TransformErrorPolicy,
     #[serde(default)]
     pub partitioning: Partitioning,
     #[serde(default)]
@@ -115,54 +110,75 @@ impl TransformSpec {
         format!("__sluice-transform-{}-{partition}", self.name)
     }
 
+    /// The runtime's error policy for this spec.
+    pub fn policy(&self) -> sluice_runtime::ErrorPolicy {
+        match &self.error_policy {
+            TransformErrorPolicy::Stop => sluice_runtime::ErrorPolicy::default(),
+            TransformErrorPolicy::DeadLetter(topic) => sluice_runtime::ErrorPolicy {
+                retry: RetryPolicy::NONE,
+                on_failure: OnFailure::DeadLetter { topic: topic.clone(), context_headers: true },
+            },
+            TransformErrorPolicy::Retry { max_attempts, backoff_ms } => sluice_runtime::ErrorPolicy {
+                retry: RetryPolicy {
+                    max_attempts: *max_attempts,
+                    timeout_ms: None,
+                    backoff_ms: *backoff_ms,
+                    backoff_max_ms: RETRY_BACKOFF_CAP_MS,
+                },
+                on_failure: OnFailure::Stop,
+            },
+        }
+    }
+
+    pub fn start_position(&self) -> StartPosition {
+        match self.from {
+            StartFrom::Earliest => StartPosition::Earliest,
+            StartFrom::Latest => StartPosition::Latest,
+            StartFrom::Offset(offset) => StartPosition::Offset(offset),
+            StartFrom::Timestamp(ts) => StartPosition::Timestamp(ts),
+        }
+    }
+
     /// Checks everything that does not need the broker (topics are checked by the manager).
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let invalid = |message: String| Err(RuntimeError::Invalid(message));
         validate_name(&self.name)?;
         if self.output_topics.is_empty() {
-            return Err(ApiError::bad_request("at least one output topic is required (--output-topic)"));
+            return invalid("at least one output topic is required (--output-topic)".into());
         }
         if self.output_topics.len() > sluice_wasm::OUTPUTS_MAX {
-            return Err(ApiError::bad_request(format!("{} output topics; at most {}", self.output_topics.len(), sluice_wasm::OUTPUTS_MAX)));
+            return invalid(format!("{} output topics; at most {}", self.output_topics.len(), sluice_wasm::OUTPUTS_MAX));
         }
         if let Some(dup) = self.output_topics.iter().enumerate().find(|(i, t)| self.output_topics[..*i].contains(t)) {
-            return Err(ApiError::bad_request(format!("output topic '{}' is listed twice", dup.1)));
+            return invalid(format!("output topic '{}' is listed twice", dup.1));
         }
         if self.output_topics.contains(&self.input_topic) {
-            return Err(ApiError::bad_request("the input topic cannot also be an output topic (the transform would read its own output)"));
+            return invalid("the input topic cannot also be an output topic (the transform would read its own output)".into());
         }
-        self.limits().validate().map_err(|e| ApiError::bad_request(format!("limits: {e}")))?;
+        self.limits().validate().map_err(|e| RuntimeError::Invalid(format!("limits: {e}")))?;
         if self.batch_records.is_some_and(|n| n == 0 || n > BATCH_RECORDS_MAX) {
-            return Err(ApiError::bad_request(format!("batch_records must be 1..={BATCH_RECORDS_MAX}")));
+            return invalid(format!("batch_records must be 1..={BATCH_RECORDS_MAX}"));
         }
         match &self.error_policy {
-            ErrorPolicy::DeadLetter(topic) if topic == &self.input_topic || self.output_topics.contains(topic) => {
-                return Err(ApiError::bad_request("the dead-letter topic must differ from the input and output topics"));
+            TransformErrorPolicy::DeadLetter(topic) if topic == &self.input_topic || self.output_topics.contains(topic) => {
+                return invalid("the dead-letter topic must differ from the input and output topics".into());
             }
-            ErrorPolicy::Retry { max_attempts, backoff_ms }
-                if *max_attempts == 0 || *max_attempts > RETRY_ATTEMPTS_MAX || *backoff_ms > RETRY_BACKOFF_MS_MAX =>
-            {
-                return Err(ApiError::bad_request(format!(
-                    "retry needs 1..={RETRY_ATTEMPTS_MAX} attempts and a backoff of at most {RETRY_BACKOFF_MS_MAX} ms"
-                )));
-            }
+            TransformErrorPolicy::Retry { .. } => self.policy().retry.validate().map_err(RuntimeError::Invalid)?,
             _ => {}
         }
         Ok(())
     }
 }
 
+/// The longest backoff of the retry policy.
+const RETRY_BACKOFF_CAP_MS: u64 = 60_000;
+
 pub fn group_for(name: &str) -> String {
     format!("__sluice-transform-{name}")
 }
 
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > TRANSFORM_NAME_BYTES_MAX {
-        return Err(ApiError::bad_request(format!("transform names are 1..={TRANSFORM_NAME_BYTES_MAX} characters")));
-    }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(ApiError::bad_request(format!("transform name '{name}' contains '{bad}'; use letters, digits, '.', '_' and '-'")));
-    }
-    Ok(())
+pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
+    validate_module_name("transform", name, TRANSFORM_NAME_BYTES_MAX)
 }
 
 /// A deployment as persisted.
@@ -183,47 +199,34 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(data_dir: &Path) -> Result<Store, String> {
-        let root = data_dir.join(TRANSFORMS_DIR);
-        for dir in [root.join("modules"), root.join("deployments"), root.join("cache")] {
-            fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        Ok(Store { root })
-    }
-
-    pub fn cache_dir(&self) -> PathBuf {
-        self.root.join("cache")
-    }
-
-    fn module_path(&self, digest: &str) -> PathBuf {
-        self.root.join("modules").join(format!("{digest}.wasm"))
+    /// `root`: the runtime's directory (`<data-dir>/__transforms`). Blocking file I/O.
+    pub fn open(root: &Path) -> Result<Store, RuntimeError> {
+        let deployments = root.join("deployments");
+        fs::create_dir_all(&deployments).map_err(|e| RuntimeError::file(&deployments, e))?;
+        Ok(Store { root: root.to_path_buf() })
     }
 
     fn deployment_path(&self, name: &str) -> PathBuf {
         self.root.join("deployments").join(format!("{name}.json"))
     }
 
-    pub fn save_module(&self, digest: &str, bytes: &[u8]) -> Result<(), String> {
-        let path = self.module_path(digest);
-        if path.exists() {
-            return Ok(());
-        }
-        write_atomically(&path, bytes)
+    /// A component an earlier version stored under `__transforms/modules/`, to move into the
+    /// registry; removed once moved.
+    pub fn legacy_module(&self, digest: &str) -> Option<(PathBuf, Vec<u8>)> {
+        let path = self.root.join("modules").join(format!("{digest}.wasm"));
+        fs::read(&path).ok().map(|bytes| (path, bytes))
     }
 
-    pub fn load_module(&self, digest: &str) -> Result<Vec<u8>, String> {
-        let path = self.module_path(digest);
-        fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    pub fn save(&self, deployment: &StoredDeployment) -> Result<(), RuntimeError> {
+        let json = serde_json::to_vec_pretty(deployment).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        write_file_atomically(&self.deployment_path(&deployment.spec.name), &json)?;
+        Ok(())
     }
 
-    pub fn save(&self, deployment: &StoredDeployment) -> Result<(), String> {
-        let json = serde_json::to_vec_pretty(deployment).map_err(|e| e.to_string())?;
-        write_atomically(&self.deployment_path(&deployment.spec.name), &json)
-    }
-
-    pub fn remove(&self, name: &str) -> Result<(), String> {
-        match fs::remove_file(self.deployment_path(name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(format!("cannot remove deployment {name}: {e}")),
+    pub fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let path = self.deployment_path(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::file(&path, e)),
             _ => Ok(()),
         }
     }
@@ -248,30 +251,6 @@ impl Store {
         out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         out
     }
-
-    /// Removes module files no deployment refers to.
-    pub fn collect_garbage(&self, live: &[String]) {
-        let Ok(entries) = fs::read_dir(self.root.join("modules")) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(digest) = name.strip_suffix(".wasm")
-                && !live.iter().any(|d| d == digest)
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let temp = path.with_extension("tmp");
-    let mut file = fs::File::create(&temp).map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
-    fs::rename(&temp, path).map_err(|e| format!("cannot rename {}: {e}", temp.display()))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("cannot fsync {}: {e}", dir.display()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -288,7 +267,7 @@ mod tests {
         spec.validate().unwrap();
         assert_eq!(
             (spec.from, spec.partitioning, spec.error_policy.clone()),
-            (StartFrom::Earliest, Partitioning::KeyHash, ErrorPolicy::Stop)
+            (StartFrom::Earliest, Partitioning::KeyHash, TransformErrorPolicy::Stop)
         );
         assert_eq!(spec.transactional_id(3), "__sluice-transform-t1-3");
     }
@@ -297,12 +276,12 @@ mod tests {
     fn bad_specs_are_refused_with_a_reason() {
         let mut bad = spec();
         bad.output_topics.push("in".into());
-        assert!(bad.validate().unwrap_err().message.contains("input topic"));
+        assert!(bad.validate().unwrap_err().to_string().contains("input topic"));
         let mut bad = spec();
         bad.name = "a/b".into();
         assert!(bad.validate().is_err());
         let mut bad = spec();
-        bad.error_policy = ErrorPolicy::DeadLetter("out".into());
+        bad.error_policy = TransformErrorPolicy::DeadLetter("out".into());
         assert!(bad.validate().is_err());
         let mut bad = spec();
         bad.memory_bytes = Some(10);

@@ -77,7 +77,7 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 partition_responses.push(error_response(index, ResponseError::InvalidRecord, Some(why.into())));
                 continue;
             }
-            if transactional != !transactional_id.is_empty() {
+            if transactional == transactional_id.is_empty() {
                 let why = if transactional {
                     "transactional batches need the request's transactional id"
                 } else {

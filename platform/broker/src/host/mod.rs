@@ -204,6 +204,12 @@ impl Host {
         Ok(topic_info(&self.broker, &created.topic))
     }
 
+    /// Grows a topic to `total` partitions (they only grow). Blocking file I/O.
+    pub fn create_partitions(&self, topic: &str, total: i32) -> Result<TopicInfo, HostError> {
+        self.broker.add_partitions(topic, total, false).map_err(HostError::from_broker)?;
+        self.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))
+    }
+
     pub fn partition_offsets(&self, topic: &str, partition: i32) -> Result<PartitionOffsets, HostError> {
         let p = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
         Ok(PartitionOffsets { log_start: p.log_start_offset(), last_stable: p.last_stable_offset(), high_watermark: p.high_watermark() })
@@ -264,6 +270,12 @@ impl Host {
 fn topic_info(broker: &Broker, topic: &crate::topic::Topic) -> TopicInfo {
     let max_message_bytes = topic.config.read().log_config(&broker.config).max_batch_bytes as usize;
     TopicInfo { name: topic.name.as_str().to_string(), partitions: topic.partition_count(), max_message_bytes }
+}
+
+/// Replaces `path` with `bytes` durably: a temporary file, fsync, rename over `path`, fsync of the
+/// directory. A crash leaves the old content or the new, never a mix. Blocking file I/O.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), HostError> {
+    crate::metastore::write_atomically(path, bytes).map_err(HostError::Storage)
 }
 
 /// Milliseconds since the Unix epoch by the broker's clock.

@@ -1,6 +1,6 @@
-//! A transform's log: lines its module writes (`sluice::log::info!` in the SDK) and what the runtime
-//! says about it (stops, dead-lettered batches) go to the broker's `tracing` log and to a bounded
-//! buffer that `GET /v1/transforms/{name}` and `sluice transform status` show.
+//! A deployment's log: lines its module writes (`sluice::log::info!` in the SDK) and what the runtime
+//! says about it (stops, dead letters) go to the broker's `tracing` log and to a bounded buffer that
+//! the deployment's status shows (`GET /v1/transforms/{name}`, `sluice transform status`, …).
 
 use std::collections::VecDeque;
 
@@ -24,11 +24,9 @@ pub struct LogBuffer {
 }
 
 impl LogBuffer {
-    pub fn new(transform: &str) -> LogBuffer {
-        LogBuffer {
-            tracing: TracingLogSink { transform: transform.to_string() },
-            lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)),
-        }
+    /// `name`: the deployment, as the broker's log lines name it.
+    pub fn new(name: &str) -> LogBuffer {
+        LogBuffer { tracing: TracingLogSink { transform: name.to_string() }, lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
     }
 
     pub fn push(&self, level: LogLevel, message: &str) {
