@@ -249,18 +249,20 @@ impl PartitionLog {
         // An empty segment after others holds nothing (a roll interrupted before its first append, or
         // a segment cut to nothing): dropping it keeps the log end at the last batch. A quarantined
         // segment is never dropped: its bytes are the evidence.
+        // Offsets below an empty segment's base were handed out before it was created.
+        let mut end_floor = recovery_point;
         while segments.len() > 1 && segments.last().is_some_and(|s| s.is_empty() && s.quarantined().is_none()) {
             if let Some(empty) = segments.pop() {
+                end_floor = end_floor.max(empty.base_offset());
                 empty.delete_files()?;
             }
         }
         // The next offset is never below the recovery point, nor after a quarantined last segment:
         // offsets handed out before must not be handed out again.
-        let recovered_end = segments.last().map(Segment::next_offset);
         let quarantined_last = segments.last().is_some_and(|s| s.quarantined().is_some());
         let active = match segments.pop() {
             Some(mut last) if quarantined_last || last.next_offset() < recovery_point => {
-                let base = last.next_offset().max(recovery_point);
+                let base = last.next_offset().max(end_floor);
                 if last.next_offset() < recovery_point {
                     lost_acknowledged = true;
                     tracing::error!(dir = %dir.display(), recovered_end = last.next_offset(), recovery_point, "the log ends below its recovery point; offsets up to it are not reused");
@@ -280,7 +282,7 @@ impl PartitionLog {
                 active
             }
             None => {
-                let active = Segment::create(dir, persisted_start.max(recovery_point).max(recovered_end.unwrap_or(0)))?;
+                let active = Segment::create(dir, persisted_start.max(recovery_point))?;
                 sync_dir(dir)?;
                 active
             }
