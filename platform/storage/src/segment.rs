@@ -4,9 +4,10 @@
 //!
 //! Data is written with one positional write per append and read with `read_at`, so readers share the
 //! file through `&self`. Only the active segment holds its `.log` open; a sealed one opens it when
-//! read, through the process-wide cache in `handles`. This module also holds the two scanners the log uses: `BatchScanner` walks a
-//! segment in large chunks (recovery with CRC checks, producer-state rebuild with headers only), and
-//! lookups walk batch headers from an index position with a small buffer.
+//! read, through the process-wide cache in `handles`. This module also holds the two scanners the log
+//! uses: `BatchScanner` walks a segment in large chunks (recovery with CRC checks, producer-state
+//! rebuild with headers only), and lookups walk batch headers from an index position with a small
+//! buffer.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
