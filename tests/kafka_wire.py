@@ -101,7 +101,7 @@ def record(offset_delta: int, key: bytes | None, value: bytes | None, headers=()
     body += varint(-1) if value is None else varint(len(value)) + value
     body += varint(len(headers))
     for hk, hv in headers:
-        hkb = hk.encode()
+        hkb = hk if isinstance(hk, bytes) else hk.encode()  # bytes: a key that need not be UTF-8
         body += varint(len(hkb)) + hkb + (varint(-1) if hv is None else varint(len(hv)) + hv)
     return varint(len(body)) + body
 

@@ -8,9 +8,9 @@ import random
 import socket
 import time
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
-from harness import assert_serves_traffic, cf_consume, cf_consumer, create_topic, unique
+from harness import assert_serves_traffic, cf_consume, cf_consumer, cf_produce, cf_producer, create_topic, unique
 from kafka_wire import (
     API_VERSIONS,
     CORRUPT_MESSAGE,
@@ -29,6 +29,9 @@ from kafka_wire import (
 )
 
 RSS_LIMIT_BYTES = 1024 * 1024 * 1024
+INVALID_TIMESTAMP = 32
+INVALID_RECORD = 87
+HOUR_MS = 3_600_000
 
 
 def high_watermark(broker, topic: str) -> int:
@@ -187,3 +190,48 @@ def test_silent_and_stalled_clients_do_not_block_others(broker):
         for s in idle + stalled:
             s.close()
     assert_serves_traffic(broker)
+
+
+def test_header_keys_must_be_utf8(broker):
+    """Issue 10, item 11: clients decode header keys as strings, so a record whose header key is not UTF-8
+    breaks every consumer of the topic. The produce is refused with INVALID_RECORD and nothing is stored."""
+    topic = unique("raw-hdr")
+    create_topic(broker, topic, 1)
+    bad = record_batch([(b"k", b"v", [("fine", b"\xff"), (b"\xc3\x28", b"x")])])
+    good = record_batch([(b"k", b"v", [("cl\u00e9", b"\xff\x00")])])
+    with connect(broker.port) as s:
+        s.sendall(produce_v3(1, topic, 0, bad))
+        corr, body = read_response(s)
+        assert corr == 1 and parse_produce_v3(body)[0][2] == INVALID_RECORD, parse_produce_v3(body)
+        s.sendall(produce_v3(2, topic, 0, good))
+        corr, body = read_response(s)
+        assert corr == 2 and parse_produce_v3(body) == [(topic, 0, 0, 0)]
+    assert high_watermark(broker, topic) == 1
+    assert [r.headers for r in cf_consume(broker, topic, 1)] == [(("cl\u00e9", b"\xff\x00"),)]
+    assert_serves_traffic(broker)
+
+
+def test_future_timestamps_are_refused_with_invalid_timestamp(make_broker):
+    """Issue 10, item 8: one record dated in the year 3000 used to pin time retention for the whole
+    partition. As in Kafka 4.0, a CreateTime record more than message.timestamp.after.max.ms (1 hour by
+    default) ahead of the broker's clock is refused with INVALID_TIMESTAMP; a topic may loosen it."""
+    broker = make_broker()
+    topic, loose = unique("ts-bound"), unique("ts-loose")
+    create_topic(broker, topic, 1)
+    create_topic(broker, loose, 1, config={"message.timestamp.after.max.ms": str(1000 * 24 * HOUR_MS)})
+    now = int(time.time() * 1000)
+    year_3000 = 32_503_680_000_000
+    producer = cf_producer(broker, {"retries": 0})
+    # Separate produces: a refusal covers the whole batch, as in Kafka.
+    [(error, _)] = cf_produce(producer, topic, [{"value": b"far", "timestamp": year_3000}], check=False)
+    assert error is not None and error.code() == KafkaError.INVALID_TIMESTAMP, error
+    cf_produce(producer, topic, [{"value": b"soon", "timestamp": now + HOUR_MS // 2}])
+    # Raw frames get the same answer, and nothing of the refused batch is stored.
+    with connect(broker.port) as s:
+        s.sendall(produce_v3(1, topic, 0, record_batch([(None, b"raw", [])], base_timestamp=now + 2 * HOUR_MS)))
+        _, body = read_response(s)
+        assert parse_produce_v3(body)[0][2] == INVALID_TIMESTAMP
+    assert high_watermark(broker, topic) == 1
+    # The topic override loosens the bound.
+    cf_produce(producer, loose, [{"value": b"later", "timestamp": now + 10 * 24 * HOUR_MS}])
+    assert high_watermark(broker, loose) == 1

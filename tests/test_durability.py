@@ -1,5 +1,7 @@
-"""Durability and recovery: acknowledged records survive kill -9 (with and without fsync before ack), and a
-segment whose tail is garbage (a torn or corrupted write) is cut back to its valid prefix on start-up.
+"""Durability and recovery: acknowledged records survive kill -9 (with and without fsync before ack), a
+segment whose tail is garbage (a torn or corrupted write) is cut back to its valid prefix on start-up, a
+corrupt batch in acknowledged data costs only itself (later segments stay, offsets are not reused), and a
+broker restarts with many partitions under a small open-file limit, or with a partition it cannot open.
 
 The garbage tests after a *graceful* stop ask more than Apache Kafka gives: Kafka skips log recovery after a
 clean shutdown. Sluice scans segment tails on every start and never serves a byte that failed its CRC
@@ -8,15 +10,19 @@ clean shutdown. Sluice scans segment tails on every start and never serves a byt
 from __future__ import annotations
 
 import random
+import sys
 
 import pytest
+from confluent_kafka import KafkaError
 
 from harness import (
     assert_contiguous_offsets,
+    assert_serves_traffic,
     cf_consume,
     cf_produce,
     cf_producer,
     create_topic,
+    http_request,
     unique,
 )
 
@@ -120,3 +126,117 @@ def test_garbage_tail_is_truncated_on_start(broker, shutdown, garbage):
     assert [r.value for r in got] == first + more
     assert [r.offset for r in got] == list(range(n + 50))
     assert newest.stat().st_size >= len(original), "recovery must not cut into valid data"
+
+
+def batch_positions(log_bytes: bytes) -> list[tuple[int, int, int]]:
+    """(base offset, last offset, file position) of every batch in a segment file."""
+    out, position = [], 0
+    while position + 61 <= len(log_bytes):
+        base = int.from_bytes(log_bytes[position:position + 8], "big")
+        length = int.from_bytes(log_bytes[position + 8:position + 12], "big")
+        last_delta = int.from_bytes(log_bytes[position + 23:position + 27], "big")
+        out.append((base, base + last_delta, position))
+        position += 12 + length
+    return out
+
+
+@pytest.mark.parametrize("shutdown", ["sigterm", "kill9"])
+def test_a_corrupt_batch_in_a_closed_segment_costs_only_itself(make_broker, shutdown):
+    """Regression (issue 10, item 10): one bad batch in a closed segment made the next start delete every
+    later segment, and the lost offsets were handed out again. Now the bad batch (and what follows it in its
+    own segment) is kept aside and reported; later segments are served and new records get new offsets."""
+    broker = make_broker()
+    topic = unique("dur-corrupt")
+    create_topic(broker, topic, 1, config={"segment.bytes": "1048576"})
+    n = 4000
+    sent = [f"rec-{i:05d}-".encode() + b"p" * 1000 for i in range(n)]
+    cf_produce(cf_producer(broker, {"acks": "all", "linger.ms": 5, "batch.size": 65536}), topic, [{"value": v} for v in sent])
+    broker.stop() if shutdown == "sigterm" else broker.kill9()
+
+    segments = broker.segment_files(topic, 0)
+    assert len(segments) >= 3, [s.name for s in segments]
+    victim = segments[1]
+    data = bytearray(victim.read_bytes())
+    lost_first, _, position = batch_positions(bytes(data))[-1]
+    lost_last = int(segments[2].stem) - 1
+    data[position + 100] ^= 0x01
+    victim.write_bytes(bytes(data))
+
+    broker.start()
+    expected = [(i, v) for i, v in enumerate(sent) if not lost_first <= i <= lost_last]
+    got = cf_consume(broker, topic, len(expected), timeout=60, settle=1.5)
+    assert [(r.offset, r.value) for r in got] == expected, f"got {len(got)} records, expected {len(expected)}"
+    assert broker.segment_files(topic, 0) == segments, "no segment may be deleted"
+    assert victim.read_bytes() == bytes(data), "the corrupt bytes are kept for inspection"
+    reports = cf_produce(cf_producer(broker, {"acks": "all"}), topic, [{"value": b"after"}])
+    assert reports[0][1].offset == n, "offsets of lost records are never handed out again"
+    _, _, metrics = http_request("GET", f"{broker.admin_url}/metrics")
+    assert b"sluice_quarantined_segments 1" in metrics
+    assert "CORRUPT SEGMENT" in broker.log_tail(400)
+
+
+def with_open_file_limit(broker, soft: int, hard: int) -> None:
+    """Starts of `broker` from now on run under RLIMIT_NOFILE (soft, hard), set by a tiny exec wrapper."""
+    command = broker.command
+    wrapper = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    broker.command = lambda: [sys.executable, "-c", wrapper] + command()
+
+
+def open_file_limits(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc/pid/limits")
+
+
+def test_restart_with_many_partitions_under_a_small_open_file_limit(make_broker):
+    """Regression (issue 10, item 9): every segment held three files open for the broker's lifetime, so a
+    broker whose partitions outnumbered a third of its descriptor limit could not restart. Now a partition
+    holds one, old segments are opened when read, and the soft limit is raised to the hard one at start."""
+    broker = make_broker()
+    topic = unique("dur-fds")
+    partitions = 300
+    create_topic(broker, topic, partitions)
+    cf_produce(cf_producer(broker, {"acks": "all"}), topic, [{"value": f"v{p}".encode(), "partition": p} for p in range(partitions)])
+    broker.stop()
+
+    with_open_file_limit(broker, 256, 700)
+    broker.start()
+    assert open_file_limits(broker.pid) == (700, 700), "the soft limit is raised to the hard one"
+    got = cf_consume(broker, topic, partitions, timeout=60, settle=1.0)
+    assert sorted(r.value for r in got) == sorted(f"v{p}".encode() for p in range(partitions))
+    assert_serves_traffic(broker)
+
+
+def test_a_partition_that_cannot_be_opened_does_not_stop_the_broker(make_broker):
+    """Regression (issue 10, item 9): one partition that failed to open stopped the whole broker from
+    starting. Now the broker starts with the others, logs the failure, counts it in a metric, and the broken
+    partition answers KAFKA_STORAGE_ERROR."""
+    broker = make_broker()
+    topic = unique("dur-offline")
+    create_topic(broker, topic, 2)
+    cf_produce(cf_producer(broker, {"acks": "all"}), topic, [{"value": b"p0", "partition": 0}, {"value": b"p1", "partition": 1}])
+    broker.stop()
+    broken = broker.partition_dir(topic, 1)
+    for f in broken.iterdir():
+        f.unlink()
+    broken.rmdir()
+    broken.write_bytes(b"not a directory")
+
+    broker.start()
+    got = cf_consume(broker, topic, 1, timeout=30, settle=2.0)
+    assert [(r.partition, r.value) for r in got] == [(0, b"p0")]
+    reports = cf_produce(cf_producer(broker, {"acks": "all", "retries": 0}), topic,
+                         [{"value": b"ok", "partition": 0}, {"value": b"lost", "partition": 1}], check=False)
+    assert reports[0][0] is None, reports[0][0]
+    assert reports[1][0] is not None and reports[1][0].code() == KafkaError.KAFKA_STORAGE_ERROR, reports[1][0]
+    _, _, metrics = http_request("GET", f"{broker.admin_url}/metrics")
+    assert b"sluice_offline_partitions 1" in metrics
+    assert "cannot open partition" in broker.log_tail(400)
+    assert_serves_traffic(broker)

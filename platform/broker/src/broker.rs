@@ -64,6 +64,14 @@ impl Broker {
         dir_lock.try_lock().map_err(|_| {
             format!("data directory {} is in use by another sluice process (lock held on {})", data_dir.display(), lock_path.display())
         })?;
+        let budget = sluice_storage::configure_open_files();
+        tracing::info!(
+            soft_before = ?budget.soft_before,
+            soft = ?budget.soft_after,
+            hard = ?budget.hard,
+            sealed_segment_files_open_max = budget.sealed_files_open_max,
+            "open-file limit"
+        );
         let meta = MetaStore::open(data_dir)?;
         let cluster = meta.cluster_meta()?;
         let metrics = Metrics::new();
@@ -76,6 +84,22 @@ impl Broker {
             let topic = open_topic(&config, data_dir, definition, &metrics, now)?;
             partition_count += topic.partition_count() as usize;
             topics.insert(definition.name.clone(), topic);
+        }
+        let (mut offline, mut quarantined) = (0i64, 0i64);
+        for topic in topics.iter() {
+            for partition in topic.partitions.read().iter() {
+                let log = partition.log.read();
+                offline += i64::from(log.offline_reason().is_some());
+                quarantined += log.quarantined_segment_count() as i64;
+            }
+        }
+        metrics.offline_partitions.set(offline);
+        metrics.quarantined_segments.set(quarantined);
+        if offline > 0 {
+            tracing::error!(
+                offline_partitions = offline,
+                "started without some partitions; they answer KAFKA_STORAGE_ERROR until a restart opens them"
+            );
         }
         remove_orphan_partitions(data_dir, &definitions);
         let offsets = OffsetStore::open(data_dir, now)?;
@@ -315,7 +339,19 @@ fn open_topic(
         partitions: parking_lot::RwLock::new(Vec::new()),
         metrics: metrics.topic(&definition.name),
     });
-    let opened = open_partitions(config, data_dir, &topic, 0..definition.partitions, now)?;
+    // At start-up a partition that cannot be opened must not keep the others from serving: it is
+    // reported and stays offline (KAFKA_STORAGE_ERROR) until a restart opens it.
+    let topic_config = topic.config.read().clone();
+    let log_config = topic_config.log_config(config);
+    let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
+    let opened = (0..definition.partitions).map(|index| {
+        let dir = partition_dir(data_dir, topic.name.as_str(), index);
+        let log = PartitionLog::open(&dir, log_config.clone(), now).unwrap_or_else(|error| {
+            tracing::error!(topic = topic.name.as_str(), partition = index, dir = %dir.display(), %error, "cannot open partition; it stays offline");
+            PartitionLog::offline(&dir, log_config.clone(), format!("it could not be opened at start-up: {error}"))
+        });
+        Partition::new(topic.name.clone(), index, dir, log, policy, now)
+    });
     topic.partitions.write().extend(opened);
     Ok(topic)
 }

@@ -39,7 +39,10 @@ enum Kind {
 const DAY_MS: &str = "604800000";
 
 /// Bounds shared by several settings.
-const SEGMENT_BYTES_MIN: i64 = 14;
+/// Kafka 4.0 (KIP-1030) raised the minimum of `segment.bytes` / `log.segment.bytes` from 14 bytes to
+/// 1 MiB: tiny segments multiply files and descriptors without bound. A stored topic override below it
+/// (from an older version) is raised to it when the topic's log is configured.
+const SEGMENT_BYTES_MIN: i64 = 1024 * 1024;
 const SEGMENT_BYTES_MAX: i64 = sluice_storage::SEGMENT_BYTES_MAX as i64;
 const REQUEST_BYTES_LIMIT: i64 = 1 << 30;
 
@@ -119,6 +122,18 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         default: "CreateTime",
         doc: "Default message.timestamp.type.",
         kind: Kind::Choice(&["CreateTime", "LogAppendTime"]),
+    },
+    SettingSpec {
+        name: "log.message.timestamp.after.max.ms",
+        default: "3600000",
+        doc: "Default message.timestamp.after.max.ms: a CreateTime record may be dated at most this far ahead of the broker's clock, or the batch is refused with INVALID_TIMESTAMP. Also bounds how long a future-dated record already on disk can delay time retention.",
+        kind: Kind::Int { min: 0, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "log.message.timestamp.before.max.ms",
+        default: "9223372036854775807",
+        doc: "Default message.timestamp.before.max.ms: a CreateTime record may be dated at most this far behind the broker's clock, or the batch is refused with INVALID_TIMESTAMP.",
+        kind: Kind::Int { min: 0, max: i64::MAX },
     },
     SettingSpec {
         name: "message.max.bytes",
@@ -228,6 +243,8 @@ pub const TOPIC_SETTINGS: &[(&str, &str)] = &[
     ("segment.ms", "log.roll.ms"),
     ("max.message.bytes", "message.max.bytes"),
     ("message.timestamp.type", "log.message.timestamp.type"),
+    ("message.timestamp.after.max.ms", "log.message.timestamp.after.max.ms"),
+    ("message.timestamp.before.max.ms", "log.message.timestamp.before.max.ms"),
     ("index.interval.bytes", "log.index.interval.bytes"),
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
@@ -578,6 +595,8 @@ impl TopicConfig {
                 _ => TimestampType::CreateTime,
             },
             delete_enabled: policy.split(',').any(|p| p.trim() == "delete"),
+            timestamp_after_max_ms: self.int("message.timestamp.after.max.ms", broker).max(0) as u64,
+            timestamp_before_max_ms: self.int("message.timestamp.before.max.ms", broker).max(0) as u64,
         }
     }
 
@@ -633,6 +652,31 @@ mod tests {
         assert_eq!(topic.effective("segment.bytes", &broker).unwrap().1, ConfigSource::StaticBroker);
         assert_eq!(topic.effective("retention.ms", &broker).unwrap().1, ConfigSource::Topic);
         assert_eq!(topic.effective("max.message.bytes", &broker).unwrap().1, ConfigSource::Default);
+    }
+
+    /// Regression (issue 10, item 9): `segment.bytes` could be 14, so a topic could be made to hold
+    /// millions of segments. Kafka 4.0's minimum is 1 MiB, for the topic and the broker default.
+    #[test]
+    fn segment_bytes_below_one_mebibyte_is_refused() {
+        assert!(TopicConfig::from_pairs([("segment.bytes", "14")]).unwrap_err().message.contains("out of range"));
+        assert!(TopicConfig::from_pairs([("segment.bytes", "1048575")]).is_err());
+        assert!(TopicConfig::from_pairs([("segment.bytes", "1048576")]).is_ok());
+        assert!(BrokerConfig::from_settings([("log.segment.bytes", "1000")]).is_err());
+        // An override stored by an older version still opens, raised to the minimum.
+        let stored = TopicConfig { overrides: [("segment.bytes".to_string(), "14".to_string())].into() };
+        assert_eq!(stored.log_config(&BrokerConfig::default()).segment_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn timestamp_bounds_default_to_kafka_4_and_resolve_per_topic() {
+        let broker = BrokerConfig::default();
+        let log = TopicConfig::default().log_config(&broker);
+        assert_eq!((log.timestamp_after_max_ms, log.timestamp_before_max_ms), (3_600_000, i64::MAX as u64));
+        let broker = BrokerConfig::from_settings([("log.message.timestamp.before.max.ms", "86400000")]).unwrap();
+        let topic = TopicConfig::from_pairs([("message.timestamp.after.max.ms", "60000")]).unwrap();
+        let log = topic.log_config(&broker);
+        assert_eq!((log.timestamp_after_max_ms, log.timestamp_before_max_ms), (60_000, 86_400_000));
+        assert!(TopicConfig::from_pairs([("message.timestamp.after.max.ms", "-1")]).is_err());
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl BrokerError {
         match self {
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } | BrokerError::UnknownGroup(_) => 404,
             BrokerError::TopicExists(_) | BrokerError::NonEmptyGroup(_) => 409,
-            BrokerError::Storage(_) | BrokerError::Log(StorageError::Io(..)) => 500,
+            BrokerError::Storage(_) | BrokerError::Log(StorageError::Io(..) | StorageError::Offline { .. }) => 500,
             BrokerError::Timeout(_) => 504,
             _ => 400,
         }
@@ -78,7 +78,8 @@ pub fn storage_error_code(error: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
-        StorageError::Io(..) => ResponseError::KafkaStorageError,
+        StorageError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
+        StorageError::Offline { .. } | StorageError::Io(..) => ResponseError::KafkaStorageError,
         #[allow(unreachable_patterns)]
         _ => ResponseError::UnknownServerError,
     }

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub transactions_finished: IntGaugeVec,
     pub transactions_ongoing: IntGauge,
     pub decode_errors: IntCounter,
+    /// Partitions that could not be opened at start-up and answer KAFKA_STORAGE_ERROR.
+    pub offline_partitions: IntGauge,
+    /// Segments whose corrupt tail recovery kept aside at start-up (see the storage crate's API.md).
+    pub quarantined_segments: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -83,6 +87,14 @@ impl Metrics {
             ),
             transactions_ongoing: must(IntGauge::new("transactions_ongoing", "Transactions currently open")),
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
+            offline_partitions: must(IntGauge::new(
+                "offline_partitions",
+                "Partitions that could not be opened at start-up; they answer KAFKA_STORAGE_ERROR until a restart opens them",
+            )),
+            quarantined_segments: must(IntGauge::new(
+                "quarantined_segments",
+                "Segments in which recovery found a corrupt batch in acknowledged data; the bytes from it on are kept aside and not served",
+            )),
             registry,
         };
         let mut metrics = metrics;
@@ -103,6 +115,8 @@ impl Metrics {
             Box::new(metrics.transactions_finished.clone()),
             Box::new(metrics.transactions_ongoing.clone()),
             Box::new(metrics.decode_errors.clone()),
+            Box::new(metrics.offline_partitions.clone()),
+            Box::new(metrics.quarantined_segments.clone()),
         ] {
             must(metrics.registry.register(collector));
         }

@@ -276,12 +276,16 @@ impl Partition {
 
     async fn flush_loop(self: Arc<Self>) {
         loop {
-            let (file, end) = self.log.read().sync_target();
+            let Some((file, end)) = self.log.read().sync_target() else {
+                // An offline partition has nothing to sync (and takes no appends to wait on).
+                self.flush_running.store(false, Ordering::Release);
+                return;
+            };
             if end <= *self.flushed.borrow() {
                 self.flush_running.store(false, Ordering::Release);
                 // An append may have landed between reading the target and clearing the flag; its
                 // writer saw the flag set and is waiting on us, so look once more before leaving.
-                let (_, end_now) = self.log.read().sync_target();
+                let end_now = self.log.read().log_end_offset();
                 if end_now <= *self.flushed.borrow() || self.flush_running.swap(true, Ordering::AcqRel) {
                     return;
                 }

@@ -220,6 +220,25 @@ pub(crate) struct ValidatedBatch {
     /// Offset delta of the first record carrying the batch's largest timestamp. Known only for
     /// uncompressed CreateTime batches; 0 (the first record) otherwise.
     pub max_timestamp_offset_delta: i32,
+    /// Smallest and largest timestamp the batch carries, for the topic's timestamp bounds: every
+    /// record's and the header's max timestamp for an uncompressed batch; the header's base and max
+    /// timestamps for a compressed one, whose records are never decompressed. Kafka's "no timestamp"
+    /// (-1) is left out, as Kafka does. None when nothing carries a timestamp.
+    pub timestamp_range: Option<(i64, i64)>,
+}
+
+/// Kafka's `RecordBatch.NO_TIMESTAMP`: a record without a timestamp, exempt from timestamp bounds.
+pub(crate) const NO_TIMESTAMP: i64 = -1;
+
+/// Widens `range` to include `timestamp`, unless it is `NO_TIMESTAMP`.
+fn widen(range: &mut Option<(i64, i64)>, timestamp: i64) {
+    if timestamp == NO_TIMESTAMP {
+        return;
+    }
+    *range = Some(match *range {
+        Some((low, high)) => (low.min(timestamp), high.max(timestamp)),
+        None => (timestamp, timestamp),
+    });
 }
 
 /// Validates a buffer of concatenated batches as a producer sent them: sizes, magic 2, CRC-32C,
@@ -315,21 +334,36 @@ fn check_batch(bytes: &[u8], origin: Origin) -> Result<ValidatedBatch, StorageEr
         }
     }
     let mut max_timestamp_offset_delta = 0;
+    let mut timestamp_range = None;
     if header.compression() == COMPRESSION_NONE {
-        max_timestamp_offset_delta = check_records(&header, bytes, origin)?;
+        (max_timestamp_offset_delta, timestamp_range) = check_records(&header, bytes, origin)?;
+    } else {
+        widen(&mut timestamp_range, header.base_timestamp);
     }
-    Ok(ValidatedBatch { header, max_timestamp_offset_delta })
+    widen(&mut timestamp_range, header.max_timestamp);
+    Ok(ValidatedBatch { header, max_timestamp_offset_delta, timestamp_range })
 }
 
-/// Walks the records of an uncompressed batch: framing, count and offset deltas. Returns the offset
-/// delta of the first record with the largest timestamp (0 for LogAppendTime batches, whose record
-/// timestamps are ignored).
-fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<i32, StorageError> {
+/// Walks the records of an uncompressed batch: framing, count, offset deltas, and for a producer's
+/// batch that header keys are UTF-8. Returns the offset delta of the first record with the largest
+/// timestamp (0 for LogAppendTime batches, whose record timestamps are ignored) and the range of the
+/// records' timestamps.
+fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<(i32, Option<(i64, i64)>), StorageError> {
     let mut count: i64 = 0;
     let mut previous_delta: i64 = -1;
     let mut best: Option<(i64, i32)> = None;
-    for record in Records::new(bytes) {
-        let record = record.map_err(|why| StorageError::CorruptMessage(format!("record {count}: {why}")))?;
+    let mut range = None;
+    let records = match origin {
+        Origin::Client => Records::checking_header_keys(bytes),
+        Origin::Replica => Records::new(bytes),
+    };
+    for record in records {
+        let record = record.map_err(|error| match error {
+            RecordError::Framing(_) => StorageError::CorruptMessage(format!("record {count}: {error}")),
+            RecordError::HeaderKeyNotUtf8 { .. } => {
+                StorageError::InvalidRecord(format!("record {count}: {error} (Kafka header keys are strings)"))
+            }
+        })?;
         let delta = i64::from(record.offset_delta);
         let in_order = match origin {
             Origin::Client => delta == count,
@@ -344,6 +378,7 @@ fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<i
         if best.is_none_or(|(t, _)| timestamp > t) {
             best = Some((timestamp, record.offset_delta));
         }
+        widen(&mut range, timestamp);
         previous_delta = delta;
         count += 1;
     }
@@ -351,9 +386,9 @@ fn check_records(header: &BatchHeader, bytes: &[u8], origin: Origin) -> Result<i
         return Err(StorageError::InvalidRecord(format!("header says {} records, the batch holds {count}", header.record_count)));
     }
     if header.timestamp_type() == TimestampType::LogAppendTime {
-        return Ok(0);
+        return Ok((0, range));
     }
-    Ok(best.map_or(0, |(_, delta)| delta))
+    Ok((best.map_or(0, |(_, delta)| delta), range))
 }
 
 /// The CRC-32C a batch's bytes give: over everything from the attributes to the end.
@@ -405,43 +440,73 @@ pub(crate) struct RecordInfo {
     pub timestamp_delta: i64,
 }
 
+/// Why a record could not be walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordError {
+    /// The bytes do not frame a record.
+    Framing(&'static str),
+    /// Header number `header` of the record has a key that is not UTF-8 (checked only when asked).
+    HeaderKeyNotUtf8 { header: i32 },
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::Framing(why) => f.write_str(why),
+            RecordError::HeaderKeyNotUtf8 { header } => write!(f, "header {header} has a key that is not valid UTF-8"),
+        }
+    }
+}
+
 /// Walks the records of an uncompressed batch, checking each record's framing (length, key, value,
 /// headers) without copying anything. Stops after the first error.
 pub(crate) struct Records<'a> {
     reader: Reader<'a>,
+    /// Also check that header keys are UTF-8 (a producer's batch; stored data is read as it is).
+    check_header_keys: bool,
 }
 
 impl<'a> Records<'a> {
     /// `batch` is a whole uncompressed batch, header included.
     pub(crate) fn new(batch: &'a [u8]) -> Records<'a> {
-        Records { reader: Reader::new(batch.get(BATCH_HEADER_BYTES..).unwrap_or_default()) }
+        Records { reader: Reader::new(batch.get(BATCH_HEADER_BYTES..).unwrap_or_default()), check_header_keys: false }
     }
 
-    fn next_record(&mut self) -> Result<RecordInfo, &'static str> {
-        let length = self.reader.varint().ok_or("record length is not a valid varint")?;
-        let length = usize::try_from(length).map_err(|_| "negative record length")?;
-        let body = self.reader.take(length).ok_or("record length runs past the end of the batch")?;
+    /// As `new`, and a header key that is not UTF-8 is an error: clients decode header keys as
+    /// strings, and one that fails to decode breaks every consumer of the topic.
+    pub(crate) fn checking_header_keys(batch: &'a [u8]) -> Records<'a> {
+        Records { check_header_keys: true, ..Records::new(batch) }
+    }
+
+    fn next_record(&mut self) -> Result<RecordInfo, RecordError> {
+        use RecordError::Framing;
+        let length = self.reader.varint().ok_or(Framing("record length is not a valid varint"))?;
+        let length = usize::try_from(length).map_err(|_| Framing("negative record length"))?;
+        let body = self.reader.take(length).ok_or(Framing("record length runs past the end of the batch"))?;
         let mut r = Reader::new(body);
-        const SHORT: &str = "record is shorter than its fields";
+        const SHORT: RecordError = Framing("record is shorter than its fields");
         let _attributes = r.i8().ok_or(SHORT)?;
         let timestamp_delta = r.varlong().ok_or(SHORT)?;
         let offset_delta = r.varint().ok_or(SHORT)?;
-        skip_bytes(&mut r, true).ok_or("bad key length")?;
-        skip_bytes(&mut r, true).ok_or("bad value length")?;
-        let headers = r.varint().filter(|n| *n >= 0).ok_or("bad header count")?;
-        for _ in 0..headers {
-            skip_bytes(&mut r, false).ok_or("bad header key length")?;
-            skip_bytes(&mut r, true).ok_or("bad header value length")?;
+        skip_bytes(&mut r, true).ok_or(Framing("bad key length"))?;
+        skip_bytes(&mut r, true).ok_or(Framing("bad value length"))?;
+        let headers = r.varint().filter(|n| *n >= 0).ok_or(Framing("bad header count"))?;
+        for header in 0..headers {
+            let key = read_bytes(&mut r).ok_or(Framing("bad header key length"))?;
+            if self.check_header_keys && std::str::from_utf8(key).is_err() {
+                return Err(RecordError::HeaderKeyNotUtf8 { header });
+            }
+            skip_bytes(&mut r, true).ok_or(Framing("bad header value length"))?;
         }
         if !r.is_empty() {
-            return Err("record has bytes after its last header");
+            return Err(Framing("record has bytes after its last header"));
         }
         Ok(RecordInfo { offset_delta, timestamp_delta })
     }
 }
 
 impl Iterator for Records<'_> {
-    type Item = Result<RecordInfo, &'static str>;
+    type Item = Result<RecordInfo, RecordError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.reader.is_empty() {
@@ -453,6 +518,12 @@ impl Iterator for Records<'_> {
         }
         Some(record)
     }
+}
+
+/// Reads a varint-length-prefixed, non-null byte string.
+fn read_bytes<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
+    let length = r.varint()?;
+    r.take(usize::try_from(length).ok()?)
 }
 
 /// Skips a varint-length-prefixed byte string; length -1 means null where `nullable`.

@@ -26,6 +26,19 @@ pub enum StorageError {
     /// A zombie producer: its epoch is older than one the log has seen. Maps to INVALID_PRODUCER_EPOCH (47).
     #[error("producer {producer_id} has epoch {got}, older than its current epoch {current}")]
     InvalidProducerEpoch { producer_id: i64, current: i16, got: i16 },
+    /// A CreateTime record's timestamp is further from the broker's clock than
+    /// `message.timestamp.before.max.ms` / `message.timestamp.after.max.ms` allow. Maps to
+    /// INVALID_TIMESTAMP (32).
+    #[error(
+        "timestamp {timestamp} is out of range: the topic accepts CreateTime timestamps within [{earliest}, {latest}] \
+         (message.timestamp.before.max.ms / message.timestamp.after.max.ms)"
+    )]
+    InvalidTimestamp { timestamp: i64, earliest: i64, latest: i64 },
+    /// The partition cannot serve the call: it could not be opened at start-up, or a write left
+    /// memory and disk in doubt and it refuses changes until a restart recovers it from its files.
+    /// Maps to KAFKA_STORAGE_ERROR (56).
+    #[error("partition {dir} is offline: {reason}")]
+    Offline { dir: String, reason: String },
     /// A file operation failed; the string names the operation and the path. Maps to KAFKA_STORAGE_ERROR.
     #[error("{1}: {0}")]
     Io(#[source] io::Error, String),

@@ -6,7 +6,9 @@
 //! Both are caches of the `.log`. Reads and ListOffsets use them to find a starting file position
 //! without scanning the segment; recovery trusts only the consistent prefix of the pair and rebuilds
 //! the rest from the log. No mmap (unsafe is forbidden): the entries live in memory as vectors and
-//! new entries are appended to the files with plain positional writes.
+//! new entries are appended to the files with plain positional writes. The files are opened for each
+//! write (one per 32 entries, and at each sync) and closed again: holding them open would cost two
+//! descriptors per segment for the life of the broker, for files that are almost never touched.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -48,8 +50,6 @@ struct OffsetEntry {
 pub(crate) struct SegmentIndex {
     offset_path: PathBuf,
     time_path: PathBuf,
-    offset_file: File,
-    time_file: File,
     entries: Vec<OffsetEntry>,
     /// The time index's timestamps, parallel to `entries`. The time index's offsets are needed only
     /// for the last entry (the segment's largest timestamp), which the segment keeps itself; leaving
@@ -64,18 +64,15 @@ pub(crate) struct SegmentIndex {
 impl SegmentIndex {
     /// Creates empty index files, replacing any that exist.
     pub(crate) fn create(offset_path: PathBuf, time_path: PathBuf) -> Result<SegmentIndex, StorageError> {
-        let open = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)
-                .context(|| format!("create index {}", path.display()))
-        };
-        Ok(SegmentIndex {
-            offset_file: open(&offset_path)?,
-            time_file: open(&time_path)?,
+        for path in [&offset_path, &time_path] {
+            OpenOptions::new().write(true).create(true).truncate(true).open(path).context(|| format!("create index {}", path.display()))?;
+        }
+        Ok(SegmentIndex::detached(offset_path, time_path))
+    }
+
+    /// An index with no entries whose files are not touched (an offline partition's placeholder).
+    pub(crate) fn detached(offset_path: PathBuf, time_path: PathBuf) -> SegmentIndex {
+        SegmentIndex {
             offset_path,
             time_path,
             entries: Vec::new(),
@@ -83,7 +80,7 @@ impl SegmentIndex {
             written: 0,
             pending_offset_bytes: Vec::new(),
             pending_time_bytes: Vec::new(),
-        })
+        }
     }
 
     /// Loads the longest consistent prefix of a segment's index pair (creating missing files). Entries
@@ -152,8 +149,6 @@ impl SegmentIndex {
         let index = SegmentIndex {
             offset_path,
             time_path,
-            offset_file,
-            time_file,
             entries,
             max_timestamps,
             written,
@@ -185,13 +180,11 @@ impl SegmentIndex {
         self.max_timestamps.truncate(n);
         self.written = self.entries.len();
         let n = self.entries.len() as u64;
-        for (file, path, entry_bytes) in
-            [(&self.offset_file, &self.offset_path, OFFSET_INDEX_ENTRY_BYTES), (&self.time_file, &self.time_path, TIME_INDEX_ENTRY_BYTES)]
-        {
+        for (path, entry_bytes) in [(&self.offset_path, OFFSET_INDEX_ENTRY_BYTES), (&self.time_path, TIME_INDEX_ENTRY_BYTES)] {
             let want = n * entry_bytes as u64;
-            let have = file.metadata().context(|| format!("stat index {}", path.display()))?.len();
+            let have = std::fs::metadata(path).context(|| format!("stat index {}", path.display()))?.len();
             if have != want {
-                file.set_len(want).context(|| format!("truncate index {}", path.display()))?;
+                open_for_write(path)?.set_len(want).context(|| format!("truncate index {}", path.display()))?;
             }
         }
         Ok(())
@@ -222,12 +215,15 @@ impl SegmentIndex {
         let offset_at = (self.written * OFFSET_INDEX_ENTRY_BYTES) as u64;
         let time_at = (self.written * TIME_INDEX_ENTRY_BYTES) as u64;
         self.written = self.entries.len();
-        let offset_written = self.offset_file.write_all_at(&self.pending_offset_bytes, offset_at);
-        let time_written = self.time_file.write_all_at(&self.pending_time_bytes, time_at);
+        let offset_written = open_for_write(&self.offset_path).and_then(|file| {
+            file.write_all_at(&self.pending_offset_bytes, offset_at).context(|| format!("append to index {}", self.offset_path.display()))
+        });
+        let time_written = open_for_write(&self.time_path).and_then(|file| {
+            file.write_all_at(&self.pending_time_bytes, time_at).context(|| format!("append to index {}", self.time_path.display()))
+        });
         self.pending_offset_bytes.clear();
         self.pending_time_bytes.clear();
-        offset_written.context(|| format!("append to index {}", self.offset_path.display()))?;
-        time_written.context(|| format!("append to index {}", self.time_path.display()))
+        offset_written.and(time_written)
     }
 
     /// File position to start scanning from for `relative_offset`: the position of the last indexed
@@ -248,8 +244,10 @@ impl SegmentIndex {
     /// Writes pending entries and fdatasyncs both files.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
         self.write_pending()?;
-        self.offset_file.sync_data().context(|| format!("fsync index {}", self.offset_path.display()))?;
-        self.time_file.sync_data().context(|| format!("fsync index {}", self.time_path.display()))
+        for path in [&self.offset_path, &self.time_path] {
+            open_for_write(path)?.sync_data().context(|| format!("fsync index {}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Removes both files; a file already gone is not an error.
@@ -259,6 +257,12 @@ impl SegmentIndex {
         }
         Ok(())
     }
+}
+
+/// Opens an existing index file for writing. A missing file is an error, not recreated: the write
+/// would leave a hole of zeros, and the next open rebuilds a missing index anyway.
+fn open_for_write(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new().write(true).open(path).context(|| format!("open index {}", path.display()))
 }
 
 /// Removes a file, treating "not found" as done.

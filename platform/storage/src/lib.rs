@@ -5,10 +5,12 @@
 //!
 //! Modules, in data-path order: `batch` (v2 framing, CRC-32C, header rewrites), `producer`
 //! (idempotent sequences), `log` (the partition log), `segment` (one `.log` with its indexes),
-//! `index` (the sparse offset and time indexes), `error`, and `testing` (batch builders for tests).
+//! `index` (the sparse offset and time indexes), `handles` (the process's budget of open files),
+//! `error`, and `testing` (batch builders for tests).
 
 pub mod batch;
 pub mod error;
+pub mod handles;
 mod index;
 pub mod log;
 mod producer;
@@ -18,7 +20,9 @@ pub mod txn;
 
 pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, TxnMarker, validate_batches};
 pub use error::StorageError;
+pub use handles::{OpenFilesBudget, configure_open_files};
 pub use log::{
     APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX, ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
+    TIMESTAMP_AFTER_MAX_MS_DEFAULT,
 };
 pub use txn::AbortedTxn;

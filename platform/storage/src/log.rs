@@ -33,7 +33,6 @@ use crate::index::remove_if_present;
 use crate::producer::{PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable, SequenceCheck};
 use crate::segment::{
     BatchScanner, INDEX_SUFFIX, LOG_SUFFIX, POSITION_MAX, RELATIVE_OFFSET_MAX, RecoveryScan, SCAN_BUFFER_BYTES, Segment, TIME_INDEX_SUFFIX,
-    segment_path,
 };
 use crate::txn::{ABORTED_TXNS_FILE, AbortedIndex, AbortedTxn};
 
@@ -56,6 +55,8 @@ const PRODUCER_SNAPSHOT_FILE: &str = "producer-state";
 const TEMP_SUFFIX: &str = ".tmp";
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+/// Kafka 4.0's default `message.timestamp.after.max.ms`: one hour.
+pub const TIMESTAMP_AFTER_MAX_MS_DEFAULT: u64 = 60 * 60 * 1000;
 
 /// A topic's storage settings, by Kafka's names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,14 @@ pub struct LogConfig {
     pub timestamp_type: TimestampType,
     /// cleanup.policy contains "delete".
     pub delete_enabled: bool,
+    /// message.timestamp.after.max.ms: how far ahead of the broker's clock a CreateTime record's
+    /// timestamp may be. Default 1 hour (Kafka 4.0); `u64::MAX` or anything beyond `i64::MAX` turns
+    /// the check off. It also bounds how long a future-dated record already on disk can hold its
+    /// segment back from time retention (see `enforce_retention`).
+    pub timestamp_after_max_ms: u64,
+    /// message.timestamp.before.max.ms: how far behind the broker's clock a CreateTime record's
+    /// timestamp may be. Default `i64::MAX` as in Kafka, which accepts any past timestamp.
+    pub timestamp_before_max_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -89,6 +98,8 @@ impl Default for LogConfig {
             max_batch_bytes: batch::MAX_BATCH_BYTES_DEFAULT,
             timestamp_type: TimestampType::CreateTime,
             delete_enabled: true,
+            timestamp_after_max_ms: TIMESTAMP_AFTER_MAX_MS_DEFAULT,
+            timestamp_before_max_ms: i64::MAX as u64,
         }
     }
 }
@@ -139,6 +150,17 @@ pub struct RetentionStats {
     pub bytes_deleted: u64,
 }
 
+/// Whether the log serves reads and takes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Availability {
+    Online,
+    /// A write left memory and disk in doubt (see `fail_writes`): reads go on, every change is
+    /// refused until a restart rebuilds the state from the files.
+    WritesFailed(String),
+    /// The partition could not be opened (see `offline`): every call that touches data fails.
+    Offline(String),
+}
+
 #[derive(Debug)]
 pub struct PartitionLog {
     dir: PathBuf,
@@ -155,6 +177,7 @@ pub struct PartitionLog {
     clean_marker: bool,
     /// `delete` removed the directory; every later call fails.
     deleted: bool,
+    availability: Availability,
     /// Reused across appends so validating a buffer allocates nothing in the steady state.
     scratch: Vec<ValidatedBatch>,
 }
@@ -162,9 +185,11 @@ pub struct PartitionLog {
 impl PartitionLog {
     /// Opens (creating if absent) the partition directory and runs crash recovery: every segment's
     /// tail after its last trustworthy index entry is CRC-checked, and after an unclean shutdown every
-    /// segment at or after the recovery point is checked in full. The first invalid batch truncates
-    /// the log there and later segments are deleted. Then idempotent-producer state is rebuilt from
-    /// the batch headers.
+    /// segment at or after the recovery point is checked in full. An invalid batch in the active
+    /// segment beyond the recovery point is a torn write and is cut off; anywhere else it is
+    /// corruption of acknowledged data, and the segment's bytes from there on are quarantined (kept on
+    /// disk, never served, reported) while every later segment stays. Offsets below the recovery point
+    /// are never given out again. Then idempotent-producer state is rebuilt from the batch headers.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, StorageError> {
         let config = config.sanitized();
         fs::create_dir_all(dir).context(|| format!("create partition directory {}", dir.display()))?;
@@ -186,31 +211,78 @@ impl PartitionLog {
 
         let mut scanner = BatchScanner::new(SCAN_BUFFER_BYTES);
         let mut segments = Vec::with_capacity(bases.len());
+        // Acknowledged data was found missing or corrupt: state saved by `close` no longer describes
+        // the log, even where the offsets still line up.
+        let mut lost_acknowledged = false;
         for (i, &base) in bases.iter().enumerate() {
             let next_base = bases.get(i + 1).copied();
             let scan = if !clean && next_base.is_none_or(|next| next > recovery_point) { RecoveryScan::Full } else { RecoveryScan::Tail };
-            let (segment, recovered) = Segment::recover(dir, base, next_base, scan, config.index_interval_bytes, &mut scanner)?;
-            segments.push(segment);
-            if let Some((position, reason)) = recovered.truncated {
-                let later = bases.get(i + 1..).unwrap_or_default();
-                tracing::warn!(dir = %dir.display(), segment = base, position, reason, dropped_segments = later.len(), "recovery truncated the log");
-                for &base in later {
-                    delete_segment_files(dir, base)?;
+            let (mut segment, recovered) = Segment::recover(dir, base, next_base, scan, config.index_interval_bytes, &mut scanner)?;
+            if let Some((position, reason)) = recovered.invalid {
+                // Only the tail of the last segment can be a torn write, and only beyond what was on
+                // stable storage: everything else was acknowledged, and cutting it would also hand
+                // its offsets out again.
+                let torn_tail = next_base.is_none() && segment.next_offset() >= recovery_point;
+                if torn_tail {
+                    tracing::warn!(dir = %dir.display(), segment = base, position, reason, "recovery cut a torn or invalid tail off the active segment");
+                    segment.cut_invalid_tail()?;
+                } else {
+                    tracing::error!(
+                        dir = %dir.display(),
+                        segment = base,
+                        position,
+                        reason,
+                        first_lost_offset = segment.next_offset(),
+                        next_segment = ?next_base,
+                        recovery_point,
+                        "CORRUPT SEGMENT: an invalid batch in acknowledged data; its bytes are quarantined (kept in the file, never served) and later segments are kept"
+                    );
+                    segment.quarantine(position, reason);
+                    lost_acknowledged = true;
                 }
-                break;
             }
+            if next_base.is_some() {
+                segment.seal();
+            }
+            segments.push(segment);
         }
         // An empty segment after others holds nothing (a roll interrupted before its first append, or
-        // a segment cut to nothing): dropping it keeps the log end at the last batch.
-        while segments.len() > 1 && segments.last().is_some_and(Segment::is_empty) {
+        // a segment cut to nothing): dropping it keeps the log end at the last batch. A quarantined
+        // segment is never dropped: its bytes are the evidence.
+        // Offsets below an empty segment's base were handed out before it was created.
+        let mut end_floor = recovery_point;
+        while segments.len() > 1 && segments.last().is_some_and(|s| s.is_empty() && s.quarantined().is_none()) {
             if let Some(empty) = segments.pop() {
+                end_floor = end_floor.max(empty.base_offset());
                 empty.delete_files()?;
             }
         }
+        // The next offset is never below the recovery point, nor after a quarantined last segment:
+        // offsets handed out before must not be handed out again.
+        let quarantined_last = segments.last().is_some_and(|s| s.quarantined().is_some());
         let active = match segments.pop() {
-            Some(active) => active,
+            Some(mut last) if quarantined_last || last.next_offset() < recovery_point => {
+                let base = last.next_offset().max(end_floor);
+                if last.next_offset() < recovery_point {
+                    lost_acknowledged = true;
+                    tracing::error!(dir = %dir.display(), recovered_end = last.next_offset(), recovery_point, "the log ends below its recovery point; offsets up to it are not reused");
+                }
+                if last.is_empty() && last.quarantined().is_none() {
+                    last.delete_files()?;
+                } else {
+                    last.seal();
+                    segments.push(last);
+                }
+                let active = Segment::create(dir, base)?;
+                sync_dir(dir)?;
+                active
+            }
+            Some(mut active) => {
+                active.activate()?;
+                active
+            }
             None => {
-                let active = Segment::create(dir, persisted_start)?;
+                let active = Segment::create(dir, persisted_start.max(recovery_point))?;
                 sync_dir(dir)?;
                 active
             }
@@ -227,6 +299,7 @@ impl PartitionLog {
             aborted: AbortedIndex::empty(dir),
             clean_marker: false,
             deleted: false,
+            availability: Availability::Online,
             scratch: Vec::new(),
         };
         log.log_start_offset = persisted_start.max(log.first_segment_base());
@@ -247,7 +320,7 @@ impl PartitionLog {
         log.recovery_point = if clean { end } else { recovery_point.clamp(0, end) };
         log.aborted = AbortedIndex::load(dir, log.log_start_offset, end);
         match snapshot {
-            Some((offset, producers)) if offset == end => {
+            Some((offset, producers)) if offset == end && !lost_acknowledged => {
                 log.producers = producers;
                 log.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
             }
@@ -259,6 +332,42 @@ impl PartitionLog {
         }
         tracing::debug!(dir = %dir.display(), clean, segments = log.segment_count(), log_start_offset = log.log_start_offset, log_end_offset = end, producers = log.producers.len(), "opened log");
         Ok(log)
+    }
+
+    /// A partition that could not be opened: it holds no file, every read or write fails with
+    /// `Offline` naming `reason`, and retention and `close` leave it alone. The broker uses it to start
+    /// with the partitions it can open and answer KAFKA_STORAGE_ERROR for the others, instead of not
+    /// starting at all.
+    pub fn offline(dir: &Path, config: LogConfig, reason: String) -> PartitionLog {
+        PartitionLog {
+            dir: dir.to_path_buf(),
+            config: config.sanitized(),
+            sealed: VecDeque::new(),
+            active: Segment::detached(dir, 0),
+            log_start_offset: 0,
+            recovery_point: 0,
+            producers: ProducerStateTable::default(),
+            aborted: AbortedIndex::empty(dir),
+            clean_marker: false,
+            deleted: false,
+            availability: Availability::Offline(reason),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Why the partition serves nothing, if it is offline (see `offline`).
+    pub fn offline_reason(&self) -> Option<&str> {
+        match &self.availability {
+            Availability::Offline(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Segments whose tail recovery quarantined (an invalid batch in acknowledged data): their bytes
+    /// from there on stay in the file and are never served. Reported at open; re-found at each open
+    /// until the segment is deleted (by retention, or by an operator after looking at it).
+    pub fn quarantined_segment_count(&self) -> usize {
+        self.segments().filter(|s| s.quarantined().is_some()).count()
     }
 
     /// Walks batch headers to rebuild idempotent-producer state, ongoing transactions and recent aborts.
@@ -275,7 +384,7 @@ impl PartitionLog {
             // written a minute ago (reprocessing keeps input timestamps), and a segment holding an
             // open transaction must never be skipped.
             let old_records = segment.max_timestamp().is_none_or(|(timestamp, _)| timestamp < cutoff);
-            if old_records && segment.modified_ms().is_some_and(|modified| modified < cutoff) {
+            if old_records && segment.last_write_ms() < cutoff {
                 continue;
             }
             let walked = segment.for_each_header(scanner, |header, position| {
@@ -340,6 +449,9 @@ impl PartitionLog {
         let mut log_append_time = -1;
         match mode {
             AppendMode::AssignOffsets { leader_epoch } => {
+                if self.config.timestamp_type == TimestampType::CreateTime {
+                    self.check_timestamps(validated, now_ms)?;
+                }
                 if let Some(duplicate) = self.check_sequences(validated)? {
                     return Ok(AppendResult {
                         base_offset: duplicate.first_offset,
@@ -408,6 +520,24 @@ impl PartitionLog {
         })
     }
 
+    /// Kafka's timestamp bounds for CreateTime topics (`message.timestamp.before.max.ms` /
+    /// `message.timestamp.after.max.ms`, Kafka 3.6+): every timestamp a batch carries must lie within
+    /// `[now - before, now + after]`, or the whole append is refused. Compressed batches are judged by
+    /// their header's base and max timestamps, since the log never decompresses.
+    fn check_timestamps(&self, validated: &[ValidatedBatch], now_ms: i64) -> Result<(), StorageError> {
+        let bound = |ms: u64| i64::try_from(ms).unwrap_or(i64::MAX);
+        let earliest = now_ms.saturating_sub(bound(self.config.timestamp_before_max_ms));
+        let latest = now_ms.saturating_add(bound(self.config.timestamp_after_max_ms));
+        for (low, high) in validated.iter().filter_map(|b| b.timestamp_range) {
+            for timestamp in [low, high] {
+                if timestamp < earliest || timestamp > latest {
+                    return Err(StorageError::InvalidTimestamp { timestamp, earliest, latest });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Idempotent-producer checks for a producer append. Returns the original offsets when the append
     /// is a single batch that retries one already in the log. A retried batch inside a multi-batch
     /// append cannot be half-applied, so there it counts as out of order.
@@ -457,9 +587,20 @@ impl PartitionLog {
             for batch in run {
                 let size = batch.header.total_size();
                 if batch.header.is_control() {
-                    let control = bytes.get(at..at + size).and_then(batch::control_type);
-                    if let Some(entry) = control.and_then(|c| self.producers.record_marker(&batch.header, c)) {
-                        self.aborted.append(entry)?;
+                    if let Some(control) = bytes.get(at..at + size).and_then(batch::control_type) {
+                        // The abort's index entry reaches the file before anything in memory says the
+                        // transaction ended: until then its records stay above the last stable offset,
+                        // where read_committed consumers cannot see them.
+                        if let Some(entry) = self.producers.aborted_by_marker(&batch.header, control)
+                            && let Err(error) = self.aborted.append(entry)
+                        {
+                            self.fail_writes(format!(
+                                "the aborted-transaction index write for the marker at offset {} failed: {error}",
+                                batch.header.base_offset
+                            ));
+                            return Err(error);
+                        }
+                        self.producers.record_marker(&batch.header, control);
                     }
                 } else if batch.header.is_idempotent() {
                     self.producers.record(&batch.header);
@@ -510,7 +651,8 @@ impl PartitionLog {
         let segment = Segment::create(&self.dir, base_offset)?;
         // The new file's directory entry must be durable before an fsync of its data can promise anything.
         sync_dir(&self.dir)?;
-        let rolled = mem::replace(&mut self.active, segment);
+        let mut rolled = mem::replace(&mut self.active, segment);
+        rolled.seal();
         self.sealed.push_back(rolled);
         // A lost or stale recovery point only costs a longer scan, so this write is not fsynced.
         if let Err(error) = write_offset_file(&self.dir, RECOVERY_POINT_FILE, self.recovery_point, false) {
@@ -691,12 +833,14 @@ impl PartitionLog {
     }
 
     /// Retention by time and size, deleting whole segments from the oldest. A segment expires when its
-    /// largest timestamp is older than `retention_ms`; an expired active segment is rolled first so it
-    /// can go too. Size retention deletes the oldest segments while the rest still reach
+    /// largest timestamp is older than `retention_ms`, where a timestamp later than the segment's last
+    /// write plus `timestamp_after_max_ms` counts as that (see `Segment::retention_timestamp`: one
+    /// future-dated record must not keep every later segment); an expired active segment is rolled
+    /// first so it can go too. Size retention deletes the oldest segments while the rest still reach
     /// `retention_bytes`; the active segment always stays. Also forgets expired producers.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionStats, StorageError> {
         let mut stats = RetentionStats::default();
-        if self.deleted {
+        if self.deleted || matches!(self.availability, Availability::Offline(_)) {
             return Ok(stats);
         }
         self.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
@@ -705,8 +849,9 @@ impl PartitionLog {
         }
         if let Some(retention_ms) = self.config.retention_ms {
             let cutoff = now_ms.saturating_sub(i64::try_from(retention_ms).unwrap_or(i64::MAX));
-            let expired = |segment: &Segment| segment.retention_timestamp().is_some_and(|t| t < cutoff);
-            if expired(&self.active) {
+            let future_bound_ms = self.config.timestamp_after_max_ms;
+            let expired = |segment: &Segment| segment.retention_timestamp(future_bound_ms) < cutoff;
+            if !self.active.is_empty() && expired(&self.active) {
                 self.ensure_writable()?;
                 let end = self.log_end_offset();
                 self.roll(end)?;
@@ -744,9 +889,10 @@ impl PartitionLog {
     }
 
     /// The active segment's file, so the broker can fdatasync outside its lock, and the log end
-    /// offset that sync will cover. (Segments rolled away were fsynced when they rolled.)
-    pub fn sync_target(&self) -> (Arc<fs::File>, i64) {
-        (Arc::clone(self.active.file()), self.log_end_offset())
+    /// offset that sync will cover. (Segments rolled away were fsynced when they rolled.) None for an
+    /// offline partition, which has no file to sync.
+    pub fn sync_target(&self) -> Option<(Arc<fs::File>, i64)> {
+        self.active.file().map(|file| (Arc::clone(file), self.log_end_offset()))
     }
 
     /// Records that everything below `offset` is on stable storage.
@@ -771,10 +917,15 @@ impl PartitionLog {
     /// clean-shutdown marker. Takes `&mut self` (not `self`) because the broker holds logs behind locks;
     /// the log stays usable, and the next change removes the marker again.
     pub fn close(&mut self) -> Result<(), StorageError> {
-        if self.deleted || self.clean_marker {
+        if self.deleted || self.clean_marker || matches!(self.availability, Availability::Offline(_)) {
             return Ok(());
         }
         self.active.sync(true)?;
+        if let Availability::WritesFailed(reason) = &self.availability {
+            // No snapshot and no clean-shutdown marker: memory is not what the files say, so the next
+            // open must rebuild its state from the log.
+            return Err(self.offline_error(reason));
+        }
         self.recovery_point = self.log_end_offset();
         let snapshot = self.producers.encode_snapshot(self.recovery_point);
         write_file_atomically(&self.dir, PRODUCER_SNAPSHOT_FILE, &snapshot, true)?;
@@ -853,13 +1004,31 @@ impl PartitionLog {
                 format!("use partition log {}", self.dir.display()),
             ));
         }
+        if let Availability::Offline(reason) = &self.availability {
+            return Err(self.offline_error(reason));
+        }
         Ok(())
+    }
+
+    fn offline_error(&self, reason: &str) -> StorageError {
+        StorageError::Offline { dir: self.dir.display().to_string(), reason: reason.to_string() }
+    }
+
+    /// Stops the log taking changes after a write that left memory and the files in doubt, as a failed
+    /// fsync stops a partition acknowledging: every later change fails with `Offline`, reads go on,
+    /// and `close` writes no clean-shutdown marker, so the restart rebuilds the state from the log.
+    fn fail_writes(&mut self, reason: String) {
+        tracing::error!(dir = %self.dir.display(), reason = reason.as_str(), "partition stops taking writes until a restart");
+        self.availability = Availability::WritesFailed(reason);
     }
 
     /// Before any change after a clean close, the marker must go: otherwise a crash would be taken for
     /// a clean shutdown and the unsynced change would escape the full recovery scan.
     fn ensure_writable(&mut self) -> Result<(), StorageError> {
         self.ensure_live()?;
+        if let Availability::WritesFailed(reason) = &self.availability {
+            return Err(self.offline_error(reason));
+        }
         if self.clean_marker {
             remove_if_present(&self.dir.join(CLEAN_SHUTDOWN_FILE))?;
             sync_dir(&self.dir)?;
@@ -924,13 +1093,6 @@ fn parse_base_offset(stem: &str) -> Option<i64> {
         return None;
     }
     stem.parse().ok()
-}
-
-fn delete_segment_files(dir: &Path, base_offset: i64) -> Result<(), StorageError> {
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, LOG_SUFFIX] {
-        remove_if_present(&segment_path(dir, base_offset, suffix))?;
-    }
-    Ok(())
 }
 
 /// Reads one of the small offset files; `None` when missing or unreadable (with a warning, since

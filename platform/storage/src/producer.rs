@@ -205,6 +205,17 @@ impl ProducerStateTable {
         }
     }
 
+    /// The aborted-transaction entry `record_marker` would return for this marker, without changing
+    /// anything: the log writes it to the index file before the transaction ends in memory.
+    pub(crate) fn aborted_by_marker(&self, header: &BatchHeader, control: ControlType) -> Option<AbortedTxn> {
+        let first_offset = self.producers.get(&header.producer_id)?.txn_first_offset;
+        (control == ControlType::Abort && first_offset >= 0).then_some(AbortedTxn {
+            producer_id: header.producer_id,
+            first_offset,
+            last_offset: header.base_offset,
+        })
+    }
+
     /// Records an appended (or recovered) transaction marker: it ends the producer's ongoing
     /// transaction, if any, and raises its epoch to the marker's (a fencing abort carries a bumped
     /// epoch). Returns the aborted range for an abort that ended a transaction.

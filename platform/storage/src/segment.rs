@@ -3,9 +3,11 @@
 //! (active) segment, reads from any, and deletes whole segments for retention.
 //!
 //! Data is written with one positional write per append and read with `read_at`, so readers share the
-//! file through `&self`. This module also holds the two scanners the log uses: `BatchScanner` walks a
-//! segment in large chunks (recovery with CRC checks, producer-state rebuild with headers only), and
-//! lookups walk batch headers from an index position with a small buffer.
+//! file through `&self`. Only the active segment holds its `.log` open; a sealed one opens it when
+//! read, through the process-wide cache in `handles`. This module also holds the two scanners the log
+//! uses: `BatchScanner` walks a segment in large chunks (recovery with CRC checks, producer-state
+//! rebuild with headers only), and lookups walk batch headers from an index position with a small
+//! buffer.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -18,6 +20,7 @@ use crate::batch::{
     TimestampType, ValidatedBatch,
 };
 use crate::error::{IoContext, StorageError};
+use crate::handles::CachedFile;
 use crate::index::{IndexEntry, SegmentIndex, remove_if_present};
 
 /// Buffer for whole-segment scans (recovery, producer-state rebuild). Twice Kafka's default
@@ -53,15 +56,28 @@ pub(crate) enum RecoveryScan {
 /// What recovery found in one segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recovered {
-    /// Set when the segment was cut at an invalid batch: why, and at which position.
-    pub truncated: Option<(u64, String)>,
+    /// Set when the scan stopped at an invalid batch (or the file ended inside one): why, and at
+    /// which position. The file is left as it is; the caller decides between cutting the tail
+    /// (`cut_invalid_tail`) and keeping the bytes aside (`quarantine`).
+    pub invalid: Option<(u64, String)>,
+}
+
+/// How a segment reaches its `.log`.
+#[derive(Debug)]
+enum SegmentFile {
+    /// The active segment (and a segment under recovery): held open, written and fsynced.
+    Open(Arc<File>),
+    /// A sealed segment: opened read-only through the process-wide cache when read.
+    Sealed(CachedFile),
+    /// An offline partition's placeholder: there is no file to read.
+    Detached,
 }
 
 #[derive(Debug)]
 pub(crate) struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    file: Arc<File>,
+    file: SegmentFile,
     /// Bytes of valid batches; appends go here and reads never look past it.
     size_bytes: u64,
     /// Last offset of the last batch + 1, or the base offset while empty.
@@ -72,6 +88,12 @@ pub(crate) struct Segment {
     max_timestamp: Option<(i64, i64)>,
     /// Wall-clock ms of the first append, for `segment.ms`.
     first_append_ms: Option<i64>,
+    /// Broker-clock ms of the last append (the file's modification time for a recovered segment):
+    /// no record in the segment was written later, whatever its timestamp says. Retention uses it.
+    last_write_ms: i64,
+    /// Set when recovery kept an invalid batch aside instead of cutting it off (see `quarantine`):
+    /// the file holds bytes after `size_bytes` that are never served. Position and reason.
+    quarantined: Option<(u64, String)>,
 }
 
 impl Segment {
@@ -85,23 +107,91 @@ impl Segment {
             .open(&log_path)
             .context(|| format!("create segment {}", log_path.display()))?;
         let index = SegmentIndex::create(segment_path(dir, base_offset, INDEX_SUFFIX), segment_path(dir, base_offset, TIME_INDEX_SUFFIX))?;
+        let last_write_ms = file_time_ms(&file).unwrap_or(0);
         Ok(Segment {
             base_offset,
             log_path,
-            file: Arc::new(file),
+            file: SegmentFile::Open(Arc::new(file)),
             size_bytes: 0,
             next_offset: base_offset,
             index,
             bytes_since_index_entry: 0,
             max_timestamp: None,
             first_append_ms: None,
+            last_write_ms,
+            quarantined: None,
         })
+    }
+
+    /// An empty segment with no files behind it: the placeholder an offline partition holds. Every
+    /// read of it fails; the log never writes to it.
+    pub(crate) fn detached(dir: &Path, base_offset: i64) -> Segment {
+        Segment {
+            base_offset,
+            log_path: segment_path(dir, base_offset, LOG_SUFFIX),
+            file: SegmentFile::Detached,
+            size_bytes: 0,
+            next_offset: base_offset,
+            index: SegmentIndex::detached(segment_path(dir, base_offset, INDEX_SUFFIX), segment_path(dir, base_offset, TIME_INDEX_SUFFIX)),
+            bytes_since_index_entry: 0,
+            max_timestamp: None,
+            first_append_ms: None,
+            last_write_ms: 0,
+            quarantined: None,
+        }
+    }
+
+    /// Stops appending to this segment: its `.log` is closed and reopened read-only through the
+    /// process-wide cache when read. Callers fsync it first (a roll does).
+    pub(crate) fn seal(&mut self) {
+        if matches!(self.file, SegmentFile::Open(_)) {
+            self.file = SegmentFile::Sealed(CachedFile::new(&self.log_path));
+        }
+    }
+
+    /// Makes a sealed segment the active one again (recovery dropped the empty segments after it):
+    /// its `.log` is reopened for writing and held.
+    pub(crate) fn activate(&mut self) -> Result<(), StorageError> {
+        if matches!(self.file, SegmentFile::Sealed(_)) {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.log_path)
+                .context(|| format!("open segment {}", self.log_path.display()))?;
+            self.file = SegmentFile::Open(Arc::new(file));
+        }
+        Ok(())
+    }
+
+    /// The `.log` for reading.
+    fn reader(&self) -> Result<Arc<File>, StorageError> {
+        match &self.file {
+            SegmentFile::Open(file) => Ok(Arc::clone(file)),
+            SegmentFile::Sealed(cached) => cached.get().context(|| format!("open segment {}", self.log_path.display())),
+            SegmentFile::Detached => Err(StorageError::Io(
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the partition is offline"),
+                format!("read {}", self.log_path.display()),
+            )),
+        }
+    }
+
+    /// The `.log` for writing: only the active segment has one.
+    fn writer(&self) -> Result<&Arc<File>, StorageError> {
+        match &self.file {
+            SegmentFile::Open(file) => Ok(file),
+            SegmentFile::Sealed(_) | SegmentFile::Detached => Err(StorageError::Io(
+                std::io::Error::other("the segment is not the active one"),
+                format!("write {}", self.log_path.display()),
+            )),
+        }
     }
 
     /// Opens an existing segment and checks it (see `RecoveryScan`): every scanned batch must be a
     /// well-framed v2 batch with a matching CRC-32C, the first at the segment's base offset, offsets
-    /// strictly increasing and below `next_base_offset`. The file is cut at the first batch that is
-    /// not, and the indexes are rebuilt from the last trusted entry to match.
+    /// strictly increasing and below `next_base_offset`. The segment ends, in memory, before the first
+    /// batch that is not (the file is not changed: see `Recovered`), and the indexes are rebuilt from
+    /// the last trusted entry to match. The segment comes back open for writing; `seal` it unless it
+    /// is the active one.
     pub(crate) fn recover(
         dir: &Path,
         base_offset: i64,
@@ -116,16 +206,19 @@ impl Segment {
         let (index, last_time) =
             SegmentIndex::load(segment_path(dir, base_offset, INDEX_SUFFIX), segment_path(dir, base_offset, TIME_INDEX_SUFFIX), log_bytes)?;
         let first_append_ms = file_time_ms(&file);
+        let file = Arc::new(file);
         let mut segment = Segment {
             base_offset,
             log_path,
-            file: Arc::new(file),
+            file: SegmentFile::Open(Arc::clone(&file)),
             size_bytes: 0,
             next_offset: base_offset,
             index,
             bytes_since_index_entry: 0,
             max_timestamp: None,
             first_append_ms: None,
+            last_write_ms: file.metadata().ok().and_then(|m| m.modified().ok()).and_then(system_time_ms).unwrap_or(0),
+            quarantined: None,
         };
 
         // Start at the last index entry if it points at the batch it claims to; otherwise scan all.
@@ -134,7 +227,7 @@ impl Segment {
             && let (Some((relative_offset, position)), Some((timestamp, time_relative))) = (segment.index.last(), last_time)
         {
             let expected = base_offset + i64::from(relative_offset);
-            let header = segment.read_header(u64::from(position))?;
+            let header = segment.read_header(&file, u64::from(position))?;
             if header.is_some_and(|h| h.magic == MAGIC_V2 && h.base_offset == expected) {
                 start = Some((u64::from(position), expected));
                 segment.max_timestamp = Some((timestamp, base_offset + i64::from(time_relative)));
@@ -142,8 +235,8 @@ impl Segment {
         }
         let outcome = match start {
             Some((position, expected)) => {
-                let outcome = segment.scan(position, expected, log_bytes, next_base_offset, index_interval_bytes, scanner)?;
-                if outcome.truncated.as_ref().is_some_and(|(at, _)| *at == position) {
+                let outcome = segment.scan(&file, position, expected, log_bytes, next_base_offset, index_interval_bytes, scanner)?;
+                if outcome.invalid.as_ref().is_some_and(|(at, _)| *at == position) {
                     // The indexed batch itself is bad, so the index's running maximum may describe it:
                     // distrust the index entirely and rebuild from the start.
                     None
@@ -158,22 +251,44 @@ impl Segment {
             None => {
                 segment.index.truncate(0)?;
                 segment.max_timestamp = None;
-                segment.scan(0, base_offset, log_bytes, next_base_offset, index_interval_bytes, scanner)?
+                segment.scan(&file, 0, base_offset, log_bytes, next_base_offset, index_interval_bytes, scanner)?
             }
         };
-        if segment.size_bytes < log_bytes {
-            segment.file.set_len(segment.size_bytes).context(|| format!("truncate segment {}", segment.log_path.display()))?;
-        }
         if segment.size_bytes > 0 {
             segment.first_append_ms = first_append_ms;
         }
         Ok((segment, outcome))
     }
 
+    /// Cuts the file back to the batches recovery accepted: for a torn or garbage tail of the active
+    /// segment, beyond what was known to be on stable storage.
+    pub(crate) fn cut_invalid_tail(&mut self) -> Result<(), StorageError> {
+        let file = self.writer()?;
+        let len = file.metadata().context(|| format!("stat segment {}", self.log_path.display()))?.len();
+        if self.size_bytes < len {
+            file.set_len(self.size_bytes).context(|| format!("truncate segment {}", self.log_path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes after the accepted batches on disk, untouched and never served: an invalid
+    /// batch in data that was acknowledged (a closed segment, or below the recovery point) is
+    /// corruption, not a torn write, and cutting it would also give its offsets out again.
+    pub(crate) fn quarantine(&mut self, position: u64, reason: String) {
+        self.quarantined = Some((position, reason));
+    }
+
+    /// Where and why recovery kept bytes of this segment aside, if it did.
+    pub(crate) fn quarantined(&self) -> Option<&(u64, String)> {
+        self.quarantined.as_ref()
+    }
+
     /// Scans from `position` (where a batch with base offset `expected_base` must start) to the end
     /// of the file, updating size, next offset, max timestamp and the indexes.
+    #[allow(clippy::too_many_arguments)]
     fn scan(
         &mut self,
+        file: &File,
         position: u64,
         expected_base: i64,
         log_bytes: u64,
@@ -190,20 +305,20 @@ impl Segment {
         self.bytes_since_index_entry = 0;
         let first_position = position;
         let mut previous_last: Option<i64> = None;
-        let mut truncated = None;
+        let mut invalid = None;
         scanner.reset(position);
         loop {
-            let scanned = scanner.next(&self.file, log_bytes, true).context(|| format!("read segment {}", self.log_path.display()))?;
+            let scanned = scanner.next(file, log_bytes, true).context(|| format!("read segment {}", self.log_path.display()))?;
             let (position, header, bytes) = match scanned {
                 Scanned::End => break,
                 Scanned::Invalid { position, reason } => {
-                    truncated = Some((position, reason));
+                    invalid = Some((position, reason));
                     break;
                 }
                 Scanned::Batch { position, header, bytes } => (position, header, bytes),
             };
             if let Some(reason) = self.offset_problem(&header, position, previous_last, expected_base, next_base_offset) {
-                truncated = Some((position, reason));
+                invalid = Some((position, reason));
                 break;
             }
             let delta = if self.max_timestamp.is_none_or(|(t, _)| header.max_timestamp > t) {
@@ -219,12 +334,10 @@ impl Segment {
         if let Err(error) = self.index.write_pending() {
             tracing::warn!(segment = %self.log_path.display(), %error, "could not write rebuilt index entries; they stay in memory");
         }
-        if let Some((at, reason)) = &truncated {
-            tracing::warn!(segment = %self.log_path.display(), position = at, file_bytes = log_bytes, reason = reason.as_str(), "invalid batch: truncating the log here");
-        } else if self.size_bytes < log_bytes {
-            truncated = Some((self.size_bytes, "file ends inside a batch".to_string()));
+        if invalid.is_none() && self.size_bytes < log_bytes {
+            invalid = Some((self.size_bytes, "file ends inside a batch".to_string()));
         }
-        Ok(Recovered { truncated })
+        Ok(Recovered { invalid })
     }
 
     /// Why a CRC-valid batch still cannot be part of this segment, if it cannot.
@@ -313,8 +426,9 @@ impl Segment {
         now_ms: i64,
     ) -> Result<(), StorageError> {
         let start = self.size_bytes;
-        if let Err(error) = self.file.write_all_at(bytes, start) {
-            if let Err(cut) = self.file.set_len(start) {
+        let file = self.writer()?;
+        if let Err(error) = file.write_all_at(bytes, start) {
+            if let Err(cut) = file.set_len(start) {
                 tracing::warn!(segment = %self.log_path.display(), %cut, "could not cut a failed append back; recovery will");
             }
             return Err(StorageError::Io(error, format!("append {} bytes to {}", bytes.len(), self.log_path.display())));
@@ -327,6 +441,7 @@ impl Segment {
             position += batch.header.total_size() as u64;
         }
         self.first_append_ms.get_or_insert(now_ms);
+        self.last_write_ms = now_ms;
         if let Err(error) = self.index.maybe_write() {
             // The data is written and readable; the index is a cache that the next open repairs.
             tracing::warn!(segment = %self.log_path.display(), %error, "index write failed");
@@ -335,9 +450,9 @@ impl Segment {
     }
 
     /// Reads the header of the batch at `position`; `None` past the end of the file.
-    fn read_header(&self, position: u64) -> Result<Option<BatchHeader>, StorageError> {
+    fn read_header(&self, file: &File, position: u64) -> Result<Option<BatchHeader>, StorageError> {
         let mut buf = [0u8; BATCH_HEADER_BYTES];
-        match self.file.read_exact_at(&mut buf, position) {
+        match file.read_exact_at(&mut buf, position) {
             Ok(()) => Ok(BatchHeader::parse(&buf)),
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
             Err(error) => Err(StorageError::Io(error, format!("read {}", self.log_path.display()))),
@@ -345,11 +460,16 @@ impl Segment {
     }
 
     /// Walks batch headers from `from` until `wanted` accepts one; returns its position and header.
-    fn find_batch(&self, from: u64, mut wanted: impl FnMut(&BatchHeader) -> bool) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+    fn find_batch(
+        &self,
+        file: &File,
+        from: u64,
+        mut wanted: impl FnMut(&BatchHeader) -> bool,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         let mut scanner = BatchScanner::new(LOOKUP_BUFFER_BYTES);
         scanner.reset(from);
         loop {
-            match scanner.next(&self.file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
+            match scanner.next(file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
                 Scanned::End => return Ok(None),
                 Scanned::Invalid { position, reason } => {
                     return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
@@ -365,24 +485,30 @@ impl Segment {
 
     /// The first batch whose last offset is at or above `offset`: its position and header.
     pub(crate) fn locate(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        if self.size_bytes == 0 || offset >= self.next_offset {
+            return Ok(None);
+        }
         let relative = (offset - self.base_offset).clamp(0, RELATIVE_OFFSET_MAX) as u32;
-        self.find_batch(self.index.position_for_offset(relative), |h| h.last_offset() >= offset)
+        self.find_batch(&*self.reader()?, self.index.position_for_offset(relative), |h| h.last_offset() >= offset)
     }
 
     /// The first record at or after `min_offset` with timestamp >= `timestamp`: (offset, timestamp).
     /// Record-level for uncompressed CreateTime batches; otherwise the batch's first offset (at or
     /// after `min_offset`) with its max timestamp, since batches are never decompressed.
     pub(crate) fn find_timestamp(&self, timestamp: i64, min_offset: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let file = self.reader()?;
         let mut from = self.index.position_for_timestamp(timestamp);
         loop {
-            let Some((position, header)) = self.find_batch(from, |h| h.max_timestamp >= timestamp && h.last_offset() >= min_offset)? else {
+            let Some((position, header)) =
+                self.find_batch(&file, from, |h| h.max_timestamp >= timestamp && h.last_offset() >= min_offset)?
+            else {
                 return Ok(None);
             };
             if header.compression() != COMPRESSION_NONE || header.timestamp_type() == TimestampType::LogAppendTime {
                 return Ok(Some((header.base_offset.max(min_offset), header.max_timestamp)));
             }
             let mut batch = vec![0u8; header.total_size()];
-            self.file.read_exact_at(&mut batch, position).context(|| format!("read {}", self.log_path.display()))?;
+            file.read_exact_at(&mut batch, position).context(|| format!("read {}", self.log_path.display()))?;
             for record in Records::new(&batch) {
                 let record = record.map_err(|why| {
                     StorageError::CorruptMessage(format!("segment {} at byte {position}: {why}", self.log_path.display()))
@@ -404,14 +530,20 @@ impl Segment {
         let start = out.len();
         out.resize(start + len, 0);
         let target = out.get_mut(start..).unwrap_or_default();
-        self.file.read_exact_at(target, position).context(|| format!("read {len} bytes at {position} from {}", self.log_path.display()))
+        self.reader()?
+            .read_exact_at(target, position)
+            .context(|| format!("read {len} bytes at {position} from {}", self.log_path.display()))
     }
 
     /// Walks every batch header (no CRC, payloads skipped where possible) in order.
     pub(crate) fn for_each_header(&self, scanner: &mut BatchScanner, mut each: impl FnMut(&BatchHeader, u64)) -> Result<(), StorageError> {
+        if self.size_bytes == 0 {
+            return Ok(());
+        }
+        let file = self.reader()?;
         scanner.reset(0);
         loop {
-            match scanner.next(&self.file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
+            match scanner.next(&file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
                 Scanned::End => return Ok(()),
                 Scanned::Invalid { position, reason } => {
                     return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
@@ -421,11 +553,11 @@ impl Segment {
         }
     }
 
-    /// Last modification of the `.log` by the broker's clock (ms since the epoch), if the file system
-    /// says. Record timestamps come from producers and can be old for fresh data; this cannot.
-    pub(crate) fn modified_ms(&self) -> Option<i64> {
-        let modified = self.file.metadata().ok()?.modified().ok()?;
-        i64::try_from(modified.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+    /// When the segment was last written, by the broker's clock (ms since the epoch): the last
+    /// append, or the file's modification time for a segment recovered at open. Record timestamps
+    /// come from producers and can be old for fresh data, or far in the future; this can be neither.
+    pub(crate) fn last_write_ms(&self) -> i64 {
+        self.last_write_ms
     }
 
     /// The control type of the control batch at file position `position` (read from its first
@@ -434,7 +566,7 @@ impl Segment {
         let mut buf = [0u8; crate::batch::CONTROL_BATCH_BYTES + 16];
         let available = usize::try_from(self.size_bytes.saturating_sub(position)).ok()?.min(buf.len());
         let target = buf.get_mut(..available)?;
-        self.file.read_exact_at(target, position).ok()?;
+        self.reader().ok()?.read_exact_at(target, position).ok()?;
         crate::batch::control_type(target)
     }
 
@@ -443,7 +575,7 @@ impl Segment {
     /// appended, so after a crash the files hold true entries up to some point and zeros or nothing
     /// after it, and recovery keeps only the valid prefix and checks its last entry against the log.
     pub(crate) fn sync(&mut self, with_indexes: bool) -> Result<(), StorageError> {
-        self.file.sync_data().context(|| format!("fsync {}", self.log_path.display()))?;
+        self.writer()?.sync_data().context(|| format!("fsync {}", self.log_path.display()))?;
         if with_indexes {
             self.index.sync()?;
         } else if let Err(error) = self.index.write_pending() {
@@ -475,8 +607,9 @@ impl Segment {
         self.size_bytes == 0
     }
 
-    pub(crate) fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The `.log` while the segment is the active one (the file an fsync must reach).
+    pub(crate) fn file(&self) -> Option<&Arc<File>> {
+        self.writer().ok()
     }
 
     pub(crate) fn max_timestamp(&self) -> Option<(i64, i64)> {
@@ -492,12 +625,22 @@ impl Segment {
         self.index.len()
     }
 
-    /// The timestamp retention judges the segment by: its largest record timestamp, or the file's
-    /// modification time when its batches carry none (-1), as Kafka does. `None` while empty.
-    pub(crate) fn retention_timestamp(&self) -> Option<i64> {
-        match self.max_timestamp? {
-            (timestamp, _) if timestamp >= 0 => Some(timestamp),
-            _ => Some(self.file.metadata().ok().and_then(|m| m.modified().ok()).and_then(system_time_ms).unwrap_or(0)),
+    /// The timestamp retention judges the segment by. Kafka's rule is the largest record timestamp
+    /// (or the last write when batches carry none, -1). Alone, that lets one record dated far in the
+    /// future keep its segment, and so every later one, until the disk fills. So the largest timestamp
+    /// counts only up to `last_write + future_bound_ms`: the latest timestamp the broker accepts today
+    /// for a record written then (`message.timestamp.after.max.ms`). Data accepted under that bound
+    /// expires exactly as in Kafka; an outlier written before the bound existed (or by an
+    /// offset-preserving mirror) holds its segment at most `future_bound_ms` longer than its last
+    /// write would. A segment recovery emptied counts by its last write.
+    pub(crate) fn retention_timestamp(&self, future_bound_ms: u64) -> i64 {
+        let written = self.last_write_ms;
+        match self.max_timestamp {
+            Some((timestamp, _)) if timestamp >= 0 => {
+                let bound = written.saturating_add(i64::try_from(future_bound_ms).unwrap_or(i64::MAX));
+                timestamp.min(bound)
+            }
+            _ => written,
         }
     }
 }
@@ -737,11 +880,11 @@ mod tests {
         drop(segment);
         let mut scanner = BatchScanner::new(1024);
         let (segment, outcome) = Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
-        assert_eq!((outcome.truncated, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
+        assert_eq!((outcome.invalid, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
         drop(segment);
         std::fs::remove_file(segment_path(dir.path(), 100, INDEX_SUFFIX)).unwrap();
         let (segment, outcome) = Segment::recover(dir.path(), 100, None, RecoveryScan::Tail, 64, &mut scanner).unwrap();
-        assert_eq!((outcome.truncated, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
+        assert_eq!((outcome.invalid, segment.index_entries(), segment.size_bytes(), segment.max_timestamp()), (None, entries, size, max));
         assert_eq!(std::fs::metadata(segment_path(dir.path(), 100, INDEX_SUFFIX)).unwrap().len(), entries as u64 * 8);
     }
 
@@ -752,18 +895,18 @@ mod tests {
         let mut scanner = BatchScanner::new(BATCH_HEADER_BYTES + 10);
         scanner.reset(0);
         let mut seen = 0;
-        while let Scanned::Batch { bytes, .. } = scanner.next(segment.file(), segment.size_bytes(), true).unwrap() {
+        while let Scanned::Batch { bytes, .. } = scanner.next(segment.file().unwrap(), segment.size_bytes(), true).unwrap() {
             assert!(bytes.is_none());
             seen += 1;
         }
         assert_eq!(seen, 3);
         // Flip a payload byte of the middle batch: the streamed CRC catches it.
         let second = segment.locate(103).unwrap().unwrap().0;
-        segment.file().write_all_at(&[0xAB], second + 500).unwrap();
+        segment.file().unwrap().write_all_at(&[0xAB], second + 500).unwrap();
         scanner.reset(0);
-        assert!(matches!(scanner.next(segment.file(), segment.size_bytes(), true).unwrap(), Scanned::Batch { .. }));
+        assert!(matches!(scanner.next(segment.file().unwrap(), segment.size_bytes(), true).unwrap(), Scanned::Batch { .. }));
         assert!(
-            matches!(scanner.next(segment.file(), segment.size_bytes(), true).unwrap(), Scanned::Invalid { position, .. } if position == second)
+            matches!(scanner.next(segment.file().unwrap(), segment.size_bytes(), true).unwrap(), Scanned::Invalid { position, .. } if position == second)
         );
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! It lives in one file per partition, `aborted-txns`: fixed 28-byte entries (producer id i64, first
 //! offset i64, last offset i64, big-endian, then a CRC-32C u32 of those 24 bytes). An entry is
-//! appended and fdatasynced right after its abort marker is written to the log. If a crash falls in
+//! appended and fdatasynced right after its abort marker is written to the log, and only then does the
+//! transaction end in memory; if that write fails the log stops taking writes until a restart, which
+//! (being unclean) walks the log and puts the entry back. If a crash falls in
 //! between, the marker is in the log but not here; recovery after an unclean shutdown walks the recent
 //! segments' batch headers anyway (for idempotent-producer state) and puts back every abort it finds.
 //! At open, entries at or beyond the recovered log end (their marker was lost) are dropped, and the
@@ -111,15 +113,24 @@ impl AbortedIndex {
         true
     }
 
-    /// Appends the entry for an abort marker just written, durably.
+    /// Appends the entry for an abort marker just written: to the file, fdatasynced, and only then to
+    /// memory. On failure memory is unchanged, and the caller must stop the log (a clean shutdown would
+    /// otherwise let the next open trust a file that lacks the entry).
     pub(crate) fn append(&mut self, entry: AbortedTxn) -> Result<(), StorageError> {
-        if !self.insert(entry) {
+        if self.contains(&entry) {
             return Ok(());
         }
         let mut file =
             fs::OpenOptions::new().create(true).append(true).open(&self.path).context(|| format!("open {}", self.path.display()))?;
         file.write_all(&encode(&entry)).context(|| format!("append to {}", self.path.display()))?;
-        file.sync_data().context(|| format!("fsync {}", self.path.display()))
+        file.sync_data().context(|| format!("fsync {}", self.path.display()))?;
+        self.insert(entry);
+        Ok(())
+    }
+
+    fn contains(&self, entry: &AbortedTxn) -> bool {
+        let at = self.entries.partition_point(|e| e.last_offset < entry.last_offset);
+        self.entries.get(at).is_some_and(|e| e.last_offset == entry.last_offset)
     }
 
     /// Replaces the file with the entries in memory (after recovery changed them or retention dropped some).

@@ -154,12 +154,14 @@ fn a_clean_close_snapshots_producer_state_and_damaged_or_stale_snapshots_are_not
     log.close().unwrap();
 
     // Stale: the log lost its last batch while down, so the snapshot (which remembers sequence 4) no
-    // longer describes it. Trusting it would acknowledge a retry of the lost batch as a duplicate.
+    // longer describes it. Trusting it would acknowledge a retry of the lost batch as a duplicate. The
+    // lost batch was below the recovery point (acknowledged and fsynced), so its offset is not handed
+    // out again: the retry is written anew after it.
     let file = segment_files(dir.path()).pop().unwrap();
     let len = file.metadata().unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(len - 1).unwrap();
     let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
-    assert_eq!(log.log_end_offset(), 4);
+    assert_eq!(log.log_end_offset(), 5);
     let retry = produce(&mut log, 1, 0, 4, 1).unwrap();
-    assert_eq!((retry.duplicate, retry.base_offset), (false, 4));
+    assert_eq!((retry.duplicate, retry.base_offset), (false, 5));
 }

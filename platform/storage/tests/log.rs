@@ -364,7 +364,7 @@ fn flush_close_and_delete() {
     let path = dir.path().join("topic-0");
     let mut log = PartitionLog::open(&path, small_config(1 << 20), NOW).unwrap();
     append_batches(&mut log, 0, 3, NOW);
-    let (file, end) = log.sync_target();
+    let (file, end) = log.sync_target().unwrap();
     file.sync_data().unwrap();
     assert_eq!(end, 9);
     log.mark_flushed(end);
@@ -382,4 +382,95 @@ fn flush_close_and_delete() {
     assert!(!path.exists());
     assert!(matches!(log.read(0, 100, 12, true), Err(StorageError::Io(..))));
     assert!(matches!(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW), Err(StorageError::Io(..))));
+}
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// Regression (issue 10, item 8): any timestamp was accepted, so one record dated in the year 3000
+/// could switch time retention off. CreateTime batches must now lie within Kafka's bounds
+/// (`message.timestamp.after.max.ms`, 1 hour by default; `message.timestamp.before.max.ms`, unlimited
+/// by default), judged on every record, the header's max timestamp, and for compressed batches the
+/// header's base and max timestamps.
+#[test]
+fn create_time_timestamps_outside_the_accepted_window_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    let error = log.append(&mut batch_of(&["future"], NOW + 2 * HOUR), ASSIGN, NOW).unwrap_err();
+    assert!(matches!(error, StorageError::InvalidTimestamp { timestamp, .. } if timestamp == NOW + 2 * HOUR), "{error}"); // new-api
+    // One record of the batch is enough.
+    let mut mixed =
+        BatchBuilder::new(NOW).record_at(0, None, Some(b"a")).record_at(2 * HOUR, None, Some(b"b")).record_at(1, None, None).build();
+    assert!(log.append(&mut mixed, ASSIGN, NOW).is_err());
+    // A header whose max timestamp lies about the records is judged by what it says: retention reads it.
+    let mut lying = batch_of(&["x"], NOW);
+    lying[35..43].copy_from_slice(&(NOW + 2 * HOUR).to_be_bytes());
+    let crc = crc32c::crc32c(&lying[21..]);
+    lying[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert!(log.append(&mut lying, ASSIGN, NOW).is_err());
+    // A compressed batch is judged by its header.
+    let mut compressed = BatchBuilder::new(NOW + 2 * HOUR).compressed(4, 3, b"opaque zstd frame").build();
+    assert!(log.append(&mut compressed, ASSIGN, NOW).is_err());
+    assert_eq!(log.log_end_offset(), 0, "nothing was written");
+
+    // Inside the window, long-past timestamps, and records without one (-1) are accepted.
+    log.append(&mut batch_of(&["soon"], NOW + HOUR), ASSIGN, NOW).unwrap();
+    log.append(&mut batch_of(&["old"], 0), ASSIGN, NOW).unwrap();
+    log.append(&mut BatchBuilder::new(-1).record(None, Some(b"none")).build(), ASSIGN, NOW).unwrap();
+    // Offset-preserving appends (mirrors, replicas) keep the source's timestamps as they are.
+    let mut mirrored = BatchBuilder::new(NOW + 2 * HOUR).base_offset(10).record(None, Some(b"m")).build();
+    log.append(&mut mirrored, AppendMode::PreserveOffsets, NOW).unwrap();
+    // A LogAppendTime topic replaces the producer's timestamps, so they are not judged.
+    log.set_config(LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config(1 << 20) });
+    log.append(&mut batch_of(&["stamped"], NOW + 2 * HOUR), ASSIGN, NOW).unwrap();
+
+    // The bound into the past is a setting too.
+    log.set_config(LogConfig { timestamp_before_max_ms: DAY as u64, ..small_config(1 << 20) }); // new-api
+    assert!(log.append(&mut batch_of(&["too old"], NOW - 2 * DAY), ASSIGN, NOW).is_err()); // new-api
+    log.append(&mut batch_of(&["recent"], NOW - DAY + 1), ASSIGN, NOW).unwrap();
+    log.set_config(LogConfig { timestamp_after_max_ms: u64::MAX, ..small_config(1 << 20) }); // new-api
+    log.append(&mut batch_of(&["unbounded"], i64::MAX - 10), ASSIGN, NOW).unwrap(); // new-api
+}
+
+/// Regression (issue 10, item 8): time retention judged a segment by its largest timestamp and deletes
+/// only from the oldest segment on, so one record dated in the year 3000 kept its segment, and so every
+/// later one, until the disk filled. A timestamp counts at most `message.timestamp.after.max.ms` past
+/// the segment's last write, so such a record (written by a mirror, or before the bound existed) holds
+/// its segment for at most that much longer than an ordinary one.
+#[test]
+fn a_future_dated_record_does_not_pin_time_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { retention_ms: Some(DAY as u64), ..small_config(400) };
+    let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
+    const YEAR_3000: i64 = 32_503_680_000_000;
+    let mut outlier = BatchBuilder::new(YEAR_3000).records(3, 90).build();
+    log.append(&mut outlier, AppendMode::PreserveOffsets, NOW).unwrap();
+    append_batches(&mut log, 1, 30, NOW - 10 * DAY);
+    let segments = log.segment_count();
+    assert!(segments > 4, "{segments} segments");
+    // Within a day of the writes nothing has expired: the outlier counts as written an hour later.
+    assert_eq!(log.enforce_retention(NOW + DAY).unwrap().segments_deleted, 0);
+    // Past that, every segment goes, the outlier's first.
+    let stats = log.enforce_retention(NOW + DAY + 2 * HOUR).unwrap();
+    assert_eq!(stats.segments_deleted, segments, "the expired active segment is rolled and deleted too");
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.size_bytes()), (93, 93, 0));
+}
+
+/// Issue 10, item 11: clients decode header keys as strings, so one record with a key that is not
+/// UTF-8 breaks every consumer of the topic. Producer batches with such a key are refused as
+/// INVALID_RECORD; header values are any bytes. (Compressed batches are not decompressed, so their
+/// records are not checked; see API.md.)
+#[test]
+fn header_keys_must_be_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    let headers: [(&[u8], Option<&[u8]>); 2] = [(b"trace-id", Some(&[0xff, 0x00])), (&[0xc3, 0x28], Some(b"v"))];
+    let mut bad = BatchBuilder::new(NOW).record(None, Some(b"a")).record_with_headers(0, None, Some(b"b"), &headers).build();
+    let error = log.append(&mut bad, ASSIGN, NOW).unwrap_err();
+    assert!(matches!(&error, StorageError::InvalidRecord(m) if m.contains("record 1") && m.contains("UTF-8")), "{error}");
+    assert_eq!(log.log_end_offset(), 0);
+    let headers: [(&[u8], Option<&[u8]>); 3] =
+        [(b"trace-id", Some(&[0xff, 0x00])), ("clé-ключ".as_bytes(), None), (b"", Some(b"empty key is a string too"))];
+    let mut good = BatchBuilder::new(NOW).record_with_headers(0, None, Some(b"b"), &headers).build();
+    log.append(&mut good, ASSIGN, NOW).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Crash recovery: reopen after clean and unclean shutdowns (an unclean one is simulated by dropping
-//! the log without `close`), garbage and torn writes at the end of the last or a middle segment,
-//! corrupted index files, and the persisted offsets.
+//! the log without `close`), garbage and torn writes at the end of the last segment (cut off),
+//! corruption in acknowledged data (quarantined, later segments kept, offsets never reused),
+//! corrupted index files, the persisted offsets, and offline partitions.
 
 mod common;
 
@@ -95,9 +96,65 @@ fn garbage_after_the_last_segment_is_cut_off_after_clean_and_unclean_shutdowns()
     }
 }
 
+/// Values of `append_batches(_, 0, n, _)` at offsets outside `lost`.
+fn expected_values_without(n: usize, lost: std::ops::Range<i64>) -> Vec<String> {
+    expected_values(n).into_iter().enumerate().filter(|(offset, _)| !lost.contains(&(*offset as i64))).map(|(_, v)| v).collect()
+}
+
+/// Base offset and file position of every batch in a segment file.
+fn batch_positions(log_file: &Path) -> Vec<(i64, usize)> {
+    let bytes = fs::read(log_file).unwrap();
+    let mut out = Vec::new();
+    let mut position = 0;
+    while let Some(header) = bytes.get(position..).and_then(BatchHeader::parse) {
+        out.push((header.base_offset, position));
+        position += header.total_size();
+    }
+    out
+}
+
+fn base_of(log_file: &Path) -> i64 {
+    log_file.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Regression (issue 10, item 10): an invalid batch anywhere cut the log there and deleted every later
+/// segment, losing acknowledged data and handing its offsets out again. Garbage after a closed
+/// segment's batches now stays in the file, unserved and reported, and nothing else changes.
 #[test]
-fn garbage_in_a_middle_segment_truncates_there_and_drops_later_segments() {
+fn garbage_in_a_middle_segment_is_quarantined_and_later_segments_are_kept() {
     for (kind, clean) in [(0, true), (1, false), (2, true), (3, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
+        append_batches(&mut log, 0, 50, NOW);
+        let before = snapshot(&log);
+        if clean {
+            log.close().unwrap();
+        }
+        drop(log);
+        let files = segment_files(dir.path());
+        assert!(files.len() >= 5);
+        let middle = &files[2];
+        let middle_end = base_of(&files[3]);
+        // A valid batch re-addressed to the next offset overlaps the next segment: also not acceptable.
+        let (name, junk) = garbage_kinds(middle, middle_end).swap_remove(kind);
+        append_bytes(middle, &junk);
+        let with_junk = fs::read(middle).unwrap();
+
+        let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
+        assert_eq!(snapshot(&log), before, "{name}");
+        assert_eq!(segment_files(dir.path()), files, "{name}");
+        assert_eq!(fs::read(middle).unwrap(), with_junk, "{name}: the quarantined bytes stay as they were");
+        assert_eq!(log.quarantined_segment_count(), 1, "{name}"); // new-api
+        assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, 150, "{name}");
+    }
+}
+
+/// Regression (issue 10, item 10): a corrupt batch in a closed segment deleted every later segment at
+/// the next start, clean or not. Now only the corrupt batch and what follows it in its own segment are
+/// lost (kept aside in the file, reported); later segments and the log end stay.
+#[test]
+fn a_corrupt_batch_in_a_closed_segment_is_quarantined_and_later_segments_are_kept() {
+    for clean in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
         append_batches(&mut log, 0, 50, NOW);
@@ -106,24 +163,52 @@ fn garbage_in_a_middle_segment_truncates_there_and_drops_later_segments() {
         }
         drop(log);
         let files = segment_files(dir.path());
-        assert!(files.len() >= 5);
         let middle = &files[2];
-        let middle_end: i64 = files[3].file_stem().unwrap().to_str().unwrap().parse().unwrap();
-        // A valid batch re-addressed to the next offset overlaps the next segment: also not acceptable.
-        let (name, junk) = garbage_kinds(middle, middle_end).swap_remove(kind);
-        let original_len = middle.metadata().unwrap().len();
-        append_bytes(middle, &junk);
+        // Flip a byte in the last batch of a middle segment: a clean start scans it (it lies at or after
+        // the last index entry) and so does an unclean one.
+        let (lost_from, position) = *batch_positions(middle).last().unwrap();
+        let mut bytes = fs::read(middle).unwrap();
+        bytes[position + 70] ^= 0x01;
+        fs::write(middle, &bytes).unwrap();
 
         let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
-        assert_eq!(log.log_end_offset(), middle_end, "{name}");
-        assert_eq!(log.segment_count(), 3, "{name}");
-        assert_eq!(segment_files(dir.path()).len(), 3, "{name}");
-        assert_eq!(middle.metadata().unwrap().len(), original_len, "{name}");
-        assert_eq!(values(&read_all(&log)), expected_values(middle_end as usize / 3), "{name}");
-        assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, middle_end, "{name}");
-        let later = log.read(middle_end, 1 << 20, middle_end + 1, true).unwrap();
-        assert_eq!(values(&sluice_storage::testing::decode(&later.bytes).unwrap()), vec!["after"]);
+        assert_eq!(log.log_end_offset(), 150, "clean {clean}");
+        assert_eq!(segment_files(dir.path()), files, "clean {clean}: no segment was deleted");
+        assert_eq!(values(&read_all(&log)), expected_values_without(50, lost_from..base_of(&files[3])), "clean {clean}");
+        assert_eq!(fs::read(middle).unwrap(), bytes, "clean {clean}: the corrupt bytes are kept for inspection");
+        assert_eq!(log.quarantined_segment_count(), 1, "clean {clean}"); // new-api
+        assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, 150, "clean {clean}");
+        // The next start finds the same, and still keeps everything else.
+        log.close().unwrap();
+        drop(log);
+        let log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
+        assert_eq!((log.log_end_offset(), log.quarantined_segment_count()), (151, 1), "clean {clean}"); // new-api
     }
+}
+
+/// Regression (issue 10, item 10): a corrupt batch in the active segment below the recovery point (data
+/// a clean shutdown had fsynced) was cut off like a torn write, and its offsets were handed out again
+/// to new records. It is quarantined instead, and the log continues at the old end.
+#[test]
+fn corruption_below_the_recovery_point_never_reuses_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    append_batches(&mut log, 0, 40, NOW);
+    log.close().unwrap();
+    drop(log);
+    let file = segment_files(dir.path()).pop().unwrap();
+    let (lost_from, position) = *batch_positions(&file).last().unwrap();
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[position + 70] ^= 0x01;
+    fs::write(&file, &bytes).unwrap();
+
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    assert_eq!(log.log_end_offset(), 120);
+    assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, 120, "offset 117 is not given out twice");
+    let mut expected = expected_values_without(40, lost_from..120);
+    expected.push("after".to_string());
+    assert_eq!(values(&read_all(&log)), expected);
+    assert_eq!(fs::read(&file).unwrap(), bytes, "the corrupt bytes are kept");
 }
 
 #[test]
@@ -169,16 +254,41 @@ fn without_a_recovery_point_every_segment_is_scanned() {
     append_batches(&mut log, 0, 40, NOW);
     drop(log);
     fs::remove_file(dir.path().join("recovery-point")).unwrap();
-    let first = &segment_files(dir.path())[0];
+    let files = segment_files(dir.path());
+    let first = &files[0];
+    // A flipped byte inside an indexed batch of the first segment: only a full scan sees it.
+    let positions = batch_positions(first);
+    let (lost_from, position) = positions[positions.len() / 2];
     let mut bytes = fs::read(first).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x10;
+    bytes[position + 70] ^= 0x10;
     fs::write(first, &bytes).unwrap();
 
     let log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
-    assert_eq!(log.segment_count(), 1);
-    assert!(log.log_end_offset() < 15);
-    assert_eq!(values(&read_all(&log)), expected_values(log.log_end_offset() as usize / 3));
+    assert_eq!((log.segment_count(), log.log_end_offset()), (files.len(), 120));
+    assert_eq!(values(&read_all(&log)), expected_values_without(40, lost_from..base_of(&files[1])));
+}
+
+/// Issue 10, item 9: a partition that cannot be opened is represented by an offline log, so the
+/// broker can start with the others. It holds no file and fails every call that touches data.
+#[test]
+fn an_offline_log_fails_every_data_call_and_holds_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p-0");
+    fs::write(&path, b"a file where the partition directory should be").unwrap();
+    let error = PartitionLog::open(&path, small_config(1000), NOW).unwrap_err();
+    let mut log = PartitionLog::offline(&path, small_config(1000), error.to_string());
+    assert!(log.offline_reason().is_some_and(|r| r.contains("create partition directory")));
+    let offline = |result: Result<(), sluice_storage::StorageError>| matches!(result, Err(sluice_storage::StorageError::Offline { .. }));
+    assert!(offline(log.append(&mut batch_of(&["x"], NOW), ASSIGN, NOW).map(drop)));
+    assert!(offline(log.read(0, 1 << 20, 1, true).map(drop)));
+    assert!(offline(log.offset_for_timestamp(0).map(drop)));
+    assert!(offline(log.delete_records_before(0).map(drop)));
+    assert!(offline(log.flush()));
+    assert!(log.sync_target().is_none());
+    assert_eq!(log.enforce_retention(NOW).unwrap().segments_deleted, 0);
+    log.close().unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset(), log.size_bytes(), log.max_timestamp()), (0, 0, 0, None));
+    assert_eq!(fs::read(&path).unwrap(), b"a file where the partition directory should be");
 }
 
 #[test]

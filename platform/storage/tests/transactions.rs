@@ -173,3 +173,44 @@ fn an_open_transaction_with_old_record_timestamps_survives_a_crash() {
     assert_eq!(log.ongoing_transactions(), vec![(5, 0)]);
     assert_eq!(log.last_stable_offset(), 0);
 }
+
+/// Regression (issue 10, item 7): the abort's index entry was put in memory before the file, so when
+/// the file write failed the partition went on acknowledging, a clean shutdown then wrote its marker,
+/// and the restart skipped the rebuild: the aborted records reached read_committed consumers as if
+/// committed. Now a failed index write ends the transaction nowhere (the last stable offset stays
+/// before its records), the log refuses changes until a restart, and that restart rebuilds the entry.
+#[test]
+fn a_failed_aborted_index_write_stops_the_log_and_the_restart_rebuilds_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    log.append(&mut batch_of(&["before"], NOW), ASSIGN, NOW).unwrap(); // 0
+    produce_txn(&mut log, 5, 0, 0, 3); // 1..=3
+    // A directory where the index file should be: every write to it fails, even for root.
+    let index_path = dir.path().join("aborted-txns");
+    std::fs::create_dir(&index_path).unwrap();
+
+    assert!(log.append_marker(&marker(5, 0, ControlType::Abort), 0, NOW).is_err(), "the index write failed");
+    // Nothing of the aborted transaction may look committed: the last stable offset stays at its start.
+    assert_eq!(log.last_stable_offset(), 1);
+    // The log is in doubt until a restart: no more changes are accepted or acknowledged.
+    assert!(matches!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW), Err(StorageError::Offline { .. })));
+    assert!(matches!(log.append_marker(&marker(5, 0, ControlType::Abort), 0, NOW), Err(StorageError::Offline { .. })));
+    // Reads still work.
+    assert_eq!(values(&decode(&log.read(0, 1 << 20, 1, false).unwrap().bytes).unwrap()), vec!["before"]);
+    // A shutdown after the failure is not clean, so the next open walks the log again.
+    assert!(log.close().is_err());
+    drop(log);
+    assert!(!dir.path().join("clean-shutdown").exists());
+
+    std::fs::remove_dir(&index_path).unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    assert_eq!(log.log_end_offset(), 5, "the marker at 4 is in the log");
+    assert_eq!(log.last_stable_offset(), 5);
+    assert_eq!(log.aborted_transactions(0, 5), vec![AbortedTxn { producer_id: 5, first_offset: 1, last_offset: 4 }]);
+    assert_eq!(log.append(&mut batch_of(&["after"], NOW), ASSIGN, NOW).unwrap().base_offset, 5);
+    // And the rebuilt entry reached the file: a clean restart keeps it.
+    log.close().unwrap();
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    assert_eq!(log.aborted_transactions(0, 6), vec![AbortedTxn { producer_id: 5, first_offset: 1, last_offset: 4 }]);
+}
