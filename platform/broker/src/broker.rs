@@ -305,20 +305,31 @@ impl Broker {
     /// Clean shutdown: flush and close every log so the next start skips full recovery.
     pub fn close(&self) {
         let started = std::time::Instant::now();
-        let mut closed = 0usize;
-        for topic in self.topics() {
-            for partition in topic.partitions.read().iter() {
-                if let Err(error) = partition.log.write().close() {
-                    tracing::error!(topic = topic.name.as_str(), partition = partition.index, %error, "close failed; the next start will run recovery");
-                }
-                closed += 1;
+        let partitions: Vec<Arc<Partition>> = self.topics().iter().flat_map(|t| t.partitions.read().clone()).collect();
+        // Each close is a handful of fsyncs (segment, producer snapshot, recovery point, clean
+        // marker, directory) that wait on the disk, not the CPU: run them side by side so a broker
+        // with thousands of partitions stops in seconds (300 partitions one by one took 11 s on a
+        // busy disk).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..CLOSE_THREADS.min(partitions.len()) {
+                scope.spawn(|| {
+                    while let Some(partition) = partitions.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        if let Err(error) = partition.log.write().close() {
+                            tracing::error!(topic = partition.topic.as_str(), partition = partition.index, %error, "close failed; the next start will run recovery");
+                        }
+                    }
+                });
             }
-        }
+        });
         self.offsets.close();
         self.transactions.close();
-        tracing::info!(partitions = closed, elapsed_ms = started.elapsed().as_millis() as u64, "closed all logs");
+        tracing::info!(partitions = partitions.len(), elapsed_ms = started.elapsed().as_millis() as u64, "closed all logs");
     }
 }
+
+/// Threads that close partitions at shutdown, side by side.
+const CLOSE_THREADS: usize = 16;
 
 pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
