@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_wasm::TransformError;
 
+use crate::error::RuntimeError;
 use crate::isolate::{self, Outcome};
 use crate::supervisor::TaskControl;
 
@@ -50,12 +51,12 @@ impl RetryPolicy {
     pub const ATTEMPTS_MAX: u32 = 1_000;
     pub const BACKOFF_MS_MAX: u64 = 600_000;
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RuntimeError> {
         if self.max_attempts == 0 || self.max_attempts > Self::ATTEMPTS_MAX {
-            return Err(format!("retries need 1..={} attempts", Self::ATTEMPTS_MAX));
+            return Err(RuntimeError::Invalid(format!("retries need 1..={} attempts", Self::ATTEMPTS_MAX)));
         }
         if self.backoff_ms > Self::BACKOFF_MS_MAX || self.backoff_max_ms > Self::BACKOFF_MS_MAX {
-            return Err(format!("a retry backoff is at most {} ms", Self::BACKOFF_MS_MAX));
+            return Err(RuntimeError::Invalid(format!("a retry backoff is at most {} ms", Self::BACKOFF_MS_MAX)));
         }
         Ok(())
     }
@@ -132,4 +133,42 @@ pub fn context_headers(kind: &str, name: &str, topic: &str, partition: i32, offs
         ("sluice.source.partition".into(), Some(Bytes::from(partition.to_string()))),
         ("sluice.source.offset".into(), Some(Bytes::from(offset.to_string()))),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn retry(max_attempts: u32, on_failure: OnFailure) -> ErrorPolicy {
+        ErrorPolicy { retry: RetryPolicy { max_attempts, timeout_ms: None, backoff_ms: 1, backoff_max_ms: 4 }, on_failure }
+    }
+
+    #[test]
+    fn a_batch_that_fails_twice_then_succeeds_is_retried_whole() {
+        let calls = Cell::new(0);
+        let verdict = apply(&retry(3, OnFailure::Stop), 10, &TaskControl::detached(0), |range| {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 { Err(TransformError::GuestError("flaky".into())) } else { Ok(range) }
+        });
+        let Verdict::Done(outcomes) = verdict else { panic!("not done") };
+        assert!(matches!(outcomes.as_slice(), [Outcome::Ok(r)] if *r == (0..10)));
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn retries_end_in_a_stop_or_in_isolating_the_bad_record() {
+        let control = TaskControl::detached(0);
+        let bad = |range: Range<usize>| if range.contains(&3) { Err(TransformError::GuestError("bad".into())) } else { Ok(range) };
+        assert!(matches!(apply(&retry(2, OnFailure::Stop), 10, &control, bad), Verdict::Stop(_)));
+        let dead_letter = OnFailure::DeadLetter { topic: "dlq".into(), context_headers: true };
+        let Verdict::Done(outcomes) = apply(&retry(2, dead_letter), 10, &control, bad) else { panic!("not done") };
+        let failed: Vec<usize> =
+            outcomes.iter().filter_map(|o| if let Outcome::Failed { index, .. } = o { Some(*index) } else { None }).collect();
+        let passed: Vec<usize> =
+            outcomes.iter().filter_map(|o| if let Outcome::Ok(r) = o { Some(r.clone()) } else { None }).flatten().collect();
+        assert_eq!(failed, vec![3]);
+        assert_eq!(passed, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    }
 }

@@ -109,6 +109,21 @@ impl TaskControl {
         self.id
     }
 
+    /// A control that is never stopped or paused, for tests of code that takes one.
+    pub fn detached(id: i32) -> TaskControl {
+        TaskControl {
+            id,
+            deployment: Arc::default(),
+            stop: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            last_error: Mutex::new(None),
+            retries: AtomicU64::new(0),
+            started: AtomicBool::new(false),
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(()),
+        }
+    }
+
     /// Whether the task should return from what it is doing (stop or pause requested).
     pub fn interrupted(&self) -> bool {
         self.stopping() || self.deployment.paused.load(Ordering::Acquire)

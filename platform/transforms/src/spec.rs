@@ -163,7 +163,7 @@ impl TransformSpec {
             TransformErrorPolicy::DeadLetter(topic) if topic == &self.input_topic || self.output_topics.contains(topic) => {
                 return invalid("the dead-letter topic must differ from the input and output topics".into());
             }
-            TransformErrorPolicy::Retry { .. } => self.policy().retry.validate().map_err(RuntimeError::Invalid)?,
+            TransformErrorPolicy::Retry { .. } => self.policy().retry.validate()?,
             _ => {}
         }
         Ok(())

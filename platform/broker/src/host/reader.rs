@@ -19,6 +19,27 @@ use sluice_storage::{AbortedTxn, BatchHeader, StorageError, TimestampType};
 use super::HostError;
 use crate::topic::Partition;
 
+/// Why a stored batch's records cannot be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum DecodeError {
+    #[error("record {record}: truncated")]
+    Truncated { record: usize },
+    #[error("record {record}: varint too long")]
+    VarintTooLong { record: usize },
+    #[error("record {record}: negative {what}")]
+    Negative { record: usize, what: &'static str },
+    #[error("record {record}: a header without a key")]
+    HeaderWithoutKey { record: usize },
+    #[error("negative record count {0}")]
+    NegativeCount(i32),
+    #[error("{codec}: {message}")]
+    Codec { codec: &'static str, message: String },
+    #[error("{codec} data decompresses to more than {max} bytes")]
+    TooLarge { codec: &'static str, max: usize },
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(u8),
+}
+
 /// What one reader may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReaderLimits {
@@ -149,7 +170,7 @@ impl CommittedReader {
                     partition: self.partition(),
                     offset: header.base_offset,
                     next_offset: batch_end,
-                    reason,
+                    reason: reason.to_string(),
                 });
             }
             for record in records {
@@ -189,7 +210,7 @@ fn is_aborted(aborted: &[AbortedTxn], producer_id: i64, offset: i64) -> bool {
 
 /// Decodes one stored batch's records. The batch passed framing and CRC checks when it was
 /// appended; what can still be wrong is inside compressed data, so every length is checked.
-fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, out: &mut Vec<ConsumedRecord>) -> Result<(), String> {
+fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, out: &mut Vec<ConsumedRecord>) -> Result<(), DecodeError> {
     const RECORDS_START: usize = 61;
     let payload = stored.slice(RECORDS_START.min(stored.len())..);
     let mut body = match header.compression() {
@@ -197,13 +218,13 @@ fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, 
         codec => decompress(codec, &payload, decompressed_max)?,
     };
     let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
-    let count = usize::try_from(header.record_count).map_err(|_| format!("negative record count {}", header.record_count))?;
+    let count = usize::try_from(header.record_count).map_err(|_| DecodeError::NegativeCount(header.record_count))?;
     // Every record takes at least 7 bytes: preallocate from what is there, not from the header.
     out.reserve(count.min(body.len() / 7));
     for i in 0..count {
         let mut cursor = Cursor { bytes: &mut body, record: i };
         let length = cursor.varint()?;
-        let length = usize::try_from(length).map_err(|_| format!("record {i}: negative length"))?;
+        let length = usize::try_from(length).map_err(|_| DecodeError::Negative { record: i, what: "length" })?;
         let mut record = cursor.take(length)?;
         let mut c = Cursor { bytes: &mut record, record: i };
         let _attributes = c.u8()?;
@@ -211,11 +232,11 @@ fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, 
         let offset_delta = c.varint()?;
         let key = c.nullable_bytes()?;
         let value = c.nullable_bytes()?;
-        let header_count = usize::try_from(c.varint()?).map_err(|_| format!("record {i}: negative header count"))?;
+        let header_count = usize::try_from(c.varint()?).map_err(|_| DecodeError::Negative { record: i, what: "header count" })?;
         // Each header takes at least 2 bytes.
         let mut headers = Vec::with_capacity(header_count.min(c.bytes.len() / 2));
         for _ in 0..header_count {
-            let name = c.nullable_bytes()?.ok_or_else(|| format!("record {i}: a header without a key"))?;
+            let name = c.nullable_bytes()?.ok_or(DecodeError::HeaderWithoutKey { record: i })?;
             headers.push((String::from_utf8_lossy(&name).into_owned(), c.nullable_bytes()?));
         }
         out.push(ConsumedRecord {
@@ -235,18 +256,18 @@ struct Cursor<'a> {
 }
 
 impl Cursor<'_> {
-    fn short(&self) -> String {
-        format!("record {}: truncated", self.record)
+    fn short(&self) -> DecodeError {
+        DecodeError::Truncated { record: self.record }
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         if self.bytes.is_empty() {
             return Err(self.short());
         }
         Ok(self.bytes.get_u8())
     }
 
-    fn unsigned(&mut self, max_bytes: usize) -> Result<u64, String> {
+    fn unsigned(&mut self, max_bytes: usize) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..max_bytes {
             let byte = self.u8()?;
@@ -255,30 +276,30 @@ impl Cursor<'_> {
                 return Ok(value);
             }
         }
-        Err(format!("record {}: varint too long", self.record))
+        Err(DecodeError::VarintTooLong { record: self.record })
     }
 
-    fn varint(&mut self) -> Result<i32, String> {
+    fn varint(&mut self) -> Result<i32, DecodeError> {
         let raw = self.unsigned(5)? as u32;
         Ok(((raw >> 1) as i32) ^ -((raw & 1) as i32))
     }
 
-    fn varlong(&mut self) -> Result<i64, String> {
+    fn varlong(&mut self) -> Result<i64, DecodeError> {
         let raw = self.unsigned(10)?;
         Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
     }
 
-    fn take(&mut self, n: usize) -> Result<Bytes, String> {
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         if n > self.bytes.len() {
             return Err(self.short());
         }
         Ok(self.bytes.split_to(n))
     }
 
-    fn nullable_bytes(&mut self) -> Result<Option<Bytes>, String> {
+    fn nullable_bytes(&mut self) -> Result<Option<Bytes>, DecodeError> {
         match self.varint()? {
             -1 => Ok(None),
-            n if n < 0 => Err(format!("record {}: negative length {n}", self.record)),
+            n if n < 0 => Err(DecodeError::Negative { record: self.record, what: "length" }),
             n => self.take(n as usize).map(Some),
         }
     }
@@ -286,44 +307,40 @@ impl Cursor<'_> {
 
 /// Decompresses one batch's records with Kafka's codecs (1 gzip, 2 snappy, 3 lz4, 4 zstd), refusing
 /// to produce more than `max` bytes.
-fn decompress(codec: u8, payload: &[u8], max: usize) -> Result<Bytes, String> {
-    let bounded = |reader: &mut dyn Read, name: &str| -> Result<Bytes, String> {
+fn decompress(codec: u8, payload: &[u8], max: usize) -> Result<Bytes, DecodeError> {
+    let bounded = |reader: &mut dyn Read, codec: &'static str| -> Result<Bytes, DecodeError> {
         let mut out = Vec::new();
         // One byte past the bound tells "exactly at the limit" from "over it".
-        reader.take(max as u64 + 1).read_to_end(&mut out).map_err(|e| format!("{name}: {e}"))?;
+        reader.take(max as u64 + 1).read_to_end(&mut out).map_err(|e| DecodeError::Codec { codec, message: e.to_string() })?;
         if out.len() > max {
-            return Err(format!("{name} data decompresses to more than {max} bytes"));
+            return Err(DecodeError::TooLarge { codec, max });
         }
         Ok(Bytes::from(out))
     };
+    let codec_error = |codec: &'static str| move |e: std::io::Error| DecodeError::Codec { codec, message: e.to_string() };
     match codec {
         1 => bounded(&mut flate2::read::GzDecoder::new(payload), "gzip"),
         2 => snappy(payload, max),
-        3 => {
-            let mut decoder = lz4::Decoder::new(payload).map_err(|e| format!("lz4: {e}"))?;
-            bounded(&mut decoder, "lz4")
-        }
-        4 => {
-            let mut decoder = zstd::stream::read::Decoder::new(payload).map_err(|e| format!("zstd: {e}"))?;
-            bounded(&mut decoder, "zstd")
-        }
-        other => Err(format!("unknown compression codec {other}")),
+        3 => bounded(&mut lz4::Decoder::new(payload).map_err(codec_error("lz4"))?, "lz4"),
+        4 => bounded(&mut zstd::stream::read::Decoder::new(payload).map_err(codec_error("zstd"))?, "zstd"),
+        other => Err(DecodeError::UnknownCodec(other)),
     }
 }
 
 /// Kafka's snappy: the xerial framing (a magic header, then length-prefixed blocks) that the Java
 /// client writes, or a raw snappy block from clients that skip the framing.
-fn snappy(payload: &[u8], max: usize) -> Result<Bytes, String> {
+fn snappy(payload: &[u8], max: usize) -> Result<Bytes, DecodeError> {
     const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
     const XERIAL_HEADER_BYTES: usize = 16;
-    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
-        let len = snap::raw::decompress_len(compressed).map_err(|e| format!("snappy: {e}"))?;
+    let broken = |message: &str| DecodeError::Codec { codec: "snappy", message: message.to_string() };
+    let block = |compressed: &[u8], out: &mut Vec<u8>| -> Result<(), DecodeError> {
+        let len = snap::raw::decompress_len(compressed).map_err(|e| broken(&e.to_string()))?;
         if out.len().saturating_add(len) > max {
-            return Err(format!("snappy data decompresses to more than {max} bytes"));
+            return Err(DecodeError::TooLarge { codec: "snappy", max });
         }
         let start = out.len();
         out.resize(start + len, 0);
-        snap::raw::Decoder::new().decompress(compressed, &mut out[start..]).map_err(|e| format!("snappy: {e}"))?;
+        snap::raw::Decoder::new().decompress(compressed, &mut out[start..]).map_err(|e| broken(&e.to_string()))?;
         Ok(())
     };
     let mut out = Vec::new();
@@ -331,11 +348,11 @@ fn snappy(payload: &[u8], max: usize) -> Result<Bytes, String> {
         block(payload, &mut out)?;
         return Ok(Bytes::from(out));
     }
-    let mut rest = payload.get(XERIAL_HEADER_BYTES..).ok_or("snappy: truncated header")?;
+    let mut rest = payload.get(XERIAL_HEADER_BYTES..).ok_or_else(|| broken("truncated header"))?;
     while !rest.is_empty() {
-        let (len, tail) = rest.split_first_chunk::<4>().ok_or("snappy: truncated block length")?;
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| broken("truncated block length"))?;
         let len = u32::from_be_bytes(*len) as usize;
-        let compressed = tail.get(..len).ok_or("snappy: truncated block")?;
+        let compressed = tail.get(..len).ok_or_else(|| broken("truncated block"))?;
         block(compressed, &mut out)?;
         rest = &tail[len..];
     }
@@ -356,11 +373,11 @@ mod tests {
         let gz = gz.finish().unwrap();
         assert!(gz.len() < 64 << 10, "a small input that claims much more");
         assert_eq!(decompress(1, &gz, 10 << 20).unwrap().len(), 10 << 20, "exactly at the bound is fine");
-        assert!(decompress(1, &gz, 1 << 20).unwrap_err().contains("more than"));
+        assert_eq!(decompress(1, &gz, 1 << 20).unwrap_err(), DecodeError::TooLarge { codec: "gzip", max: 1 << 20 });
         let zstd = zstd::bulk::compress(&zeros, 3).unwrap();
-        assert!(decompress(4, &zstd, 1 << 20).unwrap_err().contains("more than"));
+        assert!(matches!(decompress(4, &zstd, 1 << 20).unwrap_err(), DecodeError::TooLarge { .. }));
         let raw = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
-        assert!(decompress(2, &raw, 1 << 20).unwrap_err().contains("more than"));
+        assert!(matches!(decompress(2, &raw, 1 << 20).unwrap_err(), DecodeError::TooLarge { .. }));
         assert!(decompress(4, b"not zstd at all", 1 << 20).is_err());
     }
 }
