@@ -25,10 +25,7 @@ pub struct LogBuffer {
 
 impl LogBuffer {
     pub fn new(transform: &str) -> LogBuffer {
-        LogBuffer {
-            tracing: TracingLogSink { transform: transform.to_string() },
-            lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)),
-        }
+        LogBuffer { tracing: TracingLogSink { plugin: transform.to_string() }, lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
     }
 
     pub fn push(&self, level: LogLevel, message: &str) {

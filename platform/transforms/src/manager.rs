@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_broker::Broker;
-use sluice_wasm::{Engine, EngineConfig, InstanceConfig, Limits, Module, TransformError};
+use sluice_wasm::{Engine, EngineConfig, InstanceConfig, Limits, PluginError, TransformModule};
 
 use crate::error::ApiError;
 use crate::logs::{LogBuffer, LogLine};
@@ -89,14 +89,17 @@ impl TransformManager {
         for deployment in stored {
             let name = deployment.spec.name.clone();
             let started = std::time::Instant::now();
-            let module =
-                match self.store.load_module(&deployment.module_digest).and_then(|b| self.engine.load(&b).map_err(|e| e.to_string())) {
-                    Ok(module) => module,
-                    Err(error) => {
-                        tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
-                        continue;
-                    }
-                };
+            let module = match self
+                .store
+                .load_module(&deployment.module_digest)
+                .and_then(|b| self.engine.load_transform(&b).map_err(|e| e.to_string()))
+            {
+                Ok(module) => module,
+                Err(error) => {
+                    tracing::error!(transform = name, %error, "cannot load a deployed transform's module; it stays stopped");
+                    continue;
+                }
+            };
             match self.start(deployment, module.clone()) {
                 Ok(()) => tracing::info!(
                     transform = name,
@@ -109,7 +112,7 @@ impl TransformManager {
         }
     }
 
-    fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), ApiError> {
+    fn start(&self, stored: StoredDeployment, module: TransformModule) -> Result<(), ApiError> {
         let spec = stored.spec.clone();
         let topic = self
             .broker
@@ -178,11 +181,11 @@ impl TransformManager {
         if input.partition_count() < 1 {
             return Err(ApiError::bad_request("the input topic has no partitions"));
         }
-        let module = self.engine.load(&bytes).map_err(module_error)?;
-        let mut trial = InstanceConfig::new(&spec.name, spec.output_topics.clone());
+        let module = self.engine.load_transform(&bytes).map_err(module_error)?;
+        let mut trial = InstanceConfig::new(&spec.name);
         trial.config = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         trial.limits = spec.limits();
-        module.instantiate(trial).map_err(module_error)?;
+        module.instantiate(trial, spec.output_topics.clone()).map_err(module_error)?;
 
         let _control = self.control.lock();
         let previous = self.stop(&spec.name);
@@ -336,11 +339,11 @@ impl TransformManager {
     }
 }
 
-fn module_error(error: TransformError) -> ApiError {
+fn module_error(error: PluginError) -> ApiError {
     let code = match error {
-        TransformError::InvalidModule(_) => "invalid_module",
-        TransformError::WrongWorld(_) => "wrong_world",
-        TransformError::InitFailed(_) => "init_failed",
+        PluginError::InvalidModule(_) => "invalid_module",
+        PluginError::WrongWorld(_) => "wrong_world",
+        PluginError::InitFailed(_) => "init_failed",
         _ => "module_error",
     };
     ApiError::new(axum::http::StatusCode::BAD_REQUEST, code, error.to_string())

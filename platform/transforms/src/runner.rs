@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use sluice_broker::Broker;
 use sluice_broker::topic::Partition;
 use sluice_broker::txn_writer::{OutRecord, TransactionalProducer, TxnError};
-use sluice_wasm::{Header, InputRecord, Instance, InstanceConfig, Limits, Module, OutputRecord, TransformError};
+use sluice_wasm::{Header, InputRecord, InstanceConfig, Limits, OutputRecord, PluginError, TransformInstance, TransformModule};
 
 use crate::metrics::TransformMetrics;
 use crate::spec::{ErrorPolicy, Partitioning, StartFrom, TransformSpec};
@@ -51,7 +51,7 @@ pub struct PartitionState {
 /// What the runners of one deployment share with the manager and the API.
 pub struct Shared {
     pub spec: TransformSpec,
-    pub module: Module,
+    pub module: TransformModule,
     pub version: u64,
     pub paused: AtomicBool,
     pub stop: AtomicBool,
@@ -87,7 +87,7 @@ struct Runner {
     partition: i32,
     handle: tokio::runtime::Handle,
     writer: Option<TransactionalProducer>,
-    instance: Option<Instance>,
+    instance: Option<TransformInstance>,
     limits_seen: u64,
 }
 
@@ -163,7 +163,7 @@ impl Runner {
         Ok(())
     }
 
-    fn ensure_instance(&mut self) -> Result<(), TransformError> {
+    fn ensure_instance(&mut self) -> Result<(), PluginError> {
         if self.instance.as_ref().is_some_and(|i| i.poisoned().is_none()) {
             let version = self.shared.limits_version.load(Ordering::Acquire);
             if version != self.limits_seen {
@@ -176,12 +176,12 @@ impl Runner {
             return Ok(());
         }
         let spec = &self.shared.spec;
-        let mut config = InstanceConfig::new(&spec.name, spec.output_topics.clone());
+        let mut config = InstanceConfig::new(&spec.name);
         config.config = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         self.limits_seen = self.shared.limits_version.load(Ordering::Acquire);
         config.limits = *self.shared.limits.lock();
         config.log_sink = Arc::clone(&self.shared.logs) as Arc<dyn sluice_wasm::LogSink>;
-        self.instance = Some(self.shared.module.instantiate(config)?);
+        self.instance = Some(self.shared.module.instantiate(config, spec.output_topics.clone())?);
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl Runner {
             let started = Instant::now();
             let outcome = self.ensure_instance().and_then(|()| match self.instance.as_mut() {
                 Some(instance) => instance.process(&records),
-                None => Err(TransformError::Engine("no instance".into())),
+                None => Err(PluginError::Engine("no instance".into())),
             });
             self.shared.metrics.process_seconds.observe(started.elapsed().as_secs_f64());
             match outcome {
@@ -260,7 +260,7 @@ impl Runner {
         }
     }
 
-    fn fail(&mut self, error: &TransformError) -> Result<(), String> {
+    fn fail(&mut self, error: &PluginError) -> Result<(), String> {
         let position = self.state().position.load(Ordering::Acquire);
         let message = format!("{error} (input {}-{} at offset {position})", self.shared.spec.input_topic, self.partition);
         tracing::error!(transform = self.name(), partition = self.partition, error = %message, "transform stopped");
@@ -316,7 +316,7 @@ impl Runner {
 
     /// The dead-letter policy: the failing batch's input goes to `topic`, with the error in headers,
     /// committed together with the input position.
-    fn dead_letter(&mut self, topic: &str, inputs: &[InputRecord], error: &TransformError, next: i64) -> Result<(), String> {
+    fn dead_letter(&mut self, topic: &str, inputs: &[InputRecord], error: &PluginError, next: i64) -> Result<(), String> {
         let spec = &self.shared.spec;
         let count = self.broker.topic(topic).ok_or_else(|| format!("dead-letter topic '{topic}' does not exist"))?.partition_count().max(1);
         let message = error.to_string();
@@ -368,14 +368,14 @@ fn out_record(output: OutputRecord, now: i64) -> OutRecord {
     }
 }
 
-fn error_kind(error: &TransformError) -> &'static str {
+fn error_kind(error: &PluginError) -> &'static str {
     match error {
-        TransformError::GuestError(_) => "guest_error",
-        TransformError::Trap(_) => "trap",
-        TransformError::CpuTimeout { .. } => "cpu_timeout",
-        TransformError::OutOfMemory { .. } => "out_of_memory",
-        TransformError::MalformedOutput(_) => "malformed_output",
-        TransformError::InitFailed(_) => "init_failed",
+        PluginError::GuestError { .. } => "guest_error",
+        PluginError::Trap(_) => "trap",
+        PluginError::CpuTimeout { .. } => "cpu_timeout",
+        PluginError::OutOfMemory { .. } => "out_of_memory",
+        PluginError::MalformedOutput(_) => "malformed_output",
+        PluginError::InitFailed(_) => "init_failed",
         _ => "other",
     }
 }
