@@ -253,7 +253,8 @@ fn log_floods_are_capped_per_call() {
 #[test]
 fn stdout_and_stderr_are_discarded_without_limit() {
     let engine = engine();
-    let mut instance = hostile(&engine, "stderr-flood", quick_limits());
+    // 10 000 writes take ~0.1 s on a loaded machine: a roomy CPU bound keeps this about the sink.
+    let mut instance = hostile(&engine, "stderr-flood", Limits { memory_bytes: 32 << 20, cpu_ms_per_call: 2_000 });
     assert_eq!(instance.process(&[input(b"x", 0)]).unwrap().len(), 1);
     assert_eq!(instance.process(&[input(b"x", 1)]).unwrap().len(), 1);
 }
@@ -272,6 +273,25 @@ fn the_sandbox_grants_no_environment_or_filesystem_unless_asked() {
     config.grants = Grants { env: vec![("REGION".into(), "eu".into())], ..Grants::default() };
     let output = module.instantiate(config, out()).unwrap().process(&[input(b"x", 0)]).unwrap();
     assert_eq!(output[0].value.as_deref(), Some(&b"REGION=eu"[..]));
+}
+
+#[test]
+fn a_read_write_directory_grant_lets_the_guest_write_there_and_only_there() {
+    let engine = engine();
+    let module = load(&engine, "fixture-hostile");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |grants: Grants| {
+        let (mut config, _) = instance_config(&[("mode", "write-file")]);
+        config.grants = grants;
+        let output = module.instantiate(config, out()).unwrap().process(&[input(b"hello", 0)]).unwrap();
+        String::from_utf8(output[0].value.clone().unwrap()).unwrap()
+    };
+    let mount = (dir.path().to_owned(), "/data".to_owned());
+    assert!(write(Grants::default()).starts_with("error:"));
+    assert!(write(Grants { read_only_dirs: vec![mount.clone()], ..Grants::default() }).starts_with("error:"));
+    assert!(!dir.path().join("written.txt").exists());
+    assert_eq!(write(Grants { read_write_dir: Some(mount), ..Grants::default() }), "ok");
+    assert_eq!(std::fs::read(dir.path().join("written.txt")).unwrap(), b"hello");
 }
 
 #[test]
