@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use sluice_broker::host::{ApiError, HostError};
-use sluice_wasm::TransformError;
+use sluice_wasm::PluginError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -11,7 +11,7 @@ pub enum RuntimeError {
     Host(#[from] HostError),
     /// Loading, instantiating or calling a module failed.
     #[error(transparent)]
-    Plugin(#[from] TransformError),
+    Plugin(#[from] PluginError),
     /// A request or stored spec that does not make sense; the message says what to change.
     #[error("{0}")]
     Invalid(String),
@@ -41,10 +41,10 @@ impl RuntimeError {
             }
             RuntimeError::Plugin(error) => {
                 let code = match error {
-                    TransformError::InvalidModule(_) => "invalid_module",
-                    TransformError::WrongWorld(_) => "wrong_world",
-                    TransformError::InitFailed(_) => "init_failed",
-                    TransformError::InvalidRequest(_) => "invalid_request",
+                    PluginError::InvalidModule(_) => "invalid_module",
+                    PluginError::WrongWorld(_) => "wrong_world",
+                    PluginError::InitFailed(_) => "init_failed",
+                    PluginError::InvalidRequest(_) => "invalid_request",
                     _ => "module_error",
                 };
                 ApiError::new(StatusCode::BAD_REQUEST, code, error.to_string())

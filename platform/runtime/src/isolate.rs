@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use sluice_wasm::TransformError;
+use sluice_wasm::PluginError;
 
 /// Most module calls spent isolating the failures of one batch.
 pub const ISOLATION_CALLS_MAX: usize = 64;
@@ -25,21 +25,17 @@ pub const ISOLATION_CALLS_MAX: usize = 64;
 pub enum Outcome<T> {
     /// A range that succeeded, with its outputs.
     Ok(T),
-    /// One input record (by index in the batch) that is dead-lettered with this error.
-    Failed { index: usize, error: TransformError },
+    /// One input record (by index in the batch) that fails on its own, and why.
+    Failed { index: usize, error: String },
 }
 
 /// Splits a failed batch of `len` records into succeeding ranges and failed records, calling `call`
 /// on sub-ranges. `first_error` is the error of the whole batch.
-pub fn isolate<T>(
-    len: usize,
-    first_error: TransformError,
-    mut call: impl FnMut(Range<usize>) -> Result<T, TransformError>,
-) -> Vec<Outcome<T>> {
+pub fn isolate<T>(len: usize, first_error: PluginError, mut call: impl FnMut(Range<usize>) -> Result<T, PluginError>) -> Vec<Outcome<T>> {
     /// A range still to decide: not tried on its own yet, or failed with this error.
     enum Pending {
         Untried(Range<usize>),
-        Failed(Range<usize>, TransformError),
+        Failed(Range<usize>, PluginError),
     }
     let mut outcomes = Vec::new();
     let mut calls = 0usize;
@@ -49,9 +45,9 @@ pub fn isolate<T>(
     while let Some(next) = pending.pop() {
         match next {
             Pending::Untried(range) if calls >= ISOLATION_CALLS_MAX => {
-                let error = TransformError::GuestError(format!(
+                let error = format!(
                     "not isolated: the budget of {ISOLATION_CALLS_MAX} calls to find the failing records ran out; last error: {last_error}"
-                ));
+                );
                 outcomes.extend(range.map(|index| Outcome::Failed { index, error: error.clone() }));
             }
             Pending::Untried(range) => {
@@ -65,7 +61,7 @@ pub fn isolate<T>(
                 }
             }
             Pending::Failed(range, error) if range.len() <= 1 => {
-                outcomes.extend(range.map(|index| Outcome::Failed { index, error: error.clone() }));
+                outcomes.extend(range.map(|index| Outcome::Failed { index, error: error.to_string() }));
             }
             Pending::Failed(range, error) => {
                 let mut pieces = Vec::with_capacity(3);
@@ -93,8 +89,11 @@ pub fn isolate<T>(
 }
 
 /// The index, within the range it was called on, of the record the guest said failed.
-fn reported_index(_error: &TransformError) -> Option<usize> {
-    None
+fn reported_index(error: &PluginError) -> Option<usize> {
+    match error {
+        PluginError::GuestError { record_index, .. } => *record_index,
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -105,10 +104,10 @@ mod tests {
     /// indices that came out in successful ranges (in order), and the number of calls.
     fn run(len: usize, bad: &[usize]) -> (Vec<usize>, Vec<usize>, usize) {
         let mut calls = 0;
-        let outcomes = isolate(len, TransformError::GuestError("batch failed".into()), |range| {
+        let outcomes = isolate(len, guest_error("batch failed", None), |range| {
             calls += 1;
             if range.clone().any(|i| bad.contains(&i)) {
-                Err(TransformError::GuestError(format!("bad in {range:?}")))
+                Err(guest_error(&format!("bad in {range:?}"), None))
             } else {
                 Ok(range.collect::<Vec<_>>())
             }
@@ -126,6 +125,23 @@ mod tests {
         }
         good.retain(|i| *i != usize::MAX);
         (dead, good, calls)
+    }
+
+    fn guest_error(message: &str, record_index: Option<usize>) -> PluginError {
+        PluginError::GuestError { world: sluice_wasm::World::Transform, message: message.into(), record_index }
+    }
+
+    #[test]
+    fn a_record_the_guest_names_is_dead_without_bisecting() {
+        let mut calls = Vec::new();
+        let outcomes = isolate(100, guest_error("record 41 is bad", Some(41)), |range| {
+            calls.push(range.clone());
+            Ok::<_, PluginError>(range)
+        });
+        assert_eq!(calls, vec![0..41, 42..100], "two calls: the records before and after the one named");
+        assert!(
+            matches!(outcomes.as_slice(), [Outcome::Ok(a), Outcome::Failed { index: 41, .. }, Outcome::Ok(b)] if *a == (0..41) && *b == (42..100))
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub struct LogBuffer {
 impl LogBuffer {
     /// `name`: the deployment, as the broker's log lines name it.
     pub fn new(name: &str) -> LogBuffer {
-        LogBuffer { tracing: TracingLogSink { transform: name.to_string() }, lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
+        LogBuffer { tracing: TracingLogSink { plugin: name.to_string() }, lines: Mutex::new(VecDeque::with_capacity(LOG_LINES_KEPT)) }
     }
 
     pub fn push(&self, level: LogLevel, message: &str) {

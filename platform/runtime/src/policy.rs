@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_wasm::TransformError;
+use sluice_wasm::PluginError;
 
 use crate::error::RuntimeError;
 use crate::isolate::{self, Outcome};
@@ -87,7 +87,7 @@ pub enum Verdict<T> {
     /// failed, in input order. `Failed` records are to be dead-lettered or skipped per `on_failure`.
     Done(Vec<Outcome<T>>),
     /// The policy stops the task with this error.
-    Stop(TransformError),
+    Stop(PluginError),
     /// The task was asked to stop or pause while retrying: nothing is decided.
     Interrupted,
 }
@@ -97,7 +97,7 @@ pub fn apply<T>(
     policy: &ErrorPolicy,
     len: usize,
     control: &TaskControl,
-    mut call: impl FnMut(Range<usize>) -> Result<T, TransformError>,
+    mut call: impl FnMut(Range<usize>) -> Result<T, PluginError>,
 ) -> Verdict<T> {
     let started = Instant::now();
     let mut attempt = 0u32;
@@ -150,7 +150,11 @@ mod tests {
         let calls = Cell::new(0);
         let verdict = apply(&retry(3, OnFailure::Stop), 10, &TaskControl::detached(0), |range| {
             calls.set(calls.get() + 1);
-            if calls.get() < 3 { Err(TransformError::GuestError("flaky".into())) } else { Ok(range) }
+            if calls.get() < 3 {
+                Err(PluginError::GuestError { world: sluice_wasm::World::Transform, message: "flaky".into(), record_index: None })
+            } else {
+                Ok(range)
+            }
         });
         let Verdict::Done(outcomes) = verdict else { panic!("not done") };
         assert!(matches!(outcomes.as_slice(), [Outcome::Ok(r)] if *r == (0..10)));
@@ -160,7 +164,13 @@ mod tests {
     #[test]
     fn retries_end_in_a_stop_or_in_isolating_the_bad_record() {
         let control = TaskControl::detached(0);
-        let bad = |range: Range<usize>| if range.contains(&3) { Err(TransformError::GuestError("bad".into())) } else { Ok(range) };
+        let bad = |range: Range<usize>| {
+            if range.contains(&3) {
+                Err(PluginError::GuestError { world: sluice_wasm::World::Transform, message: "bad".into(), record_index: None })
+            } else {
+                Ok(range)
+            }
+        };
         assert!(matches!(apply(&retry(2, OnFailure::Stop), 10, &control, bad), Verdict::Stop(_)));
         let dead_letter = OnFailure::DeadLetter { topic: "dlq".into(), context_headers: true };
         let Verdict::Done(outcomes) = apply(&retry(2, dead_letter), 10, &control, bad) else { panic!("not done") };

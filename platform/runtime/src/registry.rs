@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_broker::host::write_file_atomically;
-use sluice_wasm::{Engine, MODULE_BYTES_MAX, Module};
+use sluice_wasm::{CompiledComponent, Engine, MODULE_BYTES_MAX};
 
 use crate::error::RuntimeError;
 
@@ -53,7 +53,7 @@ pub struct ModuleRegistry {
     engine: Engine,
     index: Mutex<Index>,
     /// Loaded (compiled) modules by digest.
-    loaded: Mutex<HashMap<String, Module>>,
+    loaded: Mutex<HashMap<String, CompiledComponent>>,
 }
 
 pub fn digest_hex(bytes: &[u8]) -> String {
@@ -107,7 +107,7 @@ impl ModuleRegistry {
 
     /// Checks and compiles `bytes`, stores them by digest, and names them `name` (replacing what the
     /// name pointed to). Blocking: compiling takes up to seconds.
-    pub fn add(&self, name: &str, bytes: &[u8], builtin: bool) -> Result<(ModuleInfo, Module), RuntimeError> {
+    pub fn add(&self, name: &str, bytes: &[u8], builtin: bool) -> Result<(ModuleInfo, CompiledComponent), RuntimeError> {
         validate_name("module", name, MODULE_NAME_BYTES_MAX)?;
         if bytes.len() > MODULE_BYTES_MAX {
             return Err(RuntimeError::Invalid(format!("the module is {} bytes; at most {MODULE_BYTES_MAX}", bytes.len())));
@@ -122,7 +122,7 @@ impl ModuleRegistry {
             name: name.to_string(),
             digest,
             bytes: bytes.len(),
-            worlds: vec!["transform".to_string()],
+            worlds: module.worlds().into_iter().map(|w| w.name().to_string()).collect(),
             uploaded_at_ms: sluice_broker::host::now_ms(),
             builtin,
         };
@@ -139,18 +139,19 @@ impl ModuleRegistry {
         Ok((info, module))
     }
 
-    fn load_bytes(&self, digest: &str, bytes: &[u8]) -> Result<Module, RuntimeError> {
+    fn load_bytes(&self, digest: &str, bytes: &[u8]) -> Result<CompiledComponent, RuntimeError> {
         if let Some(module) = self.loaded.lock().get(digest) {
             return Ok(module.clone());
         }
-        let module = self.engine.load(bytes)?;
+        // `inspect`: a component of no world this host runs is refused here, with what it lacks.
+        let module = self.engine.inspect(bytes)?;
         self.loaded.lock().insert(digest.to_string(), module.clone());
         Ok(module)
     }
 
-    /// The compiled module with this digest (from memory, the compiled cache, or by compiling the
+    /// The compiled component with this digest (from memory, the compiled cache, or by compiling the
     /// stored component). Blocking.
-    pub fn load(&self, digest: &str) -> Result<Module, RuntimeError> {
+    pub fn load(&self, digest: &str) -> Result<CompiledComponent, RuntimeError> {
         if let Some(module) = self.loaded.lock().get(digest) {
             return Ok(module.clone());
         }
@@ -170,7 +171,7 @@ impl ModuleRegistry {
 
     /// Stores a component by digest without naming it (a deployment that uploaded its own bytes).
     /// Blocking.
-    pub fn import(&self, bytes: &[u8]) -> Result<(String, Module), RuntimeError> {
+    pub fn import(&self, bytes: &[u8]) -> Result<(String, CompiledComponent), RuntimeError> {
         if bytes.len() > MODULE_BYTES_MAX {
             return Err(RuntimeError::Invalid(format!("the module is {} bytes; at most {MODULE_BYTES_MAX}", bytes.len())));
         }

@@ -12,11 +12,13 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_broker::host::Host;
 use sluice_runtime::{LogBuffer, LogLine, MetricFamilies, Plugins, RuntimeError, Supervisor, Task, TaskSet, TaskState};
-use sluice_wasm::{InstanceConfig, Limits, Module};
+use sluice_wasm::{InstanceConfig, Limits, TransformModule, run_with_watchdog};
 
 use crate::runner::{Runner, Shared};
 use crate::spec::{Store, StoredDeployment, TransformErrorPolicy, TransformSpec};
 
+/// Longest a deploy waits for the trial `init` (past the module's own CPU bound, which stops it first).
+const TRIAL_INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Lines of a deployment's log a status shows.
 const STATUS_LOG_LINES: usize = 20;
 
@@ -100,7 +102,7 @@ impl TransformManager {
 
     /// The compiled module of a stored deployment, moving components an earlier version kept in
     /// `__transforms/modules/` into the registry.
-    fn stored_module(&self, digest: &str) -> Result<Module, RuntimeError> {
+    fn stored_module(&self, digest: &str) -> Result<TransformModule, RuntimeError> {
         let registry = self.plugins.registry()?;
         if !registry.has_digest(digest)
             && let Some((path, bytes)) = self.store.legacy_module(digest)
@@ -109,7 +111,7 @@ impl TransformManager {
             let _ = std::fs::remove_file(&path);
             tracing::info!(digest, "moved a transform module into the plugin registry");
         }
-        registry.load(digest)
+        Ok(registry.load(digest)?.transform()?)
     }
 
     /// Starts every stored deployment (at broker start). A deployment whose module no longer loads
@@ -137,7 +139,7 @@ impl TransformManager {
         }
     }
 
-    fn start(&self, stored: StoredDeployment, module: Module) -> Result<(), RuntimeError> {
+    fn start(&self, stored: StoredDeployment, module: TransformModule) -> Result<(), RuntimeError> {
         let spec = stored.spec.clone();
         if self.host.topic(&spec.input_topic).is_none() {
             return Err(RuntimeError::Invalid(format!("input topic '{}' does not exist", spec.input_topic)));
@@ -198,18 +200,22 @@ impl TransformManager {
         let registry = self.plugins.registry()?;
         let (digest, module_bytes, module) = match source {
             ModuleSource::Bytes(bytes) => {
-                let (digest, module) = registry.import(&bytes)?;
-                (digest, bytes.len(), module)
+                let (digest, component) = registry.import(&bytes)?;
+                (digest, bytes.len(), component.transform()?)
             }
             ModuleSource::Registered(name) => {
                 let info = registry.get(&name).ok_or(RuntimeError::NotFound { what: "module", name })?;
-                (info.digest.clone(), info.bytes, registry.load(&info.digest)?)
+                (info.digest.clone(), info.bytes, registry.load(&info.digest)?.transform()?)
             }
         };
-        let mut trial = InstanceConfig::new(&spec.name, spec.output_topics.clone());
+        // A trial instance runs the guest's `init` with the deployment's config, on a watchdog thread:
+        // a module that refuses its config is refused here, and one whose `init` never returns cannot
+        // hang the deploy (or the admin API thread serving it).
+        let mut trial = InstanceConfig::new(&spec.name);
         trial.config = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         trial.limits = spec.limits();
-        module.instantiate(trial)?;
+        let (trial_module, outputs) = (module.clone(), spec.output_topics.clone());
+        run_with_watchdog(&spec.name, TRIAL_INIT_TIMEOUT, move || trial_module.instantiate(trial, outputs).map(drop))?;
 
         let _control = self.control.lock();
         let previous = self.stop(&spec.name);

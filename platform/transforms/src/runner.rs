@@ -24,7 +24,9 @@ use sluice_broker::host::{CommittedReader, ConsumedRecord, Host, HostError, Prod
 use sluice_runtime::isolate::Outcome;
 use sluice_runtime::policy::{self, OnFailure, Verdict};
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
-use sluice_wasm::{Header, InputRecord, Instance, InstanceConfig, Limits, LogLevel, Module, OutputRecord, TransformError};
+use sluice_wasm::{
+    Header, InputRecord, InstanceConfig, Limits, LogLevel, OutputRecord, PluginError, TransformInstance, TransformModule, World,
+};
 
 use crate::spec::{Partitioning, TransformSpec};
 
@@ -47,7 +49,7 @@ pub struct PartitionState {
 /// What the runners of one deployment share with the manager and the API.
 pub struct Shared {
     pub spec: TransformSpec,
-    pub module: Module,
+    pub module: TransformModule,
     pub version: u64,
     pub limits: Mutex<Limits>,
     /// Bumped on every limits change; runners apply the new limits before their next call.
@@ -71,7 +73,7 @@ pub struct Runner {
     state: Arc<PartitionState>,
     producer: Option<TransactionalProducer>,
     reader: Option<CommittedReader>,
-    instance: Option<Instance>,
+    instance: Option<TransformInstance>,
     limits_seen: u64,
 }
 
@@ -85,7 +87,7 @@ impl Runner {
         &self.shared.spec.name
     }
 
-    fn ensure_instance(&mut self) -> Result<&mut Instance, TransformError> {
+    fn ensure_instance(&mut self) -> Result<&mut TransformInstance, PluginError> {
         if self.instance.as_ref().is_some_and(|i| i.poisoned().is_none()) {
             let version = self.shared.limits_version.load(Ordering::Acquire);
             if version != self.limits_seen {
@@ -97,19 +99,19 @@ impl Runner {
             }
         } else {
             let spec = &self.shared.spec;
-            let mut config = InstanceConfig::new(&spec.name, spec.output_topics.clone());
+            let mut config = InstanceConfig::new(&spec.name);
             config.config = spec.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             self.limits_seen = self.shared.limits_version.load(Ordering::Acquire);
             config.limits = *self.shared.limits.lock();
             config.log_sink = Arc::clone(&self.shared.logs) as Arc<dyn sluice_wasm::LogSink>;
-            self.instance = Some(self.shared.module.instantiate(config)?);
+            self.instance = Some(self.shared.module.instantiate(config, spec.output_topics.clone())?);
         }
-        self.instance.as_mut().ok_or_else(|| TransformError::Engine("no instance".into()))
+        self.instance.as_mut().ok_or_else(|| PluginError::Engine("no instance".into()))
     }
 
     /// One call of the module on `inputs`; a poisoned instance is dropped so the next call gets a
     /// fresh one.
-    fn call(&mut self, inputs: &[InputRecord]) -> Result<Vec<OutputRecord>, TransformError> {
+    fn call(&mut self, inputs: &[InputRecord]) -> Result<Vec<OutputRecord>, PluginError> {
         let started = Instant::now();
         let outcome = self.ensure_instance().and_then(|instance| instance.process(inputs));
         self.shared.metrics.process_seconds.observe(started.elapsed().as_secs_f64());
@@ -145,7 +147,7 @@ impl Runner {
 
     /// A stored input batch that cannot be decoded: stop, or under the dead-letter policy record it
     /// (its offsets and the reason, no payload) and move past it. Retrying cannot help.
-    fn undecodable(&mut self, error: TransformError, offset: i64, next: i64) -> Result<Step, RuntimeError> {
+    fn undecodable(&mut self, error: PluginError, offset: i64, next: i64) -> Result<Step, RuntimeError> {
         let OnFailure::DeadLetter { topic, .. } = self.shared.spec.policy().on_failure else {
             return Ok(self.failed(&error));
         };
@@ -189,7 +191,7 @@ impl Runner {
                         grouped.entry((spec.output_topics[index].clone(), partition)).or_default().push(producer_record(output, now));
                     }
                 }
-                Outcome::Failed { index, error } => dead.push((index, error.to_string())),
+                Outcome::Failed { index, error } => dead.push((index, error)),
             }
         }
         if let (OnFailure::DeadLetter { topic, .. }, false) = (&on_failure, dead.is_empty()) {
@@ -268,7 +270,11 @@ impl Task for Runner {
                 return Ok(Step::Progress);
             }
             Err(HostError::UndecodableBatch { offset, next_offset, reason, .. }) => {
-                let error = TransformError::GuestError(format!("input batch at offset {offset} cannot be decoded: {reason}"));
+                let error = PluginError::GuestError {
+                    world: World::Transform,
+                    message: format!("input batch at offset {offset} cannot be decoded: {reason}"),
+                    record_index: None,
+                };
                 self.seek(position);
                 return self.undecodable(error, offset, next_offset);
             }
@@ -346,14 +352,15 @@ fn producer_record(output: OutputRecord, now: i64) -> ProducerRecord {
     }
 }
 
-fn error_kind(error: &TransformError) -> &'static str {
+fn error_kind(error: &PluginError) -> &'static str {
     match error {
-        TransformError::GuestError(_) => "guest_error",
-        TransformError::Trap(_) => "trap",
-        TransformError::CpuTimeout { .. } => "cpu_timeout",
-        TransformError::OutOfMemory { .. } => "out_of_memory",
-        TransformError::MalformedOutput(_) => "malformed_output",
-        TransformError::InitFailed(_) => "init_failed",
+        PluginError::GuestError { .. } => "guest_error",
+        PluginError::Trap(_) => "trap",
+        PluginError::CpuTimeout { .. } => "cpu_timeout",
+        PluginError::OutOfMemory { .. } => "out_of_memory",
+        PluginError::MalformedOutput(_) => "malformed_output",
+        PluginError::InitFailed(_) => "init_failed",
+        PluginError::Watchdog { .. } => "watchdog",
         _ => "other",
     }
 }

@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{guest, instance_config};
+use common::{guest, instance_config, out};
 use sluice_wasm::{Engine, EngineConfig, InputRecord};
 
 const BATCH_RECORDS: usize = 1_000;
@@ -52,9 +52,9 @@ fn throughput(budget: Duration, records_per_call: usize, mut f: impl FnMut() -> 
 
 fn identity(budget: Duration) {
     let engine = Engine::new(EngineConfig::default()).unwrap();
-    let module = engine.load(&guest("identity")).unwrap();
+    let module = engine.load_transform(&guest("identity")).unwrap();
     let (config, _) = instance_config(&[]);
-    let mut instance = module.instantiate(config).unwrap();
+    let mut instance = module.instantiate(config, out()).unwrap();
     let batch: Vec<InputRecord> = (0..BATCH_RECORDS as i64)
         .map(|offset| InputRecord {
             key: None,
@@ -89,20 +89,20 @@ fn json_filter(budget: Duration, with_native: bool) {
 
     // Natively: the plugin's own init and run, the per-batch copies a host would make (inputs into
     // records, kept records out of the writer), no boundary.
-    json_filter::init(&sluice::Config::from_pairs(config)).unwrap();
+    let filter = json_filter::Filter::from_config(&sluice::Config::from_pairs(config)).unwrap();
     let native_budget = if with_native { budget } else { Duration::ZERO };
     let native = throughput(native_budget, BATCH_RECORDS, || {
         let mut writer = sluice::Writer::new(["out"]);
         for (offset, value) in values.iter().enumerate() {
             let record = sluice::Record::new(value.clone()).with_position(0, offset as i64);
-            json_filter::run(record, &mut writer).unwrap();
+            json_filter::run(&filter, record, &mut writer).unwrap();
         }
         writer.len()
     });
 
     let engine = Engine::new(EngineConfig::default()).unwrap();
     let (instance_config, _) = instance_config(&config);
-    let mut instance = engine.load(&guest("json-filter")).unwrap().instantiate(instance_config).unwrap();
+    let mut instance = engine.load_transform(&guest("json-filter")).unwrap().instantiate(instance_config, out()).unwrap();
     let batch: Vec<InputRecord> = values
         .iter()
         .enumerate()
@@ -147,9 +147,9 @@ fn deploy_one(name: &str) {
             // A new engine each time: a broker restart.
             let engine = Engine::new(config.clone()).unwrap();
             let started = Instant::now();
-            let module = engine.load(&bytes).unwrap();
+            let module = engine.load_transform(&bytes).unwrap();
             let (instance_config, _) = instance_config(&[]);
-            let instance = module.instantiate(instance_config).unwrap();
+            let instance = module.instantiate(instance_config, out()).unwrap();
             samples.push(started.elapsed());
             assert_eq!(module.cache_hit(), expect_hit);
             drop(instance);

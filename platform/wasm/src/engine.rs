@@ -1,24 +1,26 @@
-//! The engine: one per broker, shared by every module and instance (it is cheap to clone).
+//! The engine: one per broker, shared by every world, module and instance (cheap to clone). It owns
+//! the wasmtime engine, the epoch ticker, the compiled-module cache, and one linker per world —
+//! the shared imports (WASI with bounded waits, `host`) plus that world's own.
 
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 
-use crate::TransformError;
-use crate::bindings::{Transform, TransformPre};
+use crate::bindings::host;
 use crate::cache::Cache;
 use crate::host::HostState;
 use crate::limits::MODULE_BYTES_MAX;
-use crate::module::Module;
+use crate::transform::TransformModule;
+use crate::{PluginError, World};
 
-/// How the engine is set up. Per-transform limits are not here: they belong to instances.
+/// How the engine is set up. Per-plugin limits are not here: they belong to instances.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Where compiled modules are cached (e.g. `<data-dir>/__transforms/cache`). `None` disables the
-    /// cache: every load compiles.
+    /// Where compiled modules are cached (a directory the broker owns, under its data directory).
+    /// `None` disables the cache: every load compiles.
     pub cache_dir: Option<PathBuf>,
     /// The epoch tick: the granularity of the per-call CPU bound. A tick costs one atomic increment;
     /// instrumented guest code checks the epoch at loop headers and function entries.
@@ -33,7 +35,7 @@ impl Default for EngineConfig {
 
 pub const EPOCH_TICK_DEFAULT: Duration = Duration::from_millis(10);
 
-/// The wasmtime engine, the linker every instance is made with, the epoch ticker, and the cache.
+/// The wasmtime engine, the linkers instances are made with, the epoch ticker, and the cache.
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
@@ -41,7 +43,8 @@ pub struct Engine {
 
 pub(crate) struct EngineInner {
     pub engine: wasmtime::Engine,
-    pub linker: Linker<HostState>,
+    /// One per world, in `World::ALL` order.
+    linkers: Vec<Linker<HostState>>,
     pub epoch_tick: Duration,
     cache: Option<Cache>,
     /// Ends the ticker thread when the engine is dropped (the sender's drop wakes it).
@@ -49,9 +52,9 @@ pub(crate) struct EngineInner {
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig) -> Result<Engine, TransformError> {
+    pub fn new(config: EngineConfig) -> Result<Engine, PluginError> {
         if config.epoch_tick.is_zero() || config.epoch_tick > Duration::from_secs(1) {
-            return Err(TransformError::InvalidRequest(format!("epoch_tick {:?} outside (0, 1s]", config.epoch_tick)));
+            return Err(PluginError::InvalidRequest(format!("epoch_tick {:?} outside (0, 1s]", config.epoch_tick)));
         }
         let mut wasm_config = wasmtime::Config::new();
         wasm_config.wasm_component_model(true).epoch_interruption(true).cranelift_opt_level(wasmtime::OptLevel::Speed);
@@ -61,28 +64,23 @@ impl Engine {
         if std::env::var_os("SLUICE_WASM_PERFMAP").is_some() {
             wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = wasmtime::Engine::new(&wasm_config).map_err(|e| TransformError::Engine(format!("{e:#}")))?;
-
-        let mut linker = Linker::new(&engine);
-        // WASI p2: std needs it linked (clocks, random, stdio, exit); what the guest may reach is
-        // decided per instance by its `WasiCtx`, which grants nothing by default.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| TransformError::Engine(format!("linking WASI: {e:#}")))?;
-        Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|e| TransformError::Engine(format!("linking host imports: {e:#}")))?;
-
+        let engine = wasmtime::Engine::new(&wasm_config).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let linkers = World::ALL
+            .into_iter()
+            .map(|world| world_linker(&engine, world).map_err(|e| PluginError::Engine(format!("linking the {world} world: {e:#}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let cache = config.cache_dir.map(|dir| Cache::open(dir, &engine)).transpose()?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)?;
-        Ok(Engine { inner: Arc::new(EngineInner { engine, linker, epoch_tick: config.epoch_tick, cache, _ticker: ticker }) })
+        Ok(Engine { inner: Arc::new(EngineInner { engine, linkers, epoch_tick: config.epoch_tick, cache, _ticker: ticker }) })
     }
 
-    /// Validate and compile a transform component, or load its compilation from the cache.
-    ///
-    /// Checks, in order: size, that the bytes are WebAssembly and a component (not a core module),
-    /// that wasmtime compiles it, that every import is one the host provides, and that it exports the
-    /// transform world's functions with the right types.
-    pub fn load(&self, bytes: &[u8]) -> Result<Module, TransformError> {
+    /// Validate and compile a component (or load its compilation from the cache), whatever its
+    /// world. Checks, in order: size, that the bytes are WebAssembly and a component (not a core
+    /// module), and that wasmtime compiles it. Compiling takes up to seconds for large modules
+    /// (BENCHMARKS.md): call it on a blocking thread, never on the data path.
+    pub fn compile(&self, bytes: &[u8]) -> Result<CompiledComponent, PluginError> {
         if bytes.len() > MODULE_BYTES_MAX {
-            return Err(TransformError::InvalidModule(format!("{} bytes; the limit is {MODULE_BYTES_MAX}", bytes.len())));
+            return Err(PluginError::InvalidModule(format!("{} bytes; the limit is {MODULE_BYTES_MAX}", bytes.len())));
         }
         check_header(bytes)?;
         let started = Instant::now();
@@ -90,30 +88,127 @@ impl Engine {
             Some(cache) => cache.load_or_compile(&self.inner.engine, bytes)?,
             None => (compile(&self.inner.engine, bytes)?, crate::cache::digest_hex(bytes), false),
         };
-        let instance_pre = self.inner.linker.instantiate_pre(&component).map_err(|e| TransformError::WrongWorld(format!("{e:#}")))?;
-        let pre = TransformPre::new(instance_pre).map_err(|e| {
-            TransformError::WrongWorld(format!("{e:#} (a transform exports `sluice:plugin/transformer@{}`)", crate::WIT_VERSION))
-        })?;
-        Ok(Module::new(self.clone(), pre, digest, cache_hit, started.elapsed()))
+        Ok(CompiledComponent { engine: self.clone(), component, digest, cache_hit, load_time: started.elapsed() })
+    }
+
+    /// Compile a component and tell which worlds it implements, for a module registry that lists
+    /// uploaded modules by world. `WrongWorld` if it implements none, saying for each world what
+    /// the component lacks. The result turns into a typed module (`transform()`) without compiling
+    /// again.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<CompiledComponent, PluginError> {
+        let component = self.compile(bytes)?;
+        let mut reasons = Vec::new();
+        for world in World::ALL {
+            match component.check(world) {
+                Ok(()) => return Ok(component),
+                Err(error) => reasons.push(error.to_string()),
+            }
+        }
+        Err(PluginError::WrongWorld(format!("the component is of no world this host runs: {}", reasons.join("; "))))
+    }
+
+    /// Compile a component and check it is a transform: `compile`, then the world check (every
+    /// import is one the host provides; it exports `sluice:plugin/transformer@0.1.0` with the right
+    /// types).
+    pub fn load_transform(&self, bytes: &[u8]) -> Result<TransformModule, PluginError> {
+        self.compile(bytes)?.transform()
+    }
+
+    fn linker(&self, world: World) -> &Linker<HostState> {
+        let idx = World::ALL.iter().position(|w| *w == world).expect("World::ALL lists every world");
+        &self.inner.linkers[idx]
     }
 }
 
-pub(crate) fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, TransformError> {
-    Component::new(engine, bytes).map_err(|e| TransformError::InvalidModule(format!("{e:#}")))
+/// The linker of one world: what every world imports, then the world's own imports.
+fn world_linker(engine: &wasmtime::Engine, world: World) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    // WASI p2: std needs it linked (clocks, random, stdio, exit); what the guest may reach is
+    // decided per instance by its `Grants`, which grant nothing by default.
+    crate::wasi::add_to_linker(&mut linker)?;
+    host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    #[cfg(feature = "test-host-imports")]
+    crate::test_imports::add_to_linker(&mut linker)?;
+    world.add_imports(&mut linker)?;
+    Ok(linker)
+}
+
+/// A compiled component, not yet bound to a world. Cheap to clone.
+#[derive(Clone)]
+pub struct CompiledComponent {
+    engine: Engine,
+    component: Component,
+    digest: String,
+    cache_hit: bool,
+    load_time: Duration,
+}
+
+impl CompiledComponent {
+    /// The sha256 of the component's bytes, lower-case hex: identifies a module version.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether compiling found the compilation in the on-disk cache.
+    pub fn cache_hit(&self) -> bool {
+        self.cache_hit
+    }
+
+    /// How long compiling (or loading the cached compilation) took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// The worlds this component implements (none, or one: a component exporting two worlds'
+    /// interfaces would be listed under each).
+    pub fn worlds(&self) -> Vec<World> {
+        World::ALL.into_iter().filter(|world| self.check(*world).is_ok()).collect()
+    }
+
+    /// This component as a transform, or `WrongWorld`.
+    pub fn transform(&self) -> Result<TransformModule, PluginError> {
+        TransformModule::new(self.clone())
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Link the component against `world`'s imports (not yet checking its exports).
+    pub(crate) fn instance_pre(&self, world: World) -> Result<InstancePre<HostState>, PluginError> {
+        self.engine.linker(world).instantiate_pre(&self.component).map_err(|e| self.wrong_world(world, &e))
+    }
+
+    /// Whether the component implements `world`: its imports are all provided, its exports match.
+    fn check(&self, world: World) -> Result<(), PluginError> {
+        world.check(&self.instance_pre(world)?).map_err(|e| self.wrong_world(world, &e))
+    }
+
+    /// `WrongWorld` saying what went wrong, what the world exports and what this component does.
+    pub(crate) fn wrong_world(&self, world: World, error: &wasmtime::Error) -> PluginError {
+        let engine = &self.engine.inner.engine;
+        let exports: Vec<String> = self.component.component_type().exports(engine).map(|(name, _)| format!("`{name}`")).take(8).collect();
+        let exports = if exports.is_empty() { "nothing".to_owned() } else { exports.join(", ") };
+        PluginError::WrongWorld(format!("{error:#} (a {world} exports `{}`; this component exports {exports})", world.export()))
+    }
+}
+
+pub(crate) fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, PluginError> {
+    Component::new(engine, bytes).map_err(|e| PluginError::InvalidModule(format!("{e:#}")))
 }
 
 /// The 8-byte preamble: `\0asm`, then version 0x000d and layer 1 for a component (layer 0 and version
 /// 1 for a core module). Checked first so the common mistakes get a precise message.
-fn check_header(bytes: &[u8]) -> Result<(), TransformError> {
+fn check_header(bytes: &[u8]) -> Result<(), PluginError> {
     let Some(preamble) = bytes.get(..8) else {
-        return Err(TransformError::InvalidModule(format!("{} bytes is too short to be WebAssembly", bytes.len())));
+        return Err(PluginError::InvalidModule(format!("{} bytes is too short to be WebAssembly", bytes.len())));
     };
     if &preamble[..4] != b"\0asm" {
-        return Err(TransformError::InvalidModule("not WebAssembly (the file does not start with `\\0asm`)".to_owned()));
+        return Err(PluginError::InvalidModule("not WebAssembly (the file does not start with `\\0asm`)".to_owned()));
     }
     if preamble[6..8] == [0, 0] {
-        return Err(TransformError::InvalidModule(
-            "a core WebAssembly module, not a component; build the transform for the wasm32-wasip2 target".to_owned(),
+        return Err(PluginError::InvalidModule(
+            "a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target".to_owned(),
         ));
     }
     Ok(())
@@ -126,7 +221,7 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(engine: wasmtime::Engine, tick: Duration) -> Result<Ticker, TransformError> {
+    fn start(engine: wasmtime::Engine, tick: Duration) -> Result<Ticker, PluginError> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("wasm-epoch".to_owned())
@@ -135,7 +230,7 @@ impl Ticker {
                     engine.increment_epoch();
                 }
             })
-            .map_err(|e| TransformError::Engine(format!("starting the epoch thread: {e}")))?;
+            .map_err(|e| PluginError::Engine(format!("starting the epoch thread: {e}")))?;
         Ok(Ticker { stop: Some(stop), thread: Some(thread) })
     }
 }

@@ -1,46 +1,75 @@
-//! What the host keeps per instance inside the wasmtime store, and the imports it serves: WASI (with
-//! nothing granted unless the deployer said so), `host.log`, and the memory cap as a
-//! `ResourceLimiter`.
+//! What the host keeps per instance inside the wasmtime store, whatever the world, and the imports
+//! every world gets: `host.log`, `host.report-failed-record`, the memory cap as a
+//! `ResourceLimiter`, and the clock of the current call that the CPU bound reads.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::LogLevel;
-use crate::bindings::sluice::plugin::{host, types};
-use crate::limits::{LOG_MESSAGE_BYTES_MAX, LOG_MESSAGES_PER_CALL_MAX, truncate_message};
+use crate::bindings::{host, types};
+use crate::limits::{HOST_WAIT_MS_PER_CALL_MAX, LOG_MESSAGE_BYTES_MAX, LOG_MESSAGES_PER_CALL_MAX, truncate_message};
 
-/// Where a transform's log lines go. The broker implements it to write its own log and keep the
-/// lines for the API; one sink per deployment, so it knows which transform is speaking.
+/// Where a plugin's log lines go. The broker implements it to write its own log and keep the lines
+/// for the API; one sink per deployment, so it knows which plugin is speaking.
 pub trait LogSink: Send + Sync {
     fn log(&self, level: LogLevel, message: &str);
 }
 
-/// A sink that writes to `tracing` under the transform's name.
+/// A sink that writes to `tracing` under the plugin's name.
 pub struct TracingLogSink {
-    pub transform: String,
+    pub plugin: String,
 }
 
 impl LogSink for TracingLogSink {
     fn log(&self, level: LogLevel, message: &str) {
-        let transform = self.transform.as_str();
+        let plugin = self.plugin.as_str();
         match level {
-            LogLevel::Trace => tracing::trace!(transform, "{message}"),
-            LogLevel::Debug => tracing::debug!(transform, "{message}"),
-            LogLevel::Info => tracing::info!(transform, "{message}"),
-            LogLevel::Warn => tracing::warn!(transform, "{message}"),
-            LogLevel::Error => tracing::error!(transform, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
         }
     }
 }
 
-/// The error a memory growth past the cap traps with; `instance` maps it to `OutOfMemory`.
+/// The error a memory growth past the cap traps with; `sandbox` maps it to `OutOfMemory`.
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit exceeded: {requested_bytes} bytes requested, limit {limit_bytes}")]
 pub(crate) struct MemoryCapExceeded {
     pub limit_bytes: usize,
     pub requested_bytes: usize,
+}
+
+/// The clock of the call in progress: what the CPU bound charges the guest. The epoch callback
+/// and the bounded WASI waits (`wasi.rs`) read it; host imports that wait add to `uncharged`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallClock {
+    started: Instant,
+    budget: Duration,
+    /// Time spent in host imports waiting on something outside the guest, this call.
+    uncharged: Duration,
+}
+
+impl CallClock {
+    pub fn start(budget: Duration) -> CallClock {
+        CallClock { started: Instant::now(), budget, uncharged: Duration::ZERO }
+    }
+
+    /// What the guest has used so far: the call's wall-clock time less the host's waits (up to
+    /// `HOST_WAIT_MS_PER_CALL_MAX`; beyond that, waits are charged too).
+    pub fn charged(&self) -> Duration {
+        let uncharged = self.uncharged.min(Duration::from_millis(HOST_WAIT_MS_PER_CALL_MAX));
+        self.started.elapsed().saturating_sub(uncharged)
+    }
+
+    /// What is left of the budget; zero once it is spent.
+    pub fn remaining(&self) -> Duration {
+        self.budget.saturating_sub(self.charged())
+    }
 }
 
 /// The data of one instance's store.
@@ -53,16 +82,36 @@ pub(crate) struct HostState {
     pub memory_bytes_max: usize,
     /// Bytes of linear memory the instance holds (memories only grow).
     pub memory_bytes_used: usize,
+    /// The current call's clock; set by `begin_call`.
+    pub clock: CallClock,
     /// Log calls in the current call; reset by `begin_call`.
     pub log_count: usize,
     /// The last error-level line of the current call (the SDK logs panics there), for trap messages.
     pub last_error_log: Option<String>,
+    /// What the guest passed to `report-failed-record` in the current call.
+    pub failed_record: Option<u32>,
 }
 
 impl HostState {
-    pub fn begin_call(&mut self) {
+    pub fn new(wasi: WasiCtx, log_sink: Arc<dyn LogSink>, memory_bytes_max: usize) -> HostState {
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            log_sink,
+            memory_bytes_max,
+            memory_bytes_used: 0,
+            clock: CallClock::start(Duration::ZERO),
+            log_count: 0,
+            last_error_log: None,
+            failed_record: None,
+        }
+    }
+
+    pub fn begin_call(&mut self, budget: Duration) {
+        self.clock = CallClock::start(budget);
         self.log_count = 0;
         self.last_error_log = None;
+        self.failed_record = None;
     }
 
     /// Report log lines dropped in the call that just ended.
@@ -71,6 +120,19 @@ impl HostState {
             let dropped = self.log_count - LOG_MESSAGES_PER_CALL_MAX;
             self.log_sink.log(LogLevel::Warn, &format!("{dropped} log messages dropped (limit {LOG_MESSAGES_PER_CALL_MAX} per call)"));
         }
+    }
+
+    /// Run `wait` — the part of a host import that waits on something outside the guest, such as
+    /// a database — without charging its time to the guest's CPU budget (up to
+    /// `HOST_WAIT_MS_PER_CALL_MAX` per call). Every import that waits goes through here, and only
+    /// those: work whose cost the guest controls (copying its arguments, formatting) stays
+    /// charged, so a guest cannot stretch a call by making the host busy.
+    #[cfg_attr(not(feature = "test-host-imports"), allow(dead_code))]
+    pub fn uncharged<R>(&mut self, wait: impl FnOnce(&mut HostState) -> R) -> R {
+        let started = Instant::now();
+        let result = wait(self);
+        self.clock.uncharged += started.elapsed();
+        result
     }
 }
 
@@ -93,6 +155,10 @@ impl host::Host for HostState {
         if level == LogLevel::Error {
             self.last_error_log = Some(message);
         }
+    }
+
+    fn report_failed_record(&mut self, index: u32) {
+        self.failed_record = Some(index);
     }
 }
 

@@ -1,60 +1,85 @@
-//! `sluice-wasm`: the host runtime for WebAssembly transforms.
+//! `sluice-wasm`: the host runtime for WebAssembly plugins, for every world of `sluice:plugin`.
 //!
-//! Guests are components of the `sluice:plugin/transform` world in `sdk/wit/plugin.wit` — the only
-//! thing this crate shares with the guest SDK. In the data's path:
+//! Guests are components of a world in `sdk/wit/plugin.wit` — the only thing this crate shares with
+//! the guest SDK. Today that is the `transform` world; sources, sinks and mirror policies join it.
+//! In the data's path:
 //!
-//! 1. [`Engine`] — one per broker: a wasmtime engine with the component model and epoch interruption,
-//!    a background thread ticking the epoch, the linker (WASI p2 with nothing granted, plus the
-//!    `host` import), and the on-disk cache of compiled modules.
-//! 2. [`Engine::load`] turns bytes into a [`Module`]: checks they are a component, compiles it (or
-//!    loads the cached compilation) and checks it is of the transform world. Compiling takes up to
-//!    seconds for large modules (BENCHMARKS.md): call it on a blocking thread, never on the data path.
-//! 3. [`Module::instantiate`] makes an [`Instance`]: its own store, memory cap, CPU bound, config and
-//!    output topics; runs the guest's `init`.
-//! 4. [`Instance::process`] sends one batch of [`InputRecord`]s across and validates the
+//! 1. [`Engine`] — one per broker, for every world: a wasmtime engine with the component model and
+//!    epoch interruption, a background thread ticking the epoch, one linker per world (the shared
+//!    imports — WASI with nothing granted and every wait bounded, the `host` interface — plus the
+//!    world's own), and the on-disk cache of compiled modules (digest-checked before use).
+//! 2. [`Engine::compile`] turns bytes into a [`CompiledComponent`] (checks they are a component,
+//!    compiles it or loads the cached compilation); [`Engine::inspect`] also says which
+//!    [`World`]s it implements; [`Engine::load_transform`] checks it is a transform. Compiling takes
+//!    up to seconds for large modules (BENCHMARKS.md): call it on a blocking thread, never on the
+//!    data path.
+//! 3. [`TransformModule::instantiate`] makes a [`TransformInstance`]: its own store, memory cap, CPU
+//!    bound, grants, config and output topics; runs the guest's `init`.
+//! 4. [`TransformInstance::process`] sends one batch of [`InputRecord`]s across and validates the
 //!    [`OutputRecord`]s that come back.
 //!
-//! Calls are synchronous: the broker runs each instance on a thread of its own (or a blocking pool),
-//! and the epoch deadline bounds how long a call can hold that thread. Async calls would let one
-//! thread multiplex instances, but a transform call never waits on I/O (none is granted), so async
-//! would only add a fiber switch per call and yield at epoch ticks — see ARCHITECTURE.md.
+//! What every world shares lives once: the store setup and the one way into a guest (`sandbox`:
+//! memory cap, CPU bound with host waits uncharged, the bound on bytes copied out of the guest,
+//! error classification), the host state and `host` imports (`host`), WASI and [`Grants`] (`wasi`).
+//! A world adds only its bindings, its typed module/instance pair and its own imports (`world`).
 //!
-//! Modules: `engine` (engine, linker, ticker), `cache` (compiled-module cache), `module`, `instance`
-//! (store, limits, calls, output validation), `host` (the host-side state and imports), `limits`,
-//! `error`.
+//! Calls are synchronous: the broker runs each instance on a thread of its own (or a blocking pool),
+//! and the epoch deadline bounds how long a call can hold that thread; every WASI wait gives up when
+//! the call's budget is spent, so no guest can block a thread past it. Async calls would let one
+//! thread multiplex instances, but a plugin call waits only where the host lets it, so async would
+//! only add a fiber switch per call and yield at epoch ticks — see ARCHITECTURE.md.
+//!
+//! Modules: `engine` (engine, per-world linkers, ticker, compiled components), `cache`, `world`,
+//! `sandbox` (store, limits, calls, errors), `host` (host state and imports), `wasi`, `transform`
+//! (the transform world), `watchdog`, `limits`, `error`.
 
 mod cache;
 mod engine;
 mod error;
 mod host;
-mod instance;
 mod limits;
-mod module;
+mod sandbox;
+#[cfg(feature = "test-host-imports")]
+mod test_imports;
+mod transform;
+mod wasi;
+mod watchdog;
+mod world;
 
-/// Generated from `sdk/wit`: the host side of the transform world.
+/// Generated from `sdk/wit`: one module per world. The interfaces every world shares (`types`,
+/// `host`) are generated once, with the transform world; later worlds reuse them with `with:`, so
+/// one `host` implementation serves all.
 mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../sdk/wit",
-        world: "transform",
-        additional_derives: [PartialEq, Eq],
-    });
+    pub(crate) mod transform {
+        wasmtime::component::bindgen!({
+            path: "../../sdk/wit",
+            world: "transform",
+            additional_derives: [PartialEq, Eq],
+        });
+    }
+
+    pub(crate) use transform::sluice::plugin::{host, types};
 }
 
-pub use bindings::sluice::plugin::types::{Header, InputRecord, LogLevel, OutputRecord};
-pub use engine::{EPOCH_TICK_DEFAULT, Engine, EngineConfig};
-pub use error::TransformError;
+pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
+pub use engine::{CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
+pub use error::PluginError;
 pub use host::{LogSink, TracingLogSink};
-pub use instance::{Grants, Instance, InstanceConfig};
 pub use limits::*;
-pub use module::Module;
+pub use sandbox::InstanceConfig;
+pub use transform::{TransformInstance, TransformModule};
+pub use wasi::Grants;
+pub use watchdog::run_with_watchdog;
+pub use world::World;
 
 // The broker shares modules across threads and moves each instance to a thread of its own.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     const fn send<T: Send>() {}
     send_sync::<Engine>();
-    send_sync::<Module>();
-    send::<Instance>();
+    send_sync::<CompiledComponent>();
+    send_sync::<TransformModule>();
+    send::<TransformInstance>();
 };
 
 /// The version of the `sluice:plugin` WIT package this host implements; components built against an

@@ -1,5 +1,7 @@
 //! Every size that crosses into or out of a guest has a named maximum here.
 
+use crate::PluginError;
+
 /// Per-instance resource limits, set at deploy time and changeable between calls
 /// ([`crate::Instance::set_limits`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -8,9 +10,13 @@ pub struct Limits {
     /// has one). Growing past it stops the call with `OutOfMemory`. Memory is never shrunk: lowering the cap below what the
     /// guest already has makes its next growth fail.
     pub memory_bytes: usize,
-    /// How long one call (`init` or `process`) may run, in milliseconds of wall-clock time, enforced
-    /// by epoch interruption at the engine's tick granularity. A guest has no I/O to wait on, so this is
-    /// its CPU time unless the host is oversubscribed.
+    /// How long one call (instantiation and `init`, or one batch) may run, in milliseconds of
+    /// wall-clock time, enforced by epoch interruption at the engine's tick granularity. Time the
+    /// host spends inside imports that wait on something outside the guest (a database, for the
+    /// coming `sql` capability) is not charged, up to [`HOST_WAIT_MS_PER_CALL_MAX`]; time the guest
+    /// itself spends blocked in WASI (a sleep) is charged, and a wait that would outlast the
+    /// budget ends the call at once. So this is the guest's CPU time unless the host is
+    /// oversubscribed.
     pub cpu_ms_per_call: u64,
 }
 
@@ -37,6 +43,12 @@ pub const INPUT_RECORDS_PER_CALL_MAX: usize = 10_000;
 pub const OUTPUT_RECORDS_PER_CALL_MAX: usize = 100_000;
 /// Key + value + header bytes of one output record: Kafka's default `max.message.bytes`.
 pub const OUTPUT_RECORD_BYTES_MAX: usize = 1 << 20;
+/// Bytes the host copies out of a guest in one go: the whole output of one call (keys, values and
+/// headers, plus the host-side size of every record and header struct), or the arguments of one
+/// import call (a log message before truncation). Checked while lifting, before each allocation
+/// (wasmtime's "hostcall fuel"), so output records that alias one guest buffer cannot make the host
+/// allocate more than this, however many there are.
+pub const OUTPUT_BYTES_PER_CALL_MAX: usize = 128 << 20;
 /// Headers on one output record.
 pub const OUTPUT_HEADERS_PER_RECORD_MAX: usize = 1_024;
 /// Output topics one deployment may name.
@@ -52,19 +64,32 @@ pub const LOG_MESSAGE_BYTES_MAX: usize = 4_096;
 pub const LOG_MESSAGES_PER_CALL_MAX: usize = 256;
 /// A guest's error message (from `init` or `process`); longer ones are truncated.
 pub const GUEST_ERROR_BYTES_MAX: usize = 4_096;
+/// Time per call spent in host imports that wait on something outside the guest (a database) and
+/// is therefore not charged to `cpu_ms_per_call`; waits beyond it are charged. Together the two
+/// bound a call's wall-clock time.
+pub const HOST_WAIT_MS_PER_CALL_MAX: u64 = 600_000;
 
 const _: () = assert!(MEMORY_BYTES_MIN <= MEMORY_BYTES_DEFAULT && MEMORY_BYTES_DEFAULT <= MEMORY_BYTES_MAX);
 const _: () = assert!(CPU_MS_PER_CALL_MIN <= CPU_MS_PER_CALL_DEFAULT && CPU_MS_PER_CALL_DEFAULT <= CPU_MS_PER_CALL_MAX);
 const _: () = assert!(OUTPUT_RECORDS_PER_CALL_MAX >= INPUT_RECORDS_PER_CALL_MAX);
+// One call may return at least one record of the largest size (with every header and its struct).
+const _: () = assert!(OUTPUT_BYTES_PER_CALL_MAX >= OUTPUT_RECORD_BYTES_MAX + OUTPUT_HEADERS_PER_RECORD_MAX * 64 + 1024);
+const _: () = assert!(LOG_MESSAGE_BYTES_MAX <= OUTPUT_BYTES_PER_CALL_MAX && GUEST_ERROR_BYTES_MAX <= OUTPUT_BYTES_PER_CALL_MAX);
 
 impl Limits {
-    /// Checks the limits are within their bounds; the message says which is not.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the limits are within their bounds; `InvalidRequest` says which is not.
+    pub fn validate(&self) -> Result<(), PluginError> {
         if !(MEMORY_BYTES_MIN..=MEMORY_BYTES_MAX).contains(&self.memory_bytes) {
-            return Err(format!("memory_bytes {} outside {MEMORY_BYTES_MIN}..={MEMORY_BYTES_MAX}", self.memory_bytes));
+            return Err(PluginError::InvalidRequest(format!(
+                "memory_bytes {} outside {MEMORY_BYTES_MIN}..={MEMORY_BYTES_MAX}",
+                self.memory_bytes
+            )));
         }
         if !(CPU_MS_PER_CALL_MIN..=CPU_MS_PER_CALL_MAX).contains(&self.cpu_ms_per_call) {
-            return Err(format!("cpu_ms_per_call {} outside {CPU_MS_PER_CALL_MIN}..={CPU_MS_PER_CALL_MAX}", self.cpu_ms_per_call));
+            return Err(PluginError::InvalidRequest(format!(
+                "cpu_ms_per_call {} outside {CPU_MS_PER_CALL_MIN}..={CPU_MS_PER_CALL_MAX}",
+                self.cpu_ms_per_call
+            )));
         }
         Ok(())
     }

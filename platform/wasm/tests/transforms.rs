@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{engine, input, instance_config, load};
+use common::{engine, input, instance_config, load, out};
 use sluice_wasm::{InputRecord, OutputRecord};
 
 #[test]
@@ -11,7 +11,7 @@ fn identity_copies_every_field_one_batch_per_call() {
     let engine = engine();
     let module = load(&engine, "identity");
     let (config, _) = instance_config(&[]);
-    let mut instance = module.instantiate(config).unwrap();
+    let mut instance = module.instantiate(config, out()).unwrap();
     let batch: Vec<InputRecord> = (0..1000)
         .map(|i| InputRecord {
             key: Some(format!("k{i}").into_bytes()),
@@ -48,14 +48,14 @@ fn json_filter_filters_and_refuses_bad_config_at_init() {
     let engine = engine();
     let module = load(&engine, "json-filter");
     let (config, _) = instance_config(&[("field", "status"), ("equals", "shipped")]);
-    let mut instance = module.instantiate(config).unwrap();
+    let mut instance = module.instantiate(config, out()).unwrap();
     let batch = [input(br#"{"status":"shipped"}"#, 0), input(br#"{"status":"pending"}"#, 1), input(b"garbage", 2)];
     let output = instance.process(&batch).unwrap();
     assert_eq!(output.len(), 1);
     assert_eq!(output[0].value.as_deref(), Some(&br#"{"status":"shipped"}"#[..]));
 
     let (config, _) = instance_config(&[]);
-    let error = module.instantiate(config).err().expect("init must refuse a missing field");
+    let error = module.instantiate(config, out()).err().expect("init must refuse a missing field");
     assert_eq!(error.to_string(), "init failed: init: missing required config key `field`");
 }
 
@@ -63,7 +63,7 @@ fn json_filter_filters_and_refuses_bad_config_at_init() {
 fn pii_mask_redacts_across_the_boundary() {
     let engine = engine();
     let (config, logs) = instance_config(&[("fields", "email")]);
-    let mut instance = load(&engine, "pii-mask").instantiate(config).unwrap();
+    let mut instance = load(&engine, "pii-mask").instantiate(config, out()).unwrap();
     let output = instance.process(&[input(br#"{"user":{"email":"a@b.c"},"n":1}"#, 0), input(b"email=x", 1)]).unwrap();
     assert_eq!(output.len(), 1);
     let value: serde_json::Value = serde_json::from_slice(output[0].value.as_deref().unwrap()).unwrap();
@@ -74,9 +74,9 @@ fn pii_mask_redacts_across_the_boundary() {
 #[test]
 fn router_fans_out_by_output_index() {
     let engine = engine();
-    let (mut config, _) = instance_config(&[("field", "region"), ("routes", "eu:orders-eu,us:orders-us")]);
-    config.outputs = vec!["orders-other".into(), "orders-eu".into(), "orders-us".into()];
-    let mut instance = load(&engine, "router").instantiate(config).unwrap();
+    let (config, _) = instance_config(&[("field", "region"), ("routes", "eu:orders-eu,us:orders-us")]);
+    let outputs = vec!["orders-other".into(), "orders-eu".into(), "orders-us".into()];
+    let mut instance = load(&engine, "router").instantiate(config, outputs).unwrap();
     let output =
         instance.process(&[input(br#"{"region":"us"}"#, 0), input(br#"{"region":"eu"}"#, 1), input(br#"{"region":"mars"}"#, 2)]).unwrap();
     let outputs: Vec<u32> = output.iter().map(|r| r.output).collect();
@@ -87,15 +87,41 @@ fn router_fans_out_by_output_index() {
 fn json_to_msgpack_converts_and_a_guest_error_names_the_record() {
     let engine = engine();
     let (config, _) = instance_config(&[]);
-    let mut instance = load(&engine, "json-to-msgpack").instantiate(config).unwrap();
+    let mut instance = load(&engine, "json-to-msgpack").instantiate(config, out()).unwrap();
     let output = instance.process(&[input(br#"{"a":[1,2,3]}"#, 0)]).unwrap();
     assert_eq!(output[0].value.as_deref(), Some(&[0x81, 0xa1, b'a', 0x93, 1, 2, 3][..]));
     assert_eq!(output[0].headers[0].key, "content-type");
 
     let error = instance.process(&[input(b"{}", 5), input(b"{not json", 6)]).unwrap_err();
-    assert!(matches!(error, sluice_wasm::TransformError::GuestError(_)), "{error:?}");
+    // The SDK reports which record of the batch failed: the second.
+    assert!(matches!(error, sluice_wasm::PluginError::GuestError { record_index: Some(1), .. }), "{error:?}");
     assert!(error.to_string().contains("record at partition 0 offset 6"), "{error}");
     // A guest's own error does not poison the instance.
     assert!(instance.poisoned().is_none());
     assert_eq!(instance.process(&[input(b"1", 7)]).unwrap().len(), 1);
+}
+
+#[test]
+fn components_built_with_the_first_sdk_still_load_and_run() {
+    // `fixtures/prebuilt`: identity and json-filter built with the SDK of the first release, before
+    // stateful `init` and `host.report-failed-record` (they do not import it).
+    let dir = common::workspace_root().join("platform/wasm/fixtures/prebuilt");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let engine = engine();
+
+    let identity = engine.load_transform(&read("identity-first-sdk.wasm")).unwrap();
+    let (config, _) = instance_config(&[]);
+    let output = identity.instantiate(config, out()).unwrap().process(&[input(b"a", 0), input(b"b", 1)]).unwrap();
+    assert_eq!(output.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(), [b"a".to_vec(), b"b".to_vec()]);
+
+    let filter = engine.load_transform(&read("json-filter-first-sdk.wasm")).unwrap();
+    assert_eq!(engine.inspect(&read("json-filter-first-sdk.wasm")).unwrap().worlds(), [sluice_wasm::World::Transform]);
+    let (config, _) = instance_config(&[("field", "status"), ("equals", "shipped"), ("on-invalid", "fail")]);
+    let mut instance = filter.instantiate(config, out()).unwrap();
+    let output = instance.process(&[input(br#"{"status":"shipped"}"#, 0), input(br#"{"status":"new"}"#, 1)]).unwrap();
+    assert_eq!(output.len(), 1);
+    // An old guest's error has no record index: the runtime has to isolate the record itself.
+    let error = instance.process(&[input(b"{}", 2), input(b"not json", 3)]).unwrap_err();
+    assert!(matches!(error, sluice_wasm::PluginError::GuestError { record_index: None, .. }), "{error:?}");
+    assert!(error.to_string().starts_with("transform error: record at partition 0 offset 3"), "{error}");
 }

@@ -7,8 +7,6 @@
 //! - `negate`: `true` keeps the records that do NOT match.
 //! - `on-invalid`: what to do with a value that is not JSON: `drop` (default) or `fail`.
 
-use std::cell::RefCell;
-
 use serde_json::Value;
 use sluice::{Config, Record, Result, Writer};
 
@@ -59,22 +57,10 @@ impl Filter {
     }
 }
 
-thread_local! {
-    static FILTER: RefCell<Option<Filter>> = const { RefCell::new(None) };
-}
-
-pub fn init(config: &Config) -> Result<()> {
-    let filter = Filter::from_config(config)?;
-    FILTER.with(|f| *f.borrow_mut() = Some(filter));
-    Ok(())
-}
-
-#[sluice::transform(init = init)]
-pub fn run(record: Record, out: &mut Writer) -> Result<()> {
-    let keep = FILTER
-        .with(|f| f.borrow().as_ref().map(|filter| filter.keep(&record)))
-        .unwrap_or_else(|| Err(sluice::Error::msg("filter not initialised")))?;
-    if keep {
+/// Keeps the records that pass the filter built from the configuration at deploy time.
+#[sluice::transform(init = Filter::from_config)]
+pub fn run(filter: &Filter, record: Record, out: &mut Writer) -> Result<()> {
+    if filter.keep(&record)? {
         out.write(record);
     }
     Ok(())
@@ -86,8 +72,8 @@ mod tests {
     use sluice::Record;
     use sluice::testing::Harness;
 
-    fn harness() -> Harness {
-        Harness::new(super::run).init(super::init)
+    fn harness() -> Harness<super::Filter> {
+        Harness::stateful(super::Filter::from_config, super::run)
     }
 
     fn orders() -> Vec<Record> {

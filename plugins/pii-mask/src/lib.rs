@@ -7,7 +7,6 @@
 //! - `on-invalid`: a value that is not JSON: `drop` (default — never pass through what could not be
 //!   checked) or `fail`.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -55,36 +54,23 @@ impl Masker {
     }
 }
 
-thread_local! {
-    static MASKER: RefCell<Option<Masker>> = const { RefCell::new(None) };
-}
-
-pub fn init(config: &Config) -> Result<()> {
-    let masker = Masker::from_config(config)?;
-    MASKER.with(|m| *m.borrow_mut() = Some(masker));
-    Ok(())
-}
-
-#[sluice::transform(init = init)]
-pub fn run(record: Record, out: &mut Writer) -> Result<()> {
-    MASKER.with(|m| {
-        let masker = m.borrow();
-        let masker = masker.as_ref().ok_or_else(|| sluice::Error::msg("masker not initialised"))?;
-        let mut value: Value = match record.value_json() {
-            Ok(value) => value,
-            Err(e) if masker.fail_on_invalid => return Err(e),
-            Err(_) => {
-                sluice::log::warn!("dropped record at offset {}: value is not JSON", record.offset());
-                return Ok(());
-            }
-        };
-        if masker.mask(&mut value) == 0 {
-            out.write(record);
-        } else {
-            out.write(record.into_output().with_json_value(&value)?);
+/// Redacts the configured fields; the masker is built once, at deploy time.
+#[sluice::transform(init = Masker::from_config)]
+pub fn run(masker: &Masker, record: Record, out: &mut Writer) -> Result<()> {
+    let mut value: Value = match record.value_json() {
+        Ok(value) => value,
+        Err(e) if masker.fail_on_invalid => return Err(e),
+        Err(_) => {
+            sluice::log::warn!("dropped record at offset {}: value is not JSON", record.offset());
+            return Ok(());
         }
-        Ok(())
-    })
+    };
+    if masker.mask(&mut value) == 0 {
+        out.write(record);
+    } else {
+        out.write(record.into_output().with_json_value(&value)?);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -94,7 +80,7 @@ mod tests {
     use sluice::testing::Harness;
 
     fn mask(config: &[(&str, &str)], value: Value) -> Value {
-        let mut harness = Harness::new(super::run).init(super::init);
+        let mut harness = Harness::stateful(super::Masker::from_config, super::run);
         for (k, v) in config {
             harness = harness.config(k, v);
         }
@@ -121,17 +107,17 @@ mod tests {
 
     #[test]
     fn never_passes_unparsed_values_through() {
-        let harness = Harness::new(super::run).init(super::init).config("fields", "email");
+        let harness = Harness::stateful(super::Masker::from_config, super::run).config("fields", "email");
         let written = harness.process(vec![Record::new("email=a@b.c")]).unwrap();
         assert!(written.is_empty());
         assert!(harness.logs().iter().any(|(_, line)| line.contains("not JSON")));
-        let failing = Harness::new(super::run).init(super::init).config("fields", "email").config("on-invalid", "fail");
+        let failing = Harness::stateful(super::Masker::from_config, super::run).config("fields", "email").config("on-invalid", "fail");
         assert!(failing.process(vec![Record::new("email=a@b.c")]).is_err());
     }
 
     #[test]
     fn requires_fields() {
-        let error = Harness::new(super::run).init(super::init).process(vec![]).unwrap_err();
+        let error = Harness::stateful(super::Masker::from_config, super::run).process(vec![]).unwrap_err();
         assert!(error.message().contains("`fields`"), "{error}");
     }
 }

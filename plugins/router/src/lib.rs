@@ -7,7 +7,6 @@
 //! - `unmatched`: records whose field is missing, not a string/number, or not in `routes`: `default`
 //!   (the first output topic, the default) or `drop`.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -53,31 +52,18 @@ impl Router {
     }
 }
 
-thread_local! {
-    static ROUTER: RefCell<Option<Router>> = const { RefCell::new(None) };
-}
-
-pub fn init(config: &Config) -> Result<()> {
-    let router = Router::from_config(config)?;
-    ROUTER.with(|r| *r.borrow_mut() = Some(router));
-    Ok(())
-}
-
-#[sluice::transform(init = init)]
-pub fn run(record: Record, out: &mut Writer) -> Result<()> {
-    ROUTER.with(|r| {
-        let router = r.borrow();
-        let router = router.as_ref().ok_or_else(|| sluice::Error::msg("router not initialised"))?;
-        let topic = record.value_json::<Value>().ok().and_then(|value| router.route(&value).map(str::to_owned));
-        match topic {
-            Some(topic) => out.write_to(&topic, record),
-            None if router.drop_unmatched => Ok(()),
-            None => {
-                out.write(record);
-                Ok(())
-            }
+/// Routes each record by its field; the route table is built once, at deploy time.
+#[sluice::transform(init = Router::from_config)]
+pub fn run(router: &Router, record: Record, out: &mut Writer) -> Result<()> {
+    let topic = record.value_json::<Value>().ok().and_then(|value| router.route(&value).map(str::to_owned));
+    match topic {
+        Some(topic) => out.write_to(&topic, record),
+        None if router.drop_unmatched => Ok(()),
+        None => {
+            out.write(record);
+            Ok(())
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -86,9 +72,8 @@ mod tests {
     use sluice::Record;
     use sluice::testing::Harness;
 
-    fn harness() -> Harness {
-        Harness::new(super::run)
-            .init(super::init)
+    fn harness() -> Harness<super::Router> {
+        Harness::stateful(super::Router::from_config, super::run)
             .outputs(&["orders-other", "orders-eu", "orders-us"])
             .config("field", "region")
             .config("routes", "eu:orders-eu, us:orders-us")

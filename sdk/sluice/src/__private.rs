@@ -7,36 +7,50 @@ use std::rc::Rc;
 
 use crate::{Config, Error, OutputRecord, Record, Result, Writer};
 
-/// The shape of a user's transform function.
+/// The shape of a transform without state: `fn(Record, &mut Writer) -> Result<()>`.
 pub type TransformFn = fn(Record, &mut Writer) -> Result<()>;
 
-/// The shape of a user's init function.
-pub type InitFn = fn(&Config) -> Result<()>;
+/// The shape of a transform with state: it gets what its init returned on every call.
+pub type StatefulTransformFn<S> = fn(&S, Record, &mut Writer) -> Result<()>;
 
-/// What `init` establishes for the instance's lifetime.
-pub struct State {
-    outputs: Rc<[String]>,
+/// The shape of an init function: checks the configuration and returns the transform's state
+/// (`()` for an init that only checks).
+pub type InitFn<S> = fn(&Config) -> Result<S>;
+
+/// The init of a transform that names none.
+pub fn no_init(_config: &Config) -> Result<()> {
+    Ok(())
 }
 
-/// Install the configuration, remember the outputs, run the user's init.
-pub fn init(config: Vec<(String, String)>, outputs: Vec<String>, user_init: Option<InitFn>) -> Result<State> {
+/// What `init` establishes for the instance's lifetime.
+pub struct State<S> {
+    outputs: Rc<[String]>,
+    user: S,
+}
+
+/// Install the configuration, remember the outputs, run the user's init and keep what it returns.
+pub fn init<S>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<State<S>> {
     if outputs.is_empty() {
         return Err(Error::msg("a transform needs at least one output topic"));
     }
     let config = Config::from_pairs(config);
     crate::config::set_current(config.clone());
-    if let Some(user_init) = user_init {
-        user_init(&config).map_err(|e| e.context("init"))?;
-    }
-    Ok(State { outputs: outputs.into() })
+    let user = user_init(&config).map_err(|e| e.context("init"))?;
+    Ok(State { outputs: outputs.into(), user })
 }
 
-/// Run the transform over a batch; the first error stops the batch and names the record.
-pub fn run_batch(state: &State, records: impl Iterator<Item = Record>, run: TransformFn) -> Result<Vec<(OutputRecord, u32)>> {
+/// Run the transform over a batch; the first error stops the batch, names the record in its
+/// message and carries its index in the batch (`Error::record_index`).
+pub fn run_batch<S>(
+    state: &State<S>,
+    records: impl Iterator<Item = Record>,
+    mut run: impl FnMut(&S, Record, &mut Writer) -> Result<()>,
+) -> Result<Vec<(OutputRecord, u32)>> {
     let mut writer = Writer::with_outputs(state.outputs.clone());
-    for record in records {
+    for (record_idx, record) in records.enumerate() {
         let (partition, offset) = (record.partition, record.offset);
-        run(record, &mut writer).map_err(|e| e.context(format_args!("record at partition {partition} offset {offset}")))?;
+        run(&state.user, record, &mut writer)
+            .map_err(|e| e.context(format_args!("record at partition {partition} offset {offset}")).at_record(record_idx))?;
     }
     Ok(writer.take_records())
 }
@@ -46,11 +60,12 @@ pub use wasm::*;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
+    use std::any::Any;
     use std::cell::RefCell;
 
-    use super::{InitFn, State, TransformFn, init, run_batch};
+    use super::{InitFn, State, init, run_batch};
     use crate::log::Level;
-    use crate::{Header, Record};
+    use crate::{Header, Record, Result, Writer};
 
     pub use wit_bindgen;
 
@@ -74,7 +89,9 @@ mod wasm {
     pub use types::{InputRecord as WitInputRecord, OutputRecord as WitOutputRecord, TransformError as WitTransformError};
 
     thread_local! {
-        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+        /// The instance's `State<S>`, for the `S` of the transform this component exports (one per
+        /// component: `export_process` downcasts it once per batch).
+        static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
     pub fn host_log(level: Level, message: &str) {
@@ -89,19 +106,25 @@ mod wasm {
     }
 
     /// The `init` export.
-    pub fn export_init(config: Vec<(String, String)>, outputs: Vec<String>, user_init: Option<InitFn>) -> Result<(), String> {
+    pub fn export_init<S: 'static>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<(), String> {
         // A panic traps the instance; log its message first so the host can say why.
         std::panic::set_hook(Box::new(|info| host_log(Level::Error, &info.to_string())));
         let state = init(config, outputs, user_init).map_err(crate::Error::into_message)?;
-        STATE.with(|current| *current.borrow_mut() = Some(state));
+        STATE.with(|current| *current.borrow_mut() = Some(Box::new(state)));
         Ok(())
     }
 
     /// The `process` export.
-    pub fn export_process(batch: Vec<types::InputRecord>, run: TransformFn) -> Result<Vec<types::OutputRecord>, types::TransformError> {
+    pub fn export_process<S: 'static>(
+        batch: Vec<types::InputRecord>,
+        run: impl FnMut(&S, Record, &mut Writer) -> Result<()>,
+    ) -> Result<Vec<types::OutputRecord>, types::TransformError> {
         STATE.with(|current| {
             let current = current.borrow();
-            let state = current.as_ref().ok_or_else(|| types::TransformError { message: "process called before init".to_owned() })?;
+            let state = current
+                .as_ref()
+                .and_then(|state| state.downcast_ref::<State<S>>())
+                .ok_or_else(|| types::TransformError { message: "process called before init".to_owned() })?;
             // Moves, no copies: the byte vectors the host lowered become the SDK's records as they are.
             let records = batch.into_iter().map(|r| Record {
                 key: r.key,
@@ -111,7 +134,13 @@ mod wasm {
                 partition: r.partition,
                 offset: r.offset,
             });
-            let written = run_batch(state, records, run).map_err(|e| types::TransformError { message: e.into_message() })?;
+            let written = run_batch(state, records, run).map_err(|e| {
+                // Tell the host which record failed, so its error policy can act on that one alone.
+                if let Some(record_idx) = e.record_index().and_then(|idx| u32::try_from(idx).ok()) {
+                    host::report_failed_record(record_idx);
+                }
+                types::TransformError { message: e.into_message() }
+            })?;
             Ok(written
                 .into_iter()
                 .map(|(r, output)| types::OutputRecord {

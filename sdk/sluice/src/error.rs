@@ -9,6 +9,8 @@ use std::fmt;
 /// [`Error::msg`] or [`bail!`](crate::bail) for your own.
 pub struct Error {
     message: String,
+    /// Set by the batch loop: the position in the batch of the record whose call returned this.
+    record_idx: Option<usize>,
 }
 
 /// `Result` with the SDK's [`Error`].
@@ -16,7 +18,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error { message: message.to_string() }
+        Error { message: message.to_string(), record_idx: None }
     }
 
     pub fn message(&self) -> &str {
@@ -25,7 +27,18 @@ impl Error {
 
     /// Prefix the message with what was being done: `"parsing value: expected ..."`.
     pub fn context(self, context: impl fmt::Display) -> Self {
-        Error { message: format!("{context}: {}", self.message) }
+        Error { message: format!("{context}: {}", self.message), ..self }
+    }
+
+    /// For an error that stopped a batch: the position in the batch (0 is the first) of the record
+    /// the transform failed on. The SDK reports it to the broker, whose error policy can then act
+    /// on that record alone; [`crate::testing::Harness`] shows it too.
+    pub fn record_index(&self) -> Option<usize> {
+        self.record_idx
+    }
+
+    pub(crate) fn at_record(self, record_idx: usize) -> Self {
+        Error { record_idx: Some(record_idx), ..self }
     }
 
     pub fn into_message(self) -> String {
@@ -37,7 +50,7 @@ impl Error {
 // conversion can exist.
 impl<E: std::error::Error> From<E> for Error {
     fn from(error: E) -> Self {
-        Error { message: error.to_string() }
+        Error::msg(error)
     }
 }
 

@@ -30,8 +30,6 @@ extern crate self as sluice;
 mod config;
 mod error;
 pub mod log;
-#[cfg(doctest)]
-mod macro_tests;
 mod record;
 pub mod testing;
 mod writer;
@@ -46,8 +44,34 @@ pub use writer::Writer;
 
 /// Marks the transform function: `fn(Record, &mut Writer) -> sluice::Result<()>`.
 ///
-/// `#[sluice::transform(init = setup)]` also names a `fn(&Config) -> Result<()>` run once at
-/// deploy time; its error refuses the deployment (use it to validate configuration).
+/// `#[sluice::transform(init = make)]` also names a function run once per instance, at deploy
+/// time, before the first batch; its error refuses the deployment with its message. Either it only
+/// checks the configuration — `fn make(&Config) -> Result<()>` — or it builds the transform's state
+/// — `fn make(&Config) -> Result<State>` — and the transform takes that state first, on every call:
+///
+/// ```
+/// use sluice::{Config, Record, Result, Writer};
+///
+/// struct Threshold(f64);
+///
+/// impl Threshold {
+///     fn from_config(config: &Config) -> Result<Threshold> {
+///         Ok(Threshold(config.require("threshold")?.parse()?))
+///     }
+/// }
+///
+/// #[sluice::transform(init = Threshold::from_config)]
+/// fn run(threshold: &Threshold, record: Record, out: &mut Writer) -> Result<()> {
+///     if record.value_str()?.parse::<f64>()? >= threshold.0 {
+///         out.write(record);
+///     }
+///     Ok(())
+/// }
+/// # fn main() {}
+/// ```
+///
+/// The macro refuses any other signature with an error pointing at the offending part
+/// (`tests/ui` holds every case).
 pub use sluice_macros::transform;
 
 /// Re-exported so transforms use the same versions the SDK's helpers are written against.

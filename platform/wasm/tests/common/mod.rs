@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use sluice_wasm::{Engine, EngineConfig, InputRecord, InstanceConfig, LogLevel, LogSink, Module};
+use sluice_wasm::{Engine, EngineConfig, InputRecord, InstanceConfig, LogLevel, LogSink, TransformModule};
 
 /// Every guest the tests use, by package name.
 pub const GUESTS: &[&str] = &[
@@ -22,6 +22,7 @@ pub const GUESTS: &[&str] = &[
     "fixture-raw-bad-output",
     "fixture-bulky",
     "fixture-future-version",
+    "fixture-host-wait",
 ];
 
 pub fn workspace_root() -> PathBuf {
@@ -56,8 +57,8 @@ pub fn engine() -> Engine {
     Engine::new(EngineConfig::default()).expect("engine")
 }
 
-pub fn load(engine: &Engine, name: &str) -> Module {
-    engine.load(&guest(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+pub fn load(engine: &Engine, name: &str) -> TransformModule {
+    engine.load_transform(&guest(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
 }
 
 /// Bytes of code in all core modules of a component (the code sections; debug info and names excluded).
@@ -114,10 +115,15 @@ impl CapturedLogs {
     }
 }
 
-/// An instance config with one output `out`, these config pairs, and captured logs.
+/// The one output topic most tests deploy with.
+pub fn out() -> Vec<String> {
+    vec!["out".to_owned()]
+}
+
+/// An instance config with these config pairs and captured logs.
 pub fn instance_config(config: &[(&str, &str)]) -> (InstanceConfig, Arc<CapturedLogs>) {
     let logs = Arc::new(CapturedLogs::default());
-    let mut instance_config = InstanceConfig::new("test", vec!["out".to_owned()]);
+    let mut instance_config = InstanceConfig::new("test");
     instance_config.config = config.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     instance_config.log_sink = logs.clone();
     (instance_config, logs)

@@ -1,0 +1,67 @@
+//! The worlds of `sluice:plugin` this host runs. Adding one (`source`, `sink`, `mirror-policy`):
+//! a variant here with its name and export, a `bindgen!` module in `lib.rs` reusing the shared
+//! interfaces, its own imports in [`World::add_imports`], its export check in [`World::check`], and
+//! a typed module/instance pair beside `transform.rs` built on `Sandbox`. The engine, linker setup,
+//! limits, store, memory cap, CPU bound and error classification are shared and stay as they are.
+
+use std::fmt;
+
+use wasmtime::component::{InstancePre, Linker};
+
+use crate::WIT_VERSION;
+use crate::bindings::transform::TransformPre;
+use crate::host::HostState;
+
+/// A world of the `sluice:plugin` package: what a component exports decides which it implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum World {
+    /// Reads records of one topic, writes records to output topics (`interface transformer`).
+    Transform,
+}
+
+impl World {
+    /// Every world this host runs.
+    pub const ALL: [World; 1] = [World::Transform];
+
+    /// The world's name in the WIT and in APIs (`"transform"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Transform => "transform",
+        }
+    }
+
+    /// The world of this name, if the host runs it.
+    pub fn from_name(name: &str) -> Option<World> {
+        World::ALL.into_iter().find(|world| world.name() == name)
+    }
+
+    /// The interface a component of this world exports; its name carries the package version.
+    pub fn export(self) -> String {
+        match self {
+            World::Transform => format!("sluice:plugin/transformer@{WIT_VERSION}"),
+        }
+    }
+
+    /// Link the imports this world has beyond the shared ones (WASI and `host`).
+    pub(crate) fn add_imports(self, _linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+        match self {
+            // A transform imports only `host`.
+            World::Transform => Ok(()),
+        }
+    }
+
+    /// Check that a component whose imports this world's linker satisfies exports the world's
+    /// functions with the right types.
+    pub(crate) fn check(self, pre: &InstancePre<HostState>) -> wasmtime::Result<()> {
+        match self {
+            World::Transform => TransformPre::new(pre.clone()).map(drop),
+        }
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

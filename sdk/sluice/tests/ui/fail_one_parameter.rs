@@ -1,0 +1,6 @@
+#[sluice::transform]
+fn run(_record: sluice::Record) -> sluice::Result<()> {
+    Ok(())
+}
+
+fn main() {}
