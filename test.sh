@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one command that runs every test: the workspace's Rust tests, then the end-to-end suite in tests/ with
-# real Kafka clients (confluent-kafka, kafka-python, kcat) against the release binary.
+# The one command that runs every test: the workspace's Rust tests, every fuzz target in fuzz/ for a minute,
+# then the end-to-end suite in tests/ with real Kafka clients (confluent-kafka, kafka-python, kcat) against the
+# release binary.
 # Written for a fresh Debian machine, run as root. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -22,6 +23,14 @@ if ! command -v kcat >/dev/null 2>&1; then
 fi
 kcat -V | head -n 1
 
+phase "database servers for the connector tests (PostgreSQL, MariaDB; the tests start their own instances)"
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/sbin/mariadbd ] || ! command -v mariadb-install-db >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq postgresql mariadb-server mariadb-client
+fi
+ls /usr/lib/postgresql/*/bin/initdb | head -n 1
+/usr/sbin/mariadbd --version
+
 phase "python test dependencies (tests/requirements.txt)"
 python3 -m pip install -q -r tests/requirements.txt
 
@@ -30,6 +39,14 @@ cargo build --release --workspace
 
 phase "cargo test --workspace --release"
 cargo test --workspace --release
+
+phase "cargo-fuzz (installed once)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --version 0.13.2
+fi
+
+phase "fuzz: every target for 60 s on its committed seeds (fuzz/run.sh)"
+fuzz/run.sh
 
 phase "end-to-end suite: pytest tests/"
 SLUICE_BIN=target/release/sluice python3 -m pytest tests/ -q

@@ -25,7 +25,7 @@ use crate::groups::decode_assignment;
 /// Admin request bodies are small JSON documents.
 pub const ADMIN_BODY_BYTES_MAX: usize = 1024 * 1024;
 
-pub fn router(broker: Arc<Broker>) -> Router {
+pub(crate) fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -102,13 +102,13 @@ pub fn json_body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiErr
 }
 
 async fn health(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "cluster_id": broker.cluster_id, "node_id": broker.node_id() }))
+    Json(json!({ "status": "ok", "cluster_id": broker.cluster_id(), "node_id": broker.node_id() }))
 }
 
 async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
     refresh_state_gauges(&broker);
     let mut text = Vec::new();
-    if let Err(error) = prometheus::TextEncoder::new().encode(&broker.metrics.registry.gather(), &mut text) {
+    if let Err(error) = prometheus::TextEncoder::new().encode(&broker.metrics().registry.gather(), &mut text) {
         return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", error.to_string()).into_response();
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -116,24 +116,23 @@ async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
 
 /// Gauges that describe state are computed at scrape time rather than kept up to date per request.
 fn refresh_state_gauges(broker: &Broker) {
-    let metrics = &broker.metrics;
+    let metrics = broker.metrics();
     for topic in broker.topics() {
         for partition in topic.partitions.read().iter() {
             let labels = [topic.name.as_str(), &partition.index.to_string()];
-            let log = partition.log.read();
-            metrics.log_size_bytes.with_label_values(&labels).set(log.size_bytes() as i64);
-            metrics.log_end_offset.with_label_values(&labels).set(log.log_end_offset());
-            drop(log);
+            let stats = partition.stats();
+            metrics.log_size_bytes.with_label_values(&labels).set(stats.size_bytes as i64);
+            metrics.log_end_offset.with_label_values(&labels).set(stats.log_end_offset);
             metrics.unstable_records.with_label_values(&labels).set(partition.high_watermark() - partition.last_stable_offset());
         }
     }
-    let counters = broker.transactions.counters();
+    let counters = broker.transactions().counters();
     for (outcome, value) in
         [("committed", counters.committed), ("aborted", counters.aborted), ("timed_out", counters.timed_out), ("fenced", counters.fenced)]
     {
         metrics.transactions_finished.with_label_values(&[outcome]).set(value as i64);
     }
-    metrics.transactions_ongoing.set(broker.transactions.ongoing_count() as i64);
+    metrics.transactions_ongoing.set(broker.transactions().ongoing_count() as i64);
     metrics.group_lag.reset();
     let groups = group_ids(broker);
     metrics.groups.set(groups.len() as i64);
@@ -145,7 +144,7 @@ fn refresh_state_gauges(broker: &Broker) {
 }
 
 fn group_ids(broker: &Broker) -> Vec<String> {
-    let mut ids: Vec<String> = broker.groups.list().into_iter().map(|(g, _, _)| g).chain(broker.offsets.groups()).collect();
+    let mut ids: Vec<String> = broker.groups().list().into_iter().map(|(g, _, _)| g).chain(broker.offsets().groups()).collect();
     ids.sort();
     ids.dedup();
     ids
@@ -163,7 +162,7 @@ struct PartitionLag {
 
 fn group_lag(broker: &Broker, group: &str) -> Vec<PartitionLag> {
     broker
-        .offsets
+        .offsets()
         .group(group)
         .into_iter()
         .map(|((topic, partition), committed)| {
@@ -206,22 +205,37 @@ struct CreateTopicBody {
     replication_factor: Option<i16>,
 }
 
+impl CreateTopicBody {
+    /// The handler's checks before it calls the broker; the topic's settings when they pass.
+    fn topic_config(&self) -> Result<TopicConfig, BrokerError> {
+        if self.replication_factor.is_some_and(|r| r != 1) {
+            return Err(BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()));
+        }
+        TopicConfig::from_pairs(self.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+    }
+}
+
+/// What `POST /v1/topics` does with a body before the broker sees it: axum's JSON extraction, the
+/// handler's checks and the topic-name rules. The fuzz target in `fuzz/` calls it; an `Err` is the
+/// 400 a client gets.
+pub fn check_create_topic_body(body: &[u8]) -> Result<(), BrokerError> {
+    let Json(request) =
+        Json::<CreateTopicBody>::from_bytes(body).map_err(|rejection| BrokerError::InvalidRequest(rejection.body_text()))?;
+    request.topic_config()?;
+    crate::topic::TopicName::parse(&request.name).map(drop)
+}
+
 async fn create_topic(
     State(broker): State<Arc<Broker>>,
     payload: Result<Json<CreateTopicBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = json_body(payload)?;
-    if request.replication_factor.is_some_and(|r| r != 1) {
-        return Err(
-            BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()).into()
-        );
-    }
-    let config = TopicConfig::from_pairs(request.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+    let config = request.topic_config()?;
     let broker_for_create = Arc::clone(&broker);
     let created = tokio::task::spawn_blocking(move || broker_for_create.create_topic(&request.name, request.partitions, config, false))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     tracing::info!(topic = created.topic.name.as_str(), partitions = created.topic.partition_count(), "created topic (admin API)");
     Ok((StatusCode::CREATED, Json(topic_summary(&broker, &created.topic))).into_response())
 }
@@ -233,25 +247,25 @@ async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<Stri
         .read()
         .iter()
         .map(|p| {
-            let log = p.log.read();
+            let stats = p.stats();
             json!({
                 "partition": p.index,
                 "leader": broker.node_id(),
                 "leader_epoch": p.leader_epoch,
                 "replicas": [broker.node_id()],
                 "isr": [broker.node_id()],
-                "log_start_offset": log.log_start_offset(),
+                "log_start_offset": stats.log_start_offset,
                 "high_watermark": p.high_watermark(),
-                "log_end_offset": log.log_end_offset(),
-                "size_bytes": log.size_bytes(),
-                "segments": log.segment_count(),
+                "log_end_offset": stats.log_end_offset,
+                "size_bytes": stats.size_bytes,
+                "segments": stats.segments,
             })
         })
         .collect();
     let configs: Vec<serde_json::Value> = topic
         .config
         .read()
-        .all_effective(&broker.config)
+        .all_effective(broker.config())
         .into_iter()
         .map(|(name, value, source)| json!({ "name": name, "value": value, "source": format!("{source:?}") }))
         .collect();
@@ -262,9 +276,7 @@ async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<Stri
 }
 
 async fn delete_topic(State(broker): State<Arc<Broker>>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    tokio::task::spawn_blocking(move || broker.delete_topic(&name))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    tokio::task::spawn_blocking(move || broker.delete_topic(&name)).await.map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -272,7 +284,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
     let groups: Vec<serde_json::Value> = group_ids(&broker)
         .into_iter()
         .map(|id| {
-            let view = broker.groups.describe(&id);
+            let view = broker.groups().describe(&id);
             let lag: i64 = group_lag(&broker, &id).iter().map(|l| l.lag).sum();
             json!({
                 "group_id": id,
@@ -287,7 +299,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
 }
 
 async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = broker.groups.describe(&id);
+    let view = broker.groups().describe(&id);
     let offsets = group_lag(&broker, &id);
     if view.is_none() && offsets.is_empty() {
         return Err(BrokerError::UnknownGroup(id).into());
@@ -318,24 +330,16 @@ async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String
 }
 
 async fn delete_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let has_offsets = !broker.offsets.group(&id).is_empty();
-    match broker.groups.remove_if_empty(&id) {
-        Err(_) => return Err(BrokerError::NonEmptyGroup(id).into()),
-        Ok(false) if !has_offsets => return Err(BrokerError::UnknownGroup(id).into()),
-        Ok(_) => {}
-    }
-    tokio::task::spawn_blocking(move || broker.offsets.delete_group(&id))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    tokio::task::spawn_blocking(move || broker.groups().delete_group(&id)).await.map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_transactions(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "transactions": broker.transactions.list() }))
+    Json(serde_json::json!({ "transactions": broker.transactions().list() }))
 }
 
 async fn describe_transaction(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    match broker.transactions.describe(&id) {
+    match broker.transactions().describe(&id) {
         Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or_default())),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_transactional_id", format!("no transactional id '{id}'"))),
     }

@@ -4,66 +4,72 @@
 //!
 //! Control-plane changes are serialised by `control` (a blocking mutex held only around file work,
 //! never across an `.await`); the data plane reads the topic map concurrently without it.
+//!
+//! The broker builds its parts in dependency order and hands each what it needs: the offsets store;
+//! the group coordinator (over the offsets); the topic registry and the producer-id allocator; then the
+//! transaction coordinator over all four. None of them sees the `Broker`, so none can reach back into
+//! it; only this module, the handlers, the admin API and `host` do.
 
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use sluice_storage::PartitionLog;
 use uuid::Uuid;
 
+use crate::budget::ByteBudget;
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
 use crate::groups::GroupCoordinator;
-use crate::metastore::{MetaStore, TopicDefinition};
+use crate::metastore::{MetaStore, ProducerIds, TopicDefinition};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::offsets::OffsetStore;
-use crate::topic::{FlushPolicy, Partition, RESERVED_TOPIC_NAMES, Topic, TopicName};
-use crate::transactions::TransactionCoordinator;
+use crate::topic::{FlushPolicy, Partition, RESERVED_TOPIC_NAMES, Topic, TopicName, Topics};
+use crate::transactions::{TransactionCoordinator, TxnDeps, TxnSettings};
 
-/// Producer ids are reserved on disk in blocks, so an InitProducerId costs an fsync only once per block.
-const PRODUCER_ID_BLOCK: i64 = 1000;
-
+/// The broker: its settings, its topics and the coordinators. Opaque outside the crate; runtimes see
+/// it only through `host::Host`.
 pub struct Broker {
-    pub config: BrokerConfig,
-    pub data_dir: PathBuf,
-    pub cluster_id: String,
-    topics: DashMap<String, Arc<Topic>>,
+    config: BrokerConfig,
+    data_dir: PathBuf,
+    cluster_id: String,
+    topics: Arc<Topics>,
     meta: MetaStore,
     /// Serialises topic creation, deletion and reconfiguration.
     control: Mutex<()>,
-    pub metrics: Metrics,
-    pub groups: Arc<GroupCoordinator>,
-    pub offsets: OffsetStore,
-    pub transactions: TransactionCoordinator,
-    producer_ids: Mutex<(i64, i64)>,
+    metrics: Metrics,
+    groups: Arc<GroupCoordinator>,
+    offsets: Arc<OffsetStore>,
+    transactions: TransactionCoordinator,
+    producer_ids: Arc<ProducerIds>,
+    /// Frames being read or handled, over all connections (`queued.max.request.bytes`).
+    request_bytes: Arc<ByteBudget>,
+    /// Built, unsent Fetch replies over all connections (`fetch.reply.memory.max.bytes`).
+    fetch_reply_bytes: Arc<ByteBudget>,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
 
 /// Result of CreateTopics / POST /v1/topics for one topic.
-pub struct CreatedTopic {
-    pub topic: Arc<Topic>,
+pub(crate) struct CreatedTopic {
+    pub(crate) topic: Arc<Topic>,
 }
 
 impl Broker {
-    /// Opens (or initialises) the data directory and recovers every partition.
-    pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Arc<Broker>, String> {
-        fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    /// Opens (or initialises) the data directory and recovers every partition. Blocking file I/O.
+    pub fn open(config: BrokerConfig, data_dir: &Path) -> Result<Arc<Broker>, BrokerError> {
+        fs::create_dir_all(data_dir).map_err(|e| BrokerError::io(e, "create data directory", data_dir))?;
         let lock_path = data_dir.join(".lock");
         let dir_lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        dir_lock.try_lock().map_err(|_| {
-            format!("data directory {} is in use by another sluice process (lock held on {})", data_dir.display(), lock_path.display())
-        })?;
+            .map_err(|e| BrokerError::io(e, "open", &lock_path))?;
+        dir_lock.try_lock().map_err(|_| BrokerError::DataDirInUse { dir: data_dir.to_path_buf(), lock: lock_path.clone() })?;
         let budget = sluice_storage::configure_open_files();
         tracing::info!(
             soft_before = ?budget.soft_before,
@@ -76,21 +82,21 @@ impl Broker {
         let cluster = meta.cluster_meta()?;
         let metrics = Metrics::new();
         let now = now_ms();
-        let topics = DashMap::new();
+        let topics = Arc::new(Topics::default());
         let definitions = meta.load_topics()?;
         let started = std::time::Instant::now();
         let mut partition_count = 0usize;
         for definition in &definitions {
             let topic = open_topic(&config, data_dir, definition, &metrics, now)?;
             partition_count += topic.partition_count() as usize;
-            topics.insert(definition.name.clone(), topic);
+            topics.insert(topic);
         }
         let (mut offline, mut quarantined) = (0i64, 0i64);
-        for topic in topics.iter() {
+        for topic in topics.all() {
             for partition in topic.partitions.read().iter() {
-                let log = partition.log.read();
-                offline += i64::from(log.offline_reason().is_some());
-                quarantined += log.quarantined_segment_count() as i64;
+                let (is_offline, quarantined_segments) = partition.health();
+                offline += i64::from(is_offline);
+                quarantined += quarantined_segments as i64;
             }
         }
         metrics.offline_partitions.set(offline);
@@ -102,7 +108,7 @@ impl Broker {
             );
         }
         remove_orphan_partitions(data_dir, &definitions);
-        let offsets = OffsetStore::open(data_dir, now)?;
+        let offsets = Arc::new(OffsetStore::open(data_dir, now)?);
         tracing::info!(
             topics = definitions.len(),
             partitions = partition_count,
@@ -111,9 +117,24 @@ impl Broker {
             "recovered data directory {}",
             data_dir.display()
         );
-        let transactions = TransactionCoordinator::open(data_dir, now, config.transaction_max_timeout_ms(), config.flush_before_ack())?;
-        let groups = Arc::new(GroupCoordinator::new(&config));
-        let broker = Arc::new(Broker {
+        let groups = Arc::new(GroupCoordinator::new(&config, Arc::clone(&offsets)));
+        let producer_ids = Arc::new(ProducerIds::open(meta.clone())?);
+        let deps = TxnDeps {
+            topics: Arc::clone(&topics),
+            producer_ids: Arc::clone(&producer_ids),
+            offsets: Arc::clone(&offsets),
+            groups: Arc::clone(&groups),
+        };
+        let settings = TxnSettings {
+            max_timeout_ms: config.transaction_max_timeout_ms(),
+            fsync: config.flush_before_ack(),
+            id_expiration_ms: config.transactional_id_expiration_ms(),
+        };
+        let transactions = TransactionCoordinator::open(data_dir, now, deps, settings)?;
+        transactions.recover();
+        let request_bytes = ByteBudget::new(config.queued_request_bytes_max() as usize);
+        let fetch_reply_bytes = ByteBudget::new(config.fetch_reply_memory_max());
+        Ok(Arc::new(Broker {
             config,
             data_dir: data_dir.to_path_buf(),
             cluster_id: cluster.cluster_id,
@@ -124,35 +145,77 @@ impl Broker {
             groups,
             offsets,
             transactions,
-            producer_ids: Mutex::new((0, 0)),
+            producer_ids,
+            request_bytes,
+            fetch_reply_bytes,
             _dir_lock: dir_lock,
-        });
-        broker.transactions.recover(&broker);
-        Ok(broker)
+        }))
     }
 
-    pub fn node_id(&self) -> i32 {
+    pub(crate) fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub(crate) fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub(crate) fn request_bytes(&self) -> &Arc<ByteBudget> {
+        &self.request_bytes
+    }
+
+    pub(crate) fn fetch_reply_bytes(&self) -> &Arc<ByteBudget> {
+        &self.fetch_reply_bytes
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn groups(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
+    }
+
+    pub(crate) fn offsets(&self) -> &OffsetStore {
+        &self.offsets
+    }
+
+    pub(crate) fn transactions(&self) -> &TransactionCoordinator {
+        &self.transactions
+    }
+
+    pub(crate) fn producer_ids(&self) -> &ProducerIds {
+        &self.producer_ids
+    }
+
+    pub(crate) fn node_id(&self) -> i32 {
         self.config.node_id()
     }
 
-    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.get(name).map(|t| Arc::clone(t.value()))
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.get(name)
     }
 
-    pub fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
-        let topic_ref = self.topic(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
-        topic_ref.partition(index).ok_or(BrokerError::UnknownPartition { topic: topic.to_string(), partition: index })
+    pub(crate) fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
+        self.topics.partition(topic, index)
+    }
+
+    /// Whether the partition exists, without allocating.
+    pub(crate) fn partition_exists(&self, topic: &str, index: i32) -> bool {
+        self.topics.contains_partition(topic, index)
     }
 
     /// All topics, sorted by name.
-    pub fn topics(&self) -> Vec<Arc<Topic>> {
-        let mut topics: Vec<_> = self.topics.iter().map(|t| Arc::clone(t.value())).collect();
-        topics.sort_by(|a, b| a.name.cmp(&b.name));
-        topics
+    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.all()
     }
 
     /// Finds a topic, creating it with the broker's defaults when auto-creation is on.
-    pub fn topic_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    pub(crate) fn topic_or_auto_create(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         if let Some(topic) = self.topic(name) {
             return Ok(topic);
         }
@@ -171,7 +234,7 @@ impl Broker {
     }
 
     /// Creates a topic. Blocking file I/O: call from a blocking context.
-    pub fn create_topic(
+    pub(crate) fn create_topic(
         &self,
         name: &str,
         partitions: Option<i32>,
@@ -185,19 +248,17 @@ impl Broker {
             return Err(BrokerError::InvalidPartitions(format!("{partitions} is outside 1..={max} (max.partitions.per.topic)")));
         }
         let _control = self.control.lock();
-        if self.topics.contains_key(name.as_str()) {
+        if self.topics.contains(name.as_str()) {
             return Err(BrokerError::TopicExists(name.as_str().to_string()));
         }
         if self.topics.len() >= self.config.topics_max() {
             return Err(BrokerError::PolicyViolation(format!("the broker already holds max.topics = {} topics", self.config.topics_max())));
         }
         // Kafka's rule: names that differ only in '.' vs '_' collide in metric names.
-        let canonical = name.as_str().replace('.', "_");
-        if let Some(clash) = self.topics.iter().find(|t| t.key().replace('.', "_") == canonical) {
+        if let Some(clash) = self.topics.metric_clash(name.as_str()) {
             return Err(BrokerError::InvalidTopic(format!(
-                "'{}' collides with existing topic '{}' ('.' and '_' are interchangeable in metric names)",
-                name.as_str(),
-                clash.key()
+                "'{}' collides with existing topic '{clash}' ('.' and '_' are interchangeable in metric names)",
+                name.as_str()
             )));
         }
         let definition = TopicDefinition { name: name.as_str().to_string(), id: Uuid::new_v4(), partitions, config };
@@ -213,23 +274,23 @@ impl Broker {
         }
         // Partition directories first, definition last: a crash in between leaves orphans that the
         // next start removes, never a definition pointing at missing partitions.
-        let opened = open_partitions(&self.config, &self.data_dir, &topic, 0..partitions, now_ms()).map_err(BrokerError::Storage)?;
+        let opened = open_partitions(&self.config, &self.data_dir, &topic, 0..partitions, now_ms())?;
         topic.partitions.write().extend(opened);
-        self.meta.save_topic(&definition).map_err(BrokerError::Storage)?;
-        self.topics.insert(definition.name.clone(), Arc::clone(&topic));
+        self.meta.save_topic(&definition)?;
+        self.topics.insert(Arc::clone(&topic));
         Ok(CreatedTopic { topic })
     }
 
     /// Deletes a topic and its data. Blocking file I/O.
-    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+    pub(crate) fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let _control = self.control.lock();
-        let Some((_, topic)) = self.topics.remove(name) else {
+        let Some(topic) = self.topics.remove(name) else {
             return Err(BrokerError::UnknownTopic(name.to_string()));
         };
-        self.meta.remove_topic(name).map_err(BrokerError::Storage)?;
+        self.meta.remove_topic(name)?;
         let partitions = topic.partitions.read().clone();
         for partition in &partitions {
-            if let Err(error) = partition.log.write().delete() {
+            if let Err(error) = partition.delete() {
                 tracing::warn!(topic = name, partition = partition.index, %error, "could not remove partition directory; it will be removed at the next start");
             }
         }
@@ -240,7 +301,7 @@ impl Broker {
     }
 
     /// Grows a topic to `total` partitions. Blocking file I/O.
-    pub fn add_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<(), BrokerError> {
+    pub(crate) fn add_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<(), BrokerError> {
         let _control = self.control.lock();
         let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count();
@@ -256,14 +317,14 @@ impl Broker {
         if validate_only {
             return Ok(());
         }
-        let opened = open_partitions(&self.config, &self.data_dir, &topic, current..total, now_ms()).map_err(BrokerError::Storage)?;
+        let opened = open_partitions(&self.config, &self.data_dir, &topic, current..total, now_ms())?;
         topic.partitions.write().extend(opened);
         self.save_definition(&topic)?;
         Ok(())
     }
 
     /// Replaces a topic's overrides with `config` (already validated). Blocking file I/O.
-    pub fn set_topic_config(&self, name: &str, config: TopicConfig, validate_only: bool) -> Result<(), BrokerError> {
+    pub(crate) fn set_topic_config(&self, name: &str, config: TopicConfig, validate_only: bool) -> Result<(), BrokerError> {
         let _control = self.control.lock();
         let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         if validate_only {
@@ -274,8 +335,7 @@ impl Broker {
         *topic.config.write() = config;
         self.save_definition(&topic)?;
         for partition in topic.partitions.read().iter() {
-            partition.log.write().set_config(log_config.clone());
-            partition.set_policy(policy);
+            partition.reconfigure(log_config.clone(), policy);
         }
         Ok(())
     }
@@ -287,22 +347,11 @@ impl Broker {
             partitions: topic.partition_count(),
             config: topic.config.read().clone(),
         };
-        self.meta.save_topic(&definition).map_err(BrokerError::Storage)
+        self.meta.save_topic(&definition)
     }
 
-    /// A producer id never handed out before, across restarts. Blocking file I/O once per block.
-    pub fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
-        let mut ids = self.producer_ids.lock();
-        if ids.0 >= ids.1 {
-            let first = self.meta.reserve_producer_ids(PRODUCER_ID_BLOCK).map_err(BrokerError::Storage)?;
-            *ids = (first, first + PRODUCER_ID_BLOCK);
-        }
-        let id = ids.0;
-        ids.0 += 1;
-        Ok(id)
-    }
-
-    /// Clean shutdown: flush and close every log so the next start skips full recovery.
+    /// Clean shutdown: flush and close every log so the next start skips full recovery. Blocking
+    /// file I/O.
     pub fn close(&self) {
         let started = std::time::Instant::now();
         let partitions: Vec<Arc<Partition>> = self.topics().iter().flat_map(|t| t.partitions.read().clone()).collect();
@@ -315,7 +364,7 @@ impl Broker {
             for _ in 0..CLOSE_THREADS.min(partitions.len()) {
                 scope.spawn(|| {
                     while let Some(partition) = partitions.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                        if let Err(error) = partition.log.write().close() {
+                        if let Err(error) = partition.close() {
                             tracing::error!(topic = partition.topic.as_str(), partition = partition.index, %error, "close failed; the next start will run recovery");
                         }
                     }
@@ -331,7 +380,7 @@ impl Broker {
 /// Threads that close partitions at shutdown, side by side.
 const CLOSE_THREADS: usize = 16;
 
-pub fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
+pub(crate) fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
 }
 
@@ -341,8 +390,8 @@ fn open_topic(
     definition: &TopicDefinition,
     metrics: &Metrics,
     now: i64,
-) -> Result<Arc<Topic>, String> {
-    let name = TopicName::parse(&definition.name).map_err(|e| format!("stored topic definition: {e}"))?;
+) -> Result<Arc<Topic>, BrokerError> {
+    let name = TopicName::parse(&definition.name)?;
     let topic = Arc::new(Topic {
         name: name.clone(),
         id: definition.id,
@@ -373,14 +422,14 @@ fn open_partitions(
     topic: &Arc<Topic>,
     range: std::ops::Range<i32>,
     now: i64,
-) -> Result<Vec<Arc<Partition>>, String> {
+) -> Result<Vec<Arc<Partition>>, BrokerError> {
     let topic_config = topic.config.read().clone();
     let log_config = topic_config.log_config(config);
     let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
     range
         .map(|index| {
             let dir = partition_dir(data_dir, topic.name.as_str(), index);
-            let log = PartitionLog::open(&dir, log_config.clone(), now).map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+            let log = PartitionLog::open(&dir, log_config.clone(), now)?;
             Ok(Partition::new(topic.name.clone(), index, dir, log, policy, now))
         })
         .collect()

@@ -9,7 +9,6 @@
 //! [`TopicConfig`] resolves a topic's overrides against those defaults into a storage `LogConfig`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use sluice_storage::{LogConfig, TimestampType};
 
@@ -166,10 +165,40 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         kind: Kind::Int { min: 1, max: 1_000_000 },
     },
     SettingSpec {
+        name: "max.connections.per.ip",
+        default: "1000",
+        doc: "Client connections accepted at once from one IP address; further connections from it are closed at once.",
+        kind: Kind::Int { min: 1, max: 1_000_000 },
+    },
+    SettingSpec {
+        name: "socket.request.read.timeout.ms",
+        default: "60000",
+        doc: "A request must arrive whole within this long of its first byte; slower peers (slow drips) are disconnected.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
         name: "queued.max.requests",
         default: "500",
         doc: "Requests read ahead per connection before the broker stops reading it.",
         kind: Kind::Int { min: 1, max: 100_000 },
+    },
+    SettingSpec {
+        name: "queued.max.request.bytes",
+        default: "134217728",
+        doc: "Bytes of requests being read or handled across all connections; past it the broker stops reading sockets until some are handled (a larger frame waits to be read alone).",
+        kind: Kind::Int { min: 1024, max: u32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "socket.reply.buffer.max.bytes",
+        default: "1048576",
+        doc: "Built but unsent reply bytes per connection; past it the broker stops reading that connection's requests until the peer reads its replies.",
+        kind: Kind::Int { min: 0, max: REQUEST_BYTES_LIMIT },
+    },
+    SettingSpec {
+        name: "fetch.reply.memory.max.bytes",
+        default: "67108864",
+        doc: "Unsent Fetch reply bytes across all connections; past it a Fetch returns only its first batch until replies are written.",
+        kind: Kind::Int { min: 0, max: i64::MAX },
     },
     SettingSpec {
         name: "connections.max.idle.ms",
@@ -231,6 +260,30 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         doc: "Partitions one topic may have.",
         kind: Kind::Int { min: 1, max: 100_000 },
     },
+    SettingSpec {
+        name: "offsets.retention.ms",
+        default: DAY_MS,
+        doc: "Committed offsets of a group with no members are deleted this long after it became empty (or after the commit, for groups that never had members).",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "offsets.retention.check.interval.ms",
+        default: "600000",
+        doc: "How often expired offsets, and empty groups without offsets, are removed.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
+    SettingSpec {
+        name: "transactional.id.expiration.ms",
+        default: DAY_MS,
+        doc: "A transactional id with no transaction open is forgotten after this long without a request.",
+        kind: Kind::Int { min: 1, max: i32::MAX as i64 },
+    },
+    SettingSpec {
+        name: "producer.id.expiration.ms",
+        default: "86400000",
+        doc: "An idempotent producer's sequence state in a partition is forgotten this long (broker time) after its last write.",
+        kind: Kind::Int { min: 1, max: i64::MAX },
+    },
 ];
 
 /// Topic settings: (topic name, broker setting it defaults from). A topic setting without a broker
@@ -266,19 +319,13 @@ fn spec(name: &str) -> Option<&'static SettingSpec> {
     BROKER_SETTINGS.iter().find(|s| s.name == name)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A setting that was refused: its name and why, with a suggestion where one fits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {message}")]
 pub struct ConfigError {
     pub name: String,
     pub message: String,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.name, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigError> {
     let fail = |message: String| Err(ConfigError { name: name.to_string(), message });
@@ -312,7 +359,7 @@ fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigErr
 }
 
 /// The closest name in `candidates` to `name`, if it is close enough to be a plausible typo.
-pub fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates.map(|c| (edit_distance(name, c), c)).filter(|(d, c)| *d <= 3.max(c.len() / 4)).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
@@ -396,16 +443,16 @@ impl BrokerConfig {
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
     }
 
-    pub fn is_explicit(&self, name: &str) -> bool {
+    pub(crate) fn is_explicit(&self, name: &str) -> bool {
         self.explicit.contains(&name)
     }
 
     /// All settings, for DescribeConfigs on the broker resource.
-    pub fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.values.iter().map(|(k, v)| (*k, v.as_str()))
     }
 
@@ -414,75 +461,102 @@ impl BrokerConfig {
         self.get(name).and_then(|v| v.parse().ok()).unwrap_or_default()
     }
 
-    pub fn node_id(&self) -> i32 {
+    pub(crate) fn node_id(&self) -> i32 {
         self.int("node.id") as i32
     }
-    pub fn num_partitions(&self) -> i32 {
+    pub(crate) fn num_partitions(&self) -> i32 {
         self.int("num.partitions") as i32
     }
-    pub fn auto_create_topics(&self) -> bool {
+    pub(crate) fn auto_create_topics(&self) -> bool {
         self.get("auto.create.topics.enable") == Some("true")
     }
-    pub fn advertised_listener(&self) -> Option<(String, i32)> {
+    pub(crate) fn advertised_listener(&self) -> Option<(String, i32)> {
         let value = self.get("advertised.listeners")?.trim();
         let address = value.split(',').next()?.trim();
         let address = address.split_once("://").map(|(_, a)| a).unwrap_or(address);
         let (host, port) = address.rsplit_once(':')?;
         Some((host.to_string(), port.parse().ok()?))
     }
-    pub fn retention_check_interval_ms(&self) -> u64 {
+    pub(crate) fn retention_check_interval_ms(&self) -> u64 {
         self.int("log.retention.check.interval.ms") as u64
     }
-    pub fn request_bytes_max(&self) -> usize {
+    pub(crate) fn request_bytes_max(&self) -> usize {
         self.int("socket.request.max.bytes") as usize
     }
-    pub fn max_connections(&self) -> usize {
+    pub(crate) fn max_connections(&self) -> usize {
         self.int("max.connections") as usize
     }
-    pub fn queued_requests_max(&self) -> usize {
+    pub(crate) fn max_connections_per_ip(&self) -> usize {
+        self.int("max.connections.per.ip") as usize
+    }
+    pub(crate) fn request_read_timeout_ms(&self) -> u64 {
+        self.int("socket.request.read.timeout.ms") as u64
+    }
+    pub(crate) fn queued_requests_max(&self) -> usize {
         self.int("queued.max.requests") as usize
     }
-    pub fn connection_idle_ms(&self) -> u64 {
+    pub(crate) fn queued_request_bytes_max(&self) -> u32 {
+        self.int("queued.max.request.bytes") as u32
+    }
+    pub(crate) fn connection_reply_bytes_max(&self) -> usize {
+        self.int("socket.reply.buffer.max.bytes") as usize
+    }
+    pub(crate) fn fetch_reply_memory_max(&self) -> usize {
+        self.int("fetch.reply.memory.max.bytes") as usize
+    }
+    pub(crate) fn connection_idle_ms(&self) -> u64 {
         self.int("connections.max.idle.ms") as u64
     }
-    pub fn fetch_bytes_max(&self) -> usize {
+    pub(crate) fn fetch_bytes_max(&self) -> usize {
         self.int("fetch.max.bytes") as usize
     }
-    pub fn group_initial_rebalance_delay_ms(&self) -> u64 {
+    pub(crate) fn group_initial_rebalance_delay_ms(&self) -> u64 {
         self.int("group.initial.rebalance.delay.ms") as u64
     }
-    pub fn group_session_timeout_bounds_ms(&self) -> (i32, i32) {
+    pub(crate) fn group_session_timeout_bounds_ms(&self) -> (i32, i32) {
         (self.int("group.min.session.timeout.ms") as i32, self.int("group.max.session.timeout.ms") as i32)
     }
-    pub fn group_size_max(&self) -> usize {
+    pub(crate) fn group_size_max(&self) -> usize {
         self.int("group.max.size") as usize
     }
-    pub fn transaction_max_timeout_ms(&self) -> i32 {
+    pub(crate) fn transaction_max_timeout_ms(&self) -> i32 {
         self.int("transaction.max.timeout.ms") as i32
     }
-    pub fn transaction_expiry_check_ms(&self) -> u64 {
+    pub(crate) fn transaction_expiry_check_ms(&self) -> u64 {
         self.int("transaction.abort.timed.out.transaction.cleanup.interval.ms") as u64
     }
-    pub fn topics_max(&self) -> usize {
+    pub(crate) fn topics_max(&self) -> usize {
         self.int("max.topics") as usize
     }
-    pub fn partitions_per_topic_max(&self) -> i32 {
+    pub(crate) fn partitions_per_topic_max(&self) -> i32 {
         self.int("max.partitions.per.topic") as i32
     }
     /// Whether the broker-wide default is fsync-before-acknowledge (`log.flush.interval.messages=1`);
     /// the broker's own logs (committed offsets) follow it.
-    pub fn flush_before_ack(&self) -> bool {
+    pub(crate) fn flush_before_ack(&self) -> bool {
         crate::topic::FlushPolicy::from_flush_messages(self.int("log.flush.interval.messages")) == crate::topic::FlushPolicy::BeforeAck
     }
-    pub fn flush_interval_ms(&self) -> Option<u64> {
+    pub(crate) fn flush_interval_ms(&self) -> Option<u64> {
         let v = self.int("log.flush.interval.ms");
         (v > 0).then_some(v as u64)
+    }
+    pub(crate) fn offsets_retention_ms(&self) -> i64 {
+        self.int("offsets.retention.ms")
+    }
+    pub(crate) fn offsets_retention_check_ms(&self) -> u64 {
+        self.int("offsets.retention.check.interval.ms") as u64
+    }
+    pub(crate) fn transactional_id_expiration_ms(&self) -> i64 {
+        self.int("transactional.id.expiration.ms")
+    }
+    pub(crate) fn producer_id_expiration_ms(&self) -> u64 {
+        self.int("producer.id.expiration.ms") as u64
     }
 }
 
 /// Where a topic setting's effective value comes from (DescribeConfigs' config_source).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// Set on the topic (Kafka's DYNAMIC_TOPIC_CONFIG = 1).
     Topic,
     /// Set in the broker's file or command line (STATIC_BROKER_CONFIG = 4).
@@ -492,7 +566,7 @@ pub enum ConfigSource {
 }
 
 impl ConfigSource {
-    pub fn kafka_code(self) -> i8 {
+    pub(crate) fn kafka_code(self) -> i8 {
         match self {
             ConfigSource::Topic => 1,
             ConfigSource::StaticBroker => 4,
@@ -503,12 +577,12 @@ impl ConfigSource {
 
 /// One topic's explicit overrides. Only validated values get in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TopicConfig {
-    pub overrides: BTreeMap<String, String>,
+pub(crate) struct TopicConfig {
+    pub(crate) overrides: BTreeMap<String, String>,
 }
 
 /// Checks one topic setting. Errors carry Kafka's INVALID_CONFIG meaning.
-pub fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError> {
     if let Some((_, broker_name)) = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name) {
         let broker_spec =
             spec(broker_name).ok_or_else(|| ConfigError { name: name.to_string(), message: "internal: no broker twin".into() })?;
@@ -543,7 +617,7 @@ pub fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError
 }
 
 impl TopicConfig {
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
         let mut config = TopicConfig::default();
         for (name, value) in pairs {
             validate_topic_setting(name, value)?;
@@ -553,7 +627,7 @@ impl TopicConfig {
     }
 
     /// The effective value of a topic setting and where it came from.
-    pub fn effective(&self, name: &str, broker: &BrokerConfig) -> Option<(String, ConfigSource)> {
+    pub(crate) fn effective(&self, name: &str, broker: &BrokerConfig) -> Option<(String, ConfigSource)> {
         if let Some(v) = self.overrides.get(name) {
             return Some((v.clone(), ConfigSource::Topic));
         }
@@ -565,7 +639,7 @@ impl TopicConfig {
     }
 
     /// Every topic setting with its effective value, for DescribeConfigs.
-    pub fn all_effective(&self, broker: &BrokerConfig) -> Vec<(&'static str, String, ConfigSource)> {
+    pub(crate) fn all_effective(&self, broker: &BrokerConfig) -> Vec<(&'static str, String, ConfigSource)> {
         TOPIC_SETTINGS
             .iter()
             .map(|(t, _)| *t)
@@ -579,7 +653,7 @@ impl TopicConfig {
     }
 
     /// The storage engine's view of this topic.
-    pub fn log_config(&self, broker: &BrokerConfig) -> LogConfig {
+    pub(crate) fn log_config(&self, broker: &BrokerConfig) -> LogConfig {
         let positive = |v: i64| (v > 0).then_some(v as u64);
         let policy = self.effective("cleanup.policy", broker).map(|(v, _)| v).unwrap_or_default();
         LogConfig {
@@ -597,15 +671,16 @@ impl TopicConfig {
             delete_enabled: policy.split(',').any(|p| p.trim() == "delete"),
             timestamp_after_max_ms: self.int("message.timestamp.after.max.ms", broker).max(0) as u64,
             timestamp_before_max_ms: self.int("message.timestamp.before.max.ms", broker).max(0) as u64,
+            producer_id_expiration_ms: broker.producer_id_expiration_ms(),
         }
     }
 
     /// `flush.messages` for this topic: 1 means fsync before acknowledging.
-    pub fn flush_messages(&self, broker: &BrokerConfig) -> i64 {
+    pub(crate) fn flush_messages(&self, broker: &BrokerConfig) -> i64 {
         self.int("flush.messages", broker)
     }
 
-    pub fn flush_ms(&self, broker: &BrokerConfig) -> Option<u64> {
+    pub(crate) fn flush_ms(&self, broker: &BrokerConfig) -> Option<u64> {
         let v = self.int("flush.ms", broker);
         (v > 0).then_some(v as u64)
     }

@@ -14,6 +14,13 @@
 //! the lock; the lock is never held across an `.await`. Timers (the initial-join delay, the rebalance
 //! deadline) are tasks that re-check the group under its lock and give up if a newer rebalance has
 //! started (`rebalance_id`). A sweeper removes members whose session expired.
+//!
+//! The coordinator owns a group's lifecycle, including its committed offsets once the group is
+//! deleted; it gets the offsets store at construction.
+//!
+//! Errors: membership outcomes are Kafka's own codes (`ResponseError`). They are the group protocol
+//! itself (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, MEMBER_ID_REQUIRED…): clients drive their
+//! state machines by the exact code, and there is nothing below them to wrap.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,18 +36,26 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::offsets::OffsetStore;
 
 /// Group ids and member ids longer than this are refused before they are stored.
-pub const GROUP_ID_BYTES_MAX: usize = 1024;
+pub(crate) const GROUP_ID_BYTES_MAX: usize = 1024;
+
+/// The group-id check every group API applies before anything else (Kafka allows an empty id on
+/// the offset APIs, for consumers without a group, so emptiness is each API's own rule).
+pub(crate) fn check_group_id(group_id: &str) -> Result<(), ResponseError> {
+    if group_id.len() > GROUP_ID_BYTES_MAX { Err(ResponseError::InvalidGroupId) } else { Ok(()) }
+}
 /// Protocols one member may offer in a JoinGroup.
-pub const MEMBER_PROTOCOLS_MAX: usize = 32;
+pub(crate) const MEMBER_PROTOCOLS_MAX: usize = 32;
 /// Bytes of subscription metadata per protocol, and of one member's assignment.
-pub const MEMBER_METADATA_BYTES_MAX: usize = 1024 * 1024;
+pub(crate) const MEMBER_METADATA_BYTES_MAX: usize = 1024 * 1024;
 /// How often the sweeper looks for expired sessions.
 const SESSION_SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupState {
+pub(crate) enum GroupState {
     Empty,
     PreparingRebalance,
     CompletingRebalance,
@@ -48,7 +63,7 @@ pub enum GroupState {
 }
 
 impl GroupState {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             GroupState::Empty => "Empty",
             GroupState::PreparingRebalance => "PreparingRebalance",
@@ -85,12 +100,22 @@ struct Group {
     leader: Option<String>,
     /// Ordered by member id so the leader choice and member lists are deterministic.
     members: BTreeMap<String, Member>,
-    /// Member ids handed out with MEMBER_ID_REQUIRED that have not joined yet, with when.
+    /// Member ids handed out with MEMBER_ID_REQUIRED that have not joined yet, with when they expire.
     pending: BTreeMap<String, Instant>,
     rebalance_id: u64,
     /// The first rebalance of an empty group waits this long for more members to arrive.
     join_delay_until: Option<Instant>,
     rebalance_deadline: Instant,
+    /// Broker time (ms) the group last became Empty: its offsets expire `offsets.retention.ms` later.
+    empty_since_ms: i64,
+    /// Removed from the coordinator's map: a request that locked it just before must look again.
+    dead: bool,
+}
+
+/// What a join does next: answer at once, or wait for the rebalance to complete.
+enum JoinStep {
+    Answer(JoinGroupResponse),
+    Wait(oneshot::Receiver<JoinGroupResponse>),
 }
 
 impl Group {
@@ -106,49 +131,71 @@ impl Group {
             rebalance_id: 0,
             join_delay_until: None,
             rebalance_deadline: Instant::now(),
+            empty_since_ms: crate::now_ms(),
+            dead: false,
         }
+    }
+
+    /// Moves to Empty after the last member left.
+    fn become_empty(&mut self) {
+        self.state = GroupState::Empty;
+        self.generation += 1;
+        self.leader = None;
+        self.empty_since_ms = crate::now_ms();
+    }
+
+    /// Nothing in it but its name: no members, no member ids waiting to join.
+    fn is_idle(&self) -> bool {
+        self.state == GroupState::Empty && self.members.is_empty() && self.pending.is_empty()
     }
 }
 
 /// What a JoinGroup asks for, parsed out of any request version.
-pub struct JoinRequest {
-    pub group_id: String,
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub session_timeout_ms: i32,
-    pub rebalance_timeout_ms: i32,
-    pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
+pub(crate) struct JoinRequest {
+    pub(crate) group_id: String,
+    pub(crate) member_id: String,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_host: String,
+    pub(crate) session_timeout_ms: i32,
+    pub(crate) rebalance_timeout_ms: i32,
+    pub(crate) protocol_type: String,
+    /// (name, subscription metadata) per protocol offered. Kept as long as the member lives: the
+    /// bytes must be the member's own, never a slice of the request frame.
+    pub(crate) protocols: Vec<(String, Bytes)>,
     /// v4+: a member without an id is told to come back with the one we assign.
-    pub require_known_member_id: bool,
+    pub(crate) require_known_member_id: bool,
 }
 
 /// A member as DescribeGroups and the admin API show it.
-pub struct MemberView {
-    pub member_id: String,
-    pub group_instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub metadata: Bytes,
-    pub assignment: Bytes,
+pub(crate) struct MemberView {
+    pub(crate) member_id: String,
+    pub(crate) group_instance_id: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_host: String,
+    pub(crate) metadata: Bytes,
+    pub(crate) assignment: Bytes,
 }
 
-pub struct GroupView {
-    pub group_id: String,
-    pub state: GroupState,
-    pub generation: i32,
-    pub protocol_type: String,
-    pub protocol_name: String,
-    pub members: Vec<MemberView>,
+pub(crate) struct GroupView {
+    pub(crate) state: GroupState,
+    pub(crate) generation: i32,
+    pub(crate) protocol_type: String,
+    pub(crate) protocol_name: String,
+    pub(crate) members: Vec<MemberView>,
 }
 
-pub struct GroupCoordinator {
+pub(crate) struct GroupCoordinator {
     groups: DashMap<String, Arc<Mutex<Group>>>,
+    /// Committed offsets: deleting a group deletes them.
+    offsets: Arc<OffsetStore>,
     initial_delay: Duration,
     session_bounds_ms: (i32, i32),
     group_size_max: usize,
+    /// `offsets.retention.ms`.
+    offsets_retention_ms: i64,
+    /// Broker time the coordinator started: groups it has no state for count as empty since then.
+    started_ms: i64,
 }
 
 fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
@@ -159,12 +206,15 @@ fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
 }
 
 impl GroupCoordinator {
-    pub fn new(config: &BrokerConfig) -> GroupCoordinator {
+    pub(crate) fn new(config: &BrokerConfig, offsets: Arc<OffsetStore>) -> GroupCoordinator {
         GroupCoordinator {
             groups: DashMap::new(),
+            offsets,
             initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms()),
             session_bounds_ms: config.group_session_timeout_bounds_ms(),
             group_size_max: config.group_size_max(),
+            offsets_retention_ms: config.offsets_retention_ms(),
+            started_ms: crate::now_ms(),
         }
     }
 
@@ -176,7 +226,7 @@ impl GroupCoordinator {
         Arc::clone(self.groups.entry(group_id.to_string()).or_insert_with(|| Arc::new(Mutex::new(Group::new()))).value())
     }
 
-    pub async fn join(self: &Arc<Self>, request: JoinRequest) -> JoinGroupResponse {
+    pub(crate) async fn join(self: &Arc<Self>, request: JoinRequest) -> JoinGroupResponse {
         let (min, max) = self.session_bounds_ms;
         if request.group_id.is_empty() || request.group_id.len() > GROUP_ID_BYTES_MAX || request.member_id.len() > GROUP_ID_BYTES_MAX {
             return join_error(ResponseError::InvalidGroupId, &request.member_id);
@@ -190,91 +240,107 @@ impl GroupCoordinator {
         if request.protocols.iter().any(|(_, m)| m.len() > MEMBER_METADATA_BYTES_MAX) {
             return join_error(ResponseError::InvalidRequest, &request.member_id);
         }
-        let group_arc = self.group_or_create(&request.group_id);
-        let receiver = {
+        let member_id = request.member_id.clone();
+        let step = loop {
+            let group_arc = self.group_or_create(&request.group_id);
             let mut group = group_arc.lock();
-            let now = Instant::now();
-            if group.state != GroupState::Empty {
-                let same_type = group.protocol_type.as_deref() == Some(request.protocol_type.as_str());
-                let shares_protocol =
-                    request.protocols.iter().any(|(name, _)| group.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
-                if !same_type || !shares_protocol {
-                    return join_error(ResponseError::InconsistentGroupProtocol, &request.member_id);
-                }
+            // The group was removed (expired, deleted) between the look-up and the lock: a new one
+            // takes its place in the map, and this request must join that one.
+            if group.dead {
+                continue;
             }
-            let mut member_id = request.member_id.clone();
-            if member_id.is_empty() {
-                member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
-                if group.members.len() + group.pending.len() >= self.group_size_max {
-                    return join_error(ResponseError::GroupMaxSizeReached, "");
-                }
-                if request.require_known_member_id {
-                    group.pending.insert(member_id.clone(), now);
-                    return join_error(ResponseError::MemberIdRequired, &member_id);
-                }
-            } else if !group.members.contains_key(&member_id) && group.pending.remove(&member_id).is_none() {
-                return join_error(ResponseError::UnknownMemberId, &member_id);
-            }
-            if !group.members.contains_key(&member_id) && group.members.len() >= self.group_size_max {
-                return join_error(ResponseError::GroupMaxSizeReached, &member_id);
-            }
-            // Kafka's rule: a follower that rejoins a settled generation with the metadata it already
-            // has gets that generation back. Starting a new rebalance for it would make clients that
-            // rejoin eagerly (kafka-python does after every assignment) rebalance forever.
-            if matches!(group.state, GroupState::CompletingRebalance | GroupState::Stable)
-                && group.leader.as_deref() != Some(member_id.as_str())
-                && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
-            {
-                if let Some(member) = group.members.get_mut(&member_id) {
-                    member.last_heartbeat = now;
-                }
-                return current_join_response(&group, &member_id);
-            }
-            // In CompletingRebalance the leader may rejoin unchanged too (it lost the response); it
-            // must get the member list again rather than restart the round.
-            if group.state == GroupState::CompletingRebalance
-                && group.leader.as_deref() == Some(member_id.as_str())
-                && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
-            {
-                return current_join_response(&group, &member_id);
-            }
-            let (sender, receiver) = oneshot::channel();
-            let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
-                group_instance_id: request.group_instance_id.clone(),
-                client_id: request.client_id.clone(),
-                client_host: request.client_host.clone(),
-                session_timeout: Duration::ZERO,
-                rebalance_timeout: Duration::ZERO,
-                protocols: Vec::new(),
-                assignment: Bytes::new(),
-                last_heartbeat: now,
-                join_waiter: None,
-                sync_waiter: None,
-            });
-            member.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
-            // Clients older than JoinGroup v1 have no rebalance timeout; Kafka uses the session timeout.
-            member.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(request.session_timeout_ms) as u64);
-            member.protocols = request.protocols;
-            member.last_heartbeat = now;
-            if let Some(previous) = member.join_waiter.replace(sender) {
-                // The same member joined twice before the rebalance finished; only the newest
-                // request gets the answer, the older one is told to rejoin.
-                let _ = previous.send(join_error(ResponseError::RebalanceInProgress, &member_id));
-            }
-            group.protocol_type = Some(request.protocol_type);
-            match group.state {
-                GroupState::PreparingRebalance => {
-                    if let Some(until) = group.join_delay_until {
-                        // A newcomer during the initial delay extends it, within the rebalance deadline.
-                        group.join_delay_until = Some((now + self.initial_delay).min(group.rebalance_deadline).max(until));
-                    }
-                }
-                _ => self.prepare_rebalance(&group_arc, &mut group, &request.group_id),
-            }
-            self.try_complete_join(&mut group);
-            receiver
+            break self.join_locked(&group_arc, &mut group, request);
         };
-        receiver.await.unwrap_or_else(|_| join_error(ResponseError::RebalanceInProgress, &request.member_id))
+        match step {
+            JoinStep::Answer(response) => response,
+            JoinStep::Wait(receiver) => receiver.await.unwrap_or_else(|_| join_error(ResponseError::RebalanceInProgress, &member_id)),
+        }
+    }
+
+    /// The part of a join done under the group's lock.
+    fn join_locked(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group: &mut Group, request: JoinRequest) -> JoinStep {
+        let now = Instant::now();
+        if group.state != GroupState::Empty {
+            let same_type = group.protocol_type.as_deref() == Some(request.protocol_type.as_str());
+            let shares_protocol =
+                request.protocols.iter().any(|(name, _)| group.members.values().all(|m| m.protocols.iter().any(|(n, _)| n == name)));
+            if !same_type || !shares_protocol {
+                return JoinStep::Answer(join_error(ResponseError::InconsistentGroupProtocol, &request.member_id));
+            }
+        }
+        let mut member_id = request.member_id.clone();
+        if member_id.is_empty() {
+            member_id = format!("{}-{}", request.client_id, uuid::Uuid::new_v4());
+            if group.members.len() + group.pending.len() >= self.group_size_max {
+                return JoinStep::Answer(join_error(ResponseError::GroupMaxSizeReached, ""));
+            }
+            if request.require_known_member_id {
+                // KIP-394: the id is held for the session timeout the client asked for; if it does
+                // not come back by then, it is forgotten (and so is the group, if nothing else is in it).
+                group.pending.insert(member_id.clone(), now + Duration::from_millis(request.session_timeout_ms as u64));
+                return JoinStep::Answer(join_error(ResponseError::MemberIdRequired, &member_id));
+            }
+        } else if !group.members.contains_key(&member_id) && group.pending.remove(&member_id).is_none() {
+            return JoinStep::Answer(join_error(ResponseError::UnknownMemberId, &member_id));
+        }
+        if !group.members.contains_key(&member_id) && group.members.len() >= self.group_size_max {
+            return JoinStep::Answer(join_error(ResponseError::GroupMaxSizeReached, &member_id));
+        }
+        // Kafka's rule: a follower that rejoins a settled generation with the metadata it already
+        // has gets that generation back. Starting a new rebalance for it would make clients that
+        // rejoin eagerly (kafka-python does after every assignment) rebalance forever.
+        if matches!(group.state, GroupState::CompletingRebalance | GroupState::Stable)
+            && group.leader.as_deref() != Some(member_id.as_str())
+            && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
+        {
+            if let Some(member) = group.members.get_mut(&member_id) {
+                member.last_heartbeat = now;
+            }
+            return JoinStep::Answer(current_join_response(group, &member_id));
+        }
+        // In CompletingRebalance the leader may rejoin unchanged too (it lost the response); it
+        // must get the member list again rather than restart the round.
+        if group.state == GroupState::CompletingRebalance
+            && group.leader.as_deref() == Some(member_id.as_str())
+            && group.members.get(&member_id).is_some_and(|m| m.protocols == request.protocols)
+        {
+            return JoinStep::Answer(current_join_response(group, &member_id));
+        }
+        let (sender, receiver) = oneshot::channel();
+        let member = group.members.entry(member_id.clone()).or_insert_with(|| Member {
+            group_instance_id: request.group_instance_id.clone(),
+            client_id: request.client_id.clone(),
+            client_host: request.client_host.clone(),
+            session_timeout: Duration::ZERO,
+            rebalance_timeout: Duration::ZERO,
+            protocols: Vec::new(),
+            assignment: Bytes::new(),
+            last_heartbeat: now,
+            join_waiter: None,
+            sync_waiter: None,
+        });
+        member.session_timeout = Duration::from_millis(request.session_timeout_ms as u64);
+        // Clients older than JoinGroup v1 have no rebalance timeout; Kafka uses the session timeout.
+        member.rebalance_timeout = Duration::from_millis(request.rebalance_timeout_ms.max(request.session_timeout_ms) as u64);
+        member.protocols = request.protocols;
+        member.last_heartbeat = now;
+        if let Some(previous) = member.join_waiter.replace(sender) {
+            // The same member joined twice before the rebalance finished; only the newest
+            // request gets the answer, the older one is told to rejoin.
+            let _ = previous.send(join_error(ResponseError::RebalanceInProgress, &member_id));
+        }
+        group.protocol_type = Some(request.protocol_type);
+        match group.state {
+            GroupState::PreparingRebalance => {
+                if let Some(until) = group.join_delay_until {
+                    // A newcomer during the initial delay extends it, within the rebalance deadline.
+                    group.join_delay_until = Some((now + self.initial_delay).min(group.rebalance_deadline).max(until));
+                }
+            }
+            _ => self.prepare_rebalance(group_arc, group, &request.group_id),
+        }
+        self.try_complete_join(group);
+        JoinStep::Wait(receiver)
     }
 
     /// Starts a rebalance: every member must rejoin before the deadline.
@@ -329,9 +395,7 @@ impl GroupCoordinator {
                 }
                 group.join_delay_until = None;
                 if group.members.is_empty() {
-                    group.state = GroupState::Empty;
-                    group.generation += 1;
-                    group.leader = None;
+                    group.become_empty();
                     return;
                 }
             }
@@ -373,7 +437,7 @@ impl GroupCoordinator {
         true
     }
 
-    pub async fn sync(
+    pub(crate) async fn sync(
         &self,
         group_id: &str,
         member_id: &str,
@@ -451,7 +515,7 @@ impl GroupCoordinator {
         }
     }
 
-    pub fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
+    pub(crate) fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
         let Some(group_arc) = self.group(group_id) else {
             return Err(ResponseError::UnknownMemberId);
         };
@@ -472,7 +536,7 @@ impl GroupCoordinator {
     }
 
     /// Removes members (LeaveGroup); returns an error per member id.
-    pub fn leave(self: &Arc<Self>, group_id: &str, member_ids: &[String]) -> Vec<(String, Result<(), ResponseError>)> {
+    pub(crate) fn leave(self: &Arc<Self>, group_id: &str, member_ids: &[String]) -> Vec<(String, Result<(), ResponseError>)> {
         let Some(group_arc) = self.group(group_id) else {
             return member_ids.iter().map(|m| (m.clone(), Err(ResponseError::UnknownMemberId))).collect();
         };
@@ -500,9 +564,7 @@ impl GroupCoordinator {
 
     fn after_membership_loss(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group: &mut Group, group_id: &str) {
         if group.members.is_empty() {
-            group.state = GroupState::Empty;
-            group.generation += 1;
-            group.leader = None;
+            group.become_empty();
             group.rebalance_id += 1;
             group.join_delay_until = None;
         } else if group.state == GroupState::PreparingRebalance {
@@ -513,7 +575,7 @@ impl GroupCoordinator {
     }
 
     /// Removes members whose session expired; runs until the coordinator is dropped.
-    pub async fn run_session_sweeper(self: Arc<Self>) {
+    pub(crate) async fn run_session_sweeper(self: Arc<Self>) {
         let mut tick = tokio::time::interval(SESSION_SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -523,7 +585,7 @@ impl GroupCoordinator {
             for (group_id, group_arc) in groups {
                 let mut group = group_arc.lock();
                 // Ids handed out with MEMBER_ID_REQUIRED expire if the client never comes back.
-                group.pending.retain(|_, at| now.duration_since(*at) < Duration::from_secs(300));
+                group.pending.retain(|_, expires| now < *expires);
                 // Members parked in a join or sync are waiting on us, not the other way round.
                 let expired: Vec<String> = group
                     .members
@@ -547,7 +609,7 @@ impl GroupCoordinator {
 
     /// Validates an OffsetCommit's membership claims. `generation` -1 with an empty member id is a
     /// standalone commit (no group management), allowed while the group has no members.
-    pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
+    pub(crate) fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
         let group_arc = match self.group(group_id) {
             Some(g) => g,
             None if generation < 0 => return Ok(()),
@@ -569,12 +631,11 @@ impl GroupCoordinator {
         }
     }
 
-    pub fn describe(&self, group_id: &str) -> Option<GroupView> {
+    pub(crate) fn describe(&self, group_id: &str) -> Option<GroupView> {
         let group_arc = self.group(group_id)?;
         let group = group_arc.lock();
         let protocol = group.protocol_name.clone().unwrap_or_default();
         Some(GroupView {
-            group_id: group_id.to_string(),
             state: group.state,
             generation: group.generation,
             protocol_type: group.protocol_type.clone().unwrap_or_default(),
@@ -599,7 +660,7 @@ impl GroupCoordinator {
     }
 
     /// Groups with live state, with their state and protocol type.
-    pub fn list(&self) -> Vec<(String, GroupState, String)> {
+    pub(crate) fn list(&self) -> Vec<(String, GroupState, String)> {
         let mut groups: Vec<_> = self
             .groups
             .iter()
@@ -612,26 +673,85 @@ impl GroupCoordinator {
         groups
     }
 
-    pub fn member_count(&self, group_id: &str) -> usize {
-        self.group(group_id).map(|g| g.lock().members.len()).unwrap_or(0)
-    }
-
     /// Forgets an empty group. Fails if it has members.
-    pub fn remove_if_empty(&self, group_id: &str) -> Result<bool, ResponseError> {
+    fn remove_if_empty(&self, group_id: &str) -> Result<bool, BrokerError> {
         let Some(group_arc) = self.group(group_id) else {
             return Ok(false);
         };
-        let group = group_arc.lock();
+        let mut group = group_arc.lock();
         if !group.members.is_empty() {
-            return Err(ResponseError::NonEmptyGroup);
+            return Err(BrokerError::NonEmptyGroup(group_id.to_string()));
         }
-        drop(group);
-        self.groups.remove(group_id);
+        self.remove_locked(group_id, &group_arc, &mut group);
         Ok(true)
     }
 
+    /// Removes a group from the map while holding its lock, marking it dead for anyone who looked it
+    /// up before.
+    fn remove_locked(&self, group_id: &str, group_arc: &Arc<Mutex<Group>>, group: &mut Group) {
+        group.dead = true;
+        self.groups.remove_if(group_id, |_, current| Arc::ptr_eq(current, group_arc));
+    }
+
+    /// Kafka's offset expiry (KIP-211) and group clean-up, run every
+    /// `offsets.retention.check.interval.ms`. Offsets of a group with members never expire; those of
+    /// an empty group expire `offsets.retention.ms` after it became empty (or after their commit, if
+    /// later). A group the coordinator has no state for (it only committed, or the broker restarted)
+    /// counts as empty since the broker started, so a restart never expires anything early. Then a
+    /// group with nothing left — no members, no member ids waiting, no offsets — is forgotten.
+    /// Blocking file I/O.
+    pub(crate) fn expire(&self, now_ms: i64) {
+        for group_id in self.offsets.groups() {
+            let empty_since = match self.group(&group_id) {
+                Some(group_arc) => {
+                    let group = group_arc.lock();
+                    if !group.members.is_empty() || group.state != GroupState::Empty {
+                        continue;
+                    }
+                    group.empty_since_ms
+                }
+                None => self.started_ms,
+            };
+            let expired: Vec<(String, i32)> = self
+                .offsets
+                .group(&group_id)
+                .into_iter()
+                .filter(|(_, committed)| now_ms.saturating_sub(committed.commit_timestamp_ms.max(empty_since)) >= self.offsets_retention_ms)
+                .map(|(key, _)| key)
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let count = expired.len();
+            match self.offsets.remove(&group_id, expired) {
+                Ok(()) => tracing::info!(group = group_id, offsets = count, "expired committed offsets (offsets.retention.ms)"),
+                Err(error) => tracing::warn!(group = group_id, %error, "could not expire committed offsets"),
+            }
+        }
+        let groups: Vec<(String, Arc<Mutex<Group>>)> = self.groups.iter().map(|g| (g.key().clone(), Arc::clone(g.value()))).collect();
+        for (group_id, group_arc) in groups {
+            let mut group = group_arc.lock();
+            if group.is_idle() && !self.offsets.has_group(&group_id) {
+                self.remove_locked(&group_id, &group_arc, &mut group);
+                tracing::debug!(group = group_id, "forgot an empty group");
+            }
+        }
+    }
+
+    /// Deletes an empty group and its committed offsets (DeleteGroups, the admin API). Blocking file
+    /// I/O.
+    pub(crate) fn delete_group(&self, group_id: &str) -> Result<(), BrokerError> {
+        let has_offsets = self.offsets.has_group(group_id);
+        if !self.remove_if_empty(group_id)? && !has_offsets {
+            return Err(BrokerError::UnknownGroup(group_id.to_string()));
+        }
+        self.offsets.delete_group(group_id)?;
+        tracing::info!(group = group_id, "deleted consumer group");
+        Ok(())
+    }
+
     /// Topics the group's consumers subscribe to (decoded from the consumer protocol's metadata).
-    pub fn subscribed_topics(&self, group_id: &str) -> Vec<String> {
+    pub(crate) fn subscribed_topics(&self, group_id: &str) -> Vec<String> {
         let Some(view) = self.describe(group_id) else { return Vec::new() };
         if view.protocol_type != "consumer" {
             return Vec::new();
@@ -640,10 +760,6 @@ impl GroupCoordinator {
         topics.sort();
         topics.dedup();
         topics
-    }
-
-    pub fn group_count(&self) -> usize {
-        self.groups.len()
     }
 }
 
@@ -694,7 +810,7 @@ fn select_protocol(members: &BTreeMap<String, Member>) -> String {
 }
 
 /// Topics named in a consumer-protocol subscription (empty if the bytes are not one).
-pub fn decode_subscription(metadata: &Bytes) -> Vec<String> {
+pub(crate) fn decode_subscription(metadata: &Bytes) -> Vec<String> {
     let mut buf = metadata.clone();
     if buf.len() < 2 {
         return Vec::new();
@@ -707,7 +823,7 @@ pub fn decode_subscription(metadata: &Bytes) -> Vec<String> {
 }
 
 /// (topic, partitions) pairs in a consumer-protocol assignment (empty if the bytes are not one).
-pub fn decode_assignment(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
+pub(crate) fn decode_assignment(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
     let mut buf = assignment.clone();
     if buf.len() < 2 {
         return Vec::new();
@@ -725,7 +841,9 @@ mod tests {
 
     fn coordinator() -> Arc<GroupCoordinator> {
         let config = BrokerConfig::from_settings([("group.initial.rebalance.delay.ms", "0")]).unwrap();
-        Arc::new(GroupCoordinator::new(&config))
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = Arc::new(OffsetStore::open(dir.path(), 0).unwrap());
+        Arc::new(GroupCoordinator::new(&config, offsets))
     }
 
     fn join_request(member_id: &str, metadata: &'static [u8]) -> JoinRequest {

@@ -1,23 +1,29 @@
 //! The Sluice broker: a single-node Kafka-protocol server over the `sluice-storage` log.
 //!
 //! Layout, in the order a request meets it:
-//! - [`server`]: the accept loop and each connection's read → dispatch → write pipeline.
+//! - `server`: the accept loop and each connection's read → dispatch → write pipeline.
 //! - `sluice_protocol` (its own crate): framing limits and request/response codecs.
-//! - [`handlers`]: one module per group of Kafka APIs; they check bounds and call the broker.
-//! - [`broker`]: shared state and control-plane operations (topics, producer ids).
-//! - [`topic`]: topics and partitions around the storage log: high watermark, group commit.
-//! - [`groups`] and [`offsets`]: the consumer-group coordinator and durable committed offsets.
-//! - [`transactions`]: the transaction coordinator.
+//! - `handlers`: one module per group of Kafka APIs; they check bounds and call the broker.
+//! - `broker`: shared state and control-plane operations (topics), and how the parts are wired.
+//! - `topic`: the topic registry, topics and partitions around the storage log: high watermark,
+//!   group commit.
+//! - `groups` and `offsets`: the consumer-group coordinator and durable committed offsets.
+//! - `transactions`: the transaction coordinator.
 //! - [`host`]: what in-broker runtimes (transforms, connectors, mirrors) may use: the extension
 //!   hook, the committed reader and the transactional producer.
 //! - `record_batch`: the one RecordBatch v2 encoder for records the broker writes itself.
-//! - [`internal_log`]: the keyed logs behind committed offsets and transaction state.
-//! - [`metastore`]: durable topic definitions and cluster identity.
+//! - `internal_log`: the keyed logs behind committed offsets and transaction state.
+//! - `metastore`: durable topic definitions, cluster identity and the producer-id allocator.
 //! - [`config`]: Kafka-named broker and topic settings, parsed and validated once.
-//! - [`admin`] and [`metrics`]: the HTTP admin API and Prometheus metrics.
+//! - `admin` and `metrics`: the HTTP admin API and Prometheus metrics.
 //!
 //! [`run`] ties them together: open the data directory (recovering every log), bind both listeners,
 //! start background maintenance, and on shutdown close every log cleanly.
+//!
+//! Public: [`run`] with [`ServerOptions`] and [`Bound`], [`BrokerConfig`] and the settings tables in
+//! [`config`] (for `sluice server --help-config`), [`BrokerError`], and [`host`] — the boundary for
+//! in-broker runtimes, which reach the opaque [`Broker`] only through it. Everything else is the
+//! broker's own.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,32 +34,38 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub mod admin;
-pub mod broker;
+mod admin;
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::admin::check_create_topic_body;
+}
+mod broker;
+mod budget;
 pub mod config;
-pub mod error;
-pub mod groups;
-pub mod handlers;
+mod error;
+mod groups;
+mod handlers;
 pub mod host;
-pub mod internal_log;
-pub mod metastore;
-pub mod metrics;
-pub mod offsets;
+mod internal_log;
+mod metastore;
+mod metrics;
+mod offsets;
 mod record_batch;
-pub mod server;
-pub mod topic;
-pub mod transactions;
+mod server;
+mod topic;
+mod transactions;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
+pub use error::BrokerError;
+pub(crate) use host::now_ms;
 
 /// How often the maintenance task checks background flush policies.
 const MAINTENANCE_TICK: Duration = Duration::from_millis(200);
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
+/// How `sluice server` (or a test) runs a broker.
 pub struct ServerOptions {
     pub data_dir: PathBuf,
     pub listen: String,
@@ -70,24 +82,24 @@ pub struct Bound {
     pub admin: SocketAddr,
 }
 
-async fn bind(address: &str, what: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(address).await.map_err(|e| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse { " (is another broker running? pick another port)" } else { "" };
-        format!("cannot listen for {what} on {address}: {e}{hint}")
-    })
+async fn bind(address: &str, what: &'static str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let failed = |source: std::io::Error| {
+        let hint = if source.kind() == std::io::ErrorKind::AddrInUse { " (is another broker running? pick another port)" } else { "" };
+        BrokerError::Bind { what, address: address.to_string(), source, hint }
+    };
+    let listener = TcpListener::bind(address).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local))
 }
 
 /// Runs the broker until `shutdown` resolves, then closes every log cleanly.
-pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_bound: impl FnOnce(&Bound)) -> Result<(), String> {
-    let kafka_listener = bind(&options.listen, "Kafka clients").await?;
-    let admin_listener = bind(&options.admin_listen, "the admin API").await?;
-    let bound = Bound {
-        kafka: kafka_listener.local_addr().map_err(|e| e.to_string())?,
-        admin: admin_listener.local_addr().map_err(|e| e.to_string())?,
-    };
+pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_bound: impl FnOnce(&Bound)) -> Result<(), BrokerError> {
+    let (kafka_listener, kafka) = bind(&options.listen, "Kafka clients").await?;
+    let (admin_listener, admin) = bind(&options.admin_listen, "the admin API").await?;
+    let bound = Bound { kafka, admin };
     let data_dir = options.data_dir.clone();
     let config = options.config;
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await.map_err(|e| e.to_string())??;
+    let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await??;
     let mut admin_router = admin::router(Arc::clone(&broker));
     for extension in &options.extensions {
         let name = extension.name();
@@ -95,9 +107,8 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
         let extension = Arc::clone(extension);
         // Starting may compile Wasm modules or read files: keep it off the async workers.
         let routes = tokio::task::spawn_blocking(move || extension.start(host))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot start {name}: {e}"))?;
+            .await?
+            .map_err(|source| BrokerError::ExtensionStart { name, source })?;
         admin_router = admin_router.merge(routes);
     }
     let (stop_sender, stop) = watch::channel(false);
@@ -111,9 +122,9 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
             tracing::error!(%error, "admin API server failed");
         }
     });
-    let sweeper = tokio::spawn(Arc::clone(&broker.groups).run_session_sweeper());
+    let sweeper = tokio::spawn(Arc::clone(broker.groups()).run_session_sweeper());
     let maintenance = tokio::spawn(run_maintenance(Arc::clone(&broker)));
-    tracing::info!(kafka = %bound.kafka, admin = %bound.admin, data_dir = %options.data_dir.display(), cluster_id = broker.cluster_id, "sluice broker ready");
+    tracing::info!(kafka = %bound.kafka, admin = %bound.admin, data_dir = %options.data_dir.display(), cluster_id = broker.cluster_id(), "sluice broker ready");
     on_bound(&bound);
     shutdown.await;
     tracing::info!("shutting down");
@@ -123,29 +134,34 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     sweeper.abort();
     maintenance.abort();
     let extensions = options.extensions.clone();
-    tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await?;
     // Let in-flight connections finish their current request before the logs close under them.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let closing = Arc::clone(&broker);
-    tokio::task::spawn_blocking(move || closing.close()).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || closing.close()).await?;
     tracing::info!("shutdown complete");
     Ok(())
 }
 
-/// Background work: retention on `log.retention.check.interval.ms`, and fsyncs for the background
-/// flush policies (`flush.messages` > 1, `flush.ms`).
+/// Background work: retention (and idempotent-producer expiry) on `log.retention.check.interval.ms`,
+/// transaction timeouts and transactional-id expiry on
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms`, offset expiry and group clean-up on
+/// `offsets.retention.check.interval.ms`, and fsyncs for the background flush policies
+/// (`flush.messages` > 1, `flush.ms`).
 async fn run_maintenance(broker: Arc<Broker>) {
-    let retention_every = Duration::from_millis(broker.config.retention_check_interval_ms());
+    let retention_every = Duration::from_millis(broker.config().retention_check_interval_ms());
     let mut last_retention = std::time::Instant::now();
-    let txn_check_every = Duration::from_millis(broker.config.transaction_expiry_check_ms());
+    let txn_check_every = Duration::from_millis(broker.config().transaction_expiry_check_ms());
     let mut last_txn_check = std::time::Instant::now();
+    let groups_check_every = Duration::from_millis(broker.config().offsets_retention_check_ms());
+    let mut last_groups_check = std::time::Instant::now();
     let mut tick = tokio::time::interval(MAINTENANCE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = now_ms();
         for topic in broker.topics() {
-            let flush_every_ms = topic.config.read().flush_ms(&broker.config).or(broker.config.flush_interval_ms());
+            let flush_every_ms = topic.config.read().flush_ms(broker.config()).or(broker.config().flush_interval_ms());
             for partition in topic.partitions.read().iter() {
                 let unflushed = partition.unflushed_records.load(Ordering::Relaxed);
                 if unflushed == 0 {
@@ -161,7 +177,12 @@ async fn run_maintenance(broker: Arc<Broker>) {
         if last_txn_check.elapsed() >= txn_check_every {
             last_txn_check = std::time::Instant::now();
             let broker = Arc::clone(&broker);
-            let _ = tokio::task::spawn_blocking(move || broker.transactions.abort_expired(&broker, now_ms())).await;
+            let _ = tokio::task::spawn_blocking(move || broker.transactions().abort_expired(now_ms())).await;
+        }
+        if last_groups_check.elapsed() >= groups_check_every {
+            last_groups_check = std::time::Instant::now();
+            let broker = Arc::clone(&broker);
+            let _ = tokio::task::spawn_blocking(move || broker.groups().expire(now_ms())).await;
         }
         if last_retention.elapsed() >= retention_every {
             last_retention = std::time::Instant::now();
@@ -175,7 +196,7 @@ fn enforce_retention(broker: &Broker) {
     let now = now_ms();
     for topic in broker.topics() {
         for partition in topic.partitions.read().iter() {
-            match partition.log.write().enforce_retention(now) {
+            match partition.enforce_retention(now) {
                 Ok(stats) if stats.segments_deleted > 0 => {
                     tracing::info!(
                         topic = topic.name.as_str(),

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub transactions_finished: IntGaugeVec,
     pub transactions_ongoing: IntGauge,
     pub decode_errors: IntCounter,
+    /// Connections closed at accept because their address had `max.connections.per.ip` open.
+    pub connections_refused: IntCounter,
     /// Partitions that could not be opened at start-up and answer KAFKA_STORAGE_ERROR.
     pub offline_partitions: IntGauge,
     /// Segments whose corrupt tail recovery kept aside at start-up (see the storage crate's API.md).
@@ -87,6 +89,10 @@ impl Metrics {
             ),
             transactions_ongoing: must(IntGauge::new("transactions_ongoing", "Transactions currently open")),
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
+            connections_refused: must(IntCounter::new(
+                "connections_refused_total",
+                "Connections closed at accept because their address reached max.connections.per.ip",
+            )),
             offline_partitions: must(IntGauge::new(
                 "offline_partitions",
                 "Partitions that could not be opened at start-up; they answer KAFKA_STORAGE_ERROR until a restart opens them",
@@ -115,6 +121,7 @@ impl Metrics {
             Box::new(metrics.transactions_finished.clone()),
             Box::new(metrics.transactions_ongoing.clone()),
             Box::new(metrics.decode_errors.clone()),
+            Box::new(metrics.connections_refused.clone()),
             Box::new(metrics.offline_partitions.clone()),
             Box::new(metrics.quarantined_segments.clone()),
         ] {

@@ -2,6 +2,9 @@
 //! data directory, see `internal_log`) the way Kafka keeps them in `__consumer_offsets`: every commit
 //! appends records whose key is (group, topic, partition) and whose value is the committed position;
 //! a tombstone deletes one. The in-memory map is rebuilt by replaying the log at start-up.
+//!
+//! One write (a commit) is one batch of the internal log, so it is atomic; `write` refuses a commit
+//! whose records could exceed the batch limit before it encodes anything (`CommitTooLarge`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -10,28 +13,52 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
-use crate::internal_log::{KeyedEntry, KeyedLog};
+use crate::internal_log::{BATCH_RECORD_BYTES_MAX, KeyedEntry, KeyedLog, record_bytes_max};
 
-pub const OFFSETS_DIR_NAME: &str = "__consumer_offsets-0";
+pub(crate) const OFFSETS_DIR_NAME: &str = "__consumer_offsets-0";
 /// Rough bytes per live entry in the log, for the garbage estimate.
 const ENTRY_BYTES_ESTIMATE: u64 = 96;
 /// Group metadata strings (OffsetCommit's `metadata`) longer than this are refused, like Kafka's
 /// `offset.metadata.max.bytes`.
-pub const COMMIT_METADATA_BYTES_MAX: usize = 4096;
+pub(crate) const COMMIT_METADATA_BYTES_MAX: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct OffsetKey {
-    pub group: String,
-    pub topic: String,
-    pub partition: i32,
+/// A record's key in the log, as read back at start-up.
+#[derive(Debug, Deserialize)]
+struct OffsetKey {
+    group: String,
+    topic: String,
+    partition: i32,
+}
+
+/// The same key, borrowed, for writing: encoding a commit clones no group id per entry.
+#[derive(Serialize)]
+struct OffsetKeyRef<'a> {
+    group: &'a str,
+    topic: &'a str,
+    partition: i32,
+}
+
+/// The most bytes one committed offset takes in a batch of the log, from the lengths of its group id,
+/// topic name and metadata: rmp-serde's key (array 1, two strings with headers of up to 5, an i32 of
+/// up to 5) and value (array 1, i64 9, i32 5, metadata with a header of up to 5, i64 9), plus framing.
+pub(crate) const fn offset_record_bytes_max(group_bytes: usize, topic_bytes: usize, metadata_bytes: usize) -> usize {
+    record_bytes_max(group_bytes + topic_bytes + 16, metadata_bytes + 29)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommittedOffset {
-    pub offset: i64,
-    pub leader_epoch: i32,
-    pub metadata: Option<String>,
-    pub commit_timestamp_ms: i64,
+pub(crate) struct CommittedOffset {
+    pub(crate) offset: i64,
+    pub(crate) leader_epoch: i32,
+    pub(crate) metadata: Option<String>,
+    /// Broker time of the commit.
+    pub(crate) commit_timestamp_ms: i64,
+}
+
+impl CommittedOffset {
+    /// What an OffsetCommit or TxnOffsetCommit entry commits, at broker time `now`.
+    pub(crate) fn from_request(offset: i64, leader_epoch: i32, metadata: Option<&str>, now: i64) -> CommittedOffset {
+        CommittedOffset { offset, leader_epoch, metadata: metadata.map(str::to_string), commit_timestamp_ms: now }
+    }
 }
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
@@ -40,19 +67,19 @@ type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 type LiveRecord = (Vec<u8>, Vec<u8>);
 
 /// One entry of a write: a (topic, partition) and its new committed offset, or `None` to delete it.
-pub type OffsetWrite = ((String, i32), Option<CommittedOffset>);
+pub(crate) type OffsetWrite = ((String, i32), Option<CommittedOffset>);
 
-pub struct OffsetStore {
+pub(crate) struct OffsetStore {
     log: KeyedLog,
     offsets: RwLock<HashMap<String, GroupOffsets>>,
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
-    rmp_serde::to_vec(value).map_err(|e| BrokerError::Storage(e.to_string()))
+    rmp_serde::to_vec(value).map_err(|source| BrokerError::Encode { what: "a committed offset", source })
 }
 
 impl OffsetStore {
-    pub fn open(data_dir: &Path, now: i64) -> Result<OffsetStore, String> {
+    pub(crate) fn open(data_dir: &Path, now: i64) -> Result<OffsetStore, BrokerError> {
         let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
         let log = KeyedLog::open(data_dir, OFFSETS_DIR_NAME, now, |key, value| {
             let Ok(key) = rmp_serde::from_slice::<OffsetKey>(key) else {
@@ -74,24 +101,30 @@ impl OffsetStore {
     }
 
     /// Number of committed (group, topic, partition) entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.offsets.read().values().map(BTreeMap::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Durably records commits (or deletions, for `None`) for one group, then makes them visible.
     /// Blocking file I/O.
-    pub fn write(&self, group: &str, entries: Vec<OffsetWrite>, fsync: bool) -> Result<(), BrokerError> {
+    pub(crate) fn write(&self, group: &str, entries: Vec<OffsetWrite>, fsync: bool) -> Result<(), BrokerError> {
         if entries.is_empty() {
             return Ok(());
+        }
+        let bytes: usize = entries
+            .iter()
+            .map(|((topic, _), value)| {
+                let metadata = value.as_ref().and_then(|v| v.metadata.as_ref()).map_or(0, String::len);
+                offset_record_bytes_max(group.len(), topic.len(), metadata)
+            })
+            .sum();
+        if bytes > BATCH_RECORD_BYTES_MAX {
+            return Err(BrokerError::CommitTooLarge { group: group.to_string(), bytes, limit: BATCH_RECORD_BYTES_MAX });
         }
         let records: Vec<KeyedEntry> = entries
             .iter()
             .map(|((topic, partition), value)| {
-                let key = encode(&OffsetKey { group: group.to_string(), topic: topic.clone(), partition: *partition })?;
+                let key = encode(&OffsetKeyRef { group, topic, partition: *partition })?;
                 Ok((key, value.as_ref().map(encode).transpose()?))
             })
             .collect::<Result<_, BrokerError>>()?;
@@ -116,7 +149,7 @@ impl OffsetStore {
         drop(offsets);
         if log.wants_rewrite(live, ENTRY_BYTES_ESTIMATE) {
             let snapshot = self.live_records();
-            if let Err(error) = snapshot.map_err(|e| e.to_string()).and_then(|live| log.rewrite(&live)) {
+            if let Err(error) = snapshot.and_then(|live| log.rewrite(&live)) {
                 tracing::warn!(%error, "offsets log rewrite failed; keeping the current log");
             }
         }
@@ -128,50 +161,72 @@ impl OffsetStore {
         let mut live = Vec::with_capacity(offsets.values().map(BTreeMap::len).sum());
         for (group, entries) in offsets.iter() {
             for ((topic, partition), value) in entries {
-                live.push((encode(&OffsetKey { group: group.clone(), topic: topic.clone(), partition: *partition })?, encode(value)?));
+                live.push((encode(&OffsetKeyRef { group, topic, partition: *partition })?, encode(value)?));
             }
         }
         Ok(live)
     }
 
-    pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
+    pub(crate) fn get(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
         self.offsets.read().get(group).and_then(|g| g.get(&(topic.to_string(), partition)).cloned())
     }
 
     /// Every committed offset of a group, sorted by topic and partition.
-    pub fn group(&self, group: &str) -> Vec<((String, i32), CommittedOffset)> {
+    pub(crate) fn group(&self, group: &str) -> Vec<((String, i32), CommittedOffset)> {
         self.offsets.read().get(group).map(|g| g.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 
+    /// Whether the group has any committed offset.
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.offsets.read().contains_key(group)
+    }
+
     /// Groups that have committed offsets.
-    pub fn groups(&self) -> Vec<String> {
+    pub(crate) fn groups(&self) -> Vec<String> {
         let mut groups: Vec<String> = self.offsets.read().keys().cloned().collect();
         groups.sort();
         groups
     }
 
-    pub fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
-        let keys: Vec<_> = self.group(group).into_iter().map(|(k, _)| (k, None)).collect();
-        self.write(group, keys, false)
+    /// Deletes committed offsets of one group. Unlike a commit this need not be atomic, so a group
+    /// with more offsets than one batch holds is deleted in several. Blocking file I/O.
+    pub(crate) fn remove(&self, group: &str, keys: Vec<(String, i32)>) -> Result<(), BrokerError> {
+        let mut batch: Vec<OffsetWrite> = Vec::new();
+        let mut bytes = 0;
+        for key in keys {
+            let record = offset_record_bytes_max(group.len(), key.0.len(), 0);
+            if bytes + record > BATCH_RECORD_BYTES_MAX {
+                self.write(group, std::mem::take(&mut batch), false)?;
+                bytes = 0;
+            }
+            bytes += record;
+            batch.push((key, None));
+        }
+        self.write(group, batch, false)
+    }
+
+    pub(crate) fn delete_group(&self, group: &str) -> Result<(), BrokerError> {
+        let keys: Vec<(String, i32)> = self.group(group).into_iter().map(|(k, _)| k).collect();
+        self.remove(group, keys)
     }
 
     /// Drops committed offsets of a deleted topic from every group.
-    pub fn forget_topic(&self, topic: &str) {
-        let affected: Vec<(String, Vec<OffsetWrite>)> = self
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        let affected: Vec<(String, Vec<(String, i32)>)> = self
             .offsets
             .read()
             .iter()
-            .map(|(g, m)| (g.clone(), m.keys().filter(|(t, _)| t == topic).map(|k| (k.clone(), None)).collect::<Vec<_>>()))
+            .map(|(g, m)| (g.clone(), m.keys().filter(|(t, _)| t == topic).cloned().collect::<Vec<_>>()))
             .filter(|(_, keys)| !keys.is_empty())
             .collect();
         for (group, keys) in affected {
-            if let Err(error) = self.write(&group, keys, false) {
+            if let Err(error) = self.remove(&group, keys) {
                 tracing::warn!(group, topic, %error, "could not delete committed offsets of a deleted topic");
             }
         }
     }
 
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.log.close();
     }
 }

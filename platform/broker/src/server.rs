@@ -8,21 +8,28 @@
 //!
 //! Limits: frames are capped by `socket.request.max.bytes` and their buffers grow only as bytes
 //! actually arrive (a peer claiming 100 MiB and sending nothing costs nothing); each connection reads
-//! at most `queued.max.requests` requests ahead of its writer; `max.connections` bounds connections;
-//! idle connections close after `connections.max.idle.ms`.
+//! at most `queued.max.requests` requests ahead of its writer, and stops reading while its built but
+//! unsent replies exceed `socket.reply.buffer.max.bytes`; every frame's bytes are reserved from
+//! `queued.max.request.bytes` as they arrive; `max.connections` bounds connections and
+//! `max.connections.per.ip` those from one address; connections that send nothing, or whose peer reads
+//! nothing, for `connections.max.idle.ms` are closed, and so are peers whose request does not arrive
+//! whole within `socket.request.read.timeout.ms` of its first byte (a slow drip cannot hold a slot).
+//! See `budget` for the memory budgets.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use kafka_protocol::messages::ApiKey;
-use sluice_protocol::{DecodeError, FRAME_LENGTH_BYTES, decode_request, encode_response, parse_frame_length};
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use sluice_protocol::{DecodeError, FRAME_LENGTH_BYTES, FrameError, decode_request, encode_response, parse_frame_length};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::broker::Broker;
+use crate::budget::{ByteBudget, Charge};
 use crate::handlers::{self, ConnCtx, Reply};
 
 /// A frame's buffer grows by at most this much per read, so memory follows received bytes.
@@ -38,10 +45,49 @@ struct InFlight {
     correlation_id: i32,
     reply: Reply,
     started: Instant,
+    /// The reply's bytes while it waits for the writer (Fetch replies built by the reader).
+    charges: Vec<Charge>,
 }
 
-pub async fn run_kafka_listener(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let connection_slots = Arc::new(Semaphore::new(broker.config.max_connections()));
+/// Connections open per peer address, for `max.connections.per.ip`.
+#[derive(Default)]
+struct ConnectionsPerIp {
+    open: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl ConnectionsPerIp {
+    fn try_open(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut open = self.open.lock();
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot { table: Arc::clone(self), ip })
+    }
+}
+
+struct IpSlot {
+    table: Arc<ConnectionsPerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock();
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+pub(crate) async fn run_kafka_listener(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let connection_slots = Arc::new(Semaphore::new(broker.config().max_connections()));
+    let per_ip = Arc::new(ConnectionsPerIp::default());
+    let per_ip_max = broker.config().max_connections_per_ip();
     loop {
         let permit = tokio::select! {
             permit = Arc::clone(&connection_slots).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
@@ -59,17 +105,53 @@ pub async fn run_kafka_listener(broker: Arc<Broker>, listener: TcpListener, mut 
             },
             _ = shutdown.changed() => return,
         };
+        let Some(ip_slot) = per_ip.try_open(peer.ip(), per_ip_max) else {
+            broker.metrics().connections_refused.inc();
+            tracing::warn!(%peer, max = per_ip_max, "closing connection: max.connections.per.ip reached for this address");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let broker = Arc::clone(&broker);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            broker.metrics.connections.inc();
+            broker.metrics().connections.inc();
             if let Err(reason) = serve_connection(&broker, stream, peer, shutdown).await {
-                tracing::debug!(%peer, reason, "connection closed");
+                tracing::debug!(%peer, %reason, "connection closed");
             }
-            broker.metrics.connections.dec();
+            broker.metrics().connections.dec();
+            drop(ip_slot);
             drop(permit);
         });
+    }
+}
+
+/// Why a connection ended other than by the peer closing it between requests (for the debug log).
+#[derive(Debug)]
+enum Disconnect {
+    IdleTimeout,
+    /// A request that did not arrive whole within `socket.request.read.timeout.ms`.
+    RequestTimeout,
+    Io(std::io::Error),
+    /// A frame length out of bounds.
+    BadFrame(FrameError),
+    /// A request that cannot be decoded.
+    BadRequest(DecodeError),
+    PeerClosedMidRequest,
+    WriterClosed,
+}
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disconnect::IdleTimeout => f.write_str("idle timeout"),
+            Disconnect::RequestTimeout => f.write_str("request not received whole within socket.request.read.timeout.ms"),
+            Disconnect::Io(error) => write!(f, "{error}"),
+            Disconnect::BadFrame(error) => write!(f, "bad frame: {error}"),
+            Disconnect::BadRequest(error) => write!(f, "undecodable request: {error}"),
+            Disconnect::PeerClosedMidRequest => f.write_str("peer closed mid-request"),
+            Disconnect::WriterClosed => f.write_str("writer closed"),
+        }
     }
 }
 
@@ -78,43 +160,67 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let ctx = ConnCtx { local_addr: stream.local_addr().map_err(|e| e.to_string())?, peer_addr: peer };
+) -> Result<(), Disconnect> {
+    let ctx = ConnCtx { local_addr: stream.local_addr().map_err(Disconnect::Io)?, peer_addr: peer };
     let (mut reader, writer) = stream.into_split();
-    let (sender, receiver) = mpsc::channel::<InFlight>(broker.config.queued_requests_max());
-    let writer_task = tokio::spawn(write_responses(Arc::clone(broker), writer, receiver));
-    let idle = Duration::from_millis(broker.config.connection_idle_ms());
-    let request_bytes_max = broker.config.request_bytes_max();
+    let (sender, receiver) = mpsc::channel::<InFlight>(broker.config().queued_requests_max());
+    let unsent = ByteBudget::new(broker.config().connection_reply_bytes_max());
+    let writer_task = tokio::spawn(write_responses(Arc::clone(broker), writer, receiver, Arc::clone(&unsent)));
+    let idle = Duration::from_millis(broker.config().connection_idle_ms());
+    let request_bytes_max = broker.config().request_bytes_max();
+    let request_timeout = Duration::from_millis(broker.config().request_read_timeout_ms());
     let result = loop {
+        // Muted while the peer leaves its replies unread: the writer wakes us as it writes them (or
+        // closes the connection when the peer reads nothing for `connections.max.idle.ms`).
+        tokio::select! {
+            _ = unsent.wait_within() => {}
+            _ = sender.closed() => break Err(Disconnect::WriterClosed),
+            _ = shutdown.changed() => break Ok(()),
+        }
         let mut prefix = [0u8; FRAME_LENGTH_BYTES];
         let read = tokio::select! {
-            read = tokio::time::timeout(idle, reader.read_exact(&mut prefix)) => read,
+            read = tokio::time::timeout(idle, reader.read_exact(&mut prefix[..1])) => read,
             _ = shutdown.changed() => break Ok(()),
         };
         match read {
-            Err(_) => break Err("idle timeout".to_string()),
+            Err(_) => break Err(Disconnect::IdleTimeout),
             Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
-            Ok(Err(error)) => break Err(error.to_string()),
+            Ok(Err(error)) => break Err(Disconnect::Io(error)),
+            Ok(Ok(_)) => {}
+        }
+        // From its first byte, the request has `socket.request.read.timeout.ms` to arrive whole.
+        let deadline = tokio::time::Instant::now() + request_timeout;
+        match tokio::time::timeout_at(deadline, reader.read_exact(&mut prefix[1..])).await {
+            Err(_) => break Err(Disconnect::RequestTimeout),
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => break Err(Disconnect::PeerClosedMidRequest),
+            Ok(Err(error)) => break Err(Disconnect::Io(error)),
             Ok(Ok(_)) => {}
         }
         let length = match parse_frame_length(prefix, request_bytes_max) {
             Ok(length) => length,
             Err(error) => {
-                broker.metrics.decode_errors.inc();
+                broker.metrics().decode_errors.inc();
                 tracing::warn!(%peer, %error, "closing connection: bad frame");
-                break Err(error.to_string());
+                break Err(Disconnect::BadFrame(error));
             }
         };
+        // The bytes that arrive are charged to `queued.max.request.bytes` (each read waits while it is
+        // spent); the charge is held until the handler has returned.
+        let mut reserved = broker.request_bytes().charge(0);
         let mut frame = BytesMut::new();
         while frame.len() < length {
-            frame.reserve((length - frame.len()).min(FRAME_READ_STEP_BYTES));
+            let step = (length - frame.len()).min(FRAME_READ_STEP_BYTES);
+            if tokio::time::timeout(idle, broker.request_bytes().wait_for_room()).await.is_err() {
+                return finish(sender, writer_task, Err(Disconnect::IdleTimeout)).await;
+            }
+            frame.reserve(step);
             let limit = length - frame.len();
-            let read = tokio::time::timeout(idle, (&mut reader).take(limit as u64).read_buf(&mut frame)).await;
+            let read = tokio::time::timeout_at(deadline, (&mut reader).take(limit as u64).read_buf(&mut frame)).await;
             match read {
-                Ok(Ok(0)) => return finish(sender, writer_task, Err("peer closed mid-request".into())).await,
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => return finish(sender, writer_task, Err(error.to_string())).await,
-                Err(_) => return finish(sender, writer_task, Err("idle timeout mid-request".into())).await,
+                Ok(Ok(0)) => return finish(sender, writer_task, Err(Disconnect::PeerClosedMidRequest)).await,
+                Ok(Ok(read)) => reserved.grow(read),
+                Ok(Err(error)) => return finish(sender, writer_task, Err(Disconnect::Io(error))).await,
+                Err(_) => return finish(sender, writer_task, Err(Disconnect::RequestTimeout)).await,
             }
         }
         let started = Instant::now();
@@ -123,26 +229,31 @@ async fn serve_connection(
             Err(error) => match error_reply(broker, &error) {
                 Some(in_flight) => {
                     if sender.send(in_flight).await.is_err() {
-                        break Err("writer closed".into());
+                        break Err(Disconnect::WriterClosed);
                     }
                     continue;
                 }
                 None => {
-                    broker.metrics.decode_errors.inc();
+                    broker.metrics().decode_errors.inc();
                     tracing::warn!(%peer, %error, "closing connection: undecodable request");
-                    break Err(error.to_string());
+                    break Err(Disconnect::BadRequest(error));
                 }
             },
         };
         let api_key = request.api_key;
         let version = request.version;
         let correlation_id = request.header.correlation_id;
-        if let Some(api) = broker.metrics.api(api_key) {
+        if let Some(api) = broker.metrics().api(api_key) {
             api.requests.inc();
         }
         let reply = handlers::dispatch(broker, &ctx, request).await;
-        if sender.send(InFlight { api_key, version, correlation_id, reply, started }).await.is_err() {
-            break Err("writer closed".into());
+        drop(reserved);
+        let charges = match &reply {
+            Reply::Ready(body) => charge_reply(broker, &unsent, body),
+            _ => Vec::new(),
+        };
+        if sender.send(InFlight { api_key, version, correlation_id, reply, started, charges }).await.is_err() {
+            break Err(Disconnect::WriterClosed);
         }
     };
     finish(sender, writer_task, result).await
@@ -151,8 +262,8 @@ async fn serve_connection(
 async fn finish(
     sender: mpsc::Sender<InFlight>,
     writer_task: tokio::task::JoinHandle<()>,
-    result: Result<(), String>,
-) -> Result<(), String> {
+    result: Result<(), Disconnect>,
+) -> Result<(), Disconnect> {
     drop(sender);
     let _ = writer_task.await;
     result
@@ -164,7 +275,7 @@ async fn finish(
 fn error_reply(broker: &Broker, error: &DecodeError) -> Option<InFlight> {
     match error {
         DecodeError::UnsupportedVersion { meta, api_key: ApiKey::ApiVersions, .. } => {
-            if let Some(api) = broker.metrics.api(ApiKey::ApiVersions) {
+            if let Some(api) = broker.metrics().api(ApiKey::ApiVersions) {
                 api.errors.inc();
             }
             Some(InFlight {
@@ -173,10 +284,14 @@ fn error_reply(broker: &Broker, error: &DecodeError) -> Option<InFlight> {
                 correlation_id: meta.correlation_id,
                 reply: Reply::Ready(handlers::api_versions::unsupported_version()),
                 started: Instant::now(),
+                charges: Vec::new(),
             })
         }
-        DecodeError::UnsupportedVersion { api_key, .. } | DecodeError::Malformed { api_key, .. } => {
-            if let Some(api) = broker.metrics.api(*api_key) {
+        DecodeError::UnsupportedVersion { api_key, .. }
+        | DecodeError::Malformed { api_key, .. }
+        | DecodeError::TrailingBytes { api_key, .. }
+        | DecodeError::TooLarge { api_key, .. } => {
+            if let Some(api) = broker.metrics().api(*api_key) {
                 api.errors.inc();
             }
             None
@@ -185,12 +300,42 @@ fn error_reply(broker: &Broker, error: &DecodeError) -> Option<InFlight> {
     }
 }
 
-async fn write_responses(broker: Arc<Broker>, mut writer: tokio::net::tcp::OwnedWriteHalf, mut receiver: mpsc::Receiver<InFlight>) {
+/// Bytes a built reply holds until it is written: the record data of a Fetch reply (every other reply
+/// is small). Charged to the connection, which mutes its reader past its limit, and for Fetch to the
+/// broker-wide budget that Fetch handlers read against.
+fn charge_reply(broker: &Broker, unsent: &Arc<ByteBudget>, body: &ResponseKind) -> Vec<Charge> {
+    let ResponseKind::Fetch(fetch) = body else { return Vec::new() };
+    let bytes: usize = fetch
+        .responses
+        .iter()
+        .flat_map(|topic| topic.partitions.iter())
+        .map(|partition| partition.records.as_ref().map_or(0, |records| records.len()))
+        .sum();
+    if bytes == 0 {
+        return Vec::new();
+    }
+    vec![unsent.charge(bytes), broker.fetch_reply_bytes().charge(bytes)]
+}
+
+async fn write_responses(
+    broker: Arc<Broker>,
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut receiver: mpsc::Receiver<InFlight>,
+    unsent: Arc<ByteBudget>,
+) {
+    // A peer that reads nothing for this long is gone or hostile; its replies are dropped with it.
+    let stall = Duration::from_millis(broker.config().connection_idle_ms());
     let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut held: Vec<Charge> = Vec::new();
     while let Some(in_flight) = receiver.recv().await {
+        held.extend(in_flight.charges);
         let body = match in_flight.reply {
             Reply::Ready(body) => Some(body),
-            Reply::Deferred(future) => Some(future.await),
+            Reply::Deferred(future) => {
+                let body = future.await;
+                held.extend(charge_reply(&broker, &unsent, &body));
+                Some(body)
+            }
             Reply::NoResponse => None,
         };
         if let Some(body) = body
@@ -199,13 +344,19 @@ async fn write_responses(broker: Arc<Broker>, mut writer: tokio::net::tcp::Owned
             tracing::error!(%error, "cannot encode response; closing connection");
             return;
         }
-        if let Some(api) = broker.metrics.api(in_flight.api_key) {
+        if let Some(api) = broker.metrics().api(in_flight.api_key) {
             api.latency.observe(in_flight.started.elapsed().as_secs_f64());
         }
         if receiver.is_empty() || out.len() >= WRITE_COALESCE_BYTES {
-            if writer.write_all(&out).await.is_err() {
-                return;
+            match tokio::time::timeout(stall, writer.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::debug!("closing connection: the peer read none of its replies for connections.max.idle.ms");
+                    return;
+                }
             }
+            held.clear();
             if out.capacity() > OUTPUT_BUFFER_KEEP_BYTES {
                 out = BytesMut::with_capacity(64 * 1024);
             } else {
@@ -214,7 +365,7 @@ async fn write_responses(broker: Arc<Broker>, mut writer: tokio::net::tcp::Owned
         }
     }
     if !out.is_empty() {
-        let _ = writer.write_all(&out).await;
+        let _ = tokio::time::timeout(stall, writer.write_all(&out)).await;
     }
     let _ = writer.shutdown().await;
 }

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use sluice_storage::{AbortedTxn, AppendMode, AppendResult, BatchHeader, PartitionLog, ReadResult, StorageError, TxnMarker};
+use sluice_storage::{
+    AbortedTxn, AppendMode, AppendResult, BatchHeader, LogConfig, PartitionLog, ReadResult, RetentionStats, StorageError, TxnMarker,
+};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -23,16 +26,16 @@ use crate::metrics::TopicMetrics;
 
 /// A topic name as Kafka allows it: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicName(String);
+pub(crate) struct TopicName(String);
 
 /// Kafka's limit, chosen so that `<topic>-<partition>` fits a 255-byte file name.
-pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+pub(crate) const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// Names the broker keeps for its own logs.
-pub const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__cluster"];
+pub(crate) const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__cluster"];
 
 impl TopicName {
-    pub fn parse(name: &str) -> Result<TopicName, BrokerError> {
+    pub(crate) fn parse(name: &str) -> Result<TopicName, BrokerError> {
         let invalid = |why: &str| Err(BrokerError::InvalidTopic(format!("'{name}' {why}")));
         if name.is_empty() {
             return invalid("is empty");
@@ -52,37 +55,90 @@ impl TopicName {
         Ok(TopicName(name.to_string()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
 
+/// Every topic by name: the one map the data plane reads without the control plane's lock. The
+/// broker changes it (create, delete); the transaction coordinator shares it to find the partitions
+/// its markers go to.
+#[derive(Default)]
+pub(crate) struct Topics {
+    by_name: DashMap<String, Arc<Topic>>,
+}
+
+impl Topics {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.by_name.get(name).map(|t| Arc::clone(t.value()))
+    }
+
+    pub(crate) fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
+        let found = self.get(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
+        found.partition(index).ok_or(BrokerError::UnknownPartition { topic: topic.to_string(), partition: index })
+    }
+
+    /// Whether the partition exists, without allocating.
+    pub(crate) fn contains_partition(&self, topic: &str, index: i32) -> bool {
+        self.by_name.get(topic).is_some_and(|t| t.value().partition(index).is_some())
+    }
+
+    /// All topics, sorted by name.
+    pub(crate) fn all(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<_> = self.by_name.iter().map(|t| Arc::clone(t.value())).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// A topic whose name differs from `name` only in '.' versus '_' (they collide in metric names).
+    pub(crate) fn metric_clash(&self, name: &str) -> Option<String> {
+        let canonical = name.replace('.', "_");
+        self.by_name.iter().find(|t| t.key().replace('.', "_") == canonical).map(|t| t.key().clone())
+    }
+
+    pub(crate) fn insert(&self, topic: Arc<Topic>) {
+        self.by_name.insert(topic.name.as_str().to_string(), topic);
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Topic>> {
+        self.by_name.remove(name).map(|(_, t)| t)
+    }
+}
+
 /// One topic. Its partition list only grows (CreatePartitions); configs change under AlterConfigs.
-pub struct Topic {
-    pub name: TopicName,
-    pub id: Uuid,
-    pub config: RwLock<TopicConfig>,
-    pub partitions: RwLock<Vec<Arc<Partition>>>,
-    pub metrics: TopicMetrics,
+pub(crate) struct Topic {
+    pub(crate) name: TopicName,
+    pub(crate) id: Uuid,
+    pub(crate) config: RwLock<TopicConfig>,
+    pub(crate) partitions: RwLock<Vec<Arc<Partition>>>,
+    pub(crate) metrics: TopicMetrics,
 }
 
 impl Topic {
-    pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+    pub(crate) fn partition(&self, index: i32) -> Option<Arc<Partition>> {
         usize::try_from(index).ok().and_then(|i| self.partitions.read().get(i).cloned())
     }
 
-    pub fn partition_count(&self) -> i32 {
+    pub(crate) fn partition_count(&self) -> i32 {
         self.partitions.read().len() as i32
     }
 }
 
 /// How long a write waits for its fsync under fsync-before-ack when the writer gave no timeout (a
 /// produce request's default `request.timeout.ms`).
-pub const DURABILITY_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+pub(crate) const DURABILITY_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How a partition makes writes durable, from `flush.messages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushPolicy {
+pub(crate) enum FlushPolicy {
     /// fsync before acknowledging (flush.messages = 1); group commit shares one fsync among all
     /// writes that arrive while the previous fsync runs.
     BeforeAck,
@@ -91,34 +147,37 @@ pub enum FlushPolicy {
 }
 
 impl FlushPolicy {
-    pub fn from_flush_messages(messages: i64) -> FlushPolicy {
+    pub(crate) fn from_flush_messages(messages: i64) -> FlushPolicy {
         if messages <= 1 { FlushPolicy::BeforeAck } else { FlushPolicy::Background { messages: messages as u64 } }
     }
 }
 
-pub struct Partition {
-    pub topic: TopicName,
-    pub index: i32,
-    pub dir: PathBuf,
-    pub log: RwLock<PartitionLog>,
+pub(crate) struct Partition {
+    pub(crate) topic: TopicName,
+    pub(crate) index: i32,
+    pub(crate) dir: PathBuf,
+    /// The storage log. Private: every use goes through a method here, so the high watermark, the
+    /// flush bookkeeping and the log cannot drift apart.
+    log: RwLock<PartitionLog>,
     /// Bumped when leadership changes; constant on a single node but sent in every response that
     /// carries one so clients' fencing logic works unchanged when replication arrives.
-    pub leader_epoch: i32,
+    pub(crate) leader_epoch: i32,
     /// Exclusive upper bound of what consumers may read. Fetches waiting for data watch it.
     high_watermark: watch::Sender<i64>,
     /// Exclusive upper bound of what is known to be on stable storage.
     flushed: watch::Sender<i64>,
     flush_running: AtomicBool,
+    /// Why the last fsync failed; once set, the partition stops acknowledging writes.
     flush_failed: Mutex<Option<String>>,
     policy: RwLock<FlushPolicy>,
     /// Records appended since the last fsync, for the background flush policy.
-    pub unflushed_records: AtomicU64,
+    pub(crate) unflushed_records: AtomicU64,
     /// Wall-clock ms of the last completed fsync, for `flush.ms`.
-    pub last_flush_ms: AtomicI64,
+    pub(crate) last_flush_ms: AtomicI64,
 }
 
 impl Partition {
-    pub fn new(topic: TopicName, index: i32, dir: PathBuf, log: PartitionLog, policy: FlushPolicy, now_ms: i64) -> Arc<Partition> {
+    pub(crate) fn new(topic: TopicName, index: i32, dir: PathBuf, log: PartitionLog, policy: FlushPolicy, now_ms: i64) -> Arc<Partition> {
         let end = log.log_end_offset();
         Arc::new(Partition {
             topic,
@@ -137,19 +196,25 @@ impl Partition {
         })
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    pub(crate) fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
     }
 
-    pub fn watch_high_watermark(&self) -> watch::Receiver<i64> {
+    pub(crate) fn watch_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
     }
 
-    pub fn policy(&self) -> FlushPolicy {
+    pub(crate) fn policy(&self) -> FlushPolicy {
         *self.policy.read()
     }
 
-    pub fn set_policy(&self, policy: FlushPolicy) {
+    /// Applies a topic's new settings to its log and flush policy.
+    pub(crate) fn reconfigure(&self, config: LogConfig, policy: FlushPolicy) {
+        self.log.write().set_config(config);
+        self.set_policy(policy);
+    }
+
+    fn set_policy(&self, policy: FlushPolicy) {
         *self.policy.write() = policy;
         if policy != FlushPolicy::BeforeAck {
             // Anything flushed-but-not-visible becomes visible: the page-cache policy shows the log end.
@@ -159,7 +224,7 @@ impl Partition {
     }
 
     /// Appends producer (or replica) batches. Blocking file I/O: call from a blocking context.
-    pub fn append(&self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
+    pub(crate) fn append(&self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
         let result = self.log.write().append(batches, mode, now_ms)?;
         if !result.duplicate {
             self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
@@ -174,7 +239,7 @@ impl Partition {
     /// Appends a transaction marker (see `PartitionLog::append_marker`) and makes it visible like any
     /// append: at once under the page-cache policy; after the next group-committed fsync, which this
     /// starts, under fsync-before-ack. Blocking file I/O.
-    pub fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
+    pub(crate) fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
         let result = self.log.write().append_marker(marker, self.leader_epoch, now_ms)?;
         self.unflushed_records.fetch_add(1, Ordering::Relaxed);
         if self.policy() == FlushPolicy::BeforeAck {
@@ -191,21 +256,21 @@ impl Partition {
     }
 
     /// The last stable offset: below it every transaction is decided. Never above the high watermark.
-    pub fn last_stable_offset(&self) -> i64 {
+    pub(crate) fn last_stable_offset(&self) -> i64 {
         let hw = self.high_watermark();
         self.log.read().last_stable_offset().min(hw)
-    }
-
-    /// Reads whole batches for a consumer, below the high watermark. Blocking file I/O.
-    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult, StorageError> {
-        let hw = self.high_watermark();
-        self.log.read().read(offset, max_bytes, hw, min_one)
     }
 
     /// Reads for a fetch at either isolation level: below the high watermark (read_uncommitted) or
     /// the last stable offset (read_committed). Returns the read, the bound used, and for
     /// read_committed the aborted transactions overlapping what was returned. Blocking file I/O.
-    pub fn read_isolated(&self, offset: i64, max_bytes: usize, min_one: bool, read_committed: bool) -> Result<IsolatedRead, StorageError> {
+    pub(crate) fn read_isolated(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        read_committed: bool,
+    ) -> Result<IsolatedRead, StorageError> {
         let hw = self.high_watermark();
         let log = self.log.read();
         let last_stable = log.last_stable_offset().min(hw);
@@ -225,18 +290,18 @@ impl Partition {
     /// Waits until everything below `offset` is on stable storage, starting an fsync if none is
     /// running. Concurrent callers share fsyncs: while one runs, later appends accumulate and the next
     /// fsync covers all of them (group commit).
-    pub async fn wait_durable(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
+    pub(crate) async fn wait_durable(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
         let mut flushed = self.flushed.subscribe();
         loop {
-            if let Some(error) = self.flush_failed.lock().clone() {
-                return Err(BrokerError::Storage(error));
+            if let Some(reason) = self.flush_failed.lock().clone() {
+                return Err(BrokerError::DurabilityLost { partition: format!("{}-{}", self.topic.as_str(), self.index), reason });
             }
             if *flushed.borrow_and_update() >= offset {
                 return Ok(());
             }
             self.start_flush();
             if flushed.changed().await.is_err() {
-                return Err(BrokerError::Storage("partition closed".into()));
+                return Err(BrokerError::ShuttingDown);
             }
         }
     }
@@ -244,7 +309,7 @@ impl Partition {
     /// The one append-then-wait-durable path for every writer (produce requests, the in-process
     /// producer): under fsync-before-ack, waits up to `timeout` for everything below `offset` to be on
     /// stable storage; under the page-cache policy, returns at once.
-    pub async fn wait_durable_within(self: &Arc<Self>, offset: i64, timeout: Duration) -> Result<(), BrokerError> {
+    pub(crate) async fn wait_durable_within(self: &Arc<Self>, offset: i64, timeout: Duration) -> Result<(), BrokerError> {
         if self.policy() != FlushPolicy::BeforeAck {
             return Ok(());
         }
@@ -256,18 +321,18 @@ impl Partition {
 
     /// [`Self::wait_durable_within`] with [`DURABILITY_WAIT_DEFAULT`], for blocking callers (threads
     /// of in-broker runtimes). Without a tokio runtime (tests) it fsyncs itself.
-    pub fn wait_durable_blocking(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
+    pub(crate) fn wait_durable_blocking(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
         if self.policy() != FlushPolicy::BeforeAck {
             return Ok(());
         }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => tokio::task::block_in_place(|| handle.block_on(self.wait_durable_within(offset, DURABILITY_WAIT_DEFAULT))),
-            Err(_) => self.flush_blocking().map_err(BrokerError::Log),
+            Err(_) => self.flush_blocking().map_err(BrokerError::Storage),
         }
     }
 
     /// Starts the background flush loop unless one is running.
-    pub fn start_flush(self: &Arc<Self>) {
+    pub(crate) fn start_flush(self: &Arc<Self>) {
         if !self.flush_running.swap(true, Ordering::AcqRel) {
             let partition = Arc::clone(self);
             tokio::spawn(async move { partition.flush_loop().await });
@@ -321,7 +386,7 @@ impl Partition {
     }
 
     /// Makes everything appended visible and durable now (shutdown, tests).
-    pub fn flush_blocking(&self) -> Result<(), StorageError> {
+    pub(crate) fn flush_blocking(&self) -> Result<(), StorageError> {
         let mut log = self.log.write();
         log.flush()?;
         let end = log.log_end_offset();
@@ -333,18 +398,87 @@ impl Partition {
 
     /// After DeleteRecords or truncation the visible range may start above old fetch positions;
     /// nothing to do for the high watermark, which only moves forward.
-    pub fn log_start_offset(&self) -> i64 {
+    pub(crate) fn log_start_offset(&self) -> i64 {
         self.log.read().log_start_offset()
+    }
+
+    /// The largest batch the partition accepts (`max.message.bytes`).
+    pub(crate) fn max_batch_bytes(&self) -> u32 {
+        self.log.read().config().max_batch_bytes
+    }
+
+    /// The first offset with a timestamp at or after `timestamp_ms`, with that timestamp. Blocking
+    /// file I/O.
+    pub(crate) fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        self.log.read().offset_for_timestamp(timestamp_ms)
+    }
+
+    /// The largest timestamp in the log and its offset (ListOffsets' MAX_TIMESTAMP).
+    pub(crate) fn max_timestamp(&self) -> Option<(i64, i64)> {
+        self.log.read().max_timestamp()
+    }
+
+    /// DeleteRecords: moves the log start to `offset`. Blocking file I/O.
+    pub(crate) fn delete_records_before(&self, offset: i64) -> Result<i64, StorageError> {
+        self.log.write().delete_records_before(offset)
+    }
+
+    /// Retention by time and size (and idempotent-producer expiry). Blocking file I/O.
+    pub(crate) fn enforce_retention(&self, now_ms: i64) -> Result<RetentionStats, StorageError> {
+        self.log.write().enforce_retention(now_ms)
+    }
+
+    /// Transactions with records here and no marker yet: (producer id, the epoch the partition last
+    /// saw from it).
+    pub(crate) fn open_transactions(&self) -> Vec<(i64, i16)> {
+        let log = self.log.read();
+        log.ongoing_transactions().into_iter().map(|(producer, _)| (producer, log.producer_epoch(producer).unwrap_or(0))).collect()
+    }
+
+    /// Whether the partition is offline (it could not be opened, or a write left it in doubt), and
+    /// how many of its segments recovery quarantined.
+    pub(crate) fn health(&self) -> (bool, usize) {
+        let log = self.log.read();
+        (log.offline_reason().is_some(), log.quarantined_segment_count())
+    }
+
+    /// Sizes and offsets for the admin API and metrics, read under one lock.
+    pub(crate) fn stats(&self) -> PartitionStats {
+        let log = self.log.read();
+        PartitionStats {
+            log_start_offset: log.log_start_offset(),
+            log_end_offset: log.log_end_offset(),
+            size_bytes: log.size_bytes(),
+            segments: log.segment_count(),
+        }
+    }
+
+    /// Clean shutdown of the log (flush, snapshot, clean marker). Blocking file I/O.
+    pub(crate) fn close(&self) -> Result<(), StorageError> {
+        self.log.write().close()
+    }
+
+    /// Removes the partition's directory (its topic was deleted). Blocking file I/O.
+    pub(crate) fn delete(&self) -> Result<(), StorageError> {
+        self.log.write().delete()
     }
 }
 
+/// What `Partition::stats` returns.
+pub(crate) struct PartitionStats {
+    pub(crate) log_start_offset: i64,
+    pub(crate) log_end_offset: i64,
+    pub(crate) size_bytes: u64,
+    pub(crate) segments: usize,
+}
+
 /// What `Partition::read_isolated` returns.
-pub struct IsolatedRead {
-    pub read: ReadResult,
-    pub high_watermark: i64,
-    pub last_stable_offset: i64,
+pub(crate) struct IsolatedRead {
+    pub(crate) read: ReadResult,
+    pub(crate) high_watermark: i64,
+    pub(crate) last_stable_offset: i64,
     /// For read_committed: aborted transactions overlapping the returned records.
-    pub aborted: Option<Vec<AbortedTxn>>,
+    pub(crate) aborted: Option<Vec<AbortedTxn>>,
 }
 
 /// One past the last offset of the last whole batch in `bytes` (stored batches, as a read returns them).

@@ -6,9 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -17,7 +16,6 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::txn_offset_commit_request::{TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 const INVALID_TXN_STATE: i16 = 48;
 const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
@@ -32,28 +30,7 @@ fn s(value: &str) -> StrBytes {
 }
 
 fn txn_batch(values: &[&str], producer_id: i64, epoch: i16, sequence: i32) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: true,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: sequence + i as i32,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(Bytes::from(v.to_string())),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
-    buf.freeze()
+    batch_from(values, Writer::transactional(producer_id, epoch, sequence))
 }
 
 async fn init(client: &mut Client, id: &str, timeout_ms: i32) -> (i16, i64, i16) {
@@ -357,5 +334,122 @@ async fn names_reserved_for_the_broker_are_refused_to_clients() {
     assert_eq!(add_partition(&mut client, "t1", pid, epoch, "tx", 0).await, 0);
     assert_eq!(txn_produce(&mut client, "t2", "tx", txn_batch(&["smuggled"], pid, epoch, 0)).await.0, INVALID_PRODUCER_ID_MAPPING);
     assert_eq!(txn_produce(&mut client, "t1", "tx", txn_batch(&["own"], pid, epoch, 0)).await, (0, 0));
+    broker.stop().await;
+}
+
+const INVALID_TXN_STATE_CODE: i16 = INVALID_TXN_STATE;
+const UNKNOWN_PRODUCER_ID: i16 = 59;
+const INVALID_GROUP_ID: i16 = 24;
+const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+
+/// InitProducerId v4: with a transactional id or without, with the (producer id, epoch) a KIP-360
+/// client sends to recover (-1, -1 for none).
+async fn init_v4(client: &mut Client, id: Option<&str>, expected: (i64, i16)) -> (i16, i64, i16) {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(id.map(|id| TransactionalId(s(id))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(expected.0))
+        .with_producer_epoch(expected.1);
+    let response: InitProducerIdResponse = client.call(ApiKey::InitProducerId, 4, &request).await;
+    (response.error_code, response.producer_id.0, response.producer_epoch)
+}
+
+/// Issue 10, item 5, as reproduced from outside: a plain idempotent batch carrying an open
+/// transaction's producer id with epoch+1 was accepted; the commit marker (old epoch) was then
+/// skipped, the last stable offset stuck, and the client's successful commit_transaction() showed
+/// read_committed consumers none of its records. Kafka refuses non-transactional writes from a
+/// producer with an open transaction; Sluice refuses them from any transactional id's producer id,
+/// and from producer ids it never handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_write_with_a_transactional_producer_id_is_refused_and_the_commit_stays_a_commit() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "tx", 1, &[]).await, 0);
+    let (_, pid, epoch) = init(&mut client, "victim", 60_000).await;
+    assert_eq!(add_partition(&mut client, "victim", pid, epoch, "tx", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "victim", "tx", txn_batch(&["1", "2", "3", "4", "5"], pid, epoch, 0)).await, (0, 0));
+
+    let hijack = batch_from(&["hijack"], Writer::idempotent(pid, epoch + 1, 0));
+    assert_eq!(produce(&mut client, "tx", 0, hijack, -1).await.0, INVALID_TXN_STATE_CODE);
+    let same_epoch = batch_from(&["hijack"], Writer::idempotent(pid, epoch, 5));
+    assert_eq!(produce(&mut client, "tx", 0, same_epoch, -1).await.0, INVALID_TXN_STATE_CODE);
+    let made_up = batch_from(&["made-up"], Writer::idempotent(pid + 500_000, 0, 0));
+    assert_eq!(produce(&mut client, "tx", 0, made_up, -1).await.0, UNKNOWN_PRODUCER_ID);
+
+    assert_eq!(end(&mut client, "victim", pid, epoch, true).await, 0);
+    let committed = fetch_isolated(&mut client, "tx", 0, true).await;
+    assert_eq!(committed.values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), vec!["1", "2", "3", "4", "5"]);
+    assert_eq!(committed.last_stable_offset, 6, "five records and the commit marker, nothing stuck");
+    broker.stop().await;
+}
+
+/// Issue 10, item 5: InitProducerId without a transactional id used to answer any (producer id,
+/// epoch) with epoch+1 — a client could take over a transactional producer's id. Kafka's coordinator
+/// ignores both fields when there is no transactional id and hands out a fresh producer id (clients
+/// bump an idempotent producer's epoch themselves); Sluice now does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_producer_id_without_a_transactional_id_never_bumps_another_producers_epoch() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    let (_, pid, epoch) = init(&mut client, "owner", 60_000).await;
+    let (error, other_pid, other_epoch) = init_v4(&mut client, None, (pid, epoch)).await;
+    assert_eq!(error, 0);
+    assert_ne!(other_pid, pid, "a fresh producer id, not the transactional producer's");
+    assert_eq!(other_epoch, 0);
+    let (_, fresh, _) = init_v4(&mut client, None, (-1, -1)).await;
+    assert!(fresh > other_pid);
+    broker.stop().await;
+}
+
+/// Issue 9 (left by the previous session): KIP-360's retry. A transactional client that lost the
+/// answer to InitProducerId(expected = its current epoch) retries with the same expectation; Kafka
+/// answers with the epoch it already bumped to instead of PRODUCER_FENCED. A fresh InitProducerId
+/// (another instance) forgets that previous epoch, so the old instance is fenced for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_init_producer_id_with_the_previous_epoch_gets_the_same_epoch_back() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    let (_, pid, epoch) = init_v4(&mut client, Some("retry"), (-1, -1)).await;
+    assert_eq!(init_v4(&mut client, Some("retry"), (pid, epoch)).await, (0, pid, epoch + 1));
+    assert_eq!(init_v4(&mut client, Some("retry"), (pid, epoch)).await, (0, pid, epoch + 1), "the retry gets the same answer");
+    assert_eq!(init_v4(&mut client, Some("retry"), (pid + 1, epoch)).await.0, PRODUCER_FENCED, "another producer id is fenced");
+    assert_eq!(init_v4(&mut client, Some("retry"), (-1, -1)).await, (0, pid, epoch + 2), "a new instance takes over");
+    assert_eq!(init_v4(&mut client, Some("retry"), (pid, epoch)).await.0, PRODUCER_FENCED);
+    assert_eq!(init_v4(&mut client, Some("retry"), (pid, epoch + 1)).await.0, PRODUCER_FENCED);
+    broker.stop().await;
+}
+
+/// Issue 10, item 17: transactional ids used to live forever. Like Kafka's
+/// `transactional.id.expiration.ms`, an id with no open transaction is forgotten after that long
+/// without a request; one with an open transaction is not (its timeout ends the transaction first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire_and_open_transactions_do_not() {
+    let broker =
+        start(&[("transactional.id.expiration.ms", "500"), ("transaction.abort.timed.out.transaction.cleanup.interval.ms", "100")]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "tx", 1, &[]).await, 0);
+    assert_eq!(init(&mut client, "idle", 60_000).await.0, 0);
+    let (_, pid, epoch) = init(&mut client, "busy", 60_000).await;
+    assert_eq!(add_partition(&mut client, "busy", pid, epoch, "tx", 0).await, 0);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let request =
+        DescribeTransactionsRequest::default().with_transactional_ids(vec![TransactionalId(s("idle")), TransactionalId(s("busy"))]);
+    let described: DescribeTransactionsResponse = client.call(ApiKey::DescribeTransactions, 0, &request).await;
+    assert_eq!(described.transaction_states[0].error_code, TRANSACTIONAL_ID_NOT_FOUND, "the idle id expired");
+    assert_eq!(described.transaction_states[1].error_code, 0);
+    assert_eq!(described.transaction_states[1].transaction_state.as_str(), "Ongoing");
+    assert_eq!(end(&mut client, "busy", pid, epoch, true).await, 0);
+    broker.stop().await;
+}
+
+/// Issue 10, item 2: the group-id limit applies to the transactional group APIs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_offset_apis_refuse_a_group_id_over_the_limit() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "in", 1, &[]).await, 0);
+    let (_, pid, epoch) = init(&mut client, "t5", 30_000).await;
+    let long = "g".repeat(2_000);
+    assert_eq!(send_offsets(&mut client, "t5", pid, epoch, &long, "in", 1).await, (INVALID_GROUP_ID, INVALID_GROUP_ID));
     broker.stop().await;
 }

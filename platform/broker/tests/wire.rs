@@ -124,3 +124,26 @@ async fn hostile_frames_close_only_their_connection() {
     assert_eq!(response.error_code, 0);
     broker.stop().await;
 }
+
+/// Issue 10, item 17: idempotent-producer state used to expire by the timestamps the client wrote
+/// in its batches. A producer whose records carry old timestamps (a replay, a backfill, a skewed
+/// clock) was forgotten at the next check, and the retry of a batch whose acknowledgement it lost
+/// was then written twice. Expiry now runs on broker time, as Kafka's `producer.id.expiration.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_state_expires_by_broker_time_not_record_timestamps() {
+    let broker = start(&[("log.retention.check.interval.ms", "100")]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "idem", 1, &[]).await, 0);
+    let init: InitProducerIdResponse =
+        client.call(ApiKey::InitProducerId, 4, &InitProducerIdRequest::default().with_transaction_timeout_ms(60_000)).await;
+    assert_eq!(init.error_code, 0);
+    let two_days_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 2 * 86_400_000;
+    let writer = Writer { timestamp_ms: two_days_ago, ..Writer::idempotent(init.producer_id.0, init.producer_epoch, 0) };
+    assert_eq!(produce(&mut client, "idem", 0, batch_from(&["once"], writer), -1).await, (0, 0));
+    // Several expiry checks run meanwhile.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(produce(&mut client, "idem", 0, batch_from(&["once"], writer), -1).await, (0, 0), "the retry is recognised, not appended");
+    let (_, high_watermark, records) = fetch(&mut client, "idem", 0, 0, 0).await;
+    assert_eq!((high_watermark, values(records).len()), (1, 1));
+    broker.stop().await;
+}

@@ -1,6 +1,7 @@
 //! `sluice`: the one binary. `sluice server` runs a broker; every other command is a Kafka-protocol
 //! client that works against any Kafka-compatible cluster: `topic`, `produce`, `consume`, `group`,
-//! `cluster`, `verify`, `transform` and `bench`, plus `completions`.
+//! `cluster`, `verify`, `transform` and `bench`, plus `completions`; `connector` and `plugin` speak to
+//! a broker's admin API (Kafka Connect's REST API and the module registry).
 //!
 //! Layout: the Kafka protocol client is the `sluice-client` crate (framing, version negotiation,
 //! metadata, record batches, group membership); one module per command group turns arguments into
@@ -18,6 +19,7 @@ use sluice_broker::{BrokerConfig, ServerOptions};
 mod bench;
 mod cluster_info;
 mod conn;
+mod connector;
 mod consume;
 mod exit;
 mod group;
@@ -93,6 +95,16 @@ enum Command {
                             sluice transform deploy big_orders.wasm --name big-orders --input-topic orders --output-topic big-orders\n  \
                             sluice transform status big-orders")]
     Transform(transform::TransformArgs),
+    /// Connectors (Kafka Connect's REST API on the admin port): create, list, status, config, pause,
+    /// resume, stop, restart, delete, offsets.
+    #[command(
+        after_help = "Examples:\n  sluice connector create orders-src --file orders-source.json\n  sluice connector status orders-src\n  \
+                            sluice connector stop orders-src && sluice connector offsets orders-src --reset"
+    )]
+    Connector(connector::ConnectorArgs),
+    /// The broker's module registry: list and upload Wasm components (transforms and connectors).
+    #[command(after_help = "Examples:\n  sluice plugin list\n  sluice plugin upload pii_mask.wasm --name pii-mask")]
+    Plugin(connector::PluginArgs),
     /// Load-test a Kafka-compatible broker (produce or consume) and report throughput and latency.
     #[command(after_help = "Example:\n  sluice bench produce --topic bench --record-size 1024 --records 1000000 --acks 1")]
     Bench(bench::BenchArgs),
@@ -227,6 +239,19 @@ async fn shutdown_signal() {
     }
 }
 
+/// glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which frame
+/// buffers and Fetch replies of a few MiB come from per-thread arenas that it keeps: a burst of large
+/// requests, even refused ones, left the broker's RSS hundreds of MiB high for good. A fixed threshold
+/// serves blocks of 1 MiB and more with mmap and gives them back on free (measured with
+/// tests/test_hostile_clients.py: peak RSS near 50 MiB instead of 300 MiB for the same load).
+fn return_large_frees_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before the runtime starts threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn run_server(args: ServerArgs) -> ExitCode {
     if args.help_config {
         print_settings();
@@ -239,6 +264,7 @@ fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    return_large_frees_to_the_system();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sluice").build() {
         Ok(r) => r,
         Err(error) => {
@@ -254,7 +280,11 @@ fn run_server(args: ServerArgs) -> ExitCode {
         extensions: {
             // One Wasm engine and module registry, shared by every runtime; it starts first.
             let plugins = sluice_runtime::Plugins::new();
-            vec![std::sync::Arc::new(plugins.clone()), std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins))]
+            vec![
+                std::sync::Arc::new(plugins.clone()),
+                std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins.clone())),
+                std::sync::Arc::new(sluice_connect::ConnectExtension::new(plugins)),
+            ]
         },
     };
     match runtime.block_on(sluice_broker::run(options, shutdown_signal(), |_| {})) {
@@ -324,6 +354,14 @@ fn main() -> ExitCode {
         Command::Transform(args) => run_client(async move {
             let target = args.common.conn.resolve()?;
             transform::run(args.cmd, &target.admin_url, args.common.json).await
+        }),
+        Command::Connector(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            connector::run(args.cmd, &target.admin_url, args.common.json).await
+        }),
+        Command::Plugin(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            connector::run_plugin(args.cmd, &target.admin_url, args.common.json).await
         }),
         Command::Verify(args) => run_client(async move {
             let target = args.common.conn.resolve()?;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -140,21 +140,19 @@ pub fn frame_correlation_id(frame: &[u8]) -> Option<i32> {
 
 /// Decodes a response frame: the header (whose version depends on the API and version), a check that it
 /// answers `correlation_id`, then the body.
-pub fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, correlation_id: i32, mut frame: Bytes, addr: &str) -> Result<R> {
-    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
-        .map_err(|e| ClientError::protocol(addr, format!("malformed {api_key:?} response header from {addr}: {e:#}")))?;
-    if header.correlation_id != correlation_id {
+pub fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, correlation_id: i32, frame: Bytes, addr: &str) -> Result<R> {
+    let (answered, body) =
+        sluice_protocol::decode_response(api_key, version, frame).map_err(|e| ClientError::protocol(addr, format!("{e} from {addr}")))?;
+    if answered != correlation_id {
         return Err(ClientError::protocol(
             addr,
             format!(
-                "broker at {addr} answered correlation id {} where {correlation_id} was due; \
-                 responses must come back in request order",
-                header.correlation_id
+                "broker at {addr} answered correlation id {answered} where {correlation_id} was due; \
+                 responses must come back in request order"
             ),
         ));
     }
-    R::decode(&mut frame, version)
-        .map_err(|e| ClientError::protocol(addr, format!("malformed {api_key:?} v{version} response from {addr}: {e:#}")))
+    Ok(body)
 }
 
 #[cfg(test)]

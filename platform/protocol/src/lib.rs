@@ -7,14 +7,24 @@
 //! named limit before anything is allocated, every malformed input becomes a typed [`DecodeError`]
 //! (never a panic), and only the versions in [`SUPPORTED_APIS`] are ever decoded, so the broker
 //! advertises exactly what it implements.
+//!
+//! A decoded request is bounded by its frame: at most [`TRAILING_BYTES_MAX`] bytes may follow its body,
+//! and the structure it decodes to (array elements, tagged-field entries) may take at most
+//! [`DECODED_BYTES_PER_FRAME_BYTE_MAX`] bytes per frame byte, or [`DECODED_BYTES_FLOOR`] for small
+//! requests. Without that, a frame of two-byte array elements decodes to 40 times its size, since
+//! every element becomes an 80-byte struct.
+
+use std::ops::Range;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::buf::{ByteBuf, DecodeBudgetExceeded};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 pub use kafka_protocol;
 
 pub mod partitioner;
+pub mod samples;
 
 /// Bytes of the big-endian length prefix in front of every request and response.
 pub const FRAME_LENGTH_BYTES: usize = 4;
@@ -28,6 +38,28 @@ pub const DEFAULT_REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
 /// Responses are built in memory; a response larger than this is an internal error, not something to
 /// send. Fetch responses are bounded by `fetch.max.bytes` well below it.
 pub const RESPONSE_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
+/// A request may decode to at most this many bytes of in-memory structure per byte of its frame. The
+/// structure counted is what the wire bytes do not hold themselves: array elements (`size_of` each,
+/// charged before any is built) and unknown tagged fields (a B-tree node each); strings and byte
+/// fields are zero-copy slices of the frame. Real clients stay far below: their arrays hold topic
+/// names, offsets and record batches, not bare counts.
+pub const DECODED_BYTES_PER_FRAME_BYTE_MAX: usize = 8;
+
+/// Every request may decode to this much, whatever its size: the structs of a small request (an
+/// 80-byte topic entry from a 3-byte name) are bigger than 8 times their wire bytes, harmlessly.
+pub const DECODED_BYTES_FLOOR: usize = 64 * 1024;
+
+/// Bytes that may follow a request's body, ignored. Apache Kafka ignores any number; librdkafka (and
+/// so kcat and confluent-kafka) sends three, `01 00 00`, after a Metadata v12 request for all topics.
+/// A few are tolerated for that; more are refused ([`DecodeError::TrailingBytes`]), so a frame cannot
+/// be padded to make the zero-copy slices of its decoded request pin far more memory than they hold.
+pub const TRAILING_BYTES_MAX: usize = 64;
+
+/// The most structure a request frame of `frame_bytes` may decode to.
+pub fn decoded_bytes_max(frame_bytes: usize) -> usize {
+    frame_bytes.saturating_mul(DECODED_BYTES_PER_FRAME_BYTE_MAX).max(DECODED_BYTES_FLOOR)
+}
 
 /// The APIs and version ranges the broker implements, in api-key order. ApiVersions advertises this
 /// table verbatim and [`decode_request`] refuses anything outside it.
@@ -105,6 +137,17 @@ pub enum DecodeError {
     UnsupportedVersion { meta: RequestMeta, api_key: ApiKey, min: i16, max: i16 },
     #[error("malformed {api_key:?} v{} request: {reason}", meta.api_version)]
     Malformed { meta: RequestMeta, api_key: ApiKey, reason: String },
+    #[error(
+        "malformed {api_key:?} v{} request: {trailing} bytes follow the request body (at most {TRAILING_BYTES_MAX})",
+        meta.api_version
+    )]
+    TrailingBytes { meta: RequestMeta, api_key: ApiKey, trailing: usize },
+    #[error(
+        "{api_key:?} v{} request of {frame_bytes} bytes would decode to more than {decoded_bytes_max} bytes \
+         ({DECODED_BYTES_PER_FRAME_BYTE_MAX} per frame byte)",
+        meta.api_version
+    )]
+    TooLarge { meta: RequestMeta, api_key: ApiKey, frame_bytes: usize, decoded_bytes_max: usize },
 }
 
 impl DecodeError {
@@ -112,9 +155,11 @@ impl DecodeError {
     pub fn meta(&self) -> Option<RequestMeta> {
         match self {
             DecodeError::TooShort { .. } => None,
-            DecodeError::UnknownApiKey { meta } | DecodeError::UnsupportedVersion { meta, .. } | DecodeError::Malformed { meta, .. } => {
-                Some(*meta)
-            }
+            DecodeError::UnknownApiKey { meta }
+            | DecodeError::UnsupportedVersion { meta, .. }
+            | DecodeError::Malformed { meta, .. }
+            | DecodeError::TrailingBytes { meta, .. }
+            | DecodeError::TooLarge { meta, .. } => Some(*meta),
         }
     }
 }
@@ -164,6 +209,10 @@ pub struct DecodedRequest {
 
 /// Decodes one request frame (without its length prefix). Record batches inside Produce requests stay
 /// as `Bytes` slices of `frame`: they are validated by the storage engine, not here.
+///
+/// The body must end at most [`TRAILING_BYTES_MAX`] bytes before the frame does
+/// ([`DecodeError::TrailingBytes`]), and decoding stops with [`DecodeError::TooLarge`] before it would
+/// build more than [`decoded_bytes_max`] bytes.
 pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, DecodeError> {
     let meta = peek_meta(&frame).ok_or(DecodeError::TooShort { length: frame.len() })?;
     let api_key = ApiKey::try_from(meta.api_key).map_err(|_| DecodeError::UnknownApiKey { meta })?;
@@ -173,19 +222,74 @@ pub fn decode_request(frame: Bytes) -> Result<DecodedRequest, DecodeError> {
     if meta.api_version < min || meta.api_version > max {
         return Err(DecodeError::UnsupportedVersion { meta, api_key, min, max });
     }
-    let mut buf = frame;
+    let frame_bytes = frame.len();
+    let mut buf = BudgetedBytes::new(frame);
+    let failed = |error: anyhow::Error, part: &str| {
+        if error.chain().any(|cause| cause.is::<DecodeBudgetExceeded>()) {
+            DecodeError::TooLarge { meta, api_key, frame_bytes, decoded_bytes_max: decoded_bytes_max(frame_bytes) }
+        } else {
+            DecodeError::Malformed { meta, api_key, reason: format!("{part}{error:#}") }
+        }
+    };
     let header_version = api_key.request_header_version(meta.api_version);
-    let header = RequestHeader::decode(&mut buf, header_version).map_err(|error| DecodeError::Malformed {
-        meta,
-        api_key,
-        reason: format!("header: {error}"),
-    })?;
-    let body = RequestKind::decode(api_key, &mut buf, meta.api_version).map_err(|error| DecodeError::Malformed {
-        meta,
-        api_key,
-        reason: error.to_string(),
-    })?;
+    let header = RequestHeader::decode(&mut buf, header_version).map_err(|error| failed(error, "header: "))?;
+    let body = RequestKind::decode(api_key, &mut buf, meta.api_version).map_err(|error| failed(error, ""))?;
+    if buf.remaining() > TRAILING_BYTES_MAX {
+        return Err(DecodeError::TrailingBytes { meta, api_key, trailing: buf.remaining() });
+    }
     Ok(DecodedRequest { header, api_key, version: meta.api_version, body })
+}
+
+/// A request frame being decoded, with what it may still decode to: the codec charges every array
+/// and tagged-field map against `budget_bytes` before building it (see [`decoded_bytes_max`]).
+struct BudgetedBytes {
+    bytes: Bytes,
+    budget_bytes: usize,
+}
+
+impl BudgetedBytes {
+    fn new(frame: Bytes) -> BudgetedBytes {
+        let budget_bytes = decoded_bytes_max(frame.len());
+        BudgetedBytes { bytes: frame, budget_bytes }
+    }
+}
+
+impl Buf for BudgetedBytes {
+    fn remaining(&self) -> usize {
+        self.bytes.remaining()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.bytes.chunk()
+    }
+
+    fn advance(&mut self, count: usize) {
+        self.bytes.advance(count)
+    }
+
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        self.bytes.copy_to_bytes(len)
+    }
+}
+
+impl ByteBuf for BudgetedBytes {
+    fn peek_bytes(&mut self, range: Range<usize>) -> Bytes {
+        self.bytes.slice(range)
+    }
+
+    fn get_bytes(&mut self, size: usize) -> Bytes {
+        self.bytes.split_to(size)
+    }
+
+    fn charge_decoded(&mut self, bytes: usize) -> Result<(), DecodeBudgetExceeded> {
+        match self.budget_bytes.checked_sub(bytes) {
+            Some(left) => {
+                self.budget_bytes = left;
+                Ok(())
+            }
+            None => Err(DecodeBudgetExceeded { requested: bytes, remaining: self.budget_bytes }),
+        }
+    }
 }
 
 /// Appends one length-prefixed response frame to `out`.
@@ -271,13 +375,26 @@ pub fn encode_request<R: Encodable>(header: &RequestHeader, api_key: ApiKey, bod
     Ok(())
 }
 
-/// Decodes a response frame body (after the length prefix) for `api_key` at `version`.
-pub fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, R), String> {
+/// Why a response frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseDecodeError {
+    #[error("{api_key:?} response of {length} bytes is shorter than its correlation id")]
+    Truncated { api_key: ApiKey, length: usize },
+    #[error("malformed {api_key:?} v{version} response header: {message}")]
+    Header { api_key: ApiKey, version: i16, message: String },
+    #[error("malformed {api_key:?} v{version} response: {message}")]
+    Body { api_key: ApiKey, version: i16, message: String },
+}
+
+/// Decodes a response frame body (after the length prefix) for `api_key` at `version`: its
+/// correlation id and its body.
+pub fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, mut frame: Bytes) -> Result<(i32, R), ResponseDecodeError> {
     if frame.remaining() < 4 {
-        return Err("response shorter than its correlation id".to_string());
+        return Err(ResponseDecodeError::Truncated { api_key, length: frame.remaining() });
     }
-    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version)).map_err(|e| e.to_string())?;
-    let body = R::decode(&mut frame, version).map_err(|e| e.to_string())?;
+    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+        .map_err(|e| ResponseDecodeError::Header { api_key, version, message: format!("{e:#}") })?;
+    let body = R::decode(&mut frame, version).map_err(|e| ResponseDecodeError::Body { api_key, version, message: format!("{e:#}") })?;
     Ok((header.correlation_id, body))
 }
 
@@ -288,14 +405,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn frame_for<R: Encodable>(api_key: ApiKey, version: i16, body: &R) -> Bytes {
-        let header = RequestHeader::default()
-            .with_request_api_key(api_key as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(42)
-            .with_client_id(Some("test".into()));
-        let mut out = BytesMut::new();
-        encode_request(&header, api_key, body, &mut out).unwrap();
-        out.freeze().slice(FRAME_LENGTH_BYTES..)
+        samples::frame(api_key, version, 42, body).unwrap()
     }
 
     #[test]
@@ -342,7 +452,8 @@ mod tests {
     fn huge_array_count_is_an_error_not_an_allocation() {
         // Metadata v0: header (api key, version, correlation id, client id) then topics: array of i32
         // count. A count of i32::MAX with no elements behind it must fail cleanly and quickly; before
-        // the vendored patch it asked the allocator for tens of gigabytes and aborted the process.
+        // the vendored patch it asked the allocator for tens of gigabytes and aborted the process. Now
+        // the decode budget refuses the count before a single element is built.
         let mut frame = Vec::new();
         frame.extend_from_slice(&(ApiKey::Metadata as i16).to_be_bytes());
         frame.extend_from_slice(&0i16.to_be_bytes());
@@ -350,7 +461,135 @@ mod tests {
         frame.extend_from_slice(&(-1i16).to_be_bytes());
         frame.extend_from_slice(&i32::MAX.to_be_bytes());
         let error = decode_request(Bytes::from(frame)).unwrap_err();
-        assert!(matches!(error, DecodeError::Malformed { .. }), "{error:?}");
+        assert!(matches!(error, DecodeError::TooLarge { .. }), "{error:?}");
+        assert_eq!(error.meta().map(|m| m.correlation_id), Some(7));
+    }
+
+    #[test]
+    fn every_supported_version_decodes_and_refuses_padding() {
+        for &(api_key, min, max) in SUPPORTED_APIS {
+            for version in min..=max {
+                let frame = samples::default_request(api_key, version, 42).expect("every supported API has a sample");
+                let decoded = decode_request(frame.clone()).unwrap_or_else(|e| panic!("{api_key:?} v{version}: {e}"));
+                assert_eq!((decoded.api_key, decoded.version), (api_key, version));
+                let mut tolerated = frame.to_vec();
+                tolerated.resize(frame.len() + TRAILING_BYTES_MAX, 0);
+                decode_request(Bytes::from(tolerated)).unwrap_or_else(|e| panic!("{api_key:?} v{version} with tolerated bytes: {e}"));
+                // Before the fix, any number of bytes after the body was ignored and the request served.
+                for trailing in [TRAILING_BYTES_MAX + 1, 1 << 20] {
+                    let mut padded = frame.to_vec();
+                    padded.resize(frame.len() + trailing, 0);
+                    match decode_request(Bytes::from(padded)) {
+                        Err(DecodeError::TrailingBytes { meta, api_key: key, trailing: n }) => {
+                            assert_eq!((key, n, meta.correlation_id), (api_key, trailing, 42), "{api_key:?} v{version}");
+                        }
+                        other => panic!("{api_key:?} v{version} with {trailing} trailing bytes: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn librdkafkas_metadata_for_all_topics_still_decodes() {
+        // Captured from confluent-kafka 2.16 (librdkafka 2.16.0), `AdminClient.list_topics()`: Metadata
+        // v12 with null topics, then `01 00 00` after the body's tagged fields. Apache Kafka ignores them.
+        let hex = "0003000c00000003000772646b61666b610000000000010000";
+        let frame: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let decoded = decode_request(Bytes::from(frame)).unwrap();
+        match decoded.body {
+            RequestKind::Metadata(request) => assert_eq!(request.topics, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Metadata v0 asking for `count` topics named `name`.
+    fn metadata_v0_frame(count: usize, name: &str) -> Bytes {
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+        let topics = (0..count).map(|_| MetadataRequestTopic::default().with_name(Some(TopicName(name.to_string().into())))).collect();
+        frame_for(ApiKey::Metadata, 0, &MetadataRequest::default().with_topics(Some(topics)))
+    }
+
+    #[test]
+    fn requests_of_tiny_elements_cannot_decode_to_many_times_their_size() {
+        // 3 wire bytes per topic (i16 length, one-byte name) became an 80-byte struct each: a 100 MiB
+        // frame decoded to 2.7 GiB. Now the frame may decode to DECODED_BYTES_PER_FRAME_BYTE_MAX times
+        // its size at most, so this one is refused before its topics are built.
+        let frame = metadata_v0_frame(200_000, "a");
+        let frame_bytes = frame.len();
+        match decode_request(frame) {
+            Err(DecodeError::TooLarge { api_key: ApiKey::Metadata, frame_bytes: n, decoded_bytes_max: max, .. }) => {
+                assert_eq!((n, max), (frame_bytes, frame_bytes * DECODED_BYTES_PER_FRAME_BYTE_MAX));
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn many_unknown_tagged_fields_are_charged_against_the_budget() {
+        // Metadata v12 (flexible): every unknown tagged field of 0 bytes is 2-3 wire bytes, and each
+        // became an entry in a B-tree map. 30,000 of them are far more structure than 8 x 90 KB.
+        let mut frame = frame_for(ApiKey::Metadata, 12, &MetadataRequest::default()).to_vec();
+        assert_eq!(frame.pop(), Some(0), "the request's own tagged-field count ends the frame");
+        let count: u32 = 30_000;
+        put_uvarint(&mut frame, count);
+        for tag in 0..count {
+            put_uvarint(&mut frame, tag + 1000);
+            put_uvarint(&mut frame, 0);
+        }
+        let error = decode_request(Bytes::from(frame)).unwrap_err();
+        assert!(matches!(error, DecodeError::TooLarge { .. }), "{error:?}");
+    }
+
+    fn put_uvarint(out: &mut Vec<u8>, mut value: u32) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    #[test]
+    fn large_requests_shaped_like_real_clients_still_decode() {
+        use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{FetchRequest, GroupId, OffsetCommitRequest, ProduceRequest, TopicName};
+        let name = |i: usize| TopicName(format!("orders-{i:05}").into());
+        // A consumer of 5,000 partitions committing every one of them (no metadata).
+        for version in [2, 8] {
+            let partitions =
+                (0..5_000).map(|p| OffsetCommitRequestPartition::default().with_partition_index(p).with_committed_offset(1 << 40));
+            let request = OffsetCommitRequest::default()
+                .with_group_id(GroupId("payments".into()))
+                .with_topics(vec![OffsetCommitRequestTopic::default().with_name(name(0)).with_partitions(partitions.collect())]);
+            decode_request(frame_for(ApiKey::OffsetCommit, version, &request)).unwrap_or_else(|e| panic!("OffsetCommit v{version}: {e}"));
+        }
+        // A fetch of 1,000 topics with 10 partitions each.
+        for version in [4, 12] {
+            let topics = (0..1_000).map(|t| {
+                let partitions = (0..10).map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(1 << 20));
+                FetchTopic::default().with_topic(name(t)).with_partitions(partitions.collect())
+            });
+            let request = FetchRequest::default().with_max_bytes(50 << 20).with_topics(topics.collect());
+            decode_request(frame_for(ApiKey::Fetch, version, &request)).unwrap_or_else(|e| panic!("Fetch v{version}: {e}"));
+        }
+        // Metadata for 10,000 named topics, and a produce to 2,000 partitions of small batches.
+        for version in [0, 12] {
+            let topics =
+                (0..10_000).map(|t| kafka_protocol::messages::metadata_request::MetadataRequestTopic::default().with_name(Some(name(t))));
+            let request = MetadataRequest::default().with_topics(Some(topics.collect()));
+            decode_request(frame_for(ApiKey::Metadata, version, &request)).unwrap_or_else(|e| panic!("Metadata v{version}: {e}"));
+        }
+        for version in [3, 9] {
+            let batch = Bytes::from(vec![0u8; 80]);
+            let partitions = (0..2_000).map(|p| PartitionProduceData::default().with_index(p).with_records(Some(batch.clone())));
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_topic_data(vec![TopicProduceData::default().with_name(name(0)).with_partition_data(partitions.collect())]);
+            decode_request(frame_for(ApiKey::Produce, version, &request)).unwrap_or_else(|e| panic!("Produce v{version}: {e}"));
+        }
     }
 
     proptest! {

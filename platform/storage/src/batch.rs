@@ -673,6 +673,19 @@ mod tests {
     }
 
     #[test]
+    fn rejects_a_header_key_that_is_not_utf8() {
+        // Found by the record_batch fuzz target: the log stored it, and the transform runner's decoder
+        // (like every client's) refused the batch for good, stalling the transform on it.
+        let bad = BatchBuilder::new(1_000).record_with_headers(0, None, Some(b"v"), &[(b"trace\xff", Some(b"x"))]).build();
+        match validate_batches(&bad, MAX_BATCH_BYTES_DEFAULT) {
+            Err(StorageError::CorruptMessage(message)) => assert!(message.contains("not UTF-8"), "{message}"),
+            other => panic!("expected CorruptMessage, got {other:?}"),
+        }
+        let good = BatchBuilder::new(1_000).record_with_headers(0, None, Some(b"v"), &[("tracé".as_bytes(), None)]).build();
+        assert!(validate_batches(&good, MAX_BATCH_BYTES_DEFAULT).is_ok());
+    }
+
+    #[test]
     fn rejects_a_record_count_that_disagrees_with_the_records() {
         // Lie about the count in the header and fix the CRC up, so only the record walk can tell.
         let mut buf = one_batch();

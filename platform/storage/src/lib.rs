@@ -6,10 +6,12 @@
 //! Modules, in data-path order: `batch` (v2 framing, CRC-32C, header rewrites), `producer`
 //! (idempotent sequences), `log` (the partition log), `segment` (one `.log` with its indexes),
 //! `index` (the sparse offset and time indexes), `handles` (the process's budget of open files),
-//! `error`, and `testing` (batch builders for tests).
+//! `error`, `fs` (the one atomic file replace, for the broker and in-broker runtimes too), and `testing`
+//! (batch builders for tests).
 
 pub mod batch;
 pub mod error;
+pub mod fs;
 pub mod handles;
 mod index;
 pub mod log;

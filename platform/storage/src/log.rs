@@ -29,6 +29,7 @@ use bytes::Bytes;
 
 use crate::batch::{self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, TxnMarker, ValidatedBatch};
 use crate::error::{IoContext, StorageError};
+use crate::fs::{Durability, TEMP_SUFFIX, sync_dir, write_atomically};
 use crate::index::remove_if_present;
 use crate::producer::{PRODUCER_ID_EXPIRATION_MS, PRODUCER_SNAPSHOT_BYTES_MAX, Pending, ProducerStateTable, SequenceCheck};
 use crate::segment::{
@@ -52,7 +53,6 @@ const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const PRODUCER_SNAPSHOT_FILE: &str = "producer-state";
-const TEMP_SUFFIX: &str = ".tmp";
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Kafka 4.0's default `message.timestamp.after.max.ms`: one hour.
@@ -85,6 +85,9 @@ pub struct LogConfig {
     /// message.timestamp.before.max.ms: how far behind the broker's clock a CreateTime record's
     /// timestamp may be. Default `i64::MAX` as in Kafka, which accepts any past timestamp.
     pub timestamp_before_max_ms: u64,
+    /// producer.id.expiration.ms: idempotent-producer state is forgotten this long after the
+    /// producer's last append (broker time).
+    pub producer_id_expiration_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -100,11 +103,16 @@ impl Default for LogConfig {
             delete_enabled: true,
             timestamp_after_max_ms: TIMESTAMP_AFTER_MAX_MS_DEFAULT,
             timestamp_before_max_ms: i64::MAX as u64,
+            producer_id_expiration_ms: PRODUCER_ID_EXPIRATION_MS as u64,
         }
     }
 }
 
 impl LogConfig {
+    fn producer_expiration_ms(&self) -> i64 {
+        i64::try_from(self.producer_id_expiration_ms).unwrap_or(i64::MAX)
+    }
+
     fn sanitized(mut self) -> LogConfig {
         self.segment_bytes = self.segment_bytes.min(SEGMENT_BYTES_MAX);
         self
@@ -322,7 +330,7 @@ impl PartitionLog {
         match snapshot {
             Some((offset, producers)) if offset == end && !lost_acknowledged => {
                 log.producers = producers;
-                log.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+                log.producers.expire(now_ms.saturating_sub(log.config.producer_expiration_ms()));
             }
             _ => log.rebuild_producer_state(now_ms, &mut scanner),
         }
@@ -375,7 +383,7 @@ impl PartitionLog {
     /// state (nor an open transaction: transactions time out within minutes) and are skipped. Failures
     /// are logged, not fatal: the log itself is intact, only duplicate detection is weakened.
     fn rebuild_producer_state(&mut self, now_ms: i64, scanner: &mut BatchScanner) {
-        let cutoff = now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS);
+        let cutoff = now_ms.saturating_sub(self.config.producer_expiration_ms());
         let producers = &mut self.producers;
         let aborted = &mut self.aborted;
         let log_start = self.log_start_offset;
@@ -387,11 +395,14 @@ impl PartitionLog {
             if old_records && segment.last_write_ms() < cutoff {
                 continue;
             }
+            // The append times are not in the log; the segment's last write bounds them from above,
+            // so recovered producers expire no earlier than they would have.
+            let seen_ms = segment.last_write_ms().min(now_ms);
             let walked = segment.for_each_header(scanner, |header, position| {
                 if header.is_control() {
                     match segment.control_type_at(position) {
                         Some(control) => {
-                            if let Some(entry) = producers.record_marker(header, control)
+                            if let Some(entry) = producers.record_marker(header, control, seen_ms)
                                 && entry.last_offset >= log_start
                                 && aborted.insert(entry)
                             {
@@ -405,7 +416,7 @@ impl PartitionLog {
                         None => tracing::warn!(offset = header.base_offset, "unreadable control record; marker ignored"),
                     }
                 } else if header.is_idempotent() {
-                    producers.record(header);
+                    producers.record(header, seen_ms);
                 }
             });
             if let Err(error) = walked {
@@ -600,10 +611,10 @@ impl PartitionLog {
                             ));
                             return Err(error);
                         }
-                        self.producers.record_marker(&batch.header, control);
+                        self.producers.record_marker(&batch.header, control, now_ms);
                     }
                 } else if batch.header.is_idempotent() {
-                    self.producers.record(&batch.header);
+                    self.producers.record(&batch.header, now_ms);
                 }
                 at += size;
             }
@@ -843,7 +854,7 @@ impl PartitionLog {
         if self.deleted || matches!(self.availability, Availability::Offline(_)) {
             return Ok(stats);
         }
-        self.producers.expire(now_ms.saturating_sub(PRODUCER_ID_EXPIRATION_MS));
+        self.producers.expire(now_ms.saturating_sub(self.config.producer_expiration_ms()));
         if !self.config.delete_enabled {
             return Ok(stats);
         }
@@ -1137,25 +1148,10 @@ fn write_offset_file(dir: &Path, name: &str, value: i64, durable: bool) -> Resul
     write_file_atomically(dir, name, format!("{value}\n").as_bytes(), durable)
 }
 
-/// Replaces a small file atomically: write a temporary file, rename it over. With `durable`, the data
-/// and the rename are fsynced too.
+/// Replaces a small file of the partition directory atomically (see `crate::fs`).
 fn write_file_atomically(dir: &Path, name: &str, contents: &[u8], durable: bool) -> Result<(), StorageError> {
-    let path = dir.join(name);
-    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
-    let file = fs::File::create(&temp).context(|| format!("create {}", temp.display()))?;
-    std::io::Write::write_all(&mut &file, contents).context(|| format!("write {}", temp.display()))?;
-    if durable {
-        file.sync_all().context(|| format!("fsync {}", temp.display()))?;
-    }
-    fs::rename(&temp, &path).context(|| format!("rename {} to {}", temp.display(), path.display()))?;
-    if durable {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).context(|| format!("fsync directory {}", dir.display()))
+    let durability = if durable { Durability::Fsync } else { Durability::PageCache };
+    write_atomically(&dir.join(name), contents, durability)
 }
 
 #[cfg(test)]

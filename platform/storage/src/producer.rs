@@ -15,8 +15,10 @@
 //! first offset i64 (-1 for none), batch count u8, and per batch first sequence i32, last sequence i32,
 //! first offset i64, last offset i64.
 //!
-//! Producers are forgotten `PRODUCER_ID_EXPIRATION_MS` after the largest timestamp of their last
-//! batch, as Kafka does with `producer.id.expiration.ms`, so the table does not grow forever.
+//! Producers are forgotten `producer.id.expiration.ms` (`LogConfig::producer_id_expiration_ms`,
+//! default `PRODUCER_ID_EXPIRATION_MS`) after their last write, by broker time (when the batch was
+//! appended, not the timestamps the client wrote in it, which may be days old or years ahead), so the
+//! table does not grow forever and a producer writing old records keeps its duplicate detection.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -52,7 +54,7 @@ struct ProducerEntry {
     /// no allocation beyond the map slot.
     batches: [CachedBatch; PRODUCER_BATCHES_CACHED],
     len: usize,
-    /// Max timestamp of the producer's last batch, for expiration.
+    /// Broker time of the producer's last append, for expiration.
     last_timestamp: i64,
     /// First offset of the producer's ongoing transaction in this partition; -1 when none.
     txn_first_offset: i64,
@@ -174,23 +176,23 @@ impl ProducerStateTable {
         Ok(SequenceCheck::Append)
     }
 
-    /// Records an appended idempotent batch (with its final offsets). Also used when rebuilding from
-    /// the log and for offset-preserving appends, where batches are taken as they are.
-    pub(crate) fn record(&mut self, header: &BatchHeader) {
+    /// Records an idempotent batch appended at broker time `append_ms` (with its final offsets). Also
+    /// used when rebuilding from the log and for offset-preserving appends, where batches are taken as
+    /// they are.
+    pub(crate) fn record(&mut self, header: &BatchHeader, append_ms: i64) {
         let batch = CachedBatch {
             first_sequence: header.base_sequence,
             last_sequence: increment_sequence(header.base_sequence, header.last_offset_delta),
             first_offset: header.base_offset,
             last_offset: header.last_offset(),
         };
-        let entry =
-            self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, header.max_timestamp));
+        let entry = self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, append_ms));
         if header.producer_epoch != entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.len = 0;
         }
         entry.push(batch);
-        entry.last_timestamp = header.max_timestamp;
+        entry.last_timestamp = append_ms;
         if header.is_transactional() && entry.txn_first_offset < 0 {
             entry.txn_first_offset = header.base_offset;
             self.ongoing.insert((header.base_offset, header.producer_id));
@@ -219,14 +221,13 @@ impl ProducerStateTable {
     /// Records an appended (or recovered) transaction marker: it ends the producer's ongoing
     /// transaction, if any, and raises its epoch to the marker's (a fencing abort carries a bumped
     /// epoch). Returns the aborted range for an abort that ended a transaction.
-    pub(crate) fn record_marker(&mut self, header: &BatchHeader, control: ControlType) -> Option<AbortedTxn> {
-        let entry =
-            self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, header.max_timestamp));
+    pub(crate) fn record_marker(&mut self, header: &BatchHeader, control: ControlType, append_ms: i64) -> Option<AbortedTxn> {
+        let entry = self.producers.entry(header.producer_id).or_insert_with(|| ProducerEntry::new(header.producer_epoch, append_ms));
         if header.producer_epoch > entry.epoch {
             entry.epoch = header.producer_epoch;
             entry.len = 0;
         }
-        entry.last_timestamp = entry.last_timestamp.max(header.max_timestamp);
+        entry.last_timestamp = entry.last_timestamp.max(append_ms);
         let first_offset = std::mem::replace(&mut entry.txn_first_offset, -1);
         if first_offset < 0 {
             return None;
@@ -254,8 +255,8 @@ impl ProducerStateTable {
         self.ongoing.iter().map(|(offset, producer)| (*producer, *offset)).collect()
     }
 
-    /// Forgets producers whose last batch's max timestamp is older than `cutoff_ms`, except those in a
-    /// transaction: their state bounds the last stable offset until a marker ends it.
+    /// Forgets producers whose last append was before `cutoff_ms`, except those in a transaction:
+    /// their state bounds the last stable offset until a marker ends it.
     pub(crate) fn expire(&mut self, cutoff_ms: i64) {
         self.producers.retain(|_, entry| entry.last_timestamp >= cutoff_ms || entry.txn_first_offset >= 0);
     }
@@ -350,10 +351,10 @@ mod tests {
         let mut table = ProducerStateTable::default();
         let first = header(1, 0, 0, 3, 0);
         assert_eq!(table.check(&first, &[], true).unwrap(), SequenceCheck::Append);
-        table.record(&first);
+        table.record(&first, 0);
         let second = header(1, 0, 3, 2, 3);
         assert_eq!(table.check(&second, &[], true).unwrap(), SequenceCheck::Append);
-        table.record(&second);
+        table.record(&second, 0);
 
         let retry = header(1, 0, 0, 3, 99);
         assert_eq!(
@@ -374,7 +375,7 @@ mod tests {
     #[test]
     fn epochs_fence_zombies_and_restart_sequences() {
         let mut table = ProducerStateTable::default();
-        table.record(&header(1, 3, 10, 1, 0));
+        table.record(&header(1, 3, 10, 1, 0), 0);
         assert!(matches!(
             table.check(&header(1, 2, 11, 1, 1), &[], true),
             Err(StorageError::InvalidProducerEpoch { current: 3, got: 2, .. })
@@ -385,7 +386,7 @@ mod tests {
         ));
         let bumped = header(1, 4, 0, 1, 1);
         assert_eq!(table.check(&bumped, &[], true).unwrap(), SequenceCheck::Append);
-        table.record(&bumped);
+        table.record(&bumped, 0);
         // The old epoch's batches are forgotten: a retry of them is a stale epoch, not a duplicate.
         assert!(matches!(table.check(&header(1, 3, 10, 1, 0), &[], true), Err(StorageError::InvalidProducerEpoch { .. })));
     }
@@ -394,7 +395,7 @@ mod tests {
     fn remembers_only_the_last_five_batches() {
         let mut table = ProducerStateTable::default();
         for i in 0..7 {
-            table.record(&header(9, 0, i, 1, i64::from(i)));
+            table.record(&header(9, 0, i, 1, i64::from(i)), 0);
         }
         assert!(matches!(table.check(&header(9, 0, 2, 1, 0), &[], true).unwrap(), SequenceCheck::Duplicate(b) if b.first_offset == 2));
         assert!(matches!(table.check(&header(9, 0, 1, 1, 0), &[], true), Err(StorageError::OutOfOrderSequence { expected: 7, .. })));
@@ -404,9 +405,9 @@ mod tests {
     fn snapshots_round_trip_and_reject_damage() {
         let mut table = ProducerStateTable::default();
         for i in 0..7 {
-            table.record(&header(1, 0, i, 1, i64::from(i)));
+            table.record(&header(1, 0, i, 1, i64::from(i)), 0);
         }
-        table.record(&header(2, 4, 0, 3, 7));
+        table.record(&header(2, 4, 0, 3, 7), 0);
         let bytes = table.encode_snapshot(10);
         let (offset, loaded) = ProducerStateTable::decode_snapshot(&bytes).unwrap();
         assert_eq!((offset, loaded.len()), (10, 2));
@@ -426,7 +427,7 @@ mod tests {
     #[test]
     fn expiration_forgets_idle_producers() {
         let mut table = ProducerStateTable::default();
-        table.record(&header(1, 0, 0, 1, 0));
+        table.record(&header(1, 0, 0, 1, 0), 1_000);
         table.expire(1_000);
         assert_eq!(table.len(), 1);
         table.expire(1_001);

@@ -2008,10 +2008,13 @@ impl RequestKind {
         }
     }
     /// Decode the message from the provided buffer and version
+    ///
+    /// Sluice patch: generic over the buffer (upstream takes `&mut bytes::Bytes`), so a caller can
+    /// pass a buffer that bounds the decoded size through `ByteBuf::charge_decoded`.
     #[cfg(feature = "broker")]
-    pub fn decode(
+    pub fn decode<B: crate::protocol::buf::ByteBuf>(
         api_key: ApiKey,
-        bytes: &mut bytes::Bytes,
+        bytes: &mut B,
         version: i16,
     ) -> anyhow::Result<RequestKind> {
         match api_key {
@@ -2786,7 +2789,7 @@ impl From<DeleteShareGroupOffsetsRequest> for RequestKind {
 
 #[cfg(feature = "messages_enums")]
 #[cfg(any(feature = "client", feature = "broker"))]
-fn decode<T: Decodable>(bytes: &mut bytes::Bytes, version: i16) -> Result<T> {
+fn decode<T: Decodable, B: crate::protocol::buf::ByteBuf>(bytes: &mut B, version: i16) -> Result<T> {
     T::decode(bytes, version).with_context(|| {
         format!(
             "Failed to decode {} v{} body",

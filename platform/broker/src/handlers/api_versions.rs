@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::ApiVersionsResponse;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 
-pub fn handle() -> ApiVersionsResponse {
+pub(crate) fn handle() -> ApiVersionsResponse {
     ApiVersionsResponse::default().with_api_keys(
         sluice_protocol::SUPPORTED_APIS
             .iter()
@@ -14,6 +14,6 @@ pub fn handle() -> ApiVersionsResponse {
 }
 
 /// The answer to an ApiVersions request at a version we do not implement (always encoded as v0).
-pub fn unsupported_version() -> kafka_protocol::messages::ResponseKind {
+pub(crate) fn unsupported_version() -> kafka_protocol::messages::ResponseKind {
     handle().with_error_code(ResponseError::UnsupportedVersion.code()).into()
 }

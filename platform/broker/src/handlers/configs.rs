@@ -10,13 +10,15 @@ use kafka_protocol::messages::{
     IncrementalAlterConfigsResponse,
 };
 
+use kafka_protocol::protocol::StrBytes;
+
 use super::{blocking, str_bytes};
 use crate::broker::Broker;
 use crate::config::{TopicConfig, validate_topic_setting};
 use crate::error::BrokerError;
 
-pub const RESOURCE_TOPIC: i8 = 2;
-pub const RESOURCE_BROKER: i8 = 4;
+pub(crate) const RESOURCE_TOPIC: i8 = 2;
+pub(crate) const RESOURCE_BROKER: i8 = 4;
 
 fn config_entry(name: &str, value: &str, source: i8, read_only: bool) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default()
@@ -26,7 +28,7 @@ fn config_entry(name: &str, value: &str, source: i8, read_only: bool) -> Describ
         .with_read_only(read_only)
 }
 
-pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _version: i16) -> DescribeConfigsResponse {
+pub(crate) fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _version: i16) -> DescribeConfigsResponse {
     let results = request
         .resources
         .into_iter()
@@ -42,7 +44,7 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
                         let entries = topic
                             .config
                             .read()
-                            .all_effective(&broker.config)
+                            .all_effective(broker.config())
                             .into_iter()
                             .filter(|(k, _, _)| wanted(k))
                             .map(|(k, v, source)| config_entry(k, &v, source.kafka_code(), false))
@@ -60,10 +62,10 @@ pub fn describe_configs(broker: &Broker, request: DescribeConfigsRequest, _versi
                             .with_error_message(Some(str_bytes(format!("this is broker {}", broker.node_id()))));
                     }
                     let entries = broker
-                        .config
+                        .config()
                         .entries()
                         .filter(|(k, _)| wanted(k))
-                        .map(|(k, v)| config_entry(k, v, if broker.config.is_explicit(k) { 4 } else { 5 }, true))
+                        .map(|(k, v)| config_entry(k, v, if broker.config().is_explicit(k) { 4 } else { 5 }, true))
                         .collect();
                     result.with_configs(entries)
                 }
@@ -88,29 +90,37 @@ fn apply_topic_config(broker: &Broker, name: &str, config: TopicConfig, validate
     Ok(())
 }
 
-pub fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
+/// The outcome of altering one resource, as (error code, error message): topics are altered by
+/// `alter_topic`; broker settings are static; other resource types do not exist here.
+fn alter_resource(resource_type: i8, alter_topic: impl FnOnce() -> Result<(), BrokerError>) -> (i16, Option<StrBytes>) {
+    let outcome = match resource_type {
+        RESOURCE_TOPIC => alter_topic(),
+        RESOURCE_BROKER => Err(static_broker_error()),
+        other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
+    };
+    match outcome {
+        Ok(()) => (0, None),
+        Err(error) => (error.code(), Some(str_bytes(error.to_string()))),
+    }
+}
+
+pub(crate) fn alter_configs(broker: &Broker, request: AlterConfigsRequest) -> AlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let outcome = match resource.resource_type {
-                // AlterConfigs replaces the whole set of overrides.
-                RESOURCE_TOPIC => {
-                    TopicConfig::from_pairs(resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str()))))
-                        .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
-                        .and_then(|config| apply_topic_config(broker, &name, config, request.validate_only))
-                }
-                RESOURCE_BROKER => Err(static_broker_error()),
-                other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
-            };
-            let response = AlterConfigsResourceResponse::default()
+            // AlterConfigs replaces the whole set of overrides.
+            let (code, message) = alter_resource(resource.resource_type, || {
+                TopicConfig::from_pairs(resource.configs.iter().filter_map(|c| c.value.as_ref().map(|v| (c.name.as_str(), v.as_str()))))
+                    .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+                    .and_then(|config| apply_topic_config(broker, &name, config, request.validate_only))
+            });
+            AlterConfigsResourceResponse::default()
                 .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name);
-            match outcome {
-                Ok(()) => response,
-                Err(error) => response.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),
-            }
+                .with_resource_name(resource.resource_name)
+                .with_error_code(code)
+                .with_error_message(message)
         })
         .collect();
     AlterConfigsResponse::default().with_responses(responses)
@@ -121,57 +131,51 @@ const OP_DELETE: i8 = 1;
 const OP_APPEND: i8 = 2;
 const OP_SUBTRACT: i8 = 3;
 
-pub fn incremental_alter_configs(broker: &Broker, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub(crate) fn incremental_alter_configs(broker: &Broker, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
     let responses = request
         .resources
         .into_iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            let outcome = match resource.resource_type {
-                RESOURCE_TOPIC => (|| {
-                    let topic = broker.topic(&name).ok_or_else(|| BrokerError::UnknownTopic(name.clone()))?;
-                    let mut config = topic.config.read().clone();
-                    for change in &resource.configs {
-                        let key = change.name.to_string();
-                        let value = change.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
-                        let current = || config.effective(&key, &broker.config).map(|(v, _)| v).unwrap_or_default();
-                        let list = |s: &str| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect::<Vec<_>>();
-                        let new_value = match change.config_operation {
-                            OP_SET => Some(value),
-                            OP_DELETE => None,
-                            OP_APPEND => {
-                                let mut items = list(&current());
-                                items.extend(list(&value).into_iter().filter(|v| !list(&current()).contains(v)));
-                                Some(items.join(","))
-                            }
-                            OP_SUBTRACT => {
-                                let remove = list(&value);
-                                Some(list(&current()).into_iter().filter(|v| !remove.contains(v)).collect::<Vec<_>>().join(","))
-                            }
-                            other => return Err(BrokerError::InvalidRequest(format!("unknown config operation {other}"))),
-                        };
-                        match new_value {
-                            Some(v) => {
-                                validate_topic_setting(&key, &v).map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
-                                config.overrides.insert(key, v);
-                            }
-                            None => {
-                                config.overrides.remove(&key);
-                            }
+            let (code, message) = alter_resource(resource.resource_type, || {
+                let topic = broker.topic(&name).ok_or_else(|| BrokerError::UnknownTopic(name.clone()))?;
+                let mut config = topic.config.read().clone();
+                for change in &resource.configs {
+                    let key = change.name.to_string();
+                    let value = change.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+                    let current = || config.effective(&key, broker.config()).map(|(v, _)| v).unwrap_or_default();
+                    let list = |s: &str| s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect::<Vec<_>>();
+                    let new_value = match change.config_operation {
+                        OP_SET => Some(value),
+                        OP_DELETE => None,
+                        OP_APPEND => {
+                            let mut items = list(&current());
+                            items.extend(list(&value).into_iter().filter(|v| !list(&current()).contains(v)));
+                            Some(items.join(","))
+                        }
+                        OP_SUBTRACT => {
+                            let remove = list(&value);
+                            Some(list(&current()).into_iter().filter(|v| !remove.contains(v)).collect::<Vec<_>>().join(","))
+                        }
+                        other => return Err(BrokerError::InvalidRequest(format!("unknown config operation {other}"))),
+                    };
+                    match new_value {
+                        Some(v) => {
+                            validate_topic_setting(&key, &v).map_err(|e| BrokerError::InvalidConfig(e.to_string()))?;
+                            config.overrides.insert(key, v);
+                        }
+                        None => {
+                            config.overrides.remove(&key);
                         }
                     }
-                    apply_topic_config(broker, &name, config, request.validate_only)
-                })(),
-                RESOURCE_BROKER => Err(static_broker_error()),
-                other => Err(BrokerError::InvalidRequest(format!("resource type {other} is not supported"))),
-            };
-            let response = IncrementalResourceResponse::default()
+                }
+                apply_topic_config(broker, &name, config, request.validate_only)
+            });
+            IncrementalResourceResponse::default()
                 .with_resource_type(resource.resource_type)
-                .with_resource_name(resource.resource_name);
-            match outcome {
-                Ok(()) => response,
-                Err(error) => response.with_error_code(error.code()).with_error_message(Some(str_bytes(error.to_string()))),
-            }
+                .with_resource_name(resource.resource_name)
+                .with_error_code(code)
+                .with_error_message(message)
         })
         .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)

@@ -24,7 +24,7 @@ use crate::error::storage_error_code;
 use crate::topic::Topic;
 
 /// The longest a fetch may wait for data, whatever the client asks.
-pub const FETCH_WAIT_MS_MAX: i32 = 300_000;
+pub(crate) const FETCH_WAIT_MS_MAX: i32 = 300_000;
 
 struct FetchPlan {
     topics: Vec<FetchTopic>,
@@ -57,6 +57,9 @@ fn count_records(bytes: &Bytes) -> u64 {
 /// One pass over every requested partition. Returns the response and the bytes it carries.
 fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
+    // Replies already built and not yet read by their peers count against every Fetch: past the
+    // broker-wide budget a Fetch returns only the one batch KIP-74 requires (see `budget`).
+    let max_bytes = plan.max_bytes.min(broker.fetch_reply_bytes().available());
     let mut any_error = false;
     let responses = plan
         .topics
@@ -79,7 +82,7 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                         any_error = true;
                         return partition_error(fp.partition, ResponseError::FencedLeaderEpoch);
                     }
-                    let remaining = plan.max_bytes.saturating_sub(total);
+                    let remaining = max_bytes.saturating_sub(total);
                     let partition_max = (fp.partition_max_bytes.max(0) as usize).min(remaining);
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
@@ -132,11 +135,11 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
     (responses, total, any_error)
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
+pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
     if request.session_id != 0 {
         return Reply::Ready(FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code()).into());
     }
-    let broker_max = broker.config.fetch_bytes_max();
+    let broker_max = broker.config().fetch_bytes_max();
     // Fetch v0-2 had no response-level limit.
     let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
     let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1 };

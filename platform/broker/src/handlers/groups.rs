@@ -3,6 +3,7 @@
 //! (OffsetCommit, OffsetFetch). Membership logic lives in `crate::groups`, durable offsets in
 //! `crate::offsets`; this module translates between them and the wire.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
 use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
 use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
 use kafka_protocol::messages::offset_fetch_response::{
@@ -24,15 +26,22 @@ use kafka_protocol::messages::{
     SyncGroupResponse, TopicName,
 };
 
-use super::{ConnCtx, blocking, str_bytes};
+use super::{ConnCtx, blocking, map_partitions, per_partition, str_bytes};
 use crate::broker::Broker;
-use crate::groups::{GroupState, JoinRequest};
+use crate::groups::{GroupState, JoinRequest, check_group_id};
 use crate::host::is_internal_name;
-use crate::offsets::{COMMIT_METADATA_BYTES_MAX, CommittedOffset};
+use crate::offsets::{COMMIT_METADATA_BYTES_MAX, CommittedOffset, OffsetWrite};
+
+/// Most entries one OffsetCommit may carry. Kafka sets none; a consumer commits the partitions it
+/// was assigned, and one with more than this many partitions per commit does not exist. Checked
+/// before anything is built per entry.
+pub(crate) const OFFSET_COMMIT_PARTITIONS_MAX: usize = 10_000;
 
 /// Groups under `__sluice` hold the positions of the broker's own runtimes (transforms, connectors,
-/// mirrors); clients may read them but not join, commit to or delete them.
+/// mirrors); clients may read them but not join, commit to or delete them. Also applies the
+/// group-id limit, like every group API.
 fn writable(group: &str) -> Result<(), ResponseError> {
+    check_group_id(group)?;
     if is_internal_name(group) { Err(ResponseError::GroupAuthorizationFailed) } else { Ok(()) }
 }
 
@@ -40,7 +49,7 @@ fn error_code(result: Result<(), ResponseError>) -> i16 {
     result.err().map_or(0, |e| e.code())
 }
 
-pub async fn join_group(
+pub(crate) async fn join_group(
     broker: &Arc<Broker>,
     ctx: &ConnCtx,
     request: JoinGroupRequest,
@@ -50,7 +59,14 @@ pub async fn join_group(
     if let Err(error) = writable(request.group_id.0.as_str()) {
         return JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1);
     }
-    let join = JoinRequest {
+    broker.groups().join(join_request(ctx, request, version, client_id)).await
+}
+
+/// What the coordinator keeps of a JoinGroup. The decoder hands out metadata as zero-copy slices of
+/// the request frame; a member lives for minutes or days, so it gets its own copy of the few bytes it
+/// needs instead of keeping the whole frame (up to `socket.request.max.bytes`) alive.
+fn join_request(ctx: &ConnCtx, request: JoinGroupRequest, version: i16, client_id: String) -> JoinRequest {
+    JoinRequest {
         group_id: request.group_id.0.to_string(),
         member_id: request.member_id.to_string(),
         group_instance_id: request.group_instance_id.map(|i| i.to_string()),
@@ -59,19 +75,23 @@ pub async fn join_group(
         session_timeout_ms: request.session_timeout_ms,
         rebalance_timeout_ms: if version >= 1 { request.rebalance_timeout_ms } else { request.session_timeout_ms },
         protocol_type: request.protocol_type.to_string(),
-        protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
+        protocols: request.protocols.iter().map(|p| (p.name.to_string(), Bytes::copy_from_slice(&p.metadata))).collect(),
         require_known_member_id: version >= 4,
-    };
-    broker.groups.join(join).await
+    }
 }
 
-pub async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> SyncGroupResponse {
+/// The assignments a SyncGroup's leader hands out, by member id: copies, for the reason above.
+fn sync_assignments(request: &SyncGroupRequest) -> Vec<(String, Bytes)> {
+    request.assignments.iter().map(|a| (a.member_id.to_string(), Bytes::copy_from_slice(&a.assignment))).collect()
+}
+
+pub(crate) async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> SyncGroupResponse {
     if let Err(error) = writable(request.group_id.0.as_str()) {
         return SyncGroupResponse::default().with_error_code(error.code());
     }
-    let assignments: Vec<(String, Bytes)> = request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
+    let assignments = sync_assignments(&request);
     broker
-        .groups
+        .groups()
         .sync(
             request.group_id.0.as_str(),
             request.member_id.as_str(),
@@ -83,18 +103,18 @@ pub async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> Sync
         .await
 }
 
-pub fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
+pub(crate) fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
     let result = writable(request.group_id.0.as_str())
-        .and_then(|()| broker.groups.heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
+        .and_then(|()| broker.groups().heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
     HeartbeatResponse::default().with_error_code(error_code(result))
 }
 
-pub fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub(crate) fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     // v0-2 name one member; v3+ a batch.
     let member_ids: Vec<String> =
         if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
     let results = match writable(request.group_id.0.as_str()) {
-        Ok(()) => broker.groups.leave(request.group_id.0.as_str(), &member_ids),
+        Ok(()) => broker.groups().leave(request.group_id.0.as_str(), &member_ids),
         Err(error) => member_ids.into_iter().map(|id| (id, Err(error))).collect(),
     };
     if version >= 3 {
@@ -115,8 +135,8 @@ pub fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, version: i1
 
 /// Live groups plus groups that only have committed offsets (shown as Empty, like Kafka).
 fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
-    let mut groups = broker.groups.list();
-    for group in broker.offsets.groups() {
+    let mut groups = broker.groups().list();
+    for group in broker.offsets().groups() {
         if !groups.iter().any(|(g, _, _)| *g == group) {
             groups.push((group, GroupState::Empty, "consumer".to_string()));
         }
@@ -125,7 +145,7 @@ fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
     groups
 }
 
-pub fn list_groups(broker: &Broker, request: ListGroupsRequest) -> ListGroupsResponse {
+pub(crate) fn list_groups(broker: &Broker, request: ListGroupsRequest) -> ListGroupsResponse {
     let groups = all_groups(broker)
         .into_iter()
         .filter(|(_, state, _)| {
@@ -142,14 +162,17 @@ pub fn list_groups(broker: &Broker, request: ListGroupsRequest) -> ListGroupsRes
     ListGroupsResponse::default().with_groups(groups)
 }
 
-pub fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub(crate) fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let groups = request
         .groups
         .into_iter()
         .map(|group_id| {
+            if let Err(error) = check_group_id(group_id.0.as_str()) {
+                return DescribedGroup::default().with_group_id(group_id).with_error_code(error.code());
+            }
             let id = group_id.0.to_string();
             let described = DescribedGroup::default().with_group_id(group_id);
-            match broker.groups.describe(&id) {
+            match broker.groups().describe(&id) {
                 Some(view) => described
                     .with_group_state(str_bytes(view.state.name()))
                     .with_protocol_type(str_bytes(view.protocol_type))
@@ -168,7 +191,7 @@ pub fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -> Descr
                             })
                             .collect(),
                     ),
-                None if !broker.offsets.group(&id).is_empty() => {
+                None if broker.offsets().has_group(&id) => {
                     described.with_group_state(str_bytes("Empty")).with_protocol_type(str_bytes("consumer"))
                 }
                 // Kafka describes a group it has never heard of as Dead, without an error.
@@ -179,84 +202,80 @@ pub fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -> Descr
     DescribeGroupsResponse::default().with_groups(groups)
 }
 
-pub fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub(crate) fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let results = request
         .groups_names
         .into_iter()
         .map(|group_id| {
+            if let Err(error) = writable(group_id.0.as_str()) {
+                return DeletableGroupResult::default().with_group_id(group_id).with_error_code(error.code());
+            }
             let id = group_id.0.to_string();
             let result = DeletableGroupResult::default().with_group_id(group_id);
-            if let Err(error) = writable(&id) {
-                return result.with_error_code(error.code());
-            }
-            let has_offsets = !broker.offsets.group(&id).is_empty();
-            match broker.groups.remove_if_empty(&id) {
+            match blocking(|| broker.groups().delete_group(&id)) {
+                Ok(()) => result,
                 Err(error) => result.with_error_code(error.code()),
-                Ok(false) if !has_offsets => result.with_error_code(ResponseError::GroupIdNotFound.code()),
-                Ok(_) => match blocking(|| broker.offsets.delete_group(&id)) {
-                    Ok(()) => {
-                        tracing::info!(group = id, "deleted consumer group");
-                        result
-                    }
-                    Err(error) => result.with_error_code(error.code()),
-                },
             }
         })
         .collect();
     DeleteGroupsResponse::default().with_results(results)
 }
 
-pub fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
-    let group = request.group_id.0.to_string();
-    let membership = writable(&group)
-        .and_then(|()| broker.groups.check_commit(&group, request.member_id.as_str(), request.generation_id_or_member_epoch));
-    let now = crate::now_ms();
-    let mut entries = Vec::new();
-    let mut topics: Vec<OffsetCommitResponseTopic> = request
-        .topics
-        .iter()
-        .map(|t| {
-            let name = t.name.0.to_string();
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let response = OffsetCommitResponsePartition::default().with_partition_index(p.partition_index);
-                    let error = if let Err(error) = membership {
-                        Some(error)
-                    } else if broker.partition(&name, p.partition_index).is_err() {
-                        Some(ResponseError::UnknownTopicOrPartition)
-                    } else if p.committed_metadata.as_ref().is_some_and(|m| m.len() > COMMIT_METADATA_BYTES_MAX) {
-                        Some(ResponseError::OffsetMetadataTooLarge)
-                    } else {
-                        entries.push((
-                            (name.clone(), p.partition_index),
-                            Some(CommittedOffset {
-                                offset: p.committed_offset,
-                                leader_epoch: p.committed_leader_epoch,
-                                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-                                commit_timestamp_ms: now,
-                            }),
-                        ));
-                        None
-                    };
-                    response.with_error_code(error.map_or(0, |e| e.code()))
-                })
-                .collect();
-            OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
-        })
-        .collect();
-    let fsync = broker.config.flush_before_ack();
-    if let Err(error) = blocking(|| broker.offsets.write(&group, entries, fsync)) {
-        tracing::error!(group, %error, "cannot write committed offsets");
-        for topic in topics.iter_mut() {
-            for partition in topic.partitions.iter_mut() {
-                if partition.error_code == 0 {
-                    partition.error_code = error.code();
-                }
+pub(crate) fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = request.group_id.0.as_str();
+    let count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    // Whole-request checks come first, before anything is built per entry: a request is at most
+    // `socket.request.max.bytes`, but what it asks to store could be many times that.
+    let refusal = writable(group)
+        .and(if count > OFFSET_COMMIT_PARTITIONS_MAX { Err(ResponseError::InvalidCommitOffsetSize) } else { Ok(()) })
+        .and_then(|()| broker.groups().check_commit(group, request.member_id.as_str(), request.generation_id_or_member_epoch));
+    let mut codes = vec![refusal.err().map_or(0, |e| e.code()); count];
+    if refusal.is_ok() {
+        // Per entry: unknown partitions and oversized metadata are answered alone; the others are
+        // deduplicated (a partition named twice keeps its last offset, as two commits would), and
+        // only then copied, with the names of existing topics only.
+        let mut accepted: BTreeMap<(&str, i32), &OffsetCommitRequestPartition> = BTreeMap::new();
+        let mut position = 0;
+        for topic in &request.topics {
+            for p in &topic.partitions {
+                codes[position] = if !broker.partition_exists(topic.name.0.as_str(), p.partition_index) {
+                    ResponseError::UnknownTopicOrPartition.code()
+                } else if p.committed_metadata.as_ref().is_some_and(|m| m.len() > COMMIT_METADATA_BYTES_MAX) {
+                    ResponseError::OffsetMetadataTooLarge.code()
+                } else {
+                    accepted.insert((topic.name.0.as_str(), p.partition_index), p);
+                    0
+                };
+                position += 1;
             }
         }
+        let now = crate::now_ms();
+        let entries: Vec<OffsetWrite> = accepted
+            .into_iter()
+            .map(|((topic, partition), p)| {
+                let committed = CommittedOffset::from_request(
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                    p.committed_metadata.as_ref().map(|m| m.as_str()),
+                    now,
+                );
+                ((topic.to_string(), partition), Some(committed))
+            })
+            .collect();
+        let fsync = broker.config().flush_before_ack();
+        // The store checks the commit's encoded size before encoding anything (CommitTooLarge).
+        if let Err(error) = blocking(|| broker.offsets().write(group, entries, fsync)) {
+            tracing::warn!(group, %error, "cannot write committed offsets");
+            codes.iter_mut().filter(|code| **code == 0).for_each(|code| *code = error.code());
+        }
     }
+    let topics = per_partition(
+        &request.topics,
+        codes,
+        |t| &t.partitions,
+        |p, code| OffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code),
+        |t, partitions| OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions),
+    );
     OffsetCommitResponse::default().with_topics(topics)
 }
 
@@ -270,13 +289,13 @@ fn fetch_group_offsets(broker: &Broker, group: &str, topics: Option<Vec<(String,
         Some(topics) => topics
             .into_iter()
             .map(|(topic, partitions)| {
-                let offsets = partitions.into_iter().map(|p| (p, broker.offsets.get(group, &topic, p))).collect();
+                let offsets = partitions.into_iter().map(|p| (p, broker.offsets().get(group, &topic, p))).collect();
                 (topic, offsets)
             })
             .collect(),
         None => {
             let mut by_topic: Vec<TopicOffsets> = Vec::new();
-            for ((topic, partition), offset) in broker.offsets.group(group) {
+            for ((topic, partition), offset) in broker.offsets().group(group) {
                 match by_topic.last_mut() {
                     Some((t, list)) if *t == topic => list.push((partition, Some(offset))),
                     _ => by_topic.push((topic, vec![(partition, Some(offset))])),
@@ -314,11 +333,11 @@ macro_rules! offset_fetch_topics {
     };
 }
 
-pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     // require_stable (v7+, KIP-447): a partition with offsets staged by an open transaction answers
     // UNSTABLE_OFFSET_COMMIT, and the client retries until the transaction ends.
     let unstable = |group: &str, topic: &str, partition: i32| {
-        request.require_stable && broker.transactions.has_pending_offset(group, topic, partition)
+        request.require_stable && broker.transactions().has_pending_offset(group, topic, partition)
     };
     let code = ResponseError::UnstableOffsetCommit.code();
     if version >= 8 {
@@ -326,6 +345,9 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
             .groups
             .into_iter()
             .map(|g| {
+                if let Err(error) = check_group_id(g.group_id.0.as_str()) {
+                    return OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(error.code());
+                }
                 let id = g.group_id.0.to_string();
                 let wanted = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
                 let entries = fetch_group_offsets(broker, &id, wanted);
@@ -341,6 +363,23 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
+    if let Err(error) = check_group_id(request.group_id.0.as_str()) {
+        // v2+ has a request-level error; v1 only per partition.
+        if version >= 2 {
+            return OffsetFetchResponse::default().with_error_code(error.code());
+        }
+        let topics = request.topics.unwrap_or_default().into_iter().map(|t| {
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|p| {
+                    OffsetFetchResponsePartition::default().with_partition_index(*p).with_committed_offset(-1).with_error_code(error.code())
+                })
+                .collect();
+            OffsetFetchResponseTopic::default().with_name(t.name).with_partitions(partitions)
+        });
+        return OffsetFetchResponse::default().with_topics(topics.collect());
+    }
     let group = request.group_id.0.to_string();
     let wanted = request.topics.clone().map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
     let entries = fetch_group_offsets(broker, &group, wanted);
@@ -353,38 +392,106 @@ pub fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) 
     OffsetFetchResponse::default().with_topics(topics)
 }
 
-pub fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub(crate) fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.0.to_string();
     if let Err(error) = writable(&group) {
         return OffsetDeleteResponse::default().with_error_code(error.code());
     }
-    if broker.offsets.group(&group).is_empty() && broker.groups.describe(&group).is_none() {
+    if !broker.offsets().has_group(&group) && broker.groups().describe(&group).is_none() {
         return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code());
     }
-    let subscribed = broker.groups.subscribed_topics(&group);
+    let subscribed = broker.groups().subscribed_topics(&group);
     let mut deletions = Vec::new();
-    let topics = request
-        .topics
-        .into_iter()
-        .map(|t| {
-            let name = t.name.0.to_string();
-            let partitions = t
-                .partitions
-                .into_iter()
-                .map(|p| {
-                    let response = OffsetDeleteResponsePartition::default().with_partition_index(p.partition_index);
-                    if subscribed.contains(&name) {
-                        return response.with_error_code(ResponseError::GroupSubscribedToTopic.code());
-                    }
-                    deletions.push(((name.clone(), p.partition_index), None));
-                    response
-                })
-                .collect();
-            OffsetDeleteResponseTopic::default().with_name(t.name).with_partitions(partitions)
-        })
-        .collect();
-    if let Err(error) = blocking(|| broker.offsets.write(&group, deletions, false)) {
+    let topics = map_partitions(
+        &request.topics,
+        |t| &t.partitions,
+        |t, p| {
+            let response = OffsetDeleteResponsePartition::default().with_partition_index(p.partition_index);
+            let name = t.name.0.as_str();
+            if subscribed.iter().any(|s| s == name) {
+                return response.with_error_code(ResponseError::GroupSubscribedToTopic.code());
+            }
+            // Only what is stored is named again: a request's topic names are copied no more often
+            // than the group has offsets.
+            if broker.offsets().get(&group, name, p.partition_index).is_some() {
+                deletions.push((name.to_string(), p.partition_index));
+            }
+            response
+        },
+        |t, partitions| OffsetDeleteResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions),
+    );
+    if let Err(error) = blocking(|| broker.offsets().remove(&group, deletions)) {
         return OffsetDeleteResponse::default().with_error_code(error.code());
     }
     OffsetDeleteResponse::default().with_topics(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::BytesMut;
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    use super::*;
+
+    /// A request as the server hands it to a handler: decoded from a frame whose other bytes (here
+    /// a 1 MiB unknown tagged field, which the protocol allows) make it large.
+    fn decode_padded<Req: Encodable>(api_key: ApiKey, version: i16, request: &Req) -> (Bytes, RequestKind) {
+        let header = RequestHeader::default()
+            .with_request_api_key(api_key as i16)
+            .with_request_api_version(version)
+            .with_client_id(Some(StrBytes::from_static_str("c")));
+        let mut framed = BytesMut::new();
+        sluice_protocol::encode_request(&header, api_key, request, &mut framed).unwrap();
+        let frame = framed.freeze().slice(sluice_protocol::FRAME_LENGTH_BYTES..);
+        let decoded = sluice_protocol::decode_request(frame.clone()).unwrap();
+        (frame, decoded.body)
+    }
+
+    fn points_into(frame: &Bytes, bytes: &Bytes) -> bool {
+        let range = frame.as_ptr_range();
+        !bytes.is_empty() && range.contains(&bytes.as_ptr())
+    }
+
+    /// Issue 10, item 4: a member's subscription metadata and assignment were zero-copy slices of
+    /// the request frame, so a JoinGroup padded to 100 MiB kept 100 MiB alive for the member's
+    /// lifetime (times members, times groups). What the coordinator keeps must be its own bytes.
+    #[test]
+    fn what_a_member_keeps_does_not_hold_the_request_frame() {
+        let padding = BTreeMap::from([(1000, Bytes::from(vec![0u8; 1 << 20]))]);
+        let join = JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_session_timeout_ms(10_000)
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"subscription")),
+            ])
+            .with_unknown_tagged_fields(padding.clone());
+        let (frame, RequestKind::JoinGroup(decoded)) = decode_padded(ApiKey::JoinGroup, 7, &join) else { panic!("not a JoinGroup") };
+        assert!(frame.len() > 1 << 20);
+        let ctx = ConnCtx { local_addr: "127.0.0.1:9092".parse().unwrap(), peer_addr: "127.0.0.1:5000".parse().unwrap() };
+        let kept = join_request(&ctx, decoded, 7, "c".into());
+        assert_eq!(kept.protocols[0].1, Bytes::from_static(b"subscription"));
+        assert!(!points_into(&frame, &kept.protocols[0].1), "the subscription is a slice of the request frame");
+
+        let sync = SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_member_id(StrBytes::from_static_str("m"))
+            .with_assignments(vec![
+                SyncGroupRequestAssignment::default()
+                    .with_member_id(StrBytes::from_static_str("m"))
+                    .with_assignment(Bytes::from_static(b"assignment")),
+            ])
+            .with_unknown_tagged_fields(padding);
+        let (frame, RequestKind::SyncGroup(decoded)) = decode_padded(ApiKey::SyncGroup, 5, &sync) else { panic!("not a SyncGroup") };
+        let kept = sync_assignments(&decoded);
+        assert_eq!(kept[0].1, Bytes::from_static(b"assignment"));
+        assert!(!points_into(&frame, &kept[0].1), "the assignment is a slice of the request frame");
+    }
 }

@@ -19,10 +19,10 @@ use crate::broker::Broker;
 use crate::topic::Topic;
 
 /// Topics one Metadata request may name; the rest of the request is refused as invalid.
-pub const METADATA_TOPICS_MAX: usize = 100_000;
+pub(crate) const METADATA_TOPICS_MAX: usize = 100_000;
 
-pub fn advertised(broker: &Broker, ctx: &ConnCtx) -> (String, i32) {
-    broker.config.advertised_listener().unwrap_or_else(|| (ctx.local_addr.ip().to_string(), ctx.local_addr.port() as i32))
+pub(crate) fn advertised(broker: &Broker, ctx: &ConnCtx) -> (String, i32) {
+    broker.config().advertised_listener().unwrap_or_else(|| (ctx.local_addr.ip().to_string(), ctx.local_addr.port() as i32))
 }
 
 fn topic_entry(broker: &Broker, topic: &Topic) -> MetadataResponseTopic {
@@ -50,7 +50,7 @@ fn error_entry(name: Option<String>, id: Uuid, error: ResponseError) -> Metadata
     MetadataResponseTopic::default().with_name(name.map(|n| TopicName(str_bytes(n)))).with_topic_id(id).with_error_code(error.code())
 }
 
-pub async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: MetadataRequest, version: i16) -> MetadataResponse {
+pub(crate) async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: MetadataRequest, version: i16) -> MetadataResponse {
     let (host, port) = advertised(broker, ctx);
     let node = BrokerId(broker.node_id());
     // v0 asks for all topics with an empty list; v1+ with null.
@@ -91,23 +91,23 @@ pub async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: MetadataRequ
     };
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default().with_node_id(node).with_host(str_bytes(host)).with_port(port)])
-        .with_cluster_id(Some(str_bytes(broker.cluster_id.clone())))
+        .with_cluster_id(Some(str_bytes(broker.cluster_id().to_string())))
         .with_controller_id(node)
         .with_topics(topics)
 }
 
-pub fn describe_cluster(broker: &Broker, ctx: &ConnCtx, _request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub(crate) fn describe_cluster(broker: &Broker, ctx: &ConnCtx, _request: DescribeClusterRequest) -> DescribeClusterResponse {
     let (host, port) = advertised(broker, ctx);
     let node = BrokerId(broker.node_id());
     DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(broker.cluster_id.clone()))
+        .with_cluster_id(str_bytes(broker.cluster_id().to_string()))
         .with_controller_id(node)
         .with_brokers(vec![DescribeClusterBroker::default().with_broker_id(node).with_host(str_bytes(host)).with_port(port)])
 }
 
 /// Key types: 0 = consumer group, 1 = transaction. This broker coordinates groups; transactions
 /// are not implemented yet, so it says so instead of pretending.
-pub fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+pub(crate) fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let (host, port) = advertised(broker, ctx);
     let node = BrokerId(broker.node_id());
     let error = match request.key_type {

@@ -15,28 +15,28 @@ use sluice_protocol::DecodedRequest;
 
 use crate::broker::Broker;
 
-pub mod api_versions;
-pub mod configs;
-pub mod fetch;
-pub mod groups;
-pub mod list_offsets;
-pub mod metadata;
-pub mod produce;
-pub mod topics;
-pub mod txn;
+pub(crate) mod api_versions;
+pub(crate) mod configs;
+pub(crate) mod fetch;
+pub(crate) mod groups;
+pub(crate) mod list_offsets;
+pub(crate) mod metadata;
+pub(crate) mod produce;
+pub(crate) mod topics;
+pub(crate) mod txn;
 
 /// The connection a request arrived on.
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     pub local_addr: SocketAddr,
     pub peer_addr: SocketAddr,
 }
 
-pub type ResponseFuture = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
+pub(crate) type ResponseFuture = Pin<Box<dyn Future<Output = ResponseKind> + Send>>;
 
 // `Ready` is by far the common case; boxing it to shrink the enum would add an allocation per
 // response on the hot path.
 #[allow(clippy::large_enum_variant)]
-pub enum Reply {
+pub(crate) enum Reply {
     Ready(ResponseKind),
     /// Completed by the connection's writer, in request order.
     Deferred(ResponseFuture),
@@ -44,7 +44,7 @@ pub enum Reply {
     NoResponse,
 }
 
-pub async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: DecodedRequest) -> Reply {
+pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: DecodedRequest) -> Reply {
     let version = request.version;
     let client_id = request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
     let ready = |r: ResponseKind| Reply::Ready(r);
@@ -88,11 +88,42 @@ pub async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: DecodedReque
     }
 }
 
-pub fn str_bytes(s: impl Into<String>) -> StrBytes {
+pub(crate) fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
 
+/// The per-topic, per-partition walk of a request into a response: `partition` answers one
+/// partition of a topic, `topic` wraps a topic's answers. Request and response types differ per API;
+/// the walk is the same.
+pub(crate) fn map_partitions<T, P, R, TR>(
+    topics: &[T],
+    partitions_of: impl Fn(&T) -> &[P],
+    mut partition: impl FnMut(&T, &P) -> R,
+    topic: impl Fn(&T, Vec<R>) -> TR,
+) -> Vec<TR> {
+    topics
+        .iter()
+        .map(|t| {
+            let partitions = partitions_of(t).iter().map(|p| partition(t, p)).collect();
+            topic(t, partitions)
+        })
+        .collect()
+}
+
+/// [`map_partitions`] for a request whose entries were already answered with one error code each,
+/// in request order.
+pub(crate) fn per_partition<T, P, R, TR>(
+    topics: &[T],
+    codes: Vec<i16>,
+    partitions_of: impl Fn(&T) -> &[P],
+    partition: impl Fn(&P, i16) -> R,
+    topic: impl Fn(&T, Vec<R>) -> TR,
+) -> Vec<TR> {
+    let mut codes = codes.into_iter();
+    map_partitions(topics, partitions_of, |_, p| partition(p, codes.next().unwrap_or_default()), topic)
+}
+
 /// Runs blocking file work on this worker thread, moving other tasks off it first.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }

@@ -16,7 +16,7 @@ use sluice_storage::{AppendMode, BatchHeader, StorageError};
 
 use super::{Reply, blocking, str_bytes};
 use crate::broker::Broker;
-use crate::error::storage_error_code;
+use crate::error::{BrokerError, storage_error_code};
 use crate::topic::{DURABILITY_WAIT_DEFAULT, FlushPolicy, Partition};
 
 struct PendingDurability {
@@ -34,7 +34,7 @@ fn error_response(index: i32, error: ResponseError, message: Option<String>) -> 
         .with_error_message(message.map(str_bytes))
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
+pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
     let acks = request.acks;
     if !matches!(acks, -1..=1) {
         let responses = request
@@ -86,13 +86,30 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                 partition_responses.push(error_response(index, ResponseError::InvalidRecord, Some(why.into())));
                 continue;
             }
+            // A plain write with a producer id (idempotent) must come from an idempotent producer:
+            // Kafka refuses one from a producer with an open transaction; Sluice refuses any
+            // transactional id's producer (it only writes in transactions) and ids it never handed out.
+            if let Some(h) = header.filter(|h| !transactional && h.producer_id >= 0) {
+                let refusal = if broker.transactions().owns_producer(h.producer_id) {
+                    Some((ResponseError::InvalidTxnState, "the producer id belongs to a transactional id; write in a transaction"))
+                } else if !broker.producer_ids().ever_allocated(h.producer_id) {
+                    Some((ResponseError::UnknownProducerId, "this producer id was never handed out by InitProducerId"))
+                } else {
+                    None
+                };
+                if let Some((error, why)) = refusal {
+                    tracing::debug!(topic = name, partition = index, producer_id = h.producer_id, why, "idempotent produce refused");
+                    partition_responses.push(error_response(index, error, Some(why.into())));
+                    continue;
+                }
+            }
             let appended = match header.filter(|_| transactional) {
                 // The coordinator checks the producer belongs to the request's transactional id and
                 // its transaction holds this partition, and keeps the transaction from completing
                 // while the batch is appended.
                 Some(h) => match reserved_id(transactional_id).and_then(|id| {
                     blocking(|| {
-                        broker.transactions.transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
+                        broker.transactions().transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
                             partition.append(&mut batch, mode, now)
                         })
                     })
@@ -103,10 +120,10 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
                             topic = name,
                             partition = index,
                             producer_id = h.producer_id,
-                            ?error,
+                            %error,
                             "transactional produce refused"
                         );
-                        partition_responses.push(error_response(index, error, None));
+                        partition_responses.push(error_response(index, error.kafka(), None));
                         continue;
                     }
                 },
@@ -166,7 +183,7 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
         for p in pending {
             let error = match p.partition.wait_durable_within(p.offset, wait).await {
                 Ok(()) => continue,
-                Err(error @ crate::error::BrokerError::Timeout(_)) => (ResponseError::RequestTimedOut, error.to_string()),
+                Err(error @ BrokerError::Timeout(_)) => (ResponseError::RequestTimedOut, error.to_string()),
                 Err(error) => (ResponseError::KafkaStorageError, error.to_string()),
             };
             if let Some(entry) = response.responses.get_mut(p.topic_idx).and_then(|t| t.partition_responses.get_mut(p.partition_idx)) {
@@ -178,16 +195,15 @@ pub async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16)
     }))
 }
 
-pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub(crate) fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
     if let Some(transactional_id) = request.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
         return super::txn::init_producer_id(broker, &request, &transactional_id.0.to_string());
     }
-    // KIP-360: an idempotent producer that hit an unrecoverable sequence error asks to bump its
-    // epoch, keeping its id; sequences restart at 0 under the new epoch.
-    if request.producer_id.0 >= 0 && request.producer_epoch >= 0 && request.producer_epoch < i16::MAX - 1 {
-        return InitProducerIdResponse::default().with_producer_id(request.producer_id).with_producer_epoch(request.producer_epoch + 1);
-    }
-    match blocking(|| broker.allocate_producer_id()) {
+    // Without a transactional id, Kafka's coordinator ignores the producer id and epoch a KIP-360
+    // client sends and hands out a fresh producer id: it cannot tell whose id it was given, and
+    // bumping the epoch of an arbitrary id would let any client take over another producer's id.
+    // (Clients bump an idempotent producer's epoch themselves, or ask for a fresh id like this.)
+    match blocking(|| broker.producer_ids().allocate()) {
         Ok(id) => InitProducerIdResponse::default().with_producer_id(ProducerId(id)).with_producer_epoch(0),
         Err(error) => {
             tracing::error!(%error, "cannot allocate a producer id");
@@ -197,9 +213,9 @@ pub fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> Init
 }
 
 /// The request's transactional id, unless it is one of the broker's own (`__sluice…`).
-fn reserved_id(transactional_id: &str) -> Result<&str, ResponseError> {
+fn reserved_id(transactional_id: &str) -> Result<&str, BrokerError> {
     if crate::host::is_internal_name(transactional_id) {
-        Err(ResponseError::TransactionalIdAuthorizationFailed)
+        Err(BrokerError::Protocol(ResponseError::TransactionalIdAuthorizationFailed))
     } else {
         Ok(transactional_id)
     }

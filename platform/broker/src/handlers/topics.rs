@@ -19,7 +19,7 @@ use crate::config::TopicConfig;
 use crate::error::BrokerError;
 
 /// Topics one CreateTopics or DeleteTopics request may name.
-pub const TOPICS_PER_REQUEST_MAX: usize = 10_000;
+pub(crate) const TOPICS_PER_REQUEST_MAX: usize = 10_000;
 
 fn check_replication(broker: &Broker, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
     if factor != -1 && factor != 1 {
@@ -34,7 +34,7 @@ fn check_replication(broker: &Broker, factor: i16, assignments: &[Vec<i32>]) -> 
     Ok(())
 }
 
-pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
+pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request.topics.iter().map(|t| t.name.0.to_string()).filter(|n| !seen.insert(n.clone())).collect();
     let too_many = request.topics.len() > TOPICS_PER_REQUEST_MAX;
@@ -87,7 +87,7 @@ pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16
                             .topic
                             .config
                             .read()
-                            .all_effective(&broker.config)
+                            .all_effective(broker.config())
                             .into_iter()
                             .map(|(k, v, source)| {
                                 CreatableTopicConfigs::default()
@@ -100,7 +100,7 @@ pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16
                     CreatableTopicResult::default()
                         .with_name(t.name.clone())
                         .with_topic_id(created.topic.id)
-                        .with_num_partitions(partitions.unwrap_or_else(|| broker.config.num_partitions()))
+                        .with_num_partitions(partitions.unwrap_or_else(|| broker.config().num_partitions()))
                         .with_replication_factor(1)
                         .with_configs(configs)
                 }
@@ -111,7 +111,7 @@ pub fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16
     CreateTopicsResponse::default().with_topics(results)
 }
 
-pub fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
+pub(crate) fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16) -> DeleteTopicsResponse {
     // v6 names topics by name or id in `topics`; earlier versions list names in `topic_names`.
     let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
         request.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
@@ -139,7 +139,7 @@ pub fn delete_topics(broker: &Broker, request: DeleteTopicsRequest, version: i16
     DeleteTopicsResponse::default().with_responses(responses)
 }
 
-pub fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub(crate) fn create_partitions(broker: &Broker, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let results = request
         .topics
         .into_iter()

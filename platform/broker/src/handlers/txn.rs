@@ -14,170 +14,186 @@ use kafka_protocol::messages::{
     ListTransactionsResponse, ProducerId, TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 
-use super::{blocking, str_bytes};
+use super::{blocking, per_partition, str_bytes};
 use crate::broker::Broker;
+use crate::error::{BrokerError, refuse};
+use crate::groups::check_group_id;
 use crate::host::is_internal_name;
 use crate::offsets::CommittedOffset;
-use crate::transactions::{PartitionResults, TxnStatus};
-
-/// Most partitions one AddPartitionsToTxn or TxnOffsetCommit request may name (the coordinator also
-/// bounds each transaction's totals).
-pub const TXN_REQUEST_PARTITIONS_MAX: usize = 10_000;
-
-/// The error for one partition of a request the coordinator answered as a whole (`Err`) or per
-/// partition.
-fn partition_error(outcome: &Result<PartitionResults, ResponseError>, topic: &str, partition: i32) -> Option<ResponseError> {
-    match outcome {
-        Err(error) => Some(*error),
-        Ok(results) => results.iter().find(|((t, p), _)| t == topic && *p == partition).and_then(|(_, e)| *e),
-    }
-}
+use crate::transactions::{TXN_OFFSETS_MAX, TXN_PARTITIONS_MAX, TxnStatus};
 
 /// Transactional ids and groups under `__sluice` belong to the broker's own runtimes: a client that
 /// names one could fence a transform's runner or move its input position.
-fn reserved(transactional_id: &str, group: Option<&str>) -> Result<(), ResponseError> {
+fn reserved(transactional_id: &str, group: Option<&str>) -> Result<(), BrokerError> {
     if is_internal_name(transactional_id) {
         tracing::debug!(transactional_id, "refused a reserved transactional id");
-        return Err(ResponseError::TransactionalIdAuthorizationFailed);
+        return refuse(ResponseError::TransactionalIdAuthorizationFailed);
     }
     if group.is_some_and(is_internal_name) {
-        return Err(ResponseError::GroupAuthorizationFailed);
+        return refuse(ResponseError::GroupAuthorizationFailed);
     }
     Ok(())
 }
 
 /// InitProducerId with a non-empty transactional id.
-pub fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
+pub(crate) fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
     let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
-    let outcome = reserved(transactional_id, None).and_then(|()| {
-        blocking(|| broker.transactions.init_producer_id(broker, transactional_id, request.transaction_timeout_ms, expected))
-    });
+    let outcome = reserved(transactional_id, None)
+        .and_then(|()| blocking(|| broker.transactions().init_producer_id(transactional_id, request.transaction_timeout_ms, expected)));
     match outcome {
         Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
         Err(error) => {
-            tracing::debug!(transactional_id, ?error, "InitProducerId refused");
+            tracing::debug!(transactional_id, %error, "InitProducerId refused");
             InitProducerIdResponse::default().with_error_code(error.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
         }
     }
 }
 
-pub fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
+pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
     // v4+ batches several transactions for broker-to-broker verification; clients use v0-3, the only
     // versions advertised.
     let topics = request.v3_and_below_topics;
-    let wanted: Vec<(String, i32)> = topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p))).collect();
-    let outcome = if wanted.len() > TXN_REQUEST_PARTITIONS_MAX {
-        Err(ResponseError::InvalidRequest)
-    } else if let Err(error) = reserved(request.v3_and_below_transactional_id.0.as_str(), None) {
-        Err(error)
+    let count: usize = topics.iter().map(|t| t.partitions.len()).sum();
+    // Whole-request checks first, before anything is built per partition.
+    let refusal = if count > TXN_PARTITIONS_MAX {
+        refuse(ResponseError::InvalidRequest)
     } else {
-        blocking(|| {
-            broker.transactions.add_partitions(
-                broker,
-                request.v3_and_below_transactional_id.0.as_str(),
-                request.v3_and_below_producer_id.0,
-                request.v3_and_below_producer_epoch,
-                &wanted,
-            )
-        })
+        reserved(request.v3_and_below_transactional_id.0.as_str(), None)
     };
-    let results = topics
-        .iter()
-        .map(|t| {
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let error = partition_error(&outcome, t.name.0.as_str(), *p);
-                    AddPartitionsToTxnPartitionResult::default()
-                        .with_partition_index(*p)
-                        .with_partition_error_code(error.map_or(0, |e| e.code()))
+    let codes = match refusal {
+        Err(error) => vec![error.code(); count],
+        // As in Kafka, one unknown partition fails the request: it gets UNKNOWN_TOPIC_OR_PARTITION,
+        // the others OPERATION_NOT_ATTEMPTED.
+        Ok(()) if topics.iter().any(|t| t.partitions.iter().any(|p| !broker.partition_exists(t.name.0.as_str(), *p))) => topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    let error = if broker.partition_exists(t.name.0.as_str(), *p) {
+                        ResponseError::OperationNotAttempted
+                    } else {
+                        ResponseError::UnknownTopicOrPartition
+                    };
+                    error.code()
                 })
-                .collect();
-            AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(partitions)
-        })
-        .collect();
+            })
+            .collect(),
+        Ok(()) => {
+            let wanted: Vec<(String, i32)> =
+                topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p))).collect();
+            let outcome = blocking(|| {
+                broker.transactions().add_partitions(
+                    request.v3_and_below_transactional_id.0.as_str(),
+                    request.v3_and_below_producer_id.0,
+                    request.v3_and_below_producer_epoch,
+                    &wanted,
+                )
+            });
+            match outcome {
+                Ok(()) => vec![0; count],
+                Err(error) => vec![error.code(); count],
+            }
+        }
+    };
+    let results = per_partition(
+        &topics,
+        codes,
+        |t| &t.partitions,
+        |p, code| AddPartitionsToTxnPartitionResult::default().with_partition_index(*p).with_partition_error_code(code),
+        |t, partitions| AddPartitionsToTxnTopicResult::default().with_name(t.name.clone()).with_results_by_partition(partitions),
+    );
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
 }
 
-pub fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
-    let outcome = reserved(request.transactional_id.0.as_str(), Some(request.group_id.0.as_str())).and_then(|()| {
-        blocking(|| {
-            broker.transactions.add_offsets(
-                request.transactional_id.0.as_str(),
-                request.producer_id.0,
-                request.producer_epoch,
-                request.group_id.0.as_str(),
-            )
-        })
-    });
+pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+    let group = request.group_id.0.as_str();
+    let outcome = check_group_id(group)
+        .map_err(BrokerError::Protocol)
+        .and_then(|()| reserved(request.transactional_id.0.as_str(), Some(group)))
+        .and_then(|()| {
+            blocking(|| {
+                broker.transactions().add_offsets(request.transactional_id.0.as_str(), request.producer_id.0, request.producer_epoch, group)
+            })
+        });
     AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |e| e.code()))
 }
 
-pub fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
-    let now = crate::now_ms();
-    let offsets: Vec<((String, i32), CommittedOffset)> = request
-        .topics
-        .iter()
-        .flat_map(|t| {
-            t.partitions.iter().map(move |p| {
-                (
-                    (t.name.0.to_string(), p.partition_index),
-                    CommittedOffset {
-                        offset: p.committed_offset,
-                        leader_epoch: p.committed_leader_epoch,
-                        metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
-                        commit_timestamp_ms: now,
-                    },
+pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+    let group = request.group_id.0.as_str();
+    let count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    // Whole-request checks first, before anything is built per entry.
+    let refusal = check_group_id(group).map_err(BrokerError::Protocol).and_then(|()| {
+        if count > TXN_OFFSETS_MAX {
+            refuse(ResponseError::InvalidRequest)
+        } else {
+            reserved(request.transactional_id.0.as_str(), Some(group))
+        }
+    });
+    let codes = match refusal {
+        Err(error) => vec![error.code(); count],
+        Ok(()) => {
+            let now = crate::now_ms();
+            // Entries of unknown topics are answered here; only existing topics' names (at most
+            // TOPIC_NAME_BYTES_MAX) are copied, once per entry.
+            let mut codes = vec![0; count];
+            let mut offsets = Vec::with_capacity(count);
+            let mut positions = Vec::with_capacity(count);
+            let mut position = 0;
+            for topic in &request.topics {
+                let known = broker.topic(topic.name.0.as_str()).is_some();
+                for p in &topic.partitions {
+                    if known {
+                        let offset = CommittedOffset::from_request(
+                            p.committed_offset,
+                            p.committed_leader_epoch,
+                            p.committed_metadata.as_ref().map(|m| m.as_str()),
+                            now,
+                        );
+                        offsets.push(((topic.name.0.to_string(), p.partition_index), offset));
+                        positions.push(position);
+                    } else {
+                        codes[position] = ResponseError::UnknownTopicOrPartition.code();
+                    }
+                    position += 1;
+                }
+            }
+            let outcome = blocking(|| {
+                broker.transactions().txn_offset_commit(
+                    request.transactional_id.0.as_str(),
+                    group,
+                    request.producer_id.0,
+                    request.producer_epoch,
+                    request.generation_id,
+                    request.member_id.as_str(),
+                    offsets,
                 )
-            })
-        })
-        .collect();
-    let outcome = if offsets.len() > TXN_REQUEST_PARTITIONS_MAX {
-        Err(ResponseError::InvalidRequest)
-    } else if let Err(error) = reserved(request.transactional_id.0.as_str(), Some(request.group_id.0.as_str())) {
-        Err(error)
-    } else {
-        blocking(|| {
-            broker.transactions.txn_offset_commit(
-                broker,
-                request.transactional_id.0.as_str(),
-                request.group_id.0.as_str(),
-                request.producer_id.0,
-                request.producer_epoch,
-                request.generation_id,
-                request.member_id.as_str(),
-                offsets,
-            )
-        })
+            });
+            match outcome {
+                Ok(results) => {
+                    for (position, error) in positions.into_iter().zip(results) {
+                        codes[position] = error.map_or(0, |e| e.code());
+                    }
+                }
+                Err(error) => positions.into_iter().for_each(|position| codes[position] = error.code()),
+            }
+            codes
+        }
     };
-    let topics = request
-        .topics
-        .iter()
-        .map(|t| {
-            let partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let error = partition_error(&outcome, t.name.0.as_str(), p.partition_index);
-                    TxnOffsetCommitResponsePartition::default()
-                        .with_partition_index(p.partition_index)
-                        .with_error_code(error.map_or(0, |e| e.code()))
-                })
-                .collect();
-            TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
-        })
-        .collect();
+    let topics = per_partition(
+        &request.topics,
+        codes,
+        |t| &t.partitions,
+        |p, code| TxnOffsetCommitResponsePartition::default().with_partition_index(p.partition_index).with_error_code(code),
+        |t, partitions| TxnOffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions),
+    );
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
+pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
-    let outcome = reserved(&id, None).and_then(|()| {
-        blocking(|| broker.transactions.end_txn(broker, &id, request.producer_id.0, request.producer_epoch, request.committed))
-    });
-    if let Err(error) = outcome {
-        tracing::debug!(transactional_id = id, commit = request.committed, ?error, "EndTxn refused");
+    let outcome = reserved(&id, None)
+        .and_then(|()| blocking(|| broker.transactions().end_txn(&id, request.producer_id.0, request.producer_epoch, request.committed)));
+    if let Err(error) = &outcome {
+        tracing::debug!(transactional_id = id, commit = request.committed, %error, "EndTxn refused");
     }
     EndTxnResponse::default()
         .with_error_code(outcome.err().map_or(0, |e| e.code()))
@@ -185,11 +201,11 @@ pub fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
         .with_producer_epoch(request.producer_epoch)
 }
 
-pub fn describe_transactions(broker: &Broker, request: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+pub(crate) fn describe_transactions(broker: &Broker, request: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
     let states = request
         .transactional_ids
         .into_iter()
-        .map(|id| match broker.transactions.describe(id.0.as_str()) {
+        .map(|id| match broker.transactions().describe(id.0.as_str()) {
             None => TransactionState::default()
                 .with_transactional_id(id)
                 .with_error_code(ResponseError::TransactionalIdNotFound.code())
@@ -218,12 +234,12 @@ pub fn describe_transactions(broker: &Broker, request: DescribeTransactionsReque
     DescribeTransactionsResponse::default().with_transaction_states(states)
 }
 
-pub fn list_transactions(broker: &Broker, request: ListTransactionsRequest) -> ListTransactionsResponse {
+pub(crate) fn list_transactions(broker: &Broker, request: ListTransactionsRequest) -> ListTransactionsResponse {
     let known: Vec<&str> = TxnStatus::ALL.iter().map(|s| s.name()).collect();
     let unknown: Vec<_> = request.state_filters.iter().filter(|s| !known.contains(&s.as_str())).cloned().collect();
     let now = crate::now_ms();
     let states = broker
-        .transactions
+        .transactions()
         .list()
         .into_iter()
         .filter(|v| request.state_filters.is_empty() || request.state_filters.iter().any(|s| s.as_str() == v.state))

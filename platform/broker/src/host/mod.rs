@@ -179,7 +179,7 @@ impl Host {
     }
 
     pub fn cluster_id(&self) -> &str {
-        &self.broker.cluster_id
+        self.broker.cluster_id()
     }
 
     pub fn node_id(&self) -> i32 {
@@ -217,7 +217,7 @@ impl Host {
 
     /// The offset a group committed for a partition (the next one to read), if any.
     pub fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.broker.offsets.get(group, topic, partition).map(|c| c.offset)
+        self.broker.offsets().get(group, topic, partition).map(|c| c.offset)
     }
 
     /// Turns a start position into an offset of the partition now. Blocking file I/O (timestamps).
@@ -228,7 +228,7 @@ impl Host {
             StartPosition::Earliest => first,
             StartPosition::Latest => end,
             StartPosition::Offset(offset) => offset.clamp(first, end),
-            StartPosition::Timestamp(ts) => match p.log.read().offset_for_timestamp(ts) {
+            StartPosition::Timestamp(ts) => match p.offset_for_timestamp(ts) {
                 Ok(Some((offset, _))) => offset.clamp(first, end),
                 Ok(None) => end,
                 Err(error) => return Err(HostError::Storage(error.to_string())),
@@ -251,14 +251,14 @@ impl Host {
 
     /// The extension's own directory, `<data-dir>/__<name>`, created if needed. Blocking file I/O.
     pub fn data_dir(&self) -> Result<PathBuf, HostError> {
-        let dir = self.broker.data_dir.join(format!("__{}", self.extension));
+        let dir = self.broker.data_dir().join(format!("__{}", self.extension));
         std::fs::create_dir_all(&dir).map_err(|e| HostError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
     }
 
     /// The broker's Prometheus registry (served at `/metrics`, names prefixed `sluice_`).
     pub fn metrics(&self) -> &prometheus::Registry {
-        &self.broker.metrics.registry
+        &self.broker.metrics().registry
     }
 
     /// The broker's tokio runtime, for async work and for blocking threads that need to wait.
@@ -268,17 +268,20 @@ impl Host {
 }
 
 fn topic_info(broker: &Broker, topic: &crate::topic::Topic) -> TopicInfo {
-    let max_message_bytes = topic.config.read().log_config(&broker.config).max_batch_bytes as usize;
+    let max_message_bytes = topic.config.read().log_config(broker.config()).max_batch_bytes as usize;
     TopicInfo { name: topic.name.as_str().to_string(), partitions: topic.partition_count(), max_message_bytes }
 }
 
-/// Replaces `path` with `bytes` durably: a temporary file, fsync, rename over `path`, fsync of the
-/// directory. A crash leaves the old content or the new, never a mix. Blocking file I/O.
-pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), HostError> {
-    crate::metastore::write_atomically(path, bytes).map_err(HostError::Storage)
+/// Milliseconds since the Unix epoch by the broker's clock (the broker's own code uses this one too).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// Milliseconds since the Unix epoch by the broker's clock.
-pub fn now_ms() -> i64 {
-    crate::now_ms()
+/// Replaces `path` with `contents` atomically and durably: a temporary file beside it, fsynced, renamed
+/// over it, and the directory fsynced. A crash leaves the old contents or the new, never a mix; a
+/// leftover `<name>.tmp` may be deleted. The one implementation the broker uses for its own metadata.
+/// Blocking file I/O.
+pub fn write_file_atomically(path: &std::path::Path, contents: &[u8]) -> Result<(), HostError> {
+    sluice_storage::fs::write_atomically(path, contents, sluice_storage::fs::Durability::Fsync)
+        .map_err(|e| HostError::Storage(e.to_string()))
 }

@@ -23,7 +23,7 @@ use kafka_protocol::ResponseError;
 
 use super::HostError;
 use crate::broker::Broker;
-use crate::error::storage_error_code;
+use crate::error::{BrokerError, storage_error_code};
 use crate::offsets::CommittedOffset;
 use crate::record_batch::{BATCH_HEADER_BYTES, BatchBuilder, BatchProducer, RecordRef};
 
@@ -62,12 +62,21 @@ fn refused(action: String, error: ResponseError) -> HostError {
     }
 }
 
+/// A coordinator failure as a host error: protocol refusals by their code, the rest with their cause.
+fn failed(action: String, error: BrokerError) -> HostError {
+    match error {
+        BrokerError::Protocol(code) => refused(action, code),
+        BrokerError::Timeout(_) => HostError::TimedOut(action),
+        other => HostError::Storage(format!("{action}: {other}")),
+    }
+}
+
 impl TransactionalProducer {
     pub(super) fn init(broker: Arc<Broker>, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
         let (producer_id, epoch) = broker
-            .transactions
-            .init_producer_id(&broker, transactional_id, timeout_ms, None)
-            .map_err(|e| refused(format!("initialising transactional id '{transactional_id}'"), e))?;
+            .transactions()
+            .init_producer_id(transactional_id, timeout_ms, None)
+            .map_err(|e| failed(format!("initialising transactional id '{transactional_id}'"), e))?;
         Ok(TransactionalProducer {
             broker,
             transactional_id: transactional_id.to_string(),
@@ -101,16 +110,12 @@ impl TransactionalProducer {
         let key = (topic.to_string(), partition);
         let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
         let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
-        let limit_bytes = target.log.read().config().max_batch_bytes as usize;
+        let limit_bytes = target.max_batch_bytes() as usize;
         if !self.partitions.contains_key(&key) {
-            let results = self
-                .broker
-                .transactions
-                .add_partitions(&self.broker, &self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
-                .map_err(|e| refused(action(), e))?;
-            if let Some(error) = results.into_iter().find_map(|(_, e)| e) {
-                return Err(refused(action(), error));
-            }
+            self.broker
+                .transactions()
+                .add_partitions(&self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
+                .map_err(|e| failed(action(), e))?;
             self.partitions.insert(key.clone(), 0);
         }
         let now = crate::now_ms();
@@ -123,11 +128,11 @@ impl TransactionalProducer {
                 .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
             let appended = self
                 .broker
-                .transactions
+                .transactions()
                 .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
                     target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch }, now)
                 })
-                .map_err(|e| refused(action(), e))?
+                .map_err(|e| failed(action(), e))?
                 .map_err(|e| match e {
                     sluice_storage::StorageError::Io(..) => HostError::Storage(format!("{}: {e}", action())),
                     other => refused(action(), storage_error_code(&other)),
@@ -148,27 +153,22 @@ impl TransactionalProducer {
         let action = || format!("sending offsets for group '{group}' in transaction '{}'", self.transactional_id);
         if !self.groups.contains(group) {
             self.broker
-                .transactions
+                .transactions()
                 .add_offsets(&self.transactional_id, self.producer_id, self.epoch, group)
-                .map_err(|e| refused(action(), e))?;
+                .map_err(|e| failed(action(), e))?;
             self.groups.insert(group.to_string());
         }
         let now = crate::now_ms();
         let entries = offsets
             .iter()
-            .map(|(topic, partition, offset)| {
-                (
-                    (topic.clone(), *partition),
-                    CommittedOffset { offset: *offset, leader_epoch: -1, metadata: None, commit_timestamp_ms: now },
-                )
-            })
+            .map(|(topic, partition, offset)| ((topic.clone(), *partition), CommittedOffset::from_request(*offset, -1, None, now)))
             .collect();
         let results = self
             .broker
-            .transactions
-            .txn_offset_commit(&self.broker, &self.transactional_id, group, self.producer_id, self.epoch, -1, "", entries)
-            .map_err(|e| refused(action(), e))?;
-        match results.into_iter().find_map(|(_, e)| e) {
+            .transactions()
+            .txn_offset_commit(&self.transactional_id, group, self.producer_id, self.epoch, -1, "", entries)
+            .map_err(|e| failed(action(), e))?;
+        match results.into_iter().flatten().next() {
             Some(error) => Err(refused(action(), error)),
             None => Ok(()),
         }
@@ -195,18 +195,17 @@ impl TransactionalProducer {
     }
 
     fn end(&mut self, commit: bool) -> Result<(), HostError> {
-        let result = self.broker.transactions.end_txn(&self.broker, &self.transactional_id, self.producer_id, self.epoch, commit);
+        let result = self.broker.transactions().end_txn(&self.transactional_id, self.producer_id, self.epoch, commit);
         self.partitions.clear();
         self.groups.clear();
-        result
-            .map_err(|e| refused(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e))
+        result.map_err(|e| failed(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e))
     }
 
     fn wait_durable(&self) -> Result<(), HostError> {
         for ((topic, index), end) in &self.partitions {
             let Ok(partition) = self.broker.partition(topic, *index) else { continue };
             partition.wait_durable_blocking(*end).map_err(|e| match e {
-                crate::error::BrokerError::Timeout(_) => HostError::TimedOut(format!("making {topic}-{index} durable")),
+                BrokerError::Timeout(_) => HostError::TimedOut(format!("making {topic}-{index} durable")),
                 other => HostError::Storage(format!("making {topic}-{index} durable: {other}")),
             })?;
         }

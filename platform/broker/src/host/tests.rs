@@ -90,7 +90,7 @@ fn output_and_progress_commit_together_aborts_stay_invisible_and_fencing_survive
     drop((successor, producer, fixture));
     let fixture = open(dir.path());
     let host = &fixture.host;
-    assert_eq!(host.broker.transactions.describe("__sluice-test-x-0").unwrap().state, "Ongoing");
+    assert_eq!(host.broker.transactions().describe("__sluice-test-x-0").unwrap().state, "Ongoing");
     assert_eq!(committed_values(host, "out"), vec!["a", "b", "c", "d"], "the in-flight transaction is not visible");
     let mut restarted = host.producer("__sluice-test-x-0", 30_000).unwrap();
     restarted.send("out", 0, &[record("e")]).unwrap();

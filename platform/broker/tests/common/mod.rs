@@ -21,7 +21,7 @@ pub struct TestBroker {
     pub admin: SocketAddr,
     pub kafka: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: tokio::task::JoinHandle<Result<(), sluice_broker::BrokerError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,6 +67,10 @@ impl Client {
         Client { stream: TcpStream::connect(addr).await.unwrap(), correlation_id: 0 }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client { stream, correlation_id: 0 }
+    }
+
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
@@ -99,21 +103,47 @@ impl Client {
     }
 }
 
-pub fn batch(values: &[&str]) -> Bytes {
+/// Who writes a test batch and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The first record's sequence number.
+    pub sequence: i32,
+    pub transactional: bool,
+    /// The first record's timestamp; later records follow at 1 ms steps.
+    pub timestamp_ms: i64,
+}
+
+/// A plain (non-idempotent) producer.
+pub const PLAIN: Writer = Writer { producer_id: -1, epoch: -1, sequence: -1, transactional: false, timestamp_ms: 1_700_000_000_000 };
+
+impl Writer {
+    pub fn idempotent(producer_id: i64, epoch: i16, sequence: i32) -> Writer {
+        Writer { producer_id, epoch, sequence, ..PLAIN }
+    }
+
+    pub fn transactional(producer_id: i64, epoch: i16, sequence: i32) -> Writer {
+        Writer { transactional: true, ..Writer::idempotent(producer_id, epoch, sequence) }
+    }
+}
+
+/// One uncompressed batch of `values` (keys `k0`, `k1`, …) from `writer`.
+pub fn batch_from(values: &[&str], writer: Writer) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
         .map(|(i, v)| Record {
-            transactional: false,
+            transactional: writer.transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: writer.producer_id,
+            producer_epoch: writer.epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
-            timestamp: 1_700_000_000_000 + i as i64,
+            sequence: if writer.sequence < 0 { -1 } else { writer.sequence + i as i32 },
+            timestamp: writer.timestamp_ms + i as i64,
             key: Some(Bytes::from(format!("k{i}"))),
             value: Some(Bytes::from(v.to_string())),
             headers: IndexMap::new(),
@@ -122,6 +152,18 @@ pub fn batch(values: &[&str]) -> Bytes {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
     buf.freeze()
+}
+
+pub fn batch(values: &[&str]) -> Bytes {
+    batch_from(values, PLAIN)
+}
+
+/// The process's peak resident set size so far (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/self/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
 pub async fn create_topic(client: &mut Client, name: &str, partitions: i32, configs: &[(&str, &str)]) -> i16 {

@@ -157,6 +157,7 @@ impl Decodable for DescribeLogDirsPartition {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }
@@ -331,6 +332,7 @@ impl Decodable for DescribeLogDirsResponse {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }
@@ -557,6 +559,7 @@ impl Decodable for DescribeLogDirsResult {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }
@@ -720,6 +723,7 @@ impl Decodable for DescribeLogDirsTopic {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }

@@ -148,6 +148,7 @@ impl Decodable for ListOffsetsPartition {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }
@@ -353,6 +354,7 @@ impl Decodable for ListOffsetsRequest {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }
@@ -514,6 +516,7 @@ impl Decodable for ListOffsetsTopic {
                 let tag: u32 = types::UnsignedVarInt.decode(buf)?;
                 let size: u32 = types::UnsignedVarInt.decode(buf)?;
                 let unknown_value = buf.try_get_bytes(size as usize)?;
+                buf.charge_decoded(crate::protocol::buf::TAGGED_FIELD_DECODED_BYTES)?;
                 unknown_tagged_fields.insert(tag as i32, unknown_value);
             }
         }

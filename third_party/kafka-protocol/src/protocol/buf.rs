@@ -18,6 +18,34 @@ impl Display for NotEnoughBytesError {
 
 impl Error for NotEnoughBytesError {}
 
+/// Sluice patch: what one unknown tagged field is charged against a decode budget. Each is kept in a
+/// `BTreeMap<i32, Bytes>`, whose first entry allocates a whole leaf node (11 keys and values); charging
+/// every entry a node's worth is a simple upper bound that a few bytes of wire cannot beat.
+pub const TAGGED_FIELD_DECODED_BYTES: usize =
+    11 * (std::mem::size_of::<i32>() + std::mem::size_of::<Bytes>()) + 16;
+
+/// Sluice patch: a decoder was about to build more in-memory structure than the buffer's decode
+/// budget allows (see [`ByteBuf::charge_decoded`]).
+#[derive(Debug)]
+pub struct DecodeBudgetExceeded {
+    /// Bytes the refused step asked for.
+    pub requested: usize,
+    /// Bytes that were left in the budget.
+    pub remaining: usize,
+}
+
+impl Display for DecodeBudgetExceeded {
+    fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decoding would build {} more bytes of structure, but only {} remain in the decode budget",
+            self.requested, self.remaining
+        )
+    }
+}
+
+impl Error for DecodeBudgetExceeded {}
+
 /// Extension for working with [`bytes::Buf`].
 pub trait ByteBuf: Buf {
     /// Peek ahead in the buffer by the provided range.
@@ -41,6 +69,13 @@ pub trait ByteBuf: Buf {
         } else {
             Ok(self.get_bytes(size))
         }
+    }
+    /// Sluice patch: decoders call this before building `bytes` of in-memory structure that the wire
+    /// bytes do not hold themselves (array elements, tagged-field map entries), so a buffer type can
+    /// bound how much a message decodes to. The default never refuses.
+    fn charge_decoded(&mut self, bytes: usize) -> Result<(), DecodeBudgetExceeded> {
+        let _ = bytes;
+        Ok(())
     }
 }
 
@@ -74,6 +109,9 @@ impl<T: ByteBuf> ByteBuf for &mut T {
     }
     fn try_get_bytes(&mut self, size: usize) -> Result<Bytes, NotEnoughBytesError> {
         (**self).try_get_bytes(size)
+    }
+    fn charge_decoded(&mut self, bytes: usize) -> Result<(), DecodeBudgetExceeded> {
+        (**self).charge_decoded(bytes)
     }
 }
 

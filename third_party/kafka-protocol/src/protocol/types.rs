@@ -985,8 +985,10 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                // Sluice patch: never trust a wire count for preallocation; every element
-                // takes at least one byte, so the remaining input bounds the count.
+                // Sluice patch: never trust a wire count. The elements are charged against the
+                // buffer's decode budget before any is built, and the preallocation is clamped to
+                // the bytes remaining (a well-formed element takes at least one).
+                buf.charge_decoded((n as usize).saturating_mul(std::mem::size_of::<T>()))?;
                 let mut result = Vec::with_capacity((n as usize).min(buf.remaining()));
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
@@ -1096,6 +1098,7 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
             0 => Ok(None),
             n => {
                 // Sluice patch: see Array::decode above.
+                buf.charge_decoded(((n - 1) as usize).saturating_mul(std::mem::size_of::<T>()))?;
                 let mut result = Vec::with_capacity(((n - 1) as usize).min(buf.remaining()));
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);

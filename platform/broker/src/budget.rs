@@ -1,0 +1,135 @@
+//! Memory budgets for what clients make the broker hold: request frames being read and handled, and
+//! replies that are built but not yet written (issue 10 items 1 and 3).
+//!
+//! - Request bytes (`queued.max.request.bytes`, Kafka's name): a frame's bytes are charged as they
+//!   arrive (each read waits while the budget is spent), and released once its handler has returned; while the
+//!   budget is spent, connections stop reading until some is released, so many connections each sending
+//!   large requests cost about the budget (plus at most one read step each), not connections ×
+//!   `socket.request.max.bytes`. Charging what arrived rather than what the length prefix claims means
+//!   a peer that claims 100 MiB and sends nothing holds nothing. A reader waiting for budget is bounded
+//!   by `connections.max.idle.ms` like any other read.
+//! - Reply bytes: bytes of built replies that have not been written to the socket yet. Each connection
+//!   has one (`socket.reply.buffer.max.bytes`): its reader stops reading requests while its replies
+//!   exceed it, as Kafka mutes a channel; so a peer that pipelines Fetches and never reads pins about one
+//!   reply, not `queued.max.requests` of them. The broker has one over all connections
+//!   (`fetch.reply.memory.max.bytes`): a Fetch asks it how much is left and, past it, returns only the one
+//!   batch KIP-74 requires, so a thousand connections that never read cost the budget plus one batch each.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// A count of bytes held against a limit. The limit is soft: a charge always succeeds (for replies the
+/// bytes already exist); callers ask `available` before building more, or wait before reading more.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    used: AtomicUsize,
+    max: usize,
+    released: Notify,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(max: usize) -> Arc<ByteBudget> {
+        Arc::new(ByteBudget { used: AtomicUsize::new(0), max, released: Notify::new() })
+    }
+
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes that may still be built before the budget is spent.
+    pub(crate) fn available(&self) -> usize {
+        self.max.saturating_sub(self.used())
+    }
+
+    /// Holds `bytes` until the returned charge is dropped.
+    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Charge { budget: Arc::clone(self), bytes }
+    }
+
+    /// Returns once the bytes held are within the limit.
+    pub(crate) async fn wait_within(&self) {
+        self.wait_until(|used| used <= self.max).await
+    }
+
+    /// Returns once some of the budget is left (at least one byte), for a reader about to charge a
+    /// read step: readers overshoot by at most one step each rather than wait for room for a whole one.
+    pub(crate) async fn wait_for_room(&self) {
+        self.wait_until(|used| used < self.max).await
+    }
+
+    async fn wait_until(&self, ready: impl Fn(usize) -> bool) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if ready(self.used()) {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// Bytes held until dropped: a reply until it is written (or dropped unsent), a request until handled.
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<ByteBudget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Adds `bytes` to this charge.
+    pub(crate) fn grow(&mut self, bytes: usize) {
+        self.budget.used.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes += bytes;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+            self.budget.released.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reader_waits_until_replies_are_written() {
+        let budget = ByteBudget::new(100);
+        let charge = budget.charge(150);
+        assert_eq!(budget.available(), 0);
+        let waiter = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { budget.wait_within().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the reader went on while 150 of 100 bytes were unsent");
+        drop(charge);
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("the reader was not woken").unwrap();
+        assert_eq!(budget.used(), 0);
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test]
+    async fn request_bytes_are_charged_as_they_arrive_and_readers_wait_for_room() {
+        let budget = ByteBudget::new(1000);
+        let mut frame = budget.charge(0);
+        frame.grow(600);
+        frame.grow(600);
+        assert_eq!(budget.used(), 1200, "a read step may overshoot");
+        assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room()).await.is_err());
+        drop(frame);
+        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room()).await.expect("room after release");
+        assert_eq!(budget.used(), 0);
+    }
+}

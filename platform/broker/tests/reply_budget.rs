@@ -1,0 +1,120 @@
+//! Issue 10, item 1: Fetch replies that their peers never read must not pile up in the broker. Before
+//! the budgets, each connection read up to `queued.max.requests` Fetches ahead and built every reply:
+//! one connection pipelining 40 Fetches of 16 MiB pinned 640 MiB, and twenty connections with one
+//! unread Fetch each pinned 320 MiB. Alone in its test binary, so the process's peak RSS is this
+//! scenario's.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use tokio::net::{TcpSocket, TcpStream};
+
+const TOPIC: &str = "big";
+const FETCH_BYTES: i32 = 16 << 20;
+const FETCH_REPLY_MEMORY: usize = 8 << 20;
+
+fn fetch_request(correlation_id: i32) -> BytesMut {
+    let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str(TOPIC))).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES),
+        ]),
+    ]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Fetch as i16)
+        .with_request_api_version(12)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("never-reads")));
+    let mut out = BytesMut::new();
+    sluice_protocol::encode_request(&header, ApiKey::Fetch, &request, &mut out).unwrap();
+    out
+}
+
+/// A connection whose peer reads nothing: a small receive buffer, so replies back up into the broker.
+async fn never_reading(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+async fn fetched_bytes(client: &mut Client) -> usize {
+    let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
+        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str(TOPIC))).with_partitions(vec![
+            FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES),
+        ]),
+    ]);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request).await;
+    let partition = &response.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    partition.records.as_ref().map_or(0, |r| r.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_are_never_read_cost_a_bounded_amount_of_memory() {
+    let budget = FETCH_REPLY_MEMORY.to_string();
+    let broker = start(&[("fetch.reply.memory.max.bytes", &budget)]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, TOPIC, 1, &[]).await, 0);
+    // 16 MiB in batches of ~1 MiB.
+    let value = "v".repeat(100 * 1024);
+    let values: Vec<&str> = (0..10).map(|_| value.as_str()).collect();
+    for _ in 0..16 {
+        assert_eq!(produce(&mut client, TOPIC, 0, batch(&values), -1).await.0, 0);
+    }
+    assert!(fetched_bytes(&mut client).await > 15 << 20, "a reader that reads gets its whole Fetch");
+    let baseline = peak_rss_bytes();
+
+    // One connection pipelines 40 Fetches of 16 MiB and reads nothing.
+    let mut pipelining = never_reading(broker.kafka).await;
+    let mut requests = BytesMut::new();
+    for correlation_id in 0..40 {
+        requests.extend_from_slice(&fetch_request(correlation_id));
+    }
+    let sender = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // Blocks once the broker stops reading this connection; that is the point.
+        let _ = pipelining.write_all(&requests).await;
+        pipelining
+    });
+    // Twenty connections with one unread Fetch each.
+    let mut idle_readers = Vec::new();
+    for correlation_id in 0..20 {
+        let mut stream = never_reading(broker.kafka).await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &fetch_request(correlation_id)).await.unwrap();
+        idle_readers.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A reader that reads still gets data (at least a batch) and the broker still takes writes.
+    assert!(fetched_bytes(&mut client).await > 0, "the budget must not starve readers that read");
+    assert_eq!(produce(&mut client, TOPIC, 0, batch(&["still-writable"]), -1).await.0, 0);
+
+    let grown = peak_rss_bytes().saturating_sub(baseline);
+    assert!(
+        grown < 96 << 20,
+        "unread Fetch replies raised peak RSS by {} MiB (budget {} MiB, plus one batch per connection and one reply per \
+         connection's socket buffer)",
+        grown >> 20,
+        FETCH_REPLY_MEMORY >> 20
+    );
+
+    // Gone peers give their budget back: a whole Fetch is served again.
+    drop(idle_readers);
+    sender.abort();
+    drop(sender);
+    let mut whole = false;
+    for _ in 0..50 {
+        if fetched_bytes(&mut client).await > 15 << 20 {
+            whole = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(whole, "the reply budget was not released when its connections closed");
+    broker.stop().await;
+}
