@@ -4,10 +4,12 @@
 //! - Request bytes (`queued.max.request.bytes`, Kafka's name): a frame's bytes are charged as they
 //!   arrive (each read waits while the budget is spent), and released once its handler has returned; while the
 //!   budget is spent, connections stop reading until some is released, so many connections each sending
-//!   large requests cost about the budget (plus at most one read step each), not connections ×
+//!   large requests cost at most twice the budget (plus one read step each), not connections ×
 //!   `socket.request.max.bytes`. Charging what arrived rather than what the length prefix claims means
-//!   a peer that claims 100 MiB and sends nothing holds nothing. A reader waiting for budget is bounded
-//!   by `connections.max.idle.ms` like any other read.
+//!   a peer that claims 100 MiB and sends nothing holds nothing. Frames that have begun may use up to
+//!   twice the budget before they wait; a reader waiting for budget is bounded by its request's
+//!   deadline (`socket.request.read.timeout.ms`), so partly sent frames that hold the budget and wait
+//!   for more are closed at that deadline rather than wait on each other for ever.
 //! - Reply bytes: bytes of built replies that have not been written to the socket yet. Each connection
 //!   has one (`socket.reply.buffer.max.bytes`): its reader stops reading requests while its replies
 //!   exceed it, as Kafka mutes a channel; so a peer that pipelines Fetches and never reads pins about one
@@ -54,10 +56,13 @@ impl ByteBudget {
         self.wait_until(|used| used <= self.max).await
     }
 
-    /// Returns once some of the budget is left (at least one byte), for a reader about to charge a
-    /// read step: readers overshoot by at most one step each rather than wait for room for a whole one.
-    pub(crate) async fn wait_for_room(&self) {
-        self.wait_until(|used| used < self.max).await
+    /// Returns once a reader may read more of a request: one that has not begun to read its frame
+    /// waits while the budget is spent; one that already holds part of a frame may go on to twice
+    /// the budget, so frames begun before it ran out can usually finish (and release theirs) instead
+    /// of waiting on each other. Readers overshoot by at most one read step each.
+    pub(crate) async fn wait_for_room(&self, frame_begun: bool) {
+        let limit = if frame_begun { self.max.saturating_mul(2) } else { self.max };
+        self.wait_until(|used| used < limit).await
     }
 
     async fn wait_until(&self, ready: impl Fn(usize) -> bool) {
@@ -127,9 +132,12 @@ mod tests {
         frame.grow(600);
         frame.grow(600);
         assert_eq!(budget.used(), 1200, "a read step may overshoot");
-        assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room(false)).await.is_err(), "no new frame past the budget");
+        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room(true)).await.expect("a begun frame may go on to twice the budget");
+        frame.grow(900);
+        assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room(true)).await.is_err(), "not past twice the budget");
         drop(frame);
-        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room()).await.expect("room after release");
+        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room(false)).await.expect("room after release");
         assert_eq!(budget.used(), 0);
     }
 }

@@ -210,8 +210,8 @@ async fn serve_connection(
         let mut frame = BytesMut::new();
         while frame.len() < length {
             let step = (length - frame.len()).min(FRAME_READ_STEP_BYTES);
-            if tokio::time::timeout(idle, broker.request_bytes().wait_for_room()).await.is_err() {
-                return finish(sender, writer_task, Err(Disconnect::IdleTimeout)).await;
+            if tokio::time::timeout_at(deadline, broker.request_bytes().wait_for_room(!frame.is_empty())).await.is_err() {
+                return finish(sender, writer_task, Err(Disconnect::RequestTimeout)).await;
             }
             frame.reserve(step);
             let limit = length - frame.len();

@@ -24,6 +24,8 @@ use kafka_protocol::records::Compression;
 use sluice_client::codes::TOPIC_ALREADY_EXISTS;
 use sluice_client::{ClientError, NewTopic};
 
+use crate::exit::UsageError;
+
 /// Largest `--connections` per leader; beyond this the client, not the broker, is what gets measured.
 const MAX_CONNECTIONS: i64 = 256;
 /// Largest `--in-flight`; Kafka clients default to 5, and deeper pipelines only add queueing.
@@ -282,23 +284,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, UsageError> {
     let text = text.trim();
     let unit_at = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(unit_at);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms or 2m)"))?;
+    let value: f64 = number.parse().map_err(|_| UsageError(format!("`{text}` is not a duration (try 30s, 500ms or 2m)")))?;
     let seconds = match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+        other => return Err(UsageError(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)"))),
     };
     if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(format!("`{text}` must be longer than zero"));
+        return Err(UsageError(format!("`{text}` must be longer than zero")));
     }
     if seconds > MAX_DURATION_SECS {
-        return Err(format!("`{text}` is longer than the {}h limit", MAX_DURATION_SECS / 3600.0));
+        return Err(UsageError(format!("`{text}` is longer than the {}h limit", MAX_DURATION_SECS / 3600.0)));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -331,12 +333,12 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("30s").ok(), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h").ok(), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1.5s").ok(), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("7").ok(), Some(Duration::from_secs(7)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("10 parsecs").is_err());

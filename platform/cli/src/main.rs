@@ -239,19 +239,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which frame
-/// buffers and Fetch replies of a few MiB come from per-thread arenas that it keeps: a burst of large
-/// requests, even refused ones, left the broker's RSS hundreds of MiB high for good. A fixed threshold
-/// serves blocks of 1 MiB and more with mmap and gives them back on free (measured with
-/// tests/test_hostile_clients.py: peak RSS near 50 MiB instead of 300 MiB for the same load).
-fn return_large_frees_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; it is called before the runtime starts threads.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn run_server(args: ServerArgs) -> ExitCode {
     if args.help_config {
         print_settings();
@@ -264,7 +251,6 @@ fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    return_large_frees_to_the_system();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("sluice").build() {
         Ok(r) => r,
         Err(error) => {

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use comfy_table::{ContentArrangement, Table, presets};
 use serde_json::{Value, json};
 
-use crate::exit::usage;
+use crate::exit::{UsageError, usage};
 
 /// A borderless table with a header row, like `kubectl get` or `kafka-consumer-groups.sh`.
 pub(crate) fn table<I, S>(header: I) -> Table
@@ -62,9 +62,9 @@ pub(crate) fn parse_time(text: &str) -> Result<i64> {
     }
 }
 
-/// For clap's `value_parser`: the same as [`parse_time`], with the message as a plain string.
-pub(crate) fn time_arg(text: &str) -> Result<i64, String> {
-    parse_time(text).map_err(|e| e.to_string())
+/// For clap's `value_parser`: the same as [`parse_time`], as a usage error.
+pub(crate) fn time_arg(text: &str) -> Result<i64, UsageError> {
+    parse_time(text).map_err(|e| UsageError(e.to_string()))
 }
 
 /// `1234567` → `1,234,567`.
@@ -81,10 +81,10 @@ pub(crate) fn group_digits(n: u64) -> String {
 }
 
 /// `key=value` for clap, splitting at the first `=`.
-pub(crate) fn key_value(text: &str) -> Result<(String, String), String> {
+pub(crate) fn key_value(text: &str) -> Result<(String, String), UsageError> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("`{text}` is not key=value")),
+        _ => Err(UsageError(format!("`{text}` is not key=value"))),
     }
 }
 
@@ -107,7 +107,7 @@ mod tests {
         assert_eq!(bytes_json(Some(&[0xff, 0x00])), json!({"base64": "/wA="}));
         assert_eq!(bytes_json(None), Value::Null);
         assert_eq!(group_digits(1_234_567), "1,234,567");
-        assert_eq!(key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert_eq!(key_value("a=b=c").ok(), Some(("a".into(), "b=c".into())));
         assert!(key_value("=x").is_err());
     }
 }

@@ -14,6 +14,7 @@
 //!   records that fail.
 //! - [`LogBuffer`] ([`logs`]) and [`MetricFamilies`] ([`metrics`]): what operators see, keyed by
 //!   the runtime's kind.
+//! - [`store::JsonFiles`]: deployments persisted one JSON file per name, replaced atomically.
 //! - [`RuntimeError`] ([`error`]), shown over HTTP as the broker's `ApiError`.
 
 pub mod error;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod plugins;
 pub mod policy;
 pub mod registry;
+pub mod store;
 pub mod supervisor;
 
 pub use error::RuntimeError;

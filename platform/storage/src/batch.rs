@@ -678,8 +678,8 @@ mod tests {
         // (like every client's) refused the batch for good, stalling the transform on it.
         let bad = BatchBuilder::new(1_000).record_with_headers(0, None, Some(b"v"), &[(b"trace\xff", Some(b"x"))]).build();
         match validate_batches(&bad, MAX_BATCH_BYTES_DEFAULT) {
-            Err(StorageError::CorruptMessage(message)) => assert!(message.contains("not UTF-8"), "{message}"),
-            other => panic!("expected CorruptMessage, got {other:?}"),
+            Err(StorageError::InvalidRecord(message)) => assert!(message.contains("not valid UTF-8"), "{message}"),
+            other => panic!("expected InvalidRecord, got {other:?}"),
         }
         let good = BatchBuilder::new(1_000).record_with_headers(0, None, Some(b"v"), &[("tracé".as_bytes(), None)]).build();
         assert!(validate_batches(&good, MAX_BATCH_BYTES_DEFAULT).is_ok());

@@ -11,10 +11,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sluice_broker::host::{StartPosition, write_file_atomically};
+use sluice_broker::host::StartPosition;
 use sluice_runtime::registry::validate_name as validate_module_name;
+use sluice_runtime::store::JsonFiles;
 use sluice_runtime::{OnFailure, RetryPolicy, RuntimeError};
 use sluice_wasm::Limits;
+
 /// Longest transform name: it becomes part of transactional ids and a group id.
 pub const TRANSFORM_NAME_BYTES_MAX: usize = 100;
 /// Records handed to the module per call at most (one call per batch, never per record).
@@ -196,18 +198,14 @@ pub struct StoredDeployment {
 
 pub struct Store {
     root: PathBuf,
+    deployments: JsonFiles<StoredDeployment>,
 }
 
 impl Store {
     /// `root`: the runtime's directory (`<data-dir>/__transforms`). Blocking file I/O.
     pub fn open(root: &Path) -> Result<Store, RuntimeError> {
-        let deployments = root.join("deployments");
-        fs::create_dir_all(&deployments).map_err(|e| RuntimeError::file(&deployments, e))?;
-        Ok(Store { root: root.to_path_buf() })
-    }
-
-    fn deployment_path(&self, name: &str) -> PathBuf {
-        self.root.join("deployments").join(format!("{name}.json"))
+        let deployments = JsonFiles::open(root.join("deployments"), "transform deployment")?;
+        Ok(Store { root: root.to_path_buf(), deployments })
     }
 
     /// A component an earlier version stored under `__transforms/modules/`, to move into the
@@ -218,38 +216,16 @@ impl Store {
     }
 
     pub fn save(&self, deployment: &StoredDeployment) -> Result<(), RuntimeError> {
-        let json = serde_json::to_vec_pretty(deployment).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        write_file_atomically(&self.deployment_path(&deployment.spec.name), &json)?;
-        Ok(())
+        self.deployments.save(&deployment.spec.name, deployment)
     }
 
     pub fn remove(&self, name: &str) -> Result<(), RuntimeError> {
-        let path = self.deployment_path(name);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::file(&path, e)),
-            _ => Ok(()),
-        }
+        self.deployments.remove(name)
     }
 
-    /// Every stored deployment; unreadable files are reported and skipped.
+    /// Every stored deployment, by name; unreadable files are reported and skipped.
     pub fn load_all(&self) -> Vec<StoredDeployment> {
-        let Ok(entries) = fs::read_dir(self.root.join("deployments")) else { return Vec::new() };
-        let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<StoredDeployment>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(deployment) => out.push(deployment),
-                Err(error) => tracing::error!(file = %path.display(), %error, "skipping an unreadable transform deployment"),
-            }
-        }
-        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-        out
+        self.deployments.load_all()
     }
 }
 
