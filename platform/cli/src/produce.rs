@@ -580,9 +580,7 @@ pub(crate) async fn run(args: ProduceArgs, brokers: &[String], as_json: bool) ->
     Ok(())
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub(crate) use sluice_broker::host::now_ms;
 
 /// Sleeps until `deadline`, or forever when there is none.
 pub(crate) async fn sleep_until(deadline: Option<Instant>) {

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use sluice_runtime::{ErrorPolicy, OnFailure, RetryPolicy};
 
 use crate::plugins::PluginSpec;
-use crate::sql::ConnectionSpec;
+use crate::sql::{ConnectionSpec, ValueError};
 
 /// Longest connector name: it names files and becomes part of transactional ids.
 pub const CONNECTOR_NAME_BYTES_MAX: usize = 100;
@@ -300,12 +300,12 @@ pub fn unmask(new: &mut BTreeMap<String, String>, old: &BTreeMap<String, String>
 }
 
 /// Letters, digits, `.`, `_`, `-`: a valid Kafka topic name.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
+pub fn check_topic_name(name: &str) -> Result<(), ValueError> {
     if name.is_empty() || name.len() > 249 || name == "." || name == ".." {
-        return Err(format!("'{name}' is not a valid topic name (1..=249 characters)"));
+        return Err(format!("'{name}' is not a valid topic name (1..=249 characters)").into());
     }
     match name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        Some(bad) => Err(format!("topic name '{name}' contains '{bad}'")),
+        Some(bad) => Err(format!("topic name '{name}' contains '{bad}'").into()),
         None => Ok(()),
     }
 }

@@ -54,7 +54,7 @@ pub fn check_entry(kind: ConnectorType, entry: &ConnectorOffset) -> Result<(), C
     }
     if kind == ConnectorType::Sink {
         match entry.partition.get("kafka_topic") {
-            Some(Value::String(topic)) => check_topic_name(topic).map_err(ConnectError::BadRequest)?,
+            Some(Value::String(topic)) => check_topic_name(topic).map_err(|e| ConnectError::BadRequest(e.into()))?,
             _ => return bad("sink connector partitions need \"kafka_topic\" (a string)".into()),
         }
         match entry.partition.get("kafka_partition") {

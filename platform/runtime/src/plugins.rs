@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
-use sluice_broker::host::{ApiError, Extension, Host, StartError, json_body};
+use sluice_broker::host::{ApiError, Extension, Host, StartError, json_body, write_file_atomically};
 use sluice_wasm::{Engine, EngineConfig, MODULE_BYTES_MAX};
 
 use crate::error::RuntimeError;
@@ -70,7 +70,11 @@ impl Extension for Plugins {
 
     fn start(&self, host: Host) -> Result<Router, StartError> {
         let dir = host.data_dir()?;
-        let engine = Engine::new(EngineConfig { cache_dir: Some(dir.join("cache")), ..Default::default() }).map_err(RuntimeError::from)?;
+        let engine = Engine::new(EngineConfig {
+            cache_dir: Some(dir.join("cache")),
+            cache_write: |path, bytes| write_file_atomically(path, bytes).map_err(std::io::Error::other),
+            ..Default::default()
+        }).map_err(RuntimeError::from)?;
         let registry = ModuleRegistry::open(&dir, engine)?;
         tracing::info!(modules = registry.list().len(), dir = %dir.display(), "module registry opened");
         self.started.set(Started { host, registry }).map_err(|_| RuntimeError::Invalid("the plugins extension started twice".into()))?;

@@ -6,19 +6,18 @@
 //! affects code generation), so another wasmtime or another configuration never reads a file it did
 //! not write. The digest is checked before the bytes are handed to `Component::deserialize`, which
 //! maps them as executable code: a file damaged on disk, cut short by a full disk, or from an older
-//! Sluice without the header is recompiled and overwritten (with a warning), never run. Writes go to
-//! a temporary file renamed into place, so a crash leaves either no file or a whole one.
+//! Sluice without the header is recompiled and overwritten (with a warning), never run. Files are
+//! written with `EngineConfig::cache_write`: in the broker, its one atomic, durable file replace.
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::PluginError;
-use crate::engine::compile;
+use crate::engine::{CacheWrite, compile};
 
 /// What every cache file starts with; the version digit changes if the layout does.
 const MAGIC: &[u8] = b"SLUICE-CWASM-1\n";
@@ -27,6 +26,7 @@ const HEADER_BYTES: usize = MAGIC.len() + 32;
 pub(crate) struct Cache {
     dir: PathBuf,
     engine_fingerprint: String,
+    write: CacheWrite,
 }
 
 pub(crate) fn digest_hex(bytes: &[u8]) -> String {
@@ -35,11 +35,11 @@ pub(crate) fn digest_hex(bytes: &[u8]) -> String {
 }
 
 impl Cache {
-    pub fn open(dir: PathBuf, engine: &wasmtime::Engine) -> Result<Cache, PluginError> {
+    pub fn open(dir: PathBuf, engine: &wasmtime::Engine, write: CacheWrite) -> Result<Cache, PluginError> {
         fs::create_dir_all(&dir).map_err(|e| PluginError::Engine(format!("creating cache directory {}: {e}", dir.display())))?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Cache { dir, engine_fingerprint: format!("{:016x}", hasher.finish()) })
+        Ok(Cache { dir, engine_fingerprint: format!("{:016x}", hasher.finish()), write })
     }
 
     /// The component, the sha256 of its bytes, and whether it came from the cache.
@@ -56,7 +56,7 @@ impl Cache {
         let component = compile(engine, bytes)?;
         match component.serialize() {
             Ok(compiled) => {
-                if let Err(e) = write_atomically(&path, &with_header(&compiled)) {
+                if let Err(e) = (self.write)(&path, &with_header(&compiled)) {
                     tracing::warn!(path = %path.display(), "could not cache the compiled module: {e}");
                 }
             }
@@ -101,16 +101,3 @@ fn deserialize(engine: &wasmtime::Engine, compiled: &[u8]) -> wasmtime::Result<C
     unsafe { Component::deserialize(engine, compiled) }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}

@@ -22,6 +22,11 @@ pub struct EngineConfig {
     /// Where compiled modules are cached (a directory the broker owns, under its data directory).
     /// `None` disables the cache: every load compiles.
     pub cache_dir: Option<PathBuf>,
+    /// How a compiled module is written into the cache. The broker's runtimes pass its one atomic,
+    /// durable file replace (`sluice_broker::host::write_file_atomically`); the default is a plain
+    /// write, enough for tests and benchmarks because every cache file carries the sha256 of its
+    /// contents and a torn or damaged one is recompiled, never run.
+    pub cache_write: CacheWrite,
     /// The epoch tick: the granularity of the per-call CPU bound. A tick costs one atomic increment;
     /// instrumented guest code checks the epoch at loop headers and function entries.
     pub epoch_tick: Duration,
@@ -29,9 +34,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { cache_dir: None, epoch_tick: EPOCH_TICK_DEFAULT }
+        EngineConfig { cache_dir: None, cache_write: |path, bytes| std::fs::write(path, bytes), epoch_tick: EPOCH_TICK_DEFAULT }
     }
 }
+
+/// Writes one compiled module into the cache directory (see [`EngineConfig::cache_write`]).
+pub type CacheWrite = fn(&std::path::Path, &[u8]) -> std::io::Result<()>;
 
 pub const EPOCH_TICK_DEFAULT: Duration = Duration::from_millis(10);
 
@@ -69,7 +77,7 @@ impl Engine {
             .into_iter()
             .map(|world| world_linker(&engine, world).map_err(|e| PluginError::Engine(format!("linking the {world} world: {e:#}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let cache = config.cache_dir.map(|dir| Cache::open(dir, &engine)).transpose()?;
+        let cache = config.cache_dir.map(|dir| Cache::open(dir, &engine, config.cache_write)).transpose()?;
         let ticker = Ticker::start(engine.clone(), config.epoch_tick)?;
         Ok(Engine { inner: Arc::new(EngineInner { engine, linkers, epoch_tick: config.epoch_tick, cache, _ticker: ticker }) })
     }

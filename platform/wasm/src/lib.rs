@@ -62,7 +62,7 @@ mod bindings {
 }
 
 pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
-pub use engine::{CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
+pub use engine::{CacheWrite, CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
 pub use error::PluginError;
 pub use host::{LogSink, TracingLogSink};
 pub use limits::*;

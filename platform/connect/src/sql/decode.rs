@@ -9,7 +9,7 @@ use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
-use super::{Budget, SqlValue};
+use super::{Budget, SqlValue, ValueError};
 use crate::error::{ConnectError, SqlFailure};
 
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in Unix microseconds.
@@ -20,16 +20,16 @@ fn unsupported(column: &str, message: impl std::fmt::Display) -> ConnectError {
     ConnectError::sql(SqlFailure::Unsupported, format!("column '{column}': {message}"))
 }
 
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], String> {
-    bytes.try_into().map_err(|_| format!("expected {N} bytes, got {}", bytes.len()))
+fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], ValueError> {
+    bytes.try_into().map_err(|_| format!("expected {N} bytes, got {}", bytes.len())).map_err(ValueError)
 }
 
-fn utf8(bytes: &[u8]) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| format!("not UTF-8: {e}"))
+fn utf8(bytes: &[u8]) -> Result<String, ValueError> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| format!("not UTF-8: {e}")).map_err(ValueError)
 }
 
 /// A NUMERIC's binary form as exact decimal text, keeping its display scale.
-pub(super) fn numeric_text(bytes: &[u8]) -> Result<String, String> {
+pub(super) fn numeric_text(bytes: &[u8]) -> Result<String, ValueError> {
     if bytes.len() < 8 {
         return Err("a NUMERIC shorter than its header".into());
     }
@@ -42,7 +42,7 @@ pub(super) fn numeric_text(bytes: &[u8]) -> Result<String, String> {
         0xD000 => return Ok("Infinity".into()),
         0xF000 => return Ok("-Infinity".into()),
         0x0000 | 0x4000 => {}
-        other => return Err(format!("a NUMERIC with sign {other:#x}")),
+        other => return Err(format!("a NUMERIC with sign {other:#x}").into()),
     }
     if ndigits < 0 || bytes.len() != 8 + 2 * ndigits as usize {
         return Err("a NUMERIC whose length does not match its digit count".into());
@@ -82,7 +82,7 @@ pub(super) fn numeric_text(bytes: &[u8]) -> Result<String, String> {
     Ok(out)
 }
 
-fn pg_timestamp(micros: i64) -> Result<String, String> {
+fn pg_timestamp(micros: i64) -> Result<String, ValueError> {
     match micros {
         i64::MAX => return Ok("infinity".into()),
         i64::MIN => return Ok("-infinity".into()),
@@ -93,7 +93,7 @@ fn pg_timestamp(micros: i64) -> Result<String, String> {
     Ok(at.naive_utc().format(TIMESTAMP_FORMAT).to_string())
 }
 
-fn pg_date(days: i32) -> Result<String, String> {
+fn pg_date(days: i32) -> Result<String, ValueError> {
     match days {
         i32::MAX => return Ok("infinity".into()),
         i32::MIN => return Ok("-infinity".into()),
@@ -104,7 +104,7 @@ fn pg_date(days: i32) -> Result<String, String> {
     Ok(date.format("%Y-%m-%d").to_string())
 }
 
-fn pg_time(micros: i64) -> Result<String, String> {
+fn pg_time(micros: i64) -> Result<String, ValueError> {
     if !(0..=86_400_000_000).contains(&micros) {
         return Err("a time out of range".into());
     }
@@ -117,7 +117,7 @@ fn pg_time(micros: i64) -> Result<String, String> {
 }
 
 /// One PostgreSQL value in binary form.
-fn postgres_value(type_name: &str, bytes: &[u8]) -> Result<SqlValue, String> {
+fn postgres_value(type_name: &str, bytes: &[u8]) -> Result<SqlValue, ValueError> {
     Ok(match type_name {
         "BOOL" => SqlValue::Bool(fixed::<1>(bytes)?[0] != 0),
         // What a function returning nothing (pg_sleep) returns.
@@ -157,7 +157,7 @@ fn postgres_value(type_name: &str, bytes: &[u8]) -> Result<SqlValue, String> {
             let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
             SqlValue::Uuid(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
         }
-        other => return Err(format!("type {other} has no mapping in the sql capability; cast it in the query (e.g. ::text)")),
+        other => return Err(format!("type {other} has no mapping in the sql capability; cast it in the query (e.g. ::text)").into()),
     })
 }
 
@@ -329,6 +329,6 @@ mod tests {
         let timetz = [&45_296_000_123i64.to_be_bytes()[..], &(-7200i32).to_be_bytes()[..]].concat();
         assert_eq!(postgres_value("TIMETZ", &timetz).unwrap(), SqlValue::Time("12:34:56.000123+02:00".into()));
         assert!(postgres_value("INT4", &[0, 1]).is_err(), "a short value is an error, not a panic");
-        assert!(postgres_value("INTERVAL", &[0; 16]).unwrap_err().contains("cast it"));
+        assert!(postgres_value("INTERVAL", &[0; 16]).unwrap_err().0.contains("cast it"));
     }
 }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgArguments, PgTypeInfo, Postgres};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments, Encode, Type};
 
-use super::SqlValue;
+use super::{SqlValue, ValueError};
 use crate::error::{ConnectError, SqlFailure};
 
 fn bad(index: usize, message: impl std::fmt::Display) -> ConnectError {
@@ -21,30 +21,30 @@ fn bound(index: usize, error: BoxDynError) -> ConnectError {
     bad(index, format!("cannot be bound: {error}"))
 }
 
-pub(super) fn date(text: &str) -> Result<NaiveDate, String> {
-    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| format!("'{text}' is not a date (YYYY-MM-DD): {e}"))
+pub(super) fn date(text: &str) -> Result<NaiveDate, ValueError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|e| format!("'{text}' is not a date (YYYY-MM-DD): {e}")).map_err(ValueError)
 }
 
-pub(super) fn time(text: &str) -> Result<NaiveTime, String> {
-    NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|e| format!("'{text}' is not a time (HH:MM:SS[.ffffff]): {e}"))
+pub(super) fn time(text: &str) -> Result<NaiveTime, ValueError> {
+    NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|e| format!("'{text}' is not a time (HH:MM:SS[.ffffff]): {e}")).map_err(ValueError)
 }
 
-pub(super) fn timestamp(text: &str) -> Result<NaiveDateTime, String> {
+pub(super) fn timestamp(text: &str) -> Result<NaiveDateTime, ValueError> {
     NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
-        .map_err(|e| format!("'{text}' is not a timestamp (YYYY-MM-DDTHH:MM:SS[.ffffff]): {e}"))
+        .map_err(|e| format!("'{text}' is not a timestamp (YYYY-MM-DDTHH:MM:SS[.ffffff]): {e}")).map_err(ValueError)
 }
 
-pub(super) fn timestamp_tz(text: &str) -> Result<DateTime<Utc>, String> {
+pub(super) fn timestamp_tz(text: &str) -> Result<DateTime<Utc>, ValueError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("'{text}' is not a timestamp with a zone (RFC 3339, e.g. 2024-05-01T12:00:00.000001Z): {e}"))
+        .map_err(|e| format!("'{text}' is not a timestamp with a zone (RFC 3339, e.g. 2024-05-01T12:00:00.000001Z): {e}")).map_err(ValueError)
 }
 
-fn uuid_bytes(text: &str) -> Result<[u8; 16], String> {
+fn uuid_bytes(text: &str) -> Result<[u8; 16], ValueError> {
     let hex: String = text.chars().filter(|c| *c != '-').collect();
     if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("'{text}' is not a UUID"));
+        return Err(format!("'{text}' is not a UUID").into());
     }
     let mut out = [0u8; 16];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -54,14 +54,14 @@ fn uuid_bytes(text: &str) -> Result<[u8; 16], String> {
 }
 
 /// A decimal's text split into sign, digits before and after the point. Plain notation only.
-fn split_decimal(text: &str) -> Result<(bool, &str, &str), String> {
+fn split_decimal(text: &str) -> Result<(bool, &str, &str), ValueError> {
     let (negative, digits) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
     if (int.is_empty() && frac.is_empty()) || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("'{text}' is not a decimal (digits, an optional sign and point; no exponent)"));
+        return Err(format!("'{text}' is not a decimal (digits, an optional sign and point; no exponent)").into());
     }
     Ok((negative, int, frac))
 }
@@ -87,7 +87,7 @@ const NUMERIC_NAN: u16 = 0xC000;
 const NUMERIC_PINF: u16 = 0xD000;
 const NUMERIC_NINF: u16 = 0xF000;
 
-pub(super) fn numeric_binary(text: &str) -> Result<Vec<u8>, String> {
+pub(super) fn numeric_binary(text: &str) -> Result<Vec<u8>, ValueError> {
     let header = |ndigits: i16, weight: i16, sign: u16, dscale: u16| {
         let mut out = Vec::with_capacity(8);
         out.extend_from_slice(&ndigits.to_be_bytes());
@@ -104,7 +104,7 @@ pub(super) fn numeric_binary(text: &str) -> Result<Vec<u8>, String> {
     }
     let (negative, int, frac) = split_decimal(text)?;
     if frac.len() > 16_383 || int.len() > 131_072 {
-        return Err(format!("'{}…' has more digits than NUMERIC holds", &text[..text.len().min(20)]));
+        return Err(format!("'{}…' has more digits than NUMERIC holds", &text[..text.len().min(20)]).into());
     }
     let int = int.trim_start_matches('0');
     // Integer digits padded on the left to whole groups of four, fraction digits on the right.

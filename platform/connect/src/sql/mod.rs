@@ -38,6 +38,31 @@ use sqlx::{Column, ConnectOptions, Connection, Executor, Row, TypeInfo};
 
 use crate::error::{ConnectError, SqlFailure};
 
+/// A value the sql capability cannot accept: a parameter or column that cannot be converted between
+/// its database form and the guest's, or a connection URL or limit that is not valid. The message says
+/// what is wrong; the caller adds where (a parameter, a column, a config key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValueError(pub String);
+
+impl From<String> for ValueError {
+    fn from(message: String) -> ValueError {
+        ValueError(message)
+    }
+}
+
+impl From<ValueError> for String {
+    fn from(error: ValueError) -> String {
+        error.0
+    }
+}
+
+impl From<&str> for ValueError {
+    fn from(message: &str) -> ValueError {
+        ValueError(message.to_string())
+    }
+}
+
 /// A value crossing the capability, in either direction. Strings hold the exact text of types
 /// that have no lossless fixed-size form.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,7 +133,7 @@ impl SqlLimits {
     pub const OPEN_CONNECTIONS_MAX: usize = 16;
     pub const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ValueError> {
         let within = |value: usize, max: usize, what: &str| {
             if value == 0 || value > max { Err(format!("{what} must be 1..={max}")) } else { Ok(()) }
         };
@@ -120,7 +145,7 @@ impl SqlLimits {
         within(self.batch_rows, Self::BATCH_ROWS_MAX, "rows per batch")?;
         within(self.open_connections, Self::OPEN_CONNECTIONS_MAX, "open connections")?;
         if self.call_timeout.is_zero() || self.call_timeout > Self::CALL_TIMEOUT_MAX {
-            return Err(format!("the call timeout must be 1 ms..={} s", Self::CALL_TIMEOUT_MAX.as_secs()));
+            return Err(format!("the call timeout must be 1 ms..={} s", Self::CALL_TIMEOUT_MAX.as_secs()).into());
         }
         Ok(())
     }
@@ -235,7 +260,7 @@ impl ConnectionSpec {
     /// A connection from a URL — `postgres://`, `postgresql://`, `mysql://`, `mariadb://`, `sqlite:`,
     /// or the JDBC forms `jdbc:postgresql://`, `jdbc:mysql://`, `jdbc:mariadb://`, `jdbc:sqlite:` — and
     /// the config's user and password (which win over the URL's).
-    pub fn parse(name: &str, url: &str, user: Option<&str>, password: Option<&str>) -> Result<ConnectionSpec, String> {
+    pub fn parse(name: &str, url: &str, user: Option<&str>, password: Option<&str>) -> Result<ConnectionSpec, ValueError> {
         let url = url.trim();
         let plain = url.strip_prefix("jdbc:").unwrap_or(url);
         let (dialect, rest) = if let Some(rest) = plain.strip_prefix("postgresql://").or_else(|| plain.strip_prefix("postgres://")) {
@@ -246,9 +271,9 @@ impl ConnectionSpec {
             (Dialect::Sqlite, format!("sqlite:{}", rest.trim_start_matches("//")))
         } else {
             let scheme: String = url.chars().take_while(|c| *c != '/').take(40).collect();
-            return Err(format!(
+            return Err(ValueError(format!(
                 "'{scheme}…' is not a supported database URL: use postgres://, mysql://, mariadb://, sqlite: or their jdbc: forms"
-            ));
+            )));
         };
         let (url, url_user, url_password) = split_credentials(&rest);
         let spec = ConnectionSpec {
@@ -270,7 +295,7 @@ impl ConnectionSpec {
         dbname: &str,
         user: Option<&str>,
         password: Option<&str>,
-    ) -> Result<ConnectionSpec, String> {
+    ) -> Result<ConnectionSpec, ValueError> {
         if host.contains(['/', '@', '?', ' ']) || dbname.contains(['/', '?', ' ']) {
             return Err("database.hostname and database.dbname must be a host name and a database name".into());
         }
@@ -286,8 +311,8 @@ impl ConnectionSpec {
     }
 
     /// Parses the options without connecting, so a bad URL is refused at validation.
-    fn check(&self) -> Result<(), String> {
-        let shown = |e: sqlx::Error| format!("{}: {e}", self.describe());
+    fn check(&self) -> Result<(), ValueError> {
+        let shown = |e: sqlx::Error| ValueError(format!("{}: {e}", self.describe()));
         match self.dialect {
             Dialect::Postgres => PgConnectOptions::from_str(&self.url).map(|_| ()).map_err(shown),
             Dialect::MySql => MySqlConnectOptions::from_str(&self.url).map(|_| ()).map_err(shown),
@@ -492,42 +517,15 @@ impl Sql {
                 Conn::Postgres(c) => {
                     let args = encode::postgres(params)?;
                     let text = format!("{sql}{}", encode::postgres_signature(params));
-                    let mut rows = SqlRows::default();
-                    let mut stream = sqlx::query_with(&text, args).fetch(&mut *c);
-                    while let Some(row) = stream.try_next().await.map_err(|e| from_sqlx(e, "query"))? {
-                        budget.row(rows.rows.len())?;
-                        if rows.columns.is_empty() {
-                            rows.columns = columns(row.columns());
-                        }
-                        rows.rows.push(decode::postgres_row(&row, &mut budget)?);
-                    }
-                    Ok(rows)
+                    collect_rows(sqlx::query_with(&text, args).fetch(&mut *c), &mut budget, decode::postgres_row).await
                 }
                 Conn::MySql(c) => {
                     let args = encode::mysql(params)?;
-                    let mut rows = SqlRows::default();
-                    let mut stream = sqlx::query_with(sql, args).fetch(&mut *c);
-                    while let Some(row) = stream.try_next().await.map_err(|e| from_sqlx(e, "query"))? {
-                        budget.row(rows.rows.len())?;
-                        if rows.columns.is_empty() {
-                            rows.columns = columns(row.columns());
-                        }
-                        rows.rows.push(decode::mysql_row(&row, &mut budget)?);
-                    }
-                    Ok(rows)
+                    collect_rows(sqlx::query_with(sql, args).fetch(&mut *c), &mut budget, decode::mysql_row).await
                 }
                 Conn::Sqlite(c) => {
                     let args = encode::sqlite(params)?;
-                    let mut rows = SqlRows::default();
-                    let mut stream = sqlx::query_with(sql, args).fetch(&mut *c);
-                    while let Some(row) = stream.try_next().await.map_err(|e| from_sqlx(e, "query"))? {
-                        budget.row(rows.rows.len())?;
-                        if rows.columns.is_empty() {
-                            rows.columns = columns(row.columns());
-                        }
-                        rows.rows.push(decode::sqlite_row(&row, &mut budget)?);
-                    }
-                    Ok(rows)
+                    collect_rows(sqlx::query_with(sql, args).fetch(&mut *c), &mut budget, decode::sqlite_row).await
                 }
             }
         })
@@ -608,6 +606,23 @@ impl Sql {
 
 fn unknown_handle(handle: ConnHandle) -> ConnectError {
     failure(SqlFailure::Misuse, format!("connection handle {} is not open", handle.0))
+}
+
+/// A query's rows, whatever the database, each counted against the call's budget as it arrives.
+async fn collect_rows<R: Row>(
+    mut stream: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    budget: &mut Budget,
+    decode: fn(&R, &mut Budget) -> Result<Vec<SqlValue>, ConnectError>,
+) -> Result<SqlRows, ConnectError> {
+    let mut rows = SqlRows::default();
+    while let Some(row) = stream.try_next().await.map_err(|e| from_sqlx(e, "query"))? {
+        budget.row(rows.rows.len())?;
+        if rows.columns.is_empty() {
+            rows.columns = columns(row.columns());
+        }
+        rows.rows.push(decode(&row, budget)?);
+    }
+    Ok(rows)
 }
 
 fn columns<C: Column>(columns: &[C]) -> Vec<SqlColumn> {
