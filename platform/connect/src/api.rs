@@ -294,12 +294,11 @@ async fn plugins(State(manager): State<Manager>, RawQuery(query): RawQuery) -> R
         None => true,
         Some((_, v)) => !v.eq_ignore_ascii_case("false"),
     };
-    let mut out: Vec<Value> = manager
-        .catalog()
-        .list()
-        .into_iter()
-        .map(|spec| json!({"class": spec.class, "type": spec.kind.as_str(), "version": spec.version}))
-        .collect();
+    // Listing describes registry modules not seen before (instantiating each once): blocking work.
+    let listing = Arc::clone(&manager);
+    let specs = blocking(move || Ok(listing.catalog().list())).await?;
+    let mut out: Vec<Value> =
+        specs.into_iter().map(|spec| json!({"class": spec.class, "type": spec.kind.as_str(), "version": spec.version})).collect();
     if !connectors_only {
         out.extend(
             manager

@@ -1,6 +1,6 @@
 //! The seam between the runtime and a connector's code: a task drives a *module* through a small
-//! trait — [`SourceModule`] or [`SinkModule`] — that the Wasm `source` / `sink` world bindings will
-//! implement (and that Rust test fixtures implement today). The runtime owns everything around the
+//! trait — [`SourceModule`] or [`SinkModule`] — that the Wasm `source` / `sink` world bindings
+//! implement (`crate::wasm`), and Rust test fixtures too. The runtime owns everything around the
 //! module: the thread and its lifecycle (`sluice-runtime`'s supervisor), writing to and reading from
 //! the broker, positions, the error policy, metrics and logs.
 //!

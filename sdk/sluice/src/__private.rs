@@ -60,7 +60,8 @@ pub fn run_batch<S>(
 pub fn connector_init<T>(config: Vec<(String, String)>, init: impl FnOnce(&Config) -> Result<T>) -> Result<T> {
     let config = Config::from_pairs(config);
     crate::config::set_current(config.clone());
-    init(&config).map_err(|e| e.context("init"))
+    // No "init" context here: the host names the call in its own message.
+    init(&config)
 }
 
 pub fn source_init<S: crate::connector::Source>(config: Vec<(String, String)>, positions: Vec<(String, String)>) -> Result<S> {
