@@ -75,8 +75,9 @@ pub struct Catalog {
     plugins: Option<Plugins>,
     builtin: Arc<RwLock<BTreeMap<String, Arc<dyn ConnectorPlugin>>>>,
     /// Registry modules already described, by name, with the digest they were described at (a name
-    /// uploaded again is described again). At most one entry per registry name.
-    described: Arc<Mutex<BTreeMap<String, (String, Arc<WasmPlugin>)>>>,
+    /// uploaded again is described again); `None` for one that failed to describe, so a module whose
+    /// `describe` loops costs its CPU bound once, not on every listing. At most one entry per name.
+    described: Arc<Mutex<BTreeMap<String, (String, Option<Arc<WasmPlugin>>)>>>,
 }
 
 impl Catalog {
@@ -109,13 +110,13 @@ impl Catalog {
     }
 
     /// The Wasm plugin of a registry module implementing `source` or `sink`, described once per
-    /// digest. A module that cannot be loaded or described is logged and left out.
+    /// digest. A module that cannot be loaded or described is logged once and left out.
     fn described(&self, module: &ModuleInfo) -> Option<Arc<WasmPlugin>> {
         connector_kind(module)?;
         if let Some((digest, plugin)) = self.described.lock().get(&module.name)
             && *digest == module.digest
         {
-            return Some(Arc::clone(plugin));
+            return plugin.clone();
         }
         let registry = self.plugins.as_ref()?.registry().ok()?;
         let loaded = registry
@@ -125,12 +126,13 @@ impl Catalog {
         match loaded {
             Ok(Some(plugin)) => {
                 let plugin = Arc::new(plugin);
-                self.described.lock().insert(module.name.clone(), (module.digest.clone(), Arc::clone(&plugin)));
+                self.described.lock().insert(module.name.clone(), (module.digest.clone(), Some(Arc::clone(&plugin))));
                 Some(plugin)
             }
             Ok(None) => None,
             Err(error) => {
                 tracing::warn!(module = module.name, %error, "a connector module cannot be used");
+                self.described.lock().insert(module.name.clone(), (module.digest.clone(), None));
                 None
             }
         }

@@ -187,9 +187,19 @@ fn connector(world: ConnectorWorld, attr: TokenStream, item: TokenStream) -> Tok
     let attr = proc_macro2::TokenStream::from(attr);
     if !attr.is_empty() {
         let name = world.trait_name().to_lowercase();
-        return Error::new(attr.span(), format!("`#[sluice::{name}]` takes no arguments")).to_compile_error().into();
+        // The item stays, so the only error is this one.
+        let mut tokens = Error::new(attr.span(), format!("`#[sluice::{name}]` takes no arguments")).to_compile_error();
+        tokens.extend(proc_macro2::TokenStream::from(item));
+        return tokens.into();
     }
-    let item = parse_macro_input!(item as syn::ItemImpl);
+    let item = match parse_macro_input!(item as syn::Item) {
+        syn::Item::Impl(item) => item,
+        other => {
+            let name = world.trait_name();
+            let message = format!("`#[sluice::{}]` goes on `impl sluice::connector::{name} for YourType {{ ... }}`", name.to_lowercase());
+            return Error::new(other.span(), message).to_compile_error().into();
+        }
+    };
     match expand_connector(world, item) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
