@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use sluice_runtime::{ModuleInfo, Plugins};
+use sluice_runtime::{LogBuffer, ModuleInfo, Plugins};
 
 use crate::config::{ConfigKeyDef, ConnectorType};
 use crate::error::ConnectError;
@@ -48,9 +48,10 @@ pub struct PluginSpec {
 pub trait ConnectorPlugin: Send + Sync {
     fn spec(&self) -> &PluginSpec;
     /// A source module for one task. Called on the task's thread, at every (re)start of the task.
-    fn source_module(&self, task: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError>;
+    /// `logs`: the connector's log buffer, where the module's own log lines go (besides `tracing`).
+    fn source_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError>;
     /// A sink module for one task.
-    fn sink_module(&self, task: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError>;
+    fn sink_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError>;
 }
 
 /// The kind of connector a registry module is, by the worlds it implements; `None` for a transform.
@@ -77,7 +78,13 @@ pub struct Catalog {
     /// Registry modules already described, by name, with the digest they were described at (a name
     /// uploaded again is described again); `None` for one that failed to describe, so a module whose
     /// `describe` loops costs its CPU bound once, not on every listing. At most one entry per name.
-    described: Arc<Mutex<BTreeMap<String, (String, Option<Arc<WasmPlugin>>)>>>,
+    described: Arc<Mutex<BTreeMap<String, Described>>>,
+}
+
+/// What describing one registry module at one digest gave.
+struct Described {
+    digest: String,
+    plugin: Option<Arc<WasmPlugin>>,
 }
 
 impl Catalog {
@@ -113,10 +120,10 @@ impl Catalog {
     /// digest. A module that cannot be loaded or described is logged once and left out.
     fn described(&self, module: &ModuleInfo) -> Option<Arc<WasmPlugin>> {
         connector_kind(module)?;
-        if let Some((digest, plugin)) = self.described.lock().get(&module.name)
-            && *digest == module.digest
+        if let Some(described) = self.described.lock().get(&module.name)
+            && described.digest == module.digest
         {
-            return plugin.clone();
+            return described.plugin.clone();
         }
         let registry = self.plugins.as_ref()?.registry().ok()?;
         let loaded = registry
@@ -126,13 +133,15 @@ impl Catalog {
         match loaded {
             Ok(Some(plugin)) => {
                 let plugin = Arc::new(plugin);
-                self.described.lock().insert(module.name.clone(), (module.digest.clone(), Some(Arc::clone(&plugin))));
+                self.described
+                    .lock()
+                    .insert(module.name.clone(), Described { digest: module.digest.clone(), plugin: Some(Arc::clone(&plugin)) });
                 Some(plugin)
             }
             Ok(None) => None,
             Err(error) => {
                 tracing::warn!(module = module.name, %error, "a connector module cannot be used");
-                self.described.lock().insert(module.name.clone(), (module.digest.clone(), None));
+                self.described.lock().insert(module.name.clone(), Described { digest: module.digest.clone(), plugin: None });
                 None
             }
         }

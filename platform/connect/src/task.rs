@@ -248,7 +248,7 @@ impl Task for SourceDriver {
         self.fatal = None;
         self.producer = Some(self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
-        let mut module = match self.shared.plugin.source_module(&self.config) {
+        let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs) {
             Ok(module) => module,
             Err(error) => {
                 self.fatal = Some(error.to_string());

@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use sluice_runtime::LogBuffer;
 use sluice_wasm::{
     CompiledComponent, ConfigType as WitConfigType, ConnectorSpec, DirAccess, Grants, InputRecord, InstanceConfig, PluginError,
-    SinkInstance, SourceInstance, SourcePosition, TracingLogSink,
+    SinkInstance, SourceInstance, SourcePosition,
 };
 
 use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
@@ -64,10 +65,16 @@ impl WasmPlugin {
 }
 
 /// The instance config of one task: the plugin's keys plus `task.id`, `tasks.max` and
-/// `topic.prefix`; default limits; the directories of its `file` keys; logs under its name.
-fn instance_config(file_keys: &[String], task: &TaskConfig, access: DirAccess) -> Result<InstanceConfig, ModuleError> {
+/// `topic.prefix`; default limits; the directories of its `file` keys; its log lines to the
+/// connector's log buffer (which writes them to `tracing` too).
+fn instance_config(
+    file_keys: &[String],
+    logs: &Arc<LogBuffer>,
+    task: &TaskConfig,
+    access: DirAccess,
+) -> Result<InstanceConfig, ModuleError> {
     let mut config = InstanceConfig::new(&format!("{}-{}", task.connector, task.task));
-    config.log_sink = Arc::new(TracingLogSink { plugin: format!("connector {} task {}", task.connector, task.task) });
+    config.log_sink = Arc::clone(logs) as Arc<dyn sluice_wasm::LogSink>;
     config.config = task.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     config.config.push(("task.id".into(), task.task.to_string()));
     config.config.push(("tasks.max".into(), task.tasks.to_string()));
@@ -143,18 +150,23 @@ impl ConnectorPlugin for WasmPlugin {
         &self.spec
     }
 
-    fn source_module(&self, _task: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
         match &self.module {
-            Module::Source(module) => {
-                Ok(Box::new(WasmSource { file_keys: self.file_keys.clone(), module: module.clone(), instance: None }))
-            }
+            Module::Source(module) => Ok(Box::new(WasmSource {
+                file_keys: self.file_keys.clone(),
+                logs: Arc::clone(logs),
+                module: module.clone(),
+                instance: None,
+            })),
             Module::Sink(_) => Err(ConnectError::BadRequest(format!("'{}' is a sink connector", self.spec.name))),
         }
     }
 
-    fn sink_module(&self, _task: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
         match &self.module {
-            Module::Sink(module) => Ok(Box::new(WasmSink { file_keys: self.file_keys.clone(), module: module.clone(), instance: None })),
+            Module::Sink(module) => {
+                Ok(Box::new(WasmSink { file_keys: self.file_keys.clone(), logs: Arc::clone(logs), module: module.clone(), instance: None }))
+            }
             Module::Source(_) => Err(ConnectError::BadRequest(format!("'{}' is a source connector", self.spec.name))),
         }
     }
@@ -172,13 +184,14 @@ fn module_error(error: PluginError) -> ModuleError {
 /// One source task's Wasm instance.
 pub struct WasmSource {
     file_keys: Vec<String>,
+    logs: Arc<LogBuffer>,
     module: sluice_wasm::SourceModule,
     instance: Option<SourceInstance>,
 }
 
 impl SourceModule for WasmSource {
     fn start(&mut self, task: &TaskConfig, positions: &[ConnectorOffset]) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, task, DirAccess::ReadOnly)?;
+        let config = instance_config(&self.file_keys, &self.logs, task, DirAccess::ReadOnly)?;
         let positions: Vec<SourcePosition> = positions
             .iter()
             .filter_map(|p| {
@@ -231,13 +244,14 @@ fn json_object(idx: usize, what: &str, text: &str) -> Result<Map<String, Value>,
 /// One sink task's Wasm instance.
 pub struct WasmSink {
     file_keys: Vec<String>,
+    logs: Arc<LogBuffer>,
     module: sluice_wasm::SinkModule,
     instance: Option<SinkInstance>,
 }
 
 impl SinkModule for WasmSink {
     fn start(&mut self, task: &TaskConfig) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, task, DirAccess::ReadWrite)?;
+        let config = instance_config(&self.file_keys, &self.logs, task, DirAccess::ReadWrite)?;
         self.instance = Some(self.module.instantiate(config).map_err(module_error)?);
         Ok(())
     }

@@ -206,7 +206,7 @@ fn the_file_sink_guest_writes_a_topics_committed_records_to_a_file() {
     let plugin = f.manager.catalog().resolve("file-sink").expect("file-sink is a plugin");
     let task =
         TaskConfig { connector: "sink".into(), task: 0, tasks: 1, config: config(&[("file", path.to_str().unwrap())]), topic_prefix: None };
-    let mut sink = plugin.sink_module(&task).unwrap();
+    let mut sink = plugin.sink_module(&task, &Arc::new(sluice_runtime::LogBuffer::new("sink"))).unwrap();
     sink.start(&task).unwrap();
     let mut reader = f.host.reader("orders", 0, 0).unwrap();
     let batch = reader.next_batch(100).unwrap();
@@ -273,4 +273,7 @@ fn a_hostile_source_fails_alone_while_the_broker_and_other_connectors_keep_worki
         Some(f.task_state("hostile-trap")).filter(|(state, trace)| state == "FAILED" && trace.is_some())
     });
     assert!(trace.unwrap().contains("poll panicked on purpose"));
+    // The guest's own last words (the SDK logs a panic before trapping) are in the connector's log.
+    let logs = f.manager.logs("hostile-trap", 100).unwrap();
+    assert!(logs.iter().any(|line| line.message.contains("poll panicked on purpose")), "{logs:?}");
 }
