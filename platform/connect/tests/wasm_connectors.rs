@@ -127,6 +127,16 @@ fn connector_plugins_lists_wasm_connectors_by_world_with_connects_shape() {
     // The transform is listed only with connectorsOnly=false, as a transformation.
     let (_, all) = f.get("/connector-plugins?connectorsOnly=false");
     assert!(all.as_array().unwrap().iter().any(|p| p["class"] == "pii-mask" && p["type"] == "transformation"), "{all}");
+    // Its keys, as the guest's describe declared them, in Connect's ConfigKeyInfo shape.
+    let (status, keys) = f.get("/connector-plugins/file-source/config");
+    assert_eq!(status, 200);
+    let names: Vec<(&str, &str, bool)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k["type"].as_str().unwrap(), k["required"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("file", "STRING", true), ("topic", "STRING", true), ("batch.size", "INT", false)]);
     // Validation knows the keys the guest declared, and refuses others.
     let (parsed, validation) = f.manager.validate(&config(&[
         ("name", "v"),
