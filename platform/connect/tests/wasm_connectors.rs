@@ -3,7 +3,8 @@
 //! a hostile source, built for wasm32-wasip2 and uploaded to the registry as an operator would.
 //!
 //! - `GET /connector-plugins`, served on an ephemeral port, lists them by world with Connect's shape;
-//! - lines appended to a file arrive on the topic exactly once across task restarts;
+//! - lines appended to a file arrive on the topic exactly once across task restarts and a clean
+//!   broker restart;
 //! - the file-sink guest writes a topic's committed records to a file (through the seam: the sink
 //!   driver that would read the topic itself is not built yet, so the test reads the topic);
 //! - a hostile source (a loop in `poll`, a panic, garbage) fails alone — its task FAILED with the
@@ -39,18 +40,27 @@ struct Fixture {
 fn open() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let broker = Broker::open(BrokerConfig::default(), dir.path()).unwrap();
+    let (manager, host, broker) = start(dir.path(), &runtime, true);
+    Fixture { manager, host, _broker: broker, runtime, _dir: dir }
+}
+
+/// Opens a broker in `dir` with the plugins extension and the connector manager, uploading the
+/// guests first if `upload` (a restarted broker finds them in its registry).
+fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime, upload: bool) -> (Arc<ConnectorManager>, Host, Arc<Broker>) {
+    let broker = Broker::open(BrokerConfig::default(), dir).unwrap();
     let plugins = Plugins::new();
     // The registry's own routes (`/v1/plugins`) are not under test here.
     let _routes = plugins.start(Host::for_tests(broker.clone(), "plugins", runtime.handle().clone())).unwrap();
-    let registry = plugins.registry().unwrap();
-    for name in ["file-source", "file-sink", "fixture-hostile-source", "pii-mask"] {
-        registry.add(name, &guests::guest(name), false).unwrap_or_else(|e| panic!("registering {name}: {e}"));
+    if upload {
+        let registry = plugins.registry().unwrap();
+        for name in ["file-source", "file-sink", "fixture-hostile-source", "pii-mask"] {
+            registry.add(name, &guests::guest(name), false).unwrap_or_else(|e| panic!("registering {name}: {e}"));
+        }
     }
     let host = Host::for_tests(broker.clone(), "connect", runtime.handle().clone());
     let manager = ConnectorManager::open(host.clone(), Catalog::new(Some(plugins))).unwrap();
     manager.start_all();
-    Fixture { manager, host, _broker: broker, runtime, _dir: dir }
+    (manager, host, broker)
 }
 
 fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -72,19 +82,23 @@ fn append(path: &std::path::Path, text: &str) {
     std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
 }
 
-impl Fixture {
-    /// Every committed value of `topic`, partition by partition, in offset order.
-    fn values(&self, topic: &str) -> Vec<String> {
-        let Some(info) = self.host.topic(topic) else { return Vec::new() };
-        let mut out = Vec::new();
-        for p in 0..info.partitions {
-            let mut reader = self.host.reader(topic, p, 0).unwrap();
-            while reader.position() < reader.last_stable_offset() {
-                let batch = reader.next_batch(1000).unwrap();
-                out.extend(batch.records.into_iter().map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
-            }
+/// Every committed value of `topic`, partition by partition, in offset order.
+fn values(host: &Host, topic: &str) -> Vec<String> {
+    let Some(info) = host.topic(topic) else { return Vec::new() };
+    let mut out = Vec::new();
+    for p in 0..info.partitions {
+        let mut reader = host.reader(topic, p, 0).unwrap();
+        while reader.position() < reader.last_stable_offset() {
+            let batch = reader.next_batch(1000).unwrap();
+            out.extend(batch.records.into_iter().map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
         }
-        out
+    }
+    out
+}
+
+impl Fixture {
+    fn values(&self, topic: &str) -> Vec<String> {
+        values(&self.host, topic)
     }
 
     fn task_state(&self, name: &str) -> (String, Option<String>) {
@@ -185,6 +199,32 @@ fn lines_appended_to_a_file_arrive_exactly_once_across_task_restarts() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert_eq!(offsets["offsets"][0], json!({"partition": {"filename": file}, "offset": {"position": size}}));
     assert_eq!(f.task_state("lines").0, "RUNNING");
+}
+
+#[test]
+fn lines_arrive_exactly_once_across_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("in.txt");
+    append(&path, "a\nb\n");
+    let file = path.to_str().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (manager, host, broker) = start(dir.path(), &runtime, true);
+    manager
+        .create(config(&[("name", "lines"), ("connector.class", "file-source"), ("file", file), ("topic", "lines")]), TargetState::Running)
+        .unwrap();
+    wait_for("2 lines", || (values(&host, "lines") == ["a", "b"]).then_some(()));
+    manager.stop_all();
+    drop((manager, host, broker));
+    append(&path, "c\n");
+
+    // A clean restart: the registry, the connector and its position come back from the data directory.
+    let (manager, host, _broker) = start(dir.path(), &runtime, false);
+    append(&path, "d\n");
+    wait_for("4 lines", || (values(&host, "lines") == ["a", "b", "c", "d"]).then_some(()));
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(values(&host, "lines"), ["a", "b", "c", "d"], "nothing arrived twice");
+    manager.stop_all();
 }
 
 #[test]
