@@ -27,9 +27,12 @@ use sluice_wasm::{
 
 use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
-use crate::offsets::ConnectorOffset;
+use crate::offsets::{ConnectorOffset, OFFSET_ENTRIES_MAX, check_entry};
 use crate::plugins::{ConnectorPlugin, PluginSpec};
 use crate::task::{ModuleError, PutError, SinkModule, SinkRecord, SourceModule, SourcePoll, SourceRecord, TaskConfig};
+
+// Every position the offset store keeps for a connector can be handed back to `init`.
+const _: () = assert!(OFFSET_ENTRIES_MAX <= sluice_wasm::SOURCE_POSITIONS_PER_INIT_MAX);
 
 /// A registry module implementing the `source` or `sink` world.
 pub struct WasmPlugin {
@@ -209,9 +212,17 @@ impl SourceModule for WasmSource {
     fn poll(&mut self) -> Result<SourcePoll, ModuleError> {
         let instance = self.instance.as_mut().ok_or_else(|| ModuleError::fatal("poll before start"))?;
         let result = instance.poll().map_err(module_error)?;
+        // Checked before any record is written: a position the offset store would refuse after the
+        // records committed would make the task retry from the old position and write them again.
         let mut positions = Vec::with_capacity(result.positions.len());
         for (idx, position) in result.positions.into_iter().enumerate() {
-            positions.push((json_object(idx, "partition", &position.partition)?, json_object(idx, "offset", &position.offset)?));
+            let entry = ConnectorOffset {
+                partition: json_object(idx, "partition", &position.partition)?,
+                offset: Some(json_object(idx, "offset", &position.offset)?),
+            };
+            check_entry(ConnectorType::Source, &entry)
+                .map_err(|e| ModuleError::fatal(format!("malformed output: poll's position {idx}: {e}")))?;
+            positions.push((entry.partition, entry.offset.unwrap_or_default()));
         }
         let records = result
             .records

@@ -296,6 +296,7 @@ fn a_hostile_source_fails_alone_while_the_broker_and_other_connectors_keep_worki
         ("trap", "poll panicked on purpose"),
         ("garbage", "malformed output"),
         ("bad-position", "not a JSON object"),
+        ("big-position", "an offset entry is"),
         ("fail-init", "refusing to start"),
     ];
     for (mode, _) in cases {
@@ -311,6 +312,8 @@ fn a_hostile_source_fails_alone_while_the_broker_and_other_connectors_keep_worki
         assert!(trace.contains(expected), "{name}: {trace}");
         assert_eq!(f.manager.status(&name).unwrap().connector.state, "RUNNING", "the connector stays; its task failed");
     }
+    // A poll refused for its positions wrote none of its records.
+    assert!(f.values("hostile").is_empty(), "{:?}", f.values("hostile"));
     // Beside them, the good source still flows and the broker still serves.
     append(&path, "after\n");
     wait_for("the good connector's lines", || (f.values("good") == ["before", "after"]).then_some(()));

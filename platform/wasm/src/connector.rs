@@ -54,8 +54,8 @@ impl SourceModule {
     /// Make an instance with its own memory, limits, grants and configuration, and run its `init`
     /// with the connector's last committed positions, under the CPU bound.
     pub fn instantiate(&self, config: InstanceConfig, positions: &[SourcePosition]) -> Result<SourceInstance, PluginError> {
-        if positions.len() > SOURCE_POSITIONS_MAX {
-            return Err(PluginError::InvalidRequest(format!("{} positions; at most {SOURCE_POSITIONS_MAX}", positions.len())));
+        if positions.len() > SOURCE_POSITIONS_PER_INIT_MAX {
+            return Err(PluginError::InvalidRequest(format!("{} positions; at most {SOURCE_POSITIONS_PER_INIT_MAX}", positions.len())));
         }
         let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
         let (bindings, init) = sandbox.call(|store| {
@@ -236,9 +236,9 @@ fn check_poll(result: &PollResult) -> Result<(), PluginError> {
             result.records.len()
         )));
     }
-    if result.positions.len() > SOURCE_POSITIONS_MAX {
+    if result.positions.len() > SOURCE_POSITIONS_PER_POLL_MAX {
         return Err(PluginError::MalformedOutput(format!(
-            "poll returned {} positions; at most {SOURCE_POSITIONS_MAX}",
+            "poll returned {} positions; at most {SOURCE_POSITIONS_PER_POLL_MAX}",
             result.positions.len()
         )));
     }

@@ -53,8 +53,11 @@ pub const OUTPUT_BYTES_PER_CALL_MAX: usize = 128 << 20;
 pub const OUTPUT_HEADERS_PER_RECORD_MAX: usize = 1_024;
 /// Records one source `poll` may return (the broker writes them in one transaction).
 pub const SOURCE_RECORDS_PER_POLL_MAX: usize = 10_000;
-/// Source positions one `poll` may return, and positions handed to `init`.
-pub const SOURCE_POSITIONS_MAX: usize = 1_000;
+/// Source positions one `poll` may return.
+pub const SOURCE_POSITIONS_PER_POLL_MAX: usize = 1_000;
+/// Source positions handed to `init`: every position a connector has saved (the connector
+/// runtime keeps at most this many per connector).
+pub const SOURCE_POSITIONS_PER_INIT_MAX: usize = 10_000;
 /// One source position's partition or offset, as JSON text.
 pub const SOURCE_POSITION_BYTES_MAX: usize = 4_096;
 /// Topics named by one sink batch.

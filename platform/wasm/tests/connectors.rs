@@ -150,7 +150,7 @@ fn a_hostile_source_fails_alone_with_a_typed_error() {
 
 #[test]
 fn positions_handed_to_init_are_bounded() {
-    let too_many = vec![SourcePosition { partition: "{}".into(), offset: "{}".into() }; sluice_wasm::SOURCE_POSITIONS_MAX + 1];
+    let too_many = vec![SourcePosition { partition: "{}".into(), offset: "{}".into() }; sluice_wasm::SOURCE_POSITIONS_PER_INIT_MAX + 1];
     let (config, _) = instance_config(&[("mode", "fine")]);
     let error = source("fixture-hostile-source").instantiate(config, &too_many).err().unwrap();
     assert!(matches!(error, PluginError::InvalidRequest(_)), "{error:?}");
