@@ -31,7 +31,8 @@ use sluice_broker::host::{Host, HostError, ProducerRecord, TransactionalProducer
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
 use sluice_wasm::LogLevel;
 
-use crate::offsets::{ConnectorOffset, OffsetStore};
+use crate::config::ConnectorType;
+use crate::offsets::{ConnectorOffset, OffsetStore, check_entry};
 use crate::plugins::ConnectorPlugin;
 
 /// The longest a source task sleeps after an empty poll (it wakes early when stopped).
@@ -291,9 +292,15 @@ impl Task for SourceDriver {
             control.sleep(poll.idle.min(IDLE_MAX));
             return Ok(Step::Idle);
         }
-        let (count, bytes) = self.write(poll.records)?;
+        // Positions are checked against the offset store's rules before any record is written: one
+        // refused after the records committed would make the task retry from the old position and
+        // write the same records again on every retry.
         let positions: Vec<ConnectorOffset> =
             poll.positions.into_iter().map(|(partition, offset)| ConnectorOffset { partition, offset: Some(offset) }).collect();
+        if let Some(error) = positions.iter().find_map(|entry| check_entry(ConnectorType::Source, entry).err()) {
+            return Ok(self.failed(format!("poll returned a position the runtime cannot store: {error}")));
+        }
+        let (count, bytes) = self.write(poll.records)?;
         if !positions.is_empty() {
             self.shared.offsets.alter(&self.config.connector, &positions).map_err(RuntimeError::from)?;
         }
