@@ -294,12 +294,11 @@ async fn plugins(State(manager): State<Manager>, RawQuery(query): RawQuery) -> R
         None => true,
         Some((_, v)) => !v.eq_ignore_ascii_case("false"),
     };
-    let mut out: Vec<Value> = manager
-        .catalog()
-        .list()
-        .into_iter()
-        .map(|spec| json!({"class": spec.class, "type": spec.kind.as_str(), "version": spec.version}))
-        .collect();
+    // Listing describes registry modules not seen before (instantiating each once): blocking work.
+    let listing = Arc::clone(&manager);
+    let specs = blocking(move || Ok(listing.catalog().list())).await?;
+    let mut out: Vec<Value> =
+        specs.into_iter().map(|spec| json!({"class": spec.class, "type": spec.kind.as_str(), "version": spec.version})).collect();
     if !connectors_only {
         out.extend(
             manager
@@ -330,7 +329,10 @@ fn definition_json(key: &ConfigKeyDef, order: i64) -> Value {
 }
 
 async fn plugin_config(State(manager): State<Manager>, Path(plugin): Path<String>) -> Result<Response, ConnectError> {
-    let found = manager.catalog().resolve(&plugin).ok_or_else(|| ConnectError::NotFound(format!("Unknown plugin {plugin}.")))?;
+    // Resolving may describe a registry module for the first time (instantiating it): blocking work.
+    let found =
+        blocking(move || manager.catalog().resolve(&plugin).ok_or_else(|| ConnectError::NotFound(format!("Unknown plugin {plugin}."))))
+            .await?;
     let keys: Vec<Value> = found.spec().keys.iter().enumerate().map(|(i, k)| definition_json(k, i as i64 + 1)).collect();
     Ok(json_response(StatusCode::OK, keys))
 }
@@ -398,12 +400,13 @@ async fn validate(
             raw.insert("connector.class".into(), plugin.clone());
         }
     }
-    let found = manager.catalog().resolve(&plugin).ok_or_else(|| {
-        ConnectError::BadRequest(format!(
-            "Failed to find any class that implements Connector and which name matches {plugin}; the connector plugins are listed at GET /connector-plugins"
-        ))
-    })?;
     let body = blocking(move || {
+        // Resolving may describe a registry module for the first time (instantiating it).
+        let found = manager.catalog().resolve(&plugin).ok_or_else(|| {
+            ConnectError::BadRequest(format!(
+                "Failed to find any class that implements Connector and which name matches {plugin}; the connector plugins are listed at GET /connector-plugins"
+            ))
+        })?;
         let (_, validation) = manager.validate(&raw);
         Ok(config_infos(&found.spec().class, &raw, &validation, &found.spec().keys))
     })

@@ -1,6 +1,6 @@
 //! `sluice-connect`: the in-broker connector runtime. Connectors move rows between external systems
-//! and topics; their code is a module (a Wasm component implementing the `source` or `sink` world,
-//! once those exist) that the runtime drives on `sluice-runtime`'s supervisor, seeing the broker only
+//! and topics; their code is a module (a Wasm component implementing the `source` or `sink` world)
+//! that the runtime drives on `sluice-runtime`'s supervisor, seeing the broker only
 //! through `sluice_broker::host`.
 //!
 //! In the order a request travels:
@@ -14,10 +14,12 @@
 //! - [`plugins`]: what `connector.class` names: registry modules implementing `source`/`sink`, Java
 //!   class aliases of the first-party ones.
 //! - [`task`]: the seam — [`task::SourceModule`] / [`task::SinkModule`], which the Wasm world
-//!   bindings will implement — and [`task::SourceDriver`], the supervised source task.
+//!   bindings implement ([`wasm`]) — and [`task::SourceDriver`], the supervised source task.
 //! - [`sql`]: the host side of the `sql` capability (PostgreSQL, MySQL/MariaDB, SQLite through
 //!   sqlx): connections by the names the config declares, bounded results, exact values, and the
 //!   time spent waiting on the database.
+//! - [`wasm`]: the Wasm `source` / `sink` modules behind the seam: `describe`, grants of exactly the
+//!   directories of `file` keys, instances per task, failures mapped to retriable or fatal.
 //! - [`testing`]: Rust fixture plugins, registered only for the end-to-end tests.
 //!
 //! [`ConnectExtension`] plugs it into the broker as a `host::Extension` named `connect` (data in
@@ -39,6 +41,7 @@ pub mod sql;
 pub mod store;
 pub mod task;
 pub mod testing;
+pub mod wasm;
 
 pub use error::ConnectError;
 pub use manager::ConnectorManager;

@@ -1,10 +1,10 @@
 //! Connector plugins: what `connector.class` can name, and what `GET /connector-plugins` lists.
 //!
-//! A plugin is a module in the shared registry (`sluice-runtime`'s `ModuleRegistry`) that implements
-//! the `source` or the `sink` world. Until those worlds exist in `sluice-wasm`, no uploaded module
-//! implements one, so the registry contributes nothing; [`specs_from_modules`] is the code path that
-//! will list them, and its unit test feeds it a stub registry entry. Rust plugins can be registered
-//! directly ([`Catalog::register`]) — only tests do (see [`crate::testing`]).
+//! A plugin is a module in the shared registry (`sluice-runtime`'s `ModuleRegistry`) whose component
+//! implements the `source` or the `sink` world (the registry lists each module's worlds): a
+//! [`WasmPlugin`], whose version and keys come from the guest's `describe`, called once per module
+//! digest. Rust plugins can be registered directly ([`Catalog::register`]) — only tests do (see
+//! [`crate::testing`]).
 //!
 //! `connector.class` may also be one of the Java class names people's existing configs carry
 //! ([`JAVA_CLASS_ALIASES`]): it resolves to the first-party module of the same job.
@@ -12,12 +12,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-use sluice_runtime::{ModuleInfo, Plugins};
+use parking_lot::{Mutex, RwLock};
+use sluice_runtime::{LogBuffer, ModuleInfo, Plugins};
 
 use crate::config::{ConfigKeyDef, ConnectorType};
 use crate::error::ConnectError;
 use crate::task::{SinkModule, SourceModule, TaskConfig};
+use crate::wasm::WasmPlugin;
 
 /// Java connector classes accepted as `connector.class`, and the module each stands for.
 pub const JAVA_CLASS_ALIASES: &[(&str, &str)] = &[
@@ -47,62 +48,21 @@ pub struct PluginSpec {
 pub trait ConnectorPlugin: Send + Sync {
     fn spec(&self) -> &PluginSpec;
     /// A source module for one task. Called on the task's thread, at every (re)start of the task.
-    fn source_module(&self, task: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError>;
+    /// `logs`: the connector's log buffer, where the module's own log lines go (besides `tracing`).
+    fn source_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError>;
     /// A sink module for one task.
-    fn sink_module(&self, task: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError>;
+    fn sink_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError>;
 }
 
-/// A connector module in the registry. Its world's host bindings are the next piece of work, so it
-/// cannot make tasks yet; a connector that names one shows FAILED with that reason.
-struct RegistryModule {
-    spec: PluginSpec,
-}
-
-impl RegistryModule {
-    fn unsupported(&self) -> ConnectError {
-        ConnectError::BadRequest(format!(
-            "module '{}' implements the `{}` world, whose host bindings this broker does not have yet",
-            self.spec.name,
-            self.spec.kind.as_str()
-        ))
+/// The kind of connector a registry module is, by the worlds it implements; `None` for a transform.
+pub fn connector_kind(module: &ModuleInfo) -> Option<ConnectorType> {
+    if module.worlds.iter().any(|w| w == SOURCE_WORLD) {
+        Some(ConnectorType::Source)
+    } else if module.worlds.iter().any(|w| w == SINK_WORLD) {
+        Some(ConnectorType::Sink)
+    } else {
+        None
     }
-}
-
-impl ConnectorPlugin for RegistryModule {
-    fn spec(&self) -> &PluginSpec {
-        &self.spec
-    }
-
-    fn source_module(&self, _: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError> {
-        Err(self.unsupported())
-    }
-
-    fn sink_module(&self, _: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError> {
-        Err(self.unsupported())
-    }
-}
-
-/// The connector plugins in registry entries: modules implementing the `source` or `sink` world.
-pub fn specs_from_modules(modules: &[ModuleInfo]) -> Vec<PluginSpec> {
-    modules
-        .iter()
-        .filter_map(|module| {
-            let kind = if module.worlds.iter().any(|w| w == SOURCE_WORLD) {
-                ConnectorType::Source
-            } else if module.worlds.iter().any(|w| w == SINK_WORLD) {
-                ConnectorType::Sink
-            } else {
-                return None;
-            };
-            Some(PluginSpec {
-                name: module.name.clone(),
-                class: module.name.clone(),
-                kind,
-                version: module.digest.get(..12).unwrap_or(&module.digest).to_string(),
-                keys: Vec::new(),
-            })
-        })
-        .collect()
 }
 
 /// Resolves a `connector.class` to a plugin name: a Java alias, else the name itself.
@@ -115,12 +75,22 @@ pub fn plugin_name_for_class(class: &str) -> &str {
 pub struct Catalog {
     plugins: Option<Plugins>,
     builtin: Arc<RwLock<BTreeMap<String, Arc<dyn ConnectorPlugin>>>>,
+    /// Registry modules already described, by name, with the digest they were described at (a name
+    /// uploaded again is described again); `None` for one that failed to describe, so a module whose
+    /// `describe` loops costs its CPU bound once, not on every listing. At most one entry per name.
+    described: Arc<Mutex<BTreeMap<String, Described>>>,
+}
+
+/// What describing one registry module at one digest gave.
+struct Described {
+    digest: String,
+    plugin: Option<Arc<WasmPlugin>>,
 }
 
 impl Catalog {
     /// `plugins`: the shared registry (`None` in tests that need no modules).
     pub fn new(plugins: Option<Plugins>) -> Catalog {
-        Catalog { plugins, builtin: Arc::default() }
+        Catalog { plugins, builtin: Arc::default(), described: Arc::default() }
     }
 
     /// Adds a Rust plugin (tests' fixtures; first-party connectors ship as Wasm modules instead).
@@ -134,10 +104,47 @@ impl Catalog {
 
     /// Every plugin, builtin first, sorted by name within each.
     pub fn list(&self) -> Vec<PluginSpec> {
-        let builtin = self.builtin.read();
-        let mut specs: Vec<PluginSpec> = builtin.values().map(|p| p.spec().clone()).collect();
-        specs.extend(specs_from_modules(&self.modules()).into_iter().filter(|s| !builtin.contains_key(&s.name)));
+        let mut specs: Vec<PluginSpec> = self.builtin.read().values().map(|p| p.spec().clone()).collect();
+        for module in self.modules() {
+            if connector_kind(&module).is_none() || specs.iter().any(|s| s.name == module.name) {
+                continue;
+            }
+            if let Some(plugin) = self.described(&module) {
+                specs.push(plugin.spec().clone());
+            }
+        }
         specs
+    }
+
+    /// The Wasm plugin of a registry module implementing `source` or `sink`, described once per
+    /// digest. A module that cannot be loaded or described is logged once and left out.
+    fn described(&self, module: &ModuleInfo) -> Option<Arc<WasmPlugin>> {
+        connector_kind(module)?;
+        if let Some(described) = self.described.lock().get(&module.name)
+            && described.digest == module.digest
+        {
+            return described.plugin.clone();
+        }
+        let registry = self.plugins.as_ref()?.registry().ok()?;
+        let loaded = registry
+            .load(&module.digest)
+            .map_err(ConnectError::from)
+            .and_then(|component| WasmPlugin::from_component(&module.name, &component));
+        match loaded {
+            Ok(Some(plugin)) => {
+                let plugin = Arc::new(plugin);
+                self.described
+                    .lock()
+                    .insert(module.name.clone(), Described { digest: module.digest.clone(), plugin: Some(Arc::clone(&plugin)) });
+                Some(plugin)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(module = module.name, %error, "a connector module cannot be used");
+                self.described.lock().insert(module.name.clone(), Described { digest: module.digest.clone(), plugin: None });
+                None
+            }
+        }
     }
 
     /// The plugin a `connector.class` (or a plugin path segment) names.
@@ -147,8 +154,7 @@ impl Catalog {
             return Some(Arc::clone(plugin));
         }
         let module = self.plugins.as_ref()?.registry().ok()?.get(name)?;
-        let spec = specs_from_modules(std::slice::from_ref(&module)).pop()?;
-        Some(Arc::new(RegistryModule { spec }))
+        self.described(&module).map(|plugin| plugin as Arc<dyn ConnectorPlugin>)
     }
 
     /// The registry's Wasm transforms, as (name, version): `GET /connector-plugins?connectorsOnly=false`.
@@ -184,13 +190,9 @@ mod tests {
 
     #[test]
     fn registry_modules_implementing_source_or_sink_are_connector_plugins_transforms_are_not() {
-        let specs =
-            specs_from_modules(&[module("jdbc-source", &["source"]), module("pii-mask", &["transform"]), module("jdbc-sink", &["sink"])]);
-        let listed: Vec<(&str, ConnectorType, &str)> = specs.iter().map(|s| (s.name.as_str(), s.kind, s.version.as_str())).collect();
-        assert_eq!(
-            listed,
-            vec![("jdbc-source", ConnectorType::Source, "0123456789ab"), ("jdbc-sink", ConnectorType::Sink, "0123456789ab")]
-        );
+        assert_eq!(connector_kind(&module("jdbc-source", &["source"])), Some(ConnectorType::Source));
+        assert_eq!(connector_kind(&module("jdbc-sink", &["sink"])), Some(ConnectorType::Sink));
+        assert_eq!(connector_kind(&module("pii-mask", &["transform"])), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The seam between the runtime and a connector's code: a task drives a *module* through a small
-//! trait — [`SourceModule`] or [`SinkModule`] — that the Wasm `source` / `sink` world bindings will
-//! implement (and that Rust test fixtures implement today). The runtime owns everything around the
+//! trait — [`SourceModule`] or [`SinkModule`] — that the Wasm `source` / `sink` world bindings
+//! implement (`crate::wasm`), and Rust test fixtures too. The runtime owns everything around the
 //! module: the thread and its lifecycle (`sluice-runtime`'s supervisor), writing to and reading from
 //! the broker, positions, the error policy, metrics and logs.
 //!
@@ -31,7 +31,8 @@ use sluice_broker::host::{Host, HostError, ProducerRecord, TransactionalProducer
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
 use sluice_wasm::LogLevel;
 
-use crate::offsets::{ConnectorOffset, OffsetStore};
+use crate::config::ConnectorType;
+use crate::offsets::{ConnectorOffset, OffsetStore, check_entry};
 use crate::plugins::ConnectorPlugin;
 
 /// The longest a source task sleeps after an empty poll (it wakes early when stopped).
@@ -248,7 +249,7 @@ impl Task for SourceDriver {
         self.fatal = None;
         self.producer = Some(self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
-        let mut module = match self.shared.plugin.source_module(&self.config) {
+        let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs) {
             Ok(module) => module,
             Err(error) => {
                 self.fatal = Some(error.to_string());
@@ -291,9 +292,15 @@ impl Task for SourceDriver {
             control.sleep(poll.idle.min(IDLE_MAX));
             return Ok(Step::Idle);
         }
-        let (count, bytes) = self.write(poll.records)?;
+        // Positions are checked against the offset store's rules before any record is written: one
+        // refused after the records committed would make the task retry from the old position and
+        // write the same records again on every retry.
         let positions: Vec<ConnectorOffset> =
             poll.positions.into_iter().map(|(partition, offset)| ConnectorOffset { partition, offset: Some(offset) }).collect();
+        if let Some(error) = positions.iter().find_map(|entry| check_entry(ConnectorType::Source, entry).err()) {
+            return Ok(self.failed(format!("poll returned a position the runtime cannot store: {error}")));
+        }
+        let (count, bytes) = self.write(poll.records)?;
         if !positions.is_empty() {
             self.shared.offsets.alter(&self.config.connector, &positions).map_err(RuntimeError::from)?;
         }

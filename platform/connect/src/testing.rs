@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
+use sluice_runtime::LogBuffer;
 
 use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
@@ -66,11 +67,11 @@ impl ConnectorPlugin for CounterPlugin {
         &self.spec
     }
 
-    fn source_module(&self, _task: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
         Ok(Box::new(CounterSource::default()))
     }
 
-    fn sink_module(&self, _task: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest(format!("{COUNTER_SOURCE} is a source")))
     }
 }

@@ -19,6 +19,7 @@ use sluice_connect::plugins::{Catalog, ConnectorPlugin, PluginSpec};
 use sluice_connect::store::TargetState;
 use sluice_connect::task::{SinkModule, SourceModule, TaskConfig};
 use sluice_connect::{ConnectError, ConnectorManager, testing};
+use sluice_runtime::LogBuffer;
 
 /// Fields drop in order: the manager (stopping its tasks) before the runtime they wait on.
 struct Fixture {
@@ -266,11 +267,11 @@ impl ConnectorPlugin for NoDriverSink {
         self.spec.as_ref().unwrap_or_else(|| SPEC.get_or_init(NoDriverSink::spec_value))
     }
 
-    fn source_module(&self, _: &TaskConfig) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
         Err(ConnectError::BadRequest("a sink".into()))
     }
 
-    fn sink_module(&self, _: &TaskConfig) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest("no sink driver".into()))
     }
 }

@@ -21,6 +21,11 @@ pub enum PluginError {
     /// of the record that failed, when the guest said which (`host.report-failed-record`).
     #[error("{world} error: {message}")]
     GuestError { world: World, message: String, record_index: Option<usize> },
+    /// A connector (`source` or `sink`) returned its own error from `init`, `poll` or `put`.
+    /// `retriable`: the guest says the outside system was unavailable and the call is worth making
+    /// again later; `record_index`: for `put`, the position in the batch of the record that failed.
+    #[error("{world} error: {message}{}", if *retriable { " (retriable)" } else { "" })]
+    ConnectorError { world: World, message: String, retriable: bool, record_index: Option<usize> },
     /// The guest trapped (panic, `unreachable`, out-of-bounds access, stack overflow).
     #[error("trapped: {0}")]
     Trap(String),

@@ -1,7 +1,8 @@
 //! `sluice-wasm`: the host runtime for WebAssembly plugins, for every world of `sluice:plugin`.
 //!
 //! Guests are components of a world in `sdk/wit/plugin.wit` — the only thing this crate shares with
-//! the guest SDK. Today that is the `transform` world; sources, sinks and mirror policies join it.
+//! the guest SDK: `transform`, and the connector worlds `source` and `sink` (`connector`); mirror
+//! policies join them later.
 //! In the data's path:
 //!
 //! 1. [`Engine`] — one per broker, for every world: a wasmtime engine with the component model and
@@ -31,9 +32,10 @@
 //!
 //! Modules: `engine` (engine, per-world linkers, ticker, compiled components), `cache`, `world`,
 //! `sandbox` (store, limits, calls, errors), `host` (host state and imports), `wasi`, `transform`
-//! (the transform world), `watchdog`, `limits`, `error`.
+//! (the transform world), `connector` (the source and sink worlds), `watchdog`, `limits`, `error`.
 
 mod cache;
+mod connector;
 mod engine;
 mod error;
 mod host;
@@ -58,17 +60,48 @@ mod bindings {
         });
     }
 
+    /// The connector worlds share `connector-types` too: generated with `source`, reused by `sink`.
+    pub(crate) mod source {
+        wasmtime::component::bindgen!({
+            path: "../../sdk/wit",
+            world: "source",
+            additional_derives: [PartialEq, Eq],
+            with: {
+                "sluice:plugin/types": super::transform::sluice::plugin::types,
+                "sluice:plugin/host": super::transform::sluice::plugin::host,
+            },
+        });
+    }
+
+    pub(crate) mod sink {
+        wasmtime::component::bindgen!({
+            path: "../../sdk/wit",
+            world: "sink",
+            additional_derives: [PartialEq, Eq],
+            with: {
+                "sluice:plugin/types": super::transform::sluice::plugin::types,
+                "sluice:plugin/host": super::transform::sluice::plugin::host,
+                "sluice:plugin/connector-types": super::source::sluice::plugin::connector_types,
+            },
+        });
+    }
+
+    pub(crate) use source::sluice::plugin::connector_types;
     pub(crate) use transform::sluice::plugin::{host, types};
 }
 
+pub use bindings::connector_types::{
+    ConfigKey, ConfigType, ConnectorError, ConnectorSpec, PollResult, PutError, SinkRecord, SourcePosition, SourceRecord,
+};
 pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
+pub use connector::{SinkInstance, SinkModule, SourceInstance, SourceModule};
 pub use engine::{CacheWrite, CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
 pub use error::PluginError;
 pub use host::{LogSink, TracingLogSink};
 pub use limits::*;
 pub use sandbox::InstanceConfig;
 pub use transform::{TransformInstance, TransformModule};
-pub use wasi::Grants;
+pub use wasi::{DirAccess, Grants};
 pub use watchdog::run_with_watchdog;
 pub use world::World;
 
@@ -80,6 +113,10 @@ const _: () = {
     send_sync::<CompiledComponent>();
     send_sync::<TransformModule>();
     send::<TransformInstance>();
+    send_sync::<SourceModule>();
+    send_sync::<SinkModule>();
+    send::<SourceInstance>();
+    send::<SinkInstance>();
 };
 
 /// The version of the `sluice:plugin` WIT package this host implements; components built against an

@@ -51,6 +51,20 @@ pub const OUTPUT_RECORD_BYTES_MAX: usize = 1 << 20;
 pub const OUTPUT_BYTES_PER_CALL_MAX: usize = 128 << 20;
 /// Headers on one output record.
 pub const OUTPUT_HEADERS_PER_RECORD_MAX: usize = 1_024;
+/// Records one source `poll` may return (the broker writes them in one transaction).
+pub const SOURCE_RECORDS_PER_POLL_MAX: usize = 10_000;
+/// Source positions one `poll` may return.
+pub const SOURCE_POSITIONS_PER_POLL_MAX: usize = 1_000;
+/// Source positions handed to `init`: every position a connector has saved (the connector
+/// runtime keeps at most this many per connector).
+pub const SOURCE_POSITIONS_PER_INIT_MAX: usize = 10_000;
+/// One source position's partition or offset, as JSON text.
+pub const SOURCE_POSITION_BYTES_MAX: usize = 4_096;
+/// Topics named by one sink batch.
+pub const SINK_TOPICS_PER_BATCH_MAX: usize = 1_024;
+/// Config keys a connector may declare in `describe`, and the bytes of its version and documentation.
+pub const CONNECTOR_KEYS_MAX: usize = 256;
+pub const CONNECTOR_SPEC_TEXT_BYTES_MAX: usize = 4_096;
 /// Output topics one deployment may name.
 pub const OUTPUTS_MAX: usize = 64;
 /// Output topic name length (Kafka's limit on topic names).
@@ -72,6 +86,7 @@ pub const HOST_WAIT_MS_PER_CALL_MAX: u64 = 600_000;
 const _: () = assert!(MEMORY_BYTES_MIN <= MEMORY_BYTES_DEFAULT && MEMORY_BYTES_DEFAULT <= MEMORY_BYTES_MAX);
 const _: () = assert!(CPU_MS_PER_CALL_MIN <= CPU_MS_PER_CALL_DEFAULT && CPU_MS_PER_CALL_DEFAULT <= CPU_MS_PER_CALL_MAX);
 const _: () = assert!(OUTPUT_RECORDS_PER_CALL_MAX >= INPUT_RECORDS_PER_CALL_MAX);
+const _: () = assert!(SOURCE_RECORDS_PER_POLL_MAX <= OUTPUT_RECORDS_PER_CALL_MAX);
 // One call may return at least one record of the largest size (with every header and its struct).
 const _: () = assert!(OUTPUT_BYTES_PER_CALL_MAX >= OUTPUT_RECORD_BYTES_MAX + OUTPUT_HEADERS_PER_RECORD_MAX * 64 + 1024);
 const _: () = assert!(LOG_MESSAGE_BYTES_MAX <= OUTPUT_BYTES_PER_CALL_MAX && GUEST_ERROR_BYTES_MAX <= OUTPUT_BYTES_PER_CALL_MAX);

@@ -56,6 +56,10 @@ pub(crate) struct Sandbox {
     tick: Duration,
     /// Set by a trap, timeout or memory exhaustion: the guest's state is unknown, so no further calls.
     poisoned: Option<String>,
+    /// Keeps the engine's epoch ticker running while the instance lives: the CPU bound is only as
+    /// good as the ticker, and an instance can outlive every module and engine handle its owner
+    /// held (a regression: an instance whose module was dropped looped forever).
+    _engine: Engine,
 }
 
 impl Sandbox {
@@ -74,7 +78,7 @@ impl Sandbox {
             let remaining = store.data().clock.remaining();
             if remaining.is_zero() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Continue(deadline_ticks(remaining, tick))) }
         });
-        Ok(Sandbox { store, limits: config.limits, tick, poisoned: None })
+        Ok(Sandbox { store, limits: config.limits, tick, poisoned: None, _engine: engine.clone() })
     }
 
     /// Make a call into the guest (instantiation and `init`, or one batch) under the instance's

@@ -43,7 +43,37 @@ pub struct Grants {
     pub network: bool,
 }
 
+/// How a granted directory may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
 impl Grants {
+    /// Exactly the directory holding `file` (an absolute path on the broker's host), mounted at the
+    /// same path inside the guest so that the guest opens `file` as configured. Nothing else: no
+    /// other directory, no environment, no network. `InvalidRequest` if `file` is relative, has no
+    /// parent, or its directory does not exist.
+    pub fn directory_of(file: &std::path::Path, access: DirAccess) -> Result<Grants, PluginError> {
+        if !file.is_absolute() {
+            return Err(PluginError::InvalidRequest(format!("{} is not an absolute path", file.display())));
+        }
+        let dir = file
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .ok_or_else(|| PluginError::InvalidRequest(format!("{} names no file in a directory", file.display())))?;
+        if !dir.is_dir() {
+            return Err(PluginError::InvalidRequest(format!("{} is not a directory", dir.display())));
+        }
+        let guest_path = dir.to_str().ok_or_else(|| PluginError::InvalidRequest(format!("{} is not UTF-8", dir.display())))?.to_owned();
+        let mount = (dir.to_path_buf(), guest_path);
+        Ok(match access {
+            DirAccess::ReadOnly => Grants { read_only_dirs: vec![mount], ..Grants::default() },
+            DirAccess::ReadWrite => Grants { read_write_dir: Some(mount), ..Grants::default() },
+        })
+    }
+
     /// The instance's WASI context: stdin closed; stdout and stderr accept and discard everything
     /// (a bounded buffer would make `eprintln!` panic once full — guests log through `host.log`);
     /// then exactly what the grants say.

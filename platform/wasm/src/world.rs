@@ -1,4 +1,4 @@
-//! The worlds of `sluice:plugin` this host runs. Adding one (`source`, `sink`, `mirror-policy`):
+//! The worlds of `sluice:plugin` this host runs. Adding one (`mirror-policy`, say):
 //! a variant here with its name and export, a `bindgen!` module in `lib.rs` reusing the shared
 //! interfaces, its own imports in [`World::add_imports`], its export check in [`World::check`], and
 //! a typed module/instance pair beside `transform.rs` built on `Sandbox`. The engine, linker setup,
@@ -9,6 +9,8 @@ use std::fmt;
 use wasmtime::component::{InstancePre, Linker};
 
 use crate::WIT_VERSION;
+use crate::bindings::sink::SinkPre;
+use crate::bindings::source::SourcePre;
 use crate::bindings::transform::TransformPre;
 use crate::host::HostState;
 
@@ -18,16 +20,22 @@ use crate::host::HostState;
 pub enum World {
     /// Reads records of one topic, writes records to output topics (`interface transformer`).
     Transform,
+    /// Reads an outside system, returns records and source positions (`interface source-connector`).
+    Source,
+    /// Writes committed records to an outside system (`interface sink-connector`).
+    Sink,
 }
 
 impl World {
     /// Every world this host runs.
-    pub const ALL: [World; 1] = [World::Transform];
+    pub const ALL: [World; 3] = [World::Transform, World::Source, World::Sink];
 
     /// The world's name in the WIT and in APIs (`"transform"`).
     pub fn name(self) -> &'static str {
         match self {
             World::Transform => "transform",
+            World::Source => "source",
+            World::Sink => "sink",
         }
     }
 
@@ -40,14 +48,16 @@ impl World {
     pub fn export(self) -> String {
         match self {
             World::Transform => format!("sluice:plugin/transformer@{WIT_VERSION}"),
+            World::Source => format!("sluice:plugin/source-connector@{WIT_VERSION}"),
+            World::Sink => format!("sluice:plugin/sink-connector@{WIT_VERSION}"),
         }
     }
 
     /// Link the imports this world has beyond the shared ones (WASI and `host`).
     pub(crate) fn add_imports(self, _linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         match self {
-            // A transform imports only `host`.
-            World::Transform => Ok(()),
+            // A transform, a source and a sink import only `host` (the `sql` capability comes later).
+            World::Transform | World::Source | World::Sink => Ok(()),
         }
     }
 
@@ -56,6 +66,8 @@ impl World {
     pub(crate) fn check(self, pre: &InstancePre<HostState>) -> wasmtime::Result<()> {
         match self {
             World::Transform => TransformPre::new(pre.clone()).map(drop),
+            World::Source => SourcePre::new(pre.clone()).map(drop),
+            World::Sink => SinkPre::new(pre.clone()).map(drop),
         }
     }
 }

@@ -60,7 +60,9 @@ fn inspect_names_the_world_of_each_component_and_explains_a_component_of_none() 
     assert!(message.contains("this component exports `process`"), "{message}");
     assert!(engine.compile(&guest("fixture-wrong-world")).unwrap().worlds().is_empty());
     assert_eq!(World::from_name("transform"), Some(World::Transform));
-    assert_eq!(World::from_name("source"), None);
+    assert_eq!(World::from_name("source"), Some(World::Source));
+    assert_eq!(World::from_name("sink"), Some(World::Sink));
+    assert_eq!(World::from_name("mirror-policy"), None);
 }
 
 #[test]
@@ -78,6 +80,17 @@ fn a_component_built_against_the_next_minor_version_is_refused() {
     let error = engine().load_transform(&guest("fixture-future-version")).err().expect("must be refused");
     assert!(matches!(error, PluginError::WrongWorld(_)), "{error:?}");
     assert!(error.to_string().contains("sluice:plugin/transformer@0.1.0"), "{error}");
+}
+
+#[test]
+fn an_instance_that_outlives_its_module_and_engine_is_still_interrupted() {
+    // Regression: the epoch ticker stopped with the last `Engine` handle, and an instance does not
+    // hold its module, so an instance kept after its module was dropped could loop forever.
+    let mut instance = {
+        let engine = engine();
+        hostile(&engine, "loop", quick_limits())
+    };
+    assert_eq!(instance.process(&[input(b"x", 0)]).unwrap_err(), PluginError::CpuTimeout { limit_ms: 200 });
 }
 
 #[test]

@@ -1,4 +1,7 @@
-//! `sluice-macros`: the `#[sluice::transform]` attribute. Users reach it through the `sluice` crate.
+//! `sluice-macros`: the `#[sluice::transform]`, `#[sluice::source]` and `#[sluice::sink]` attributes.
+//! Users reach them through the `sluice` crate. The connector attributes go on the user's
+//! `impl Source for T` / `impl Sink for T` (the trait checks the signatures) and, on wasm32, generate
+//! that world's bindings in the user's crate with the export glue (see `WIT` for why there).
 //!
 //! The attribute keeps the user's function as written (so native unit tests call it directly) and,
 //! on wasm32 only, adds the component export glue: a type implementing the generated `Guest` trait
@@ -146,4 +149,268 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
             ::sluice::__private::bindings::__export_transform!(#guest);
         };
     })
+}
+
+/// The WIT package, compiled into this macro so that a connector's crate generates the bindings of
+/// its own world (and only those: a component linking bindings of two exporting worlds would claim
+/// the exports of both).
+const WIT: &str = include_str!("../../wit/plugin.wit");
+
+#[derive(Clone, Copy)]
+enum ConnectorWorld {
+    Source,
+    Sink,
+}
+
+impl ConnectorWorld {
+    fn trait_name(self) -> &'static str {
+        match self {
+            ConnectorWorld::Source => "Source",
+            ConnectorWorld::Sink => "Sink",
+        }
+    }
+}
+
+/// `#[sluice::source]` on `impl sluice::connector::Source for T { ... }`.
+#[proc_macro_attribute]
+pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
+    connector(ConnectorWorld::Source, attr, item)
+}
+
+/// `#[sluice::sink]` on `impl sluice::connector::Sink for T { ... }`.
+#[proc_macro_attribute]
+pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
+    connector(ConnectorWorld::Sink, attr, item)
+}
+
+fn connector(world: ConnectorWorld, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let attr = proc_macro2::TokenStream::from(attr);
+    if !attr.is_empty() {
+        let name = world.trait_name().to_lowercase();
+        // The item stays, so the only error is this one.
+        let mut tokens = Error::new(attr.span(), format!("`#[sluice::{name}]` takes no arguments")).to_compile_error();
+        tokens.extend(proc_macro2::TokenStream::from(item));
+        return tokens.into();
+    }
+    let item = match parse_macro_input!(item as syn::Item) {
+        syn::Item::Impl(item) => item,
+        other => {
+            let name = world.trait_name();
+            let message = format!("`#[sluice::{}]` goes on `impl sluice::connector::{name} for YourType {{ ... }}`", name.to_lowercase());
+            return Error::new(other.span(), message).to_compile_error().into();
+        }
+    };
+    match expand_connector(world, item) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
+    let trait_name = world.trait_name();
+    let usage = format!("`#[sluice::{}]` goes on `impl sluice::connector::{trait_name} for YourType {{ ... }}`", trait_name.to_lowercase());
+    let Some((_, trait_path, _)) = &item.trait_ else {
+        return Err(Error::new(item.self_ty.span(), usage));
+    };
+    if trait_path.segments.last().is_none_or(|segment| segment.ident != trait_name) {
+        return Err(Error::new(trait_path.span(), usage));
+    }
+    if !item.generics.params.is_empty() {
+        return Err(Error::new(item.generics.span(), format!("a connector type cannot be generic; {usage}")));
+    }
+    let ty = &item.self_ty;
+    let glue = match world {
+        ConnectorWorld::Source => source_glue(),
+        ConnectorWorld::Sink => sink_glue(),
+    };
+    let module = syn::Ident::new(&format!("__sluice_{}_export", trait_name.to_lowercase()), Span::call_site());
+    let world_name = trait_name.to_lowercase();
+    let wit = WIT;
+    let trait_ident = syn::Ident::new(trait_name, Span::call_site());
+    let alias = syn::Ident::new(&format!("__Sluice{trait_name}Connector"), Span::call_site());
+    Ok(quote! {
+        #item
+
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        type #alias = #ty;
+
+        // The generated export glue is `unsafe` (raw ABI entry points), so the module allows it; a crate
+        // that `forbid`s unsafe code cannot export a connector (`deny` is fine).
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        #[allow(unsafe_code)]
+        mod #module {
+            type __Connector = super::#alias;
+
+            ::sluice::__private::wit_bindgen::generate!({
+                inline: #wit,
+                world: #world_name,
+                runtime_path: "::sluice::__private::wit_bindgen::rt",
+            });
+
+            use self::sluice::plugin::connector_types as ct;
+            use self::sluice::plugin::{host, types};
+
+            fn host_log(level: ::sluice::log::Level, message: &str) {
+                let level = match level {
+                    ::sluice::log::Level::Trace => types::LogLevel::Trace,
+                    ::sluice::log::Level::Debug => types::LogLevel::Debug,
+                    ::sluice::log::Level::Info => types::LogLevel::Info,
+                    ::sluice::log::Level::Warn => types::LogLevel::Warn,
+                    ::sluice::log::Level::Error => types::LogLevel::Error,
+                };
+                host::log(level, message);
+            }
+
+            fn spec() -> ct::ConnectorSpec {
+                let keys = <__Connector as ::sluice::connector::#trait_ident>::keys();
+                ct::ConnectorSpec {
+                    version: ::std::env!("CARGO_PKG_VERSION").to_owned(),
+                    keys: keys
+                        .into_iter()
+                        .map(|key| ct::ConfigKey {
+                            name: key.name,
+                            type_: match key.kind {
+                                ::sluice::connector::KeyType::String => ct::ConfigType::String,
+                                ::sluice::connector::KeyType::Int => ct::ConfigType::Int,
+                                ::sluice::connector::KeyType::Long => ct::ConfigType::Long,
+                                ::sluice::connector::KeyType::Boolean => ct::ConfigType::Boolean,
+                                ::sluice::connector::KeyType::List => ct::ConfigType::List,
+                                ::sluice::connector::KeyType::Password => ct::ConfigType::Password,
+                                ::sluice::connector::KeyType::File => ct::ConfigType::File,
+                            },
+                            required: key.required,
+                            default_value: key.default_value,
+                            documentation: key.documentation,
+                        })
+                        .collect(),
+                }
+            }
+
+            fn connector_error(error: ::sluice::Error) -> ct::ConnectorError {
+                let (message, retriable, _) = ::sluice::__private::error_parts(error);
+                ct::ConnectorError { message, retriable }
+            }
+
+            fn on_init() {
+                ::sluice::log::set_host_log(host_log);
+                // A panic traps the instance; log its message first so the host can say why.
+                ::std::panic::set_hook(::std::boxed::Box::new(|info| host_log(::sluice::log::Level::Error, &info.to_string())));
+            }
+
+            ::std::thread_local! {
+                /// The task's state, made by `init`.
+                static STATE: ::core::cell::RefCell<::core::option::Option<__Connector>> = const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            #glue
+
+            export!(Export);
+        }
+    })
+}
+
+fn source_glue() -> proc_macro2::TokenStream {
+    quote! {
+        struct Export;
+
+        impl exports::sluice::plugin::source_connector::Guest for Export {
+            fn describe() -> ct::ConnectorSpec {
+                spec()
+            }
+
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                positions: ::std::vec::Vec<ct::SourcePosition>,
+            ) -> ::core::result::Result<(), ct::ConnectorError> {
+                on_init();
+                let positions = positions.into_iter().map(|p| (p.partition, p.offset)).collect();
+                let state = ::sluice::__private::source_init::<__Connector>(config, positions).map_err(connector_error)?;
+                STATE.with(|current| *current.borrow_mut() = ::core::option::Option::Some(state));
+                ::core::result::Result::Ok(())
+            }
+
+            fn poll() -> ::core::result::Result<ct::PollResult, ct::ConnectorError> {
+                STATE.with(|current| {
+                    let mut current = current.borrow_mut();
+                    let state = current
+                        .as_mut()
+                        .ok_or_else(|| ct::ConnectorError { message: "poll called before init".to_owned(), retriable: false })?;
+                    let poll = <__Connector as ::sluice::connector::Source>::poll(state).map_err(connector_error)?;
+                    let positions = poll
+                        .positions
+                        .iter()
+                        .map(|position| {
+                            let (partition, offset) = ::sluice::__private::position_text(position);
+                            ct::SourcePosition { partition, offset }
+                        })
+                        .collect();
+                    let records = poll
+                        .records
+                        .into_iter()
+                        .map(|r| ct::SourceRecord {
+                            topic: r.topic,
+                            partition: r.partition,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers.into_iter().map(|h| types::Header { key: h.key, value: h.value }).collect(),
+                            timestamp_ms: r.timestamp_ms,
+                        })
+                        .collect();
+                    ::core::result::Result::Ok(ct::PollResult { records, positions, idle_ms: poll.idle_ms })
+                })
+            }
+        }
+    }
+}
+
+fn sink_glue() -> proc_macro2::TokenStream {
+    quote! {
+        struct Export;
+
+        impl exports::sluice::plugin::sink_connector::Guest for Export {
+            fn describe() -> ct::ConnectorSpec {
+                spec()
+            }
+
+            fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>) -> ::core::result::Result<(), ct::ConnectorError> {
+                on_init();
+                let state = ::sluice::__private::sink_init::<__Connector>(config).map_err(connector_error)?;
+                STATE.with(|current| *current.borrow_mut() = ::core::option::Option::Some(state));
+                ::core::result::Result::Ok(())
+            }
+
+            fn put(
+                topics: ::std::vec::Vec<::std::string::String>,
+                batch: ::std::vec::Vec<ct::SinkRecord>,
+            ) -> ::core::result::Result<(), ct::PutError> {
+                STATE.with(|current| {
+                    let mut current = current.borrow_mut();
+                    let state = current.as_mut().ok_or_else(|| ct::PutError {
+                        message: "put called before init".to_owned(),
+                        retriable: false,
+                        record_index: ::core::option::Option::None,
+                    })?;
+                    let topics: ::std::vec::Vec<::std::rc::Rc<str>> = topics.into_iter().map(::std::rc::Rc::from).collect();
+                    let records = batch
+                        .into_iter()
+                        .map(|r| ::sluice::connector::SinkRecord {
+                            topic: topics[r.topic as usize].clone(),
+                            partition: r.record.partition,
+                            offset: r.record.offset,
+                            key: r.record.key,
+                            value: r.record.value,
+                            headers: r.record.headers.into_iter().map(|h| ::sluice::Header { key: h.key, value: h.value }).collect(),
+                            timestamp_ms: r.record.timestamp_ms,
+                        })
+                        .collect();
+                    <__Connector as ::sluice::connector::Sink>::put(state, records).map_err(|error| {
+                        let (message, retriable, record_index) = ::sluice::__private::error_parts(error);
+                        ct::PutError { message, retriable, record_index }
+                    })
+                })
+            }
+        }
+    }
 }

@@ -55,6 +55,36 @@ pub fn run_batch<S>(
     Ok(writer.take_records())
 }
 
+/// A connector's `init`: install the configuration, parse the positions the host passed (sources),
+/// and make the task's state.
+pub fn connector_init<T>(config: Vec<(String, String)>, init: impl FnOnce(&Config) -> Result<T>) -> Result<T> {
+    let config = Config::from_pairs(config);
+    crate::config::set_current(config.clone());
+    // No "init" context here: the host names the call in its own message.
+    init(&config)
+}
+
+pub fn source_init<S: crate::connector::Source>(config: Vec<(String, String)>, positions: Vec<(String, String)>) -> Result<S> {
+    let positions = crate::connector::parse_positions(positions)?;
+    connector_init(config, |config| S::init(config, positions))
+}
+
+pub fn sink_init<S: crate::connector::Sink>(config: Vec<(String, String)>) -> Result<S> {
+    connector_init(config, S::init)
+}
+
+/// A position as the JSON texts the host stores.
+pub fn position_text(position: &crate::connector::Position) -> (String, String) {
+    (position.partition.to_string(), position.offset.to_string())
+}
+
+/// An error as the host sees it: message, retriable, the failing record's index.
+pub fn error_parts(error: Error) -> (String, bool, Option<u32>) {
+    let retriable = error.is_retriable();
+    let record_idx = error.record_index().and_then(|idx| u32::try_from(idx).ok());
+    (error.into_message(), retriable, record_idx)
+}
+
 #[cfg(target_arch = "wasm32")]
 pub use wasm::*;
 
@@ -107,6 +137,7 @@ mod wasm {
 
     /// The `init` export.
     pub fn export_init<S: 'static>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<(), String> {
+        crate::log::set_host_log(host_log);
         // A panic traps the instance; log its message first so the host can say why.
         std::panic::set_hook(Box::new(|info| host_log(Level::Error, &info.to_string())));
         let state = init(config, outputs, user_init).map_err(crate::Error::into_message)?;

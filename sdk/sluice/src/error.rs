@@ -1,5 +1,6 @@
-//! The SDK's error type: a message. Whatever a transform returns as an error reaches the broker as the
-//! `transform-error` of the batch, so the message is what an operator reads.
+//! The SDK's error type: a message. Whatever a plugin returns as an error reaches the broker (a
+//! transform's as the `transform-error` of the batch, a connector's as its `connector-error` or
+//! `put-error`), so the message is what an operator reads.
 
 use std::fmt;
 
@@ -11,6 +12,8 @@ pub struct Error {
     message: String,
     /// Set by the batch loop: the position in the batch of the record whose call returned this.
     record_idx: Option<usize>,
+    /// For connectors: the outside system was unavailable, so the call is worth making again later.
+    retriable: bool,
 }
 
 /// `Result` with the SDK's [`Error`].
@@ -18,7 +21,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn msg(message: impl fmt::Display) -> Self {
-        Error { message: message.to_string(), record_idx: None }
+        Error { message: message.to_string(), record_idx: None, retriable: false }
+    }
+
+    /// A connector error worth retrying later (the database or file is unavailable for now): the
+    /// runtime backs off and calls again, instead of stopping the task FAILED.
+    pub fn retriable(message: impl fmt::Display) -> Self {
+        Error { retriable: true, ..Error::msg(message) }
+    }
+
+    pub fn is_retriable(&self) -> bool {
+        self.retriable
     }
 
     pub fn message(&self) -> &str {
@@ -37,7 +50,9 @@ impl Error {
         self.record_idx
     }
 
-    pub(crate) fn at_record(self, record_idx: usize) -> Self {
+    /// Says which record of the batch failed: a sink's `put` returns this so the runtime's error
+    /// policy can act on that record alone (transforms get it set by the batch loop).
+    pub fn at_record(self, record_idx: usize) -> Self {
         Error { record_idx: Some(record_idx), ..self }
     }
 

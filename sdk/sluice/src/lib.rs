@@ -1,4 +1,5 @@
-//! `sluice`: the Rust SDK for Sluice WebAssembly transforms.
+//! `sluice`: the Rust SDK for Sluice WebAssembly plugins: transforms, and connectors ([`connector`]:
+//! `#[sluice::source]`, `#[sluice::sink]`).
 //!
 //! A transform is one function and one attribute:
 //!
@@ -28,6 +29,7 @@
 extern crate self as sluice;
 
 mod config;
+pub mod connector;
 mod error;
 pub mod log;
 mod record;
@@ -73,6 +75,14 @@ pub use writer::Writer;
 /// The macro refuses any other signature with an error pointing at the offending part
 /// (`tests/ui` holds every case).
 pub use sluice_macros::transform;
+
+/// Marks `impl sluice::connector::Source for T`: on wasm32 the component exports the `source` world,
+/// driving `T` (see [`connector`]).
+pub use sluice_macros::source;
+
+/// Marks `impl sluice::connector::Sink for T`: on wasm32 the component exports the `sink` world,
+/// driving `T` (see [`connector`]).
+pub use sluice_macros::sink;
 
 /// Re-exported so transforms use the same versions the SDK's helpers are written against.
 pub use rmp_serde;

@@ -1,4 +1,4 @@
-//! Logging from a transform: `sluice::log::info!("skipped {n} records")`.
+//! Logging from a plugin: `sluice::log::info!("skipped {n} records")`.
 //!
 //! In a Wasm instance each line goes to the host's `log` import and lands in the broker's log and the
 //! transform's log in the API (the host bounds its size and rate). Natively (unit tests) lines go to
@@ -31,6 +31,19 @@ impl fmt::Display for Level {
     }
 }
 
+/// Where lines go on wasm32: the `host.log` import of the world the component exports, registered by
+/// that world's export glue at `init`. A function pointer rather than a direct call so that a
+/// connector component does not link the transform world's bindings (their type information would
+/// make the component claim the transform world's exports too).
+#[cfg(target_arch = "wasm32")]
+static HOST_LOG: std::sync::OnceLock<fn(Level, &str)> = std::sync::OnceLock::new();
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub fn set_host_log(log: fn(Level, &str)) {
+    let _ = HOST_LOG.set(log);
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 thread_local! {
     /// Lines logged natively, for tests. Bounded so a chatty test cannot grow it without end.
@@ -45,7 +58,9 @@ const NATIVE_LINES_MAX: usize = 10_000;
 pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
     {
-        crate::__private::host_log(level, message);
+        if let Some(log) = HOST_LOG.get() {
+            log(level, message);
+        }
     }
     #[cfg(not(target_arch = "wasm32"))]
     {

@@ -23,6 +23,9 @@ pub const GUESTS: &[&str] = &[
     "fixture-bulky",
     "fixture-future-version",
     "fixture-host-wait",
+    "fixture-hostile-source",
+    "file-source",
+    "file-sink",
 ];
 
 pub fn workspace_root() -> PathBuf {

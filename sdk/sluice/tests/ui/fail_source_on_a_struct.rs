@@ -1,0 +1,4 @@
+#[sluice::source]
+struct NotAnImpl;
+
+fn main() {}

@@ -1,0 +1,10 @@
+struct Ticks;
+
+#[sluice::source]
+impl Default for Ticks {
+    fn default() -> Ticks {
+        Ticks
+    }
+}
+
+fn main() {}
