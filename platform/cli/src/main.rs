@@ -301,6 +301,13 @@ where
     code
 }
 
+/// The process allocator, for the server and the client commands alike. Measured with
+/// tests/test_hostile_clients.py (12 MB requests at ~10/s beside unread Fetch replies): with glibc's
+/// malloc the broker's peak RSS reached 324 MiB and stayed at 261 MiB after the load, although what
+/// it held live was bounded by the request and reply budgets.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client commands log only warnings unless RUST_LOG asks for more: their stderr is for people.
