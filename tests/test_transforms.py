@@ -184,6 +184,27 @@ def test_dead_letter_policy_sends_the_failing_batch_with_the_error_and_goes_on(b
     assert st["state"] == "running" and st["dead_lettered"] == 1
 
 
+def test_a_decompression_bomb_in_the_input_is_dead_lettered_and_the_rest_flows_on(broker, guests):
+    """Issue 10, item 11: a gzip batch of 80 MiB of zeros (about 80 KB on the wire, within max.message.bytes)
+    is not decompressed past the reader's 64 MiB bound, nor retried for ever: with a dead-letter policy the
+    runner records it in the dead-letter topic (its offset and the offset after it, and the reason) and goes
+    on with the next batch."""
+    src, out, dlq = unique("in"), unique("out"), unique("dlq")
+    for t in (src, out, dlq):
+        create_topic(broker, t)
+    deploy(broker, guests, "identity", "bombed", src, [out], "--error-policy", f"dead-letter:{dlq}")
+    bomb = cf_producer(broker, {"compression.type": "gzip", "message.max.bytes": 200_000_000, "batch.size": 200_000_000})
+    cf_produce(bomb, src, [{"value": bytes(80 * 2**20)}])
+    cf_produce(cf_producer(broker), src, [{"value": b"after the bomb"}])
+    assert [r.value for r in cf_consume(broker, out, expected=1, conf=COMMITTED)] == [b"after the bomb"]
+    dead = cf_consume(broker, dlq, expected=1, conf=COMMITTED)
+    assert len(dead) == 1 and not dead[0].value, "the dead letter describes the batch; it does not carry 80 MiB"
+    headers = dict(dead[0].headers)
+    assert headers["sluice.source.offset"] == b"0" and headers["sluice.source.next_offset"] == b"1", headers
+    assert b"cannot be decoded" in headers["sluice.error"], headers["sluice.error"]
+    assert status(broker, "bombed")["state"] == "running"
+
+
 def test_limits_change_without_restart_and_pause_resume_redeploy(broker, guests):
     src, out = unique("in"), unique("out")
     create_topic(broker, src)
