@@ -108,6 +108,9 @@ def test_metrics_after_produce(broker):
         float(m.group(3))  # the value parses (NaN/+Inf included)
         names.add(m.group(1))
     assert any(n.startswith("sluice_") for n in names), sorted(names)[:20]
+    # The memory budgets and the per-address cap are visible to operators (issue 10).
+    for name in ("sluice_request_bytes_in_flight", "sluice_fetch_reply_bytes_unsent", "sluice_connections_refused_total"):
+        assert name in names, f"{name} missing from /metrics"
 
 
 def test_topic_crud_over_http(broker):

@@ -133,6 +133,8 @@ fn refresh_state_gauges(broker: &Broker) {
         metrics.transactions_finished.with_label_values(&[outcome]).set(value as i64);
     }
     metrics.transactions_ongoing.set(broker.transactions().ongoing_count() as i64);
+    metrics.request_bytes_in_flight.set(broker.request_bytes().used() as i64);
+    metrics.fetch_reply_bytes_unsent.set(broker.fetch_reply_bytes().used() as i64);
     metrics.group_lag.reset();
     let groups = group_ids(broker);
     metrics.groups.set(groups.len() as i64);

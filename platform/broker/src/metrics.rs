@@ -38,6 +38,10 @@ pub struct Metrics {
     pub decode_errors: IntCounter,
     /// Connections closed at accept because their address had `max.connections.per.ip` open.
     pub connections_refused: IntCounter,
+    /// Request bytes being read or handled, against `queued.max.request.bytes` (set at scrape time).
+    pub request_bytes_in_flight: IntGauge,
+    /// Built, unsent Fetch reply bytes, against `fetch.reply.memory.max.bytes` (set at scrape time).
+    pub fetch_reply_bytes_unsent: IntGauge,
     /// Partitions that could not be opened at start-up and answer KAFKA_STORAGE_ERROR.
     pub offline_partitions: IntGauge,
     /// Segments whose corrupt tail recovery kept aside at start-up (see the storage crate's API.md).
@@ -89,6 +93,14 @@ impl Metrics {
             ),
             transactions_ongoing: must(IntGauge::new("transactions_ongoing", "Transactions currently open")),
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
+            request_bytes_in_flight: must(IntGauge::new(
+                "request_bytes_in_flight",
+                "Bytes of requests being read or handled, across connections (bounded by queued.max.request.bytes)",
+            )),
+            fetch_reply_bytes_unsent: must(IntGauge::new(
+                "fetch_reply_bytes_unsent",
+                "Bytes of built Fetch replies not yet written to their sockets (bounded by fetch.reply.memory.max.bytes)",
+            )),
             connections_refused: must(IntCounter::new(
                 "connections_refused_total",
                 "Connections closed at accept because their address reached max.connections.per.ip",
@@ -122,6 +134,8 @@ impl Metrics {
             Box::new(metrics.transactions_ongoing.clone()),
             Box::new(metrics.decode_errors.clone()),
             Box::new(metrics.connections_refused.clone()),
+            Box::new(metrics.request_bytes_in_flight.clone()),
+            Box::new(metrics.fetch_reply_bytes_unsent.clone()),
             Box::new(metrics.offline_partitions.clone()),
             Box::new(metrics.quarantined_segments.clone()),
         ] {
