@@ -2,14 +2,13 @@
 //! replies that are built but not yet written (issue 10 items 1 and 3).
 //!
 //! - Request bytes (`queued.max.request.bytes`, Kafka's name): a frame's bytes are charged as they
-//!   arrive (each read waits while the budget is spent), and released once its handler has returned; while the
-//!   budget is spent, connections stop reading until some is released, so many connections each sending
+//!   arrive and released once its handler has returned. A frame does not begin while the budget is
+//!   spent; a frame that has begun may go on to twice the budget. So many connections each sending
 //!   large requests cost at most twice the budget (plus one read step each), not connections ×
-//!   `socket.request.max.bytes`. Charging what arrived rather than what the length prefix claims means
-//!   a peer that claims 100 MiB and sends nothing holds nothing. Frames that have begun may use up to
-//!   twice the budget before they wait; a reader waiting for budget is bounded by its request's
-//!   deadline (`socket.request.read.timeout.ms`), so partly sent frames that hold the budget and wait
-//!   for more are closed at that deadline rather than wait on each other for ever.
+//!   `socket.request.max.bytes`, and a peer that claims 100 MiB in its length prefix and sends nothing
+//!   holds nothing. A reader waiting for budget is bounded by its request's deadline
+//!   (`socket.request.read.timeout.ms`): partly sent frames that hold the budget and wait for more are
+//!   closed at that deadline rather than wait on each other for ever.
 //! - Reply bytes: bytes of built replies that have not been written to the socket yet. Each connection
 //!   has one (`socket.reply.buffer.max.bytes`): its reader stops reading requests while its replies
 //!   exceed it, as Kafka mutes a channel; so a peer that pipelines Fetches and never reads pins about one
