@@ -131,8 +131,13 @@ mod tests {
         frame.grow(600);
         frame.grow(600);
         assert_eq!(budget.used(), 1200, "a read step may overshoot");
-        assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room(false)).await.is_err(), "no new frame past the budget");
-        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room(true)).await.expect("a begun frame may go on to twice the budget");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room(false)).await.is_err(),
+            "no new frame past the budget"
+        );
+        tokio::time::timeout(Duration::from_secs(5), budget.wait_for_room(true))
+            .await
+            .expect("a begun frame may go on to twice the budget");
         frame.grow(900);
         assert!(tokio::time::timeout(Duration::from_millis(50), budget.wait_for_room(true)).await.is_err(), "not past twice the budget");
         drop(frame);

@@ -21,9 +21,9 @@ const FETCH_REPLY_MEMORY: usize = 8 << 20;
 
 fn fetch_request(correlation_id: i32) -> BytesMut {
     let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
-        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str(TOPIC))).with_partitions(vec![
-            FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES),
-        ]),
+        FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES)]),
     ]);
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Fetch as i16)
@@ -44,9 +44,9 @@ async fn never_reading(addr: std::net::SocketAddr) -> TcpStream {
 
 async fn fetched_bytes(client: &mut Client) -> usize {
     let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
-        FetchTopic::default().with_topic(TopicName(StrBytes::from_static_str(TOPIC))).with_partitions(vec![
-            FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES),
-        ]),
+        FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES)]),
     ]);
     let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request).await;
     let partition = &response.responses[0].partitions[0];

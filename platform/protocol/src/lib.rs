@@ -392,8 +392,11 @@ pub fn decode_response<R: Decodable>(api_key: ApiKey, version: i16, mut frame: B
     if frame.remaining() < 4 {
         return Err(ResponseDecodeError::Truncated { api_key, length: frame.remaining() });
     }
-    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
-        .map_err(|e| ResponseDecodeError::Header { api_key, version, message: format!("{e:#}") })?;
+    let header = ResponseHeader::decode(&mut frame, api_key.response_header_version(version)).map_err(|e| ResponseDecodeError::Header {
+        api_key,
+        version,
+        message: format!("{e:#}"),
+    })?;
     let body = R::decode(&mut frame, version).map_err(|e| ResponseDecodeError::Body { api_key, version, message: format!("{e:#}") })?;
     Ok((header.correlation_id, body))
 }

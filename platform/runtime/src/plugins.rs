@@ -74,7 +74,8 @@ impl Extension for Plugins {
             cache_dir: Some(dir.join("cache")),
             cache_write: |path, bytes| write_file_atomically(path, bytes).map_err(std::io::Error::other),
             ..Default::default()
-        }).map_err(RuntimeError::from)?;
+        })
+        .map_err(RuntimeError::from)?;
         let registry = ModuleRegistry::open(&dir, engine)?;
         tracing::info!(modules = registry.list().len(), dir = %dir.display(), "module registry opened");
         self.started.set(Started { host, registry }).map_err(|_| RuntimeError::Invalid("the plugins extension started twice".into()))?;

@@ -100,4 +100,3 @@ fn deserialize(engine: &wasmtime::Engine, compiled: &[u8]) -> wasmtime::Result<C
     // digest, but they can already replace the broker's logs and binary, so this trusts no one new.
     unsafe { Component::deserialize(engine, compiled) }
 }
-

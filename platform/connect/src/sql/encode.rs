@@ -26,19 +26,23 @@ pub(super) fn date(text: &str) -> Result<NaiveDate, ValueError> {
 }
 
 pub(super) fn time(text: &str) -> Result<NaiveTime, ValueError> {
-    NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|e| format!("'{text}' is not a time (HH:MM:SS[.ffffff]): {e}")).map_err(ValueError)
+    NaiveTime::parse_from_str(text, "%H:%M:%S%.f")
+        .map_err(|e| format!("'{text}' is not a time (HH:MM:SS[.ffffff]): {e}"))
+        .map_err(ValueError)
 }
 
 pub(super) fn timestamp(text: &str) -> Result<NaiveDateTime, ValueError> {
     NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"))
-        .map_err(|e| format!("'{text}' is not a timestamp (YYYY-MM-DDTHH:MM:SS[.ffffff]): {e}")).map_err(ValueError)
+        .map_err(|e| format!("'{text}' is not a timestamp (YYYY-MM-DDTHH:MM:SS[.ffffff]): {e}"))
+        .map_err(ValueError)
 }
 
 pub(super) fn timestamp_tz(text: &str) -> Result<DateTime<Utc>, ValueError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("'{text}' is not a timestamp with a zone (RFC 3339, e.g. 2024-05-01T12:00:00.000001Z): {e}")).map_err(ValueError)
+        .map_err(|e| format!("'{text}' is not a timestamp with a zone (RFC 3339, e.g. 2024-05-01T12:00:00.000001Z): {e}"))
+        .map_err(ValueError)
 }
 
 fn uuid_bytes(text: &str) -> Result<[u8; 16], ValueError> {
