@@ -19,12 +19,18 @@ const TOPIC: &str = "big";
 const FETCH_BYTES: i32 = 16 << 20;
 const FETCH_REPLY_MEMORY: usize = 8 << 20;
 
-fn fetch_request(correlation_id: i32) -> BytesMut {
-    let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
+/// A Fetch of up to 16 MiB of the topic's one partition, from its start, answered at once.
+fn whole_topic_fetch() -> FetchRequest {
+    FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
         FetchTopic::default()
             .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
             .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES)]),
-    ]);
+    ])
+}
+
+/// The same Fetch as a framed request, for connections that pipeline it without reading.
+fn fetch_request(correlation_id: i32) -> BytesMut {
+    let request = whole_topic_fetch();
     let header = RequestHeader::default()
         .with_request_api_key(ApiKey::Fetch as i16)
         .with_request_api_version(12)
@@ -43,12 +49,7 @@ async fn never_reading(addr: std::net::SocketAddr) -> TcpStream {
 }
 
 async fn fetched_bytes(client: &mut Client) -> usize {
-    let request = FetchRequest::default().with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(FETCH_BYTES).with_topics(vec![
-        FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(FETCH_BYTES)]),
-    ]);
-    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request).await;
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &whole_topic_fetch()).await;
     let partition = &response.responses[0].partitions[0];
     assert_eq!(partition.error_code, 0);
     partition.records.as_ref().map_or(0, |r| r.len())

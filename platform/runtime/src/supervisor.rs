@@ -111,9 +111,14 @@ impl TaskControl {
 
     /// A control that is never stopped or paused, for tests of code that takes one.
     pub fn detached(id: i32) -> TaskControl {
+        TaskControl::new(id, Arc::default())
+    }
+
+    /// A fresh control for task `id` of the deployment whose flags are `deployment`.
+    fn new(id: i32, deployment: Arc<DeploymentFlags>) -> TaskControl {
         TaskControl {
             id,
-            deployment: Arc::default(),
+            deployment,
             stop: AtomicBool::new(false),
             failure: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -229,17 +234,7 @@ impl TaskSet {
 
     fn spawn(&self, id: i32) -> Result<RunningTask, RuntimeError> {
         let task = (self.factory)(id)?;
-        let control = Arc::new(TaskControl {
-            id,
-            deployment: Arc::clone(&self.flags),
-            stop: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            last_error: Mutex::new(None),
-            retries: AtomicU64::new(0),
-            started: AtomicBool::new(false),
-            wake: Condvar::new(),
-            wake_lock: Mutex::new(()),
-        });
+        let control = Arc::new(TaskControl::new(id, Arc::clone(&self.flags)));
         let thread_control = Arc::clone(&control);
         let label = self.label.clone();
         let thread = std::thread::Builder::new()
