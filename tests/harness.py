@@ -383,6 +383,19 @@ def create_topic(broker: Broker, name: str, partitions: int = 1, config: dict | 
     wait_for_partitions(broker, name, partitions, admin=admin)
 
 
+def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.1):
+    """Polls `predicate` until it returns something truthy (returned), or fails after `timeout` seconds
+    saying what was awaited and the last value seen."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
 def wait_for_partitions(broker: Broker, topic: str, count: int, admin=None, timeout: float = 10.0) -> None:
     admin = admin or cf_admin(broker)
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT, cf_consume, http_request, require_binary, unique
+from harness import REPO_ROOT, cf_consume, http_request, require_binary, unique, wait_for
 
 COUNTER = "test-counter-source"
 COMMITTED = {"isolation.level": "read_committed"}
@@ -58,17 +58,6 @@ def sluice(broker, *args: str, check: bool = True, timeout: int = 60) -> subproc
     if check:
         assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
     return proc
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def counter_config(topic: str, **extra) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique
+from harness import REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique, wait_for
 
 GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "release"
 GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world"]
@@ -49,17 +49,6 @@ def sluice(broker, *args: str, timeout: int = 180, check: bool = True) -> subpro
 
 def status(broker, name: str) -> dict:
     return json.loads(sluice(broker, "transform", "status", name, "--json").stdout)
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
 def deploy(broker, guests, module: str, name: str, inp: str, outs: list[str], *extra: str) -> dict:
