@@ -40,8 +40,21 @@ impl ByteBudget {
     }
 
     /// Bytes that may still be built before the budget is spent.
+    #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
         self.max.saturating_sub(self.used())
+    }
+
+    /// Takes up to `wanted` of what is available, atomically (two readers never both take the same
+    /// room), and holds it until the returned charge is dropped. `Charge::resize` then settles it
+    /// to what was really built.
+    pub(crate) fn reserve(self: &Arc<Self>, wanted: usize) -> Charge {
+        let mut taken = 0;
+        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            taken = wanted.min(self.max.saturating_sub(used));
+            Some(used + taken)
+        });
+        Charge { budget: Arc::clone(self), bytes: taken }
     }
 
     /// Holds `bytes` until the returned charge is dropped.
@@ -90,6 +103,22 @@ impl Charge {
         self.budget.used.fetch_add(bytes, Ordering::Relaxed);
         self.bytes += bytes;
     }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Makes this charge hold exactly `bytes`: releases what a reservation did not use, or adds
+    /// what was built beyond it (KIP-74's first batch).
+    pub(crate) fn resize(&mut self, bytes: usize) {
+        if bytes >= self.bytes {
+            self.grow(bytes - self.bytes);
+        } else {
+            self.budget.used.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
+            self.bytes = bytes;
+            self.budget.released.notify_waiters();
+        }
+    }
 }
 
 impl Drop for Charge {
@@ -106,6 +135,20 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn reservations_never_hand_out_the_same_room_twice() {
+        let budget = ByteBudget::new(100);
+        let mut first = budget.reserve(70);
+        let second = budget.reserve(70);
+        assert_eq!((first.bytes(), second.bytes(), budget.available()), (70, 30, 0));
+        first.resize(10);
+        assert_eq!(budget.available(), 60);
+        first.resize(200);
+        assert_eq!((budget.used(), budget.available()), (230, 0));
+        drop((first, second));
+        assert_eq!(budget.used(), 0);
+    }
 
     #[tokio::test]
     async fn a_reader_waits_until_replies_are_written() {

@@ -248,9 +248,17 @@ async fn serve_connection(
         }
         let reply = handlers::dispatch(broker, &ctx, request).await;
         drop(reserved);
-        let charges = match &reply {
-            Reply::Ready(body) => charge_reply(broker, &unsent, body),
-            _ => Vec::new(),
+        let (reply, charges) = match reply {
+            Reply::Ready(body) => {
+                let charges = charge_reply(&unsent, &body).into_iter().collect();
+                (Reply::Ready(body), charges)
+            }
+            Reply::ReadyHolding(body, held) => {
+                let mut charges: Vec<Charge> = charge_reply(&unsent, &body).into_iter().collect();
+                charges.push(held);
+                (Reply::Ready(body), charges)
+            }
+            other => (other, Vec::new()),
         };
         if sender.send(InFlight { api_key, version, correlation_id, reply, started, charges }).await.is_err() {
             break Err(Disconnect::WriterClosed);
@@ -301,20 +309,17 @@ fn error_reply(broker: &Broker, error: &DecodeError) -> Option<InFlight> {
 }
 
 /// Bytes a built reply holds until it is written: the record data of a Fetch reply (every other reply
-/// is small). Charged to the connection, which mutes its reader past its limit, and for Fetch to the
-/// broker-wide budget that Fetch handlers read against.
-fn charge_reply(broker: &Broker, unsent: &Arc<ByteBudget>, body: &ResponseKind) -> Vec<Charge> {
-    let ResponseKind::Fetch(fetch) = body else { return Vec::new() };
+/// is small), charged to the connection, which mutes its reader past its limit. (The Fetch handler
+/// charges the broker-wide budget itself, reserving before it reads: `Reply::ReadyHolding`.)
+fn charge_reply(unsent: &Arc<ByteBudget>, body: &ResponseKind) -> Option<Charge> {
+    let ResponseKind::Fetch(fetch) = body else { return None };
     let bytes: usize = fetch
         .responses
         .iter()
         .flat_map(|topic| topic.partitions.iter())
         .map(|partition| partition.records.as_ref().map_or(0, |records| records.len()))
         .sum();
-    if bytes == 0 {
-        return Vec::new();
-    }
-    vec![unsent.charge(bytes), broker.fetch_reply_bytes().charge(bytes)]
+    (bytes > 0).then(|| unsent.charge(bytes))
 }
 
 async fn write_responses(
@@ -332,8 +337,13 @@ async fn write_responses(
         let body = match in_flight.reply {
             Reply::Ready(body) => Some(body),
             Reply::Deferred(future) => {
-                let body = future.await;
-                held.extend(charge_reply(&broker, &unsent, &body));
+                let (body, charge) = future.await;
+                held.extend(charge_reply(&unsent, &body));
+                held.extend(charge);
+                Some(body)
+            }
+            Reply::ReadyHolding(body, charge) => {
+                held.push(charge);
                 Some(body)
             }
             Reply::NoResponse => None,

@@ -15,6 +15,8 @@
 //!   class aliases of the first-party ones.
 //! - [`task`]: the seam — [`task::SourceModule`] / [`task::SinkModule`], which the Wasm world
 //!   bindings implement ([`wasm`]) — and [`task::SourceDriver`], the supervised source task.
+//! - [`sink`]: [`sink::SinkDriver`], the supervised sink task: committed input → `put` → one
+//!   target-database transaction holding the rows and the input positions.
 //! - [`sql`]: the host side of the `sql` capability (PostgreSQL, MySQL/MariaDB, SQLite through
 //!   sqlx): connections by the names the config declares, bounded results, exact values, and the
 //!   time spent waiting on the database.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod manager;
 pub mod offsets;
 pub mod plugins;
+pub mod sink;
 pub mod sql;
 pub mod store;
 pub mod task;

@@ -25,12 +25,15 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::Serialize;
 use sluice_broker::host::Host;
+use sluice_runtime::supervisor::TaskFactory;
 use sluice_runtime::{LogBuffer, MetricFamilies, RuntimeError, Supervisor, Task, TaskSet, TaskState};
 
 use crate::config::{self, ConnectorConfig, ConnectorType, Validation, masked, unmask};
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, ConnectorOffsets, OffsetStore, check_entry};
 use crate::plugins::{Catalog, ConnectorPlugin};
+use crate::sink::{SinkDriver, SinkSettings};
+use crate::sql::SqlFactory;
 use crate::store::{Store, StoredConnector, TargetState};
 use crate::task::{SourceDriver, TaskConfig, TaskShared};
 
@@ -219,13 +222,6 @@ impl ConnectorManager {
         if connector.stored.target_state == TargetState::Stopped {
             return connector;
         }
-        if parsed.kind() == ConnectorType::Sink {
-            connector.failure = Some(
-                "sink connectors run on the sink driver (committed input → put → one target-database transaction with the input position), which this build does not have yet"
-                    .to_string(),
-            );
-            return connector;
-        }
         let name = connector.stored.name.clone();
         let shared = Arc::new(TaskShared {
             host: self.host.clone(),
@@ -241,13 +237,21 @@ impl ConnectorManager {
                 config: parsed.plugin_config.clone(),
                 topic_prefix: parsed.topic_prefix.clone(),
             },
+            sql: SqlFactory::new(parsed.connections.clone(), self.host.runtime().clone()),
         });
         let tasks_max = parsed.tasks_max as i32;
+        let make: TaskFactory = match parsed.kind() {
+            ConnectorType::Source => Box::new(move |task| Ok(Box::new(SourceDriver::new(Arc::clone(&shared), task)) as Box<dyn Task>)),
+            ConnectorType::Sink => {
+                let settings = Arc::new(SinkSettings { topics: parsed.topics.clone(), policy: parsed.errors.policy() });
+                Box::new(move |task| Ok(Box::new(SinkDriver::new(Arc::clone(&shared), Arc::clone(&settings), task)) as Box<dyn Task>))
+            }
+        };
         let set = TaskSet::new(
             "connector",
             &name,
             connector.stored.target_state == TargetState::Paused,
-            Box::new(move |task| Ok(Box::new(SourceDriver::new(Arc::clone(&shared), task)) as Box<dyn Task>)),
+            make,
             Box::new(move || (0..tasks_max).collect()),
         );
         self.supervisor.insert(&name, Arc::clone(&set));
@@ -545,6 +549,9 @@ impl ConnectorManager {
         for entry in entries {
             check_entry(kind, entry)?;
         }
+        if kind == ConnectorType::Sink {
+            self.alter_sink_target(name, Some(entries))?;
+        }
         self.offsets.alter(name, entries)?;
         tracing::info!(connector = name, entries = entries.len(), "connector offsets altered");
         Ok(())
@@ -552,10 +559,23 @@ impl ConnectorManager {
 
     pub fn reset_offsets(&self, name: &str) -> Result<(), ConnectError> {
         let _control = self.control.lock();
-        self.require_stopped(name)?;
+        if self.require_stopped(name)? == ConnectorType::Sink {
+            self.alter_sink_target(name, None)?;
+        }
         self.offsets.reset(name)?;
         tracing::info!(connector = name, "connector offsets reset");
         Ok(())
+    }
+
+    /// A sink with a `default` connection starts from the positions in its target's table: KIP-875
+    /// changes go there too (before the broker's copy, so a failure leaves both as they were).
+    fn alter_sink_target(&self, name: &str, entries: Option<&[ConnectorOffset]>) -> Result<(), ConnectError> {
+        let config = self.connectors.lock().get(name).map(|c| c.stored.config.clone()).ok_or_else(|| not_found(name))?;
+        let (parsed, _) = self.checked(&config)?;
+        match SqlFactory::new(parsed.connections, self.host.runtime().clone()).filter(|sql| sql.has_default) {
+            Some(sql) => crate::sink::alter_target_positions(&sql, name, entries),
+            None => Ok(()),
+        }
     }
 
     /// Stops every task (broker shutdown); connectors start again, as stored, at the next start.

@@ -17,6 +17,7 @@ use sluice_runtime::{LogBuffer, ModuleInfo, Plugins};
 
 use crate::config::{ConfigKeyDef, ConnectorType};
 use crate::error::ConnectError;
+use crate::sql::SqlSession;
 use crate::task::{SinkModule, SourceModule, TaskConfig};
 use crate::wasm::WasmPlugin;
 
@@ -49,9 +50,21 @@ pub trait ConnectorPlugin: Send + Sync {
     fn spec(&self) -> &PluginSpec;
     /// A source module for one task. Called on the task's thread, at every (re)start of the task.
     /// `logs`: the connector's log buffer, where the module's own log lines go (besides `tracing`).
-    fn source_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError>;
-    /// A sink module for one task.
-    fn sink_module(&self, task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError>;
+    /// `sql`: the task's database connections, when the connector declares any.
+    fn source_module(
+        &self,
+        task: &TaskConfig,
+        logs: &Arc<LogBuffer>,
+        sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SourceModule>, ConnectError>;
+    /// A sink module for one task; its `sql` has the managed connection when the connector
+    /// declares a `default` one.
+    fn sink_module(
+        &self,
+        task: &TaskConfig,
+        logs: &Arc<LogBuffer>,
+        sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SinkModule>, ConnectError>;
 }
 
 /// The kind of connector a registry module is, by the worlds it implements; `None` for a transform.

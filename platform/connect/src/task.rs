@@ -34,6 +34,7 @@ use sluice_wasm::LogLevel;
 use crate::config::ConnectorType;
 use crate::offsets::{ConnectorOffset, OffsetStore, check_entry};
 use crate::plugins::ConnectorPlugin;
+use crate::sql::{SqlFactory, SqlSession};
 
 /// The longest a source task sleeps after an empty poll (it wakes early when stopped).
 pub const IDLE_MAX: Duration = Duration::from_secs(5);
@@ -133,7 +134,7 @@ pub struct PutError {
     pub record: Option<usize>,
 }
 
-/// A sink connector's code, as the sink driver (next piece) will call it.
+/// A sink connector's code, as the sink driver (`crate::sink`) calls it.
 pub trait SinkModule: Send {
     fn start(&mut self, task: &TaskConfig) -> Result<(), ModuleError>;
     /// Writes a batch; the driver commits the target transaction holding it and the input position.
@@ -152,6 +153,8 @@ pub struct TaskShared {
     pub logs: Arc<LogBuffer>,
     /// `tasks.max`, the plugin's keys and `topic.prefix`, per task below.
     pub config: TaskConfig,
+    /// The connector's database connections, if it declares any: each task start makes its own.
+    pub sql: Option<SqlFactory>,
 }
 
 impl TaskShared {
@@ -249,7 +252,8 @@ impl Task for SourceDriver {
         self.fatal = None;
         self.producer = Some(self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
-        let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs) {
+        let sql = self.shared.sql.as_ref().map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, false)))).transpose()?;
+        let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs, sql) {
             Ok(module) => module,
             Err(error) => {
                 self.fatal = Some(error.to_string());

@@ -20,6 +20,7 @@ use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
 use crate::plugins::{Catalog, ConnectorPlugin, PluginSpec};
+use crate::sql::SqlSession;
 use crate::task::{ModuleError, SinkModule, SourceModule, SourcePoll, SourceRecord, TaskConfig};
 
 /// `1` registers the test plugins.
@@ -67,11 +68,21 @@ impl ConnectorPlugin for CounterPlugin {
         &self.spec
     }
 
-    fn source_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(
+        &self,
+        _task: &TaskConfig,
+        _logs: &Arc<LogBuffer>,
+        _sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SourceModule>, ConnectError> {
         Ok(Box::new(CounterSource::default()))
     }
 
-    fn sink_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(
+        &self,
+        _task: &TaskConfig,
+        _logs: &Arc<LogBuffer>,
+        _sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest(format!("{COUNTER_SOURCE} is a source")))
     }
 }

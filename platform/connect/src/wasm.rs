@@ -29,6 +29,7 @@ use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, OFFSET_ENTRIES_MAX};
 use crate::plugins::{ConnectorPlugin, PluginSpec};
+use crate::sql::SqlSession;
 use crate::task::{ModuleError, PutError, SinkModule, SinkRecord, SourceModule, SourcePoll, SourceRecord, TaskConfig};
 
 // Every position the offset store keeps for a connector can be handed back to `init`.
@@ -73,11 +74,13 @@ impl WasmPlugin {
 fn instance_config(
     file_keys: &[String],
     logs: &Arc<LogBuffer>,
+    sql: Option<Arc<SqlSession>>,
     task: &TaskConfig,
     access: DirAccess,
 ) -> Result<InstanceConfig, ModuleError> {
     let mut config = InstanceConfig::new(&format!("{}-{}", task.connector, task.task));
     config.log_sink = Arc::clone(logs) as Arc<dyn sluice_wasm::LogSink>;
+    config.sql = sql.map(|sql| sql as Arc<dyn sluice_wasm::SqlHost>);
     config.config = task.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     config.config.push(("task.id".into(), task.task.to_string()));
     config.config.push(("tasks.max".into(), task.tasks.to_string()));
@@ -153,11 +156,17 @@ impl ConnectorPlugin for WasmPlugin {
         &self.spec
     }
 
-    fn source_module(&self, _task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(
+        &self,
+        _task: &TaskConfig,
+        logs: &Arc<LogBuffer>,
+        sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SourceModule>, ConnectError> {
         match &self.module {
             Module::Source(module) => Ok(Box::new(WasmSource {
                 file_keys: self.file_keys.clone(),
                 logs: Arc::clone(logs),
+                sql,
                 module: module.clone(),
                 instance: None,
             })),
@@ -165,11 +174,20 @@ impl ConnectorPlugin for WasmPlugin {
         }
     }
 
-    fn sink_module(&self, _task: &TaskConfig, logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(
+        &self,
+        _task: &TaskConfig,
+        logs: &Arc<LogBuffer>,
+        sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SinkModule>, ConnectError> {
         match &self.module {
-            Module::Sink(module) => {
-                Ok(Box::new(WasmSink { file_keys: self.file_keys.clone(), logs: Arc::clone(logs), module: module.clone(), instance: None }))
-            }
+            Module::Sink(module) => Ok(Box::new(WasmSink {
+                file_keys: self.file_keys.clone(),
+                logs: Arc::clone(logs),
+                sql,
+                module: module.clone(),
+                instance: None,
+            })),
             Module::Source(_) => Err(ConnectError::BadRequest(format!("'{}' is a source connector", self.spec.name))),
         }
     }
@@ -188,13 +206,14 @@ fn module_error(error: PluginError) -> ModuleError {
 pub struct WasmSource {
     file_keys: Vec<String>,
     logs: Arc<LogBuffer>,
+    sql: Option<Arc<SqlSession>>,
     module: sluice_wasm::SourceModule,
     instance: Option<SourceInstance>,
 }
 
 impl SourceModule for WasmSource {
     fn start(&mut self, task: &TaskConfig, positions: &[ConnectorOffset]) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, &self.logs, task, DirAccess::ReadOnly)?;
+        let config = instance_config(&self.file_keys, &self.logs, self.sql.clone(), task, DirAccess::ReadOnly)?;
         let positions: Vec<SourcePosition> = positions
             .iter()
             .filter_map(|p| {
@@ -249,13 +268,14 @@ fn json_object(idx: usize, what: &str, text: &str) -> Result<Map<String, Value>,
 pub struct WasmSink {
     file_keys: Vec<String>,
     logs: Arc<LogBuffer>,
+    sql: Option<Arc<SqlSession>>,
     module: sluice_wasm::SinkModule,
     instance: Option<SinkInstance>,
 }
 
 impl SinkModule for WasmSink {
     fn start(&mut self, task: &TaskConfig) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, &self.logs, task, DirAccess::ReadWrite)?;
+        let config = instance_config(&self.file_keys, &self.logs, self.sql.clone(), task, DirAccess::ReadWrite)?;
         self.instance = Some(self.module.instantiate(config).map_err(module_error)?);
         Ok(())
     }

@@ -16,6 +16,7 @@ use sluice_connect::config::{ConfigKeyDef, ConnectorType};
 use sluice_connect::manager::ConnectorStatus;
 use sluice_connect::offsets::ConnectorOffset;
 use sluice_connect::plugins::{Catalog, ConnectorPlugin, PluginSpec};
+use sluice_connect::sql::SqlSession;
 use sluice_connect::store::TargetState;
 use sluice_connect::task::{SinkModule, SourceModule, TaskConfig};
 use sluice_connect::{ConnectError, ConnectorManager, testing};
@@ -225,7 +226,7 @@ fn connectors_come_back_after_a_restart_in_their_target_state_with_their_config(
 }
 
 #[test]
-fn create_refuses_bad_configs_and_duplicates_and_a_kind_without_a_driver_fails_visibly() {
+fn create_refuses_bad_configs_and_duplicates_and_a_sink_whose_module_cannot_start_fails_visibly() {
     let f = open();
     let error = f.manager.create(counter("bad", "t", &[("counter.mxa", "1"), ("tasks.max", "100")]), TargetState::Running).unwrap_err();
     let message = error.to_string();
@@ -236,14 +237,15 @@ fn create_refuses_bad_configs_and_duplicates_and_a_kind_without_a_driver_fails_v
 
     let sink = config(&[("name", "to-db"), ("connector.class", "test-no-driver-sink"), ("topics", "t")]);
     f.manager.create(sink, TargetState::Running).unwrap();
+    wait_for("the sink task FAILED", || (f.task_states("to-db") == ["FAILED"]).then_some(()));
     let status = f.status("to-db");
-    assert_eq!((status.connector.state.as_str(), status.kind.as_str()), ("FAILED", "sink"));
-    assert!(status.connector.trace.unwrap().contains("sink driver"));
-    assert_eq!(f.metric("sluice_connector_state", &[("connector", "to-db"), ("state", "FAILED")]), Some(1.0));
+    assert_eq!((status.connector.state.as_str(), status.kind.as_str()), ("RUNNING", "sink"));
+    assert!(status.tasks[0].trace.as_deref().unwrap().contains("no sink module in this test"), "{:?}", status.tasks);
+    assert_eq!(f.metric("sluice_connector_tasks", &[("connector", "to-db"), ("state", "FAILED")]), Some(1.0));
     let _ = (&f.broker, &f.runtime);
 }
 
-/// A sink plugin, to show what a connector of a kind without a driver looks like.
+/// A sink plugin whose module cannot be made, to show what a task that cannot start looks like.
 #[derive(Default)]
 struct NoDriverSink {
     spec: Option<PluginSpec>,
@@ -267,11 +269,11 @@ impl ConnectorPlugin for NoDriverSink {
         self.spec.as_ref().unwrap_or_else(|| SPEC.get_or_init(NoDriverSink::spec_value))
     }
 
-    fn source_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>, _: Option<Arc<SqlSession>>) -> Result<Box<dyn SourceModule>, ConnectError> {
         Err(ConnectError::BadRequest("a sink".into()))
     }
 
-    fn sink_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
-        Err(ConnectError::BadRequest("no sink driver".into()))
+    fn sink_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>, _: Option<Arc<SqlSession>>) -> Result<Box<dyn SinkModule>, ConnectError> {
+        Err(ConnectError::BadRequest("no sink module in this test".into()))
     }
 }

@@ -5,128 +5,26 @@
 //! - `GET /connector-plugins`, served on an ephemeral port, lists them by world with Connect's shape;
 //! - lines appended to a file arrive on the topic exactly once across task restarts and a clean
 //!   broker restart;
-//! - the file-sink guest writes a topic's committed records to a file (through the seam: the sink
-//!   driver that would read the topic itself is not built yet, so the test reads the topic);
+//! - the file-sink connector writes a topic's committed records (not aborted ones) to a file and
+//!   resumes from its position after a stop;
 //! - a hostile source (a loop in `poll`, a panic, garbage) fails alone — its task FAILED with the
 //!   reason — while a file source beside it keeps flowing and the broker keeps serving.
 
-#[path = "support/guests.rs"]
-mod guests;
+#[path = "support/fixture.rs"]
+mod fixture;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
-use sluice_broker::host::{Extension, Host, ProducerRecord};
-use sluice_broker::{Broker, BrokerConfig};
-use sluice_connect::ConnectorManager;
-use sluice_connect::plugins::Catalog;
+use fixture::*;
+use serde_json::json;
+use sluice_broker::host::ProducerRecord;
 use sluice_connect::store::TargetState;
-use sluice_connect::task::{SinkRecord, TaskConfig};
-use sluice_runtime::Plugins;
-
-/// Fields drop in order: the manager (stopping its tasks) before the runtime they wait on.
-struct Fixture {
-    manager: Arc<ConnectorManager>,
-    host: Host,
-    _broker: Arc<Broker>,
-    runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-fn open() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (manager, host, broker) = start(dir.path(), &runtime, true);
-    Fixture { manager, host, _broker: broker, runtime, _dir: dir }
-}
-
-/// Opens a broker in `dir` with the plugins extension and the connector manager, uploading the
-/// guests first if `upload` (a restarted broker finds them in its registry).
-fn start(dir: &std::path::Path, runtime: &tokio::runtime::Runtime, upload: bool) -> (Arc<ConnectorManager>, Host, Arc<Broker>) {
-    let broker = Broker::open(BrokerConfig::default(), dir).unwrap();
-    let plugins = Plugins::new();
-    // The registry's own routes (`/v1/plugins`) are not under test here.
-    let _routes = plugins.start(Host::for_tests(broker.clone(), "plugins", runtime.handle().clone())).unwrap();
-    if upload {
-        let registry = plugins.registry().unwrap();
-        for name in ["file-source", "file-sink", "fixture-hostile-source", "pii-mask"] {
-            registry.add(name, &guests::guest(name), false).unwrap_or_else(|e| panic!("registering {name}: {e}"));
-        }
-    }
-    let host = Host::for_tests(broker.clone(), "connect", runtime.handle().clone());
-    let manager = ConnectorManager::open(host.clone(), Catalog::new(Some(plugins))).unwrap();
-    manager.start_all();
-    (manager, host, broker)
-}
-
-fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn append(path: &std::path::Path, text: &str) {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
-}
-
-/// Every committed value of `topic`, partition by partition, in offset order.
-fn values(host: &Host, topic: &str) -> Vec<String> {
-    let Some(info) = host.topic(topic) else { return Vec::new() };
-    let mut out = Vec::new();
-    for p in 0..info.partitions {
-        let mut reader = host.reader(topic, p, 0).unwrap();
-        while reader.position() < reader.last_stable_offset() {
-            let batch = reader.next_batch(1000).unwrap();
-            out.extend(batch.records.into_iter().map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
-        }
-    }
-    out
-}
-
-impl Fixture {
-    fn values(&self, topic: &str) -> Vec<String> {
-        values(&self.host, topic)
-    }
-
-    fn task_state(&self, name: &str) -> (String, Option<String>) {
-        let status = self.manager.status(name).unwrap();
-        let task = status.tasks.into_iter().next().expect("one task");
-        (task.state, task.trace)
-    }
-
-    /// `GET path` on the connector REST API, served on an ephemeral port: (status, JSON body).
-    fn get(&self, path: &str) -> (u16, Value) {
-        let listener = self.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = sluice_connect::api::router(Arc::clone(&self.manager));
-        let server = self.runtime.spawn(async move { axum::serve(listener, router).await });
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        server.abort();
-        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
-    }
-}
 
 #[test]
 fn connector_plugins_lists_wasm_connectors_by_world_with_connects_shape() {
-    let f = open();
+    let f = open(GUESTS);
     let (status, body) = f.get("/connector-plugins");
     assert_eq!(status, 200);
     let version = env!("CARGO_PKG_VERSION");
@@ -165,7 +63,7 @@ fn connector_plugins_lists_wasm_connectors_by_world_with_connects_shape() {
 
 #[test]
 fn lines_appended_to_a_file_arrive_exactly_once_across_task_restarts() {
-    let f = open();
+    let f = open(GUESTS);
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("in.txt");
     append(&path, "line-0\nline-1\nline-2\n");
@@ -209,7 +107,7 @@ fn lines_arrive_exactly_once_across_a_broker_restart() {
     append(&path, "a\nb\n");
     let file = path.to_str().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (manager, host, broker) = start(dir.path(), &runtime, true);
+    let (manager, host, broker) = start(dir.path(), &runtime, GUESTS);
     manager
         .create(config(&[("name", "lines"), ("connector.class", "file-source"), ("file", file), ("topic", "lines")]), TargetState::Running)
         .unwrap();
@@ -219,7 +117,7 @@ fn lines_arrive_exactly_once_across_a_broker_restart() {
     append(&path, "c\n");
 
     // A clean restart: the registry, the connector and its position come back from the data directory.
-    let (manager, host, _broker) = start(dir.path(), &runtime, false);
+    let (manager, host, _broker) = start(dir.path(), &runtime, &[]);
     append(&path, "d\n");
     wait_for("4 lines", || (values(&host, "lines") == ["a", "b", "c", "d"]).then_some(()));
     std::thread::sleep(Duration::from_millis(600));
@@ -229,7 +127,7 @@ fn lines_arrive_exactly_once_across_a_broker_restart() {
 
 #[test]
 fn a_file_source_given_a_relative_path_fails_with_the_reason() {
-    let f = open();
+    let f = open(GUESTS);
     f.manager
         .create(
             config(&[("name", "relative"), ("connector.class", "file-source"), ("file", "in.txt"), ("topic", "x")]),
@@ -241,47 +139,49 @@ fn a_file_source_given_a_relative_path_fails_with_the_reason() {
 }
 
 #[test]
-fn the_file_sink_guest_writes_a_topics_committed_records_to_a_file() {
-    let f = open();
-    let mut producer = f.host.producer("__sluice-test-sink-input", 60_000).unwrap();
+fn the_file_sink_writes_a_topics_committed_records_to_a_file_and_resumes_where_it_stopped() {
+    let f = open(GUESTS);
     f.host.create_topic("orders", Some(1), &BTreeMap::new()).unwrap();
-    let records: Vec<ProducerRecord> = (0..5)
-        .map(|i| ProducerRecord { key: None, value: Some(Bytes::from(format!("order-{i}"))), headers: Vec::new(), timestamp_ms: 1 })
-        .collect();
-    producer.send("orders", 0, &records).unwrap();
-    producer.commit().unwrap();
+    let produce = |from: usize, to: usize| {
+        let mut producer = f.host.producer("__sluice-test-sink-input", 60_000).unwrap();
+        let records: Vec<ProducerRecord> = (from..to)
+            .map(|i| ProducerRecord { key: None, value: Some(Bytes::from(format!("order-{i}"))), headers: Vec::new(), timestamp_ms: 1 })
+            .collect();
+        producer.send("orders", 0, &records).unwrap();
+        producer.commit().unwrap();
+    };
+    produce(0, 5);
+    // An aborted transaction in the input is never written.
+    let mut aborted = f.host.producer("__sluice-test-sink-aborted", 60_000).unwrap();
+    aborted
+        .send("orders", 0, &[ProducerRecord { key: None, value: Some(Bytes::from("aborted")), headers: Vec::new(), timestamp_ms: 1 }])
+        .unwrap();
+    aborted.abort().unwrap();
 
     let out = tempfile::tempdir().unwrap();
     let path = out.path().join("out.txt");
-    let plugin = f.manager.catalog().resolve("file-sink").expect("file-sink is a plugin");
-    let task =
-        TaskConfig { connector: "sink".into(), task: 0, tasks: 1, config: config(&[("file", path.to_str().unwrap())]), topic_prefix: None };
-    let mut sink = plugin.sink_module(&task, &Arc::new(sluice_runtime::LogBuffer::new("sink"))).unwrap();
-    sink.start(&task).unwrap();
-    let mut reader = f.host.reader("orders", 0, 0).unwrap();
-    let batch = reader.next_batch(100).unwrap();
-    let input: Vec<SinkRecord> = batch
-        .records
-        .into_iter()
-        .map(|r| SinkRecord {
-            topic: "orders".into(),
-            partition: 0,
-            offset: r.offset,
-            key: r.key,
-            value: r.value,
-            headers: Vec::new(),
-            timestamp_ms: r.timestamp_ms,
-        })
-        .collect();
-    assert_eq!(input.len(), 5);
-    sink.put(&input).unwrap();
-    sink.stop();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "order-0\norder-1\norder-2\norder-3\norder-4\n");
+    let expected = |n: usize| (0..n).map(|i| format!("order-{i}\n")).collect::<String>();
+    f.manager
+        .create(
+            config(&[("name", "sink"), ("connector.class", "file-sink"), ("file", path.to_str().unwrap()), ("topics", "orders")]),
+            TargetState::Running,
+        )
+        .unwrap();
+    wait_for("five lines", || (std::fs::read_to_string(&path).unwrap_or_default() == expected(5)).then_some(()));
+    // Stopped and resumed from its saved position: the next records only, once.
+    f.manager.stop("sink").unwrap();
+    produce(5, 8);
+    f.manager.resume("sink").unwrap();
+    wait_for("eight lines", || (std::fs::read_to_string(&path).unwrap_or_default() == expected(8)).then_some(()));
+    let (status, offsets) = f.get("/connectors/sink/offsets");
+    assert_eq!(status, 200);
+    assert_eq!(offsets["offsets"][0]["partition"], json!({"kafka_topic": "orders", "kafka_partition": 0}), "{offsets}");
+    assert_eq!(f.task_state("sink").0, "RUNNING");
 }
 
 #[test]
 fn a_hostile_source_fails_alone_while_the_broker_and_other_connectors_keep_working() {
-    let f = open();
+    let f = open(GUESTS);
     let files = tempfile::tempdir().unwrap();
     let path = files.path().join("in.txt");
     append(&path, "before\n");

@@ -91,7 +91,7 @@ pub fn isolate<T>(len: usize, first_error: PluginError, mut call: impl FnMut(Ran
 /// The index, within the range it was called on, of the record the guest said failed.
 fn reported_index(error: &PluginError) -> Option<usize> {
     match error {
-        PluginError::GuestError { record_index, .. } => *record_index,
+        PluginError::GuestError { record_index, .. } | PluginError::ConnectorError { record_index, .. } => *record_index,
         _ => None,
     }
 }

@@ -90,10 +90,12 @@ pub(crate) struct HostState {
     pub last_error_log: Option<String>,
     /// What the guest passed to `report-failed-record` in the current call.
     pub failed_record: Option<u32>,
+    /// What answers the connector worlds' `sql` import (`None`: no databases).
+    pub sql: Option<Arc<dyn crate::SqlHost>>,
 }
 
 impl HostState {
-    pub fn new(wasi: WasiCtx, log_sink: Arc<dyn LogSink>, memory_bytes_max: usize) -> HostState {
+    pub fn new(wasi: WasiCtx, log_sink: Arc<dyn LogSink>, memory_bytes_max: usize, sql: Option<Arc<dyn crate::SqlHost>>) -> HostState {
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -104,6 +106,7 @@ impl HostState {
             log_count: 0,
             last_error_log: None,
             failed_record: None,
+            sql,
         }
     }
 
@@ -127,7 +130,6 @@ impl HostState {
     /// `HOST_WAIT_MS_PER_CALL_MAX` per call). Every import that waits goes through here, and only
     /// those: work whose cost the guest controls (copying its arguments, formatting) stays
     /// charged, so a guest cannot stretch a call by making the host busy.
-    #[cfg_attr(not(feature = "test-host-imports"), allow(dead_code))]
     pub fn uncharged<R>(&mut self, wait: impl FnOnce(&mut HostState) -> R) -> R {
         let started = Instant::now();
         let result = wait(self);

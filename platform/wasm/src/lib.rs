@@ -32,7 +32,8 @@
 //!
 //! Modules: `engine` (engine, per-world linkers, ticker, compiled components), `cache`, `world`,
 //! `sandbox` (store, limits, calls, errors), `host` (host state and imports), `wasi`, `transform`
-//! (the transform world), `connector` (the source and sink worlds), `watchdog`, `limits`, `error`.
+//! (the transform world), `connector` (the source and sink worlds), `sql` (the connector worlds'
+//! database import, answered by a [`SqlHost`] the connector runtime provides), `watchdog`, `limits`, `error`.
 
 mod cache;
 mod connector;
@@ -41,6 +42,7 @@ mod error;
 mod host;
 mod limits;
 mod sandbox;
+mod sql;
 #[cfg(feature = "test-host-imports")]
 mod test_imports;
 mod transform;
@@ -60,12 +62,13 @@ mod bindings {
         });
     }
 
-    /// The connector worlds share `connector-types` too: generated with `source`, reused by `sink`.
+    /// The connector worlds share `connector-types` and `sql` too: generated with `source`, reused
+    /// by `sink`. (`PartialEq` only: `sql`'s values hold floats.)
     pub(crate) mod source {
         wasmtime::component::bindgen!({
             path: "../../sdk/wit",
             world: "source",
-            additional_derives: [PartialEq, Eq],
+            additional_derives: [PartialEq],
             with: {
                 "sluice:plugin/types": super::transform::sluice::plugin::types,
                 "sluice:plugin/host": super::transform::sluice::plugin::host,
@@ -77,16 +80,17 @@ mod bindings {
         wasmtime::component::bindgen!({
             path: "../../sdk/wit",
             world: "sink",
-            additional_derives: [PartialEq, Eq],
+            additional_derives: [PartialEq],
             with: {
                 "sluice:plugin/types": super::transform::sluice::plugin::types,
                 "sluice:plugin/host": super::transform::sluice::plugin::host,
                 "sluice:plugin/connector-types": super::source::sluice::plugin::connector_types,
+                "sluice:plugin/sql": super::source::sluice::plugin::sql,
             },
         });
     }
 
-    pub(crate) use source::sluice::plugin::connector_types;
+    pub(crate) use source::sluice::plugin::{connector_types, sql};
     pub(crate) use transform::sluice::plugin::{host, types};
 }
 
@@ -100,6 +104,7 @@ pub use error::PluginError;
 pub use host::{LogSink, TracingLogSink};
 pub use limits::*;
 pub use sandbox::InstanceConfig;
+pub use sql::{SqlCallError, SqlColumn, SqlConnection, SqlDialect, SqlFailure, SqlHost, SqlRows, SqlValue};
 pub use transform::{TransformInstance, TransformModule};
 pub use wasi::{DirAccess, Grants};
 pub use watchdog::run_with_watchdog;

@@ -11,7 +11,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::host::{HostState, LogSink, MemoryCapExceeded, TracingLogSink};
 use crate::limits::{CONFIG_BYTES_MAX, CONFIG_ENTRIES_MAX, Limits, OUTPUT_BYTES_PER_CALL_MAX};
 use crate::wasi::WaitOutlastsBudget;
-use crate::{Engine, Grants, PluginError};
+use crate::{Engine, Grants, PluginError, SqlHost};
 
 /// Everything an instance of any world is made with. World-specific arguments (a transform's
 /// output topics) are passed to that world's `instantiate`.
@@ -22,6 +22,9 @@ pub struct InstanceConfig {
     pub limits: Limits,
     pub grants: Grants,
     pub log_sink: Arc<dyn LogSink>,
+    /// What answers the `sql` import of the connector worlds; `None` for transforms and for
+    /// connectors without databases.
+    pub sql: Option<Arc<dyn SqlHost>>,
 }
 
 impl InstanceConfig {
@@ -32,6 +35,7 @@ impl InstanceConfig {
             limits: Limits::default(),
             grants: Grants::default(),
             log_sink: Arc::new(TracingLogSink { plugin: plugin.to_owned() }),
+            sql: None,
         }
     }
 
@@ -65,7 +69,7 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     pub fn new(engine: &Engine, config: &InstanceConfig) -> Result<Sandbox, PluginError> {
         config.validate()?;
-        let state = HostState::new(config.grants.wasi_ctx()?, config.log_sink.clone(), config.limits.memory_bytes);
+        let state = HostState::new(config.grants.wasi_ctx()?, config.log_sink.clone(), config.limits.memory_bytes, config.sql.clone());
         let mut store = Store::new(&engine.inner.engine, state);
         store.limiter(|state| state);
         // Lifting what the guest returns or passes to an import checks this before allocating.

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use wasmtime::component::{InstancePre, Linker};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::WIT_VERSION;
 use crate::bindings::sink::SinkPre;
@@ -54,10 +54,12 @@ impl World {
     }
 
     /// Link the imports this world has beyond the shared ones (WASI and `host`).
-    pub(crate) fn add_imports(self, _linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    pub(crate) fn add_imports(self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         match self {
-            // A transform, a source and a sink import only `host` (the `sql` capability comes later).
-            World::Transform | World::Source | World::Sink => Ok(()),
+            // A transform imports only `host`.
+            World::Transform => Ok(()),
+            // Connectors may import `sql` (answered by the runtime's `SqlHost`, if it gave one).
+            World::Source | World::Sink => crate::bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state),
         }
     }
 

@@ -250,7 +250,7 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
             });
 
             use self::sluice::plugin::connector_types as ct;
-            use self::sluice::plugin::{host, types};
+            use self::sluice::plugin::{host, sql, types};
 
             fn host_log(level: ::sluice::log::Level, message: &str) {
                 let level = match level {
@@ -293,8 +293,112 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
                 ct::ConnectorError { message, retriable }
             }
 
+            /// The `sql` import, for `sluice::sql`: converts between the SDK's types and the
+            /// generated ones (the SDK cannot name the bindings, which live in this crate).
+            struct SqlBackend;
+
+            fn sql_value_in(value: &::sluice::sql::Value) -> sql::Value {
+                use ::sluice::sql::Value as V;
+                match value {
+                    V::Null => sql::Value::Null,
+                    V::Bool(v) => sql::Value::Boolean(*v),
+                    V::Int(v) => sql::Value::Int(*v),
+                    V::Float(v) => sql::Value::Float(*v),
+                    V::Decimal(v) => sql::Value::Decimal(v.clone()),
+                    V::Text(v) => sql::Value::Text(v.clone()),
+                    V::Bytes(v) => sql::Value::Bytes(v.clone()),
+                    V::Json(v) => sql::Value::Json(v.clone()),
+                    V::Date(v) => sql::Value::Date(v.clone()),
+                    V::Time(v) => sql::Value::Time(v.clone()),
+                    V::Timestamp(v) => sql::Value::Timestamp(v.clone()),
+                    V::TimestampTz(v) => sql::Value::Timestamptz(v.clone()),
+                    V::Uuid(v) => sql::Value::Uuid(v.clone()),
+                }
+            }
+
+            fn sql_value_out(value: sql::Value) -> ::sluice::sql::Value {
+                use ::sluice::sql::Value as V;
+                match value {
+                    sql::Value::Null => V::Null,
+                    sql::Value::Boolean(v) => V::Bool(v),
+                    sql::Value::Int(v) => V::Int(v),
+                    sql::Value::Float(v) => V::Float(v),
+                    sql::Value::Decimal(v) => V::Decimal(v),
+                    sql::Value::Text(v) => V::Text(v),
+                    sql::Value::Bytes(v) => V::Bytes(v),
+                    sql::Value::Json(v) => V::Json(v),
+                    sql::Value::Date(v) => V::Date(v),
+                    sql::Value::Time(v) => V::Time(v),
+                    sql::Value::Timestamp(v) => V::Timestamp(v),
+                    sql::Value::Timestamptz(v) => V::TimestampTz(v),
+                    sql::Value::Uuid(v) => V::Uuid(v),
+                }
+            }
+
+            fn sql_error(error: sql::SqlError) -> ::sluice::sql::SqlError {
+                use ::sluice::sql::Failure as F;
+                let failure = match error.failure {
+                    sql::Failure::UnknownConnection => F::UnknownConnection,
+                    sql::Failure::Limit => F::Limit,
+                    sql::Failure::Unavailable => F::Unavailable,
+                    sql::Failure::Refused => F::Refused,
+                    sql::Failure::TimedOut => F::TimedOut,
+                    sql::Failure::Unsupported => F::Unsupported,
+                    sql::Failure::Misuse => F::Misuse,
+                };
+                ::sluice::sql::SqlError { failure, sqlstate: error.sqlstate, message: error.message }
+            }
+
+            impl ::sluice::sql::Backend for SqlBackend {
+                fn open(&self, name: &str) -> ::core::result::Result<(u32, ::sluice::sql::Dialect, bool), ::sluice::sql::SqlError> {
+                    let conn = sql::open(name).map_err(sql_error)?;
+                    let dialect = match conn.dialect {
+                        sql::Dialect::Postgres => ::sluice::sql::Dialect::Postgres,
+                        sql::Dialect::Mysql => ::sluice::sql::Dialect::MySql,
+                        sql::Dialect::Sqlite => ::sluice::sql::Dialect::Sqlite,
+                    };
+                    ::core::result::Result::Ok((conn.handle, dialect, conn.managed))
+                }
+
+                fn close(&self, handle: u32) {
+                    sql::close(handle);
+                }
+
+                fn query(&self, handle: u32, statement: &str, params: &[::sluice::sql::Value]) -> ::core::result::Result<::sluice::sql::Rows, ::sluice::sql::SqlError> {
+                    let params: ::std::vec::Vec<sql::Value> = params.iter().map(sql_value_in).collect();
+                    let rows = sql::query(handle, statement, &params).map_err(sql_error)?;
+                    ::core::result::Result::Ok(::sluice::sql::Rows {
+                        columns: rows.columns.into_iter().map(|c| ::sluice::sql::Column { name: c.name, type_name: c.type_name }).collect(),
+                        rows: rows.rows.into_iter().map(|row| row.into_iter().map(sql_value_out).collect()).collect(),
+                    })
+                }
+
+                fn execute(&self, handle: u32, statement: &str, params: &[::sluice::sql::Value]) -> ::core::result::Result<u64, ::sluice::sql::SqlError> {
+                    let params: ::std::vec::Vec<sql::Value> = params.iter().map(sql_value_in).collect();
+                    sql::execute(handle, statement, &params).map_err(sql_error)
+                }
+
+                fn execute_batch(&self, handle: u32, statement: &str, rows: &[::std::vec::Vec<::sluice::sql::Value>]) -> ::core::result::Result<::std::vec::Vec<u64>, ::sluice::sql::SqlError> {
+                    let rows: ::std::vec::Vec<::std::vec::Vec<sql::Value>> = rows.iter().map(|row| row.iter().map(sql_value_in).collect()).collect();
+                    sql::execute_batch(handle, statement, &rows).map_err(sql_error)
+                }
+
+                fn begin(&self, handle: u32) -> ::core::result::Result<(), ::sluice::sql::SqlError> {
+                    sql::begin(handle).map_err(sql_error)
+                }
+
+                fn commit(&self, handle: u32) -> ::core::result::Result<(), ::sluice::sql::SqlError> {
+                    sql::commit(handle).map_err(sql_error)
+                }
+
+                fn rollback(&self, handle: u32) -> ::core::result::Result<(), ::sluice::sql::SqlError> {
+                    sql::rollback(handle).map_err(sql_error)
+                }
+            }
+
             fn on_init() {
                 ::sluice::log::set_host_log(host_log);
+                ::sluice::sql::set_backend(&SqlBackend);
                 // A panic traps the instance; log its message first so the host can say why.
                 ::std::panic::set_hook(::std::boxed::Box::new(|info| host_log(::sluice::log::Level::Error, &info.to_string())));
             }

@@ -33,6 +33,7 @@ pub mod connector;
 mod error;
 pub mod log;
 mod record;
+pub mod sql;
 pub mod testing;
 mod writer;
 

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::{Reply, blocking};
 use crate::broker::Broker;
+use crate::budget::Charge;
 use crate::error::storage_error_code;
 use crate::topic::Topic;
 
@@ -54,12 +55,15 @@ fn count_records(bytes: &Bytes) -> u64 {
     records
 }
 
-/// One pass over every requested partition. Returns the response and the bytes it carries.
-fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, usize, bool) {
+/// One pass over every requested partition. Returns the response, the bytes it carries and what it
+/// holds of the broker-wide reply budget (exactly those bytes).
+fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, usize, bool, Charge) {
     let mut total = 0usize;
     // Replies already built and not yet read by their peers count against every Fetch: past the
-    // broker-wide budget a Fetch returns only the one batch KIP-74 requires (see `budget`).
-    let max_bytes = plan.max_bytes.min(broker.fetch_reply_bytes().available());
+    // broker-wide budget a Fetch returns only the one batch KIP-74 requires (see `budget`). The room
+    // is reserved before reading, so concurrent Fetches never both read into the same room.
+    let mut charge = broker.fetch_reply_bytes().reserve(plan.max_bytes);
+    let max_bytes = charge.bytes();
     let mut any_error = false;
     let responses = plan
         .topics
@@ -132,7 +136,8 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                 .with_partitions(partitions)
         })
         .collect();
-    (responses, total, any_error)
+    charge.resize(total);
+    (responses, total, any_error, charge)
 }
 
 pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
@@ -143,11 +148,11 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
     // Fetch v0-2 had no response-level limit.
     let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
     let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1 };
-    let (responses, total, any_error) = read_all(broker, &plan);
+    let (responses, total, any_error, charge) = read_all(broker, &plan);
     let max_wait = request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64;
     let min_bytes = request.min_bytes.max(0) as usize;
     if total >= min_bytes.max(1) || max_wait == 0 || any_error {
-        return Reply::Ready(FetchResponse::default().with_responses(responses).into());
+        return Reply::ReadyHolding(FetchResponse::default().with_responses(responses).into(), charge);
     }
     let mut watches: Vec<watch::Receiver<i64>> = plan
         .topics
@@ -158,12 +163,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
         })
         .collect();
     if watches.is_empty() {
-        return Reply::Ready(FetchResponse::default().with_responses(responses).into());
+        return Reply::ReadyHolding(FetchResponse::default().with_responses(responses).into(), charge);
     }
     let broker = Arc::clone(broker);
     Reply::Deferred(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(max_wait);
-        let mut responses = responses;
+        let (mut responses, mut charge) = (responses, charge);
         for receiver in watches.iter_mut() {
             receiver.borrow_and_update();
         }
@@ -174,16 +179,17 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
                 Ok((Err(_), _, _)) => break,
                 Ok((Ok(()), _, _)) => {}
             }
-            let (again, total, any_error) = read_all(&broker, &plan);
-            responses = again;
+            let (again, total, any_error, held) = read_all(&broker, &plan);
+            (responses, charge) = (again, held);
             if total >= min_bytes || any_error {
                 break;
             }
         }
         if Instant::now() >= deadline {
             // Data may have arrived right at the deadline.
-            responses = read_all(&broker, &plan).0;
+            let (again, _, _, held) = read_all(&broker, &plan);
+            (responses, charge) = (again, held);
         }
-        ResponseKind::from(FetchResponse::default().with_responses(responses))
+        (ResponseKind::from(FetchResponse::default().with_responses(responses)), Some(charge))
     }))
 }

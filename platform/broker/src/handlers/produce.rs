@@ -191,7 +191,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 entry.error_message = Some(str_bytes(error.1));
             }
         }
-        ResponseKind::from(response)
+        (ResponseKind::from(response), None)
     }))
 }
 

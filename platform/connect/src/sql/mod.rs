@@ -1,5 +1,6 @@
-//! The host side of the `sql` capability: what a connector module will import to talk to databases
-//! (the WIT interface and its bindings come next; this is the Rust the bindings will call).
+//! The host side of the `sql` capability: what a connector module imports (`interface sql` in
+//! `sdk/wit/plugin.wit`) to talk to databases. [`SqlSession`] (`session.rs`) answers the Wasm
+//! import over [`Sql`] and holds a sink's managed connection.
 //!
 //! - **Connections by name.** A connector's config declares its connections ([`ConnectionSpec`]:
 //!   `connection.url`/`.user`/`.password` is `default`, `connections.<name>.*` the others). A module
@@ -24,6 +25,9 @@
 
 mod decode;
 mod encode;
+mod session;
+
+pub use session::{MANAGED_CONNECTION, MANAGED_HANDLE, SqlSession};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -327,6 +331,31 @@ impl ConnectionSpec {
     }
 }
 
+/// What makes a task's [`Sql`]: the connector's connections and the broker's runtime.
+#[derive(Clone)]
+pub struct SqlFactory {
+    pub specs: BTreeMap<String, ConnectionSpec>,
+    pub runtime: tokio::runtime::Handle,
+    pub limits: SqlLimits,
+    /// Whether the connector declares a `default` connection (`connection.url`).
+    pub has_default: bool,
+}
+
+impl SqlFactory {
+    /// `None` for a connector that declares no connection.
+    pub fn new(specs: BTreeMap<String, ConnectionSpec>, runtime: tokio::runtime::Handle) -> Option<SqlFactory> {
+        if specs.is_empty() {
+            return None;
+        }
+        let has_default = specs.contains_key(MANAGED_CONNECTION);
+        Some(SqlFactory { specs, runtime, limits: SqlLimits::default(), has_default })
+    }
+
+    pub fn open(&self) -> Result<Sql, ConnectError> {
+        Sql::new(self.specs.clone(), self.runtime.clone(), self.limits)
+    }
+}
+
 /// A connection a module opened, by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnHandle(pub u32);
@@ -469,6 +498,26 @@ impl Sql {
                 Conn::Sqlite(c) => c.close().await,
             };
             Ok(())
+        })
+    }
+
+    /// Whether `handle` is open (a connection whose call broke is closed by the capability).
+    pub fn is_open(&self, handle: ConnHandle) -> bool {
+        self.open.contains_key(&handle)
+    }
+
+    /// Whether a transaction is open on `handle`.
+    pub fn in_transaction(&self, handle: ConnHandle) -> bool {
+        self.open.get(&handle).is_some_and(|open| open.in_transaction)
+    }
+
+    /// Which database `handle` talks to.
+    pub fn dialect(&self, handle: ConnHandle) -> Result<Dialect, ConnectError> {
+        let open = self.open.get(&handle).ok_or_else(|| unknown_handle(handle))?;
+        Ok(match open.conn {
+            Conn::Postgres(_) => Dialect::Postgres,
+            Conn::MySql(_) => Dialect::MySql,
+            Conn::Sqlite(_) => Dialect::Sqlite,
         })
     }
 

@@ -5,6 +5,7 @@
 //!
 //! The server binaries come from Debian's `postgresql` and `mariadb-server` packages (`test.sh`
 //! installs them). PostgreSQL refuses to run as root, so as root its programs run as `nobody`.
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ fn wait_for_port(port: u16, child: &mut Option<Child>, log: &Path) {
 pub struct Postgres {
     pub port: u16,
     data: PathBuf,
+    options: String,
     _dir: tempfile::TempDir,
 }
 
@@ -110,17 +112,32 @@ impl Postgres {
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c wal_level=logical -c fsync=off",
             dir.path().display()
         );
+        let postgres = Postgres { port, data, options, _dir: dir };
+        postgres.start_again();
+        postgres
+    }
+
+    fn log(&self) -> PathBuf {
+        self._dir.path().join("postgres.log")
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]) on the same port and data.
+    pub fn start_again(&self) {
         run(
             as_postgres_user(&postgres_bin("pg_ctl"))
                 .arg("-D")
-                .arg(&data)
-                .args(["-w", "-t", "60", "-o", &options, "-l"])
-                .arg(dir.path().join("postgres.log"))
+                .arg(&self.data)
+                .args(["-w", "-t", "60", "-o", &self.options, "-l"])
+                .arg(self.log())
                 .arg("start"),
             "pg_ctl start",
         );
-        wait_for_port(port, &mut None, &dir.path().join("postgres.log"));
-        Postgres { port, data, _dir: dir }
+        wait_for_port(self.port, &mut None, &self.log());
+    }
+
+    /// Stops the server at once (`-m immediate`: connections are cut, as in a crash).
+    pub fn stop(&self) {
+        run(as_postgres_user(&postgres_bin("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]), "pg_ctl stop");
     }
 
     pub fn url(&self) -> String {

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The guests these tests use, by package name.
-const GUESTS: &[&str] = &["file-source", "file-sink", "fixture-hostile-source", "pii-mask"];
+const GUESTS: &[&str] = &["file-source", "file-sink", "fixture-hostile-source", "pii-mask", "jdbc-sink"];
 
 fn build() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
