@@ -223,7 +223,7 @@ fn a_crash_after_the_commit_before_settling_promotes_the_positions_at_the_next_s
 }
 
 #[test]
-fn a_stopped_connector_settles_its_pending_positions_and_an_alteration_starts_from_them() {
+fn a_stopped_connector_has_its_pending_positions_settled_without_its_task_starting() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime();
     let starts = Starts::default();
