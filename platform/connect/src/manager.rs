@@ -7,7 +7,7 @@
 //! | reconfigure | validate, persist, replace every task; the target state stays |
 //! | pause | tasks stay, stop working (PAUSED); nothing is lost |
 //! | resume | PAUSED or STOPPED → RUNNING (a stopped connector's tasks start again) |
-//! | stop | tasks shut down (the connector shows STOPPED with no tasks); config and positions stay, and positions may then be altered or reset |
+//! | stop | tasks shut down (the connector shows STOPPED with no tasks); config and positions stay (positions a crash left pending are settled), and positions may then be altered or reset |
 //! | restart | plain: the connector, if it FAILED; `includeTasks`: its tasks too; `onlyFailed`: only what FAILED |
 //! | delete | stop and forget (positions stay, as in Connect: a new connector of the same name resumes from them) |
 //!
@@ -35,7 +35,7 @@ use crate::plugins::{Catalog, ConnectorPlugin};
 use crate::sink::{SinkDriver, SinkSettings};
 use crate::sql::SqlFactory;
 use crate::store::{Store, StoredConnector, TargetState};
-use crate::task::{SourceDriver, TaskConfig, TaskShared};
+use crate::task::{SourceDriver, TaskConfig, TaskShared, settle_stopped_tasks};
 
 /// Most connectors one broker runs.
 pub const CONNECTORS_MAX: usize = 1_000;
@@ -220,6 +220,7 @@ impl ConnectorManager {
         connector.kind = Some(parsed.kind());
         connector.tasks_max = parsed.tasks_max;
         if connector.stored.target_state == TargetState::Stopped {
+            self.settle_or_warn(&connector.stored.name);
             return connector;
         }
         let name = connector.stored.name.clone();
@@ -257,6 +258,14 @@ impl ConnectorManager {
         self.supervisor.insert(&name, Arc::clone(&set));
         connector.tasks = Some(set);
         connector
+    }
+
+    /// Settles the positions a stopped connector's tasks left pending (see `crate::task`); a failure
+    /// is logged, and the next start or alteration settles them again.
+    fn settle_or_warn(&self, name: &str) {
+        if let Err(error) = settle_stopped_tasks(&self.host, &self.offsets, name) {
+            tracing::warn!(connector = name, %error, "cannot settle the pending positions of a stopped connector yet");
+        }
     }
 
     /// Takes a connector's tasks out of the supervisor and stops them (each aborts what it had open).
@@ -382,6 +391,7 @@ impl ConnectorManager {
         if let Some(connector) = self.connectors.lock().get_mut(name) {
             connector.failure = None;
         }
+        self.settle_or_warn(name);
         tracing::info!(connector = name, "connector stopped; its config and positions are kept");
         Ok(())
     }
@@ -551,6 +561,10 @@ impl ConnectorManager {
         }
         if kind == ConnectorType::Sink {
             self.alter_sink_target(name, Some(entries))?;
+        } else {
+            // Positions whose transaction committed are settled first, so the alteration starts
+            // from where the records are (it drops whatever stays pending).
+            settle_stopped_tasks(&self.host, &self.offsets, name)?;
         }
         self.offsets.alter(name, entries)?;
         tracing::info!(connector = name, entries = entries.len(), "connector offsets altered");

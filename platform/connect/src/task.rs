@@ -5,10 +5,40 @@
 //! the broker, positions, the error policy, metrics and logs.
 //!
 //! [`SourceDriver`] is the supervised task of a source connector: `start` fences the task's previous
-//! transactional producer and hands the module its last saved positions; each `step` polls the
-//! module, writes the records it returned in one broker transaction (creating missing output topics
-//! with the broker's defaults), commits, then saves the positions the module reported. A poll that
-//! returns nothing sleeps for the idle time the module asked for (bounded by [`IDLE_MAX`]).
+//! transactional producer, settles the positions its last transaction left pending (below) and hands
+//! the module the connector's positions; each `step` polls the module and writes the records it
+//! returned in one broker transaction (creating missing output topics with the broker's defaults),
+//! together with the positions the module reported. A poll that returns nothing sleeps for the idle
+//! time the module asked for (bounded by [`IDLE_MAX`]).
+//!
+//! Exactly once: a poll's records and its positions commit together or not at all, so a crash at any
+//! instant neither loses nor repeats a source row. The positions live in the [`OffsetStore`] file,
+//! which cannot join the transaction, so the transaction carries a marker instead:
+//!
+//! 1. the driver stages the positions in the store as the task's pending set, with a sequence number
+//!    S one more than the marker the task's group (named like its transactional id) has committed on
+//!    the partition the transaction writes first;
+//! 2. it sends the records and, with `send_offsets`, S as that group's offset on that partition;
+//! 3. it commits: the records and the marker become visible together;
+//! 4. it settles the pending set: promotes it into the stored positions.
+//!
+//! After a crash anywhere in 1–4, the next `start` creates the producer (which aborts the dead
+//! incarnation's open transaction, or finishes its prepared commit), then reads the marker: at least
+//! S means the transaction committed and the set is promoted; less (or none) means it did not, its
+//! records are aborted, and the set is dropped, so the module polls the same rows again from the old
+//! position. The marker sits on a partition the records went to rather than on a topic of its own:
+//! the group offset needs an existing partition (TxnOffsetCommit refuses unknown ones), and this way
+//! no topic of the runtime's shows up for clients, counts against `max.topics`, or can be deleted on
+//! its own. (Deleting the marker's topic deletes its offsets too: done after a crash in the window
+//! between 3 and 4 and before the task starts again, it drops the set, and rows the transaction also
+//! wrote to other topics are written again.) A poll with positions but no records saves them
+//! directly: no row depends on them, so a crash that forgets them only makes the module look again.
+//!
+//! A pending set is settled when its task starts. A STOPPED connector's tasks do not start, so the
+//! manager settles theirs ([`settle_stopped_tasks`]) when it stops a connector, when it restores a
+//! stopped one at broker start, and before KIP-875 alters its positions. The marker is a group offset:
+//! it expires `offsets.retention.ms` after the broker started if nothing commits again, so a set left
+//! unsettled that long (a task that cannot start) would be dropped even if its transaction committed.
 //!
 //! Failures: a retriable module error or a broker error resets the task (its open transaction is
 //! aborted, the module is stopped) and the supervisor retries with backoff, showing the error; a
@@ -17,9 +47,8 @@
 //! or resumed.
 //!
 //! Not yet here (the next pieces): the sink driver (committed input → `put` → the target
-//! transaction that also holds the input position), the transform chain between module and topics,
-//! and positions committed inside the records' transaction (today they are saved right after it
-//! commits: at least once across a crash between the two).
+//! transaction that also holds the input position) and the transform chain between module and
+//! topics.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +61,8 @@ use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, Tas
 use sluice_wasm::LogLevel;
 
 use crate::config::ConnectorType;
-use crate::offsets::{ConnectorOffset, OffsetStore, check_entry};
+use crate::error::ConnectError;
+use crate::offsets::{ConnectorOffset, OffsetStore, PendingPositions, check_entry};
 use crate::plugins::ConnectorPlugin;
 use crate::sql::{SqlFactory, SqlSession};
 
@@ -95,7 +125,7 @@ pub struct SourceRecord {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SourcePoll {
     pub records: Vec<SourceRecord>,
-    /// Positions after these records, per source partition (saved once the records are committed).
+    /// Positions after these records, per source partition (committed with the records).
     pub positions: Vec<(Map<String, Value>, Map<String, Value>)>,
     /// With no records: how long to wait before polling again.
     pub idle: Duration,
@@ -163,8 +193,44 @@ impl TaskShared {
     }
 
     fn transactional_id(&self, task: i32) -> String {
-        format!("__sluice-connect-{}-{task}", self.config.connector)
+        transactional_id(&self.config.connector, task)
     }
+}
+
+/// A source task's transactional id, which also names the group whose offsets carry its markers.
+fn transactional_id(connector: &str, task: i32) -> String {
+    format!("__sluice-connect-{connector}-{task}")
+}
+
+/// Settles the task's pending positions, if it has some, by the marker its transaction committed (or
+/// did not). `producer` is the task's freshly initialised producer: its creation fenced the previous
+/// one and finished or aborted its transaction, so the marker is final.
+fn settle(host: &Host, offsets: &OffsetStore, connector: &str, task: i32, producer: &TransactionalProducer) -> Result<(), ConnectError> {
+    let Some(pending) = offsets.pending(connector, task)? else { return Ok(()) };
+    let marker = host.committed_offset(producer.transactional_id(), &pending.marker_topic, pending.marker_partition);
+    let committed = marker.is_some_and(|m| m >= pending.seq);
+    offsets.settle(connector, task, pending.seq, committed)
+}
+
+/// Settles every pending set of a connector whose tasks are not running (STOPPED), fencing each such
+/// task's producer first: such a set would otherwise wait for the task's next start, and its marker
+/// could expire meanwhile. Blocking file I/O.
+pub fn settle_stopped_tasks(host: &Host, offsets: &OffsetStore, connector: &str) -> Result<(), ConnectError> {
+    for task in offsets.pending_tasks(connector)? {
+        let producer = host.producer(&transactional_id(connector, task), TXN_TIMEOUT_MS)?;
+        settle(host, offsets, connector, task, &producer)?;
+    }
+    Ok(())
+}
+
+/// For tests: where a step stops as if the process died there (no abort, no settling).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The records and the marker were sent; the transaction is still open.
+    BeforeCommit,
+    /// The transaction committed; its pending positions were not promoted.
+    BeforeSettle,
 }
 
 /// The supervised task of a source connector.
@@ -175,12 +241,31 @@ pub struct SourceDriver {
     producer: Option<TransactionalProducer>,
     /// A failure found while starting that no retry can fix: the next step reports it.
     fatal: Option<String>,
+    crash_at: Option<CrashPoint>,
 }
+
+/// Records grouped by the partition they go to, in order.
+type Batches = BTreeMap<(String, i32), Vec<ProducerRecord>>;
 
 impl SourceDriver {
     pub fn new(shared: Arc<TaskShared>, task: i32) -> SourceDriver {
         let config = shared.task_config(task);
-        SourceDriver { shared, config, module: None, producer: None, fatal: None }
+        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None }
+    }
+
+    /// For tests: the next step with records and positions stops at `point` with an error, as if the
+    /// process died there; drop the driver without `reset` to leave the broker as a crash would.
+    #[doc(hidden)]
+    pub fn crash_at(&mut self, point: CrashPoint) {
+        self.crash_at = Some(point);
+    }
+
+    fn crash(&mut self, point: CrashPoint) -> Result<(), RuntimeError> {
+        if self.crash_at == Some(point) {
+            self.crash_at = None;
+            return Err(RuntimeError::Invalid(format!("simulated crash at {point:?}")));
+        }
+        Ok(())
     }
 
     fn failed(&self, message: String) -> Step {
@@ -198,9 +283,11 @@ impl SourceDriver {
         }
     }
 
-    fn write(&mut self, records: Vec<SourceRecord>) -> Result<(u64, u64), RuntimeError> {
+    /// Groups the records by partition, creating missing topics; returns them with their count and
+    /// bytes.
+    fn batches(&self, records: Vec<SourceRecord>) -> Result<(Batches, u64, u64), RuntimeError> {
         let host = &self.shared.host;
-        let mut batches: BTreeMap<(String, i32), Vec<ProducerRecord>> = BTreeMap::new();
+        let mut batches = Batches::new();
         let mut partitions_of: BTreeMap<String, i32> = BTreeMap::new();
         let (mut count, mut bytes) = (0u64, 0u64);
         for record in records {
@@ -238,19 +325,60 @@ impl SourceDriver {
                 timestamp_ms: record.timestamp_ms,
             });
         }
+        Ok((batches, count, bytes))
+    }
+
+    /// Writes the batches and, if there are positions, stages them and commits their marker in the
+    /// same transaction, then commits and settles (see the module docs for the order and why).
+    /// `count` and `bytes` are the batches' records and bytes, counted once they commit.
+    fn write(&mut self, batches: Batches, count: u64, bytes: u64, positions: Vec<ConnectorOffset>) -> Result<Option<Step>, RuntimeError> {
+        let connector = self.config.connector.clone();
+        let group = self.shared.transactional_id(self.config.task);
+        let staged = match batches.keys().next() {
+            Some((topic, partition)) if !positions.is_empty() => {
+                // One more than the marker the group holds on this partition: only this task's
+                // transactions move it (the group name is internal), one at a time, so it reaches
+                // `seq` exactly when this transaction commits.
+                let seq = self.shared.host.committed_offset(&group, topic, *partition).unwrap_or(0).max(0) + 1;
+                let pending = PendingPositions { seq, marker_topic: topic.clone(), marker_partition: *partition, entries: positions };
+                match self.shared.offsets.stage(&connector, self.config.task, pending) {
+                    Ok(()) => {}
+                    Err(ConnectError::BadRequest(message)) => {
+                        return Ok(Some(self.failed(format!("poll returned positions the runtime cannot store: {message}"))));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+                Some((topic.clone(), *partition, seq))
+            }
+            _ => None,
+        };
         let producer = self.producer.as_mut().ok_or_else(|| RuntimeError::Invalid("the task has no producer".into()))?;
         for ((topic, partition), batch) in &batches {
             producer.send(topic, *partition, batch)?;
         }
+        if let Some((topic, partition, seq)) = &staged {
+            producer.send_offsets(&group, &[(topic.clone(), *partition, *seq)])?;
+        }
+        self.crash(CrashPoint::BeforeCommit)?;
+        let producer = self.producer.as_mut().ok_or_else(|| RuntimeError::Invalid("the task has no producer".into()))?;
         producer.commit()?;
-        Ok((count, bytes))
+        self.shared.metrics.records_out.inc_by(count);
+        self.shared.bytes_out.inc_by(bytes);
+        self.crash(CrashPoint::BeforeSettle)?;
+        if let Some((_, _, seq)) = staged {
+            self.shared.offsets.settle(&connector, self.config.task, seq, true).map_err(RuntimeError::from)?;
+        }
+        Ok(None)
     }
 }
 
 impl Task for SourceDriver {
     fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
         self.fatal = None;
-        self.producer = Some(self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?);
+        let producer = self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?;
+        // Before the positions are read: they must include the last transaction's if it committed.
+        settle(&self.shared.host, &self.shared.offsets, &self.config.connector, self.config.task, &producer)?;
+        self.producer = Some(producer);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
         let sql = self.shared.sql.as_ref().map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, false)))).transpose()?;
         let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs, sql) {
@@ -297,20 +425,23 @@ impl Task for SourceDriver {
             return Ok(Step::Idle);
         }
         // Positions are checked against the offset store's rules before any record is written: one
-        // refused after the records committed would make the task retry from the old position and
-        // write the same records again on every retry.
+        // refused after the records committed could never be settled.
         let positions: Vec<ConnectorOffset> =
             poll.positions.into_iter().map(|(partition, offset)| ConnectorOffset { partition, offset: Some(offset) }).collect();
         if let Some(error) = positions.iter().find_map(|entry| check_entry(ConnectorType::Source, entry).err()) {
             return Ok(self.failed(format!("poll returned a position the runtime cannot store: {error}")));
         }
-        let (count, bytes) = self.write(poll.records)?;
-        if !positions.is_empty() {
-            self.shared.offsets.alter(&self.config.connector, &positions).map_err(RuntimeError::from)?;
+        if poll.records.is_empty() {
+            return match self.shared.offsets.save_positions(&self.config.connector, &positions) {
+                Ok(()) => Ok(Step::Progress),
+                Err(ConnectError::BadRequest(message)) => {
+                    Ok(self.failed(format!("poll returned positions the runtime cannot store: {message}")))
+                }
+                Err(error) => Err(error.into()),
+            };
         }
-        self.shared.metrics.records_out.inc_by(count);
-        self.shared.bytes_out.inc_by(bytes);
-        Ok(Step::Progress)
+        let (batches, count, bytes) = self.batches(poll.records)?;
+        Ok(self.write(batches, count, bytes, positions)?.unwrap_or(Step::Progress))
     }
 
     fn reset(&mut self) {
