@@ -19,6 +19,7 @@ use sluice_connect::ConnectError;
 use sluice_connect::config::{ConfigKeyDef, ConnectorType};
 use sluice_connect::offsets::{ConnectorOffset, OffsetStore};
 use sluice_connect::plugins::{ConnectorPlugin, PluginSpec};
+use sluice_connect::sql::SqlSession;
 use sluice_connect::task::{CrashPoint, SinkModule, SourceDriver, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskShared};
 use sluice_connect::task::{ModuleError, settle_stopped_tasks};
 use sluice_runtime::{LogBuffer, MetricFamilies, Task, TaskControl};
@@ -49,11 +50,21 @@ impl ConnectorPlugin for RowsPlugin {
         &self.spec
     }
 
-    fn source_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(
+        &self,
+        _task: &TaskConfig,
+        _logs: &Arc<LogBuffer>,
+        _sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SourceModule>, ConnectError> {
         Ok(Box::new(RowsSource { next: 0, starts: Arc::clone(&self.starts) }))
     }
 
-    fn sink_module(&self, _task: &TaskConfig, _logs: &Arc<LogBuffer>) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(
+        &self,
+        _task: &TaskConfig,
+        _logs: &Arc<LogBuffer>,
+        _sql: Option<Arc<SqlSession>>,
+    ) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest("a source".into()))
     }
 }
@@ -120,6 +131,7 @@ fn boot(dir: &Path, runtime: &tokio::runtime::Runtime, starts: &Starts) -> Incar
         bytes_out: prometheus::IntCounter::new("bytes_out_test", "test").unwrap(),
         logs: Arc::new(LogBuffer::new(CONNECTOR)),
         config: TaskConfig { connector: CONNECTOR.into(), task: 0, tasks: 1, config: BTreeMap::new(), topic_prefix: None },
+        sql: None,
     });
     let mut driver = SourceDriver::new(shared, 0);
     driver.start(&TaskControl::detached(0)).unwrap();
