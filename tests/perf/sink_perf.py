@@ -29,15 +29,9 @@ import uuid
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from transform_perf import http
+
 USER = "bench"
-
-
-def http(admin: str, method: str, path: str, body=None, timeout=120):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(admin + path, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        text = resp.read().decode()
-        return json.loads(text) if text else None
 
 
 def pg_bin(name: str) -> str:

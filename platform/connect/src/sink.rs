@@ -41,7 +41,7 @@ use crate::config::TopicSelection;
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
 use crate::sql::{ConnHandle, Dialect, Sql, SqlFactory, SqlSession, SqlValue};
-use crate::task::{PutError, SinkModule, SinkRecord, TaskConfig, TaskShared};
+use crate::task::{PutError, SinkModule, SinkRecord, TaskConfig, TaskShared, start_module};
 
 /// The table, in the target database, where sink tasks keep their input positions.
 pub const POSITIONS_TABLE: &str = "sluice_connect_offsets";
@@ -249,9 +249,7 @@ impl SinkDriver {
     }
 
     fn failed(&self, message: String) -> Step {
-        self.shared.metrics.error("task_failed").inc();
-        self.shared.logs.push(LogLevel::Error, &format!("task {} failed: {message}", self.config.task));
-        Step::Failed(message)
+        self.shared.fail(self.config.task, message)
     }
 
     /// The partitions this task reads now.
@@ -461,25 +459,12 @@ impl Task for SinkDriver {
                 self.target = Some(target);
                 Some(session)
             }
-            None => self
-                .shared
-                .sql
-                .as_ref()
-                .map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, false))))
-                .transpose()
-                .map_err(RuntimeError::from)?,
+            None => self.shared.sql_session(false)?,
         };
-        let mut module = match self.shared.plugin.sink_module(&self.config, &self.shared.logs, session) {
-            Ok(module) => module,
-            Err(error) => {
-                self.fatal = Some(error.to_string());
-                return Ok(());
-            }
-        };
-        match module.start(&self.config) {
-            Ok(()) => self.module = Some(module),
-            Err(error) if error.retriable => return Err(RuntimeError::Invalid(format!("starting the module: {}", error.message))),
-            Err(error) => self.fatal = Some(format!("starting the module: {}", error.message)),
+        let made = self.shared.plugin.sink_module(&self.config, &self.shared.logs, session);
+        match start_module(made, |module| module.start(&self.config))? {
+            Ok(module) => self.module = Some(module),
+            Err(fatal) => self.fatal = Some(fatal),
         }
         Ok(())
     }

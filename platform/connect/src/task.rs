@@ -172,6 +172,23 @@ pub trait SinkModule: Send {
     fn stop(&mut self);
 }
 
+/// Makes a task's module and starts it: `Ok(Ok(module))`; `Ok(Err(message))` for a failure no retry
+/// fixes (the task shows it FAILED at its next step); `Err` for one worth retrying after a backoff.
+pub(crate) fn start_module<M: ?Sized>(
+    made: Result<Box<M>, ConnectError>,
+    start: impl FnOnce(&mut M) -> Result<(), ModuleError>,
+) -> Result<Result<Box<M>, String>, RuntimeError> {
+    let mut module = match made {
+        Ok(module) => module,
+        Err(error) => return Ok(Err(error.to_string())),
+    };
+    match start(&mut module) {
+        Ok(()) => Ok(Ok(module)),
+        Err(error) if error.retriable => Err(RuntimeError::Invalid(format!("starting the module: {}", error.message))),
+        Err(error) => Ok(Err(format!("starting the module: {}", error.message))),
+    }
+}
+
 /// What the tasks of one connector share with the manager.
 pub struct TaskShared {
     pub host: Host,
@@ -190,6 +207,19 @@ pub struct TaskShared {
 impl TaskShared {
     pub fn task_config(&self, task: i32) -> TaskConfig {
         TaskConfig { task, ..self.config.clone() }
+    }
+
+    /// The task's database connections, if the connector declares any (`managed`: a sink's
+    /// `default` connection, whose transaction the driver owns).
+    pub(crate) fn sql_session(&self, managed: bool) -> Result<Option<Arc<SqlSession>>, ConnectError> {
+        self.sql.as_ref().map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, managed)))).transpose()
+    }
+
+    /// A task failing for good: counted, logged to the connector's log, FAILED with `message`.
+    pub(crate) fn fail(&self, task: i32, message: String) -> Step {
+        self.metrics.error("task_failed").inc();
+        self.logs.push(LogLevel::Error, &format!("task {task} failed: {message}"));
+        Step::Failed(message)
     }
 
     fn transactional_id(&self, task: i32) -> String {
@@ -269,9 +299,7 @@ impl SourceDriver {
     }
 
     fn failed(&self, message: String) -> Step {
-        self.shared.metrics.error("task_failed").inc();
-        self.shared.logs.push(LogLevel::Error, &format!("task {} failed: {message}", self.config.task));
-        Step::Failed(message)
+        self.shared.fail(self.config.task, message)
     }
 
     /// The partition a record goes to.
@@ -380,18 +408,10 @@ impl Task for SourceDriver {
         settle(&self.shared.host, &self.shared.offsets, &self.config.connector, self.config.task, &producer)?;
         self.producer = Some(producer);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
-        let sql = self.shared.sql.as_ref().map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, false)))).transpose()?;
-        let mut module = match self.shared.plugin.source_module(&self.config, &self.shared.logs, sql) {
-            Ok(module) => module,
-            Err(error) => {
-                self.fatal = Some(error.to_string());
-                return Ok(());
-            }
-        };
-        match module.start(&self.config, &positions.offsets) {
-            Ok(()) => self.module = Some(module),
-            Err(error) if error.retriable => return Err(RuntimeError::Invalid(format!("starting the module: {}", error.message))),
-            Err(error) => self.fatal = Some(format!("starting the module: {}", error.message)),
+        let made = self.shared.plugin.source_module(&self.config, &self.shared.logs, self.shared.sql_session(false)?);
+        match start_module(made, |module| module.start(&self.config, &positions.offsets))? {
+            Ok(module) => self.module = Some(module),
+            Err(fatal) => self.fatal = Some(fatal),
         }
         Ok(())
     }
