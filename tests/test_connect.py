@@ -9,9 +9,10 @@ restarting instances shown RESTARTING), KIP-875 (PUT .../stop → 204, GET/PATCH
 KIP-980 (POST /connectors with "initial_state"). Errors are {"error_code": <HTTP status>, "message": ...}: 404 for
 an unknown connector, 409 for one that exists, 400 for a bad request.
 
-No first-party connector module exists yet, so these tests run the broker with SLUICE_CONNECT_TEST_PLUGINS=1,
-which registers the Rust fixture `test-counter-source` (it writes "<task>:<n>" records to a topic and keeps
-{"task": t} -> {"next": n} positions). A broker without it lists no connector plugins.
+These tests run the broker with SLUICE_CONNECT_TEST_PLUGINS=1, which registers the Rust fixture
+`test-counter-source` (it writes "<task>:<n>" records to a topic and keeps {"task": t} -> {"next": n} positions),
+so that the API is checked without building Wasm guests; a broker without it lists no connector plugins until
+modules are uploaded. The first-party Wasm connectors run end to end in test_pipelines.py.
 """
 
 from __future__ import annotations
