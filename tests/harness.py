@@ -66,6 +66,16 @@ def require_binary() -> Path:
     return binary
 
 
+def sluice_cli(broker, *args: str, timeout: int = 180, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the `sluice` CLI against `broker` (bootstrap and admin URL from the environment, no colour);
+    with check=True it must exit 0."""
+    env = dict(os.environ, SLUICE_BROKERS=broker.bootstrap, SLUICE_ADMIN_URL=broker.admin_url, NO_COLOR="1")
+    proc = subprocess.run([str(require_binary()), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check:
+        assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free TCP ports on 127.0.0.1 (all sockets are held open until every port is chosen)."""
     socks = []

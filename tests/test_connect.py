@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT, cf_consume, http_request, require_binary, unique, wait_for
+from harness import sluice_cli as sluice, REPO_ROOT, cf_consume, http_request, require_binary, unique, wait_for
 
 COUNTER = "test-counter-source"
 COMMITTED = {"isolation.level": "read_committed"}
@@ -51,14 +51,6 @@ def assert_connect_error(status_and_body, code: int, fragment: str = ""):
     assert set(body) == {"error_code", "message"}, body
     assert body["error_code"] == code
     assert fragment in body["message"], body["message"]
-
-
-def sluice(broker, *args: str, check: bool = True, timeout: int = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SLUICE_BROKERS=broker.bootstrap, SLUICE_ADMIN_URL=broker.admin_url, NO_COLOR="1")
-    proc = subprocess.run([str(require_binary()), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    if check:
-        assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def counter_config(topic: str, **extra) -> dict:

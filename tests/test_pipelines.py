@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import REPO_ROOT, cf_produce, cf_producer, create_topic, http_request, require_binary, unique, wait_for
+from harness import sluice_cli as sluice, REPO_ROOT, cf_produce, cf_producer, create_topic, http_request, require_binary, unique, wait_for
 
 GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "release"
 
@@ -29,15 +29,6 @@ def jdbc_sink():
     path = GUEST_DIR / "jdbc_sink.wasm"
     assert path.exists(), f"{path} was not built"
     return path
-
-
-def sluice(broker, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    import os
-
-    env = dict(os.environ, SLUICE_BROKERS=broker.bootstrap, SLUICE_ADMIN_URL=broker.admin_url, NO_COLOR="1")
-    proc = subprocess.run([str(require_binary()), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def rest(broker, method: str, path: str, body=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique, wait_for
+from harness import sluice_cli as sluice, REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique, wait_for
 
 GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "release"
 GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world"]
@@ -37,14 +37,6 @@ def wasm(guests: Path, name: str) -> Path:
     path = guests / f"{name.replace('-', '_')}.wasm"
     assert path.exists(), f"{path} was not built"
     return path
-
-
-def sluice(broker, *args: str, timeout: int = 180, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SLUICE_BROKERS=broker.bootstrap, SLUICE_ADMIN_URL=broker.admin_url, NO_COLOR="1")
-    proc = subprocess.run([str(require_binary()), *args], capture_output=True, text=True, timeout=timeout, env=env)
-    if check:
-        assert proc.returncode == 0, f"sluice {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def status(broker, name: str) -> dict:

@@ -161,6 +161,15 @@ impl Target {
     }
 }
 
+/// A sink's KIP-875 entry (its shape checked by `offsets::check_entry`) as (topic, partition) and
+/// the offset, `None` for a `null` one.
+fn sink_position(entry: &ConnectorOffset) -> Option<((String, i32), Option<i64>)> {
+    let topic = entry.partition.get("kafka_topic").and_then(Value::as_str)?;
+    let partition = i32::try_from(entry.partition.get("kafka_partition").and_then(Value::as_i64)?).ok()?;
+    let offset = entry.offset.as_ref().and_then(|o| o.get("kafka_offset")).and_then(Value::as_i64);
+    Some(((topic.to_string(), partition), offset))
+}
+
 /// KIP-875 for a sink with a database: sets (`Some`, a `null` offset deleting) or resets (`None`)
 /// the connector's positions in the target's table, which is where its tasks start from. Called
 /// while the connector is stopped.
@@ -180,9 +189,8 @@ pub fn alter_target_positions(sql: &SqlFactory, connector: &str, entries: Option
             };
             let mut set = BTreeMap::new();
             for entry in entries {
-                let topic = entry.partition.get("kafka_topic").and_then(Value::as_str).unwrap_or_default().to_string();
-                let partition = entry.partition.get("kafka_partition").and_then(Value::as_i64).unwrap_or_default() as i32;
-                match entry.offset.as_ref().and_then(|o| o.get("kafka_offset")).and_then(Value::as_i64) {
+                let Some(((topic, partition), offset)) = sink_position(entry) else { continue };
+                match offset {
                     Some(offset) => {
                         set.insert((topic, partition), offset);
                     }
@@ -440,11 +448,8 @@ impl Task for SinkDriver {
         // Positions: the target's table when there is a database, else the offset store; the store
         // also holds what an operator set with PATCH for partitions the target has no row for.
         for entry in self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?.offsets {
-            let topic = entry.partition.get("kafka_topic").and_then(Value::as_str);
-            let partition = entry.partition.get("kafka_partition").and_then(Value::as_i64);
-            let offset = entry.offset.as_ref().and_then(|o| o.get("kafka_offset")).and_then(Value::as_i64);
-            if let (Some(topic), Some(partition), Some(offset)) = (topic, partition, offset) {
-                self.positions.insert((topic.to_string(), partition as i32), offset);
+            if let Some((key, Some(offset))) = sink_position(&entry) {
+                self.positions.insert(key, offset);
             }
         }
         // With a `default` connection the driver owns its transaction: exactly once.

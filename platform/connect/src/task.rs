@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use sluice_broker::host::{Host, HostError, ProducerRecord, TransactionalProducer};
+use sluice_broker::host::{Host, ProducerRecord, TransactionalProducer};
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
 use sluice_wasm::LogLevel;
 
@@ -322,17 +322,7 @@ impl SourceDriver {
             let partitions = match partitions_of.get(&record.topic) {
                 Some(n) => *n,
                 None => {
-                    let info = match host.topic(&record.topic) {
-                        Some(info) => info,
-                        None => match host.create_topic(&record.topic, None, &BTreeMap::new()) {
-                            Ok(info) => info,
-                            // Created meanwhile by someone else.
-                            Err(HostError::TopicRefused(_)) if host.topic(&record.topic).is_some() => {
-                                host.topic(&record.topic).ok_or_else(|| HostError::UnknownTopic(record.topic.clone()))?
-                            }
-                            Err(error) => return Err(error.into()),
-                        },
-                    };
+                    let info = crate::sink::ensure_topic(host, &record.topic)?;
                     partitions_of.insert(record.topic.clone(), info.partitions);
                     info.partitions
                 }

@@ -544,6 +544,10 @@ impl JdbcSink {
 /// columns (for upserts, also no key twice in a run: PostgreSQL refuses to update a row twice in one
 /// statement).
 fn runs(ops: &[Op]) -> Vec<Run> {
+    /// A write's key values, as one comparable string.
+    fn key_of(fields: &[(String, Json)], pk: &[String]) -> String {
+        pk.iter().filter_map(|k| fields.iter().find(|(n, _)| n == k)).map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\u{1}")
+    }
     let mut runs: Vec<Run> = Vec::new();
     let mut keys_in_run: BTreeSet<String> = BTreeSet::new();
     for (idx, op) in ops.iter().enumerate() {
@@ -551,13 +555,7 @@ fn runs(ops: &[Op]) -> Vec<Run> {
             (Some(run), Op::Write { table, fields, pk }) => match &ops[run.ops[0]] {
                 Op::Write { table: t, fields: f, .. } => {
                     let same = t == table && f.len() == fields.len() && f.iter().zip(fields).all(|(a, b)| a.0 == b.0);
-                    let key: String = pk
-                        .iter()
-                        .filter_map(|k| fields.iter().find(|(n, _)| n == k))
-                        .map(|(_, v)| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\u{1}");
-                    same && (pk.is_empty() || !keys_in_run.contains(&key))
+                    same && (pk.is_empty() || !keys_in_run.contains(&key_of(fields, pk)))
                 }
                 _ => false,
             },
@@ -568,9 +566,7 @@ fn runs(ops: &[Op]) -> Vec<Run> {
             keys_in_run.clear();
         }
         if let Op::Write { fields, pk, .. } = op {
-            let key: String =
-                pk.iter().filter_map(|k| fields.iter().find(|(n, _)| n == k)).map(|(_, v)| v.to_string()).collect::<Vec<_>>().join("\u{1}");
-            keys_in_run.insert(key);
+            keys_in_run.insert(key_of(fields, pk));
         }
         runs.last_mut().expect("pushed above").ops.push(idx);
     }
