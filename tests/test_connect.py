@@ -90,11 +90,21 @@ def values(broker, topic: str, expected: int) -> list[str]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_root_lists_and_a_broker_without_connector_modules_lists_no_plugins(broker):
+def test_root_lists_and_a_fresh_broker_lists_the_first_party_connectors(broker):
     status, root, _ = rest(broker, "GET", "/")
     assert status == 200 and set(root) == {"version", "commit", "kafka_cluster_id"}, root
     assert rest(broker, "GET", "/connectors")[:2] == (200, [])
-    assert rest(broker, "GET", "/connector-plugins")[:2] == (200, [])
+    status, plugins, _ = rest(broker, "GET", "/connector-plugins")
+    assert status == 200, plugins
+    assert {(p["class"], p["type"]) for p in plugins} == {
+        ("file-source", "source"), ("file-sink", "sink"), ("jdbc-source", "source"), ("jdbc-sink", "sink"),
+        ("postgres-cdc", "source")}, plugins
+    assert all(p["version"] for p in plugins), plugins
+    everything = rest(broker, "GET", "/connector-plugins?connectorsOnly=false")[1]
+    transforms = {p["class"] for p in everything if p["type"] == "transformation"}
+    assert {"pii-mask", "json-filter", "router", "json-to-msgpack"} <= transforms, everything
+    status, keys, _ = rest(broker, "GET", "/connector-plugins/jdbc-source/config")
+    assert status == 200 and {"mode", "incrementing.column.name", "table.whitelist"} <= {k["name"] for k in keys}, keys
     assert rest(broker, "GET", "/connectors?expand=status")[:2] == (200, {})
 
 
@@ -158,8 +168,11 @@ def test_errors_have_connects_shape_and_status_codes(connect_broker):
     bad["counter.mxa"] = "1"
     assert_connect_error(rest(b, "POST", "/connectors", {"name": "bad", "config": bad}), 400,
                          "Connector configuration is invalid and contains the following 2 error(s)")
-    assert_connect_error(rest(b, "POST", "/connectors", {"name": "x", "config": {"connector.class": "io.confluent.connect.jdbc.JdbcSourceConnector"}}),
+    assert_connect_error(rest(b, "POST", "/connectors", {"name": "x", "config": {"connector.class": "com.example.NoSuchConnector"}}),
                          400, "Failed to find any class")
+    # A Java class name that is an alias of a first-party connector is validated by that connector's keys.
+    assert_connect_error(rest(b, "POST", "/connectors", {"name": "x", "config": {"connector.class": "io.confluent.connect.jdbc.JdbcSourceConnector"}}),
+                         400, 'Missing required configuration "mode"')
     assert_connect_error(rest(b, "POST", "/connectors", {"name": "x"}), 400, "config")
     assert_connect_error(rest(b, "PUT", "/connectors/x/config", {"name": "y", **counter_config("t")}), 400,
                          "doesn't match connector name in the URL")
@@ -271,7 +284,7 @@ def test_validate_answers_with_config_infos_and_refuses_unknown_keys(connect_bro
     assert rest(b, "PUT", f"/connector-plugins/{COUNTER}/config/validate", counter_config("t"))[1]["error_count"] == 1, "name is required"
     assert_connect_error(rest(b, "PUT", f"/connector-plugins/{COUNTER}/config/validate", {**good, "connector.class": "other"}), 400,
                          "does not match request type")
-    assert_connect_error(rest(b, "PUT", "/connector-plugins/jdbc-source/config/validate", {}), 400, "Failed to find any class")
+    assert_connect_error(rest(b, "PUT", "/connector-plugins/no-such-connector/config/validate", {}), 400, "Failed to find any class")
     status, keys, _ = rest(b, "GET", f"/connector-plugins/{COUNTER}/config")
     assert status == 200 and "topic" in [k["name"] for k in keys]
     assert_connect_error(rest(b, "GET", "/connector-plugins/nope/config"), 404)
@@ -369,16 +382,18 @@ def test_connector_commands_print_tables_json_and_exit_codes(connect_broker, tmp
 def test_plugin_upload_then_list_and_the_transform_is_usable_in_a_connector_chain(connect_broker):
     b = connect_broker
     target = REPO_ROOT / "target" / "wasm-guests"
-    subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip2", "--target-dir", str(target), "-p", "identity"],
+    subprocess.run(["cargo", "build", "--profile", "wasm-guest", "--target", "wasm32-wasip2", "--target-dir", str(target), "-p", "identity"],
                    cwd=REPO_ROOT, check=True, timeout=1200)
-    module = target / "wasm32-wasip2" / "release" / "identity.wasm"
+    module = target / "wasm32-wasip2" / "wasm-guest" / "identity.wasm"
     out = sluice(b, "plugin", "upload", str(module), "--name", "identity", timeout=180).stdout
     assert out.startswith("Uploaded identity (") and "transform" in out
     listed = sluice(b, "plugin", "list").stdout
     assert re.search(r"^identity\s+transform\s+\d+ KiB\s+[0-9a-f]{12}\s+no$", listed, re.M), listed
     assert re.search(rf"^{COUNTER}\s+source\s+-\s+-\s+yes$", listed, re.M), listed
+    assert re.search(r"^jdbc-sink\s+sink\s+\d+ KiB\s+[0-9a-f]{12}\s+yes$", listed, re.M), listed
     as_json = json.loads(sluice(b, "plugin", "list", "--json").stdout)
-    assert [m["name"] for m in as_json["modules"]] == ["identity"]
+    uploaded = [m["name"] for m in as_json["modules"] if not m["builtin"]]
+    assert uploaded == ["identity"], as_json
     everything = rest(b, "GET", "/connector-plugins?connectorsOnly=false")[1]
     assert any(p["class"] == "identity" and p["type"] == "transformation" for p in everything), everything
     assert all(p["class"] != "identity" for p in rest(b, "GET", "/connector-plugins")[1]), "transforms only with connectorsOnly=false"

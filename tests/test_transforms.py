@@ -18,7 +18,7 @@ import pytest
 
 from harness import sluice_cli as sluice, REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique, wait_for
 
-GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "release"
+GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "wasm-guest"
 GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world"]
 COMMITTED = {"isolation.level": "read_committed"}
 
@@ -26,7 +26,7 @@ COMMITTED = {"isolation.level": "read_committed"}
 @pytest.fixture(scope="session")
 def guests() -> Path:
     """Builds the guest components once per session (cargo makes it a no-op when they are current)."""
-    cmd = ["cargo", "build", "--release", "--target", "wasm32-wasip2", "--target-dir", str(REPO_ROOT / "target" / "wasm-guests")]
+    cmd = ["cargo", "build", "--profile", "wasm-guest", "--target", "wasm32-wasip2", "--target-dir", str(REPO_ROOT / "target" / "wasm-guests")]
     for g in GUESTS:
         cmd += ["-p", g]
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, timeout=1200)

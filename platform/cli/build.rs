@@ -10,10 +10,31 @@
 //! A build script rather than a crate such as `include_dir`: that one's proc macro cannot tell cargo
 //! which files it read, so editing the SDK would not rebuild the binary on stable Rust, and the
 //! manifest has to be generated anyway. `cargo:rerun-if-changed` on the three directories does both.
+//!
+//! It also bundles the first-party plugins (`plugins/`): it builds them for `wasm32-wasip2` with a
+//! nested `cargo build --profile wasm-guest` into `target/wasm-guests` (its own target directory, so the outer
+//! build's lock is not needed; the tests build their guests there too and share the work), copies
+//! the components into `$OUT_DIR` and writes `$OUT_DIR/builtin_plugins.rs`, the table the server
+//! hands to the module registry. So a fresh broker lists the connectors and transforms with no
+//! upload. `SLUICE_BUILTIN_PLUGINS=none` skips this (a binary without them) for quick native builds.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The first-party plugins bundled into the binary: (package in `plugins/`, world).
+const BUILTIN_PLUGINS: [(&str, &str); 9] = [
+    ("file-source", "source"),
+    ("file-sink", "sink"),
+    ("jdbc-source", "source"),
+    ("jdbc-sink", "sink"),
+    ("postgres-cdc", "source"),
+    ("json-filter", "transform"),
+    ("json-to-msgpack", "transform"),
+    ("pii-mask", "transform"),
+    ("router", "transform"),
+];
 
 /// The SDK directories packed, relative to `sdk/`.
 const SDK_DIRS: [&str; 3] = ["sluice", "sluice-macros", "wit"];
@@ -67,6 +88,76 @@ fn main() {
         .expect("writing to a String");
     writeln!(table, "pub(crate) const SDK_DIGEST: &str = \"{:016x}\";", digest.finish()).expect("writing to a String");
     fs::write(out_dir.join("sdk_bundle.rs"), table).expect("writing sdk_bundle.rs");
+
+    bundle_plugins(&repo, &out_dir);
+}
+
+/// Installs the `wasm32-wasip2` standard library with rustup when the toolchain lacks it (the toolchain
+/// file asks for it, but rustup only adds targets by itself when it installs the toolchain), so that
+/// `cargo run --release -- server` works on a fresh machine. Without rustup, the build fails below
+/// with what to do.
+fn ensure_wasm_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
+    let Some(sysroot) = sysroot.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()) else { return };
+    if Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2").is_dir() {
+        return;
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target (rustup target add wasm32-wasip2) to build the first-party plugins");
+    let _ = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status();
+}
+
+/// Builds the first-party plugins and writes `builtin_plugins.rs` (see the module docs).
+fn bundle_plugins(repo: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=SLUICE_BUILTIN_PLUGINS");
+    println!("cargo:rerun-if-changed={}", repo.join("Cargo.lock").display());
+    let mut table = String::from("/// The first-party plugins this binary carries (see build.rs).\n");
+    table.push_str("pub(crate) const BUILTIN_PLUGINS: &[sluice_runtime::Builtin] = &[\n");
+    if std::env::var("SLUICE_BUILTIN_PLUGINS").as_deref() != Ok("none") {
+        for (package, _) in BUILTIN_PLUGINS {
+            println!("cargo:rerun-if-changed={}", repo.join("plugins").join(package).display());
+        }
+        ensure_wasm_target();
+        let target_dir = repo.join("target/wasm-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let mut command = Command::new(cargo);
+        command.current_dir(repo).args(["build", "--profile", "wasm-guest", "--target", "wasm32-wasip2", "--target-dir"]).arg(&target_dir);
+        for (package, _) in BUILTIN_PLUGINS {
+            command.args(["-p", package]);
+        }
+        // What cargo sets for this build script's own compilation must not leak into the guests'.
+        for var in [
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+            "CARGO_BUILD_TARGET",
+            "CARGO_TARGET_DIR",
+            "RUSTC_WORKSPACE_WRAPPER",
+        ] {
+            command.env_remove(var);
+        }
+        let status = command.status().unwrap_or_else(|e| panic!("running cargo to build the first-party plugins: {e}"));
+        assert!(
+            status.success(),
+            "building the first-party plugins for wasm32-wasip2 failed. If the target is missing, install it with \
+             `rustup target add wasm32-wasip2`; to build without the plugins, set SLUICE_BUILTIN_PLUGINS=none."
+        );
+        for (package, world) in BUILTIN_PLUGINS {
+            let file = format!("{}.wasm", package.replace('-', "_"));
+            let built = target_dir.join("wasm32-wasip2/wasm-guest").join(&file);
+            // A copy: later guest builds rewrite the original, which must not rebuild this crate.
+            let copy = out_dir.join(&file);
+            fs::copy(&built, &copy).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+            writeln!(
+                table,
+                "    sluice_runtime::Builtin {{ name: {package:?}, world: {world:?}, bytes: include_bytes!({:?}) }},",
+                copy.display().to_string()
+            )
+            .expect("writing to a String");
+        }
+    }
+    table.push_str("];\n");
+    fs::write(out_dir.join("builtin_plugins.rs"), table).expect("writing builtin_plugins.rs");
 }
 
 /// Adds every file under `dir` (skipping build output and hidden files) as `prefix/relative/path`.

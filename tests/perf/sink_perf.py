@@ -3,8 +3,9 @@
 the same way (multi-row INSERT statements of the size the sink sends, and COPY), on a throwaway PostgreSQL
 cluster this script starts from the system's binaries (initdb/pg_ctl, as `nobody` when run as root).
 
-    python3 tests/perf/sink_perf.py --brokers 127.0.0.1:9092 --admin http://127.0.0.1:9644 \\
-        --wasm target/wasm-guests/wasm32-wasip2/release/jdbc_sink.wasm --records 200000 --tasks 1
+    python3 tests/perf/sink_perf.py --brokers 127.0.0.1:9092 --admin http://127.0.0.1:9644 --records 200000 --tasks 1
+
+(the broker's own first-party jdbc-sink; `--wasm FILE` uploads another build of it first).
 
 N records of ~200 bytes (JSON objects with an id and five fields) are produced first; then the connector is
 created and timed until the target table holds all N rows (polled with psql). Output is one JSON object.
@@ -23,7 +24,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 import uuid
 
 from confluent_kafka import Producer
@@ -74,6 +74,20 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wait_for_rows(pg: Postgres, table: str, rows: int, started: float, timeout_s: float = 900) -> float:
+    """Polls `SELECT COUNT(*)` every 250 ms until `table` holds `rows`; the seconds since `started`."""
+    count = 0
+    while count < rows:
+        time.sleep(0.25)
+        try:
+            count = int(pg.psql(f"SELECT COUNT(*) FROM {table}") or 0)
+        except subprocess.CalledProcessError:
+            count = 0
+        if time.perf_counter() - started > timeout_s:
+            raise SystemExit(f"timed out with {count} of {rows} rows in {table}")
+    return time.perf_counter() - started
+
+
 def row(i: int) -> dict:
     return {"id": i, "customer": f"customer-{i % 9973:05d}", "sku": f"SKU-{i % 131:04d}-XL", "qty": i % 17,
             "price": round((i % 10_000) / 7, 2), "note": "x" * 96}
@@ -116,7 +130,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--brokers", default="127.0.0.1:9092")
     ap.add_argument("--admin", default="http://127.0.0.1:9644")
-    ap.add_argument("--wasm", required=True)
+    ap.add_argument("--wasm", help="upload this jdbc-sink component first (default: the broker's first-party one)")
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--tasks", type=int, default=1)
@@ -143,28 +157,16 @@ def main():
                     p.poll(0.05)
         assert p.flush(120) == 0
 
-        with open(args.wasm, "rb") as f:
-            module = base64.b64encode(f.read()).decode()
-        try:
+        if args.wasm:
+            with open(args.wasm, "rb") as f:
+                module = base64.b64encode(f.read()).decode()
             http(args.admin, "POST", "/v1/plugins", {"name": "jdbc-sink", "module_base64": module})
-        except urllib.error.HTTPError as e:
-            if e.code != 409:
-                raise
         config = {"connector.class": "jdbc-sink", "topics": topic, "tasks.max": str(args.tasks),
                   "connection.url": pg.url(), "connection.user": USER, "auto.create": "true",
                   "table.name.format": "sink_rows"}
         started = time.perf_counter()
         http(args.admin, "POST", "/connectors", {"name": name, "config": config})
-        count = 0
-        while count < args.records:
-            time.sleep(0.25)
-            try:
-                count = int(pg.psql("SELECT COUNT(*) FROM sink_rows") or 0)
-            except subprocess.CalledProcessError:
-                count = 0
-            if time.perf_counter() - started > 600:
-                raise SystemExit(f"timed out with {count} rows")
-        elapsed = time.perf_counter() - started
+        elapsed = wait_for_rows(pg, "sink_rows", args.records, started)
         http(args.admin, "DELETE", f"/connectors/{name}")
         result = {
             "records": args.records,

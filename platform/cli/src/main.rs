@@ -265,7 +265,7 @@ fn run_server(args: ServerArgs) -> ExitCode {
         config,
         extensions: {
             // One Wasm engine and module registry, shared by every runtime; it starts first.
-            let plugins = sluice_runtime::Plugins::new();
+            let plugins = sluice_runtime::Plugins::with_builtins(builtin::BUILTIN_PLUGINS);
             vec![
                 std::sync::Arc::new(plugins.clone()),
                 std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins.clone())),
@@ -299,6 +299,11 @@ where
     // Reader threads blocked on stdin must not keep the process alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     code
+}
+
+/// The first-party plugins (`plugins/`), built for wasm32-wasip2 by build.rs and carried in the binary.
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 }
 
 /// The process allocator, for the server and the client commands alike. Measured with

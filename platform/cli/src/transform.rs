@@ -55,7 +55,8 @@ pub enum TransformCmd {
     /// Deploy a .wasm component (or redeploy under the same name: it resumes where the old one stopped).
     #[command(
         after_help = "Examples:\n  sluice transform deploy target/wasm32-wasip2/release/big_orders.wasm --name big-orders \\\n      --input-topic orders --output-topic big-orders --config threshold=1000\n  \
-                            sluice transform deploy mask.wasm --name mask --input-topic users --output-topic users-masked \\\n      --error-policy dead-letter:users-dlq --memory-mb 32 --cpu-ms-per-call 200"
+                            sluice transform deploy mask.wasm --name mask --input-topic users --output-topic users-masked \\\n      --error-policy dead-letter:users-dlq --memory-mb 32 --cpu-ms-per-call 200\n  \
+                            sluice transform deploy --module pii-mask --name mask --input-topic users --output-topic users-masked \\\n      --config fields=email,phone"
     )]
     Deploy(DeployArgs),
     /// List deployed transforms with state, lag and counts.
@@ -87,7 +88,12 @@ pub enum TransformCmd {
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The .wasm component (from `sluice transform build`).
-    pub file: PathBuf,
+    #[arg(required_unless_present = "module")]
+    pub file: Option<PathBuf>,
+    /// Instead of a file: a module already in the broker's registry (`sluice plugin list`), such as the
+    /// first-party `pii-mask`, `json-filter`, `router` or `json-to-msgpack`.
+    #[arg(long, conflicts_with = "file")]
+    pub module: Option<String>,
     #[arg(long)]
     pub name: String,
     #[arg(long)]
@@ -195,18 +201,25 @@ fn parse_policy(text: &str) -> Result<Value> {
 }
 
 async fn deploy(args: DeployArgs, admin_url: &str, as_json: bool) -> Result<()> {
-    let size =
-        std::fs::metadata(&args.file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", args.file.display())))?.len();
-    if size > MODULE_BYTES_MAX {
-        return usage(format!("{} is {size} bytes; modules may be at most {MODULE_BYTES_MAX}", args.file.display()));
-    }
-    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    // The component's bytes, or the registry's name for it.
+    let (module, size) = match (&args.file, &args.module) {
+        (Some(file), _) => {
+            let size = std::fs::metadata(file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", file.display())))?.len();
+            if size > MODULE_BYTES_MAX {
+                return usage(format!("{} is {size} bytes; modules may be at most {MODULE_BYTES_MAX}", file.display()));
+            }
+            let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+            (("module_base64", Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))), Some(size))
+        }
+        (None, Some(name)) => (("module", Value::String(name.clone())), None),
+        (None, None) => return usage("give the .wasm file or --module NAME".to_string()),
+    };
     let partitioning = match args.partitioning.as_str() {
         "key-hash" => "key_hash",
         "same-as-input" => "same_as_input",
         other => return usage(format!("--partitioning {other}: use key-hash or same-as-input")),
     };
-    let body = json!({
+    let mut body = json!({
         "name": args.name,
         "input_topic": args.input_topic,
         "output_topics": args.output_topics,
@@ -217,8 +230,8 @@ async fn deploy(args: DeployArgs, admin_url: &str, as_json: bool) -> Result<()> 
         "memory_bytes": args.memory_mb.map(|m| m * 1024 * 1024),
         "cpu_ms_per_call": args.cpu_ms_per_call,
         "batch_records": args.batch_records,
-        "module_base64": base64::engine::general_purpose::STANDARD.encode(&bytes),
     });
+    body[module.0] = module.1;
     let started = std::time::Instant::now();
     let status = call(admin_url, "POST", "/v1/transforms", Some(body), DEPLOY_TIMEOUT).await?;
     if as_json {
@@ -228,7 +241,7 @@ async fn deploy(args: DeployArgs, admin_url: &str, as_json: bool) -> Result<()> 
             "Deployed {} version {} ({} KiB, sha256 {}) in {} ms.",
             status["name"].as_str().unwrap_or("?"),
             status["version"],
-            size / 1024,
+            size.or(status["module_bytes"].as_u64()).unwrap_or(0) / 1024,
             status["module_digest"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
             started.elapsed().as_millis()
         );

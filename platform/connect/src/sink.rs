@@ -383,9 +383,12 @@ impl SinkDriver {
         if !self.unmirrored || (!force && self.mirrored_at.is_some_and(|at| at.elapsed() < OFFSETS_MIRROR_INTERVAL)) {
             return Ok(());
         }
+        // Only this task's partitions: `positions` also holds the others' as they were when this
+        // task started, and copying those would overwrite what their own tasks copied since.
         let entries: Vec<ConnectorOffset> = self
             .positions
             .iter()
+            .filter(|((topic, partition), _)| task_of(topic, *partition, self.config.tasks) == self.config.task)
             .map(|((topic, partition), offset)| ConnectorOffset {
                 partition: as_object(json!({"kafka_topic": topic, "kafka_partition": partition})),
                 offset: Some(as_object(json!({"kafka_offset": offset}))),
@@ -461,6 +464,9 @@ impl Task for SinkDriver {
                 let target = Target { session: Arc::clone(&session), dialect };
                 target.create_table().map_err(RuntimeError::from)?;
                 self.positions.extend(target.read(&self.config.connector).map_err(RuntimeError::from)?);
+                // The store may be behind the target (a crash within a mirror interval of the last
+                // batch): copy the target's positions once even if this task gets no input.
+                self.unmirrored = true;
                 self.target = Some(target);
                 Some(session)
             }

@@ -418,9 +418,10 @@ impl Task for SourceDriver {
             Ok(poll) => poll,
             Err(error) if error.retriable => {
                 self.shared.metrics.error("poll_retriable").inc();
-                return Err(RuntimeError::Invalid(format!("poll: {}", error.message)));
+                return Err(RuntimeError::Invalid(error.message));
             }
-            Err(error) => return Ok(self.failed(format!("poll: {}", error.message))),
+            // A Wasm module's message already says which call failed (`poll: …`).
+            Err(error) => return Ok(self.failed(error.message)),
         };
         if poll.records.len() > POLL_RECORDS_MAX || poll.positions.len() > POLL_POSITIONS_MAX {
             let message = format!(

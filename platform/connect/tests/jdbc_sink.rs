@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fixture::*;
 use sluice_broker::host::{Host, ProducerRecord};
-use sluice_connect::sql::{ConnectionSpec, Sql, SqlLimits, SqlValue};
+use sluice_connect::sql::SqlValue;
 use sluice_connect::store::TargetState;
 
 fn produce(host: &Host, topic: &str, records: &[(Option<String>, Option<String>)]) {
@@ -45,41 +45,6 @@ fn produce(host: &Host, topic: &str, records: &[(Option<String>, Option<String>)
         producer.send(topic, *partition, batch).unwrap();
     }
     producer.commit().unwrap();
-}
-
-/// A connection to the target, to look at what the sink wrote.
-struct Target {
-    sql: Sql,
-    conn: sluice_connect::sql::ConnHandle,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Target {
-    fn open(url: &str, user: Option<&str>, password: Option<&str>) -> Target {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let spec = ConnectionSpec::parse("default", url, user, password).unwrap();
-        let mut sql = Sql::new(BTreeMap::from([("default".to_string(), spec)]), runtime.handle().clone(), SqlLimits::default()).unwrap();
-        let conn = sql.open("default").unwrap();
-        Target { sql, conn, _runtime: runtime }
-    }
-
-    fn rows(&mut self, query: &str) -> Vec<Vec<SqlValue>> {
-        match self.sql.query(self.conn, query, &[]) {
-            Ok(rows) => rows.rows,
-            Err(_) => Vec::new(),
-        }
-    }
-
-    fn ints(&mut self, query: &str) -> Vec<i64> {
-        self.rows(query)
-            .into_iter()
-            .map(|row| match row.first() {
-                Some(SqlValue::Int(i)) => *i,
-                Some(SqlValue::Decimal(d)) => d.parse().unwrap(),
-                other => panic!("not an integer: {other:?}"),
-            })
-            .collect()
-    }
 }
 
 fn order(id: i64, extra: &str) -> (Option<String>, Option<String>) {

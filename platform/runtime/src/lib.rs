@@ -32,6 +32,6 @@ pub use logs::{LogBuffer, LogLine};
 pub use metrics::{DeploymentMetrics, MetricFamilies};
 pub use plugins::Plugins;
 pub use policy::{ErrorPolicy, OnFailure, RetryPolicy, Verdict};
-pub use registry::{ModuleInfo, ModuleRegistry};
+pub use registry::{Builtin, ModuleInfo, ModuleRegistry};
 pub use sluice_broker::host::ApiError;
 pub use supervisor::{Step, Supervisor, Task, TaskControl, TaskSet, TaskState, TaskStatus};

@@ -22,7 +22,7 @@ use sluice_broker::host::{ApiError, Extension, Host, StartError, json_body, writ
 use sluice_wasm::{Engine, EngineConfig, MODULE_BYTES_MAX};
 
 use crate::error::RuntimeError;
-use crate::registry::{ModuleInfo, ModuleRegistry};
+use crate::registry::{Builtin, ModuleInfo, ModuleRegistry};
 
 /// Largest upload body: the module limit in base64 plus room for the name.
 pub const UPLOAD_BODY_BYTES_MAX: usize = MODULE_BYTES_MAX / 3 * 4 + 64 * 1024;
@@ -31,6 +31,8 @@ pub const UPLOAD_BODY_BYTES_MAX: usize = MODULE_BYTES_MAX / 3 * 4 + 64 * 1024;
 #[derive(Clone, Default)]
 pub struct Plugins {
     started: Arc<OnceLock<Started>>,
+    /// The modules that ship with the broker, named in the registry at start.
+    builtins: &'static [Builtin],
 }
 
 struct Started {
@@ -41,6 +43,12 @@ struct Started {
 impl Plugins {
     pub fn new() -> Plugins {
         Plugins::default()
+    }
+
+    /// With the first-party modules the binary carries: they are in the registry from the first start
+    /// (compiled when first used), and cannot be deleted.
+    pub fn with_builtins(builtins: &'static [Builtin]) -> Plugins {
+        Plugins { started: Arc::default(), builtins }
     }
 
     fn started(&self) -> Result<&Started, RuntimeError> {
@@ -77,6 +85,7 @@ impl Extension for Plugins {
         })
         .map_err(RuntimeError::from)?;
         let registry = ModuleRegistry::open(&dir, engine)?;
+        registry.add_builtins(self.builtins)?;
         tracing::info!(modules = registry.list().len(), dir = %dir.display(), "module registry opened");
         self.started.set(Started { host, registry }).map_err(|_| RuntimeError::Invalid("the plugins extension started twice".into()))?;
         Ok(routes(self.clone()))

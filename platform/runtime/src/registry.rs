@@ -43,6 +43,16 @@ pub struct ModuleInfo {
     pub builtin: bool,
 }
 
+/// A module that ships inside the broker's binary (the first-party plugins in `plugins/`).
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    pub name: &'static str,
+    /// The world it implements (`transform`, `source`, `sink`), so that it is listed (and offered as
+    /// a connector or a transform) before it is ever compiled.
+    pub world: &'static str,
+    pub bytes: &'static [u8],
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct Index {
     modules: BTreeMap<String, ModuleInfo>,
@@ -139,6 +149,49 @@ impl ModuleRegistry {
         Ok((info, module))
     }
 
+    /// Names the modules that ship with the broker (`builtin`), storing their bytes without compiling
+    /// them: a module is compiled the first time something loads it, so a broker that never uses one
+    /// never pays for it. A builtin of an earlier broker version is replaced by this one's, and one
+    /// this version no longer ships is forgotten; a module a user uploaded under the same name is kept
+    /// (theirs wins, with a warning). Blocking file I/O.
+    pub fn add_builtins(&self, builtins: &[Builtin]) -> Result<(), RuntimeError> {
+        let mut index = self.index.lock();
+        let before = index.modules.clone();
+        index.modules.retain(|name, module| !module.builtin || builtins.iter().any(|b| b.name == name));
+        for builtin in builtins {
+            validate_name("module", builtin.name, MODULE_NAME_BYTES_MAX)?;
+            let digest = digest_hex(builtin.bytes);
+            match index.modules.get(builtin.name) {
+                Some(existing) if !existing.builtin => {
+                    tracing::warn!(
+                        module = builtin.name,
+                        "an uploaded module has the name of a first-party plugin; the uploaded one is used"
+                    );
+                    continue;
+                }
+                Some(existing) if existing.digest == digest => continue,
+                _ => {}
+            }
+            let path = self.module_path(&digest);
+            if !path.exists() {
+                write_file_atomically(&path, builtin.bytes)?;
+            }
+            let info = ModuleInfo {
+                name: builtin.name.to_string(),
+                digest,
+                bytes: builtin.bytes.len(),
+                worlds: vec![builtin.world.to_string()],
+                uploaded_at_ms: sluice_broker::host::now_ms(),
+                builtin: true,
+            };
+            index.modules.insert(builtin.name.to_string(), info);
+        }
+        if index.modules != before {
+            self.save_index(&index)?;
+        }
+        Ok(())
+    }
+
     fn load_bytes(&self, digest: &str, bytes: &[u8]) -> Result<CompiledComponent, RuntimeError> {
         if let Some(module) = self.loaded.lock().get(digest) {
             return Ok(module.clone());
@@ -213,5 +266,48 @@ impl ModuleRegistry {
                 self.loaded.lock().remove(digest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_wasm::EngineConfig;
+
+    use super::*;
+
+    fn registry(dir: &Path) -> ModuleRegistry {
+        ModuleRegistry::open(dir, Engine::new(EngineConfig::default()).unwrap()).unwrap()
+    }
+
+    fn names(registry: &ModuleRegistry) -> Vec<(String, bool)> {
+        registry.list().into_iter().map(|m| (m.name, m.builtin)).collect()
+    }
+
+    #[test]
+    fn builtins_are_named_without_compiling_replaced_by_a_new_version_and_never_over_an_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not components at all: naming them must not compile them.
+        let v1 = [Builtin { name: "jdbc-source", world: "source", bytes: b"v1" }, Builtin { name: "old", world: "sink", bytes: b"o" }];
+        let registry = registry(dir.path());
+        registry.add_builtins(&v1).unwrap();
+        assert_eq!(names(&registry), vec![("jdbc-source".into(), true), ("old".into(), true)]);
+        let info = registry.get("jdbc-source").unwrap();
+        assert_eq!((info.worlds, info.bytes), (vec!["source".to_string()], 2));
+        assert!(registry.has_digest(&digest_hex(b"v1")));
+
+        // The next broker version ships new bytes and no longer ships `old`; the index is kept on disk.
+        let v2 = [Builtin { name: "jdbc-source", world: "source", bytes: b"v2" }];
+        let reopened = self::registry(dir.path());
+        reopened.add_builtins(&v2).unwrap();
+        assert_eq!(names(&reopened), vec![("jdbc-source".into(), true)]);
+        assert_eq!(reopened.get("jdbc-source").unwrap().digest, digest_hex(b"v2"));
+
+        // A module a user put under a builtin's name stays theirs.
+        let mut index = reopened.index.lock();
+        index.modules.get_mut("jdbc-source").unwrap().builtin = false;
+        drop(index);
+        reopened.add_builtins(&[Builtin { name: "jdbc-source", world: "source", bytes: b"v3" }]).unwrap();
+        assert_eq!(reopened.get("jdbc-source").unwrap().digest, digest_hex(b"v2"));
+        assert!(!reopened.get("jdbc-source").unwrap().builtin);
     }
 }

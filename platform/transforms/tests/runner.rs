@@ -26,13 +26,13 @@ fn guest(name: &str) -> Vec<u8> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+            .args(["build", "--profile", "wasm-guest", "--target", "wasm32-wasip2", "--target-dir"])
             .arg(&target)
             .args(["-p", "identity", "-p", "json-filter"])
             .status()
             .unwrap();
         assert!(status.success(), "building the guests failed (is the wasm32-wasip2 target installed?)");
-        target.join("wasm32-wasip2/release")
+        target.join("wasm32-wasip2/wasm-guest")
     });
     std::fs::read(dir.join(format!("{}.wasm", name.replace('-', "_")))).unwrap()
 }

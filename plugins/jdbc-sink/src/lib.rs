@@ -14,7 +14,9 @@
 //! | `table.name.format` | the table for a topic, `${topic}` replaced by the topic's name (default `${topic}`) |
 //!
 //! Values are JSON objects, schemaless or in Connect's `{"schema": …, "payload": {…}}` envelope
-//! (the payload is written). Each field becomes a column: values are bound by the column's type in
+//! (the payload is written). A change event in Debezium's envelope (from `postgres-cdc` or Debezium:
+//! `before`, `after`, `op`, `source`) writes its `after` row, and a delete (`op: d`) deletes the row of
+//! its key when `delete.enabled=true`, so a CDC topic feeds a table with no unwrapping transform. Each field becomes a column: values are bound by the column's type in
 //! the table (numeric and decimal exactly, timestamps and dates from their text or from epoch
 //! milliseconds, JSON as JSON), or, for a column this sink creates, by the JSON type it first saw
 //! (integers `BIGINT`, other numbers `DOUBLE`, booleans `BOOLEAN`, the rest text) — types are then
@@ -180,6 +182,21 @@ fn key_fields(settings: &Settings, record: &SinkRecord) -> Result<Vec<(String, J
         .collect()
 }
 
+/// A change event in Debezium's envelope (what `postgres-cdc` and Debezium write): `Some(Some(row))`
+/// for a snapshot read, insert or update (the row after it), `Some(None)` for a delete, `None` for any
+/// other value — as Debezium's `ExtractNewRecordState` transform would unwrap it.
+fn debezium_change(value: &Map<String, Json>) -> Option<Option<Map<String, Json>>> {
+    let op = value.get("op")?.as_str()?;
+    if !value.contains_key("source") || !value.contains_key("after") || !value.contains_key("before") {
+        return None;
+    }
+    match (op, value.get("after")) {
+        ("c" | "u" | "r", Some(Json::Object(after))) => Some(Some(after.clone())),
+        ("d", _) => Some(None),
+        _ => None,
+    }
+}
+
 /// What `record` asks of its table.
 pub fn op_of(settings: &Settings, record: &SinkRecord) -> Result<Op> {
     let table = settings.table_for(&record.topic);
@@ -190,6 +207,12 @@ pub fn op_of(settings: &Settings, record: &SinkRecord) -> Result<Op> {
         return Ok(Op::Delete { table, key: key_fields(settings, record)? });
     };
     let value = object_of(parse_json(value, "value")?, "value")?;
+    let value = match debezium_change(&value) {
+        None => value,
+        Some(Some(after)) => after,
+        Some(None) if settings.delete_enabled => return Ok(Op::Delete { table, key: key_fields(settings, record)? }),
+        Some(None) => return Ok(Op::Skip),
+    };
     match settings.pk_mode {
         PkMode::None => Ok(Op::Write { table, fields: value.into_iter().collect(), pk: Vec::new() }),
         PkMode::RecordValue => {
@@ -685,6 +708,26 @@ mod tests {
         assert!(op_of(&settings(&[]).unwrap(), &record(None, Some("[1]"))).is_err());
         assert!(op_of(&settings(&[]).unwrap(), &record(None, Some("not json"))).is_err());
         assert_eq!(op_of(&settings(&[]).unwrap(), &record(None, None)).unwrap(), Op::Skip);
+    }
+
+    #[test]
+    fn debezium_change_events_write_their_after_row_and_deletes_delete() {
+        let s = settings(&[("insert.mode", "upsert"), ("pk.mode", "record_key"), ("delete.enabled", "true")]).unwrap();
+        let event = |op: &str, after: &str| {
+            format!(r#"{{"before": null, "after": {after}, "source": {{"table": "t"}}, "op": "{op}", "ts_ms": 1}}"#)
+        };
+        let update = op_of(&s, &record(Some(r#"{"id": 3}"#), Some(&event("u", r#"{"id": 3, "note": "x"}"#)))).unwrap();
+        assert_eq!(
+            update,
+            Op::Write { table: "orders".into(), fields: vec![("id".into(), json!(3)), ("note".into(), json!("x"))], pk: vec!["id".into()] }
+        );
+        let delete = op_of(&s, &record(Some(r#"{"id": 3}"#), Some(&event("d", "null")))).unwrap();
+        assert_eq!(delete, Op::Delete { table: "orders".into(), key: vec![("id".into(), json!(3))] });
+        let no_deletes = settings(&[("insert.mode", "upsert"), ("pk.mode", "record_key")]).unwrap();
+        assert_eq!(op_of(&no_deletes, &record(Some(r#"{"id": 3}"#), Some(&event("d", "null")))).unwrap(), Op::Skip);
+        // A row that merely has a field named `op` is a row.
+        let plain = op_of(&settings(&[]).unwrap(), &record(None, Some(r#"{"op": "c", "after": 1}"#))).unwrap();
+        assert!(matches!(plain, Op::Write { ref fields, .. } if fields.len() == 2));
     }
 
     #[test]

@@ -52,6 +52,31 @@ pub enum Value {
     Uuid(String),
 }
 
+impl Value {
+    /// The value as JSON, the way the first-party connectors write rows: numbers for integers and
+    /// floats (a float JSON cannot hold, such as NaN, as text), booleans, `null`, bytes as base64
+    /// (as Kafka Connect's JSON converter writes them), and everything else as its exact text —
+    /// NUMERIC keeps its scale, timestamps their microseconds, JSON its own text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match self {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Int(i) => Json::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| Json::String(f.to_string()), Json::Number),
+            Value::Bytes(bytes) => Json::String(base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)),
+            Value::Decimal(s)
+            | Value::Text(s)
+            | Value::Json(s)
+            | Value::Date(s)
+            | Value::Time(s)
+            | Value::Timestamp(s)
+            | Value::TimestampTz(s)
+            | Value::Uuid(s) => Json::String(s.clone()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
@@ -211,6 +236,34 @@ impl Connection {
 
     pub fn rollback(&self) -> Result<(), SqlError> {
         backend()?.rollback(self.handle)
+    }
+
+    /// The columns of `table`'s primary key, in key order (empty without one). `schema`: PostgreSQL's
+    /// (default `public`); MySQL/MariaDB use the connection's database and SQLite has none.
+    pub fn primary_key(&self, schema: Option<&str>, table: &str) -> Result<Vec<String>, SqlError> {
+        let table_value = Value::Text(table.to_owned());
+        let rows = match self.dialect {
+            Dialect::Postgres => self.query(
+                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = (quote_ident($1) || '.' || quote_ident($2))::regclass AND i.indisprimary \
+                 ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[Value::Text(schema.unwrap_or("public").to_owned()), table_value],
+            )?,
+            Dialect::MySql => self.query(
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.key_column_usage \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' ORDER BY ordinal_position",
+                &[table_value],
+            )?,
+            Dialect::Sqlite => self.query("SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk", &[table_value])?,
+        };
+        Ok(rows
+            .rows
+            .into_iter()
+            .filter_map(|row| match row.into_iter().next() {
+                Some(Value::Text(column)) => Some(column),
+                _ => None,
+            })
+            .collect())
     }
 }
 

@@ -16,6 +16,7 @@ use sluice_broker::host::{Extension, Host};
 use sluice_broker::{Broker, BrokerConfig};
 use sluice_connect::ConnectorManager;
 use sluice_connect::plugins::Catalog;
+use sluice_connect::sql::{ConnectionSpec, Sql, SqlLimits, SqlValue};
 use sluice_runtime::Plugins;
 
 /// Every guest the wasm-connector tests upload.
@@ -112,5 +113,45 @@ impl Fixture {
         let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
+    }
+}
+
+/// A connection of the test's own to a database: to prepare a source, or to look at what a sink wrote.
+pub struct Target {
+    pub sql: Sql,
+    pub conn: sluice_connect::sql::ConnHandle,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Target {
+    pub fn open(url: &str, user: Option<&str>, password: Option<&str>) -> Target {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let spec = ConnectionSpec::parse("default", url, user, password).unwrap();
+        let mut sql = Sql::new(BTreeMap::from([("default".to_string(), spec)]), runtime.handle().clone(), SqlLimits::default()).unwrap();
+        let conn = sql.open("default").unwrap();
+        Target { sql, conn, _runtime: runtime }
+    }
+
+    pub fn rows(&mut self, query: &str) -> Vec<Vec<SqlValue>> {
+        match self.sql.query(self.conn, query, &[]) {
+            Ok(rows) => rows.rows,
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn ints(&mut self, query: &str) -> Vec<i64> {
+        self.rows(query)
+            .into_iter()
+            .map(|row| match row.first() {
+                Some(SqlValue::Int(i)) => *i,
+                Some(SqlValue::Decimal(d)) => d.parse().unwrap(),
+                other => panic!("not an integer: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Runs a statement that must succeed.
+    pub fn exec(&mut self, statement: &str) {
+        self.sql.execute(self.conn, statement, &[]).unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
 }

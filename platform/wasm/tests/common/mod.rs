@@ -1,5 +1,5 @@
 //! Builds the example, plugin and fixture components for the tests and the benchmark, once per test
-//! binary, with `cargo build --release --target wasm32-wasip2` into `target/wasm-guests` (a target
+//! binary, with `cargo build --profile wasm-guest --target wasm32-wasip2` into `target/wasm-guests` (a target
 //! directory of its own, so it never waits on the lock of the `cargo test` that runs us).
 
 #![allow(dead_code)]
@@ -37,13 +37,13 @@ fn build_guests() -> PathBuf {
     let target_dir = root.join("target/wasm-guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
-    command.current_dir(&root).args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(&target_dir);
+    command.current_dir(&root).args(["build", "--profile", "wasm-guest", "--target", "wasm32-wasip2", "--target-dir"]).arg(&target_dir);
     for guest in GUESTS {
         command.args(["-p", guest]);
     }
     let status = command.status().expect("running cargo to build the wasm guests");
     assert!(status.success(), "building the wasm guests failed (is the wasm32-wasip2 target installed?)");
-    target_dir.join("wasm32-wasip2/release")
+    target_dir.join("wasm32-wasip2/wasm-guest")
 }
 
 /// The bytes of a guest component, e.g. `guest("json-filter")`.
