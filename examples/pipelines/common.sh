@@ -97,7 +97,14 @@ start_postgres() {
     local dir="$1"
     rm -rf "$dir" && mkdir -p "$dir" && chmod 755 "$dir"
     printf '%s' "$DB_PASSWORD" > "$dir/pw"
-    [ "$(id -u)" = 0 ] && chown -R nobody "$dir"
+    if [ "$(id -u)" = 0 ]; then
+        chown -R nobody "$dir"
+        if ! runuser -u nobody -- test -x "$dir"; then
+            echo "PostgreSQL refuses to run as root, so it runs as nobody, who cannot reach $dir;" \
+                 "set DEMO_DIR to a directory under /tmp, e.g. DEMO_DIR=/tmp/pipeline-demo." >&2
+            exit 1
+        fi
+    fi
     as_db_user "$PG_BIN/initdb" -D "$dir/data" -U "$DB_USER" -A scram-sha-256 -E UTF8 --no-sync --pwfile="$dir/pw" >/dev/null
     PG_PORT="$(free_port)"
     as_db_user "$PG_BIN/pg_ctl" -D "$dir/data" -w -l "$dir/postgres.log" \

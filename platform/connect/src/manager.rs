@@ -35,7 +35,7 @@ use crate::plugins::{Catalog, ConnectorPlugin};
 use crate::sink::{SinkDriver, SinkSettings};
 use crate::sql::SqlFactory;
 use crate::store::{Store, StoredConnector, TargetState};
-use crate::task::{SourceDriver, TaskConfig, TaskShared, settle_stopped_tasks};
+use crate::task::{SourceDriver, TaskConfig, TaskGauges, TaskShared, settle_stopped_tasks};
 
 /// Most connectors one broker runs.
 pub const CONNECTORS_MAX: usize = 1_000;
@@ -118,6 +118,7 @@ pub struct ConnectorManager {
     offsets: Arc<OffsetStore>,
     families: MetricFamilies,
     bytes: IntCounterVec,
+    gauges: TaskGauges,
     supervisor: Supervisor,
     worker_id: String,
     connectors: Mutex<BTreeMap<String, Connector>>,
@@ -144,6 +145,7 @@ impl ConnectorManager {
         )
         .map_err(metric_error)?;
         host.metrics().register(Box::new(bytes.clone())).map_err(metric_error)?;
+        let gauges = TaskGauges::register(host.metrics()).map_err(metric_error)?;
         let supervisor = Supervisor::new("connector")?;
         let worker_id = format!("sluice-node-{}", host.node_id());
         let manager = Arc::new(ConnectorManager {
@@ -153,6 +155,7 @@ impl ConnectorManager {
             offsets,
             families,
             bytes,
+            gauges,
             supervisor,
             worker_id,
             connectors: Mutex::new(BTreeMap::new()),
@@ -230,6 +233,7 @@ impl ConnectorManager {
             offsets: Arc::clone(&self.offsets),
             metrics: self.families.deployment(&name),
             bytes_out: self.bytes.with_label_values(&[&name]),
+            gauges: self.gauges.clone(),
             logs: Arc::clone(&connector.logs),
             config: TaskConfig {
                 connector: name.clone(),
@@ -342,6 +346,7 @@ impl ConnectorManager {
         self.store.remove(name)?;
         self.families.forget(name, 0);
         let _ = self.bytes.remove_label_values(&[name]);
+        self.gauges.forget(name, removed.as_ref().map_or(0, |c| c.tasks_max));
         tracing::info!(connector = name, tasks = removed.map_or(0, |c| c.tasks_max), "connector deleted; its positions are kept");
         Ok(())
     }

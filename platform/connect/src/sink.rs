@@ -234,12 +234,16 @@ pub struct SinkDriver {
     /// Positions changed since they were last copied to the offset store.
     unmirrored: bool,
     fatal: Option<String>,
+    /// `sluice_connector_lag_records{connector,task}`.
+    lag: prometheus::IntGauge,
 }
 
 impl SinkDriver {
     pub fn new(shared: Arc<TaskShared>, settings: Arc<SinkSettings>, task: i32) -> SinkDriver {
         let config = shared.task_config(task);
+        let lag = shared.gauges.lag.with_label_values(&[&config.connector, &task.to_string()]);
         SinkDriver {
+            lag,
             shared,
             settings,
             config,
@@ -488,6 +492,16 @@ impl Task for SinkDriver {
             self.refresh_assignment()?;
         }
         let (records, read_to) = self.read()?;
+        // What is left after the committed positions, before this batch is written.
+        let lag: i64 = self
+            .inputs
+            .iter()
+            .map(|(key, input)| {
+                let committed = self.positions.get(key).copied().unwrap_or_else(|| input.reader.position());
+                (input.reader.last_stable_offset() - committed).max(0)
+            })
+            .sum();
+        self.lag.set(lag);
         if records.is_empty() {
             // Partitions may have moved past aborted transactions or markers only: keep that.
             if !read_to.is_empty() {

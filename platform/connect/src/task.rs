@@ -189,6 +189,63 @@ pub(crate) fn start_module<M: ?Sized>(
     }
 }
 
+/// Per-task gauges: `sluice_connector_lag_records{connector,task}` (a sink task's input records not
+/// yet written: last stable offset minus position over its partitions) and
+/// `sluice_connector_position_age_seconds{connector,task}` (seconds since the task's position last
+/// moved: a source's poll committed, or a sink's batch).
+#[derive(Clone)]
+pub struct TaskGauges {
+    pub lag: prometheus::IntGaugeVec,
+    pub position_age: prometheus::GaugeVec,
+}
+
+impl TaskGauges {
+    pub fn register(registry: &prometheus::Registry) -> Result<TaskGauges, prometheus::Error> {
+        let lag = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("connector_lag_records", "A sink task's input records not yet written, over its partitions"),
+            &["connector", "task"],
+        )?;
+        let position_age = prometheus::GaugeVec::new(
+            prometheus::Opts::new("connector_position_age_seconds", "Seconds since a connector task's position last moved"),
+            &["connector", "task"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(position_age.clone()))?;
+        Ok(TaskGauges { lag, position_age })
+    }
+
+    /// Drops a deleted connector's series.
+    pub fn forget(&self, connector: &str, tasks: u32) {
+        for task in 0..tasks {
+            let task = task.to_string();
+            let _ = self.lag.remove_label_values(&[connector, task.as_str()]);
+            let _ = self.position_age.remove_label_values(&[connector, task.as_str()]);
+        }
+    }
+}
+
+/// One task's position age: reset when its position moves, published on every step.
+pub(crate) struct PositionAge {
+    moved_at: Instant,
+    gauge: prometheus::Gauge,
+}
+
+impl PositionAge {
+    pub(crate) fn new(shared: &TaskShared, task: i32) -> PositionAge {
+        let gauge = shared.gauges.position_age.with_label_values(&[&shared.config.connector, &task.to_string()]);
+        PositionAge { moved_at: Instant::now(), gauge }
+    }
+
+    pub(crate) fn moved(&mut self) {
+        self.moved_at = Instant::now();
+        self.gauge.set(0.0);
+    }
+
+    pub(crate) fn publish(&self) {
+        self.gauge.set(self.moved_at.elapsed().as_secs_f64());
+    }
+}
+
 /// What the tasks of one connector share with the manager.
 pub struct TaskShared {
     pub host: Host,
@@ -197,6 +254,7 @@ pub struct TaskShared {
     pub metrics: DeploymentMetrics,
     /// Bytes of keys and values written (sources) or read (sinks).
     pub bytes_out: prometheus::IntCounter,
+    pub gauges: TaskGauges,
     pub logs: Arc<LogBuffer>,
     /// `tasks.max`, the plugin's keys and `topic.prefix`, per task below.
     pub config: TaskConfig,
@@ -272,6 +330,7 @@ pub struct SourceDriver {
     /// A failure found while starting that no retry can fix: the next step reports it.
     fatal: Option<String>,
     crash_at: Option<CrashPoint>,
+    age: PositionAge,
 }
 
 /// Records grouped by the partition they go to, in order.
@@ -280,7 +339,8 @@ type Batches = BTreeMap<(String, i32), Vec<ProducerRecord>>;
 impl SourceDriver {
     pub fn new(shared: Arc<TaskShared>, task: i32) -> SourceDriver {
         let config = shared.task_config(task);
-        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None }
+        let age = PositionAge::new(&shared, task);
+        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None, age }
     }
 
     /// For tests: the next step with records and positions stops at `point` with an error, as if the
@@ -410,6 +470,7 @@ impl Task for SourceDriver {
         if let Some(message) = self.fatal.take() {
             return Ok(self.failed(message));
         }
+        self.age.publish();
         let Some(module) = self.module.as_mut() else { return Err(RuntimeError::Invalid("the task has no module".into())) };
         let started = Instant::now();
         let poll = module.poll();
@@ -444,7 +505,10 @@ impl Task for SourceDriver {
         }
         if poll.records.is_empty() {
             return match self.shared.offsets.save_positions(&self.config.connector, &positions) {
-                Ok(()) => Ok(Step::Progress),
+                Ok(()) => {
+                    self.age.moved();
+                    Ok(Step::Progress)
+                }
                 Err(ConnectError::BadRequest(message)) => {
                     Ok(self.failed(format!("poll returned positions the runtime cannot store: {message}")))
                 }
@@ -452,7 +516,11 @@ impl Task for SourceDriver {
             };
         }
         let (batches, count, bytes) = self.batches(poll.records)?;
-        Ok(self.write(batches, count, bytes, positions)?.unwrap_or(Step::Progress))
+        let step = self.write(batches, count, bytes, positions)?;
+        if step.is_none() {
+            self.age.moved();
+        }
+        Ok(step.unwrap_or(Step::Progress))
     }
 
     fn reset(&mut self) {

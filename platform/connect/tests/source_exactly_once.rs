@@ -20,7 +20,9 @@ use sluice_connect::config::{ConfigKeyDef, ConnectorType};
 use sluice_connect::offsets::{ConnectorOffset, OffsetStore};
 use sluice_connect::plugins::{ConnectorPlugin, PluginSpec};
 use sluice_connect::sql::SqlSession;
-use sluice_connect::task::{CrashPoint, SinkModule, SourceDriver, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskShared};
+use sluice_connect::task::{
+    CrashPoint, SinkModule, SourceDriver, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskGauges, TaskShared,
+};
 use sluice_connect::task::{ModuleError, settle_stopped_tasks};
 use sluice_runtime::{LogBuffer, MetricFamilies, Task, TaskControl};
 
@@ -129,6 +131,7 @@ fn boot(dir: &Path, runtime: &tokio::runtime::Runtime, starts: &Starts) -> Incar
         offsets: Arc::clone(&offsets),
         metrics: families.deployment(CONNECTOR),
         bytes_out: prometheus::IntCounter::new("bytes_out_test", "test").unwrap(),
+        gauges: TaskGauges::register(host.metrics()).unwrap(),
         logs: Arc::new(LogBuffer::new(CONNECTOR)),
         config: TaskConfig { connector: CONNECTOR.into(), task: 0, tasks: 1, config: BTreeMap::new(), topic_prefix: None },
         sql: None,

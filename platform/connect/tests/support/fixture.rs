@@ -110,6 +110,10 @@ impl Fixture {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         server.abort();
+        // Wait until the server task is gone: its router holds the manager, which must be dropped
+        // (stopping its tasks) before the runtime, or the runtime's shutdown and the tasks wait on
+        // each other.
+        let _ = self.runtime.block_on(server);
         let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}")))
