@@ -121,17 +121,7 @@ fn rows_arrive_exactly_once(f: &Fixture, connection: &[(&str, &str)], target: &m
         assert!(status.tasks.iter().all(|t| t.state == "RUNNING"), "{name}: {:?}", status.tasks);
     }
     // Caught up: every task's lag gauge reads 0.
-    let lags: Vec<f64> = f
-        .host
-        .metrics()
-        .gather()
-        .into_iter()
-        .filter(|family| family.name().ends_with("connector_lag_records"))
-        .flat_map(|family| family.get_metric().to_vec())
-        .filter(|metric| metric.get_label().iter().any(|l| l.value() == "orders-sink"))
-        .map(|metric| metric.get_gauge().value())
-        .collect();
-    assert_eq!(lags, vec![0.0, 0.0], "two tasks, caught up");
+    assert_eq!(f.gauges("connector_lag_records", "orders-sink"), vec![0.0, 0.0], "two tasks, caught up");
 }
 
 #[test]

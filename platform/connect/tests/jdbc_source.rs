@@ -103,16 +103,7 @@ fn sqlite_tables_arrive_once_across_a_restart_in_every_mode() {
     wait_for_ids(&f, "inc-orders", 1..=5000);
     wait_for_ids(&f, "both-orders", 1..=5000);
     assert!(f.host.topic("inc-skipped").is_none(), "table.whitelist leaves the other table out");
-    let ages: Vec<f64> = f
-        .host
-        .metrics()
-        .gather()
-        .into_iter()
-        .filter(|family| family.name().ends_with("connector_position_age_seconds"))
-        .flat_map(|family| family.get_metric().to_vec())
-        .filter(|metric| metric.get_label().iter().any(|l| l.value() == "sq-inc"))
-        .map(|metric| metric.get_gauge().value())
-        .collect();
+    let ages = f.gauges("connector_position_age_seconds", "sq-inc");
     assert!(ages.len() == 1 && ages[0] < 60.0, "the source task's position age: {ages:?}");
 
     // Keys are the primary key; values are the row, NUMERIC as exact text.

@@ -93,6 +93,19 @@ impl Fixture {
         values(&self.host, topic)
     }
 
+    /// The values of a gauge family (by the end of its name) for one connector's series.
+    pub fn gauges(&self, family: &str, connector: &str) -> Vec<f64> {
+        self.host
+            .metrics()
+            .gather()
+            .into_iter()
+            .filter(|f| f.name().ends_with(family))
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|metric| metric.get_label().iter().any(|l| l.name() == "connector" && l.value() == connector))
+            .map(|metric| metric.get_gauge().value())
+            .collect()
+    }
+
     pub fn task_state(&self, name: &str) -> (String, Option<String>) {
         let status = self.manager.status(name).unwrap();
         let task = status.tasks.into_iter().next().expect("one task");
