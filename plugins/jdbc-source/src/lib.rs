@@ -441,9 +441,11 @@ impl JdbcSource {
             return Ok(());
         } else {
             let statement = match dialect {
+                // Tables and partitioned tables, not their partitions (whose rows the parent reads).
                 Dialect::Postgres => {
-                    "SELECT table_schema::text, table_name::text FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
-                     AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2"
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                     AND n.nspname NOT LIKE 'pg\\_toast%' ORDER BY 1, 2"
                 }
                 Dialect::MySql => {
                     "SELECT CAST(table_schema AS CHAR), CAST(table_name AS CHAR) FROM information_schema.tables \
@@ -627,14 +629,13 @@ impl JdbcSource {
         if !order.is_empty() {
             statement.push(&format!(" ORDER BY {}", order.join(", ")));
         }
-        // One row more than asked: whether the table has more now.
-        statement.push(&format!(" LIMIT {}", limit + 1));
+        // A full batch: the table may have more now.
+        statement.push(&format!(" LIMIT {limit}"));
         if mode == Mode::Bulk {
             statement.push(&format!(" OFFSET {}", self.tables[index].bulk_done));
         }
         let mut rows = self.conn.query(&statement.sql, &statement.params)?;
-        let mut more = rows.rows.len() > limit;
-        rows.rows.truncate(limit);
+        let mut more = rows.rows.len() >= limit;
         if mode == Mode::Timestamp && more {
             more = self.whole_timestamp_runs(index, &mut rows)?;
         }
@@ -661,7 +662,14 @@ impl JdbcSource {
         let ts_expr = self.timestamp_expr();
         let mut statement = Statement::new(self.dialect);
         statement.push(&format!("SELECT {SRC}.*, {ts_expr} AS {TS_ALIAS} FROM {} WHERE {ts_expr} = ", self.tables[index].from)).bind(last);
+        statement.push(&format!(" LIMIT {BATCH_MAX_ROWS_MAX}"));
         *rows = self.conn.query(&statement.sql, &statement.params)?;
+        if rows.rows.len() >= BATCH_MAX_ROWS_MAX {
+            sluice::bail!(
+                "{BATCH_MAX_ROWS_MAX} or more rows share one timestamp, more than one poll can carry: \
+                 use mode=timestamp+incrementing, which tells them apart"
+            );
+        }
         Ok(true)
     }
 

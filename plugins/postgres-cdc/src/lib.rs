@@ -58,6 +58,10 @@ pub const POLL_INTERVAL_MS_DEFAULT: u64 = 500;
 /// Retained WAL above which the connector warns.
 pub const RETAINED_WAL_WARN_BYTES: i64 = 1 << 30;
 const WAL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// pgoutput messages a decoding session sends depending on where it started (Origin, Relation, Type),
+/// as byte values for SQL and for the guest.
+const SESSION_MESSAGES: &str = "79, 82, 89";
+const SESSION_MESSAGE_KINDS: [u8; 3] = [b'O', b'R', b'Y'];
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MS: i64 = 946_684_800_000;
 
@@ -121,7 +125,8 @@ impl Snapshot {
 
 /// Where the connector is in the log: `lsn`, the slot position it reads from (the end of the last
 /// transaction whose events all committed), and `consumed`, how many decoded rows after it were
-/// already emitted (a transaction larger than a poll).
+/// already emitted, Relation/Type/Origin messages not counted (they depend on where a decoding
+/// session starts) (a transaction larger than a poll).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamPosition {
     pub lsn: u64,
@@ -547,7 +552,8 @@ impl PostgresCdc {
         }
         self.conn.begin()?;
         self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", &[])?;
-        let row = self.conn.query("SELECT pg_current_snapshot()::text, pg_current_wal_lsn()::text", &[])?.rows.into_iter().next();
+        // The insert position: every commit the snapshot saw was inserted before it.
+        let row = self.conn.query("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text", &[])?.rows.into_iter().next();
         let (Some(snap), Some(lsn)) = (row.as_ref().and_then(|r| text(&r[0])), row.as_ref().and_then(|r| text(&r[1]))) else {
             sluice::bail!("pg_current_snapshot() returned nothing");
         };
@@ -630,10 +636,10 @@ impl PostgresCdc {
     fn stream(&mut self) -> Result<Poll> {
         self.advance_slot(self.position.lsn)?;
         self.check_wal();
-        // The WAL position now: commits up to it are decoded by this peek, so with nothing to emit
-        // the slot can move there.
+        // The flushed WAL position now (the peek decodes no further than what is flushed): commits up
+        // to it are decoded by this peek, so with nothing to emit the slot can move there.
         let current =
-            self.query_one("SELECT pg_current_wal_lsn()::text", &[])?.as_ref().and_then(text).map(|t| parse_lsn(&t)).transpose()?;
+            self.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])?.as_ref().and_then(text).map(|t| parse_lsn(&t)).transpose()?;
         let consumed = self.position.consumed;
         let slot = Value::Text(self.settings.slot.clone());
         let publication = Value::Text(self.settings.publication.clone());
@@ -641,22 +647,16 @@ impl PostgresCdc {
         let nchanges = Value::Int((consumed + self.settings.batch as u64) as i64);
         let peek = "pg_logical_slot_peek_binary_changes($1::name, $2::pg_lsn, $3::int, 'proto_version', '1', 'publication_names', $4) \
                     WITH ORDINALITY AS c(lsn, xid, data, n)";
-        if consumed > 0 {
-            // Part of a transaction was emitted: its Begin and the relations come from the rows before.
-            let earlier = self.conn.query(
-                &format!("SELECT xid::text, data FROM {peek} WHERE n <= $5 AND get_byte(data, 0) IN (66, 82) ORDER BY n"),
-                &[slot.clone(), upto.clone(), nchanges.clone(), publication.clone(), Value::Int(consumed as i64)],
-            )?;
-            for row in earlier.rows {
-                if let Some(Value::Bytes(data)) = row.get(1)
-                    && let Message::Relation { oid, relation } = decode(data)?
-                {
-                    self.relations.insert(oid, relation);
-                }
-            }
-        }
+        // `consumed` counts the rows after the slot position that every decoding session produces
+        // alike: not the Relation, Type and Origin messages, which pgoutput sends the first time a
+        // session meets a relation (so where they fall depends on where the session started). Those
+        // come back from before the resume point too: the guest needs the relations.
         let rows = self.conn.query(
-            &format!("SELECT lsn::text, xid::text, data FROM {peek} WHERE n > $5 ORDER BY n LIMIT $6"),
+            &format!(
+                "SELECT lsn::text, xid::text, data FROM (SELECT lsn, xid, data, n, \
+                 count(*) FILTER (WHERE get_byte(data, 0) NOT IN ({SESSION_MESSAGES})) OVER (ORDER BY n) AS m FROM {peek}) s \
+                 WHERE m > $5 OR get_byte(data, 0) IN ({SESSION_MESSAGES}) ORDER BY n LIMIT $6"
+            ),
             &[slot, upto, nchanges, publication, Value::Int(consumed as i64), Value::Int(self.settings.batch as i64)],
         )?;
         if rows.rows.is_empty() {
@@ -676,8 +676,10 @@ impl PostgresCdc {
         let mut position = self.position.clone();
         let mut commit_ts_ms = now_ms();
         for row in &rows.rows {
-            position.consumed += 1;
             let Some(Value::Bytes(data)) = row.get(2) else { sluice::bail!("the slot returned a row without data") };
+            if !SESSION_MESSAGE_KINDS.contains(&data.first().copied().unwrap_or(0)) {
+                position.consumed += 1;
+            }
             let xid: u32 = row.get(1).and_then(text).and_then(|x| x.parse().ok()).unwrap_or(0);
             let lsn = row.first().and_then(text).map(|l| parse_lsn(&l)).transpose()?.unwrap_or(0);
             let skip = position.snapshot.as_ref().is_some_and(|s| s.saw(xid));
