@@ -509,18 +509,27 @@ impl JdbcSource {
         }
     }
 
-    /// The upper bound of timestamps that may be read, as SQL (`None`: no bound).
-    fn timestamp_bound(&self) -> Option<String> {
-        match self.dialect {
-            Dialect::Postgres => Some(format!(
-                "LEAST(statement_timestamp() - interval '{} milliseconds', (SELECT min(xact_start) FROM pg_stat_activity \
+    /// The upper bound of timestamps that may be read (`None`: no bound). Read by a statement of its
+    /// own *before* the rows: a transaction that commits after it either was open then (and so holds
+    /// the bound down) or started later (and so stamps later times); read in the rows' statement,
+    /// one committing between that statement's snapshot and its `pg_stat_activity` read would be
+    /// in neither.
+    fn timestamp_bound(&self) -> Result<Option<Value>> {
+        let statement = match self.dialect {
+            Dialect::Postgres => format!(
+                "SELECT LEAST(statement_timestamp() - interval '{} milliseconds', (SELECT min(xact_start) FROM pg_stat_activity \
                  WHERE backend_type = 'client backend' AND xact_start IS NOT NULL AND pid <> pg_backend_pid()))",
                 self.settings.timestamp_delay_ms
-            )),
+            ),
             Dialect::MySql => {
-                Some(format!("NOW(6) - INTERVAL {} MICROSECOND", self.settings.timestamp_delay_ms.max(self.settings.commit_lag_ms) * 1000))
+                format!("SELECT NOW(6) - INTERVAL {} MICROSECOND", self.settings.timestamp_delay_ms.max(self.settings.commit_lag_ms) * 1000)
             }
-            Dialect::Sqlite => None,
+            Dialect::Sqlite => return Ok(None),
+        };
+        let bound = self.conn.query(&statement, &[])?.rows.into_iter().next().and_then(|row| row.into_iter().next());
+        match bound {
+            Some(value @ (Value::TimestampTz(_) | Value::Timestamp(_))) => Ok(Some(value)),
+            other => sluice::bail!("the database's clock read as {other:?}"),
         }
     }
 
@@ -605,8 +614,8 @@ impl JdbcSource {
             } else {
                 statement.push(&format!(" AND {ts_expr} IS NOT NULL"));
             }
-            if let Some(bound) = self.timestamp_bound() {
-                statement.push(&format!(" AND {ts_expr} < {bound}"));
+            if let Some(bound) = self.timestamp_bound()? {
+                statement.push(&format!(" AND {ts_expr} < ")).bind(bound);
             }
         }
         self.finish_read(index, statement, inc, limit)
