@@ -191,8 +191,8 @@ pub(crate) fn start_module<M: ?Sized>(
 
 /// Per-task gauges: `sluice_connector_lag_records{connector,task}` (a sink task's input records not
 /// yet written: last stable offset minus position over its partitions) and
-/// `sluice_connector_position_age_seconds{connector,task}` (seconds since the task's position last
-/// moved: a source's poll committed, or a sink's batch).
+/// `sluice_connector_position_age_seconds{connector,task}` (seconds since a source task's position
+/// last moved: a poll's records or positions committed).
 #[derive(Clone)]
 pub struct TaskGauges {
     pub lag: prometheus::IntGaugeVec,
@@ -206,7 +206,7 @@ impl TaskGauges {
             &["connector", "task"],
         )?;
         let position_age = prometheus::GaugeVec::new(
-            prometheus::Opts::new("connector_position_age_seconds", "Seconds since a connector task's position last moved"),
+            prometheus::Opts::new("connector_position_age_seconds", "Seconds since a source task's position last moved"),
             &["connector", "task"],
         )?;
         registry.register(Box::new(lag.clone()))?;
