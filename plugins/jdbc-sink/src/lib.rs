@@ -239,17 +239,11 @@ pub struct Sql {
 
 impl Sql {
     pub fn quote(&self, name: &str) -> String {
-        match self.dialect {
-            Dialect::MySql => format!("`{}`", name.replace('`', "``")),
-            Dialect::Postgres | Dialect::Sqlite => format!("\"{}\"", name.replace('"', "\"\"")),
-        }
+        self.dialect.quote(name)
     }
 
     fn placeholder(&self, n: usize) -> String {
-        match self.dialect {
-            Dialect::Postgres => format!("${n}"),
-            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
-        }
+        self.dialect.placeholder(n)
     }
 
     /// The column type this sink creates for a JSON value.

@@ -226,14 +226,6 @@ fn qualified(schema: Option<&str>, name: &str) -> String {
     }
 }
 
-/// An identifier quoted for the dialect.
-pub fn quote(dialect: Dialect, ident: &str) -> String {
-    match dialect {
-        Dialect::MySql => format!("`{}`", ident.replace('`', "``")),
-        Dialect::Postgres | Dialect::Sqlite => format!("\"{}\"", ident.replace('"', "\"\"")),
-    }
-}
-
 /// A statement under construction: placeholders numbered for the dialect.
 struct Statement {
     dialect: Dialect,
@@ -253,13 +245,7 @@ impl Statement {
 
     fn bind(&mut self, value: Value) -> &mut Statement {
         self.params.push(value);
-        match self.dialect {
-            Dialect::Postgres => {
-                let n = self.params.len();
-                self.sql.push_str(&format!("${n}"));
-            }
-            Dialect::MySql | Dialect::Sqlite => self.sql.push('?'),
-        }
+        self.sql.push_str(&self.dialect.placeholder(self.params.len()));
         self
     }
 }
@@ -476,8 +462,8 @@ impl JdbcSource {
             }
             let from = match &schema {
                 // MySQL: the connection's database (DATABASE()) already.
-                Some(schema) if dialect == Dialect::Postgres => format!("{}.{} {SRC}", quote(dialect, schema), quote(dialect, &name)),
-                _ => format!("{} {SRC}", quote(dialect, &name)),
+                Some(schema) if dialect == Dialect::Postgres => format!("{}.{} {SRC}", dialect.quote(schema), dialect.quote(&name)),
+                _ => format!("{} {SRC}", dialect.quote(&name)),
             };
             let key = self.conn.primary_key(schema.as_deref(), &name)?;
             let topic = format!("{}{name}", self.settings.topic_prefix);
@@ -498,7 +484,7 @@ impl JdbcSource {
     }
 
     fn column(&self, name: &str) -> String {
-        format!("{SRC}.{}", quote(self.dialect, name))
+        format!("{SRC}.{}", self.dialect.quote(name))
     }
 
     /// The timestamp expression: the column, or the first non-null of several.

@@ -447,10 +447,6 @@ impl Settings {
     }
 }
 
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -506,7 +502,8 @@ impl PostgresCdc {
                 sluice::bail!("publication {} does not exist (publication.autocreate.mode=disabled): create it", self.settings.publication);
             }
             sluice::log::info!("creating publication {} FOR ALL TABLES", self.settings.publication);
-            self.conn.execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", quote(&self.settings.publication)), &[])?;
+            self.conn
+                .execute(&format!("CREATE PUBLICATION {} FOR ALL TABLES", Dialect::Postgres.quote(&self.settings.publication)), &[])?;
         }
         let slot = Value::Text(self.settings.slot.clone());
         let existing = self.conn.query(
@@ -578,7 +575,11 @@ impl PostgresCdc {
             return Ok(Poll::records(Vec::new(), vec![Position::new(self.partition(), self.position.to_json())]));
         };
         let mut params = Vec::new();
-        let mut statement = format!("SELECT ctid::text AS sluice_ctid, t.* FROM {}.{} t", quote(&schema), quote(&table));
+        let mut statement = format!(
+            "SELECT ctid::text AS sluice_ctid, t.* FROM {}.{} t",
+            Dialect::Postgres.quote(&schema),
+            Dialect::Postgres.quote(&table)
+        );
         if let Some(ctid) = &reading.after_ctid {
             statement.push_str(" WHERE ctid > $1::tid");
             params.push(Value::Text(ctid.clone()));

@@ -107,6 +107,24 @@ pub enum Dialect {
     Sqlite,
 }
 
+impl Dialect {
+    /// An identifier (table, column) quoted for this database: `"name"`, or `` `name` `` on MySQL.
+    pub fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::MySql => format!("`{}`", ident.replace('`', "``")),
+            Dialect::Postgres | Dialect::Sqlite => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
+    }
+
+    /// The placeholder of the `n`th parameter (from 1): `$n` on PostgreSQL, `?` elsewhere.
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            Dialect::MySql | Dialect::Sqlite => "?".to_owned(),
+        }
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
