@@ -46,7 +46,7 @@ def as_pg_user(cmd: list[str]) -> list[str]:
 class Postgres:
     """A throwaway cluster with trust authentication on 127.0.0.1 and fsync on (like a real target)."""
 
-    def __init__(self):
+    def __init__(self, settings: dict[str, str] | None = None):
         self.dir = tempfile.mkdtemp(prefix="sink-perf-pg-")
         os.chmod(self.dir, 0o755)
         if os.geteuid() == 0:
@@ -58,6 +58,7 @@ class Postgres:
         subprocess.run(as_pg_user([pg_bin("initdb"), "-D", self.data, "-U", USER, "-A", "trust", "-E", "UTF8"]), check=True,
                        capture_output=True)
         opts = f"-c port={self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir}"
+        opts += "".join(f" -c {key}={value}" for key, value in (settings or {}).items())
         subprocess.run(as_pg_user([pg_bin("pg_ctl"), "-D", self.data, "-w", "-o", opts, "-l", os.path.join(self.dir, "log"), "start"]),
                        check=True, capture_output=True)
 

@@ -12,7 +12,8 @@
 //! | `tasks.max` | how many tasks (threads) run the connector, 1..=[`TASKS_MAX_LIMIT`] |
 //! | `topics`, `topics.regex` | a sink's input: a comma-separated list, or a regex (exactly one of them) |
 //! | `topic.prefix` | a source's output topics are named `{topic.prefix}…` (the plugin says how) |
-//! | `transforms`, `transforms.<alias>.type`, `transforms.<alias>.<key>` | a chain of Wasm transforms from the registry, applied in process, each with its config |
+//! | `transforms`, `transforms.<alias>.type`, `transforms.<alias>.<key>` | a chain of Wasm transforms from the registry, applied in process, each with its config (`crate::chain`) |
+//! | `transforms.<alias>.outputs` | topics that step may route records to, besides the record's own |
 //! | `errors.tolerance` | `none` (a failure stops the task) or `all` (failing records are dead-lettered or skipped) |
 //! | `errors.retry.timeout` | ms to keep retrying a failing operation (0: no retry, -1: without a time limit) |
 //! | `errors.retry.delay.max.ms` | the longest wait between retries |
@@ -325,8 +326,10 @@ pub struct TransformStep {
     pub alias: String,
     /// A transform module in the registry.
     pub module: String,
-    /// `transforms.<alias>.<key>` without the prefix (and without `type`).
+    /// `transforms.<alias>.<key>` without the prefix (and without `type` and `outputs`).
     pub config: BTreeMap<String, String>,
+    /// `transforms.<alias>.outputs`: topics the step may route records to besides the record's own.
+    pub outputs: Vec<String>,
 }
 
 /// The `errors.*` keys, parsed.
@@ -568,7 +571,7 @@ pub fn validate(raw: &BTreeMap<String, String>, context: &Context<'_>) -> (Optio
         let prefix = format!("transforms.{alias}.");
         let type_key = format!("{prefix}type");
         v.values.entry(type_key.clone()).or_default();
-        let mut step = TransformStep { alias: alias.clone(), module: String::new(), config: BTreeMap::new() };
+        let mut step = TransformStep { alias: alias.clone(), module: String::new(), config: BTreeMap::new(), outputs: Vec::new() };
         match get(&type_key) {
             None => v.error(&type_key, format!("Missing required configuration \"{type_key}\" which has no default value.")),
             Some(module) if (context.is_transform)(module) => step.module = module.to_string(),
@@ -583,6 +586,21 @@ pub fn validate(raw: &BTreeMap<String, String>, context: &Context<'_>) -> (Optio
                 "type" => {}
                 "predicate" | "negate" => {
                     v.values.entry(key.clone()).or_default().push("predicates are not supported; filter in the transform itself".into())
+                }
+                "outputs" => {
+                    let errors = v.values.entry(key.clone()).or_default();
+                    let outputs = list(value);
+                    if outputs.len() >= sluice_wasm::OUTPUTS_MAX {
+                        errors.push(format!("{} topics; at most {}", outputs.len(), sluice_wasm::OUTPUTS_MAX - 1));
+                    }
+                    for (i, topic) in outputs.iter().enumerate() {
+                        if let Err(error) = check_topic_name(topic) {
+                            errors.push(error.into());
+                        } else if outputs[..i].contains(topic) {
+                            errors.push(format!("'{topic}' is listed twice"));
+                        }
+                    }
+                    step.outputs = outputs;
                 }
                 _ => {
                     v.values.entry(key.clone()).or_default();
@@ -817,6 +835,7 @@ mod tests {
             ("transforms", "mask"),
             ("transforms.mask.type", "pii-mask"),
             ("transforms.mask.fields", "email"),
+            ("transforms.mask.outputs", "orders-eu, orders-us"),
             ("errors.tolerance", "all"),
             ("errors.retry.timeout", "30000"),
             ("errors.retry.delay.max.ms", "5000"),
@@ -833,6 +852,8 @@ mod tests {
         assert_eq!(parsed.topics, TopicSelection::List(vec!["orders".into(), "refunds".into()]));
         assert_eq!(parsed.transforms[0].module, "pii-mask");
         assert_eq!(parsed.transforms[0].config.get("fields").map(String::as_str), Some("email"));
+        assert_eq!(parsed.transforms[0].outputs, ["orders-eu", "orders-us"]);
+        assert!(!parsed.transforms[0].config.contains_key("outputs"), "the runtime's key, not the transform's");
         assert_eq!(parsed.plugin_config.keys().collect::<Vec<_>>(), vec!["insert.mode"]);
         assert!(parsed.connections.contains_key("default"));
         let policy = parsed.errors.policy();
@@ -879,8 +900,10 @@ mod tests {
             ("topic.prefix", "p-"),
             ("errors.tolerance", "some"),
             ("errors.deadletterqueue.topic.replication.factor", "3"),
-            ("transforms", "m"),
+            ("transforms", "m,n"),
             ("transforms.m.type", "org.apache.kafka.connect.transforms.RegexRouter"),
+            ("transforms.n.type", "pii-mask"),
+            ("transforms.n.outputs", "ok,bad topic,ok"),
             ("connection.url", "oracle://db"),
         ]);
         let (_, validation) = check(&raw, Some(&plugin));
@@ -893,10 +916,12 @@ mod tests {
             "errors.tolerance",
             "errors.deadletterqueue.topic.replication.factor",
             "transforms.m.type",
+            "transforms.n.outputs",
             "connection.url",
         ] {
             assert!(!validation.values[key].is_empty(), "{key} should have an error: {:?}", validation.messages());
         }
+        assert_eq!(validation.values["transforms.n.outputs"].len(), 2, "a bad name and a duplicate: {:?}", validation.messages());
         let (_, missing) = check(&config(&[("name", "x"), ("connector.class", "nope")]), None);
         assert!(missing.values["connector.class"][0].contains("Failed to find any class"));
     }

@@ -34,6 +34,7 @@ use sluice_broker::host::{Extension, Host, StartError};
 use sluice_runtime::Plugins;
 
 pub mod api;
+pub mod chain;
 pub mod config;
 pub mod error;
 pub mod manager;

@@ -28,6 +28,7 @@ use sluice_broker::host::Host;
 use sluice_runtime::supervisor::TaskFactory;
 use sluice_runtime::{LogBuffer, MetricFamilies, RuntimeError, Supervisor, Task, TaskSet, TaskState};
 
+use crate::chain::{ORIGIN_OUTPUT, StepSpec};
 use crate::config::{self, ConnectorConfig, ConnectorType, Validation, masked, unmask};
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, ConnectorOffsets, OffsetStore, check_entry};
@@ -226,6 +227,13 @@ impl ConnectorManager {
             self.settle_or_warn(&connector.stored.name);
             return connector;
         }
+        let chain = match self.resolve_chain(&parsed) {
+            Ok(chain) => chain,
+            Err(error) => {
+                connector.failure = Some(error.to_string());
+                return connector;
+            }
+        };
         let name = connector.stored.name.clone();
         let shared = Arc::new(TaskShared {
             host: self.host.clone(),
@@ -243,12 +251,14 @@ impl ConnectorManager {
                 topic_prefix: parsed.topic_prefix.clone(),
             },
             sql: SqlFactory::new(parsed.connections.clone(), self.host.runtime().clone()),
+            policy: parsed.errors.policy(),
+            chain,
         });
         let tasks_max = parsed.tasks_max as i32;
         let make: TaskFactory = match parsed.kind() {
             ConnectorType::Source => Box::new(move |task| Ok(Box::new(SourceDriver::new(Arc::clone(&shared), task)) as Box<dyn Task>)),
             ConnectorType::Sink => {
-                let settings = Arc::new(SinkSettings { topics: parsed.topics.clone(), policy: parsed.errors.policy() });
+                let settings = Arc::new(SinkSettings { topics: parsed.topics.clone() });
                 Box::new(move |task| Ok(Box::new(SinkDriver::new(Arc::clone(&shared), Arc::clone(&settings), task)) as Box<dyn Task>))
             }
         };
@@ -262,6 +272,23 @@ impl ConnectorManager {
         self.supervisor.insert(&name, Arc::clone(&set));
         connector.tasks = Some(set);
         connector
+    }
+
+    /// The `transforms` chain with each step's module as the registry holds it now.
+    fn resolve_chain(&self, parsed: &ConnectorConfig) -> Result<Vec<StepSpec>, ConnectError> {
+        parsed
+            .transforms
+            .iter()
+            .map(|step| {
+                let module = self
+                    .catalog
+                    .transform_module(&step.module)
+                    .map_err(|e| ConnectError::BadRequest(format!("transform '{}' ({}): {e}", step.alias, step.module)))?;
+                let outputs = std::iter::once(ORIGIN_OUTPUT.to_string()).chain(step.outputs.iter().cloned()).collect();
+                let config = step.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                Ok(StepSpec { alias: step.alias.clone(), module_name: step.module.clone(), module, config, outputs })
+            })
+            .collect()
     }
 
     /// Settles the positions a stopped connector's tasks left pending (see `crate::task`); a failure

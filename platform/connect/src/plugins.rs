@@ -111,6 +111,11 @@ impl Catalog {
         self.builtin.write().insert(plugin.spec().name.clone(), plugin);
     }
 
+    /// The shared registry's plugin host, if the catalog has one.
+    pub fn plugins(&self) -> Option<&Plugins> {
+        self.plugins.as_ref()
+    }
+
     fn modules(&self) -> Vec<ModuleInfo> {
         self.plugins.as_ref().and_then(|p| p.registry().ok()).map(|r| r.list()).unwrap_or_default()
     }
@@ -177,6 +182,16 @@ impl Catalog {
             .filter(|m| m.worlds.iter().any(|w| w == "transform"))
             .map(|m| (m.name, m.digest.get(..12).unwrap_or_default().to_string()))
             .collect()
+    }
+
+    /// The registry's transform `name`, compiled (a step of a connector's chain). Blocking: the first
+    /// use of a digest may compile it.
+    pub fn transform_module(&self, name: &str) -> Result<sluice_wasm::TransformModule, ConnectError> {
+        let registry = self.plugins.as_ref().ok_or_else(|| ConnectError::NotFound("no module registry".into()))?.registry()?;
+        let info = registry.get(name).ok_or_else(|| {
+            ConnectError::NotFound(format!("module '{name}' is not in the registry (upload it with `sluice plugin upload`)"))
+        })?;
+        Ok(registry.load(&info.digest)?.transform().map_err(sluice_runtime::RuntimeError::from)?)
     }
 
     /// Whether `module` is a Wasm transform in the registry (a `transforms.<alias>.type`).

@@ -34,9 +34,10 @@ use serde_json::{Map, Value, json};
 use sluice_broker::host::{CommittedReader, Host, HostError, ProducerRecord, TopicInfo, TransactionalProducer, is_internal_name};
 use sluice_runtime::isolate::Outcome;
 use sluice_runtime::policy::{self, context_headers};
-use sluice_runtime::{ErrorPolicy, OnFailure, RuntimeError, Step, Task, TaskControl, Verdict};
+use sluice_runtime::{OnFailure, RuntimeError, Step, Task, TaskControl, Verdict};
 use sluice_wasm::{LogLevel, PluginError, World};
 
+use crate::chain::{Chain, ChainRecord, Side};
 use crate::config::TopicSelection;
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
@@ -57,10 +58,9 @@ const OFFSETS_MIRROR_INTERVAL: Duration = Duration::from_secs(1);
 /// Transaction timeout of the dead-letter producer.
 const DLQ_TXN_TIMEOUT_MS: i32 = 60_000;
 
-/// What a sink task needs beyond [`TaskShared`]: its input and error policy.
+/// What a sink task needs beyond [`TaskShared`]: its input.
 pub struct SinkSettings {
     pub topics: TopicSelection,
-    pub policy: ErrorPolicy,
 }
 
 /// The task a partition belongs to: a stable hash, so adding partitions never moves another.
@@ -236,14 +236,18 @@ pub struct SinkDriver {
     fatal: Option<String>,
     /// `sluice_connector_lag_records{connector,task}`.
     lag: prometheus::IntGauge,
+    /// The `transforms` chain between the topics and `put`.
+    chain: Chain,
 }
 
 impl SinkDriver {
     pub fn new(shared: Arc<TaskShared>, settings: Arc<SinkSettings>, task: i32) -> SinkDriver {
         let config = shared.task_config(task);
         let lag = shared.gauges.lag.with_label_values(&[&config.connector, &task.to_string()]);
+        let chain = Chain::new(&shared.chain, Side::Sink, Arc::clone(&shared.logs), format!("{}-{task}", config.connector));
         SinkDriver {
             lag,
+            chain,
             shared,
             settings,
             config,
@@ -414,7 +418,15 @@ impl SinkDriver {
         if let Some(target) = target {
             db(target.session.start_attempt())?;
         }
-        match module.put(records) {
+        // A transform chain may fan a batch out past what one `put` takes.
+        let mut put = Ok(());
+        for (chunk, records) in records.chunks(PUT_RECORDS_MAX).enumerate() {
+            put = module.put(records).map_err(|error| PutError { record: error.record.map(|i| chunk * PUT_RECORDS_MAX + i), ..error });
+            if put.is_err() {
+                break;
+            }
+        }
+        match put {
             Ok(()) => target.map_or(Ok(()), |t| db(t.session.keep_attempt())),
             Err(error) => {
                 if let Some(target) = target {
@@ -481,6 +493,11 @@ impl Task for SinkDriver {
             Ok(module) => self.module = Some(module),
             Err(fatal) => self.fatal = Some(fatal),
         }
+        if self.fatal.is_none()
+            && let Err(fatal) = self.chain.start()
+        {
+            self.fatal = Some(fatal);
+        }
         Ok(())
     }
 
@@ -520,7 +537,24 @@ impl Task for SinkDriver {
             records.iter().map(|r| r.key.as_ref().map_or(0, Bytes::len) as u64 + r.value.as_ref().map_or(0, Bytes::len) as u64).sum();
         self.shared.metrics.records_in.inc_by(records.len() as u64);
         let started = Instant::now();
-        let result = self.put_and_commit(&records, &read_to, control);
+        let (records, set_aside) = if self.chain.is_empty() {
+            (records, Vec::new())
+        } else {
+            match self.transform(&records, control) {
+                Ok(transformed) => transformed,
+                Err(step) => {
+                    self.rewind();
+                    return Ok(step);
+                }
+            }
+        };
+        let result = if records.is_empty() {
+            // The chain filtered the batch out (or set all of it aside): only positions move.
+            let failed: Vec<(&SinkRecord, String)> = set_aside.iter().map(|(r, e)| (r, e.clone())).collect();
+            self.set_aside(&failed).and_then(|()| self.commit_positions(&read_to)).map(|()| None)
+        } else {
+            self.put_and_commit(&records, &read_to, control, &set_aside)
+        };
         self.shared.metrics.process_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(Some(step)) => {
@@ -549,11 +583,58 @@ impl Task for SinkDriver {
         if let Some(mut module) = self.module.take() {
             module.stop();
         }
+        self.chain.stop();
         self.inputs.clear();
     }
 }
 
 impl SinkDriver {
+    /// Runs a batch through the transform chain under the error policy: the records to `put` and
+    /// the input records set aside (failing on their own, for the dead-letter topic or to skip); or
+    /// the step when the policy stops the task or it was interrupted while retrying (the batch did
+    /// not commit; the caller rewinds).
+    #[allow(clippy::type_complexity)]
+    fn transform(&mut self, records: &[SinkRecord], control: &TaskControl) -> Result<(Vec<SinkRecord>, Vec<(SinkRecord, String)>), Step> {
+        let inputs: Vec<ChainRecord> = records.iter().map(ChainRecord::from).collect();
+        let chain = &mut self.chain;
+        match policy::apply(&self.shared.policy, inputs.len(), control, |range| chain.run(&inputs[range])) {
+            Verdict::Done(outcomes) => {
+                let mut transformed = Vec::with_capacity(records.len());
+                let mut set_aside = Vec::new();
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Ok(out) => transformed.extend(out.into_iter().map(SinkRecord::from)),
+                        Outcome::Failed { index, error } => set_aside.push((records[index].clone(), error)),
+                    }
+                }
+                Ok((transformed, set_aside))
+            }
+            Verdict::Stop(error) => Err(self.failed(error.to_string())),
+            Verdict::Interrupted => Err(Step::Idle),
+        }
+    }
+
+    /// Dead-letters or skips (per the policy) records that failed on their own, logging each.
+    fn set_aside(&mut self, failed: &[(&SinkRecord, String)]) -> Result<(), RuntimeError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        match self.shared.policy.on_failure.clone() {
+            OnFailure::DeadLetter { topic, context_headers } => {
+                self.dead_letter(&topic, context_headers, failed)?;
+                self.shared.metrics.dead_lettered.inc_by(failed.len() as u64);
+            }
+            OnFailure::Skip | OnFailure::Stop => self.shared.metrics.error("skipped").inc_by(failed.len() as u64),
+        }
+        for (record, error) in failed {
+            self.shared.logs.push(
+                LogLevel::Warn,
+                &format!("record {}-{}@{} failed and was set aside: {error}", record.topic, record.partition, record.offset),
+            );
+        }
+        Ok(())
+    }
+
     /// Commits positions alone (input that held no records for the sink).
     fn commit_positions(&mut self, read_to: &BTreeMap<(String, i32), i64>) -> Result<(), RuntimeError> {
         if let Some(target) = &self.target {
@@ -574,6 +655,7 @@ impl SinkDriver {
         records: &[SinkRecord],
         read_to: &BTreeMap<(String, i32), i64>,
         control: &TaskControl,
+        set_aside: &[(SinkRecord, String)],
     ) -> Result<Option<Step>, RuntimeError> {
         let mut module = self.module.take().ok_or_else(|| RuntimeError::Invalid("the task has no module".into()))?;
         if let Some(target) = &self.target {
@@ -581,7 +663,7 @@ impl SinkDriver {
         }
         let target = self.target.as_ref();
         let mut unavailable: Option<PluginError> = None;
-        let verdict = policy::apply(&self.settings.policy, records.len(), control, |range| {
+        let verdict = policy::apply(&self.shared.policy, records.len(), control, |range| {
             if let Some(error) = &unavailable {
                 return Err(error.clone());
             }
@@ -615,30 +697,17 @@ impl SinkDriver {
                 return Ok(Some(Step::Idle));
             }
         };
-        let failed: Vec<(&SinkRecord, String)> = outcomes
-            .into_iter()
-            .filter_map(|outcome| match outcome {
+        let failed: Vec<(&SinkRecord, String)> = set_aside
+            .iter()
+            .map(|(record, error)| (record, error.clone()))
+            .chain(outcomes.into_iter().filter_map(|outcome| match outcome {
                 Outcome::Failed { index, error } => Some((&records[index], error)),
                 Outcome::Ok(()) => None,
-            })
+            }))
             .collect();
-        if !failed.is_empty() {
-            match self.settings.policy.on_failure.clone() {
-                OnFailure::DeadLetter { topic, context_headers } => {
-                    if let Err(error) = self.dead_letter(&topic, context_headers, &failed) {
-                        rollback(self.target.as_ref());
-                        return Err(error);
-                    }
-                    self.shared.metrics.dead_lettered.inc_by(failed.len() as u64);
-                }
-                OnFailure::Skip | OnFailure::Stop => self.shared.metrics.error("skipped").inc_by(failed.len() as u64),
-            }
-            for (record, error) in &failed {
-                self.shared.logs.push(
-                    LogLevel::Warn,
-                    &format!("record {}-{}@{} failed and was set aside: {error}", record.topic, record.partition, record.offset),
-                );
-            }
+        if let Err(error) = self.set_aside(&failed) {
+            rollback(self.target.as_ref());
+            return Err(error);
         }
         if let Some(target) = &self.target {
             let connector = &self.config.connector;

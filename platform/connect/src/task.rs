@@ -46,9 +46,8 @@
 //! `sluice_connector_errors_total{kind="task_failed"}` and logged, until the connector is restarted
 //! or resumed.
 //!
-//! Not yet here (the next pieces): the sink driver (committed input → `put` → the target
-//! transaction that also holds the input position) and the transform chain between module and
-//! topics.
+//! The connector's `transforms` chain (`crate::chain`) runs between `poll` and the topics, under the
+//! connector's error policy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -57,9 +56,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sluice_broker::host::{Host, ProducerRecord, TransactionalProducer};
-use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
+use sluice_runtime::isolate::Outcome;
+use sluice_runtime::{DeploymentMetrics, ErrorPolicy, LogBuffer, RuntimeError, Step, Task, TaskControl, Verdict};
 use sluice_wasm::LogLevel;
 
+use crate::chain::{Chain, ChainRecord, Side, StepSpec};
 use crate::config::ConnectorType;
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, OffsetStore, PendingPositions, check_entry};
@@ -260,6 +261,10 @@ pub struct TaskShared {
     pub config: TaskConfig,
     /// The connector's database connections, if it declares any: each task start makes its own.
     pub sql: Option<SqlFactory>,
+    /// The `errors.*` keys: what happens to records a transform or `put` fails on.
+    pub policy: ErrorPolicy,
+    /// The `transforms` chain, resolved when the connector started.
+    pub chain: Vec<StepSpec>,
 }
 
 impl TaskShared {
@@ -331,6 +336,8 @@ pub struct SourceDriver {
     fatal: Option<String>,
     crash_at: Option<CrashPoint>,
     age: PositionAge,
+    /// The `transforms` chain between `poll` and the topics.
+    chain: Chain,
 }
 
 /// Records grouped by the partition they go to, in order.
@@ -340,7 +347,8 @@ impl SourceDriver {
     pub fn new(shared: Arc<TaskShared>, task: i32) -> SourceDriver {
         let config = shared.task_config(task);
         let age = PositionAge::new(&shared, task);
-        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None, age }
+        let chain = Chain::new(&shared.chain, Side::Source, Arc::clone(&shared.logs), format!("{}-{task}", config.connector));
+        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None, age, chain }
     }
 
     /// For tests: the next step with records and positions stops at `point` with an error, as if the
@@ -360,6 +368,44 @@ impl SourceDriver {
 
     fn failed(&self, message: String) -> Step {
         self.shared.fail(self.config.task, message)
+    }
+
+    /// Runs a poll's records through the transform chain under the error policy: `Ok(Ok(records))`
+    /// to write (records failing on their own were skipped and logged, as Connect skips a source
+    /// record its SMTs fail on with `errors.tolerance=all`); `Ok(Err(step))` when the policy stops
+    /// the task. Interrupted while retrying, the poll's records are lost to the module's position,
+    /// so the task starts again from its committed positions (`Err`).
+    fn transform(&mut self, records: Vec<SourceRecord>, control: &TaskControl) -> Result<Result<Vec<SourceRecord>, Step>, RuntimeError> {
+        let inputs: Vec<ChainRecord> = records.into_iter().map(ChainRecord::from).collect();
+        let chain = &mut self.chain;
+        match sluice_runtime::policy::apply(&self.shared.policy, inputs.len(), control, |range| chain.run(&inputs[range])) {
+            Verdict::Done(outcomes) => {
+                let mut records = Vec::with_capacity(inputs.len());
+                let mut skipped = Vec::new();
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Ok(out) => records.extend(out.into_iter().map(SourceRecord::from)),
+                        Outcome::Failed { index, error } => skipped.push((index, error)),
+                    }
+                }
+                if let Some((index, error)) = skipped.first() {
+                    self.shared.metrics.error("skipped").inc_by(skipped.len() as u64);
+                    self.shared.logs.push(
+                        LogLevel::Warn,
+                        &format!(
+                            "{} record(s) failed in the transform chain and were skipped (errors.tolerance=all); the first, for '{}': {error}",
+                            skipped.len(),
+                            inputs[*index].topic
+                        ),
+                    );
+                }
+                Ok(Ok(records))
+            }
+            Verdict::Stop(error) => Ok(Err(self.failed(error.to_string()))),
+            Verdict::Interrupted => Err(RuntimeError::Invalid(
+                "paused or stopped while retrying the transform chain; the task starts again from its committed positions".into(),
+            )),
+        }
     }
 
     /// The partition a record goes to.
@@ -463,6 +509,11 @@ impl Task for SourceDriver {
             Ok(module) => self.module = Some(module),
             Err(fatal) => self.fatal = Some(fatal),
         }
+        if self.fatal.is_none()
+            && let Err(fatal) = self.chain.start()
+        {
+            self.fatal = Some(fatal);
+        }
         Ok(())
     }
 
@@ -503,7 +554,18 @@ impl Task for SourceDriver {
         if let Some(error) = positions.iter().find_map(|entry| check_entry(ConnectorType::Source, entry).err()) {
             return Ok(self.failed(format!("poll returned a position the runtime cannot store: {error}")));
         }
-        if poll.records.is_empty() {
+        let records = if self.chain.is_empty() || poll.records.is_empty() {
+            poll.records
+        } else {
+            match self.transform(poll.records, control)? {
+                Ok(records) => records,
+                Err(step) => return Ok(step),
+            }
+        };
+        if records.is_empty() && positions.is_empty() {
+            return Ok(Step::Progress);
+        }
+        if records.is_empty() {
             return match self.shared.offsets.save_positions(&self.config.connector, &positions) {
                 Ok(()) => {
                     self.age.moved();
@@ -515,7 +577,7 @@ impl Task for SourceDriver {
                 Err(error) => Err(error.into()),
             };
         }
-        let (batches, count, bytes) = self.batches(poll.records)?;
+        let (batches, count, bytes) = self.batches(records)?;
         let step = self.write(batches, count, bytes, positions)?;
         if step.is_none() {
             self.age.moved();
@@ -530,5 +592,6 @@ impl Task for SourceDriver {
         if let Some(mut module) = self.module.take() {
             module.stop();
         }
+        self.chain.stop();
     }
 }

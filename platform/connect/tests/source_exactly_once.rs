@@ -135,6 +135,8 @@ fn boot(dir: &Path, runtime: &tokio::runtime::Runtime, starts: &Starts) -> Incar
         logs: Arc::new(LogBuffer::new(CONNECTOR)),
         config: TaskConfig { connector: CONNECTOR.into(), task: 0, tasks: 1, config: BTreeMap::new(), topic_prefix: None },
         sql: None,
+        policy: Default::default(),
+        chain: Vec::new(),
     });
     let mut driver = SourceDriver::new(shared, 0);
     driver.start(&TaskControl::detached(0)).unwrap();

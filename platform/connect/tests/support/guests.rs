@@ -7,7 +7,18 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The guests these tests use, by package name.
-const GUESTS: &[&str] = &["file-source", "file-sink", "fixture-hostile-source", "pii-mask", "jdbc-sink", "jdbc-source", "postgres-cdc"];
+const GUESTS: &[&str] = &[
+    "file-source",
+    "file-sink",
+    "fixture-hostile-source",
+    "fixture-hostile",
+    "pii-mask",
+    "router",
+    "json-filter",
+    "jdbc-sink",
+    "jdbc-source",
+    "postgres-cdc",
+];
 
 fn build() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root");
