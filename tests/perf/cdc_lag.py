@@ -44,6 +44,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--txn-rows", type=int, default=50, help="rows per source transaction")
     ap.add_argument("--poll-ms", type=int, default=None, help="the connector's poll.interval.ms (its default if unset)")
+    ap.add_argument("--max-batch", type=int, default=None, help="the connector's max.batch.size (its default if unset)")
     args = ap.parse_args()
 
     pg = Postgres({"wal_level": "logical", "max_replication_slots": "4", "max_wal_senders": "4"})
@@ -62,6 +63,8 @@ def main():
                   "publication.name": f"pub_{run}", "table.include.list": "public.events", "snapshot.mode": "no_data"}
         if args.poll_ms is not None:
             config["poll.interval.ms"] = str(args.poll_ms)
+        if args.max_batch is not None:
+            config["max.batch.size"] = str(args.max_batch)
         http(args.admin, "POST", "/connectors", {"name": connector, "config": config})
         deadline = time.time() + 60
         while pg.psql(f"SELECT COUNT(*) FROM pg_replication_slots WHERE slot_name = 'slot_{run}'") != "1":
@@ -127,7 +130,6 @@ END $$;
         write_seconds = time.time() - write_started
         done.set()
         reader.join()
-        http(args.admin, "DELETE", f"/connectors/{connector}")
 
         steady = sorted(lag for at, lag in lags if at - write_started >= args.warmup and at <= write_started + write_seconds)
         received = [at for at, _ in lags]
@@ -143,8 +145,13 @@ END $$;
                        "samples": len(steady)},
             "txn_rows": args.txn_rows,
             "poll_interval_ms": args.poll_ms,
+            "max_batch_size": args.max_batch,
         }, indent=2))
     finally:
+        try:
+            http(args.admin, "DELETE", f"/connectors/{connector}")
+        except Exception:
+            pass
         try:
             pg.psql(f"SELECT pg_drop_replication_slot('slot_{run}')")
         except Exception:

@@ -31,6 +31,13 @@
 //! slot to its committed position if the slot is behind, so a crash at any instant neither loses nor
 //! repeats a change. A transaction larger than a poll is emitted over several polls.
 //!
+//! Each peek is a new decoding session, which starts at the slot's restart point — where PostgreSQL
+//! last logged the running transactions, up to ~15 s of WAL behind — so its cost grows with the write
+//! rate. One peek therefore reads ahead up to 32 polls' worth of rows (about 16 MiB at most, packed
+//! many to a value so that a session is not limited to one query's 10,000 rows) that the next polls
+//! emit; they live only in the guest, and a restarted task reads them again from its committed
+//! position.
+//!
 //! **Snapshot consistent with the slot.** The slot is created first; then the tables are read in one
 //! REPEATABLE READ transaction, whose snapshot is kept in the position. Changes of transactions that
 //! snapshot already saw are skipped when the stream reaches them; every later one is emitted. A task
@@ -41,7 +48,7 @@
 //! changes, the connector still moves the slot to the current WAL position every
 //! `heartbeat.interval.ms`, and logs a warning while the slot retains more than 1 GiB.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use regex::Regex;
@@ -54,6 +61,17 @@ pub const MAX_BATCH_SIZE_DEFAULT: usize = 2_048;
 /// At most this many events per poll (the runtime takes 10,000 records, and a delete adds a tombstone).
 pub const MAX_BATCH_SIZE_MAX: usize = 4_000;
 pub const HEARTBEAT_MS_DEFAULT: u64 = 10_000;
+/// One decoding session reads ahead up to this many times `max.batch.size` rows…
+const READ_AHEAD_BATCHES: usize = 32;
+/// …and about this many bytes of them (sized by the rows of the previous read), kept in the guest.
+const READ_AHEAD_BYTES: usize = 16 << 20;
+/// The rows come packed into values of about this many bytes…
+const GROUP_BYTES: usize = 1 << 20;
+/// …and at most this many rows…
+const GROUP_ROWS_MAX: usize = 4_096;
+/// …in at most this many values (the `sql` capability returns 10,000 rows from one query by default).
+const READ_AHEAD_GROUPS_MAX: usize = 5_000;
+const _: () = assert!(MAX_BATCH_SIZE_MAX * READ_AHEAD_BATCHES <= READ_AHEAD_GROUPS_MAX * GROUP_ROWS_MAX);
 pub const POLL_INTERVAL_MS_DEFAULT: u64 = 500;
 /// Retained WAL above which the connector warns.
 pub const RETAINED_WAL_WARN_BYTES: i64 = 1 << 30;
@@ -474,6 +492,31 @@ pub struct PostgresCdc {
     relations: HashMap<u32, Relation>,
     last_heartbeat: Instant,
     last_wal_check: Option<Instant>,
+    /// Decoded rows (lsn, xid, data) read ahead of the polls: each decoding session starts at the
+    /// slot's restart point, which can trail it by many megabytes of WAL, so one session feeds
+    /// several polls. Only the guest holds them; a restarted task reads them again from the slot.
+    ahead: VecDeque<(u64, u32, Vec<u8>)>,
+    /// Mean bytes of a row in the last read-ahead (sizes the next).
+    row_bytes: usize,
+    /// The commit time of the transaction being emitted (its Begin may have come in an earlier poll).
+    commit_ts_ms: i64,
+}
+
+/// Appends the rows of one packed value (lsn u64, xid u64, length u32, data; big-endian) to `ahead`;
+/// returns their bytes with a fixed overhead per row.
+fn unpack_rows(mut packed: &[u8], ahead: &mut VecDeque<(u64, u32, Vec<u8>)>) -> Result<usize> {
+    let mut bytes = 0;
+    while !packed.is_empty() {
+        let Some((header, rest)) = packed.split_at_checked(20) else { sluice::bail!("a packed row from the slot is cut short") };
+        let lsn = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
+        let xid = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes")) as u32;
+        let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
+        let Some((data, rest)) = rest.split_at_checked(len) else { sluice::bail!("a packed row from the slot is cut short") };
+        ahead.push_back((lsn, xid, data.to_vec()));
+        bytes += len + 64;
+        packed = rest;
+    }
+    Ok(bytes)
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -633,8 +676,9 @@ impl PostgresCdc {
         Ok(())
     }
 
-    /// The next changes from the slot.
-    fn stream(&mut self) -> Result<Poll> {
+    /// Reads decoded rows ahead from the slot, after the committed position; `false` when there are
+    /// none (the slot may then move on, as a heartbeat).
+    fn read_ahead(&mut self) -> Result<bool> {
         self.advance_slot(self.position.lsn)?;
         self.check_wal();
         // The flushed WAL position now (the peek decodes no further than what is flushed): commits up
@@ -642,23 +686,37 @@ impl PostgresCdc {
         let current =
             self.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])?.as_ref().and_then(text).map(|t| parse_lsn(&t)).transpose()?;
         let consumed = self.position.consumed;
+        let batch = self.settings.batch;
+        let (rows_max, group) = match self.row_bytes {
+            // Nothing known about the rows yet: one to a value, as many as one poll takes.
+            0 => (batch, 1),
+            bytes => {
+                let rows = (READ_AHEAD_BYTES / bytes).clamp(batch, batch * READ_AHEAD_BATCHES);
+                (rows, (GROUP_BYTES / bytes).clamp(rows.div_ceil(READ_AHEAD_GROUPS_MAX), GROUP_ROWS_MAX))
+            }
+        };
         let slot = Value::Text(self.settings.slot.clone());
         let publication = Value::Text(self.settings.publication.clone());
         let upto = Value::Text(lsn_text(current.unwrap_or(0)));
-        let nchanges = Value::Int((consumed + self.settings.batch as u64) as i64);
+        let nchanges = Value::Int((consumed + rows_max as u64) as i64);
         let peek = "pg_logical_slot_peek_binary_changes($1::name, $2::pg_lsn, $3::int, 'proto_version', '1', 'publication_names', $4) \
                     WITH ORDINALITY AS c(lsn, xid, data, n)";
         // `consumed` counts the rows after the slot position that every decoding session produces
         // alike: not the Relation, Type and Origin messages, which pgoutput sends the first time a
         // session meets a relation (so where they fall depends on where the session started). Those
         // come back from before the resume point too: the guest needs the relations.
+        // The rows come back `group` to a value (lsn u64, xid u64, length u32, data; big-endian), so
+        // that one session can return more rows than one query may.
         let rows = self.conn.query(
             &format!(
-                "SELECT lsn::text, xid::text, data FROM (SELECT lsn, xid, data, n, \
+                "SELECT string_agg(int8send((lsn - '0/0'::pg_lsn)::bigint) || int8send(xid::text::bigint) \
+                 || int4send(octet_length(data)) || data, ''::bytea ORDER BY n) FROM (\
+                 SELECT lsn, xid, data, n, (row_number() OVER (ORDER BY n) - 1) / $7 AS g FROM (\
+                 SELECT lsn, xid, data, n FROM (SELECT lsn, xid, data, n, \
                  count(*) FILTER (WHERE get_byte(data, 0) NOT IN ({SESSION_MESSAGES})) OVER (ORDER BY n) AS m FROM {peek}) s \
-                 WHERE m > $5 OR get_byte(data, 0) IN ({SESSION_MESSAGES}) ORDER BY n LIMIT $6"
+                 WHERE m > $5 OR get_byte(data, 0) IN ({SESSION_MESSAGES}) ORDER BY n LIMIT $6) u) t GROUP BY g ORDER BY g"
             ),
-            &[slot, upto, nchanges, publication, Value::Int(consumed as i64), Value::Int(self.settings.batch as i64)],
+            &[slot, upto, nchanges, publication, Value::Int(consumed as i64), Value::Int(rows_max as i64), Value::Int(group as i64)],
         )?;
         if rows.rows.is_empty() {
             if consumed == 0
@@ -671,18 +729,32 @@ impl PostgresCdc {
                 self.position.lsn = current;
                 self.last_heartbeat = Instant::now();
             }
+            return Ok(false);
+        }
+        let mut bytes = 0usize;
+        for row in rows.rows {
+            let Some(Value::Bytes(packed)) = row.into_iter().next() else { sluice::bail!("the slot returned a group without data") };
+            bytes += unpack_rows(&packed, &mut self.ahead)?;
+        }
+        self.row_bytes = (bytes / self.ahead.len().max(1)).max(1);
+        Ok(true)
+    }
+
+    /// The next changes from the slot: at most `max.batch.size` decoded rows.
+    fn stream(&mut self) -> Result<Poll> {
+        if self.ahead.is_empty() && !self.read_ahead()? {
             return Ok(Poll::idle(self.settings.poll_interval_ms));
         }
+        let take = self.settings.batch.min(self.ahead.len());
+        let rows: Vec<(u64, u32, Vec<u8>)> = self.ahead.drain(..take).collect();
         let mut records = Vec::new();
         let mut position = self.position.clone();
-        let mut commit_ts_ms = now_ms();
-        for row in &rows.rows {
-            let Some(Value::Bytes(data)) = row.get(2) else { sluice::bail!("the slot returned a row without data") };
+        let mut commit_ts_ms = self.commit_ts_ms;
+        for (lsn, xid, data) in &rows {
+            let (lsn, xid) = (*lsn, *xid);
             if !SESSION_MESSAGE_KINDS.contains(&data.first().copied().unwrap_or(0)) {
                 position.consumed += 1;
             }
-            let xid: u32 = row.get(1).and_then(text).and_then(|x| x.parse().ok()).unwrap_or(0);
-            let lsn = row.first().and_then(text).map(|l| parse_lsn(&l)).transpose()?.unwrap_or(0);
             let skip = position.snapshot.as_ref().is_some_and(|s| s.saw(xid));
             match decode(data)? {
                 Message::Begin { commit_ts_us, .. } => commit_ts_ms = commit_ts_us / 1000 + PG_EPOCH_OFFSET_MS,
@@ -705,6 +777,7 @@ impl PostgresCdc {
             }
         }
         self.position = position;
+        self.commit_ts_ms = commit_ts_ms;
         Ok(Poll::records(records, vec![Position::new(self.partition(), self.position.to_json())]))
     }
 
@@ -847,6 +920,9 @@ impl Source for PostgresCdc {
             relations: HashMap::new(),
             last_heartbeat: Instant::now(),
             last_wal_check: None,
+            ahead: VecDeque::new(),
+            row_bytes: 0,
+            commit_ts_ms: now_ms(),
         };
         let partition = cdc.partition();
         let saved =
@@ -878,6 +954,23 @@ impl Source for PostgresCdc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_rows_unpack_in_order_and_a_cut_one_is_an_error() {
+        let mut packed = Vec::new();
+        for (lsn, xid, data) in [(0x16_B374_D848u64, 7u64, &b"BEGIN"[..]), (0x16_B374_D900, 7, b"")] {
+            packed.extend(lsn.to_be_bytes());
+            packed.extend(xid.to_be_bytes());
+            packed.extend((data.len() as u32).to_be_bytes());
+            packed.extend(data);
+        }
+        let mut ahead = VecDeque::new();
+        assert_eq!(unpack_rows(&packed, &mut ahead).unwrap(), 5 + 64 * 2);
+        assert_eq!(ahead, [(0x16_B374_D848, 7, b"BEGIN".to_vec()), (0x16_B374_D900, 7, Vec::new())]);
+        assert!(unpack_rows(&packed[..packed.len() - 1], &mut VecDeque::new()).is_err());
+        assert!(unpack_rows(&packed[..22], &mut VecDeque::new()).is_err());
+        assert!(unpack_rows(&packed[..10], &mut VecDeque::new()).is_err());
+    }
 
     #[test]
     fn lsns_round_trip() {
