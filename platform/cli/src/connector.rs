@@ -353,6 +353,9 @@ fn print_status(status: &Value, as_json: bool) {
     if let Some(trace) = connector["trace"].as_str() {
         println!("  trace: {trace}");
     }
+    if let Some(warning) = connector["warning"].as_str() {
+        println!("  warning: {warning}");
+    }
     let mut out = table(["TASK", "STATE", "RETRIES", "ERROR"]);
     for task in status["tasks"].as_array().into_iter().flatten() {
         let error = task["trace"].as_str().or_else(|| task["last_error"].as_str()).map(first_line).unwrap_or_default();

@@ -57,7 +57,14 @@ pub struct StateInfo {
     pub worker_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    /// The latest warning in the connector's log, while it is recent ([`WARNING_SHOWN_MS`]):
+    /// a replication slot retaining too much WAL, records set aside (Sluice's addition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
+
+/// How long a warning in a connector's log shows in its status.
+pub const WARNING_SHOWN_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskStateInfo {
@@ -540,7 +547,12 @@ impl ConnectorManager {
         };
         Ok(ConnectorStatus {
             name: name.to_string(),
-            connector: StateInfo { state: state.to_string(), worker_id, trace },
+            connector: StateInfo {
+                state: state.to_string(),
+                worker_id,
+                trace,
+                warning: connector.logs.last_warning(WARNING_SHOWN_MS).map(|line| line.message),
+            },
             tasks,
             kind: connector.kind.map_or("unknown", ConnectorType::as_str).to_string(),
         })

@@ -13,12 +13,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use sluice_runtime::{LogBuffer, ModuleInfo, Plugins};
+use sluice_runtime::{ModuleInfo, Plugins};
 
 use crate::config::{ConfigKeyDef, ConnectorType};
 use crate::error::ConnectError;
-use crate::sql::SqlSession;
-use crate::task::{SinkModule, SourceModule, TaskConfig};
+use crate::task::{SinkModule, SourceModule, TaskConfig, TaskContext};
 use crate::wasm::WasmPlugin;
 
 /// Java connector classes accepted as `connector.class`, and the module each stands for.
@@ -49,22 +48,10 @@ pub struct PluginSpec {
 pub trait ConnectorPlugin: Send + Sync {
     fn spec(&self) -> &PluginSpec;
     /// A source module for one task. Called on the task's thread, at every (re)start of the task.
-    /// `logs`: the connector's log buffer, where the module's own log lines go (besides `tracing`).
-    /// `sql`: the task's database connections, when the connector declares any.
-    fn source_module(
-        &self,
-        task: &TaskConfig,
-        logs: &Arc<LogBuffer>,
-        sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SourceModule>, ConnectError>;
-    /// A sink module for one task; its `sql` has the managed connection when the connector
+    fn source_module(&self, task: &TaskConfig, context: TaskContext) -> Result<Box<dyn SourceModule>, ConnectError>;
+    /// A sink module for one task; its context's `sql` has the managed connection when the connector
     /// declares a `default` one.
-    fn sink_module(
-        &self,
-        task: &TaskConfig,
-        logs: &Arc<LogBuffer>,
-        sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SinkModule>, ConnectError>;
+    fn sink_module(&self, task: &TaskConfig, context: TaskContext) -> Result<Box<dyn SinkModule>, ConnectError>;
 }
 
 /// The kind of connector a registry module is, by the worlds it implements; `None` for a transform.

@@ -488,7 +488,7 @@ impl Task for SinkDriver {
             }
             None => self.shared.sql_session(false)?,
         };
-        let made = self.shared.plugin.sink_module(&self.config, &self.shared.logs, session);
+        let made = self.shared.plugin.sink_module(&self.config, self.shared.context(self.config.task, session));
         match start_module(made, |module| module.start(&self.config))? {
             Ok(module) => self.module = Some(module),
             Err(fatal) => self.fatal = Some(fatal),

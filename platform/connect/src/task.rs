@@ -91,6 +91,17 @@ pub struct TaskConfig {
     pub topic_prefix: Option<String>,
 }
 
+/// What a task hands the module it makes, besides its config.
+#[derive(Clone)]
+pub struct TaskContext {
+    /// The connector's log buffer, where the module's own log lines go (besides `tracing`).
+    pub logs: Arc<LogBuffer>,
+    /// The task's database connections, when the connector declares any.
+    pub sql: Option<Arc<SqlSession>>,
+    /// Where the module's own gauges go (`sluice_connector_plugin_gauge{connector,task,name}`).
+    pub gauges: Arc<dyn sluice_wasm::GaugeSink>,
+}
+
 /// An error a module reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleError {
@@ -198,6 +209,10 @@ pub(crate) fn start_module<M: ?Sized>(
 pub struct TaskGauges {
     pub lag: prometheus::IntGaugeVec,
     pub position_age: prometheus::GaugeVec,
+    /// `sluice_connector_plugin_gauge{connector,task,name}`: what modules set with `set-gauge`.
+    pub plugin: prometheus::GaugeVec,
+    /// The plugin gauges' label sets, so a deleted connector's series can be dropped.
+    plugin_series: Arc<parking_lot::Mutex<std::collections::BTreeSet<(String, String, String)>>>,
 }
 
 impl TaskGauges {
@@ -210,9 +225,19 @@ impl TaskGauges {
             prometheus::Opts::new("connector_position_age_seconds", "Seconds since a source task's position last moved"),
             &["connector", "task"],
         )?;
+        let plugin = prometheus::GaugeVec::new(
+            prometheus::Opts::new("connector_plugin_gauge", "A gauge a connector's module sets itself (host.set-gauge), by name"),
+            &["connector", "task", "name"],
+        )?;
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(position_age.clone()))?;
-        Ok(TaskGauges { lag, position_age })
+        registry.register(Box::new(plugin.clone()))?;
+        Ok(TaskGauges { lag, position_age, plugin, plugin_series: Arc::default() })
+    }
+
+    /// Where one task's module gauges go.
+    pub fn plugin_sink(&self, connector: &str, task: i32) -> Arc<dyn sluice_wasm::GaugeSink> {
+        Arc::new(PluginGaugeSink { gauges: self.clone(), connector: connector.to_string(), task: task.to_string() })
     }
 
     /// Drops a deleted connector's series.
@@ -221,6 +246,32 @@ impl TaskGauges {
             let task = task.to_string();
             let _ = self.lag.remove_label_values(&[connector, task.as_str()]);
             let _ = self.position_age.remove_label_values(&[connector, task.as_str()]);
+        }
+        self.plugin_series.lock().retain(|(c, task, name)| {
+            if c != connector {
+                return true;
+            }
+            let _ = self.plugin.remove_label_values(&[c, task, name]);
+            false
+        });
+    }
+}
+
+/// One task's module gauges; the host bounds the names per instance, and the task's names are kept
+/// to drop them with the connector.
+struct PluginGaugeSink {
+    gauges: TaskGauges,
+    connector: String,
+    task: String,
+}
+
+impl sluice_wasm::GaugeSink for PluginGaugeSink {
+    fn set(&self, name: &str, value: f64) {
+        self.gauges.plugin.with_label_values(&[&self.connector, &self.task, name]).set(value);
+        let key = (self.connector.clone(), self.task.clone(), name.to_string());
+        let mut series = self.gauges.plugin_series.lock();
+        if !series.contains(&key) {
+            series.insert(key);
         }
     }
 }
@@ -276,6 +327,11 @@ impl TaskShared {
     /// `default` connection, whose transaction the driver owns).
     pub(crate) fn sql_session(&self, managed: bool) -> Result<Option<Arc<SqlSession>>, ConnectError> {
         self.sql.as_ref().map(|make| make.open().map(|sql| Arc::new(SqlSession::new(sql, managed)))).transpose()
+    }
+
+    /// What a task's module is made with.
+    pub(crate) fn context(&self, task: i32, sql: Option<Arc<SqlSession>>) -> TaskContext {
+        TaskContext { logs: Arc::clone(&self.logs), sql, gauges: self.gauges.plugin_sink(&self.config.connector, task) }
     }
 
     /// A task failing for good: counted, logged to the connector's log, FAILED with `message`.
@@ -504,7 +560,7 @@ impl Task for SourceDriver {
         settle(&self.shared.host, &self.shared.offsets, &self.config.connector, self.config.task, &producer)?;
         self.producer = Some(producer);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
-        let made = self.shared.plugin.source_module(&self.config, &self.shared.logs, self.shared.sql_session(false)?);
+        let made = self.shared.plugin.source_module(&self.config, self.shared.context(self.config.task, self.shared.sql_session(false)?));
         match start_module(made, |module| module.start(&self.config, &positions.offsets))? {
             Ok(module) => self.module = Some(module),
             Err(fatal) => self.fatal = Some(fatal),

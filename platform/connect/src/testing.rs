@@ -14,14 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use sluice_runtime::LogBuffer;
 
 use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
 use crate::plugins::{Catalog, ConnectorPlugin, PluginSpec};
-use crate::sql::SqlSession;
-use crate::task::{ModuleError, SinkModule, SourceModule, SourcePoll, SourceRecord, TaskConfig};
+use crate::task::{ModuleError, SinkModule, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskContext};
 
 /// `1` registers the test plugins.
 pub const TEST_PLUGINS_ENV: &str = "SLUICE_CONNECT_TEST_PLUGINS";
@@ -68,21 +66,11 @@ impl ConnectorPlugin for CounterPlugin {
         &self.spec
     }
 
-    fn source_module(
-        &self,
-        _task: &TaskConfig,
-        _logs: &Arc<LogBuffer>,
-        _sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _task: &TaskConfig, _context: TaskContext) -> Result<Box<dyn SourceModule>, ConnectError> {
         Ok(Box::new(CounterSource::default()))
     }
 
-    fn sink_module(
-        &self,
-        _task: &TaskConfig,
-        _logs: &Arc<LogBuffer>,
-        _sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _task: &TaskConfig, _context: TaskContext) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest(format!("{COUNTER_SOURCE} is a source")))
     }
 }

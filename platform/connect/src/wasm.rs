@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use sluice_runtime::LogBuffer;
 use sluice_wasm::{
     CompiledComponent, ConfigType as WitConfigType, ConnectorSpec, DirAccess, Grants, InputRecord, InstanceConfig, PluginError,
     SinkInstance, SourceInstance, SourcePosition,
@@ -29,8 +28,7 @@ use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, OFFSET_ENTRIES_MAX};
 use crate::plugins::{ConnectorPlugin, PluginSpec};
-use crate::sql::SqlSession;
-use crate::task::{ModuleError, PutError, SinkModule, SinkRecord, SourceModule, SourcePoll, SourceRecord, TaskConfig};
+use crate::task::{ModuleError, PutError, SinkModule, SinkRecord, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskContext};
 
 // Every position the offset store keeps for a connector can be handed back to `init`.
 const _: () = assert!(OFFSET_ENTRIES_MAX <= sluice_wasm::SOURCE_POSITIONS_PER_INIT_MAX);
@@ -70,17 +68,17 @@ impl WasmPlugin {
 
 /// The instance config of one task: the plugin's keys plus `task.id`, `tasks.max` and
 /// `topic.prefix`; default limits; the directories of its `file` keys; its log lines to the
-/// connector's log buffer (which writes them to `tracing` too).
+/// connector's log buffer (which writes them to `tracing` too); its gauges to the task's series.
 fn instance_config(
     file_keys: &[String],
-    logs: &Arc<LogBuffer>,
-    sql: Option<Arc<SqlSession>>,
+    context: &TaskContext,
     task: &TaskConfig,
     access: DirAccess,
 ) -> Result<InstanceConfig, ModuleError> {
     let mut config = InstanceConfig::new(&format!("{}-{}", task.connector, task.task));
-    config.log_sink = Arc::clone(logs) as Arc<dyn sluice_wasm::LogSink>;
-    config.sql = sql.map(|sql| sql as Arc<dyn sluice_wasm::SqlHost>);
+    config.log_sink = Arc::clone(&context.logs) as Arc<dyn sluice_wasm::LogSink>;
+    config.sql = context.sql.clone().map(|sql| sql as Arc<dyn sluice_wasm::SqlHost>);
+    config.gauges = Some(Arc::clone(&context.gauges));
     config.config = task.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     config.config.push(("task.id".into(), task.task.to_string()));
     config.config.push(("tasks.max".into(), task.tasks.to_string()));
@@ -156,38 +154,20 @@ impl ConnectorPlugin for WasmPlugin {
         &self.spec
     }
 
-    fn source_module(
-        &self,
-        _task: &TaskConfig,
-        logs: &Arc<LogBuffer>,
-        sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _task: &TaskConfig, context: TaskContext) -> Result<Box<dyn SourceModule>, ConnectError> {
         match &self.module {
-            Module::Source(module) => Ok(Box::new(WasmSource {
-                file_keys: self.file_keys.clone(),
-                logs: Arc::clone(logs),
-                sql,
-                module: module.clone(),
-                instance: None,
-            })),
+            Module::Source(module) => {
+                Ok(Box::new(WasmSource { file_keys: self.file_keys.clone(), context, module: module.clone(), instance: None }))
+            }
             Module::Sink(_) => Err(ConnectError::BadRequest(format!("'{}' is a sink connector", self.spec.name))),
         }
     }
 
-    fn sink_module(
-        &self,
-        _task: &TaskConfig,
-        logs: &Arc<LogBuffer>,
-        sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _task: &TaskConfig, context: TaskContext) -> Result<Box<dyn SinkModule>, ConnectError> {
         match &self.module {
-            Module::Sink(module) => Ok(Box::new(WasmSink {
-                file_keys: self.file_keys.clone(),
-                logs: Arc::clone(logs),
-                sql,
-                module: module.clone(),
-                instance: None,
-            })),
+            Module::Sink(module) => {
+                Ok(Box::new(WasmSink { file_keys: self.file_keys.clone(), context, module: module.clone(), instance: None }))
+            }
             Module::Source(_) => Err(ConnectError::BadRequest(format!("'{}' is a source connector", self.spec.name))),
         }
     }
@@ -205,15 +185,14 @@ fn module_error(error: PluginError) -> ModuleError {
 /// One source task's Wasm instance.
 pub struct WasmSource {
     file_keys: Vec<String>,
-    logs: Arc<LogBuffer>,
-    sql: Option<Arc<SqlSession>>,
+    context: TaskContext,
     module: sluice_wasm::SourceModule,
     instance: Option<SourceInstance>,
 }
 
 impl SourceModule for WasmSource {
     fn start(&mut self, task: &TaskConfig, positions: &[ConnectorOffset]) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, &self.logs, self.sql.clone(), task, DirAccess::ReadOnly)?;
+        let config = instance_config(&self.file_keys, &self.context, task, DirAccess::ReadOnly)?;
         let positions: Vec<SourcePosition> = positions
             .iter()
             .filter_map(|p| {
@@ -267,15 +246,14 @@ fn json_object(idx: usize, what: &str, text: &str) -> Result<Map<String, Value>,
 /// One sink task's Wasm instance.
 pub struct WasmSink {
     file_keys: Vec<String>,
-    logs: Arc<LogBuffer>,
-    sql: Option<Arc<SqlSession>>,
+    context: TaskContext,
     module: sluice_wasm::SinkModule,
     instance: Option<SinkInstance>,
 }
 
 impl SinkModule for WasmSink {
     fn start(&mut self, task: &TaskConfig) -> Result<(), ModuleError> {
-        let config = instance_config(&self.file_keys, &self.logs, self.sql.clone(), task, DirAccess::ReadWrite)?;
+        let config = instance_config(&self.file_keys, &self.context, task, DirAccess::ReadWrite)?;
         self.instance = Some(self.module.instantiate(config).map_err(module_error)?);
         Ok(())
     }

@@ -16,11 +16,9 @@ use sluice_connect::config::{ConfigKeyDef, ConnectorType};
 use sluice_connect::manager::ConnectorStatus;
 use sluice_connect::offsets::ConnectorOffset;
 use sluice_connect::plugins::{Catalog, ConnectorPlugin, PluginSpec};
-use sluice_connect::sql::SqlSession;
 use sluice_connect::store::TargetState;
-use sluice_connect::task::{SinkModule, SourceModule, TaskConfig};
+use sluice_connect::task::{SinkModule, SourceModule, TaskConfig, TaskContext};
 use sluice_connect::{ConnectError, ConnectorManager, testing};
-use sluice_runtime::LogBuffer;
 
 /// Fields drop in order: the manager (stopping its tasks) before the runtime they wait on.
 struct Fixture {
@@ -269,11 +267,11 @@ impl ConnectorPlugin for NoDriverSink {
         self.spec.as_ref().unwrap_or_else(|| SPEC.get_or_init(NoDriverSink::spec_value))
     }
 
-    fn source_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>, _: Option<Arc<SqlSession>>) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _: &TaskConfig, _: TaskContext) -> Result<Box<dyn SourceModule>, ConnectError> {
         Err(ConnectError::BadRequest("a sink".into()))
     }
 
-    fn sink_module(&self, _: &TaskConfig, _: &Arc<LogBuffer>, _: Option<Arc<SqlSession>>) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _: &TaskConfig, _: TaskContext) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest("no sink module in this test".into()))
     }
 }

@@ -238,5 +238,8 @@ fn a_cdc_pipeline_keeps_a_copy_equal_to_the_table_deletes_included() {
         let status = f.manager.status(name).unwrap();
         assert!(status.tasks.iter().all(|t| t.state == "RUNNING"), "{name}: {status:?}");
     }
+    // The WAL the slot retains is the task's own gauge, set by the module.
+    let retained = f.gauges("connector_plugin_gauge", "cdc");
+    assert!(retained.len() == 1 && retained[0] > 0.0, "sluice_connector_plugin_gauge{{name=\"retained_wal_bytes\"}}: {retained:?}");
     f.manager.stop_all();
 }

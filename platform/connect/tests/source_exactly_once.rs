@@ -19,9 +19,8 @@ use sluice_connect::ConnectError;
 use sluice_connect::config::{ConfigKeyDef, ConnectorType};
 use sluice_connect::offsets::{ConnectorOffset, OffsetStore};
 use sluice_connect::plugins::{ConnectorPlugin, PluginSpec};
-use sluice_connect::sql::SqlSession;
 use sluice_connect::task::{
-    CrashPoint, SinkModule, SourceDriver, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskGauges, TaskShared,
+    CrashPoint, SinkModule, SourceDriver, SourceModule, SourcePoll, SourceRecord, TaskConfig, TaskContext, TaskGauges, TaskShared,
 };
 use sluice_connect::task::{ModuleError, settle_stopped_tasks};
 use sluice_runtime::{LogBuffer, MetricFamilies, Task, TaskControl};
@@ -52,21 +51,11 @@ impl ConnectorPlugin for RowsPlugin {
         &self.spec
     }
 
-    fn source_module(
-        &self,
-        _task: &TaskConfig,
-        _logs: &Arc<LogBuffer>,
-        _sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SourceModule>, ConnectError> {
+    fn source_module(&self, _task: &TaskConfig, _context: TaskContext) -> Result<Box<dyn SourceModule>, ConnectError> {
         Ok(Box::new(RowsSource { next: 0, starts: Arc::clone(&self.starts) }))
     }
 
-    fn sink_module(
-        &self,
-        _task: &TaskConfig,
-        _logs: &Arc<LogBuffer>,
-        _sql: Option<Arc<SqlSession>>,
-    ) -> Result<Box<dyn SinkModule>, ConnectError> {
+    fn sink_module(&self, _task: &TaskConfig, _context: TaskContext) -> Result<Box<dyn SinkModule>, ConnectError> {
         Err(ConnectError::BadRequest("a source".into()))
     }
 }

@@ -215,6 +215,8 @@ fn a_failing_transform_fails_its_connector_alone_and_says_which_step() {
     wait_for("the good lines", || (f.values("tolerant") == ["a", "b", "c"]).then_some(()));
     let logs = f.manager.logs("tolerant", 100).unwrap();
     assert!(logs.iter().any(|l| l.message.contains("skipped") && l.message.contains("offset")), "{logs:?}");
+    let warning = f.manager.status("tolerant").unwrap().connector.warning.unwrap_or_default();
+    assert!(warning.contains("skipped"), "the status shows the recent warning: {warning:?}");
 
     // A step whose module was deleted from the registry: the connector fails at its next start.
     f.manager.stop("good").unwrap();

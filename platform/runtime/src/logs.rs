@@ -44,6 +44,12 @@ impl LogBuffer {
         lines.push_back(LogLine { at_ms: sluice_broker::host::now_ms(), level: level_name, message: message.to_string() });
     }
 
+    /// The latest warning kept, if it is at most `within_ms` old.
+    pub fn last_warning(&self, within_ms: i64) -> Option<LogLine> {
+        let since = sluice_broker::host::now_ms() - within_ms;
+        self.lines.lock().iter().rev().take_while(|line| line.at_ms >= since).find(|line| line.level == "warn").cloned()
+    }
+
     pub fn recent(&self, n: usize) -> Vec<LogLine> {
         let lines = self.lines.lock();
         lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect()

@@ -1,7 +1,8 @@
 //! What the host keeps per instance inside the wasmtime store, whatever the world, and the imports
-//! every world gets: `host.log`, `host.report-failed-record`, the memory cap as a
+//! every world gets: `host.log`, `host.report-failed-record`, `host.set-gauge`, the memory cap as a
 //! `ResourceLimiter`, and the clock of the current call that the CPU bound reads.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,29 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::LogLevel;
 use crate::bindings::{host, types};
-use crate::limits::{HOST_WAIT_MS_PER_CALL_MAX, LOG_MESSAGE_BYTES_MAX, LOG_MESSAGES_PER_CALL_MAX, truncate_message};
+use crate::limits::{
+    GAUGE_NAME_BYTES_MAX, GAUGES_PER_INSTANCE_MAX, HOST_WAIT_MS_PER_CALL_MAX, LOG_MESSAGE_BYTES_MAX, LOG_MESSAGES_PER_CALL_MAX,
+    truncate_message,
+};
 
 /// Where a plugin's log lines go. The broker implements it to write its own log and keep the lines
 /// for the API; one sink per deployment, so it knows which plugin is speaking.
 pub trait LogSink: Send + Sync {
     fn log(&self, level: LogLevel, message: &str);
+}
+
+/// Where a plugin's gauges (`host.set-gauge`) go: the runtime exports them with the deployment's
+/// metrics. Names reaching it are valid and at most [`GAUGES_PER_INSTANCE_MAX`] per instance.
+pub trait GaugeSink: Send + Sync {
+    fn set(&self, name: &str, value: f64);
+}
+
+/// Whether `name` may name a gauge: 1..=[`GAUGE_NAME_BYTES_MAX`] bytes of `[a-z0-9_]`, starting with a
+/// letter (it becomes a Prometheus label value, but also reads as a metric name).
+pub fn valid_gauge_name(name: &str) -> bool {
+    name.len() <= GAUGE_NAME_BYTES_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A sink that writes to `tracing` under the plugin's name.
@@ -92,6 +110,10 @@ pub(crate) struct HostState {
     pub failed_record: Option<u32>,
     /// What answers the connector worlds' `sql` import (`None`: no databases).
     pub sql: Option<Arc<dyn crate::SqlHost>>,
+    /// Where `set-gauge` goes (`None`: ignored).
+    pub gauge_sink: Option<Arc<dyn GaugeSink>>,
+    /// The gauge names this instance has set (bounded by `GAUGES_PER_INSTANCE_MAX`).
+    pub gauge_names: BTreeSet<String>,
 }
 
 impl HostState {
@@ -107,6 +129,8 @@ impl HostState {
             last_error_log: None,
             failed_record: None,
             sql,
+            gauge_sink: None,
+            gauge_names: BTreeSet::new(),
         }
     }
 
@@ -162,6 +186,20 @@ impl host::Host for HostState {
     fn report_failed_record(&mut self, index: u32) {
         self.failed_record = Some(index);
     }
+
+    fn set_gauge(&mut self, name: String, value: f64) {
+        let Some(sink) = &self.gauge_sink else { return };
+        if !value.is_finite() || !valid_gauge_name(&name) {
+            return;
+        }
+        if !self.gauge_names.contains(&name) {
+            if self.gauge_names.len() >= GAUGES_PER_INSTANCE_MAX {
+                return;
+            }
+            self.gauge_names.insert(name.clone());
+        }
+        sink.set(&name, value);
+    }
 }
 
 impl wasmtime::ResourceLimiter for HostState {
@@ -207,3 +245,18 @@ const TABLE_ELEMENTS_MAX: usize = 100_000;
 const INSTANCES_MAX: usize = 32;
 const TABLES_MAX: usize = 32;
 const MEMORIES_MAX: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::valid_gauge_name;
+
+    #[test]
+    fn gauge_names_are_short_lower_case_identifiers() {
+        for good in ["retained_wal_bytes", "a", "lag2", &"x".repeat(64)] {
+            assert!(valid_gauge_name(good), "{good}");
+        }
+        for bad in ["", "Retained", "2lag", "_x", "a-b", "a b", "a.b", "é", &"x".repeat(65)] {
+            assert!(!valid_gauge_name(bad), "{bad}");
+        }
+    }
+}

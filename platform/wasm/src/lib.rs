@@ -101,7 +101,7 @@ pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
 pub use connector::{SinkInstance, SinkModule, SourceInstance, SourceModule};
 pub use engine::{CacheWrite, CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
 pub use error::PluginError;
-pub use host::{LogSink, TracingLogSink};
+pub use host::{GaugeSink, LogSink, TracingLogSink, valid_gauge_name};
 pub use limits::*;
 pub use sandbox::InstanceConfig;
 pub use sql::{SqlCallError, SqlColumn, SqlConnection, SqlDialect, SqlFailure, SqlHost, SqlRows, SqlValue};

@@ -72,6 +72,9 @@ pub const OUTPUT_NAME_BYTES_MAX: usize = 249;
 /// Deploy-time configuration entries and their total size.
 pub const CONFIG_ENTRIES_MAX: usize = 1_024;
 pub const CONFIG_BYTES_MAX: usize = 1 << 20;
+/// Gauge names one instance may set with `host.set-gauge`, and their length.
+pub const GAUGES_PER_INSTANCE_MAX: usize = 32;
+pub const GAUGE_NAME_BYTES_MAX: usize = 64;
 /// One log message from a guest; longer ones are truncated.
 pub const LOG_MESSAGE_BYTES_MAX: usize = 4_096;
 /// Log messages a guest may write per call; the rest are counted and dropped.

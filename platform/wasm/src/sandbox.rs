@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use crate::host::{HostState, LogSink, MemoryCapExceeded, TracingLogSink};
+use crate::host::{GaugeSink, HostState, LogSink, MemoryCapExceeded, TracingLogSink};
 use crate::limits::{CONFIG_BYTES_MAX, CONFIG_ENTRIES_MAX, Limits, OUTPUT_BYTES_PER_CALL_MAX};
 use crate::wasi::WaitOutlastsBudget;
 use crate::{Engine, Grants, PluginError, SqlHost};
@@ -25,6 +25,8 @@ pub struct InstanceConfig {
     /// What answers the `sql` import of the connector worlds; `None` for transforms and for
     /// connectors without databases.
     pub sql: Option<Arc<dyn SqlHost>>,
+    /// Where the guest's `set-gauge` calls go; `None` ignores them.
+    pub gauges: Option<Arc<dyn GaugeSink>>,
 }
 
 impl InstanceConfig {
@@ -36,6 +38,7 @@ impl InstanceConfig {
             grants: Grants::default(),
             log_sink: Arc::new(TracingLogSink { plugin: plugin.to_owned() }),
             sql: None,
+            gauges: None,
         }
     }
 
@@ -69,7 +72,8 @@ pub(crate) struct Sandbox {
 impl Sandbox {
     pub fn new(engine: &Engine, config: &InstanceConfig) -> Result<Sandbox, PluginError> {
         config.validate()?;
-        let state = HostState::new(config.grants.wasi_ctx()?, config.log_sink.clone(), config.limits.memory_bytes, config.sql.clone());
+        let mut state = HostState::new(config.grants.wasi_ctx()?, config.log_sink.clone(), config.limits.memory_bytes, config.sql.clone());
+        state.gauge_sink = config.gauges.clone();
         let mut store = Store::new(&engine.inner.engine, state);
         store.limiter(|state| state);
         // Lifting what the guest returns or passes to an import checks this before allocating.

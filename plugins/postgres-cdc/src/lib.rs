@@ -46,7 +46,8 @@
 //!
 //! **WAL.** A slot keeps every WAL segment from its position on. When nothing in the publication
 //! changes, the connector still moves the slot to the current WAL position every
-//! `heartbeat.interval.ms`, and logs a warning while the slot retains more than 1 GiB.
+//! `heartbeat.interval.ms`. The WAL the slot retains is the task's gauge `retained_wal_bytes`
+//! (every 10 s), and a warning in its log (once a minute) while it is more than 1 GiB.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,7 +76,8 @@ const _: () = assert!(MAX_BATCH_SIZE_MAX * READ_AHEAD_BATCHES <= READ_AHEAD_GROU
 pub const POLL_INTERVAL_MS_DEFAULT: u64 = 500;
 /// Retained WAL above which the connector warns.
 pub const RETAINED_WAL_WARN_BYTES: i64 = 1 << 30;
-const WAL_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+const WAL_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const WAL_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// pgoutput messages a decoding session sends depending on where it started (Origin, Relation, Type),
 /// as byte values for SQL and for the guest.
 const SESSION_MESSAGES: &str = "79, 82, 89";
@@ -492,6 +494,7 @@ pub struct PostgresCdc {
     relations: HashMap<u32, Relation>,
     last_heartbeat: Instant,
     last_wal_check: Option<Instant>,
+    last_wal_warning: Option<Instant>,
     /// Decoded rows (lsn, xid, data) read ahead of the polls: each decoding session starts at the
     /// slot's restart point, which can trail it by many megabytes of WAL, so one session feeds
     /// several polls. Only the guest holds them; a restarted task reads them again from the slot.
@@ -829,7 +832,8 @@ impl PostgresCdc {
         Ok(())
     }
 
-    /// Warns (once a minute at most) while the slot retains more WAL than it should.
+    /// Publishes the WAL the slot retains (the gauge `retained_wal_bytes`, every
+    /// [`WAL_CHECK_INTERVAL`]) and warns, once a minute at most, while it is more than it should be.
     fn check_wal(&mut self) {
         if self.last_wal_check.is_some_and(|at| at.elapsed() < WAL_CHECK_INTERVAL) {
             return;
@@ -839,9 +843,10 @@ impl PostgresCdc {
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1::name",
             &[Value::Text(self.settings.slot.clone())],
         );
-        if let Ok(Some(Value::Int(bytes))) = retained
-            && bytes > RETAINED_WAL_WARN_BYTES
-        {
+        let Ok(Some(Value::Int(bytes))) = retained else { return };
+        sluice::metrics::gauge("retained_wal_bytes", bytes as f64);
+        if bytes > RETAINED_WAL_WARN_BYTES && self.last_wal_warning.is_none_or(|at| at.elapsed() >= WAL_WARN_INTERVAL) {
+            self.last_wal_warning = Some(Instant::now());
             sluice::log::warn!(
                 "replication slot {} retains {} MiB of WAL: the connector is behind or stopped (a stopped connector's slot keeps growing; drop the slot if the connector is gone)",
                 self.settings.slot,
@@ -920,6 +925,7 @@ impl Source for PostgresCdc {
             relations: HashMap::new(),
             last_heartbeat: Instant::now(),
             last_wal_check: None,
+            last_wal_warning: None,
             ahead: VecDeque::new(),
             row_bytes: 0,
             commit_ts_ms: now_ms(),

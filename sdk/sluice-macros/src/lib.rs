@@ -396,8 +396,13 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
                 }
             }
 
+            fn host_gauge(name: &str, value: f64) {
+                host::set_gauge(name, value);
+            }
+
             fn on_init() {
                 ::sluice::log::set_host_log(host_log);
+                ::sluice::metrics::set_host_gauge(host_gauge);
                 ::sluice::sql::set_backend(&SqlBackend);
                 // A panic traps the instance; log its message first so the host can say why.
                 ::std::panic::set_hook(::std::boxed::Box::new(|info| host_log(::sluice::log::Level::Error, &info.to_string())));

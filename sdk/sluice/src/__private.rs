@@ -135,9 +135,14 @@ mod wasm {
         host::log(level, message);
     }
 
+    pub fn host_gauge(name: &str, value: f64) {
+        host::set_gauge(name, value);
+    }
+
     /// The `init` export.
     pub fn export_init<S: 'static>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<(), String> {
         crate::log::set_host_log(host_log);
+        crate::metrics::set_host_gauge(host_gauge);
         // A panic traps the instance; log its message first so the host can say why.
         std::panic::set_hook(Box::new(|info| host_log(Level::Error, &info.to_string())));
         let state = init(config, outputs, user_init).map_err(crate::Error::into_message)?;

@@ -32,6 +32,7 @@ mod config;
 pub mod connector;
 mod error;
 pub mod log;
+pub mod metrics;
 mod record;
 pub mod sql;
 pub mod testing;
