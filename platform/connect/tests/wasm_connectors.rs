@@ -198,11 +198,17 @@ fn a_hostile_source_fails_alone_while_the_broker_and_other_connectors_keep_worki
         ("bad-position", "not a JSON object"),
         ("big-position", "an offset entry is"),
         ("fail-init", "refusing to start"),
+        ("foreign-connection", "no connection named 'admin'"),
     ];
+    // The connectors are given one database connection (`default`); `foreign-connection` asks for another.
+    let db = format!("sqlite:{}", files.path().join("given.db").display());
     for (mode, _) in cases {
         let name = format!("hostile-{mode}");
         f.manager
-            .create(config(&[("name", &name), ("connector.class", "fixture-hostile-source"), ("mode", mode)]), TargetState::Running)
+            .create(
+                config(&[("name", &name), ("connector.class", "fixture-hostile-source"), ("mode", mode), ("connection.url", &db)]),
+                TargetState::Running,
+            )
             .unwrap();
     }
     for (mode, expected) in cases {
