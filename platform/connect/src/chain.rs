@@ -25,10 +25,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_runtime::LogBuffer;
+use sluice_runtime::isolate::Outcome;
+use sluice_runtime::{ErrorPolicy, LogBuffer, TaskControl, Verdict};
 use sluice_wasm::{Header, InputRecord, InstanceConfig, LogLevel, OutputRecord, PluginError, TransformInstance, TransformModule, World};
 
-use crate::task::{SinkRecord, SourceRecord};
+use crate::task::{ModuleError, SinkRecord, SourceRecord};
 
 /// The name a step's `init` gets for output 0: the record's own topic.
 pub const ORIGIN_OUTPUT: &str = "${topic}";
@@ -120,6 +121,16 @@ impl From<ChainRecord> for SinkRecord {
     }
 }
 
+/// What running a batch through the chain under the error policy gave.
+pub enum Applied {
+    /// The outputs, and the inputs (by index) that failed on their own, to set aside.
+    Done { records: Vec<ChainRecord>, failed: Vec<(usize, String)> },
+    /// The policy stops the task with this error.
+    Stop(PluginError),
+    /// The task was paused or stopped while a retry waited: nothing was decided.
+    Interrupted,
+}
+
 /// Which side of the topics the chain runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -152,10 +163,12 @@ impl Chain {
 
     /// Instantiates every step (running its `init`), so that a step its config breaks fails the task
     /// when it starts; the message says which step.
-    pub fn start(&mut self) -> Result<(), String> {
+    pub fn start(&mut self) -> Result<(), ModuleError> {
         for step in &mut self.steps {
             if step.instance.is_none() {
-                step.instance = Some(instantiate(&step.spec, &self.logs, &self.label).map_err(|e| step_message(&step.spec, &e))?);
+                let instance =
+                    instantiate(&step.spec, &self.logs, &self.label).map_err(|e| ModuleError::fatal(step_message(&step.spec, &e)))?;
+                step.instance = Some(instance);
             }
         }
         Ok(())
@@ -165,6 +178,26 @@ impl Chain {
     pub fn stop(&mut self) {
         for step in &mut self.steps {
             step.instance = None;
+        }
+    }
+
+    /// Runs `inputs` through the chain under `policy`: retried, then stopping or isolating the
+    /// records that fail on their own (see `sluice_runtime::policy`).
+    pub fn apply(&mut self, policy: &ErrorPolicy, inputs: &[ChainRecord], control: &TaskControl) -> Applied {
+        match sluice_runtime::policy::apply(policy, inputs.len(), control, |range| self.run(&inputs[range])) {
+            Verdict::Done(outcomes) => {
+                let mut records = Vec::with_capacity(inputs.len());
+                let mut failed = Vec::new();
+                for outcome in outcomes {
+                    match outcome {
+                        Outcome::Ok(out) => records.extend(out),
+                        Outcome::Failed { index, error } => failed.push((index, error)),
+                    }
+                }
+                Applied::Done { records, failed }
+            }
+            Verdict::Stop(error) => Applied::Stop(error),
+            Verdict::Interrupted => Applied::Interrupted,
         }
     }
 

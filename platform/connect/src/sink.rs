@@ -37,7 +37,7 @@ use sluice_runtime::policy::{self, context_headers};
 use sluice_runtime::{OnFailure, RuntimeError, Step, Task, TaskControl, Verdict};
 use sluice_wasm::{LogLevel, PluginError, World};
 
-use crate::chain::{Chain, ChainRecord, Side};
+use crate::chain::{Applied, Chain, ChainRecord, Side};
 use crate::config::TopicSelection;
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
@@ -494,9 +494,9 @@ impl Task for SinkDriver {
             Err(fatal) => self.fatal = Some(fatal),
         }
         if self.fatal.is_none()
-            && let Err(fatal) = self.chain.start()
+            && let Err(error) = self.chain.start()
         {
-            self.fatal = Some(fatal);
+            self.fatal = Some(error.message);
         }
         Ok(())
     }
@@ -596,21 +596,13 @@ impl SinkDriver {
     #[allow(clippy::type_complexity)]
     fn transform(&mut self, records: &[SinkRecord], control: &TaskControl) -> Result<(Vec<SinkRecord>, Vec<(SinkRecord, String)>), Step> {
         let inputs: Vec<ChainRecord> = records.iter().map(ChainRecord::from).collect();
-        let chain = &mut self.chain;
-        match policy::apply(&self.shared.policy, inputs.len(), control, |range| chain.run(&inputs[range])) {
-            Verdict::Done(outcomes) => {
-                let mut transformed = Vec::with_capacity(records.len());
-                let mut set_aside = Vec::new();
-                for outcome in outcomes {
-                    match outcome {
-                        Outcome::Ok(out) => transformed.extend(out.into_iter().map(SinkRecord::from)),
-                        Outcome::Failed { index, error } => set_aside.push((records[index].clone(), error)),
-                    }
-                }
-                Ok((transformed, set_aside))
-            }
-            Verdict::Stop(error) => Err(self.failed(error.to_string())),
-            Verdict::Interrupted => Err(Step::Idle),
+        match self.chain.apply(&self.shared.policy, &inputs, control) {
+            Applied::Done { records: out, failed } => Ok((
+                out.into_iter().map(SinkRecord::from).collect(),
+                failed.into_iter().map(|(index, error)| (records[index].clone(), error)).collect(),
+            )),
+            Applied::Stop(error) => Err(self.failed(error.to_string())),
+            Applied::Interrupted => Err(Step::Idle),
         }
     }
 

@@ -56,11 +56,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sluice_broker::host::{Host, ProducerRecord, TransactionalProducer};
-use sluice_runtime::isolate::Outcome;
-use sluice_runtime::{DeploymentMetrics, ErrorPolicy, LogBuffer, RuntimeError, Step, Task, TaskControl, Verdict};
+use sluice_runtime::{DeploymentMetrics, ErrorPolicy, LogBuffer, RuntimeError, Step, Task, TaskControl};
 use sluice_wasm::LogLevel;
 
-use crate::chain::{Chain, ChainRecord, Side, StepSpec};
+use crate::chain::{Applied, Chain, ChainRecord, Side, StepSpec};
 use crate::config::ConnectorType;
 use crate::error::ConnectError;
 use crate::offsets::{ConnectorOffset, OffsetStore, PendingPositions, check_entry};
@@ -433,32 +432,23 @@ impl SourceDriver {
     /// so the task starts again from its committed positions (`Err`).
     fn transform(&mut self, records: Vec<SourceRecord>, control: &TaskControl) -> Result<Result<Vec<SourceRecord>, Step>, RuntimeError> {
         let inputs: Vec<ChainRecord> = records.into_iter().map(ChainRecord::from).collect();
-        let chain = &mut self.chain;
-        match sluice_runtime::policy::apply(&self.shared.policy, inputs.len(), control, |range| chain.run(&inputs[range])) {
-            Verdict::Done(outcomes) => {
-                let mut records = Vec::with_capacity(inputs.len());
-                let mut skipped = Vec::new();
-                for outcome in outcomes {
-                    match outcome {
-                        Outcome::Ok(out) => records.extend(out.into_iter().map(SourceRecord::from)),
-                        Outcome::Failed { index, error } => skipped.push((index, error)),
-                    }
-                }
-                if let Some((index, error)) = skipped.first() {
-                    self.shared.metrics.error("skipped").inc_by(skipped.len() as u64);
+        match self.chain.apply(&self.shared.policy, &inputs, control) {
+            Applied::Done { records, failed } => {
+                if let Some((index, error)) = failed.first() {
+                    self.shared.metrics.error("skipped").inc_by(failed.len() as u64);
                     self.shared.logs.push(
                         LogLevel::Warn,
                         &format!(
                             "{} record(s) failed in the transform chain and were skipped (errors.tolerance=all); the first, for '{}': {error}",
-                            skipped.len(),
+                            failed.len(),
                             inputs[*index].topic
                         ),
                     );
                 }
-                Ok(Ok(records))
+                Ok(Ok(records.into_iter().map(SourceRecord::from).collect()))
             }
-            Verdict::Stop(error) => Ok(Err(self.failed(error.to_string()))),
-            Verdict::Interrupted => Err(RuntimeError::Invalid(
+            Applied::Stop(error) => Ok(Err(self.failed(error.to_string()))),
+            Applied::Interrupted => Err(RuntimeError::Invalid(
                 "paused or stopped while retrying the transform chain; the task starts again from its committed positions".into(),
             )),
         }
@@ -566,9 +556,9 @@ impl Task for SourceDriver {
             Err(fatal) => self.fatal = Some(fatal),
         }
         if self.fatal.is_none()
-            && let Err(fatal) = self.chain.start()
+            && let Err(error) = self.chain.start()
         {
-            self.fatal = Some(fatal);
+            self.fatal = Some(error.message);
         }
         Ok(())
     }
