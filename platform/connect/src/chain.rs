@@ -14,7 +14,8 @@
 //! the topic, partition and offset of the input record it came from (what `put` and dead letters
 //! report, and what `pk.mode=kafka` keys on); a source's records, which carry no offsets, go through
 //! in runs that share a topic and partition. An output with timestamp -1 keeps its input's
-//! timestamp (a source's "now" stays "now").
+//! timestamp (for a source's run, the run's first record's; a source's "now" stays "now"). Header
+//! values cross the boundary as bytes: a null header value comes back empty.
 //!
 //! Failures: any step's error, trap or limit fails the records given to the chain; the task's error
 //! policy decides (retry, then stop, or set the failing input records aside — a sink dead-letters
@@ -64,6 +65,18 @@ pub struct ChainRecord {
     pub value: Option<Bytes>,
     pub headers: Vec<(String, Option<Bytes>)>,
     pub timestamp_ms: i64,
+    /// The index, in the batch given to [`Chain::apply`], of the input record this one came from
+    /// (a sink's dead letters carry that record as it was read).
+    pub origin: usize,
+}
+
+impl ChainRecord {
+    /// Key, value and header bytes.
+    pub fn bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
+            + self.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum::<usize>()
+    }
 }
 
 impl From<SourceRecord> for ChainRecord {
@@ -76,6 +89,7 @@ impl From<SourceRecord> for ChainRecord {
             value: r.value,
             headers: r.headers,
             timestamp_ms: r.timestamp_ms,
+            origin: 0,
         }
     }
 }
@@ -103,6 +117,7 @@ impl From<&SinkRecord> for ChainRecord {
             value: r.value.clone(),
             headers: r.headers.clone(),
             timestamp_ms: r.timestamp_ms,
+            origin: 0,
         }
     }
 }
@@ -184,7 +199,30 @@ impl Chain {
     /// Runs `inputs` through the chain under `policy`: retried, then stopping or isolating the
     /// records that fail on their own (see `sluice_runtime::policy`).
     pub fn apply(&mut self, policy: &ErrorPolicy, inputs: &[ChainRecord], control: &TaskControl) -> Applied {
-        match sluice_runtime::policy::apply(policy, inputs.len(), control, |range| self.run(&inputs[range])) {
+        // What the ranges that succeeded made, together: bounded across the policy's retries and
+        // isolation as each range is. Once over, ranges are not run any more (and succeed empty, so
+        // the policy ends at once) and the batch stops the task.
+        let (mut records_kept, mut bytes_kept, mut over) = (0usize, 0usize, false);
+        let verdict = sluice_runtime::policy::apply(policy, inputs.len(), control, |range| {
+            if over {
+                return Ok(Vec::new());
+            }
+            let out = self.run(&inputs[range])?;
+            records_kept += out.len();
+            bytes_kept += out.iter().map(ChainRecord::bytes).sum::<usize>();
+            if records_kept > CHAIN_RECORDS_MAX || bytes_kept > CHAIN_BYTES_MAX {
+                over = true;
+                return Ok(Vec::new());
+            }
+            Ok(out)
+        });
+        if over {
+            return Applied::Stop(PluginError::MalformedOutput(format!(
+                "the transform chain made more than {CHAIN_RECORDS_MAX} records or {CHAIN_BYTES_MAX} bytes from one batch of {} records",
+                inputs.len()
+            )));
+        }
+        match verdict {
             Verdict::Done(outcomes) => {
                 let mut records = Vec::with_capacity(inputs.len());
                 let mut failed = Vec::new();
@@ -309,6 +347,7 @@ fn chain_record(out: OutputRecord, origin: &ChainRecord, outputs: &[String], sid
         value: out.value.map(Bytes::from),
         headers: out.headers.into_iter().map(|h| (h.key, Some(Bytes::from(h.value)))).collect(),
         timestamp_ms: if out.timestamp_ms < 0 { origin.timestamp_ms } else { out.timestamp_ms },
+        origin: origin.origin,
     }
 }
 

@@ -438,6 +438,40 @@ impl SinkDriver {
     }
 }
 
+/// What the transform chain made of a batch.
+struct Transformed {
+    /// What goes to `put`.
+    records: Vec<SinkRecord>,
+    /// For each of `records`, the index of the read record it came from.
+    origins: Vec<usize>,
+    /// Read records (by index) the chain set aside, and why.
+    set_aside: Vec<(usize, String)>,
+}
+
+/// One batch: the records as read, and what the chain made of them (none without a chain).
+struct Batch<'a> {
+    read: &'a [SinkRecord],
+    transformed: Option<Transformed>,
+}
+
+impl Batch<'_> {
+    fn to_put(&self) -> &[SinkRecord] {
+        self.transformed.as_ref().map_or(self.read, |t| &t.records)
+    }
+
+    /// The read record a record of `to_put` came from.
+    fn original(&self, index: usize) -> &SinkRecord {
+        match &self.transformed {
+            Some(t) => &self.read[t.origins[index]],
+            None => &self.read[index],
+        }
+    }
+
+    fn set_aside(&self) -> Vec<(&SinkRecord, String)> {
+        self.transformed.iter().flat_map(|t| &t.set_aside).map(|(index, error)| (&self.read[*index], error.clone())).collect()
+    }
+}
+
 fn as_object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
@@ -537,23 +571,24 @@ impl Task for SinkDriver {
             records.iter().map(|r| r.key.as_ref().map_or(0, Bytes::len) as u64 + r.value.as_ref().map_or(0, Bytes::len) as u64).sum();
         self.shared.metrics.records_in.inc_by(records.len() as u64);
         let started = Instant::now();
-        let (records, set_aside) = if self.chain.is_empty() {
-            (records, Vec::new())
+        let transformed = if self.chain.is_empty() {
+            None
         } else {
             match self.transform(&records, control) {
-                Ok(transformed) => transformed,
+                Ok(transformed) => Some(transformed),
                 Err(step) => {
                     self.rewind();
                     return Ok(step);
                 }
             }
         };
-        let result = if records.is_empty() {
+        let batch = Batch { read: &records, transformed };
+        let put = batch.to_put().len();
+        let result = if put == 0 {
             // The chain filtered the batch out (or set all of it aside): only positions move.
-            let failed: Vec<(&SinkRecord, String)> = set_aside.iter().map(|(r, e)| (r, e.clone())).collect();
-            self.set_aside(&failed).and_then(|()| self.commit_positions(&read_to)).map(|()| None)
+            self.set_aside(&batch.set_aside()).and_then(|()| self.commit_positions(&read_to)).map(|()| None)
         } else {
-            self.put_and_commit(&records, &read_to, control, &set_aside)
+            self.put_and_commit(&batch, &read_to, control)
         };
         self.shared.metrics.process_seconds.observe(started.elapsed().as_secs_f64());
         match result {
@@ -562,7 +597,7 @@ impl Task for SinkDriver {
                 Ok(step)
             }
             Ok(None) => {
-                self.shared.metrics.records_out.inc_by(records.len() as u64);
+                self.shared.metrics.records_out.inc_by(put as u64);
                 self.shared.bytes_out.inc_by(bytes);
                 Ok(Step::Progress)
             }
@@ -589,18 +624,20 @@ impl Task for SinkDriver {
 }
 
 impl SinkDriver {
-    /// Runs a batch through the transform chain under the error policy: the records to `put` and
-    /// the input records set aside (failing on their own, for the dead-letter topic or to skip); or
+    /// Runs a batch through the transform chain under the error policy: the records to `put`, where
+    /// each came from, and the input records set aside (failing on their own, for the dead-letter
+    /// topic or to skip); or
     /// the step when the policy stops the task or it was interrupted while retrying (the batch did
     /// not commit; the caller rewinds).
-    #[allow(clippy::type_complexity)]
-    fn transform(&mut self, records: &[SinkRecord], control: &TaskControl) -> Result<(Vec<SinkRecord>, Vec<(SinkRecord, String)>), Step> {
-        let inputs: Vec<ChainRecord> = records.iter().map(ChainRecord::from).collect();
+    fn transform(&mut self, records: &[SinkRecord], control: &TaskControl) -> Result<Transformed, Step> {
+        let inputs: Vec<ChainRecord> =
+            records.iter().enumerate().map(|(idx, r)| ChainRecord { origin: idx, ..ChainRecord::from(r) }).collect();
         match self.chain.apply(&self.shared.policy, &inputs, control) {
-            Applied::Done { records: out, failed } => Ok((
-                out.into_iter().map(SinkRecord::from).collect(),
-                failed.into_iter().map(|(index, error)| (records[index].clone(), error)).collect(),
-            )),
+            Applied::Done { records: out, failed } => Ok(Transformed {
+                origins: out.iter().map(|r| r.origin).collect(),
+                records: out.into_iter().map(SinkRecord::from).collect(),
+                set_aside: failed,
+            }),
             Applied::Stop(error) => Err(self.failed(error.to_string())),
             Applied::Interrupted => Err(Step::Idle),
         }
@@ -644,11 +681,11 @@ impl SinkDriver {
     /// retried after a backoff.
     fn put_and_commit(
         &mut self,
-        records: &[SinkRecord],
+        batch: &Batch,
         read_to: &BTreeMap<(String, i32), i64>,
         control: &TaskControl,
-        set_aside: &[(SinkRecord, String)],
     ) -> Result<Option<Step>, RuntimeError> {
+        let records = batch.to_put();
         let mut module = self.module.take().ok_or_else(|| RuntimeError::Invalid("the task has no module".into()))?;
         if let Some(target) = &self.target {
             target.session.start_batch();
@@ -689,14 +726,12 @@ impl SinkDriver {
                 return Ok(Some(Step::Idle));
             }
         };
-        let failed: Vec<(&SinkRecord, String)> = set_aside
-            .iter()
-            .map(|(record, error)| (record, error.clone()))
-            .chain(outcomes.into_iter().filter_map(|outcome| match outcome {
-                Outcome::Failed { index, error } => Some((&records[index], error)),
-                Outcome::Ok(()) => None,
-            }))
-            .collect();
+        // Dead letters are the records as they were read (as Connect's are), whatever the chain made.
+        let mut failed = batch.set_aside();
+        failed.extend(outcomes.into_iter().filter_map(|outcome| match outcome {
+            Outcome::Failed { index, error } => Some((batch.original(index), error)),
+            Outcome::Ok(()) => None,
+        }));
         if let Err(error) = self.set_aside(&failed) {
             rollback(self.target.as_ref());
             return Err(error);

@@ -256,8 +256,8 @@ impl TaskGauges {
     }
 }
 
-/// One task's module gauges; the host bounds the names per instance, and the task's names are kept
-/// to drop them with the connector.
+/// One task's module gauges: at most `GAUGES_PER_INSTANCE_MAX` names per task (across its
+/// restarts), kept to drop them with the connector.
 struct PluginGaugeSink {
     gauges: TaskGauges,
     connector: String,
@@ -266,12 +266,23 @@ struct PluginGaugeSink {
 
 impl sluice_wasm::GaugeSink for PluginGaugeSink {
     fn set(&self, name: &str, value: f64) {
-        self.gauges.plugin.with_label_values(&[&self.connector, &self.task, name]).set(value);
         let key = (self.connector.clone(), self.task.clone(), name.to_string());
-        let mut series = self.gauges.plugin_series.lock();
-        if !series.contains(&key) {
-            series.insert(key);
+        {
+            // The host bounds names per instance; a task makes a new instance at every restart, so
+            // the task's names are bounded here too.
+            let mut series = self.gauges.plugin_series.lock();
+            if !series.contains(&key) {
+                let task_names = series
+                    .range((self.connector.clone(), self.task.clone(), String::new())..)
+                    .take_while(|(c, t, _)| *c == self.connector && *t == self.task)
+                    .count();
+                if task_names >= sluice_wasm::GAUGES_PER_INSTANCE_MAX {
+                    return;
+                }
+                series.insert(key);
+            }
         }
+        self.gauges.plugin.with_label_values(&[&self.connector, &self.task, name]).set(value);
     }
 }
 

@@ -102,6 +102,9 @@ fn a_sinks_chain_filters_routes_and_dead_letters_with_the_step_named() {
     let db = f.dir.path().join("target.db");
     let url = format!("sqlite:{}", db.display());
     let mut target = Target::open(&url, None, None);
+    // The table the router sends `eu` rows to refuses id 4: `put` fails on that (rerouted, masked)
+    // record, and its dead letter is the record as it was read.
+    target.exec("CREATE TABLE t_events_eu (id INTEGER CHECK (id <> 4), region TEXT, email TEXT, keep INTEGER)");
     let mut values: Vec<String> = (0..40).map(|i| event(i, if i % 2 == 0 { "eu" } else { "us" }, i % 4 != 3)).collect();
     // Not JSON: `pii-mask` with `on-invalid=fail` fails on it alone.
     values[10] = "not json".into();
@@ -134,8 +137,9 @@ fn a_sinks_chain_filters_routes_and_dead_letters_with_the_step_named() {
             TargetState::Running,
         )
         .unwrap();
-    let kept =
-        |eu: bool| -> Vec<i64> { (0..40).filter(|i| *i != 10 && *i != 21 && i % 4 != 3 && (i % 2 == 0) == eu).map(|i| i as i64).collect() };
+    let kept = |eu: bool| -> Vec<i64> {
+        (0..40).filter(|i| *i != 4 && *i != 10 && *i != 21 && i % 4 != 3 && (i % 2 == 0) == eu).map(|i| i as i64).collect()
+    };
     wait_for("the routed rows", || {
         let us = target.ints("SELECT id FROM t_events ORDER BY id");
         let eu = target.ints("SELECT id FROM t_events_eu ORDER BY id");
@@ -144,17 +148,21 @@ fn a_sinks_chain_filters_routes_and_dead_letters_with_the_step_named() {
     let emails = target.rows("SELECT DISTINCT email FROM t_events UNION SELECT DISTINCT email FROM t_events_eu");
     assert_eq!(emails, vec![vec![SqlValue::Text("***".into())]], "every email masked");
 
-    // The two records the mask step failed on are dead-lettered as they were read, with context.
-    let dead = wait_for("two dead letters", || Some(f.values("events-dlq")).filter(|v| v.len() == 2));
-    assert_eq!(dead, ["not json", "{broken"]);
+    // The two records the mask step failed on and the one the target refused are dead-lettered as
+    // they were read (the refused one unmasked, from its input topic), with context.
+    let dead = wait_for("three dead letters", || Some(f.values("events-dlq")).filter(|v| v.len() == 3));
+    assert_eq!(dead[..2], ["not json", "{broken"]);
+    assert_eq!(serde_json::from_str::<Value>(&dead[2]).unwrap(), serde_json::from_str::<Value>(&values[4]).unwrap());
     let mut reader = f.host.reader("events-dlq", 0, 0).unwrap();
-    let record = reader.next_batch(10).unwrap().records.remove(0);
-    let header = |name: &str| {
-        record.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v.to_vec()).unwrap())
+    let records = reader.next_batch(10).unwrap().records;
+    let header = |idx: usize, name: &str| {
+        records[idx].headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| v.clone()).map(|v| String::from_utf8(v.to_vec()).unwrap())
     };
-    assert!(header("sluice.error").unwrap().contains("transform 'mask' (pii-mask)"), "{:?}", header("sluice.error"));
-    assert_eq!(header("sluice.source.offset").as_deref(), Some("10"));
-    assert_eq!(header("sluice.connector").as_deref(), Some("events-sink"));
+    assert!(header(0, "sluice.error").unwrap().contains("transform 'mask' (pii-mask)"), "{:?}", header(0, "sluice.error"));
+    assert_eq!(header(0, "sluice.source.offset").as_deref(), Some("10"));
+    assert_eq!(header(0, "sluice.connector").as_deref(), Some("events-sink"));
+    assert_eq!(header(2, "sluice.source.topic").as_deref(), Some("events"), "not the topic the chain routed it to");
+    assert_eq!(header(2, "sluice.source.offset").as_deref(), Some("4"));
 
     // A batch the chain filters out entirely still moves the positions.
     produce(&f.host, "events", &(40..45).map(|i| event(i, "us", false)).collect::<Vec<_>>());

@@ -33,8 +33,8 @@
 //!
 //! Each peek is a new decoding session, which starts at the slot's restart point — where PostgreSQL
 //! last logged the running transactions, up to ~15 s of WAL behind — so its cost grows with the write
-//! rate. One peek therefore reads ahead up to 32 polls' worth of rows (about 16 MiB at most, packed
-//! many to a value so that a session is not limited to one query's 10,000 rows) that the next polls
+//! rate. One peek therefore reads ahead up to 32 polls' worth of rows (cut at 16 MiB by their running
+//! size, packed many to a value so that a session is not limited to one query's 10,000 rows) that the next polls
 //! emit; they live only in the guest, and a restarted task reads them again from its committed
 //! position.
 //!
@@ -64,15 +64,12 @@ pub const MAX_BATCH_SIZE_MAX: usize = 4_000;
 pub const HEARTBEAT_MS_DEFAULT: u64 = 10_000;
 /// One decoding session reads ahead up to this many times `max.batch.size` rows…
 const READ_AHEAD_BATCHES: usize = 32;
-/// …and about this many bytes of them (sized by the rows of the previous read), kept in the guest.
+/// …and up to this many bytes of them (and the row that crosses it), kept in the guest.
 const READ_AHEAD_BYTES: usize = 16 << 20;
-/// The rows come packed into values of about this many bytes…
-const GROUP_BYTES: usize = 1 << 20;
-/// …and at most this many rows…
-const GROUP_ROWS_MAX: usize = 4_096;
-/// …in at most this many values (the `sql` capability returns 10,000 rows from one query by default).
-const READ_AHEAD_GROUPS_MAX: usize = 5_000;
-const _: () = assert!(MAX_BATCH_SIZE_MAX * READ_AHEAD_BATCHES <= READ_AHEAD_GROUPS_MAX * GROUP_ROWS_MAX);
+/// The rows come packed, ~this many bytes to a value (plus at most one row), so that one session is
+/// not capped at one query's rows, and a value stays under the capability's per-value bound
+/// (16 MiB) unless a single row is near that large.
+const GROUP_BYTES: usize = 256 << 10;
 pub const POLL_INTERVAL_MS_DEFAULT: u64 = 500;
 /// Retained WAL above which the connector warns.
 pub const RETAINED_WAL_WARN_BYTES: i64 = 1 << 30;
@@ -499,16 +496,12 @@ pub struct PostgresCdc {
     /// slot's restart point, which can trail it by many megabytes of WAL, so one session feeds
     /// several polls. Only the guest holds them; a restarted task reads them again from the slot.
     ahead: VecDeque<(u64, u32, Vec<u8>)>,
-    /// Mean bytes of a row in the last read-ahead (sizes the next).
-    row_bytes: usize,
     /// The commit time of the transaction being emitted (its Begin may have come in an earlier poll).
     commit_ts_ms: i64,
 }
 
-/// Appends the rows of one packed value (lsn u64, xid u64, length u32, data; big-endian) to `ahead`;
-/// returns their bytes with a fixed overhead per row.
-fn unpack_rows(mut packed: &[u8], ahead: &mut VecDeque<(u64, u32, Vec<u8>)>) -> Result<usize> {
-    let mut bytes = 0;
+/// Appends the rows of one packed value (lsn u64, xid u64, length u32, data; big-endian) to `ahead`.
+fn unpack_rows(mut packed: &[u8], ahead: &mut VecDeque<(u64, u32, Vec<u8>)>) -> Result<()> {
     while !packed.is_empty() {
         let Some((header, rest)) = packed.split_at_checked(20) else { sluice::bail!("a packed row from the slot is cut short") };
         let lsn = u64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
@@ -516,10 +509,9 @@ fn unpack_rows(mut packed: &[u8], ahead: &mut VecDeque<(u64, u32, Vec<u8>)>) -> 
         let len = u32::from_be_bytes(header[16..20].try_into().expect("4 bytes")) as usize;
         let Some((data, rest)) = rest.split_at_checked(len) else { sluice::bail!("a packed row from the slot is cut short") };
         ahead.push_back((lsn, xid, data.to_vec()));
-        bytes += len + 64;
         packed = rest;
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -689,15 +681,7 @@ impl PostgresCdc {
         let current =
             self.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])?.as_ref().and_then(text).map(|t| parse_lsn(&t)).transpose()?;
         let consumed = self.position.consumed;
-        let batch = self.settings.batch;
-        let (rows_max, group) = match self.row_bytes {
-            // Nothing known about the rows yet: one to a value, as many as one poll takes.
-            0 => (batch, 1),
-            bytes => {
-                let rows = (READ_AHEAD_BYTES / bytes).clamp(batch, batch * READ_AHEAD_BATCHES);
-                (rows, (GROUP_BYTES / bytes).clamp(rows.div_ceil(READ_AHEAD_GROUPS_MAX), GROUP_ROWS_MAX))
-            }
-        };
+        let rows_max = self.settings.batch * READ_AHEAD_BATCHES;
         let slot = Value::Text(self.settings.slot.clone());
         let publication = Value::Text(self.settings.publication.clone());
         let upto = Value::Text(lsn_text(current.unwrap_or(0)));
@@ -708,18 +692,29 @@ impl PostgresCdc {
         // alike: not the Relation, Type and Origin messages, which pgoutput sends the first time a
         // session meets a relation (so where they fall depends on where the session started). Those
         // come back from before the resume point too: the guest needs the relations.
-        // The rows come back `group` to a value (lsn u64, xid u64, length u32, data; big-endian), so
-        // that one session can return more rows than one query may.
+        // Then the rows are cut at READ_AHEAD_BYTES by their running size (`cum`) and packed
+        // (lsn u64, xid u64, length u32, data; big-endian) into values of about GROUP_BYTES.
         let rows = self.conn.query(
             &format!(
                 "SELECT string_agg(int8send((lsn - '0/0'::pg_lsn)::bigint) || int8send(xid::text::bigint) \
                  || int4send(octet_length(data)) || data, ''::bytea ORDER BY n) FROM (\
-                 SELECT lsn, xid, data, n, (row_number() OVER (ORDER BY n) - 1) / $7 AS g FROM (\
+                 SELECT lsn, xid, data, n, (cum - 1) / $7 AS g FROM (\
+                 SELECT lsn, xid, data, n, sum(octet_length(data) + 20) OVER (ORDER BY n) AS cum FROM (\
                  SELECT lsn, xid, data, n FROM (SELECT lsn, xid, data, n, \
                  count(*) FILTER (WHERE get_byte(data, 0) NOT IN ({SESSION_MESSAGES})) OVER (ORDER BY n) AS m FROM {peek}) s \
-                 WHERE m > $5 OR get_byte(data, 0) IN ({SESSION_MESSAGES}) ORDER BY n LIMIT $6) u) t GROUP BY g ORDER BY g"
+                 WHERE m > $5 OR get_byte(data, 0) IN ({SESSION_MESSAGES}) ORDER BY n LIMIT $6) u) v \
+                 WHERE cum - (octet_length(data) + 20) < $8) t GROUP BY g ORDER BY g"
             ),
-            &[slot, upto, nchanges, publication, Value::Int(consumed as i64), Value::Int(rows_max as i64), Value::Int(group as i64)],
+            &[
+                slot,
+                upto,
+                nchanges,
+                publication,
+                Value::Int(consumed as i64),
+                Value::Int(rows_max as i64),
+                Value::Int(GROUP_BYTES as i64),
+                Value::Int(READ_AHEAD_BYTES as i64),
+            ],
         )?;
         if rows.rows.is_empty() {
             if consumed == 0
@@ -734,12 +729,10 @@ impl PostgresCdc {
             }
             return Ok(false);
         }
-        let mut bytes = 0usize;
         for row in rows.rows {
             let Some(Value::Bytes(packed)) = row.into_iter().next() else { sluice::bail!("the slot returned a group without data") };
-            bytes += unpack_rows(&packed, &mut self.ahead)?;
+            unpack_rows(&packed, &mut self.ahead)?;
         }
-        self.row_bytes = (bytes / self.ahead.len().max(1)).max(1);
         Ok(true)
     }
 
@@ -750,10 +743,25 @@ impl PostgresCdc {
         }
         let take = self.settings.batch.min(self.ahead.len());
         let rows: Vec<(u64, u32, Vec<u8>)> = self.ahead.drain(..take).collect();
+        match self.emit(&rows) {
+            Ok(records) => Ok(Poll::records(records, vec![Position::new(self.partition(), self.position.to_json())])),
+            Err(error) => {
+                // Not emitted: the rows go back, so that nothing is skipped even if this instance
+                // polled again (a failed poll restarts the task today, which reads them again anyway).
+                for row in rows.into_iter().rev() {
+                    self.ahead.push_front(row);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The change events of decoded rows; the position moves past them only if all of them decode.
+    fn emit(&mut self, rows: &[(u64, u32, Vec<u8>)]) -> Result<Vec<SourceRecord>> {
         let mut records = Vec::new();
         let mut position = self.position.clone();
         let mut commit_ts_ms = self.commit_ts_ms;
-        for (lsn, xid, data) in &rows {
+        for (lsn, xid, data) in rows {
             let (lsn, xid) = (*lsn, *xid);
             if !SESSION_MESSAGE_KINDS.contains(&data.first().copied().unwrap_or(0)) {
                 position.consumed += 1;
@@ -781,7 +789,7 @@ impl PostgresCdc {
         }
         self.position = position;
         self.commit_ts_ms = commit_ts_ms;
-        Ok(Poll::records(records, vec![Position::new(self.partition(), self.position.to_json())]))
+        Ok(records)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -927,7 +935,6 @@ impl Source for PostgresCdc {
             last_wal_check: None,
             last_wal_warning: None,
             ahead: VecDeque::new(),
-            row_bytes: 0,
             commit_ts_ms: now_ms(),
         };
         let partition = cdc.partition();
@@ -971,7 +978,7 @@ mod tests {
             packed.extend(data);
         }
         let mut ahead = VecDeque::new();
-        assert_eq!(unpack_rows(&packed, &mut ahead).unwrap(), 5 + 64 * 2);
+        unpack_rows(&packed, &mut ahead).unwrap();
         assert_eq!(ahead, [(0x16_B374_D848, 7, b"BEGIN".to_vec()), (0x16_B374_D900, 7, Vec::new())]);
         assert!(unpack_rows(&packed[..packed.len() - 1], &mut VecDeque::new()).is_err());
         assert!(unpack_rows(&packed[..22], &mut VecDeque::new()).is_err());
