@@ -42,7 +42,7 @@ use crate::config::TopicSelection;
 use crate::error::ConnectError;
 use crate::offsets::ConnectorOffset;
 use crate::sql::{ConnHandle, Dialect, Sql, SqlFactory, SqlSession, SqlValue};
-use crate::task::{PutError, SinkModule, SinkRecord, TaskConfig, TaskShared, start_module};
+use crate::task::{PutError, SinkModule, SinkRecord, Started, TaskConfig, TaskShared, start_module};
 
 /// The table, in the target database, where sink tasks keep their input positions.
 pub const POSITIONS_TABLE: &str = "sluice_connect_offsets";
@@ -523,14 +523,9 @@ impl Task for SinkDriver {
             None => self.shared.sql_session(false)?,
         };
         let made = self.shared.plugin.sink_module(&self.config, self.shared.context(self.config.task, session));
-        match start_module(made, |module| module.start(&self.config))? {
-            Ok(module) => self.module = Some(module),
-            Err(fatal) => self.fatal = Some(fatal),
-        }
-        if self.fatal.is_none()
-            && let Err(error) = self.chain.start()
-        {
-            self.fatal = Some(error.message);
+        match start_module(made, |module| module.start(&self.config), &mut self.chain)? {
+            Started::Ready(module) => self.module = Some(module),
+            Started::Failed(message) => self.fatal = Some(message),
         }
         Ok(())
     }

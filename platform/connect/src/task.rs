@@ -183,21 +183,33 @@ pub trait SinkModule: Send {
     fn stop(&mut self);
 }
 
-/// Makes a task's module and starts it: `Ok(Ok(module))`; `Ok(Err(message))` for a failure no retry
-/// fixes (the task shows it FAILED at its next step); `Err` for one worth retrying after a backoff.
+/// What starting a task's module (and its transform chain) gave.
+pub(crate) enum Started<M: ?Sized> {
+    Ready(Box<M>),
+    /// A failure no retry fixes: the task shows it FAILED at its next step.
+    Failed(String),
+}
+
+/// Makes a task's module and starts it, then instantiates the connector's transform chain; `Err`
+/// for a failure worth retrying after a backoff.
 pub(crate) fn start_module<M: ?Sized>(
     made: Result<Box<M>, ConnectError>,
     start: impl FnOnce(&mut M) -> Result<(), ModuleError>,
-) -> Result<Result<Box<M>, String>, RuntimeError> {
+    chain: &mut Chain,
+) -> Result<Started<M>, RuntimeError> {
     let mut module = match made {
         Ok(module) => module,
-        Err(error) => return Ok(Err(error.to_string())),
+        Err(error) => return Ok(Started::Failed(error.to_string())),
     };
     match start(&mut module) {
-        Ok(()) => Ok(Ok(module)),
-        Err(error) if error.retriable => Err(RuntimeError::Invalid(format!("starting the module: {}", error.message))),
-        Err(error) => Ok(Err(format!("starting the module: {}", error.message))),
+        Ok(()) => {}
+        Err(error) if error.retriable => return Err(RuntimeError::Invalid(format!("starting the module: {}", error.message))),
+        Err(error) => return Ok(Started::Failed(format!("starting the module: {}", error.message))),
     }
+    Ok(match chain.start() {
+        Ok(()) => Started::Ready(module),
+        Err(error) => Started::Failed(error.message),
+    })
 }
 
 /// Per-task gauges: `sluice_connector_lag_records{connector,task}` (a sink task's input records not
@@ -562,14 +574,9 @@ impl Task for SourceDriver {
         self.producer = Some(producer);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
         let made = self.shared.plugin.source_module(&self.config, self.shared.context(self.config.task, self.shared.sql_session(false)?));
-        match start_module(made, |module| module.start(&self.config, &positions.offsets))? {
-            Ok(module) => self.module = Some(module),
-            Err(fatal) => self.fatal = Some(fatal),
-        }
-        if self.fatal.is_none()
-            && let Err(error) = self.chain.start()
-        {
-            self.fatal = Some(error.message);
+        match start_module(made, |module| module.start(&self.config, &positions.offsets), &mut self.chain)? {
+            Started::Ready(module) => self.module = Some(module),
+            Started::Failed(message) => self.fatal = Some(message),
         }
         Ok(())
     }
