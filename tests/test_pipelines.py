@@ -4,7 +4,8 @@
 - topic → database: `jdbc-sink` created over Kafka Connect's REST API, fed by a real Kafka client
   (confluent-kafka, idempotent), writing into a SQLite database, while the broker is killed with SIGKILL;
 - database → topic → transform → database: `examples/pipelines/sqlite.sh`, the demo the README starts with,
-  run as a user would against a running broker.
+  run as a user would against a running broker;
+- a connector's `transforms` chain with the bundled transforms, seen by a Kafka consumer.
 
 The sink keeps its input positions in the target database, in the same transaction as the rows it writes, so
 after every crash the target holds each record exactly once: a row count equal to the number of distinct ids
@@ -152,6 +153,39 @@ def test_the_sqlite_example_pipeline_runs_as_documented(make_broker, tmp_path):
     assert "10,100 rows in the target" in proc.stdout, proc.stdout
     listed = sluice(broker, "connector", "list").stdout
     assert "orders-source" in listed and "orders-sink" in listed and "FAILED" not in listed, listed
+
+
+def test_a_connectors_transform_chain_masks_routes_and_filters_with_the_bundled_transforms(make_broker, tmp_path):
+    """`file-source` with `transforms=keep,mask,route` (the binary's json-filter, pii-mask and router), created over
+    the REST API: a Kafka consumer sees only kept lines, emails masked, `eu` ones in the route's topic; a step naming
+    a module the registry lacks is refused at create."""
+    broker = make_broker()
+    lines = tmp_path / "events.jsonl"
+    events = [{"id": i, "region": "eu" if i % 3 == 0 else "us", "email": f"u{i}@example.com", "keep": i % 5 != 0} for i in range(30)]
+    lines.write_text("".join(json.dumps(e) + "\n" for e in events))
+    suffix = unique("chain")
+    topic, eu = f"events-{suffix}", f"events-eu-{suffix}"
+    config = {
+        "connector.class": "file-source", "file": str(lines), "topic": topic,
+        "transforms": "keep,mask,route",
+        "transforms.keep.type": "json-filter", "transforms.keep.field": "keep", "transforms.keep.equals": "true",
+        "transforms.mask.type": "pii-mask", "transforms.mask.fields": "email",
+        "transforms.route.type": "router", "transforms.route.field": "region", "transforms.route.routes": f"eu:{eu}",
+        "transforms.route.outputs": eu,
+    }
+    status, body = rest(broker, "POST", "/connectors", {"name": f"chain-{suffix}", "config": config})
+    assert status == 201, body
+    expected = lambda region: [dict(e, email="***") for e in events if e["keep"] and e["region"] == region]
+    for name, region in ((topic, "us"), (eu, "eu")):
+        wait_for(lambda: http_request("GET", f"{broker.admin_url}/v1/topics/{name}", timeout=5)[0] == 200, f"topic {name}")
+        got = [json.loads(r.value) for r in cf_consume(broker, name, len(expected(region)), conf={"isolation.level": "read_committed"})]
+        assert sorted(got, key=lambda e: e["id"]) == expected(region), name
+    status, body = rest(broker, "GET", f"/connectors/chain-{suffix}/status")
+    assert status == 200 and body["tasks"][0]["state"] == "RUNNING", body
+    # A step naming a module the registry does not have is refused when the connector is created.
+    bad = dict(config, **{"transforms.route.type": "no-such-transform"})
+    status, body = rest(broker, "POST", "/connectors", {"name": f"bad-{suffix}", "config": bad})
+    assert status == 400 and "no-such-transform" in body["message"], body
 
 
 @pytest.mark.parametrize("script", ["postgres.sh", "mariadb.sh"])
