@@ -133,7 +133,7 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
                     config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
                     outputs: ::std::vec::Vec<::std::string::String>,
                 ) -> ::core::result::Result<(), ::std::string::String> {
-                    ::sluice::__private::export_init::<#state_ty>(config, outputs, #init)
+                    ::sluice::__private::export_init::<#state_ty>(config, outputs, #init).map_err(::sluice::Error::into_message)
                 }
 
                 fn process(

@@ -139,13 +139,13 @@ mod wasm {
         host::set_gauge(name, value);
     }
 
-    /// The `init` export.
-    pub fn export_init<S: 'static>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<(), String> {
+    /// The `init` export (the generated glue turns the error into the WIT's message string).
+    pub fn export_init<S: 'static>(config: Vec<(String, String)>, outputs: Vec<String>, user_init: InitFn<S>) -> Result<()> {
         crate::log::set_host_log(host_log);
         crate::metrics::set_host_gauge(host_gauge);
         // A panic traps the instance; log its message first so the host can say why.
         std::panic::set_hook(Box::new(|info| host_log(Level::Error, &info.to_string())));
-        let state = init(config, outputs, user_init).map_err(crate::Error::into_message)?;
+        let state = init(config, outputs, user_init)?;
         STATE.with(|current| *current.borrow_mut() = Some(Box::new(state)));
         Ok(())
     }
