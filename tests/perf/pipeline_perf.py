@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--sink-tasks", type=int, default=2)
     ap.add_argument("--batch-rows", type=int, default=5000, help="the source's batch.max.rows")
+    ap.add_argument("--chain", choices=["none", "source", "sink"], default="none",
+                    help="put a pii-mask step (masking `customer`) in the source's or the sink's transforms chain")
     args = ap.parse_args()
 
     pg = Postgres()
@@ -52,6 +54,11 @@ def main():
         source = {"connector.class": "jdbc-source", "mode": "incrementing", "incrementing.column.name": "id",
                   "table.whitelist": "src_rows", "topic.prefix": prefix, "batch.max.rows": str(args.batch_rows),
                   "poll.interval.ms": "100", **connection}
+        mask = {"transforms": "mask", "transforms.mask.type": "pii-mask", "transforms.mask.fields": "customer"}
+        if args.chain == "source":
+            source.update(mask)
+        elif args.chain == "sink":
+            sink.update(mask)
         http(args.admin, "POST", "/connectors", {"name": f"{prefix}sink", "config": sink})
         started = time.perf_counter()
         http(args.admin, "POST", "/connectors", {"name": f"{prefix}source", "config": source})
@@ -60,7 +67,7 @@ def main():
             http(args.admin, "DELETE", f"/connectors/{name}")
         avg = int(pg.psql("SELECT avg(octet_length(t::text))::int FROM dst_rows t LIMIT 1"))
         result = {"records": args.records, "avg_row_text_bytes": avg, "partitions": args.partitions, "sink_tasks": args.sink_tasks,
-                  "source_batch_rows": args.batch_rows, "pipeline_seconds": round(elapsed, 2),
+                  "source_batch_rows": args.batch_rows, "chain": args.chain, "pipeline_seconds": round(elapsed, 2),
                   "pipeline_rows_per_s": round(args.records / elapsed)}
         result.update(raw_limits(pg, args.records))
         print(json.dumps(result))
