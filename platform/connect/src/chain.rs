@@ -241,7 +241,7 @@ impl Chain {
 
     /// Runs `records` through every step. An error fails all of them (the policy isolates which);
     /// its `record_index` is set when the first step named the failing record.
-    pub fn run(&mut self, records: &[ChainRecord]) -> Result<Vec<ChainRecord>, PluginError> {
+    fn run(&mut self, records: &[ChainRecord]) -> Result<Vec<ChainRecord>, PluginError> {
         let mut current: Option<Vec<ChainRecord>> = None;
         for (idx, step) in self.steps.iter_mut().enumerate() {
             let input = current.as_deref().unwrap_or(records);

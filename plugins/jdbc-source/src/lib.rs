@@ -119,17 +119,6 @@ fn number(config: &Config, key: &str, default: u64, max: u64) -> Result<u64> {
     }
 }
 
-fn regexes(config: &Config, key: &str) -> Result<Vec<Regex>> {
-    config
-        .list(key)
-        .into_iter()
-        .map(|pattern| {
-            Regex::new(&format!("^(?:{pattern})$"))
-                .map_err(|e| Error::msg(format_args!("{key}: '{pattern}' is not a regular expression: {e}")))
-        })
-        .collect()
-}
-
 impl Settings {
     pub fn from_config(config: &Config) -> Result<Settings> {
         let mode = match config.require("mode")? {
@@ -154,8 +143,8 @@ impl Settings {
         let query = config.get("query").map(str::trim).filter(|q| !q.is_empty()).map(|q| q.trim_end_matches(';').to_owned());
         let whitelist: Vec<String> = config.list("table.whitelist").into_iter().map(str::to_owned).collect();
         let blacklist: Vec<String> = config.list("table.blacklist").into_iter().map(str::to_owned).collect();
-        let include = regexes(config, "table.include.list")?;
-        let exclude = regexes(config, "table.exclude.list")?;
+        let include = config.regexes("table.include.list")?;
+        let exclude = config.regexes("table.exclude.list")?;
         if query.is_some() && !(whitelist.is_empty() && blacklist.is_empty() && include.is_empty() && exclude.is_empty()) {
             sluice::bail!(
                 "query reads its own rows: leave out table.whitelist, table.blacklist, table.include.list and table.exclude.list"

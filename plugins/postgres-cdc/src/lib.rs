@@ -391,17 +391,6 @@ pub struct Settings {
     pub poll_interval_ms: u32,
 }
 
-fn regexes(config: &Config, key: &str) -> Result<Vec<Regex>> {
-    config
-        .list(key)
-        .into_iter()
-        .map(|pattern| {
-            Regex::new(&format!("^(?:{pattern})$"))
-                .map_err(|e| Error::msg(format_args!("{key}: '{pattern}' is not a regular expression: {e}")))
-        })
-        .collect()
-}
-
 /// Slot and publication names are identifiers PostgreSQL folds and limits: keep them plain.
 fn identifier(config: &Config, key: &str, default: &str) -> Result<String> {
     let name = config.get(key).unwrap_or(default).to_owned();
@@ -442,8 +431,8 @@ impl Settings {
             slot: identifier(config, "slot.name", "debezium")?,
             publication: identifier(config, "publication.name", "dbz_publication")?,
             autocreate_publication,
-            include: regexes(config, "table.include.list")?,
-            exclude: regexes(config, "table.exclude.list")?,
+            include: config.regexes("table.include.list")?,
+            exclude: config.regexes("table.exclude.list")?,
             topic_prefix,
             snapshot,
             heartbeat: Duration::from_millis(heartbeat),

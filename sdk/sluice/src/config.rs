@@ -58,11 +58,40 @@ impl Config {
         self.get(key).map(|raw| raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
     }
 
+    /// A comma-separated list of regular expressions, each anchored to match a whole name (as Kafka
+    /// Connect's `table.include.list` and `topics.regex`); a pattern that does not compile is an
+    /// error naming the key. With the SDK's `regex` feature.
+    #[cfg(feature = "regex")]
+    pub fn regexes(&self, key: &str) -> Result<Vec<regex::Regex>> {
+        self.list(key)
+            .into_iter()
+            .map(|pattern| {
+                regex::Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|e| Error::msg(format!("{key}: '{pattern}' is not a regular expression: {e}")))
+            })
+            .collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(all(test, feature = "regex"))]
+mod regex_tests {
+    use super::Config;
+
+    #[test]
+    fn regexes_match_whole_names_and_a_bad_pattern_names_its_key() {
+        let config = Config::from_pairs([("include", "public\\.orders, shop\\..*"), ("bad", "(")]);
+        let include = config.regexes("include").unwrap();
+        assert!(include.iter().any(|re| re.is_match("public.orders")) && include.iter().any(|re| re.is_match("shop.x")));
+        assert!(!include.iter().any(|re| re.is_match("public.orders_old")), "anchored at both ends");
+        assert!(config.regexes("missing").unwrap().is_empty());
+        assert!(config.regexes("bad").unwrap_err().to_string().contains("bad: '(' is not a regular expression"));
     }
 }
