@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_broker::host::{CommittedReader, ConsumedRecord, Host, HostError, ProducerRecord, TransactionalProducer};
+use sluice_broker::host::{CommittedReader, Host, HostError, ProducerRecord, RecordView, TransactionalProducer};
 use sluice_runtime::isolate::Outcome;
 use sluice_runtime::policy::{self, OnFailure, Verdict};
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
@@ -173,7 +173,10 @@ impl Runner {
         let spec = self.shared.spec.clone();
         let now = sluice_broker::host::now_ms();
         let on_failure = spec.policy().on_failure;
-        let mut grouped: BTreeMap<(String, i32), Vec<ProducerRecord>> = BTreeMap::new();
+        // Keyed by output index (the dead-letter topic is one past the outputs) and partition: no
+        // topic name is cloned per record.
+        let dead_letter_index = spec.output_topics.len();
+        let mut grouped: BTreeMap<(usize, i32), Vec<ProducerRecord>> = BTreeMap::new();
         let counts: Vec<i32> = spec.output_topics.iter().map(|t| self.partition_count(t)).collect::<Result<_, _>>()?;
         let (mut written, mut dead) = (0u64, Vec::new());
         for outcome in outcomes {
@@ -188,7 +191,7 @@ impl Runner {
                             (Partitioning::KeyHash, Some(key)) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
                             _ => self.partition % count,
                         };
-                        grouped.entry((spec.output_topics[index].clone(), partition)).or_default().push(producer_record(output, now));
+                        grouped.entry((index, partition)).or_default().push(producer_record(output, now));
                     }
                 }
                 Outcome::Failed { index, error } => dead.push((index, error)),
@@ -202,14 +205,19 @@ impl Runner {
                     Some(key) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
                     None => self.partition % count,
                 };
-                grouped.entry((topic.clone(), partition)).or_default().push(dead_letter(&spec, self.partition, input, message));
+                grouped.entry((dead_letter_index, partition)).or_default().push(dead_letter(&spec, self.partition, input, message));
             }
             tracing::warn!(transform = spec.name, partition = self.partition, records = dead.len(), topic, error = %dead[0].1, "records sent to the dead-letter topic");
             self.shared.logs.push(LogLevel::Warn, &format!("{} records sent to {topic}: {}", dead.len(), dead[0].1));
         }
         let own = self.partition;
         let producer = self.producer()?;
-        for ((topic, partition), records) in &grouped {
+        for ((index, partition), records) in &grouped {
+            let topic = match (spec.output_topics.get(*index), &on_failure) {
+                (Some(topic), _) => topic,
+                (None, OnFailure::DeadLetter { topic, .. }) => topic,
+                (None, _) => return Err(RuntimeError::Invalid(format!("output index {index} out of range"))),
+            };
             producer.send(topic, *partition, records)?;
         }
         producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), own, next)])?;
@@ -253,7 +261,9 @@ impl Task for Runner {
     fn step(&mut self, control: &TaskControl) -> Result<Step, RuntimeError> {
         let reader = self.reader.as_mut().ok_or_else(|| RuntimeError::Invalid("the runner has no reader".into()))?;
         let position = reader.position();
-        let read = reader.next_batch(self.shared.spec.batch_records());
+        let own = self.partition;
+        let mut inputs = Vec::new();
+        let read = reader.visit_batch(self.shared.spec.batch_records(), |record| inputs.push(input_record(record, own)));
         let lag = reader.lag();
         let batch = match read {
             Ok(batch) => batch,
@@ -281,7 +291,7 @@ impl Task for Runner {
             Err(error) => return Err(error.into()),
         };
         self.shared.metrics.lag(self.partition).set(lag);
-        if batch.records.is_empty() {
+        if inputs.is_empty() {
             if batch.next_offset == position {
                 if let Some(reader) = self.reader.as_ref() {
                     reader.wait_for_records(IDLE_WAIT);
@@ -292,7 +302,6 @@ impl Task for Runner {
             self.state.position.store(batch.next_offset, Ordering::Release);
             return Ok(Step::Progress);
         }
-        let inputs: Vec<InputRecord> = batch.records.into_iter().map(|r| input_record(r, self.partition)).collect();
         let verdict = policy::apply(&self.shared.spec.policy(), inputs.len(), control, |range| self.call(&inputs[range]));
         let step = match verdict {
             Verdict::Done(outcomes) => self.commit(&inputs, outcomes, batch.next_offset).map(|()| Step::Progress),
@@ -328,14 +337,16 @@ fn dead_letter(spec: &TransformSpec, partition: i32, input: &InputRecord, messag
     }
 }
 
-fn input_record(record: ConsumedRecord, partition: i32) -> InputRecord {
+fn input_record(record: RecordView<'_>, partition: i32) -> InputRecord {
     InputRecord {
-        key: record.key.map(|k| k.to_vec()),
-        value: record.value.map(|v| v.to_vec()),
+        key: record.key.map(<[u8]>::to_vec),
+        value: record.value.map(<[u8]>::to_vec),
         headers: record
-            .headers
-            .into_iter()
-            .map(|(key, value)| Header { key, value: value.map(|v| v.to_vec()).unwrap_or_default() })
+            .headers()
+            .map(|(key, value)| Header {
+                key: String::from_utf8_lossy(key).into_owned(),
+                value: value.map(<[u8]>::to_vec).unwrap_or_default(),
+            })
             .collect(),
         timestamp_ms: record.timestamp_ms,
         partition,

@@ -40,7 +40,7 @@ mod tests;
 
 pub use crate::admin::{ADMIN_BODY_BYTES_MAX, ApiError, json_body};
 pub use producer::{ProducerRecord, TransactionalProducer};
-pub use reader::{CommittedReader, ConsumedRecord, ReadBatch, ReaderLimits};
+pub use reader::{CommittedReader, ConsumedRecord, ReadBatch, ReaderLimits, RecordView, Visited};
 
 /// The prefix of transactional ids and group ids reserved for the broker's own runtimes.
 pub const INTERNAL_PREFIX: &str = "__sluice";

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use sluice_storage::{AbortedTxn, BatchHeader, StorageError, TimestampType};
 
 use super::HostError;
@@ -77,16 +77,110 @@ pub struct ReadBatch {
     pub next_offset: i64,
 }
 
+/// One committed record borrowed from the reader's buffer, for [`CommittedReader::visit_batch`]:
+/// no allocation and no reference counting per record or field.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub offset: i64,
+    /// Milliseconds since the epoch (the batch's LogAppendTime when the topic uses it).
+    pub timestamp_ms: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    body: &'a [u8],
+    headers: &'a [HeaderSpan],
+}
+
+impl<'a> RecordView<'a> {
+    /// The headers in record order (keys may repeat, as Kafka allows), as raw key and value bytes.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let body = self.body;
+        self.headers.iter().map(move |h| (&body[h.key.range()], h.value.get(body)))
+    }
+}
+
+/// What [`CommittedReader::visit_batch`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visited {
+    /// Records handed to the visitor.
+    pub records: usize,
+    /// As [`ReadBatch::next_offset`].
+    pub next_offset: i64,
+}
+
+/// Where a field lies in a batch's record bytes; `NULL` for a null key, value or header value.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    const NULL: Span = Span { start: u32::MAX, len: 0 };
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.start as usize + self.len as usize
+    }
+
+    fn get(self, body: &[u8]) -> Option<&[u8]> {
+        (self.start != u32::MAX).then(|| &body[self.range()])
+    }
+
+    fn slice(self, body: &Bytes) -> Option<Bytes> {
+        (self.start != u32::MAX).then(|| body.slice(self.range()))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeaderSpan {
+    key: Span,
+    value: Span,
+}
+
+/// One decoded record: its fields as spans of the batch's record bytes, its headers as a run of
+/// the reader's header spans.
+#[derive(Debug, Clone, Copy)]
+struct RecordSpans {
+    offset: i64,
+    timestamp_ms: i64,
+    key: Span,
+    value: Span,
+    headers: (u32, u32),
+}
+
+/// A batch's decoded records, kept between calls so that steady reading allocates nothing.
+#[derive(Debug, Default)]
+struct Scratch {
+    records: Vec<RecordSpans>,
+    headers: Vec<HeaderSpan>,
+}
+
+impl Scratch {
+    /// Entries kept between batches; a batch of many tiny records may need more, once.
+    const KEEP: usize = 1 << 16;
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.headers.clear();
+        if self.records.capacity() > Self::KEEP {
+            self.records.shrink_to(Self::KEEP);
+        }
+        if self.headers.capacity() > Self::KEEP {
+            self.headers.shrink_to(Self::KEEP);
+        }
+    }
+}
+
 pub struct CommittedReader {
     partition: Arc<Partition>,
     position: i64,
     limits: ReaderLimits,
     runtime: tokio::runtime::Handle,
+    scratch: Scratch,
 }
 
 impl CommittedReader {
     pub(super) fn new(partition: Arc<Partition>, position: i64, limits: ReaderLimits, runtime: tokio::runtime::Handle) -> CommittedReader {
-        CommittedReader { partition, position, limits, runtime }
+        CommittedReader { partition, position, limits, runtime, scratch: Scratch::default() }
     }
 
     pub fn with_limits(mut self, limits: ReaderLimits) -> CommittedReader {
@@ -124,8 +218,41 @@ impl CommittedReader {
     /// Reads up to `max_records` committed records at or after the position and moves past them.
     /// An empty batch with `next_offset` above the old position means only markers or aborted
     /// records were there; an empty batch at the same position means nothing is committed yet.
-    /// Blocking file I/O.
+    /// The records' fields are slices of the stored (or decompressed) batch. Blocking file I/O.
     pub fn next_batch(&mut self, max_records: usize) -> Result<ReadBatch, HostError> {
+        let mut records = Vec::new();
+        let visited = self.read(max_records, |body, record, headers| {
+            records.push(ConsumedRecord {
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.slice(body),
+                value: record.value.slice(body),
+                headers: headers
+                    .iter()
+                    .map(|h| (String::from_utf8_lossy(&body[h.key.range()]).into_owned(), h.value.slice(body)))
+                    .collect(),
+            })
+        })?;
+        Ok(ReadBatch { records, next_offset: visited.next_offset })
+    }
+
+    /// As [`next_batch`](Self::next_batch), but hands each record to `visit` as a borrowed view
+    /// instead of building owned records: for a runtime that copies the fields somewhere anyway
+    /// (into a Wasm guest), this saves an allocation or two atomic operations per field.
+    pub fn visit_batch(&mut self, max_records: usize, mut visit: impl FnMut(RecordView<'_>)) -> Result<Visited, HostError> {
+        self.read(max_records, |body, record, headers| {
+            visit(RecordView {
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.get(body),
+                value: record.value.get(body),
+                body,
+                headers,
+            })
+        })
+    }
+
+    fn read(&mut self, max_records: usize, mut emit: impl FnMut(&Bytes, &RecordSpans, &[HeaderSpan])) -> Result<Visited, HostError> {
         let position = self.position;
         let read = match self.partition.read_isolated(position, self.limits.read_bytes_max, true, true) {
             Ok(read) => read,
@@ -141,8 +268,8 @@ impl CommittedReader {
         };
         let aborted = read.aborted.unwrap_or_default();
         let mut bytes = read.read.bytes;
-        let mut batch = ReadBatch { records: Vec::new(), next_offset: position };
-        while batch.records.len() < max_records {
+        let mut visited = Visited { records: 0, next_offset: position };
+        while visited.records < max_records {
             let Some(header) = BatchHeader::parse(&bytes) else { break };
             let size = header.total_size();
             if size > bytes.len() {
@@ -151,45 +278,53 @@ impl CommittedReader {
             let stored = bytes.split_to(size);
             let batch_end = header.last_offset() + 1;
             if header.is_control() || batch_end <= position {
-                batch.next_offset = batch.next_offset.max(batch_end);
+                visited.next_offset = visited.next_offset.max(batch_end);
                 continue;
             }
             if header.is_transactional() && is_aborted(&aborted, header.producer_id, header.base_offset) {
-                batch.next_offset = batch.next_offset.max(batch_end);
+                visited.next_offset = visited.next_offset.max(batch_end);
                 continue;
             }
-            let mut records = Vec::new();
-            if let Err(reason) = decode_records(&header, stored, self.limits.decompressed_batch_bytes_max, &mut records) {
-                // Records of this read before the bad batch are still good: hand them out first, and
-                // report the batch on the next call, which starts at it.
-                if !batch.records.is_empty() {
-                    break;
+            self.scratch.clear();
+            // The whole batch is decoded before any of it is handed out: a batch is good or bad as a
+            // whole.
+            let body = match decode_records(&header, stored, self.limits.decompressed_batch_bytes_max, &mut self.scratch) {
+                Ok(body) => body,
+                Err(reason) => {
+                    // Records of this read before the bad batch are still good: hand them out first,
+                    // and report the batch on the next call, which starts at it.
+                    if visited.records > 0 {
+                        break;
+                    }
+                    return Err(HostError::UndecodableBatch {
+                        topic: self.topic().to_string(),
+                        partition: self.partition(),
+                        offset: header.base_offset,
+                        next_offset: batch_end,
+                        reason: reason.to_string(),
+                    });
                 }
-                return Err(HostError::UndecodableBatch {
-                    topic: self.topic().to_string(),
-                    partition: self.partition(),
-                    offset: header.base_offset,
-                    next_offset: batch_end,
-                    reason: reason.to_string(),
-                });
-            }
-            for record in records {
+            };
+            for record in &self.scratch.records {
                 if record.offset < position {
                     continue;
                 }
-                if batch.records.len() >= max_records {
+                if visited.records >= max_records {
                     break;
                 }
-                batch.next_offset = record.offset + 1;
-                batch.records.push(record);
+                let (first, count) = record.headers;
+                emit(&body, record, &self.scratch.headers[first as usize..(first + count) as usize]);
+                visited.records += 1;
+                visited.next_offset = record.offset + 1;
             }
-            if batch.records.len() >= max_records {
+            if visited.records >= max_records {
                 break;
             }
-            batch.next_offset = batch.next_offset.max(batch_end);
+            visited.next_offset = visited.next_offset.max(batch_end);
         }
-        self.position = batch.next_offset;
-        Ok(batch)
+        self.scratch.clear();
+        self.position = visited.next_offset;
+        Ok(visited)
     }
 
     /// Waits up to `timeout` for committed records past the position (returns at once if there are
@@ -208,50 +343,66 @@ fn is_aborted(aborted: &[AbortedTxn], producer_id: i64, offset: i64) -> bool {
     aborted.iter().any(|a| a.producer_id == producer_id && offset >= a.first_offset && offset < a.last_offset)
 }
 
-/// Decodes one stored batch's records. The batch passed framing and CRC checks when it was
-/// appended; what can still be wrong is inside compressed data, so every length is checked.
-fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, out: &mut Vec<ConsumedRecord>) -> Result<(), DecodeError> {
+/// Decodes one stored batch's records into `out` as spans of the returned record bytes. The batch
+/// passed framing and CRC checks when it was appended; what can still be wrong is inside
+/// compressed data, so every length is checked.
+fn decode_records(header: &BatchHeader, stored: Bytes, decompressed_max: usize, out: &mut Scratch) -> Result<Bytes, DecodeError> {
     const RECORDS_START: usize = 61;
     let payload = stored.slice(RECORDS_START.min(stored.len())..);
-    let mut body = match header.compression() {
+    let body = match header.compression() {
         0 => payload,
         codec => decompress(codec, &payload, decompressed_max)?,
     };
+    // Spans are u32 (u32::MAX marks null): a stored batch is far below 4 GiB, and so is the
+    // decompression bound.
+    if body.len() >= u32::MAX as usize {
+        return Err(DecodeError::TooLarge { codec: "record", max: u32::MAX as usize });
+    }
     let log_append_time = header.timestamp_type() == TimestampType::LogAppendTime;
     let count = usize::try_from(header.record_count).map_err(|_| DecodeError::NegativeCount(header.record_count))?;
     // Every record takes at least 7 bytes: preallocate from what is there, not from the header.
-    out.reserve(count.min(body.len() / 7));
+    out.records.reserve(count.min(body.len() / 7));
+    let mut c = Cursor { bytes: &body, at: 0, record: 0 };
     for i in 0..count {
-        let mut cursor = Cursor { bytes: &mut body, record: i };
-        let length = cursor.varint()?;
+        c.record = i;
+        let length = c.varint()?;
         let length = usize::try_from(length).map_err(|_| DecodeError::Negative { record: i, what: "length" })?;
-        let mut record = cursor.take(length)?;
-        let mut c = Cursor { bytes: &mut record, record: i };
-        let _attributes = c.u8()?;
-        let timestamp_delta = c.varlong()?;
-        let offset_delta = c.varint()?;
-        let key = c.nullable_bytes()?;
-        let value = c.nullable_bytes()?;
-        let header_count = usize::try_from(c.varint()?).map_err(|_| DecodeError::Negative { record: i, what: "header count" })?;
+        let end = c.at.checked_add(length).filter(|&end| end <= body.len()).ok_or(DecodeError::Truncated { record: i })?;
+        let mut r = Cursor { bytes: &body[..end], at: c.at, record: i };
+        c.at = end;
+        let _attributes = r.u8()?;
+        let timestamp_delta = r.varlong()?;
+        let offset_delta = r.varint()?;
+        let key = r.nullable_bytes()?;
+        let value = r.nullable_bytes()?;
+        let header_count = usize::try_from(r.varint()?).map_err(|_| DecodeError::Negative { record: i, what: "header count" })?;
+        let first = out.headers.len();
         // Each header takes at least 2 bytes.
-        let mut headers = Vec::with_capacity(header_count.min(c.bytes.len() / 2));
+        out.headers.reserve(header_count.min(r.remaining() / 2));
         for _ in 0..header_count {
-            let name = c.nullable_bytes()?.ok_or(DecodeError::HeaderWithoutKey { record: i })?;
-            headers.push((String::from_utf8_lossy(&name).into_owned(), c.nullable_bytes()?));
+            let key = r.nullable_bytes()?;
+            if key.start == u32::MAX {
+                return Err(DecodeError::HeaderWithoutKey { record: i });
+            }
+            let value = r.nullable_bytes()?;
+            out.headers.push(HeaderSpan { key, value });
         }
-        out.push(ConsumedRecord {
+        out.records.push(RecordSpans {
             offset: header.base_offset + i64::from(offset_delta),
             timestamp_ms: if log_append_time { header.max_timestamp } else { header.base_timestamp.wrapping_add(timestamp_delta) },
             key,
             value,
-            headers,
+            // Both fit: header spans are bounded by the body's length.
+            headers: (first as u32, header_count as u32),
         });
     }
-    Ok(())
+    Ok(body)
 }
 
+/// Reads one record's fields from a batch's record bytes, up to the end of the record.
 struct Cursor<'a> {
-    bytes: &'a mut Bytes,
+    bytes: &'a [u8],
+    at: usize,
     record: usize,
 }
 
@@ -260,11 +411,14 @@ impl Cursor<'_> {
         DecodeError::Truncated { record: self.record }
     }
 
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        if self.bytes.is_empty() {
-            return Err(self.short());
-        }
-        Ok(self.bytes.get_u8())
+        let byte = *self.bytes.get(self.at).ok_or_else(|| self.short())?;
+        self.at += 1;
+        Ok(byte)
     }
 
     fn unsigned(&mut self, max_bytes: usize) -> Result<u64, DecodeError> {
@@ -289,18 +443,20 @@ impl Cursor<'_> {
         Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
     }
 
-    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if n > self.bytes.len() {
-            return Err(self.short());
-        }
-        Ok(self.bytes.split_to(n))
-    }
-
-    fn nullable_bytes(&mut self) -> Result<Option<Bytes>, DecodeError> {
+    fn nullable_bytes(&mut self) -> Result<Span, DecodeError> {
         match self.varint()? {
-            -1 => Ok(None),
+            -1 => Ok(Span::NULL),
             n if n < 0 => Err(DecodeError::Negative { record: self.record, what: "length" }),
-            n => self.take(n as usize).map(Some),
+            n => {
+                let len = n as usize;
+                if len > self.remaining() {
+                    return Err(self.short());
+                }
+                // `at` and `len` are within the body, which fits in u32.
+                let span = Span { start: self.at as u32, len: len as u32 };
+                self.at += len;
+                Ok(span)
+            }
         }
     }
 }
