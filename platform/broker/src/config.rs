@@ -575,14 +575,28 @@ impl ConfigSource {
     }
 }
 
+/// The read-only topic setting that names the mirror writing a topic (see [`TopicConfig::mirror`]).
+pub const MIRROR_SETTING: &str = "sluice.mirror";
+
 /// One topic's explicit overrides. Only validated values get in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TopicConfig {
     pub(crate) overrides: BTreeMap<String, String>,
+    /// Set while the topic is a read-only mirror: the name of the mirror that writes it. Clients see
+    /// it as the read-only setting `sluice.mirror`; only the mirror runtime sets it (through the
+    /// host) and only promotion clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mirror: Option<String>,
 }
 
 /// Checks one topic setting. Errors carry Kafka's INVALID_CONFIG meaning.
 pub(crate) fn validate_topic_setting(name: &str, value: &str) -> Result<(), ConfigError> {
+    if name == MIRROR_SETTING {
+        return Err(ConfigError {
+            name: name.into(),
+            message: "set by the broker for topics a mirror writes; create a mirror with `sluice mirror create` instead".into(),
+        });
+    }
     if let Some((_, broker_name)) = TOPIC_SETTINGS.iter().find(|(t, _)| *t == name) {
         let broker_spec =
             spec(broker_name).ok_or_else(|| ConfigError { name: name.to_string(), message: "internal: no broker twin".into() })?;
@@ -638,13 +652,15 @@ impl TopicConfig {
         TOPIC_SETTINGS_ACCEPTED.iter().find(|(t, _)| *t == name).map(|(_, d)| (d.to_string(), ConfigSource::Default))
     }
 
-    /// Every topic setting with its effective value, for DescribeConfigs.
+    /// Every topic setting with its effective value, for DescribeConfigs (`sluice.mirror` last, on
+    /// a mirror topic only).
     pub(crate) fn all_effective(&self, broker: &BrokerConfig) -> Vec<(&'static str, String, ConfigSource)> {
         TOPIC_SETTINGS
             .iter()
             .map(|(t, _)| *t)
             .chain(TOPIC_SETTINGS_ACCEPTED.iter().map(|(t, _)| *t))
             .filter_map(|name| self.effective(name, broker).map(|(v, s)| (name, v, s)))
+            .chain(self.mirror.iter().map(|m| (MIRROR_SETTING, m.clone(), ConfigSource::Topic)))
             .collect()
     }
 
@@ -738,7 +754,7 @@ mod tests {
         assert!(TopicConfig::from_pairs([("segment.bytes", "1048576")]).is_ok());
         assert!(BrokerConfig::from_settings([("log.segment.bytes", "1000")]).is_err());
         // An override stored by an older version still opens, raised to the minimum.
-        let stored = TopicConfig { overrides: [("segment.bytes".to_string(), "14".to_string())].into() };
+        let stored = TopicConfig { overrides: [("segment.bytes".to_string(), "14".to_string())].into(), mirror: None };
         assert_eq!(stored.log_config(&BrokerConfig::default()).segment_bytes, 1_048_576);
     }
 

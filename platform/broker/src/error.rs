@@ -32,6 +32,11 @@ pub enum BrokerError {
     InvalidRequest(String),
     #[error("group '{0}' is not empty")]
     NonEmptyGroup(String),
+    /// A write or a change to a topic that a mirror keeps equal to its source.
+    #[error(
+        "topic '{topic}' is a read-only mirror written by mirror '{mirror}'; to write to it, promote it first (sluice mirror promote {mirror} --topic {topic})"
+    )]
+    ReadOnlyMirror { topic: String, mirror: String },
     #[error("group '{0}' does not exist")]
     UnknownGroup(String),
     /// A request the transaction coordinator refuses by Kafka's transaction protocol: a fenced
@@ -99,7 +104,7 @@ impl BrokerError {
             BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
             BrokerError::InvalidConfig(_) => ResponseError::InvalidConfig,
             BrokerError::PolicyViolation(_) => ResponseError::PolicyViolation,
-            BrokerError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            BrokerError::InvalidRequest(_) | BrokerError::ReadOnlyMirror { .. } => ResponseError::InvalidRequest,
             BrokerError::NonEmptyGroup(_) => ResponseError::NonEmptyGroup,
             BrokerError::UnknownGroup(_) => ResponseError::GroupIdNotFound,
             BrokerError::Protocol(code) => *code,
@@ -132,6 +137,7 @@ impl BrokerError {
             | BrokerError::InvalidConfig(_)
             | BrokerError::PolicyViolation(_)
             | BrokerError::InvalidRequest(_)
+            | BrokerError::ReadOnlyMirror { .. }
             | BrokerError::CommitTooLarge { .. }
             | BrokerError::Protocol(_) => 400,
             // A refused batch (too large, corrupt) is the caller's; a failed file operation is ours.

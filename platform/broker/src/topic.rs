@@ -130,6 +130,20 @@ impl Topic {
     pub(crate) fn partition_count(&self) -> i32 {
         self.partitions.read().len() as i32
     }
+
+    /// The mirror that writes this topic, while it is a read-only mirror.
+    pub(crate) fn mirror(&self) -> Option<String> {
+        self.config.read().mirror.clone()
+    }
+
+    /// Refuses writes and changes from clients (and from other runtimes) while a mirror owns the
+    /// topic: produce, DeleteRecords, CreatePartitions, config changes.
+    pub(crate) fn check_writable(&self) -> Result<(), BrokerError> {
+        match &self.config.read().mirror {
+            Some(mirror) => Err(BrokerError::ReadOnlyMirror { topic: self.name.as_str().to_string(), mirror: mirror.clone() }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How long a write waits for its fsync under fsync-before-ack when the writer gave no timeout (a
@@ -430,6 +444,11 @@ impl Partition {
 
     /// Transactions with records here and no marker yet: (producer id, the epoch the partition last
     /// saw from it).
+    /// See `PartitionLog::fence_producers`. Blocking file I/O.
+    pub(crate) fn fence_producers(&self) -> Result<i64, StorageError> {
+        self.log.write().fence_producers()
+    }
+
     pub(crate) fn open_transactions(&self) -> Vec<(i64, i16)> {
         let log = self.log.read();
         log.ongoing_transactions().into_iter().map(|(producer, _)| (producer, log.producer_epoch(producer).unwrap_or(0))).collect()

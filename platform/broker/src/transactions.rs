@@ -675,6 +675,12 @@ impl TransactionCoordinator {
             if partitions.iter().any(|(t, p)| !self.deps.topics.contains_partition(t, *p)) {
                 return refuse(ResponseError::UnknownTopicOrPartition);
             }
+            // Its markers would land in a read-only mirror's copy.
+            for (topic, _) in partitions {
+                if let Some(topic) = self.deps.topics.get(topic) {
+                    topic.check_writable()?;
+                }
+            }
             let now = crate::now_ms();
             let mut next = current.clone();
             let began = next.begin_if_needed(now);
@@ -896,7 +902,9 @@ impl TransactionCoordinator {
             }
         }
         let now = crate::now_ms();
-        for topic in self.deps.topics.all() {
+        // A mirror topic's transactions belong to the source cluster: its markers end them, and
+        // promotion aborts what is left. A marker written here would make the copy differ.
+        for topic in self.deps.topics.all().into_iter().filter(|t| t.mirror().is_none()) {
             for partition in topic.partitions.read().iter() {
                 let hanging: Vec<(i64, i16)> = partition
                     .open_transactions()

@@ -133,7 +133,7 @@ pub enum PluginCmd {
 
 /// One admin API call; a non-2xx answer becomes an error with the API's message (Connect's
 /// `message` or the registry's `error`).
-async fn call(admin_url: &str, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value> {
+pub(crate) async fn call(admin_url: &str, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value> {
     let bytes = body.map(|b| serde_json::to_vec(&b)).transpose()?;
     let (status, text) = http::request(admin_url, method, path, bytes.as_deref(), timeout).await?;
     let parsed: Value =

@@ -24,6 +24,7 @@ mod consume;
 mod exit;
 mod group;
 mod http;
+mod mirror;
 mod output;
 mod produce;
 mod sdk_bundle;
@@ -102,6 +103,11 @@ enum Command {
                             sluice connector stop orders-src && sluice connector offsets orders-src --reset"
     )]
     Connector(connector::ConnectorArgs),
+    /// Mirrors: copy topics from another Kafka-protocol cluster into this broker, offset for offset;
+    /// create, list, status, pause, resume, promote, delete.
+    #[command(after_help = "Examples:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*'\n  \
+                            sluice mirror status dr\n  sluice mirror promote dr --topic orders")]
+    Mirror(mirror::MirrorArgs),
     /// The broker's module registry: list and upload Wasm components (transforms and connectors).
     #[command(after_help = "Examples:\n  sluice plugin list\n  sluice plugin upload pii_mask.wasm --name pii-mask")]
     Plugin(connector::PluginArgs),
@@ -270,6 +276,7 @@ fn run_server(args: ServerArgs) -> ExitCode {
                 std::sync::Arc::new(plugins.clone()),
                 std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins.clone())),
                 std::sync::Arc::new(sluice_connect::ConnectExtension::new(plugins)),
+                std::sync::Arc::new(sluice_mirror::MirrorExtension::new()),
             ]
         },
     };
@@ -356,6 +363,10 @@ fn main() -> ExitCode {
         Command::Connector(args) => run_client(async move {
             let target = args.common.conn.resolve()?;
             connector::run(args.cmd, &target.admin_url, args.common.json).await
+        }),
+        Command::Mirror(args) => run_client(async move {
+            let target = args.common.conn.resolve()?;
+            mirror::run(args.cmd, &target.admin_url, args.common.json).await
         }),
         Command::Plugin(args) => run_client(async move {
             let target = args.common.conn.resolve()?;

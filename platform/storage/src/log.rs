@@ -53,6 +53,9 @@ const LOG_START_OFFSET_FILE: &str = "log-start-offset";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const PRODUCER_SNAPSHOT_FILE: &str = "producer-state";
+/// Offset below which producer state belongs to another cluster (a promoted mirror): see
+/// [`PartitionLog::fence_producers`].
+const PRODUCER_FENCE_FILE: &str = "producer-fence";
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Kafka 4.0's default `message.timestamp.after.max.ms`: one hour.
@@ -333,6 +336,9 @@ impl PartitionLog {
                 log.producers.expire(now_ms.saturating_sub(log.config.producer_expiration_ms()));
             }
             _ => log.rebuild_producer_state(now_ms, &mut scanner),
+        }
+        if let Some(fence) = read_offset_file(dir, PRODUCER_FENCE_FILE) {
+            log.producers.forget_before(fence);
         }
         if log.aborted.file_differs() {
             let aborted = &log.aborted;
@@ -752,6 +758,27 @@ impl PartitionLog {
     }
 
     /// (producer id, first offset) of every transaction with records here and no marker yet.
+    /// Forgets the idempotent-producer state of every batch in the log so far, for good (a durable
+    /// fence file makes a reopen forget it again after rebuilding). For a mirror promoted to a
+    /// normal topic: its batches carry another cluster's producer ids, which may equal ids this
+    /// broker hands out, and a local producer must not be judged against a foreign producer's
+    /// sequences (a false "duplicate" would acknowledge a record that was never written). A producer
+    /// that was forgotten starts fresh, as after expiration. Refused while a transaction is open:
+    /// end them first (abort markers), or they would hold the last stable offset forever. Returns
+    /// the fence offset (the log end offset).
+    pub fn fence_producers(&mut self) -> Result<i64, StorageError> {
+        self.ensure_writable()?;
+        if let Some((producer_id, first_offset)) = self.producers.ongoing_transactions().first() {
+            return Err(StorageError::InvalidRecord(format!(
+                "producer {producer_id} has a transaction open since offset {first_offset}; end it before fencing producers"
+            )));
+        }
+        let fence = self.log_end_offset();
+        write_offset_file(&self.dir, PRODUCER_FENCE_FILE, fence, true)?;
+        self.producers.forget_before(fence);
+        Ok(fence)
+    }
+
     pub fn ongoing_transactions(&self) -> Vec<(i64, i64)> {
         self.producers.ongoing_transactions()
     }

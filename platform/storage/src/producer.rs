@@ -261,6 +261,21 @@ impl ProducerStateTable {
         self.producers.retain(|_, entry| entry.last_timestamp >= cutoff_ms || entry.txn_first_offset >= 0);
     }
 
+    /// Forgets producers whose last batch lies below `fence` (or that wrote no batch), except those
+    /// in a transaction. See `PartitionLog::fence_producers`.
+    /// A producer kept (it wrote after the fence, as after a rebuild from the log) keeps only its
+    /// batches from after the fence.
+    pub(crate) fn forget_before(&mut self, fence: i64) {
+        self.producers.retain(|_, entry| {
+            let kept: Vec<CachedBatch> = entry.cached().iter().filter(|b| b.last_offset >= fence).copied().collect();
+            entry.len = 0;
+            for batch in kept {
+                entry.push(batch);
+            }
+            entry.txn_first_offset >= 0 || entry.len > 0
+        });
+    }
+
     /// The snapshot of this state, taken at `log_end_offset`.
     pub(crate) fn encode_snapshot(&self, log_end_offset: i64) -> Vec<u8> {
         let mut out = Vec::with_capacity(

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use sluice_storage::testing::BatchBuilder;
-use sluice_storage::{AppendResult, PartitionLog, StorageError};
+use sluice_storage::{AppendMode, AppendResult, PartitionLog, StorageError};
 
 fn produce(log: &mut PartitionLog, producer_id: i64, epoch: i16, sequence: i32, records: usize) -> Result<AppendResult, StorageError> {
     let mut bytes = BatchBuilder::new(NOW).producer(producer_id, epoch, sequence).records(records, 8).build();
@@ -164,4 +164,43 @@ fn a_clean_close_snapshots_producer_state_and_damaged_or_stale_snapshots_are_not
     assert_eq!(log.log_end_offset(), 5);
     let retry = produce(&mut log, 1, 0, 4, 1).unwrap();
     assert_eq!((retry.duplicate, retry.base_offset), (false, 5));
+}
+
+/// A promoted mirror's log holds another cluster's producer ids. After `fence_producers` a local
+/// producer with the same id is a new producer there, not a duplicate of a foreign batch or out
+/// of sequence — also after a clean or an unclean reopen, which rebuild the state from the log.
+#[test]
+fn fenced_producer_state_stays_forgotten_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    // "Foreign" producer 3 wrote sequences 0..=1 at epoch 0.
+    let mut foreign = BatchBuilder::new(NOW).producer(3, 0, 0).records(2, 8).build();
+    log.append(&mut foreign, AppendMode::PreserveOffsets, NOW).unwrap();
+    let fresh = |log: &mut PartitionLog| produce(log, 3, 0, 0, 2);
+    assert!(fresh(&mut log).unwrap().duplicate, "before the fence, a local batch with the same id and sequences is taken for a retry");
+
+    // An open transaction must be ended first.
+    let mut open_txn = BatchBuilder::new(NOW).producer(5, 0, 0).attributes(0x10).records(1, 8).build();
+    log.append(&mut open_txn, ASSIGN, NOW).unwrap();
+    assert!(matches!(log.fence_producers(), Err(StorageError::InvalidRecord(_))));
+    let abort =
+        sluice_storage::TxnMarker { producer_id: 5, producer_epoch: 0, control: sluice_storage::ControlType::Abort, coordinator_epoch: 0 };
+    log.append_marker(&abort, 0, NOW).unwrap();
+    assert_eq!(log.fence_producers().unwrap(), 4);
+
+    let first = fresh(&mut log).unwrap();
+    assert_eq!((first.base_offset, first.duplicate), (4, false), "a fenced id starts fresh");
+    log.close().unwrap();
+
+    // Clean reopen: the local producer's own state (written after the fence) is kept.
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    assert!(produce(&mut log, 3, 0, 0, 2).unwrap().duplicate, "the local batch after the fence is still recognised");
+    assert_eq!(produce(&mut log, 3, 0, 2, 1).unwrap().base_offset, 6);
+    drop(log);
+
+    // Unclean reopen: the state is rebuilt from every batch, the foreign ones too, and forgotten again.
+    let mut log = PartitionLog::open(dir.path(), small_config(1 << 20), NOW).unwrap();
+    let retry = produce(&mut log, 3, 0, 0, 2).unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (4, true), "a retry matches the local batch, never the foreign one");
+    assert_eq!(produce(&mut log, 3, 0, 3, 1).unwrap().base_offset, 7, "the local producer continues");
 }

@@ -14,7 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{blocking, str_bytes};
 use crate::broker::Broker;
-use crate::config::{TopicConfig, validate_topic_setting};
+use crate::config::{MIRROR_SETTING, TopicConfig, validate_topic_setting};
 use crate::error::BrokerError;
 
 pub(crate) const RESOURCE_TOPIC: i8 = 2;
@@ -47,7 +47,7 @@ pub(crate) fn describe_configs(broker: &Broker, request: DescribeConfigsRequest,
                             .all_effective(broker.config())
                             .into_iter()
                             .filter(|(k, _, _)| wanted(k))
-                            .map(|(k, v, source)| config_entry(k, &v, source.kafka_code(), false))
+                            .map(|(k, v, source)| config_entry(k, &v, source.kafka_code(), k == MIRROR_SETTING))
                             .collect();
                         result.with_configs(entries)
                     }
@@ -83,6 +83,9 @@ fn static_broker_error() -> BrokerError {
 }
 
 fn apply_topic_config(broker: &Broker, name: &str, config: TopicConfig, validate_only: bool) -> Result<(), BrokerError> {
+    if let Some(topic) = broker.topic(name) {
+        topic.check_writable()?;
+    }
     blocking(|| broker.set_topic_config(name, config, validate_only))?;
     if !validate_only {
         tracing::info!(topic = name, "altered topic configuration");

@@ -66,6 +66,9 @@ pub(crate) fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> 
                 Ok(partition) => partition,
                 Err(error) => return result.with_error_code(error.code()).with_low_watermark(-1),
             };
+            if let Some(error) = broker.topic(name).and_then(|topic| topic.check_writable().err()) {
+                return result.with_error_code(error.code()).with_low_watermark(partition.log_start_offset());
+            }
             let high_watermark = partition.high_watermark();
             // -1 means "everything up to the high watermark".
             let offset = if p.offset == -1 { high_watermark } else { p.offset };

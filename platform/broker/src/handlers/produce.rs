@@ -55,9 +55,14 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
     for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.to_string();
         let topic = broker.topic(&name);
+        let read_only = topic.as_ref().and_then(|t| t.check_writable().err());
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
         for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;
+            if let Some(error) = &read_only {
+                partition_responses.push(error_response(index, error.kafka(), Some(error.to_string())));
+                continue;
+            }
             let Some(partition) = topic.as_ref().and_then(|t| t.partition(index)) else {
                 partition_responses.push(error_response(index, ResponseError::UnknownTopicOrPartition, None));
                 continue;

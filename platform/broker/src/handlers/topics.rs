@@ -149,6 +149,7 @@ pub(crate) fn create_partitions(broker: &Broker, request: CreatePartitionsReques
             let assignments: Vec<Vec<i32>> = t.assignments.iter().flatten().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
             let outcome = check_replication(broker, -1, &assignments)
                 .map_err(|e| BrokerError::InvalidRequest(e.to_string()))
+                .and_then(|()| broker.topic(&name).map_or(Ok(()), |topic| topic.check_writable()))
                 .and_then(|()| blocking(|| broker.add_partitions(&name, t.count, request.validate_only)));
             match outcome {
                 Ok(()) => {

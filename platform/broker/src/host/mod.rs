@@ -33,12 +33,14 @@ use crate::broker::Broker;
 use crate::config::TopicConfig;
 use crate::error::BrokerError;
 
+mod mirror;
 mod producer;
 mod reader;
 #[cfg(test)]
 mod tests;
 
 pub use crate::admin::{ADMIN_BODY_BYTES_MAX, ApiError, json_body};
+pub use mirror::{MirroredAppend, Promotion};
 pub use producer::{ProducerRecord, TransactionalProducer};
 pub use reader::{CommittedReader, ConsumedRecord, ReadBatch, ReaderLimits, RecordView, Visited};
 
@@ -122,6 +124,7 @@ impl HostError {
             | BrokerError::PolicyViolation(_) => HostError::TopicRefused(error.to_string()),
             BrokerError::Timeout(what) => HostError::TimedOut(what),
             BrokerError::InvalidRequest(what) => HostError::InvalidArgument(what),
+            error @ BrokerError::ReadOnlyMirror { .. } => HostError::Refused { action: "writing".into(), reason: error.to_string() },
             other => HostError::Storage(other.to_string()),
         }
     }

@@ -109,6 +109,9 @@ impl TransactionalProducer {
         }
         let key = (topic.to_string(), partition);
         let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
+        if let Some(owner) = self.broker.topic(topic) {
+            owner.check_writable().map_err(HostError::from_broker)?;
+        }
         let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
         let limit_bytes = target.max_batch_bytes() as usize;
         if !self.partitions.contains_key(&key) {

@@ -1,0 +1,131 @@
+//! What the mirror runtime needs of the broker: read-only mirror topics it creates and owns, an
+//! offset-preserving append of the source's batches as they are, and promotion to a normal topic.
+//!
+//! A mirror topic carries the read-only setting `sluice.mirror` (the owning mirror's name). While it
+//! is set, clients' produce, DeleteRecords, CreatePartitions and config changes are refused with
+//! INVALID_REQUEST and a message that says how to promote, and so are other runtimes' writes; only
+//! [`Host::append_mirrored`] from the owning mirror writes to it.
+
+use std::collections::BTreeMap;
+
+use sluice_storage::{AppendMode, ControlType, TxnMarker};
+
+use super::{Host, HostError, TopicInfo, topic_info};
+use crate::config::TopicConfig;
+
+/// What one mirrored append wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirroredAppend {
+    /// The offset after the last batch written: where the next fetch from the source starts.
+    pub next_offset: i64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// What promoting one topic did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    pub topic: String,
+    /// Transactions the source left open in the copy, aborted with markers: (producer id, partition).
+    pub aborted_transactions: Vec<(i64, i32)>,
+    /// Per partition, the offset below which the source's producer state is forgotten.
+    pub producer_fences: Vec<i64>,
+}
+
+impl Host {
+    /// Creates `name` as a read-only mirror topic owned by `mirror`, with the source's partition
+    /// count and Kafka-named configs. Blocking file I/O.
+    pub fn create_mirror_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &BTreeMap<String, String>,
+        mirror: &str,
+    ) -> Result<TopicInfo, HostError> {
+        let mut config = TopicConfig::from_pairs(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|e| HostError::TopicRefused(format!("topic '{name}': {e}")))?;
+        config.mirror = Some(mirror.to_string());
+        let created = self.broker.create_topic(name, Some(partitions), config, false).map_err(HostError::from_broker)?;
+        Ok(topic_info(&self.broker, &created.topic))
+    }
+
+    /// The mirror that owns `topic`, if it is a read-only mirror topic.
+    pub fn mirror_of(&self, topic: &str) -> Option<String> {
+        self.broker.topic(topic).and_then(|t| t.mirror())
+    }
+
+    fn owned_partition(&self, topic: &str, partition: i32, mirror: &str) -> Result<std::sync::Arc<crate::topic::Partition>, HostError> {
+        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
+        if owner.mirror().as_deref() != Some(mirror) {
+            return Err(HostError::Refused {
+                action: format!("mirroring into {topic}-{partition}"),
+                reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
+            });
+        }
+        owner.partition(partition).ok_or_else(|| HostError::UnknownPartition { topic: topic.to_string(), partition })
+    }
+
+    /// Appends batches fetched from the source as they are: offsets, timestamps, producer ids,
+    /// compression and transaction markers unchanged. Every batch must start at or after the
+    /// partition's end (gaps are allowed: the source may have compacted or deleted records).
+    /// Under fsync-before-ack it returns once the batches are durable. Blocking file I/O.
+    pub fn append_mirrored(&self, topic: &str, partition: i32, mirror: &str, batches: &mut [u8]) -> Result<MirroredAppend, HostError> {
+        let target = self.owned_partition(topic, partition, mirror)?;
+        let appended = target
+            .append(batches, AppendMode::PreserveOffsets, crate::now_ms())
+            .map_err(|e| HostError::Refused { action: format!("mirroring into {topic}-{partition}"), reason: e.to_string() })?;
+        let next_offset = appended.last_offset + 1;
+        if target.policy() == crate::topic::FlushPolicy::BeforeAck {
+            target.wait_durable_blocking(next_offset).map_err(HostError::from_broker)?;
+        }
+        if let Some(owner) = self.broker.topic(topic) {
+            owner.metrics.bytes_in.inc_by(appended.byte_count);
+            owner.metrics.records_in.inc_by(appended.record_count);
+        }
+        Ok(MirroredAppend { next_offset, records: appended.record_count, bytes: appended.byte_count })
+    }
+
+    /// Moves a mirror partition's log start up to `offset` (the source's log start moved past what
+    /// the copy has: retention on the source deleted records before they were copied). Blocking.
+    pub fn advance_mirror_start(&self, topic: &str, partition: i32, mirror: &str, offset: i64) -> Result<i64, HostError> {
+        let target = self.owned_partition(topic, partition, mirror)?;
+        target.delete_records_before(offset.min(target.high_watermark())).map_err(|e| HostError::Storage(e.to_string()))
+    }
+
+    /// Makes a mirror topic a normal, writable topic. The source's open transactions in the copy are
+    /// aborted with markers (the source's coordinator will never end them here), and the source's
+    /// idempotent-producer state is fenced off: producer ids from the source cluster may equal ids
+    /// this broker hands out, and a local producer is never judged against a foreign producer's
+    /// sequences. Producers that fail over start a new session (InitProducerId) as with any new
+    /// cluster. Only the owning mirror may promote. Blocking file I/O.
+    pub fn promote_mirror_topic(&self, topic: &str, mirror: &str) -> Result<Promotion, HostError> {
+        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
+        if owner.mirror().as_deref() != Some(mirror) {
+            return Err(HostError::Refused {
+                action: format!("promoting {topic}"),
+                reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
+            });
+        }
+        let mut promotion = Promotion { topic: topic.to_string(), aborted_transactions: Vec::new(), producer_fences: Vec::new() };
+        let partitions = owner.partitions.read().clone();
+        let now = crate::now_ms();
+        for partition in &partitions {
+            for (producer_id, producer_epoch) in partition.open_transactions() {
+                let marker = TxnMarker { producer_id, producer_epoch, control: ControlType::Abort, coordinator_epoch: 0 };
+                partition
+                    .append_marker(&marker, now)
+                    .map_err(|e| HostError::Storage(format!("aborting the source's transaction in {topic}-{}: {e}", partition.index)))?;
+                promotion.aborted_transactions.push((producer_id, partition.index));
+            }
+            let fence = partition
+                .fence_producers()
+                .map_err(|e| HostError::Storage(format!("fencing the source's producers in {topic}-{}: {e}", partition.index)))?;
+            promotion.producer_fences.push(fence);
+        }
+        let mut config = owner.config.read().clone();
+        config.mirror = None;
+        self.broker.set_topic_config(topic, config, false).map_err(HostError::from_broker)?;
+        tracing::info!(topic, mirror, aborted = promotion.aborted_transactions.len(), "promoted a mirror topic to a writable topic");
+        Ok(promotion)
+    }
+}

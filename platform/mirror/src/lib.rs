@@ -1,0 +1,64 @@
+//! `sluice-mirror`: the in-broker replicator. A mirror runs inside the target broker and copies
+//! topics from any Kafka-protocol cluster (another Sluice, Apache Kafka, Redpanda, …).
+//!
+//! **Preserve mode** (the one built so far): each selected source topic gets a read-only mirror
+//! topic of the same name, partition count and explicitly set configs, whose batches equal the
+//! source's byte for byte — offsets, timestamps, keys, values, headers, producer ids, compression
+//! and transaction markers. Consumers fail over with no offset translation. A mirror topic carries
+//! the read-only setting `sluice.mirror`; clients cannot write to it or change it until it is
+//! promoted. Rename mode (MirrorMaker 2's `{alias}.{topic}` copies) and consumer-group offset sync
+//! are not built yet.
+//!
+//! - [`spec`]: what an operator asks for, validated, and what is stored.
+//! - [`task`]: the replication loop (fetch from the source, append as it is), one supervised task
+//!   per mirror on `sluice-runtime`.
+//! - [`state`]: per-partition progress, the source's reachability, metrics.
+//! - [`manager`]: mirrors by name; create, pause, resume, promote, delete, restore at start.
+//! - [`api`]: `/v1/mirrors` on the admin API.
+//!
+//! It sees the broker only through `sluice_broker::host` (mirror topics, `append_mirrored`,
+//! `promote_mirror_topic`) and the source only through `sluice-client`.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sluice_broker::host::{Extension, Host, StartError};
+
+pub mod api;
+pub mod manager;
+pub mod spec;
+pub mod state;
+pub mod task;
+
+pub use manager::MirrorManager;
+
+/// The mirror runtime as a broker extension.
+#[derive(Default)]
+pub struct MirrorExtension {
+    manager: Mutex<Option<Arc<MirrorManager>>>,
+}
+
+impl MirrorExtension {
+    pub fn new() -> MirrorExtension {
+        MirrorExtension::default()
+    }
+}
+
+impl Extension for MirrorExtension {
+    fn name(&self) -> &'static str {
+        "mirror"
+    }
+
+    fn start(&self, host: Host) -> Result<axum::Router, StartError> {
+        let manager = Arc::new(MirrorManager::open(host)?);
+        manager.start_all();
+        *self.manager.lock() = Some(Arc::clone(&manager));
+        Ok(api::router(manager))
+    }
+
+    fn stop(&self) {
+        if let Some(manager) = self.manager.lock().take() {
+            manager.stop_all();
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The mirror manager: mirrors by name, each one supervised task (`sluice-runtime`) copying every
+//! selected topic; create, pause, resume, promote, delete, and start-up from the stored mirrors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use sluice_broker::host::{Host, Promotion, now_ms};
+use sluice_runtime::store::JsonFiles;
+use sluice_runtime::{RuntimeError, Supervisor, Task, TaskSet, TaskState};
+
+use crate::spec::{MirrorSpec, Mode, StoredMirror};
+use crate::state::{MirrorMetrics, MirrorShared};
+use crate::task::MirrorTask;
+
+/// Most mirrors one broker runs.
+pub const MIRRORS_MAX: usize = 64;
+
+struct Running {
+    stored: StoredMirror,
+    shared: Arc<MirrorShared>,
+    tasks: Arc<TaskSet>,
+}
+
+pub struct MirrorManager {
+    host: Host,
+    store: JsonFiles<StoredMirror>,
+    metrics: Arc<MirrorMetrics>,
+    supervisor: Supervisor,
+    mirrors: Mutex<BTreeMap<String, Running>>,
+    /// Serialises creates, deletes and promotions.
+    control: Mutex<()>,
+}
+
+/// `GET /v1/mirrors/{name}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorStatus {
+    pub name: String,
+    /// RUNNING | PAUSED | FAILED | UNASSIGNED (starting, or backing off after an error)
+    pub state: TaskState,
+    /// The last error the mirror is backing off from (the source unreachable, …).
+    pub error: Option<String>,
+    pub source_bootstrap: Vec<String>,
+    pub source_alias: String,
+    pub mode: Mode,
+    pub topics: String,
+    pub exclude: Option<String>,
+    pub created_at_ms: i64,
+    pub source_reachable: bool,
+    /// Records on the source not copied yet, over every partition.
+    pub lag_records: i64,
+    pub records: u64,
+    pub bytes: u64,
+    pub bytes_per_second: u64,
+    pub partitions: Vec<PartitionStatus>,
+    /// Matching source topics that are not mirrored, and why.
+    pub topic_errors: BTreeMap<String, String>,
+    pub promoted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    pub source_high_watermark: i64,
+    pub target_end_offset: i64,
+    pub lag_records: i64,
+    /// How long the copy has been behind the source (0 while level).
+    pub lag_ms: i64,
+    /// Age of the newest record copied (its timestamp against the broker's clock).
+    pub last_record_age_ms: Option<i64>,
+    pub records: u64,
+    pub bytes: u64,
+    pub bytes_per_second: u64,
+    pub records_lost: u64,
+    pub error: Option<String>,
+}
+
+/// `POST /v1/mirrors/{name}/promote`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoteOutcome {
+    pub mirror: String,
+    pub promoted: Vec<Promoted>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Promoted {
+    pub topic: String,
+    /// End offset of each partition when it was promoted; the source's producer state below it is
+    /// forgotten.
+    pub end_offsets: Vec<i64>,
+    /// (producer id, partition) of transactions the source left open, aborted here.
+    pub aborted_transactions: Vec<(i64, i32)>,
+}
+
+impl From<Promotion> for Promoted {
+    fn from(p: Promotion) -> Promoted {
+        Promoted { topic: p.topic, end_offsets: p.producer_fences, aborted_transactions: p.aborted_transactions }
+    }
+}
+
+impl MirrorManager {
+    pub fn open(host: Host) -> Result<MirrorManager, RuntimeError> {
+        let store = JsonFiles::open(host.data_dir()?.join("mirrors"), "mirror")?;
+        let metrics = Arc::new(MirrorMetrics::register(host.metrics())?);
+        let supervisor = Supervisor::new("mirror")?;
+        Ok(MirrorManager { host, store, metrics, supervisor, mirrors: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
+    }
+
+    /// Starts every stored mirror (at broker start).
+    pub fn start_all(&self) {
+        let _control = self.control.lock();
+        for stored in self.store.load_all() {
+            let name = stored.spec.name.clone();
+            if let Err(error) = stored.spec.validate() {
+                tracing::error!(mirror = name, %error, "a stored mirror is not valid; it stays stopped");
+                continue;
+            }
+            self.start(stored);
+            tracing::info!(mirror = name, "mirror restored");
+        }
+    }
+
+    fn start(&self, stored: StoredMirror) {
+        let name = stored.spec.name.clone();
+        let shared = Arc::new(MirrorShared::new(stored.spec.clone(), stored.promoted.clone(), Arc::clone(&self.metrics)));
+        let (host, task_shared) = (self.host.clone(), Arc::clone(&shared));
+        let factory = Box::new(move |_id: i32| Ok(Box::new(MirrorTask::new(host.clone(), Arc::clone(&task_shared))) as Box<dyn Task>));
+        let tasks = TaskSet::new("mirror", &name, stored.paused, factory, Box::new(|| vec![0]));
+        self.supervisor.insert(&name, Arc::clone(&tasks));
+        self.mirrors.lock().insert(name, Running { stored, shared, tasks });
+    }
+
+    pub fn create(&self, spec: MirrorSpec) -> Result<MirrorStatus, RuntimeError> {
+        spec.validate()?;
+        let _control = self.control.lock();
+        let name = spec.name.clone();
+        {
+            let mirrors = self.mirrors.lock();
+            if mirrors.contains_key(&name) {
+                return Err(RuntimeError::Invalid(format!("a mirror named '{name}' exists; delete it first, or pick another name")));
+            }
+            if mirrors.len() >= MIRRORS_MAX {
+                return Err(RuntimeError::Invalid(format!("this broker runs {MIRRORS_MAX} mirrors, the most it may")));
+            }
+        }
+        let stored = StoredMirror { spec, paused: false, created_at_ms: now_ms(), promoted: BTreeSet::new() };
+        self.store.save(&name, &stored)?;
+        self.start(stored);
+        tracing::info!(mirror = name, "mirror created");
+        self.status(&name)
+    }
+
+    pub fn list(&self) -> Vec<MirrorStatus> {
+        let names: Vec<String> = self.mirrors.lock().keys().cloned().collect();
+        names.iter().filter_map(|name| self.status(name).ok()).collect()
+    }
+
+    pub fn status(&self, name: &str) -> Result<MirrorStatus, RuntimeError> {
+        let mirrors = self.mirrors.lock();
+        let running = mirrors.get(name).ok_or_else(|| not_found(name))?;
+        let task = running.tasks.statuses().into_iter().next();
+        let shared = &running.shared;
+        let spec = &running.stored.spec;
+        let now = now_ms();
+        let partitions: Vec<PartitionStatus> = shared
+            .partitions()
+            .into_iter()
+            .map(|((topic, partition), p)| PartitionStatus {
+                topic,
+                partition,
+                source_high_watermark: p.source_high_watermark,
+                target_end_offset: p.target_end_offset,
+                lag_records: p.lag_records(),
+                lag_ms: if p.lag_records() > 0 { p.caught_up_at_ms.map_or(0, |at| (now - at).max(0)) } else { 0 },
+                last_record_age_ms: p.last_record_timestamp_ms.filter(|ts| *ts >= 0).map(|ts| (now - ts).max(0)),
+                records: p.records,
+                bytes: p.bytes,
+                bytes_per_second: p.bytes_per_second(now),
+                records_lost: p.records_lost,
+                error: p.error.clone(),
+            })
+            .collect();
+        let source_error = shared.source_error();
+        Ok(MirrorStatus {
+            name: name.to_string(),
+            state: task.as_ref().map_or(TaskState::Unassigned, |t| t.state),
+            error: task.and_then(|t| t.error).or_else(|| source_error.clone()),
+            source_bootstrap: spec.source_bootstrap.clone(),
+            source_alias: spec.source_alias.clone().unwrap_or_else(|| spec.name.clone()),
+            mode: spec.mode,
+            topics: spec.topics.clone(),
+            exclude: spec.exclude.clone(),
+            created_at_ms: running.stored.created_at_ms,
+            source_reachable: source_error.is_none(),
+            lag_records: partitions.iter().map(|p| p.lag_records).sum(),
+            records: partitions.iter().map(|p| p.records).sum(),
+            bytes: partitions.iter().map(|p| p.bytes).sum(),
+            bytes_per_second: partitions.iter().map(|p| p.bytes_per_second).sum(),
+            partitions,
+            topic_errors: shared.topic_errors(),
+            promoted: shared.promoted().into_iter().collect(),
+        })
+    }
+
+    pub fn set_paused(&self, name: &str, paused: bool) -> Result<MirrorStatus, RuntimeError> {
+        {
+            let _control = self.control.lock();
+            let mut mirrors = self.mirrors.lock();
+            let running = mirrors.get_mut(name).ok_or_else(|| not_found(name))?;
+            let mut stored = running.stored.clone();
+            stored.paused = paused;
+            self.store.save(name, &stored)?;
+            running.stored = stored;
+            running.tasks.set_paused(paused);
+            if !paused {
+                running.tasks.clear_failures(true);
+            }
+        }
+        tracing::info!(mirror = name, paused, "mirror {}", if paused { "paused" } else { "resumed" });
+        self.status(name)
+    }
+
+    /// Makes `topics` (every topic the mirror owns when `None`) normal, writable topics. The mirror
+    /// stops copying them for good (they stay promoted even if they match).
+    pub fn promote(&self, name: &str, topics: Option<Vec<String>>) -> Result<PromoteOutcome, RuntimeError> {
+        let _control = self.control.lock();
+        let shared = Arc::clone(&self.mirrors.lock().get(name).ok_or_else(|| not_found(name))?.shared);
+        let owned: Vec<String> =
+            self.host.topics().into_iter().filter(|t| self.host.mirror_of(&t.name).as_deref() == Some(name)).map(|t| t.name).collect();
+        let wanted = match topics {
+            Some(topics) if topics.is_empty() => return Err(RuntimeError::Invalid("name at least one topic to promote".into())),
+            Some(topics) => {
+                if let Some(other) = topics.iter().find(|t| !owned.contains(t)) {
+                    return Err(RuntimeError::Invalid(format!("topic '{other}' is not a mirror topic of mirror '{name}'")));
+                }
+                topics
+            }
+            None => owned,
+        };
+        let mut outcome = PromoteOutcome { mirror: name.to_string(), promoted: Vec::new() };
+        for topic in wanted {
+            // Recorded before the topic changes: after a crash in between, the mirror does not copy
+            // into it again, and promoting again finishes the job.
+            {
+                let mut mirrors = self.mirrors.lock();
+                let running = mirrors.get_mut(name).ok_or_else(|| not_found(name))?;
+                let mut stored = running.stored.clone();
+                stored.promoted.insert(topic.clone());
+                self.store.save(name, &stored)?;
+                running.stored = stored;
+            }
+            let _writing = shared.writing.lock();
+            shared.add_promoted(&topic);
+            outcome.promoted.push(self.host.promote_mirror_topic(&topic, name)?.into());
+        }
+        Ok(outcome)
+    }
+
+    /// Stops a mirror and forgets it. Its topics keep their data and become normal, writable topics
+    /// (as if promoted), so that nothing is left read-only without an owner. If promoting fails, the
+    /// mirror is started again as it was and the error returned.
+    pub fn delete(&self, name: &str) -> Result<PromoteOutcome, RuntimeError> {
+        let (tasks, shared) = {
+            let mirrors = self.mirrors.lock();
+            let running = mirrors.get(name).ok_or_else(|| not_found(name))?;
+            (Arc::clone(&running.tasks), Arc::clone(&running.shared))
+        };
+        tasks.stop();
+        let outcome = self.promote(name, None);
+        let _control = self.control.lock();
+        self.supervisor.remove(name);
+        let Some(running) = self.mirrors.lock().remove(name) else { return outcome };
+        match outcome {
+            Ok(outcome) => {
+                self.store.remove(name)?;
+                let partitions: Vec<(String, i32)> = shared.partitions().into_keys().collect();
+                self.metrics.forget(name, &partitions);
+                tracing::info!(mirror = name, topics = outcome.promoted.len(), "mirror deleted; its topics were promoted");
+                Ok(outcome)
+            }
+            Err(error) => {
+                tracing::warn!(mirror = name, %error, "deleting the mirror failed while promoting its topics; it runs on");
+                self.start(running.stored);
+                Err(error)
+            }
+        }
+    }
+
+    pub fn stop_all(&self) {
+        self.supervisor.stop_all();
+    }
+}
+
+fn not_found(name: &str) -> RuntimeError {
+    RuntimeError::NotFound { what: "mirror", name: name.to_string() }
+}

@@ -1,0 +1,164 @@
+//! A mirror's spec: what the operator asked for, validated at the boundary, and what is stored of
+//! it under `<data-dir>/__mirror/mirrors/`.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use sluice_runtime::RuntimeError;
+
+/// Longest mirror name (it appears in topic configs, metric labels and file names).
+pub const NAME_BYTES_MAX: usize = 128;
+/// Most bootstrap addresses one mirror may list.
+pub const BOOTSTRAP_ADDRS_MAX: usize = 32;
+/// Largest compiled topic or group pattern.
+pub const REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
+/// Longest pattern as given.
+pub const REGEX_BYTES_MAX: usize = 4096;
+
+/// How the target's topics relate to the source's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Same names, same offsets, the source's batches byte for byte; the copies are read-only.
+    #[default]
+    Preserve,
+    /// MirrorMaker 2's renamed, writable copies with translated group offsets (not built yet).
+    Rename,
+}
+
+/// `POST /v1/mirrors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    pub name: String,
+    /// `host:port` addresses of the source cluster (any Kafka-protocol cluster).
+    pub source_bootstrap: Vec<String>,
+    /// A short name for the source cluster (MirrorMaker 2's alias); defaults to the mirror's name.
+    #[serde(default)]
+    pub source_alias: Option<String>,
+    /// Source topics to mirror: a regular expression that must match the whole name.
+    pub topics: String,
+    /// Source topics to leave out, matched the same way.
+    #[serde(default)]
+    pub exclude: Option<String>,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+impl MirrorSpec {
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let invalid = |m: String| Err(RuntimeError::Invalid(m));
+        if self.name.is_empty() || self.name.len() > NAME_BYTES_MAX {
+            return invalid(format!("a mirror name must be 1 to {NAME_BYTES_MAX} bytes"));
+        }
+        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) || self.name.starts_with('.') {
+            return invalid(format!("mirror name '{}': use letters, digits, '-', '_' and '.' (not first)", self.name));
+        }
+        if self.source_bootstrap.is_empty() || self.source_bootstrap.len() > BOOTSTRAP_ADDRS_MAX {
+            return invalid(format!("source_bootstrap: give 1 to {BOOTSTRAP_ADDRS_MAX} host:port addresses of the source cluster"));
+        }
+        for addr in &self.source_bootstrap {
+            let port = addr.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+            if addr.len() > 512 || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                return invalid(format!("source_bootstrap: '{addr}' is not host:port"));
+            }
+        }
+        if let Some(alias) = &self.source_alias
+            && (alias.is_empty()
+                || alias.len() > NAME_BYTES_MAX
+                || !alias.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return invalid(format!("source_alias '{alias}': use 1 to {NAME_BYTES_MAX} letters, digits, '-' or '_'"));
+        }
+        if self.mode == Mode::Rename {
+            return invalid(
+                "mode 'rename' (MirrorMaker 2's renamed copies) is not available yet; use mode 'preserve' (same names and offsets)".into(),
+            );
+        }
+        self.selection()?;
+        Ok(())
+    }
+
+    /// The compiled topic selection.
+    pub fn selection(&self) -> Result<Selection, RuntimeError> {
+        Ok(Selection {
+            include: pattern("topics", &self.topics)?,
+            exclude: self.exclude.as_deref().map(|p| pattern("exclude", p)).transpose()?,
+        })
+    }
+}
+
+fn pattern(key: &str, text: &str) -> Result<regex::Regex, RuntimeError> {
+    if text.len() > REGEX_BYTES_MAX {
+        return Err(RuntimeError::Invalid(format!("{key}: a pattern may be at most {REGEX_BYTES_MAX} bytes")));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{text})$"))
+        .size_limit(REGEX_COMPILED_BYTES_MAX)
+        .build()
+        .map_err(|e| RuntimeError::Invalid(format!("{key}: '{text}' is not a valid regular expression: {e}")))
+}
+
+/// Which source topics a mirror copies.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    include: regex::Regex,
+    exclude: Option<regex::Regex>,
+}
+
+impl Selection {
+    /// Internal topics (`__consumer_offsets`, `__transaction_state`, names starting with `__`) are
+    /// never mirrored: they belong to the source cluster's coordinators.
+    pub fn wants(&self, topic: &str) -> bool {
+        !topic.starts_with("__") && self.include.is_match(topic) && !self.exclude.as_ref().is_some_and(|e| e.is_match(topic))
+    }
+}
+
+/// What is stored of a mirror.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMirror {
+    pub spec: MirrorSpec,
+    pub paused: bool,
+    pub created_at_ms: i64,
+    /// Topics promoted to normal topics: no longer mirrored, even if they still match.
+    #[serde(default)]
+    pub promoted: BTreeSet<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> MirrorSpec {
+        MirrorSpec {
+            name: "dr".into(),
+            source_bootstrap: vec!["10.0.0.1:9092".into()],
+            source_alias: None,
+            topics: "orders|payments.*".into(),
+            exclude: Some("payments-test".into()),
+            mode: Mode::Preserve,
+        }
+    }
+
+    #[test]
+    fn patterns_match_whole_names_and_internal_topics_are_never_selected() {
+        let selection = spec().selection().unwrap();
+        assert!(selection.wants("orders"));
+        assert!(!selection.wants("orders-eu"), "a pattern matches the whole name, as Kafka's topic patterns do");
+        assert!(selection.wants("payments-eu"));
+        assert!(!selection.wants("payments-test"));
+        let all = MirrorSpec { topics: ".*".into(), exclude: None, ..spec() };
+        assert!(!all.selection().unwrap().wants("__consumer_offsets"));
+    }
+
+    #[test]
+    fn bad_specs_say_what_to_change() {
+        let error = |s: MirrorSpec| s.validate().unwrap_err().to_string();
+        assert!(error(MirrorSpec { name: "a/b".into(), ..spec() }).contains("mirror name"));
+        assert!(error(MirrorSpec { source_bootstrap: vec![], ..spec() }).contains("source_bootstrap"));
+        assert!(error(MirrorSpec { source_bootstrap: vec!["host".into()], ..spec() }).contains("host:port"));
+        assert!(error(MirrorSpec { topics: "(".into(), ..spec() }).contains("not a valid regular expression"));
+        assert!(error(MirrorSpec { topics: "a{1000}{1000}".into(), ..spec() }).contains("topics"));
+        assert!(error(MirrorSpec { mode: Mode::Rename, ..spec() }).contains("not available yet"));
+        spec().validate().unwrap();
+    }
+}

@@ -1,0 +1,198 @@
+//! What a mirror's task shares with the manager and the API: per-partition progress, the source's
+//! reachability, the promoted topics, and the metrics.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use parking_lot::{Mutex, RwLock};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+use sluice_runtime::RuntimeError;
+
+use crate::spec::MirrorSpec;
+
+/// Where one partition's copy stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionProgress {
+    /// The source's high watermark at the last fetch.
+    pub source_high_watermark: i64,
+    /// The copy's end offset (the next offset to copy).
+    pub target_end_offset: i64,
+    /// Records copied since the broker started.
+    pub records: u64,
+    pub bytes: u64,
+    /// Records the source deleted (retention) before they were copied.
+    pub records_lost: u64,
+    /// Max timestamp of the last batch copied.
+    pub last_record_timestamp_ms: Option<i64>,
+    /// When the copy was last level with the source (broker time).
+    pub caught_up_at_ms: Option<i64>,
+    pub error: Option<String>,
+    /// (broker time, `bytes`) about once a second over the last [`RATE_WINDOW_MS`], for bytes/s.
+    #[serde(skip)]
+    samples: VecDeque<(i64, u64)>,
+}
+
+/// The window bytes/s is measured over.
+pub const RATE_WINDOW_MS: i64 = 10_000;
+
+impl PartitionProgress {
+    /// Records a fetch's outcome: the source's end and the copy's end now.
+    pub fn observe(&mut self, source_high_watermark: i64, target_end_offset: i64, now_ms: i64) {
+        self.source_high_watermark = source_high_watermark;
+        self.target_end_offset = target_end_offset;
+        if target_end_offset >= source_high_watermark {
+            self.caught_up_at_ms = Some(now_ms);
+        }
+        self.error = None;
+        if self.samples.back().is_none_or(|(at, _)| now_ms - at >= 1000) {
+            self.samples.push_back((now_ms, self.bytes));
+        }
+        while self.samples.front().is_some_and(|(at, _)| now_ms - at > RATE_WINDOW_MS) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes copied per second over the window (0 until there are two samples).
+    pub fn bytes_per_second(&self, now_ms: i64) -> u64 {
+        match self.samples.front() {
+            Some(&(at, bytes)) if now_ms > at => (self.bytes.saturating_sub(bytes)).saturating_mul(1000) / (now_ms - at) as u64,
+            _ => 0,
+        }
+    }
+
+    pub fn lag_records(&self) -> i64 {
+        (self.source_high_watermark - self.target_end_offset).max(0)
+    }
+}
+
+/// The mirror runtime's metrics, one family per quantity, labelled by mirror.
+pub struct MirrorMetrics {
+    records: IntCounterVec,
+    bytes: IntCounterVec,
+    lag: IntGaugeVec,
+    reachable: IntGaugeVec,
+}
+
+fn metric_error(error: prometheus::Error) -> RuntimeError {
+    RuntimeError::Invalid(format!("registering metrics: {error}"))
+}
+
+impl MirrorMetrics {
+    pub fn register(registry: &Registry) -> Result<MirrorMetrics, RuntimeError> {
+        let metrics = MirrorMetrics {
+            records: IntCounterVec::new(Opts::new("mirror_records_total", "Records a mirror copied from its source"), &["mirror"])
+                .map_err(metric_error)?,
+            bytes: IntCounterVec::new(Opts::new("mirror_bytes_total", "Record-batch bytes a mirror copied from its source"), &["mirror"])
+                .map_err(metric_error)?,
+            lag: IntGaugeVec::new(
+                Opts::new("mirror_lag_records", "Records on the source not copied yet, by partition"),
+                &["mirror", "topic", "partition"],
+            )
+            .map_err(metric_error)?,
+            reachable: IntGaugeVec::new(
+                Opts::new("mirror_source_reachable", "1 while the last exchange with the source succeeded"),
+                &["mirror"],
+            )
+            .map_err(metric_error)?,
+        };
+        registry.register(Box::new(metrics.records.clone())).map_err(metric_error)?;
+        registry.register(Box::new(metrics.bytes.clone())).map_err(metric_error)?;
+        registry.register(Box::new(metrics.lag.clone())).map_err(metric_error)?;
+        registry.register(Box::new(metrics.reachable.clone())).map_err(metric_error)?;
+        Ok(metrics)
+    }
+
+    pub fn copied(&self, mirror: &str, records: u64, bytes: u64) {
+        self.records.with_label_values(&[mirror]).inc_by(records);
+        self.bytes.with_label_values(&[mirror]).inc_by(bytes);
+    }
+
+    fn lag(&self, mirror: &str, topic: &str, partition: i32, lag: i64) {
+        self.lag.with_label_values(&[mirror, topic, &partition.to_string()]).set(lag);
+    }
+
+    fn reachable(&self, mirror: &str, reachable: bool) {
+        self.reachable.with_label_values(&[mirror]).set(i64::from(reachable));
+    }
+
+    /// Drops a deleted mirror's series.
+    pub fn forget(&self, mirror: &str, partitions: &[(String, i32)]) {
+        let _ = self.records.remove_label_values(&[mirror]);
+        let _ = self.bytes.remove_label_values(&[mirror]);
+        let _ = self.reachable.remove_label_values(&[mirror]);
+        for (topic, partition) in partitions {
+            let _ = self.lag.remove_label_values(&[mirror, topic, &partition.to_string()]);
+        }
+    }
+}
+
+pub struct MirrorShared {
+    pub name: String,
+    pub spec: MirrorSpec,
+    pub metrics: std::sync::Arc<MirrorMetrics>,
+    promoted: RwLock<BTreeSet<String>>,
+    partitions: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
+    /// Why a matching topic is not mirrored (it exists here as a normal topic, …).
+    topic_errors: Mutex<BTreeMap<String, String>>,
+    source_error: Mutex<Option<String>>,
+    /// Held by the task while it appends, and by promotion: a topic is never written while it is
+    /// being promoted.
+    pub writing: Mutex<()>,
+}
+
+impl MirrorShared {
+    pub fn new(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>) -> MirrorShared {
+        MirrorShared {
+            name: spec.name.clone(),
+            spec,
+            metrics,
+            promoted: RwLock::new(promoted),
+            partitions: Mutex::new(BTreeMap::new()),
+            topic_errors: Mutex::new(BTreeMap::new()),
+            source_error: Mutex::new(None),
+            writing: Mutex::new(()),
+        }
+    }
+
+    pub fn promoted(&self) -> BTreeSet<String> {
+        self.promoted.read().clone()
+    }
+
+    pub fn add_promoted(&self, topic: &str) {
+        self.promoted.write().insert(topic.to_string());
+        self.partitions.lock().retain(|(t, _), _| t != topic);
+    }
+
+    /// Updates one partition's progress (creating it) and its lag gauge.
+    pub fn progress(&self, topic: &str, partition: i32, update: impl FnOnce(&mut PartitionProgress)) {
+        let mut partitions = self.partitions.lock();
+        let progress = partitions.entry((topic.to_string(), partition)).or_default();
+        update(progress);
+        self.metrics.lag(&self.name, topic, partition, progress.lag_records());
+    }
+
+    pub fn partitions(&self) -> BTreeMap<(String, i32), PartitionProgress> {
+        self.partitions.lock().clone()
+    }
+
+    pub fn set_topic_error(&self, topic: &str, error: Option<String>) {
+        let mut errors = self.topic_errors.lock();
+        match error {
+            Some(error) => errors.insert(topic.to_string(), error),
+            None => errors.remove(topic),
+        };
+    }
+
+    pub fn topic_errors(&self) -> BTreeMap<String, String> {
+        self.topic_errors.lock().clone()
+    }
+
+    pub fn set_source_error(&self, error: Option<String>) {
+        self.metrics.reachable(&self.name, error.is_none());
+        *self.source_error.lock() = error;
+    }
+
+    pub fn source_error(&self) -> Option<String> {
+        self.source_error.lock().clone()
+    }
+}

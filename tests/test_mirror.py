@@ -1,0 +1,238 @@
+"""Mirrors in preserve mode, between two real broker processes: the target broker copies topics from the
+source with `sluice mirror`, and its copies must equal the source's logs byte for byte (every stored
+batch: offsets, timestamps, keys, values, headers, producer ids, compression, transaction markers),
+survive SIGKILL of the target and an outage of the source without gaps, pick up new topics and
+partitions, refuse writes until promoted, and after promotion take writes from new producers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka.admin import ConfigResource, NewPartitions, NewTopic
+
+from harness import (
+    cf_admin,
+    cf_consume,
+    cf_consumer,
+    cf_produce,
+    cf_producer,
+    create_topic,
+    http_request,
+    sluice_cli,
+    wait_for,
+)
+
+COMMITTED = {"isolation.level": "read_committed"}
+
+
+def partition_log_bytes(broker, topic: str, partition: int) -> bytes:
+    """Every stored batch of a partition, in offset order (segments concatenated)."""
+    files = sorted(broker.partition_dir(topic, partition).glob("*.log"))
+    return b"".join(f.read_bytes() for f in files)
+
+
+def status(target, name: str) -> dict:
+    return json.loads(sluice_cli(target, "mirror", "status", name, "--json").stdout)
+
+
+def wait_caught_up(source, target, name: str, topics: dict[str, int], timeout: float = 60.0) -> dict:
+    """Until every partition of `topics` ({name: partitions}) is copied up to the source's end."""
+
+    def ends() -> dict:
+        consumer = cf_consumer(source)
+        try:
+            return {
+                (t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                for t, n in topics.items()
+                for p in range(n)
+            }
+        finally:
+            consumer.close()
+
+    def level():
+        want = ends()
+        st = status(target, name)
+        have = {(p["topic"], p["partition"]): p["target_end_offset"] for p in st["partitions"]}
+        return st if all(have.get(k, -1) >= v for k, v in want.items()) else None
+
+    return wait_for(level, f"mirror {name} caught up with {topics}", timeout=timeout, every=0.5)
+
+
+def assert_identical(source, target, topics: dict[str, int]) -> None:
+    for topic, partitions in topics.items():
+        for p in range(partitions):
+            src, dst = partition_log_bytes(source, topic, p), partition_log_bytes(target, topic, p)
+            assert src, f"{topic}-{p} is empty on the source: the test wrote nothing there"
+            assert dst == src, f"{topic}-{p}: the copy differs from the source ({len(dst)} vs {len(src)} bytes)"
+
+
+def produce_mixed(source, topic: str, tag: str, count: int = 200) -> None:
+    """Plain, compressed, idempotent, with headers and keys, committed and aborted transactions."""
+    plain = cf_producer(source, {"compression.type": "lz4", "enable.idempotence": True})
+    cf_produce(plain, topic, [{"key": f"k{i}".encode(), "value": f"{tag}-plain-{i}".encode()} for i in range(count)])
+    gz = cf_producer(source, {"compression.type": "gzip", "linger.ms": 20})
+    for i in range(count):
+        gz.produce(topic, key=f"g{i}".encode(), value=f"{tag}-gzip-{i}".encode(), headers=[("h", f"{i}".encode()), ("h", None)])
+    assert gz.flush(30) == 0
+    txn = cf_producer(source, {"transactional.id": f"{tag}-txn", "transaction.timeout.ms": 30_000})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    for i in range(count // 2):
+        txn.produce(topic, key=f"t{i}".encode(), value=f"{tag}-committed-{i}".encode())
+    txn.commit_transaction(30)
+    txn.begin_transaction()
+    for i in range(count // 4):
+        txn.produce(topic, key=f"a{i}".encode(), value=f"{tag}-aborted-{i}".encode())
+    txn.flush(30)
+    txn.abort_transaction(30)
+
+
+def records(broker, topic: str, partitions: int, expected: int, conf=None):
+    got = cf_consume(broker, topic, expected, timeout=60, conf=conf)
+    return sorted(((r.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in got), key=lambda t: (t[0], t[1]))
+
+
+def test_a_preserve_mirror_is_byte_identical_and_survives_kill9_and_a_source_outage(make_broker):
+    source, target = make_broker(), make_broker()
+    create_topic(source, "orders", partitions=3, config={"retention.ms": "604800000"})
+    create_topic(source, "payments-eu", partitions=1)
+    create_topic(source, "skipped", partitions=1)
+    produce_mixed(source, "orders", "a")
+    produce_mixed(source, "payments-eu", "a", count=40)
+    cf_produce(cf_producer(source), "skipped", [{"value": b"not mirrored"}])
+
+    out = sluice_cli(target, "mirror", "create", "dr", "--source-bootstrap", source.bootstrap, "--topics", "orders|payments-.*")
+    assert "Created mirror dr" in out.stdout
+    topics = {"orders": 3, "payments-eu": 1}
+    wait_caught_up(source, target, "dr", topics)
+    assert_identical(source, target, topics)
+    assert not target.partition_dir("skipped", 0).exists(), "a topic the pattern does not match is not copied"
+
+    # What consumers see is the same, offsets included (read_committed drops the aborted records).
+    assert records(target, "orders", 3, 500, COMMITTED) == records(source, "orders", 3, 500, COMMITTED)
+    # The source's explicit topic config came along, and the mirror says who owns the copy.
+    admin = cf_admin(target)
+    configs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, "orders")])
+    entries = list(configs.values())[0].result(timeout=10)
+    assert entries["retention.ms"].value == "604800000"
+    assert entries["sluice.mirror"].value == "dr" and entries["sluice.mirror"].is_read_only
+
+    # Writes to a mirror topic are refused, with a message saying how to promote.
+    errors = []
+    producer = cf_producer(target)
+    producer.produce("orders", value=b"local", on_delivery=lambda err, msg: errors.append(err))
+    producer.flush(30)
+    assert errors and errors[0] is not None and errors[0].code() == KafkaError.INVALID_REQUEST, errors
+    alter = admin.create_partitions([NewPartitions("orders", 5)])
+    try:
+        alter["orders"].result(timeout=10)
+        raise AssertionError("growing a mirror topic from a client must be refused")
+    except Exception as err:  # noqa: BLE001 - the KafkaException carries the broker's message
+        assert "read-only mirror" in str(err)
+
+    # SIGKILL the target in the middle of a copy; it resumes from the end of its copy.
+    for i in range(5):
+        produce_mixed(source, "orders", f"b{i}", count=100)
+    target.kill9()
+    target.start()
+    wait_caught_up(source, target, "dr", topics)
+    assert_identical(source, target, topics)
+
+    # The source goes away: the status says so; when it is back, the copy catches up.
+    source.stop()
+    unreachable = wait_for(
+        lambda: (s := status(target, "dr")) and not s["source_reachable"] and s, "the mirror notices the source is down", timeout=60
+    )
+    assert unreachable["error"], unreachable
+    source.start()
+    produce_mixed(source, "orders", "c", count=100)
+    # New partitions and new matching topics are picked up.
+    source_admin = cf_admin(source)
+    source_admin.create_partitions([NewPartitions("orders", 4)])["orders"].result(timeout=10)
+    source_admin.create_topics([NewTopic("payments-us", 2, 1)])["payments-us"].result(timeout=10)
+    time.sleep(0.5)
+    cf_produce(cf_producer(source), "orders", [{"key": b"x", "value": f"late-{i}".encode()} for i in range(50)])
+    cf_produce(cf_producer(source), "payments-us", [{"key": b"y", "value": f"us-{i}".encode()} for i in range(50)])
+    topics = {"orders": 4, "payments-eu": 1, "payments-us": 2}
+    wait_caught_up(source, target, "dr", topics, timeout=90)
+    assert_identical(source, target, {"orders": 3, "payments-eu": 1})
+    for t, n in (("orders", 4), ("payments-us", 2)):
+        for p in range(n):
+            assert partition_log_bytes(target, t, p) == partition_log_bytes(source, t, p)
+
+    listing = sluice_cli(target, "mirror", "list").stdout
+    assert "dr" in listing and "RUNNING" in listing and "preserve" in listing
+
+
+def test_promotion_aborts_the_sources_open_transactions_and_new_producers_can_write(make_broker):
+    source, target = make_broker(), make_broker()
+    create_topic(source, "ledger", partitions=1)
+    cf_produce(cf_producer(source, {"enable.idempotence": True}), "ledger", [{"key": b"k", "value": f"v{i}".encode()} for i in range(20)])
+    # A transaction left open on the source: its records are copied, its end never will be.
+    txn = cf_producer(source, {"transactional.id": "open-txn", "transaction.timeout.ms": 600_000})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    for i in range(5):
+        txn.produce("ledger", value=f"open-{i}".encode())
+    txn.flush(30)
+
+    sluice_cli(target, "mirror", "create", "dr", "--source-bootstrap", source.bootstrap, "--topics", "ledger")
+    wait_caught_up(source, target, "dr", {"ledger": 1})
+    for conf, end in (({"isolation.level": "read_uncommitted"}, 25), (COMMITTED, 20)):
+        consumer = cf_consumer(target, conf=conf)
+        _, high = consumer.get_watermark_offsets(TopicPartition("ledger", 0), timeout=10)
+        consumer.close()
+        assert high == end, f"{conf}: the copy ends at {high}; the open transaction holds read_committed readers at 20"
+    # A restart of the target must not end the source's transaction in the copy (the broker aborts
+    # hanging transactions of its own topics at start-up, never a mirror's).
+    target.kill9()
+    target.start()
+    assert partition_log_bytes(target, "ledger", 0) == partition_log_bytes(source, "ledger", 0)
+
+    promoted = json.loads(sluice_cli(target, "mirror", "promote", "dr", "--topic", "ledger", "--json").stdout)
+    assert promoted["promoted"][0]["topic"] == "ledger"
+    assert len(promoted["promoted"][0]["aborted_transactions"]) == 1, promoted
+
+    # A new idempotent producer on the target writes; the open source transaction stays invisible, and
+    # read_committed readers are no longer held back by it.
+    cf_produce(cf_producer(target, {"enable.idempotence": True}), "ledger", [{"key": b"k", "value": f"local-{i}".encode()} for i in range(10)])
+    values = [r.value.decode() for r in cf_consume(target, "ledger", 30, conf=COMMITTED)]
+    assert values == [f"v{i}" for i in range(20)] + [f"local-{i}" for i in range(10)]
+
+    # Later source writes are not copied into a promoted topic, and the mirror lists it as promoted.
+    cf_produce(cf_producer(source), "ledger", [{"value": b"after-promotion"}])
+    time.sleep(3)
+    assert "after-promotion" not in [r.value.decode() for r in cf_consume(target, "ledger", 31, timeout=5)]
+    assert status(target, "dr")["promoted"] == ["ledger"]
+
+    # Deleting the mirror keeps the data; the restart keeps the promoted topic writable.
+    target.restart(kill=True)
+    cf_produce(cf_producer(target), "ledger", [{"value": b"after-restart"}])
+    deleted = sluice_cli(target, "mirror", "delete", "dr").stdout
+    assert "Deleted mirror dr" in deleted
+    listing = json.loads(sluice_cli(target, "mirror", "list", "--json").stdout)
+    assert listing["mirrors"] == []
+
+
+def test_bad_mirror_requests_get_clear_errors(make_broker):
+    target = make_broker()
+    bad = sluice_cli(target, "mirror", "create", "m", "--source-bootstrap", "127.0.0.1:1", "--topics", "(", check=False)
+    assert bad.returncode != 0 and "not a valid regular expression" in bad.stderr
+    bad = sluice_cli(target, "mirror", "create", "m", "--source-bootstrap", "nohost", "--topics", "a", check=False)
+    assert bad.returncode != 0 and "host:port" in bad.stderr
+    bad = sluice_cli(target, "mirror", "create", "m", "--source-bootstrap", "127.0.0.1:1", "--topics", "a", "--mode", "rename", check=False)
+    assert bad.returncode != 0 and "not available yet" in bad.stderr
+    missing = sluice_cli(target, "mirror", "status", "nope", check=False)
+    assert missing.returncode != 0 and "no mirror named 'nope'" in missing.stderr
+    for body in (b"{", b'{"name": "x"}', b'{"name": "x", "source_bootstrap": ["a:1"], "topics": "a", "extra": 1}'):
+        code, _, answer = http_request("POST", f"{target.admin_url}/v1/mirrors", body)
+        assert code == 400, (body, code, answer)
+    # A source that is not there: the mirror exists, reports the source unreachable, and the broker serves on.
+    sluice_cli(target, "mirror", "create", "lost", "--source-bootstrap", "127.0.0.1:1", "--topics", ".*")
+    st = wait_for(lambda: (s := status(target, "lost")) and s["error"] and s, "the unreachable source is reported", timeout=60)
+    assert not st["source_reachable"]
+    create_topic(target, "local")
+    cf_produce(cf_producer(target), "local", [{"value": b"still serving"}])
