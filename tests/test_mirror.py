@@ -166,6 +166,22 @@ def test_a_preserve_mirror_is_byte_identical_and_survives_kill9_and_a_source_out
     listing = sluice_cli(target, "mirror", "list").stdout
     assert "dr" in listing and "RUNNING" in listing and "preserve" in listing
 
+    # The source topic is deleted and created again: the new log is not spliced onto the copy.
+    before = partition_log_bytes(target, "payments-eu", 0)
+    source_admin.delete_topics(["payments-eu"])["payments-eu"].result(timeout=10)
+    time.sleep(1)
+    source_admin.create_topics([NewTopic("payments-eu", 1, 1)])["payments-eu"].result(timeout=10)
+    time.sleep(1)
+    cf_produce(cf_producer(source), "payments-eu", [{"value": f"new-{i}".encode()} for i in range(300)])
+    st = wait_for(
+        lambda: (s := status(target, "dr")) and "payments-eu" in s["topic_errors"] and s,
+        "the recreated source topic is reported",
+        timeout=60,
+        every=0.5,
+    )
+    assert "created again" in st["topic_errors"]["payments-eu"], st["topic_errors"]
+    assert partition_log_bytes(target, "payments-eu", 0) == before, "the copy is kept as it was"
+
 
 def test_promotion_aborts_the_sources_open_transactions_and_new_producers_can_write(make_broker):
     source, target = make_broker(), make_broker()

@@ -587,6 +587,10 @@ pub(crate) struct TopicConfig {
     /// host) and only promotion clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mirror: Option<String>,
+    /// The source topic's id when the mirror created the copy (if the source sends ids): a source
+    /// topic deleted and created again has another id, and is not the log this copy continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mirror_source_id: Option<String>,
 }
 
 /// Checks one topic setting. Errors carry Kafka's INVALID_CONFIG meaning.
@@ -754,7 +758,8 @@ mod tests {
         assert!(TopicConfig::from_pairs([("segment.bytes", "1048576")]).is_ok());
         assert!(BrokerConfig::from_settings([("log.segment.bytes", "1000")]).is_err());
         // An override stored by an older version still opens, raised to the minimum.
-        let stored = TopicConfig { overrides: [("segment.bytes".to_string(), "14".to_string())].into(), mirror: None };
+        let stored =
+            TopicConfig { overrides: [("segment.bytes".to_string(), "14".to_string())].into(), mirror: None, mirror_source_id: None };
         assert_eq!(stored.log_config(&BrokerConfig::default()).segment_bytes, 1_048_576);
     }
 

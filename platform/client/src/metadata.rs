@@ -21,6 +21,9 @@ pub struct PartitionInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: String,
+    /// The topic's id (Metadata v10+), which changes when a topic is deleted and created again;
+    /// `None` from brokers that do not send one.
+    pub id: Option<String>,
     pub internal: bool,
     pub error_code: i16,
     /// Sorted by partition id.
@@ -109,6 +112,7 @@ impl ClusterMeta {
                 partitions.sort_by_key(|p| p.id);
                 TopicInfo {
                     name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+                    id: (!t.topic_id.is_nil()).then(|| t.topic_id.to_string()),
                     internal: t.is_internal,
                     error_code: t.error_code,
                     partitions,
@@ -171,6 +175,7 @@ mod tests {
     fn topic(leaders: &[i32]) -> TopicInfo {
         TopicInfo {
             name: "t".into(),
+            id: None,
             internal: false,
             error_code: 0,
             partitions: leaders

@@ -120,6 +120,11 @@ impl MirrorMetrics {
         let _ = self.records.remove_label_values(&[mirror]);
         let _ = self.bytes.remove_label_values(&[mirror]);
         let _ = self.reachable.remove_label_values(&[mirror]);
+        self.forget_partitions(mirror, partitions);
+    }
+
+    /// Drops the lag series of partitions no longer mirrored (promoted).
+    pub fn forget_partitions(&self, mirror: &str, partitions: &[(String, i32)]) {
         for (topic, partition) in partitions {
             let _ = self.lag.remove_label_values(&[mirror, topic, &partition.to_string()]);
         }
@@ -160,7 +165,10 @@ impl MirrorShared {
 
     pub fn add_promoted(&self, topic: &str) {
         self.promoted.write().insert(topic.to_string());
-        self.partitions.lock().retain(|(t, _), _| t != topic);
+        let mut partitions = self.partitions.lock();
+        let gone: Vec<(String, i32)> = partitions.keys().filter(|(t, _)| t == topic).cloned().collect();
+        self.metrics.forget_partitions(&self.name, &gone);
+        partitions.retain(|(t, _), _| t != topic);
     }
 
     /// Updates one partition's progress (creating it) and its lag gauge.

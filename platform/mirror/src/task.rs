@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_broker::host::{Host, HostError, now_ms};
+use sluice_broker::host::{Host, now_ms};
 use sluice_client::{Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, OffsetSpec, PartitionFetch};
 use sluice_runtime::{RuntimeError, Step, Task, TaskControl};
 
@@ -50,11 +50,24 @@ pub struct MirrorTask {
     /// Where a partition's next fetch starts when it is not the target's end: after the source's
     /// retention deleted records the copy never had, the copy skips to the source's log start.
     skip_to: BTreeMap<(String, i32), i64>,
+    /// Partitions whose copy no longer matches the source, with why: never written again.
+    diverged: BTreeMap<(String, i32), String>,
+    /// Turns the partition order of fetches.
+    rotation: usize,
 }
 
 impl MirrorTask {
     pub fn new(host: Host, shared: Arc<MirrorShared>) -> MirrorTask {
-        MirrorTask { host, shared, client: None, topics: BTreeMap::new(), refreshed: None, skip_to: BTreeMap::new() }
+        MirrorTask {
+            host,
+            shared,
+            client: None,
+            topics: BTreeMap::new(),
+            refreshed: None,
+            skip_to: BTreeMap::new(),
+            diverged: BTreeMap::new(),
+            rotation: 0,
+        }
     }
 
     fn name(&self) -> &str {
@@ -120,18 +133,7 @@ impl MirrorTask {
         match self.host.topic(name) {
             None => {
                 let configs = self.source_configs(name);
-                let created = match self.host.create_mirror_topic(name, partitions, &configs, self.name()) {
-                    Err(HostError::TopicRefused(why)) if !configs.is_empty() => {
-                        tracing::warn!(
-                            mirror = self.name(),
-                            topic = name,
-                            why,
-                            "the source's topic configs were refused here; creating the mirror topic with the defaults"
-                        );
-                        self.host.create_mirror_topic(name, partitions, &BTreeMap::new(), self.name())
-                    }
-                    other => other,
-                }?;
+                let created = self.host.create_mirror_topic(name, partitions, &configs, self.name(), source.id.as_deref())?;
                 tracing::info!(mirror = self.name(), topic = name, partitions = created.partitions, "created a mirror topic");
             }
             Some(existing) => {
@@ -143,6 +145,13 @@ impl MirrorTask {
                             "topic '{name}' already exists on this cluster as a normal topic; delete it or exclude it from the mirror"
                         ),
                     }));
+                }
+                if let (Some(copied), Some(now)) = (self.host.mirror_source_id(name), source.id.as_ref())
+                    && &copied != now
+                {
+                    return Err(RuntimeError::Invalid(format!(
+                        "the source topic '{name}' was deleted and created again (its id changed from {copied} to {now}); the copy here is kept as it is and no longer mirrored: delete it here to mirror the new topic, or promote it"
+                    )));
                 }
                 if existing.partitions < partitions {
                     self.host.create_partitions(name, partitions)?;
@@ -174,30 +183,59 @@ impl MirrorTask {
     /// One fetch round over every mirrored partition; returns the bytes written.
     fn round(&mut self) -> Result<u64, RuntimeError> {
         let promoted = self.shared.promoted();
-        let mut by_leader: BTreeMap<i32, Vec<PartitionFetch>> = BTreeMap::new();
+        let mut wanted: Vec<(i32, PartitionFetch)> = Vec::new();
+        // (copy end, fetch offset) per partition asked for.
+        let mut requested: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
+        let mut stale_metadata = false;
         for (name, topic) in &self.topics {
             if promoted.contains(name) {
                 continue;
             }
             for partition in &topic.partitions {
                 let key = (name.clone(), partition.id);
-                let end = self.host.partition_offsets(name, partition.id)?.high_watermark;
+                if let Some(why) = self.diverged.get(&key) {
+                    let why = why.clone();
+                    self.shared.progress(name, partition.id, |p| p.error = Some(why));
+                    continue;
+                }
+                let end = match self.host.partition_offsets(name, partition.id) {
+                    Ok(offsets) => offsets.high_watermark,
+                    Err(error) => {
+                        // The copy was deleted on this cluster, or is being grown: the next refresh
+                        // creates or grows it again. The other partitions go on.
+                        stale_metadata = true;
+                        self.shared.progress(name, partition.id, |p| p.error = Some(error.to_string()));
+                        continue;
+                    }
+                };
                 let offset = self.skip_to.get(&key).copied().filter(|&skip| skip > end).unwrap_or(end);
                 if partition.leader < 0 {
                     self.shared.progress(name, partition.id, |p| p.error = Some("the source partition has no leader".into()));
                     continue;
                 }
-                by_leader.entry(partition.leader).or_default().push(PartitionFetch {
-                    topic: name.clone(),
-                    partition: partition.id,
-                    offset,
-                    max_bytes: FETCH_PARTITION_BYTES,
-                });
+                requested.insert(key, (end, offset));
+                wanted.push((
+                    partition.leader,
+                    PartitionFetch { topic: name.clone(), partition: partition.id, offset, max_bytes: FETCH_PARTITION_BYTES },
+                ));
             }
         }
-        if by_leader.is_empty() {
+        if stale_metadata {
+            self.refreshed = None;
+        }
+        if wanted.is_empty() {
             std::thread::sleep(Duration::from_millis(FETCH_MAX_WAIT_MS as u64));
             return Ok(0);
+        }
+        // A batch larger than a partition's share comes back whole only for the first partition of
+        // an answer (KIP-74): rotate the order every round, as Kafka's consumers do, so that every
+        // partition gets to be first.
+        self.rotation = self.rotation.wrapping_add(1);
+        let turn = self.rotation % wanted.len();
+        wanted.rotate_left(turn);
+        let mut by_leader: BTreeMap<i32, Vec<PartitionFetch>> = BTreeMap::new();
+        for (leader, want) in wanted {
+            by_leader.entry(leader).or_default().push(want);
         }
         let options = FetchOptions { max_wait_ms: FETCH_MAX_WAIT_MS, min_bytes: 1, max_bytes: FETCH_BYTES, ..FetchOptions::default() };
         let client = self.client()?;
@@ -210,44 +248,63 @@ impl MirrorTask {
             Ok(all)
         })?;
         self.shared.set_source_error(None);
-        let requested: BTreeMap<(String, i32), i64> =
-            by_leader.into_values().flatten().map(|want| ((want.topic, want.partition), want.offset)).collect();
         let mut written = 0;
-        let mut stale_metadata = false;
-        // Promotion waits for this: no append lands in a topic while it is being promoted.
-        let shared = Arc::clone(&self.shared);
-        let _writing = shared.writing.lock();
-        let promoted = self.shared.promoted();
-        for answer in answers {
-            let key = (answer.topic.clone(), answer.partition);
-            let Some(&offset) = requested.get(&key) else { continue };
-            if promoted.contains(&answer.topic) {
-                continue;
-            }
-            match self.apply(&answer, offset) {
-                Ok(bytes) => written += bytes,
-                Err(Applied::Stale(error)) => {
-                    stale_metadata = true;
-                    self.shared.progress(&answer.topic, answer.partition, |p| p.error = Some(error));
+        let mut out_of_range = Vec::new();
+        {
+            // Promotion waits for this: no append lands in a topic while it is being promoted.
+            let shared = Arc::clone(&self.shared);
+            let _writing = shared.writing.lock();
+            let promoted = self.shared.promoted();
+            for answer in answers {
+                let key = (answer.topic.clone(), answer.partition);
+                let Some(&(end, offset)) = requested.get(&key) else { continue };
+                if promoted.contains(&answer.topic) {
+                    continue;
                 }
-                Err(Applied::Failed(error)) => {
-                    tracing::warn!(mirror = self.name(), topic = answer.topic, partition = answer.partition, %error, "partition not mirrored");
-                    self.shared.progress(&answer.topic, answer.partition, |p| p.error = Some(error));
+                match self.apply(&answer, end, offset) {
+                    Ok(bytes) => written += bytes,
+                    Err(Applied::OutOfRange) => out_of_range.push((key, end)),
+                    Err(Applied::Stale(error)) => {
+                        self.refreshed = None;
+                        self.shared.progress(&answer.topic, answer.partition, |p| p.error = Some(error));
+                    }
+                    Err(Applied::Diverged(error)) => {
+                        tracing::error!(mirror = self.name(), topic = answer.topic, partition = answer.partition, %error, "partition no longer mirrored");
+                        self.shared.progress(&answer.topic, answer.partition, |p| p.error = Some(error.clone()));
+                        self.diverged.insert(key, error);
+                    }
+                    Err(Applied::Failed(error)) => {
+                        tracing::warn!(mirror = self.name(), topic = answer.topic, partition = answer.partition, %error, "partition not mirrored");
+                        self.shared.progress(&answer.topic, answer.partition, |p| p.error = Some(error));
+                    }
                 }
             }
         }
-        if stale_metadata {
-            self.refreshed = None;
+        // Outside the lock: asking the source for its log start may take a while.
+        for ((topic, partition), end) in out_of_range {
+            match self.out_of_range(&topic, partition, end) {
+                Ok(()) => {}
+                Err(Applied::Diverged(error)) => {
+                    self.shared.progress(&topic, partition, |p| p.error = Some(error.clone()));
+                    self.diverged.insert((topic, partition), error);
+                }
+                Err(Applied::Stale(error) | Applied::Failed(error)) => {
+                    self.refreshed = None;
+                    self.shared.progress(&topic, partition, |p| p.error = Some(error));
+                }
+                Err(Applied::OutOfRange) => {}
+            }
         }
         Ok(written)
     }
 
-    /// Appends one partition's answer; returns the bytes written.
-    fn apply(&mut self, answer: &FetchedPartition, offset: i64) -> Result<u64, Applied> {
+    /// Appends one partition's answer (asked from `offset`; the copy ends at `end`); returns the
+    /// bytes written.
+    fn apply(&mut self, answer: &FetchedPartition, end: i64, offset: i64) -> Result<u64, Applied> {
         let (topic, partition) = (answer.topic.as_str(), answer.partition);
         if let Some(error) = &answer.error {
             if error.code == OFFSET_OUT_OF_RANGE {
-                return self.out_of_range(topic, partition, offset).map(|()| 0);
+                return Err(Applied::OutOfRange);
             }
             // NOT_LEADER_OR_FOLLOWER, UNKNOWN_TOPIC_OR_PARTITION and the like: ask the source again.
             return Err(Applied::Stale(format!("the source answered {error}")));
@@ -256,9 +313,12 @@ impl MirrorTask {
         let mut bytes = Vec::new();
         let mut last_timestamp = None;
         for batch in batches.iter().filter(|b| b.last_offset >= offset) {
-            if batch.base_offset < offset {
-                return Err(Applied::Failed(format!(
-                    "the source's batch {}..={} straddles the copy's end {offset}: the logs have diverged (was the source topic recreated?)",
+            // After a skip the fetch starts at the source's log start, which may lie inside a batch
+            // (DeleteRecords): that batch is copied whole. A batch reaching below the copy's end
+            // means the two logs are not the same log.
+            if batch.base_offset < end {
+                return Err(Applied::Diverged(format!(
+                    "the source's batch {}..={} straddles the copy's end {end}: the logs have diverged (was the source topic recreated?); the copy is kept as it is",
                     batch.base_offset, batch.last_offset
                 )));
             }
@@ -267,24 +327,29 @@ impl MirrorTask {
         }
         let now = now_ms();
         if bytes.is_empty() {
-            if offset > answer.high_watermark && answer.high_watermark >= 0 {
-                return Err(Applied::Failed(format!(
-                    "the copy ends at offset {offset}, past the source's high watermark {}: the logs have diverged (was the source topic recreated or truncated?)",
+            if end > answer.high_watermark && answer.high_watermark >= 0 {
+                return Err(Applied::Diverged(format!(
+                    "the copy ends at offset {end}, past the source's high watermark {}: the logs have diverged (was the source topic recreated or truncated?); the copy is kept as it is",
                     answer.high_watermark
                 )));
             }
-            self.shared.progress(topic, partition, |p| p.observe(answer.high_watermark, offset, now));
+            if !answer.records.is_empty() {
+                // Only part of a batch came back (it is larger than this partition's share): the
+                // rotation makes this partition first in a later round, where it comes whole.
+                self.shared.progress(topic, partition, |p| {
+                    p.observe(answer.high_watermark, end, now);
+                    p.error = Some("waiting for a batch larger than a fetch share to come back whole".into());
+                });
+                return Ok(0);
+            }
+            self.shared.progress(topic, partition, |p| p.observe(answer.high_watermark, end, now));
             return Ok(0);
         }
         let appended =
             self.host.append_mirrored(topic, partition, &self.shared.name, &mut bytes).map_err(|e| Applied::Failed(e.to_string()))?;
-        if let Some(&skip) = self.skip_to.get(&(topic.to_string(), partition)) {
-            // The first batch after a skip has landed: the copy now starts where the source does.
-            if appended.next_offset > skip {
-                self.skip_to.remove(&(topic.to_string(), partition));
-                let _ = self.host.advance_mirror_start(topic, partition, &self.shared.name, skip);
-            }
-        }
+        // The first batch after a skip has landed: the gap stays (as after compaction), and what the
+        // copy held before it is kept.
+        self.skip_to.remove(&(topic.to_string(), partition));
         self.shared.metrics.copied(&self.shared.name, appended.records, appended.bytes);
         self.shared.progress(topic, partition, |p: &mut PartitionProgress| {
             p.records += appended.records;
@@ -308,8 +373,8 @@ impl MirrorTask {
             .copied()
             .ok_or_else(|| Applied::Stale("no log start offset in the answer".into()))?;
         if offset >= start {
-            return Err(Applied::Failed(format!(
-                "the copy ends at offset {offset}, past the source's log: the logs have diverged (was the source topic recreated or truncated?)"
+            return Err(Applied::Diverged(format!(
+                "the copy ends at offset {offset}, past the source's log: the logs have diverged (was the source topic recreated or truncated?); the copy is kept as it is"
             )));
         }
         let lost = start - offset;
@@ -333,8 +398,13 @@ impl MirrorTask {
 }
 
 enum Applied {
+    /// OFFSET_OUT_OF_RANGE: see `out_of_range`.
+    OutOfRange,
     /// The source's metadata changed (leader moved, topic deleted): refresh and try again.
     Stale(String),
+    /// The copy and the source are no longer the same log: the partition stops being mirrored
+    /// (until the broker restarts) and says why.
+    Diverged(String),
     Failed(String),
 }
 

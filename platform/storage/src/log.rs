@@ -338,7 +338,9 @@ impl PartitionLog {
             _ => log.rebuild_producer_state(now_ms, &mut scanner),
         }
         if let Some(fence) = read_offset_file(dir, PRODUCER_FENCE_FILE) {
-            log.producers.forget_before(fence);
+            // Never above the log's end: what a lost tail held is not there to be forgotten, and
+            // local batches written at those offsets again must keep their state.
+            log.producers.forget_before(fence.min(end));
         }
         if log.aborted.file_differs() {
             let aborted = &log.aborted;
@@ -461,7 +463,14 @@ impl PartitionLog {
             AppendMode::AssignOffsets { .. } => Origin::Client,
             AppendMode::PreserveOffsets => Origin::Replica,
         };
-        batch::validate(batches, self.config.max_batch_bytes, origin, validated)?;
+        // `max.message.bytes` limits producers. Batches with their offsets assigned elsewhere (a
+        // mirror's source) were accepted there under that cluster's limit and must not be refused
+        // here for a smaller one; the whole append stays bounded by APPEND_BYTES_MAX.
+        let max_batch_bytes = match origin {
+            Origin::Client => self.config.max_batch_bytes,
+            Origin::Replica => u32::try_from(APPEND_BYTES_MAX).unwrap_or(u32::MAX),
+        };
+        batch::validate(batches, max_batch_bytes, origin, validated)?;
         let log_end = self.log_end_offset();
         let mut log_append_time = -1;
         match mode {
@@ -773,6 +782,9 @@ impl PartitionLog {
                 "producer {producer_id} has a transaction open since offset {first_offset}; end it before fencing producers"
             )));
         }
+        // Everything below the fence (the abort markers just written, too) is on stable storage
+        // before the fence is: a power cut cannot leave the fence above the log's end.
+        self.flush()?;
         let fence = self.log_end_offset();
         write_offset_file(&self.dir, PRODUCER_FENCE_FILE, fence, true)?;
         self.producers.forget_before(fence);

@@ -41,12 +41,31 @@ impl Host {
         partitions: i32,
         configs: &BTreeMap<String, String>,
         mirror: &str,
+        source_id: Option<&str>,
     ) -> Result<TopicInfo, HostError> {
-        let mut config = TopicConfig::from_pairs(configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        // A setting this broker does not take (another cluster's name or range) is left out, not the
+        // whole topic: the others (retention above all) still hold.
+        let (taken, refused): (Vec<_>, Vec<_>) = configs.iter().partition(|(k, v)| crate::config::validate_topic_setting(k, v).is_ok());
+        for (key, value) in &refused {
+            tracing::warn!(
+                topic = name,
+                mirror,
+                key,
+                value,
+                "a source topic setting is not valid here; the mirror topic is created without it"
+            );
+        }
+        let mut config = TopicConfig::from_pairs(taken.into_iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| HostError::TopicRefused(format!("topic '{name}': {e}")))?;
         config.mirror = Some(mirror.to_string());
+        config.mirror_source_id = source_id.map(str::to_string);
         let created = self.broker.create_topic(name, Some(partitions), config, false).map_err(HostError::from_broker)?;
         Ok(topic_info(&self.broker, &created.topic))
+    }
+
+    /// The id of the source topic a mirror topic was created from, if the source sent one.
+    pub fn mirror_source_id(&self, topic: &str) -> Option<String> {
+        self.broker.topic(topic).and_then(|t| t.config.read().mirror_source_id.clone())
     }
 
     /// The mirror that owns `topic`, if it is a read-only mirror topic.
@@ -66,7 +85,8 @@ impl Host {
     }
 
     /// Appends batches fetched from the source as they are: offsets, timestamps, producer ids,
-    /// compression and transaction markers unchanged. Every batch must start at or after the
+    /// compression and transaction markers unchanged; the topic's `max.message.bytes` does not apply
+    /// (the source accepted them). Every batch must start at or after the
     /// partition's end (gaps are allowed: the source may have compacted or deleted records).
     /// Under fsync-before-ack it returns once the batches are durable. Blocking file I/O.
     pub fn append_mirrored(&self, topic: &str, partition: i32, mirror: &str, batches: &mut [u8]) -> Result<MirroredAppend, HostError> {
@@ -83,13 +103,6 @@ impl Host {
             owner.metrics.records_in.inc_by(appended.record_count);
         }
         Ok(MirroredAppend { next_offset, records: appended.record_count, bytes: appended.byte_count })
-    }
-
-    /// Moves a mirror partition's log start up to `offset` (the source's log start moved past what
-    /// the copy has: retention on the source deleted records before they were copied). Blocking.
-    pub fn advance_mirror_start(&self, topic: &str, partition: i32, mirror: &str, offset: i64) -> Result<i64, HostError> {
-        let target = self.owned_partition(topic, partition, mirror)?;
-        target.delete_records_before(offset.min(target.high_watermark())).map_err(|e| HostError::Storage(e.to_string()))
     }
 
     /// Makes a mirror topic a normal, writable topic. The source's open transactions in the copy are
@@ -124,6 +137,7 @@ impl Host {
         }
         let mut config = owner.config.read().clone();
         config.mirror = None;
+        config.mirror_source_id = None;
         self.broker.set_topic_config(topic, config, false).map_err(HostError::from_broker)?;
         tracing::info!(topic, mirror, aborted = promotion.aborted_transactions.len(), "promoted a mirror topic to a writable topic");
         Ok(promotion)
