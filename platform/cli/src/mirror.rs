@@ -26,7 +26,7 @@ pub struct MirrorArgs {
 pub enum MirrorCmd {
     /// Start mirroring topics from another cluster into this broker.
     #[command(
-        after_help = "Example:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*' --exclude '.*-test'\n\n\
+        after_help = "Example:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*' --exclude '.*-test' --groups 'billing|audit'\n\n\
                             In preserve mode (the default) each selected source topic gets a read-only topic of the same name,\n\
                             partition count and offsets here, batch for batch. Promote it to write to it."
     )]
@@ -44,6 +44,9 @@ pub enum MirrorCmd {
         /// Source topics to leave out (a regular expression).
         #[arg(long)]
         exclude: Option<String>,
+        /// Consumer groups whose committed offsets are copied (a regular expression; none without it).
+        #[arg(long)]
+        groups: Option<String>,
         /// preserve: same names and offsets, read-only copies (rename mode is not available yet).
         #[arg(long, default_value = "preserve", value_parser = ["preserve", "rename"])]
         mode: String,
@@ -137,6 +140,21 @@ fn print_status(status: &Value) {
         ]);
     }
     print_table(&out);
+    let groups = status["group_offsets"].as_object().cloned().unwrap_or_default();
+    if !groups.is_empty() {
+        println!();
+        let mut out = table(["GROUP", "PARTITIONS", "SYNCED", "ERROR"]);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        for (group, sync) in &groups {
+            out.add_row(vec![
+                group.clone(),
+                sync["partitions"].to_string(),
+                sync["synced_at_ms"].as_i64().map_or("-".into(), |at| format!("{} ago", age(Some((now - at).max(0))))),
+                sync["error"].as_str().unwrap_or("").to_string(),
+            ]);
+        }
+        print_table(&out);
+    }
     for (topic, why) in status["topic_errors"].as_object().into_iter().flatten() {
         println!("not mirrored: {topic}: {}", why.as_str().unwrap_or_default());
     }
@@ -165,13 +183,14 @@ fn print_promoted(outcome: &Value, verb: &str) {
 
 pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Result<()> {
     match cmd {
-        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, mode } => {
+        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, groups, mode } => {
             let body = json!({
                 "name": name,
                 "source_bootstrap": source_bootstrap,
                 "source_alias": source_alias,
                 "topics": topics,
                 "exclude": exclude,
+                "groups": groups,
                 "mode": mode,
             });
             let status = call(admin_url, "POST", "/v1/mirrors", Some(body), REQUEST_TIMEOUT).await?;

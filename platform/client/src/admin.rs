@@ -352,6 +352,28 @@ impl Client {
         Ok(groups)
     }
 
+    /// ListGroups on every broker of the cluster (each lists only the groups it coordinates), merged
+    /// and sorted by id.
+    pub async fn list_all_groups(&self) -> Result<Vec<GroupListing>> {
+        let version = self.version(ApiKey::ListGroups, LIST_GROUPS_VERSIONS)?;
+        let meta = self.metadata(Some(&[])).await?;
+        let mut groups: BTreeMap<String, GroupListing> = BTreeMap::new();
+        for broker in &meta.brokers {
+            let response = self.call_node(broker.id, &ListGroupsRequest::default(), version).await?;
+            if let Some(error) = KafkaError::from_code(response.error_code, None) {
+                return Err(ClientError::kafka(format!("ListGroups on broker {}", broker.id), error));
+            }
+            for g in &response.groups {
+                groups.entry(g.group_id.0.to_string()).or_insert_with(|| GroupListing {
+                    group_id: g.group_id.0.to_string(),
+                    state: g.group_state.to_string(),
+                    protocol_type: g.protocol_type.to_string(),
+                });
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
     /// DescribeGroups of `group` on its coordinator (from [`Client::find_coordinator`]).
     pub async fn describe_group(&self, coordinator: &str, group: &str) -> Result<GroupDescription> {
         let version = self.version(ApiKey::DescribeGroups, DESCRIBE_GROUPS_VERSIONS)?;

@@ -17,7 +17,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sluice_runtime::{ApiError, RuntimeError};
+use sluice_runtime::ApiError;
+use sluice_runtime::http::{blocking, body};
 
 use crate::manager::{MirrorManager, MirrorStatus, PromoteOutcome};
 use crate::spec::MirrorSpec;
@@ -40,14 +41,6 @@ pub fn router(manager: Arc<MirrorManager>) -> Router {
         .route("/v1/mirrors/{name}/promote", post(promote))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(manager)
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("bad request body: {}", e.body_text())))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)
 }
 
 async fn list(State(manager): State<Arc<MirrorManager>>) -> Json<serde_json::Value> {

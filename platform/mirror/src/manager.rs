@@ -46,6 +46,7 @@ pub struct MirrorStatus {
     pub mode: Mode,
     pub topics: String,
     pub exclude: Option<String>,
+    pub groups: Option<String>,
     pub created_at_ms: i64,
     pub source_reachable: bool,
     /// Records on the source not copied yet, over every partition.
@@ -56,6 +57,8 @@ pub struct MirrorStatus {
     pub partitions: Vec<PartitionStatus>,
     /// Matching source topics that are not mirrored, and why.
     pub topic_errors: BTreeMap<String, String>,
+    /// The selected consumer groups' offset sync.
+    pub group_offsets: BTreeMap<String, crate::state::GroupSync>,
     pub promoted: Vec<String>,
 }
 
@@ -192,6 +195,7 @@ impl MirrorManager {
             mode: spec.mode,
             topics: spec.topics.clone(),
             exclude: spec.exclude.clone(),
+            groups: spec.groups.clone(),
             created_at_ms: running.stored.created_at_ms,
             source_reachable: source_error.is_none(),
             lag_records: partitions.iter().map(|p| p.lag_records).sum(),
@@ -200,6 +204,7 @@ impl MirrorManager {
             bytes_per_second: partitions.iter().map(|p| p.bytes_per_second).sum(),
             partitions,
             topic_errors: shared.topic_errors(),
+            group_offsets: shared.groups(),
             promoted: shared.promoted().into_iter().collect(),
         })
     }

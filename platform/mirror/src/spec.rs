@@ -41,6 +41,10 @@ pub struct MirrorSpec {
     /// Source topics to leave out, matched the same way.
     #[serde(default)]
     pub exclude: Option<String>,
+    /// Consumer groups whose committed offsets on the mirrored topics are copied (a regular
+    /// expression matching whole ids); none when absent.
+    #[serde(default)]
+    pub groups: Option<String>,
     #[serde(default)]
     pub mode: Mode,
 }
@@ -76,7 +80,13 @@ impl MirrorSpec {
             );
         }
         self.selection()?;
+        self.group_selection()?;
         Ok(())
+    }
+
+    /// The compiled group selection, if groups are synced.
+    pub fn group_selection(&self) -> Result<Option<regex::Regex>, RuntimeError> {
+        self.groups.as_deref().map(|p| pattern("groups", p)).transpose()
     }
 
     /// The compiled topic selection.
@@ -135,6 +145,7 @@ mod tests {
             source_alias: None,
             topics: "orders|payments.*".into(),
             exclude: Some("payments-test".into()),
+            groups: None,
             mode: Mode::Preserve,
         }
     }
@@ -159,6 +170,7 @@ mod tests {
         assert!(error(MirrorSpec { topics: "(".into(), ..spec() }).contains("not a valid regular expression"));
         assert!(error(MirrorSpec { topics: "a{1000}{1000}".into(), ..spec() }).contains("topics"));
         assert!(error(MirrorSpec { mode: Mode::Rename, ..spec() }).contains("not available yet"));
+        assert!(error(MirrorSpec { groups: Some("[".into()), ..spec() }).contains("groups"));
         spec().validate().unwrap();
     }
 }

@@ -131,6 +131,17 @@ impl MirrorMetrics {
     }
 }
 
+/// Where one group's offset sync stands.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupSync {
+    /// Partitions of mirrored topics the group has offsets for on the source.
+    pub partitions: usize,
+    /// Broker time of the last sync that went through.
+    pub synced_at_ms: Option<i64>,
+    /// Why the last sync did not (the group is active here, …).
+    pub error: Option<String>,
+}
+
 pub struct MirrorShared {
     pub name: String,
     pub spec: MirrorSpec,
@@ -140,6 +151,7 @@ pub struct MirrorShared {
     /// Why a matching topic is not mirrored (it exists here as a normal topic, …).
     topic_errors: Mutex<BTreeMap<String, String>>,
     source_error: Mutex<Option<String>>,
+    groups: Mutex<BTreeMap<String, GroupSync>>,
     /// Held by the task while it appends, and by promotion: a topic is never written while it is
     /// being promoted.
     pub writing: Mutex<()>,
@@ -155,6 +167,7 @@ impl MirrorShared {
             partitions: Mutex::new(BTreeMap::new()),
             topic_errors: Mutex::new(BTreeMap::new()),
             source_error: Mutex::new(None),
+            groups: Mutex::new(BTreeMap::new()),
             writing: Mutex::new(()),
         }
     }
@@ -198,6 +211,15 @@ impl MirrorShared {
     pub fn set_source_error(&self, error: Option<String>) {
         self.metrics.reachable(&self.name, error.is_none());
         *self.source_error.lock() = error;
+    }
+
+    /// Replaces the groups' sync state with this round's.
+    pub fn set_groups(&self, groups: BTreeMap<String, GroupSync>) {
+        *self.groups.lock() = groups;
+    }
+
+    pub fn groups(&self) -> BTreeMap<String, GroupSync> {
+        self.groups.lock().clone()
     }
 
     pub fn source_error(&self) -> Option<String> {

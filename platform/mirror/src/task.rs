@@ -30,6 +30,10 @@ pub const FETCH_BYTES: i32 = 16 << 20;
 pub const FETCH_MAX_WAIT_MS: i32 = 500;
 /// Longest a fetch round may take (the source's answer, or a dead link).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the selected groups' committed offsets are copied.
+pub const GROUP_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Most source groups one mirror syncs (each costs a FindCoordinator and an OffsetFetch per round).
+pub const GROUPS_MAX: usize = 1000;
 /// Longest connecting to the source may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -54,6 +58,7 @@ pub struct MirrorTask {
     diverged: BTreeMap<(String, i32), String>,
     /// Turns the partition order of fetches.
     rotation: usize,
+    groups_synced: Option<Instant>,
 }
 
 impl MirrorTask {
@@ -67,6 +72,7 @@ impl MirrorTask {
             skip_to: BTreeMap::new(),
             diverged: BTreeMap::new(),
             rotation: 0,
+            groups_synced: None,
         }
     }
 
@@ -178,6 +184,45 @@ impl MirrorTask {
                 BTreeMap::new()
             }
         }
+    }
+
+    /// Copies the selected groups' committed offsets on mirrored partitions, each clamped to the
+    /// copy's end (a consumer that fails over must not be sent past what is here, or its
+    /// `auto.offset.reset` would move it). A group with active members here is left alone.
+    fn sync_groups(&mut self) -> Result<(), RuntimeError> {
+        self.groups_synced = Some(Instant::now());
+        let Some(selection) = self.shared.spec.group_selection()? else { return Ok(()) };
+        let client = self.client()?;
+        let listed = self.block_on(CONNECT_TIMEOUT, "listing groups", client.list_all_groups())?;
+        let promoted = self.shared.promoted();
+        let mut state = BTreeMap::new();
+        let selected: Vec<String> =
+            listed.into_iter().map(|g| g.group_id).filter(|g| !g.starts_with("__") && selection.is_match(g)).take(GROUPS_MAX).collect();
+        for group in selected {
+            let mut sync = crate::state::GroupSync::default();
+            match self.block_on(CONNECT_TIMEOUT, "fetching group offsets", client.group_offsets(&group, None)) {
+                Ok(offsets) => {
+                    let mut entries = Vec::new();
+                    for (topic, partitions) in offsets.into_iter().filter(|(t, _)| self.topics.contains_key(t) && !promoted.contains(t)) {
+                        for (partition, offset) in partitions {
+                            let Ok(end) = self.host.partition_offsets(&topic, partition).map(|o| o.high_watermark) else { continue };
+                            entries.push((topic.clone(), partition, offset.min(end)));
+                        }
+                    }
+                    sync.partitions = entries.len();
+                    match self.host.sync_group_offsets(&self.shared.name, &group, &entries) {
+                        Ok(_) => sync.synced_at_ms = Some(now_ms()),
+                        Err(error) => sync.error = Some(error.to_string()),
+                    }
+                }
+                Err(error) => sync.error = Some(error.to_string()),
+            }
+            state.insert(group, sync);
+        }
+        // A source that answered is reachable, whatever one group's fetch said.
+        self.shared.set_source_error(None);
+        self.shared.set_groups(state);
+        Ok(())
     }
 
     /// One fetch round over every mirrored partition; returns the bytes written.
@@ -431,6 +476,12 @@ impl Task for MirrorTask {
             return Ok(Step::Idle);
         }
         let written = self.round()?;
+        if self.groups_synced.is_none_or(|at| at.elapsed() >= GROUP_SYNC_INTERVAL)
+            && let Err(error) = self.sync_groups()
+        {
+            // Copying records goes on; the status shows the error.
+            tracing::warn!(mirror = self.name(), %error, "group offsets not synced this round");
+        }
         Ok(if written > 0 { Step::Progress } else { Step::Idle })
     }
 

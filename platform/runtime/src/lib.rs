@@ -15,9 +15,11 @@
 //! - [`LogBuffer`] ([`logs`]) and [`MetricFamilies`] ([`metrics`]): what operators see, keyed by
 //!   the runtime's kind.
 //! - [`store::JsonFiles`]: deployments persisted one JSON file per name, replaced atomically.
-//! - [`RuntimeError`] ([`error`]), shown over HTTP as the broker's `ApiError`.
+//! - [`RuntimeError`] ([`error`]), shown over HTTP as the broker's `ApiError`; [`http`]: body parsing
+//!   and blocking calls for runtimes' admin routes.
 
 pub mod error;
+pub mod http;
 pub mod isolate;
 pub mod logs;
 pub mod metrics;

@@ -19,7 +19,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use sluice_runtime::{ApiError, RuntimeError};
+use sluice_runtime::ApiError;
+use sluice_runtime::http::{blocking, body};
 
 use crate::manager::{ModuleSource, TransformManager, TransformStatus};
 use crate::spec::TransformSpec;
@@ -50,14 +51,6 @@ pub fn router(manager: Arc<TransformManager>) -> Router {
         .route("/v1/transforms/{name}/pause", post(pause))
         .route("/v1/transforms/{name}/resume", post(resume))
         .with_state(manager)
-}
-
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(v)| v).map_err(|e| ApiError::bad_request(format!("bad request body: {}", e.body_text())))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(ApiError::from)
 }
 
 async fn list(State(manager): State<Arc<TransformManager>>) -> Json<serde_json::Value> {

@@ -105,6 +105,36 @@ impl Host {
         Ok(MirroredAppend { next_offset, records: appended.record_count, bytes: appended.byte_count })
     }
 
+    /// Copies a source group's committed offsets (topic, partition, next offset) into the same group
+    /// here, as an admin tool's commit outside any generation would: refused while the group has
+    /// active members here (their own commits win), and only for partitions of mirror topics owned
+    /// by `mirror`. Entries equal to what is committed already are not written again. Returns how
+    /// many were written. Blocking file I/O.
+    pub fn sync_group_offsets(&self, mirror: &str, group: &str, offsets: &[(String, i32, i64)]) -> Result<usize, HostError> {
+        let refused = |reason: String| HostError::Refused { action: format!("syncing the offsets of group '{group}'"), reason };
+        crate::groups::check_group_id(group).map_err(|_| refused("the group id is too long".into()))?;
+        if super::is_internal_name(group) {
+            return Err(refused("the name is reserved for the broker's own runtimes".into()));
+        }
+        self.broker.groups().check_commit(group, "", -1).map_err(|_| refused("the group has active members on this cluster".into()))?;
+        let now = crate::now_ms();
+        let mut entries = Vec::new();
+        for (topic, partition, offset) in offsets {
+            if self.broker.topic(topic).and_then(|t| t.mirror()).as_deref() != Some(mirror) {
+                continue;
+            }
+            if self.broker.offsets().get(group, topic, *partition).is_some_and(|c| c.offset == *offset) {
+                continue;
+            }
+            entries.push(((topic.clone(), *partition), Some(crate::offsets::CommittedOffset::from_request(*offset, -1, None, now))));
+        }
+        let written = entries.len();
+        if written > 0 {
+            self.broker.offsets().write(group, entries, self.broker.config().flush_before_ack()).map_err(HostError::from_broker)?;
+        }
+        Ok(written)
+    }
+
     /// Makes a mirror topic a normal, writable topic. The source's open transactions in the copy are
     /// aborted with markers (the source's coordinator will never end them here), and the source's
     /// idempotent-producer state is fenced off: producer ids from the source cluster may equal ids
