@@ -119,6 +119,16 @@ def test_a_preserve_mirror_is_byte_identical_and_survives_kill9_and_a_source_out
     entries = list(configs.values())[0].result(timeout=10)
     assert entries["retention.ms"].value == "604800000"
     assert entries["sluice.mirror"].value == "dr" and entries["sluice.mirror"].is_read_only
+    # A setting changed on the source follows (retention here must not delete what the source keeps).
+    source_admin = cf_admin(source)
+    altered = source_admin.alter_configs([ConfigResource(ConfigResource.Type.TOPIC, "orders", set_config={"retention.ms": "1209600000"})])
+    list(altered.values())[0].result(timeout=10)
+
+    def retention_here():
+        got = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, "orders")])
+        return list(got.values())[0].result(timeout=10)["retention.ms"].value == "1209600000"
+
+    wait_for(retention_here, "the source's new retention.ms on the copy", timeout=60, every=1)
 
     # Writes to a mirror topic are refused, with a message saying how to promote.
     errors = []
@@ -150,7 +160,7 @@ def test_a_preserve_mirror_is_byte_identical_and_survives_kill9_and_a_source_out
     source.start()
     produce_mixed(source, "orders", "c", count=100)
     # New partitions and new matching topics are picked up.
-    source_admin = cf_admin(source)
+    source_admin = cf_admin(source)  # the source restarted
     source_admin.create_partitions([NewPartitions("orders", 4)])["orders"].result(timeout=10)
     source_admin.create_topics([NewTopic("payments-us", 2, 1)])["payments-us"].result(timeout=10)
     time.sleep(0.5)

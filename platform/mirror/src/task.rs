@@ -30,6 +30,8 @@ pub const FETCH_BYTES: i32 = 16 << 20;
 pub const FETCH_MAX_WAIT_MS: i32 = 500;
 /// Longest a fetch round may take (the source's answer, or a dead link).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the mirrored topics' settings are compared with the source's.
+pub const CONFIG_SYNC_INTERVAL: Duration = Duration::from_secs(15);
 /// How often the selected groups' committed offsets are copied.
 pub const GROUP_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Most source groups one mirror syncs (each costs a FindCoordinator and an OffsetFetch per round).
@@ -59,6 +61,7 @@ pub struct MirrorTask {
     /// Turns the partition order of fetches.
     rotation: usize,
     groups_synced: Option<Instant>,
+    configs_synced: Option<Instant>,
 }
 
 impl MirrorTask {
@@ -73,6 +76,7 @@ impl MirrorTask {
             diverged: BTreeMap::new(),
             rotation: 0,
             groups_synced: None,
+            configs_synced: None,
         }
     }
 
@@ -138,7 +142,10 @@ impl MirrorTask {
         let partitions = source.partitions.len() as i32;
         match self.host.topic(name) {
             None => {
-                let configs = self.source_configs(name);
+                let configs = self.source_configs(name).unwrap_or_else(|error| {
+                    tracing::warn!(mirror = self.name(), topic = name, %error, "cannot read the source topic's configs; the copy starts with the defaults");
+                    BTreeMap::new()
+                });
                 let created = self.host.create_mirror_topic(name, partitions, &configs, self.name(), source.id.as_deref())?;
                 tracing::info!(mirror = self.name(), topic = name, partitions = created.partitions, "created a mirror topic");
             }
@@ -169,19 +176,29 @@ impl MirrorTask {
     }
 
     /// The configs set explicitly on the source topic that a mirror topic takes over.
-    fn source_configs(&self, topic: &str) -> BTreeMap<String, String> {
-        let Ok(client) = self.client() else { return BTreeMap::new() };
+    fn source_configs(&self, topic: &str) -> Result<BTreeMap<String, String>, RuntimeError> {
         let keys: Vec<String> = COPIED_CONFIGS.iter().map(|k| k.to_string()).collect();
         let resource = ConfigResource::Topic(topic.to_string());
-        match self.block_on(CONNECT_TIMEOUT, "describing topic configs", client.describe_configs(&resource, Some(&keys))) {
-            Ok(entries) => entries
-                .into_iter()
-                .filter(|e| e.source == sluice_client::ConfigSource::Topic && COPIED_CONFIGS.contains(&e.name.as_str()))
-                .filter_map(|e| e.value.map(|v| (e.name, v)))
-                .collect(),
-            Err(error) => {
-                tracing::warn!(mirror = self.name(), topic, %error, "cannot read the source topic's configs; using the defaults");
-                BTreeMap::new()
+        let entries =
+            self.block_on(CONNECT_TIMEOUT, "describing topic configs", self.client()?.describe_configs(&resource, Some(&keys)))?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.source == sluice_client::ConfigSource::Topic && COPIED_CONFIGS.contains(&e.name.as_str()))
+            .filter_map(|e| e.value.map(|v| (e.name, v)))
+            .collect())
+    }
+
+    /// Brings every mirror topic's copied settings in line with the source's (changed, added or
+    /// removed there since the copy was made).
+    fn sync_configs(&mut self) {
+        self.configs_synced = Some(Instant::now());
+        let names: Vec<String> = self.topics.keys().cloned().collect();
+        for topic in names {
+            let synced = self
+                .source_configs(&topic)
+                .and_then(|configs| Ok(self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &configs)?));
+            if let Err(error) = synced {
+                tracing::warn!(mirror = self.name(), topic, %error, "topic settings not synced this round");
             }
         }
     }
@@ -476,6 +493,9 @@ impl Task for MirrorTask {
             return Ok(Step::Idle);
         }
         let written = self.round()?;
+        if self.configs_synced.is_none_or(|at| at.elapsed() >= CONFIG_SYNC_INTERVAL) {
+            self.sync_configs();
+        }
         if self.groups_synced.is_none_or(|at| at.elapsed() >= GROUP_SYNC_INTERVAL)
             && let Err(error) = self.sync_groups()
         {

@@ -63,6 +63,45 @@ impl Host {
         Ok(topic_info(&self.broker, &created.topic))
     }
 
+    /// Makes the mirror topic's settings among `keys` equal the source's `configs`: a key the source
+    /// sets is set (if valid here), a key the source no longer sets is removed (back to this
+    /// broker's default). Other settings are left alone. Returns whether anything changed. Blocking
+    /// file I/O when something changed.
+    pub fn sync_mirror_topic_configs(
+        &self,
+        topic: &str,
+        mirror: &str,
+        keys: &[&str],
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool, HostError> {
+        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
+        if owner.mirror().as_deref() != Some(mirror) {
+            return Err(HostError::Refused {
+                action: format!("syncing the configs of {topic}"),
+                reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
+            });
+        }
+        let current = owner.config.read().clone();
+        let mut next = current.clone();
+        for key in keys {
+            match configs.get(*key) {
+                Some(value) if crate::config::validate_topic_setting(key, value).is_ok() => {
+                    next.overrides.insert(key.to_string(), value.trim().to_string());
+                }
+                Some(value) => tracing::warn!(topic, mirror, key, value, "a source topic setting is not valid here; not synced"),
+                None => {
+                    next.overrides.remove(*key);
+                }
+            }
+        }
+        if next == current {
+            return Ok(false);
+        }
+        self.broker.set_topic_config(topic, next, false).map_err(HostError::from_broker)?;
+        tracing::info!(topic, mirror, "mirror topic settings synced from the source");
+        Ok(true)
+    }
+
     /// The id of the source topic a mirror topic was created from, if the source sent one.
     pub fn mirror_source_id(&self, topic: &str) -> Option<String> {
         self.broker.topic(topic).and_then(|t| t.config.read().mirror_source_id.clone())
