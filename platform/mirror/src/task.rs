@@ -36,6 +36,10 @@ pub const CONFIG_SYNC_INTERVAL: Duration = Duration::from_secs(15);
 pub const GROUP_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Most source groups one mirror syncs (each costs a FindCoordinator and an OffsetFetch per round).
 pub const GROUPS_MAX: usize = 1000;
+/// Longest one round of group offset fetches may take.
+const GROUP_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests to the source in flight at once for config and group sync.
+pub const SOURCE_REQUESTS_CONCURRENT: usize = 16;
 /// Longest connecting to the source may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -181,22 +185,36 @@ impl MirrorTask {
         let resource = ConfigResource::Topic(topic.to_string());
         let entries =
             self.block_on(CONNECT_TIMEOUT, "describing topic configs", self.client()?.describe_configs(&resource, Some(&keys)))?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| e.source == sluice_client::ConfigSource::Topic && COPIED_CONFIGS.contains(&e.name.as_str()))
-            .filter_map(|e| e.value.map(|v| (e.name, v)))
-            .collect())
+        Ok(copied_configs(entries))
     }
 
     /// Brings every mirror topic's copied settings in line with the source's (changed, added or
     /// removed there since the copy was made).
     fn sync_configs(&mut self) {
         self.configs_synced = Some(Instant::now());
+        let Ok(client) = self.client() else { return };
+        let keys: Vec<String> = COPIED_CONFIGS.iter().map(|k| k.to_string()).collect();
         let names: Vec<String> = self.topics.keys().cloned().collect();
-        for topic in names {
-            let synced = self
-                .source_configs(&topic)
-                .and_then(|configs| Ok(self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &configs)?));
+        // One DescribeConfigs per topic, SOURCE_REQUESTS_CONCURRENT at a time: over a link with
+        // latency, one after another would hold the copy up for a round trip per topic.
+        let described = self.block_on(CONFIG_SYNC_INTERVAL, "describing topic configs", async {
+            use futures::StreamExt;
+            let asks = names.iter().map(|topic| {
+                let keys = &keys;
+                async move { (topic.clone(), client.describe_configs(&ConfigResource::Topic(topic.clone()), Some(keys)).await) }
+            });
+            Ok(futures::stream::iter(asks).buffer_unordered(SOURCE_REQUESTS_CONCURRENT).collect::<Vec<_>>().await)
+        });
+        let Ok(described) = described else { return };
+        // Under the lock promotion takes: a topic promoted meanwhile must not get its mirror
+        // settings written back.
+        let shared = Arc::clone(&self.shared);
+        let _writing = shared.writing.lock();
+        let promoted = shared.promoted();
+        for (topic, entries) in described.into_iter().filter(|(t, _)| !promoted.contains(t)) {
+            let synced = entries.map_err(|e| RuntimeError::Invalid(e.to_string())).and_then(|entries| {
+                Ok(self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &copied_configs(entries))?)
+            });
             if let Err(error) = synced {
                 tracing::warn!(mirror = self.name(), topic, %error, "topic settings not synced this round");
             }
@@ -211,13 +229,25 @@ impl MirrorTask {
         let Some(selection) = self.shared.spec.group_selection()? else { return Ok(()) };
         let client = self.client()?;
         let listed = self.block_on(CONNECT_TIMEOUT, "listing groups", client.list_all_groups())?;
-        let promoted = self.shared.promoted();
         let mut state = BTreeMap::new();
         let selected: Vec<String> =
             listed.into_iter().map(|g| g.group_id).filter(|g| !g.starts_with("__") && selection.is_match(g)).take(GROUPS_MAX).collect();
-        for group in selected {
+        // Each group: FindCoordinator + OffsetFetch, SOURCE_REQUESTS_CONCURRENT groups at a time.
+        let fetched = self.block_on(GROUP_SYNC_TIMEOUT, "fetching group offsets", async {
+            use futures::StreamExt;
+            let asks = selected.into_iter().map(|group| async move {
+                let offsets = client.group_offsets(&group, None).await;
+                (group, offsets)
+            });
+            Ok(futures::stream::iter(asks).buffer_unordered(SOURCE_REQUESTS_CONCURRENT).collect::<Vec<_>>().await)
+        })?;
+        // Under the lock promotion takes, and against the promoted set as it is now.
+        let shared = Arc::clone(&self.shared);
+        let _writing = shared.writing.lock();
+        let promoted = shared.promoted();
+        for (group, offsets) in fetched {
             let mut sync = crate::state::GroupSync::default();
-            match self.block_on(CONNECT_TIMEOUT, "fetching group offsets", client.group_offsets(&group, None)) {
+            match offsets {
                 Ok(offsets) => {
                     let mut entries = Vec::new();
                     for (topic, partitions) in offsets.into_iter().filter(|(t, _)| self.topics.contains_key(t) && !promoted.contains(t)) {
@@ -468,6 +498,15 @@ enum Applied {
     /// (until the broker restarts) and says why.
     Diverged(String),
     Failed(String),
+}
+
+/// The settings a copy takes over: those of [`COPIED_CONFIGS`] set explicitly on the source topic.
+fn copied_configs(entries: Vec<sluice_client::ConfigEntry>) -> BTreeMap<String, String> {
+    entries
+        .into_iter()
+        .filter(|e| e.source == sluice_client::ConfigSource::Topic && COPIED_CONFIGS.contains(&e.name.as_str()))
+        .filter_map(|e| e.value.map(|v| (e.name, v)))
+        .collect()
 }
 
 /// A stored batch's max timestamp (bytes 35..43 of the v2 header).

@@ -88,7 +88,8 @@ impl Host {
                 Some(value) if crate::config::validate_topic_setting(key, value).is_ok() => {
                     next.overrides.insert(key.to_string(), value.trim().to_string());
                 }
-                Some(value) => tracing::warn!(topic, mirror, key, value, "a source topic setting is not valid here; not synced"),
+                // Warned once when the copy was created; this runs every sync.
+                Some(value) => tracing::debug!(topic, mirror, key, value, "a source topic setting is not valid here; not synced"),
                 None => {
                     next.overrides.remove(*key);
                 }
