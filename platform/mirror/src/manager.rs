@@ -116,23 +116,22 @@ impl MirrorManager {
         let _control = self.control.lock();
         for stored in self.store.load_all() {
             let name = stored.spec.name.clone();
-            if let Err(error) = stored.spec.validate() {
-                tracing::error!(mirror = name, %error, "a stored mirror is not valid; it stays stopped");
-                continue;
+            match stored.spec.validate().and_then(|()| self.start(stored)) {
+                Ok(()) => tracing::info!(mirror = name, "mirror restored"),
+                Err(error) => tracing::error!(mirror = name, %error, "a stored mirror is not valid; it stays stopped"),
             }
-            self.start(stored);
-            tracing::info!(mirror = name, "mirror restored");
         }
     }
 
-    fn start(&self, stored: StoredMirror) {
+    fn start(&self, stored: StoredMirror) -> Result<(), RuntimeError> {
         let name = stored.spec.name.clone();
-        let shared = Arc::new(MirrorShared::new(stored.spec.clone(), stored.promoted.clone(), Arc::clone(&self.metrics)));
+        let shared = Arc::new(MirrorShared::new(stored.spec.clone(), stored.promoted.clone(), Arc::clone(&self.metrics))?);
         let (host, task_shared) = (self.host.clone(), Arc::clone(&shared));
         let factory = Box::new(move |_id: i32| Ok(Box::new(MirrorTask::new(host.clone(), Arc::clone(&task_shared))) as Box<dyn Task>));
         let tasks = TaskSet::new("mirror", &name, stored.paused, factory, Box::new(|| vec![0]));
         self.supervisor.insert(&name, Arc::clone(&tasks));
         self.mirrors.lock().insert(name, Running { stored, shared, tasks });
+        Ok(())
     }
 
     pub fn create(&self, spec: MirrorSpec) -> Result<MirrorStatus, RuntimeError> {
@@ -150,7 +149,7 @@ impl MirrorManager {
         }
         let stored = StoredMirror { spec, paused: false, created_at_ms: now_ms(), promoted: BTreeSet::new() };
         self.store.save(&name, &stored)?;
-        self.start(stored);
+        self.start(stored)?;
         tracing::info!(mirror = name, "mirror created");
         self.status(&name)
     }
@@ -287,7 +286,9 @@ impl MirrorManager {
             }
             Err(error) => {
                 tracing::warn!(mirror = name, %error, "deleting the mirror failed while promoting its topics; it runs on");
-                self.start(running.stored);
+                if let Err(restart) = self.start(running.stored) {
+                    tracing::error!(mirror = name, error = %restart, "the mirror could not be started again");
+                }
                 Err(error)
             }
         }

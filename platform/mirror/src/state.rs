@@ -145,6 +145,9 @@ pub struct GroupSync {
 pub struct MirrorShared {
     pub name: String,
     pub spec: MirrorSpec,
+    /// The spec's topic and group patterns, compiled once.
+    pub topic_selection: crate::spec::Selection,
+    pub group_selection: Option<regex::Regex>,
     pub metrics: std::sync::Arc<MirrorMetrics>,
     promoted: RwLock<BTreeSet<String>>,
     partitions: Mutex<BTreeMap<(String, i32), PartitionProgress>>,
@@ -158,9 +161,12 @@ pub struct MirrorShared {
 }
 
 impl MirrorShared {
-    pub fn new(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>) -> MirrorShared {
-        MirrorShared {
+    /// Fails only for a spec that does not validate (its patterns are compiled here, once).
+    pub fn new(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>) -> Result<MirrorShared, RuntimeError> {
+        Ok(MirrorShared {
             name: spec.name.clone(),
+            topic_selection: spec.selection()?,
+            group_selection: spec.group_selection()?,
             spec,
             metrics,
             promoted: RwLock::new(promoted),
@@ -169,7 +175,7 @@ impl MirrorShared {
             source_error: Mutex::new(None),
             groups: Mutex::new(BTreeMap::new()),
             writing: Mutex::new(()),
-        }
+        })
     }
 
     pub fn promoted(&self) -> BTreeSet<String> {

@@ -114,11 +114,10 @@ impl MirrorTask {
 
     /// Lists the source's topics again and makes the target match: mirror topics created, grown.
     fn refresh(&mut self) -> Result<(), RuntimeError> {
-        let selection = self.shared.spec.selection()?;
         let meta = self.block_on(CONNECT_TIMEOUT, "reading metadata", self.client()?.metadata(None))?;
         let promoted = self.shared.promoted();
         let mut topics = BTreeMap::new();
-        for topic in meta.topics.into_iter().filter(|t| !t.internal && t.error_code == 0 && selection.wants(&t.name)) {
+        for topic in meta.topics.into_iter().filter(|t| !t.internal && t.error_code == 0 && self.shared.topic_selection.wants(&t.name)) {
             if promoted.contains(&topic.name) {
                 continue;
             }
@@ -226,7 +225,7 @@ impl MirrorTask {
     /// `auto.offset.reset` would move it). A group with active members here is left alone.
     fn sync_groups(&mut self) -> Result<(), RuntimeError> {
         self.groups_synced = Some(Instant::now());
-        let Some(selection) = self.shared.spec.group_selection()? else { return Ok(()) };
+        let Some(selection) = self.shared.group_selection.clone() else { return Ok(()) };
         let client = self.client()?;
         let listed = self.block_on(CONNECT_TIMEOUT, "listing groups", client.list_all_groups())?;
         let mut state = BTreeMap::new();

@@ -113,7 +113,12 @@ impl Host {
         self.broker.topic(topic).and_then(|t| t.mirror())
     }
 
-    fn owned_partition(&self, topic: &str, partition: i32, mirror: &str) -> Result<std::sync::Arc<crate::topic::Partition>, HostError> {
+    fn owned_partition(
+        &self,
+        topic: &str,
+        partition: i32,
+        mirror: &str,
+    ) -> Result<(std::sync::Arc<crate::topic::Topic>, std::sync::Arc<crate::topic::Partition>), HostError> {
         let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
         if owner.mirror().as_deref() != Some(mirror) {
             return Err(HostError::Refused {
@@ -121,7 +126,8 @@ impl Host {
                 reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
             });
         }
-        owner.partition(partition).ok_or_else(|| HostError::UnknownPartition { topic: topic.to_string(), partition })
+        let target = owner.partition(partition).ok_or_else(|| HostError::UnknownPartition { topic: topic.to_string(), partition })?;
+        Ok((owner, target))
     }
 
     /// Appends batches fetched from the source as they are: offsets, timestamps, producer ids,
@@ -130,7 +136,7 @@ impl Host {
     /// partition's end (gaps are allowed: the source may have compacted or deleted records).
     /// Under fsync-before-ack it returns once the batches are durable. Blocking file I/O.
     pub fn append_mirrored(&self, topic: &str, partition: i32, mirror: &str, batches: &mut [u8]) -> Result<MirroredAppend, HostError> {
-        let target = self.owned_partition(topic, partition, mirror)?;
+        let (owner, target) = self.owned_partition(topic, partition, mirror)?;
         let appended = target
             .append(batches, AppendMode::PreserveOffsets, crate::now_ms())
             .map_err(|e| HostError::Refused { action: format!("mirroring into {topic}-{partition}"), reason: e.to_string() })?;
@@ -138,10 +144,8 @@ impl Host {
         if target.policy() == crate::topic::FlushPolicy::BeforeAck {
             target.wait_durable_blocking(next_offset).map_err(HostError::from_broker)?;
         }
-        if let Some(owner) = self.broker.topic(topic) {
-            owner.metrics.bytes_in.inc_by(appended.byte_count);
-            owner.metrics.records_in.inc_by(appended.record_count);
-        }
+        owner.metrics.bytes_in.inc_by(appended.byte_count);
+        owner.metrics.records_in.inc_by(appended.record_count);
         Ok(MirroredAppend { next_offset, records: appended.record_count, bytes: appended.byte_count })
     }
 
