@@ -38,7 +38,14 @@ phase "cargo build --release --workspace"
 cargo build --release --workspace
 
 phase "cargo test --workspace --release"
-cargo test --workspace --release
+# Rust's test harness has no per-test timeout; a hung test must fail this run, not run into CI's limit.
+# The harness names a test running over 60 s above, so the hung one is in the log.
+status=0
+timeout --kill-after=30 1800 cargo test --workspace --release || status=$?
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    echo "cargo test ran over 30 minutes: a test hangs (see 'has been running for over 60 seconds' above)" >&2
+fi
+[ "$status" -eq 0 ] || exit "$status"
 
 phase "cargo-fuzz (installed once)"
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -133,7 +133,7 @@ fn sqlite_rows_arrive_exactly_once_and_survive_a_broker_restart() {
     rows_arrive_exactly_once(&f, &[("connection.url", &url)], &mut target);
 
     // A clean broker restart: the sink resumes from the positions in the target.
-    let Fixture { manager, host, broker, runtime, dir } = f;
+    let Fixture { manager, host, broker, runtime, dir, .. } = f;
     manager.stop_all();
     drop((manager, host, broker));
     let (manager, host, _broker) = start(dir.path(), &runtime, &[]);

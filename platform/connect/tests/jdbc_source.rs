@@ -126,11 +126,11 @@ fn sqlite_tables_arrive_once_across_a_restart_in_every_mode() {
     });
 
     // A broker restart: each connector resumes from its committed position.
-    let Fixture { manager, host, broker, runtime, dir } = f;
+    let Fixture { manager, host, broker, runtime, dir, .. } = f;
     manager.stop_all();
     drop((manager, host, broker));
     let (manager, host, broker) = start(dir.path(), &runtime, &[]);
-    let f = Fixture { manager, host, broker, runtime, dir };
+    let f = Fixture::from_parts(manager, host, broker, runtime, dir);
     source.exec("INSERT INTO orders VALUES (5002, 2, 'after', '2026-01-04T00:00:00.000000')");
     wait_for_ids(&f, "inc-orders", 1..=5002);
     wait_for("5003 records", || (json_values(&f, "both-orders").len() == 5003).then_some(()));

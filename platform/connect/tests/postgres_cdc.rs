@@ -153,12 +153,12 @@ fn snapshot_and_stream_meet_exactly_and_changes_arrive_once_across_restarts() {
     f.manager.resume("cdc").unwrap();
     wait_for_ops(&f, "rows written while stopped", |ops| ops.len() == 7_057);
 
-    let Fixture { manager, host, broker, runtime, dir } = f;
+    let Fixture { manager, host, broker, runtime, dir, .. } = f;
     manager.stop_all();
     drop((manager, host, broker));
     db.exec("INSERT INTO orders (note) SELECT 'restart ' || i FROM generate_series(1, 500) i");
     let (manager, host, broker) = start(dir.path(), &runtime, &[]);
-    let f = Fixture { manager, host, broker, runtime, dir };
+    let f = Fixture::from_parts(manager, host, broker, runtime, dir);
     let ops = wait_for_ops(&f, "rows written across the restart", |ops| ops.len() == 7_557);
     std::thread::sleep(Duration::from_millis(500));
     let ops_after = ops_by_id(&f);

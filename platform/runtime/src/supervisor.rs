@@ -219,6 +219,12 @@ impl TaskSet {
         }
         let wanted = (self.wanted)();
         let mut tasks = self.tasks.lock();
+        // Checked again under the lock: `stop` raises the flag before it takes the tasks, so a
+        // reconcile that began before `stop` cannot start a task after `stop` has taken the set
+        // (that task would run unstopped beside the deployment's replacement).
+        if self.flags.stop.load(Ordering::Acquire) {
+            return;
+        }
         for id in wanted {
             if tasks.contains_key(&id) {
                 continue;

@@ -22,8 +22,10 @@ use sluice_runtime::Plugins;
 /// Every guest the wasm-connector tests upload.
 pub const GUESTS: &[&str] = &["file-source", "file-sink", "fixture-hostile-source", "pii-mask"];
 
-/// Fields drop in order: the manager (stopping its tasks) before the runtime they wait on.
+/// Fields drop in order: the connectors' tasks stop first (as in the broker's shutdown), then the
+/// runtime they wait on.
 pub struct Fixture {
+    pub stops_tasks: StopsTasks,
     pub manager: Arc<ConnectorManager>,
     pub host: Host,
     pub broker: Arc<Broker>,
@@ -31,11 +33,26 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
 }
 
+/// Stops the manager's tasks when dropped, if the manager is still alive. A task thread waiting on
+/// the runtime (a reader's long poll) never wakes once the runtime shuts down, so the tasks must
+/// stop before it, and on the test's thread: an HTTP connection task of [`Fixture::get`] may hold the
+/// router (and so the manager) a little longer and drop it on a runtime worker, which must then
+/// have nothing left to join.
+pub struct StopsTasks(std::sync::Weak<ConnectorManager>);
+
+impl Drop for StopsTasks {
+    fn drop(&mut self) {
+        if let Some(manager) = self.0.upgrade() {
+            manager.stop_all();
+        }
+    }
+}
+
 pub fn open(guests: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (manager, host, broker) = start(dir.path(), &runtime, guests);
-    Fixture { manager, host, broker, runtime, dir }
+    Fixture::from_parts(manager, host, broker, runtime, dir)
 }
 
 /// Opens a broker in `dir` with the plugins extension and the connector manager, uploading
@@ -89,6 +106,17 @@ pub fn values(host: &Host, topic: &str) -> Vec<String> {
 }
 
 impl Fixture {
+    /// A fixture around a broker (re)started with [`start`].
+    pub fn from_parts(
+        manager: Arc<ConnectorManager>,
+        host: Host,
+        broker: Arc<Broker>,
+        runtime: tokio::runtime::Runtime,
+        dir: tempfile::TempDir,
+    ) -> Fixture {
+        Fixture { stops_tasks: StopsTasks(Arc::downgrade(&manager)), manager, host, broker, runtime, dir }
+    }
+
     pub fn values(&self, topic: &str) -> Vec<String> {
         values(&self.host, topic)
     }
@@ -123,9 +151,6 @@ impl Fixture {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         server.abort();
-        // Wait until the server task is gone: its router holds the manager, which must be dropped
-        // (stopping its tasks) before the runtime, or the runtime's shutdown and the tasks wait on
-        // each other.
         let _ = self.runtime.block_on(server);
         let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
