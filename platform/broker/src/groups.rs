@@ -696,12 +696,18 @@ impl GroupCoordinator {
     /// Kafka's offset expiry (KIP-211) and group clean-up, run every
     /// `offsets.retention.check.interval.ms`. Offsets of a group with members never expire; those of
     /// an empty group expire `offsets.retention.ms` after it became empty (or after their commit, if
-    /// later). A group the coordinator has no state for (it only committed, or the broker restarted)
+    /// later); those of the broker's own runtimes (`__sluice…` groups) never do. A group the coordinator has no state for (it only committed, or the broker restarted)
     /// counts as empty since the broker started, so a restart never expires anything early. Then a
     /// group with nothing left — no members, no member ids waiting, no offsets — is forgotten.
     /// Blocking file I/O.
     pub(crate) fn expire(&self, now_ms: i64) {
         for group_id in self.offsets.groups() {
+            // The positions of the broker's own runtimes (a transform's input, a rename-mode
+            // mirror's source offsets) are not a client's: an input partition idle for longer than
+            // the retention must not send its runtime back to the start after a restart.
+            if crate::host::is_internal_name(&group_id) {
+                continue;
+            }
             let empty_since = match self.group(&group_id) {
                 Some(group_arc) => {
                     let group = group_arc.lock();

@@ -26,9 +26,13 @@ pub struct MirrorArgs {
 pub enum MirrorCmd {
     /// Start mirroring topics from another cluster into this broker.
     #[command(
-        after_help = "Example:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*' --exclude '.*-test' --groups 'billing|audit'\n\n\
+        after_help = "Examples:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*' --exclude '.*-test' --groups 'billing|audit'\n  \
+                            sluice mirror create east --source-bootstrap 10.0.0.5:9092 --source-alias east --topics 'orders' --mode rename\n\n\
                             In preserve mode (the default) each selected source topic gets a read-only topic of the same name,\n\
-                            partition count and offsets here, batch for batch. Promote it to write to it."
+                            partition count and offsets here, batch for batch. Promote it to write to it.\n\
+                            In rename mode (MirrorMaker 2's) the copy is a normal topic named '<alias>.<topic>' (or '<topic>' with\n\
+                            --policy identity), written exactly once by transactions; records carry their origin cluster in the\n\
+                            'sluice.origin' header and are never copied back to it, so two-way mirrors do not loop."
     )]
     Create {
         name: String,
@@ -47,9 +51,12 @@ pub enum MirrorCmd {
         /// Consumer groups whose committed offsets are copied (a regular expression; none without it).
         #[arg(long)]
         groups: Option<String>,
-        /// preserve: same names and offsets, read-only copies (rename mode is not available yet).
+        /// preserve: same names and offsets, read-only copies; rename: MirrorMaker 2's renamed, writable copies.
         #[arg(long, default_value = "preserve", value_parser = ["preserve", "rename"])]
         mode: String,
+        /// Rename mode's target names: default ('<alias>.<topic>') or identity ('<topic>').
+        #[arg(long, value_parser = ["default", "identity"])]
+        policy: Option<String>,
     },
     /// List mirrors with their state and lag.
     #[command(after_help = "Example:\n  sluice mirror list")]
@@ -107,7 +114,10 @@ fn print_status(status: &Value) {
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     println!("Mirror:   {}", text(&status["name"]));
     println!("State:    {}", text(&status["state"]));
-    println!("Mode:     {}", text(&status["mode"]));
+    match status["policy"].as_str() {
+        Some(policy) => println!("Mode:     {} (policy {policy}, alias {})", text(&status["mode"]), text(&status["source_alias"])),
+        None => println!("Mode:     {}", text(&status["mode"])),
+    }
     let sources: Vec<&str> = status["source_bootstrap"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     let reachable = if status["source_reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" };
     println!("Source:   {} ({reachable})", sources.join(","));
@@ -125,10 +135,21 @@ fn print_status(status: &Value) {
     if let Some(error) = status["error"].as_str() {
         println!("Error:    {error}");
     }
-    let mut out = table(["TOPIC", "PARTITION", "SOURCE-END", "COPY-END", "LAG", "LAG-TIME", "RECORD-AGE", "RATE", "ERROR"]);
+    // In rename mode the copy's offsets are its own: COPIED-TO is the source offset it resumes from.
+    let renames = status["policy"].is_string();
+    let copy_end = if renames { "COPIED-TO" } else { "COPY-END" };
+    let mut out = table(["TOPIC", "PARTITION", "SOURCE-END", copy_end, "LAG", "LAG-TIME", "RECORD-AGE", "RATE", "ERROR"]);
     for p in status["partitions"].as_array().into_iter().flatten() {
+        let topic = match (text(&p["topic"]), text(&p["target_topic"])) {
+            (source, target) if source == target => source,
+            (source, target) => format!("{source} -> {target}"),
+        };
+        let mut error = p["error"].as_str().unwrap_or("").to_string();
+        if let Some(looped) = p["records_looped"].as_u64().filter(|&n| n > 0) {
+            error = format!("{looped} records from this cluster not copied back{}{error}", if error.is_empty() { "" } else { "; " });
+        }
         out.add_row(vec![
-            text(&p["topic"]),
+            topic,
             p["partition"].to_string(),
             p["source_high_watermark"].to_string(),
             p["target_end_offset"].to_string(),
@@ -136,7 +157,7 @@ fn print_status(status: &Value) {
             age(p["lag_ms"].as_i64()),
             age(p["last_record_age_ms"].as_i64()),
             rate(p["bytes_per_second"].as_u64().unwrap_or(0)),
-            p["error"].as_str().unwrap_or("").to_string(),
+            error,
         ]);
     }
     print_table(&out);
@@ -183,7 +204,7 @@ fn print_promoted(outcome: &Value, verb: &str) {
 
 pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Result<()> {
     match cmd {
-        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, groups, mode } => {
+        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, groups, mode, policy } => {
             let body = json!({
                 "name": name,
                 "source_bootstrap": source_bootstrap,
@@ -192,6 +213,7 @@ pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Resul
                 "exclude": exclude,
                 "groups": groups,
                 "mode": mode,
+                "policy": policy.unwrap_or_else(|| "default".into()),
             });
             let status = call(admin_url, "POST", "/v1/mirrors", Some(body), REQUEST_TIMEOUT).await?;
             if as_json {

@@ -10,7 +10,7 @@ use sluice_broker::host::{Host, Promotion, now_ms};
 use sluice_runtime::store::JsonFiles;
 use sluice_runtime::{RuntimeError, Supervisor, Task, TaskSet, TaskState};
 
-use crate::spec::{MirrorSpec, Mode, StoredMirror};
+use crate::spec::{MirrorSpec, Mode, Policy, StoredMirror};
 use crate::state::{MirrorMetrics, MirrorShared};
 use crate::task::MirrorTask;
 
@@ -44,6 +44,8 @@ pub struct MirrorStatus {
     pub source_bootstrap: Vec<String>,
     pub source_alias: String,
     pub mode: Mode,
+    /// Rename mode's naming policy.
+    pub policy: Option<Policy>,
     pub topics: String,
     pub exclude: Option<String>,
     pub groups: Option<String>,
@@ -64,7 +66,10 @@ pub struct MirrorStatus {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionStatus {
+    /// The source topic.
     pub topic: String,
+    /// Its copy here (the same name in preserve mode).
+    pub target_topic: String,
     pub partition: i32,
     pub source_high_watermark: i64,
     pub target_end_offset: i64,
@@ -77,6 +82,8 @@ pub struct PartitionStatus {
     pub bytes: u64,
     pub bytes_per_second: u64,
     pub records_lost: u64,
+    /// Rename mode: records not copied back to the cluster they came from.
+    pub records_looped: u64,
     pub error: Option<String>,
 }
 
@@ -170,6 +177,7 @@ impl MirrorManager {
             .partitions()
             .into_iter()
             .map(|((topic, partition), p)| PartitionStatus {
+                target_topic: spec.target_topic(&topic),
                 topic,
                 partition,
                 source_high_watermark: p.source_high_watermark,
@@ -181,6 +189,7 @@ impl MirrorManager {
                 bytes: p.bytes,
                 bytes_per_second: p.bytes_per_second(now),
                 records_lost: p.records_lost,
+                records_looped: p.records_looped,
                 error: p.error.clone(),
             })
             .collect();
@@ -192,6 +201,7 @@ impl MirrorManager {
             source_bootstrap: spec.source_bootstrap.clone(),
             source_alias: spec.source_alias.clone().unwrap_or_else(|| spec.name.clone()),
             mode: spec.mode,
+            policy: (spec.mode == Mode::Rename).then_some(spec.policy),
             topics: spec.topics.clone(),
             exclude: spec.exclude.clone(),
             groups: spec.groups.clone(),
@@ -230,7 +240,16 @@ impl MirrorManager {
     /// stops copying them for good (they stay promoted even if they match).
     pub fn promote(&self, name: &str, topics: Option<Vec<String>>) -> Result<PromoteOutcome, RuntimeError> {
         let _control = self.control.lock();
-        let shared = Arc::clone(&self.mirrors.lock().get(name).ok_or_else(|| not_found(name))?.shared);
+        let (shared, mode) = {
+            let mirrors = self.mirrors.lock();
+            let running = mirrors.get(name).ok_or_else(|| not_found(name))?;
+            (Arc::clone(&running.shared), running.stored.spec.mode)
+        };
+        if mode == Mode::Rename {
+            return Err(RuntimeError::Invalid(format!(
+                "mirror '{name}' runs in rename mode: its copies are normal, writable topics already; pause or delete the mirror to stop copying"
+            )));
+        }
         let owned: Vec<String> =
             self.host.topics().into_iter().filter(|t| self.host.mirror_of(&t.name).as_deref() == Some(name)).map(|t| t.name).collect();
         let wanted = match topics {
@@ -266,13 +285,18 @@ impl MirrorManager {
     /// (as if promoted), so that nothing is left read-only without an owner. If promoting fails, the
     /// mirror is started again as it was and the error returned.
     pub fn delete(&self, name: &str) -> Result<PromoteOutcome, RuntimeError> {
-        let (tasks, shared) = {
+        let (tasks, shared, mode) = {
             let mirrors = self.mirrors.lock();
             let running = mirrors.get(name).ok_or_else(|| not_found(name))?;
-            (Arc::clone(&running.tasks), Arc::clone(&running.shared))
+            (Arc::clone(&running.tasks), Arc::clone(&running.shared), running.stored.spec.mode)
         };
         tasks.stop();
-        let outcome = self.promote(name, None);
+        // Rename mode's copies are writable already; its positions stay committed (a mirror created
+        // again under the same name resumes from them).
+        let outcome = match mode {
+            Mode::Preserve => self.promote(name, None),
+            Mode::Rename => Ok(PromoteOutcome { mirror: name.to_string(), promoted: Vec::new() }),
+        };
         let _control = self.control.lock();
         self.supervisor.remove(name);
         let Some(running) = self.mirrors.lock().remove(name) else { return outcome };

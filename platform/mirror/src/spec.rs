@@ -22,9 +22,29 @@ pub enum Mode {
     /// Same names, same offsets, the source's batches byte for byte; the copies are read-only.
     #[default]
     Preserve,
-    /// MirrorMaker 2's renamed, writable copies with translated group offsets (not built yet).
+    /// MirrorMaker 2's renamed, writable copies: the records are written again (new offsets) by
+    /// one transaction per round that also commits the mirror's source positions, each carrying
+    /// the cluster it was first written on ([`ORIGIN_HEADER`]).
     Rename,
 }
+
+/// How rename mode names a source topic on the target (MirrorMaker 2's replication policies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// `{source-alias}.{topic}` (MirrorMaker 2's `DefaultReplicationPolicy`).
+    #[default]
+    Default,
+    /// The source's name (`IdentityReplicationPolicy`); loops are still prevented by the origin header.
+    Identity,
+}
+
+/// The record header rename mode adds: the cluster id of the cluster where the record was first
+/// written. A record whose origin is the target cluster is not copied back to it, so A→B plus B→A
+/// never loops, whatever the names.
+pub const ORIGIN_HEADER: &str = "sluice.origin";
+/// Longest topic name Kafka allows.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// `POST /v1/mirrors`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +67,9 @@ pub struct MirrorSpec {
     pub groups: Option<String>,
     #[serde(default)]
     pub mode: Mode,
+    /// Rename mode's naming of target topics.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 impl MirrorSpec {
@@ -74,14 +97,30 @@ impl MirrorSpec {
         {
             return invalid(format!("source_alias '{alias}': use 1 to {NAME_BYTES_MAX} letters, digits, '-' or '_'"));
         }
-        if self.mode == Mode::Rename {
+        if self.mode == Mode::Preserve && self.policy != Policy::Default {
+            return invalid("policy: preserve mode keeps the source's names; a policy applies to mode 'rename' only".into());
+        }
+        if self.mode == Mode::Rename && self.groups.is_some() {
             return invalid(
-                "mode 'rename' (MirrorMaker 2's renamed copies) is not available yet; use mode 'preserve' (same names and offsets)".into(),
+                "groups: rename mode does not translate group offsets yet; leave --groups out, or use mode 'preserve' (offsets need no translation there)".into(),
             );
         }
         self.selection()?;
         self.group_selection()?;
         Ok(())
+    }
+
+    /// The alias of the source cluster: `source_alias`, or the mirror's name.
+    pub fn alias(&self) -> &str {
+        self.source_alias.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The target topic a source topic is copied to.
+    pub fn target_topic(&self, source: &str) -> String {
+        match (self.mode, self.policy) {
+            (Mode::Preserve, _) | (Mode::Rename, Policy::Identity) => source.to_string(),
+            (Mode::Rename, Policy::Default) => format!("{}.{source}", self.alias()),
+        }
     }
 
     /// The compiled group selection, if groups are synced.
@@ -147,6 +186,7 @@ mod tests {
             exclude: Some("payments-test".into()),
             groups: None,
             mode: Mode::Preserve,
+            policy: Policy::Default,
         }
     }
 
@@ -162,6 +202,15 @@ mod tests {
     }
 
     #[test]
+    fn policies_name_the_target_topics() {
+        assert_eq!(spec().target_topic("orders"), "orders");
+        let rename = MirrorSpec { mode: Mode::Rename, ..spec() };
+        assert_eq!(rename.target_topic("orders"), "dr.orders");
+        assert_eq!(MirrorSpec { source_alias: Some("east".into()), ..rename.clone() }.target_topic("orders"), "east.orders");
+        assert_eq!(MirrorSpec { policy: Policy::Identity, ..rename }.target_topic("orders"), "orders");
+    }
+
+    #[test]
     fn bad_specs_say_what_to_change() {
         let error = |s: MirrorSpec| s.validate().unwrap_err().to_string();
         assert!(error(MirrorSpec { name: "a/b".into(), ..spec() }).contains("mirror name"));
@@ -169,7 +218,9 @@ mod tests {
         assert!(error(MirrorSpec { source_bootstrap: vec!["host".into()], ..spec() }).contains("host:port"));
         assert!(error(MirrorSpec { topics: "(".into(), ..spec() }).contains("not a valid regular expression"));
         assert!(error(MirrorSpec { topics: "a{1000}{1000}".into(), ..spec() }).contains("topics"));
-        assert!(error(MirrorSpec { mode: Mode::Rename, ..spec() }).contains("not available yet"));
+        assert!(error(MirrorSpec { policy: Policy::Identity, ..spec() }).contains("mode 'rename' only"));
+        assert!(error(MirrorSpec { mode: Mode::Rename, groups: Some("g".into()), ..spec() }).contains("does not translate"));
+        MirrorSpec { mode: Mode::Rename, ..spec() }.validate().unwrap();
         assert!(error(MirrorSpec { groups: Some("[".into()), ..spec() }).contains("groups"));
         spec().validate().unwrap();
     }

@@ -22,6 +22,8 @@ pub struct PartitionProgress {
     pub bytes: u64,
     /// Records the source deleted (retention) before they were copied.
     pub records_lost: u64,
+    /// Rename mode: records that originated on this cluster, not copied back (loop prevention).
+    pub records_looped: u64,
     /// Max timestamp of the last batch copied.
     pub last_record_timestamp_ms: Option<i64>,
     /// When the copy was last level with the source (broker time).

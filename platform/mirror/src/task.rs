@@ -10,15 +10,24 @@
 //! Every [`METADATA_REFRESH`] the task lists the source's topics again: new matching topics get a
 //! read-only mirror topic with the source's partition count and explicitly set configs, and topics
 //! that gained partitions grow on the target too.
+//!
+//! In rename mode the source is read read_committed and its records are written again, under the
+//! name the policy gives, by one broker transaction per round that also commits each partition's
+//! next source offset (as the offset of the group [`position_group`] on the target partition). A
+//! crash aborts the open transaction; the task's next start fences it and resumes from the committed
+//! positions, so no record is lost or written twice. Each record carries the cluster it was first
+//! written on ([`ORIGIN_HEADER`]); records that originated on this cluster are not copied back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_broker::host::{Host, now_ms};
-use sluice_client::{Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, OffsetSpec, PartitionFetch};
+use bytes::Bytes;
+use sluice_broker::host::{Host, ProducerRecord, ReaderLimits, TransactionalProducer, now_ms};
+use sluice_client::{Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch};
 use sluice_runtime::{RuntimeError, Step, Task, TaskControl};
 
+use crate::spec::{Mode, ORIGIN_HEADER, TOPIC_NAME_BYTES_MAX};
 use crate::state::{MirrorShared, PartitionProgress};
 
 /// How often the source's topic list and partition counts are read again.
@@ -49,6 +58,14 @@ pub const COPIED_CONFIGS: &[&str] =
 
 /// Kafka error codes the loop reacts to.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
+/// Rename mode's transaction timeout: a round's writes and commit take far less.
+const TXN_TIMEOUT_MS: i32 = 60_000;
+
+/// The group whose committed offsets on a rename-mode target partition are the mirror's next source
+/// offsets; also the mirror's transactional id.
+pub fn position_group(mirror: &str) -> String {
+    format!("__sluice-mirror-{mirror}")
+}
 
 pub struct MirrorTask {
     host: Host,
@@ -66,6 +83,15 @@ pub struct MirrorTask {
     rotation: usize,
     groups_synced: Option<Instant>,
     configs_synced: Option<Instant>,
+    /// Rename mode: the transactional producer (opened, fencing the previous one, at start).
+    producer: Option<TransactionalProducer>,
+    /// Rename mode: each partition's next source offset, as last committed.
+    positions: BTreeMap<(String, i32), i64>,
+    /// Rename mode: partitions with no committed position yet, read from the source's log start
+    /// (records below it were never anyone's to copy, so none count as lost).
+    fresh: BTreeSet<(String, i32)>,
+    /// The source cluster's id (what rename mode's origin header says), from the last refresh.
+    source_cluster: Option<String>,
 }
 
 impl MirrorTask {
@@ -81,7 +107,15 @@ impl MirrorTask {
             rotation: 0,
             groups_synced: None,
             configs_synced: None,
+            producer: None,
+            positions: BTreeMap::new(),
+            fresh: BTreeSet::new(),
+            source_cluster: None,
         }
+    }
+
+    fn renames(&self) -> bool {
+        self.shared.spec.mode == Mode::Rename
     }
 
     fn name(&self) -> &str {
@@ -115,6 +149,8 @@ impl MirrorTask {
     /// Lists the source's topics again and makes the target match: mirror topics created, grown.
     fn refresh(&mut self) -> Result<(), RuntimeError> {
         let meta = self.block_on(CONNECT_TIMEOUT, "reading metadata", self.client()?.metadata(None))?;
+        // A cluster without an id (very old Kafka) is named by its alias.
+        self.source_cluster = Some(meta.cluster_id.clone().unwrap_or_else(|| self.shared.spec.alias().to_string()));
         let promoted = self.shared.promoted();
         let mut topics = BTreeMap::new();
         for topic in meta.topics.into_iter().filter(|t| !t.internal && t.error_code == 0 && self.shared.topic_selection.wants(&t.name)) {
@@ -141,6 +177,9 @@ impl MirrorTask {
     /// explicit configs, grown when the source grew. A target topic that exists but is not this
     /// mirror's copy is left alone.
     fn ensure_target(&self, source: &sluice_client::TopicInfo) -> Result<(), RuntimeError> {
+        if self.renames() {
+            return self.ensure_renamed_target(source);
+        }
         let name = &source.name;
         let partitions = source.partitions.len() as i32;
         match self.host.topic(name) {
@@ -176,6 +215,66 @@ impl MirrorTask {
             }
         }
         Ok(())
+    }
+
+    /// Rename mode's target topic: a normal, writable topic named by the policy, created with the
+    /// source's partition count and explicit configs and grown with it. An existing topic of that
+    /// name is written into (as MirrorMaker 2 does) unless it is another mirror's read-only copy.
+    fn ensure_renamed_target(&self, source: &sluice_client::TopicInfo) -> Result<(), RuntimeError> {
+        let target = self.shared.spec.target_topic(&source.name);
+        if target.len() > TOPIC_NAME_BYTES_MAX {
+            return Err(RuntimeError::Invalid(format!(
+                "the target name '{target}' is longer than Kafka's {TOPIC_NAME_BYTES_MAX} bytes; use a shorter --source-alias"
+            )));
+        }
+        let partitions = source.partitions.len() as i32;
+        match self.host.topic(&target) {
+            None => {
+                let configs = self.source_configs(&source.name).unwrap_or_else(|error| {
+                    tracing::warn!(mirror = self.name(), topic = source.name, %error, "cannot read the source topic's configs; the copy starts with the defaults");
+                    BTreeMap::new()
+                });
+                let created = self.host.create_topic(&target, Some(partitions), &configs)?;
+                tracing::info!(
+                    mirror = self.name(),
+                    topic = source.name,
+                    target,
+                    partitions = created.partitions,
+                    "created a renamed copy"
+                );
+            }
+            Some(existing) => {
+                if let Some(owner) = self.host.mirror_of(&target) {
+                    return Err(RuntimeError::Invalid(format!(
+                        "the target topic '{target}' is a read-only copy of mirror '{owner}'; exclude '{}' or promote '{target}' there first",
+                        source.name
+                    )));
+                }
+                if existing.partitions < partitions {
+                    self.host.create_partitions(&target, partitions)?;
+                    tracing::info!(mirror = self.name(), target, from = existing.partitions, to = partitions, "renamed copy grew");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rename mode: where a partition's copy resumes (its committed position, read once per start).
+    fn position(&mut self, topic: &str, partition: i32) -> i64 {
+        let key = (topic.to_string(), partition);
+        if let Some(&position) = self.positions.get(&key) {
+            return position;
+        }
+        let target = self.shared.spec.target_topic(topic);
+        let position = match self.host.committed_offset(&position_group(self.name()), &target, partition) {
+            Some(offset) => offset,
+            None => {
+                self.fresh.insert(key.clone());
+                0
+            }
+        };
+        self.positions.insert(key, position);
+        position
     }
 
     /// The configs set explicitly on the source topic that a mirror topic takes over.
@@ -278,38 +377,44 @@ impl MirrorTask {
         // (copy end, fetch offset) per partition asked for.
         let mut requested: BTreeMap<(String, i32), (i64, i64)> = BTreeMap::new();
         let mut stale_metadata = false;
-        for (name, topic) in &self.topics {
-            if promoted.contains(name) {
+        let partitions: Vec<(String, i32, i32)> = self
+            .topics
+            .iter()
+            .filter(|(name, _)| !promoted.contains(*name))
+            .flat_map(|(name, topic)| topic.partitions.iter().map(move |p| (name.clone(), p.id, p.leader)))
+            .collect();
+        for (name, id, leader) in partitions {
+            let name = &name;
+            let key = (name.clone(), id);
+            if let Some(why) = self.diverged.get(&key) {
+                let why = why.clone();
+                self.shared.progress(name, id, |p| p.error = Some(why));
                 continue;
             }
-            for partition in &topic.partitions {
-                let key = (name.clone(), partition.id);
-                if let Some(why) = self.diverged.get(&key) {
-                    let why = why.clone();
-                    self.shared.progress(name, partition.id, |p| p.error = Some(why));
+            let copy_end = if self.shared.spec.mode == Mode::Rename {
+                let target = self.shared.spec.target_topic(name);
+                self.host.partition_offsets(&target, id).map(|_| None)
+            } else {
+                self.host.partition_offsets(name, id).map(|offsets| Some(offsets.high_watermark))
+            };
+            let end = match copy_end {
+                Ok(Some(end)) => end,
+                Ok(None) => self.position(name, id),
+                Err(error) => {
+                    // The copy was deleted on this cluster, or is being grown: the next refresh
+                    // creates or grows it again. The other partitions go on.
+                    stale_metadata = true;
+                    self.shared.progress(name, id, |p| p.error = Some(error.to_string()));
                     continue;
                 }
-                let end = match self.host.partition_offsets(name, partition.id) {
-                    Ok(offsets) => offsets.high_watermark,
-                    Err(error) => {
-                        // The copy was deleted on this cluster, or is being grown: the next refresh
-                        // creates or grows it again. The other partitions go on.
-                        stale_metadata = true;
-                        self.shared.progress(name, partition.id, |p| p.error = Some(error.to_string()));
-                        continue;
-                    }
-                };
-                let offset = self.skip_to.get(&key).copied().filter(|&skip| skip > end).unwrap_or(end);
-                if partition.leader < 0 {
-                    self.shared.progress(name, partition.id, |p| p.error = Some("the source partition has no leader".into()));
-                    continue;
-                }
-                requested.insert(key, (end, offset));
-                wanted.push((
-                    partition.leader,
-                    PartitionFetch { topic: name.clone(), partition: partition.id, offset, max_bytes: FETCH_PARTITION_BYTES },
-                ));
+            };
+            let offset = self.skip_to.get(&key).copied().filter(|&skip| skip > end).unwrap_or(end);
+            if leader < 0 {
+                self.shared.progress(name, id, |p| p.error = Some("the source partition has no leader".into()));
+                continue;
             }
+            requested.insert(key, (end, offset));
+            wanted.push((leader, PartitionFetch { topic: name.clone(), partition: id, offset, max_bytes: FETCH_PARTITION_BYTES }));
         }
         if stale_metadata {
             self.refreshed = None;
@@ -328,7 +433,9 @@ impl MirrorTask {
         for (leader, want) in wanted {
             by_leader.entry(leader).or_default().push(want);
         }
-        let options = FetchOptions { max_wait_ms: FETCH_MAX_WAIT_MS, min_bytes: 1, max_bytes: FETCH_BYTES, ..FetchOptions::default() };
+        // Rename mode writes records again: an aborted transaction's must never be among them.
+        let isolation = if self.renames() { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
+        let options = FetchOptions { max_wait_ms: FETCH_MAX_WAIT_MS, min_bytes: 1, max_bytes: FETCH_BYTES, isolation };
         let client = self.client()?;
         let answers = self.block_on(FETCH_TIMEOUT, "fetching", async {
             let sends = by_leader.iter().map(|(leader, wants)| client.fetch(*leader, wants, &options));
@@ -341,6 +448,8 @@ impl MirrorTask {
         self.shared.set_source_error(None);
         let mut written = 0;
         let mut out_of_range = Vec::new();
+        let mut staged = Vec::new();
+        let mut aborting = None;
         {
             // Promotion waits for this: no append lands in a topic while it is being promoted.
             let shared = Arc::clone(&self.shared);
@@ -352,8 +461,20 @@ impl MirrorTask {
                 if promoted.contains(&answer.topic) {
                     continue;
                 }
-                match self.apply(&answer, end, offset) {
+                let applied = if self.renames() {
+                    self.stage(&answer, offset).map(|stage| {
+                        staged.extend(stage);
+                        0
+                    })
+                } else {
+                    self.apply(&answer, end, offset)
+                };
+                match applied {
                     Ok(bytes) => written += bytes,
+                    Err(Applied::Abort(error)) => {
+                        aborting = Some(error);
+                        break;
+                    }
                     Err(Applied::OutOfRange) => out_of_range.push((key, end)),
                     Err(Applied::Stale(error)) => {
                         self.refreshed = None;
@@ -371,6 +492,13 @@ impl MirrorTask {
                 }
             }
         }
+        if let Some(error) = aborting {
+            self.abort_round();
+            return Err(RuntimeError::Invalid(error));
+        }
+        if !staged.is_empty() {
+            written += self.commit_round(staged)?;
+        }
         // Outside the lock: asking the source for its log start may take a while.
         for ((topic, partition), end) in out_of_range {
             match self.out_of_range(&topic, partition, end) {
@@ -383,7 +511,7 @@ impl MirrorTask {
                     self.refreshed = None;
                     self.shared.progress(&topic, partition, |p| p.error = Some(error));
                 }
-                Err(Applied::OutOfRange) => {}
+                Err(Applied::OutOfRange | Applied::Abort(_)) => {}
             }
         }
         Ok(written)
@@ -451,6 +579,113 @@ impl MirrorTask {
         Ok(appended.bytes)
     }
 
+    /// Rename mode: decodes one partition's answer (read_committed, from the copy's position
+    /// `offset`) and writes its records into the round's transaction under the target name, each
+    /// with its origin. Records that originated on this cluster are left out (no loops).
+    fn stage(&mut self, answer: &FetchedPartition, offset: i64) -> Result<Option<Staged>, Applied> {
+        let (topic, partition) = (answer.topic.as_str(), answer.partition);
+        if let Some(error) = &answer.error {
+            if error.code == OFFSET_OUT_OF_RANGE {
+                return Err(Applied::OutOfRange);
+            }
+            return Err(Applied::Stale(format!("the source answered {error}")));
+        }
+        if offset > answer.high_watermark && answer.high_watermark >= 0 {
+            return Err(Applied::Diverged(format!(
+                "the copy's position {offset} is past the source's high watermark {}: was the source topic recreated or truncated? Delete the mirror's position to copy it again",
+                answer.high_watermark
+            )));
+        }
+        let aborted: Vec<(i64, i64)> = answer.aborted_transactions.iter().map(|a| (a.producer_id, a.first_offset)).collect();
+        let fetched = sluice_broker::host::decode_fetched(&answer.records, &aborted, offset, &ReaderLimits::default())
+            .map_err(|e| Applied::Failed(e.to_string()))?;
+        let now = now_ms();
+        if fetched.next_offset <= offset {
+            self.shared.progress(topic, partition, |p| {
+                p.observe(answer.high_watermark, offset, now);
+                if !answer.records.is_empty() {
+                    p.error = Some("waiting for a batch larger than a fetch share to come back whole".into());
+                }
+            });
+            return Ok(None);
+        }
+        let here = self.host.cluster_id().to_string();
+        let origin = Bytes::from(self.source_cluster.clone().unwrap_or_else(|| self.shared.spec.alias().to_string()));
+        let mut staged = Staged {
+            topic: topic.to_string(),
+            partition,
+            next_offset: fetched.next_offset,
+            source_high_watermark: answer.high_watermark,
+            records: 0,
+            bytes: 0,
+            looped: 0,
+            last_timestamp: None,
+        };
+        let mut records = Vec::with_capacity(fetched.records.len());
+        for record in fetched.records {
+            let mut headers = record.headers;
+            match headers.iter().find(|(key, _)| key == ORIGIN_HEADER) {
+                Some((_, Some(from))) if from.as_ref() == here.as_bytes() => {
+                    staged.looped += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None => headers.push((ORIGIN_HEADER.to_string(), Some(origin.clone()))),
+            }
+            staged.bytes += (record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len)) as u64;
+            staged.last_timestamp = Some(record.timestamp_ms);
+            records.push(ProducerRecord { key: record.key, value: record.value, headers, timestamp_ms: record.timestamp_ms });
+        }
+        staged.records = records.len() as u64;
+        let target = self.shared.spec.target_topic(topic);
+        let producer = self.producer.as_mut().ok_or_else(|| Applied::Abort("the mirror's producer is not open".into()))?;
+        producer.send(&target, partition, &records).map_err(|e| Applied::Abort(e.to_string()))?;
+        Ok(Some(staged))
+    }
+
+    /// Rename mode: commits the round's records with the positions they move the copy to.
+    fn commit_round(&mut self, staged: Vec<Staged>) -> Result<u64, RuntimeError> {
+        let group = position_group(self.name());
+        let offsets: Vec<(String, i32, i64)> =
+            staged.iter().map(|s| (self.shared.spec.target_topic(&s.topic), s.partition, s.next_offset)).collect();
+        let producer = self.producer.as_mut().ok_or_else(|| RuntimeError::Invalid("the mirror's producer is not open".into()))?;
+        if let Err(error) = producer.send_offsets(&group, &offsets).and_then(|()| producer.commit()) {
+            self.abort_round();
+            return Err(error.into());
+        }
+        let now = now_ms();
+        let mut written = 0;
+        for stage in staged {
+            let key = (stage.topic.clone(), stage.partition);
+            self.positions.insert(key.clone(), stage.next_offset);
+            self.fresh.remove(&key);
+            self.skip_to.remove(&key);
+            self.shared.metrics.copied(&self.shared.name, stage.records, stage.bytes);
+            written += stage.bytes;
+            self.shared.progress(&stage.topic, stage.partition, |p: &mut PartitionProgress| {
+                p.records += stage.records;
+                p.bytes += stage.bytes;
+                p.records_looped += stage.looped;
+                p.last_record_timestamp_ms = stage.last_timestamp.or(p.last_record_timestamp_ms);
+                p.observe(stage.source_high_watermark, stage.next_offset, now);
+            });
+        }
+        Ok(written)
+    }
+
+    /// Rename mode: aborts the round's transaction and forgets the positions read so far (the next
+    /// start reads them again, as committed).
+    fn abort_round(&mut self) {
+        if let Some(producer) = self.producer.as_mut()
+            && let Err(error) = producer.abort()
+        {
+            tracing::warn!(mirror = self.name(), %error, "cannot abort the round's transaction; the producer is opened again");
+            self.producer = None;
+        }
+        self.positions.clear();
+        self.fresh.clear();
+    }
+
     /// The copy's end is outside the source's log: below its start (retention deleted records the
     /// copy never had: skip to the start, and count what was lost) or above its end (diverged).
     fn out_of_range(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), Applied> {
@@ -467,6 +702,12 @@ impl MirrorTask {
             return Err(Applied::Diverged(format!(
                 "the copy ends at offset {offset}, past the source's log: the logs have diverged (was the source topic recreated or truncated?); the copy is kept as it is"
             )));
+        }
+        let key = (topic.to_string(), partition);
+        if self.fresh.contains(&key) {
+            // Nothing was copied from this partition yet: start where the source's log starts.
+            self.skip_to.insert(key, start);
+            return Ok(());
         }
         let lost = start - offset;
         tracing::warn!(
@@ -488,9 +729,25 @@ impl MirrorTask {
     }
 }
 
+/// Rename mode: one partition's records written into the round's transaction, not committed yet.
+struct Staged {
+    topic: String,
+    partition: i32,
+    /// The source offset the partition's copy resumes from once the transaction commits.
+    next_offset: i64,
+    source_high_watermark: i64,
+    records: u64,
+    bytes: u64,
+    /// Records that originated on this cluster, not copied back.
+    looped: u64,
+    last_timestamp: Option<i64>,
+}
+
 enum Applied {
     /// OFFSET_OUT_OF_RANGE: see `out_of_range`.
     OutOfRange,
+    /// Rename mode: the round's transaction cannot go on (a write failed part-way): abort it all.
+    Abort(String),
     /// The source's metadata changed (leader moved, topic deleted): refresh and try again.
     Stale(String),
     /// The copy and the source are no longer the same log: the partition stops being mirrored
@@ -520,6 +777,13 @@ impl Task for MirrorTask {
         let client = self.block_on(CONNECT_TIMEOUT, "connecting", Client::connect(&bootstrap, options))?;
         self.client = Some(client);
         self.shared.set_source_error(None);
+        if self.renames() {
+            // Fences the previous run's producer: its open transaction is aborted before the
+            // positions it might have moved are read.
+            self.producer = Some(self.host.producer(&position_group(self.name()), TXN_TIMEOUT_MS)?);
+            self.positions.clear();
+            self.fresh.clear();
+        }
         self.refresh()
     }
 
@@ -531,7 +795,7 @@ impl Task for MirrorTask {
             return Ok(Step::Idle);
         }
         let written = self.round()?;
-        if self.configs_synced.is_none_or(|at| at.elapsed() >= CONFIG_SYNC_INTERVAL) {
+        if !self.renames() && self.configs_synced.is_none_or(|at| at.elapsed() >= CONFIG_SYNC_INTERVAL) {
             self.sync_configs();
         }
         if self.groups_synced.is_none_or(|at| at.elapsed() >= GROUP_SYNC_INTERVAL)
@@ -546,5 +810,12 @@ impl Task for MirrorTask {
     fn reset(&mut self) {
         self.client = None;
         self.refreshed = None;
+        if let Some(mut producer) = self.producer.take()
+            && let Err(error) = producer.abort()
+        {
+            tracing::debug!(mirror = self.name(), %error, "open transaction not aborted; the next start fences it");
+        }
+        self.positions.clear();
+        self.fresh.clear();
     }
 }

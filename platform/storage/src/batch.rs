@@ -251,6 +251,15 @@ pub fn validate_batches(buf: &[u8], max_batch_bytes: u32) -> Result<Vec<BatchHea
     Ok(batches.into_iter().map(|b| b.header).collect())
 }
 
+/// Validates batches as another broker stores them (read by a replica or a mirror): as
+/// [`validate_batches`], but with the stored offsets (which may have gaps left by compaction) and any
+/// producer state. Returns the headers in order.
+pub fn validate_stored_batches(buf: &[u8], max_batch_bytes: u32) -> Result<Vec<BatchHeader>, StorageError> {
+    let mut batches = Vec::new();
+    validate(buf, max_batch_bytes, Origin::Replica, &mut batches)?;
+    Ok(batches.into_iter().map(|b| b.header).collect())
+}
+
 /// The crate's validation entry point; appends one `ValidatedBatch` per batch to `out`.
 pub(crate) fn validate(buf: &[u8], max_batch_bytes: u32, origin: Origin, out: &mut Vec<ValidatedBatch>) -> Result<(), StorageError> {
     let mut position = 0usize;

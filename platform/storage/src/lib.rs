@@ -20,7 +20,7 @@ mod segment;
 pub mod testing;
 pub mod txn;
 
-pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, TxnMarker, validate_batches};
+pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, TxnMarker, validate_batches, validate_stored_batches};
 pub use error::StorageError;
 pub use handles::{OpenFilesBudget, configure_open_files};
 pub use log::{

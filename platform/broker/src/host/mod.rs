@@ -42,7 +42,7 @@ mod tests;
 pub use crate::admin::{ADMIN_BODY_BYTES_MAX, ApiError, json_body};
 pub use mirror::{MirroredAppend, Promotion};
 pub use producer::{ProducerRecord, TransactionalProducer};
-pub use reader::{CommittedReader, ConsumedRecord, ReadBatch, ReaderLimits, RecordView, Visited};
+pub use reader::{CommittedReader, ConsumedRecord, FetchedRecords, ReadBatch, ReaderLimits, RecordView, Visited, decode_fetched};
 
 /// The prefix of transactional ids and group ids reserved for the broker's own runtimes.
 pub const INTERNAL_PREFIX: &str = "__sluice";

@@ -339,6 +339,88 @@ impl CommittedReader {
     }
 }
 
+/// Records fetched from another cluster, decoded by [`decode_fetched`].
+#[derive(Debug, Default)]
+pub struct FetchedRecords {
+    pub records: Vec<ConsumedRecord>,
+    /// Past every whole batch looked at (markers and aborted records included): where the next
+    /// fetch starts. A partial batch at the end is left for that fetch.
+    pub next_offset: i64,
+}
+
+/// Decodes a read_committed Fetch answer from another Kafka-protocol cluster the way a consumer
+/// does: whole batches only (a partial one at the end is left for the next fetch), each checked
+/// (framing, magic 2, CRC-32C) before anything is decoded, control batches dropped, the batches of
+/// the `aborted` transactions (producer id, first offset: the answer's list) dropped, records
+/// before `from_offset` dropped, and decompression bounded by
+/// `limits.decompressed_batch_bytes_max`. A batch that fails any check fails the whole answer:
+/// the source's bytes are not this broker's to guess at.
+pub fn decode_fetched(data: &Bytes, aborted: &[(i64, i64)], from_offset: i64, limits: &ReaderLimits) -> Result<FetchedRecords, HostError> {
+    // The whole batches at the front.
+    let mut whole = 0usize;
+    while let Some(header) = BatchHeader::parse(&data[whole..]) {
+        let size = header.total_size();
+        if header.batch_length < 0 || data.len() - whole < size {
+            break;
+        }
+        whole += size;
+    }
+    let headers = sluice_storage::validate_stored_batches(&data[..whole], u32::MAX)
+        .map_err(|error| HostError::Refused { action: "decoding fetched records".into(), reason: error.to_string() })?;
+    let mut aborted: Vec<(i64, i64)> = aborted.to_vec();
+    aborted.sort_by_key(|&(_, first)| first);
+    let mut pending = aborted.into_iter().peekable();
+    let mut aborting: Vec<i64> = Vec::new();
+    let mut out = FetchedRecords { records: Vec::new(), next_offset: from_offset };
+    let mut scratch = Scratch::default();
+    let mut at = 0usize;
+    let mut decoded_bytes = 0usize;
+    for header in headers {
+        let stored = data.slice(at..at + header.total_size());
+        at += header.total_size();
+        let batch_end = header.last_offset() + 1;
+        // One answer decodes to at most about one batch's bound: the rest waits for the next fetch.
+        if decoded_bytes >= limits.decompressed_batch_bytes_max {
+            break;
+        }
+        out.next_offset = out.next_offset.max(batch_end);
+        // Transactions aborted from this batch on: their producers' batches are dropped until
+        // their marker.
+        while let Some(&(producer_id, _)) = pending.peek().filter(|&&(_, first)| first <= header.last_offset()) {
+            aborting.push(producer_id);
+            pending.next();
+        }
+        if header.is_control() {
+            aborting.retain(|&p| p != header.producer_id);
+            continue;
+        }
+        if batch_end <= from_offset || (header.is_transactional() && aborting.contains(&header.producer_id)) {
+            continue;
+        }
+        scratch.clear();
+        let body =
+            decode_records(&header, stored, limits.decompressed_batch_bytes_max, &mut scratch).map_err(|reason| HostError::Refused {
+                action: format!("decoding the fetched batch at offset {}", header.base_offset),
+                reason: reason.to_string(),
+            })?;
+        decoded_bytes += body.len();
+        for record in scratch.records.iter().filter(|r| r.offset >= from_offset) {
+            let (first, count) = record.headers;
+            out.records.push(ConsumedRecord {
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record.key.slice(&body),
+                value: record.value.slice(&body),
+                headers: scratch.headers[first as usize..(first + count) as usize]
+                    .iter()
+                    .map(|h| (String::from_utf8_lossy(&body[h.key.range()]).into_owned(), h.value.slice(&body)))
+                    .collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn is_aborted(aborted: &[AbortedTxn], producer_id: i64, offset: i64) -> bool {
     aborted.iter().any(|a| a.producer_id == producer_id && offset >= a.first_offset && offset < a.last_offset)
 }

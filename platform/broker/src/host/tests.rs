@@ -224,3 +224,66 @@ fn headers_keep_their_order_and_duplicates() {
     assert_eq!(record.timestamp_ms, 1_700_000_000_000);
     assert!(record.key.is_none() && record.value.is_none());
 }
+
+/// Rename-mode mirrors decode another cluster's Fetch answers: only committed records come out
+/// (aborted transactions and markers dropped, interleaved producers told apart), a partial batch at
+/// the end waits for the next fetch, and a batch whose bytes do not match its CRC fails the answer.
+#[test]
+fn fetched_answers_decode_to_committed_records_and_corrupt_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = open(dir.path());
+    let host = &fixture.host;
+    create(host, "src", &[]);
+    let mut a = host.producer("__sluice-test-fa", 30_000).unwrap();
+    let mut b = host.producer("__sluice-test-fb", 30_000).unwrap();
+    a.send("src", 0, &[record("a1")]).unwrap();
+    b.send("src", 0, &[record("b-aborted")]).unwrap();
+    a.send("src", 0, &[record("a2")]).unwrap();
+    b.abort().unwrap();
+    a.commit().unwrap();
+    b.send("src", 0, &[record("b1")]).unwrap();
+    b.commit().unwrap();
+
+    let partition = host.broker.partition("src", 0).unwrap();
+    let read = partition.read_isolated(0, 1 << 20, true, true).unwrap();
+    let aborted: Vec<(i64, i64)> = read.aborted.unwrap().iter().map(|t| (t.producer_id, t.first_offset)).collect();
+    assert_eq!(aborted.len(), 1);
+    let bytes = read.read.bytes;
+    let limits = ReaderLimits::default();
+    let values = |decoded: &FetchedRecords| -> Vec<String> {
+        decoded.records.iter().map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap()).collect()
+    };
+    let all = decode_fetched(&bytes, &aborted, 0, &limits).unwrap();
+    assert_eq!(values(&all), ["a1", "a2", "b1"]);
+    assert_eq!(all.next_offset, partition.last_stable_offset(), "markers are stepped over");
+    assert_eq!(values(&decode_fetched(&bytes, &aborted, 2, &limits).unwrap()), ["a2", "b1"]);
+
+    // A partial batch at the end is left for the next fetch.
+    let cut = bytes.slice(..bytes.len() - 5);
+    let partial = decode_fetched(&cut, &aborted, 0, &limits).unwrap();
+    assert!(partial.next_offset < all.next_offset);
+    assert_eq!(values(&partial), ["a1", "a2", "b1"][..partial.records.len()]);
+
+    // One flipped byte in a record: the CRC says so, and nothing of the answer is used.
+    let mut corrupt = bytes.to_vec();
+    let at = corrupt.windows(2).position(|w| w == b"a2").unwrap();
+    corrupt[at] = b'x';
+    let error = decode_fetched(&Bytes::from(corrupt), &aborted, 0, &limits).unwrap_err();
+    assert!(error.to_string().contains("CRC"), "{error}");
+}
+
+/// The positions of the broker's own runtimes are never expired by `offsets.retention.ms`: an input
+/// partition idle for longer must not send its transform or mirror back to the start.
+#[test]
+fn runtime_positions_never_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = open(dir.path());
+    let host = &fixture.host;
+    create(host, "in", &[]);
+    let mut producer = host.producer("__sluice-test-positions", 30_000).unwrap();
+    producer.send_offsets("__sluice-test-positions", &[("in".to_string(), 0, 42)]).unwrap();
+    producer.commit().unwrap();
+    let year_ms = 365 * 24 * 3600 * 1000;
+    host.broker.groups().expire(now_ms() + year_ms);
+    assert_eq!(host.committed_offset("__sluice-test-positions", "in", 0), Some(42));
+}
