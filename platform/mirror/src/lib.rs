@@ -26,6 +26,7 @@ use sluice_broker::host::{Extension, Host, StartError};
 
 pub mod api;
 pub mod manager;
+pub mod offset_map;
 pub mod spec;
 pub mod state;
 pub mod task;

@@ -100,11 +100,6 @@ impl MirrorSpec {
         if self.mode == Mode::Preserve && self.policy != Policy::Default {
             return invalid("policy: preserve mode keeps the source's names; a policy applies to mode 'rename' only".into());
         }
-        if self.mode == Mode::Rename && self.groups.is_some() {
-            return invalid(
-                "groups: rename mode does not translate group offsets yet; leave --groups out, or use mode 'preserve' (offsets need no translation there)".into(),
-            );
-        }
         self.selection()?;
         self.group_selection()?;
         Ok(())
@@ -219,7 +214,6 @@ mod tests {
         assert!(error(MirrorSpec { topics: "(".into(), ..spec() }).contains("not a valid regular expression"));
         assert!(error(MirrorSpec { topics: "a{1000}{1000}".into(), ..spec() }).contains("topics"));
         assert!(error(MirrorSpec { policy: Policy::Identity, ..spec() }).contains("mode 'rename' only"));
-        assert!(error(MirrorSpec { mode: Mode::Rename, groups: Some("g".into()), ..spec() }).contains("does not translate"));
         MirrorSpec { mode: Mode::Rename, ..spec() }.validate().unwrap();
         assert!(error(MirrorSpec { groups: Some("[".into()), ..spec() }).contains("groups"));
         spec().validate().unwrap();

@@ -27,6 +27,7 @@ use sluice_broker::host::{Host, ProducerRecord, ReaderLimits, TransactionalProdu
 use sluice_client::{Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch};
 use sluice_runtime::{RuntimeError, Step, Task, TaskControl};
 
+use crate::offset_map::{OffsetMap, Run};
 use crate::spec::{Mode, ORIGIN_HEADER, TOPIC_NAME_BYTES_MAX};
 use crate::state::{MirrorShared, PartitionProgress};
 
@@ -92,6 +93,8 @@ pub struct MirrorTask {
     fresh: BTreeSet<(String, i32)>,
     /// The source cluster's id (what rename mode's origin header says), from the last refresh.
     source_cluster: Option<String>,
+    /// Rename mode: the source → target offset map group offsets are translated with.
+    map: Option<OffsetMap>,
 }
 
 impl MirrorTask {
@@ -111,6 +114,7 @@ impl MirrorTask {
             positions: BTreeMap::new(),
             fresh: BTreeSet::new(),
             source_cluster: None,
+            map: None,
         }
     }
 
@@ -273,6 +277,10 @@ impl MirrorTask {
                 0
             }
         };
+        // Runs past the committed position belong to a round that did not commit.
+        if let Some(map) = self.map.as_mut() {
+            map.truncate_from(topic, partition, position);
+        }
         self.positions.insert(key, position);
         position
     }
@@ -350,12 +358,24 @@ impl MirrorTask {
                     let mut entries = Vec::new();
                     for (topic, partitions) in offsets.into_iter().filter(|(t, _)| self.topics.contains_key(t) && !promoted.contains(t)) {
                         for (partition, offset) in partitions {
+                            if let Some(map) = &self.map {
+                                // Rename mode: the target offset of the first copied record at or
+                                // after the group's; nothing while none is copied.
+                                let Some(translated) = map.translate(&topic, partition, offset) else { continue };
+                                entries.push((self.shared.spec.target_topic(&topic), partition, translated));
+                                continue;
+                            }
                             let Ok(end) = self.host.partition_offsets(&topic, partition).map(|o| o.high_watermark) else { continue };
                             entries.push((topic.clone(), partition, offset.min(end)));
                         }
                     }
                     sync.partitions = entries.len();
-                    match self.host.sync_group_offsets(&self.shared.name, &group, &entries) {
+                    let written = if self.renames() {
+                        self.host.sync_translated_group_offsets(&group, &entries)
+                    } else {
+                        self.host.sync_group_offsets(&self.shared.name, &group, &entries)
+                    };
+                    match written {
                         Ok(_) => sync.synced_at_ms = Some(now_ms()),
                         Err(error) => sync.error = Some(error.to_string()),
                     }
@@ -620,8 +640,10 @@ impl MirrorTask {
             bytes: 0,
             looped: 0,
             last_timestamp: None,
+            runs: Vec::new(),
         };
         let mut records = Vec::with_capacity(fetched.records.len());
+        let mut source_offsets = Vec::with_capacity(fetched.records.len());
         for record in fetched.records {
             let mut headers = record.headers;
             match headers.iter().find(|(key, _)| key == ORIGIN_HEADER) {
@@ -634,12 +656,14 @@ impl MirrorTask {
             }
             staged.bytes += (record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len)) as u64;
             staged.last_timestamp = Some(record.timestamp_ms);
+            source_offsets.push(record.offset);
             records.push(ProducerRecord { key: record.key, value: record.value, headers, timestamp_ms: record.timestamp_ms });
         }
         staged.records = records.len() as u64;
         let target = self.shared.spec.target_topic(topic);
         let producer = self.producer.as_mut().ok_or_else(|| Applied::Abort("the mirror's producer is not open".into()))?;
-        producer.send(&target, partition, &records).map_err(|e| Applied::Abort(e.to_string()))?;
+        let placed = producer.send_placed(&target, partition, &records).map_err(|e| Applied::Abort(e.to_string()))?;
+        staged.runs = crate::offset_map::runs(&source_offsets, &placed);
         Ok(Some(staged))
     }
 
@@ -648,10 +672,23 @@ impl MirrorTask {
         let group = position_group(self.name());
         let offsets: Vec<(String, i32, i64)> =
             staged.iter().map(|s| (self.shared.spec.target_topic(&s.topic), s.partition, s.next_offset)).collect();
+        // The runs are durable before the transaction commits: a committed position always has its
+        // runs (see `offset_map`).
+        let runs: Vec<(String, i32, Run)> =
+            staged.iter().flat_map(|s| s.runs.iter().map(|run| (s.topic.clone(), s.partition, *run))).collect();
+        if let Some(map) = self.map.as_mut()
+            && let Err(error) = map.stage(runs)
+        {
+            self.abort_round();
+            return Err(error);
+        }
         let producer = self.producer.as_mut().ok_or_else(|| RuntimeError::Invalid("the mirror's producer is not open".into()))?;
         if let Err(error) = producer.send_offsets(&group, &offsets).and_then(|()| producer.commit()) {
             self.abort_round();
             return Err(error.into());
+        }
+        if let Some(map) = self.map.as_mut() {
+            map.commit();
         }
         let now = now_ms();
         let mut written = 0;
@@ -676,6 +713,9 @@ impl MirrorTask {
     /// Rename mode: aborts the round's transaction and forgets the positions read so far (the next
     /// start reads them again, as committed).
     fn abort_round(&mut self) {
+        if let Some(map) = self.map.as_mut() {
+            map.rollback();
+        }
         if let Some(producer) = self.producer.as_mut()
             && let Err(error) = producer.abort()
         {
@@ -741,6 +781,8 @@ struct Staged {
     /// Records that originated on this cluster, not copied back.
     looped: u64,
     last_timestamp: Option<i64>,
+    /// Where the records went, for the offset map.
+    runs: Vec<Run>,
 }
 
 enum Applied {
@@ -783,6 +825,8 @@ impl Task for MirrorTask {
             self.producer = Some(self.host.producer(&position_group(self.name()), TXN_TIMEOUT_MS)?);
             self.positions.clear();
             self.fresh.clear();
+            let path = self.host.data_dir()?.join("offset-maps").join(self.name());
+            self.map = Some(OffsetMap::open(&path)?);
         }
         self.refresh()
     }
@@ -810,6 +854,9 @@ impl Task for MirrorTask {
     fn reset(&mut self) {
         self.client = None;
         self.refreshed = None;
+        if let Some(map) = self.map.as_mut() {
+            map.rollback();
+        }
         if let Some(mut producer) = self.producer.take()
             && let Err(error) = producer.abort()
         {

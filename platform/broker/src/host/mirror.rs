@@ -152,9 +152,27 @@ impl Host {
     /// Copies a source group's committed offsets (topic, partition, next offset) into the same group
     /// here, as an admin tool's commit outside any generation would: refused while the group has
     /// active members here (their own commits win), and only for partitions of mirror topics owned
-    /// by `mirror`. Entries equal to what is committed already are not written again. Returns how
-    /// many were written. Blocking file I/O.
+    /// by `mirror`. Returns how many were written. Blocking file I/O.
     pub fn sync_group_offsets(&self, mirror: &str, group: &str, offsets: &[(String, i32, i64)]) -> Result<usize, HostError> {
+        self.write_synced_offsets(group, offsets, |topic| topic.mirror().as_deref() == Some(mirror))
+    }
+
+    /// Rename mode's counterpart of [`sync_group_offsets`](Self::sync_group_offsets): writes a
+    /// source group's offsets, translated to the renamed copies (normal topics, not mirror topics),
+    /// under the same rules.
+    pub fn sync_translated_group_offsets(&self, group: &str, offsets: &[(String, i32, i64)]) -> Result<usize, HostError> {
+        self.write_synced_offsets(group, offsets, |topic| topic.mirror().is_none())
+    }
+
+    /// Entries at or below what the group has committed here are not written: a group that failed
+    /// over and read on from there is never sent back by the source's older offsets (as MirrorMaker
+    /// 2 does).
+    fn write_synced_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, i64)],
+        writable: impl Fn(&crate::topic::Topic) -> bool,
+    ) -> Result<usize, HostError> {
         let refused = |reason: String| HostError::Refused { action: format!("syncing the offsets of group '{group}'"), reason };
         crate::groups::check_group_id(group).map_err(|_| refused("the group id is too long".into()))?;
         if super::is_internal_name(group) {
@@ -164,10 +182,10 @@ impl Host {
         let now = crate::now_ms();
         let mut entries = Vec::new();
         for (topic, partition, offset) in offsets {
-            if self.broker.topic(topic).and_then(|t| t.mirror()).as_deref() != Some(mirror) {
+            if !self.broker.topic(topic).is_some_and(|t| writable(&t)) {
                 continue;
             }
-            if self.broker.offsets().get(group, topic, *partition).is_some_and(|c| c.offset == *offset) {
+            if self.broker.offsets().get(group, topic, *partition).is_some_and(|c| c.offset >= *offset) {
                 continue;
             }
             entries.push(((topic.clone(), *partition), Some(crate::offsets::CommittedOffset::from_request(*offset, -1, None, now))));

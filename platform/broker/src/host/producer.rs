@@ -104,8 +104,15 @@ impl TransactionalProducer {
     /// as many batches as the topic's `max.message.bytes` requires, and returns the offset of the
     /// first. Empty input writes nothing and returns -1.
     pub fn send(&mut self, topic: &str, partition: i32, records: &[ProducerRecord]) -> Result<i64, HostError> {
+        Ok(self.send_placed(topic, partition, records)?.first().map_or(-1, |&(base_offset, _)| base_offset))
+    }
+
+    /// As [`send`](Self::send), but says where every record went: (base offset, record count) of
+    /// each batch written, in order. Other writers' batches may lie between them.
+    pub fn send_placed(&mut self, topic: &str, partition: i32, records: &[ProducerRecord]) -> Result<Vec<(i64, usize)>, HostError> {
+        let mut placed = Vec::new();
         if records.is_empty() {
-            return Ok(-1);
+            return Ok(placed);
         }
         let key = (topic.to_string(), partition);
         let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
@@ -122,7 +129,6 @@ impl TransactionalProducer {
             self.partitions.insert(key.clone(), 0);
         }
         let now = crate::now_ms();
-        let mut first_offset = -1;
         let mut remaining = records;
         while !remaining.is_empty() {
             let sequence = self.sequences.get(&key).copied().unwrap_or(0);
@@ -140,14 +146,12 @@ impl TransactionalProducer {
                     sluice_storage::StorageError::Io(..) => HostError::Storage(format!("{}: {e}", action())),
                     other => refused(action(), storage_error_code(&other)),
                 })?;
-            if first_offset < 0 {
-                first_offset = appended.base_offset;
-            }
+            placed.push((appended.base_offset, taken));
             self.sequences.insert(key.clone(), sequence.wrapping_add(taken as i32) & i32::MAX);
             self.partitions.insert(key.clone(), appended.last_offset + 1);
             remaining = &remaining[taken..];
         }
-        Ok(first_offset)
+        Ok(placed)
     }
 
     /// Stages consumer-group offsets (topic, partition, next offset to read) to commit with the
