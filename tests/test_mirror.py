@@ -198,6 +198,54 @@ def test_a_preserve_mirror_is_byte_identical_and_survives_kill9_and_a_source_out
     assert partition_log_bytes(target, "payments-eu", 0) == before, "the copy is kept as it was"
 
 
+def test_a_preserve_mirror_stays_identical_while_producing_through_three_kill9s(make_broker):
+    import threading
+
+    source, target = make_broker(), make_broker()
+    create_topic(source, "stream", partitions=2)
+    stop = threading.Event()
+    failures: list = []
+
+    def produce():
+        try:
+            plain = cf_producer(source, {"compression.type": "lz4", "enable.idempotence": True, "linger.ms": 5})
+            txn = cf_producer(source, {"transactional.id": "stream-txn", "transaction.timeout.ms": 30_000})
+            txn.init_transactions(30)
+            i = 0
+            while not stop.is_set():
+                for j in range(50):
+                    plain.produce("stream", key=f"k{j}".encode(), value=f"plain-{i}-{j}".encode())
+                plain.poll(0)
+                txn.begin_transaction()
+                for j in range(20):
+                    txn.produce("stream", key=f"t{j}".encode(), value=f"txn-{i}-{j}".encode())
+                if i % 3 == 2:
+                    txn.abort_transaction(30)
+                else:
+                    txn.commit_transaction(30)
+                i += 1
+                time.sleep(0.01)
+            assert plain.flush(30) == 0
+        except Exception as err:  # noqa: BLE001 - reported by the test
+            failures.append(err)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        sluice_cli(target, "mirror", "create", "live", "--source-bootstrap", source.bootstrap, "--topics", "stream")
+        for _ in range(3):
+            time.sleep(2)
+            target.kill9()
+            target.start()
+        time.sleep(1)
+    finally:
+        stop.set()
+        producer.join(60)
+    assert not failures, failures
+    wait_caught_up(source, target, "live", {"stream": 2}, timeout=90)
+    assert_identical(source, target, {"stream": 2})
+
+
 def test_promotion_aborts_the_sources_open_transactions_and_new_producers_can_write(make_broker):
     source, target = make_broker(), make_broker()
     create_topic(source, "ledger", partitions=1)
@@ -387,6 +435,15 @@ def test_a_rename_mirror_copies_committed_records_exactly_once_across_kill9(make
     assert entries["retention.ms"].value == "604800000"
     assert "sluice.mirror" not in entries or not entries["sluice.mirror"].value
     cf_produce(cf_producer(target), "east.orders", [{"value": b"local write"}])
+    # A setting changed on the source follows.
+    source_admin = cf_admin(source)
+    list(source_admin.alter_configs([ConfigResource(ConfigResource.Type.TOPIC, "orders", set_config={"retention.ms": "1209600000"})]).values())[0].result(timeout=10)
+
+    def retention_here():
+        got = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, "east.orders")])
+        return list(got.values())[0].result(timeout=10)["retention.ms"].value == "1209600000"
+
+    wait_for(retention_here, "the source's new retention.ms on the renamed copy", timeout=60, every=1)
 
     # SIGKILL the target while it copies: it resumes from its committed positions, nothing twice.
     for i in range(4):
@@ -410,6 +467,16 @@ def test_a_rename_mirror_copies_committed_records_exactly_once_across_kill9(make
     assert "orders -> east.orders" in text and "policy default" in text
     refused = sluice_cli(target, "mirror", "promote", "east", check=False)
     assert refused.returncode != 0 and "writable topics already" in refused.stderr
+    # Per partition: lag in records and ms, record age, bytes/s, failing.
+    cf_produce(cf_producer(source), "orders", [{"key": b"k", "value": f"one more {i}".encode()} for i in range(30)])
+
+    def metrics_text():
+        _, _, body = http_request("GET", f"{target.admin_url}/metrics")
+        return body.decode() if isinstance(body, bytes) else body
+
+    text = wait_for(lambda: (t := metrics_text()) and "sluice_mirror_record_age_ms{" in t and t, "a record age", timeout=30)
+    for family in ("lag_records", "lag_ms", "bytes_per_second", "partition_failing"):
+        assert f'sluice_mirror_{family}{{mirror="east",partition="0",topic="orders"}}' in text, family
 
 
 def test_two_way_rename_mirrors_with_identity_names_never_loop(make_broker):
@@ -453,9 +520,11 @@ def test_rename_mode_translates_group_offsets_exactly_and_a_group_fails_over_wit
         if len(offsets) > 10:
             on_source[p] = offsets[-10]
     assert on_source, "the test wrote records"
+    # The group stays active on the source throughout: translation does not wait for it to go idle.
     consumer = cf_consumer(source, group="billing")
+    consumer.subscribe(["events"])
+    wait_for(lambda: consumer.poll(0.2) is not None or consumer.assignment(), "the source group's assignment", timeout=30)
     consumer.commit(offsets=[TopicPartition("events", p, o) for p, o in on_source.items()], asynchronous=False)
-    consumer.close()
     assert committed_offsets(source, "billing", "events", 2) == on_source
 
     sluice_cli(
@@ -463,10 +532,14 @@ def test_rename_mode_translates_group_offsets_exactly_and_a_group_fails_over_wit
         "--topics", "events", "--groups", "billing", "--mode", "rename",
     )
     translated = wait_for(
-        lambda: (c := committed_offsets(target, "billing", "east.events", 2)) and set(c) == set(on_source) and c,
+        lambda: consumer.poll(0.1) is None
+        and (c := committed_offsets(target, "billing", "east.events", 2))
+        and set(c) == set(on_source)
+        and c
+        or None,
         "the group's offsets translated",
         timeout=60,
-        every=0.5,
+        every=0.2,
     )
     assert translated != on_source, "the copy's offsets differ from the source's, so this tests translation"
 
@@ -498,4 +571,5 @@ def test_rename_mode_translates_group_offsets_exactly_and_a_group_fails_over_wit
         if msg is not None and not msg.error():
             got.setdefault(msg.partition(), []).append(msg.value())
     resumed.close()
+    consumer.close()
     assert got == expected, "the group resumes on the copy with no record lost and none read twice"

@@ -8,10 +8,11 @@
 //! `S` — "the next record I read is the first at or after `S`" — resumes on the target at the target
 //! offset of the first copied record at or after `S`.
 //!
-//! The map is durable, and exact across crashes: a round's runs are appended to
-//! `<data-dir>/__mirror/offset-maps/<mirror>` and fdatasync'd *before* the round's transaction
-//! commits, and runs at or past a partition's committed position are dropped when the position is
-//! read at start (their transaction did not commit). A run of an aborted round is cut off the file
+//! The map is as durable as the log, and exact across crashes: a round's runs are appended to
+//! `<data-dir>/__mirror/offset-maps/<mirror>` *before* the round's transaction commits (and
+//! fdatasync'd first when the broker fsyncs before it acknowledges; otherwise, like the log, they
+//! survive a process crash but not a power cut), and runs at or past a partition's committed
+//! position are dropped when the position is read at start (their transaction did not commit). A run of an aborted round is cut off the file
 //! at once. Each partition keeps at most [`RUNS_PER_PARTITION_MAX`] runs (the oldest go first;
 //! an offset older than every kept run translates to the oldest run's start, so a group may read
 //! some records again but never skips one), and the file is rewritten when it holds more than twice
@@ -119,9 +120,9 @@ impl OffsetMap {
         }
     }
 
-    /// Writes a round's runs to the file and makes them durable, before the round's transaction
-    /// commits. [`commit`](Self::commit) or [`rollback`](Self::rollback) follows.
-    pub fn stage(&mut self, runs: Vec<(String, i32, Run)>) -> Result<(), RuntimeError> {
+    /// Writes a round's runs to the file (and fdatasyncs it with `sync`), before the round's
+    /// transaction commits. [`commit`](Self::commit) or [`rollback`](Self::rollback) follows.
+    pub fn stage(&mut self, runs: Vec<(String, i32, Run)>, sync: bool) -> Result<(), RuntimeError> {
         let io = |e: std::io::Error| RuntimeError::Invalid(format!("writing {}: {e}", self.path.display()));
         let before = self.file.metadata().map_err(io)?.len();
         let mut text = String::new();
@@ -130,7 +131,10 @@ impl OffsetMap {
         }
         self.staged = Some((before, runs));
         self.file.write_all(text.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        if sync {
+            self.file.sync_data().map_err(io)?;
+        }
+        Ok(())
     }
 
     /// The staged round committed: its runs translate from now on.
@@ -235,7 +239,7 @@ mod tests {
         let mut map = OffsetMap::open(&dir.path().join("m")).unwrap();
         assert_eq!(map.translate("t", 0, 5), None);
         let staged = runs(&[10, 11, 12, 15], &[(100, 2), (103, 2)]);
-        map.stage(staged.into_iter().map(|r| ("t".to_string(), 0, r)).collect()).unwrap();
+        map.stage(staged.into_iter().map(|r| ("t".to_string(), 0, r)).collect(), true).unwrap();
         map.commit();
         assert_eq!(map.translate("t", 0, 0), Some(100), "before everything: the oldest run's start");
         assert_eq!(map.translate("t", 0, 11), Some(101));
@@ -244,11 +248,11 @@ mod tests {
         assert_eq!(map.translate("t", 0, 16), Some(105), "past the copy: after its last record");
 
         // An aborted round leaves nothing behind, in memory or on disk.
-        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 200, len: 5 })]).unwrap();
+        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 200, len: 5 })], true).unwrap();
         map.rollback();
         assert_eq!(map.translate("t", 0, 17), Some(105));
         // A round staged and then lost in a crash: dropped at start, from the committed position.
-        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 106, len: 5 })]).unwrap();
+        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 106, len: 5 })], true).unwrap();
         drop(map);
         let mut map = OffsetMap::open(&dir.path().join("m")).unwrap();
         assert_eq!(map.translate("t", 0, 17), Some(107));
@@ -256,7 +260,7 @@ mod tests {
         assert_eq!(map.translate("t", 0, 17), Some(105));
         assert_eq!(map.translate("t", 0, 12), Some(103), "the committed runs survived");
         // The same source records copied again: after another restart the newer run wins.
-        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 110, len: 5 })]).unwrap();
+        map.stage(vec![("t".to_string(), 0, Run { source: 16, target: 110, len: 5 })], true).unwrap();
         map.commit();
         drop(map);
         let map = OffsetMap::open(&dir.path().join("m")).unwrap();
@@ -275,7 +279,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2, "and is cut off");
         for i in 0..300 {
             let source = 10 + i * 2;
-            map.stage(vec![("t".to_string(), 0, Run { source, target: source + 100, len: 1 })]).unwrap();
+            map.stage(vec![("t".to_string(), 0, Run { source, target: source + 100, len: 1 })], false).unwrap();
             map.commit();
         }
         let lines = std::fs::read_to_string(&path).unwrap().lines().count();

@@ -65,6 +65,16 @@ impl PartitionProgress {
     pub fn lag_records(&self) -> i64 {
         (self.source_high_watermark - self.target_end_offset).max(0)
     }
+
+    /// How long the copy has been behind the source (0 while level).
+    pub fn lag_ms(&self, now_ms: i64) -> i64 {
+        if self.lag_records() > 0 { self.caught_up_at_ms.map_or(0, |at| (now_ms - at).max(0)) } else { 0 }
+    }
+
+    /// Age of the newest record copied (its timestamp against the broker's clock).
+    pub fn record_age_ms(&self, now_ms: i64) -> Option<i64> {
+        self.last_record_timestamp_ms.filter(|ts| *ts >= 0).map(|ts| (now_ms - ts).max(0))
+    }
 }
 
 /// The mirror runtime's metrics, one family per quantity, labelled by mirror.
@@ -72,8 +82,15 @@ pub struct MirrorMetrics {
     records: IntCounterVec,
     bytes: IntCounterVec,
     lag: IntGaugeVec,
+    lag_ms: IntGaugeVec,
+    record_age_ms: IntGaugeVec,
+    bytes_per_second: IntGaugeVec,
+    failing: IntGaugeVec,
     reachable: IntGaugeVec,
 }
+
+/// The per-partition gauge families, in [`MirrorMetrics`].
+const PARTITION_LABELS: &[&str] = &["mirror", "topic", "partition"];
 
 fn metric_error(error: prometheus::Error) -> RuntimeError {
     RuntimeError::Invalid(format!("registering metrics: {error}"))
@@ -86,9 +103,26 @@ impl MirrorMetrics {
                 .map_err(metric_error)?,
             bytes: IntCounterVec::new(Opts::new("mirror_bytes_total", "Record-batch bytes a mirror copied from its source"), &["mirror"])
                 .map_err(metric_error)?,
-            lag: IntGaugeVec::new(
-                Opts::new("mirror_lag_records", "Records on the source not copied yet, by partition"),
-                &["mirror", "topic", "partition"],
+            lag: IntGaugeVec::new(Opts::new("mirror_lag_records", "Records on the source not copied yet, by partition"), PARTITION_LABELS)
+                .map_err(metric_error)?,
+            lag_ms: IntGaugeVec::new(
+                Opts::new("mirror_lag_ms", "How long a partition's copy has been behind the source (0 while level)"),
+                PARTITION_LABELS,
+            )
+            .map_err(metric_error)?,
+            record_age_ms: IntGaugeVec::new(
+                Opts::new("mirror_record_age_ms", "Age of the newest record copied, by its timestamp"),
+                PARTITION_LABELS,
+            )
+            .map_err(metric_error)?,
+            bytes_per_second: IntGaugeVec::new(
+                Opts::new("mirror_bytes_per_second", "Bytes copied per second over the last minute, by partition"),
+                PARTITION_LABELS,
+            )
+            .map_err(metric_error)?,
+            failing: IntGaugeVec::new(
+                Opts::new("mirror_partition_failing", "1 while a partition's last round failed (the status says why)"),
+                PARTITION_LABELS,
             )
             .map_err(metric_error)?,
             reachable: IntGaugeVec::new(
@@ -99,7 +133,9 @@ impl MirrorMetrics {
         };
         registry.register(Box::new(metrics.records.clone())).map_err(metric_error)?;
         registry.register(Box::new(metrics.bytes.clone())).map_err(metric_error)?;
-        registry.register(Box::new(metrics.lag.clone())).map_err(metric_error)?;
+        for family in [&metrics.lag, &metrics.lag_ms, &metrics.record_age_ms, &metrics.bytes_per_second, &metrics.failing] {
+            registry.register(Box::new(family.clone())).map_err(metric_error)?;
+        }
         registry.register(Box::new(metrics.reachable.clone())).map_err(metric_error)?;
         Ok(metrics)
     }
@@ -109,8 +145,15 @@ impl MirrorMetrics {
         self.bytes.with_label_values(&[mirror]).inc_by(bytes);
     }
 
-    fn lag(&self, mirror: &str, topic: &str, partition: i32, lag: i64) {
-        self.lag.with_label_values(&[mirror, topic, &partition.to_string()]).set(lag);
+    fn partition(&self, mirror: &str, topic: &str, partition: i32, progress: &PartitionProgress, now_ms: i64) {
+        let labels = [mirror, topic, &partition.to_string()];
+        self.lag.with_label_values(&labels).set(progress.lag_records());
+        self.lag_ms.with_label_values(&labels).set(progress.lag_ms(now_ms));
+        if let Some(age) = progress.record_age_ms(now_ms) {
+            self.record_age_ms.with_label_values(&labels).set(age);
+        }
+        self.bytes_per_second.with_label_values(&labels).set(progress.bytes_per_second(now_ms) as i64);
+        self.failing.with_label_values(&labels).set(i64::from(progress.error.is_some()));
     }
 
     fn reachable(&self, mirror: &str, reachable: bool) {
@@ -125,10 +168,13 @@ impl MirrorMetrics {
         self.forget_partitions(mirror, partitions);
     }
 
-    /// Drops the lag series of partitions no longer mirrored (promoted).
+    /// Drops the per-partition series of partitions no longer mirrored (promoted).
     pub fn forget_partitions(&self, mirror: &str, partitions: &[(String, i32)]) {
         for (topic, partition) in partitions {
-            let _ = self.lag.remove_label_values(&[mirror, topic, &partition.to_string()]);
+            let labels = [mirror, topic, &partition.to_string()];
+            for family in [&self.lag, &self.lag_ms, &self.record_age_ms, &self.bytes_per_second, &self.failing] {
+                let _ = family.remove_label_values(&labels);
+            }
         }
     }
 }
@@ -197,7 +243,7 @@ impl MirrorShared {
         let mut partitions = self.partitions.lock();
         let progress = partitions.entry((topic.to_string(), partition)).or_default();
         update(progress);
-        self.metrics.lag(&self.name, topic, partition, progress.lag_records());
+        self.metrics.partition(&self.name, topic, partition, progress, sluice_broker::host::now_ms());
     }
 
     pub fn partitions(&self) -> BTreeMap<(String, i32), PartitionProgress> {

@@ -319,7 +319,13 @@ impl MirrorTask {
         let promoted = shared.promoted();
         for (topic, entries) in described.into_iter().filter(|(t, _)| !promoted.contains(t)) {
             let synced = entries.map_err(|e| RuntimeError::Invalid(e.to_string())).and_then(|entries| {
-                Ok(self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &copied_configs(entries))?)
+                let configs = copied_configs(entries);
+                Ok(if self.renames() {
+                    let target = self.shared.spec.target_topic(&topic);
+                    self.host.sync_renamed_topic_configs(&target, self.name(), COPIED_CONFIGS, &configs)?
+                } else {
+                    self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &configs)?
+                })
             });
             if let Err(error) = synced {
                 tracing::warn!(mirror = self.name(), topic, %error, "topic settings not synced this round");
@@ -672,12 +678,12 @@ impl MirrorTask {
         let group = position_group(self.name());
         let offsets: Vec<(String, i32, i64)> =
             staged.iter().map(|s| (self.shared.spec.target_topic(&s.topic), s.partition, s.next_offset)).collect();
-        // The runs are durable before the transaction commits: a committed position always has its
+        // The runs are written before the transaction commits: a committed position always has its
         // runs (see `offset_map`).
         let runs: Vec<(String, i32, Run)> =
             staged.iter().flat_map(|s| s.runs.iter().map(|run| (s.topic.clone(), s.partition, *run))).collect();
         if let Some(map) = self.map.as_mut()
-            && let Err(error) = map.stage(runs)
+            && let Err(error) = map.stage(runs, self.host.flushes_before_ack())
         {
             self.abort_round();
             return Err(error);
@@ -839,7 +845,7 @@ impl Task for MirrorTask {
             return Ok(Step::Idle);
         }
         let written = self.round()?;
-        if !self.renames() && self.configs_synced.is_none_or(|at| at.elapsed() >= CONFIG_SYNC_INTERVAL) {
+        if self.configs_synced.is_none_or(|at| at.elapsed() >= CONFIG_SYNC_INTERVAL) {
             self.sync_configs();
         }
         if self.groups_synced.is_none_or(|at| at.elapsed() >= GROUP_SYNC_INTERVAL)

@@ -81,6 +81,36 @@ impl Host {
                 reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
             });
         }
+        self.sync_configs(&owner, mirror, keys, configs)
+    }
+
+    /// Rename mode's counterpart of [`sync_mirror_topic_configs`](Self::sync_mirror_topic_configs),
+    /// for a renamed copy (a normal topic; refused for another mirror's read-only copy).
+    pub fn sync_renamed_topic_configs(
+        &self,
+        topic: &str,
+        mirror: &str,
+        keys: &[&str],
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool, HostError> {
+        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
+        if let Some(other) = owner.mirror() {
+            return Err(HostError::Refused {
+                action: format!("syncing the configs of {topic}"),
+                reason: format!("the topic is a read-only copy of mirror '{other}'"),
+            });
+        }
+        self.sync_configs(&owner, mirror, keys, configs)
+    }
+
+    fn sync_configs(
+        &self,
+        owner: &crate::topic::Topic,
+        mirror: &str,
+        keys: &[&str],
+        configs: &BTreeMap<String, String>,
+    ) -> Result<bool, HostError> {
+        let topic = owner.name.as_str();
         let current = owner.config.read().clone();
         let mut next = current.clone();
         for key in keys {

@@ -264,6 +264,13 @@ impl Host {
         &self.broker.metrics().registry
     }
 
+    /// Whether the broker fsyncs before it acknowledges (`flush.messages=1`, the fsync-before-ack
+    /// mode): a runtime's own files that must agree with the log after a crash are then fsynced
+    /// too; otherwise they are as durable as the log (they survive a process crash, not a power cut).
+    pub fn flushes_before_ack(&self) -> bool {
+        self.broker.config().flush_before_ack()
+    }
+
     /// The broker's tokio runtime, for async work and for blocking threads that need to wait.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
