@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_broker::host::{Host, ProducerRecord, ReaderLimits, TransactionalProducer, now_ms};
-use sluice_client::{Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch};
+use sluice_client::{
+    Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch, PendingFetch,
+};
 use sluice_runtime::{RuntimeError, Step, Task, TaskControl};
 
 use crate::offset_map::{OffsetMap, Run};
@@ -99,6 +101,14 @@ pub struct MirrorTask {
     source_cluster: Option<String>,
     /// Rename mode: the source → target offset map group offsets are translated with.
     map: Option<OffsetMap>,
+    /// The next round's fetches, sent before this round's answers were written (a round trip to
+    /// the source overlaps the writing), with the offset each partition was asked from.
+    prefetch: Option<Prefetch>,
+}
+
+struct Prefetch {
+    asked: BTreeMap<(String, i32), i64>,
+    pending: Vec<PendingFetch>,
 }
 
 impl MirrorTask {
@@ -119,6 +129,7 @@ impl MirrorTask {
             fresh: BTreeSet::new(),
             source_cluster: None,
             map: None,
+            prefetch: None,
         }
     }
 
@@ -453,28 +464,71 @@ impl MirrorTask {
             std::thread::sleep(Duration::from_millis(FETCH_MAX_WAIT_MS as u64));
             return Ok(0);
         }
-        // A batch larger than a partition's share comes back whole only for the first partition of
-        // an answer (KIP-74): rotate the order every round, as Kafka's consumers do, so that every
-        // partition gets to be first.
-        self.rotation = self.rotation.wrapping_add(1);
-        let turn = self.rotation % wanted.len();
-        wanted.rotate_left(turn);
-        let mut by_leader: BTreeMap<i32, Vec<PartitionFetch>> = BTreeMap::new();
-        for (leader, want) in wanted {
-            by_leader.entry(leader).or_default().push(want);
-        }
         // Rename mode writes records again: an aborted transaction's must never be among them.
         let isolation = if self.renames() { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
         let options = FetchOptions { max_wait_ms: FETCH_MAX_WAIT_MS, min_bytes: 1, max_bytes: FETCH_BYTES, isolation };
-        let client = self.client()?;
-        let answers = self.block_on(FETCH_TIMEOUT, "fetching", async {
-            let sends = by_leader.iter().map(|(leader, wants)| client.fetch(*leader, wants, &options));
-            let mut all = Vec::new();
-            for answer in futures::future::join_all(sends).await {
-                all.extend(answer?);
+        // The answers to the fetches sent last round, for the partitions still wanted from the same
+        // offset; or, without them, a fetch now.
+        let prefetched = match self.prefetch.take() {
+            Some(prefetch) => {
+                let answers = self.block_on(FETCH_TIMEOUT, "fetching", async {
+                    let mut all = Vec::new();
+                    for answer in futures::future::join_all(prefetch.pending.into_iter().map(PendingFetch::wait)).await {
+                        all.extend(answer?);
+                    }
+                    Ok(all)
+                })?;
+                let answers: Vec<FetchedPartition> = answers
+                    .into_iter()
+                    .filter(|a| {
+                        let key = (a.topic.clone(), a.partition);
+                        prefetch.asked.get(&key).is_some_and(|asked| requested.get(&key).is_some_and(|&(_, offset)| offset == *asked))
+                    })
+                    .collect();
+                Some(answers)
             }
-            Ok(all)
-        })?;
+            None => None,
+        };
+        let answers = match prefetched {
+            Some(answers) => answers,
+            None => {
+                let by_leader = self.fetches(&wanted);
+                let client = self.client()?;
+                self.block_on(FETCH_TIMEOUT, "fetching", async {
+                    let sends = by_leader.iter().map(|(leader, wants)| client.fetch(*leader, wants, &options));
+                    let mut all = Vec::new();
+                    for answer in futures::future::join_all(sends).await {
+                        all.extend(answer?);
+                    }
+                    Ok(all)
+                })?
+            }
+        };
+        // Send the next round's fetches now, from where these answers leave each partition, so that
+        // the round trip overlaps the writing below. A partition whose answer is not written as
+        // predicted (an error, a skip) is asked again next round.
+        let mut next = wanted;
+        for (_, want) in next.iter_mut() {
+            if let Some(answer) = answers.iter().find(|a| a.topic == want.topic && a.partition == want.partition)
+                && answer.error.is_none()
+                && let Ok(batches) = sluice_client::records::split_batches(&answer.records)
+                && let Some(last) = batches.last()
+            {
+                want.offset = want.offset.max(last.last_offset + 1);
+            }
+        }
+        let asked: BTreeMap<(String, i32), i64> = next.iter().map(|(_, w)| ((w.topic.clone(), w.partition), w.offset)).collect();
+        let by_leader = self.fetches(&next);
+        let client = self.client()?;
+        let sent = self.block_on(CONNECT_TIMEOUT, "fetching", async {
+            let mut pending = Vec::new();
+            for (leader, wants) in &by_leader {
+                pending.push(client.send_fetch(*leader, wants, &options).await?);
+            }
+            Ok(pending)
+        });
+        // A prefetch that could not be sent is a fetch made next round.
+        self.prefetch = sent.ok().map(|pending| Prefetch { asked, pending });
         self.shared.set_source_error(None);
         let mut written = 0;
         let mut out_of_range = Vec::new();
@@ -545,6 +599,23 @@ impl MirrorTask {
             }
         }
         Ok(written)
+    }
+
+    /// One Fetch per source leader, the partition order turned every call: a batch larger than a
+    /// partition's share comes back whole only for the first partition of an answer (KIP-74), so
+    /// every partition gets to be first, as with Kafka's consumers.
+    fn fetches(&mut self, wanted: &[(i32, PartitionFetch)]) -> BTreeMap<i32, Vec<PartitionFetch>> {
+        let mut wanted = wanted.to_vec();
+        self.rotation = self.rotation.wrapping_add(1);
+        if !wanted.is_empty() {
+            let turn = self.rotation % wanted.len();
+            wanted.rotate_left(turn);
+        }
+        let mut by_leader: BTreeMap<i32, Vec<PartitionFetch>> = BTreeMap::new();
+        for (leader, want) in wanted {
+            by_leader.entry(leader).or_default().push(want);
+        }
+        by_leader
     }
 
     /// Appends one partition's answer (asked from `offset`; the copy ends at `end`); returns the
@@ -864,6 +935,7 @@ impl Task for MirrorTask {
     fn reset(&mut self) {
         self.client = None;
         self.refreshed = None;
+        self.prefetch = None;
         if let Some(map) = self.map.as_mut() {
             map.rollback();
         }
