@@ -17,19 +17,11 @@ import argparse
 import base64
 import json
 import time
-import urllib.request
 import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-
-
-def http(admin: str, method: str, path: str, body=None, timeout=120):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(admin + path, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        text = resp.read().decode()
-        return json.loads(text) if text else None
+from perf_http import http
 
 
 def topics(brokers: str, names: list[str], partitions: int, config: dict | None = None) -> None:

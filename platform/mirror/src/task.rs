@@ -381,7 +381,12 @@ impl MirrorTask {
                         for (partition, offset) in partitions {
                             if let Some(map) = &self.map {
                                 // Rename mode: the target offset of the first copied record at or
-                                // after the group's; nothing while none is copied.
+                                // after the group's; nothing while none is copied, nor before this
+                                // run has read the partition's committed position (until then the
+                                // map may still hold runs of a round that never committed).
+                                if !self.positions.contains_key(&(topic.clone(), partition)) {
+                                    continue;
+                                }
                                 let Some(translated) = map.translate(&topic, partition, offset) else { continue };
                                 entries.push((self.shared.spec.target_topic(&topic), partition, translated));
                                 continue;
