@@ -317,6 +317,25 @@ def test_bad_mirror_requests_get_clear_errors(make_broker):
     cf_produce(cf_producer(target), "local", [{"value": b"still serving"}])
 
 
+def test_a_stored_mirror_that_no_longer_validates_is_listed_as_failed_and_can_be_deleted(make_broker):
+    target = make_broker()
+    sluice_cli(target, "mirror", "create", "stale", "--source-bootstrap", "127.0.0.1:1", "--topics", "orders")
+    target.stop()
+    stored = target.data_dir / "__mirror" / "mirrors" / "stale.json"
+    spec = json.loads(stored.read_text())
+    spec["spec"]["topics"] = "("  # what a stricter validation in a later version would refuse
+    stored.write_text(json.dumps(spec))
+    target.start()
+    listing = sluice_cli(target, "mirror", "list").stdout
+    assert "stale" in listing and "FAILED" in listing, listing
+    st = status(target, "stale")
+    assert st["state"] == "FAILED" and "not valid" in st["error"], st
+    refused = sluice_cli(target, "mirror", "resume", "stale", check=False)
+    assert refused.returncode != 0 and "cannot run" in refused.stderr
+    sluice_cli(target, "mirror", "delete", "stale")
+    assert "stale" not in sluice_cli(target, "mirror", "list").stdout
+
+
 def committed_offsets(broker, group: str, topic: str, partitions: int) -> dict[int, int]:
     consumer = cf_consumer(broker, group=group)
     try:

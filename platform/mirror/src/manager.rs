@@ -21,6 +21,9 @@ struct Running {
     stored: StoredMirror,
     shared: Arc<MirrorShared>,
     tasks: Arc<TaskSet>,
+    /// Why a stored mirror's spec no longer validates: it is listed as FAILED and never runs; it
+    /// can be promoted and deleted.
+    invalid: Option<String>,
 }
 
 pub struct MirrorManager {
@@ -123,11 +126,26 @@ impl MirrorManager {
         let _control = self.control.lock();
         for stored in self.store.load_all() {
             let name = stored.spec.name.clone();
-            match stored.spec.validate().and_then(|()| self.start(stored)) {
+            if let Err(error) = stored.spec.validate() {
+                tracing::error!(mirror = name, %error, "a stored mirror is not valid; it is listed as FAILED and does not run: delete it (its topics are promoted) and create it again");
+                self.load_invalid(stored, &error.to_string());
+                continue;
+            }
+            match self.start(stored) {
                 Ok(()) => tracing::info!(mirror = name, "mirror restored"),
-                Err(error) => tracing::error!(mirror = name, %error, "a stored mirror is not valid; it stays stopped"),
+                Err(error) => tracing::error!(mirror = name, %error, "a stored mirror could not be started"),
             }
         }
+    }
+
+    /// Lists a stored mirror whose spec no longer validates, without running it.
+    fn load_invalid(&self, stored: StoredMirror, why: &str) {
+        let name = stored.spec.name.clone();
+        let why = format!("the stored mirror is not valid ({why}); delete it and create it again");
+        let shared = Arc::new(MirrorShared::invalid(stored.spec.clone(), stored.promoted.clone(), Arc::clone(&self.metrics), &why));
+        let factory = Box::new(|_id: i32| Err(RuntimeError::Invalid("an invalid mirror does not run".into())));
+        let tasks = TaskSet::new("mirror", &name, true, factory, Box::new(Vec::new));
+        self.mirrors.lock().insert(name, Running { stored, shared, tasks, invalid: Some(why) });
     }
 
     fn start(&self, stored: StoredMirror) -> Result<(), RuntimeError> {
@@ -137,7 +155,7 @@ impl MirrorManager {
         let factory = Box::new(move |_id: i32| Ok(Box::new(MirrorTask::new(host.clone(), Arc::clone(&task_shared))) as Box<dyn Task>));
         let tasks = TaskSet::new("mirror", &name, stored.paused, factory, Box::new(|| vec![0]));
         self.supervisor.insert(&name, Arc::clone(&tasks));
-        self.mirrors.lock().insert(name, Running { stored, shared, tasks });
+        self.mirrors.lock().insert(name, Running { stored, shared, tasks, invalid: None });
         Ok(())
     }
 
@@ -196,7 +214,7 @@ impl MirrorManager {
         let source_error = shared.source_error();
         Ok(MirrorStatus {
             name: name.to_string(),
-            state: task.as_ref().map_or(TaskState::Unassigned, |t| t.state),
+            state: if running.invalid.is_some() { TaskState::Failed } else { task.as_ref().map_or(TaskState::Unassigned, |t| t.state) },
             error: task.and_then(|t| t.error).or_else(|| source_error.clone()),
             source_bootstrap: spec.source_bootstrap.clone(),
             source_alias: spec.source_alias.clone().unwrap_or_else(|| spec.name.clone()),
@@ -223,6 +241,9 @@ impl MirrorManager {
             let _control = self.control.lock();
             let mut mirrors = self.mirrors.lock();
             let running = mirrors.get_mut(name).ok_or_else(|| not_found(name))?;
+            if let Some(why) = &running.invalid {
+                return Err(RuntimeError::Invalid(format!("mirror '{name}' cannot run: {why}")));
+            }
             let mut stored = running.stored.clone();
             stored.paused = paused;
             self.store.save(name, &stored)?;

@@ -150,6 +150,11 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Selects no topic (a stored mirror whose spec no longer validates).
+    pub fn nothing() -> Selection {
+        Selection { include: regex::Regex::new("[^\\s\\S]").expect("a constant pattern"), exclude: None }
+    }
+
     /// Internal topics (`__consumer_offsets`, `__transaction_state`, names starting with `__`) are
     /// never mirrored: they belong to the source cluster's coordinators.
     pub fn wants(&self, topic: &str) -> bool {

@@ -226,6 +226,24 @@ impl MirrorShared {
         })
     }
 
+    /// The shared state of a stored mirror whose spec no longer validates: it selects nothing and
+    /// reports why, so that it can be listed, promoted and deleted, never run.
+    pub fn invalid(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>, why: &str) -> MirrorShared {
+        MirrorShared {
+            name: spec.name.clone(),
+            topic_selection: crate::spec::Selection::nothing(),
+            group_selection: None,
+            spec,
+            metrics,
+            promoted: RwLock::new(promoted),
+            partitions: Mutex::new(BTreeMap::new()),
+            topic_errors: Mutex::new(BTreeMap::new()),
+            source_error: Mutex::new(Some(why.to_string())),
+            groups: Mutex::new(BTreeMap::new()),
+            writing: Mutex::new(()),
+        }
+    }
+
     pub fn promoted(&self) -> BTreeSet<String> {
         self.promoted.read().clone()
     }
