@@ -464,12 +464,17 @@ def test_a_rename_mirror_copies_committed_records_exactly_once_across_kill9(make
 
     wait_for(retention_here, "the source's new retention.ms on the renamed copy", timeout=60, every=1)
 
-    # SIGKILL the target while it copies: it resumes from its committed positions, nothing twice.
-    for i in range(4):
-        produce_mixed(source, "orders", f"b{i}", count=100)  # 250 committed each
-    time.sleep(0.3)
+    # SIGKILL the target while records are still arriving: it resumes from its committed positions,
+    # nothing twice.
+    import threading
+
+    producing = threading.Thread(target=lambda: [produce_mixed(source, "orders", f"b{i}", count=100) for i in range(4)])
+    producing.start()  # 250 committed records each
+    time.sleep(1.0)
+    assert producing.is_alive(), "the kill must land while the source is still being written"
     target.kill9()
     target.start()
+    producing.join(120)
     want = committed_values(source, "orders", 1500)
     assert sum(map(len, want.values())) == 1500
     have = committed_values(target, "east.orders", 1501)

@@ -147,6 +147,24 @@ pub fn split_batches(data: &Bytes) -> Result<Vec<RawBatch>> {
     Ok(out)
 }
 
+/// The offset after the last whole batch at the front of `data` (where the next fetch starts once
+/// these batches are taken), or `None` when there is no whole batch. Reads batch headers only and
+/// allocates nothing; a malformed header ends the scan.
+pub fn whole_batches_end(data: &[u8]) -> Option<i64> {
+    let mut at = 0usize;
+    let mut end = None;
+    while data.len() - at >= BATCH_HEADER_BYTES {
+        let header = &data[at..];
+        let total = usize::try_from(be_i32(header, 8)).ok()? + BATCH_LENGTH_PREFIX_BYTES;
+        if total < BATCH_HEADER_BYTES || data.len() - at < total {
+            break;
+        }
+        end = Some(be_i64(header, 0) + i64::from(be_i32(header, LAST_OFFSET_DELTA_AT)) + 1);
+        at += total;
+    }
+    end
+}
+
 /// Decodes the whole batches of a fetched record set, skipping control batches and records before
 /// `from_offset` (a compressed batch is always returned whole, so it may start earlier). Returns the
 /// records and the offset to fetch next (past the last whole batch, even if it held only skipped records).
@@ -227,7 +245,8 @@ mod tests {
         let mut set = BytesMut::from(&first[..]);
         set.extend_from_slice(&second);
         set.extend_from_slice(&first[..20]);
-        let batches = split_batches(&set.freeze()).expect("split");
+        let set = set.freeze();
+        let batches = split_batches(&set).expect("split");
         // Two records encode as one batch (they used to be one batch each).
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!((batches[0].base_offset, batches[0].last_offset, batches[0].record_count), (0, 1, 2));
@@ -236,6 +255,10 @@ mod tests {
         assert!(!batches[0].control && !batches[0].transactional && batches[0].producer_id == -1);
         // The batch header says "no idempotence": base sequence -1 (bytes 53..57).
         assert_eq!(&batches[0].bytes[53..57], &(-1i32).to_be_bytes());
+        // Where the next fetch starts: after the last whole batch, the partial one left out.
+        assert_eq!(whole_batches_end(&set), Some(3));
+        assert_eq!(whole_batches_end(&first[..first.len() - 1]), None);
+        assert_eq!(whole_batches_end(&[]), None);
     }
 
     #[test]

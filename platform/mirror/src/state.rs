@@ -89,8 +89,10 @@ pub struct MirrorMetrics {
     reachable: IntGaugeVec,
 }
 
-/// The per-partition gauge families, in [`MirrorMetrics`].
-const PARTITION_LABELS: &[&str] = &["mirror", "topic", "partition"];
+/// A per-partition gauge family of [`MirrorMetrics`].
+fn partition_gauge(name: &str, help: &str) -> Result<IntGaugeVec, RuntimeError> {
+    IntGaugeVec::new(Opts::new(name, help), &["mirror", "topic", "partition"]).map_err(metric_error)
+}
 
 fn metric_error(error: prometheus::Error) -> RuntimeError {
     RuntimeError::Invalid(format!("registering metrics: {error}"))
@@ -103,28 +105,11 @@ impl MirrorMetrics {
                 .map_err(metric_error)?,
             bytes: IntCounterVec::new(Opts::new("mirror_bytes_total", "Record-batch bytes a mirror copied from its source"), &["mirror"])
                 .map_err(metric_error)?,
-            lag: IntGaugeVec::new(Opts::new("mirror_lag_records", "Records on the source not copied yet, by partition"), PARTITION_LABELS)
-                .map_err(metric_error)?,
-            lag_ms: IntGaugeVec::new(
-                Opts::new("mirror_lag_ms", "How long a partition's copy has been behind the source (0 while level)"),
-                PARTITION_LABELS,
-            )
-            .map_err(metric_error)?,
-            record_age_ms: IntGaugeVec::new(
-                Opts::new("mirror_record_age_ms", "Age of the newest record copied, by its timestamp"),
-                PARTITION_LABELS,
-            )
-            .map_err(metric_error)?,
-            bytes_per_second: IntGaugeVec::new(
-                Opts::new("mirror_bytes_per_second", "Bytes copied per second over the last minute, by partition"),
-                PARTITION_LABELS,
-            )
-            .map_err(metric_error)?,
-            failing: IntGaugeVec::new(
-                Opts::new("mirror_partition_failing", "1 while a partition's last round failed (the status says why)"),
-                PARTITION_LABELS,
-            )
-            .map_err(metric_error)?,
+            lag: partition_gauge("mirror_lag_records", "Records on the source not copied yet, by partition")?,
+            lag_ms: partition_gauge("mirror_lag_ms", "How long a partition's copy has been behind the source (0 while level)")?,
+            record_age_ms: partition_gauge("mirror_record_age_ms", "Age of the newest record copied, by its timestamp")?,
+            bytes_per_second: partition_gauge("mirror_bytes_per_second", "Bytes copied per second over the last minute, by partition")?,
+            failing: partition_gauge("mirror_partition_failing", "1 while a partition's last round failed (the status says why)")?,
             reachable: IntGaugeVec::new(
                 Opts::new("mirror_source_reachable", "1 while the last exchange with the source succeeded"),
                 &["mirror"],
@@ -211,34 +196,34 @@ pub struct MirrorShared {
 impl MirrorShared {
     /// Fails only for a spec that does not validate (its patterns are compiled here, once).
     pub fn new(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>) -> Result<MirrorShared, RuntimeError> {
-        Ok(MirrorShared {
-            name: spec.name.clone(),
-            topic_selection: spec.selection()?,
-            group_selection: spec.group_selection()?,
-            spec,
-            metrics,
-            promoted: RwLock::new(promoted),
-            partitions: Mutex::new(BTreeMap::new()),
-            topic_errors: Mutex::new(BTreeMap::new()),
-            source_error: Mutex::new(None),
-            groups: Mutex::new(BTreeMap::new()),
-            writing: Mutex::new(()),
-        })
+        let (topics, groups) = (spec.selection()?, spec.group_selection()?);
+        Ok(MirrorShared::with(spec, promoted, metrics, topics, groups, None))
     }
 
     /// The shared state of a stored mirror whose spec no longer validates: it selects nothing and
     /// reports why, so that it can be listed, promoted and deleted, never run.
     pub fn invalid(spec: MirrorSpec, promoted: BTreeSet<String>, metrics: std::sync::Arc<MirrorMetrics>, why: &str) -> MirrorShared {
+        MirrorShared::with(spec, promoted, metrics, crate::spec::Selection::nothing(), None, Some(why.to_string()))
+    }
+
+    fn with(
+        spec: MirrorSpec,
+        promoted: BTreeSet<String>,
+        metrics: std::sync::Arc<MirrorMetrics>,
+        topic_selection: crate::spec::Selection,
+        group_selection: Option<regex::Regex>,
+        source_error: Option<String>,
+    ) -> MirrorShared {
         MirrorShared {
             name: spec.name.clone(),
-            topic_selection: crate::spec::Selection::nothing(),
-            group_selection: None,
+            topic_selection,
+            group_selection,
             spec,
             metrics,
             promoted: RwLock::new(promoted),
             partitions: Mutex::new(BTreeMap::new()),
             topic_errors: Mutex::new(BTreeMap::new()),
-            source_error: Mutex::new(Some(why.to_string())),
+            source_error: Mutex::new(source_error),
             groups: Mutex::new(BTreeMap::new()),
             writing: Mutex::new(()),
         }

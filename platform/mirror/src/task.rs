@@ -102,10 +102,11 @@ pub struct MirrorTask {
     /// Rename mode: the source → target offset map group offsets are translated with.
     map: Option<OffsetMap>,
     /// The next round's fetches, sent before this round's answers were written (a round trip to
-    /// the source overlaps the writing), with the offset each partition was asked from.
+    /// the source overlaps the writing).
     prefetch: Option<Prefetch>,
 }
 
+/// Fetches sent, with the offset each partition was asked from.
 struct Prefetch {
     asked: BTreeMap<(String, i32), i64>,
     pending: Vec<PendingFetch>,
@@ -472,68 +473,42 @@ impl MirrorTask {
         // Rename mode writes records again: an aborted transaction's must never be among them.
         let isolation = if self.renames() { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
         let options = FetchOptions { max_wait_ms: FETCH_MAX_WAIT_MS, min_bytes: 1, max_bytes: FETCH_BYTES, isolation };
-        // The answers to the fetches sent last round, for the partitions still wanted from the same
-        // offset; or, without them, a fetch now.
-        let prefetched = match self.prefetch.take() {
-            Some(prefetch) => {
-                let answers = self.block_on(FETCH_TIMEOUT, "fetching", async {
-                    let mut all = Vec::new();
-                    for answer in futures::future::join_all(prefetch.pending.into_iter().map(PendingFetch::wait)).await {
-                        all.extend(answer?);
-                    }
-                    Ok(all)
-                })?;
-                let answers: Vec<FetchedPartition> = answers
-                    .into_iter()
-                    .filter(|a| {
-                        let key = (a.topic.clone(), a.partition);
-                        prefetch.asked.get(&key).is_some_and(|asked| requested.get(&key).is_some_and(|&(_, offset)| offset == *asked))
-                    })
-                    .collect();
-                Some(answers)
-            }
-            None => None,
+        // The fetches sent last round (or, without them, fetches sent now), answered; used for the
+        // partitions still wanted from the offset they were asked from.
+        let sent = match self.prefetch.take() {
+            Some(prefetch) => prefetch,
+            None => self.send_fetches(&wanted, &options)?,
         };
-        let answers = match prefetched {
-            Some(answers) => answers,
-            None => {
-                let by_leader = self.fetches(&wanted);
-                let client = self.client()?;
-                self.block_on(FETCH_TIMEOUT, "fetching", async {
-                    let sends = by_leader.iter().map(|(leader, wants)| client.fetch(*leader, wants, &options));
-                    let mut all = Vec::new();
-                    for answer in futures::future::join_all(sends).await {
-                        all.extend(answer?);
-                    }
-                    Ok(all)
-                })?
+        let answers = self.block_on(FETCH_TIMEOUT, "fetching", async {
+            let mut all = Vec::new();
+            for answer in futures::future::join_all(sent.pending.into_iter().map(PendingFetch::wait)).await {
+                all.extend(answer?);
             }
-        };
+            Ok(all)
+        })?;
+        let answers: Vec<FetchedPartition> = answers
+            .into_iter()
+            .filter(|a| {
+                let key = (a.topic.clone(), a.partition);
+                sent.asked.get(&key).is_some_and(|asked| requested.get(&key).is_some_and(|&(_, offset)| offset == *asked))
+            })
+            .collect();
         // Send the next round's fetches now, from where these answers leave each partition, so that
         // the round trip overlaps the writing below. A partition whose answer is not written as
         // predicted (an error, a skip) is asked again next round.
+        let ends: BTreeMap<(&str, i32), i64> = answers
+            .iter()
+            .filter(|a| a.error.is_none())
+            .filter_map(|a| sluice_client::records::whole_batches_end(&a.records).map(|end| ((a.topic.as_str(), a.partition), end)))
+            .collect();
         let mut next = wanted;
         for (_, want) in next.iter_mut() {
-            if let Some(answer) = answers.iter().find(|a| a.topic == want.topic && a.partition == want.partition)
-                && answer.error.is_none()
-                && let Ok(batches) = sluice_client::records::split_batches(&answer.records)
-                && let Some(last) = batches.last()
-            {
-                want.offset = want.offset.max(last.last_offset + 1);
+            if let Some(&end) = ends.get(&(want.topic.as_str(), want.partition)) {
+                want.offset = want.offset.max(end);
             }
         }
-        let asked: BTreeMap<(String, i32), i64> = next.iter().map(|(_, w)| ((w.topic.clone(), w.partition), w.offset)).collect();
-        let by_leader = self.fetches(&next);
-        let client = self.client()?;
-        let sent = self.block_on(CONNECT_TIMEOUT, "fetching", async {
-            let mut pending = Vec::new();
-            for (leader, wants) in &by_leader {
-                pending.push(client.send_fetch(*leader, wants, &options).await?);
-            }
-            Ok(pending)
-        });
         // A prefetch that could not be sent is a fetch made next round.
-        self.prefetch = sent.ok().map(|pending| Prefetch { asked, pending });
+        self.prefetch = self.send_fetches(&next, &options).ok();
         self.shared.set_source_error(None);
         let mut written = 0;
         let mut out_of_range = Vec::new();
@@ -606,10 +581,12 @@ impl MirrorTask {
         Ok(written)
     }
 
-    /// One Fetch per source leader, the partition order turned every call: a batch larger than a
-    /// partition's share comes back whole only for the first partition of an answer (KIP-74), so
-    /// every partition gets to be first, as with Kafka's consumers.
-    fn fetches(&mut self, wanted: &[(i32, PartitionFetch)]) -> BTreeMap<i32, Vec<PartitionFetch>> {
+    /// Sends one Fetch per source leader (answers are awaited later), the partition order turned
+    /// every call: a batch larger than a partition's share comes back whole only for the first
+    /// partition of an answer (KIP-74), so every partition gets to be first, as with Kafka's
+    /// consumers.
+    fn send_fetches(&mut self, wanted: &[(i32, PartitionFetch)], options: &FetchOptions) -> Result<Prefetch, RuntimeError> {
+        let asked = wanted.iter().map(|(_, w)| ((w.topic.clone(), w.partition), w.offset)).collect();
         let mut wanted = wanted.to_vec();
         self.rotation = self.rotation.wrapping_add(1);
         if !wanted.is_empty() {
@@ -620,7 +597,15 @@ impl MirrorTask {
         for (leader, want) in wanted {
             by_leader.entry(leader).or_default().push(want);
         }
-        by_leader
+        let client = self.client()?;
+        let pending = self.block_on(CONNECT_TIMEOUT, "fetching", async {
+            let mut pending = Vec::new();
+            for (leader, wants) in &by_leader {
+                pending.push(client.send_fetch(*leader, wants, options).await?);
+            }
+            Ok(pending)
+        })?;
+        Ok(Prefetch { asked, pending })
     }
 
     /// Appends one partition's answer (asked from `offset`; the copy ends at `end`); returns the
@@ -941,15 +926,8 @@ impl Task for MirrorTask {
         self.client = None;
         self.refreshed = None;
         self.prefetch = None;
-        if let Some(map) = self.map.as_mut() {
-            map.rollback();
-        }
-        if let Some(mut producer) = self.producer.take()
-            && let Err(error) = producer.abort()
-        {
-            tracing::debug!(mirror = self.name(), %error, "open transaction not aborted; the next start fences it");
-        }
-        self.positions.clear();
-        self.fresh.clear();
+        // Rename mode: the open round is aborted here, or fenced by the next start.
+        self.abort_round();
+        self.producer = None;
     }
 }

@@ -74,14 +74,10 @@ impl Host {
         keys: &[&str],
         configs: &BTreeMap<String, String>,
     ) -> Result<bool, HostError> {
-        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
-        if owner.mirror().as_deref() != Some(mirror) {
-            return Err(HostError::Refused {
-                action: format!("syncing the configs of {topic}"),
-                reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
-            });
-        }
-        self.sync_configs(&owner, mirror, keys, configs)
+        self.sync_copied_configs(topic, mirror, keys, configs, |owner| match owner.as_deref() {
+            Some(owner) if owner == mirror => Ok(()),
+            _ => Err(format!("the topic is not a mirror topic of mirror '{mirror}'")),
+        })
     }
 
     /// Rename mode's counterpart of [`sync_mirror_topic_configs`](Self::sync_mirror_topic_configs),
@@ -93,24 +89,23 @@ impl Host {
         keys: &[&str],
         configs: &BTreeMap<String, String>,
     ) -> Result<bool, HostError> {
-        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
-        if let Some(other) = owner.mirror() {
-            return Err(HostError::Refused {
-                action: format!("syncing the configs of {topic}"),
-                reason: format!("the topic is a read-only copy of mirror '{other}'"),
-            });
-        }
-        self.sync_configs(&owner, mirror, keys, configs)
+        self.sync_copied_configs(topic, mirror, keys, configs, |owner| match owner {
+            Some(other) => Err(format!("the topic is a read-only copy of mirror '{other}'")),
+            None => Ok(()),
+        })
     }
 
-    fn sync_configs(
+    /// The sync itself; `allowed` judges the topic by its owning mirror, if any.
+    fn sync_copied_configs(
         &self,
-        owner: &crate::topic::Topic,
+        topic: &str,
         mirror: &str,
         keys: &[&str],
         configs: &BTreeMap<String, String>,
+        allowed: impl FnOnce(Option<String>) -> Result<(), String>,
     ) -> Result<bool, HostError> {
-        let topic = owner.name.as_str();
+        let owner = self.broker.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))?;
+        allowed(owner.mirror()).map_err(|reason| HostError::Refused { action: format!("syncing the configs of {topic}"), reason })?;
         let current = owner.config.read().clone();
         let mut next = current.clone();
         for key in keys {
