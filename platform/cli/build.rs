@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The first-party plugins bundled into the binary: (package in `plugins/`, world).
-const BUILTIN_PLUGINS: [(&str, &str); 9] = [
+const BUILTIN_PLUGINS: [(&str, &str); 11] = [
     ("file-source", "source"),
     ("file-sink", "sink"),
     ("jdbc-source", "source"),
@@ -34,6 +34,8 @@ const BUILTIN_PLUGINS: [(&str, &str); 9] = [
     ("json-to-msgpack", "transform"),
     ("pii-mask", "transform"),
     ("router", "transform"),
+    ("default-replication-policy", "mirror-policy"),
+    ("identity-replication-policy", "mirror-policy"),
 ];
 
 /// The SDK directories packed, relative to `sdk/`.

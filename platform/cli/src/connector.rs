@@ -131,6 +131,18 @@ pub enum PluginCmd {
     },
 }
 
+/// Uploads a `.wasm` file to the broker's module registry under `name`; the registry's answer and
+/// the file's size.
+pub(crate) async fn upload_module(admin_url: &str, file: &std::path::Path, name: &str) -> Result<(Value, u64)> {
+    let size = std::fs::metadata(file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", file.display())))?.len();
+    if size > MODULE_BYTES_MAX {
+        return usage(format!("{} is {size} bytes; modules may be at most {MODULE_BYTES_MAX}", file.display()));
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let body = json!({"name": name, "module_base64": base64::engine::general_purpose::STANDARD.encode(&bytes)});
+    Ok((call(admin_url, "POST", "/v1/plugins", Some(body), UPLOAD_TIMEOUT).await?, size))
+}
+
 /// One admin API call; a non-2xx answer becomes an error with the API's message (Connect's
 /// `message` or the registry's `error`).
 pub(crate) async fn call(admin_url: &str, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value> {
@@ -407,13 +419,7 @@ pub(crate) async fn run_plugin(cmd: PluginCmd, admin_url: &str, as_json: bool) -
             Ok(())
         }
         PluginCmd::Upload { file, name } => {
-            let size = std::fs::metadata(&file).map_err(|e| crate::exit::UsageError(format!("cannot read {}: {e}", file.display())))?.len();
-            if size > MODULE_BYTES_MAX {
-                return usage(format!("{} is {size} bytes; modules may be at most {MODULE_BYTES_MAX}", file.display()));
-            }
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let body = json!({"name": name, "module_base64": base64::engine::general_purpose::STANDARD.encode(&bytes)});
-            let info = call(admin_url, "POST", "/v1/plugins", Some(body), UPLOAD_TIMEOUT).await?;
+            let (info, size) = upload_module(admin_url, &file, &name).await?;
             if as_json {
                 print_json(&info);
             } else {

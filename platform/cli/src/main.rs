@@ -275,8 +275,8 @@ fn run_server(args: ServerArgs) -> ExitCode {
             vec![
                 std::sync::Arc::new(plugins.clone()),
                 std::sync::Arc::new(sluice_transforms::TransformsExtension::new(plugins.clone())),
-                std::sync::Arc::new(sluice_connect::ConnectExtension::new(plugins)),
-                std::sync::Arc::new(sluice_mirror::MirrorExtension::new()),
+                std::sync::Arc::new(sluice_connect::ConnectExtension::new(plugins.clone())),
+                std::sync::Arc::new(sluice_mirror::MirrorExtension::new(plugins)),
             ]
         },
     };

@@ -32,7 +32,10 @@ pub enum MirrorCmd {
                             partition count and offsets here, batch for batch. Promote it to write to it.\n\
                             In rename mode (MirrorMaker 2's) the copy is a normal topic named '<alias>.<topic>' (or '<topic>' with\n\
                             --policy identity), written exactly once by transactions; records carry their origin cluster in the\n\
-                            'sluice.origin' header and are never copied back to it, so two-way mirrors do not loop."
+                            'sluice.origin' header and are never copied back to it, so two-way mirrors do not loop.\n\
+                            --policy also takes a mirror-policy module (a .wasm file, uploaded to the registry under its file name,\n\
+                            or the name of a module there) that names the copies, picks topics and groups, and may filter or\n\
+                            rewrite records: see examples/mirror-policies/."
     )]
     Create {
         name: String,
@@ -54,9 +57,13 @@ pub enum MirrorCmd {
         /// preserve: same names and offsets, read-only copies; rename: MirrorMaker 2's renamed, writable copies.
         #[arg(long, default_value = "preserve", value_parser = ["preserve", "rename"])]
         mode: String,
-        /// Rename mode's target names: default ('<alias>.<topic>') or identity ('<topic>').
-        #[arg(long, value_parser = ["default", "identity"])]
+        /// Rename mode's replication policy: default ('<alias>.<topic>'), identity ('<topic>'), the name of a
+        /// mirror-policy module in the broker's registry, or a .wasm file (uploaded under its file name).
+        #[arg(long)]
         policy: Option<String>,
+        /// A setting passed to the policy's init, KEY=VALUE (repeatable).
+        #[arg(long = "policy-config", value_name = "KEY=VALUE")]
+        policy_config: Vec<String>,
     },
     /// List mirrors with their state and lag.
     #[command(after_help = "Example:\n  sluice mirror list")]
@@ -115,7 +122,16 @@ fn print_status(status: &Value) {
     println!("Mirror:   {}", text(&status["name"]));
     println!("State:    {}", text(&status["state"]));
     match status["policy"].as_str() {
-        Some(policy) => println!("Mode:     {} (policy {policy}, alias {})", text(&status["mode"]), text(&status["source_alias"])),
+        Some(policy) => {
+            let config: Vec<String> = status["policy_config"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
+            let config = if config.is_empty() { String::new() } else { format!(" [{}]", config.join(", ")) };
+            println!("Mode:     {} (policy {policy}{config}, alias {})", text(&status["mode"]), text(&status["source_alias"]))
+        }
         None => println!("Mode:     {}", text(&status["mode"])),
     }
     let sources: Vec<&str> = status["source_bootstrap"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -147,6 +163,9 @@ fn print_status(status: &Value) {
         let mut error = p["error"].as_str().unwrap_or("").to_string();
         if let Some(looped) = p["records_looped"].as_u64().filter(|&n| n > 0) {
             error = format!("{looped} records from this cluster not copied back{}{error}", if error.is_empty() { "" } else { "; " });
+        }
+        if let Some(filtered) = p["records_filtered"].as_u64().filter(|&n| n > 0) {
+            error = format!("{filtered} records dropped by the policy{}{error}", if error.is_empty() { "" } else { "; " });
         }
         out.add_row(vec![
             topic,
@@ -204,7 +223,38 @@ fn print_promoted(outcome: &Value, verb: &str) {
 
 pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Result<()> {
     match cmd {
-        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, groups, mode, policy } => {
+        MirrorCmd::Create { name, source_bootstrap, source_alias, topics, exclude, groups, mode, policy, policy_config } => {
+            if mode == "preserve" && (policy.is_some() || !policy_config.is_empty()) {
+                return usage(
+                    "--policy and --policy-config apply to mode 'rename' only; preserve mode keeps the source's names".to_string(),
+                );
+            }
+            let mut config = serde_json::Map::new();
+            for pair in &policy_config {
+                let Some((key, value)) = pair.split_once('=') else {
+                    return usage(format!("--policy-config '{pair}' is not KEY=VALUE"));
+                };
+                config.insert(key.to_string(), Value::String(value.to_string()));
+            }
+            let policy = match policy {
+                Some(file) if file.ends_with(".wasm") => {
+                    let path = std::path::Path::new(&file);
+                    let module = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().replace('_', "-");
+                    let (info, size) = crate::connector::upload_module(admin_url, path, &module).await?;
+                    if !info["worlds"].as_array().into_iter().flatten().any(|w| w.as_str() == Some("mirror-policy")) {
+                        return usage(format!(
+                            "{file} is not a mirror policy (it implements {}); build one with #[sluice::mirror_policy]",
+                            info["worlds"]
+                        ));
+                    }
+                    if !as_json {
+                        println!("Uploaded policy {module} ({} KiB, sha256 {}).", size / 1024, info["digest"].as_str().unwrap_or("?"));
+                    }
+                    module
+                }
+                Some(name) => name,
+                None => "default".into(),
+            };
             let body = json!({
                 "name": name,
                 "source_bootstrap": source_bootstrap,
@@ -213,7 +263,8 @@ pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Resul
                 "exclude": exclude,
                 "groups": groups,
                 "mode": mode,
-                "policy": policy.unwrap_or_else(|| "default".into()),
+                "policy": policy,
+                "policy_config": config,
             });
             let status = call(admin_url, "POST", "/v1/mirrors", Some(body), REQUEST_TIMEOUT).await?;
             if as_json {

@@ -3,7 +3,7 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /v1/mirrors` | every mirror's status |
-//! | `POST /v1/mirrors` | create: `{"name", "source_bootstrap": ["host:port"], "topics": "regex", "exclude"?, "source_alias"?, "groups"?, "mode"?: "preserve" \| "rename", "policy"?: "default" \| "identity"}` |
+//! | `POST /v1/mirrors` | create: `{"name", "source_bootstrap": ["host:port"], "topics": "regex", "exclude"?, "source_alias"?, "groups"?, "mode"?: "preserve" \| "rename", "policy"?: "default" \| "identity" \| <mirror-policy module>, "policy_config"?: {..}}` |
 //! | `GET /v1/mirrors/{name}` | state, the source's reachability, per partition: lag in records and ms, record age, bytes/s |
 //! | `POST /v1/mirrors/{name}/pause`, `/resume` | pause; resume (also retries after a failure) |
 //! | `POST /v1/mirrors/{name}/promote` | `{"topics": [..]}` or `{}` for all: make mirror topics normal, writable topics |

@@ -1,13 +1,19 @@
 //! `sluice-mirror`: the in-broker replicator. A mirror runs inside the target broker and copies
 //! topics from any Kafka-protocol cluster (another Sluice, Apache Kafka, Redpanda, …).
 //!
-//! **Preserve mode** (the one built so far): each selected source topic gets a read-only mirror
-//! topic of the same name, partition count and explicitly set configs, whose batches equal the
-//! source's byte for byte — offsets, timestamps, keys, values, headers, producer ids, compression
-//! and transaction markers. Consumers fail over with no offset translation. A mirror topic carries
-//! the read-only setting `sluice.mirror`; clients cannot write to it or change it until it is
-//! promoted. Rename mode (MirrorMaker 2's `{alias}.{topic}` copies) and consumer-group offset sync
-//! are not built yet.
+//! **Preserve mode** (the default): each selected source topic gets a read-only mirror topic of the
+//! same name, partition count and explicitly set configs, whose batches equal the source's byte for
+//! byte — offsets, timestamps, keys, values, headers, producer ids, compression and transaction
+//! markers. Consumers fail over with no offset translation; group offsets are copied as they are.
+//! A mirror topic carries the read-only setting `sluice.mirror`; clients cannot write to it or
+//! change it until it is promoted.
+//!
+//! **Rename mode** (MirrorMaker 2's): a replication policy — a `mirror-policy` Wasm module from the
+//! registry; `default` (`{alias}.{topic}`) and `identity` ship with the broker — names the copies,
+//! picks topics and groups and may filter or rewrite records. Records are written again, exactly
+//! once, by one transaction per round that also commits the mirror's positions; each carries its
+//! origin cluster so two-way mirrors never loop; group offsets are translated exactly through the
+//! source → target offset map (`offset_map`).
 //!
 //! - [`spec`]: what an operator asks for, validated, and what is stored.
 //! - [`task`]: the replication loop (fetch from the source, append as it is), one supervised task
@@ -17,12 +23,14 @@
 //! - [`api`]: `/v1/mirrors` on the admin API.
 //!
 //! It sees the broker only through `sluice_broker::host` (mirror topics, `append_mirrored`,
-//! `promote_mirror_topic`) and the source only through `sluice-client`.
+//! `promote_mirror_topic`, the transactional producer), the source only through `sluice-client`,
+//! and policies only through `sluice-runtime`'s registry and `sluice-wasm`'s `PolicyInstance`.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_broker::host::{Extension, Host, StartError};
+use sluice_runtime::Plugins;
 
 pub mod api;
 pub mod manager;
@@ -33,15 +41,16 @@ pub mod task;
 
 pub use manager::MirrorManager;
 
-/// The mirror runtime as a broker extension.
-#[derive(Default)]
+/// The mirror runtime as a broker extension. It takes rename mode's policies from `Plugins`, which
+/// must start before it.
 pub struct MirrorExtension {
+    plugins: Plugins,
     manager: Mutex<Option<Arc<MirrorManager>>>,
 }
 
 impl MirrorExtension {
-    pub fn new() -> MirrorExtension {
-        MirrorExtension::default()
+    pub fn new(plugins: Plugins) -> MirrorExtension {
+        MirrorExtension { plugins, manager: Mutex::new(None) }
     }
 }
 
@@ -51,7 +60,7 @@ impl Extension for MirrorExtension {
     }
 
     fn start(&self, host: Host) -> Result<axum::Router, StartError> {
-        let manager = Arc::new(MirrorManager::open(host)?);
+        let manager = Arc::new(MirrorManager::open(host, self.plugins.clone())?);
         manager.start_all();
         *self.manager.lock() = Some(Arc::clone(&manager));
         Ok(api::router(manager))

@@ -8,9 +8,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use sluice_broker::host::{Host, Promotion, now_ms};
 use sluice_runtime::store::JsonFiles;
-use sluice_runtime::{RuntimeError, Supervisor, Task, TaskSet, TaskState};
+use sluice_runtime::{Plugins, RuntimeError, Supervisor, Task, TaskSet, TaskState};
 
-use crate::spec::{MirrorSpec, Mode, Policy, StoredMirror};
+use crate::spec::{MirrorSpec, Mode, StoredMirror};
 use crate::state::{MirrorMetrics, MirrorShared};
 use crate::task::MirrorTask;
 
@@ -28,6 +28,8 @@ struct Running {
 
 pub struct MirrorManager {
     host: Host,
+    /// The module registry rename mode's policies come from.
+    plugins: Plugins,
     store: JsonFiles<StoredMirror>,
     metrics: Arc<MirrorMetrics>,
     supervisor: Supervisor,
@@ -47,8 +49,11 @@ pub struct MirrorStatus {
     pub source_bootstrap: Vec<String>,
     pub source_alias: String,
     pub mode: Mode,
-    /// Rename mode's naming policy.
-    pub policy: Option<Policy>,
+    /// Rename mode's policy (a `mirror-policy` module; `default` and `identity` are the builtins).
+    pub policy: Option<String>,
+    /// The policy's configuration.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy_config: BTreeMap<String, String>,
     pub topics: String,
     pub exclude: Option<String>,
     pub groups: Option<String>,
@@ -87,6 +92,8 @@ pub struct PartitionStatus {
     pub records_lost: u64,
     /// Rename mode: records not copied back to the cluster they came from.
     pub records_looped: u64,
+    /// Rename mode: records the replication policy dropped.
+    pub records_filtered: u64,
     pub error: Option<String>,
 }
 
@@ -114,11 +121,11 @@ impl From<Promotion> for Promoted {
 }
 
 impl MirrorManager {
-    pub fn open(host: Host) -> Result<MirrorManager, RuntimeError> {
+    pub fn open(host: Host, plugins: Plugins) -> Result<MirrorManager, RuntimeError> {
         let store = JsonFiles::open(host.data_dir()?.join("mirrors"), "mirror")?;
         let metrics = Arc::new(MirrorMetrics::register(host.metrics())?);
         let supervisor = Supervisor::new("mirror")?;
-        Ok(MirrorManager { host, store, metrics, supervisor, mirrors: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
+        Ok(MirrorManager { host, plugins, store, metrics, supervisor, mirrors: Mutex::new(BTreeMap::new()), control: Mutex::new(()) })
     }
 
     /// Starts every stored mirror (at broker start).
@@ -151,8 +158,10 @@ impl MirrorManager {
     fn start(&self, stored: StoredMirror) -> Result<(), RuntimeError> {
         let name = stored.spec.name.clone();
         let shared = Arc::new(MirrorShared::new(stored.spec.clone(), stored.promoted.clone(), Arc::clone(&self.metrics))?);
-        let (host, task_shared) = (self.host.clone(), Arc::clone(&shared));
-        let factory = Box::new(move |_id: i32| Ok(Box::new(MirrorTask::new(host.clone(), Arc::clone(&task_shared))) as Box<dyn Task>));
+        let (host, plugins, task_shared) = (self.host.clone(), self.plugins.clone(), Arc::clone(&shared));
+        let factory = Box::new(move |_id: i32| {
+            Ok(Box::new(MirrorTask::new(host.clone(), plugins.clone(), Arc::clone(&task_shared))) as Box<dyn Task>)
+        });
         let tasks = TaskSet::new("mirror", &name, stored.paused, factory, Box::new(|| vec![0]));
         self.supervisor.insert(&name, Arc::clone(&tasks));
         self.mirrors.lock().insert(name, Running { stored, shared, tasks, invalid: None });
@@ -161,6 +170,9 @@ impl MirrorManager {
 
     pub fn create(&self, spec: MirrorSpec) -> Result<MirrorStatus, RuntimeError> {
         spec.validate()?;
+        if spec.mode == Mode::Rename {
+            self.check_policy(spec.policy_module())?;
+        }
         let _control = self.control.lock();
         let name = spec.name.clone();
         {
@@ -179,6 +191,25 @@ impl MirrorManager {
         self.status(&name)
     }
 
+    /// A rename-mode mirror's policy must be a `mirror-policy` module in the registry.
+    fn check_policy(&self, module: &str) -> Result<(), RuntimeError> {
+        let registry = self.plugins.registry()?;
+        let policies: Vec<String> =
+            registry.list().into_iter().filter(|m| m.worlds.iter().any(|w| w == "mirror-policy")).map(|m| m.name).collect();
+        match registry.get(module) {
+            Some(info) if info.worlds.iter().any(|w| w == "mirror-policy") => Ok(()),
+            Some(info) => Err(RuntimeError::Invalid(format!(
+                "policy: module '{module}' is a {} module, not a mirror policy; policies here: {}",
+                info.worlds.join("/"),
+                policies.join(", ")
+            ))),
+            None => Err(RuntimeError::Invalid(format!(
+                "policy: no module '{module}' in the broker's registry; upload it first (`sluice plugin upload FILE.wasm --name {module}`, or `sluice mirror create --policy FILE.wasm`); policies here: {}",
+                policies.join(", ")
+            ))),
+        }
+    }
+
     pub fn list(&self) -> Vec<MirrorStatus> {
         let names: Vec<String> = self.mirrors.lock().keys().cloned().collect();
         names.iter().filter_map(|name| self.status(name).ok()).collect()
@@ -195,7 +226,7 @@ impl MirrorManager {
             .partitions()
             .into_iter()
             .map(|((topic, partition), p)| PartitionStatus {
-                target_topic: spec.target_topic(&topic),
+                target_topic: shared.target_of(&topic).unwrap_or_default(),
                 topic,
                 partition,
                 source_high_watermark: p.source_high_watermark,
@@ -208,6 +239,7 @@ impl MirrorManager {
                 bytes_per_second: p.bytes_per_second(now),
                 records_lost: p.records_lost,
                 records_looped: p.records_looped,
+                records_filtered: p.records_filtered,
                 error: p.error.clone(),
             })
             .collect();
@@ -219,7 +251,8 @@ impl MirrorManager {
             source_bootstrap: spec.source_bootstrap.clone(),
             source_alias: spec.source_alias.clone().unwrap_or_else(|| spec.name.clone()),
             mode: spec.mode,
-            policy: (spec.mode == Mode::Rename).then_some(spec.policy),
+            policy: (spec.mode == Mode::Rename).then(|| spec.policy.clone()),
+            policy_config: spec.policy_config.clone(),
             topics: spec.topics.clone(),
             exclude: spec.exclude.clone(),
             groups: spec.groups.clone(),

@@ -1,7 +1,7 @@
 //! A mirror's spec: what the operator asked for, validated at the boundary, and what is stored of
 //! it under `<data-dir>/__mirror/mirrors/`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use sluice_runtime::RuntimeError;
@@ -28,23 +28,25 @@ pub enum Mode {
     Rename,
 }
 
-/// How rename mode names a source topic on the target (MirrorMaker 2's replication policies).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// `{source-alias}.{topic}` (MirrorMaker 2's `DefaultReplicationPolicy`).
-    #[default]
-    Default,
-    /// The source's name (`IdentityReplicationPolicy`); loops are still prevented by the origin header.
-    Identity,
+/// The builtin policy `policy: "default"` names (MirrorMaker 2's `DefaultReplicationPolicy`:
+/// `{source-alias}.{topic}`).
+pub const DEFAULT_POLICY_MODULE: &str = "default-replication-policy";
+/// The builtin policy `policy: "identity"` names (`IdentityReplicationPolicy`: the source's names).
+pub const IDENTITY_POLICY_MODULE: &str = "identity-replication-policy";
+/// Most `policy_config` entries, and their bytes in all.
+pub const POLICY_CONFIG_ENTRIES_MAX: usize = 256;
+pub const POLICY_CONFIG_BYTES_MAX: usize = 64 * 1024;
+/// Longest policy module name (as the module registry's).
+pub const POLICY_NAME_BYTES_MAX: usize = 128;
+
+fn default_policy() -> String {
+    "default".to_string()
 }
 
 /// The record header rename mode adds: the cluster id of the cluster where the record was first
 /// written. A record whose origin is the target cluster is not copied back to it, so A→B plus B→A
 /// never loops, whatever the names.
 pub const ORIGIN_HEADER: &str = "sluice.origin";
-/// Longest topic name Kafka allows.
-pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// `POST /v1/mirrors`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +69,13 @@ pub struct MirrorSpec {
     pub groups: Option<String>,
     #[serde(default)]
     pub mode: Mode,
-    /// Rename mode's naming of target topics.
+    /// Rename mode's replication policy: a `mirror-policy` module in the broker's registry, by name;
+    /// `default` (`{source-alias}.{topic}`) and `identity` (the source's names) are the builtins.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// The policy's configuration, passed to its `init`.
     #[serde(default)]
-    pub policy: Policy,
+    pub policy_config: BTreeMap<String, String>,
 }
 
 impl MirrorSpec {
@@ -97,8 +103,15 @@ impl MirrorSpec {
         {
             return invalid(format!("source_alias '{alias}': use 1 to {NAME_BYTES_MAX} letters, digits, '-' or '_'"));
         }
-        if self.mode == Mode::Preserve && self.policy != Policy::Default {
+        if self.mode == Mode::Preserve && (self.policy != "default" || !self.policy_config.is_empty()) {
             return invalid("policy: preserve mode keeps the source's names; a policy applies to mode 'rename' only".into());
+        }
+        sluice_runtime::registry::validate_name("policy module", &self.policy, POLICY_NAME_BYTES_MAX)?;
+        let config_bytes: usize = self.policy_config.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if self.policy_config.len() > POLICY_CONFIG_ENTRIES_MAX || config_bytes > POLICY_CONFIG_BYTES_MAX {
+            return invalid(format!(
+                "policy_config: at most {POLICY_CONFIG_ENTRIES_MAX} entries and {POLICY_CONFIG_BYTES_MAX} bytes in all"
+            ));
         }
         self.selection()?;
         self.group_selection()?;
@@ -110,11 +123,12 @@ impl MirrorSpec {
         self.source_alias.as_deref().unwrap_or(&self.name)
     }
 
-    /// The target topic a source topic is copied to.
-    pub fn target_topic(&self, source: &str) -> String {
-        match (self.mode, self.policy) {
-            (Mode::Preserve, _) | (Mode::Rename, Policy::Identity) => source.to_string(),
-            (Mode::Rename, Policy::Default) => format!("{}.{source}", self.alias()),
+    /// The registry module of the rename-mode policy (`default` and `identity` name the builtins).
+    pub fn policy_module(&self) -> &str {
+        match self.policy.as_str() {
+            "default" => DEFAULT_POLICY_MODULE,
+            "identity" => IDENTITY_POLICY_MODULE,
+            other => other,
         }
     }
 
@@ -186,7 +200,8 @@ mod tests {
             exclude: Some("payments-test".into()),
             groups: None,
             mode: Mode::Preserve,
-            policy: Policy::Default,
+            policy: "default".into(),
+            policy_config: BTreeMap::new(),
         }
     }
 
@@ -202,12 +217,15 @@ mod tests {
     }
 
     #[test]
-    fn policies_name_the_target_topics() {
-        assert_eq!(spec().target_topic("orders"), "orders");
+    fn policy_shorthands_name_the_builtin_modules() {
         let rename = MirrorSpec { mode: Mode::Rename, ..spec() };
-        assert_eq!(rename.target_topic("orders"), "dr.orders");
-        assert_eq!(MirrorSpec { source_alias: Some("east".into()), ..rename.clone() }.target_topic("orders"), "east.orders");
-        assert_eq!(MirrorSpec { policy: Policy::Identity, ..rename }.target_topic("orders"), "orders");
+        assert_eq!(rename.policy_module(), DEFAULT_POLICY_MODULE);
+        assert_eq!(MirrorSpec { policy: "identity".into(), ..rename.clone() }.policy_module(), IDENTITY_POLICY_MODULE);
+        assert_eq!(MirrorSpec { policy: "my-policy".into(), ..rename }.policy_module(), "my-policy");
+        // A mirror stored before policies were modules reads as it did.
+        let stored: MirrorSpec =
+            serde_json::from_str(r#"{"name":"m","source_bootstrap":["h:1"],"topics":"t","mode":"rename","policy":"identity"}"#).unwrap();
+        assert_eq!(stored.policy_module(), IDENTITY_POLICY_MODULE);
     }
 
     #[test]
@@ -218,7 +236,11 @@ mod tests {
         assert!(error(MirrorSpec { source_bootstrap: vec!["host".into()], ..spec() }).contains("host:port"));
         assert!(error(MirrorSpec { topics: "(".into(), ..spec() }).contains("not a valid regular expression"));
         assert!(error(MirrorSpec { topics: "a{1000}{1000}".into(), ..spec() }).contains("topics"));
-        assert!(error(MirrorSpec { policy: Policy::Identity, ..spec() }).contains("mode 'rename' only"));
+        assert!(error(MirrorSpec { policy: "identity".into(), ..spec() }).contains("mode 'rename' only"));
+        let rename = MirrorSpec { mode: Mode::Rename, ..spec() };
+        assert!(error(MirrorSpec { policy: "../x".into(), ..rename.clone() }).contains("policy module name"));
+        let huge = (0..300).map(|i| (i.to_string(), String::new())).collect();
+        assert!(error(MirrorSpec { policy_config: huge, ..rename }).contains("policy_config"));
         MirrorSpec { mode: Mode::Rename, ..spec() }.validate().unwrap();
         assert!(error(MirrorSpec { groups: Some("[".into()), ..spec() }).contains("groups"));
         spec().validate().unwrap();

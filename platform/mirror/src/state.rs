@@ -24,6 +24,8 @@ pub struct PartitionProgress {
     pub records_lost: u64,
     /// Rename mode: records that originated on this cluster, not copied back (loop prevention).
     pub records_looped: u64,
+    /// Rename mode: records the replication policy dropped.
+    pub records_filtered: u64,
     /// Max timestamp of the last batch copied.
     pub last_record_timestamp_ms: Option<i64>,
     /// When the copy was last level with the source (broker time).
@@ -188,6 +190,8 @@ pub struct MirrorShared {
     topic_errors: Mutex<BTreeMap<String, String>>,
     source_error: Mutex<Option<String>>,
     groups: Mutex<BTreeMap<String, GroupSync>>,
+    /// Rename mode: each mirrored source topic's copy, as the policy named it.
+    targets: Mutex<BTreeMap<String, String>>,
     /// Held by the task while it appends, and by promotion: a topic is never written while it is
     /// being promoted.
     pub writing: Mutex<()>,
@@ -225,8 +229,22 @@ impl MirrorShared {
             topic_errors: Mutex::new(BTreeMap::new()),
             source_error: Mutex::new(source_error),
             groups: Mutex::new(BTreeMap::new()),
+            targets: Mutex::new(BTreeMap::new()),
             writing: Mutex::new(()),
         }
+    }
+
+    /// The topic `source` is copied to: the same name in preserve mode, the policy's name in
+    /// rename mode (`None` while the policy has not named it).
+    pub fn target_of(&self, source: &str) -> Option<String> {
+        match self.spec.mode {
+            crate::spec::Mode::Preserve => Some(source.to_string()),
+            crate::spec::Mode::Rename => self.targets.lock().get(source).cloned(),
+        }
+    }
+
+    pub fn set_target(&self, source: &str, target: &str) {
+        self.targets.lock().insert(source.to_string(), target.to_string());
     }
 
     pub fn promoted(&self) -> BTreeSet<String> {

@@ -12,7 +12,8 @@
 //! that gained partitions grow on the target too.
 //!
 //! In rename mode the source is read read_committed and its records are written again, under the
-//! name the policy gives, by one broker transaction per round that also commits each partition's
+//! name the policy gives (a `mirror-policy` Wasm instance, asked once per topic; it may also leave
+//! groups out and, when it says so at `init`, drop or rewrite records), by one broker transaction per round that also commits each partition's
 //! next source offset (as the offset of the group [`position_group`] on the target partition). A
 //! crash aborts the open transaction; the task's next start fences it and resumes from the committed
 //! positions, so no record is lost or written twice. Each record carries the cluster it was first
@@ -27,10 +28,11 @@ use sluice_broker::host::{Host, ProducerRecord, ReaderLimits, TransactionalProdu
 use sluice_client::{
     Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch, PendingFetch,
 };
-use sluice_runtime::{RuntimeError, Step, Task, TaskControl};
+use sluice_runtime::{Plugins, RuntimeError, Step, Task, TaskControl};
+use sluice_wasm::{InputRecord, InstanceConfig, PolicyInstance, RecordAction};
 
 use crate::offset_map::{OffsetMap, Run};
-use crate::spec::{Mode, ORIGIN_HEADER, TOPIC_NAME_BYTES_MAX};
+use crate::spec::{Mode, ORIGIN_HEADER};
 use crate::state::{MirrorShared, PartitionProgress};
 
 /// How often the source's topic list and partition counts are read again.
@@ -76,6 +78,7 @@ pub fn position_group(mirror: &str) -> String {
 
 pub struct MirrorTask {
     host: Host,
+    plugins: Plugins,
     shared: Arc<MirrorShared>,
     client: Option<Client>,
     /// Source metadata of the mirrored topics, from the last refresh.
@@ -104,6 +107,11 @@ pub struct MirrorTask {
     /// The next round's fetches, sent before this round's answers were written (a round trip to
     /// the source overlaps the writing).
     prefetch: Option<Prefetch>,
+    /// Rename mode: the replication policy's instance (made again after it traps).
+    policy: Option<PolicyInstance>,
+    /// Rename mode: each source topic's copy, as the policy first named it (kept for the task's
+    /// life: a copy is never renamed under a running mirror).
+    targets: BTreeMap<String, String>,
 }
 
 /// Fetches sent, with the offset each partition was asked from.
@@ -113,9 +121,10 @@ struct Prefetch {
 }
 
 impl MirrorTask {
-    pub fn new(host: Host, shared: Arc<MirrorShared>) -> MirrorTask {
+    pub fn new(host: Host, plugins: Plugins, shared: Arc<MirrorShared>) -> MirrorTask {
         MirrorTask {
             host,
+            plugins,
             shared,
             client: None,
             topics: BTreeMap::new(),
@@ -131,7 +140,65 @@ impl MirrorTask {
             source_cluster: None,
             map: None,
             prefetch: None,
+            policy: None,
+            targets: BTreeMap::new(),
         }
+    }
+
+    /// The topic `source` is copied to (its own name in preserve mode).
+    fn target(&self, source: &str) -> String {
+        match self.targets.get(source) {
+            Some(target) if self.renames() => target.clone(),
+            _ => source.to_string(),
+        }
+    }
+
+    /// Rename mode: makes the policy's instance (from the registry module the spec names) unless a
+    /// usable one is running.
+    fn ensure_policy(&mut self) -> Result<&mut PolicyInstance, RuntimeError> {
+        if self.policy.as_ref().is_some_and(|p| p.poisoned().is_some()) {
+            self.policy = None;
+        }
+        if self.policy.is_none() {
+            let module = self.shared.spec.policy_module().to_string();
+            let registry = self.plugins.registry()?;
+            let info = registry.get(&module).ok_or_else(|| {
+                RuntimeError::Invalid(format!("policy module '{module}' is not in the broker's registry; upload it again under that name"))
+            })?;
+            let policy = registry.load(&info.digest)?.mirror_policy().map_err(|e| policy_error(&module, e))?;
+            let mut config = InstanceConfig::new(&format!("mirror-policy/{}", self.name()));
+            config.config = self.shared.spec.policy_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let instance = policy.instantiate(config, self.shared.spec.alias()).map_err(|e| policy_error(&module, e))?;
+            tracing::info!(
+                mirror = self.name(),
+                policy = module,
+                filters_records = instance.filters_records(),
+                "replication policy loaded"
+            );
+            self.policy = Some(instance);
+        }
+        Ok(self.policy.as_mut().expect("made above"))
+    }
+
+    /// Rename mode: asks the policy to name the topics it has not named yet. A name another source
+    /// topic is copied to already is refused for the later topic (its error says so).
+    fn name_targets(&mut self, topics: &[String]) -> Result<(), RuntimeError> {
+        let unnamed: Vec<String> = topics.iter().filter(|t| !self.targets.contains_key(*t)).cloned().collect();
+        let module = self.shared.spec.policy_module().to_string();
+        for chunk in unnamed.chunks(sluice_wasm::POLICY_NAMES_PER_CALL_MAX) {
+            let names = self.ensure_policy()?.target_topics(chunk).map_err(|e| policy_error(&module, e))?;
+            for (source, target) in chunk.iter().zip(names) {
+                let Some(target) = target else { continue };
+                if let Some((other, _)) = self.targets.iter().find(|(_, t)| **t == target) {
+                    let error = format!("policy '{module}' names it '{target}', which topic '{other}' is copied to already");
+                    self.shared.set_topic_error(source, Some(error));
+                    continue;
+                }
+                self.shared.set_target(source, &target);
+                self.targets.insert(source.clone(), target);
+            }
+        }
+        Ok(())
     }
 
     fn renames(&self) -> bool {
@@ -172,9 +239,18 @@ impl MirrorTask {
         // A cluster without an id (very old Kafka) is named by its alias.
         self.source_cluster = Some(meta.cluster_id.clone().unwrap_or_else(|| self.shared.spec.alias().to_string()));
         let promoted = self.shared.promoted();
+        let selected: Vec<sluice_client::TopicInfo> = meta
+            .topics
+            .into_iter()
+            .filter(|t| !t.internal && t.error_code == 0 && self.shared.topic_selection.wants(&t.name) && !promoted.contains(&t.name))
+            .collect();
+        if self.renames() {
+            self.name_targets(&selected.iter().map(|t| t.name.clone()).collect::<Vec<_>>())?;
+        }
         let mut topics = BTreeMap::new();
-        for topic in meta.topics.into_iter().filter(|t| !t.internal && t.error_code == 0 && self.shared.topic_selection.wants(&t.name)) {
-            if promoted.contains(&topic.name) {
+        for topic in selected {
+            if self.renames() && !self.targets.contains_key(&topic.name) {
+                // The policy left it out (or its name is taken: the topic error says so).
                 continue;
             }
             match self.ensure_target(&topic) {
@@ -241,12 +317,7 @@ impl MirrorTask {
     /// source's partition count and explicit configs and grown with it. An existing topic of that
     /// name is written into (as MirrorMaker 2 does) unless it is another mirror's read-only copy.
     fn ensure_renamed_target(&self, source: &sluice_client::TopicInfo) -> Result<(), RuntimeError> {
-        let target = self.shared.spec.target_topic(&source.name);
-        if target.len() > TOPIC_NAME_BYTES_MAX {
-            return Err(RuntimeError::Invalid(format!(
-                "the target name '{target}' is longer than Kafka's {TOPIC_NAME_BYTES_MAX} bytes; use a shorter --source-alias"
-            )));
-        }
+        let target = self.target(&source.name);
         let partitions = source.partitions.len() as i32;
         match self.host.topic(&target) {
             None => {
@@ -285,7 +356,7 @@ impl MirrorTask {
         if let Some(&position) = self.positions.get(&key) {
             return position;
         }
-        let target = self.shared.spec.target_topic(topic);
+        let target = self.target(topic);
         let position = match self.host.committed_offset(&position_group(self.name()), &target, partition) {
             Some(offset) => offset,
             None => {
@@ -337,7 +408,7 @@ impl MirrorTask {
             let synced = entries.map_err(|e| RuntimeError::Invalid(e.to_string())).and_then(|entries| {
                 let configs = copied_configs(entries);
                 Ok(if self.renames() {
-                    let target = self.shared.spec.target_topic(&topic);
+                    let target = self.target(&topic);
                     self.host.sync_renamed_topic_configs(&target, self.name(), COPIED_CONFIGS, &configs)?
                 } else {
                     self.host.sync_mirror_topic_configs(&topic, self.name(), COPIED_CONFIGS, &configs)?
@@ -355,11 +426,17 @@ impl MirrorTask {
     fn sync_groups(&mut self) -> Result<(), RuntimeError> {
         self.groups_synced = Some(Instant::now());
         let Some(selection) = self.shared.group_selection.clone() else { return Ok(()) };
-        let client = self.client()?;
-        let listed = self.block_on(CONNECT_TIMEOUT, "listing groups", client.list_all_groups())?;
+        let listed = self.block_on(CONNECT_TIMEOUT, "listing groups", self.client()?.list_all_groups())?;
         let mut state = BTreeMap::new();
-        let selected: Vec<String> =
+        let mut selected: Vec<String> =
             listed.into_iter().map(|g| g.group_id).filter(|g| !g.starts_with("__") && selection.is_match(g)).take(GROUPS_MAX).collect();
+        if self.renames() && !selected.is_empty() {
+            let module = self.shared.spec.policy_module().to_string();
+            let keep = self.ensure_policy()?.select_groups(&selected).map_err(|e| policy_error(&module, e))?;
+            let mut keep = keep.into_iter();
+            selected.retain(|_| keep.next().unwrap_or(false));
+        }
+        let client = self.client()?;
         // Each group: FindCoordinator + OffsetFetch, SOURCE_REQUESTS_CONCURRENT groups at a time.
         let fetched = self.block_on(GROUP_SYNC_TIMEOUT, "fetching group offsets", async {
             use futures::StreamExt;
@@ -389,7 +466,7 @@ impl MirrorTask {
                                     continue;
                                 }
                                 let Some(translated) = map.translate(&topic, partition, offset) else { continue };
-                                entries.push((self.shared.spec.target_topic(&topic), partition, translated));
+                                entries.push((self.target(&topic), partition, translated));
                                 continue;
                             }
                             let Ok(end) = self.host.partition_offsets(&topic, partition).map(|o| o.high_watermark) else { continue };
@@ -439,7 +516,7 @@ impl MirrorTask {
                 continue;
             }
             let copy_end = if self.shared.spec.mode == Mode::Rename {
-                let target = self.shared.spec.target_topic(name);
+                let target = self.target(name);
                 self.host.partition_offsets(&target, id).map(|_| None)
             } else {
                 self.host.partition_offsets(name, id).map(|offsets| Some(offsets.high_watermark))
@@ -701,6 +778,7 @@ impl MirrorTask {
             return Ok(None);
         }
         let here = self.host.cluster_id().to_string();
+        let fetched_count = fetched.records.len() as u64;
         let origin = Bytes::from(self.source_cluster.clone().unwrap_or_else(|| self.shared.spec.alias().to_string()));
         let mut staged = Staged {
             topic: topic.to_string(),
@@ -710,6 +788,7 @@ impl MirrorTask {
             records: 0,
             bytes: 0,
             looped: 0,
+            filtered: 0,
             last_timestamp: None,
             runs: Vec::new(),
         };
@@ -725,13 +804,22 @@ impl MirrorTask {
                 Some(_) => {}
                 None => headers.push((ORIGIN_HEADER.to_string(), Some(origin.clone()))),
             }
-            staged.bytes += (record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len)) as u64;
-            staged.last_timestamp = Some(record.timestamp_ms);
             source_offsets.push(record.offset);
             records.push(ProducerRecord { key: record.key, value: record.value, headers, timestamp_ms: record.timestamp_ms });
         }
+        let module = self.shared.spec.policy_module().to_string();
+        let policy = self.ensure_policy().map_err(|e| Applied::Abort(e.to_string()))?;
+        if policy.filters_records() && !records.is_empty() {
+            (records, source_offsets) = filter_records(policy, topic, partition, records, source_offsets)
+                .map_err(|e| Applied::Abort(policy_error(&module, e).to_string()))?;
+            staged.filtered = (fetched_count - staged.looped) - records.len() as u64;
+        }
+        for record in &records {
+            staged.bytes += (record.key.as_ref().map_or(0, Bytes::len) + record.value.as_ref().map_or(0, Bytes::len)) as u64;
+            staged.last_timestamp = Some(record.timestamp_ms);
+        }
         staged.records = records.len() as u64;
-        let target = self.shared.spec.target_topic(topic);
+        let target = self.target(topic);
         let producer = self.producer.as_mut().ok_or_else(|| Applied::Abort("the mirror's producer is not open".into()))?;
         let placed = producer.send_placed(&target, partition, &records).map_err(|e| Applied::Abort(e.to_string()))?;
         staged.runs = crate::offset_map::runs(&source_offsets, &placed);
@@ -741,8 +829,7 @@ impl MirrorTask {
     /// Rename mode: commits the round's records with the positions they move the copy to.
     fn commit_round(&mut self, staged: Vec<Staged>) -> Result<u64, RuntimeError> {
         let group = position_group(self.name());
-        let offsets: Vec<(String, i32, i64)> =
-            staged.iter().map(|s| (self.shared.spec.target_topic(&s.topic), s.partition, s.next_offset)).collect();
+        let offsets: Vec<(String, i32, i64)> = staged.iter().map(|s| (self.target(&s.topic), s.partition, s.next_offset)).collect();
         // The runs are written before the transaction commits: a committed position always has its
         // runs (see `offset_map`).
         let runs: Vec<(String, i32, Run)> =
@@ -774,6 +861,7 @@ impl MirrorTask {
                 p.records += stage.records;
                 p.bytes += stage.bytes;
                 p.records_looped += stage.looped;
+                p.records_filtered += stage.filtered;
                 p.last_record_timestamp_ms = stage.last_timestamp.or(p.last_record_timestamp_ms);
                 p.observe(stage.source_high_watermark, stage.next_offset, now);
             });
@@ -851,6 +939,8 @@ struct Staged {
     bytes: u64,
     /// Records that originated on this cluster, not copied back.
     looped: u64,
+    /// Records the policy dropped.
+    filtered: u64,
     last_timestamp: Option<i64>,
     /// Where the records went, for the offset map.
     runs: Vec<Run>,
@@ -878,6 +968,67 @@ fn copied_configs(entries: Vec<sluice_client::ConfigEntry>) -> BTreeMap<String, 
         .collect()
 }
 
+fn policy_error(module: &str, error: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Invalid(format!("replication policy '{module}': {error}"))
+}
+
+/// Rename mode: passes one partition's records through the policy's `filter`
+/// (`INPUT_RECORDS_PER_CALL_MAX` at a time) and applies its actions. A rewritten record keeps its
+/// timestamp and the origin header it had, whatever headers the policy returned.
+fn filter_records(
+    policy: &mut PolicyInstance,
+    topic: &str,
+    partition: i32,
+    records: Vec<ProducerRecord>,
+    source_offsets: Vec<i64>,
+) -> Result<(Vec<ProducerRecord>, Vec<i64>), sluice_wasm::PluginError> {
+    let mut kept = Vec::with_capacity(records.len());
+    let mut kept_offsets = Vec::with_capacity(records.len());
+    let mut records = records.into_iter().zip(source_offsets).peekable();
+    while records.peek().is_some() {
+        let chunk: Vec<(ProducerRecord, i64)> = records.by_ref().take(sluice_wasm::INPUT_RECORDS_PER_CALL_MAX).collect();
+        let inputs: Vec<InputRecord> = chunk
+            .iter()
+            .map(|(record, offset)| InputRecord {
+                key: record.key.as_ref().map(|k| k.to_vec()),
+                value: record.value.as_ref().map(|v| v.to_vec()),
+                headers: record
+                    .headers
+                    .iter()
+                    .map(|(key, value)| sluice_wasm::Header {
+                        key: key.clone(),
+                        value: value.as_ref().map_or_else(Vec::new, |v| v.to_vec()),
+                    })
+                    .collect(),
+                timestamp_ms: record.timestamp_ms,
+                partition,
+                offset: *offset,
+            })
+            .collect();
+        let actions = policy.filter(topic, &inputs)?;
+        for ((record, offset), action) in chunk.into_iter().zip(actions) {
+            match action {
+                RecordAction::Keep => kept.push(record),
+                RecordAction::Drop => continue,
+                RecordAction::Replace(new) => {
+                    let origin = record.headers.into_iter().find(|(key, _)| key == ORIGIN_HEADER);
+                    let mut headers: Vec<(String, Option<Bytes>)> =
+                        new.headers.into_iter().filter(|h| h.key != ORIGIN_HEADER).map(|h| (h.key, Some(Bytes::from(h.value)))).collect();
+                    headers.extend(origin);
+                    kept.push(ProducerRecord {
+                        key: new.key.map(Bytes::from),
+                        value: new.value.map(Bytes::from),
+                        headers,
+                        timestamp_ms: record.timestamp_ms,
+                    });
+                }
+            }
+            kept_offsets.push(offset);
+        }
+    }
+    Ok((kept, kept_offsets))
+}
+
 /// A stored batch's max timestamp (bytes 35..43 of the v2 header).
 fn max_timestamp(batch: &[u8]) -> i64 {
     batch.get(35..43).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(-1)
@@ -898,6 +1049,7 @@ impl Task for MirrorTask {
             self.fresh.clear();
             let path = self.host.data_dir()?.join("offset-maps").join(self.name());
             self.map = Some(OffsetMap::open(&path)?);
+            self.ensure_policy()?;
         }
         self.refresh()
     }

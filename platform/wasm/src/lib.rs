@@ -1,8 +1,8 @@
 //! `sluice-wasm`: the host runtime for WebAssembly plugins, for every world of `sluice:plugin`.
 //!
 //! Guests are components of a world in `sdk/wit/plugin.wit` — the only thing this crate shares with
-//! the guest SDK: `transform`, and the connector worlds `source` and `sink` (`connector`); mirror
-//! policies join them later.
+//! the guest SDK: `transform`, the connector worlds `source` and `sink` (`connector`), and
+//! `mirror-policy` (`policy`).
 //! In the data's path:
 //!
 //! 1. [`Engine`] — one per broker, for every world: a wasmtime engine with the component model and
@@ -32,7 +32,7 @@
 //!
 //! Modules: `engine` (engine, per-world linkers, ticker, compiled components), `cache`, `world`,
 //! `sandbox` (store, limits, calls, errors), `host` (host state and imports), `wasi`, `transform`
-//! (the transform world), `connector` (the source and sink worlds), `sql` (the connector worlds'
+//! (the transform world), `connector` (the source and sink worlds), `policy` (the mirror-policy world), `sql` (the connector worlds'
 //! database import, answered by a [`SqlHost`] the connector runtime provides), `watchdog`, `limits`, `error`.
 
 mod cache;
@@ -41,6 +41,7 @@ mod engine;
 mod error;
 mod host;
 mod limits;
+mod policy;
 mod sandbox;
 mod sql;
 #[cfg(feature = "test-host-imports")]
@@ -90,6 +91,19 @@ mod bindings {
         });
     }
 
+    pub(crate) mod mirror_policy {
+        wasmtime::component::bindgen!({
+            path: "../../sdk/wit",
+            world: "mirror-policy",
+            additional_derives: [PartialEq, Eq],
+            with: {
+                "sluice:plugin/types": super::transform::sluice::plugin::types,
+                "sluice:plugin/host": super::transform::sluice::plugin::host,
+            },
+        });
+    }
+
+    pub(crate) use mirror_policy::exports::sluice::plugin::replication_policy;
     pub(crate) use source::sluice::plugin::{connector_types, sql};
     pub(crate) use transform::sluice::plugin::{host, types};
 }
@@ -97,12 +111,14 @@ mod bindings {
 pub use bindings::connector_types::{
     ConfigKey, ConfigType, ConnectorError, ConnectorSpec, PollResult, PutError, SinkRecord, SourcePosition, SourceRecord,
 };
+pub use bindings::replication_policy::{PolicyInfo, RecordAction, Rewritten};
 pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
 pub use connector::{SinkInstance, SinkModule, SourceInstance, SourceModule};
 pub use engine::{CacheWrite, CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
 pub use error::PluginError;
 pub use host::{GaugeSink, LogSink, TracingLogSink, valid_gauge_name};
 pub use limits::*;
+pub use policy::{PolicyInstance, PolicyModule, invalid_topic_name};
 pub use sandbox::InstanceConfig;
 pub use sql::{SqlCallError, SqlColumn, SqlConnection, SqlDialect, SqlFailure, SqlHost, SqlRows, SqlValue};
 pub use transform::{TransformInstance, TransformModule};
@@ -122,6 +138,8 @@ const _: () = {
     send_sync::<SinkModule>();
     send::<SourceInstance>();
     send::<SinkInstance>();
+    send_sync::<PolicyModule>();
+    send::<PolicyInstance>();
 };
 
 /// The version of the `sluice:plugin` WIT package this host implements; components built against an

@@ -67,6 +67,8 @@ pub const CONNECTOR_KEYS_MAX: usize = 256;
 pub const CONNECTOR_SPEC_TEXT_BYTES_MAX: usize = 4_096;
 /// Output topics one deployment may name.
 pub const OUTPUTS_MAX: usize = 64;
+/// Most topic or group names a mirror policy is asked about in one call.
+pub const POLICY_NAMES_PER_CALL_MAX: usize = 10_000;
 /// Output topic name length (Kafka's limit on topic names).
 pub const OUTPUT_NAME_BYTES_MAX: usize = 249;
 /// Deploy-time configuration entries and their total size.

@@ -1,4 +1,4 @@
-//! The worlds of `sluice:plugin` this host runs. Adding one (`mirror-policy`, say):
+//! The worlds of `sluice:plugin` this host runs. Adding one:
 //! a variant here with its name and export, a `bindgen!` module in `lib.rs` reusing the shared
 //! interfaces, its own imports in [`World::add_imports`], its export check in [`World::check`], and
 //! a typed module/instance pair beside `transform.rs` built on `Sandbox`. The engine, linker setup,
@@ -9,6 +9,7 @@ use std::fmt;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::WIT_VERSION;
+use crate::bindings::mirror_policy::MirrorPolicyPre;
 use crate::bindings::sink::SinkPre;
 use crate::bindings::source::SourcePre;
 use crate::bindings::transform::TransformPre;
@@ -24,11 +25,13 @@ pub enum World {
     Source,
     /// Writes committed records to an outside system (`interface sink-connector`).
     Sink,
+    /// Names and picks what a mirror copies (`interface replication-policy`).
+    MirrorPolicy,
 }
 
 impl World {
     /// Every world this host runs.
-    pub const ALL: [World; 3] = [World::Transform, World::Source, World::Sink];
+    pub const ALL: [World; 4] = [World::Transform, World::Source, World::Sink, World::MirrorPolicy];
 
     /// The world's name in the WIT and in APIs (`"transform"`).
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl World {
             World::Transform => "transform",
             World::Source => "source",
             World::Sink => "sink",
+            World::MirrorPolicy => "mirror-policy",
         }
     }
 
@@ -50,14 +54,15 @@ impl World {
             World::Transform => format!("sluice:plugin/transformer@{WIT_VERSION}"),
             World::Source => format!("sluice:plugin/source-connector@{WIT_VERSION}"),
             World::Sink => format!("sluice:plugin/sink-connector@{WIT_VERSION}"),
+            World::MirrorPolicy => format!("sluice:plugin/replication-policy@{WIT_VERSION}"),
         }
     }
 
     /// Link the imports this world has beyond the shared ones (WASI and `host`).
     pub(crate) fn add_imports(self, linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         match self {
-            // A transform imports only `host`.
-            World::Transform => Ok(()),
+            // A transform and a mirror policy import only `host`.
+            World::Transform | World::MirrorPolicy => Ok(()),
             // Connectors may import `sql` (answered by the runtime's `SqlHost`, if it gave one).
             World::Source | World::Sink => crate::bindings::sql::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state),
         }
@@ -70,6 +75,7 @@ impl World {
             World::Transform => TransformPre::new(pre.clone()).map(drop),
             World::Source => SourcePre::new(pre.clone()).map(drop),
             World::Sink => SinkPre::new(pre.clone()).map(drop),
+            World::MirrorPolicy => MirrorPolicyPre::new(pre.clone()).map(drop),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! `sluice-macros`: the `#[sluice::transform]`, `#[sluice::source]` and `#[sluice::sink]` attributes.
-//! Users reach them through the `sluice` crate. The connector attributes go on the user's
-//! `impl Source for T` / `impl Sink for T` (the trait checks the signatures) and, on wasm32, generate
-//! that world's bindings in the user's crate with the export glue (see `WIT` for why there).
+//! `sluice-macros`: the `#[sluice::transform]`, `#[sluice::source]`, `#[sluice::sink]` and
+//! `#[sluice::mirror_policy]` attributes. Users reach them through the `sluice` crate. The connector
+//! and policy attributes go on the user's `impl Source for T` / `impl Sink for T` /
+//! `impl mirror::Policy for T` (the trait checks the signatures) and, on wasm32, generate that
+//! world's bindings in the user's crate with the export glue (see `WIT` for why there).
 //!
 //! The attribute keeps the user's function as written (so native unit tests call it directly) and,
 //! on wasm32 only, adds the component export glue: a type implementing the generated `Guest` trait
@@ -156,10 +157,12 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
 /// the exports of both).
 const WIT: &str = include_str!("../../wit/plugin.wit");
 
+/// The worlds whose attribute goes on a trait impl.
 #[derive(Clone, Copy)]
 enum ConnectorWorld {
     Source,
     Sink,
+    MirrorPolicy,
 }
 
 impl ConnectorWorld {
@@ -167,7 +170,29 @@ impl ConnectorWorld {
         match self {
             ConnectorWorld::Source => "Source",
             ConnectorWorld::Sink => "Sink",
+            ConnectorWorld::MirrorPolicy => "Policy",
         }
+    }
+
+    /// The attribute's name: `#[sluice::<attribute>]`.
+    fn attribute(self) -> &'static str {
+        match self {
+            ConnectorWorld::Source => "source",
+            ConnectorWorld::Sink => "sink",
+            ConnectorWorld::MirrorPolicy => "mirror_policy",
+        }
+    }
+
+    /// The SDK module holding the trait.
+    fn module(self) -> &'static str {
+        match self {
+            ConnectorWorld::Source | ConnectorWorld::Sink => "connector",
+            ConnectorWorld::MirrorPolicy => "mirror",
+        }
+    }
+
+    fn usage(self) -> String {
+        format!("`#[sluice::{}]` goes on `impl sluice::{}::{} for YourType {{ ... }}`", self.attribute(), self.module(), self.trait_name())
     }
 }
 
@@ -183,10 +208,16 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
     connector(ConnectorWorld::Sink, attr, item)
 }
 
+/// `#[sluice::mirror_policy]` on `impl sluice::mirror::Policy for T { ... }`.
+#[proc_macro_attribute]
+pub fn mirror_policy(attr: TokenStream, item: TokenStream) -> TokenStream {
+    connector(ConnectorWorld::MirrorPolicy, attr, item)
+}
+
 fn connector(world: ConnectorWorld, attr: TokenStream, item: TokenStream) -> TokenStream {
     let attr = proc_macro2::TokenStream::from(attr);
     if !attr.is_empty() {
-        let name = world.trait_name().to_lowercase();
+        let name = world.attribute();
         // The item stays, so the only error is this one.
         let mut tokens = Error::new(attr.span(), format!("`#[sluice::{name}]` takes no arguments")).to_compile_error();
         tokens.extend(proc_macro2::TokenStream::from(item));
@@ -194,11 +225,7 @@ fn connector(world: ConnectorWorld, attr: TokenStream, item: TokenStream) -> Tok
     }
     let item = match parse_macro_input!(item as syn::Item) {
         syn::Item::Impl(item) => item,
-        other => {
-            let name = world.trait_name();
-            let message = format!("`#[sluice::{}]` goes on `impl sluice::connector::{name} for YourType {{ ... }}`", name.to_lowercase());
-            return Error::new(other.span(), message).to_compile_error().into();
-        }
+        other => return Error::new(other.span(), world.usage()).to_compile_error().into(),
     };
     match expand_connector(world, item) {
         Ok(tokens) => tokens.into(),
@@ -208,7 +235,7 @@ fn connector(world: ConnectorWorld, attr: TokenStream, item: TokenStream) -> Tok
 
 fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream> {
     let trait_name = world.trait_name();
-    let usage = format!("`#[sluice::{}]` goes on `impl sluice::connector::{trait_name} for YourType {{ ... }}`", trait_name.to_lowercase());
+    let usage = world.usage();
     let Some((_, trait_path, _)) = &item.trait_ else {
         return Err(Error::new(item.self_ty.span(), usage));
     };
@@ -222,6 +249,7 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
     let glue = match world {
         ConnectorWorld::Source => source_glue(),
         ConnectorWorld::Sink => sink_glue(),
+        ConnectorWorld::MirrorPolicy => return Ok(policy_expansion(&item)),
     };
     let module = syn::Ident::new(&format!("__sluice_{}_export", trait_name.to_lowercase()), Span::call_site());
     let world_name = trait_name.to_lowercase();
@@ -520,6 +548,135 @@ fn sink_glue() -> proc_macro2::TokenStream {
                     })
                 })
             }
+        }
+    }
+}
+
+/// `#[sluice::mirror_policy]`: the user's impl, and on wasm32 the `mirror-policy` world's bindings
+/// and export glue driving it.
+fn policy_expansion(item: &syn::ItemImpl) -> proc_macro2::TokenStream {
+    let ty = &item.self_ty;
+    let wit = WIT;
+    quote! {
+        #item
+
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        type __SluiceMirrorPolicy = #ty;
+
+        // The generated export glue is `unsafe` (raw ABI entry points), so the module allows it.
+        #[cfg(target_arch = "wasm32")]
+        #[doc(hidden)]
+        #[allow(unsafe_code)]
+        mod __sluice_mirror_policy_export {
+            type __Policy = super::__SluiceMirrorPolicy;
+
+            ::sluice::__private::wit_bindgen::generate!({
+                inline: #wit,
+                world: "mirror-policy",
+                runtime_path: "::sluice::__private::wit_bindgen::rt",
+            });
+
+            use self::exports::sluice::plugin::replication_policy as rp;
+            use self::sluice::plugin::{host, types};
+
+            fn host_log(level: ::sluice::log::Level, message: &str) {
+                let level = match level {
+                    ::sluice::log::Level::Trace => types::LogLevel::Trace,
+                    ::sluice::log::Level::Debug => types::LogLevel::Debug,
+                    ::sluice::log::Level::Info => types::LogLevel::Info,
+                    ::sluice::log::Level::Warn => types::LogLevel::Warn,
+                    ::sluice::log::Level::Error => types::LogLevel::Error,
+                };
+                host::log(level, message);
+            }
+
+            ::std::thread_local! {
+                /// The policy, made by `init`.
+                static STATE: ::core::cell::RefCell<::core::option::Option<__Policy>> = const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            fn with_policy<T>(
+                call: &str,
+                f: impl FnOnce(&mut __Policy) -> ::core::result::Result<T, ::std::string::String>,
+            ) -> ::core::result::Result<T, ::std::string::String> {
+                STATE.with(|current| match current.borrow_mut().as_mut() {
+                    ::core::option::Option::Some(policy) => f(policy),
+                    ::core::option::Option::None => ::core::result::Result::Err(::std::format!("{call} called before init")),
+                })
+            }
+
+            struct Export;
+
+            impl rp::Guest for Export {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                    source_alias: ::std::string::String,
+                ) -> ::core::result::Result<rp::PolicyInfo, ::std::string::String> {
+                    ::sluice::log::set_host_log(host_log);
+                    // A panic traps the instance; log its message first so the host can say why.
+                    ::std::panic::set_hook(::std::boxed::Box::new(|info| host_log(::sluice::log::Level::Error, &info.to_string())));
+                    let policy = ::sluice::__private::connector_init(config, |config| {
+                        <__Policy as ::sluice::mirror::Policy>::init(config, &source_alias)
+                    })
+                    .map_err(|e| e.into_message())?;
+                    let filters_records = <__Policy as ::sluice::mirror::Policy>::filters_records(&policy);
+                    STATE.with(|current| *current.borrow_mut() = ::core::option::Option::Some(policy));
+                    ::core::result::Result::Ok(rp::PolicyInfo { filters_records })
+                }
+
+                fn target_topics(
+                    topics: ::std::vec::Vec<::std::string::String>,
+                ) -> ::core::result::Result<::std::vec::Vec<::core::option::Option<::std::string::String>>, ::std::string::String> {
+                    with_policy("target-topics", |policy| {
+                        ::core::result::Result::Ok(topics.iter().map(|t| <__Policy as ::sluice::mirror::Policy>::target_topic(policy, t)).collect())
+                    })
+                }
+
+                fn select_groups(
+                    groups: ::std::vec::Vec<::std::string::String>,
+                ) -> ::core::result::Result<::std::vec::Vec<bool>, ::std::string::String> {
+                    with_policy("select-groups", |policy| {
+                        ::core::result::Result::Ok(groups.iter().map(|g| <__Policy as ::sluice::mirror::Policy>::sync_group(policy, g)).collect())
+                    })
+                }
+
+                fn filter(
+                    topic: ::std::string::String,
+                    batch: ::std::vec::Vec<types::InputRecord>,
+                ) -> ::core::result::Result<::std::vec::Vec<rp::RecordAction>, ::std::string::String> {
+                    with_policy("filter", |policy| {
+                        // Moves, no copies: the byte vectors the host lowered become the SDK's records.
+                        let records = batch.into_iter().map(|r| {
+                            ::sluice::mirror::input_record(
+                                r.key,
+                                r.value,
+                                r.headers.into_iter().map(|h| ::sluice::Header { key: h.key, value: h.value }).collect(),
+                                r.timestamp_ms,
+                                r.partition,
+                                r.offset,
+                            )
+                        });
+                        let actions = ::sluice::mirror::filter_batch(policy, &topic, records).map_err(|e| e.into_message())?;
+                        ::core::result::Result::Ok(
+                            actions
+                                .into_iter()
+                                .map(|action| match action {
+                                    ::sluice::mirror::Action::Keep => rp::RecordAction::Keep,
+                                    ::sluice::mirror::Action::Drop => rp::RecordAction::Drop,
+                                    ::sluice::mirror::Action::Replace(r) => rp::RecordAction::Replace(rp::Rewritten {
+                                        key: r.key,
+                                        value: r.value,
+                                        headers: r.headers.into_iter().map(|h| types::Header { key: h.key, value: h.value }).collect(),
+                                    }),
+                                })
+                                .collect(),
+                        )
+                    })
+                }
+            }
+
+            export!(Export);
         }
     }
 }

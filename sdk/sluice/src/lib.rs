@@ -1,5 +1,5 @@
-//! `sluice`: the Rust SDK for Sluice WebAssembly plugins: transforms, and connectors ([`connector`]:
-//! `#[sluice::source]`, `#[sluice::sink]`).
+//! `sluice`: the Rust SDK for Sluice WebAssembly plugins: transforms, connectors ([`connector`]:
+//! `#[sluice::source]`, `#[sluice::sink]`) and mirror policies ([`mirror`]: `#[sluice::mirror_policy]`).
 //!
 //! A transform is one function and one attribute:
 //!
@@ -33,6 +33,7 @@ pub mod connector;
 mod error;
 pub mod log;
 pub mod metrics;
+pub mod mirror;
 mod record;
 pub mod sql;
 pub mod testing;
@@ -85,6 +86,10 @@ pub use sluice_macros::source;
 /// Marks `impl sluice::connector::Sink for T`: on wasm32 the component exports the `sink` world,
 /// driving `T` (see [`connector`]).
 pub use sluice_macros::sink;
+
+/// Marks `impl sluice::mirror::Policy for T`: on wasm32 the component exports the `mirror-policy`
+/// world, driving `T` (see [`mirror`]).
+pub use sluice_macros::mirror_policy;
 
 /// Re-exported so transforms use the same versions the SDK's helpers are written against.
 pub use rmp_serde;

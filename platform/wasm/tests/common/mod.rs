@@ -26,6 +26,9 @@ pub const GUESTS: &[&str] = &[
     "fixture-hostile-source",
     "file-source",
     "file-sink",
+    "default-replication-policy",
+    "identity-replication-policy",
+    "dr-filter",
 ];
 
 pub fn workspace_root() -> PathBuf {
