@@ -65,6 +65,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const COPIED_CONFIGS: &[&str] =
     &["cleanup.policy", "retention.ms", "retention.bytes", "max.message.bytes", "message.timestamp.type", "segment.bytes", "segment.ms"];
 
+/// Largest append buffer kept between rounds: a partition's fetch share plus room for its last batch.
+const APPEND_BUFFER_KEEP_BYTES: usize = 2 * FETCH_PARTITION_BYTES as usize;
+
 /// Kafka error codes the loop reacts to.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// Rename mode's transaction timeout: a round's writes and commit take far less.
@@ -107,6 +110,11 @@ pub struct MirrorTask {
     /// The next round's fetches, sent before this round's answers were written (a round trip to
     /// the source overlaps the writing).
     prefetch: Option<Prefetch>,
+    /// Preserve mode: the buffer one partition's batches are gathered in before they are appended,
+    /// kept between rounds. A fresh buffer per append cost more than the copy itself: every round
+    /// grew new memory (reallocations, page faults zeroing it), and the append's copy into the page
+    /// cache ran several times slower from freshly faulted memory (BENCHMARKS.md, issue 13).
+    append_buffer: Vec<u8>,
     /// Rename mode: the replication policy's instance (made again after it traps).
     policy: Option<PolicyInstance>,
     /// Rename mode: each source topic's copy, as the policy first named it (kept for the task's
@@ -140,6 +148,7 @@ impl MirrorTask {
             source_cluster: None,
             map: None,
             prefetch: None,
+            append_buffer: Vec::new(),
             policy: None,
             targets: BTreeMap::new(),
         }
@@ -697,7 +706,9 @@ impl MirrorTask {
             return Err(Applied::Stale(format!("the source answered {error}")));
         }
         let batches = sluice_client::records::split_batches(&answer.records).map_err(|e| Applied::Failed(e.to_string()))?;
-        let mut bytes = Vec::new();
+        // One buffer for every append, kept between rounds (see `append_buffer`).
+        let mut bytes = std::mem::take(&mut self.append_buffer);
+        bytes.clear();
         let mut last_timestamp = None;
         for batch in batches.iter().filter(|b| b.last_offset >= offset) {
             // After a skip the fetch starts at the source's log start, which may lie inside a batch
@@ -714,6 +725,7 @@ impl MirrorTask {
         }
         let now = now_ms();
         if bytes.is_empty() {
+            self.append_buffer = bytes;
             if end > answer.high_watermark && answer.high_watermark >= 0 {
                 return Err(Applied::Diverged(format!(
                     "the copy ends at offset {end}, past the source's high watermark {}: the logs have diverged (was the source topic recreated or truncated?); the copy is kept as it is",
@@ -732,8 +744,11 @@ impl MirrorTask {
             self.shared.progress(topic, partition, |p| p.observe(answer.high_watermark, end, now));
             return Ok(0);
         }
-        let appended =
-            self.host.append_mirrored(topic, partition, &self.shared.name, &mut bytes).map_err(|e| Applied::Failed(e.to_string()))?;
+        let appended = self.host.append_mirrored(topic, partition, &self.shared.name, &mut bytes);
+        if bytes.capacity() <= APPEND_BUFFER_KEEP_BYTES {
+            self.append_buffer = bytes;
+        }
+        let appended = appended.map_err(|e| Applied::Failed(e.to_string()))?;
         // The first batch after a skip has landed: the gap stays (as after compaction), and what the
         // copy held before it is kept.
         self.skip_to.remove(&(topic.to_string(), partition));
