@@ -659,6 +659,7 @@ def test_a_wasm_policy_names_copies_picks_groups_and_filters_records(make_broker
     assert "Uploaded policy dr-filter" in out and "Created mirror dr" in out, out
 
     kept = [r for r in records_in if not r["key"].startswith(b"internal-")]
+    wait_for(lambda: {p["target_topic"] for p in status(target, "dr")["partitions"]} == {"dr.orders"}, "dr.orders created", timeout=60)
     got = cf_consume(target, "dr.orders", len(kept), timeout=60, conf=COMMITTED)
     assert sorted(r.value for r in got) == sorted(r["value"] for r in kept), "the policy's drops are not copied; the rest is, once"
     for r in got:

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sluice_wasm::{
-    CompiledComponent, ConfigType as WitConfigType, ConnectorSpec, DirAccess, Grants, InputRecord, InstanceConfig, PluginError,
-    SinkInstance, SourceInstance, SourcePosition,
+    CompiledComponent, ConfigType as WitConfigType, ConnectorSpec, DirAccess, Grants, InstanceConfig, PluginError, SinkInstance,
+    SourceInstance, SourcePosition,
 };
 
 use crate::config::{ConfigKeyDef, ConfigType, ConnectorType};
@@ -275,21 +275,14 @@ impl SinkModule for WasmSink {
                 };
                 sluice_wasm::SinkRecord {
                     topic: topic as u32,
-                    record: InputRecord {
-                        key: r.key.as_ref().map(|k| k.to_vec()),
-                        value: r.value.as_ref().map(|v| v.to_vec()),
-                        headers: r
-                            .headers
-                            .iter()
-                            .map(|(key, value)| sluice_wasm::Header {
-                                key: key.clone(),
-                                value: value.as_ref().map_or_else(Vec::new, |v| v.to_vec()),
-                            })
-                            .collect(),
-                        timestamp_ms: r.timestamp_ms,
-                        partition: r.partition,
-                        offset: r.offset,
-                    },
+                    record: sluice_wasm::input_record(
+                        r.key.as_deref(),
+                        r.value.as_deref(),
+                        r.headers.iter().map(|(key, value)| (key.as_str(), value.as_deref())),
+                        r.timestamp_ms,
+                        r.partition,
+                        r.offset,
+                    ),
                 }
             })
             .collect();

@@ -1004,20 +1004,9 @@ fn filter_records(
         let chunk: Vec<(ProducerRecord, i64)> = records.by_ref().take(sluice_wasm::INPUT_RECORDS_PER_CALL_MAX).collect();
         let inputs: Vec<InputRecord> = chunk
             .iter()
-            .map(|(record, offset)| InputRecord {
-                key: record.key.as_ref().map(|k| k.to_vec()),
-                value: record.value.as_ref().map(|v| v.to_vec()),
-                headers: record
-                    .headers
-                    .iter()
-                    .map(|(key, value)| sluice_wasm::Header {
-                        key: key.clone(),
-                        value: value.as_ref().map_or_else(Vec::new, |v| v.to_vec()),
-                    })
-                    .collect(),
-                timestamp_ms: record.timestamp_ms,
-                partition,
-                offset: *offset,
+            .map(|(record, offset)| {
+                let headers = record.headers.iter().map(|(key, value)| (key.as_str(), value.as_deref()));
+                sluice_wasm::input_record(record.key.as_deref(), record.value.as_deref(), headers, record.timestamp_ms, partition, *offset)
             })
             .collect();
         let actions = policy.filter(topic, &inputs)?;

@@ -126,6 +126,29 @@ pub use wasi::{DirAccess, Grants};
 pub use watchdog::run_with_watchdog;
 pub use world::World;
 
+/// An [`InputRecord`] copied from a record's borrowed parts, as the host holds them (a header value
+/// Kafka allows to be null becomes empty: the WIT's header values are bytes).
+pub fn input_record<'a>(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    timestamp_ms: i64,
+    partition: i32,
+    offset: i64,
+) -> InputRecord {
+    InputRecord {
+        key: key.map(<[u8]>::to_vec),
+        value: value.map(<[u8]>::to_vec),
+        headers: headers
+            .into_iter()
+            .map(|(key, value)| Header { key: key.to_owned(), value: value.map_or_else(Vec::new, <[u8]>::to_vec) })
+            .collect(),
+        timestamp_ms,
+        partition,
+        offset,
+    }
+}
+
 // The broker shares modules across threads and moves each instance to a thread of its own.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}

@@ -255,6 +255,7 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
     let world_name = trait_name.to_lowercase();
     let wit = WIT;
     let trait_ident = syn::Ident::new(trait_name, Span::call_site());
+    let host_log = host_log_glue();
     let alias = syn::Ident::new(&format!("__Sluice{trait_name}Connector"), Span::call_site());
     Ok(quote! {
         #item
@@ -280,16 +281,7 @@ fn expand_connector(world: ConnectorWorld, item: syn::ItemImpl) -> syn::Result<p
             use self::sluice::plugin::connector_types as ct;
             use self::sluice::plugin::{host, sql, types};
 
-            fn host_log(level: ::sluice::log::Level, message: &str) {
-                let level = match level {
-                    ::sluice::log::Level::Trace => types::LogLevel::Trace,
-                    ::sluice::log::Level::Debug => types::LogLevel::Debug,
-                    ::sluice::log::Level::Info => types::LogLevel::Info,
-                    ::sluice::log::Level::Warn => types::LogLevel::Warn,
-                    ::sluice::log::Level::Error => types::LogLevel::Error,
-                };
-                host::log(level, message);
-            }
+            #host_log
 
             fn spec() -> ct::ConnectorSpec {
                 let keys = <__Connector as ::sluice::connector::#trait_ident>::keys();
@@ -552,11 +544,29 @@ fn sink_glue() -> proc_macro2::TokenStream {
     }
 }
 
+/// `fn host_log`, in a module that generated a world's bindings (with `host` and `types` in scope):
+/// the SDK's log levels onto the WIT's, then the `host.log` import.
+fn host_log_glue() -> proc_macro2::TokenStream {
+    quote! {
+        fn host_log(level: ::sluice::log::Level, message: &str) {
+            let level = match level {
+                ::sluice::log::Level::Trace => types::LogLevel::Trace,
+                ::sluice::log::Level::Debug => types::LogLevel::Debug,
+                ::sluice::log::Level::Info => types::LogLevel::Info,
+                ::sluice::log::Level::Warn => types::LogLevel::Warn,
+                ::sluice::log::Level::Error => types::LogLevel::Error,
+            };
+            host::log(level, message);
+        }
+    }
+}
+
 /// `#[sluice::mirror_policy]`: the user's impl, and on wasm32 the `mirror-policy` world's bindings
 /// and export glue driving it.
 fn policy_expansion(item: &syn::ItemImpl) -> proc_macro2::TokenStream {
     let ty = &item.self_ty;
     let wit = WIT;
+    let host_log = host_log_glue();
     quote! {
         #item
 
@@ -580,16 +590,7 @@ fn policy_expansion(item: &syn::ItemImpl) -> proc_macro2::TokenStream {
             use self::exports::sluice::plugin::replication_policy as rp;
             use self::sluice::plugin::{host, types};
 
-            fn host_log(level: ::sluice::log::Level, message: &str) {
-                let level = match level {
-                    ::sluice::log::Level::Trace => types::LogLevel::Trace,
-                    ::sluice::log::Level::Debug => types::LogLevel::Debug,
-                    ::sluice::log::Level::Info => types::LogLevel::Info,
-                    ::sluice::log::Level::Warn => types::LogLevel::Warn,
-                    ::sluice::log::Level::Error => types::LogLevel::Error,
-                };
-                host::log(level, message);
-            }
+            #host_log
 
             ::std::thread_local! {
                 /// The policy, made by `init`.
