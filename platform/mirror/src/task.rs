@@ -120,6 +120,9 @@ pub struct MirrorTask {
     /// Rename mode: each source topic's copy, as the policy first named it (kept for the task's
     /// life: a copy is never renamed under a running mirror).
     targets: BTreeMap<String, String>,
+    /// Rename mode: source topics the policy left out (or named after another topic's copy), not
+    /// asked about again while the task runs.
+    left_out: BTreeSet<String>,
 }
 
 /// Fetches sent, with the offset each partition was asked from.
@@ -151,6 +154,7 @@ impl MirrorTask {
             append_buffer: Vec::new(),
             policy: None,
             targets: BTreeMap::new(),
+            left_out: BTreeSet::new(),
         }
     }
 
@@ -189,18 +193,23 @@ impl MirrorTask {
         Ok(self.policy.as_mut().expect("made above"))
     }
 
-    /// Rename mode: asks the policy to name the topics it has not named yet. A name another source
+    /// Rename mode: asks the policy about the topics it has not answered for yet. A name another source
     /// topic is copied to already is refused for the later topic (its error says so).
     fn name_targets(&mut self, topics: &[String]) -> Result<(), RuntimeError> {
-        let unnamed: Vec<String> = topics.iter().filter(|t| !self.targets.contains_key(*t)).cloned().collect();
+        let unnamed: Vec<String> =
+            topics.iter().filter(|t| !self.targets.contains_key(*t) && !self.left_out.contains(*t)).cloned().collect();
         let module = self.shared.spec.policy_module().to_string();
         for chunk in unnamed.chunks(sluice_wasm::POLICY_NAMES_PER_CALL_MAX) {
             let names = self.ensure_policy()?.target_topics(chunk).map_err(|e| policy_error(&module, e))?;
             for (source, target) in chunk.iter().zip(names) {
-                let Some(target) = target else { continue };
+                let Some(target) = target else {
+                    self.left_out.insert(source.clone());
+                    continue;
+                };
                 if let Some((other, _)) = self.targets.iter().find(|(_, t)| **t == target) {
                     let error = format!("policy '{module}' names it '{target}', which topic '{other}' is copied to already");
                     self.shared.set_topic_error(source, Some(error));
+                    self.left_out.insert(source.clone());
                     continue;
                 }
                 self.shared.set_target(source, &target);
