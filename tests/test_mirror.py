@@ -681,6 +681,9 @@ def test_a_wasm_policy_names_copies_picks_groups_and_filters_records(make_broker
     translated = wait_for(lambda: committed_offsets(target, "billing", "dr.orders", 2).get(0), "billing's offset on dr.orders", timeout=30)
     assert 0 < translated <= 5, translated
 
+    # The copy's name is kept for the mirror's life (a copy is never renamed, even by a new policy).
+    names = json.loads((target.data_dir / "__mirror" / "targets" / "dr.json").read_text())
+    assert names == {"orders": "dr.orders"}, names
     # Survives a restart of the target: the names and the filter hold, nothing copied twice.
     target.kill9()
     target.start()

@@ -240,6 +240,20 @@ pub(crate) async fn run(cmd: MirrorCmd, admin_url: &str, as_json: bool) -> Resul
                 Some(file) if file.ends_with(".wasm") => {
                     let path = std::path::Path::new(&file);
                     let module = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().replace('_', "-");
+                    // Never replace a module that is not a policy, or one shipped with the broker.
+                    let (status, text) =
+                        crate::http::request(admin_url, "GET", &format!("/v1/plugins/{}", path_segment(&module)?), None, REQUEST_TIMEOUT)
+                            .await?;
+                    if status == 200 {
+                        let existing: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        let is_policy = existing["worlds"].as_array().into_iter().flatten().any(|w| w.as_str() == Some("mirror-policy"));
+                        if existing["builtin"].as_bool() == Some(true) || !is_policy {
+                            return usage(format!(
+                                "the broker's registry has a module '{module}' that is {}; rename {file} (the module takes the file's name)",
+                                if is_policy { "shipped with the broker" } else { "not a mirror policy" }
+                            ));
+                        }
+                    }
                     let (info, size) = crate::connector::upload_module(admin_url, path, &module).await?;
                     if !info["worlds"].as_array().into_iter().flatten().any(|w| w.as_str() == Some("mirror-policy")) {
                         return usage(format!(

@@ -357,6 +357,14 @@ impl MirrorManager {
         match outcome {
             Ok(outcome) => {
                 self.store.remove(name)?;
+                // A mirror created again under this name asks its policy for names afresh (its
+                // positions, kept by copy name, resume where the names are the same).
+                if let Ok(path) = crate::task::targets_path(&self.host, name)
+                    && let Err(error) = std::fs::remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(mirror = name, %error, "could not remove the mirror's copy names");
+                }
                 let partitions: Vec<(String, i32)> = shared.partitions().into_keys().collect();
                 self.metrics.forget(name, &partitions);
                 tracing::info!(mirror = name, topics = outcome.promoted.len(), "mirror deleted; its topics were promoted");

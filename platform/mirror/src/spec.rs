@@ -73,8 +73,9 @@ pub struct MirrorSpec {
     /// `default` (`{source-alias}.{topic}`) and `identity` (the source's names) are the builtins.
     #[serde(default = "default_policy")]
     pub policy: String,
-    /// The policy's configuration, passed to its `init`.
-    #[serde(default)]
+    /// The policy's configuration, passed to its `init`. Not written when empty, so that a broker
+    /// from before policies were modules still reads a stored mirror that has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub policy_config: BTreeMap<String, String>,
 }
 

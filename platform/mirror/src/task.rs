@@ -65,6 +65,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const COPIED_CONFIGS: &[&str] =
     &["cleanup.policy", "retention.ms", "retention.bytes", "max.message.bytes", "message.timestamp.type", "segment.bytes", "segment.ms"];
 
+/// Largest file of rename mode's copy names (a name is at most 249 bytes; a mirror copies at most a
+/// few thousand topics).
+const TARGETS_FILE_BYTES_MAX: u64 = 16 << 20;
+
+/// Where a rename-mode mirror keeps the name of each source topic's copy.
+pub fn targets_path(host: &Host, mirror: &str) -> Result<std::path::PathBuf, RuntimeError> {
+    let dir = host.data_dir()?.join("targets");
+    std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::file(&dir, e))?;
+    Ok(dir.join(format!("{mirror}.json")))
+}
+
+/// Most bytes of records (keys, values, headers) passed to one `filter` call: what the guest holds
+/// of a call stays well inside its default memory (64 MiB), however large the fetched batch.
+pub const FILTER_CALL_BYTES_MAX: usize = 8 << 20;
+
 /// Largest append buffer kept between rounds: a partition's fetch share plus room for its last batch.
 const APPEND_BUFFER_KEEP_BYTES: usize = 2 * FETCH_PARTITION_BYTES as usize;
 
@@ -193,18 +208,31 @@ impl MirrorTask {
         Ok(self.policy.as_mut().expect("made above"))
     }
 
-    /// Rename mode: asks the policy about the topics it has not answered for yet. A name another source
-    /// topic is copied to already is refused for the later topic (its error says so).
+    /// Rename mode: asks the policy about the topics it has not answered for yet, in name order. A
+    /// name is kept for as long as the mirror exists (`targets_path`, written before anything is
+    /// copied under it): a position belongs to its copy, so a copy is never renamed, even if the
+    /// policy changes its mind after a restart. A name another source topic is copied to already,
+    /// or one Kafka refuses, leaves the later topic out with the reason as its error.
     fn name_targets(&mut self, topics: &[String]) -> Result<(), RuntimeError> {
-        let unnamed: Vec<String> =
+        let mut unnamed: Vec<String> =
             topics.iter().filter(|t| !self.targets.contains_key(*t) && !self.left_out.contains(*t)).cloned().collect();
+        unnamed.sort();
         let module = self.shared.spec.policy_module().to_string();
+        let named_before = self.targets.len();
         for chunk in unnamed.chunks(sluice_wasm::POLICY_NAMES_PER_CALL_MAX) {
             let names = self.ensure_policy()?.target_topics(chunk).map_err(|e| policy_error(&module, e))?;
             for (source, target) in chunk.iter().zip(names) {
-                let Some(target) = target else {
-                    self.left_out.insert(source.clone());
-                    continue;
+                let target = match target {
+                    Ok(Some(target)) => target,
+                    Ok(None) => {
+                        self.left_out.insert(source.clone());
+                        continue;
+                    }
+                    Err(why) => {
+                        self.shared.set_topic_error(source, Some(format!("replication policy '{module}': {why}")));
+                        self.left_out.insert(source.clone());
+                        continue;
+                    }
                 };
                 if let Some((other, _)) = self.targets.iter().find(|(_, t)| **t == target) {
                     let error = format!("policy '{module}' names it '{target}', which topic '{other}' is copied to already");
@@ -215,6 +243,29 @@ impl MirrorTask {
                 self.shared.set_target(source, &target);
                 self.targets.insert(source.clone(), target);
             }
+        }
+        if self.targets.len() > named_before {
+            let json = serde_json::to_vec_pretty(&self.targets).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+            sluice_broker::host::write_file_atomically(&targets_path(&self.host, self.name())?, &json)?;
+        }
+        Ok(())
+    }
+
+    /// Rename mode: the copies named in earlier runs of this mirror.
+    fn load_targets(&mut self) -> Result<(), RuntimeError> {
+        let path = targets_path(&self.host, self.name())?;
+        let bytes = match std::fs::metadata(&path) {
+            Ok(meta) if meta.len() > TARGETS_FILE_BYTES_MAX => {
+                return Err(RuntimeError::file(&path, format!("{} bytes is larger than any names file Sluice writes", meta.len())));
+            }
+            Ok(_) => std::fs::read(&path).map_err(|e| RuntimeError::file(&path, e))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(RuntimeError::file(&path, error)),
+        };
+        let stored: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| RuntimeError::file(&path, e))?;
+        for (source, target) in stored {
+            self.shared.set_target(&source, &target);
+            self.targets.insert(source, target);
         }
         Ok(())
     }
@@ -1010,7 +1061,21 @@ fn filter_records(
     let mut kept_offsets = Vec::with_capacity(records.len());
     let mut records = records.into_iter().zip(source_offsets).peekable();
     while records.peek().is_some() {
-        let chunk: Vec<(ProducerRecord, i64)> = records.by_ref().take(sluice_wasm::INPUT_RECORDS_PER_CALL_MAX).collect();
+        // Up to INPUT_RECORDS_PER_CALL_MAX records and FILTER_CALL_BYTES_MAX bytes (at least one record).
+        let mut chunk: Vec<(ProducerRecord, i64)> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        while chunk.len() < sluice_wasm::INPUT_RECORDS_PER_CALL_MAX
+            && let Some((record, _)) = records.peek()
+        {
+            let bytes = record.key.as_ref().map_or(0, Bytes::len)
+                + record.value.as_ref().map_or(0, Bytes::len)
+                + record.headers.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Bytes::len)).sum::<usize>();
+            if !chunk.is_empty() && chunk_bytes + bytes > FILTER_CALL_BYTES_MAX {
+                break;
+            }
+            chunk_bytes += bytes;
+            chunk.extend(records.next());
+        }
         let inputs: Vec<InputRecord> = chunk
             .iter()
             .map(|(record, offset)| {
@@ -1062,6 +1127,9 @@ impl Task for MirrorTask {
             self.fresh.clear();
             let path = self.host.data_dir()?.join("offset-maps").join(self.name());
             self.map = Some(OffsetMap::open(&path)?);
+            if self.targets.is_empty() {
+                self.load_targets()?;
+            }
             self.ensure_policy()?;
         }
         self.refresh()

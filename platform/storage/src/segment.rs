@@ -525,14 +525,38 @@ impl Segment {
         }
     }
 
-    /// Reads `len` bytes at `position`, appending them to `out`.
+    /// Reads `len` bytes at `position`, appending them to `out`. The bytes are read into `out`'s
+    /// spare capacity (rustix's `spare_capacity`), not into zeros written first only to be
+    /// overwritten: a Fetch of 32 MiB is 32 MiB of memset saved (7.6 % of a broker's samples serving a
+    /// mirror, BENCHMARKS.md).
     pub(crate) fn read_into(&self, out: &mut Vec<u8>, position: u64, len: usize) -> Result<(), StorageError> {
         let start = out.len();
-        out.resize(start + len, 0);
-        let target = out.get_mut(start..).unwrap_or_default();
-        self.reader()?
-            .read_exact_at(target, position)
-            .context(|| format!("read {len} bytes at {position} from {}", self.log_path.display()))
+        let end = start + len;
+        let file = self.reader()?;
+        let failed = |e: std::io::Error| StorageError::Io(e, format!("read {len} bytes at {position} from {}", self.log_path.display()));
+        out.reserve_exact(len);
+        while out.len() < end {
+            // The spare capacity may be a little larger than what is left to read: the excess read
+            // (bytes after the range, or none at the file's end) is cut off below.
+            let at = position + (out.len() - start) as u64;
+            let read = match rustix::io::pread(&*file, rustix::buffer::spare_capacity(out), at) {
+                Ok(read) => read,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(errno) => {
+                    out.truncate(start);
+                    return Err(failed(errno.into()));
+                }
+            };
+            if read == 0 {
+                out.truncate(start);
+                return Err(failed(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+            }
+            if out.len() < end && out.capacity() == out.len() {
+                out.reserve_exact(end - out.len());
+            }
+        }
+        out.truncate(end);
+        Ok(())
     }
 
     /// Walks every batch header (no CRC, payloads skipped where possible) in order.

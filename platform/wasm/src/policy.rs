@@ -66,26 +66,27 @@ impl PolicyInstance {
         self.info.filters_records
     }
 
-    /// The target name of each source topic (`None`: not mirrored). Every name is a valid Kafka
-    /// topic name (1..=249 bytes of letters, digits, `.`, `_`, `-`; not `.` or `..`), or the answer
-    /// is `MalformedOutput`.
-    pub fn target_topics(&mut self, topics: &[String]) -> Result<Vec<Option<String>>, PluginError> {
+    /// The target name of each source topic: `Ok(None)` leaves it out; `Err(why)` is a name Kafka
+    /// would refuse (topic names are 1..=249 bytes of letters, digits, `.`, `_`, `-`; not `.` or `..`;
+    /// names starting with `__` belong to the broker), for that topic alone.
+    pub fn target_topics(&mut self, topics: &[String]) -> Result<Vec<Result<Option<String>, String>>, PluginError> {
         check_names("topics", topics)?;
         let bindings = &self.bindings;
         let answer = self.sandbox.call(|store| bindings.sluice_plugin_replication_policy().call_target_topics(store, topics))?;
         let names = answer.map_err(|message| guest_error("target-topics", message))?;
         check_count("target-topics", names.len(), topics.len())?;
-        for (source, target) in topics.iter().zip(&names) {
-            if let Some(target) = target
-                && let Some(why) = invalid_topic_name(target)
-            {
-                return Err(PluginError::MalformedOutput(format!(
-                    "target-topics named source topic '{source}' {:?}: {why}",
-                    truncate_message(target.clone(), 300)
-                )));
-            }
-        }
-        Ok(names)
+        Ok(names
+            .into_iter()
+            .map(|name| match name {
+                Some(target) => match invalid_topic_name(&target)
+                    .or_else(|| target.starts_with("__").then(|| "names starting with '__' belong to the broker".to_string()))
+                {
+                    Some(why) => Err(format!("the policy named its copy {:?}: {why}", truncate_message(target, 300))),
+                    None => Ok(Some(target)),
+                },
+                None => Ok(None),
+            })
+            .collect())
     }
 
     /// Whether each group's offsets are synced.
@@ -98,8 +99,9 @@ impl PolicyInstance {
         Ok(selected)
     }
 
-    /// One action per record of `batch` (at most `INPUT_RECORDS_PER_CALL_MAX`); rewritten records
-    /// within `OUTPUT_RECORD_BYTES_MAX` and `OUTPUT_HEADERS_PER_RECORD_MAX`.
+    /// One action per record of `batch` (at most `INPUT_RECORDS_PER_CALL_MAX`); a rewritten record
+    /// within `OUTPUT_HEADERS_PER_RECORD_MAX` headers and `OUTPUT_RECORD_BYTES_MAX` bytes, or the size
+    /// of the record it replaces when that is larger (so a large record can always be copied).
     pub fn filter(&mut self, topic: &str, batch: &[InputRecord]) -> Result<Vec<RecordAction>, PluginError> {
         if batch.len() > INPUT_RECORDS_PER_CALL_MAX {
             return Err(PluginError::InvalidRequest(format!(
@@ -111,9 +113,14 @@ impl PolicyInstance {
         let answer = self.sandbox.call(|store| bindings.sluice_plugin_replication_policy().call_filter(store, topic, batch))?;
         let actions = answer.map_err(|message| guest_error("filter", message))?;
         check_count("filter", actions.len(), batch.len())?;
-        for (idx, action) in actions.iter().enumerate() {
+        for (idx, (action, input)) in actions.iter().zip(batch).enumerate() {
             if let RecordAction::Replace(record) = action {
-                check_record_size(idx, record.key.as_deref(), record.value.as_deref(), &record.headers)?;
+                let input_bytes = record_bytes(input.key.as_deref(), input.value.as_deref(), &input.headers);
+                if record_bytes(record.key.as_deref(), record.value.as_deref(), &record.headers) > input_bytes {
+                    check_record_size(idx, record.key.as_deref(), record.value.as_deref(), &record.headers)?;
+                } else if record.headers.len() > OUTPUT_HEADERS_PER_RECORD_MAX {
+                    return Err(PluginError::MalformedOutput(format!("record {idx} has {} headers", record.headers.len())));
+                }
             }
         }
         Ok(actions)
@@ -122,6 +129,10 @@ impl PolicyInstance {
     pub fn poisoned(&self) -> Option<&str> {
         self.sandbox.poisoned()
     }
+}
+
+fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[crate::Header]) -> usize {
+    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
 }
 
 fn guest_error(call: &str, message: String) -> PluginError {

@@ -43,15 +43,24 @@ fn the_builtin_policies_name_copies_as_mirrormaker_does() {
     assert!(!default.filters_records(), "naming only: no call per record");
     assert_eq!(
         default.target_topics(&names(&["orders", "payments"])).unwrap(),
-        [Some("east.orders".to_string()), Some("east.payments".to_string())]
+        [Ok(Some("east.orders".to_string())), Ok(Some("east.payments".to_string()))]
     );
     assert_eq!(default.select_groups(&names(&["a", "b"])).unwrap(), [true, true]);
     let (config, _) = instance_config(&[("replication.policy.separator", "_")]);
     let mut underscore = policy("default-replication-policy").instantiate(config, "east").unwrap();
-    assert_eq!(underscore.target_topics(&names(&["orders"])).unwrap(), [Some("east_orders".to_string())]);
+    assert_eq!(underscore.target_topics(&names(&["orders"])).unwrap(), [Ok(Some("east_orders".to_string()))]);
     let (config, _) = instance_config(&[]);
     let mut identity = policy("identity-replication-policy").instantiate(config, "east").unwrap();
-    assert_eq!(identity.target_topics(&names(&["orders"])).unwrap(), [Some("orders".to_string())]);
+    assert_eq!(identity.target_topics(&names(&["orders"])).unwrap(), [Ok(Some("orders".to_string()))]);
+    // A name Kafka refuses, or one of the broker's own, fails that topic alone.
+    let (config, _) = instance_config(&[]);
+    let mut long = policy("default-replication-policy").instantiate(config, &"a".repeat(245)).unwrap();
+    let answers = long.target_topics(&names(&["orders", "o"])).unwrap();
+    assert!(answers[0].as_ref().is_err_and(|why| why.contains("1..=249")), "{answers:?}");
+    assert_eq!(answers[1], Ok(Some(format!("{}.o", "a".repeat(245)))));
+    let (config, _) = instance_config(&[("target.prefix", "__")]);
+    let mut internal = policy("dr-filter").instantiate(config, "east").unwrap();
+    assert!(internal.target_topics(&names(&["orders"])).unwrap()[0].as_ref().is_err_and(|why| why.contains("'__'")));
     // Bad config: `init` refuses it with the policy's own message.
     let (config, _) = instance_config(&[("separator", "-")]);
     match policy("default-replication-policy").instantiate(config, "east") {
@@ -69,7 +78,7 @@ fn a_filtering_policy_keeps_drops_and_rewrites_records() {
         instance_config(&[("skip.topics", "audit"), ("drop.key.prefix", "internal-"), ("strip.header", "trace"), ("target.prefix", "dr-")]);
     let mut dr = policy("dr-filter").instantiate(config, "east").unwrap();
     assert!(dr.filters_records());
-    assert_eq!(dr.target_topics(&names(&["orders", "audit"])).unwrap(), [Some("dr-orders".to_string()), None]);
+    assert_eq!(dr.target_topics(&names(&["orders", "audit"])).unwrap(), [Ok(Some("dr-orders".to_string())), Ok(None)]);
     assert_eq!(dr.select_groups(&names(&["billing", "test-x"])).unwrap(), [true, false]);
     let batch = [record("k1", &[], 0), record("internal-2", &[], 1), record("k3", &[("trace", "t"), ("keep", "y")], 2)];
     let actions = dr.filter("orders", &batch).unwrap();

@@ -27,7 +27,7 @@
 //!         true
 //!     }
 //!
-//!     fn filter(&mut self, _topic: &str, record: Record) -> Result<Action> {
+//!     fn filter(&self, _topic: &str, record: Record) -> Result<Action> {
 //!         Ok(if record.key().is_some_and(|k| k.starts_with(b"internal-")) { Action::Drop } else { Action::Keep })
 //!     }
 //! }
@@ -64,9 +64,9 @@ pub trait Policy: Sized + 'static {
     /// with the message.
     fn init(config: &Config, source_alias: &str) -> Result<Self>;
 
-    /// The name of `topic`'s copy, or `None` to leave the topic out. Asked once per topic while a
-    /// mirror runs; give the same answer for the same topic every time (a running copy is never
-    /// renamed, but a changed answer after a restart starts a new copy).
+    /// The name of `topic`'s copy, or `None` to leave the topic out. Asked once per topic: the broker
+    /// keeps the name for as long as the mirror exists, across restarts (a copy is never renamed).
+    /// A name Kafka would refuse, or one starting with `__`, leaves that topic out with an error.
     fn target_topic(&self, topic: &str) -> Option<String>;
 
     /// Whether `group`'s committed offsets are synced (every group the mirror's pattern selected,
@@ -83,14 +83,18 @@ pub trait Policy: Sized + 'static {
 
     /// What to do with one record of source topic `topic` (rename mode, when
     /// [`Policy::filters_records`]). An error stops the mirror's round; it is retried with backoff.
-    fn filter(&mut self, topic: &str, record: Record) -> Result<Action> {
+    ///
+    /// Decide from the record alone (and the configuration): the same records are filtered again
+    /// after a round that did not commit (a crash, a failed write, a restart), and only a decision
+    /// that comes out the same keeps the copy exactly once. Hence `&self`.
+    fn filter(&self, topic: &str, record: Record) -> Result<Action> {
         let _ = (topic, record);
         Ok(Action::Keep)
     }
 }
 
 /// Runs `filter` over a batch: one action per record, in order; the first error names its record.
-pub fn filter_batch<P: Policy>(policy: &mut P, topic: &str, records: impl Iterator<Item = Record>) -> Result<Vec<Action>> {
+pub fn filter_batch<P: Policy>(policy: &P, topic: &str, records: impl Iterator<Item = Record>) -> Result<Vec<Action>> {
     records
         .enumerate()
         .map(|(idx, record)| {
@@ -128,7 +132,7 @@ mod tests {
             Some(format!("{}.{topic}", self.0))
         }
 
-        fn filter(&mut self, _topic: &str, record: Record) -> Result<Action> {
+        fn filter(&self, _topic: &str, record: Record) -> Result<Action> {
             match record.value_str()? {
                 "drop" => Ok(Action::Drop),
                 "bad" => Err(crate::Error::msg("refused")),
@@ -139,15 +143,15 @@ mod tests {
 
     #[test]
     fn a_policy_names_selects_and_filters() {
-        let mut policy = Prefix::init(&Config::from_pairs(Vec::<(String, String)>::new()), "east").unwrap();
+        let policy = Prefix::init(&Config::from_pairs(Vec::<(String, String)>::new()), "east").unwrap();
         assert_eq!(policy.target_topic("orders").as_deref(), Some("east.orders"));
         assert!(policy.sync_group("anything"), "groups are synced unless the policy says otherwise");
         assert!(!policy.filters_records());
         let records = vec![Record::new("a").with_position(0, 7), Record::new("drop").with_position(0, 8)];
-        let actions = filter_batch(&mut policy, "orders", records.into_iter()).unwrap();
+        let actions = filter_batch(&policy, "orders", records.into_iter()).unwrap();
         assert_eq!(actions[1], Action::Drop);
         assert!(matches!(&actions[0], Action::Replace(r) if r.value.as_deref() == Some(&b"seen"[..])));
-        let error = filter_batch(&mut policy, "orders", [Record::new("bad").with_position(0, 9)].into_iter()).unwrap_err();
+        let error = filter_batch(&policy, "orders", [Record::new("bad").with_position(0, 9)].into_iter()).unwrap_err();
         assert_eq!(error.record_index(), Some(0));
         assert!(error.message().contains("offset 9"), "{}", error.message());
     }

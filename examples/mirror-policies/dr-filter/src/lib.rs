@@ -55,7 +55,7 @@ impl Policy for DrFilter {
         self.drop_key_prefix.is_some() || self.strip_header.is_some()
     }
 
-    fn filter(&mut self, _topic: &str, record: Record) -> Result<Action> {
+    fn filter(&self, _topic: &str, record: Record) -> Result<Action> {
         if let Some(prefix) = &self.drop_key_prefix
             && record.key().is_some_and(|key| key.starts_with(prefix))
         {
@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn names_groups_and_records() {
-        let mut p = policy(&[("skip.topics", "audit"), ("drop.key.prefix", "internal-"), ("strip.header", "trace")]);
+        let p = policy(&[("skip.topics", "audit"), ("drop.key.prefix", "internal-"), ("strip.header", "trace")]);
         assert_eq!(p.target_topic("orders").as_deref(), Some("dr.orders"));
         assert_eq!(p.target_topic("audit"), None);
         assert!(p.sync_group("billing") && !p.sync_group("test-1"));
