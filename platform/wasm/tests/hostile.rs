@@ -62,7 +62,8 @@ fn inspect_names_the_world_of_each_component_and_explains_a_component_of_none() 
     assert_eq!(World::from_name("transform"), Some(World::Transform));
     assert_eq!(World::from_name("source"), Some(World::Source));
     assert_eq!(World::from_name("sink"), Some(World::Sink));
-    assert_eq!(World::from_name("mirror-policy"), None);
+    assert_eq!(World::from_name("mirror-policy"), Some(World::MirrorPolicy));
+    assert_eq!(World::from_name("replicator"), None);
 }
 
 #[test]
