@@ -190,7 +190,8 @@ pub struct MirrorShared {
     topic_errors: Mutex<BTreeMap<String, String>>,
     source_error: Mutex<Option<String>>,
     groups: Mutex<BTreeMap<String, GroupSync>>,
-    /// Rename mode: each mirrored source topic's copy, as the policy named it.
+    /// Rename mode: each mirrored source topic's copy, as the policy named it (the task's one record
+    /// of the names, also read by the status).
     targets: Mutex<BTreeMap<String, String>>,
     /// Held by the task while it appends, and by promotion: a topic is never written while it is
     /// being promoted.
@@ -243,8 +244,20 @@ impl MirrorShared {
         }
     }
 
-    pub fn set_target(&self, source: &str, target: &str) {
-        self.targets.lock().insert(source.to_string(), target.to_string());
+    /// Names `source`'s copy, unless another source topic is copied to `target` already: then
+    /// that topic, and nothing changes.
+    pub fn set_target(&self, source: &str, target: &str) -> Result<(), String> {
+        let mut targets = self.targets.lock();
+        if let Some((other, _)) = targets.iter().find(|(s, t)| *t == target && *s != source) {
+            return Err(other.clone());
+        }
+        targets.insert(source.to_string(), target.to_string());
+        Ok(())
+    }
+
+    /// Every copy named so far (source → target).
+    pub fn targets(&self) -> BTreeMap<String, String> {
+        self.targets.lock().clone()
     }
 
     pub fn promoted(&self) -> BTreeSet<String> {

@@ -13,8 +13,8 @@
 //!
 //! In rename mode the source is read read_committed and its records are written again, under the
 //! name the policy gives (a `mirror-policy` Wasm instance, asked once per topic; it may also leave
-//! groups out and, when it says so at `init`, drop or rewrite records), by one broker transaction per round that also commits each partition's
-//! next source offset (as the offset of the group [`position_group`] on the target partition). A
+//! groups out and, when it says so at `init`, drop or rewrite records), by one broker transaction
+//! per round that also commits each partition's next source offset (as the offset of the group [`position_group`] on the target partition). A
 //! crash aborts the open transaction; the task's next start fences it and resumes from the committed
 //! positions, so no record is lost or written twice. Each record carries the cluster it was first
 //! written on ([`ORIGIN_HEADER`]); records that originated on this cluster are not copied back.
@@ -126,15 +126,12 @@ pub struct MirrorTask {
     /// the source overlaps the writing).
     prefetch: Option<Prefetch>,
     /// Preserve mode: the buffer one partition's batches are gathered in before they are appended,
-    /// kept between rounds. A fresh buffer per append cost more than the copy itself: every round
-    /// grew new memory (reallocations, page faults zeroing it), and the append's copy into the page
-    /// cache ran several times slower from freshly faulted memory (BENCHMARKS.md, issue 13).
+    /// kept between rounds. A fresh buffer per append grew new memory every round: reallocation
+    /// copies and page faults zeroing it were 29 % of the target's samples, 12 % with the kept
+    /// buffer (BENCHMARKS.md, issue 13).
     append_buffer: Vec<u8>,
     /// Rename mode: the replication policy's instance (made again after it traps).
     policy: Option<PolicyInstance>,
-    /// Rename mode: each source topic's copy, as the policy first named it (kept for the task's
-    /// life: a copy is never renamed under a running mirror).
-    targets: BTreeMap<String, String>,
     /// Rename mode: source topics the policy left out (or named after another topic's copy), not
     /// asked about again while the task runs.
     left_out: BTreeSet<String>,
@@ -168,17 +165,13 @@ impl MirrorTask {
             prefetch: None,
             append_buffer: Vec::new(),
             policy: None,
-            targets: BTreeMap::new(),
             left_out: BTreeSet::new(),
         }
     }
 
     /// The topic `source` is copied to (its own name in preserve mode).
     fn target(&self, source: &str) -> String {
-        match self.targets.get(source) {
-            Some(target) if self.renames() => target.clone(),
-            _ => source.to_string(),
-        }
+        self.shared.target_of(source).unwrap_or_else(|| source.to_string())
     }
 
     /// Rename mode: makes the policy's instance (from the registry module the spec names) unless a
@@ -214,11 +207,11 @@ impl MirrorTask {
     /// policy changes its mind after a restart. A name another source topic is copied to already,
     /// or one Kafka refuses, leaves the later topic out with the reason as its error.
     fn name_targets(&mut self, topics: &[String]) -> Result<(), RuntimeError> {
-        let mut unnamed: Vec<String> =
-            topics.iter().filter(|t| !self.targets.contains_key(*t) && !self.left_out.contains(*t)).cloned().collect();
+        let named = self.shared.targets();
+        let mut unnamed: Vec<String> = topics.iter().filter(|t| !named.contains_key(*t) && !self.left_out.contains(*t)).cloned().collect();
         unnamed.sort();
         let module = self.shared.spec.policy_module().to_string();
-        let named_before = self.targets.len();
+        let mut added = false;
         for chunk in unnamed.chunks(sluice_wasm::POLICY_NAMES_PER_CALL_MAX) {
             let names = self.ensure_policy()?.target_topics(chunk).map_err(|e| policy_error(&module, e))?;
             for (source, target) in chunk.iter().zip(names) {
@@ -234,18 +227,18 @@ impl MirrorTask {
                         continue;
                     }
                 };
-                if let Some((other, _)) = self.targets.iter().find(|(_, t)| **t == target) {
-                    let error = format!("policy '{module}' names it '{target}', which topic '{other}' is copied to already");
-                    self.shared.set_topic_error(source, Some(error));
-                    self.left_out.insert(source.clone());
-                    continue;
+                match self.shared.set_target(source, &target) {
+                    Ok(()) => added = true,
+                    Err(other) => {
+                        let error = format!("policy '{module}' names it '{target}', which topic '{other}' is copied to already");
+                        self.shared.set_topic_error(source, Some(error));
+                        self.left_out.insert(source.clone());
+                    }
                 }
-                self.shared.set_target(source, &target);
-                self.targets.insert(source.clone(), target);
             }
         }
-        if self.targets.len() > named_before {
-            let json = serde_json::to_vec_pretty(&self.targets).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        if added {
+            let json = serde_json::to_vec_pretty(&self.shared.targets()).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
             sluice_broker::host::write_file_atomically(&targets_path(&self.host, self.name())?, &json)?;
         }
         Ok(())
@@ -264,8 +257,10 @@ impl MirrorTask {
         };
         let stored: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| RuntimeError::file(&path, e))?;
         for (source, target) in stored {
-            self.shared.set_target(&source, &target);
-            self.targets.insert(source, target);
+            // Written by `name_targets`, which never gives two topics one copy.
+            if let Err(other) = self.shared.set_target(&source, &target) {
+                return Err(RuntimeError::file(&path, format!("topics '{other}' and '{source}' share the copy '{target}'")));
+            }
         }
         Ok(())
     }
@@ -318,7 +313,7 @@ impl MirrorTask {
         }
         let mut topics = BTreeMap::new();
         for topic in selected {
-            if self.renames() && !self.targets.contains_key(&topic.name) {
+            if self.renames() && self.shared.target_of(&topic.name).is_none() {
                 // The policy left it out (or its name is taken: the topic error says so).
                 continue;
             }
@@ -1048,7 +1043,8 @@ fn policy_error(module: &str, error: impl std::fmt::Display) -> RuntimeError {
 }
 
 /// Rename mode: passes one partition's records through the policy's `filter`
-/// (`INPUT_RECORDS_PER_CALL_MAX` at a time) and applies its actions. A rewritten record keeps its
+/// (`INPUT_RECORDS_PER_CALL_MAX` records and `FILTER_CALL_BYTES_MAX` bytes at a time) and applies
+/// its actions. A rewritten record keeps its
 /// timestamp and the origin header it had, whatever headers the policy returned.
 fn filter_records(
     policy: &mut PolicyInstance,
@@ -1127,7 +1123,7 @@ impl Task for MirrorTask {
             self.fresh.clear();
             let path = self.host.data_dir()?.join("offset-maps").join(self.name());
             self.map = Some(OffsetMap::open(&path)?);
-            if self.targets.is_empty() {
+            if self.shared.targets().is_empty() {
                 self.load_targets()?;
             }
             self.ensure_policy()?;

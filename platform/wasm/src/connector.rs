@@ -267,6 +267,11 @@ fn check_poll(result: &PollResult) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// Key + value + header bytes of one record.
+pub(crate) fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) -> usize {
+    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
+}
+
 /// Key + value + headers of one record against `OUTPUT_RECORD_BYTES_MAX`, headers against
 /// `OUTPUT_HEADERS_PER_RECORD_MAX`.
 pub(crate) fn check_record_size(idx: usize, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[Header]) -> Result<(), PluginError> {
@@ -276,8 +281,7 @@ pub(crate) fn check_record_size(idx: usize, key: Option<&[u8]>, value: Option<&[
             headers.len()
         )));
     }
-    let bytes =
-        key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
+    let bytes = record_bytes(key, value, headers);
     if bytes > OUTPUT_RECORD_BYTES_MAX {
         return Err(PluginError::MalformedOutput(format!(
             "record {idx} is {bytes} bytes (key, value and headers); the limit is {OUTPUT_RECORD_BYTES_MAX}"

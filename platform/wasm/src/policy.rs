@@ -5,7 +5,7 @@
 
 use crate::bindings::mirror_policy::{MirrorPolicy, MirrorPolicyPre};
 use crate::bindings::replication_policy::{PolicyInfo, RecordAction};
-use crate::connector::check_record_size;
+use crate::connector::{check_record_size, record_bytes};
 use crate::engine::CompiledComponent;
 use crate::host::HostState;
 use crate::limits::*;
@@ -129,10 +129,6 @@ impl PolicyInstance {
     pub fn poisoned(&self) -> Option<&str> {
         self.sandbox.poisoned()
     }
-}
-
-fn record_bytes(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[crate::Header]) -> usize {
-    key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()
 }
 
 fn guest_error(call: &str, message: String) -> PluginError {

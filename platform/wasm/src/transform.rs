@@ -138,20 +138,7 @@ impl TransformInstance {
                     record.output, self.outputs_len
                 )));
             }
-            if record.headers.len() > OUTPUT_HEADERS_PER_RECORD_MAX {
-                return Err(PluginError::MalformedOutput(format!(
-                    "record {idx} has {} headers; the limit is {OUTPUT_HEADERS_PER_RECORD_MAX}",
-                    record.headers.len()
-                )));
-            }
-            let bytes = record.key.as_ref().map_or(0, Vec::len)
-                + record.value.as_ref().map_or(0, Vec::len)
-                + record.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>();
-            if bytes > OUTPUT_RECORD_BYTES_MAX {
-                return Err(PluginError::MalformedOutput(format!(
-                    "record {idx} is {bytes} bytes (key, value and headers); the limit is {OUTPUT_RECORD_BYTES_MAX}"
-                )));
-            }
+            crate::connector::check_record_size(idx, record.key.as_deref(), record.value.as_deref(), &record.headers)?;
         }
         Ok(())
     }
