@@ -9,8 +9,9 @@ The patterns are split in two tests:
   slow-drip connections, and 1 MB requests built to decode to many times their size. These pass today.
 - `test_clients_that_pin_memory_stay_within_the_bound`: Fetches whose replies are never read (one connection
   pipelining many, and many connections with one each), huge OffsetCommits, and 12 MB amplifying requests.
-  Bounded by the reply budgets (issue 10 item 1: `socket.reply.buffer.max.bytes` mutes a connection whose
-  peer does not read, `fetch.reply.memory.max.bytes` caps unsent Fetch replies across connections), the
+  Bounded by the reply budget (issue 10 item 1: `socket.reply.buffer.max.bytes` mutes a connection whose
+  peer does not read) and by Fetch replies never being built in memory (issue 11: their records are file
+  ranges sent with `sendfile`), the
   OffsetCommit limits (item 2) and the request budget (item 3, `queued.max.request.bytes`).
 """
 

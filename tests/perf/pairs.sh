@@ -6,7 +6,10 @@
 #   tests/perf/pairs.sh mirror preserve|rename     # sluice bench produce into a source, then the mirror copies it
 #   tests/perf/pairs.sh transform BIN WASM         # identity throughput, 2 M records of 100 B (BIN: a sluice binary)
 #   tests/perf/pairs.sh deploy BIN WASM            # deploy -> first output, cold (compiles) then warm
+#   tests/perf/pairs.sh consume BIN SIZE PARTS N   # rdkafka_performance: produce N records, then one C consumer reads them
+#   tests/perf/pairs.sh latency BIN RATE SIZE      # sluice bench produce --rate RATE (records/s), acks=all, 20 s
 #
+# rdkafka_performance comes from tests/perf/build_rdkafka_performance.sh (RDKAFKA_PERF overrides).
 # Run alternately with two binaries (e.g. a worktree build of an older commit) to compare them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -47,8 +50,30 @@ deploy)
     done
     pkill -f "server --data-dir /tmp/pairs-dep" || true
     ;;
+consume)
+    perf=${RDKAFKA_PERF:-$(tests/perf/build_rdkafka_performance.sh)}
+    bin=$2 size=$3 parts=$4 count=$5
+    fresh /tmp/pairs-cons 29492 29494 "$bin"
+    "$bin" topic create ct -p "$parts" --brokers 127.0.0.1:29492 > /dev/null
+    partitions=$(seq -s ' ' 0 $((parts - 1)) | sed 's/\([0-9]*\)/-p \1/g')
+    # Producer: the same C client, spreading records over the partitions, acks=1.
+    "$perf" -P -t ct -b 127.0.0.1:29492 -s "$size" -c "$count" -a 1 -q -X linger.ms=5 -X batch.size=1000000 \
+        -X queue.buffering.max.kbytes=1048576 2>&1 | grep -E 'messages .* produced|produced' | tail -1
+    sync; sleep 2
+    # shellcheck disable=SC2086
+    "$perf" -C -t ct -b 127.0.0.1:29492 $partitions -o beginning -c "$count" -q -X fetch.max.bytes=52428800 \
+        -X fetch.message.max.bytes=16777216 2>&1 | grep -E 'consumed' | tail -1
+    pkill -f "server --data-dir /tmp/pairs-cons" || true
+    ;;
+latency)
+    bin=$2 rate=$3 size=$4
+    fresh /tmp/pairs-lat 29592 29594 "$bin"
+    "$bin" bench produce --brokers 127.0.0.1:29592 --admin-url http://127.0.0.1:29594 --topic lat --partitions 8 --record-size "$size" \
+        --rate "$rate" --duration 20s --acks all --batch-bytes 16384 --json 2>/dev/null | tail -1
+    pkill -f "server --data-dir /tmp/pairs-lat" || true
+    ;;
 *)
-    sed -n '2,11p' "$0"
+    sed -n '2,16p' "$0"
     exit 2
     ;;
 esac

@@ -47,7 +47,8 @@ pub struct Broker {
     producer_ids: Arc<ProducerIds>,
     /// Frames being read or handled, over all connections (`queued.max.request.bytes`).
     request_bytes: Arc<ByteBudget>,
-    /// Built, unsent Fetch replies over all connections (`fetch.reply.memory.max.bytes`).
+    /// Record bytes of Fetch replies queued to sockets and not yet sent, over all connections: a
+    /// gauge, not a limit (the records are file ranges, not memory: see `handlers::fetch`).
     fetch_reply_bytes: Arc<ByteBudget>,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
@@ -133,7 +134,7 @@ impl Broker {
         let transactions = TransactionCoordinator::open(data_dir, now, deps, settings)?;
         transactions.recover();
         let request_bytes = ByteBudget::new(config.queued_request_bytes_max() as usize);
-        let fetch_reply_bytes = ByteBudget::new(config.fetch_reply_memory_max());
+        let fetch_reply_bytes = ByteBudget::new(usize::MAX);
         Ok(Arc::new(Broker {
             config,
             data_dir: data_dir.to_path_buf(),

@@ -12,9 +12,10 @@
 //! - Reply bytes: bytes of built replies that have not been written to the socket yet. Each connection
 //!   has one (`socket.reply.buffer.max.bytes`): its reader stops reading requests while its replies
 //!   exceed it, as Kafka mutes a channel; so a peer that pipelines Fetches and never reads pins about one
-//!   reply, not `queued.max.requests` of them. The broker has one over all connections
-//!   (`fetch.reply.memory.max.bytes`): a Fetch asks it how much is left and, past it, returns only the one
-//!   batch KIP-74 requires, so a thousand connections that never read cost the budget plus one batch each.
+//!   reply, not `queued.max.requests` of them. A Fetch reply's records are file ranges sent with
+//!   `sendfile` (see `handlers::fetch`), so what it holds is file handles and a little framing, not its
+//!   size in memory; its bytes are still counted, per connection for the mute and over all
+//!   connections for the `sluice_fetch_reply_bytes_unsent` gauge.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,18 +44,6 @@ impl ByteBudget {
     #[cfg(test)]
     pub(crate) fn available(&self) -> usize {
         self.max.saturating_sub(self.used())
-    }
-
-    /// Takes up to `wanted` of what is available, atomically (two readers never both take the same
-    /// room), and holds it until the returned charge is dropped. `Charge::resize` then settles it
-    /// to what was really built.
-    pub(crate) fn reserve(self: &Arc<Self>, wanted: usize) -> Charge {
-        let mut taken = 0;
-        let _ = self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-            taken = wanted.min(self.max.saturating_sub(used));
-            Some(used + taken)
-        });
-        Charge { budget: Arc::clone(self), bytes: taken }
     }
 
     /// Holds `bytes` until the returned charge is dropped.
@@ -103,22 +92,6 @@ impl Charge {
         self.budget.used.fetch_add(bytes, Ordering::Relaxed);
         self.bytes += bytes;
     }
-
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Makes this charge hold exactly `bytes`: releases what a reservation did not use, or adds
-    /// what was built beyond it (KIP-74's first batch).
-    pub(crate) fn resize(&mut self, bytes: usize) {
-        if bytes >= self.bytes {
-            self.grow(bytes - self.bytes);
-        } else {
-            self.budget.used.fetch_sub(self.bytes - bytes, Ordering::Relaxed);
-            self.bytes = bytes;
-            self.budget.released.notify_waiters();
-        }
-    }
 }
 
 impl Drop for Charge {
@@ -135,20 +108,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn reservations_never_hand_out_the_same_room_twice() {
-        let budget = ByteBudget::new(100);
-        let mut first = budget.reserve(70);
-        let second = budget.reserve(70);
-        assert_eq!((first.bytes(), second.bytes(), budget.available()), (70, 30, 0));
-        first.resize(10);
-        assert_eq!(budget.available(), 60);
-        first.resize(200);
-        assert_eq!((budget.used(), budget.available()), (230, 0));
-        drop((first, second));
-        assert_eq!(budget.used(), 0);
-    }
 
     #[tokio::test]
     async fn a_reader_waits_until_replies_are_written() {

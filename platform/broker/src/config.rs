@@ -197,7 +197,7 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         name: "fetch.reply.memory.max.bytes",
         default: "67108864",
-        doc: "Unsent Fetch reply bytes across all connections; past it a Fetch returns only its first batch until replies are written.",
+        doc: "Deprecated, no effect: Fetch replies are sent from the segment files (sendfile) and are never built in memory. Accepted so that existing configurations still load.",
         kind: Kind::Int { min: 0, max: i64::MAX },
     },
     SettingSpec {
@@ -500,9 +500,6 @@ impl BrokerConfig {
     }
     pub(crate) fn connection_reply_bytes_max(&self) -> usize {
         self.int("socket.reply.buffer.max.bytes") as usize
-    }
-    pub(crate) fn fetch_reply_memory_max(&self) -> usize {
-        self.int("fetch.reply.memory.max.bytes") as usize
     }
     pub(crate) fn connection_idle_ms(&self) -> u64 {
         self.int("connections.max.idle.ms") as u64

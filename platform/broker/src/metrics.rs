@@ -40,7 +40,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Request bytes being read or handled, against `queued.max.request.bytes` (set at scrape time).
     pub request_bytes_in_flight: IntGauge,
-    /// Built, unsent Fetch reply bytes, against `fetch.reply.memory.max.bytes` (set at scrape time).
+    /// Record bytes of Fetch replies queued to sockets and not yet sent (set at scrape time).
     pub fetch_reply_bytes_unsent: IntGauge,
     /// Partitions that could not be opened at start-up and answer KAFKA_STORAGE_ERROR.
     pub offline_partitions: IntGauge,
@@ -75,7 +75,11 @@ impl Metrics {
             bytes_in: counter_vec("bytes_in_total", "Record batch bytes appended, by topic", &["topic"]),
             bytes_out: counter_vec("bytes_out_total", "Record batch bytes served to consumers, by topic", &["topic"]),
             records_in: counter_vec("records_in_total", "Records appended, by topic", &["topic"]),
-            records_out: counter_vec("records_out_total", "Records served to consumers, by topic", &["topic"]),
+            records_out: counter_vec(
+                "records_out_total",
+                "Offsets served to consumers, by topic: for each partition of a Fetch, from its fetch offset to the end of the batches returned",
+                &["topic"],
+            ),
             connections: must(IntGauge::new("active_connections", "Open client connections")),
             groups: must(IntGauge::new("consumer_groups", "Consumer groups known to the coordinator")),
             group_lag: gauge_vec("consumer_group_lag", "High watermark minus committed offset", &["group", "topic", "partition"]),
@@ -99,7 +103,7 @@ impl Metrics {
             )),
             fetch_reply_bytes_unsent: must(IntGauge::new(
                 "fetch_reply_bytes_unsent",
-                "Bytes of built Fetch replies not yet written to their sockets (bounded by fetch.reply.memory.max.bytes)",
+                "Record bytes of Fetch replies queued to sockets and not yet sent (file ranges sent with sendfile, not held in memory)",
             )),
             connections_refused: must(IntCounter::new(
                 "connections_refused_total",

@@ -22,22 +22,31 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use kafka_protocol::messages::{ApiKey, ResponseKind};
-use sluice_protocol::{DecodeError, FRAME_LENGTH_BYTES, FrameError, decode_request, encode_response, parse_frame_length};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::messages::ApiKey;
+use rustix::net::SendFlags;
+use sluice_protocol::{
+    DecodeError, EncodeError, FRAME_LENGTH_BYTES, FrameError, decode_request, encode_fetch_framing, encode_response, parse_frame_length,
+};
+use sluice_storage::FileSlice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::broker::Broker;
 use crate::budget::{ByteBudget, Charge};
-use crate::handlers::{self, ConnCtx, Reply};
+use crate::handlers::fetch::FetchReply;
+use crate::handlers::{self, ConnCtx, Reply, Response};
 
 /// A frame's buffer grows by at most this much per read, so memory follows received bytes.
 const FRAME_READ_STEP_BYTES: usize = 1024 * 1024;
 /// Responses are written once this many bytes are queued, or when no more are ready.
 const WRITE_COALESCE_BYTES: usize = 1024 * 1024;
-/// An output buffer that grew past this for a large fetch is released after the write.
+/// An output buffer that grew past this is released after the write.
 const OUTPUT_BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
+/// The most one `sendfile` call may send on Linux.
+const SENDFILE_CALL_BYTES_MAX: usize = 0x7fff_f000;
+/// Chunks of a stored range copied through memory where `sendfile` is not available.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
 struct InFlight {
     api_key: ApiKey,
@@ -248,17 +257,9 @@ async fn serve_connection(
         }
         let reply = handlers::dispatch(broker, &ctx, request).await;
         drop(reserved);
-        let (reply, charges) = match reply {
-            Reply::Ready(body) => {
-                let charges = charge_reply(&unsent, &body).into_iter().collect();
-                (Reply::Ready(body), charges)
-            }
-            Reply::ReadyHolding(body, held) => {
-                let mut charges: Vec<Charge> = charge_reply(&unsent, &body).into_iter().collect();
-                charges.push(held);
-                (Reply::Ready(body), charges)
-            }
-            other => (other, Vec::new()),
+        let charges = match &reply {
+            Reply::Fetch(fetch) => charge_fetch(broker, &unsent, fetch),
+            _ => Vec::new(),
         };
         if sender.send(InFlight { api_key, version, correlation_id, reply, started, charges }).await.is_err() {
             break Err(Disconnect::WriterClosed);
@@ -308,18 +309,16 @@ fn error_reply(broker: &Broker, error: &DecodeError) -> Option<InFlight> {
     }
 }
 
-/// Bytes a built reply holds until it is written: the record data of a Fetch reply (every other reply
-/// is small), charged to the connection, which mutes its reader past its limit. (The Fetch handler
-/// charges the broker-wide budget itself, reserving before it reads: `Reply::ReadyHolding`.)
-fn charge_reply(unsent: &Arc<ByteBudget>, body: &ResponseKind) -> Option<Charge> {
-    let ResponseKind::Fetch(fetch) = body else { return None };
-    let bytes: usize = fetch
-        .responses
-        .iter()
-        .flat_map(|topic| topic.partitions.iter())
-        .map(|partition| partition.records.as_ref().map_or(0, |records| records.len()))
-        .sum();
-    (bytes > 0).then(|| unsent.charge(bytes))
+/// A Fetch reply's record bytes, held until it is written: against the connection's
+/// `socket.reply.buffer.max.bytes` (its reader stops reading requests past it, so a peer that pipelines
+/// Fetches and reads nothing has about one reply queued), and counted in the broker's gauge of unsent
+/// Fetch bytes. The records are file ranges, not memory; the framing is small.
+fn charge_fetch(broker: &Broker, unsent: &Arc<ByteBudget>, fetch: &FetchReply) -> Vec<Charge> {
+    let bytes = fetch.record_bytes();
+    if bytes == 0 {
+        return Vec::new();
+    }
+    vec![unsent.charge(bytes), broker.fetch_reply_bytes().charge(bytes)]
 }
 
 async fn write_responses(
@@ -330,26 +329,24 @@ async fn write_responses(
 ) {
     // A peer that reads nothing for this long is gone or hostile; its replies are dropped with it.
     let stall = Duration::from_millis(broker.config().connection_idle_ms());
-    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut out = Outgoing::default();
     let mut held: Vec<Charge> = Vec::new();
     while let Some(in_flight) = receiver.recv().await {
         held.extend(in_flight.charges);
-        let body = match in_flight.reply {
-            Reply::Ready(body) => Some(body),
+        let response = match in_flight.reply {
+            Reply::Ready(body) => Some(Response::Message(body)),
+            Reply::Fetch(fetch) => Some(Response::Fetch(fetch)),
             Reply::Deferred(future) => {
-                let (body, charge) = future.await;
-                held.extend(charge_reply(&unsent, &body));
-                held.extend(charge);
-                Some(body)
-            }
-            Reply::ReadyHolding(body, charge) => {
-                held.push(charge);
-                Some(body)
+                let response = future.await;
+                if let Response::Fetch(fetch) = &response {
+                    held.extend(charge_fetch(&broker, &unsent, fetch));
+                }
+                Some(response)
             }
             Reply::NoResponse => None,
         };
-        if let Some(body) = body
-            && let Err(error) = encode_response(in_flight.api_key, in_flight.version, in_flight.correlation_id, &body, &mut out)
+        if let Some(response) = response
+            && let Err(error) = out.push(in_flight.api_key, in_flight.version, in_flight.correlation_id, response)
         {
             tracing::error!(%error, "cannot encode response; closing connection");
             return;
@@ -357,25 +354,142 @@ async fn write_responses(
         if let Some(api) = broker.metrics().api(in_flight.api_key) {
             api.latency.observe(in_flight.started.elapsed().as_secs_f64());
         }
-        if receiver.is_empty() || out.len() >= WRITE_COALESCE_BYTES {
-            match tokio::time::timeout(stall, writer.write_all(&out)).await {
+        if receiver.is_empty() || out.queued_bytes() >= WRITE_COALESCE_BYTES {
+            match tokio::time::timeout(stall, out.write_to(writer.as_ref())).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "closing connection: write failed");
+                    return;
+                }
                 Err(_) => {
                     tracing::debug!("closing connection: the peer read none of its replies for connections.max.idle.ms");
                     return;
                 }
             }
             held.clear();
-            if out.capacity() > OUTPUT_BUFFER_KEEP_BYTES {
-                out = BytesMut::with_capacity(64 * 1024);
-            } else {
-                out.clear();
-            }
         }
     }
     if !out.is_empty() {
-        let _ = tokio::time::timeout(stall, writer.write_all(&out)).await;
+        let _ = tokio::time::timeout(stall, out.write_to(writer.as_ref())).await;
     }
     let _ = writer.shutdown().await;
+}
+
+/// Responses encoded and not yet written: their bytes, with the file ranges of Fetch replies to be
+/// sent at positions among them.
+#[derive(Default)]
+struct Outgoing {
+    out: BytesMut,
+    /// (position in `out`, range): the range's bytes go before `out[position..]`. In order.
+    splices: Vec<(usize, FileSlice)>,
+    spliced_bytes: usize,
+    /// For file systems that cannot `sendfile`: ranges are copied through this buffer instead.
+    copy_buffer: Vec<u8>,
+}
+
+impl Outgoing {
+    fn push(&mut self, api_key: ApiKey, version: i16, correlation_id: i32, response: Response) -> Result<(), EncodeError> {
+        match response {
+            Response::Message(body) => encode_response(api_key, version, correlation_id, &body, &mut self.out),
+            Response::Fetch(fetch) => {
+                let lengths: Vec<usize> = fetch.slices.iter().map(|s| s.iter().map(|slice| slice.len).sum()).collect();
+                let positions = encode_fetch_framing(version, correlation_id, &fetch.response, &lengths, &mut self.out)?;
+                for (position, slices) in positions.into_iter().zip(fetch.slices) {
+                    for slice in slices {
+                        self.spliced_bytes += slice.len;
+                        self.splices.push((position, slice));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.out.len() + self.spliced_bytes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queued_bytes() == 0
+    }
+
+    /// Writes everything queued, then forgets it.
+    async fn write_to(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        let mut cursor = 0;
+        for (position, slice) in &self.splices {
+            // MSG_MORE: the framing goes out in the same segments as the records after it.
+            send_all(stream, &self.out[cursor..*position], true).await?;
+            send_file(stream, slice, &mut self.copy_buffer).await?;
+            cursor = *position;
+        }
+        send_all(stream, &self.out[cursor..], false).await?;
+        self.splices.clear();
+        self.spliced_bytes = 0;
+        if self.out.capacity() > OUTPUT_BUFFER_KEEP_BYTES {
+            self.out = BytesMut::with_capacity(64 * 1024);
+        } else {
+            self.out.clear();
+        }
+        if self.copy_buffer.capacity() > 0 {
+            self.copy_buffer = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+async fn send_all(stream: &TcpStream, mut bytes: &[u8], more: bool) -> std::io::Result<()> {
+    let flags = if more { SendFlags::MORE | SendFlags::NOSIGNAL } else { SendFlags::NOSIGNAL };
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || rustix::net::send(stream, bytes, flags).map_err(std::io::Error::from)) {
+            Ok(sent) => bytes = bytes.get(sent..).unwrap_or_default(),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// Sends a stored range with `sendfile`: from the page cache to the socket, with no copy through user
+/// space. Where the file system cannot (`EINVAL`, `ENOSYS`, `EOPNOTSUPP`), the rest of the range is
+/// copied through `copy_buffer` in chunks instead.
+async fn send_file(stream: &TcpStream, slice: &FileSlice, copy_buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    let end = slice.position + slice.len as u64;
+    let mut offset = slice.position;
+    while offset < end {
+        stream.writable().await?;
+        let count = usize::try_from(end - offset).unwrap_or(usize::MAX).min(SENDFILE_CALL_BYTES_MAX);
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, &*slice.file, Some(&mut offset), count).map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a segment file ended inside a stored range")),
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error)
+                if matches!(
+                    rustix::io::Errno::from_io_error(&error),
+                    Some(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP)
+                ) =>
+            {
+                return copy_range(stream, slice, offset, copy_buffer).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// `send_file` without `sendfile`: reads the rest of the range from `offset` in chunks and sends them.
+async fn copy_range(stream: &TcpStream, slice: &FileSlice, mut offset: u64, copy_buffer: &mut Vec<u8>) -> std::io::Result<()> {
+    let end = slice.position + slice.len as u64;
+    while offset < end {
+        let len = usize::try_from(end - offset).unwrap_or(usize::MAX).min(COPY_CHUNK_BYTES);
+        copy_buffer.clear();
+        let chunk = FileSlice { file: Arc::clone(&slice.file), position: offset, len };
+        tokio::task::block_in_place(|| chunk.read_into(copy_buffer))?;
+        send_all(stream, copy_buffer, true).await?;
+        offset += len as u64;
+    }
+    Ok(())
 }

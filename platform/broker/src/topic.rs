@@ -15,7 +15,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use sluice_storage::{
-    AbortedTxn, AppendMode, AppendResult, BatchHeader, LogConfig, PartitionLog, ReadResult, RetentionStats, StorageError, TxnMarker,
+    AbortedTxn, AppendMode, AppendResult, LogConfig, PartitionLog, ReadResult, RetentionStats, SlicedRead, StorageError, TxnMarker,
 };
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -284,15 +284,46 @@ impl Partition {
         max_bytes: usize,
         min_one: bool,
         read_committed: bool,
-    ) -> Result<IsolatedRead, StorageError> {
+    ) -> Result<IsolatedRead<ReadResult>, StorageError> {
+        self.isolated(offset, read_committed, |log, upper| {
+            log.read(offset, max_bytes, upper, min_one).map(|read| {
+                let next = read.next_offset;
+                (read, next)
+            })
+        })
+    }
+
+    /// [`read_isolated`](Self::read_isolated) as file slices, for a Fetch sent with `sendfile`.
+    pub(crate) fn read_isolated_slices(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        read_committed: bool,
+    ) -> Result<IsolatedRead<SlicedRead>, StorageError> {
+        self.isolated(offset, read_committed, |log, upper| {
+            log.read_slices(offset, max_bytes, upper, min_one).map(|read| {
+                let next = read.next_offset;
+                (read, next)
+            })
+        })
+    }
+
+    /// One isolated read: `read` gets the log and the bound, and returns its result with the offset
+    /// after what it returned.
+    fn isolated<R>(
+        &self,
+        offset: i64,
+        read_committed: bool,
+        read: impl FnOnce(&PartitionLog, i64) -> Result<(R, i64), StorageError>,
+    ) -> Result<IsolatedRead<R>, StorageError> {
         let hw = self.high_watermark();
         let log = self.log.read();
         let last_stable = log.last_stable_offset().min(hw);
         let upper = if read_committed { last_stable } else { hw };
-        let read = log.read(offset, max_bytes, upper, min_one)?;
-        let aborted = if read_committed && !read.bytes.is_empty() {
-            let end = last_batch_end(&read.bytes).unwrap_or(upper);
-            Some(log.aborted_transactions(offset, end))
+        let (read, next_offset) = read(&log, upper)?;
+        let aborted = if read_committed && next_offset > offset {
+            Some(log.aborted_transactions(offset, next_offset))
         } else if read_committed {
             Some(Vec::new())
         } else {
@@ -492,27 +523,12 @@ pub(crate) struct PartitionStats {
 }
 
 /// What `Partition::read_isolated` returns.
-pub(crate) struct IsolatedRead {
-    pub(crate) read: ReadResult,
+pub(crate) struct IsolatedRead<R> {
+    pub(crate) read: R,
     pub(crate) high_watermark: i64,
     pub(crate) last_stable_offset: i64,
     /// For read_committed: aborted transactions overlapping the returned records.
     pub(crate) aborted: Option<Vec<AbortedTxn>>,
-}
-
-/// One past the last offset of the last whole batch in `bytes` (stored batches, as a read returns them).
-fn last_batch_end(bytes: &[u8]) -> Option<i64> {
-    let mut position = 0usize;
-    let mut end = None;
-    while let Some(header) = bytes.get(position..).and_then(BatchHeader::parse) {
-        let size = header.total_size();
-        if size <= 12 || position + size > bytes.len() {
-            break;
-        }
-        end = Some(header.last_offset() + 1);
-        position += size;
-    }
-    end
 }
 
 fn raise(value: &mut i64, to: i64) -> bool {

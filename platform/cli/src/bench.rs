@@ -123,6 +123,13 @@ pub struct ProduceArgs {
     /// Compression codec for the record batches.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
+
+    /// Send at this many records per second in all (spread over the connections) instead of as fast
+    /// as the broker takes them, to measure latency at a fixed load. Requests are sent on a fixed
+    /// schedule; one that cannot go when due (all --in-flight slots busy) counts its latency from when
+    /// it was due, so a stalled broker shows up in the percentiles instead of slowing the load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -21,8 +21,10 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::buf::{ByteBuf, DecodeBudgetExceeded};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+pub use fetch_framing::encode_fetch_framing;
 pub use kafka_protocol;
 
+pub mod fetch_framing;
 pub mod partitioner;
 pub mod samples;
 

@@ -233,6 +233,12 @@ impl SegmentIndex {
         n.checked_sub(1).and_then(|i| self.entries.get(i)).map_or(0, |e| u64::from(e.position))
     }
 
+    /// Position of the last indexed batch that starts at or below `position`, or 0.
+    pub(crate) fn position_at_or_below(&self, position: u64) -> u64 {
+        let n = self.entries.partition_point(|e| u64::from(e.position) <= position);
+        n.checked_sub(1).and_then(|i| self.entries.get(i)).map_or(0, |e| u64::from(e.position))
+    }
+
     /// File position to start scanning from for the first batch with max timestamp >= `timestamp`:
     /// every batch up to the last indexed batch whose running maximum is below `timestamp` can be
     /// skipped, so scanning starts there (or at 0).

@@ -24,7 +24,7 @@ pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, Txn
 pub use error::StorageError;
 pub use handles::{OpenFilesBudget, configure_open_files};
 pub use log::{
-    APPEND_BYTES_MAX, AppendMode, AppendResult, LogConfig, PartitionLog, READ_BYTES_MAX, ReadResult, RetentionStats, SEGMENT_BYTES_MAX,
-    TIMESTAMP_AFTER_MAX_MS_DEFAULT,
+    APPEND_BYTES_MAX, AppendMode, AppendResult, FileSlice, LogConfig, PartitionLog, READ_BYTES_MAX, ReadResult, RetentionStats,
+    SEGMENT_BYTES_MAX, SlicedRead, TIMESTAMP_AFTER_MAX_MS_DEFAULT,
 };
 pub use txn::AbortedTxn;

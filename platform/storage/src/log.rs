@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::batch::{self, BATCH_LENGTH_MIN, BatchHeader, MAGIC_V2, Origin, TimestampType, TxnMarker, ValidatedBatch};
+use crate::batch::{self, BatchHeader, Origin, TimestampType, TxnMarker, ValidatedBatch};
 use crate::error::{IoContext, StorageError};
 use crate::fs::{Durability, TEMP_SUFFIX, sync_dir, write_atomically};
 use crate::index::remove_if_present;
@@ -151,8 +151,44 @@ pub struct AppendResult {
 pub struct ReadResult {
     /// Whole stored batches, byte for byte as appended.
     pub bytes: Bytes,
+    /// The offset after the last batch returned (`offset` itself when nothing was).
+    pub next_offset: i64,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+}
+
+/// `len` stored bytes at `position` of a segment file: whole batches, to be sent as they are.
+#[derive(Debug, Clone)]
+pub struct FileSlice {
+    pub file: Arc<fs::File>,
+    pub position: u64,
+    pub len: usize,
+}
+
+impl FileSlice {
+    /// Appends the slice's bytes to `out` (for peers that cannot take the file itself).
+    pub fn read_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        crate::segment::pread_into(&self.file, out, self.position, self.len)
+    }
+}
+
+/// A read as file slices: see [`PartitionLog::read_slices`].
+#[derive(Debug, Clone)]
+pub struct SlicedRead {
+    pub slices: Vec<FileSlice>,
+    /// Sum of the slices' lengths.
+    pub bytes: usize,
+    /// The offset after the last batch returned (`offset` itself when nothing was).
+    pub next_offset: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// Segment ranges of a read, in log order, with their total and the offset after the last batch.
+struct ReadPlan<'a> {
+    ranges: Vec<(&'a Segment, u64, usize)>,
+    bytes: usize,
+    next_offset: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -694,41 +730,78 @@ impl PartitionLog {
     /// (KIP-74). Reads continue into later segments while bytes remain. `offset == log_end_offset`
     /// gives empty bytes; an offset outside `[log_start, log_end]` is `OffsetOutOfRange`.
     pub fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64, min_one: bool) -> Result<ReadResult, StorageError> {
+        let plan = self.plan_read(offset, max_bytes, upper_bound, min_one)?;
+        let mut out = Vec::with_capacity(plan.bytes);
+        for (segment, position, len) in &plan.ranges {
+            segment.read_into(&mut out, *position, *len)?;
+        }
+        Ok(ReadResult {
+            bytes: Bytes::from(out),
+            next_offset: plan.next_offset,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset(),
+        })
+    }
+
+    /// The same batches as [`read`](Self::read), as byte ranges of the segment files instead of a
+    /// copy: the broker hands them to the socket (`sendfile`), so a Fetch costs no memory for its
+    /// records and no copy through user space. Reads no record bytes, only an index lookup and a
+    /// few batch headers per segment. The ranges stay valid after the log moves on: stored bytes are
+    /// never rewritten, and a deleted segment's file lives as long as a slice holds it.
+    pub fn read_slices(&self, offset: i64, max_bytes: usize, upper_bound: i64, min_one: bool) -> Result<SlicedRead, StorageError> {
+        let plan = self.plan_read(offset, max_bytes, upper_bound, min_one)?;
+        let slices = plan
+            .ranges
+            .iter()
+            .map(|(segment, position, len)| Ok(FileSlice { file: segment.reader()?, position: *position, len: *len }))
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        Ok(SlicedRead {
+            slices,
+            bytes: plan.bytes,
+            next_offset: plan.next_offset,
+            log_start_offset: self.log_start_offset,
+            log_end_offset: self.log_end_offset(),
+        })
+    }
+
+    /// Where the batches of a read lie: per segment, a range that starts and ends on batch
+    /// boundaries. Found from the index and batch headers alone.
+    fn plan_read(&self, offset: i64, max_bytes: usize, upper_bound: i64, min_one: bool) -> Result<ReadPlan<'_>, StorageError> {
         self.ensure_live()?;
         let (start, end) = (self.log_start_offset, self.log_end_offset());
         if offset < start || offset > end {
             return Err(StorageError::OffsetOutOfRange { requested: offset, start, end });
         }
-        let mut out = Vec::new();
-        if offset < end && offset < upper_bound {
-            let budget = max_bytes.min(READ_BYTES_MAX);
-            let mut target = offset;
-            let first = self.segment_for(offset);
-            for segment in self.sealed.range(first.min(self.sealed.len())..).chain([&self.active]) {
-                let Some((position, header)) = segment.locate(target)? else {
-                    continue;
-                };
-                if header.last_offset() >= upper_bound {
-                    break;
-                }
-                let remaining = budget.saturating_sub(out.len());
-                let allowed = if out.is_empty() && min_one { remaining.max(header.total_size()) } else { remaining };
-                if header.total_size() > allowed {
-                    break;
-                }
-                let available = segment.size_bytes() - position;
-                let want = usize::try_from(available).unwrap_or(usize::MAX).min(allowed);
-                let before = out.len();
-                segment.read_into(&mut out, position, want)?;
-                let kept = whole_batches(out.get(before..).unwrap_or_default(), upper_bound)?;
-                out.truncate(before + kept);
-                if kept < want || (want as u64) < available {
-                    break;
-                }
-                target = segment.next_offset();
-            }
+        let mut plan = ReadPlan { ranges: Vec::new(), bytes: 0, next_offset: offset };
+        if offset >= end || offset >= upper_bound {
+            return Ok(plan);
         }
-        Ok(ReadResult { bytes: Bytes::from(out), log_start_offset: start, log_end_offset: end })
+        let budget = max_bytes.min(READ_BYTES_MAX);
+        let mut target = offset;
+        let first = self.segment_for(offset);
+        for segment in self.sealed.range(first.min(self.sealed.len())..).chain([&self.active]) {
+            let Some((position, header)) = segment.locate(target)? else {
+                continue;
+            };
+            if header.last_offset() >= upper_bound {
+                break;
+            }
+            let remaining = budget.saturating_sub(plan.bytes);
+            let allowed = if plan.bytes == 0 && min_one { remaining.max(header.total_size()) } else { remaining };
+            if header.total_size() > allowed {
+                break;
+            }
+            let (range_end, next_offset) = segment.batches_end(position, position.saturating_add(allowed as u64), upper_bound)?;
+            let len = usize::try_from(range_end - position).unwrap_or(usize::MAX);
+            plan.ranges.push((segment, position, len));
+            plan.bytes += len;
+            plan.next_offset = next_offset;
+            if range_end < segment.size_bytes() {
+                break;
+            }
+            target = segment.next_offset();
+        }
+        Ok(plan)
     }
 
     /// Appends a transaction marker (a control batch) for `marker` at the log end and ends the
@@ -1088,22 +1161,6 @@ impl PartitionLog {
     }
 }
 
-/// Length of the prefix of `buf` made of whole batches that end below `upper_bound`.
-fn whole_batches(buf: &[u8], upper_bound: i64) -> Result<usize, StorageError> {
-    let mut position = 0usize;
-    while let Some(header) = buf.get(position..).and_then(BatchHeader::parse) {
-        if header.magic != MAGIC_V2 || usize::try_from(header.batch_length).map_or(true, |l| l < BATCH_LENGTH_MIN) {
-            return Err(StorageError::CorruptMessage(format!("stored batch at read offset {position} has a bad header")));
-        }
-        let end = position + header.total_size();
-        if end > buf.len() || header.last_offset() >= upper_bound {
-            break;
-        }
-        position = end;
-    }
-    Ok(position)
-}
-
 /// Base offsets of the segments in `dir`, sorted. Also removes leftover temporary files and index
 /// files whose `.log` is gone (a deletion interrupted by a crash).
 fn list_segments(dir: &Path) -> Result<Vec<i64>, StorageError> {
@@ -1196,7 +1253,6 @@ fn write_file_atomically(dir: &Path, name: &str, contents: &[u8], durable: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::BatchBuilder;
 
     #[test]
     fn segment_names_are_twenty_digits() {
@@ -1204,23 +1260,6 @@ mod tests {
         assert_eq!(parse_base_offset("42"), None);
         assert_eq!(parse_base_offset("0000000000000000004x"), None);
         assert_eq!(parse_base_offset("99999999999999999999"), None, "beyond i64");
-    }
-
-    #[test]
-    fn whole_batches_stops_at_partial_batches_and_the_bound() {
-        let mut buf = Vec::new();
-        for base in [0i64, 3, 6] {
-            buf.extend(BatchBuilder::new(0).base_offset(base).records(3, 4).build());
-        }
-        let one = buf.len() / 3;
-        assert_eq!(whole_batches(&buf, i64::MAX).unwrap(), buf.len());
-        assert_eq!(whole_batches(&buf[..buf.len() - 1], i64::MAX).unwrap(), 2 * one);
-        assert_eq!(whole_batches(&buf, 6).unwrap(), 2 * one);
-        assert_eq!(whole_batches(&buf, 5).unwrap(), one);
-        assert_eq!(whole_batches(&buf[..10], i64::MAX).unwrap(), 0);
-        let mut bad = buf.clone();
-        bad[16] = 9;
-        assert!(matches!(whole_batches(&bad, i64::MAX), Err(StorageError::CorruptMessage(_))));
     }
 
     #[test]

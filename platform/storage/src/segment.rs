@@ -28,6 +28,9 @@ use crate::index::{IndexEntry, SegmentIndex, remove_if_present};
 pub(crate) const SCAN_BUFFER_BYTES: usize = 2 * 1024 * 1024;
 /// Buffer for header walks from an index position: a few index intervals of small batches.
 pub(crate) const LOOKUP_BUFFER_BYTES: usize = 16 * 1024;
+/// Buffer for finding where a read ends: the walk starts at an index entry, so it covers about one
+/// `index.interval.bytes` of headers.
+const BOUNDARY_WALK_BUFFER_BYTES: usize = 4 * 1024;
 /// How much a header-only walk reads at a time. Small batches come many to a read; the payload of a
 /// large batch is mostly skipped instead of read.
 const HEADER_WALK_READ_BYTES: usize = 64 * 1024;
@@ -164,7 +167,7 @@ impl Segment {
     }
 
     /// The `.log` for reading.
-    fn reader(&self) -> Result<Arc<File>, StorageError> {
+    pub(crate) fn reader(&self) -> Result<Arc<File>, StorageError> {
         match &self.file {
             SegmentFile::Open(file) => Ok(Arc::clone(file)),
             SegmentFile::Sealed(cached) => cached.get().context(|| format!("open segment {}", self.log_path.display())),
@@ -525,38 +528,48 @@ impl Segment {
         }
     }
 
-    /// Reads `len` bytes at `position`, appending them to `out`. The bytes are read into `out`'s
-    /// spare capacity (rustix's `spare_capacity`), not into zeros written first only to be
-    /// overwritten: a Fetch of 32 MiB is 32 MiB of memset saved (7.6 % of a broker's samples serving a
-    /// mirror, BENCHMARKS.md).
+    /// Reads `len` bytes at `position`, appending them to `out` (see [`pread_into`]).
     pub(crate) fn read_into(&self, out: &mut Vec<u8>, position: u64, len: usize) -> Result<(), StorageError> {
-        let start = out.len();
-        let end = start + len;
-        let file = self.reader()?;
-        let failed = |e: std::io::Error| StorageError::Io(e, format!("read {len} bytes at {position} from {}", self.log_path.display()));
-        out.reserve_exact(len);
-        while out.len() < end {
-            // The spare capacity may be a little larger than what is left to read: the excess read
-            // (bytes after the range, or none at the file's end) is cut off below.
-            let at = position + (out.len() - start) as u64;
-            let read = match rustix::io::pread(&*file, rustix::buffer::spare_capacity(out), at) {
-                Ok(read) => read,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(errno) => {
-                    out.truncate(start);
-                    return Err(failed(errno.into()));
-                }
-            };
-            if read == 0 {
-                out.truncate(start);
-                return Err(failed(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
-            }
-            if out.len() < end && out.capacity() == out.len() {
-                out.reserve_exact(end - out.len());
+        pread_into(&*self.reader()?, out, position, len)
+            .map_err(|e| StorageError::Io(e, format!("read {len} bytes at {position} from {}", self.log_path.display())))
+    }
+
+    /// The end of the run of whole batches that starts at `position` (a batch boundary), ends at or
+    /// before `limit` and holds only offsets below `upper_bound`, with the offset after the run. The
+    /// caller has checked that the first batch qualifies. Costs no I/O when the rest of the segment
+    /// qualifies; otherwise an index lookup and a walk over the few headers after an index entry.
+    pub(crate) fn batches_end(&self, position: u64, limit: u64, upper_bound: i64) -> Result<(u64, i64), StorageError> {
+        let mut limit = limit.min(self.size_bytes);
+        if upper_bound < self.next_offset {
+            // The first batch reaching the bound, and everything after it, stay out.
+            if let Some((bound, _)) = self.locate(upper_bound)? {
+                limit = limit.min(bound);
             }
         }
-        out.truncate(end);
-        Ok(())
+        if limit == self.size_bytes {
+            return Ok((self.size_bytes, self.next_offset));
+        }
+        let file = self.reader()?;
+        let mut scanner = BatchScanner::new(BOUNDARY_WALK_BUFFER_BYTES);
+        let from = self.index.position_at_or_below(limit).max(position);
+        scanner.reset(from);
+        let mut end = from;
+        loop {
+            match scanner.next(&file, self.size_bytes, false).context(|| format!("read segment {}", self.log_path.display()))? {
+                Scanned::End => return Ok((self.size_bytes, self.next_offset)),
+                Scanned::Invalid { position, reason } => {
+                    return Err(StorageError::CorruptMessage(format!("segment {} at byte {position}: {reason}", self.log_path.display())));
+                }
+                Scanned::Batch { position, header, .. } => {
+                    let batch_end = position + header.total_size() as u64;
+                    if batch_end > limit {
+                        // No record lies between the run's last batch and this one.
+                        return Ok((end, header.base_offset));
+                    }
+                    end = batch_end;
+                }
+            }
+        }
     }
 
     /// Walks every batch header (no CRC, payloads skipped where possible) in order.
@@ -695,6 +708,38 @@ fn file_time_ms(file: &File) -> Option<i64> {
 
 fn system_time_ms(time: std::time::SystemTime) -> Option<i64> {
     time.duration_since(UNIX_EPOCH).ok().and_then(|d| i64::try_from(d.as_millis()).ok())
+}
+
+/// Reads `len` bytes of `file` at `position`, appending them to `out`. The bytes are read into
+/// `out`'s spare capacity (rustix's `spare_capacity`), not into zeros written first only to be
+/// overwritten: a Fetch of 32 MiB is 32 MiB of memset saved (7.6 % of a broker's samples serving a
+/// mirror, BENCHMARKS.md). On error `out` is as it was.
+pub(crate) fn pread_into(file: &File, out: &mut Vec<u8>, position: u64, len: usize) -> std::io::Result<()> {
+    let start = out.len();
+    let end = start + len;
+    out.reserve_exact(len);
+    while out.len() < end {
+        // The spare capacity may be a little larger than what is left to read: the excess read
+        // (bytes after the range, or none at the file's end) is cut off below.
+        let at = position + (out.len() - start) as u64;
+        let read = match rustix::io::pread(file, rustix::buffer::spare_capacity(out), at) {
+            Ok(read) => read,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(errno) => {
+                out.truncate(start);
+                return Err(errno.into());
+            }
+        };
+        if read == 0 {
+            out.truncate(start);
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        if out.len() < end && out.capacity() == out.len() {
+            out.reserve_exact(end - out.len());
+        }
+    }
+    out.truncate(end);
+    Ok(())
 }
 
 /// One step of a scan.

@@ -172,3 +172,60 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// `read` and `read_slices` serve exactly the whole batches a plain walk over every stored batch
+    /// picks — from the batch holding the offset, while they fit `max_bytes` (the first one always
+    /// under `min_one`) and end below the bound — whatever the segment and index layout.
+    #[test]
+    fn reads_and_slices_serve_the_batches_a_plain_walk_picks(
+        // Batches from ~70 B to ~18 KiB: smaller and larger than the 4 KiB buffer of the boundary walk.
+        batches in proptest::collection::vec((1usize..6, prop_oneof![0usize..300, 2000usize..3000]), 1..40),
+        segment_bytes in 300u64..40_000,
+        interval in 0u32..8000,
+        queries in proptest::collection::vec((any::<u16>(), 0usize..50_000, any::<u16>(), any::<bool>()), 1..40),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { index_interval_bytes: interval, ..small_config(segment_bytes) };
+        let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
+        // (base offset, last offset, bytes) of every stored batch, in order.
+        let mut stored: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+        for (records, value_bytes) in batches {
+            let values: Vec<String> = (0..records).map(|r| format!("{r}{}", "v".repeat(value_bytes))).collect();
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            let mut bytes = batch_of(&refs, NOW);
+            let result = log.append(&mut bytes, ASSIGN, NOW).unwrap();
+            stored.push((result.base_offset, result.last_offset, bytes));
+        }
+        let end = log.log_end_offset();
+        for (offset, max_bytes, bound, min_one) in queries {
+            let offset = i64::from(offset) % (end + 1);
+            let upper_bound = i64::from(bound) % (end + 2);
+            let mut expected = Vec::new();
+            let mut next_offset = offset;
+            if offset < upper_bound {
+                for (_, last, bytes) in stored.iter().skip_while(|(_, last, _)| *last < offset) {
+                    let fits = expected.len() + bytes.len() <= max_bytes || (expected.is_empty() && min_one);
+                    if !fits || *last >= upper_bound {
+                        break;
+                    }
+                    expected.extend_from_slice(bytes);
+                    next_offset = last + 1;
+                }
+            }
+            let read = log.read(offset, max_bytes, upper_bound, min_one).unwrap();
+            prop_assert_eq!(&read.bytes[..], &expected[..], "read({}, {}, {}, {})", offset, max_bytes, upper_bound, min_one);
+            prop_assert_eq!(read.next_offset, next_offset);
+            let sliced = log.read_slices(offset, max_bytes, upper_bound, min_one).unwrap();
+            let mut materialised = Vec::new();
+            for slice in &sliced.slices {
+                slice.read_into(&mut materialised).unwrap();
+            }
+            prop_assert_eq!(&materialised[..], &expected[..]);
+            prop_assert_eq!(sliced.bytes, expected.len());
+            prop_assert_eq!(sliced.next_offset, next_offset);
+        }
+    }
+}

@@ -6,6 +6,12 @@
 //! its partitions' high watermarks to move, then reads again. The wait is a deferred reply, so the
 //! connection keeps reading requests meanwhile. Incremental fetch sessions (KIP-227) are not
 //! implemented: every response carries session id 0, which tells clients to send full fetches.
+//!
+//! Records are never read into memory here: a read returns the stored ranges of the segment files
+//! (`PartitionLog::read_slices`), and the connection's writer sends them with `sendfile` between the
+//! response's framing (`sluice_protocol::encode_fetch_framing`). A Fetch reply costs the broker its
+//! framing and a file handle per range, whatever its size, and its bytes go from the page cache to the
+//! socket without a copy through user space.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,18 +20,32 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, ResponseKind};
-use sluice_storage::StorageError;
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
+use sluice_storage::{FileSlice, StorageError};
 use tokio::sync::watch;
 
-use super::{Reply, blocking};
+use super::{Reply, Response, blocking};
 use crate::broker::Broker;
-use crate::budget::Charge;
 use crate::error::storage_error_code;
 use crate::topic::Topic;
 
 /// The longest a fetch may wait for data, whatever the client asks.
 pub(crate) const FETCH_WAIT_MS_MAX: i32 = 300_000;
+
+/// A Fetch response with its record sets as file slices: `slices[i]` is the record set of the i-th
+/// partition (in response order) whose `records` is `None`. Partitions answered with an error carry
+/// an empty record set inline.
+pub(crate) struct FetchReply {
+    pub(crate) response: FetchResponse,
+    pub(crate) slices: Vec<Vec<FileSlice>>,
+}
+
+impl FetchReply {
+    /// Record bytes the reply will send.
+    pub(crate) fn record_bytes(&self) -> usize {
+        self.slices.iter().flatten().map(|slice| slice.len).sum()
+    }
+}
 
 struct FetchPlan {
     topics: Vec<FetchTopic>,
@@ -43,28 +63,12 @@ fn partition_error(index: i32, error: ResponseError) -> PartitionData {
         .with_records(Some(Bytes::new()))
 }
 
-/// Batches in a stored byte range, counted from their headers (record count at byte 57).
-fn count_records(bytes: &Bytes) -> u64 {
-    let mut position = 0usize;
-    let mut records = 0u64;
-    while let Some(header) = bytes.get(position..position + 61) {
-        let batch_length = i32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        records += i32::from_be_bytes([header[57], header[58], header[59], header[60]]).max(0) as u64;
-        position += 12 + batch_length.max(0) as usize;
-    }
-    records
-}
-
-/// One pass over every requested partition. Returns the response, the bytes it carries and what it
-/// holds of the broker-wide reply budget (exactly those bytes).
-fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, usize, bool, Charge) {
+/// One pass over every requested partition. Returns the reply and the record bytes it carries.
+fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
     let mut total = 0usize;
-    // Replies already built and not yet read by their peers count against every Fetch: past the
-    // broker-wide budget a Fetch returns only the one batch KIP-74 requires (see `budget`). The room
-    // is reserved before reading, so concurrent Fetches never both read into the same room.
-    let mut charge = broker.fetch_reply_bytes().reserve(plan.max_bytes);
-    let max_bytes = charge.bytes();
+    let max_bytes = plan.max_bytes;
     let mut any_error = false;
+    let mut slices = Vec::new();
     let responses = plan
         .topics
         .iter()
@@ -91,15 +95,15 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
-                    match blocking(|| partition.read_isolated(fp.fetch_offset, partition_max, min_one, plan.read_committed)) {
+                    match blocking(|| partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed)) {
                         Ok(isolated) => {
                             let read = isolated.read;
-                            total += read.bytes.len();
+                            total += read.bytes;
                             if let Some(topic) = &topic
-                                && !read.bytes.is_empty()
+                                && read.bytes > 0
                             {
-                                topic.metrics.bytes_out.inc_by(read.bytes.len() as u64);
-                                topic.metrics.records_out.inc_by(count_records(&read.bytes));
+                                topic.metrics.bytes_out.inc_by(read.bytes as u64);
+                                topic.metrics.records_out.inc_by(read.next_offset.saturating_sub(fp.fetch_offset).max(0) as u64);
                             }
                             let aborted = isolated.aborted.map(|list| {
                                 list.into_iter()
@@ -110,13 +114,14 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                                     })
                                     .collect()
                             });
+                            slices.push(read.slices);
                             PartitionData::default()
                                 .with_partition_index(fp.partition)
                                 .with_high_watermark(isolated.high_watermark)
                                 .with_last_stable_offset(isolated.last_stable_offset)
                                 .with_log_start_offset(read.log_start_offset)
                                 .with_aborted_transactions(aborted)
-                                .with_records(Some(read.bytes))
+                                .with_records(None)
                         }
                         Err(error) => {
                             any_error = true;
@@ -136,8 +141,7 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (Vec<FetchableTopicResponse>, 
                 .with_partitions(partitions)
         })
         .collect();
-    charge.resize(total);
-    (responses, total, any_error, charge)
+    (FetchReply { response: FetchResponse::default().with_responses(responses), slices }, total, any_error)
 }
 
 pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
@@ -148,11 +152,11 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
     // Fetch v0-2 had no response-level limit.
     let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
     let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1 };
-    let (responses, total, any_error, charge) = read_all(broker, &plan);
+    let (reply, total, any_error) = read_all(broker, &plan);
     let max_wait = request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64;
     let min_bytes = request.min_bytes.max(0) as usize;
     if total >= min_bytes.max(1) || max_wait == 0 || any_error {
-        return Reply::ReadyHolding(FetchResponse::default().with_responses(responses).into(), charge);
+        return Reply::Fetch(reply);
     }
     let mut watches: Vec<watch::Receiver<i64>> = plan
         .topics
@@ -163,12 +167,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
         })
         .collect();
     if watches.is_empty() {
-        return Reply::ReadyHolding(FetchResponse::default().with_responses(responses).into(), charge);
+        return Reply::Fetch(reply);
     }
     let broker = Arc::clone(broker);
     Reply::Deferred(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(max_wait);
-        let (mut responses, mut charge) = (responses, charge);
+        let mut reply = reply;
         for receiver in watches.iter_mut() {
             receiver.borrow_and_update();
         }
@@ -179,17 +183,16 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
                 Ok((Err(_), _, _)) => break,
                 Ok((Ok(()), _, _)) => {}
             }
-            let (again, total, any_error, held) = read_all(&broker, &plan);
-            (responses, charge) = (again, held);
+            let (again, total, any_error) = read_all(&broker, &plan);
+            reply = again;
             if total >= min_bytes || any_error {
                 break;
             }
         }
         if Instant::now() >= deadline {
             // Data may have arrived right at the deadline.
-            let (again, _, _, held) = read_all(&broker, &plan);
-            (responses, charge) = (again, held);
+            reply = read_all(&broker, &plan).0;
         }
-        (ResponseKind::from(FetchResponse::default().with_responses(responses)), Some(charge))
+        Response::Fetch(reply)
     }))
 }

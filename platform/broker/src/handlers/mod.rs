@@ -14,7 +14,6 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_protocol::DecodedRequest;
 
 use crate::broker::Broker;
-use crate::budget::Charge;
 
 pub(crate) mod api_versions;
 pub(crate) mod configs;
@@ -32,16 +31,23 @@ pub(crate) struct ConnCtx {
     pub peer_addr: SocketAddr,
 }
 
-/// A deferred reply, with what it holds of the broker-wide reply budget until it is written.
-pub(crate) type ResponseFuture = Pin<Box<dyn Future<Output = (ResponseKind, Option<Charge>)> + Send>>;
-
-// `Ready` is by far the common case; boxing it to shrink the enum would add an allocation per
+/// A response as the connection's writer gets it.
+// `Message` is by far the common case; boxing it to shrink the enum would add an allocation per
 // response on the hot path.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Response {
+    Message(ResponseKind),
+    /// A Fetch response whose record sets are file slices, sent with `sendfile` (see `fetch`).
+    Fetch(fetch::FetchReply),
+}
+
+/// A deferred reply.
+pub(crate) type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
+
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Reply {
     Ready(ResponseKind),
-    /// A reply built against the broker-wide Fetch reply budget: the charge is held until written.
-    ReadyHolding(ResponseKind, Charge),
+    Fetch(fetch::FetchReply),
     /// Completed by the connection's writer, in request order.
     Deferred(ResponseFuture),
     /// Produce with acks=0: Kafka sends nothing back.

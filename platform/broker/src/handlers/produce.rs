@@ -14,7 +14,7 @@ use kafka_protocol::messages::produce_response::{BatchIndexAndErrorMessage, Part
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse, ProducerId, ResponseKind};
 use sluice_storage::{AppendMode, BatchHeader, StorageError};
 
-use super::{Reply, blocking, str_bytes};
+use super::{Reply, Response, blocking, str_bytes};
 use crate::broker::Broker;
 use crate::error::{BrokerError, storage_error_code};
 use crate::topic::{DURABILITY_WAIT_DEFAULT, FlushPolicy, Partition};
@@ -196,7 +196,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 entry.error_message = Some(str_bytes(error.1));
             }
         }
-        (ResponseKind::from(response), None)
+        Response::Message(ResponseKind::from(response))
     }))
 }
 

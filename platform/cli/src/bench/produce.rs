@@ -84,9 +84,12 @@ pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
         connections.push((addr, stream, groups));
     }
 
+    if args.rate.is_some() && args.acks == Acks::None {
+        bail!("--rate measures latency, which acks=0 has none of; use --acks 1 or --acks all");
+    }
     let settings = format!(
         "topic={} partitions={} connections={} in-flight={} acks={} compression={} record-size={} \
-         records/batch={} bytes/batch={} batches/request={} produce=v{version}",
+         records/batch={} bytes/batch={} batches/request={} rate={} produce=v{version}",
         target.topic,
         routes.len(),
         connections.len(),
@@ -97,6 +100,7 @@ pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
         plan.template.records_per_batch(),
         plan.template.full.len(),
         args.batches_per_request,
+        args.rate.map_or_else(|| "max".to_string(), |rate| format!("{rate}/s")),
     );
 
     let meter = Arc::new(Meter::default());
@@ -109,9 +113,10 @@ pub(super) async fn measure(args: &ProduceArgs) -> Result<Summary> {
         }
     };
     let budget = Arc::new(budget);
+    let pacer = args.rate.map(|rate| Arc::new(Pacer::new(started, rate)));
     let mut tasks = JoinSet::new();
     for (addr, stream, groups) in connections {
-        let sender = Sender { plan: plan.clone(), budget: budget.clone(), meter: meter.clone(), groups, addr };
+        let sender = Sender { plan: plan.clone(), budget: budget.clone(), meter: meter.clone(), pacer: pacer.clone(), groups, addr };
         let (read_half, write_half) = stream.into_split();
         if args.acks == Acks::None {
             tasks.spawn(sender.fire_and_forget(read_half, write_half));
@@ -165,6 +170,26 @@ impl Budget {
                 }
             }
         }
+    }
+}
+
+/// The send schedule of `--rate`: records are claimed in order by every connection, and a request is
+/// due when the records before it would have been sent at the rate.
+struct Pacer {
+    started: Instant,
+    nanos_per_record: f64,
+    claimed: AtomicU64,
+}
+
+impl Pacer {
+    fn new(started: Instant, records_per_second: u64) -> Self {
+        Self { started, nanos_per_record: 1e9 / records_per_second as f64, claimed: AtomicU64::new(0) }
+    }
+
+    /// When a request of `records` records is due.
+    fn due(&self, records: u64) -> Instant {
+        let before = self.claimed.fetch_add(records, Ordering::Relaxed);
+        self.started + std::time::Duration::from_nanos((before as f64 * self.nanos_per_record) as u64)
     }
 }
 
@@ -361,6 +386,7 @@ struct Sender {
     plan: Arc<Plan>,
     budget: Arc<Budget>,
     meter: Arc<Meter>,
+    pacer: Option<Arc<Pacer>>,
     groups: Vec<Group>,
     addr: String,
 }
@@ -377,6 +403,14 @@ impl Sender {
         let mut tally = Tally::default();
         let mut correlation_id: i32 = 0;
         for group in self.groups.iter().cycle() {
+            // Under --rate, wait for the request's turn; latency then counts from the moment it was
+            // due and ready, including any wait for an in-flight slot (a slow broker must not be
+            // hidden by the load slowing down), but not the timer's lateness in waking us.
+            let mut ready_at = None;
+            if let Some(pacer) = &self.pacer {
+                tokio::time::sleep_until(pacer.due(group.records).into()).await;
+                ready_at = Some(Instant::now());
+            }
             if let Some((permits, _)) = &pipeline {
                 // Closed only when the reader is gone, and then its error is the one worth reporting.
                 let Ok(permit) = permits.acquire().await else { break };
@@ -392,7 +426,7 @@ impl Sender {
             let prefix = wire::request_prefix(ApiKey::Produce, self.plan.version, correlation_id, crate::conn::CLIENT_ID, body.len())?;
             let frame_bytes = (prefix.len() + body.len()) as u64;
             if let Some((_, queue)) = &pipeline {
-                let in_flight = InFlight { correlation_id, sent_at: Instant::now(), batches };
+                let in_flight = InFlight { correlation_id, sent_at: ready_at.unwrap_or_else(Instant::now), batches };
                 if queue.send(in_flight).is_err() {
                     break;
                 }
@@ -537,6 +571,15 @@ mod tests {
                 assert!(batch.len() < plain * 4 / 5, "{compression:?}: {} of {plain} bytes", batch.len());
             }
         }
+    }
+
+    #[test]
+    fn the_pacer_spaces_requests_by_their_records() {
+        let started = Instant::now();
+        let pacer = Pacer::new(started, 1000);
+        assert_eq!(pacer.due(500), started);
+        assert_eq!(pacer.due(500), started + std::time::Duration::from_millis(500));
+        assert_eq!(pacer.due(10), started + std::time::Duration::from_secs(1));
     }
 
     #[test]
