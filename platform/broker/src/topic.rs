@@ -285,12 +285,7 @@ impl Partition {
         min_one: bool,
         read_committed: bool,
     ) -> Result<IsolatedRead<ReadResult>, StorageError> {
-        self.isolated(offset, read_committed, |log, upper| {
-            log.read(offset, max_bytes, upper, min_one).map(|read| {
-                let next = read.next_offset;
-                (read, next)
-            })
-        })
+        self.isolated(offset, read_committed, |log, upper| log.read(offset, max_bytes, upper, min_one), |read| read.next_offset)
     }
 
     /// [`read_isolated`](Self::read_isolated) as file slices, for a Fetch sent with `sendfile`.
@@ -301,27 +296,24 @@ impl Partition {
         min_one: bool,
         read_committed: bool,
     ) -> Result<IsolatedRead<SlicedRead>, StorageError> {
-        self.isolated(offset, read_committed, |log, upper| {
-            log.read_slices(offset, max_bytes, upper, min_one).map(|read| {
-                let next = read.next_offset;
-                (read, next)
-            })
-        })
+        self.isolated(offset, read_committed, |log, upper| log.read_slices(offset, max_bytes, upper, min_one), |read| read.next_offset)
     }
 
-    /// One isolated read: `read` gets the log and the bound, and returns its result with the offset
-    /// after what it returned.
+    /// One isolated read: `read` gets the log and the bound; `next_offset` says where what it
+    /// returned ends.
     fn isolated<R>(
         &self,
         offset: i64,
         read_committed: bool,
-        read: impl FnOnce(&PartitionLog, i64) -> Result<(R, i64), StorageError>,
+        read: impl FnOnce(&PartitionLog, i64) -> Result<R, StorageError>,
+        next_offset: impl FnOnce(&R) -> i64,
     ) -> Result<IsolatedRead<R>, StorageError> {
         let hw = self.high_watermark();
         let log = self.log.read();
         let last_stable = log.last_stable_offset().min(hw);
         let upper = if read_committed { last_stable } else { hw };
-        let (read, next_offset) = read(&log, upper)?;
+        let read = read(&log, upper)?;
+        let next_offset = next_offset(&read);
         let aborted = if read_committed && next_offset > offset {
             Some(log.aborted_transactions(offset, next_offset))
         } else if read_committed {
