@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds every fuzz target and runs each for FUZZ_SECONDS (default 60) on top of its committed seeds,
 # two at a time (the machine has two cores). Prints the executions each target ran; exits non-zero if
-# any target crashed, hung (10 s per input), ran out of memory (2 GiB) or failed to start. A crashing
+# any target crashed, hung (10 s per input, FUZZ_INPUT_TIMEOUT), ran out of memory (2 GiB) or failed to start. A crashing
 # input is kept under fuzz/artifacts/<target>/ and its log tail printed; reproduce it with
 #   fuzz/target/<host>/release/<target> fuzz/artifacts/<target>/<file>
 # New inputs the fuzzer finds go to a scratch corpus that is deleted afterwards: the seeds stay as
@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-60}"
+# Seconds one input may take before libFuzzer calls it a hang (wall clock; test.sh raises it because
+# it runs this job at the lowest CPU priority beside other tests).
+INPUT_TIMEOUT="${FUZZ_INPUT_TIMEOUT:-10}"
 TARGETS=(request_decoder record_batch log_recovery admin_json)
 # cargo-fuzz passes nightly-only flags; the pinned stable toolchain accepts them with RUSTC_BOOTSTRAP.
 export RUSTC_BOOTSTRAP=1
@@ -31,7 +34,7 @@ run_target() {
     [[ -f "dicts/$target.dict" ]] && extra+=("-dict=dicts/$target.dict")
     set +e
     "$bin_dir/$target" "$scratch/$target" "seeds/$target" "${extra[@]}" \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout="$INPUT_TIMEOUT" -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$target/" >"$scratch/$target.log" 2>&1
     echo $? >"$scratch/$target.rc"
     set -e

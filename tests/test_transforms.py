@@ -19,7 +19,7 @@ import pytest
 from harness import sluice_cli as sluice, REPO_ROOT, cf_consume, cf_produce, cf_producer, create_topic, require_binary, unique, wait_for
 
 GUEST_DIR = REPO_ROOT / "target" / "wasm-guests" / "wasm32-wasip2" / "wasm-guest"
-GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world"]
+GUESTS = ["identity", "json-filter", "pii-mask", "router", "json-to-msgpack", "fixture-hostile", "fixture-wrong-world", "fixture-bulky"]
 COMMITTED = {"isolation.level": "read_committed"}
 
 
@@ -313,3 +313,41 @@ def test_from_latest_is_pinned_at_deploy_and_survives_a_crash(broker, guests):
     sluice(broker, "transform", "resume", "tail")
     out_values = sorted(r.value for r in cf_consume(broker, out, expected=3, conf=COMMITTED))
     assert out_values == [b"new-0", b"new-1", b"new-2"], "records that arrived after the deploy are not skipped, old ones not read"
+
+
+def test_a_cold_deploy_serves_on_baseline_code_and_moves_to_optimized_code_exactly_once(broker, guests):
+    """Tiered compilation: `fixture-bulky` (2 MB of code; Cranelift needs seconds for it) serves from
+    Winch's code right after the deploy, its runner moves to Cranelift's code between batches while
+    records keep arriving, and every input record comes out exactly once. A second deployment of the
+    same module starts on the cached optimized code, and both tiers computed the same output."""
+    src, dst, again = unique("tier-in"), unique("tier-out"), unique("tier-again")
+    for t in (src, dst, again):
+        create_topic(broker, t)
+    producer = cf_producer(broker)
+    sent = 0
+
+    def produce(n: int) -> None:
+        nonlocal sent
+        cf_produce(producer, src, [{"key": f"k{i % 5}".encode(), "value": f"v{i}".encode()} for i in range(sent, sent + n)])
+        sent += n
+
+    produce(500)
+    st = deploy(broker, guests, "fixture-bulky", "bulky", src, [dst])
+    assert st["code"] == "baseline", st
+    assert "Code:        baseline" in sluice(broker, "transform", "status", "bulky").stdout
+
+    def optimized() -> bool:
+        produce(50)
+        return status(broker, "bulky")["code"] == "optimized"
+
+    wait_for(optimized, "the optimized code to be ready", timeout=120)
+    produce(500)
+    out = cf_consume(broker, dst, expected=sent, conf=COMMITTED)
+    assert sorted(int(r.value[1:]) for r in out) == list(range(sent)), "every record exactly once across the switch"
+    assert "moving to the optimized code" in Path(broker.log_path).read_text(errors="replace"), "the runner switched code between batches"
+
+    st = deploy(broker, guests, "fixture-bulky", "bulky-again", src, [again])
+    assert st["code"] == "optimized", "the second deploy starts on the cached optimized code"
+    redo = cf_consume(broker, again, expected=sent, conf=COMMITTED)
+    hashes = lambda records: sorted((r.value, r.headers) for r in records)  # noqa: E731
+    assert hashes(redo) == hashes(out), "baseline and optimized code computed the same output"

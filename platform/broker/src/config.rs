@@ -195,6 +195,12 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         kind: Kind::Int { min: 0, max: REQUEST_BYTES_LIMIT },
     },
     SettingSpec {
+        name: "plugins.compilers",
+        default: "tiered",
+        doc: "How Wasm plugins are compiled: tiered = Winch's baseline code at once (a deploy serves within milliseconds), then Cranelift's optimized code compiled in the background, cached, and switched to between batches; optimized = Cranelift only (a cold deploy waits for it: up to seconds for large modules); baseline = Winch only (fastest deploys, slower code, nothing cached).",
+        kind: Kind::Choice(&["tiered", "optimized", "baseline"]),
+    },
+    SettingSpec {
         name: "fetch.reply.memory.max.bytes",
         default: "67108864",
         doc: "Deprecated, no effect: Fetch replies are sent from the segment files (sendfile) and are never built in memory. Accepted so that existing configurations still load.",

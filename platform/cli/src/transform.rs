@@ -288,6 +288,13 @@ fn print_status(status: &Value, as_json: bool) {
     let text = |k: &str| status[k].as_str().unwrap_or("").to_string();
     println!("Transform:   {} (version {}, sha256 {})", text("name"), status["version"], text("module_digest").get(..12).unwrap_or(""));
     println!("State:       {}", text("state"));
+    match status["code"].as_str() {
+        Some("baseline") => {
+            println!("Code:        baseline (Winch; optimized code is being compiled, runners switch to it between batches)")
+        }
+        Some(code) => println!("Code:        {code}"),
+        None => {}
+    }
     if let Some(error) = status["error"].as_str() {
         println!("Error:       {error}");
     }

@@ -254,6 +254,10 @@ impl Chain {
 
 impl Step {
     fn instance(&mut self, logs: &Arc<LogBuffer>, label: &str) -> Result<&mut TransformInstance, PluginError> {
+        // Between calls: an instance on baseline code moves to the optimized code once it exists.
+        if self.instance.as_ref().is_some_and(TransformInstance::superseded) {
+            self.instance = None;
+        }
         if self.instance.is_none() {
             self.instance = Some(instantiate(&self.spec, logs, label)?);
         }

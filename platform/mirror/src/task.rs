@@ -177,7 +177,8 @@ impl MirrorTask {
     /// Rename mode: makes the policy's instance (from the registry module the spec names) unless a
     /// usable one is running.
     fn ensure_policy(&mut self) -> Result<&mut PolicyInstance, RuntimeError> {
-        if self.policy.as_ref().is_some_and(|p| p.poisoned().is_some()) {
+        // A poisoned instance is replaced; so is one running baseline code once optimized code exists.
+        if self.policy.as_ref().is_some_and(|p| p.poisoned().is_some() || p.superseded()) {
             self.policy = None;
         }
         if self.policy.is_none() {
@@ -194,6 +195,7 @@ impl MirrorTask {
                 mirror = self.name(),
                 policy = module,
                 filters_records = instance.filters_records(),
+                code = instance.tier().name(),
                 "replication policy loaded"
             );
             self.policy = Some(instance);

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
 use sluice_broker::host::{ApiError, Extension, Host, StartError, json_body, write_file_atomically};
-use sluice_wasm::{Engine, EngineConfig, MODULE_BYTES_MAX};
+use sluice_wasm::{Compilers, Engine, EngineConfig, MODULE_BYTES_MAX};
 
 use crate::error::RuntimeError;
 use crate::registry::{Builtin, ModuleInfo, ModuleRegistry};
@@ -78,9 +78,15 @@ impl Extension for Plugins {
 
     fn start(&self, host: Host) -> Result<Router, StartError> {
         let dir = host.data_dir()?;
+        let compilers = match host.setting("plugins.compilers").as_deref() {
+            Some("optimized") => Compilers::Optimized,
+            Some("baseline") => Compilers::Baseline,
+            _ => Compilers::Tiered,
+        };
         let engine = Engine::new(EngineConfig {
             cache_dir: Some(dir.join("cache")),
             cache_write: |path, bytes| write_file_atomically(path, bytes).map_err(std::io::Error::other),
+            compilers,
             ..Default::default()
         })
         .map_err(RuntimeError::from)?;

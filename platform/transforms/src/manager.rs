@@ -55,6 +55,10 @@ pub struct TransformStatus {
     pub version: u64,
     pub module_digest: String,
     pub module_bytes: usize,
+    /// Which compiler made the code new instances run: `baseline` (Winch) right after a cold
+    /// deploy, `optimized` (Cranelift) once the background compile is done; runners move to it
+    /// between batches.
+    pub code: &'static str,
     pub deployed_at_ms: i64,
     pub input_topic: String,
     pub output_topics: Vec<String>,
@@ -235,6 +239,7 @@ impl TransformManager {
             digest = stored.module_digest,
             cache_hit = module.cache_hit(),
             load_ms = module.load_time().as_millis() as u64,
+            code = module.tier().name(),
             "transform deployed"
         );
         self.start(stored, module)?;
@@ -347,6 +352,7 @@ impl TransformManager {
             version: deployment.stored.version,
             module_digest: deployment.stored.module_digest.clone(),
             module_bytes: deployment.stored.module_bytes,
+            code: deployment.shared.module.tier().name(),
             deployed_at_ms: deployment.stored.deployed_at_ms,
             input_topic: spec.input_topic.clone(),
             output_topics: spec.output_topics.clone(),

@@ -88,6 +88,12 @@ impl Runner {
     }
 
     fn ensure_instance(&mut self) -> Result<&mut TransformInstance, PluginError> {
+        // Between batches: an instance on baseline code moves to the optimized code once it exists
+        // (a new instance, so the guest's `init` runs again, as after a poisoned call).
+        if self.instance.as_ref().is_some_and(TransformInstance::superseded) {
+            self.instance = None;
+            tracing::info!(transform = self.name(), partition = self.partition, "moving to the optimized code");
+        }
         if self.instance.as_ref().is_some_and(|i| i.poisoned().is_none()) {
             let version = self.shared.limits_version.load(Ordering::Acquire);
             if version != self.limits_seen {

@@ -3,9 +3,11 @@
 //! 1. identity: records/s through one instance on one thread, 100-byte values, 1000 per batch;
 //! 2. json-filter: the same filter code natively and in Wasm, records/s and the Wasm overhead;
 //! 3. deploy: compile + world check + instantiate of identity and of a component with ~2 MB of code
-//!    (`fixtures/bulky`), without and with the cache.
+//!    (`fixtures/bulky`): tiered (until an instance runs Winch's code, until Cranelift's is
+//!    ready), Cranelift only, and from the cache.
 //!
-//! Set `BENCH_SECONDS` to change the time per throughput measurement (default 3).
+//! Set `BENCH_SECONDS` to change the time per throughput measurement (default 3), and
+//! `BENCH_COMPILERS=baseline` to run the throughput parts on Winch's code instead of Cranelift's.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -13,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{guest, instance_config, out};
-use sluice_wasm::{Engine, EngineConfig, InputRecord};
+use sluice_wasm::{Compilers, Engine, EngineConfig, InputRecord, Tier};
 
 const BATCH_RECORDS: usize = 1_000;
 const VALUE_BYTES: usize = 100;
@@ -50,8 +52,18 @@ fn throughput(budget: Duration, records_per_call: usize, mut f: impl FnMut() -> 
     records as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The engine the throughput parts run on: Cranelift's code (what every instance runs after the
+/// tier-up), or Winch's with `BENCH_COMPILERS=baseline`.
+fn throughput_engine() -> Engine {
+    let compilers = match std::env::var("BENCH_COMPILERS").as_deref() {
+        Ok("baseline") => Compilers::Baseline,
+        _ => Compilers::Optimized,
+    };
+    Engine::new(EngineConfig { compilers, ..EngineConfig::default() }).unwrap()
+}
+
 fn identity(budget: Duration) {
-    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let engine = throughput_engine();
     let module = engine.load_transform(&guest("identity")).unwrap();
     let (config, _) = instance_config(&[]);
     let mut instance = module.instantiate(config, out()).unwrap();
@@ -100,7 +112,7 @@ fn json_filter(budget: Duration, with_native: bool) {
         writer.len()
     });
 
-    let engine = Engine::new(EngineConfig::default()).unwrap();
+    let engine = throughput_engine();
     let (instance_config, _) = instance_config(&config);
     let mut instance = engine.load_transform(&guest("json-filter")).unwrap().instantiate(instance_config, out()).unwrap();
     let batch: Vec<InputRecord> = values
@@ -138,27 +150,44 @@ fn deploy_one(name: &str) {
         samples.sort();
         samples[samples.len() / 2]
     };
+    let mut baseline = Vec::new();
+    let mut optimized = Vec::new();
     let mut compiled = Vec::new();
     let mut cached = Vec::new();
     for _ in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let config = EngineConfig { cache_dir: Some(dir.path().to_owned()), ..EngineConfig::default() };
-        for (samples, expect_hit) in [(&mut compiled, false), (&mut cached, true)] {
-            // A new engine each time: a broker restart.
-            let engine = Engine::new(config.clone()).unwrap();
-            let started = Instant::now();
-            let module = engine.load_transform(&bytes).unwrap();
-            let (instance_config, _) = instance_config(&[]);
-            let instance = module.instantiate(instance_config, out()).unwrap();
-            samples.push(started.elapsed());
-            assert_eq!(module.cache_hit(), expect_hit);
-            drop(instance);
-        }
+        // Tiered (the default): a running instance on Winch's code, then the wait for Cranelift's.
+        let engine = Engine::new(config.clone()).unwrap();
+        let started = Instant::now();
+        let module = engine.load_transform(&bytes).unwrap();
+        let instance = module.instantiate(instance_config(&[]).0, out()).unwrap();
+        baseline.push(started.elapsed());
+        assert_eq!(instance.tier(), Tier::Baseline);
+        module.component().wait_optimized();
+        optimized.push(started.elapsed());
+        drop((instance, module, engine));
+        // Cranelift only, in the caller (what a cold deploy cost before tiering).
+        let engine = Engine::new(EngineConfig { compilers: Compilers::Optimized, ..EngineConfig::default() }).unwrap();
+        let started = Instant::now();
+        let module = engine.load_transform(&bytes).unwrap();
+        drop(module.instantiate(instance_config(&[]).0, out()).unwrap());
+        compiled.push(started.elapsed());
+        // A restart: the tier-up above cached Cranelift's code.
+        let engine = Engine::new(config).unwrap();
+        let started = Instant::now();
+        let module = engine.load_transform(&bytes).unwrap();
+        drop(module.instantiate(instance_config(&[]).0, out()).unwrap());
+        cached.push(started.elapsed());
+        assert!(module.cache_hit());
     }
     println!(
-        "deploy of {name} ({:.2} MB file, {:.2} MB of code): compile + check + instantiate {:.0} ms; from the cache {:.1} ms (medians of 5)",
+        "deploy of {name} ({:.2} MB file, {:.2} MB of code), medians of 5: tiered: running on Winch's code after {:.0} ms, \
+         Cranelift's ready after {:.0} ms; Cranelift only: compile + check + instantiate {:.0} ms; from the cache {:.1} ms",
         bytes.len() as f64 / 1e6,
         common::code_bytes(&bytes) as f64 / 1e6,
+        median(baseline).as_secs_f64() * 1e3,
+        median(optimized).as_secs_f64() * 1e3,
         median(compiled).as_secs_f64() * 1e3,
         median(cached).as_secs_f64() * 1e3
     );

@@ -8,6 +8,7 @@
 //! maps them as executable code: a file damaged on disk, cut short by a full disk, or from an older
 //! Sluice without the header is recompiled and overwritten (with a warning), never run. Files are
 //! written with `EngineConfig::cache_write`: in the broker, its one atomic, durable file replace.
+//! Only Cranelift's (optimized) code is cached; Winch's baseline code is made again when needed.
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use crate::PluginError;
-use crate::engine::{CacheWrite, compile};
+use crate::engine::CacheWrite;
 
 /// What every cache file starts with; the version digit changes if the layout does.
 const MAGIC: &[u8] = b"SLUICE-CWASM-1\n";
@@ -42,18 +43,31 @@ impl Cache {
         Ok(Cache { dir, engine_fingerprint: format!("{:016x}", hasher.finish()), write })
     }
 
-    /// The component, the sha256 of its bytes, and whether it came from the cache.
-    pub fn load_or_compile(&self, engine: &wasmtime::Engine, bytes: &[u8]) -> Result<(Component, String, bool), PluginError> {
-        let digest = digest_hex(bytes);
-        let path = self.dir.join(format!("{digest}-{}.cwasm", self.engine_fingerprint));
-        if let Ok(file) = fs::read(&path) {
-            match verified_payload(&file).map(|compiled| deserialize(engine, compiled)) {
-                Ok(Ok(component)) => return Ok((component, digest, true)),
-                Ok(Err(e)) => tracing::warn!(path = %path.display(), "recompiling: wasmtime refused the cached compilation: {e:#}"),
-                Err(why) => tracing::warn!(path = %path.display(), "recompiling: the cached compilation is damaged: {why}"),
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_fingerprint))
+    }
+
+    /// The cached compilation of the component with sha256 `digest`, if there is a sound one.
+    pub fn load(&self, engine: &wasmtime::Engine, digest: &str) -> Option<Component> {
+        let path = self.path(digest);
+        let file = fs::read(&path).ok()?;
+        match verified_payload(&file).map(|compiled| deserialize(engine, compiled)) {
+            Ok(Ok(component)) => Some(component),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), "recompiling: wasmtime refused the cached compilation: {e:#}");
+                None
+            }
+            Err(why) => {
+                tracing::warn!(path = %path.display(), "recompiling: the cached compilation is damaged: {why}");
+                None
             }
         }
-        let component = compile(engine, bytes)?;
+    }
+
+    /// Cache the compilation of the component with sha256 `digest` (a failure is logged: the next
+    /// load compiles again).
+    pub fn store(&self, digest: &str, component: &Component) {
+        let path = self.path(digest);
         match component.serialize() {
             Ok(compiled) => {
                 if let Err(e) = (self.write)(&path, &with_header(&compiled)) {
@@ -62,7 +76,6 @@ impl Cache {
             }
             Err(e) => tracing::warn!("could not serialize the compiled module: {e:#}"),
         }
-        Ok((component, digest, false))
     }
 }
 
@@ -90,7 +103,7 @@ fn verified_payload(file: &[u8]) -> Result<&[u8], &'static str> {
 #[allow(unsafe_code)]
 fn deserialize(engine: &wasmtime::Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `Component::deserialize` trusts its input to be wasmtime's own output: it maps it as
-    // executable code. These bytes are written only by `load_or_compile` above, from
+    // executable code. These bytes are written only by `store` above, from
     // `Component::serialize`, into the broker's data directory (owned by the broker, not writable by
     // clients: nothing reaches it over the network), and `verified_payload` has just checked them
     // against the sha256 written with them, so a file damaged on disk never gets here. The name binds

@@ -8,7 +8,7 @@
 use crate::bindings::connector_types::{ConnectorSpec, PollResult, SinkRecord, SourcePosition};
 use crate::bindings::sink::{Sink, SinkPre};
 use crate::bindings::source::{Source, SourcePre};
-use crate::engine::CompiledComponent;
+use crate::engine::{CompiledComponent, WorldPre};
 use crate::host::HostState;
 use crate::limits::*;
 use crate::sandbox::{InstanceConfig, Sandbox};
@@ -18,20 +18,19 @@ use crate::{Header, PluginError, World};
 #[derive(Clone)]
 pub struct SourceModule {
     component: CompiledComponent,
-    pre: SourcePre<HostState>,
+    pre: WorldPre<SourcePre<HostState>>,
 }
 
 /// A loaded sink connector: compiled, checked against the `sink` world. Cheap to clone.
 #[derive(Clone)]
 pub struct SinkModule {
     component: CompiledComponent,
-    pre: SinkPre<HostState>,
+    pre: WorldPre<SinkPre<HostState>>,
 }
 
 impl SourceModule {
     pub(crate) fn new(component: CompiledComponent) -> Result<SourceModule, PluginError> {
-        let instance_pre = component.instance_pre(World::Source)?;
-        let pre = SourcePre::new(instance_pre).map_err(|e| component.wrong_world(World::Source, &e))?;
+        let pre = WorldPre::new(&component, World::Source, SourcePre::new)?;
         Ok(SourceModule { component, pre })
     }
 
@@ -43,9 +42,10 @@ impl SourceModule {
     /// `init`, nothing granted, default limits).
     pub fn describe(&self, config: &InstanceConfig) -> Result<ConnectorSpec, PluginError> {
         let config = InstanceConfig { config: Vec::new(), grants: Default::default(), ..config.clone() };
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let spec = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             bindings.sluice_plugin_source_connector().call_describe(&mut *store)
         })?;
         check_spec(spec)
@@ -57,9 +57,13 @@ impl SourceModule {
         if positions.len() > SOURCE_POSITIONS_PER_INIT_MAX {
             return Err(PluginError::InvalidRequest(format!("{} positions; at most {SOURCE_POSITIONS_PER_INIT_MAX}", positions.len())));
         }
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        // A connector's state (positions, connections, what it has buffered) lives in its instance,
+        // so it cannot move to optimized code mid-run as a transform does: it waits for it here.
+        self.component.wait_optimized();
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let (bindings, init) = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             let init = bindings.sluice_plugin_source_connector().call_init(&mut *store, &config.config, positions)?;
             Ok((bindings, init))
         })?;
@@ -72,8 +76,7 @@ impl SourceModule {
 
 impl SinkModule {
     pub(crate) fn new(component: CompiledComponent) -> Result<SinkModule, PluginError> {
-        let instance_pre = component.instance_pre(World::Sink)?;
-        let pre = SinkPre::new(instance_pre).map_err(|e| component.wrong_world(World::Sink, &e))?;
+        let pre = WorldPre::new(&component, World::Sink, SinkPre::new)?;
         Ok(SinkModule { component, pre })
     }
 
@@ -84,9 +87,10 @@ impl SinkModule {
     /// The connector's version and config keys (see [`SourceModule::describe`]).
     pub fn describe(&self, config: &InstanceConfig) -> Result<ConnectorSpec, PluginError> {
         let config = InstanceConfig { config: Vec::new(), grants: Default::default(), ..config.clone() };
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let spec = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             bindings.sluice_plugin_sink_connector().call_describe(&mut *store)
         })?;
         check_spec(spec)
@@ -94,9 +98,13 @@ impl SinkModule {
 
     /// Make an instance and run its `init`, under the CPU bound.
     pub fn instantiate(&self, config: InstanceConfig) -> Result<SinkInstance, PluginError> {
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        // A connector's state (positions, connections, what it has buffered) lives in its instance,
+        // so it cannot move to optimized code mid-run as a transform does: it waits for it here.
+        self.component.wait_optimized();
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let (bindings, init) = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             let init = bindings.sluice_plugin_sink_connector().call_init(&mut *store, &config.config)?;
             Ok((bindings, init))
         })?;

@@ -114,7 +114,7 @@ pub use bindings::connector_types::{
 pub use bindings::replication_policy::{PolicyInfo, RecordAction, Rewritten};
 pub use bindings::types::{Header, InputRecord, LogLevel, OutputRecord};
 pub use connector::{SinkInstance, SinkModule, SourceInstance, SourceModule};
-pub use engine::{CacheWrite, CompiledComponent, EPOCH_TICK_DEFAULT, Engine, EngineConfig};
+pub use engine::{CacheWrite, CompiledComponent, Compilers, EPOCH_TICK_DEFAULT, Engine, EngineConfig, Tier};
 pub use error::PluginError;
 pub use host::{GaugeSink, LogSink, TracingLogSink, valid_gauge_name};
 pub use limits::*;

@@ -6,7 +6,7 @@
 use crate::bindings::mirror_policy::{MirrorPolicy, MirrorPolicyPre};
 use crate::bindings::replication_policy::{PolicyInfo, RecordAction};
 use crate::connector::{check_record_size, record_bytes};
-use crate::engine::CompiledComponent;
+use crate::engine::{CompiledComponent, Tier, WorldPre};
 use crate::host::HostState;
 use crate::limits::*;
 use crate::sandbox::{InstanceConfig, Sandbox};
@@ -16,13 +16,12 @@ use crate::{InputRecord, PluginError, World};
 #[derive(Clone)]
 pub struct PolicyModule {
     component: CompiledComponent,
-    pre: MirrorPolicyPre<HostState>,
+    pre: WorldPre<MirrorPolicyPre<HostState>>,
 }
 
 impl PolicyModule {
     pub(crate) fn new(component: CompiledComponent) -> Result<PolicyModule, PluginError> {
-        let instance_pre = component.instance_pre(World::MirrorPolicy)?;
-        let pre = MirrorPolicyPre::new(instance_pre).map_err(|e| component.wrong_world(World::MirrorPolicy, &e))?;
+        let pre = WorldPre::new(&component, World::MirrorPolicy, MirrorPolicyPre::new)?;
         Ok(PolicyModule { component, pre })
     }
 
@@ -33,9 +32,10 @@ impl PolicyModule {
     /// Make an instance with its own memory and limits and run its `init` with the policy's
     /// configuration (`config.config`) and the source cluster's alias, under the CPU bound.
     pub fn instantiate(&self, config: InstanceConfig, source_alias: &str) -> Result<PolicyInstance, PluginError> {
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let (bindings, init) = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             let init = bindings.sluice_plugin_replication_policy().call_init(&mut *store, &config.config, source_alias)?;
             Ok((bindings, init))
         })?;
@@ -61,6 +61,17 @@ pub struct PolicyInstance {
 }
 
 impl PolicyInstance {
+    /// Whether the module now has optimized code and this instance runs baseline code: replace it
+    /// (instantiate again) at the next safe point.
+    pub fn superseded(&self) -> bool {
+        self.sandbox.superseded()
+    }
+
+    /// The compiler of the code this instance runs.
+    pub fn tier(&self) -> Tier {
+        self.sandbox.tier()
+    }
+
     /// Whether `init` asked for every batch to go through `filter`.
     pub fn filters_records(&self) -> bool {
         self.info.filters_records

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::engine::{Code, CompiledComponent, Tier};
 use crate::host::{GaugeSink, HostState, LogSink, MemoryCapExceeded, TracingLogSink};
 use crate::limits::{CONFIG_BYTES_MAX, CONFIG_ENTRIES_MAX, Limits, OUTPUT_BYTES_PER_CALL_MAX};
 use crate::wasi::WaitOutlastsBudget;
@@ -67,14 +68,21 @@ pub(crate) struct Sandbox {
     /// good as the ticker, and an instance can outlive every module and engine handle its owner
     /// held (a regression: an instance whose module was dropped looped forever).
     _engine: Engine,
+    /// The compiler of the code this instance runs, and the component's code, to tell when better
+    /// code exists (`superseded`).
+    tier: Tier,
+    code: Arc<Code>,
 }
 
 impl Sandbox {
-    pub fn new(engine: &Engine, config: &InstanceConfig) -> Result<Sandbox, PluginError> {
+    /// A store for an instance of `component`'s code of `tier` (the tier of the pre-instantiation
+    /// the world instantiates in it).
+    pub fn new(component: &CompiledComponent, tier: Tier, config: &InstanceConfig) -> Result<Sandbox, PluginError> {
+        let engine = component.engine();
         config.validate()?;
         let mut state = HostState::new(config.grants.wasi_ctx()?, config.log_sink.clone(), config.limits.memory_bytes, config.sql.clone());
         state.gauge_sink = config.gauges.clone();
-        let mut store = Store::new(&engine.inner.engine, state);
+        let mut store = Store::new(&engine.inner.compiler(tier).engine, state);
         store.limiter(|state| state);
         // Lifting what the guest returns or passes to an import checks this before allocating.
         store.set_hostcall_fuel(OUTPUT_BYTES_PER_CALL_MAX);
@@ -86,7 +94,15 @@ impl Sandbox {
             let remaining = store.data().clock.remaining();
             if remaining.is_zero() { Ok(UpdateDeadline::Interrupt) } else { Ok(UpdateDeadline::Continue(deadline_ticks(remaining, tick))) }
         });
-        Ok(Sandbox { store, limits: config.limits, tick, poisoned: None, _engine: engine.clone() })
+        Ok(Sandbox {
+            store,
+            limits: config.limits,
+            tick,
+            poisoned: None,
+            _engine: engine.clone(),
+            tier,
+            code: Arc::clone(component.code()),
+        })
     }
 
     /// Make a call into the guest (instantiation and `init`, or one batch) under the instance's
@@ -131,6 +147,17 @@ impl Sandbox {
 
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
+    }
+
+    /// The compiler of the code this instance runs.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Whether the component now has better code than this instance runs: the owner replaces the
+    /// instance at its next safe point (a new instance runs `init` again).
+    pub fn superseded(&self) -> bool {
+        self.tier == Tier::Baseline && self.code.tier() == Tier::Optimized
     }
 
     /// Map a wasmtime error from a call to ours.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::bindings::transform::{Transform, TransformPre};
-use crate::engine::CompiledComponent;
+use crate::engine::{CompiledComponent, Tier, WorldPre};
 use crate::host::HostState;
 use crate::limits::*;
 use crate::sandbox::{InstanceConfig, Sandbox};
@@ -16,13 +16,12 @@ use crate::{InputRecord, OutputRecord, PluginError, World};
 #[derive(Clone)]
 pub struct TransformModule {
     component: CompiledComponent,
-    pre: TransformPre<HostState>,
+    pre: WorldPre<TransformPre<HostState>>,
 }
 
 impl TransformModule {
     pub(crate) fn new(component: CompiledComponent) -> Result<TransformModule, PluginError> {
-        let instance_pre = component.instance_pre(World::Transform)?;
-        let pre = TransformPre::new(instance_pre).map_err(|e| component.wrong_world(World::Transform, &e))?;
+        let pre = WorldPre::new(&component, World::Transform, TransformPre::new)?;
         Ok(TransformModule { component, pre })
     }
 
@@ -34,6 +33,11 @@ impl TransformModule {
     /// The sha256 of the component's bytes, lower-case hex: identifies a module version.
     pub fn digest(&self) -> &str {
         self.component.digest()
+    }
+
+    /// The compiler of the best code so far (see [`CompiledComponent::tier`]).
+    pub fn tier(&self) -> Tier {
+        self.component.tier()
     }
 
     /// Whether loading found the compilation in the on-disk cache.
@@ -55,9 +59,10 @@ impl TransformModule {
         if let Some(name) = outputs.iter().find(|name| name.is_empty() || name.len() > OUTPUT_NAME_BYTES_MAX) {
             return Err(PluginError::InvalidRequest(format!("output topic name {name:?} must be 1..={OUTPUT_NAME_BYTES_MAX} bytes")));
         }
-        let mut sandbox = Sandbox::new(self.component.engine(), &config)?;
+        let (tier, pre) = self.pre.current(&self.component)?;
+        let mut sandbox = Sandbox::new(&self.component, tier, &config)?;
         let init = sandbox.call(|store| {
-            let bindings = self.pre.instantiate(&mut *store)?;
+            let bindings = pre.instantiate(&mut *store)?;
             let init = bindings.sluice_plugin_transformer().call_init(&mut *store, &config.config, &outputs)?;
             Ok((bindings, init))
         })?;
@@ -122,6 +127,17 @@ impl TransformInstance {
     /// Why the instance cannot be called any more, if it cannot.
     pub fn poisoned(&self) -> Option<&str> {
         self.sandbox.poisoned()
+    }
+
+    /// The compiler of the code this instance runs.
+    pub fn tier(&self) -> Tier {
+        self.sandbox.tier()
+    }
+
+    /// Whether the module now has optimized code and this instance runs baseline code: replace it
+    /// (instantiate again) between batches.
+    pub fn superseded(&self) -> bool {
+        self.sandbox.superseded()
     }
 
     fn validate_output(&self, records: &[OutputRecord]) -> Result<(), PluginError> {

@@ -14,6 +14,8 @@ fn a_restart_loads_the_compiled_module_from_disk() {
 
     let first = Engine::new(config.clone()).unwrap().load_transform(&bytes).unwrap();
     assert!(!first.cache_hit());
+    // Cranelift's code is written to the cache by the tier-up thread.
+    first.component().wait_optimized();
     let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].starts_with(first.digest()) && files[0].ends_with(".cwasm"), "{files:?}");
@@ -32,6 +34,7 @@ fn a_restart_loads_the_compiled_module_from_disk() {
     std::fs::write(dir.path().join(&files[0]), b"damaged").unwrap();
     let third = Engine::new(config).unwrap().load_transform(&bytes).unwrap();
     assert!(!third.cache_hit());
+    third.component().wait_optimized();
     assert!(std::fs::read(dir.path().join(&files[0])).unwrap().len() > 1000, "rewritten");
 }
 
@@ -43,7 +46,9 @@ fn a_cache_file_damaged_on_disk_is_recompiled_not_run() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = guest("json-filter");
     let config = EngineConfig { cache_dir: Some(dir.path().to_owned()), ..EngineConfig::default() };
-    assert!(!Engine::new(config.clone()).unwrap().load_transform(&bytes).unwrap().cache_hit());
+    let module = Engine::new(config.clone()).unwrap().load_transform(&bytes).unwrap();
+    assert!(!module.cache_hit());
+    module.component().wait_optimized();
     let path = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
     let pristine = std::fs::read(&path).unwrap();
 
@@ -54,6 +59,7 @@ fn a_cache_file_damaged_on_disk_is_recompiled_not_run() {
         std::fs::write(&path, &damaged).unwrap();
         let module = Engine::new(config.clone()).unwrap().load_transform(&bytes).unwrap();
         assert!(!module.cache_hit(), "a damaged file (byte {at} of {}) was loaded", pristine.len());
+        module.component().wait_optimized();
         assert_eq!(std::fs::read(&path).unwrap(), pristine, "the file is rewritten whole");
         let (instance_config, _) = instance_config(&[("field", "a")]);
         let mut instance = module.instantiate(instance_config, out()).unwrap();

@@ -271,6 +271,13 @@ impl Host {
         self.broker.config().flush_before_ack()
     }
 
+    /// The value of a broker setting (`sluice server --set name=value`, or its default), for the
+    /// settings that configure extensions (`plugins.compilers`). `None` for a name the broker does
+    /// not know.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        self.broker.config().get(name).map(str::to_owned)
+    }
+
     /// The broker's tokio runtime, for async work and for blocking threads that need to wait.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
