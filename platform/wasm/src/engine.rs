@@ -242,7 +242,15 @@ impl Engine {
         let mut reasons = Vec::new();
         for world in World::ALL {
             match component.check(world) {
-                Ok(()) => return Ok(component),
+                Ok(()) => {
+                    // A connector waits for optimized code before every instance (its state lives
+                    // in the instance), so it gains nothing from the baseline: compile it here, at
+                    // upload, as before tiering, not when its first task starts.
+                    if matches!(world, World::Source | World::Sink) {
+                        component.wait_optimized();
+                    }
+                    return Ok(component);
+                }
                 Err(error) => reasons.push(error.to_string()),
             }
         }
@@ -535,8 +543,13 @@ impl TierUp {
                         continue;
                     }
                     let started = Instant::now();
-                    let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &job.digest));
-                    let optimized = match cached.map(Ok).unwrap_or_else(|| compile(&engine, &job.bytes)) {
+                    // A compiler panic must not end the thread: waiters (`wait_optimized`) would hang.
+                    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &job.digest));
+                        cached.map(Ok).unwrap_or_else(|| compile(&engine, &job.bytes))
+                    }))
+                    .unwrap_or_else(|_| Err(PluginError::Engine("Cranelift panicked".to_owned())));
+                    let optimized = match compiled {
                         Ok(component) => {
                             if let Some(cache) = &cache {
                                 cache.store(&job.digest, &component);
