@@ -403,3 +403,11 @@ def test_plugin_upload_then_list_and_the_transform_is_usable_in_a_connector_chai
     assert rest(b, "PUT", f"/connector-plugins/{COUNTER}/config/validate", java_smt)[1]["error_count"] == 1
     bad = sluice(b, "plugin", "upload", str(Path(__file__)), "--name", "not-wasm", check=False)
     assert bad.returncode == 1 and "HTTP 400" in bad.stderr
+    # A connector loads its chain's modules by name whenever a task starts: the module cannot be
+    # deleted from under it (409, naming the connector), and can once the connector is gone.
+    create(b, "c", chained)
+    refused = sluice(b, "plugin", "delete", "identity", check=False)
+    assert refused.returncode == 1 and "HTTP 409" in refused.stderr and "connector 'c'" in refused.stderr, refused.stderr
+    assert rest(b, "DELETE", "/connectors/c")[0] == 204
+    assert sluice(b, "plugin", "delete", "identity").stdout.strip() == "Deleted module name identity."
+    assert "identity" not in [m["name"] for m in json.loads(sluice(b, "plugin", "list", "--json").stdout)["modules"]]

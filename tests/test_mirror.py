@@ -690,3 +690,11 @@ def test_a_wasm_policy_names_copies_picks_groups_and_filters_records(make_broker
     cf_produce(cf_producer(source), "orders", [{"key": b"internal-x", "value": b"late-internal"}, {"key": b"k-x", "value": b"late"}])
     got = cf_consume(target, "dr.orders", len(kept) + 1, timeout=60, conf=COMMITTED)
     assert sorted(r.value for r in got) == sorted([r["value"] for r in kept] + [b"late"])
+
+    # The mirror loads its policy by name whenever it makes an instance: the name cannot be deleted
+    # from under it (409, naming the mirror), and can once the mirror is gone.
+    code, _, body = http_request("DELETE", f"{target.admin_url}/v1/plugins/dr-filter")
+    assert code == 409 and "mirror 'dr'" in body.decode(), (code, body)
+    sluice_cli(target, "mirror", "delete", "dr")
+    code, _, body = http_request("DELETE", f"{target.admin_url}/v1/plugins/dr-filter")
+    assert code == 204, (code, body)

@@ -129,6 +129,10 @@ pub enum PluginCmd {
         #[arg(long)]
         name: String,
     },
+    /// Forget a module's name. Refused while a connector or mirror loads the module by that name;
+    /// transforms keep running (they are pinned to the module's digest).
+    #[command(after_help = "Example:\n  sluice plugin delete pii-mask")]
+    Delete { name: String },
 }
 
 /// Uploads a `.wasm` file to the broker's module registry under `name`; the registry's answer and
@@ -416,6 +420,15 @@ pub(crate) async fn run_plugin(cmd: PluginCmd, admin_url: &str, as_json: bool) -
                 }
             }
             print_table(&out);
+            Ok(())
+        }
+        PluginCmd::Delete { name } => {
+            call(admin_url, "DELETE", &format!("/v1/plugins/{}", path_segment(&name)?), None, REQUEST_TIMEOUT).await?;
+            if as_json {
+                print_json(&json!({ "deleted": name }));
+            } else {
+                println!("Deleted module name {name}.");
+            }
             Ok(())
         }
         PluginCmd::Upload { file, name } => {

@@ -108,8 +108,10 @@ enum Command {
     #[command(after_help = "Examples:\n  sluice mirror create dr --source-bootstrap 10.0.0.5:9092 --topics 'orders|payments-.*'\n  \
                             sluice mirror status dr\n  sluice mirror promote dr --topic orders")]
     Mirror(mirror::MirrorArgs),
-    /// The broker's module registry: list and upload Wasm components (transforms and connectors).
-    #[command(after_help = "Examples:\n  sluice plugin list\n  sluice plugin upload pii_mask.wasm --name pii-mask")]
+    /// The broker's module registry: list, upload and delete Wasm components (transforms, connectors, mirror policies).
+    #[command(
+        after_help = "Examples:\n  sluice plugin list\n  sluice plugin upload pii_mask.wasm --name pii-mask\n  sluice plugin delete pii-mask"
+    )]
     Plugin(connector::PluginArgs),
     /// Load-test a Kafka-compatible broker (produce or consume) and report throughput and latency.
     #[command(after_help = "Example:\n  sluice bench produce --topic bench --record-size 1024 --records 1000000 --acks 1")]

@@ -73,6 +73,9 @@ impl Extension for ConnectExtension {
             testing::register(&catalog);
         }
         let manager = ConnectorManager::open(host, catalog)?;
+        // A connector loads its plugin and its chain's transforms by name whenever a task starts.
+        let users = Arc::downgrade(&manager);
+        self.plugins.on_module_users(move |module| users.upgrade().map(|m| m.module_users(module)).unwrap_or_default());
         manager.start_all();
         *self.manager.lock() = Some(Arc::clone(&manager));
         Ok(api::router(manager))

@@ -200,6 +200,21 @@ impl ConnectorManager {
         }
     }
 
+    /// The connectors that load the registry module `module` by name: as their `connector.class`,
+    /// or as a step of their transform chain (`transforms.<alias>.type`).
+    pub fn module_users(&self, module: &str) -> Vec<String> {
+        let connectors = self.connectors.lock();
+        connectors
+            .iter()
+            .filter(|(_, connector)| {
+                let config = &connector.stored.config;
+                config.get("connector.class").is_some_and(|class| crate::plugins::plugin_name_for_class(class.trim()) == module)
+                    || config.iter().any(|(key, value)| key.starts_with("transforms.") && key.ends_with(".type") && value.trim() == module)
+            })
+            .map(|(name, _)| format!("connector '{name}'"))
+            .collect()
+    }
+
     /// Validates `raw` for the plugin its `connector.class` names.
     pub fn validate(&self, raw: &BTreeMap<String, String>) -> (Option<ConnectorConfig>, Validation) {
         let plugin = raw.get("connector.class").and_then(|class| self.catalog.resolve(class.trim()));

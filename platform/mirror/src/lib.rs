@@ -61,6 +61,9 @@ impl Extension for MirrorExtension {
 
     fn start(&self, host: Host) -> Result<axum::Router, StartError> {
         let manager = Arc::new(MirrorManager::open(host, self.plugins.clone())?);
+        // A rename-mode mirror loads its policy module by name whenever it makes an instance.
+        let users = Arc::downgrade(&manager);
+        self.plugins.on_module_users(move |module| users.upgrade().map(|m| m.policy_users(module)).unwrap_or_default());
         manager.start_all();
         *self.manager.lock() = Some(Arc::clone(&manager));
         Ok(api::router(manager))

@@ -210,6 +210,16 @@ impl MirrorManager {
         }
     }
 
+    /// The mirrors whose replication policy is the registry module `module`.
+    pub fn policy_users(&self, module: &str) -> Vec<String> {
+        let mirrors = self.mirrors.lock();
+        mirrors
+            .iter()
+            .filter(|(_, running)| running.stored.spec.mode == Mode::Rename && running.stored.spec.policy_module() == module)
+            .map(|(name, _)| format!("mirror '{name}'"))
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<MirrorStatus> {
         let names: Vec<String> = self.mirrors.lock().keys().cloned().collect();
         names.iter().filter_map(|name| self.status(name).ok()).collect()

@@ -29,7 +29,7 @@ use sluice_client::{
     Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch, PendingFetch,
 };
 use sluice_runtime::{Plugins, RuntimeError, Step, Task, TaskControl};
-use sluice_wasm::{InputRecord, InstanceConfig, PolicyInstance, RecordAction};
+use sluice_wasm::{InputRecord, InstanceConfig, PolicyInstance, PolicyModule, RecordAction};
 
 use crate::offset_map::{OffsetMap, Run};
 use crate::spec::{Mode, ORIGIN_HEADER};
@@ -132,6 +132,8 @@ pub struct MirrorTask {
     append_buffer: Vec<u8>,
     /// Rename mode: the replication policy's instance (made again after it traps).
     policy: Option<PolicyInstance>,
+    /// The module `policy` was made from, to make its successor on optimized code from.
+    policy_module: Option<PolicyModule>,
     /// Rename mode: source topics the policy left out (or named after another topic's copy), not
     /// asked about again while the task runs.
     left_out: BTreeSet<String>,
@@ -165,6 +167,7 @@ impl MirrorTask {
             prefetch: None,
             append_buffer: Vec::new(),
             policy: None,
+            policy_module: None,
             left_out: BTreeSet::new(),
         }
     }
@@ -177,17 +180,31 @@ impl MirrorTask {
     /// Rename mode: makes the policy's instance (from the registry module the spec names) unless a
     /// usable one is running.
     fn ensure_policy(&mut self) -> Result<&mut PolicyInstance, RuntimeError> {
-        // A poisoned instance is replaced; so is one running baseline code once optimized code exists.
-        if self.policy.as_ref().is_some_and(|p| p.poisoned().is_some() || p.superseded()) {
-            self.policy = None;
+        // A poisoned instance is replaced from the registry, by the module's name. One on baseline
+        // code whose optimized code is now ready is replaced from the same module version: moving to
+        // better code is not a reload, and must not fail because the name was deleted meanwhile.
+        if let Some(policy) = &self.policy {
+            if policy.poisoned().is_some() {
+                self.policy = None;
+                self.policy_module = None;
+            } else if policy.superseded() {
+                self.policy = None;
+            }
         }
         if self.policy.is_none() {
             let module = self.shared.spec.policy_module().to_string();
-            let registry = self.plugins.registry()?;
-            let info = registry.get(&module).ok_or_else(|| {
-                RuntimeError::Invalid(format!("policy module '{module}' is not in the broker's registry; upload it again under that name"))
-            })?;
-            let policy = registry.load(&info.digest)?.mirror_policy().map_err(|e| policy_error(&module, e))?;
+            let policy = match &self.policy_module {
+                Some(policy) => policy.clone(),
+                None => {
+                    let registry = self.plugins.registry()?;
+                    let info = registry.get(&module).ok_or_else(|| {
+                        RuntimeError::Invalid(format!(
+                            "policy module '{module}' is not in the broker's registry; upload it again under that name"
+                        ))
+                    })?;
+                    registry.load(&info.digest)?.mirror_policy().map_err(|e| policy_error(&module, e))?
+                }
+            };
             let mut config = InstanceConfig::new(&format!("mirror-policy/{}", self.name()));
             config.config = self.shared.spec.policy_config.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let instance = policy.instantiate(config, self.shared.spec.alias()).map_err(|e| policy_error(&module, e))?;
@@ -199,6 +216,7 @@ impl MirrorTask {
                 "replication policy loaded"
             );
             self.policy = Some(instance);
+            self.policy_module = Some(policy);
         }
         Ok(self.policy.as_mut().expect("made above"))
     }

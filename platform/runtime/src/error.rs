@@ -21,6 +21,9 @@ pub enum RuntimeError {
     /// A file of the runtime's own could not be read or written.
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// The operation would break something that uses the resource; the message names the users.
+    #[error("{0}")]
+    InUse(String),
     /// A task thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(String),
@@ -35,6 +38,7 @@ impl RuntimeError {
     pub fn to_api(&self) -> ApiError {
         match self {
             RuntimeError::Invalid(message) => ApiError::bad_request(message.clone()),
+            RuntimeError::InUse(message) => ApiError::conflict(message.clone()),
             RuntimeError::NotFound { what, .. } => ApiError::new(StatusCode::NOT_FOUND, not_found_code(what), format!("{self}")),
             RuntimeError::Host(HostError::UnknownTopic(_) | HostError::TopicRefused(_) | HostError::InvalidArgument(_)) => {
                 ApiError::bad_request(self.to_string())

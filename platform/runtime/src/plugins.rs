@@ -7,7 +7,7 @@
 //! | `GET /v1/plugins` | every registered module: name, digest, size, worlds, builtin |
 //! | `POST /v1/plugins` | `{"name": "...", "module_base64": "..."}`: check, compile and register a module |
 //! | `GET /v1/plugins/{name}` | one module |
-//! | `DELETE /v1/plugins/{name}` | forget a name (deployments that use the module keep running) |
+//! | `DELETE /v1/plugins/{name}` | forget a name (deployments pinned to the module's digest keep running); 409 while a deployment that looks the module up by name (a mirror's policy) uses it |
 
 use std::sync::{Arc, OnceLock};
 
@@ -27,12 +27,18 @@ use crate::registry::{Builtin, ModuleInfo, ModuleRegistry};
 /// Largest upload body: the module limit in base64 plus room for the name.
 pub const UPLOAD_BODY_BYTES_MAX: usize = MODULE_BYTES_MAX / 3 * 4 + 64 * 1024;
 
+/// Says which deployments use a registry module by its name (`"mirror dr"`, ...): a runtime that
+/// looks a module up by name when it (re)starts an instance registers one, so that the module
+/// cannot be deleted from under it.
+pub type ModuleUsers = Box<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
 /// The shared engine and registry. Cheap to clone: every clone is the same registry.
 #[derive(Clone, Default)]
 pub struct Plugins {
     started: Arc<OnceLock<Started>>,
     /// The modules that ship with the broker, named in the registry at start.
     builtins: &'static [Builtin],
+    users: Arc<parking_lot::Mutex<Vec<ModuleUsers>>>,
 }
 
 struct Started {
@@ -48,7 +54,7 @@ impl Plugins {
     /// With the first-party modules the binary carries: they are in the registry from the first start
     /// (compiled when first used), and cannot be deleted.
     pub fn with_builtins(builtins: &'static [Builtin]) -> Plugins {
-        Plugins { started: Arc::default(), builtins }
+        Plugins { started: Arc::default(), builtins, users: Arc::default() }
     }
 
     fn started(&self) -> Result<&Started, RuntimeError> {
@@ -68,6 +74,17 @@ impl Plugins {
 
     pub fn host(&self) -> Result<&Host, RuntimeError> {
         Ok(&self.started()?.host)
+    }
+
+    /// Registers a runtime's [`ModuleUsers`]: `DELETE /v1/plugins/{name}` is refused while any
+    /// names a user of `name`.
+    pub fn on_module_users(&self, users: impl Fn(&str) -> Vec<String> + Send + Sync + 'static) {
+        self.users.lock().push(Box::new(users));
+    }
+
+    /// Every deployment that uses the module `name` by name, from every runtime.
+    pub fn users_of(&self, name: &str) -> Vec<String> {
+        self.users.lock().iter().flat_map(|users| users(name)).collect()
     }
 }
 
@@ -144,6 +161,13 @@ async fn remove(State(plugins): State<Plugins>, Path(name): Path<String>) -> Res
         let registry = plugins.registry()?;
         if registry.get(&name).is_some_and(|m| m.builtin) {
             return Err(RuntimeError::Invalid(format!("'{name}' ships with the broker and cannot be deleted")));
+        }
+        let users = plugins.users_of(&name);
+        if !users.is_empty() {
+            return Err(RuntimeError::InUse(format!(
+                "module '{name}' is in use by {}; delete those or point them at another module first",
+                users.join(", ")
+            )));
         }
         registry.remove(&name).map(|_| StatusCode::NO_CONTENT)
     })
