@@ -197,7 +197,7 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         name: "plugins.compilers",
         default: "tiered",
-        doc: "How Wasm plugins are compiled: tiered = Winch's baseline code at once (a deploy serves within milliseconds), then Cranelift's optimized code compiled in the background, cached, and switched to between batches; optimized = Cranelift only (a cold deploy waits for it: up to seconds for large modules); baseline = Winch only (fastest deploys, slower code, nothing cached).",
+        doc: "How Wasm plugins are compiled: tiered = Winch's baseline code at once (a cold deploy serves 3–4x sooner than with Cranelift), then Cranelift's optimized code compiled in the background, cached, and switched to between batches; optimized = Cranelift only (a cold deploy waits for it: up to seconds for large modules); baseline = Winch only (fastest deploys, slower code, nothing cached).",
         kind: Kind::Choice(&["tiered", "optimized", "baseline"]),
     },
     SettingSpec {

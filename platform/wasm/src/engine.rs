@@ -4,8 +4,8 @@
 //! that world's own.
 //!
 //! Tiered compilation: a component that is not in the cache is compiled first by Winch, wasmtime's
-//! single-pass baseline compiler (about ten times faster to compile than Cranelift; its code runs
-//! slower), so a deploy serves within milliseconds; the `wasm-tier-up` thread then compiles it with
+//! single-pass baseline compiler (3–4× faster to compile than Cranelift here, BENCHMARKS.md; its code
+//! runs 35–40 % slower), so a deploy serves sooner; the `wasm-tier-up` thread then compiles it with
 //! Cranelift, writes that to the cache, and publishes it. Instances made after that run the
 //! optimized code, and the runtimes replace a baseline instance at their next safe point
 //! ([`Tier`], `superseded()` on every instance). Only Cranelift's code is cached: a restart or a
@@ -543,17 +543,22 @@ impl TierUp {
                         continue;
                     }
                     let started = Instant::now();
-                    // A compiler panic must not end the thread: waiters (`wait_optimized`) would hang.
-                    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &job.digest));
-                        cached.map(Ok).unwrap_or_else(|| compile(&engine, &job.bytes))
-                    }))
-                    .unwrap_or_else(|_| Err(PluginError::Engine("Cranelift panicked".to_owned())));
-                    let optimized = match compiled {
-                        Ok(component) => {
+                    // Another compile of the same bytes may have cached the code meanwhile.
+                    let cached = cache.as_ref().and_then(|cache| cache.load(&engine, &job.digest));
+                    let compiled = match cached {
+                        Some(component) => Ok(component),
+                        // A compiler panic must not end the thread: waiters (`wait_optimized`) would hang.
+                        None => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let component = compile(&engine, &job.bytes)?;
                             if let Some(cache) = &cache {
                                 cache.store(&job.digest, &component);
                             }
+                            Ok(component)
+                        }))
+                        .unwrap_or_else(|_| Err(PluginError::Engine("Cranelift panicked".to_owned()))),
+                    };
+                    let optimized = match compiled {
+                        Ok(component) => {
                             tracing::info!(
                                 digest = job.digest,
                                 compile_ms = started.elapsed().as_millis() as u64,
