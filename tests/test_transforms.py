@@ -129,7 +129,7 @@ def test_hostile_modules_are_stopped_and_a_good_transform_keeps_running(broker, 
     create_topic(broker, src, partitions=2)
     create_topic(broker, good_out, partitions=2)
     deploy(broker, guests, "identity", "good", src, [good_out])
-    modes = {"loop": "cpu limit", "memory-bomb": "memory limit", "panic": "trapped", "guest-error": "transform error", "oversized-record": "malformed output"}
+    modes = {"loop": "cpu limit", "memory-bomb": "memory limit", "panic": "trapped", "guest-error": "transform error", "oversized-record": "over the broker's limit"}
     for mode in modes:
         out = unique(f"bad-{mode}")
         create_topic(broker, out)

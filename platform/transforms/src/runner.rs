@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sluice_broker::host::{CommittedReader, Host, HostError, ProducerRecord, RecordView, TransactionalProducer};
+use sluice_broker::host::{CommittedReader, Host, HostError, ProducerRecord, TransactionalProducer, Visited};
 use sluice_runtime::isolate::Outcome;
 use sluice_runtime::policy::{self, OnFailure, Verdict};
 use sluice_runtime::{DeploymentMetrics, LogBuffer, RuntimeError, Step, Task, TaskControl};
 use sluice_wasm::{
-    Header, InputRecord, InstanceConfig, Limits, LogLevel, OutputRecord, PluginError, TransformInstance, TransformModule, World,
+    InputBatch, InputRecord, InputSlice, InstanceConfig, Limits, LogLevel, Output, PluginError, TransformInstance, TransformModule, World,
 };
 
 use crate::spec::{Partitioning, TransformSpec};
@@ -75,12 +75,25 @@ pub struct Runner {
     reader: Option<CommittedReader>,
     instance: Option<TransformInstance>,
     limits_seen: u64,
+    /// The batch being transformed, encoded once as the module gets it; its memory is kept for the
+    /// next batch.
+    inputs: InputBatch,
 }
 
 impl Runner {
     pub fn new(host: Host, shared: Arc<Shared>, partition: i32) -> Runner {
         let state = shared.partition_state(partition);
-        Runner { host, shared, partition, state, producer: None, reader: None, instance: None, limits_seen: u64::MAX }
+        Runner {
+            host,
+            shared,
+            partition,
+            state,
+            producer: None,
+            reader: None,
+            instance: None,
+            limits_seen: u64::MAX,
+            inputs: InputBatch::new(partition),
+        }
     }
 
     fn name(&self) -> &str {
@@ -117,9 +130,9 @@ impl Runner {
 
     /// One call of the module on `inputs`; a poisoned instance is dropped so the next call gets a
     /// fresh one.
-    fn call(&mut self, inputs: &[InputRecord]) -> Result<Vec<OutputRecord>, PluginError> {
+    fn call(&mut self, inputs: InputSlice<'_>) -> Result<Vec<Output>, PluginError> {
         let started = Instant::now();
-        let outcome = self.ensure_instance().and_then(|instance| instance.process(inputs));
+        let outcome = self.ensure_instance().and_then(|instance| instance.process_batch(inputs));
         self.shared.metrics.process_seconds.observe(started.elapsed().as_secs_f64());
         if let Err(error) = &outcome {
             self.shared.metrics.error(error_kind(error)).inc();
@@ -175,14 +188,14 @@ impl Runner {
     }
 
     /// Writes the outputs, the dead letters and the new input position in one transaction.
-    fn commit(&mut self, inputs: &[InputRecord], outcomes: Vec<Outcome<Vec<OutputRecord>>>, next: i64) -> Result<(), RuntimeError> {
+    fn commit(&mut self, inputs: &InputBatch, outcomes: Vec<Outcome<Vec<Output>>>, next: i64) -> Result<(), RuntimeError> {
         let spec = self.shared.spec.clone();
         let now = sluice_broker::host::now_ms();
         let on_failure = spec.policy().on_failure;
         // Keyed by output index (the dead-letter topic is one past the outputs) and partition: no
         // topic name is cloned per record.
         let dead_letter_index = spec.output_topics.len();
-        let mut grouped: BTreeMap<(usize, i32), Vec<ProducerRecord>> = BTreeMap::new();
+        let mut grouped = Groups::default();
         let counts: Vec<i32> = spec.output_topics.iter().map(|t| self.partition_count(t)).collect::<Result<_, _>>()?;
         let (mut written, mut dead) = (0u64, Vec::new());
         for outcome in outcomes {
@@ -194,10 +207,11 @@ impl Runner {
                         let count =
                             *counts.get(index).ok_or_else(|| RuntimeError::Invalid(format!("output index {index} out of range")))?;
                         let partition = match (spec.partitioning, output.key.as_deref()) {
+                            _ if count == 1 => 0,
                             (Partitioning::KeyHash, Some(key)) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
                             _ => self.partition % count,
                         };
-                        grouped.entry((index, partition)).or_default().push(producer_record(output, now));
+                        grouped.push((index, partition), producer_record(output, now));
                     }
                 }
                 Outcome::Failed { index, error } => dead.push((index, error)),
@@ -206,25 +220,25 @@ impl Runner {
         if let (OnFailure::DeadLetter { topic, .. }, false) = (&on_failure, dead.is_empty()) {
             let count = self.partition_count(topic)?;
             for (index, message) in &dead {
-                let input = &inputs[*index];
+                let input = inputs.record(*index);
                 let partition = match input.key.as_deref() {
                     Some(key) => sluice_protocol::partitioner::partition_for_key(key, count as usize),
                     None => self.partition % count,
                 };
-                grouped.entry((dead_letter_index, partition)).or_default().push(dead_letter(&spec, self.partition, input, message));
+                grouped.push((dead_letter_index, partition), dead_letter(&spec, self.partition, &input, message));
             }
             tracing::warn!(transform = spec.name, partition = self.partition, records = dead.len(), topic, error = %dead[0].1, "records sent to the dead-letter topic");
             self.shared.logs.push(LogLevel::Warn, &format!("{} records sent to {topic}: {}", dead.len(), dead[0].1));
         }
         let own = self.partition;
         let producer = self.producer()?;
-        for ((index, partition), records) in &grouped {
-            let topic = match (spec.output_topics.get(*index), &on_failure) {
+        for ((index, partition), records) in grouped.sorted() {
+            let topic = match (spec.output_topics.get(index), &on_failure) {
                 (Some(topic), _) => topic,
                 (None, OnFailure::DeadLetter { topic, .. }) => topic,
                 (None, _) => return Err(RuntimeError::Invalid(format!("output index {index} out of range"))),
             };
-            producer.send(topic, *partition, records)?;
+            producer.send(topic, partition, &records)?;
         }
         producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), own, next)])?;
         producer.commit()?;
@@ -267,9 +281,35 @@ impl Task for Runner {
     fn step(&mut self, control: &TaskControl) -> Result<Step, RuntimeError> {
         let reader = self.reader.as_mut().ok_or_else(|| RuntimeError::Invalid("the runner has no reader".into()))?;
         let position = reader.position();
-        let own = self.partition;
-        let mut inputs = Vec::new();
-        let read = reader.visit_batch(self.shared.spec.batch_records(), |record| inputs.push(input_record(record, own)));
+        let mut inputs = std::mem::take(&mut self.inputs);
+        inputs.clear();
+        let read = reader.visit_batch(self.shared.spec.batch_records(), |record| {
+            inputs.push(record.key, record.value, record.headers(), record.timestamp_ms, record.offset);
+        });
+        let step = self.transform(&inputs, position, read, control);
+        self.inputs = inputs;
+        step
+    }
+
+    fn reset(&mut self) {
+        if let Some(producer) = self.producer.as_mut() {
+            let _ = producer.abort();
+        }
+        self.producer = None;
+        self.reader = None;
+    }
+}
+
+impl Runner {
+    /// The rest of a step, on the batch just read into `inputs`.
+    fn transform(
+        &mut self,
+        inputs: &InputBatch,
+        position: i64,
+        read: Result<Visited, HostError>,
+        control: &TaskControl,
+    ) -> Result<Step, RuntimeError> {
+        let reader = self.reader.as_mut().ok_or_else(|| RuntimeError::Invalid("the runner has no reader".into()))?;
         let lag = reader.lag();
         let batch = match read {
             Ok(batch) => batch,
@@ -308,9 +348,9 @@ impl Task for Runner {
             self.state.position.store(batch.next_offset, Ordering::Release);
             return Ok(Step::Progress);
         }
-        let verdict = policy::apply(&self.shared.spec.policy(), inputs.len(), control, |range| self.call(&inputs[range]));
+        let verdict = policy::apply(&self.shared.spec.policy(), inputs.len(), control, |range| self.call(inputs.slice(range)));
         let step = match verdict {
-            Verdict::Done(outcomes) => self.commit(&inputs, outcomes, batch.next_offset).map(|()| Step::Progress),
+            Verdict::Done(outcomes) => self.commit(inputs, outcomes, batch.next_offset).map(|()| Step::Progress),
             Verdict::Stop(error) => Ok(self.failed(&error)),
             Verdict::Interrupted => Ok(Step::Idle),
         };
@@ -320,13 +360,35 @@ impl Task for Runner {
         }
         step
     }
+}
 
-    fn reset(&mut self) {
-        if let Some(producer) = self.producer.as_mut() {
-            let _ = producer.abort();
+/// Output records by (output index, partition), in the order each group was first written to.
+/// Consecutive records nearly always share a group (one output, one partition), so the last group
+/// is tried first: no map lookup per record.
+#[derive(Default)]
+struct Groups {
+    groups: Vec<((usize, i32), Vec<ProducerRecord>)>,
+    last: usize,
+}
+
+impl Groups {
+    fn push(&mut self, group: (usize, i32), record: ProducerRecord) {
+        if self.groups.get(self.last).is_none_or(|(key, _)| *key != group) {
+            self.last = match self.groups.iter().position(|(key, _)| *key == group) {
+                Some(idx) => idx,
+                None => {
+                    self.groups.push((group, Vec::new()));
+                    self.groups.len() - 1
+                }
+            };
         }
-        self.producer = None;
-        self.reader = None;
+        self.groups[self.last].1.push(record);
+    }
+
+    /// The groups by output index, then partition (the order transactions add partitions in).
+    fn sorted(mut self) -> impl Iterator<Item = ((usize, i32), Vec<ProducerRecord>)> {
+        self.groups.sort_by_key(|(key, _)| *key);
+        self.groups.into_iter()
     }
 }
 
@@ -343,28 +405,11 @@ fn dead_letter(spec: &TransformSpec, partition: i32, input: &InputRecord, messag
     }
 }
 
-fn input_record(record: RecordView<'_>, partition: i32) -> InputRecord {
-    InputRecord {
-        key: record.key.map(<[u8]>::to_vec),
-        value: record.value.map(<[u8]>::to_vec),
-        headers: record
-            .headers()
-            .map(|(key, value)| Header {
-                key: String::from_utf8_lossy(key).into_owned(),
-                value: value.map(<[u8]>::to_vec).unwrap_or_default(),
-            })
-            .collect(),
-        timestamp_ms: record.timestamp_ms,
-        partition,
-        offset: record.offset,
-    }
-}
-
-fn producer_record(output: OutputRecord, now: i64) -> ProducerRecord {
+fn producer_record(output: Output, now: i64) -> ProducerRecord {
     ProducerRecord {
-        key: output.key.map(Bytes::from),
-        value: output.value.map(Bytes::from),
-        headers: output.headers.into_iter().map(|h| (h.key, Some(Bytes::from(h.value)))).collect(),
+        key: output.key,
+        value: output.value,
+        headers: output.headers.into_iter().map(|(key, value)| (key, Some(value))).collect(),
         timestamp_ms: if output.timestamp_ms >= 0 { output.timestamp_ms } else { now },
     }
 }

@@ -16,8 +16,10 @@
 //!    data path.
 //! 3. [`TransformModule::instantiate`] makes a [`TransformInstance`]: its own store, memory cap, CPU
 //!    bound, grants, config and output topics; runs the guest's `init`.
-//! 4. [`TransformInstance::process`] sends one batch of [`InputRecord`]s across and validates the
-//!    [`OutputRecord`]s that come back.
+//! 4. [`TransformInstance::process_batch`] sends one [`InputBatch`] across — as one buffer when the
+//!    transform exports `batch-transformer` (the SDK's do), as [`InputRecord`]s to `process`
+//!    otherwise — and checks the [`Output`]s that come back; [`TransformInstance::process`] is the
+//!    record-list form (connector chains use it).
 //!
 //! What every world shares lives once: the store setup and the one way into a guest (`sandbox`:
 //! memory cap, CPU bound with host waits uncharged, the bound on bytes copied out of the guest,
@@ -35,6 +37,7 @@
 //! (the transform world), `connector` (the source and sink worlds), `policy` (the mirror-policy world), `sql` (the connector worlds'
 //! database import, answered by a [`SqlHost`] the connector runtime provides), `watchdog`, `limits`, `error`.
 
+mod batch;
 mod cache;
 mod connector;
 mod engine;
@@ -60,6 +63,18 @@ mod bindings {
             path: "../../sdk/wit",
             world: "transform",
             additional_derives: [PartialEq, Eq],
+        });
+    }
+
+    /// A transform that also exports `batch-transformer` (one buffer per batch each way).
+    pub(crate) mod batch_transform {
+        wasmtime::component::bindgen!({
+            path: "../../sdk/wit",
+            world: "batch-transform",
+            with: {
+                "sluice:plugin/types": super::transform::sluice::plugin::types,
+                "sluice:plugin/host": super::transform::sluice::plugin::host,
+            },
         });
     }
 
@@ -108,6 +123,7 @@ mod bindings {
     pub(crate) use transform::sluice::plugin::{host, types};
 }
 
+pub use batch::{InputBatch, InputSlice, Output};
 pub use bindings::connector_types::{
     ConfigKey, ConfigType, ConnectorError, ConnectorSpec, PollResult, PutError, SinkRecord, SourcePosition, SourceRecord,
 };

@@ -221,9 +221,15 @@ fn a_stack_overflow_is_a_trap() {
 #[test]
 fn malformed_output_is_refused() {
     let engine = engine();
+    // The SDK refuses an oversized record itself, naming the input record...
     let error = hostile(&engine, "oversized-record", quick_limits()).process(&[input(b"x", 0)]).unwrap_err();
-    assert!(matches!(error, PluginError::MalformedOutput(_)), "{error:?}");
-    assert!(error.to_string().contains("1048577 bytes"), "{error}");
+    assert!(matches!(error, PluginError::GuestError { record_index: Some(0), .. }), "{error:?}");
+    assert!(error.to_string().contains("an output record of 1048577 bytes"), "{error}");
+    // ...and the host refuses one from a guest that does not check.
+    let (config, _) = instance_config(&[("mode", "oversized")]);
+    let mut raw = load(&engine, "fixture-raw-bad-output").instantiate(config, out()).unwrap();
+    let error = raw.process(&[input(b"x", 0)]).unwrap_err();
+    assert_eq!(error, PluginError::MalformedOutput("record 0 is 1048577 bytes (key, value and headers); the limit is 1048576".into()));
 
     let error = hostile(&engine, "too-many-records", quick_limits()).process(&[input(b"x", 0)]).unwrap_err();
     assert!(error.to_string().contains("100001 records from one batch"), "{error}");
@@ -389,4 +395,64 @@ fn out_of_range_requests_are_refused_before_touching_the_guest() {
     assert!(instance.set_limits(Limits { memory_bytes: 1 << 20, cpu_ms_per_call: 0 }).is_err());
     let too_many: Vec<_> = (0..=sluice_wasm::INPUT_RECORDS_PER_CALL_MAX as i64).map(|i| input(b"", i)).collect();
     assert!(matches!(instance.process(&too_many), Err(PluginError::InvalidRequest(_))));
+}
+
+/// What the data path sends: the batch as one buffer (`process_batch`).
+fn one_buffer(records: &[sluice_wasm::InputRecord]) -> sluice_wasm::InputBatch {
+    let mut batch = sluice_wasm::InputBatch::new(0);
+    for record in records {
+        batch.push_record(record);
+    }
+    batch
+}
+
+#[test]
+fn hostile_guests_called_with_one_buffer_get_the_same_answers() {
+    let engine = engine();
+    let batch = one_buffer(&[input(b"x", 3)]);
+    let error = hostile(&engine, "oversized-record", quick_limits()).process_batch(batch.all()).unwrap_err();
+    assert!(matches!(error, PluginError::GuestError { record_index: Some(0), .. }), "{error:?}");
+    assert!(error.to_string().contains("an output record of 1048577 bytes"), "{error}");
+    let error = hostile(&engine, "too-many-records", quick_limits()).process_batch(batch.all()).unwrap_err();
+    assert!(error.to_string().contains("more than 100000 records from one batch"), "{error}");
+    let error = hostile(&engine, "guest-error", quick_limits()).process_batch(batch.all()).unwrap_err();
+    assert_eq!(
+        error,
+        PluginError::GuestError {
+            world: World::Transform,
+            message: "record at partition 0 offset 3: mode=guest-error: cannot handle offset 3".into(),
+            record_index: Some(0),
+        }
+    );
+    // Aliased output (every record claims the same 1 MiB of guest memory): with one buffer the SDK
+    // copies each record into it inside the guest, so the guest's own memory cap stops it.
+    let error = hostile(&engine, "aliased-output", quick_limits()).process_batch(batch.all()).unwrap_err();
+    assert!(matches!(error, PluginError::OutOfMemory { .. } | PluginError::Trap(_)), "{error:?}");
+    for mode in ["loop", "memory-bomb", "panic", "stack-overflow"] {
+        let mut instance = hostile(&engine, mode, quick_limits());
+        let error = instance.process_batch(batch.all()).unwrap_err();
+        assert!(instance.poisoned().is_some(), "{mode}: {error}");
+        assert!(matches!(instance.process_batch(batch.all()), Err(PluginError::Poisoned(_))), "{mode}");
+    }
+}
+
+#[test]
+fn malformed_encoded_output_is_refused_and_leaves_the_instance_usable() {
+    let engine = engine();
+    let batch = one_buffer(&[input(b"x", 0)]);
+    let cases = [
+        ("index", "record 0 names output 7 but the transform has 1 output topics"),
+        ("truncated", "output record 0 (at byte 0): bad key length"),
+        ("negative-length", "output record 0 (at byte 0): bad key length"),
+        ("header-count", "record 0 has 4294967295 headers; the limit is 1024"),
+        ("past-end", "output record 0 (at byte 0): bad value length"),
+        ("oversized", "record 0 is 1048577 bytes (key, value and headers); the limit is 1048576"),
+    ];
+    for (mode, message) in cases {
+        let (config, _) = instance_config(&[("mode", mode)]);
+        let mut raw = load(&engine, "fixture-raw-bad-output").instantiate(config, out()).unwrap();
+        assert!(raw.batch_abi());
+        assert_eq!(raw.process_batch(batch.all()).unwrap_err(), PluginError::MalformedOutput(message.into()), "{mode}");
+        assert!(raw.poisoned().is_none(), "{mode}");
+    }
 }

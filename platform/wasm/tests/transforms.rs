@@ -4,7 +4,7 @@
 mod common;
 
 use common::{engine, input, instance_config, load, out};
-use sluice_wasm::{InputRecord, OutputRecord};
+use sluice_wasm::{InputBatch, InputRecord, Output, OutputRecord};
 
 #[test]
 fn identity_copies_every_field_one_batch_per_call() {
@@ -124,4 +124,86 @@ fn components_built_with_the_first_sdk_still_load_and_run() {
     let error = instance.process(&[input(b"{}", 2), input(b"not json", 3)]).unwrap_err();
     assert!(matches!(error, sluice_wasm::PluginError::GuestError { record_index: None, .. }), "{error:?}");
     assert!(error.to_string().starts_with("transform error: record at partition 0 offset 3"), "{error}");
+}
+
+/// `records` (all of one partition) as the runtime hands them to `process_batch`.
+fn encoded(records: &[InputRecord]) -> InputBatch {
+    let mut batch = InputBatch::new(records.first().map_or(0, |r| r.partition));
+    for record in records {
+        batch.push_record(record);
+    }
+    batch
+}
+
+fn outputs(records: Vec<OutputRecord>) -> Vec<Output> {
+    records.into_iter().map(Output::from).collect()
+}
+
+#[test]
+fn sdk_transforms_take_the_batch_as_one_buffer_and_answer_as_process_does() {
+    let engine = engine();
+    let mixed: Vec<InputRecord> = (0..300)
+        .map(|i| InputRecord {
+            key: (i % 7 != 0).then(|| format!("k{i}").into_bytes()),
+            value: match i % 5 {
+                0 => None,
+                1 => Some(Vec::new()),
+                2 => Some(format!(r#"{{"status":"shipped","region":"eu","email":"a{i}@b.c"}}"#).into_bytes()),
+                3 => Some(br#"{"status":"new","region":"us"}"#.to_vec()),
+                _ => Some(vec![0xff; i as usize]),
+            },
+            headers: (0..i % 3).map(|h| sluice_wasm::Header { key: format!("h{h}"), value: vec![h as u8; h as usize] }).collect(),
+            timestamp_ms: 1_000 + i,
+            partition: 2,
+            offset: 40 + i,
+        })
+        .collect();
+    let cases: [(&str, &[(&str, &str)], Vec<String>); 4] = [
+        ("identity", &[], out()),
+        ("json-filter", &[("field", "status"), ("equals", "shipped")], out()),
+        ("router", &[("field", "region"), ("routes", "eu:eu,us:us")], vec!["other".into(), "eu".into(), "us".into()]),
+        ("pii-mask", &[("fields", "email")], out()),
+    ];
+    for (name, config, topics) in cases {
+        let module = load(&engine, name);
+        assert!(module.batch_abi(), "{name} is built with the SDK, which exports batch-transformer");
+        let (config, _) = instance_config(config);
+        let mut instance = module.instantiate(config, topics).unwrap();
+        assert!(instance.batch_abi());
+        let batch = encoded(&mixed);
+        let expected = outputs(instance.process(&mixed).unwrap());
+        assert!(!expected.is_empty(), "{name}");
+        assert_eq!(instance.process_batch(batch.all()).unwrap(), expected, "{name}");
+        // Any range of the batch on its own, as the error policy's isolation sends them.
+        for range in [0..0, 0..1, 5..17, 299..300] {
+            let expected = outputs(instance.process(&mixed[range.clone()]).unwrap());
+            assert_eq!(instance.process_batch(batch.slice(range.clone())).unwrap(), expected, "{name} {range:?}");
+        }
+    }
+    // Many calls on one instance: memory does not grow with calls.
+    let (config, _) = instance_config(&[]);
+    let mut identity = load(&engine, "identity").instantiate(config, out()).unwrap();
+    let batch = encoded(&mixed);
+    identity.process_batch(batch.all()).unwrap();
+    let memory = identity.memory_bytes();
+    for _ in 0..300 {
+        assert_eq!(identity.process_batch(batch.all()).unwrap().len(), mixed.len());
+    }
+    assert_eq!(identity.memory_bytes(), memory);
+}
+
+#[test]
+fn a_transform_without_the_batch_export_gets_records_from_process_batch() {
+    let dir = common::workspace_root().join("platform/wasm/fixtures/prebuilt");
+    let engine = engine();
+    let filter = engine.load_transform(&std::fs::read(dir.join("json-filter-first-sdk.wasm")).unwrap()).unwrap();
+    assert!(!filter.batch_abi());
+    let (config, _) = instance_config(&[("field", "status"), ("equals", "shipped"), ("on-invalid", "fail")]);
+    let mut instance = filter.instantiate(config, out()).unwrap();
+    let records = [input(br#"{"status":"shipped"}"#, 0), input(br#"{"status":"new"}"#, 1), input(br#"{"status":"shipped"}"#, 2)];
+    let output = instance.process_batch(encoded(&records).all()).unwrap();
+    assert_eq!(output, outputs(instance.process(&records).unwrap()));
+    assert_eq!(output.len(), 2);
+    let error = instance.process_batch(encoded(&[input(b"{}", 3), input(b"not json", 4)]).all()).unwrap_err();
+    assert!(matches!(error, sluice_wasm::PluginError::GuestError { record_index: None, .. }), "{error:?}");
 }

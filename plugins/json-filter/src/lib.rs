@@ -38,7 +38,11 @@ impl Filter {
 
     /// Whether a parsed value passes the filter.
     pub fn matches(&self, value: &Value) -> bool {
-        let found = self.path.iter().try_fold(value, |v, key| v.get(key));
+        self.decide(self.path.iter().try_fold(value, |v, key| v.get(key)))
+    }
+
+    /// Whether the field found (or not) passes the filter.
+    fn decide(&self, found: Option<&Value>) -> bool {
         let hit = match (&self.equals, found) {
             (_, None) => false,
             (None, Some(_)) => true,
@@ -47,10 +51,11 @@ impl Filter {
         hit != self.negate
     }
 
-    /// Whether a record passes; `Err` only for invalid JSON with `on-invalid=fail`.
+    /// Whether a record passes; `Err` only for invalid JSON with `on-invalid=fail`. The whole value
+    /// is parsed (invalid JSON is still caught) but only the tested field is built.
     pub fn keep(&self, record: &Record) -> Result<bool> {
-        match record.value_json::<Value>() {
-            Ok(value) => Ok(self.matches(&value)),
+        match record.value_json_at(&self.path) {
+            Ok(found) => Ok(self.decide(found.as_ref())),
             Err(e) if self.fail_on_invalid => Err(e),
             Err(_) => Ok(false),
         }

@@ -147,6 +147,16 @@ fn expand(args: Args, function: ItemFn) -> syn::Result<proc_macro2::TokenStream>
                 }
             }
 
+            impl ::sluice::__private::BatchGuest for #guest {
+                fn process_encoded(
+                    partition: i32,
+                    count: u32,
+                    batch: ::std::vec::Vec<u8>,
+                ) -> ::core::result::Result<::std::vec::Vec<u8>, ::sluice::__private::WitTransformError> {
+                    ::sluice::__private::export_process_encoded::<#state_ty>(partition, count, batch, #run)
+                }
+            }
+
             ::sluice::__private::bindings::__export_transform!(#guest);
         };
     })

@@ -31,6 +31,7 @@ extern crate self as sluice;
 mod config;
 pub mod connector;
 mod error;
+pub mod json;
 pub mod log;
 pub mod metrics;
 pub mod mirror;
@@ -45,7 +46,7 @@ pub mod __private;
 pub use config::{Config, config};
 pub use error::{Error, Result};
 pub use record::{Header, OutputRecord, Record};
-pub use writer::Writer;
+pub use writer::{OUTPUT_RECORD_BYTES_MAX, Writable, Writer};
 
 /// Marks the transform function: `fn(Record, &mut Writer) -> sluice::Result<()>`.
 ///

@@ -42,6 +42,7 @@
 //! Everything here is plain Rust: `cargo test` calls the trait's methods directly. Built for
 //! wasm32-wasip2, the attribute adds the export glue of the `mirror-policy` world.
 
+use crate::record::Data;
 use crate::{Config, Header, OutputRecord, Record, Result};
 
 /// What happens to one record a rename-mode mirror copies.
@@ -114,7 +115,7 @@ pub fn input_record(
     partition: i32,
     offset: i64,
 ) -> Record {
-    Record { key, value, headers, timestamp_ms, partition, offset }
+    Record { key: key.map(Data::Owned), value: value.map(Data::Owned), headers, timestamp_ms, partition, offset }
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! Record types as transforms see them. Pure data: no ABI, no host calls, so they behave the same in
 //! a Wasm instance and in a native `cargo test`.
 
+use std::fmt;
+use std::ops::Range;
+use std::rc::Rc;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -14,20 +18,68 @@ pub struct Header {
 }
 
 /// A record read from the input topic.
+///
+/// In a Wasm instance its key and value are views of the one buffer the broker sent the batch in:
+/// reading them copies nothing, and writing the record on (`out.write(record)`) copies its bytes
+/// once, straight into the buffer the broker gets back.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Record {
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) key: Option<Data>,
+    pub(crate) value: Option<Data>,
     pub(crate) headers: Vec<Header>,
     pub(crate) timestamp_ms: i64,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
 }
 
+/// Bytes a record holds: its own, or a range of a batch buffer that every record of the batch
+/// shares.
+#[derive(Clone)]
+pub(crate) enum Data {
+    Owned(Vec<u8>),
+    Shared(Rc<Vec<u8>>, Range<usize>),
+}
+
+impl Data {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Owned(bytes) => bytes,
+            Data::Shared(buf, range) => &buf[range.clone()],
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Data::Owned(bytes) => bytes,
+            Data::Shared(buf, range) => buf[range].to_vec(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Data {
+    fn from(bytes: Vec<u8>) -> Data {
+        Data::Owned(bytes)
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Data {}
+
+impl fmt::Debug for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_slice(), f)
+    }
+}
+
 impl Record {
     /// A record with this value and nothing else; for tests. Chain `with_*` for the other fields.
     pub fn new(value: impl Into<Vec<u8>>) -> Self {
-        Record { value: Some(value.into()), ..Record::default() }
+        Record { value: Some(Data::Owned(value.into())), ..Record::default() }
     }
 
     /// A record whose value is `value` serialized as JSON; for tests.
@@ -36,7 +88,7 @@ impl Record {
     }
 
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.key = Some(key.into());
+        self.key = Some(Data::Owned(key.into()));
         self
     }
 
@@ -57,11 +109,11 @@ impl Record {
     }
 
     pub fn key(&self) -> Option<&[u8]> {
-        self.key.as_deref()
+        self.key.as_ref().map(Data::as_slice)
     }
 
     pub fn value(&self) -> Option<&[u8]> {
-        self.value.as_deref()
+        self.value.as_ref().map(Data::as_slice)
     }
 
     pub fn headers(&self) -> &[Header] {
@@ -95,6 +147,14 @@ impl Record {
         serde_json::from_slice(self.require_value()?).map_err(|e| Error::from(e).context("value is not the expected JSON"))
     }
 
+    /// The JSON value at `path` (object keys, outermost first) in the record's value, or `None`
+    /// when it is not there; an error when the value is missing or is not JSON. Cheaper than
+    /// `value_json::<Value>()` followed by lookups: nothing but the result is built
+    /// ([`crate::json::at_path`]).
+    pub fn value_json_at<S: AsRef<str>>(&self, path: &[S]) -> Result<Option<serde_json::Value>> {
+        crate::json::at_path(self.require_value()?, path).map_err(|e| e.context("value is not the expected JSON"))
+    }
+
     /// The value decoded from MessagePack into `T`.
     pub fn value_msgpack<T: DeserializeOwned>(&self) -> Result<T> {
         rmp_serde::from_slice(self.require_value()?).map_err(|e| Error::from(e).context("value is not the expected MessagePack"))
@@ -103,11 +163,16 @@ impl Record {
     /// Keep key, value, headers and timestamp for output (drops partition and offset): the identity
     /// transform is `out.write(record)`, which calls this.
     pub fn into_output(self) -> OutputRecord {
-        OutputRecord { key: self.key, value: self.value, headers: self.headers, timestamp_ms: self.timestamp_ms }
+        OutputRecord {
+            key: self.key.map(Data::into_vec),
+            value: self.value.map(Data::into_vec),
+            headers: self.headers,
+            timestamp_ms: self.timestamp_ms,
+        }
     }
 
     fn require_value(&self) -> Result<&[u8]> {
-        self.value.as_deref().ok_or_else(|| Error::msg(format!("record at offset {} has no value", self.offset)))
+        self.value().ok_or_else(|| Error::msg(format!("record at offset {} has no value", self.offset)))
     }
 }
 
