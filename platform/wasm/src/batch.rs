@@ -89,11 +89,18 @@ impl InputBatch {
         self.buf.len()
     }
 
-    /// Empty it, keeping its memory for the next batch.
+    /// Empty it, keeping its memory for the next batch — up to [`InputBatch::KEEP_BYTES`]: the
+    /// buffer of an unusually large batch (compressed input decompresses to up to 64 MiB) is freed.
     pub fn clear(&mut self) {
         self.buf.clear();
         self.starts.clear();
+        if self.buf.capacity() > Self::KEEP_BYTES {
+            self.buf = Vec::new();
+        }
     }
+
+    /// Encoded bytes an emptied batch keeps allocated for the next one.
+    pub const KEEP_BYTES: usize = 8 << 20;
 
     /// The records in `range` (indexes into the batch), encoded; panics outside `0..len()`, like
     /// slicing.
@@ -353,6 +360,10 @@ mod tests {
         batch.clear();
         assert!(batch.is_empty());
         assert_eq!(batch.encoded_len(), 0);
+        assert!(batch.buf.capacity() > 0, "a small batch's memory is kept");
+        batch.push(None, Some(&vec![0; InputBatch::KEEP_BYTES + 1]), [], 0, 0);
+        batch.clear();
+        assert_eq!(batch.buf.capacity(), 0, "a large batch's memory is not");
     }
 
     #[test]
