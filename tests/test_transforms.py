@@ -59,6 +59,7 @@ def test_identity_copies_every_record_with_key_headers_and_order(broker, guests)
     cf_produce(cf_producer(broker), src, records)
     st = deploy(broker, guests, "identity", "copy", src, [dst])
     assert st["state"] == "running" and st["version"] == 1
+    assert st["boundary"] == "one_buffer", "the SDK's transforms take each batch as one buffer"
     out = cf_consume(broker, dst, expected=300, conf=COMMITTED)
     assert sorted(r.value for r in out) == sorted(r["value"] for r in records)
     assert all(r.headers == (("h", b"1"),) for r in out)
@@ -72,6 +73,24 @@ def test_identity_copies_every_record_with_key_headers_and_order(broker, guests)
     assert [t["name"] for t in listed] == ["copy"]
     text = sluice(broker, "transform", "status", "copy").stdout
     assert "running" in text and src in text
+
+
+def test_a_module_built_with_the_first_sdk_runs_per_record_exactly_once_and_status_says_to_rebuild(broker):
+    # No batch export (built before `batch-transformer`): the runner's batches reach it as records.
+    module = REPO_ROOT / "platform" / "wasm" / "fixtures" / "prebuilt" / "identity-first-sdk.wasm"
+    src, dst = unique("old-in"), unique("old-out")
+    create_topic(broker, src, partitions=2)
+    create_topic(broker, dst, partitions=2)
+    records = [{"key": f"k{i % 5}".encode(), "value": f"v{i}".encode(), "headers": [("h", b"x")]} for i in range(200)]
+    cf_produce(cf_producer(broker), src, records)
+    sluice(broker, "transform", "deploy", str(module), "--name", "old", "--input-topic", src, "--output-topic", dst)
+    out = cf_consume(broker, dst, expected=200, conf=COMMITTED)
+    assert sorted(r.value for r in out) == sorted(r["value"] for r in records), "each record exactly once"
+    assert all(r.headers == (("h", b"x"),) for r in out)
+    st = wait_for(lambda: (s := status(broker, "old"))["records_out"] == 200 and s, "records_out == 200")
+    assert st["boundary"] == "per_record", st
+    text = sluice(broker, "transform", "status", "old").stdout
+    assert "Boundary:    per record" in text and "rebuild" in text, text
 
 
 def test_plugins_filter_mask_route_and_convert(broker, guests):

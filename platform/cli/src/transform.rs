@@ -295,6 +295,9 @@ fn print_status(status: &Value, as_json: bool) {
         Some(code) => println!("Code:        {code}"),
         None => {}
     }
+    if status["boundary"].as_str() == Some("per_record") {
+        println!("Boundary:    per record (built with an older SDK; rebuild it for the one-buffer boundary, several times cheaper)");
+    }
     if let Some(error) = status["error"].as_str() {
         println!("Error:       {error}");
     }

@@ -59,6 +59,10 @@ pub struct TransformStatus {
     /// deploy, `optimized` (Cranelift) once the background compile is done; runners move to it
     /// between batches.
     pub code: &'static str,
+    /// How batches cross into the module: `one_buffer` (built with the current SDK: it exports
+    /// `batch-transformer`) or `per_record` (an older build: one list element per key, value and
+    /// header — correct, but the boundary costs several times more; rebuild it).
+    pub boundary: &'static str,
     pub deployed_at_ms: i64,
     pub input_topic: String,
     pub output_topics: Vec<String>,
@@ -353,6 +357,7 @@ impl TransformManager {
             module_digest: deployment.stored.module_digest.clone(),
             module_bytes: deployment.stored.module_bytes,
             code: deployment.shared.module.tier().name(),
+            boundary: if deployment.shared.module.batch_abi() { "one_buffer" } else { "per_record" },
             deployed_at_ms: deployment.stored.deployed_at_ms,
             input_topic: spec.input_topic.clone(),
             output_topics: spec.output_topics.clone(),
