@@ -42,7 +42,12 @@ impl Router {
 
     /// The topic a value routes to, if any.
     pub fn route(&self, value: &Value) -> Option<&str> {
-        let key = match self.path.iter().try_fold(value, |v, key| v.get(key))? {
+        self.route_field(self.path.iter().try_fold(value, |v, key| v.get(key))?)
+    }
+
+    /// The topic for the routing field's value (already found).
+    fn route_field(&self, field: &Value) -> Option<&str> {
+        let key = match field {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
@@ -55,7 +60,9 @@ impl Router {
 /// Routes each record by its field; the route table is built once, at deploy time.
 #[sluice::transform(init = Router::from_config)]
 pub fn run(router: &Router, record: Record, out: &mut Writer) -> Result<()> {
-    let topic = record.value_json::<Value>().ok().and_then(|value| router.route(&value).map(str::to_owned));
+    // Only the routing field is built (`value_json_at`); a value that is not JSON goes unmatched.
+    let field = record.value_json_at(&router.path).ok().flatten();
+    let topic = field.and_then(|field| router.route_field(&field).map(str::to_owned));
     match topic {
         Some(topic) => out.write_to(&topic, record),
         None if router.drop_unmatched => Ok(()),
