@@ -92,7 +92,10 @@ fn decode_batch(batch: Rc<Vec<u8>>, partition: i32, count: u32) -> impl Iterator
     let mut left = count;
     std::iter::from_fn(move || {
         if left == 0 {
-            return (at != batch.len()).then(|| Err(Error::msg("the host sent more bytes than records in the batch")));
+            // Trailing bytes are one error, then the end (`at` moves past them).
+            let trailing = at != batch.len();
+            at = batch.len();
+            return trailing.then(|| Err(Error::msg("the host sent more bytes than records in the batch")));
         }
         left -= 1;
         let record = decode_record(&batch, &mut at, partition);
@@ -288,6 +291,13 @@ mod tests {
         assert_eq!(error.message(), "the host sent a batch that does not parse");
         let error = run_encoded(&state, 2, 2, encode_input(&records), |_, _, _| Ok(())).unwrap_err();
         assert_eq!(error.message(), "the host sent more bytes than records in the batch");
+        // The decoder ends after its error, whoever drives it.
+        let decoded: Vec<_> = decode_batch(Rc::new(encode_input(&records)), 2, 2).collect();
+        assert_eq!(decoded.len(), 3);
+        assert!(decoded[2].is_err());
+        let mut cut = encode_input(&records);
+        cut.truncate(30);
+        assert_eq!(decode_batch(Rc::new(cut), 2, 3).count(), 1);
         assert!(run_encoded(&state, 2, 0, Vec::new(), |_, _, _| Ok(())).unwrap().is_empty());
     }
 
