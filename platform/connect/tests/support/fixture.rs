@@ -77,7 +77,10 @@ pub fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: it returns as soon as the condition holds, and `test.sh` runs these beside the
+    // other test binaries and the fuzz job on two cores, where compiling a connector module alone
+    // can take many seconds (a 30 s bound failed there once).
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(value) = check() {
             return value;
