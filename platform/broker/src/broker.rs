@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::budget::ByteBudget;
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
+use crate::file_calls::FileCalls;
 use crate::groups::GroupCoordinator;
 use crate::metastore::{MetaStore, ProducerIds, TopicDefinition};
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub struct Broker {
     /// Record bytes of Fetch replies queued to sockets and not yet sent, over all connections: a
     /// gauge, not a limit (the records are file ranges, not memory: see `handlers::fetch`).
     fetch_reply_bytes: Arc<ByteBudget>,
+    /// Where appends and Fetch reads run (see `file_calls`).
+    file_calls: FileCalls,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
@@ -135,6 +138,7 @@ impl Broker {
         transactions.recover();
         let request_bytes = ByteBudget::new(config.queued_request_bytes_max() as usize);
         let fetch_reply_bytes = ByteBudget::new(usize::MAX);
+        let file_calls = FileCalls::new(metrics.slow_file_calls.clone());
         Ok(Arc::new(Broker {
             config,
             data_dir: data_dir.to_path_buf(),
@@ -149,6 +153,7 @@ impl Broker {
             producer_ids,
             request_bytes,
             fetch_reply_bytes,
+            file_calls,
             _dir_lock: dir_lock,
         }))
     }
@@ -171,6 +176,11 @@ impl Broker {
 
     pub(crate) fn fetch_reply_bytes(&self) -> &Arc<ByteBudget> {
         &self.fetch_reply_bytes
+    }
+
+    /// Runs a request's append or Fetch read (see `file_calls`).
+    pub(crate) fn file_calls(&self) -> &FileCalls {
+        &self.file_calls
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

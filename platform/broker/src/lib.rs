@@ -45,6 +45,7 @@ mod broker;
 mod budget;
 pub mod config;
 mod error;
+mod file_calls;
 mod groups;
 mod handlers;
 pub mod host;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub transactions_finished: IntGaugeVec,
     pub transactions_ongoing: IntGauge,
     pub decode_errors: IntCounter,
+    /// Request-path file calls that took `file_calls::SLOW_FILE_CALL` or more (see `file_calls`).
+    pub slow_file_calls: IntCounter,
     /// Connections closed at accept because their address had `max.connections.per.ip` open.
     pub connections_refused: IntCounter,
     /// Request bytes being read or handled, against `queued.max.request.bytes` (set at scrape time).
@@ -97,6 +99,10 @@ impl Metrics {
             ),
             transactions_ongoing: must(IntGauge::new("transactions_ongoing", "Transactions currently open")),
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
+            slow_file_calls: must(IntCounter::new(
+                "slow_file_calls_total",
+                "Appends and Fetch reads that took 1 ms or more (the kernel throttling writers, reads waiting on the disk); each moves the next second's file calls off the worker threads",
+            )),
             request_bytes_in_flight: must(IntGauge::new(
                 "request_bytes_in_flight",
                 "Bytes of requests being read or handled, across connections (bounded by queued.max.request.bytes)",
@@ -137,6 +143,7 @@ impl Metrics {
             Box::new(metrics.transactions_finished.clone()),
             Box::new(metrics.transactions_ongoing.clone()),
             Box::new(metrics.decode_errors.clone()),
+            Box::new(metrics.slow_file_calls.clone()),
             Box::new(metrics.connections_refused.clone()),
             Box::new(metrics.request_bytes_in_flight.clone()),
             Box::new(metrics.fetch_reply_bytes_unsent.clone()),

@@ -24,7 +24,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use sluice_storage::{FileSlice, StorageError};
 use tokio::sync::watch;
 
-use super::{Reply, Response, blocking};
+use super::{Reply, Response};
 use crate::broker::Broker;
 use crate::error::storage_error_code;
 use crate::topic::Topic;
@@ -95,7 +95,10 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
-                    match blocking(|| partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed)) {
+                    match broker
+                        .file_calls()
+                        .run(|| partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed))
+                    {
                         Ok(isolated) => {
                             let read = isolated.read;
                             total += read.bytes;

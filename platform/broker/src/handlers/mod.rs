@@ -1,9 +1,11 @@
 //! One module per Kafka API group. Each handler authenticates nothing yet (no SASL), checks bounds,
 //! delegates to the broker, and builds the response for the request's version.
 //!
-//! Handlers that touch files call them through `tokio::task::block_in_place` (appends and reads are
-//! page-cache copies measured in microseconds) and hand waiting (fsync, long polls) back as a
-//! [`Reply::Deferred`] future so the connection keeps reading.
+//! Appends and Fetch reads (page-cache copies measured in microseconds) run on the worker thread
+//! through `Broker::file_calls`, which moves them off it while the kernel makes them slow; other file
+//! work (topic creation, offset commits, anything that may fsync) goes through [`blocking`]. Waiting
+//! (fsync before ack, long polls) is handed back as a [`Reply::Deferred`] future so the connection
+//! keeps reading.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -113,7 +113,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 // its transaction holds this partition, and keeps the transaction from completing
                 // while the batch is appended.
                 Some(h) => match reserved_id(transactional_id).and_then(|id| {
-                    blocking(|| {
+                    broker.file_calls().run(|| {
                         broker.transactions().transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
                             partition.append(&mut batch, mode, now)
                         })
@@ -132,7 +132,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                         continue;
                     }
                 },
-                None => blocking(|| partition.append(&mut batch, mode, now)),
+                None => broker.file_calls().run(|| partition.append(&mut batch, mode, now)),
             };
             match appended {
                 Ok(result) => {

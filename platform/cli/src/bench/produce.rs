@@ -191,6 +191,36 @@ impl Pacer {
         let before = self.claimed.fetch_add(records, Ordering::Relaxed);
         self.started + std::time::Duration::from_nanos((before as f64 * self.nanos_per_record) as u64)
     }
+
+    /// Waits for the turn of a request of `records` records.
+    async fn wait_turn(&self, records: u64) {
+        wait_until(self.due(records)).await;
+    }
+}
+
+/// How close to a deadline tokio's timer brings us before a thread's sleep takes over.
+const COARSE_SLEEP_MARGIN: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Sleeps until `due` with the operating system's precision (tens of microseconds). tokio's timer
+/// wheel ticks every millisecond, so at 6,000 requests/s its wake-ups would release them in bursts
+/// of six, each queueing behind the others: a load not at the rate asked for, and latency that is
+/// the client's own. The coarse part of a long wait stays on tokio's timer (no thread held).
+async fn wait_until(due: Instant) {
+    let now = Instant::now();
+    if due <= now {
+        return;
+    }
+    if due - now > COARSE_SLEEP_MARGIN {
+        tokio::time::sleep_until((due - COARSE_SLEEP_MARGIN).into()).await;
+    }
+    let precise = tokio::task::spawn_blocking(move || {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    });
+    // The closure cannot panic; a runtime shutting down only ends the wait early.
+    let _ = precise.await;
 }
 
 /// The records of one batch and their encoding.
@@ -408,7 +438,7 @@ impl Sender {
             // hidden by the load slowing down), but not the timer's lateness in waking us.
             let mut ready_at = None;
             if let Some(pacer) = &self.pacer {
-                tokio::time::sleep_until(pacer.due(group.records).into()).await;
+                pacer.wait_turn(group.records).await;
                 ready_at = Some(Instant::now());
             }
             if let Some((permits, _)) = &pipeline {
@@ -580,6 +610,16 @@ mod tests {
         assert_eq!(pacer.due(500), started);
         assert_eq!(pacer.due(500), started + std::time::Duration::from_millis(500));
         assert_eq!(pacer.due(10), started + std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pacer_never_sends_early() {
+        // Both paths: a wait shorter than the coarse margin (a thread's sleep only) and a longer one.
+        for wait in [std::time::Duration::from_micros(300), COARSE_SLEEP_MARGIN * 3] {
+            let due = Instant::now() + wait;
+            wait_until(due).await;
+            assert!(Instant::now() >= due, "woke before the request was due ({wait:?})");
+        }
     }
 
     #[test]
