@@ -36,7 +36,7 @@ pub struct Metrics {
     pub transactions_finished: IntGaugeVec,
     pub transactions_ongoing: IntGauge,
     pub decode_errors: IntCounter,
-    /// Request-path file calls that took `file_calls::SLOW_FILE_CALL` or more (see `file_calls`).
+    /// Appends and Fetch reads that took `file_calls::SLOW_FILE_CALL` or more (see `file_calls`).
     pub slow_file_calls: IntCounter,
     /// Connections closed at accept because their address had `max.connections.per.ip` open.
     pub connections_refused: IntCounter,
@@ -101,7 +101,7 @@ impl Metrics {
             decode_errors: must(IntCounter::new("malformed_requests_total", "Frames that could not be decoded")),
             slow_file_calls: must(IntCounter::new(
                 "slow_file_calls_total",
-                "Appends and Fetch reads that took 1 ms or more (the kernel throttling writers, reads waiting on the disk); each moves the next second's file calls off the worker threads",
+                "Appends and Fetch reads that took 5 ms or more (the kernel throttling writers, reads waiting on the disk, a segment roll's fsync); two within 100 ms move the next 500 ms of them off the worker threads",
             )),
             request_bytes_in_flight: must(IntGauge::new(
                 "request_bytes_in_flight",

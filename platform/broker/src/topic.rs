@@ -250,6 +250,17 @@ impl Partition {
         Ok(result)
     }
 
+    /// Whether an append of `bytes` bytes now is a page-cache copy: no segment roll (which fsyncs),
+    /// and no one holding the log (a roll, a flush, retention) for as long as that takes.
+    pub(crate) fn append_is_quick(&self, bytes: usize, now_ms: i64) -> bool {
+        self.log.try_read().is_some_and(|log| !log.append_may_roll(bytes as u64, now_ms))
+    }
+
+    /// Whether a read now is a page-cache lookup, not a wait for a writer holding the log.
+    pub(crate) fn read_is_quick(&self) -> bool {
+        !self.log.is_locked_exclusive()
+    }
+
     /// Appends a transaction marker (see `PartitionLog::append_marker`) and makes it visible like any
     /// append: at once under the page-cache policy; after the next group-committed fsync, which this
     /// starts, under fsync-before-ack. Blocking file I/O.

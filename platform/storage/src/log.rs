@@ -675,6 +675,27 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Whether an append of `bytes` bytes at `now_ms` would first roll the active segment (full or
+    /// old) or replace an empty one: both fsync a file and the directory, which takes milliseconds to
+    /// seconds where an append is otherwise a copy into the page cache. A caller that must not block
+    /// for long sends such appends elsewhere. (An append whose offsets the segment cannot address also
+    /// rolls; that takes gaps of 2^31 offsets and is not predicted here.)
+    pub fn append_may_roll(&self, bytes: u64, now_ms: i64) -> bool {
+        self.active.is_empty() || self.segment_due(bytes, now_ms)
+    }
+
+    /// The active segment cannot take `bytes` more at `now_ms`: it would pass `segment.bytes`, or
+    /// `segment.ms` has passed since its first append.
+    fn segment_due(&self, bytes: u64, now_ms: i64) -> bool {
+        let active = &self.active;
+        let full = active.size_bytes() + bytes > self.config.segment_bytes;
+        let old = self
+            .config
+            .segment_ms
+            .is_some_and(|ms| active.first_append_ms().is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX)));
+        full || old
+    }
+
     /// Makes the active segment ready for batches starting with `first`: rolls when the segment is
     /// full, old, or cannot address the batch's offsets, and replaces an empty active segment whose
     /// name does not match the first batch (a segment is named by its first batch's base offset).
@@ -693,13 +714,8 @@ impl PartitionLog {
             }
             return Ok(());
         }
-        let full = active.size_bytes() + bytes > self.config.segment_bytes;
-        let old = self
-            .config
-            .segment_ms
-            .is_some_and(|ms| active.first_append_ms().is_some_and(|t| now_ms.saturating_sub(t) >= i64::try_from(ms).unwrap_or(i64::MAX)));
         let unaddressable = first.last_offset() - active.base_offset() > RELATIVE_OFFSET_MAX;
-        if full || old || unaddressable {
+        if self.segment_due(bytes, now_ms) || unaddressable {
             self.roll(first.base_offset)?;
         }
         Ok(())

@@ -350,6 +350,33 @@ fn segments_roll_on_time_since_their_first_append() {
 }
 
 #[test]
+fn append_may_roll_predicts_every_roll() {
+    // Checked against the log itself: before each append, the prediction says whether the segment
+    // count is about to change (by size here, by time below).
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(1000), NOW).unwrap();
+    let mut rolls = 0;
+    for i in 0..40 {
+        let mut batch = batch_of(&["some value", "another value"], NOW);
+        let predicted = log.append_may_roll(batch.len() as u64, NOW);
+        let before = (log.segment_count(), log.size_bytes());
+        log.append(&mut batch, ASSIGN, NOW).unwrap();
+        let rolled = log.segment_count() != before.0;
+        // An empty active segment (the first append) is reported too: replacing one also fsyncs.
+        assert_eq!(predicted, rolled || before.1 == 0, "append {i}");
+        rolls += usize::from(rolled);
+    }
+    assert!(rolls >= 3, "{rolls} rolls");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_ms: Some(1000), ..small_config(1 << 20) };
+    let mut log = PartitionLog::open(dir.path(), config, NOW).unwrap();
+    log.append(&mut batch_of(&["a"], NOW), ASSIGN, NOW).unwrap();
+    assert!(!log.append_may_roll(100, NOW + 999));
+    assert!(log.append_may_roll(100, NOW + 1000));
+}
+
+#[test]
 fn segment_bytes_is_clamped_below_2_gib() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), LogConfig { segment_bytes: u64::MAX, ..LogConfig::default() }, NOW).unwrap();

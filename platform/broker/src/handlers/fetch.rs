@@ -95,10 +95,9 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
-                    match broker
-                        .file_calls()
-                        .run(|| partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed))
-                    {
+                    let quick = partition.read_is_quick();
+                    let read = || partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed);
+                    match broker.file_calls().run(quick, read) {
                         Ok(isolated) => {
                             let read = isolated.read;
                             total += read.bytes;

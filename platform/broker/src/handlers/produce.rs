@@ -113,7 +113,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 // its transaction holds this partition, and keeps the transaction from completing
                 // while the batch is appended.
                 Some(h) => match reserved_id(transactional_id).and_then(|id| {
-                    broker.file_calls().run(|| {
+                    blocking(|| {
                         broker.transactions().transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
                             partition.append(&mut batch, mode, now)
                         })
@@ -132,7 +132,9 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                         continue;
                     }
                 },
-                None => broker.file_calls().run(|| partition.append(&mut batch, mode, now)),
+                // The coordinator's slot lock a transactional append waits for can be held across an fsync
+                // (EndTxn), so those stay on `blocking`; a plain append runs on the worker when quick.
+                None => broker.file_calls().run(partition.append_is_quick(batch.len(), now), || partition.append(&mut batch, mode, now)),
             };
             match appended {
                 Ok(result) => {

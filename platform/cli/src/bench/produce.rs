@@ -192,9 +192,17 @@ impl Pacer {
         self.started + std::time::Duration::from_nanos((before as f64 * self.nanos_per_record) as u64)
     }
 
-    /// Waits for the turn of a request of `records` records.
-    async fn wait_turn(&self, records: u64) {
-        wait_until(self.due(records)).await;
+    /// Waits for the turn of a request of `records` records, and returns the moment its latency
+    /// counts from: when it was due if the sender was already late (held up by the broker: a stall
+    /// must show in the percentiles, not thin out the load), else when the wait ended (the sleep's own
+    /// lateness, tens of microseconds, is the client's).
+    async fn wait_turn(&self, records: u64) -> Instant {
+        let due = self.due(records);
+        if due <= Instant::now() {
+            return due;
+        }
+        wait_until(due).await;
+        Instant::now()
     }
 }
 
@@ -434,12 +442,11 @@ impl Sender {
         let mut correlation_id: i32 = 0;
         for group in self.groups.iter().cycle() {
             // Under --rate, wait for the request's turn; latency then counts from the moment it was
-            // due and ready, including any wait for an in-flight slot (a slow broker must not be
-            // hidden by the load slowing down), but not the timer's lateness in waking us.
+            // due, including any wait for an in-flight slot (a slow broker must not be hidden by the
+            // load slowing down), but not the sleep's lateness in waking us.
             let mut ready_at = None;
             if let Some(pacer) = &self.pacer {
-                pacer.wait_turn(group.records).await;
-                ready_at = Some(Instant::now());
+                ready_at = Some(pacer.wait_turn(group.records).await);
             }
             if let Some((permits, _)) = &pipeline {
                 // Closed only when the reader is gone, and then its error is the one worth reporting.
@@ -610,6 +617,14 @@ mod tests {
         assert_eq!(pacer.due(500), started);
         assert_eq!(pacer.due(500), started + std::time::Duration::from_millis(500));
         assert_eq!(pacer.due(10), started + std::time::Duration::from_secs(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_request_counts_from_when_it_was_due() {
+        let started = Instant::now() - std::time::Duration::from_secs(1);
+        let pacer = Pacer::new(started, 1000);
+        // Due at `started`, a second ago: no wait, and the second counts.
+        assert_eq!(pacer.wait_turn(10).await, started);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
