@@ -1,9 +1,10 @@
 //! One module per Kafka API group. Each handler authenticates nothing yet (no SASL), checks bounds,
 //! delegates to the broker, and builds the response for the request's version.
 //!
-//! Appends and Fetch reads (page-cache copies measured in microseconds) run on the worker thread
-//! through `Broker::file_calls`, which moves them off it while the kernel makes them slow; other file
-//! work (topic creation, offset commits, anything that may fsync) goes through [`blocking`]. Waiting
+//! Plain appends and Fetch reads (page-cache copies measured in microseconds) run on the worker
+//! thread through `Broker::file_calls`, which moves them off it when they may block (a segment roll,
+//! a log held by a writer) or while the kernel makes them slow; other file work (transactional
+//! appends, topic creation, offset commits, anything that may fsync) goes through [`blocking`]. Waiting
 //! (fsync before ack, long polls) is handed back as a [`Reply::Deferred`] future so the connection
 //! keeps reading.
 
