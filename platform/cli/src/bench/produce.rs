@@ -193,9 +193,9 @@ impl Pacer {
     }
 
     /// Waits for the turn of a request of `records` records, and returns the moment its latency
-    /// counts from: when it was due if the sender was already late (held up by the broker: a stall
-    /// must show in the percentiles, not thin out the load), else when the wait ended (the sleep's own
-    /// lateness, tens of microseconds, is the client's).
+    /// counts from: when it was due if the sender was already late (held up waiting for an in-flight
+    /// slot, or stalled itself: a stall must show in the percentiles, not thin out the load), else
+    /// when the wait ended (the sleep's own lateness is the client's).
     async fn wait_turn(&self, records: u64) -> Instant {
         let due = self.due(records);
         if due <= Instant::now() {
@@ -209,7 +209,7 @@ impl Pacer {
 /// How close to a deadline tokio's timer brings us before a thread's sleep takes over.
 const COARSE_SLEEP_MARGIN: std::time::Duration = std::time::Duration::from_millis(2);
 
-/// Sleeps until `due` with the operating system's precision (tens of microseconds). tokio's timer
+/// Sleeps until `due` with the operating system's sleep, not tokio's millisecond ticks. tokio's timer
 /// wheel ticks every millisecond, so at 6,000 requests/s its wake-ups would release them in bursts
 /// of six, each queueing behind the others: a load not at the rate asked for, and latency that is
 /// the client's own. The coarse part of a long wait stays on tokio's timer (no thread held).
