@@ -29,6 +29,7 @@ pub(crate) fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/cluster", get(describe_cluster))
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{name}", get(describe_topic).delete(delete_topic))
         .route("/v1/groups", get(list_groups))
@@ -105,6 +106,35 @@ async fn health(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
     Json(json!({ "status": "ok", "cluster_id": broker.cluster_id(), "node_id": broker.node_id() }))
 }
 
+/// GET /v1/cluster: this node's view of the controller quorum and the brokers registered with it.
+async fn describe_cluster(State(broker): State<Arc<Broker>>) -> Response {
+    let Some(controller) = broker.controller() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "the controller has not started yet").into_response();
+    };
+    let brokers: Vec<serde_json::Value> = controller
+        .metadata()
+        .brokers
+        .values()
+        .map(|b| {
+            json!({
+                "id": b.registration.broker_id,
+                "host": b.registration.host,
+                "port": b.registration.port,
+                "rack": b.registration.rack,
+                "epoch": b.epoch,
+                "state": if b.fenced { "fenced" } else { "live" },
+            })
+        })
+        .collect();
+    Json(json!({
+        "cluster_id": broker.cluster_id(),
+        "node_id": broker.node_id(),
+        "controller": controller.status(),
+        "brokers": brokers,
+    }))
+    .into_response()
+}
+
 async fn metrics(State(broker): State<Arc<Broker>>) -> Response {
     refresh_state_gauges(&broker);
     let mut text = Vec::new();
@@ -133,6 +163,14 @@ fn refresh_state_gauges(broker: &Broker) {
         metrics.transactions_finished.with_label_values(&[outcome]).set(value as i64);
     }
     metrics.transactions_ongoing.set(broker.transactions().ongoing_count() as i64);
+    if let Some(controller) = broker.controller() {
+        let status = controller.status();
+        let brokers = controller.metadata().brokers;
+        metrics.controller_is_leader.set(i64::from(status.leader_id == Some(status.node_id)));
+        metrics.controller_term.set(status.term as i64);
+        metrics.registered_brokers.set(brokers.len() as i64);
+        metrics.fenced_brokers.set(brokers.values().filter(|b| b.fenced).count() as i64);
+    }
     metrics.request_bytes_in_flight.set(broker.request_bytes().used() as i64);
     metrics.fetch_reply_bytes_unsent.set(broker.fetch_reply_bytes().used() as i64);
     metrics.group_lag.reset();

@@ -13,9 +13,10 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
+use sluice_cluster::Controller;
 use sluice_storage::PartitionLog;
 use uuid::Uuid;
 
@@ -53,6 +54,9 @@ pub struct Broker {
     fetch_reply_bytes: Arc<ByteBudget>,
     /// Where appends and Fetch reads run (see `file_calls`).
     file_calls: FileCalls,
+    /// This node's voter of the controller quorum, once `run` started it (absent in tests that
+    /// open a broker without serving it).
+    controller: OnceLock<Arc<Controller>>,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
@@ -154,6 +158,7 @@ impl Broker {
             request_bytes,
             fetch_reply_bytes,
             file_calls,
+            controller: OnceLock::new(),
             _dir_lock: dir_lock,
         }))
     }
@@ -201,6 +206,15 @@ impl Broker {
 
     pub(crate) fn producer_ids(&self) -> &ProducerIds {
         &self.producer_ids
+    }
+
+    pub(crate) fn controller(&self) -> Option<&Arc<Controller>> {
+        self.controller.get()
+    }
+
+    pub(crate) fn set_controller(&self, controller: Arc<Controller>) {
+        // `run` starts one controller per broker; a second would be a bug, and the first stays.
+        let _ = self.controller.set(controller);
     }
 
     pub(crate) fn node_id(&self) -> i32 {

@@ -33,6 +33,8 @@ enum Kind {
     /// A comma-separated list of choices (cleanup.policy).
     ChoiceList(&'static [&'static str]),
     Text,
+    /// `controller.quorum.voters`: empty, or `ID@HOST:PORT,...`.
+    Voters,
 }
 
 const DAY_MS: &str = "604800000";
@@ -78,6 +80,24 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         default: "",
         doc: "PLAINTEXT://host:port clients should connect to; empty = the address each client connected to.",
         kind: Kind::Text,
+    },
+    SettingSpec {
+        name: "controller.quorum.voters",
+        default: "",
+        doc: "The controller quorum, ID@HOST:PORT,... (every node a voter; each listens on its own entry); empty = a one-voter quorum.",
+        kind: Kind::Voters,
+    },
+    SettingSpec {
+        name: "broker.session.timeout.ms",
+        default: "9000",
+        doc: "The controller fences a broker that sends no heartbeat for this long.",
+        kind: Kind::Int { min: 100, max: 3_600_000 },
+    },
+    SettingSpec {
+        name: "broker.heartbeat.interval.ms",
+        default: "2000",
+        doc: "How often a broker heartbeats to the controller (less than broker.session.timeout.ms).",
+        kind: Kind::Int { min: 10, max: 600_000 },
     },
     SettingSpec {
         name: "log.segment.bytes",
@@ -361,6 +381,8 @@ fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigErr
             Ok(())
         }
         Kind::Text => Ok(()),
+        Kind::Voters if value.trim().is_empty() => Ok(()),
+        Kind::Voters => sluice_cluster::parse_voters(value).map(|_| ()).or_else(|message| fail(message)),
     }
 }
 
@@ -469,6 +491,21 @@ impl BrokerConfig {
 
     pub(crate) fn node_id(&self) -> i32 {
         self.int("node.id") as i32
+    }
+    /// The controller quorum's voters; a one-voter quorum of this node when none are set.
+    pub(crate) fn controller_voters(&self) -> std::collections::BTreeMap<u64, String> {
+        let text = self.get("controller.quorum.voters").unwrap_or("");
+        match sluice_cluster::parse_voters(text) {
+            Ok(voters) => voters,
+            // Empty (checked when the setting was accepted): this node alone.
+            Err(_) => std::collections::BTreeMap::from([(self.node_id() as u64, String::new())]),
+        }
+    }
+    pub(crate) fn broker_session_timeout_ms(&self) -> u64 {
+        self.int("broker.session.timeout.ms") as u64
+    }
+    pub(crate) fn broker_heartbeat_interval_ms(&self) -> u64 {
+        self.int("broker.heartbeat.interval.ms") as u64
     }
     pub(crate) fn num_partitions(&self) -> i32 {
         self.int("num.partitions") as i32

@@ -87,6 +87,9 @@ pub enum BrokerError {
     /// A task of the broker's own panicked or was cancelled.
     #[error("a broker task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The controller quorum's voter could not start (its storage, its listener, its configuration).
+    #[error("{0}")]
+    Controller(#[from] sluice_cluster::ControllerError),
 }
 
 impl BrokerError {
@@ -118,7 +121,8 @@ impl BrokerError {
             | BrokerError::DataDirInUse { .. }
             | BrokerError::Bind { .. }
             | BrokerError::ExtensionStart { .. }
-            | BrokerError::Task(_) => ResponseError::UnknownServerError,
+            | BrokerError::Task(_)
+            | BrokerError::Controller(_) => ResponseError::UnknownServerError,
         }
     }
 

@@ -101,6 +101,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let data_dir = options.data_dir.clone();
     let config = options.config;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await??;
+    let controller = start_controller(&broker, &options.data_dir, kafka).await?;
     let mut admin_router = admin::router(Arc::clone(&broker));
     for extension in &options.extensions {
         let name = extension.name();
@@ -138,10 +139,42 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await?;
     // Let in-flight connections finish their current request before the logs close under them.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    controller.shutdown().await;
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.close()).await?;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Starts this node's voter of the controller quorum (`<data-dir>/__controller/`) and registers the
+/// broker with it: a one-voter quorum unless `controller.quorum.voters` lists more. The broker serves
+/// clients whether or not a quorum has formed yet; registration and heartbeats retry in the background.
+async fn start_controller(
+    broker: &Arc<Broker>,
+    data_dir: &std::path::Path,
+    kafka: SocketAddr,
+) -> Result<Arc<sluice_cluster::Controller>, BrokerError> {
+    let config = broker.config();
+    let node_id = broker.node_id();
+    let controller_config = sluice_cluster::ControllerConfig {
+        node_id: node_id as u64,
+        voters: config.controller_voters(),
+        dir: data_dir.join("__controller"),
+        session_timeout: Duration::from_millis(config.broker_session_timeout_ms()),
+        heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms()),
+    };
+    let controller = sluice_cluster::Controller::start(controller_config).await?;
+    // Where clients reach this broker: the advertised listener, else the bound address (an
+    // unspecified bind address is no use to another host: set advertised.listeners for that).
+    let (host, port) = match config.advertised_listener() {
+        Some((host, port)) => (host, port as u16),
+        None if kafka.ip().is_unspecified() => ("localhost".to_string(), kafka.port()),
+        None => (kafka.ip().to_string(), kafka.port()),
+    };
+    let incarnation = uuid::Uuid::new_v4().as_u128();
+    controller.run_broker(sluice_cluster::BrokerRegistration { broker_id: node_id, incarnation, host, port, rack: None });
+    broker.set_controller(Arc::clone(&controller));
+    Ok(controller)
 }
 
 /// Background work: retention (and idempotent-producer expiry) on `log.retention.check.interval.ms`,

@@ -48,6 +48,11 @@ pub struct Metrics {
     pub offline_partitions: IntGauge,
     /// Segments whose corrupt tail recovery kept aside at start-up (see the storage crate's API.md).
     pub quarantined_segments: IntGauge,
+    /// The controller quorum as this node sees it (set at scrape time).
+    pub controller_is_leader: IntGauge,
+    pub controller_term: IntGauge,
+    pub registered_brokers: IntGauge,
+    pub fenced_brokers: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -123,6 +128,16 @@ impl Metrics {
                 "quarantined_segments",
                 "Segments in which recovery found a corrupt batch in acknowledged data; the bytes from it on are kept aside and not served",
             )),
+            controller_is_leader: must(IntGauge::new(
+                "controller_is_leader",
+                "1 if this node is the leader of the controller quorum (the active controller), else 0",
+            )),
+            controller_term: must(IntGauge::new("controller_term", "The controller quorum's Raft term as this node knows it")),
+            registered_brokers: must(IntGauge::new("registered_brokers", "Brokers registered with the controller quorum")),
+            fenced_brokers: must(IntGauge::new(
+                "fenced_brokers",
+                "Registered brokers the active controller fenced because their heartbeats stopped",
+            )),
             registry,
         };
         let mut metrics = metrics;
@@ -148,6 +163,10 @@ impl Metrics {
             Box::new(metrics.request_bytes_in_flight.clone()),
             Box::new(metrics.fetch_reply_bytes_unsent.clone()),
             Box::new(metrics.offline_partitions.clone()),
+            Box::new(metrics.controller_is_leader.clone()),
+            Box::new(metrics.controller_term.clone()),
+            Box::new(metrics.registered_brokers.clone()),
+            Box::new(metrics.fenced_brokers.clone()),
             Box::new(metrics.quarantined_segments.clone()),
         ] {
             must(metrics.registry.register(collector));

@@ -1,6 +1,7 @@
 //! `sluice cluster info`: brokers, controller and cluster id from Metadata, the APIs the bootstrap broker
-//! supports, and the admin API's `/health` when `--admin-url` answers (a Kafka broker has none; that is
-//! reported, not an error).
+//! supports, and the admin API's `/health` and `/v1/cluster` (the controller quorum and the brokers
+//! registered with it) when `--admin-url` answers (a Kafka broker has none; that is reported, not an
+//! error).
 
 use anyhow::Result;
 use clap::Args;
@@ -33,6 +34,11 @@ pub(crate) async fn run(_cmd: ClusterCmd, brokers: &[String], admin_url: &str, a
         Ok((status, body)) => Err(format!("HTTP {status}: {}", body.trim())),
         Err(e) => Err(format!("{e:#}")),
     };
+    // The controller quorum and registered brokers, from the admin API (a Kafka broker has none).
+    let quorum = match http::get(admin_url, "/v1/cluster").await {
+        Ok((200, body)) => serde_json::from_str::<Value>(&body).ok(),
+        _ => None,
+    };
     if as_json {
         let brokers: Vec<Value> = meta
             .brokers
@@ -51,6 +57,7 @@ pub(crate) async fn run(_cmd: ClusterCmd, brokers: &[String], admin_url: &str, a
             "topics": meta.topics.len(),
             "apis_supported": api_count,
             "admin": admin,
+            "quorum": quorum,
         }));
         return Ok(());
     }
@@ -74,5 +81,38 @@ pub(crate) async fn run(_cmd: ClusterCmd, brokers: &[String], admin_url: &str, a
         ]);
     }
     print_table(&t);
+    if let Some(quorum) = &quorum {
+        print_quorum(quorum);
+    }
     Ok(())
+}
+
+/// The controller quorum as the admin API's node sees it, and the brokers registered with it.
+fn print_quorum(quorum: &Value) {
+    let controller = &quorum["controller"];
+    let id = |v: &Value| v.as_u64().map_or_else(|| "none".to_string(), |n| n.to_string());
+    let voters: Vec<String> = controller["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| match v["addr"].as_str() {
+            Some(addr) if !addr.is_empty() => format!("{}@{addr}", id(&v["id"])),
+            _ => id(&v["id"]),
+        })
+        .collect();
+    println!();
+    println!(
+        "Quorum:      leader {}, term {}; node {} is {}; voters {}",
+        id(&controller["leader_id"]),
+        controller["term"],
+        id(&controller["node_id"]),
+        controller["role"].as_str().unwrap_or("?"),
+        voters.join(", ")
+    );
+    let mut t = table(["REGISTERED", "HOST", "PORT", "EPOCH", "STATE"]);
+    for b in quorum["brokers"].as_array().into_iter().flatten() {
+        let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        t.add_row(vec![text(&b["id"]), text(&b["host"]), text(&b["port"]), text(&b["epoch"]), text(&b["state"])]);
+    }
+    print_table(&t);
 }

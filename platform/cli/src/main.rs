@@ -137,6 +137,13 @@ struct ServerArgs {
     /// Address for the HTTP admin API and /metrics.
     #[arg(long, default_value = "127.0.0.1:9644", env = "SLUICE_ADMIN_LISTEN")]
     admin_listen: String,
+    /// This node's id (Kafka's node.id; the same as --set node.id=N).
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: Option<u32>,
+    /// The controller quorum, ID@HOST:PORT,... (Kafka's controller.quorum.voters): every listed node
+    /// is a voter and listens for its peers on its own entry. Unset: this node is a one-voter quorum.
+    #[arg(long, value_name = "ID@HOST:PORT,...", env = "SLUICE_CONTROLLER_VOTERS")]
+    controller_voters: Option<String>,
     /// A TOML file of broker settings by Kafka's names, e.g. `"log.retention.ms" = 3600000`.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -214,6 +221,13 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<BrokerConfig> {
         let (name, value) =
             setting.split_once('=').ok_or_else(|| anyhow!("--set {setting}: expected NAME=VALUE, e.g. --set num.partitions=3"))?;
         pairs.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    // The dedicated flags win over the file and --set.
+    if let Some(id) = args.node_id {
+        pairs.push(("node.id".to_string(), id.to_string()));
+    }
+    if let Some(voters) = &args.controller_voters {
+        pairs.push(("controller.quorum.voters".to_string(), voters.clone()));
     }
     BrokerConfig::from_settings(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(|e| anyhow!("invalid setting {e}"))
 }
@@ -326,7 +340,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client commands log only warnings unless RUST_LOG asks for more: their stderr is for people.
     match &cli.command {
-        Command::Server(args) => init_logging("info", args.log_format),
+        // openraft reports every failed RPC to a down controller peer at ERROR, twice a second; the
+        // controller logs the quorum's changes itself (RUST_LOG=openraft=info brings them back).
+        Command::Server(args) => init_logging("info,openraft=off", args.log_format),
         _ => init_logging("warn", LogFormat::Text),
     }
     match cli.command {

@@ -1,0 +1,538 @@
+//! One node of the controller quorum: the Raft instance, its peer listener, the active controller's
+//! duties (fencing brokers whose heartbeats stop) and the broker side of registration and heartbeats.
+//!
+//! Any node takes a metadata write or a heartbeat; a node that is not the leader forwards it to the
+//! one that is, and while there is none (an election) the caller retries until [`REQUEST_TIMEOUT`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::log_store::LogStore;
+use crate::metadata::{BrokerRegistration, Command, Metadata, Outcome};
+use crate::network::{self, Network, Peer, Reply, Request, SNAPSHOT_CHUNK_BYTES};
+use crate::state_machine::{SNAPSHOT_EVERY_ENTRIES, StateMachine};
+use crate::{NodeId, TypeConfig};
+
+/// How long a write or heartbeat waits for a leader (an election takes one to two election timeouts).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deadline of one forwarded request.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts while there is no leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How often the active controller looks for brokers whose session expired.
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// Raft's timing. Leaders send heartbeats every 250 ms; a follower that hears nothing for 1–2 s
+/// stands for election. Kafka's KRaft defaults are similar (`controller.quorum.election.timeout.ms`
+/// = 1000); shorter timeouts elect needlessly on a loaded two-core machine.
+const RAFT_HEARTBEAT_MS: u64 = 250;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// Log entries kept after a snapshot, so a briefly lagging follower catches up without one.
+const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+
+/// What a node needs to join the quorum.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_id: NodeId,
+    /// Every voter's id and controller address (`host:port`). A single voter needs no address.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Where this node keeps its Raft log, vote and snapshot.
+    pub dir: PathBuf,
+    /// A broker whose heartbeats stop for this long is fenced (Kafka's `broker.session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// How often a broker heartbeats (Kafka's `broker.heartbeat.interval.ms`).
+    pub heartbeat_interval: Duration,
+}
+
+impl ControllerConfig {
+    /// A one-voter quorum: the embedded default.
+    pub fn single(node_id: NodeId, dir: PathBuf) -> ControllerConfig {
+        ControllerConfig {
+            node_id,
+            voters: BTreeMap::from([(node_id, String::new())]),
+            dir,
+            session_timeout: Duration::from_secs(9),
+            heartbeat_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Parses Kafka's `controller.quorum.voters` form: `1@host:port,2@host:port,3@host:port`.
+pub fn parse_voters(text: &str) -> Result<BTreeMap<NodeId, String>, String> {
+    let mut voters = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('@').ok_or_else(|| format!("`{item}`: expected ID@HOST:PORT, e.g. 1@127.0.0.1:9093"))?;
+        let id: NodeId = id.trim().parse().map_err(|_| format!("`{item}`: `{id}` is not a node id"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| format!("`{item}`: `{addr}` has no :PORT"))?;
+        if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("`{item}`: `{addr}` is not HOST:PORT"));
+        }
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if voters.is_empty() {
+        return Err("no voters listed".into());
+    }
+    Ok(voters)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("controller configuration: {0}")]
+    Config(String),
+    #[error("controller storage in {dir}: {source}")]
+    Storage { dir: PathBuf, source: io::Error },
+    #[error("cannot listen for controller peers on {addr}: {source}")]
+    Listen { addr: String, source: io::Error },
+    #[error("no controller leader answered within {0:?}: is a majority of the voters running and reachable?")]
+    NoLeader(Duration),
+    #[error("the metadata write failed: {0}")]
+    Write(String),
+    #[error("the controller stopped: {0}")]
+    Stopped(String),
+}
+
+/// Why a node could not take a request itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WriteError {
+    #[error("not the controller leader")]
+    NotLeader,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The active controller's answer to a broker heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HeartbeatReply {
+    Alive,
+    /// The broker's registration is gone or superseded: it must register again.
+    Reregister(String),
+}
+
+/// A voter as `sluice cluster` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Voter {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+/// This node's view of the quorum.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControllerStatus {
+    pub node_id: NodeId,
+    /// leader, follower, candidate or learner.
+    pub role: &'static str,
+    pub leader_id: Option<NodeId>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub voters: Vec<Voter>,
+}
+
+/// The active controller's record of broker heartbeats, valid for one term.
+#[derive(Default)]
+struct Liveness {
+    term: u64,
+    /// broker id → (epoch, last heartbeat or the moment this leader first saw the broker).
+    seen: HashMap<i32, (u64, Instant)>,
+}
+
+pub struct Controller {
+    config: ControllerConfig,
+    raft: Raft<TypeConfig>,
+    state: StateMachine,
+    liveness: Mutex<Liveness>,
+    /// Connections to peers for forwarded requests, one per peer, used one request at a time.
+    peers: BTreeMap<NodeId, tokio::sync::Mutex<Peer>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Controller {
+    /// Opens this node's storage, joins the quorum and starts serving peers.
+    pub async fn start(config: ControllerConfig) -> Result<Arc<Controller>, ControllerError> {
+        let Some(own_addr) = config.voters.get(&config.node_id).cloned() else {
+            return Err(ControllerError::Config(format!(
+                "node {} is not among the controller voters ({}); every node is a voter for now",
+                config.node_id,
+                config.voters.keys().map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        if config.session_timeout <= config.heartbeat_interval {
+            return Err(ControllerError::Config(format!(
+                "the broker session timeout ({:?}) must be longer than the heartbeat interval ({:?})",
+                config.session_timeout, config.heartbeat_interval
+            )));
+        }
+        let storage = |source| ControllerError::Storage { dir: config.dir.clone(), source };
+        let log = LogStore::open(&config.dir).map_err(storage)?;
+        let state = StateMachine::open(&config.dir).map_err(storage)?;
+        let raft_config = openraft::Config {
+            cluster_name: "sluice".into(),
+            heartbeat_interval: RAFT_HEARTBEAT_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ControllerError::Config(e.to_string()))?;
+
+        // Bind before Raft starts, so an address in use fails the start instead of a peer's RPCs.
+        let listener = if config.voters.len() > 1 {
+            Some(TcpListener::bind(&own_addr).await.map_err(|source| ControllerError::Listen { addr: own_addr.clone(), source })?)
+        } else {
+            None
+        };
+        let raft = Raft::new(config.node_id, Arc::new(raft_config), Network { source: config.node_id }, log, state.clone())
+            .await
+            .map_err(|e| ControllerError::Stopped(e.to_string()))?;
+
+        let members: BTreeMap<NodeId, BasicNode> = config.voters.iter().map(|(&id, addr)| (id, BasicNode::new(addr))).collect();
+        let initialized = raft.is_initialized().await.map_err(|e| ControllerError::Stopped(e.to_string()))?;
+        if !initialized {
+            // Every voter initializes with the same membership; openraft makes that safe.
+            match raft.initialize(members.clone()).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(ControllerError::Stopped(e.to_string())),
+            }
+        } else {
+            // Two nodes with different voter sets could each form a majority of their own: refuse.
+            let stored: BTreeMap<NodeId, BasicNode> =
+                raft.metrics().borrow().membership_config.nodes().map(|(&id, node)| (id, node.clone())).collect();
+            if stored != members {
+                let _ = raft.shutdown().await;
+                let describe = |m: &BTreeMap<NodeId, BasicNode>| {
+                    m.iter()
+                        .map(|(id, n)| if n.addr.is_empty() { id.to_string() } else { format!("{id}@{}", n.addr) })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                return Err(ControllerError::Config(format!(
+                    "this data directory's quorum has the voters `{}` but controller.quorum.voters says `{}`; changing the \
+                     voters of an existing quorum is not supported yet: start with the stored voters, or with a fresh data directory",
+                    describe(&stored),
+                    describe(&members)
+                )));
+            }
+        }
+
+        let peers = config
+            .voters
+            .iter()
+            .filter(|&(&id, _)| id != config.node_id)
+            .map(|(&id, addr)| (id, tokio::sync::Mutex::new(Peer::new(addr.clone()))))
+            .collect();
+        let controller =
+            Arc::new(Controller { config, raft, state, liveness: Mutex::new(Liveness::default()), peers, tasks: Mutex::new(Vec::new()) });
+        let mut tasks = Vec::new();
+        if let Some(listener) = listener {
+            tasks.push(tokio::spawn(network::serve(listener, controller.clone())));
+        }
+        tasks.push(tokio::spawn(fence_expired_brokers(Arc::downgrade(&controller))));
+        tasks.push(tokio::spawn(log_quorum_changes(controller.config.node_id, controller.raft.metrics())));
+        controller.tasks.lock().extend(tasks);
+        tracing::info!(node_id = controller.config.node_id, voters = ?controller.config.voters, "controller started");
+        Ok(controller)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// The cluster metadata as applied on this node (a follower may trail the leader by a moment).
+    pub fn metadata(&self) -> Metadata {
+        self.state.applied().read().metadata.clone()
+    }
+
+    /// Changes whenever this node applies log entries (the value is the last applied index).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.state.subscribe()
+    }
+
+    pub fn status(&self) -> ControllerStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        ControllerStatus {
+            node_id: self.config.node_id,
+            role: role_name(metrics.state),
+            leader_id: metrics.current_leader,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index,
+            last_applied_index: metrics.last_applied.map(|id| id.index),
+            voters: self.config.voters.iter().map(|(&id, addr)| Voter { id, addr: addr.clone() }).collect(),
+        }
+    }
+
+    /// Waits until this node knows a leader, or `timeout` passes; returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut metrics = self.raft.metrics();
+        let found = tokio::time::timeout(timeout, metrics.wait_for(|m| m.current_leader.is_some())).await;
+        match found {
+            Ok(Ok(m)) => m.current_leader,
+            _ => None,
+        }
+    }
+
+    /// Appends `command` to the metadata log through the leader and returns what applying it did.
+    pub async fn write(&self, command: Command) -> Result<Outcome, ControllerError> {
+        let reply = self.route(|| Request::Write(command.clone())).await?;
+        match reply {
+            Reply::Write(Ok(outcome)) => Ok(outcome),
+            Reply::Write(Err(e)) => Err(ControllerError::Write(e.to_string())),
+            _ => Err(ControllerError::Write("the leader answered another request".into())),
+        }
+    }
+
+    /// One broker heartbeat, through the leader.
+    pub async fn heartbeat(&self, broker_id: i32, epoch: u64) -> Result<HeartbeatReply, ControllerError> {
+        match self.route(|| Request::Heartbeat { broker_id, epoch }).await? {
+            Reply::Heartbeat(Ok(reply)) => Ok(reply),
+            Reply::Heartbeat(Err(e)) => Err(ControllerError::Write(e.to_string())),
+            _ => Err(ControllerError::Write("the leader answered another request".into())),
+        }
+    }
+
+    /// Registers this process's broker and keeps heartbeating for it until the controller stops;
+    /// registers again whenever the leader says its registration is gone.
+    pub fn run_broker(self: &Arc<Self>, registration: BrokerRegistration) {
+        let controller = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            loop {
+                let Some(epoch) = register(&controller, &registration).await else { return };
+                tracing::info!(broker_id = registration.broker_id, epoch, "broker registered with the controller");
+                loop {
+                    let Some(this) = controller.upgrade() else { return };
+                    let interval = this.config.heartbeat_interval;
+                    drop(this);
+                    tokio::time::sleep(interval).await;
+                    let Some(this) = controller.upgrade() else { return };
+                    match this.heartbeat(registration.broker_id, epoch).await {
+                        Ok(HeartbeatReply::Alive) => {}
+                        Ok(HeartbeatReply::Reregister(why)) => {
+                            tracing::warn!(broker_id = registration.broker_id, why, "registering the broker again");
+                            break;
+                        }
+                        Err(error) => tracing::warn!(broker_id = registration.broker_id, %error, "broker heartbeat failed"),
+                    }
+                }
+            }
+        });
+        self.tasks.lock().push(task);
+    }
+
+    /// Stops serving peers and leaves the quorum's Raft loop.
+    pub async fn shutdown(&self) {
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "controller Raft loop did not stop cleanly");
+        }
+    }
+
+    /// Sends a request to the leader (itself or a peer), retrying through elections.
+    async fn route(&self, request: impl Fn() -> Request) -> Result<Reply, ControllerError> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = self.raft.current_leader().await;
+            let reply = match leader {
+                Some(id) if id == self.config.node_id => Some(self.handle(request()).await),
+                Some(id) => match self.peers.get(&id) {
+                    Some(peer) => match peer.lock().await.call(&request(), FORWARD_TIMEOUT).await {
+                        Ok(reply) => Some(reply),
+                        Err(error) => {
+                            tracing::debug!(leader = id, %error, "forwarding to the controller leader failed");
+                            None
+                        }
+                    },
+                    None => None,
+                },
+                None => None,
+            };
+            match reply {
+                Some(Reply::Write(Err(WriteError::NotLeader)) | Reply::Heartbeat(Err(WriteError::NotLeader))) | None => {}
+                Some(reply) => return Ok(reply),
+            }
+            if Instant::now() >= deadline {
+                return Err(ControllerError::NoLeader(REQUEST_TIMEOUT));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Answers one request from a peer (or from this node's own [`Controller::route`]).
+    pub(crate) async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::AppendEntries(rpc) => Reply::AppendEntries(self.raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(self.raft.vote(rpc).await),
+            Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(self.raft.install_snapshot(rpc).await),
+            Request::Write(command) => Reply::Write(self.write_local(command).await),
+            Request::Heartbeat { broker_id, epoch } => Reply::Heartbeat(self.heartbeat_local(broker_id, epoch).await),
+        }
+    }
+
+    async fn write_local(&self, command: Command) -> Result<Outcome, WriteError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NotLeader),
+            Err(e) => Err(WriteError::Failed(e.to_string())),
+        }
+    }
+
+    async fn heartbeat_local(&self, broker_id: i32, epoch: u64) -> Result<HeartbeatReply, WriteError> {
+        // A leader judges a broker's epoch only once it has applied an entry of its own term (the
+        // blank entry it commits on election): then everything committed before it is applied too.
+        // Until then the caller retries, as it does while there is no leader.
+        let term = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.current_leader != Some(self.config.node_id)
+                || metrics.last_applied.map(|id| id.leader_id.term) != Some(metrics.current_term)
+            {
+                return Err(WriteError::NotLeader);
+            }
+            metrics.current_term
+        };
+        let fenced = {
+            let applied = self.state.applied().read();
+            match applied.metadata.brokers.get(&broker_id) {
+                None => return Ok(HeartbeatReply::Reregister(format!("broker {broker_id} is not registered"))),
+                Some(state) if state.epoch != epoch => {
+                    return Ok(HeartbeatReply::Reregister(format!("broker {broker_id}'s current epoch is {}, not {epoch}", state.epoch)));
+                }
+                Some(state) => state.fenced,
+            }
+        };
+        {
+            let mut liveness = self.liveness.lock();
+            if liveness.term != term {
+                *liveness = Liveness { term, seen: HashMap::new() };
+            }
+            liveness.seen.insert(broker_id, (epoch, Instant::now()));
+        }
+        if fenced {
+            match self.write_local(Command::UnfenceBroker { broker_id, epoch }).await? {
+                Outcome::Applied => tracing::info!(broker_id, epoch, "broker heartbeats again: unfenced"),
+                other => tracing::warn!(broker_id, epoch, ?other, "unfencing the broker changed nothing"),
+            }
+        }
+        Ok(HeartbeatReply::Alive)
+    }
+
+    /// On the leader: fences every unfenced broker whose last heartbeat is older than the session.
+    async fn fence_expired(&self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.config.node_id) {
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<(i32, u64)> = {
+            let applied = self.state.applied().read();
+            let mut liveness = self.liveness.lock();
+            if liveness.term != metrics.current_term {
+                // A new term: every broker gets a full session from now to reach the new leader.
+                *liveness = Liveness { term: metrics.current_term, seen: HashMap::new() };
+            }
+            let mut expired = Vec::new();
+            for broker in applied.metadata.live_brokers() {
+                let id = broker.registration.broker_id;
+                let seen = liveness.seen.entry(id).or_insert((broker.epoch, now));
+                if seen.0 != broker.epoch {
+                    *seen = (broker.epoch, now);
+                }
+                if now.duration_since(seen.1) > self.config.session_timeout {
+                    expired.push((id, broker.epoch));
+                }
+            }
+            expired
+        };
+        for (broker_id, epoch) in expired {
+            tracing::warn!(broker_id, epoch, timeout = ?self.config.session_timeout, "no heartbeat within the session timeout: fencing the broker");
+            if let Err(error) = self.write_local(Command::FenceBroker { broker_id, epoch }).await {
+                tracing::warn!(broker_id, %error, "fencing the broker failed");
+            }
+        }
+    }
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Logs each change of this node's role, the leader or the term, and a fatal stop of the Raft loop.
+/// openraft's own logs are off by default (`sluice server` filters them): they report every failed
+/// RPC to a down peer, twice a second, at ERROR.
+async fn log_quorum_changes(node_id: NodeId, mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>) {
+    let mut last = None;
+    while metrics.changed().await.is_ok() {
+        let (now, fatal) = {
+            let m = metrics.borrow_and_update();
+            ((role_name(m.state), m.current_leader, m.current_term), m.running_state.clone().err())
+        };
+        if let Some(fatal) = fatal {
+            tracing::error!(node_id, error = %fatal, "the controller's Raft loop stopped");
+            return;
+        }
+        if last != Some(now) {
+            let (role, leader, term) = now;
+            tracing::info!(node_id, role, leader = ?leader, term, "controller quorum changed");
+            last = Some(now);
+        }
+    }
+}
+
+async fn fence_expired_brokers(controller: Weak<Controller>) {
+    loop {
+        tokio::time::sleep(FENCE_CHECK_INTERVAL).await;
+        let Some(controller) = controller.upgrade() else { return };
+        controller.fence_expired().await;
+    }
+}
+
+/// Registers until the quorum accepts; `None` once the controller is gone.
+async fn register(controller: &Weak<Controller>, registration: &BrokerRegistration) -> Option<u64> {
+    loop {
+        let this = controller.upgrade()?;
+        match this.write(Command::RegisterBroker(registration.clone())).await {
+            Ok(Outcome::Registered { epoch }) => return Some(epoch),
+            Ok(other) => tracing::error!(broker_id = registration.broker_id, ?other, "the controller refused the broker's registration"),
+            Err(error) => tracing::warn!(broker_id = registration.broker_id, %error, "broker registration failed; retrying"),
+        }
+        drop(this);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voters_parse_like_kafkas() {
+        let voters = parse_voters("1@127.0.0.1:9093, 2@localhost:9094,3@[::1]:9095").unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&3], "[::1]:9095");
+        for bad in ["", "1@", "x@h:1", "1@h", "1@h:0", "1@h:1,1@h:2", "1h:1"] {
+            assert!(parse_voters(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}

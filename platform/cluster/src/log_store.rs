@@ -1,0 +1,385 @@
+//! The controller's Raft log and vote on disk, under the controller's directory:
+//!
+//! - `raft.log`: records `[len: u32][crc32c: u32][rmp-serde payload]`, each an entry or a purge mark.
+//!   An append writes its entries in one `write` and `fdatasync`s before Raft hears it is durable.
+//!   Truncation (a new leader overwrote a suffix) cuts the file at the first removed entry. Purging
+//!   (entries a snapshot covers) rewrites the file: a purge mark and the entries that remain, into
+//!   `raft.log.tmp`, fsynced and renamed over the log.
+//! - `vote`: the term and vote, replaced atomically with fsync before a vote is cast.
+//! - `committed`: the last committed log id, a hint that lets a restarted node re-apply its
+//!   committed entries before it hears from a leader; written without fsync (losing it is safe).
+//!
+//! Only the tail of the log can be torn (every append is flushed before it is acknowledged): a last
+//! record cut short or failing its CRC is removed at open. A bad record with valid ones after it is
+//! corruption, and the controller refuses to start rather than forget committed entries.
+//!
+//! The metadata log is small (snapshots purge it), so every live entry is also kept in memory;
+//! replication reads never touch the disk.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_storage::fs::{Durability, sync_dir, write_atomically};
+
+use crate::{NodeId, TypeConfig};
+
+/// The largest record the log holds: one entry (a command is at most a few KiB; membership entries
+/// list the voters). Checked before a read allocates for it.
+pub const RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+const HEADER_BYTES: usize = 8;
+const LOG_FILE: &str = "raft.log";
+const VOTE_FILE: &str = "vote";
+const COMMITTED_FILE: &str = "committed";
+/// Small files (vote, committed id) larger than this are not ours.
+const SMALL_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Entry(Entry<TypeConfig>),
+    /// Entries up to and including this id were purged (a snapshot covers them).
+    Purged(LogId<NodeId>),
+}
+
+struct LogFile {
+    dir: PathBuf,
+    file: File,
+    /// Live entries by index, with the file offset where each one's record starts.
+    entries: BTreeMap<u64, (u64, Entry<TypeConfig>)>,
+    last_purged: Option<LogId<NodeId>>,
+    len: u64,
+}
+
+fn corrupt(path: &Path, at: u64, what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{} is corrupt at byte {at}: {what}", path.display()))
+}
+
+fn encode(record: &Record, out: &mut Vec<u8>) -> io::Result<()> {
+    let payload = rmp_serde::to_vec(record).map_err(io::Error::other)?;
+    if payload.len() > RECORD_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a Raft log record of {} bytes exceeds {RECORD_BYTES_MAX}", payload.len()),
+        ));
+    }
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(())
+}
+
+impl LogFile {
+    fn open(dir: &Path) -> io::Result<LogFile> {
+        let path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        let file_len = file.metadata()?.len();
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let mut log = LogFile { dir: dir.to_path_buf(), file, entries: BTreeMap::new(), last_purged: None, len: 0 };
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            let torn = |log: &mut LogFile, why: &str| -> io::Result<()> {
+                tracing::warn!(path = %path.display(), at, why, "removing the torn tail of the controller's log");
+                log.file.set_len(at as u64)?;
+                log.file.sync_data()
+            };
+            if rest.len() < HEADER_BYTES {
+                torn(&mut log, "a partial record header")?;
+                break;
+            }
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if len > RECORD_BYTES_MAX {
+                return Err(corrupt(&path, at as u64, &format!("a record claims {len} bytes")));
+            }
+            if rest.len() < HEADER_BYTES + len {
+                torn(&mut log, "a partial record")?;
+                break;
+            }
+            let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
+            let last = rest.len() == HEADER_BYTES + len;
+            if crc32c::crc32c(payload) != crc {
+                if last {
+                    torn(&mut log, "the last record fails its checksum")?;
+                    break;
+                }
+                return Err(corrupt(&path, at as u64, "a record fails its checksum and records follow it"));
+            }
+            match rmp_serde::from_slice::<Record>(payload) {
+                Ok(Record::Entry(entry)) => {
+                    log.entries.insert(entry.log_id.index, (at as u64, entry));
+                }
+                Ok(Record::Purged(id)) => {
+                    log.entries.retain(|&index, _| index > id.index);
+                    log.last_purged = Some(id);
+                }
+                Err(e) => return Err(corrupt(&path, at as u64, &format!("undecodable record: {e}"))),
+            }
+            at += HEADER_BYTES + len;
+        }
+        log.len = file_len.min(at as u64);
+        Ok(log)
+    }
+
+    fn append(&mut self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        let mut placed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let offset = self.len + buf.len() as u64;
+            encode(&Record::Entry(entry.clone()), &mut buf)?;
+            placed.push((offset, entry));
+        }
+        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+            // Leave the file as it was, so a later append does not follow a half-written one.
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
+        for (offset, entry) in placed {
+            self.entries.insert(entry.log_id.index, (offset, entry));
+        }
+        Ok(())
+    }
+
+    /// Removes every entry at `index` and after.
+    fn truncate(&mut self, index: u64) -> io::Result<()> {
+        let Some((&first, &(offset, _))) = self.entries.range(index..).next() else { return Ok(()) };
+        self.file.set_len(offset)?;
+        self.file.sync_data()?;
+        self.len = offset;
+        self.entries.split_off(&first);
+        Ok(())
+    }
+
+    /// Forgets every entry up to and including `id`, rewriting the file without them.
+    fn purge(&mut self, id: LogId<NodeId>) -> io::Result<()> {
+        let path = self.dir.join(LOG_FILE);
+        let temp = self.dir.join(format!("{LOG_FILE}.tmp"));
+        let keep = self.entries.split_off(&(id.index + 1));
+        let mut buf = Vec::new();
+        encode(&Record::Purged(id), &mut buf)?;
+        let mut entries = BTreeMap::new();
+        for (index, (_, entry)) in keep {
+            let offset = buf.len() as u64;
+            encode(&Record::Entry(entry.clone()), &mut buf)?;
+            entries.insert(index, (offset, entry));
+        }
+        let mut file = File::create(&temp)?;
+        file.write_all(&buf)?;
+        file.sync_all()?;
+        fs::rename(&temp, &path)?;
+        sync_dir(&self.dir).map_err(io::Error::other)?;
+        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.entries = entries;
+        self.len = buf.len() as u64;
+        self.last_purged = Some(id);
+        Ok(())
+    }
+}
+
+fn read_small<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<Option<T>> {
+    let bytes = match fs::metadata(path) {
+        Ok(meta) if meta.len() > SMALL_FILE_BYTES_MAX => {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} holds {} bytes", path.display(), meta.len())));
+        }
+        Ok(_) => fs::read(path)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    rmp_serde::from_slice(&bytes).map(Some).map_err(|e| corrupt(path, 0, &e.to_string()))
+}
+
+fn write_small<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
+    let bytes = rmp_serde::to_vec(value).map_err(io::Error::other)?;
+    write_atomically(path, &bytes, durability).map_err(io::Error::other)
+}
+
+/// The Raft log and vote of one controller node; clones share the same files (the reader half
+/// openraft asks for is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    log: Arc<Mutex<LogFile>>,
+    dir: PathBuf,
+}
+
+/// Runs file work off the async worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+impl LogStore {
+    /// Opens (or creates) the log under `dir`.
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        fs::create_dir_all(dir)?;
+        let log = LogFile::open(dir)?;
+        Ok(LogStore { log: Arc::new(Mutex::new(log)), dir: dir.to_path_buf() })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => Bound::Included(i),
+            Bound::Excluded(&i) => Bound::Excluded(i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(i),
+            Bound::Excluded(&i) => Bound::Excluded(i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let log = self.log.lock();
+        Ok(log.entries.range((start, end)).map(|(_, (_, entry))| entry.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let log = self.log.lock();
+        let last_log_id = log.entries.values().next_back().map(|(_, e)| e.log_id).or(log.last_purged);
+        Ok(LogState { last_purged_log_id: log.last_purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let path = self.dir.join(VOTE_FILE);
+        let vote = *vote;
+        blocking(move || write_small(&path, &vote, Durability::Fsync)).await.map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        read_small(&self.dir.join(VOTE_FILE)).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError<NodeId>> {
+        let path = self.dir.join(COMMITTED_FILE);
+        blocking(move || write_small(&path, &committed, Durability::PageCache)).await.map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(read_small::<Option<LogId<NodeId>>>(&self.dir.join(COMMITTED_FILE)).map_err(|e| StorageIOError::read(&e))?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let log = self.log.clone();
+        let result = blocking(move || log.lock().append(entries)).await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let error = StorageIOError::write_logs(&e);
+                callback.log_io_completed(Err(e));
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let log = self.log.clone();
+        blocking(move || log.lock().truncate(log_id.index)).await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let log = self.log.clone();
+        blocking(move || log.lock().purge(log_id)).await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::metadata::Command;
+
+    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::FenceBroker { broker_id: 1, epoch: index }),
+        }
+    }
+
+    fn indexes(log: &LogFile) -> Vec<u64> {
+        log.entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn entries_survive_reopen_with_truncation_and_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(dir.path()).unwrap();
+        log.append((1..=5).map(|i| entry(1, i)).collect()).unwrap();
+        log.truncate(4).unwrap();
+        log.append(vec![entry(2, 4)]).unwrap();
+        drop(log);
+        let mut log = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log), vec![1, 2, 3, 4]);
+        assert_eq!(log.entries[&4].1.log_id.leader_id.term, 2);
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).unwrap();
+        log.append(vec![entry(2, 5)]).unwrap();
+        drop(log);
+        let log = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log), vec![3, 4, 5]);
+        assert_eq!(log.last_purged.map(|id| id.index), Some(2));
+    }
+
+    #[test]
+    fn a_torn_tail_is_removed_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(dir.path()).unwrap();
+        log.append(vec![entry(1, 1), entry(1, 2)]).unwrap();
+        let full = log.len;
+        drop(log);
+        // A crash in the middle of the second record's write.
+        let file = OpenOptions::new().write(true).open(dir.path().join(LOG_FILE)).unwrap();
+        file.set_len(full - 3).unwrap();
+        drop(file);
+        let mut log = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log), vec![1]);
+        log.append(vec![entry(1, 2)]).unwrap();
+        drop(log);
+        assert_eq!(indexes(&LogFile::open(dir.path()).unwrap()), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_bad_record_before_good_ones_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogFile::open(dir.path()).unwrap();
+        log.append(vec![entry(1, 1), entry(1, 2)]).unwrap();
+        drop(log);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER_BYTES + 2] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let error = LogFile::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("checksum"), "{error}");
+        // An absurd length is refused before anything is allocated for it.
+        bytes[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let error = LogFile::open(dir.path()).err().expect("refused");
+        assert!(error.to_string().contains("claims"), "{error}");
+    }
+}
