@@ -99,7 +99,7 @@ def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
     for node, view in zip(nodes, views):
         mine = next(b for b in view["brokers"] if b["id"] == view["node_id"])
         assert mine["port"] == node.port, "each broker registers the address its clients use"
-    assert sum(metric(n, "sluice_controller_is_leader") for n in nodes) == 1
+    wait_for(lambda: sum(metric(n, "sluice_controller_is_leader") for n in nodes) == 1, "exactly one node reporting itself leader")
 
     # SIGKILL the leader: the other two elect a new one, which fences the dead node's broker.
     dead = nodes[leader - 1]
@@ -112,7 +112,7 @@ def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
     )
     assert new_leader != leader
     assert all(brokers_by_state(v, "fenced") == [leader] for v in views)
-    assert metric(nodes[new_leader - 1], "sluice_fenced_brokers") == 1
+    wait_for(lambda: metric(nodes[new_leader - 1], "sluice_fenced_brokers") == 1, "the new leader's fenced_brokers metric")
 
     # The dead node restarts from its files, rejoins, and its broker registers again (a new epoch).
     # Its own view starts from its files (the old epoch, live): wait for every node to show the new one.

@@ -157,11 +157,10 @@ async fn start_controller(
     let config = broker.config();
     let node_id = broker.node_id();
     let controller_config = sluice_cluster::ControllerConfig {
-        node_id: node_id as u64,
         voters: config.controller_voters(),
-        dir: data_dir.join("__controller"),
         session_timeout: Duration::from_millis(config.broker_session_timeout_ms()),
         heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms()),
+        ..sluice_cluster::ControllerConfig::single(node_id as u64, data_dir.join("__controller"))
     };
     let controller = sluice_cluster::Controller::start(controller_config).await?;
     // Where clients reach this broker: the advertised listener, else the bound address (an

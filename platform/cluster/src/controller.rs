@@ -39,7 +39,7 @@ const RAFT_HEARTBEAT_MS: u64 = 250;
 const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
 const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
 /// Log entries kept after a snapshot, so a briefly lagging follower catches up without one.
-const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1000;
+pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1000;
 
 /// What a node needs to join the quorum.
 #[derive(Debug, Clone)]
@@ -53,6 +53,11 @@ pub struct ControllerConfig {
     pub session_timeout: Duration,
     /// How often a broker heartbeats (Kafka's `broker.heartbeat.interval.ms`).
     pub heartbeat_interval: Duration,
+    /// A snapshot is taken after this many entries ([`SNAPSHOT_EVERY_ENTRIES`] by default) ...
+    pub snapshot_every_entries: u64,
+    /// ... and this many entries before it stay in the log ([`LOG_KEPT_AFTER_SNAPSHOT`] by default),
+    /// so a briefly lagging follower catches up without a snapshot.
+    pub log_kept_after_snapshot: u64,
 }
 
 impl ControllerConfig {
@@ -64,6 +69,8 @@ impl ControllerConfig {
             dir,
             session_timeout: Duration::from_secs(9),
             heartbeat_interval: Duration::from_secs(2),
+            snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
+            log_kept_after_snapshot: LOG_KEPT_AFTER_SNAPSHOT,
         }
     }
 }
@@ -183,8 +190,8 @@ impl Controller {
             heartbeat_interval: RAFT_HEARTBEAT_MS,
             election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
             election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.log_kept_after_snapshot,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         }
@@ -207,7 +214,10 @@ impl Controller {
             // Every voter initializes with the same membership; openraft makes that safe.
             match raft.initialize(members.clone()).await {
                 Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(ControllerError::Stopped(e.to_string())),
+                Err(e) => {
+                    let _ = raft.shutdown().await;
+                    return Err(ControllerError::Stopped(e.to_string()));
+                }
             }
         } else {
             // Two nodes with different voter sets could each form a majority of their own: refuse.
@@ -240,7 +250,7 @@ impl Controller {
             Arc::new(Controller { config, raft, state, liveness: Mutex::new(Liveness::default()), peers, tasks: Mutex::new(Vec::new()) });
         let mut tasks = Vec::new();
         if let Some(listener) = listener {
-            tasks.push(tokio::spawn(network::serve(listener, controller.clone())));
+            tasks.push(tokio::spawn(network::serve(listener, Arc::downgrade(&controller))));
         }
         tasks.push(tokio::spawn(fence_expired_brokers(Arc::downgrade(&controller))));
         tasks.push(tokio::spawn(log_quorum_changes(controller.config.node_id, controller.raft.metrics())));
@@ -349,7 +359,11 @@ impl Controller {
         loop {
             let leader = self.raft.current_leader().await;
             let reply = match leader {
-                Some(id) if id == self.config.node_id => Some(self.handle(request()).await),
+                // Bounded too: a leader cut off from a majority keeps its role until it hears of a
+                // newer term, and its writes wait for a commit that will not come.
+                Some(id) if id == self.config.node_id => {
+                    tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.handle(request())).await.ok()
+                }
                 Some(id) => match self.peers.get(&id) {
                     Some(peer) => match peer.lock().await.call(&request(), FORWARD_TIMEOUT).await {
                         Ok(reply) => Some(reply),
@@ -385,6 +399,10 @@ impl Controller {
     }
 
     async fn write_local(&self, command: Command) -> Result<Outcome, WriteError> {
+        // Refused before the log: an entry the log cannot hold would stop Raft on every node.
+        if let Err(reason) = command.validate() {
+            return Ok(Outcome::Rejected(reason));
+        }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NotLeader),
@@ -460,6 +478,12 @@ impl Controller {
             expired
         };
         for (broker_id, epoch) in expired {
+            // A heartbeat may have arrived while an earlier broker's fence was being written.
+            let heard_since =
+                self.liveness.lock().seen.get(&broker_id).is_some_and(|&(e, at)| e == epoch && at.elapsed() <= self.config.session_timeout);
+            if heard_since {
+                continue;
+            }
             tracing::warn!(broker_id, epoch, timeout = ?self.config.session_timeout, "no heartbeat within the session timeout: fencing the broker");
             if let Err(error) = self.write_local(Command::FenceBroker { broker_id, epoch }).await {
                 tracing::warn!(broker_id, %error, "fencing the broker failed");

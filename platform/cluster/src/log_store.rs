@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, StorageIOError, Vote};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use sluice_storage::fs::{Durability, sync_dir, write_atomically};
 
@@ -49,13 +49,26 @@ enum Record {
     Purged(LogId<NodeId>),
 }
 
+/// The log: its file (taken only by the storage task's calls, on blocking threads, held across their
+/// I/O) and the live entries readers see (locked only briefly, never across I/O: openraft's
+/// replication reads them on the async worker threads).
 struct LogFile {
     dir: PathBuf,
+    file: Mutex<FileState>,
+    entries: RwLock<Entries>,
+}
+
+struct FileState {
     file: File,
-    /// Live entries by index, with the file offset where each one's record starts.
-    entries: BTreeMap<u64, (u64, Entry<TypeConfig>)>,
-    last_purged: Option<LogId<NodeId>>,
+    /// Bytes of valid records in the file: where the next append lands.
     len: u64,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// Live entries by index, with the file offset where each one's record starts.
+    map: BTreeMap<u64, (u64, Entry<TypeConfig>)>,
+    last_purged: Option<LogId<NodeId>>,
 }
 
 fn corrupt(path: &Path, at: u64, what: &str) -> io::Error {
@@ -80,108 +93,117 @@ impl LogFile {
     fn open(dir: &Path) -> io::Result<LogFile> {
         let path = dir.join(LOG_FILE);
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
-        let file_len = file.metadata()?.len();
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let mut log = LogFile { dir: dir.to_path_buf(), file, entries: BTreeMap::new(), last_purged: None, len: 0 };
+        let mut entries = Entries::default();
         let mut at = 0usize;
+        let mut torn = None;
         while at < bytes.len() {
             let rest = &bytes[at..];
-            let torn = |log: &mut LogFile, why: &str| -> io::Result<()> {
-                tracing::warn!(path = %path.display(), at, why, "removing the torn tail of the controller's log");
-                log.file.set_len(at as u64)?;
-                log.file.sync_data()
-            };
             if rest.len() < HEADER_BYTES {
-                torn(&mut log, "a partial record header")?;
+                torn = Some("a partial record header");
                 break;
             }
             let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
             let crc = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]);
+            if len == 0 && rest.iter().all(|&b| b == 0) {
+                // Zeros where an append's data never reached the disk (the size did).
+                torn = Some("zeros after the last record");
+                break;
+            }
             if len > RECORD_BYTES_MAX {
                 return Err(corrupt(&path, at as u64, &format!("a record claims {len} bytes")));
             }
             if rest.len() < HEADER_BYTES + len {
-                torn(&mut log, "a partial record")?;
+                torn = Some("a partial record");
                 break;
             }
             let payload = &rest[HEADER_BYTES..HEADER_BYTES + len];
-            let last = rest.len() == HEADER_BYTES + len;
             if crc32c::crc32c(payload) != crc {
-                if last {
-                    torn(&mut log, "the last record fails its checksum")?;
+                if rest.len() == HEADER_BYTES + len {
+                    torn = Some("the last record fails its checksum");
                     break;
                 }
                 return Err(corrupt(&path, at as u64, "a record fails its checksum and records follow it"));
             }
             match rmp_serde::from_slice::<Record>(payload) {
                 Ok(Record::Entry(entry)) => {
-                    log.entries.insert(entry.log_id.index, (at as u64, entry));
+                    entries.map.insert(entry.log_id.index, (at as u64, entry));
                 }
                 Ok(Record::Purged(id)) => {
-                    log.entries.retain(|&index, _| index > id.index);
-                    log.last_purged = Some(id);
+                    entries.map.retain(|&index, _| index > id.index);
+                    entries.last_purged = Some(id);
                 }
                 Err(e) => return Err(corrupt(&path, at as u64, &format!("undecodable record: {e}"))),
             }
             at += HEADER_BYTES + len;
         }
-        log.len = file_len.min(at as u64);
-        Ok(log)
+        if let Some(why) = torn {
+            tracing::warn!(path = %path.display(), at, why, "removing the torn tail of the controller's log");
+            file.set_len(at as u64)?;
+            file.sync_data()?;
+        }
+        let file = FileState { file, len: at as u64 };
+        Ok(LogFile { dir: dir.to_path_buf(), file: Mutex::new(file), entries: RwLock::new(entries) })
     }
 
-    fn append(&mut self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+    fn append(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let mut file = self.file.lock();
         let mut buf = Vec::new();
         let mut placed = Vec::with_capacity(entries.len());
         for entry in entries {
-            let offset = self.len + buf.len() as u64;
+            let offset = file.len + buf.len() as u64;
             encode(&Record::Entry(entry.clone()), &mut buf)?;
             placed.push((offset, entry));
         }
-        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = file.file.write_all(&buf).and_then(|()| file.file.sync_data()) {
             // Leave the file as it was, so a later append does not follow a half-written one.
-            let _ = self.file.set_len(self.len);
+            let len = file.len;
+            let _ = file.file.set_len(len);
             return Err(e);
         }
-        self.len += buf.len() as u64;
+        file.len += buf.len() as u64;
+        let mut live = self.entries.write();
         for (offset, entry) in placed {
-            self.entries.insert(entry.log_id.index, (offset, entry));
+            live.map.insert(entry.log_id.index, (offset, entry));
         }
         Ok(())
     }
 
     /// Removes every entry at `index` and after.
-    fn truncate(&mut self, index: u64) -> io::Result<()> {
-        let Some((&first, &(offset, _))) = self.entries.range(index..).next() else { return Ok(()) };
-        self.file.set_len(offset)?;
-        self.file.sync_data()?;
-        self.len = offset;
-        self.entries.split_off(&first);
+    fn truncate(&self, index: u64) -> io::Result<()> {
+        let mut file = self.file.lock();
+        let Some((first, offset)) = self.entries.read().map.range(index..).next().map(|(&i, &(o, _))| (i, o)) else {
+            return Ok(());
+        };
+        file.file.set_len(offset)?;
+        file.file.sync_data()?;
+        file.len = offset;
+        self.entries.write().map.split_off(&first);
         Ok(())
     }
 
     /// Forgets every entry up to and including `id`, rewriting the file without them.
-    fn purge(&mut self, id: LogId<NodeId>) -> io::Result<()> {
+    fn purge(&self, id: LogId<NodeId>) -> io::Result<()> {
+        let mut file = self.file.lock();
         let path = self.dir.join(LOG_FILE);
         let temp = self.dir.join(format!("{LOG_FILE}.tmp"));
-        let keep = self.entries.split_off(&(id.index + 1));
+        // Memory changes only once the new file is in place: a failure leaves the log as it was.
         let mut buf = Vec::new();
         encode(&Record::Purged(id), &mut buf)?;
-        let mut entries = BTreeMap::new();
-        for (index, (_, entry)) in keep {
+        let mut kept = BTreeMap::new();
+        for (&index, (_, entry)) in self.entries.read().map.range(id.index + 1..) {
             let offset = buf.len() as u64;
             encode(&Record::Entry(entry.clone()), &mut buf)?;
-            entries.insert(index, (offset, entry));
+            kept.insert(index, (offset, entry.clone()));
         }
-        let mut file = File::create(&temp)?;
-        file.write_all(&buf)?;
-        file.sync_all()?;
+        let mut new_file = File::create(&temp)?;
+        new_file.write_all(&buf)?;
+        new_file.sync_all()?;
         fs::rename(&temp, &path)?;
         sync_dir(&self.dir).map_err(io::Error::other)?;
-        self.file = OpenOptions::new().read(true).append(true).open(&path)?;
-        self.entries = entries;
-        self.len = buf.len() as u64;
-        self.last_purged = Some(id);
+        *file = FileState { file: OpenOptions::new().read(true).append(true).open(&path)?, len: buf.len() as u64 };
+        *self.entries.write() = Entries { map: kept, last_purged: Some(id) };
         Ok(())
     }
 }
@@ -207,7 +229,7 @@ fn write_small<T: Serialize>(path: &Path, value: &T, durability: Durability) -> 
 /// openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
-    log: Arc<Mutex<LogFile>>,
+    log: Arc<LogFile>,
     dir: PathBuf,
 }
 
@@ -221,7 +243,9 @@ impl LogStore {
     pub fn open(dir: &Path) -> io::Result<LogStore> {
         fs::create_dir_all(dir)?;
         let log = LogFile::open(dir)?;
-        Ok(LogStore { log: Arc::new(Mutex::new(log)), dir: dir.to_path_buf() })
+        // The directory entries of a new log survive a power cut before any vote relies on them.
+        sync_dir(dir).map_err(io::Error::other)?;
+        Ok(LogStore { log: Arc::new(log), dir: dir.to_path_buf() })
     }
 }
 
@@ -240,8 +264,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Bound::Excluded(i),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let log = self.log.lock();
-        Ok(log.entries.range((start, end)).map(|(_, (_, entry))| entry.clone()).collect())
+        let live = self.log.entries.read();
+        Ok(live.map.range((start, end)).map(|(_, (_, entry))| entry.clone()).collect())
     }
 }
 
@@ -249,9 +273,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
-        let log = self.log.lock();
-        let last_log_id = log.entries.values().next_back().map(|(_, e)| e.log_id).or(log.last_purged);
-        Ok(LogState { last_purged_log_id: log.last_purged, last_log_id })
+        let live = self.log.entries.read();
+        let last_log_id = live.map.values().next_back().map(|(_, e)| e.log_id).or(live.last_purged);
+        Ok(LogState { last_purged_log_id: live.last_purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -274,7 +298,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        Ok(read_small::<Option<LogId<NodeId>>>(&self.dir.join(COMMITTED_FILE)).map_err(|e| StorageIOError::read(&e))?.flatten())
+        // Written without fsync: after a power cut it may be empty or torn. It is only a hint, so
+        // such a file means "unknown" (the leader tells this node again), not a failed start.
+        match read_small::<Option<LogId<NodeId>>>(&self.dir.join(COMMITTED_FILE)) {
+            Ok(committed) => Ok(committed.flatten()),
+            Err(error) => {
+                tracing::warn!(%error, "ignoring the controller's committed-index hint");
+                Ok(None)
+            }
+        }
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError<NodeId>>
@@ -284,7 +316,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let entries: Vec<_> = entries.into_iter().collect();
         let log = self.log.clone();
-        let result = blocking(move || log.lock().append(entries)).await;
+        let result = blocking(move || log.append(entries)).await;
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -300,12 +332,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let log = self.log.clone();
-        blocking(move || log.lock().truncate(log_id.index)).await.map_err(|e| StorageIOError::write_logs(&e).into())
+        blocking(move || log.truncate(log_id.index)).await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let log = self.log.clone();
-        blocking(move || log.lock().purge(log_id)).await.map_err(|e| StorageIOError::write_logs(&e).into())
+        blocking(move || log.purge(log_id)).await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -324,40 +356,56 @@ mod tests {
     }
 
     fn indexes(log: &LogFile) -> Vec<u64> {
-        log.entries.keys().copied().collect()
+        log.entries.read().map.keys().copied().collect()
     }
 
     #[test]
     fn entries_survive_reopen_with_truncation_and_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogFile::open(dir.path()).unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
         log.append((1..=5).map(|i| entry(1, i)).collect()).unwrap();
         log.truncate(4).unwrap();
         log.append(vec![entry(2, 4)]).unwrap();
         drop(log);
-        let mut log = LogFile::open(dir.path()).unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
         assert_eq!(indexes(&log), vec![1, 2, 3, 4]);
-        assert_eq!(log.entries[&4].1.log_id.leader_id.term, 2);
+        assert_eq!(log.entries.read().map[&4].1.log_id.leader_id.term, 2);
         log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2)).unwrap();
         log.append(vec![entry(2, 5)]).unwrap();
         drop(log);
         let log = LogFile::open(dir.path()).unwrap();
         assert_eq!(indexes(&log), vec![3, 4, 5]);
-        assert_eq!(log.last_purged.map(|id| id.index), Some(2));
+        assert_eq!(log.entries.read().last_purged.map(|id| id.index), Some(2));
     }
 
     #[test]
     fn a_torn_tail_is_removed_and_the_log_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogFile::open(dir.path()).unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
         log.append(vec![entry(1, 1), entry(1, 2)]).unwrap();
-        let full = log.len;
+        let full = log.file.lock().len;
         drop(log);
         // A crash in the middle of the second record's write.
         let file = OpenOptions::new().write(true).open(dir.path().join(LOG_FILE)).unwrap();
         file.set_len(full - 3).unwrap();
         drop(file);
-        let mut log = LogFile::open(dir.path()).unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&log), vec![1]);
+        log.append(vec![entry(1, 2)]).unwrap();
+        drop(log);
+        assert_eq!(indexes(&LogFile::open(dir.path()).unwrap()), vec![1, 2]);
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
+        log.append(vec![entry(1, 1)]).unwrap();
+        drop(log);
+        let mut file = OpenOptions::new().append(true).open(dir.path().join(LOG_FILE)).unwrap();
+        file.write_all(&[0; 100]).unwrap();
+        drop(file);
+        let log = LogFile::open(dir.path()).unwrap();
         assert_eq!(indexes(&log), vec![1]);
         log.append(vec![entry(1, 2)]).unwrap();
         drop(log);
@@ -367,7 +415,7 @@ mod tests {
     #[test]
     fn a_bad_record_before_good_ones_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogFile::open(dir.path()).unwrap();
+        let log = LogFile::open(dir.path()).unwrap();
         log.append(vec![entry(1, 1), entry(1, 2)]).unwrap();
         drop(log);
         let path = dir.path().join(LOG_FILE);

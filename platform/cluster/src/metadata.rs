@@ -57,6 +57,17 @@ pub enum Command {
     UnfenceBroker { broker_id: i32, epoch: u64 },
 }
 
+impl Command {
+    /// Refuses a command no real node would propose, before it reaches the log (it is checked again
+    /// when applied, where a refusal changes nothing).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::RegisterBroker(registration) => registration.validate(),
+            Command::FenceBroker { .. } | Command::UnfenceBroker { .. } => Ok(()),
+        }
+    }
+}
+
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {

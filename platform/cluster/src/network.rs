@@ -5,10 +5,11 @@
 //!
 //! Limits: a frame over [`FRAME_BYTES_MAX`] is refused before anything is allocated for it and the
 //! connection closed; at most [`CONNECTIONS_MAX`] peers are served at once; a connection idle for
-//! [`IDLE_TIMEOUT`] is closed; every call has a deadline.
+//! [`IDLE_TIMEOUT`], a request not answered within [`HANDLE_TIMEOUT`] or a reply not taken within
+//! [`WRITE_TIMEOUT`] closes the connection; every call has a deadline.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::BasicNode;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::controller::{Controller, HeartbeatReply, WriteError};
 use crate::metadata::{Command, Outcome};
@@ -37,6 +39,10 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// A connection that sends nothing for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a request is worked on for a peer (a forwarded write waits for its commit).
+pub const HANDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// A reply the peer does not take within this closes the connection.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Serialize, Deserialize)]
 pub(crate) enum Request {
@@ -100,29 +106,36 @@ impl Peer {
         Peer { addr, stream: None }
     }
 
-    /// Sends `request` and waits for its reply, all within `deadline`.
+    /// Sends `request` and waits for its reply, all within `deadline`. Cancel-safe: the connection is
+    /// taken out for the exchange and put back only after a complete one, so a caller that gives up
+    /// (openraft times out its own RPCs too) drops it, and a late reply is never read as the answer
+    /// to the next request.
     pub(crate) async fn call(&mut self, request: &Request, deadline: Duration) -> io::Result<Reply> {
-        let exchange = async {
-            if self.stream.is_none() {
-                let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {} timed out", self.addr)))??;
-                stream.set_nodelay(true)?;
+        let addr = &self.addr;
+        let taken = self.stream.take();
+        let exchange = async move {
+            let mut stream = match taken {
+                Some(stream) => stream,
+                None => {
+                    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
+                    stream.set_nodelay(true)?;
+                    stream
+                }
+            };
+            write_frame(&mut stream, request).await?;
+            let reply = read_frame(&mut stream).await?;
+            Ok::<_, io::Error>((stream, reply))
+        };
+        match tokio::time::timeout(deadline, exchange).await {
+            Ok(Ok((stream, reply))) => {
                 self.stream = Some(stream);
+                Ok(reply)
             }
-            let stream = self.stream.as_mut().expect("connected above");
-            write_frame(stream, request).await?;
-            read_frame(stream).await
-        };
-        let result = match tokio::time::timeout(deadline, exchange).await {
-            Ok(result) => result,
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("{} did not answer within {deadline:?}", self.addr))),
-        };
-        if result.is_err() {
-            // A reply may still be on its way: never read it as the answer to the next request.
-            self.stream = None;
         }
-        result
     }
 }
 
@@ -208,10 +221,14 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 }
 
-/// Serves peers on `listener` until the controller shuts down.
-pub(crate) async fn serve(listener: TcpListener, controller: Arc<Controller>) {
+/// Serves peers on `listener` until this task is aborted (the controller's shutdown), which also
+/// ends every connection it serves. It holds the controller weakly: a dropped controller ends it.
+pub(crate) async fn serve(listener: TcpListener, controller: Weak<Controller>) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    // Dropped with this task: aborts every connection task.
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -223,7 +240,7 @@ pub(crate) async fn serve(listener: TcpListener, controller: Arc<Controller>) {
             }
         };
         let controller = controller.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
             if let Err(error) = serve_connection(stream, &controller).await
@@ -235,13 +252,21 @@ pub(crate) async fn serve(listener: TcpListener, controller: Arc<Controller>) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, controller: &Controller) -> io::Result<()> {
+async fn serve_connection(mut stream: TcpStream, controller: &Weak<Controller>) -> io::Result<()> {
     loop {
         let request: Request = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)).await {
             Ok(request) => request?,
             Err(_) => return Ok(()),
         };
-        let reply = controller.handle(request).await;
-        write_frame(&mut stream, &reply).await?;
+        let Some(controller) = controller.upgrade() else { return Ok(()) };
+        // A request that cannot be answered in time is dropped with its connection: the peer
+        // has given up on it by then, and its slot must not be held.
+        let Ok(reply) = tokio::time::timeout(HANDLE_TIMEOUT, controller.handle(request)).await else { return Ok(()) };
+        drop(controller);
+        match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut stream, &reply)).await {
+            Ok(written) => written?,
+            // A peer that does not read its replies loses its connection.
+            Err(_) => return Ok(()),
+        }
     }
 }

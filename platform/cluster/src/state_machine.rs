@@ -52,6 +52,10 @@ pub struct StateMachine {
     changes: Arc<watch::Sender<u64>>,
     dir: PathBuf,
     snapshots_built: Arc<AtomicU64>,
+    /// The last log id of the snapshot file; taken while the file is replaced, so a build (openraft
+    /// runs it in a task of its own) and an install never write at once, and an older snapshot never
+    /// replaces a newer one.
+    saved: Arc<tokio::sync::Mutex<Option<LogId<NodeId>>>>,
 }
 
 fn read_snapshot(path: &Path) -> io::Result<Option<StoredSnapshot>> {
@@ -69,16 +73,6 @@ fn read_snapshot(path: &Path) -> io::Result<Option<StoredSnapshot>> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a snapshot: {e}", path.display())))
 }
 
-/// Replaces the snapshot file (atomically, with fsync), off the async worker threads.
-async fn persist(path: PathBuf, stored: StoredSnapshot) -> io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        let bytes = rmp_serde::to_vec(&stored).map_err(io::Error::other)?;
-        write_atomically(&path, &bytes, Durability::Fsync).map_err(io::Error::other)
-    })
-    .await
-    .map_err(io::Error::other)?
-}
-
 fn decode_applied(data: &[u8]) -> io::Result<Applied> {
     rmp_serde::from_slice(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("undecodable snapshot: {e}")))
 }
@@ -86,7 +80,9 @@ fn decode_applied(data: &[u8]) -> io::Result<Applied> {
 impl StateMachine {
     /// Loads the last snapshot under `dir`, if any.
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
-        let applied = match read_snapshot(&dir.join(SNAPSHOT_FILE))? {
+        let stored = read_snapshot(&dir.join(SNAPSHOT_FILE))?;
+        let saved = stored.as_ref().and_then(|s| s.meta.last_log_id);
+        let applied = match stored {
             Some(stored) => decode_applied(&stored.data)?,
             None => Applied::default(),
         };
@@ -96,6 +92,7 @@ impl StateMachine {
             changes: Arc::new(watch::Sender::new(index)),
             dir: dir.to_path_buf(),
             snapshots_built: Arc::new(AtomicU64::new(0)),
+            saved: Arc::new(tokio::sync::Mutex::new(saved)),
         })
     }
 
@@ -105,6 +102,25 @@ impl StateMachine {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// Replaces the snapshot file (atomically, with fsync, off the async worker threads) unless it
+    /// already holds this snapshot or a newer one.
+    async fn persist(&self, stored: StoredSnapshot) -> io::Result<()> {
+        let mut saved = self.saved.lock().await;
+        if saved.is_some() && stored.meta.last_log_id <= *saved {
+            return Ok(());
+        }
+        let last = stored.meta.last_log_id;
+        let path = self.dir.join(SNAPSHOT_FILE);
+        tokio::task::spawn_blocking(move || {
+            let bytes = rmp_serde::to_vec(&stored).map_err(io::Error::other)?;
+            write_atomically(&path, &bytes, Durability::Fsync).map_err(io::Error::other)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        *saved = last;
+        Ok(())
     }
 
     fn publish(&self) {
@@ -124,7 +140,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let meta = SnapshotMeta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        persist(self.dir.join(SNAPSHOT_FILE), stored).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.persist(stored).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -181,7 +197,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        persist(self.dir.join(SNAPSHOT_FILE), stored).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.persist(stored).await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *self.applied.write() = applied;
         self.publish();
         Ok(())

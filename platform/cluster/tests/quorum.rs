@@ -17,11 +17,10 @@ fn free_port() -> u16 {
 
 fn config(id: NodeId, voters: &BTreeMap<NodeId, String>, root: &Path) -> ControllerConfig {
     ControllerConfig {
-        node_id: id,
         voters: voters.clone(),
-        dir: root.join(format!("node-{id}")),
         session_timeout: SESSION,
         heartbeat_interval: HEARTBEAT,
+        ..ControllerConfig::single(id, root.join(format!("node-{id}")))
     }
 }
 
@@ -156,4 +155,36 @@ async fn other_voters_on_an_existing_quorum_are_refused() {
     let node = Controller::start(single).await.unwrap();
     node.wait_for_leader(Duration::from_secs(10)).await.expect("leads itself again");
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_purged_entries_catches_up_by_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let voters: BTreeMap<NodeId, String> = (1..=3).map(|id| (id, format!("127.0.0.1:{}", free_port()))).collect();
+    // Snapshots every 10 entries, keeping 2: a node away for 60 writes can only catch up by snapshot.
+    let small = |id| ControllerConfig { snapshot_every_entries: 10, log_kept_after_snapshot: 2, ..config(id, &voters, root.path()) };
+    let mut nodes = BTreeMap::new();
+    for &id in voters.keys() {
+        nodes.insert(id, Controller::start(small(id)).await.unwrap());
+    }
+    nodes[&1].wait_for_leader(Duration::from_secs(15)).await.expect("a leader is elected");
+    let away = nodes.remove(&3).unwrap();
+    away.shutdown().await;
+    drop(away);
+    for broker in 100..160 {
+        let outcome = nodes[&1].write(Command::RegisterBroker(registration(broker, 1))).await.unwrap();
+        assert!(matches!(outcome, Outcome::Registered { .. }), "{outcome:?}");
+    }
+    let back = Controller::start(small(3)).await.unwrap();
+    eventually(&back, Duration::from_secs(20), "all 60 registrations, by snapshot", |m| m.brokers.len() == 60).await;
+    assert!(root.path().join("node-3").join("snapshot").exists(), "the installed snapshot is on disk");
+    // And it survives a restart from its own files.
+    back.shutdown().await;
+    drop(back);
+    let again = Controller::start(small(3)).await.unwrap();
+    eventually(&again, Duration::from_secs(20), "the snapshot reloaded", |m| m.brokers.len() == 60).await;
+    again.shutdown().await;
+    for node in nodes.values() {
+        node.shutdown().await;
+    }
 }
