@@ -221,8 +221,11 @@ impl Controller {
             }
         } else {
             // Two nodes with different voter sets could each form a majority of their own: refuse.
-            let stored: BTreeMap<NodeId, BasicNode> =
-                raft.metrics().borrow().membership_config.nodes().map(|(&id, node)| (id, node.clone())).collect();
+            // Read from the Raft core itself: its metrics are published only once its loop runs.
+            let stored: BTreeMap<NodeId, BasicNode> = raft
+                .with_raft_state(|state| state.membership_state.effective().nodes().map(|(&id, node)| (id, node.clone())).collect())
+                .await
+                .map_err(|e| ControllerError::Stopped(e.to_string()))?;
             if stored != members {
                 let _ = raft.shutdown().await;
                 let describe = |m: &BTreeMap<NodeId, BasicNode>| {
