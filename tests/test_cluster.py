@@ -2,15 +2,29 @@
 three nodes with `--controller-voters` elect a leader, register their brokers, fence a SIGKILLed one,
 elect again when the leader dies, and take the dead node back when it restarts from its files.
 
-Partitions are not replicated yet (issue 14 lands in pieces): these tests are about the quorum, its
-broker registry and what `/v1/cluster`, `/metrics` and `sluice cluster info` report."""
+Topics live in the quorum: partitions are placed across the brokers, clients find each partition's
+leader through Metadata from any broker, and a partition whose only broker is down is reported
+leaderless until it returns. Partitions are not replicated yet (issue 14 lands in pieces)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter, defaultdict
 
-from harness import free_ports, http_request, require_binary, sluice_cli, wait_for
+import kafka_wire as wire
+from harness import (
+    cf_admin,
+    cf_consumer,
+    cf_producer,
+    create_topic,
+    free_ports,
+    http_request,
+    require_binary,
+    sluice_cli,
+    unique,
+    wait_for,
+)
 
 SESSION_MS = 3000
 HEARTBEAT_MS = 300
@@ -68,7 +82,7 @@ def test_a_single_node_is_a_one_voter_quorum(broker):
     assert view["brokers"][0]["state"] == "live"
 
 
-def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
+def start_three_nodes(make_broker):
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
     nodes = [
         make_broker(
@@ -83,18 +97,25 @@ def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
         node.start(wait=False)
     for node in nodes:
         node.wait_ready()
+    return nodes
 
-    def agreed(members, live):
-        views = [cluster_view(n) for n in members]
-        if not all(views):
-            return None
-        leaders = {v["controller"]["leader_id"] for v in views}
-        if len(leaders) != 1 or None in leaders:
-            return None
-        if any(brokers_by_state(v, "live") != live for v in views):
-            return None
-        return leaders.pop(), views
 
+def agreed(members, live):
+    """(leader, views) once every node in `members` names the same leader and `live` as its live
+    brokers, else None."""
+    views = [cluster_view(n) for n in members]
+    if not all(views):
+        return None
+    leaders = {v["controller"]["leader_id"] for v in views}
+    if len(leaders) != 1 or None in leaders:
+        return None
+    if any(brokers_by_state(v, "live") != live for v in views):
+        return None
+    return leaders.pop(), views
+
+
+def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
+    nodes = start_three_nodes(make_broker)
     leader, views = wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
     for node, view in zip(nodes, views):
         mine = next(b for b in view["brokers"] if b["id"] == view["node_id"])
@@ -126,6 +147,158 @@ def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
         return found if all(e > epoch_before for e in epochs) else None
 
     wait_for(rejoined, "the restarted broker live with a new epoch on every node", timeout=30)
+
+
+def leaders(node, topic: str) -> dict[int, int]:
+    """partition -> leader id (-1 while none) in the Metadata that `node` serves."""
+    md = cf_admin(node).list_topics(topic, timeout=10)
+    return {p: pm.leader for p, pm in md.topics[topic].partitions.items()}
+
+
+def test_partitions_spread_over_three_brokers_and_clients_follow(make_broker):
+    nodes = start_three_nodes(make_broker)
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("spread")
+    create_topic(nodes[0], topic, partitions=6)
+
+    # Any broker describes the whole cluster: three brokers, each leading two of the six partitions.
+    for node in nodes:
+        md = wait_for(
+            lambda: (m := cf_admin(node).list_topics(topic, timeout=10)) and len(m.topics[topic].partitions) == 6 and m,
+            f"node {node.port} to know the topic",
+        )
+        assert sorted(md.brokers) == [1, 2, 3]
+        placed = {p: (pm.leader, pm.replicas, pm.isrs) for p, pm in md.topics[topic].partitions.items()}
+        assert Counter(leader for leader, _, _ in placed.values()) == {1: 2, 2: 2, 3: 2}, placed
+        assert all(replicas == [leader] == isr for leader, replicas, isr in placed.values()), placed
+
+    # Straight to a broker that does not lead the partition, without a client's routing:
+    # NOT_LEADER_OR_FOLLOWER (6); group requests to a node that does not coordinate groups:
+    # NOT_COORDINATOR (16). Both send real clients to refresh their metadata or coordinator.
+    elsewhere = next(p for p, leader in leaders(nodes[0], topic).items() if leader != 2)
+    with wire.connect(nodes[1].port) as sock:
+        sock.sendall(wire.produce_v3(1, topic, elsewhere, wire.record_batch([(None, b"x", ())])))
+        [(_, _, code, _)] = wire.parse_produce_v3(wire.read_response(sock)[1])
+        assert code == 6
+        sock.sendall(wire.frame(12, 0, 2, wire.string("g") + wire.i32(1) + wire.string("m")))
+        assert wire.read_response(sock)[1][:2] == wire.i16(16)
+
+    # An idempotent producer that knows only node 3 writes to every partition's leader; its
+    # producer id comes from the quorum, so every broker accepts it.
+    producer = cf_producer(nodes[2], {"enable.idempotence": True, "acks": "all"})
+    failures = []
+    for i in range(600):
+        producer.produce(topic, key=f"k{i % 30}".encode(), value=str(i).encode(), on_delivery=lambda e, m: e and failures.append(e))
+    assert producer.flush(30) == 0 and not failures, failures
+
+    # A group consumer that knows only node 2 finds the coordinator (node 1) and reads all of it,
+    # each key's values in order, nothing twice.
+    group = unique("g")
+    consumer = cf_consumer(nodes[1], group=group)
+    consumer.subscribe([topic])
+    seen = defaultdict(list)
+    per_partition = Counter()
+    try:
+        def read_all():
+            for msg in consumer.consume(num_messages=500, timeout=0.5):
+                if msg.error() is None:
+                    seen[msg.key()].append(int(msg.value()))
+                    per_partition[msg.partition()] += 1
+            return sum(map(len, seen.values())) >= 600
+
+        wait_for(read_all, "the group consumer to read all 600 records", timeout=60, every=0)
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    assert sum(map(len, seen.values())) == 600
+    for key, values in seen.items():
+        assert values == sorted(values), f"{key}: out of order"
+    # Every node names node 1 (the lowest voter) as the group's coordinator.
+    admin = cf_admin(nodes[1])  # held: a collected AdminClient never completes its futures
+    described = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=20)
+    assert described.coordinator.id == 1
+
+    # Each node holds only its own partitions on disk.
+    for i, node in enumerate(nodes):
+        held = sorted(int(d.name.rsplit("-", 1)[1]) for d in node.data_dir.glob(f"{topic}-*"))
+        led = sorted(p for p, leader in leaders(nodes[0], topic).items() if leader == i + 1)
+        assert held == led, (i + 1, held, led)
+
+    # SIGKILL node 3: its two partitions have no other replica, so they go leaderless (the
+    # clients hear LEADER_NOT_AVAILABLE) until it returns with its data.
+    mine = sorted(p for p, leader in leaders(nodes[0], topic).items() if leader == 3)
+    nodes[2].kill9()
+    wait_for(
+        lambda: sorted(p for p, leader in leaders(nodes[0], topic).items() if leader == -1) == mine,
+        "node 3's partitions to be reported leaderless",
+        timeout=30,
+    )
+    assert metric(nodes[0], "sluice_leaderless_partitions") == 2
+    info = sluice_cli(nodes[0], "cluster", "info").stdout
+    assert "6 in 1 topics; 2 leaderless" in info, info
+    described = json.loads(sluice_cli(nodes[0], "topic", "describe", topic, "--json").stdout)
+    offline = sorted(p["partition"] for p in described["partitions"] if p["leader"] == -1)
+    assert offline == mine and all(p["high_watermark"] is None for p in described["partitions"] if p["leader"] == -1)
+    nodes[2].start()
+    wait_for(lambda: all(l == 3 for p, l in leaders(nodes[0], topic).items() if p in mine), "node 3 to lead its partitions again", timeout=30)
+    assert metric(nodes[0], "sluice_leaderless_partitions") == 0
+    consumer = cf_consumer(nodes[0])
+    try:
+        from confluent_kafka import TopicPartition
+
+        consumer.assign([TopicPartition(topic, p, 0) for p in mine])
+        expected = sum(per_partition[p] for p in mine)
+        back = []
+        wait_for(
+            lambda: back.extend(m for m in consumer.consume(200, 0.5) if m.error() is None) or len(back) >= expected,
+            "node 3's records after its restart",
+            every=0,
+        )
+    finally:
+        consumer.close()
+    assert expected > 0 and len(back) == expected
+
+    # Deleting through node 2 removes the topic from every node and its files from every disk.
+    admin.delete_topics([topic], request_timeout=15)[topic].result(timeout=20)
+    for node in nodes:
+        wait_for(lambda: not list(node.data_dir.glob(f"{topic}-*")), f"node {node.port} to remove the topic's files", timeout=20)
+        status, _, _ = http_request("GET", f"{node.admin_url}/v1/topics/{topic}", timeout=5)
+        assert status == 404
+
+
+def test_topics_from_before_the_quorum_are_handed_to_it(broker):
+    """A data directory from before topics lived in the quorum: its topics keep their ids and data."""
+    topic = unique("legacy")
+    create_topic(broker, topic, partitions=2)
+    producer = cf_producer(broker)
+    for i in range(10):
+        producer.produce(topic, value=str(i).encode(), partition=i % 2)
+    assert producer.flush(20) == 0
+    topic_id = json.loads(http_request("GET", f"{broker.admin_url}/v1/topics/{topic}", timeout=5)[2])["id"]
+    broker.stop()
+    # What an earlier version left: definitions without the quorum's fields, and no quorum.
+    definition = broker.data_dir / "__cluster" / "topics" / f"{topic}.json"
+    stored = json.loads(definition.read_text())
+    assert stored.pop("created_at") and stored.pop("hosted") == [0, 1]
+    definition.write_text(json.dumps(stored))
+    subprocess.run(["rm", "-rf", str(broker.data_dir / "__controller")], check=True)
+    broker.start()
+    wait_for(
+        lambda: "created_at" in json.loads(definition.read_text()),
+        "the topic to be handed to the new quorum",
+        timeout=20,
+    )
+    assert json.loads(http_request("GET", f"{broker.admin_url}/v1/topics/{topic}", timeout=5)[2])["id"] == topic_id
+    consumer = cf_consumer(broker)
+    try:
+        from confluent_kafka import TopicPartition
+
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
+        got = []
+        wait_for(lambda: got.extend(m for m in consumer.consume(20, 0.5) if m.error() is None) or len(got) >= 10, "the records", every=0)
+    finally:
+        consumer.close()
+    assert sorted(int(m.value()) for m in got) == list(range(10))
 
 
 def test_bad_quorum_settings_are_refused_at_start(tmp_path):

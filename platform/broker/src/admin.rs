@@ -111,26 +111,35 @@ async fn describe_cluster(State(broker): State<Arc<Broker>>) -> Response {
     let Some(controller) = broker.controller() else {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "the controller has not started yet").into_response();
     };
-    let brokers: Vec<serde_json::Value> = controller
-        .metadata()
-        .brokers
-        .values()
-        .map(|b| {
-            json!({
-                "id": b.registration.broker_id,
-                "host": b.registration.host,
-                "port": b.registration.port,
-                "rack": b.registration.rack,
-                "epoch": b.epoch,
-                "state": if b.fenced { "fenced" } else { "live" },
+    let (brokers, partitions) = controller.with_metadata(|m, _| {
+        let brokers: Vec<serde_json::Value> = m
+            .brokers
+            .values()
+            .map(|b| {
+                json!({
+                    "id": b.registration.broker_id,
+                    "host": b.registration.host,
+                    "port": b.registration.port,
+                    "rack": b.registration.rack,
+                    "epoch": b.epoch,
+                    "state": if b.fenced { "fenced" } else { "live" },
+                })
             })
-        })
-        .collect();
+            .collect();
+        let partitions = json!({
+            "topics": m.topics.len(),
+            "partitions": m.topics.values().map(|t| t.partitions.len()).sum::<usize>(),
+            "leaderless": m.offline_partitions(),
+            "under_replicated": m.under_replicated_partitions(),
+        });
+        (brokers, partitions)
+    });
     Json(json!({
         "cluster_id": broker.cluster_id(),
         "node_id": broker.node_id(),
         "controller": controller.status(),
         "brokers": brokers,
+        "partitions": partitions,
     }))
     .into_response()
 }
@@ -165,11 +174,11 @@ fn refresh_state_gauges(broker: &Broker) {
     metrics.transactions_ongoing.set(broker.transactions().ongoing_count() as i64);
     if let Some(controller) = broker.controller() {
         let status = controller.status();
-        let brokers = controller.metadata().brokers;
+        let (registered, fenced) = controller.with_metadata(|m, _| (m.brokers.len(), m.brokers.values().filter(|b| b.fenced).count()));
         metrics.controller_is_leader.set(i64::from(status.leader_id == Some(status.node_id)));
         metrics.controller_term.set(status.term as i64);
-        metrics.registered_brokers.set(brokers.len() as i64);
-        metrics.fenced_brokers.set(brokers.values().filter(|b| b.fenced).count() as i64);
+        metrics.registered_brokers.set(registered as i64);
+        metrics.fenced_brokers.set(fenced as i64);
     }
     metrics.request_bytes_in_flight.set(broker.request_bytes().used() as i64);
     metrics.fetch_reply_bytes_unsent.set(broker.fetch_reply_bytes().used() as i64);
@@ -291,7 +300,7 @@ async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<Stri
             json!({
                 "partition": p.index,
                 "leader": broker.node_id(),
-                "leader_epoch": p.leader_epoch,
+                "leader_epoch": p.leader_epoch(),
                 "replicas": [broker.node_id()],
                 "isr": [broker.node_id()],
                 "log_start_offset": stats.log_start_offset,

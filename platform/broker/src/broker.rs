@@ -13,11 +13,14 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use sluice_cluster::Controller;
+use sluice_cluster::{Command, Committed, Controller, ControllerError, Outcome};
 use sluice_storage::PartitionLog;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::budget::ByteBudget;
@@ -57,9 +60,20 @@ pub struct Broker {
     /// This node's voter of the controller quorum, once `run` started it (absent in tests that
     /// open a broker without serving it).
     controller: OnceLock<Arc<Controller>>,
+    /// The quorum's cluster id, once known.
+    quorum_cluster_id: OnceLock<String>,
+    /// See [`Broker::coordinator_node`].
+    coordinator_node: i32,
+    /// The runtime the broker serves on, for blocking callers that wait for the controller.
+    runtime: OnceLock<tokio::runtime::Handle>,
+    /// The controller log index up to which this broker's topics follow the quorum.
+    reconciled: watch::Sender<u64>,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
+
+/// How long a topic change waits for this broker to apply what the controller committed.
+const RECONCILE_WAIT: Duration = Duration::from_secs(10);
 
 /// Result of CreateTopics / POST /v1/topics for one topic.
 pub(crate) struct CreatedTopic {
@@ -143,7 +157,10 @@ impl Broker {
         let request_bytes = ByteBudget::new(config.queued_request_bytes_max() as usize);
         let fetch_reply_bytes = ByteBudget::new(usize::MAX);
         let file_calls = FileCalls::new(metrics.slow_file_calls.clone());
+        let coordinator_node = config.controller_voters().keys().next().map_or(config.node_id(), |&id| id as i32);
         Ok(Arc::new(Broker {
+            coordinator_node,
+            quorum_cluster_id: OnceLock::new(),
             config,
             data_dir: data_dir.to_path_buf(),
             cluster_id: cluster.cluster_id,
@@ -159,6 +176,8 @@ impl Broker {
             fetch_reply_bytes,
             file_calls,
             controller: OnceLock::new(),
+            runtime: OnceLock::new(),
+            reconciled: watch::channel(0).0,
             _dir_lock: dir_lock,
         }))
     }
@@ -171,8 +190,24 @@ impl Broker {
         &self.data_dir
     }
 
+    /// The cluster's id: the quorum's once this broker has seen it, else its data directory's.
     pub(crate) fn cluster_id(&self) -> &str {
+        self.quorum_cluster_id.get().map_or(&self.cluster_id, String::as_str)
+    }
+
+    /// The cluster id this data directory was created with.
+    pub(crate) fn local_cluster_id(&self) -> &str {
         &self.cluster_id
+    }
+
+    /// Records the quorum's cluster id (the first broker's to register); it never changes after.
+    pub(crate) fn set_quorum_cluster_id(&self, id: &str) {
+        if self.quorum_cluster_id.get().is_none() {
+            if id != self.cluster_id {
+                tracing::info!(cluster_id = id, local = self.cluster_id, "this broker joined a cluster: clients see its id from now on");
+            }
+            let _ = self.quorum_cluster_id.set(id.to_string());
+        }
     }
 
     pub(crate) fn request_bytes(&self) -> &Arc<ByteBudget> {
@@ -212,9 +247,29 @@ impl Broker {
         self.controller.get()
     }
 
-    pub(crate) fn set_controller(&self, controller: Arc<Controller>) {
+    /// Joins the broker to its controller quorum: topic changes and producer ids go through it from
+    /// now on. Called from the runtime the broker serves on.
+    pub(crate) fn set_controller(self: &Arc<Self>, controller: Arc<Controller>) {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
+        self.producer_ids.use_cluster(Box::new(crate::cluster::QuorumProducerIds::new(self, Arc::clone(&controller))));
         // `run` starts one controller per broker; a second would be a bug, and the first stays.
         let _ = self.controller.set(controller);
+    }
+
+    /// The runtime the broker serves on, once it runs (blocking callers use it to wait).
+    pub(crate) fn runtime(&self) -> Result<&tokio::runtime::Handle, BrokerError> {
+        self.runtime.get().ok_or(BrokerError::ShuttingDown)
+    }
+
+    /// The node that coordinates every consumer group and transaction: the lowest controller voter.
+    /// Group and transaction state lives on one node until it moves to replicated partitions.
+    pub(crate) fn coordinator_node(&self) -> i32 {
+        self.coordinator_node
+    }
+
+    /// NOT_COORDINATOR on every node but [`Broker::coordinator_node`].
+    pub(crate) fn check_coordinator(&self) -> Result<(), kafka_protocol::ResponseError> {
+        if self.coordinator_node() == self.node_id() { Ok(()) } else { Err(kafka_protocol::ResponseError::NotCoordinator) }
     }
 
     pub(crate) fn node_id(&self) -> i32 {
@@ -229,7 +284,7 @@ impl Broker {
         self.topics.partition(topic, index)
     }
 
-    /// Whether the partition exists, without allocating.
+    /// Whether the partition exists in the cluster, without allocating.
     pub(crate) fn partition_exists(&self, topic: &str, index: i32) -> bool {
         self.topics.contains_partition(topic, index)
     }
@@ -258,7 +313,7 @@ impl Broker {
         }
     }
 
-    /// Creates a topic. Blocking file I/O: call from a blocking context.
+    /// Creates a topic, its partitions placed by the broker. Blocking: call from a blocking context.
     pub(crate) fn create_topic(
         &self,
         name: &str,
@@ -266,18 +321,38 @@ impl Broker {
         config: TopicConfig,
         validate_only: bool,
     ) -> Result<CreatedTopic, BrokerError> {
+        self.create_topic_placed(name, partitions, None, config, validate_only)
+    }
+
+    /// Creates a topic, with the replica assignment the client gave (checked by the caller with
+    /// [`Broker::check_assignments`]) or one the broker picks. In a cluster the controller quorum
+    /// decides, and this returns once this broker applied the decision. Blocking file I/O.
+    pub(crate) fn create_topic_placed(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        assignments: Option<Vec<Vec<i32>>>,
+        config: TopicConfig,
+        validate_only: bool,
+    ) -> Result<CreatedTopic, BrokerError> {
         let name = TopicName::parse(name)?;
-        let partitions = partitions.unwrap_or_else(|| self.config.num_partitions());
+        let partitions = match &assignments {
+            Some(assignments) => assignments.len() as i32,
+            None => partitions.unwrap_or_else(|| self.config.num_partitions()),
+        };
         let max = self.config.partitions_per_topic_max();
         if partitions < 1 || partitions > max {
             return Err(BrokerError::InvalidPartitions(format!("{partitions} is outside 1..={max} (max.partitions.per.topic)")));
         }
-        let _control = self.control.lock();
+        let control = self.control.lock();
         if self.topics.contains(name.as_str()) {
             return Err(BrokerError::TopicExists(name.as_str().to_string()));
         }
         if self.topics.len() >= self.config.topics_max() {
-            return Err(BrokerError::PolicyViolation(format!("the broker already holds max.topics = {} topics", self.config.topics_max())));
+            return Err(BrokerError::PolicyViolation(format!(
+                "the cluster already holds max.topics = {} topics",
+                self.config.topics_max()
+            )));
         }
         // Kafka's rule: names that differ only in '.' vs '_' collide in metric names.
         if let Some(clash) = self.topics.metric_clash(name.as_str()) {
@@ -286,48 +361,100 @@ impl Broker {
                 name.as_str()
             )));
         }
-        let definition = TopicDefinition { name: name.as_str().to_string(), id: Uuid::new_v4(), partitions, config };
-        let topic = Arc::new(Topic {
-            name: name.clone(),
-            id: definition.id,
-            config: parking_lot::RwLock::new(definition.config.clone()),
-            partitions: parking_lot::RwLock::new(Vec::new()),
-            metrics: self.metrics.topic(name.as_str()),
-        });
+        let id = Uuid::new_v4();
         if validate_only {
-            return Ok(CreatedTopic { topic });
+            let topic = Topic::new(name.clone(), id, config, partitions, 0, self.metrics.topic(name.as_str()));
+            return Ok(CreatedTopic { topic: Arc::new(topic) });
         }
-        // Partition directories first, definition last: a crash in between leaves orphans that the
-        // next start removes, never a definition pointing at missing partitions.
-        let opened = open_partitions(&self.config, &self.data_dir, &topic, 0..partitions, now_ms())?;
-        topic.partitions.write().extend(opened);
-        self.meta.save_topic(&definition)?;
-        self.topics.insert(Arc::clone(&topic));
+        let Some(controller) = self.controller() else {
+            let definition = TopicDefinition { name: name.as_str().to_string(), id, partitions, config, hosted: None, created_at: None };
+            let topic = self.open_new_topic(&definition)?;
+            return Ok(CreatedTopic { topic });
+        };
+        drop(control);
+        let assignments = match assignments {
+            Some(assignments) => assignments,
+            None => crate::cluster::place(self, controller, partitions as usize, id.as_u128() as usize)?,
+        };
+        let command = Command::CreateTopic {
+            name: name.as_str().to_string(),
+            id: id.as_u128(),
+            config: crate::cluster::encode_config(&config)?,
+            assignments,
+        };
+        // Whatever the outcome, this broker first catches up to it: a TopicExists answer then finds
+        // the other request's topic here.
+        let committed = self.controller_write(controller, command)?;
+        self.wait_reconciled(committed.index)?;
+        match committed.outcome {
+            Outcome::Applied => {}
+            Outcome::TopicExists => return Err(BrokerError::TopicExists(name.as_str().to_string())),
+            other => return Err(BrokerError::InvalidRequest(format!("the controller refused the topic: {}", refusal(other)))),
+        }
+        let topic = self.topic(name.as_str()).filter(|t| t.id == id).ok_or_else(|| BrokerError::UnknownTopic(name.as_str().to_string()))?;
         Ok(CreatedTopic { topic })
+    }
+
+    /// Checks replica assignments a client gave: one replica per partition (replication is not
+    /// built yet), each a broker of the cluster.
+    pub(crate) fn check_assignments(&self, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
+        if factor != -1 && factor != 1 {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "{factor}: partition replication is not built yet, so every partition has one replica (replication factor 1)"
+            )));
+        }
+        let known: Vec<i32> = match self.controller() {
+            Some(controller) => controller.with_metadata(|m, _| m.brokers.keys().copied().collect()),
+            None => vec![self.node_id()],
+        };
+        for replicas in assignments {
+            match replicas.as_slice() {
+                [id] if known.contains(id) => {}
+                [id] => {
+                    return Err(BrokerError::InvalidReplicationFactor(format!("broker {id} is not in the cluster (brokers: {known:?})")));
+                }
+                other => {
+                    return Err(BrokerError::InvalidReplicationFactor(format!(
+                        "replica list {other:?}: each partition has exactly one replica until replication is built"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a topic and its data. Blocking file I/O.
     pub(crate) fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
-        let _control = self.control.lock();
-        let Some(topic) = self.topics.remove(name) else {
-            return Err(BrokerError::UnknownTopic(name.to_string()));
+        let Some(controller) = self.controller() else {
+            let _control = self.control.lock();
+            return self.remove_topic_locally(name);
         };
-        self.meta.remove_topic(name)?;
-        let partitions = topic.partitions.read().clone();
-        for partition in &partitions {
-            if let Err(error) = partition.delete() {
-                tracing::warn!(topic = name, partition = partition.index, %error, "could not remove partition directory; it will be removed at the next start");
-            }
+        let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
+        let command = Command::DeleteTopic { name: name.to_string(), id: topic.id.as_u128() };
+        let committed = self.controller_write(controller, command)?;
+        self.wait_reconciled(committed.index)?;
+        if committed.outcome != Outcome::Applied {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
         }
-        self.metrics.forget_topic(name, partitions.len() as i32);
-        self.offsets.forget_topic(name);
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
 
     /// Grows a topic to `total` partitions. Blocking file I/O.
     pub(crate) fn add_partitions(&self, name: &str, total: i32, validate_only: bool) -> Result<(), BrokerError> {
-        let _control = self.control.lock();
+        self.add_partitions_placed(name, total, None, validate_only)
+    }
+
+    /// Grows a topic to `total` partitions, placed as the client said (checked by the caller with
+    /// [`Broker::check_assignments`]) or as the broker picks. Blocking file I/O.
+    pub(crate) fn add_partitions_placed(
+        &self,
+        name: &str,
+        total: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+        validate_only: bool,
+    ) -> Result<(), BrokerError> {
+        let control = self.control.lock();
         let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count();
         let max = self.config.partitions_per_topic_max();
@@ -339,38 +466,160 @@ impl Broker {
         if total > max {
             return Err(BrokerError::InvalidPartitions(format!("{total} exceeds max.partitions.per.topic = {max}")));
         }
+        if let Some(assignments) = &assignments
+            && assignments.len() as i32 != total - current
+        {
+            return Err(BrokerError::InvalidRequest(format!(
+                "{} replica assignments for {} new partitions",
+                assignments.len(),
+                total - current
+            )));
+        }
         if validate_only {
             return Ok(());
         }
-        let opened = open_partitions(&self.config, &self.data_dir, &topic, current..total, now_ms())?;
-        topic.partitions.write().extend(opened);
-        self.save_definition(&topic)?;
-        Ok(())
+        let Some(controller) = self.controller() else {
+            return self.grow_topic_locally(&topic, total, (current..total).collect());
+        };
+        drop(control);
+        let start = (topic.id.as_u128() as usize).wrapping_add(current as usize);
+        let assignments = match assignments {
+            Some(assignments) => assignments,
+            None => crate::cluster::place(self, controller, (total - current) as usize, start)?,
+        };
+        let command = Command::CreatePartitions { name: name.to_string(), id: topic.id.as_u128(), assignments };
+        let committed = self.controller_write(controller, command)?;
+        self.wait_reconciled(committed.index)?;
+        match committed.outcome {
+            Outcome::Applied => Ok(()),
+            Outcome::UnknownTopic => Err(BrokerError::UnknownTopic(name.to_string())),
+            other => Err(BrokerError::InvalidPartitions(format!("the controller refused the partitions: {}", refusal(other)))),
+        }
     }
 
     /// Replaces a topic's overrides with `config` (already validated). Blocking file I/O.
     pub(crate) fn set_topic_config(&self, name: &str, config: TopicConfig, validate_only: bool) -> Result<(), BrokerError> {
-        let _control = self.control.lock();
+        let control = self.control.lock();
         let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         if validate_only {
             return Ok(());
         }
+        let Some(controller) = self.controller() else {
+            return self.configure_topic_locally(&topic, config);
+        };
+        drop(control);
+        let command =
+            Command::SetTopicConfig { name: name.to_string(), id: topic.id.as_u128(), config: crate::cluster::encode_config(&config)? };
+        let committed = self.controller_write(controller, command)?;
+        self.wait_reconciled(committed.index)?;
+        match committed.outcome {
+            Outcome::Applied => Ok(()),
+            Outcome::UnknownTopic => Err(BrokerError::UnknownTopic(name.to_string())),
+            other => Err(BrokerError::InvalidConfig(format!("the controller refused the settings: {}", refusal(other)))),
+        }
+    }
+
+    /// Appends a command to the controller's log and waits for its commit. Blocking.
+    pub(crate) fn controller_write(&self, controller: &Controller, command: Command) -> Result<Committed, BrokerError> {
+        crate::cluster::wait(self.runtime()?, controller.write_committed(command)).map_err(|error| match error {
+            ControllerError::NoLeader(after) => {
+                BrokerError::Timeout(format!("no controller leader answered within {after:?}: is a majority of the voters running?"))
+            }
+            other => BrokerError::Controller(other),
+        })
+    }
+
+    /// Waits until this broker applied the controller log up to `index` to its own topics. Blocking.
+    pub(crate) fn wait_reconciled(&self, index: u64) -> Result<(), BrokerError> {
+        let mut applied = self.reconciled.subscribe();
+        // Built inside the runtime: a timer needs its context.
+        let waited = crate::cluster::wait(self.runtime()?, async {
+            tokio::time::timeout(RECONCILE_WAIT, applied.wait_for(|&done| done >= index)).await.map(|r| r.map(|_| ()))
+        });
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::ShuttingDown),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "the controller committed the change, but this broker did not apply it within {RECONCILE_WAIT:?}"
+            ))),
+        }
+    }
+
+    /// Says that this broker's topics reflect the controller log up to `index`.
+    pub(crate) fn set_reconciled(&self, index: u64) {
+        self.reconciled.send_if_modified(|done| {
+            let newer = index > *done;
+            *done = (*done).max(index);
+            newer
+        });
+    }
+
+    /// Opens a new topic's partitions held here and records its definition. The caller holds
+    /// `control`. Blocking file I/O.
+    pub(crate) fn open_new_topic(&self, definition: &TopicDefinition) -> Result<Arc<Topic>, BrokerError> {
+        let topic = topic_of(definition, &self.metrics)?;
+        // Partition directories first, definition last: a crash in between leaves orphans that the
+        // next start removes, never a definition pointing at missing partitions.
+        let opened = open_partitions(&self.config, &self.data_dir, &topic, definition.hosted(), now_ms())?;
+        topic.partitions.write().extend(opened);
+        self.meta.save_topic(definition)?;
+        self.topics.insert(Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Removes a topic and its data from this broker. The caller holds `control`. Blocking file I/O.
+    pub(crate) fn remove_topic_locally(&self, name: &str) -> Result<(), BrokerError> {
+        let Some(topic) = self.topics.remove(name) else {
+            return Err(BrokerError::UnknownTopic(name.to_string()));
+        };
+        self.meta.remove_topic(name)?;
+        let partitions = topic.partitions.read().clone();
+        for partition in &partitions {
+            if let Err(error) = partition.delete() {
+                tracing::warn!(topic = name, partition = partition.index, %error, "could not remove partition directory; it will be removed at the next start");
+            }
+        }
+        self.metrics.forget_topic(name, topic.partition_count());
+        self.offsets.forget_topic(name);
+        tracing::info!(topic = name, "removed topic from this broker");
+        Ok(())
+    }
+
+    /// Grows a topic to `total` partitions, opening `hosted` (the new ones held here). The caller
+    /// holds `control`. Blocking file I/O.
+    pub(crate) fn grow_topic_locally(&self, topic: &Arc<Topic>, total: i32, hosted: Vec<i32>) -> Result<(), BrokerError> {
+        let opened = open_partitions(&self.config, &self.data_dir, topic, hosted, now_ms())?;
+        topic.partitions.write().extend(opened);
+        topic.partition_total.store(total, Ordering::Release);
+        self.save_definition(topic)
+    }
+
+    /// Applies new settings to a topic here. The caller holds `control`. Blocking file I/O.
+    pub(crate) fn configure_topic_locally(&self, topic: &Topic, config: TopicConfig) -> Result<(), BrokerError> {
         let log_config = config.log_config(&self.config);
         let policy = FlushPolicy::from_flush_messages(config.flush_messages(&self.config));
         *topic.config.write() = config;
-        self.save_definition(&topic)?;
+        self.save_definition(topic)?;
         for partition in topic.partitions.read().iter() {
             partition.reconfigure(log_config.clone(), policy);
         }
         Ok(())
     }
 
-    fn save_definition(&self, topic: &Topic) -> Result<(), BrokerError> {
+    /// Serialises changes to this broker's topics (the reconciler holds it for a whole pass).
+    pub(crate) fn control(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.control.lock()
+    }
+
+    pub(crate) fn save_definition(&self, topic: &Topic) -> Result<(), BrokerError> {
+        let created_at = topic.created_at.load(Ordering::Acquire);
         let definition = TopicDefinition {
             name: topic.name.as_str().to_string(),
             id: topic.id,
             partitions: topic.partition_count(),
             config: topic.config.read().clone(),
+            hosted: (created_at > 0).then(|| topic.hosted()),
+            created_at: (created_at > 0).then_some(created_at),
         };
         self.meta.save_topic(&definition)
     }
@@ -378,6 +627,8 @@ impl Broker {
     /// Clean shutdown: flush and close every log so the next start skips full recovery. Blocking
     /// file I/O.
     pub fn close(&self) {
+        // Waits for a reconciler pass that is opening or removing partitions.
+        let _control = self.control.lock();
         let started = std::time::Instant::now();
         let partitions: Vec<Arc<Partition>> = self.topics().iter().flat_map(|t| t.partitions.read().clone()).collect();
         // Each close is a handful of fsyncs (segment, producer snapshot, recovery point, clean
@@ -402,11 +653,32 @@ impl Broker {
     }
 }
 
+/// Why the controller did not apply a command, in words.
+fn refusal(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Rejected(reason) => reason,
+        other => format!("{other:?}"),
+    }
+}
+
 /// Threads that close partitions at shutdown, side by side.
 const CLOSE_THREADS: usize = 16;
 
 pub(crate) fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf {
     data_dir.join(format!("{topic}-{index}"))
+}
+
+/// A topic as its definition describes it, with no partition opened yet.
+fn topic_of(definition: &TopicDefinition, metrics: &Metrics) -> Result<Arc<Topic>, BrokerError> {
+    let name = TopicName::parse(&definition.name)?;
+    Ok(Arc::new(Topic::new(
+        name,
+        definition.id,
+        definition.config.clone(),
+        definition.partitions,
+        definition.created_at.unwrap_or(0),
+        metrics.topic(&definition.name),
+    )))
 }
 
 fn open_topic(
@@ -416,20 +688,13 @@ fn open_topic(
     metrics: &Metrics,
     now: i64,
 ) -> Result<Arc<Topic>, BrokerError> {
-    let name = TopicName::parse(&definition.name)?;
-    let topic = Arc::new(Topic {
-        name: name.clone(),
-        id: definition.id,
-        config: parking_lot::RwLock::new(definition.config.clone()),
-        partitions: parking_lot::RwLock::new(Vec::new()),
-        metrics: metrics.topic(&definition.name),
-    });
+    let topic = topic_of(definition, metrics)?;
     // At start-up a partition that cannot be opened must not keep the others from serving: it is
     // reported and stays offline (KAFKA_STORAGE_ERROR) until a restart opens it.
     let topic_config = topic.config.read().clone();
     let log_config = topic_config.log_config(config);
     let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
-    let opened = (0..definition.partitions).map(|index| {
+    let opened = definition.hosted().into_iter().map(|index| {
         let dir = partition_dir(data_dir, topic.name.as_str(), index);
         let log = PartitionLog::open(&dir, log_config.clone(), now).unwrap_or_else(|error| {
             tracing::error!(topic = topic.name.as_str(), partition = index, dir = %dir.display(), %error, "cannot open partition; it stays offline");
@@ -445,13 +710,14 @@ fn open_partitions(
     config: &BrokerConfig,
     data_dir: &Path,
     topic: &Arc<Topic>,
-    range: std::ops::Range<i32>,
+    indices: Vec<i32>,
     now: i64,
 ) -> Result<Vec<Arc<Partition>>, BrokerError> {
     let topic_config = topic.config.read().clone();
     let log_config = topic_config.log_config(config);
     let policy = FlushPolicy::from_flush_messages(topic_config.flush_messages(config));
-    range
+    indices
+        .into_iter()
         .map(|index| {
             let dir = partition_dir(data_dir, topic.name.as_str(), index);
             let log = PartitionLog::open(&dir, log_config.clone(), now)?;
@@ -463,7 +729,8 @@ fn open_partitions(
 /// Removes `<topic>-<n>` directories that no topic definition claims: the remains of a deletion
 /// that a crash interrupted.
 fn remove_orphan_partitions(data_dir: &Path, definitions: &[TopicDefinition]) {
-    let claimed: HashSet<String> = definitions.iter().flat_map(|d| (0..d.partitions).map(move |p| format!("{}-{p}", d.name))).collect();
+    let claimed: HashSet<String> =
+        definitions.iter().flat_map(|d| d.hosted().into_iter().map(move |p| format!("{}-{p}", d.name))).collect();
     let Ok(entries) = fs::read_dir(data_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();

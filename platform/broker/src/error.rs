@@ -18,6 +18,8 @@ pub enum BrokerError {
     UnknownTopic(String),
     #[error("partition {partition} of topic '{topic}' does not exist")]
     UnknownPartition { topic: String, partition: i32 },
+    #[error("this broker does not lead partition {partition} of topic '{topic}'; ask the leader (see Metadata or `sluice topic describe`)")]
+    NotLeader { topic: String, partition: i32 },
     #[error("topic '{0}' already exists")]
     TopicExists(String),
     #[error("invalid partition count: {0}")]
@@ -102,6 +104,7 @@ impl BrokerError {
         match self {
             BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => ResponseError::UnknownTopicOrPartition,
+            BrokerError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
             BrokerError::TopicExists(_) => ResponseError::TopicAlreadyExists,
             BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
@@ -135,6 +138,7 @@ impl BrokerError {
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } | BrokerError::UnknownGroup(_) => 404,
             BrokerError::TopicExists(_) | BrokerError::NonEmptyGroup(_) => 409,
             BrokerError::Timeout(_) => 504,
+            BrokerError::NotLeader { .. } => 421,
             BrokerError::InvalidTopic(_)
             | BrokerError::InvalidPartitions(_)
             | BrokerError::InvalidReplicationFactor(_)

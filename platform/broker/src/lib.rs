@@ -1,10 +1,13 @@
-//! The Sluice broker: a single-node Kafka-protocol server over the `sluice-storage` log.
+//! The Sluice broker: a Kafka-protocol server over the `sluice-storage` log, one node of a cluster
+//! whose controller quorum (`sluice-cluster`) places topics and elects partition leaders.
 //!
 //! Layout, in the order a request meets it:
 //! - `server`: the accept loop and each connection's read → dispatch → write pipeline.
 //! - `sluice_protocol` (its own crate): framing limits and request/response codecs.
 //! - `handlers`: one module per group of Kafka APIs; they check bounds and call the broker.
 //! - `broker`: shared state and control-plane operations (topics), and how the parts are wired.
+//! - `cluster`: the broker's side of the controller quorum: topic changes as commands, and the
+//!   reconciler that applies the quorum's topics and partition leadership to this broker.
 //! - `topic`: the topic registry, topics and partitions around the storage log: high watermark,
 //!   group commit.
 //! - `groups` and `offsets`: the consumer-group coordinator and durable committed offsets.
@@ -43,6 +46,7 @@ pub mod fuzz {
 }
 mod broker;
 mod budget;
+mod cluster;
 pub mod config;
 mod error;
 mod file_calls;
@@ -102,6 +106,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let config = options.config;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await??;
     let controller = start_controller(&broker, &options.data_dir, kafka).await?;
+    let follower = tokio::spawn(cluster::follow(Arc::clone(&broker), Arc::clone(&controller)));
     let mut admin_router = admin::router(Arc::clone(&broker));
     for extension in &options.extensions {
         let name = extension.name();
@@ -139,6 +144,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await?;
     // Let in-flight connections finish their current request before the logs close under them.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    follower.abort();
     controller.shutdown().await;
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.close()).await?;
@@ -171,7 +177,8 @@ async fn start_controller(
         None => (kafka.ip().to_string(), kafka.port()),
     };
     let incarnation = uuid::Uuid::new_v4().as_u128();
-    controller.run_broker(sluice_cluster::BrokerRegistration { broker_id: node_id, incarnation, host, port, rack: None });
+    let cluster_id = Some(broker.local_cluster_id().to_string());
+    controller.run_broker(sluice_cluster::BrokerRegistration { broker_id: node_id, incarnation, host, port, rack: None, cluster_id });
     broker.set_controller(Arc::clone(&controller));
     Ok(controller)
 }

@@ -33,8 +33,23 @@ pub(crate) struct ClusterMeta {
 pub(crate) struct TopicDefinition {
     pub(crate) name: String,
     pub(crate) id: Uuid,
+    /// Partitions in the cluster.
     pub(crate) partitions: i32,
     pub(crate) config: TopicConfig,
+    /// The partitions this broker holds; absent: all of them (a topic from before this node kept
+    /// its topics in the controller quorum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hosted: Option<Vec<i32>>,
+    /// The controller log index that created the topic; absent for a topic from before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) created_at: Option<u64>,
+}
+
+impl TopicDefinition {
+    /// The partitions this broker holds.
+    pub(crate) fn hosted(&self) -> Vec<i32> {
+        self.hosted.clone().unwrap_or_else(|| (0..self.partitions).collect())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +148,15 @@ impl MetaStore {
     }
 }
 
+/// Where a broker in a cluster gets its blocks of producer ids: the controller quorum, so that no
+/// two brokers hand out the same id.
+pub(crate) trait ProducerIdSource: Send + Sync {
+    /// Reserves `count` ids, none below `at_least`; returns the first.
+    fn reserve(&self, count: i64, at_least: i64) -> Result<i64, BrokerError>;
+    /// Whether any broker may have handed out `producer_id`.
+    fn ever_reserved(&self, producer_id: i64) -> bool;
+}
+
 /// Hands out producer ids never handed out before, across restarts (blocks reserved durably before
 /// use), and knows which ids were ever handed out — a producer id a client made up is not one of them.
 /// Shared by InitProducerId for idempotent producers and the transaction coordinator.
@@ -142,19 +166,39 @@ pub(crate) struct ProducerIds {
     block: Mutex<(i64, i64)>,
     /// Ids below this may be in use: read on every idempotent produce, so no lock.
     handed_out_below: AtomicI64,
+    /// Set once the broker joined a controller quorum: blocks come from it from then on.
+    cluster: std::sync::OnceLock<Box<dyn ProducerIdSource>>,
 }
 
 impl ProducerIds {
     pub(crate) fn open(meta: MetaStore) -> Result<ProducerIds, BrokerError> {
         let reserved = meta.producer_ids_reserved()?;
-        Ok(ProducerIds { meta, block: Mutex::new((reserved, reserved)), handed_out_below: AtomicI64::new(reserved) })
+        Ok(ProducerIds {
+            meta,
+            block: Mutex::new((reserved, reserved)),
+            handed_out_below: AtomicI64::new(reserved),
+            cluster: std::sync::OnceLock::new(),
+        })
     }
 
-    /// A fresh producer id. Blocking file I/O once per block.
+    /// From now on, blocks come from the cluster (and never below what this broker reserved alone).
+    pub(crate) fn use_cluster(&self, source: Box<dyn ProducerIdSource>) {
+        let _ = self.cluster.set(source);
+    }
+
+    /// A fresh producer id. Blocking file I/O (and, in a cluster, a controller write) once per block.
     pub(crate) fn allocate(&self) -> Result<i64, BrokerError> {
         let mut block = self.block.lock();
         if block.0 >= block.1 {
-            let first = self.meta.reserve_producer_ids(PRODUCER_ID_BLOCK)?;
+            let first = match self.cluster.get() {
+                Some(cluster) => {
+                    let first = cluster.reserve(PRODUCER_ID_BLOCK, self.meta.producer_ids_reserved()?)?;
+                    // Kept locally too, so that this node alone (its quorum lost) never reuses them.
+                    write_json(&self.meta.producer_ids_path(), &ProducerIdBlock { next_unreserved: first + PRODUCER_ID_BLOCK })?;
+                    first
+                }
+                None => self.meta.reserve_producer_ids(PRODUCER_ID_BLOCK)?,
+            };
             *block = (first, first + PRODUCER_ID_BLOCK);
         }
         let id = block.0;
@@ -168,5 +212,6 @@ impl ProducerIds {
     /// transactional id later, and a write under it now could fence that id's producer in advance.
     pub(crate) fn ever_allocated(&self, producer_id: i64) -> bool {
         (0..self.handed_out_below.load(Ordering::Acquire)).contains(&producer_id)
+            || (producer_id >= 0 && self.cluster.get().is_some_and(|c| c.ever_reserved(producer_id)))
     }
 }

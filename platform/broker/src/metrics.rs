@@ -53,6 +53,8 @@ pub struct Metrics {
     pub controller_term: IntGauge,
     pub registered_brokers: IntGauge,
     pub fenced_brokers: IntGauge,
+    pub leaderless_partitions: IntGauge,
+    pub under_replicated_partitions: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -138,6 +140,14 @@ impl Metrics {
                 "fenced_brokers",
                 "Registered brokers the active controller fenced because their heartbeats stopped",
             )),
+            leaderless_partitions: must(IntGauge::new(
+                "leaderless_partitions",
+                "Partitions in the cluster with no live in-sync replica to lead them (Kafka's OfflinePartitionsCount); clients cannot use them",
+            )),
+            under_replicated_partitions: must(IntGauge::new(
+                "under_replicated_partitions",
+                "Partitions in the cluster whose in-sync replica set is smaller than their replica set",
+            )),
             registry,
         };
         let mut metrics = metrics;
@@ -167,6 +177,8 @@ impl Metrics {
             Box::new(metrics.controller_term.clone()),
             Box::new(metrics.registered_brokers.clone()),
             Box::new(metrics.fenced_brokers.clone()),
+            Box::new(metrics.leaderless_partitions.clone()),
+            Box::new(metrics.under_replicated_partitions.clone()),
             Box::new(metrics.quarantined_segments.clone()),
         ] {
             must(metrics.registry.register(collector));

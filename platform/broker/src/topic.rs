@@ -2,14 +2,17 @@
 //! `PartitionLog` with what the network side needs around it — the high watermark that fetches wait
 //! on, and group commit for fsync-before-acknowledge.
 //!
-//! Replication is not here yet, but its seams are: every partition has a leader epoch, and consumers
-//! read only below the high watermark. On a single node the high watermark is the log end offset when
+//! In a cluster a broker holds only the partitions the controller placed on it, and serves a
+//! partition only while the controller names it the leader: everything else answers
+//! NOT_LEADER_OR_FOLLOWER, which sends clients to refresh their metadata. Replication is not here
+//! yet, but its seams are: every partition has a leader epoch, and consumers read only below the
+//! high watermark. On a single node the high watermark is the log end offset when
 //! the broker relies on the page cache, and the flushed offset when it fsyncs before acknowledging, so
 //! a consumer never sees a record that a power cut could take back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -73,14 +76,24 @@ impl Topics {
         self.by_name.get(name).map(|t| Arc::clone(t.value()))
     }
 
+    /// A partition this broker leads. One that exists in the cluster but is hosted elsewhere, or
+    /// is hosted here but led by another broker, is NOT_LEADER_OR_FOLLOWER.
     pub(crate) fn partition(&self, topic: &str, index: i32) -> Result<Arc<Partition>, BrokerError> {
         let found = self.get(topic).ok_or_else(|| BrokerError::UnknownTopic(topic.to_string()))?;
-        found.partition(index).ok_or(BrokerError::UnknownPartition { topic: topic.to_string(), partition: index })
+        found.led_partition(index).map_err(|error| match error {
+            kafka_protocol::ResponseError::NotLeaderOrFollower => BrokerError::NotLeader { topic: topic.to_string(), partition: index },
+            _ => BrokerError::UnknownPartition { topic: topic.to_string(), partition: index },
+        })
     }
 
-    /// Whether the partition exists, without allocating.
+    /// Whether the partition exists in the cluster (held here or not), without allocating.
     pub(crate) fn contains_partition(&self, topic: &str, index: i32) -> bool {
-        self.by_name.get(topic).is_some_and(|t| t.value().partition(index).is_some())
+        self.by_name.get(topic).is_some_and(|t| (0..t.value().partition_count()).contains(&index))
+    }
+
+    /// Whether this broker leads the partition.
+    pub(crate) fn leads_partition(&self, topic: &str, index: i32) -> bool {
+        self.by_name.get(topic).is_some_and(|t| t.value().partition(index).is_some_and(|p| p.is_leader()))
     }
 
     /// All topics, sorted by name.
@@ -118,17 +131,59 @@ pub(crate) struct Topic {
     pub(crate) name: TopicName,
     pub(crate) id: Uuid,
     pub(crate) config: RwLock<TopicConfig>,
+    /// The partitions this broker holds, by ascending index: all of them on a single node, the
+    /// ones the controller placed here in a cluster.
     pub(crate) partitions: RwLock<Vec<Arc<Partition>>>,
+    /// How many partitions the topic has in the cluster, held here or not.
+    pub(crate) partition_total: AtomicI32,
+    /// The controller log index that created the topic; 0 for a topic from before this node kept
+    /// its topics in the controller quorum (it is handed to the quorum at start-up).
+    pub(crate) created_at: AtomicU64,
     pub(crate) metrics: TopicMetrics,
 }
 
 impl Topic {
-    pub(crate) fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        usize::try_from(index).ok().and_then(|i| self.partitions.read().get(i).cloned())
+    pub(crate) fn new(name: TopicName, id: Uuid, config: TopicConfig, total: i32, created_at: u64, metrics: TopicMetrics) -> Topic {
+        Topic {
+            name,
+            id,
+            config: RwLock::new(config),
+            partitions: RwLock::new(Vec::new()),
+            partition_total: AtomicI32::new(total),
+            created_at: AtomicU64::new(created_at),
+            metrics,
+        }
     }
 
+    /// The partition `index` if this broker holds it.
+    pub(crate) fn partition(&self, index: i32) -> Option<Arc<Partition>> {
+        let partitions = self.partitions.read();
+        // Dense on a single node: position = index.
+        if let Some(found) = usize::try_from(index).ok().and_then(|i| partitions.get(i)).filter(|p| p.index == index) {
+            return Some(Arc::clone(found));
+        }
+        partitions.binary_search_by_key(&index, |p| p.index).ok().map(|i| Arc::clone(&partitions[i]))
+    }
+
+    /// The partition `index` if this broker leads it; else NOT_LEADER_OR_FOLLOWER if it exists in
+    /// the cluster, UNKNOWN_TOPIC_OR_PARTITION if not. The data path's look-up.
+    pub(crate) fn led_partition(&self, index: i32) -> Result<Arc<Partition>, kafka_protocol::ResponseError> {
+        match self.partition(index) {
+            Some(partition) if partition.is_leader() => Ok(partition),
+            Some(_) => Err(kafka_protocol::ResponseError::NotLeaderOrFollower),
+            None if (0..self.partition_count()).contains(&index) => Err(kafka_protocol::ResponseError::NotLeaderOrFollower),
+            None => Err(kafka_protocol::ResponseError::UnknownTopicOrPartition),
+        }
+    }
+
+    /// Partitions in the cluster, including those other brokers hold.
     pub(crate) fn partition_count(&self) -> i32 {
-        self.partitions.read().len() as i32
+        self.partition_total.load(Ordering::Acquire)
+    }
+
+    /// The indices of the partitions this broker holds.
+    pub(crate) fn hosted(&self) -> Vec<i32> {
+        self.partitions.read().iter().map(|p| p.index).collect()
     }
 
     /// The mirror that writes this topic, while it is a read-only mirror.
@@ -173,9 +228,11 @@ pub(crate) struct Partition {
     /// The storage log. Private: every use goes through a method here, so the high watermark, the
     /// flush bookkeeping and the log cannot drift apart.
     log: RwLock<PartitionLog>,
-    /// Bumped when leadership changes; constant on a single node but sent in every response that
-    /// carries one so clients' fencing logic works unchanged when replication arrives.
-    pub(crate) leader_epoch: i32,
+    /// Bumped by the controller at every leadership change, sent in every response that carries
+    /// one; requests from clients that know a newer epoch are refused (they know more than us).
+    leader_epoch: AtomicI32,
+    /// Whether the controller names this broker the partition's leader (always, on a single node).
+    leader: AtomicBool,
     /// Exclusive upper bound of what consumers may read. Fetches waiting for data watch it.
     high_watermark: watch::Sender<i64>,
     /// Exclusive upper bound of what is known to be on stable storage.
@@ -198,7 +255,8 @@ impl Partition {
             index,
             dir,
             log: RwLock::new(log),
-            leader_epoch: 0,
+            leader_epoch: AtomicI32::new(0),
+            leader: AtomicBool::new(true),
             // Everything recovered at start-up passed its CRC and is as durable as the disk made it.
             high_watermark: watch::channel(end).0,
             flushed: watch::channel(end).0,
@@ -208,6 +266,20 @@ impl Partition {
             unflushed_records: AtomicU64::new(0),
             last_flush_ms: AtomicI64::new(now_ms),
         })
+    }
+
+    pub(crate) fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// What the controller says about this partition's leadership. Returns whether it changed.
+    pub(crate) fn set_leadership(&self, leader: bool, epoch: i32) -> bool {
+        let was = (self.leader.swap(leader, Ordering::AcqRel), self.leader_epoch.swap(epoch, Ordering::AcqRel));
+        was != (leader, epoch)
     }
 
     pub(crate) fn high_watermark(&self) -> i64 {
@@ -265,7 +337,7 @@ impl Partition {
     /// append: at once under the page-cache policy; after the next group-committed fsync, which this
     /// starts, under fsync-before-ack. Blocking file I/O.
     pub(crate) fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
-        let result = self.log.write().append_marker(marker, self.leader_epoch, now_ms)?;
+        let result = self.log.write().append_marker(marker, self.leader_epoch(), now_ms)?;
         self.unflushed_records.fetch_add(1, Ordering::Relaxed);
         if self.policy() == FlushPolicy::BeforeAck {
             if tokio::runtime::Handle::try_current().is_ok() {

@@ -672,7 +672,10 @@ impl TransactionCoordinator {
         partitions: &[(String, i32)],
     ) -> Result<(), BrokerError> {
         self.with_open_txn(transactional_id, producer_id, epoch, |current| {
-            if partitions.iter().any(|(t, p)| !self.deps.topics.contains_partition(t, *p)) {
+            // The coordinator writes the markers itself, so it must lead every partition (in a
+            // cluster, a transaction may write only partitions its coordinator node leads, until
+            // markers travel to other brokers).
+            if partitions.iter().any(|(t, p)| !self.deps.topics.leads_partition(t, *p)) {
                 return refuse(ResponseError::UnknownTopicOrPartition);
             }
             // Its markers would land in a read-only mirror's copy.

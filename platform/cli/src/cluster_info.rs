@@ -109,6 +109,13 @@ fn print_quorum(quorum: &Value) {
         controller["role"].as_str().unwrap_or("?"),
         voters.join(", ")
     );
+    let p = &quorum["partitions"];
+    if p.is_object() {
+        println!(
+            "Partitions:  {} in {} topics; {} leaderless, {} under-replicated",
+            p["partitions"], p["topics"], p["leaderless"], p["under_replicated"]
+        );
+    }
     let mut t = table(["REGISTERED", "HOST", "PORT", "EPOCH", "STATE"]);
     for b in quorum["brokers"].as_array().into_iter().flatten() {
         let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);

@@ -268,8 +268,9 @@ impl Client {
     }
 
     /// Low and high watermark of every partition of `topic`.
+    /// Partitions without a leader (their broker is down) are left out: nobody can answer for them.
     pub async fn watermarks(&self, topic: &TopicInfo) -> Result<BTreeMap<i32, Watermarks>> {
-        let all: Vec<i32> = topic.partitions.iter().map(|p| p.id).collect();
+        let all: Vec<i32> = topic.partitions.iter().filter(|p| p.leader >= 0).map(|p| p.id).collect();
         let earliest = self.list_offsets_all(topic, &all, OffsetSpec::Earliest).await?;
         let latest = self.list_offsets_all(topic, &all, OffsetSpec::Latest).await?;
         Ok(earliest.iter().map(|(&p, &low)| (p, Watermarks { low, high: latest.get(&p).copied().unwrap_or(low) })).collect())

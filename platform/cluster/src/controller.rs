@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::log_store::LogStore;
-use crate::metadata::{BrokerRegistration, Command, Metadata, Outcome};
+use crate::metadata::{BrokerRegistration, Command, Committed, Metadata, Outcome};
 use crate::network::{self, Network, Peer, Reply, Request, SNAPSHOT_CHUNK_BYTES};
 use crate::state_machine::{SNAPSHOT_EVERY_ENTRIES, StateMachine};
 use crate::{NodeId, TypeConfig};
@@ -271,6 +271,23 @@ impl Controller {
         self.state.applied().read().metadata.clone()
     }
 
+    /// Reads the cluster metadata as applied on this node, and the log index it reflects, without
+    /// copying it. Holds off applying while `read` runs: keep it short.
+    pub fn with_metadata<R>(&self, read: impl FnOnce(&Metadata, u64) -> R) -> R {
+        let applied = self.state.applied().read();
+        read(&applied.metadata, applied.last_applied.map_or(0, |id| id.index))
+    }
+
+    /// The last log index this node applied.
+    pub fn applied_index(&self) -> u64 {
+        *self.state.subscribe().borrow()
+    }
+
+    /// The controller quorum's leader as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// Changes whenever this node applies log entries (the value is the last applied index).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.state.subscribe()
@@ -301,9 +318,14 @@ impl Controller {
 
     /// Appends `command` to the metadata log through the leader and returns what applying it did.
     pub async fn write(&self, command: Command) -> Result<Outcome, ControllerError> {
+        Ok(self.write_committed(command).await?.outcome)
+    }
+
+    /// Like [`Controller::write`], and says at which log index the command committed.
+    pub async fn write_committed(&self, command: Command) -> Result<Committed, ControllerError> {
         let reply = self.route(|| Request::Write(command.clone())).await?;
         match reply {
-            Reply::Write(Ok(outcome)) => Ok(outcome),
+            Reply::Write(Ok(committed)) => Ok(committed),
             Reply::Write(Err(e)) => Err(ControllerError::Write(e.to_string())),
             _ => Err(ControllerError::Write("the leader answered another request".into())),
         }
@@ -401,13 +423,13 @@ impl Controller {
         }
     }
 
-    async fn write_local(&self, command: Command) -> Result<Outcome, WriteError> {
+    async fn write_local(&self, command: Command) -> Result<Committed, WriteError> {
         // Refused before the log: an entry the log cannot hold would stop Raft on every node.
         if let Err(reason) = command.validate() {
-            return Ok(Outcome::Rejected(reason));
+            return Ok(Committed { index: 0, outcome: Outcome::Rejected(reason) });
         }
         match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
+            Ok(response) => Ok(Committed { index: response.log_id.index, outcome: response.data }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NotLeader),
             Err(e) => Err(WriteError::Failed(e.to_string())),
         }
@@ -445,7 +467,7 @@ impl Controller {
             liveness.seen.insert(broker_id, (epoch, Instant::now()));
         }
         if fenced {
-            match self.write_local(Command::UnfenceBroker { broker_id, epoch }).await? {
+            match self.write_local(Command::UnfenceBroker { broker_id, epoch }).await?.outcome {
                 Outcome::Applied => tracing::info!(broker_id, epoch, "broker heartbeats again: unfenced"),
                 other => tracing::warn!(broker_id, epoch, ?other, "unfencing the broker changed nothing"),
             }
@@ -470,6 +492,11 @@ impl Controller {
             let mut expired = Vec::new();
             for broker in applied.metadata.live_brokers() {
                 let id = broker.registration.broker_id;
+                // This node's own broker shares its process: if this check runs, that broker runs
+                // too, however late its heartbeats (a stalled process must not fence itself).
+                if id as u64 == self.config.node_id {
+                    continue;
+                }
                 let seen = liveness.seen.entry(id).or_insert((broker.epoch, now));
                 if seen.0 != broker.epoch {
                     *seen = (broker.epoch, now);

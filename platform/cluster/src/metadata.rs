@@ -9,6 +9,13 @@
 //! its process starts), and the registration's log index becomes its *broker epoch*. Heartbeats carry
 //! that epoch; the active controller fences a broker whose heartbeats stop and unfences it when they
 //! resume. A registration from a new incarnation replaces the old one (a restarted process).
+//!
+//! Topics follow Kafka's model too: each partition has replicas, an in-sync replica set (ISR), a
+//! leader and a leader epoch. The controller elects leaders here, in `apply`: when a broker is
+//! fenced its partitions move to another live member of their ISR, or go offline (leader
+//! [`NO_LEADER`]) when none is left; when it comes back, offline partitions whose ISR names it get it
+//! as leader again. Every leader change bumps the partition's leader epoch. Unclean election (a
+//! leader from outside the ISR) never happens here.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +25,20 @@ use serde::{Deserialize, Serialize};
 pub const HOST_BYTES_MAX: usize = 255;
 /// The longest rack id a registration may carry.
 pub const RACK_BYTES_MAX: usize = 255;
+/// The longest cluster id a registration may carry (Kafka's are 22 characters).
+pub const CLUSTER_ID_BYTES_MAX: usize = 64;
+/// Kafka's limit on topic names (so that `<topic>-<partition>` fits a file name).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Partitions one command may create. The broker's `max.partitions.per.topic` is usually lower.
+pub const PARTITIONS_PER_COMMAND_MAX: usize = 100_000;
+/// Replicas one partition may have.
+pub const REPLICAS_MAX: usize = 16;
+/// The largest topic configuration the quorum stores (the broker's encoding of its overrides).
+pub const TOPIC_CONFIG_BYTES_MAX: usize = 64 * 1024;
+/// Producer ids one allocation may reserve.
+pub const PRODUCER_ID_BLOCK_MAX: i64 = 1_000_000;
+/// A partition's leader while none of its in-sync replicas is alive (Kafka's -1).
+pub const NO_LEADER: i32 = -1;
 
 /// Where a broker serves Kafka clients, and who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +49,10 @@ pub struct BrokerRegistration {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// The cluster id this broker's data directory has; the first registration's becomes the
+    /// cluster's, and every broker then tells clients that one.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl BrokerRegistration {
@@ -42,6 +67,9 @@ impl BrokerRegistration {
         if self.rack.as_ref().is_some_and(|r| r.len() > RACK_BYTES_MAX) {
             return Err(format!("rack must be at most {RACK_BYTES_MAX} bytes"));
         }
+        if self.cluster_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > CLUSTER_ID_BYTES_MAX) {
+            return Err(format!("a cluster id must be 1 to {CLUSTER_ID_BYTES_MAX} bytes"));
+        }
         Ok(())
     }
 }
@@ -55,6 +83,18 @@ pub enum Command {
     FenceBroker { broker_id: i32, epoch: u64 },
     /// A fenced broker epoch heartbeats again.
     UnfenceBroker { broker_id: i32, epoch: u64 },
+    /// A new topic: `assignments[p]` lists partition `p`'s replicas, the first preferred as leader.
+    /// `config` is the broker's encoding of the topic's settings; the quorum stores it unread.
+    CreateTopic { name: String, id: u128, config: String, assignments: Vec<Vec<i32>> },
+    /// Removes the topic `name` if its id is still `id` (not a later topic of the same name).
+    DeleteTopic { name: String, id: u128 },
+    /// Appends partitions to topic `name` (id `id`): their replica assignments, in order.
+    CreatePartitions { name: String, id: u128, assignments: Vec<Vec<i32>> },
+    /// Replaces the settings of topic `name` (id `id`).
+    SetTopicConfig { name: String, id: u128, config: String },
+    /// Reserves `count` producer ids for a broker, none below `at_least` (ids a node handed out
+    /// before it joined a quorum).
+    AllocateProducerIds { broker_id: i32, count: i64, at_least: i64 },
 }
 
 impl Command {
@@ -63,9 +103,54 @@ impl Command {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Command::RegisterBroker(registration) => registration.validate(),
-            Command::FenceBroker { .. } | Command::UnfenceBroker { .. } => Ok(()),
+            Command::FenceBroker { .. } | Command::UnfenceBroker { .. } | Command::DeleteTopic { .. } => Ok(()),
+            Command::CreateTopic { name, config, assignments, .. } => {
+                check_topic_name(name)?;
+                check_config(config)?;
+                if assignments.is_empty() {
+                    return Err("a topic needs at least one partition".into());
+                }
+                check_assignments(assignments)
+            }
+            Command::CreatePartitions { assignments, .. } => check_assignments(assignments),
+            Command::SetTopicConfig { config, .. } => check_config(config),
+            Command::AllocateProducerIds { count, at_least, .. } => {
+                if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) || *at_least < 0 {
+                    return Err(format!("cannot reserve {count} producer ids from {at_least}"));
+                }
+                Ok(())
+            }
         }
     }
+}
+
+fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+        return Err(format!("a topic name must be 1 to {TOPIC_NAME_BYTES_MAX} bytes, not {}", name.len()));
+    }
+    Ok(())
+}
+
+fn check_config(config: &str) -> Result<(), String> {
+    if config.len() > TOPIC_CONFIG_BYTES_MAX {
+        return Err(format!("a topic configuration of {} bytes exceeds {TOPIC_CONFIG_BYTES_MAX}", config.len()));
+    }
+    Ok(())
+}
+
+fn check_assignments(assignments: &[Vec<i32>]) -> Result<(), String> {
+    if assignments.len() > PARTITIONS_PER_COMMAND_MAX {
+        return Err(format!("{} partitions in one command exceed {PARTITIONS_PER_COMMAND_MAX}", assignments.len()));
+    }
+    for replicas in assignments {
+        if replicas.is_empty() || replicas.len() > REPLICAS_MAX {
+            return Err(format!("a partition needs 1 to {REPLICAS_MAX} replicas, not {}", replicas.len()));
+        }
+        if replicas.iter().enumerate().any(|(i, r)| replicas[..i].contains(r)) {
+            return Err(format!("replica list {replicas:?} names a broker twice"));
+        }
+    }
+    Ok(())
 }
 
 /// What applying a command did.
@@ -77,6 +162,20 @@ pub enum Outcome {
     Applied,
     /// The command did not fit the state and changed nothing.
     Rejected(String),
+    /// CreateTopic: a topic of that name exists.
+    TopicExists,
+    /// The topic is gone, or is another topic of the same name now.
+    UnknownTopic,
+    /// AllocateProducerIds: the first id of the reserved block.
+    ProducerIds { first: i64 },
+}
+
+/// What the log committed: where, and what applying it did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// The log index of the command: a node that has applied this index sees its effect.
+    pub index: u64,
+    pub outcome: Outcome,
 }
 
 /// A registered broker as the quorum knows it.
@@ -89,10 +188,42 @@ pub struct BrokerState {
     pub fenced: bool,
 }
 
+/// One partition's placement and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Every broker that holds a copy, the preferred leader first.
+    pub replicas: Vec<i32>,
+    /// The replicas known to hold every committed record; a leader is elected only from these.
+    pub isr: Vec<i32>,
+    /// The broker that serves the partition, or [`NO_LEADER`].
+    pub leader: i32,
+    /// Bumped at every leader change; clients and followers are fenced by it.
+    pub leader_epoch: i32,
+}
+
+/// A topic as the quorum knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicState {
+    pub id: u128,
+    /// The log index of the CreateTopic command.
+    pub created_at: u64,
+    /// The broker's encoding of the topic's settings.
+    pub config: String,
+    pub partitions: Vec<PartitionState>,
+}
+
 /// The state every controller node holds, rebuilt from snapshot + log at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     pub brokers: BTreeMap<i32, BrokerState>,
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicState>,
+    /// The next producer id no broker has reserved.
+    #[serde(default)]
+    pub next_producer_id: i64,
+    /// Set by the first registration that carries one.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 impl Metadata {
@@ -103,21 +234,102 @@ impl Metadata {
                 if let Err(reason) = registration.validate() {
                     return Outcome::Rejected(reason);
                 }
-                if let Some(existing) = self.brokers.get_mut(&registration.broker_id)
+                let id = registration.broker_id;
+                if self.cluster_id.is_none() {
+                    self.cluster_id = registration.cluster_id.clone();
+                }
+                if let Some(existing) = self.brokers.get_mut(&id)
                     && existing.registration.incarnation == registration.incarnation
                 {
                     // The same process asking again (its first request's reply was lost): same epoch,
                     // but its address may have been corrected.
                     existing.registration = registration.clone();
-                    existing.fenced = false;
-                    return Outcome::Registered { epoch: existing.epoch };
+                    let epoch = existing.epoch;
+                    if std::mem::replace(&mut existing.fenced, false) {
+                        self.broker_returned(id);
+                    }
+                    return Outcome::Registered { epoch };
                 }
+                let restarted = self.brokers.contains_key(&id);
                 let state = BrokerState { registration: registration.clone(), epoch: index, fenced: false };
-                self.brokers.insert(registration.broker_id, state);
+                self.brokers.insert(id, state);
+                if restarted {
+                    // A new process lost whatever its predecessor held in memory: a new leader term
+                    // for each partition it leads.
+                    for partition in self.partitions_mut() {
+                        if partition.leader == id {
+                            partition.leader_epoch += 1;
+                        }
+                    }
+                }
+                self.broker_returned(id);
                 Outcome::Registered { epoch: index }
             }
             Command::FenceBroker { broker_id, epoch } => self.set_fenced(*broker_id, *epoch, true),
             Command::UnfenceBroker { broker_id, epoch } => self.set_fenced(*broker_id, *epoch, false),
+            Command::CreateTopic { name, id, config, assignments } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                if self.topics.contains_key(name) {
+                    return Outcome::TopicExists;
+                }
+                if let Err(reason) = self.check_registered(assignments) {
+                    return Outcome::Rejected(reason);
+                }
+                let partitions = assignments.iter().map(|replicas| self.new_partition(replicas)).collect();
+                self.topics.insert(name.clone(), TopicState { id: *id, created_at: index, config: config.clone(), partitions });
+                Outcome::Applied
+            }
+            Command::DeleteTopic { name, id } => match self.topics.get(name) {
+                Some(topic) if topic.id == *id => {
+                    self.topics.remove(name);
+                    Outcome::Applied
+                }
+                _ => Outcome::UnknownTopic,
+            },
+            Command::CreatePartitions { name, id, assignments } => {
+                if let Err(reason) = command.validate().and_then(|()| self.check_registered(assignments)) {
+                    return Outcome::Rejected(reason);
+                }
+                let partitions: Vec<PartitionState> = assignments.iter().map(|replicas| self.new_partition(replicas)).collect();
+                match self.topics.get_mut(name) {
+                    Some(topic) if topic.id == *id => {
+                        if topic.partitions.len() + partitions.len() > PARTITIONS_PER_COMMAND_MAX {
+                            return Outcome::Rejected(format!("a topic may have at most {PARTITIONS_PER_COMMAND_MAX} partitions"));
+                        }
+                        topic.partitions.extend(partitions);
+                        Outcome::Applied
+                    }
+                    _ => Outcome::UnknownTopic,
+                }
+            }
+            Command::SetTopicConfig { name, id, config } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                match self.topics.get_mut(name) {
+                    Some(topic) if topic.id == *id => {
+                        topic.config = config.clone();
+                        Outcome::Applied
+                    }
+                    _ => Outcome::UnknownTopic,
+                }
+            }
+            Command::AllocateProducerIds { count, at_least, .. } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                // Not tied to registration: a broker may need ids before its registration commits.
+                let first = self.next_producer_id.max(*at_least);
+                match first.checked_add(*count) {
+                    Some(next) => {
+                        self.next_producer_id = next;
+                        Outcome::ProducerIds { first }
+                    }
+                    None => Outcome::Rejected("producer ids are exhausted".into()),
+                }
+            }
         }
     }
 
@@ -127,7 +339,57 @@ impl Metadata {
             Some(state) if state.epoch != epoch => Outcome::Rejected(format!("broker {broker_id} has epoch {}, not {epoch}", state.epoch)),
             Some(state) => {
                 state.fenced = fenced;
+                if fenced {
+                    self.broker_lost(broker_id);
+                } else {
+                    self.broker_returned(broker_id);
+                }
                 Outcome::Applied
+            }
+        }
+    }
+
+    fn is_live(&self, broker_id: i32) -> bool {
+        self.brokers.get(&broker_id).is_some_and(|b| !b.fenced)
+    }
+
+    fn check_registered(&self, assignments: &[Vec<i32>]) -> Result<(), String> {
+        match assignments.iter().flatten().find(|id| !self.brokers.contains_key(id)) {
+            Some(id) => Err(format!("broker {id} is not registered")),
+            None => Ok(()),
+        }
+    }
+
+    fn new_partition(&self, replicas: &[i32]) -> PartitionState {
+        let leader = replicas.iter().copied().find(|&r| self.is_live(r)).unwrap_or(NO_LEADER);
+        PartitionState { replicas: replicas.to_vec(), isr: replicas.to_vec(), leader, leader_epoch: 0 }
+    }
+
+    fn partitions_mut(&mut self) -> impl Iterator<Item = &mut PartitionState> {
+        self.topics.values_mut().flat_map(|t| t.partitions.iter_mut())
+    }
+
+    /// A fenced broker leaves every ISR it is not the last member of, and its partitions get
+    /// another leader from their ISR, or none.
+    fn broker_lost(&mut self, broker_id: i32) {
+        let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
+        for partition in self.partitions_mut() {
+            if partition.isr.len() > 1 {
+                partition.isr.retain(|&r| r != broker_id);
+            }
+            if partition.leader == broker_id {
+                partition.leader = partition.isr.iter().copied().find(|r| live.contains(r)).unwrap_or(NO_LEADER);
+                partition.leader_epoch += 1;
+            }
+        }
+    }
+
+    /// A broker back in service leads the offline partitions whose ISR names it.
+    fn broker_returned(&mut self, broker_id: i32) {
+        for partition in self.partitions_mut() {
+            if partition.leader == NO_LEADER && partition.isr.contains(&broker_id) {
+                partition.leader = broker_id;
+                partition.leader_epoch += 1;
             }
         }
     }
@@ -136,6 +398,16 @@ impl Metadata {
     pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerState> {
         self.brokers.values().filter(|b| !b.fenced)
     }
+
+    /// Partitions without a leader, over all topics (Kafka's offline partitions).
+    pub fn offline_partitions(&self) -> usize {
+        self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.leader == NO_LEADER).count()
+    }
+
+    /// Partitions whose ISR is smaller than their replica set, over all topics.
+    pub fn under_replicated_partitions(&self) -> usize {
+        self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.isr.len() < p.replicas.len()).count()
+    }
 }
 
 #[cfg(test)]
@@ -143,7 +415,14 @@ mod tests {
     use super::*;
 
     fn registration(id: i32, incarnation: u128) -> BrokerRegistration {
-        BrokerRegistration { broker_id: id, incarnation, host: "127.0.0.1".into(), port: 9092, rack: None }
+        BrokerRegistration {
+            broker_id: id,
+            incarnation,
+            host: "127.0.0.1".into(),
+            port: 9092,
+            rack: None,
+            cluster_id: Some(format!("c{id}")),
+        }
     }
 
     #[test]
@@ -154,6 +433,9 @@ mod tests {
         assert_eq!(meta.apply(9, &Command::RegisterBroker(registration(1, 10))), Outcome::Registered { epoch: 7 });
         assert_eq!(meta.apply(12, &Command::RegisterBroker(registration(1, 11))), Outcome::Registered { epoch: 12 });
         assert_eq!(meta.brokers[&1].epoch, 12);
+        // The first registration names the cluster.
+        meta.apply(13, &Command::RegisterBroker(registration(2, 1)));
+        assert_eq!(meta.cluster_id.as_deref(), Some("c1"));
     }
 
     #[test]
@@ -177,5 +459,66 @@ mod tests {
         assert!(matches!(meta.apply(1, &Command::RegisterBroker(bad)), Outcome::Rejected(_)));
         assert!(matches!(meta.apply(2, &Command::RegisterBroker(registration(-1, 1))), Outcome::Rejected(_)));
         assert!(meta.brokers.is_empty());
+    }
+
+    fn create(meta: &mut Metadata, index: u64, name: &str, assignments: Vec<Vec<i32>>) -> Outcome {
+        meta.apply(index, &Command::CreateTopic { name: name.into(), id: index as u128, config: String::new(), assignments })
+    }
+
+    #[test]
+    fn topics_are_placed_on_registered_brokers_only() {
+        let mut meta = Metadata::default();
+        meta.apply(1, &Command::RegisterBroker(registration(1, 1)));
+        meta.apply(2, &Command::RegisterBroker(registration(2, 1)));
+        assert!(matches!(create(&mut meta, 3, "t", vec![vec![1], vec![3]]), Outcome::Rejected(_)));
+        assert!(matches!(create(&mut meta, 4, "t", vec![vec![1, 1]]), Outcome::Rejected(_)));
+        assert!(matches!(create(&mut meta, 5, "t", vec![]), Outcome::Rejected(_)));
+        assert_eq!(create(&mut meta, 6, "t", vec![vec![1], vec![2, 1]]), Outcome::Applied);
+        assert_eq!(create(&mut meta, 7, "t", vec![vec![1]]), Outcome::TopicExists);
+        let topic = &meta.topics["t"];
+        assert_eq!((topic.created_at, topic.partitions[1].leader, topic.partitions[1].isr.clone()), (6, 2, vec![2, 1]));
+        // Deletion and growth name the topic's id, so a late command cannot touch a newer topic.
+        assert_eq!(meta.apply(8, &Command::DeleteTopic { name: "t".into(), id: 1 }), Outcome::UnknownTopic);
+        let grow = Command::CreatePartitions { name: "t".into(), id: 6, assignments: vec![vec![2]] };
+        assert_eq!(meta.apply(9, &grow), Outcome::Applied);
+        assert_eq!(meta.topics["t"].partitions.len(), 3);
+        assert_eq!(meta.apply(10, &Command::DeleteTopic { name: "t".into(), id: 6 }), Outcome::Applied);
+        assert!(meta.topics.is_empty());
+    }
+
+    #[test]
+    fn leaders_move_within_the_isr_when_brokers_are_fenced() {
+        let mut meta = Metadata::default();
+        for id in 1..=3 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 4, "t", vec![vec![1, 2], vec![1]]);
+        meta.apply(5, &Command::FenceBroker { broker_id: 1, epoch: 1 });
+        let [replicated, single] = &meta.topics["t"].partitions[..] else { panic!() };
+        assert_eq!((replicated.leader, replicated.leader_epoch, replicated.isr.clone()), (2, 1, vec![2]));
+        assert_eq!((single.leader, single.leader_epoch, single.isr.clone()), (NO_LEADER, 1, vec![1]));
+        assert_eq!((meta.offline_partitions(), meta.under_replicated_partitions()), (1, 1));
+        // Back: it leads what only it can lead; the other partition keeps its leader (broker 1 is
+        // out of that ISR until it catches up).
+        meta.apply(6, &Command::UnfenceBroker { broker_id: 1, epoch: 1 });
+        let [replicated, single] = &meta.topics["t"].partitions[..] else { panic!() };
+        assert_eq!((replicated.leader, replicated.leader_epoch), (2, 1));
+        assert_eq!((single.leader, single.leader_epoch), (1, 2));
+        // A restarted process starts a new leader term for what it leads.
+        meta.apply(7, &Command::RegisterBroker(registration(1, 2)));
+        assert_eq!(meta.topics["t"].partitions[1].leader_epoch, 3);
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut meta = Metadata::default();
+        meta.apply(1, &Command::RegisterBroker(registration(1, 1)));
+        let allocate = |count, at_least| Command::AllocateProducerIds { broker_id: 1, count, at_least };
+        assert_eq!(meta.apply(2, &allocate(1000, 0)), Outcome::ProducerIds { first: 0 });
+        assert_eq!(meta.apply(3, &allocate(1000, 5000)), Outcome::ProducerIds { first: 5000 });
+        assert_eq!(meta.apply(4, &allocate(10, 0)), Outcome::ProducerIds { first: 6000 });
+        assert!(matches!(meta.apply(5, &allocate(0, 0)), Outcome::Rejected(_)));
+        assert!(matches!(meta.apply(6, &allocate(1, -1)), Outcome::Rejected(_)));
+        assert_eq!(meta.next_producer_id, 6010);
     }
 }

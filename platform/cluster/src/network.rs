@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::controller::{Controller, HeartbeatReply, WriteError};
-use crate::metadata::{Command, Outcome};
+use crate::metadata::{Command, Committed};
 use crate::{NodeId, TypeConfig};
 
 /// The largest frame either side accepts: an AppendEntries of openraft's default 300 entries of
@@ -62,7 +62,7 @@ pub(crate) enum Reply {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
-    Write(Result<Outcome, WriteError>),
+    Write(Result<Committed, WriteError>),
     Heartbeat(Result<HeartbeatReply, WriteError>),
 }
 

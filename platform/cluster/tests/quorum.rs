@@ -25,7 +25,7 @@ fn config(id: NodeId, voters: &BTreeMap<NodeId, String>, root: &Path) -> Control
 }
 
 fn registration(id: i32, incarnation: u128) -> BrokerRegistration {
-    BrokerRegistration { broker_id: id, incarnation, host: "127.0.0.1".into(), port: 9000 + id as u16, rack: None }
+    BrokerRegistration { broker_id: id, incarnation, host: "127.0.0.1".into(), port: 9000 + id as u16, rack: None, cluster_id: None }
 }
 
 /// Polls `check` on `controller`'s metadata until it holds or `within` passes.

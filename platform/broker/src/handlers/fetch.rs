@@ -78,15 +78,19 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
                 .partitions
                 .iter()
                 .map(|fp| {
-                    let Some(partition) = topic.as_ref().and_then(|t| t.partition(fp.partition)) else {
-                        any_error = true;
-                        return partition_error(fp.partition, ResponseError::UnknownTopicOrPartition);
-                    };
-                    if fp.current_leader_epoch > partition.leader_epoch {
+                    let partition =
+                        match topic.as_ref().map_or(Err(ResponseError::UnknownTopicOrPartition), |t| t.led_partition(fp.partition)) {
+                            Ok(partition) => partition,
+                            Err(error) => {
+                                any_error = true;
+                                return partition_error(fp.partition, error);
+                            }
+                        };
+                    if fp.current_leader_epoch > partition.leader_epoch() {
                         any_error = true;
                         return partition_error(fp.partition, ResponseError::UnknownLeaderEpoch);
                     }
-                    if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < partition.leader_epoch {
+                    if fp.current_leader_epoch >= 0 && fp.current_leader_epoch < partition.leader_epoch() {
                         any_error = true;
                         return partition_error(fp.partition, ResponseError::FencedLeaderEpoch);
                     }

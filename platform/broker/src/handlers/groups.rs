@@ -40,9 +40,16 @@ pub(crate) const OFFSET_COMMIT_PARTITIONS_MAX: usize = 10_000;
 /// Groups under `__sluice` hold the positions of the broker's own runtimes (transforms, connectors,
 /// mirrors); clients may read them but not join, commit to or delete them. Also applies the
 /// group-id limit, like every group API.
-fn writable(group: &str) -> Result<(), ResponseError> {
-    check_group_id(group)?;
+fn writable(broker: &Broker, group: &str) -> Result<(), ResponseError> {
+    coordinated(broker, group)?;
     if is_internal_name(group) { Err(ResponseError::GroupAuthorizationFailed) } else { Ok(()) }
+}
+
+/// The group-id limit, and NOT_COORDINATOR on a node that does not coordinate groups (clients
+/// then ask FindCoordinator again).
+fn coordinated(broker: &Broker, group: &str) -> Result<(), ResponseError> {
+    check_group_id(group)?;
+    broker.check_coordinator()
 }
 
 fn error_code(result: Result<(), ResponseError>) -> i16 {
@@ -56,7 +63,7 @@ pub(crate) async fn join_group(
     version: i16,
     client_id: String,
 ) -> JoinGroupResponse {
-    if let Err(error) = writable(request.group_id.0.as_str()) {
+    if let Err(error) = writable(broker, request.group_id.0.as_str()) {
         return JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1);
     }
     broker.groups().join(join_request(ctx, request, version, client_id)).await
@@ -86,7 +93,7 @@ fn sync_assignments(request: &SyncGroupRequest) -> Vec<(String, Bytes)> {
 }
 
 pub(crate) async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> SyncGroupResponse {
-    if let Err(error) = writable(request.group_id.0.as_str()) {
+    if let Err(error) = writable(broker, request.group_id.0.as_str()) {
         return SyncGroupResponse::default().with_error_code(error.code());
     }
     let assignments = sync_assignments(&request);
@@ -104,7 +111,7 @@ pub(crate) async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) 
 }
 
 pub(crate) fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
-    let result = writable(request.group_id.0.as_str())
+    let result = writable(broker, request.group_id.0.as_str())
         .and_then(|()| broker.groups().heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
     HeartbeatResponse::default().with_error_code(error_code(result))
 }
@@ -113,7 +120,7 @@ pub(crate) fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, vers
     // v0-2 name one member; v3+ a batch.
     let member_ids: Vec<String> =
         if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
-    let results = match writable(request.group_id.0.as_str()) {
+    let results = match writable(broker, request.group_id.0.as_str()) {
         Ok(()) => broker.groups().leave(request.group_id.0.as_str(), &member_ids),
         Err(error) => member_ids.into_iter().map(|id| (id, Err(error))).collect(),
     };
@@ -167,7 +174,7 @@ pub(crate) fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -
         .groups
         .into_iter()
         .map(|group_id| {
-            if let Err(error) = check_group_id(group_id.0.as_str()) {
+            if let Err(error) = coordinated(broker, group_id.0.as_str()) {
                 return DescribedGroup::default().with_group_id(group_id).with_error_code(error.code());
             }
             let id = group_id.0.to_string();
@@ -207,7 +214,7 @@ pub(crate) fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> De
         .groups_names
         .into_iter()
         .map(|group_id| {
-            if let Err(error) = writable(group_id.0.as_str()) {
+            if let Err(error) = writable(broker, group_id.0.as_str()) {
                 return DeletableGroupResult::default().with_group_id(group_id).with_error_code(error.code());
             }
             let id = group_id.0.to_string();
@@ -226,7 +233,7 @@ pub(crate) fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Of
     let count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     // Whole-request checks come first, before anything is built per entry: a request is at most
     // `socket.request.max.bytes`, but what it asks to store could be many times that.
-    let refusal = writable(group)
+    let refusal = writable(broker, group)
         .and(if count > OFFSET_COMMIT_PARTITIONS_MAX { Err(ResponseError::InvalidCommitOffsetSize) } else { Ok(()) })
         .and_then(|()| broker.groups().check_commit(group, request.member_id.as_str(), request.generation_id_or_member_epoch));
     let mut codes = vec![refusal.err().map_or(0, |e| e.code()); count];
@@ -345,7 +352,7 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
             .groups
             .into_iter()
             .map(|g| {
-                if let Err(error) = check_group_id(g.group_id.0.as_str()) {
+                if let Err(error) = coordinated(broker, g.group_id.0.as_str()) {
                     return OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(error.code());
                 }
                 let id = g.group_id.0.to_string();
@@ -363,7 +370,7 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
-    if let Err(error) = check_group_id(request.group_id.0.as_str()) {
+    if let Err(error) = coordinated(broker, request.group_id.0.as_str()) {
         // v2+ has a request-level error; v1 only per partition.
         if version >= 2 {
             return OffsetFetchResponse::default().with_error_code(error.code());
@@ -394,7 +401,7 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
 
 pub(crate) fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.0.to_string();
-    if let Err(error) = writable(&group) {
+    if let Err(error) = writable(broker, &group) {
         return OffsetDeleteResponse::default().with_error_code(error.code());
     }
     if !broker.offsets().has_group(&group) && broker.groups().describe(&group).is_none() {

@@ -25,11 +25,11 @@ pub(crate) fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version
                 Ok(partition) => partition,
                 Err(error) => return response.with_error_code(error.code()).with_offset(-1).with_timestamp(-1),
             };
-            if p.current_leader_epoch > partition.leader_epoch {
+            if p.current_leader_epoch > partition.leader_epoch() {
                 return response.with_error_code(ResponseError::UnknownLeaderEpoch.code());
             }
             // leader_epoch exists from v4; encoding it at older versions is refused by the codec.
-            let epoch = if version >= 4 { partition.leader_epoch } else { -1 };
+            let epoch = if version >= 4 { partition.leader_epoch() } else { -1 };
             let visible_end = if read_committed { partition.last_stable_offset() } else { partition.high_watermark() };
             match p.timestamp {
                 LATEST_TIMESTAMP => response.with_offset(visible_end).with_timestamp(-1).with_leader_epoch(epoch),

@@ -63,9 +63,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 partition_responses.push(error_response(index, error.kafka(), Some(error.to_string())));
                 continue;
             }
-            let Some(partition) = topic.as_ref().and_then(|t| t.partition(index)) else {
-                partition_responses.push(error_response(index, ResponseError::UnknownTopicOrPartition, None));
-                continue;
+            let partition = match topic.as_ref().map_or(Err(ResponseError::UnknownTopicOrPartition), |t| t.led_partition(index)) {
+                Ok(partition) => partition,
+                Err(error) => {
+                    partition_responses.push(error_response(index, error, None));
+                    continue;
+                }
             };
             let Some(records) = data.records else {
                 partition_responses.push(error_response(index, ResponseError::CorruptMessage, Some("no record batch".into())));
@@ -74,7 +77,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
             // The storage engine rewrites offsets in place; the request frame is shared, so copy the
             // batch bytes once here (per batch, never per record).
             let mut batch = records.to_vec();
-            let mode = AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch };
+            let mode = AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch() };
             let header = BatchHeader::parse(&batch);
             let transactional = header.is_some_and(|h| h.is_transactional());
             if !same_producer_throughout(&batch) {

@@ -21,19 +21,6 @@ use crate::error::BrokerError;
 /// Topics one CreateTopics or DeleteTopics request may name.
 pub(crate) const TOPICS_PER_REQUEST_MAX: usize = 10_000;
 
-fn check_replication(broker: &Broker, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
-    if factor != -1 && factor != 1 {
-        return Err(BrokerError::InvalidReplicationFactor(format!(
-            "{factor}: this is a single-node cluster, so the replication factor must be 1"
-        )));
-    }
-    let node = broker.node_id();
-    if assignments.iter().any(|replicas| replicas.as_slice() != [node]) {
-        return Err(BrokerError::InvalidReplicationFactor(format!("replica assignments must name exactly this broker ({node})")));
-    }
-    Ok(())
-}
-
 pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let mut seen = HashSet::new();
     let duplicates: HashSet<String> = request.topics.iter().map(|t| t.name.0.to_string()).filter(|n| !seen.insert(n.clone())).collect();
@@ -58,7 +45,7 @@ pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, versi
                 return fail(BrokerError::InvalidRequest(format!("topic '{name}' appears more than once in the request")));
             }
             let assignments: Vec<Vec<i32>> = t.assignments.iter().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
-            if let Err(error) = check_replication(broker, t.replication_factor, &assignments) {
+            if let Err(error) = broker.check_assignments(t.replication_factor, &assignments) {
                 return fail(error);
             }
             let partitions = if !assignments.is_empty() {
@@ -77,7 +64,8 @@ pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, versi
                 Ok(config) => config,
                 Err(error) => return fail(BrokerError::InvalidConfig(error.to_string())),
             };
-            match blocking(|| broker.create_topic(&name, partitions, config, request.validate_only)) {
+            let placed = (!assignments.is_empty()).then_some(assignments);
+            match blocking(|| broker.create_topic_placed(&name, partitions, placed, config, request.validate_only)) {
                 Ok(created) => {
                     if !request.validate_only {
                         tracing::info!(topic = name, partitions = created.topic.partition_count(), "created topic");
@@ -147,10 +135,14 @@ pub(crate) fn create_partitions(broker: &Broker, request: CreatePartitionsReques
             let name = t.name.0.to_string();
             let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
             let assignments: Vec<Vec<i32>> = t.assignments.iter().flatten().map(|a| a.broker_ids.iter().map(|b| b.0).collect()).collect();
-            let outcome = check_replication(broker, -1, &assignments)
+            let outcome = broker
+                .check_assignments(-1, &assignments)
                 .map_err(|e| BrokerError::InvalidRequest(e.to_string()))
                 .and_then(|()| broker.topic(&name).map_or(Ok(()), |topic| topic.check_writable()))
-                .and_then(|()| blocking(|| broker.add_partitions(&name, t.count, request.validate_only)));
+                .and_then(|()| {
+                    let placed = (!assignments.is_empty()).then_some(assignments);
+                    blocking(|| broker.add_partitions_placed(&name, t.count, placed, request.validate_only))
+                });
             match outcome {
                 Ok(()) => {
                     if !request.validate_only {

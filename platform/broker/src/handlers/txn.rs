@@ -23,8 +23,10 @@ use crate::offsets::CommittedOffset;
 use crate::transactions::{TXN_OFFSETS_MAX, TXN_PARTITIONS_MAX, TxnStatus};
 
 /// Transactional ids and groups under `__sluice` belong to the broker's own runtimes: a client that
-/// names one could fence a transform's runner or move its input position.
-fn reserved(transactional_id: &str, group: Option<&str>) -> Result<(), BrokerError> {
+/// names one could fence a transform's runner or move its input position. A node that does not
+/// coordinate transactions answers NOT_COORDINATOR.
+fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Result<(), BrokerError> {
+    broker.check_coordinator().map_err(BrokerError::Protocol)?;
     if is_internal_name(transactional_id) {
         tracing::debug!(transactional_id, "refused a reserved transactional id");
         return refuse(ResponseError::TransactionalIdAuthorizationFailed);
@@ -38,7 +40,7 @@ fn reserved(transactional_id: &str, group: Option<&str>) -> Result<(), BrokerErr
 /// InitProducerId with a non-empty transactional id.
 pub(crate) fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
     let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
-    let outcome = reserved(transactional_id, None)
+    let outcome = reserved(broker, transactional_id, None)
         .and_then(|()| blocking(|| broker.transactions().init_producer_id(transactional_id, request.transaction_timeout_ms, expected)));
     match outcome {
         Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
@@ -58,7 +60,7 @@ pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxn
     let refusal = if count > TXN_PARTITIONS_MAX {
         refuse(ResponseError::InvalidRequest)
     } else {
-        reserved(request.v3_and_below_transactional_id.0.as_str(), None)
+        reserved(broker, request.v3_and_below_transactional_id.0.as_str(), None)
     };
     let codes = match refusal {
         Err(error) => vec![error.code(); count],
@@ -108,7 +110,7 @@ pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnReques
     let group = request.group_id.0.as_str();
     let outcome = check_group_id(group)
         .map_err(BrokerError::Protocol)
-        .and_then(|()| reserved(request.transactional_id.0.as_str(), Some(group)))
+        .and_then(|()| reserved(broker, request.transactional_id.0.as_str(), Some(group)))
         .and_then(|()| {
             blocking(|| {
                 broker.transactions().add_offsets(request.transactional_id.0.as_str(), request.producer_id.0, request.producer_epoch, group)
@@ -125,7 +127,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
         if count > TXN_OFFSETS_MAX {
             refuse(ResponseError::InvalidRequest)
         } else {
-            reserved(request.transactional_id.0.as_str(), Some(group))
+            reserved(broker, request.transactional_id.0.as_str(), Some(group))
         }
     });
     let codes = match refusal {
@@ -190,7 +192,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
 
 pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
-    let outcome = reserved(&id, None)
+    let outcome = reserved(broker, &id, None)
         .and_then(|()| blocking(|| broker.transactions().end_txn(&id, request.producer_id.0, request.producer_epoch, request.committed)));
     if let Err(error) = &outcome {
         tracing::debug!(transactional_id = id, commit = request.committed, %error, "EndTxn refused");

@@ -139,7 +139,7 @@ impl TransactionalProducer {
                 .broker
                 .transactions()
                 .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
-                    target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch }, now)
+                    target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch() }, now)
                 })
                 .map_err(|e| failed(action(), e))?
                 .map_err(|e| match e {

@@ -1,0 +1,267 @@
+//! The broker's side of the controller quorum: topic changes go to the quorum as commands, and
+//! every broker applies what the quorum committed to its own data directory.
+//!
+//! The quorum is the source of truth for topics, their partitions' placement and leadership. Each
+//! broker follows it with one reconciler ([`follow`]): after every applied log entry it opens the
+//! partitions placed on it, removes topics the quorum deleted, applies settings and sets which of
+//! its partitions it leads. A broker that handles CreateTopics (or another topic change) writes the
+//! command, then waits until its own reconciler has applied it, so the client sees the topic on the
+//! broker it asked as soon as the request returns; other brokers follow within milliseconds.
+//!
+//! Topics created before a node kept its topics in the quorum (a data directory from an earlier
+//! version) are handed to the quorum at start-up with their ids, placed on this broker.
+//!
+//! A local topic is removed only when the quorum's applied state is at least as new as the topic's
+//! creation (its `created_at` log index): a node whose applied state trails its data directory after
+//! a restart never mistakes "not applied yet" for "deleted".
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sluice_cluster::{Command, Controller, Outcome, TopicState};
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::config::TopicConfig;
+use crate::error::BrokerError;
+use crate::metastore::{ProducerIdSource, TopicDefinition};
+
+/// How long a topic change waits for a live broker to place partitions on.
+const PLACE_WAIT: Duration = Duration::from_secs(10);
+/// How often topics from before the quorum are offered to it again after a failed hand-over.
+const ADOPT_RETRY: Duration = Duration::from_secs(1);
+
+/// Waits for `work` from blocking code: a handler's `blocking` section, a spawn_blocking task, a
+/// runtime's own thread, or (moved off it first) an async worker thread. The broker's runtime is
+/// multi-threaded, so `block_in_place` is always allowed. Build timers inside `work` (an `async`
+/// block): the caller's thread may have no runtime context.
+pub(crate) fn wait<F: Future>(runtime: &tokio::runtime::Handle, work: F) -> F::Output {
+    tokio::task::block_in_place(|| runtime.block_on(work))
+}
+
+/// The broker's settings of a topic, as the quorum stores them (it does not read them).
+pub(crate) fn encode_config(config: &TopicConfig) -> Result<String, BrokerError> {
+    serde_json::to_string(config).map_err(|e| BrokerError::InvalidConfig(e.to_string()))
+}
+
+fn decode_config(topic: &str, text: &str) -> TopicConfig {
+    if text.is_empty() {
+        return TopicConfig::default();
+    }
+    serde_json::from_str(text).unwrap_or_else(|error| {
+        tracing::error!(topic, %error, "the controller holds settings this broker cannot read; using the defaults");
+        TopicConfig::default()
+    })
+}
+
+/// Places `count` partitions with one replica each on the live brokers, round-robin from `start`
+/// (Kafka starts at a random broker so that topics do not all begin on the same one). Waits for a
+/// live broker while none is registered yet (a cluster starting). Blocking.
+pub(crate) fn place(broker: &Broker, controller: &Controller, count: usize, start: usize) -> Result<Vec<Vec<i32>>, BrokerError> {
+    let runtime = broker.runtime()?;
+    let deadline = Instant::now() + PLACE_WAIT;
+    let mut changes = controller.subscribe();
+    loop {
+        let live: Vec<i32> = controller.with_metadata(|m, _| m.live_brokers().map(|b| b.registration.broker_id).collect());
+        if !live.is_empty() {
+            return Ok((0..count).map(|p| vec![live[start.wrapping_add(p) % live.len()]]).collect());
+        }
+        let waited = wait(runtime, async { tokio::time::timeout_at(deadline.into(), changes.changed()).await });
+        if !matches!(waited, Ok(Ok(()))) {
+            return Err(BrokerError::Timeout(format!(
+                "no broker registered with the controller within {PLACE_WAIT:?}: is a majority of the controller voters running?"
+            )));
+        }
+    }
+}
+
+/// Producer id blocks from the quorum, so that no two brokers hand out the same id.
+pub(crate) struct QuorumProducerIds {
+    controller: Arc<Controller>,
+    runtime: tokio::runtime::Handle,
+    broker_id: i32,
+}
+
+impl QuorumProducerIds {
+    /// Called from the runtime the broker serves on.
+    pub(crate) fn new(broker: &Broker, controller: Arc<Controller>) -> QuorumProducerIds {
+        QuorumProducerIds { controller, runtime: tokio::runtime::Handle::current(), broker_id: broker.node_id() }
+    }
+}
+
+impl ProducerIdSource for QuorumProducerIds {
+    fn reserve(&self, count: i64, at_least: i64) -> Result<i64, BrokerError> {
+        let command = Command::AllocateProducerIds { broker_id: self.broker_id, count, at_least };
+        match wait(&self.runtime, self.controller.write(command)) {
+            Ok(Outcome::ProducerIds { first }) => Ok(first),
+            Ok(other) => Err(BrokerError::InvalidRequest(format!("the controller refused producer ids: {other:?}"))),
+            Err(error) => Err(BrokerError::Timeout(format!("cannot reserve producer ids: {error}"))),
+        }
+    }
+
+    fn ever_reserved(&self, producer_id: i64) -> bool {
+        self.controller.with_metadata(|m, _| producer_id < m.next_producer_id)
+    }
+}
+
+/// Applies the quorum's topics to this broker after every change, until the controller stops.
+pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
+    let mut changes = controller.subscribe();
+    loop {
+        let (b, c) = (Arc::clone(&broker), Arc::clone(&controller));
+        let adopt = match tokio::task::spawn_blocking(move || reconcile(&b, &c)).await {
+            Ok(adopt) => adopt,
+            Err(error) => {
+                tracing::error!(%error, "applying the controller's metadata failed");
+                Vec::new()
+            }
+        };
+        let mut retry = false;
+        for command in adopt {
+            let Command::CreateTopic { name, .. } = &command else { continue };
+            let name = name.clone();
+            match controller.write(command).await {
+                Ok(Outcome::Applied) => tracing::info!(topic = name, "handed a topic from before the controller quorum to it"),
+                Ok(Outcome::TopicExists) => tracing::error!(
+                    topic = name,
+                    "another broker's topic of the same name is in the cluster; this broker's copy stays out of service: \
+                     rename or delete one of them"
+                ),
+                Ok(other) => tracing::error!(topic = name, ?other, "the controller refused a topic from before the quorum"),
+                Err(error) => {
+                    tracing::warn!(topic = name, %error, "cannot hand a topic to the controller yet; retrying");
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            let _ = tokio::time::timeout(ADOPT_RETRY, changes.changed()).await;
+        } else if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One pass: makes this broker's topics what the quorum says. Returns the commands that hand
+/// topics from before the quorum to it (written by the caller: a write waits for its commit).
+fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
+    let node = broker.node_id();
+    let (index, registered, topics, cluster_id) =
+        controller.with_metadata(|m, index| (index, m.brokers.contains_key(&node), m.topics.clone(), m.cluster_id.clone()));
+    if let Some(cluster_id) = &cluster_id {
+        broker.set_quorum_cluster_id(cluster_id);
+    }
+    let _control = broker.control();
+    let mut leadership_changes = 0usize;
+    for (name, state) in &topics {
+        match apply_topic(broker, node, name, state) {
+            Ok(changes) => leadership_changes += changes,
+            Err(error) => tracing::error!(topic = name, %error, "cannot apply the controller's topic on this broker"),
+        }
+    }
+    let mut adopt = Vec::new();
+    for topic in broker.topics() {
+        let name = topic.name.as_str();
+        if topics.contains_key(name) {
+            continue;
+        }
+        let created_at = topic.created_at.load(Ordering::Acquire);
+        if created_at == 0 {
+            // From before the quorum: hand it over once this broker is registered (the quorum
+            // places partitions only on registered brokers).
+            if registered {
+                let config = match encode_config(&topic.config.read()) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(topic = name, %error, "cannot encode the topic's settings");
+                        continue;
+                    }
+                };
+                let assignments = (0..topic.partition_count()).map(|_| vec![node]).collect();
+                adopt.push(Command::CreateTopic { name: name.to_string(), id: topic.id.as_u128(), config, assignments });
+            }
+        } else if created_at <= index {
+            // The quorum has applied the topic's creation and no longer has it: it was deleted.
+            if let Err(error) = broker.remove_topic_locally(name) {
+                tracing::error!(topic = name, %error, "cannot remove a topic the controller deleted");
+            }
+        }
+    }
+    if leadership_changes > 0 {
+        tracing::info!(partitions = leadership_changes, "partition leadership on this broker changed");
+    }
+    let (leaderless, under_replicated) = controller.with_metadata(|m, _| (m.offline_partitions(), m.under_replicated_partitions()));
+    broker.metrics().leaderless_partitions.set(leaderless as i64);
+    broker.metrics().under_replicated_partitions.set(under_replicated as i64);
+    broker.set_reconciled(index);
+    adopt
+}
+
+/// Applies one of the quorum's topics; returns how many of its partitions here changed leadership.
+fn apply_topic(broker: &Broker, node: i32, name: &str, state: &TopicState) -> Result<usize, BrokerError> {
+    let id = Uuid::from_u128(state.id);
+    let hosted: Vec<i32> = (0..state.partitions.len() as i32).filter(|&p| state.partitions[p as usize].replicas.contains(&node)).collect();
+    let total = state.partitions.len() as i32;
+    let config = decode_config(name, &state.config);
+    let mut local = broker.topic(name);
+    if let Some(topic) = local.as_ref().filter(|t| t.id != id) {
+        let created_at = topic.created_at.load(Ordering::Acquire);
+        if created_at == 0 {
+            // Reported when the hand-over is refused; nothing to do here.
+            return Ok(0);
+        }
+        if created_at > state.created_at {
+            // This broker already holds a newer topic of that name than the state applied here.
+            return Ok(0);
+        }
+        broker.remove_topic_locally(name)?;
+        local = None;
+    }
+    let topic = match local {
+        None => {
+            let definition = TopicDefinition {
+                name: name.to_string(),
+                id,
+                partitions: total,
+                config,
+                hosted: Some(hosted),
+                created_at: Some(state.created_at),
+            };
+            let topic = broker.open_new_topic(&definition)?;
+            tracing::info!(topic = name, partitions = total, held_here = ?topic.hosted(), "opened topic placed by the controller");
+            topic
+        }
+        Some(topic) => {
+            if topic.created_at.load(Ordering::Acquire) == 0 {
+                topic.created_at.store(state.created_at, Ordering::Release);
+                broker.save_definition(&topic)?;
+            }
+            let current = topic.partition_count();
+            if total > current {
+                let added = hosted.iter().copied().filter(|&p| p >= current).collect();
+                broker.grow_topic_locally(&topic, total, added)?;
+            }
+            if *topic.config.read() != config {
+                broker.configure_topic_locally(&topic, config)?;
+            }
+            topic
+        }
+    };
+    let mut changed = 0;
+    for partition in topic.partitions.read().iter() {
+        if let Some(state) = state.partitions.get(partition.index as usize)
+            && partition.set_leadership(state.leader == node, state.leader_epoch)
+        {
+            tracing::debug!(
+                topic = name,
+                partition = partition.index,
+                leader = state.leader,
+                epoch = state.leader_epoch,
+                "leadership changed"
+            );
+            changed += 1;
+        }
+    }
+    Ok(changed)
+}
