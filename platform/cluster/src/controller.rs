@@ -428,11 +428,43 @@ impl Controller {
         if let Err(reason) = command.validate() {
             return Ok(Committed { index: 0, outcome: Outcome::Rejected(reason) });
         }
+        if let Command::RegisterBroker(registration) = &command
+            && let Some(reason) = self.duplicate_registration(registration)
+        {
+            return Ok(Committed { index: 0, outcome: Outcome::Rejected(reason) });
+        }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(Committed { index: response.log_id.index, outcome: response.data }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(WriteError::NotLeader),
             Err(e) => Err(WriteError::Failed(e.to_string())),
         }
+    }
+
+    /// Kafka's DUPLICATE_BROKER_REGISTRATION: another process (another incarnation) holds this
+    /// broker id and heartbeated within the session timeout. Two processes with one `node.id` would
+    /// otherwise replace each other's registration forever; a restarted broker is accepted once its
+    /// predecessor's session expires (or at once, if it was fenced already). Judged on the leader,
+    /// which alone sees heartbeats; a new leader gives every broker a full session first.
+    fn duplicate_registration(&self, registration: &BrokerRegistration) -> Option<String> {
+        let id = registration.broker_id;
+        let current = {
+            let applied = self.state.applied().read();
+            let existing = applied.metadata.brokers.get(&id)?;
+            if existing.fenced || existing.registration.incarnation == registration.incarnation {
+                return None;
+            }
+            existing.epoch
+        };
+        let liveness = self.liveness.lock();
+        let (epoch, at) = liveness.seen.get(&id)?;
+        (*epoch == current && at.elapsed() <= self.config.session_timeout).then(|| {
+            format!(
+                "broker {id} is registered by another live process (epoch {current}, heard from {:?} ago): is `node.id` {id} \
+                 used twice? A restarted broker is taken once the old session expires (broker.session.timeout.ms = {:?})",
+                at.elapsed(),
+                self.config.session_timeout
+            )
+        })
     }
 
     async fn heartbeat_local(&self, broker_id: i32, epoch: u64) -> Result<HeartbeatReply, WriteError> {
@@ -568,6 +600,9 @@ async fn register(controller: &Weak<Controller>, registration: &BrokerRegistrati
         let this = controller.upgrade()?;
         match this.write(Command::RegisterBroker(registration.clone())).await {
             Ok(Outcome::Registered { epoch }) => return Some(epoch),
+            Ok(Outcome::Rejected(reason)) => {
+                tracing::warn!(broker_id = registration.broker_id, reason, "the controller refused the broker's registration; retrying")
+            }
             Ok(other) => tracing::error!(broker_id = registration.broker_id, ?other, "the controller refused the broker's registration"),
             Err(error) => tracing::warn!(broker_id = registration.broker_id, %error, "broker registration failed; retrying"),
         }

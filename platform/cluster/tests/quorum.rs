@@ -130,6 +130,29 @@ async fn a_single_voter_keeps_its_metadata_across_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_brokers_id_is_refused_until_its_session_expires() {
+    let root = tempfile::tempdir().unwrap();
+    let single =
+        ControllerConfig { session_timeout: SESSION, heartbeat_interval: HEARTBEAT, ..ControllerConfig::single(1, root.path().join("c")) };
+    let node = Controller::start(single).await.unwrap();
+    let Outcome::Registered { epoch } = node.write(Command::RegisterBroker(registration(5, 1))).await.unwrap() else {
+        panic!("not registered")
+    };
+    node.heartbeat(5, epoch).await.unwrap();
+    // Another incarnation of broker 5 while the first heartbeats: refused, and the first keeps its epoch.
+    let outcome = node.write(Command::RegisterBroker(registration(5, 2))).await.unwrap();
+    assert!(matches!(&outcome, Outcome::Rejected(reason) if reason.contains("used twice")), "{outcome:?}");
+    assert_eq!(node.metadata().brokers[&5].epoch, epoch);
+    // The same process asking again is not a duplicate.
+    assert_eq!(node.write(Command::RegisterBroker(registration(5, 1))).await.unwrap(), Outcome::Registered { epoch });
+    // Once the first stops heartbeating and is fenced, the newcomer (a restart) is taken.
+    eventually(&node, SESSION * 4, "broker 5 fenced", |m| m.brokers[&5].fenced).await;
+    let outcome = node.write(Command::RegisterBroker(registration(5, 2))).await.unwrap();
+    assert!(matches!(outcome, Outcome::Registered { epoch: newer } if newer > epoch), "{outcome:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_outside_the_voters_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let voters = BTreeMap::from([(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())]);
