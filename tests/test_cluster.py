@@ -267,7 +267,9 @@ def test_partitions_spread_over_three_brokers_and_clients_follow(make_broker):
 
 
 def test_topics_from_before_the_quorum_are_handed_to_it(broker):
-    """A data directory from before topics lived in the quorum: its topics keep their ids and data."""
+    """Topics the quorum never had keep their ids and data: those of a data directory from before
+    topics lived in the quorum, and those of a node whose controller directory was wiped (its new
+    quorum's log soon passes the topics' creation indices, which must not read as deletions)."""
     topic = unique("legacy")
     create_topic(broker, topic, partitions=2)
     producer = cf_producer(broker)
@@ -275,30 +277,39 @@ def test_topics_from_before_the_quorum_are_handed_to_it(broker):
         producer.produce(topic, value=str(i).encode(), partition=i % 2)
     assert producer.flush(20) == 0
     topic_id = json.loads(http_request("GET", f"{broker.admin_url}/v1/topics/{topic}", timeout=5)[2])["id"]
-    broker.stop()
-    # What an earlier version left: definitions without the quorum's fields, and no quorum.
     definition = broker.data_dir / "__cluster" / "topics" / f"{topic}.json"
-    stored = json.loads(definition.read_text())
-    assert stored.pop("created_at") and stored.pop("hosted") == [0, 1]
-    definition.write_text(json.dumps(stored))
-    subprocess.run(["rm", "-rf", str(broker.data_dir / "__controller")], check=True)
-    broker.start()
-    wait_for(
-        lambda: "created_at" in json.loads(definition.read_text()),
-        "the topic to be handed to the new quorum",
-        timeout=20,
-    )
-    assert json.loads(http_request("GET", f"{broker.admin_url}/v1/topics/{topic}", timeout=5)[2])["id"] == topic_id
-    consumer = cf_consumer(broker)
-    try:
-        from confluent_kafka import TopicPartition
 
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
-        got = []
-        wait_for(lambda: got.extend(m for m in consumer.consume(20, 0.5) if m.error() is None) or len(got) >= 10, "the records", every=0)
-    finally:
-        consumer.close()
-    assert sorted(int(m.value()) for m in got) == list(range(10))
+    def read_all():
+        consumer = cf_consumer(broker)
+        try:
+            from confluent_kafka import TopicPartition
+
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
+            got = []
+            wait_for(lambda: got.extend(m for m in consumer.consume(20, 0.5) if m.error() is None) or len(got) >= 10, "the records", every=0)
+        finally:
+            consumer.close()
+        return sorted(int(m.value()) for m in got)
+
+    for case in ("controller directory wiped", "definition from an earlier version"):
+        broker.stop()
+        stored = json.loads(definition.read_text())
+        quorum = stored["quorum"]
+        if case == "definition from an earlier version":
+            assert stored.pop("created_at") and stored.pop("hosted") == [0, 1] and stored.pop("quorum")
+            definition.write_text(json.dumps(stored))
+        subprocess.run(["rm", "-rf", str(broker.data_dir / "__controller")], check=True)
+        broker.start()
+        wait_for(
+            lambda: json.loads(definition.read_text()).get("quorum") not in (None, quorum),
+            f"{case}: the topic handed to the new quorum",
+            timeout=20,
+        )
+        # Longer than it takes the new quorum's log to pass the topic's old creation index.
+        for _ in range(5):
+            create_topic(broker, unique("filler"))
+        assert json.loads(http_request("GET", f"{broker.admin_url}/v1/topics/{topic}", timeout=5)[2])["id"] == topic_id, case
+        assert read_all() == list(range(10)), case
 
 
 def test_bad_quorum_settings_are_refused_at_start(tmp_path):

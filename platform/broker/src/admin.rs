@@ -299,7 +299,8 @@ async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<Stri
             let stats = p.stats();
             json!({
                 "partition": p.index,
-                "leader": broker.node_id(),
+                // Held here: led by this broker, or by nobody while the quorum says so.
+                "leader": if p.is_leader() { broker.node_id() } else { -1 },
                 "leader_epoch": p.leader_epoch(),
                 "replicas": [broker.node_id()],
                 "isr": [broker.node_id()],

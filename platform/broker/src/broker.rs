@@ -367,7 +367,8 @@ impl Broker {
             return Ok(CreatedTopic { topic: Arc::new(topic) });
         }
         let Some(controller) = self.controller() else {
-            let definition = TopicDefinition { name: name.as_str().to_string(), id, partitions, config, hosted: None, created_at: None };
+            let definition =
+                TopicDefinition { name: name.as_str().to_string(), id, partitions, config, hosted: None, created_at: None, quorum: None };
             let topic = self.open_new_topic(&definition)?;
             return Ok(CreatedTopic { topic });
         };
@@ -606,6 +607,19 @@ impl Broker {
         Ok(())
     }
 
+    /// Stamps a topic this broker handed to the quorum as the quorum's, at once: were the quorum
+    /// to delete it before the next pass, that pass must not hand it over again.
+    pub(crate) fn mark_handed_over(&self, name: &str, id: Uuid, quorum: u64, index: u64) -> Result<(), BrokerError> {
+        let _control = self.control.lock();
+        match self.topic(name).filter(|t| t.id == id) {
+            Some(topic) => {
+                topic.stamp(quorum, index);
+                self.save_definition(&topic)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Serialises changes to this broker's topics (the reconciler holds it for a whole pass).
     pub(crate) fn control(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.control.lock()
@@ -620,6 +634,7 @@ impl Broker {
             config: topic.config.read().clone(),
             hosted: (created_at > 0).then(|| topic.hosted()),
             created_at: (created_at > 0).then_some(created_at),
+            quorum: (created_at > 0).then(|| topic.quorum.load(Ordering::Acquire)),
         };
         self.meta.save_topic(&definition)
     }
@@ -671,14 +686,16 @@ pub(crate) fn partition_dir(data_dir: &Path, topic: &str, index: i32) -> PathBuf
 /// A topic as its definition describes it, with no partition opened yet.
 fn topic_of(definition: &TopicDefinition, metrics: &Metrics) -> Result<Arc<Topic>, BrokerError> {
     let name = TopicName::parse(&definition.name)?;
-    Ok(Arc::new(Topic::new(
+    let topic = Topic::new(
         name,
         definition.id,
         definition.config.clone(),
         definition.partitions,
         definition.created_at.unwrap_or(0),
         metrics.topic(&definition.name),
-    )))
+    );
+    topic.quorum.store(definition.quorum.unwrap_or(0), Ordering::Release);
+    Ok(Arc::new(topic))
 }
 
 fn open_topic(

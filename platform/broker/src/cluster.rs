@@ -119,16 +119,25 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
         };
         let mut retry = false;
         for command in adopt {
-            let Command::CreateTopic { name, .. } = &command else { continue };
-            let name = name.clone();
-            match controller.write(command).await {
-                Ok(Outcome::Applied) => tracing::info!(topic = name, "handed a topic from before the controller quorum to it"),
-                Ok(Outcome::TopicExists) => tracing::error!(
+            let Command::CreateTopic { name, id, .. } = &command else { continue };
+            let id = Uuid::from_u128(*id);
+            let (name, id) = (name.clone(), id);
+            match controller.write_committed(command).await.map(|c| (c.index, c.outcome)) {
+                Ok((index, Outcome::Applied)) => {
+                    tracing::info!(topic = name, "handed a topic from before the controller quorum to it");
+                    let quorum = controller.with_metadata(|m, _| m.quorum_id);
+                    let b = Arc::clone(&broker);
+                    let stamped = tokio::task::spawn_blocking(move || b.mark_handed_over(&name, id, quorum, index)).await;
+                    if let Ok(Err(error)) = stamped {
+                        tracing::error!(%error, "cannot record a topic handed to the controller");
+                    }
+                }
+                Ok((_, Outcome::TopicExists)) => tracing::error!(
                     topic = name,
                     "another broker's topic of the same name is in the cluster; this broker's copy stays out of service: \
                      rename or delete one of them"
                 ),
-                Ok(other) => tracing::error!(topic = name, ?other, "the controller refused a topic from before the quorum"),
+                Ok((_, other)) => tracing::error!(topic = name, ?other, "the controller refused a topic from before the quorum"),
                 Err(error) => {
                     tracing::warn!(topic = name, %error, "cannot hand a topic to the controller yet; retrying");
                     retry = true;
@@ -147,15 +156,15 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
 /// topics from before the quorum to it (written by the caller: a write waits for its commit).
 fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
     let node = broker.node_id();
-    let (index, registered, topics, cluster_id) =
-        controller.with_metadata(|m, index| (index, m.brokers.contains_key(&node), m.topics.clone(), m.cluster_id.clone()));
+    let (index, registered, topics, cluster_id, quorum) =
+        controller.with_metadata(|m, index| (index, m.brokers.contains_key(&node), m.topics.clone(), m.cluster_id.clone(), m.quorum_id));
     if let Some(cluster_id) = &cluster_id {
         broker.set_quorum_cluster_id(cluster_id);
     }
     let _control = broker.control();
     let mut leadership_changes = 0usize;
     for (name, state) in &topics {
-        match apply_topic(broker, node, name, state) {
+        match apply_topic(broker, node, quorum, name, state) {
             Ok(changes) => leadership_changes += changes,
             Err(error) => tracing::error!(topic = name, %error, "cannot apply the controller's topic on this broker"),
         }
@@ -166,10 +175,10 @@ fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
         if topics.contains_key(name) {
             continue;
         }
-        let created_at = topic.created_at.load(Ordering::Acquire);
-        if created_at == 0 {
-            // From before the quorum: hand it over once this broker is registered (the quorum
-            // places partitions only on registered brokers).
+        if !topic.belongs_to(quorum) {
+            // From before the quorum (or from another quorum: a controller directory started
+            // afresh): hand it over once this broker is registered (the quorum places partitions
+            // only on registered brokers). Never deleted: this quorum never had it.
             if registered {
                 let config = match encode_config(&topic.config.read()) {
                     Ok(config) => config,
@@ -181,7 +190,7 @@ fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
                 let assignments = (0..topic.partition_count()).map(|_| vec![node]).collect();
                 adopt.push(Command::CreateTopic { name: name.to_string(), id: topic.id.as_u128(), config, assignments });
             }
-        } else if created_at <= index {
+        } else if topic.created_at.load(Ordering::Acquire) <= index {
             // The quorum has applied the topic's creation and no longer has it: it was deleted.
             if let Err(error) = broker.remove_topic_locally(name) {
                 tracing::error!(topic = name, %error, "cannot remove a topic the controller deleted");
@@ -199,19 +208,22 @@ fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
 }
 
 /// Applies one of the quorum's topics; returns how many of its partitions here changed leadership.
-fn apply_topic(broker: &Broker, node: i32, name: &str, state: &TopicState) -> Result<usize, BrokerError> {
+fn apply_topic(broker: &Broker, node: i32, quorum: u64, name: &str, state: &TopicState) -> Result<usize, BrokerError> {
     let id = Uuid::from_u128(state.id);
     let hosted: Vec<i32> = (0..state.partitions.len() as i32).filter(|&p| state.partitions[p as usize].replicas.contains(&node)).collect();
     let total = state.partitions.len() as i32;
     let config = decode_config(name, &state.config);
     let mut local = broker.topic(name);
     if let Some(topic) = local.as_ref().filter(|t| t.id != id) {
-        let created_at = topic.created_at.load(Ordering::Acquire);
-        if created_at == 0 {
-            // Reported when the hand-over is refused; nothing to do here.
+        if !topic.belongs_to(quorum) {
+            // Another topic of this name is the cluster's (reported when the hand-over was
+            // refused): this copy is kept on disk but serves nobody.
+            for partition in topic.partitions.read().iter() {
+                partition.set_leadership(false, partition.leader_epoch());
+            }
             return Ok(0);
         }
-        if created_at > state.created_at {
+        if topic.created_at.load(Ordering::Acquire) > state.created_at {
             // This broker already holds a newer topic of that name than the state applied here.
             return Ok(0);
         }
@@ -227,14 +239,15 @@ fn apply_topic(broker: &Broker, node: i32, name: &str, state: &TopicState) -> Re
                 config,
                 hosted: Some(hosted),
                 created_at: Some(state.created_at),
+                quorum: Some(quorum),
             };
             let topic = broker.open_new_topic(&definition)?;
             tracing::info!(topic = name, partitions = total, held_here = ?topic.hosted(), "opened topic placed by the controller");
             topic
         }
         Some(topic) => {
-            if topic.created_at.load(Ordering::Acquire) == 0 {
-                topic.created_at.store(state.created_at, Ordering::Release);
+            if !topic.belongs_to(quorum) {
+                topic.stamp(quorum, state.created_at);
                 broker.save_definition(&topic)?;
             }
             let current = topic.partition_count();

@@ -43,6 +43,9 @@ pub(crate) struct TopicDefinition {
     /// The controller log index that created the topic; absent for a topic from before then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) created_at: Option<u64>,
+    /// The quorum `created_at` is an index of (`Metadata::quorum_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) quorum: Option<u64>,
 }
 
 impl TopicDefinition {

@@ -139,6 +139,8 @@ pub(crate) struct Topic {
     /// The controller log index that created the topic; 0 for a topic from before this node kept
     /// its topics in the controller quorum (it is handed to the quorum at start-up).
     pub(crate) created_at: AtomicU64,
+    /// The quorum `created_at` belongs to; 0 with it.
+    pub(crate) quorum: AtomicU64,
     pub(crate) metrics: TopicMetrics,
 }
 
@@ -151,6 +153,7 @@ impl Topic {
             partitions: RwLock::new(Vec::new()),
             partition_total: AtomicI32::new(total),
             created_at: AtomicU64::new(created_at),
+            quorum: AtomicU64::new(0),
             metrics,
         }
     }
@@ -179,6 +182,18 @@ impl Topic {
     /// Partitions in the cluster, including those other brokers hold.
     pub(crate) fn partition_count(&self) -> i32 {
         self.partition_total.load(Ordering::Acquire)
+    }
+
+    /// Whether the topic was created in (or handed to) the quorum `quorum`: only then do its
+    /// `created_at` and its absence from that quorum's state mean anything.
+    pub(crate) fn belongs_to(&self, quorum: u64) -> bool {
+        quorum != 0 && self.quorum.load(Ordering::Acquire) == quorum && self.created_at.load(Ordering::Acquire) > 0
+    }
+
+    /// Records that the quorum `quorum` created (or took over) the topic at log index `index`.
+    pub(crate) fn stamp(&self, quorum: u64, index: u64) {
+        self.created_at.store(index, Ordering::Release);
+        self.quorum.store(quorum, Ordering::Release);
     }
 
     /// The indices of the partitions this broker holds.

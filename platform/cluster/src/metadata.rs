@@ -224,6 +224,11 @@ pub struct Metadata {
     /// Set by the first registration that carries one.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// This quorum's identity (from the first registration's incarnation; 0 until then). Brokers
+    /// stamp their topics with it, so a topic created in another quorum (a controller directory
+    /// wiped and started afresh) is never mistaken for one this quorum deleted.
+    #[serde(default)]
+    pub quorum_id: u64,
 }
 
 impl Metadata {
@@ -237,6 +242,9 @@ impl Metadata {
                 let id = registration.broker_id;
                 if self.cluster_id.is_none() {
                     self.cluster_id = registration.cluster_id.clone();
+                }
+                if self.quorum_id == 0 {
+                    self.quorum_id = registration.incarnation as u64 | 1;
                 }
                 if let Some(existing) = self.brokers.get_mut(&id)
                     && existing.registration.incarnation == registration.incarnation
@@ -436,6 +444,7 @@ mod tests {
         // The first registration names the cluster.
         meta.apply(13, &Command::RegisterBroker(registration(2, 1)));
         assert_eq!(meta.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(meta.quorum_id, 11, "the first registration's incarnation, odd so never 0");
     }
 
     #[test]
