@@ -233,7 +233,7 @@ fn topic_summary(broker: &Broker, topic: &crate::topic::Topic) -> serde_json::Va
         "name": topic.name.as_str(),
         "id": topic.id.to_string(),
         "partitions": topic.partition_count(),
-        "replication_factor": 1,
+        "replication_factor": broker.replication_factor(topic),
         "configs": topic.config.read().overrides,
         "node_id": broker.node_id(),
     })
@@ -257,8 +257,11 @@ struct CreateTopicBody {
 impl CreateTopicBody {
     /// The handler's checks before it calls the broker; the topic's settings when they pass.
     fn topic_config(&self) -> Result<TopicConfig, BrokerError> {
-        if self.replication_factor.is_some_and(|r| r != 1) {
-            return Err(BrokerError::InvalidReplicationFactor("this is a single-node cluster, so the replication factor must be 1".into()));
+        if let Some(factor) = self.replication_factor.filter(|&r| r < 1 || r as usize > sluice_cluster::REPLICAS_MAX) {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "{factor}: a partition has 1 to {} replicas",
+                sluice_cluster::REPLICAS_MAX
+            )));
         }
         TopicConfig::from_pairs(self.configs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|e| BrokerError::InvalidConfig(e.to_string()))
@@ -282,9 +285,12 @@ async fn create_topic(
     let request = json_body(payload)?;
     let config = request.topic_config()?;
     let broker_for_create = Arc::clone(&broker);
-    let created = tokio::task::spawn_blocking(move || broker_for_create.create_topic(&request.name, request.partitions, config, false))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let factor = request.replication_factor.map(|r| r as usize);
+    let created = tokio::task::spawn_blocking(move || {
+        broker_for_create.create_topic_placed(&request.name, request.partitions, None, factor, config, false)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     tracing::info!(topic = created.topic.name.as_str(), partitions = created.topic.partition_count(), "created topic (admin API)");
     Ok((StatusCode::CREATED, Json(topic_summary(&broker, &created.topic))).into_response())
 }
@@ -297,13 +303,21 @@ async fn describe_topic(State(broker): State<Arc<Broker>>, Path(name): Path<Stri
         .iter()
         .map(|p| {
             let stats = p.stats();
+            let (replicas, isr) = {
+                let set = p.replica_set();
+                if set.replicas.is_empty() {
+                    (vec![broker.node_id()], vec![broker.node_id()])
+                } else {
+                    (set.replicas.clone(), set.isr.clone())
+                }
+            };
             json!({
                 "partition": p.index,
-                // Held here: led by this broker, or by nobody while the quorum says so.
+                // Held here: led by this broker, or by another (this copy follows it), or by nobody.
                 "leader": if p.is_leader() { broker.node_id() } else { -1 },
                 "leader_epoch": p.leader_epoch(),
-                "replicas": [broker.node_id()],
-                "isr": [broker.node_id()],
+                "replicas": replicas,
+                "isr": isr,
                 "log_start_offset": stats.log_start_offset,
                 "high_watermark": p.high_watermark(),
                 "log_end_offset": stats.log_end_offset,

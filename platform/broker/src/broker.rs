@@ -68,6 +68,11 @@ pub struct Broker {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// The controller log index up to which this broker's topics follow the quorum.
     reconciled: watch::Sender<u64>,
+    /// This process's registration with the quorum (new at every start): until the quorum's state
+    /// holds it, that state may predate this process and the broker leads nothing.
+    incarnation: OnceLock<u128>,
+    /// The follower side of replication: fetch tasks copying partitions led elsewhere.
+    fetchers: crate::replication::Fetchers,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
@@ -178,6 +183,8 @@ impl Broker {
             controller: OnceLock::new(),
             runtime: OnceLock::new(),
             reconciled: watch::channel(0).0,
+            incarnation: OnceLock::new(),
+            fetchers: crate::replication::Fetchers::default(),
             _dir_lock: dir_lock,
         }))
     }
@@ -245,6 +252,19 @@ impl Broker {
 
     pub(crate) fn controller(&self) -> Option<&Arc<Controller>> {
         self.controller.get()
+    }
+
+    pub(crate) fn fetchers(&self) -> &crate::replication::Fetchers {
+        &self.fetchers
+    }
+
+    /// This process's registration incarnation, once it registers with the quorum.
+    pub(crate) fn incarnation(&self) -> Option<u128> {
+        self.incarnation.get().copied()
+    }
+
+    pub(crate) fn set_incarnation(&self, incarnation: u128) {
+        let _ = self.incarnation.set(incarnation);
     }
 
     /// Joins the broker to its controller quorum: topic changes and producer ids go through it from
@@ -321,20 +341,23 @@ impl Broker {
         config: TopicConfig,
         validate_only: bool,
     ) -> Result<CreatedTopic, BrokerError> {
-        self.create_topic_placed(name, partitions, None, config, validate_only)
+        self.create_topic_placed(name, partitions, None, None, config, validate_only)
     }
 
     /// Creates a topic, with the replica assignment the client gave (checked by the caller with
-    /// [`Broker::check_assignments`]) or one the broker picks. In a cluster the controller quorum
-    /// decides, and this returns once this broker applied the decision. Blocking file I/O.
+    /// [`Broker::check_assignments`]) or one the broker picks with `factor` replicas per partition
+    /// (`default.replication.factor` when `None`). In a cluster the controller quorum decides, and
+    /// this returns once this broker applied the decision. Blocking file I/O.
     pub(crate) fn create_topic_placed(
         &self,
         name: &str,
         partitions: Option<i32>,
         assignments: Option<Vec<Vec<i32>>>,
+        factor: Option<usize>,
         config: TopicConfig,
         validate_only: bool,
     ) -> Result<CreatedTopic, BrokerError> {
+        let factor = factor.unwrap_or_else(|| self.config.default_replication_factor());
         let name = TopicName::parse(name)?;
         let partitions = match &assignments {
             Some(assignments) => assignments.len() as i32,
@@ -362,6 +385,9 @@ impl Broker {
             )));
         }
         let id = Uuid::new_v4();
+        if assignments.is_none() {
+            self.check_factor(factor)?;
+        }
         if validate_only {
             let topic = Topic::new(name.clone(), id, config, partitions, 0, self.metrics.topic(name.as_str()));
             return Ok(CreatedTopic { topic: Arc::new(topic) });
@@ -375,7 +401,7 @@ impl Broker {
         drop(control);
         let assignments = match assignments {
             Some(assignments) => assignments,
-            None => crate::cluster::place(self, controller, partitions as usize, id.as_u128() as usize)?,
+            None => crate::cluster::place(self, controller, partitions as usize, factor, id.as_u128() as usize)?,
         };
         let command = Command::CreateTopic {
             name: name.as_str().to_string(),
@@ -396,32 +422,65 @@ impl Broker {
         Ok(CreatedTopic { topic })
     }
 
-    /// Checks replica assignments a client gave: one replica per partition (replication is not
-    /// built yet), each a broker of the cluster.
-    pub(crate) fn check_assignments(&self, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
-        if factor != -1 && factor != 1 {
-            return Err(BrokerError::InvalidReplicationFactor(format!(
-                "{factor}: partition replication is not built yet, so every partition has one replica (replication factor 1)"
-            )));
-        }
-        let known: Vec<i32> = match self.controller() {
+    /// The registered brokers (this one alone without a quorum).
+    fn known_brokers(&self) -> Vec<i32> {
+        match self.controller() {
             Some(controller) => controller.with_metadata(|m, _| m.brokers.keys().copied().collect()),
             None => vec![self.node_id()],
-        };
+        }
+    }
+
+    /// Refuses a replication factor the cluster cannot place: more replicas than brokers.
+    pub(crate) fn check_factor(&self, factor: usize) -> Result<(), BrokerError> {
+        let brokers = self.known_brokers().len().max(1);
+        if factor == 0 || factor > brokers || factor > sluice_cluster::REPLICAS_MAX {
+            return Err(BrokerError::InvalidReplicationFactor(format!(
+                "{factor}: the cluster has {brokers} broker(s), and each replica of a partition needs its own broker"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the replication factor and the replica assignments a client gave: each partition the
+    /// same number of distinct brokers of the cluster. `factor` -1 means the default (or the
+    /// assignments' own).
+    pub(crate) fn check_assignments(&self, factor: i16, assignments: &[Vec<i32>]) -> Result<(), BrokerError> {
+        if assignments.is_empty() {
+            return match factor {
+                -1 => Ok(()),
+                f if f > 0 => self.check_factor(f as usize),
+                f => Err(BrokerError::InvalidReplicationFactor(format!("{f}: a partition needs at least one replica"))),
+            };
+        }
+        if factor != -1 {
+            return Err(BrokerError::InvalidRequest("give either a replication factor or replica assignments, not both".into()));
+        }
+        let known = self.known_brokers();
+        let width = assignments[0].len();
         for replicas in assignments {
-            match replicas.as_slice() {
-                [id] if known.contains(id) => {}
-                [id] => {
-                    return Err(BrokerError::InvalidReplicationFactor(format!("broker {id} is not in the cluster (brokers: {known:?})")));
-                }
-                other => {
-                    return Err(BrokerError::InvalidReplicationFactor(format!(
-                        "replica list {other:?}: each partition has exactly one replica until replication is built"
-                    )));
-                }
+            if replicas.is_empty() || replicas.len() != width || replicas.len() > sluice_cluster::REPLICAS_MAX {
+                return Err(BrokerError::InvalidReplicationFactor(format!(
+                    "replica list {replicas:?}: every partition needs the same number (1 to {}) of replicas",
+                    sluice_cluster::REPLICAS_MAX
+                )));
+            }
+            if let Some(id) = replicas.iter().find(|id| !known.contains(id)) {
+                return Err(BrokerError::InvalidReplicationFactor(format!("broker {id} is not in the cluster (brokers: {known:?})")));
+            }
+            if replicas.iter().enumerate().any(|(i, r)| replicas[..i].contains(r)) {
+                return Err(BrokerError::InvalidReplicationFactor(format!("replica list {replicas:?} names a broker twice")));
             }
         }
         Ok(())
+    }
+
+    /// How many replicas the topic's partitions have (its first partition's, as the quorum says).
+    pub(crate) fn replication_factor(&self, topic: &Topic) -> usize {
+        match self.controller() {
+            Some(controller) => controller
+                .with_metadata(|m, _| m.topics.get(topic.name.as_str()).and_then(|t| t.partitions.first()).map_or(1, |p| p.replicas.len())),
+            None => 1,
+        }
     }
 
     /// Deletes a topic and its data. Blocking file I/O.
@@ -486,7 +545,7 @@ impl Broker {
         let start = (topic.id.as_u128() as usize).wrapping_add(current as usize);
         let assignments = match assignments {
             Some(assignments) => assignments,
-            None => crate::cluster::place(self, controller, (total - current) as usize, start)?,
+            None => crate::cluster::place(self, controller, (total - current) as usize, self.replication_factor(&topic), start)?,
         };
         let command = Command::CreatePartitions { name: name.to_string(), id: topic.id.as_u128(), assignments };
         let committed = self.controller_write(controller, command)?;
@@ -717,10 +776,19 @@ fn open_topic(
             tracing::error!(topic = topic.name.as_str(), partition = index, dir = %dir.display(), %error, "cannot open partition; it stays offline");
             PartitionLog::offline(&dir, log_config.clone(), format!("it could not be opened at start-up: {error}"))
         });
-        Partition::new(topic.name.clone(), index, dir, log, policy, now)
+        starting(&topic, Partition::new(topic.name.clone(), index, dir, log, policy, now))
     });
     topic.partitions.write().extend(opened);
     Ok(topic)
+}
+
+/// A partition of a topic the quorum holds leads nothing until the reconciler says it does: a
+/// broker restarting must not take writes for a partition another broker now leads.
+fn starting(topic: &Topic, partition: Arc<Partition>) -> Arc<Partition> {
+    if topic.created_at.load(Ordering::Acquire) > 0 {
+        partition.set_leadership(false, 0);
+    }
+    partition
 }
 
 fn open_partitions(
@@ -738,7 +806,7 @@ fn open_partitions(
         .map(|index| {
             let dir = partition_dir(data_dir, topic.name.as_str(), index);
             let log = PartitionLog::open(&dir, log_config.clone(), now)?;
-            Ok(Partition::new(topic.name.clone(), index, dir, log, policy, now))
+            Ok(starting(topic, Partition::new(topic.name.clone(), index, dir, log, policy, now)))
         })
         .collect()
 }

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sluice_cluster::{Command, Controller, Outcome, TopicState};
+use sluice_cluster::{Command, Controller, NO_LEADER, Outcome, TopicState};
 use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::config::TopicConfig;
 use crate::error::BrokerError;
 use crate::metastore::{ProducerIdSource, TopicDefinition};
+use crate::replication::Target;
 
 /// How long a topic change waits for a live broker to place partitions on.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -55,23 +56,39 @@ fn decode_config(topic: &str, text: &str) -> TopicConfig {
     })
 }
 
-/// Places `count` partitions with one replica each on the live brokers, round-robin from `start`
-/// (Kafka starts at a random broker so that topics do not all begin on the same one). Waits for a
-/// live broker while none is registered yet (a cluster starting). Blocking.
-pub(crate) fn place(broker: &Broker, controller: &Controller, count: usize, start: usize) -> Result<Vec<Vec<i32>>, BrokerError> {
+/// Places `count` partitions with `factor` replicas each on the live brokers: partition `p`'s
+/// replicas are the `factor` brokers from position `start + p` on, round-robin (Kafka starts at a
+/// random broker so that topics do not all begin on the same one), so the preferred leaders (the
+/// first replicas) spread over the brokers. Waits for enough live brokers while a cluster starts.
+/// Blocking.
+pub(crate) fn place(
+    broker: &Broker,
+    controller: &Controller,
+    count: usize,
+    factor: usize,
+    start: usize,
+) -> Result<Vec<Vec<i32>>, BrokerError> {
     let runtime = broker.runtime()?;
     let deadline = Instant::now() + PLACE_WAIT;
     let mut changes = controller.subscribe();
     loop {
         let live: Vec<i32> = controller.with_metadata(|m, _| m.live_brokers().map(|b| b.registration.broker_id).collect());
-        if !live.is_empty() {
-            return Ok((0..count).map(|p| vec![live[start.wrapping_add(p) % live.len()]]).collect());
+        if !live.is_empty() && live.len() >= factor {
+            let n = live.len();
+            return Ok((0..count).map(|p| (0..factor).map(|r| live[start.wrapping_add(p).wrapping_add(r) % n]).collect()).collect());
         }
         let waited = wait(runtime, async { tokio::time::timeout_at(deadline.into(), changes.changed()).await });
         if !matches!(waited, Ok(Ok(()))) {
-            return Err(BrokerError::Timeout(format!(
-                "no broker registered with the controller within {PLACE_WAIT:?}: is a majority of the controller voters running?"
-            )));
+            return Err(if live.is_empty() {
+                BrokerError::Timeout(format!(
+                    "no broker registered with the controller within {PLACE_WAIT:?}: is a majority of the controller voters running?"
+                ))
+            } else {
+                BrokerError::InvalidReplicationFactor(format!(
+                    "{factor} replicas per partition need {factor} live brokers; {} are live ({live:?})",
+                    live.len()
+                ))
+            });
         }
     }
 }
@@ -154,20 +171,52 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
 
 /// One pass: makes this broker's topics what the quorum says. Returns the commands that hand
 /// topics from before the quorum to it (written by the caller: a write waits for its commit).
-fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
+fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     let node = broker.node_id();
-    let (index, registered, topics, cluster_id, quorum) =
-        controller.with_metadata(|m, index| (index, m.brokers.contains_key(&node), m.topics.clone(), m.cluster_id.clone(), m.quorum_id));
+    let incarnation = broker.incarnation();
+    let (index, registered, current, topics, cluster_id, quorum, addresses) = controller.with_metadata(|m, index| {
+        let me = m.brokers.get(&node);
+        let addresses: std::collections::BTreeMap<i32, String> =
+            m.live_brokers().map(|b| (b.registration.broker_id, format!("{}:{}", b.registration.host, b.registration.port))).collect();
+        (
+            index,
+            me.is_some(),
+            // The state holds this process's own registration: it is at least as new as this
+            // process, so what it says this broker leads is true now, not before a restart.
+            me.is_some_and(|b| incarnation.is_none_or(|i| b.registration.incarnation == i)),
+            m.topics.clone(),
+            m.cluster_id.clone(),
+            m.quorum_id,
+            addresses,
+        )
+    });
     if let Some(cluster_id) = &cluster_id {
         broker.set_quorum_cluster_id(cluster_id);
     }
     let _control = broker.control();
     let mut leadership_changes = 0usize;
+    let mut follow: std::collections::BTreeMap<i32, (String, Vec<Target>)> = std::collections::BTreeMap::new();
     for (name, state) in &topics {
-        match apply_topic(broker, node, quorum, name, state) {
+        match apply_topic(broker, node, quorum, current, name, state) {
             Ok(changes) => leadership_changes += changes,
             Err(error) => tracing::error!(topic = name, %error, "cannot apply the controller's topic on this broker"),
         }
+        // The partitions held here and led by another live broker: copy them from it.
+        if let Some(topic) = broker.topic(name).filter(|t| t.id == Uuid::from_u128(state.id) && current) {
+            for partition in topic.partitions.read().iter() {
+                let Some(p) = state.partitions.get(partition.index as usize) else { continue };
+                if p.leader == node || p.leader == NO_LEADER {
+                    continue;
+                }
+                if let Some(addr) = addresses.get(&p.leader) {
+                    let entry = follow.entry(p.leader).or_insert_with(|| (addr.clone(), Vec::new()));
+                    entry.1.push(Target { partition: Arc::clone(partition), leader_epoch: p.leader_epoch });
+                }
+            }
+        }
+    }
+    if let Ok(runtime) = broker.runtime() {
+        broker.fetchers().update(broker, runtime, follow);
     }
     let mut adopt = Vec::new();
     for topic in broker.topics() {
@@ -208,7 +257,8 @@ fn reconcile(broker: &Broker, controller: &Controller) -> Vec<Command> {
 }
 
 /// Applies one of the quorum's topics; returns how many of its partitions here changed leadership.
-fn apply_topic(broker: &Broker, node: i32, quorum: u64, name: &str, state: &TopicState) -> Result<usize, BrokerError> {
+/// `up_to_date`: the state holds this process's registration (else this broker leads nothing yet).
+fn apply_topic(broker: &Broker, node: i32, quorum: u64, up_to_date: bool, name: &str, state: &TopicState) -> Result<usize, BrokerError> {
     let id = Uuid::from_u128(state.id);
     let hosted: Vec<i32> = (0..state.partitions.len() as i32).filter(|&p| state.partitions[p as usize].replicas.contains(&node)).collect();
     let total = state.partitions.len() as i32;
@@ -263,9 +313,14 @@ fn apply_topic(broker: &Broker, node: i32, quorum: u64, name: &str, state: &Topi
     };
     let mut changed = 0;
     for partition in topic.partitions.read().iter() {
-        if let Some(state) = state.partitions.get(partition.index as usize)
-            && partition.set_leadership(state.leader == node, state.leader_epoch)
-        {
+        let Some(state) = state.partitions.get(partition.index as usize) else { continue };
+        if !up_to_date {
+            if partition.set_leadership(false, state.leader_epoch) {
+                changed += 1;
+            }
+            continue;
+        }
+        if partition.apply_replica_state(node, state, topic.id.as_u128()) {
             tracing::debug!(
                 topic = name,
                 partition = partition.index,

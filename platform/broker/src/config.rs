@@ -66,8 +66,32 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
     SettingSpec {
         name: "default.replication.factor",
         default: "1",
-        doc: "Replication factor of new topics; a single node holds one replica.",
-        kind: Kind::Int { min: 1, max: 1 },
+        doc: "Replication factor of new topics the broker creates without one (auto-created, or CreateTopics with -1); at most the number of brokers.",
+        kind: Kind::Int { min: 1, max: sluice_cluster::REPLICAS_MAX as i64 },
+    },
+    SettingSpec {
+        name: "min.insync.replicas",
+        default: "1",
+        doc: "Default min.insync.replicas: an acks=all write is refused (NOT_ENOUGH_REPLICAS) while fewer replicas are in sync.",
+        kind: Kind::Int { min: 1, max: sluice_cluster::REPLICAS_MAX as i64 },
+    },
+    SettingSpec {
+        name: "replica.lag.time.max.ms",
+        default: "30000",
+        doc: "A follower that has not caught up with the leader's log end for this long leaves the ISR.",
+        kind: Kind::Int { min: 100, max: 3_600_000 },
+    },
+    SettingSpec {
+        name: "replica.fetch.max.bytes",
+        default: "1048576",
+        doc: "Bytes a follower fetches per partition per request (at least one batch, whatever its size).",
+        kind: Kind::Int { min: 1024, max: 1 << 30 },
+    },
+    SettingSpec {
+        name: "replica.fetch.wait.max.ms",
+        default: "500",
+        doc: "How long a follower's fetch waits at the leader for new data.",
+        kind: Kind::Int { min: 1, max: 60_000 },
     },
     SettingSpec {
         name: "auto.create.topics.enable",
@@ -327,13 +351,13 @@ pub const TOPIC_SETTINGS: &[(&str, &str)] = &[
     ("index.interval.bytes", "log.index.interval.bytes"),
     ("flush.messages", "log.flush.interval.messages"),
     ("flush.ms", "log.flush.interval.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
 ];
 
-/// Topic settings that exist in Kafka and that clients set routinely but that change nothing on a
-/// single node (replication) or whose broker-side behaviour we document as not implemented yet. They
-/// are accepted so that tools which set them work, and DescribeConfigs reports them.
+/// Topic settings that exist in Kafka and that clients set routinely but whose broker-side
+/// behaviour is fixed or not implemented yet (documented). They are accepted so that tools which set
+/// them work, and DescribeConfigs reports them.
 pub const TOPIC_SETTINGS_ACCEPTED: &[(&str, &str)] = &[
-    ("min.insync.replicas", "1"),
     ("unclean.leader.election.enable", "false"),
     ("compression.type", "producer"),
     ("delete.retention.ms", "86400000"),
@@ -382,7 +406,7 @@ fn check_value(spec_kind: Kind, name: &str, value: &str) -> Result<(), ConfigErr
         }
         Kind::Text => Ok(()),
         Kind::Voters if value.trim().is_empty() => Ok(()),
-        Kind::Voters => sluice_cluster::parse_voters(value).map(|_| ()).or_else(|message| fail(message)),
+        Kind::Voters => sluice_cluster::parse_voters(value).map(|_| ()).or_else(fail),
     }
 }
 
@@ -509,6 +533,18 @@ impl BrokerConfig {
     }
     pub(crate) fn num_partitions(&self) -> i32 {
         self.int("num.partitions") as i32
+    }
+    pub(crate) fn default_replication_factor(&self) -> usize {
+        self.int("default.replication.factor").max(1) as usize
+    }
+    pub(crate) fn replica_lag_time_max_ms(&self) -> i64 {
+        self.int("replica.lag.time.max.ms")
+    }
+    pub(crate) fn replica_fetch_max_bytes(&self) -> i32 {
+        self.int("replica.fetch.max.bytes") as i32
+    }
+    pub(crate) fn replica_fetch_wait_max_ms(&self) -> i32 {
+        self.int("replica.fetch.wait.max.ms") as i32
     }
     pub(crate) fn auto_create_topics(&self) -> bool {
         self.get("auto.create.topics.enable") == Some("true")
@@ -660,7 +696,11 @@ pub(crate) fn validate_topic_setting(name: &str, value: &str) -> Result<(), Conf
                     "'{value}': Sluice stores batches as producers compressed them and does not recompress; use compression.type=producer and set compression on the producer"
                 ),
             }),
-            "min.insync.replicas" => check_value(Kind::Int { min: 1, max: 1 }, name, value),
+            "unclean.leader.election.enable" if value.trim() == "true" => Err(ConfigError {
+                name: name.into(),
+                message: "Sluice never elects a leader from outside the ISR (it would lose acknowledged records); only false is accepted"
+                    .into(),
+            }),
             "unclean.leader.election.enable" | "preallocate" => check_value(Kind::Bool, name, value),
             "delete.retention.ms" | "min.compaction.lag.ms" => check_value(Kind::Int { min: 0, max: i64::MAX }, name, value),
             _ => Ok(()),
@@ -738,6 +778,11 @@ impl TopicConfig {
     /// `flush.messages` for this topic: 1 means fsync before acknowledging.
     pub(crate) fn flush_messages(&self, broker: &BrokerConfig) -> i64 {
         self.int("flush.messages", broker)
+    }
+
+    /// `min.insync.replicas` for this topic.
+    pub(crate) fn min_insync_replicas(&self, broker: &BrokerConfig) -> usize {
+        self.int("min.insync.replicas", broker).max(1) as usize
     }
 
     pub(crate) fn flush_ms(&self, broker: &BrokerConfig) -> Option<u64> {

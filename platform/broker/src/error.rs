@@ -20,6 +20,13 @@ pub enum BrokerError {
     UnknownPartition { topic: String, partition: i32 },
     #[error("this broker does not lead partition {partition} of topic '{topic}'; ask the leader (see Metadata or `sluice topic describe`)")]
     NotLeader { topic: String, partition: i32 },
+    /// acks=all with fewer in-sync replicas than `min.insync.replicas`: nothing was written.
+    #[error("only {isr} replicas are in sync, fewer than min.insync.replicas = {min_insync}; nothing was written")]
+    NotEnoughReplicas { isr: usize, min_insync: usize },
+    /// The ISR shrank below `min.insync.replicas` while an acks=all write waited: it is in the
+    /// leader's log, but not on enough replicas to be promised.
+    #[error("the write is in the leader's log but only {isr} replicas are in sync, fewer than min.insync.replicas = {min_insync}")]
+    NotEnoughReplicasAfterAppend { isr: usize, min_insync: usize },
     #[error("topic '{0}' already exists")]
     TopicExists(String),
     #[error("invalid partition count: {0}")]
@@ -105,6 +112,8 @@ impl BrokerError {
             BrokerError::InvalidTopic(_) => ResponseError::InvalidTopicException,
             BrokerError::UnknownTopic(_) | BrokerError::UnknownPartition { .. } => ResponseError::UnknownTopicOrPartition,
             BrokerError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+            BrokerError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+            BrokerError::NotEnoughReplicasAfterAppend { .. } => ResponseError::NotEnoughReplicasAfterAppend,
             BrokerError::TopicExists(_) => ResponseError::TopicAlreadyExists,
             BrokerError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             BrokerError::InvalidReplicationFactor(_) => ResponseError::InvalidReplicationFactor,
@@ -139,6 +148,7 @@ impl BrokerError {
             BrokerError::TopicExists(_) | BrokerError::NonEmptyGroup(_) => 409,
             BrokerError::Timeout(_) => 504,
             BrokerError::NotLeader { .. } => 421,
+            BrokerError::NotEnoughReplicas { .. } | BrokerError::NotEnoughReplicasAfterAppend { .. } => 503,
             BrokerError::InvalidTopic(_)
             | BrokerError::InvalidPartitions(_)
             | BrokerError::InvalidReplicationFactor(_)

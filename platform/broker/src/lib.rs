@@ -58,6 +58,7 @@ mod metastore;
 mod metrics;
 mod offsets;
 mod record_batch;
+mod replication;
 mod server;
 mod topic;
 mod transactions;
@@ -107,6 +108,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, &data_dir)).await??;
     let controller = start_controller(&broker, &options.data_dir, kafka).await?;
     let follower = tokio::spawn(cluster::follow(Arc::clone(&broker), Arc::clone(&controller)));
+    let isr_keeper = tokio::spawn(replication::maintain_isr(Arc::clone(&broker), Arc::clone(&controller)));
     let mut admin_router = admin::router(Arc::clone(&broker));
     for extension in &options.extensions {
         let name = extension.name();
@@ -145,6 +147,8 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     // Let in-flight connections finish their current request before the logs close under them.
     tokio::time::sleep(Duration::from_millis(100)).await;
     follower.abort();
+    isr_keeper.abort();
+    broker.fetchers().stop();
     controller.shutdown().await;
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.close()).await?;
@@ -177,6 +181,7 @@ async fn start_controller(
         None => (kafka.ip().to_string(), kafka.port()),
     };
     let incarnation = uuid::Uuid::new_v4().as_u128();
+    broker.set_incarnation(incarnation);
     let cluster_id = Some(broker.local_cluster_id().to_string());
     controller.run_broker(sluice_cluster::BrokerRegistration { broker_id: node_id, incarnation, host, port, rack: None, cluster_id });
     broker.set_controller(Arc::clone(&controller));

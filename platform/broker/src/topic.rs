@@ -4,11 +4,15 @@
 //!
 //! In a cluster a broker holds only the partitions the controller placed on it, and serves a
 //! partition only while the controller names it the leader: everything else answers
-//! NOT_LEADER_OR_FOLLOWER, which sends clients to refresh their metadata. Replication is not here
-//! yet, but its seams are: every partition has a leader epoch, and consumers read only below the
-//! high watermark. On a single node the high watermark is the log end offset when
-//! the broker relies on the page cache, and the flushed offset when it fsyncs before acknowledging, so
-//! a consumer never sees a record that a power cut could take back.
+//! NOT_LEADER_OR_FOLLOWER, which sends clients to refresh their metadata. A partition held here but
+//! led elsewhere is a follower: `replication` copies the leader's batches into it.
+//!
+//! Consumers read only below the high watermark. The leader's own contribution to it is the log end
+//! offset when the broker relies on the page cache and the flushed offset when it fsyncs before
+//! acknowledging, so a consumer never sees a record that a power cut could take back; while the ISR
+//! has other members, the high watermark is also at most what each of them has fetched, so a
+//! consumer never sees a record a leader change could take back. A follower learns its high
+//! watermark from the leader's fetch replies.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use uuid::Uuid;
 use crate::config::TopicConfig;
 use crate::error::BrokerError;
 use crate::metrics::TopicMetrics;
+use crate::replication::ReplicaSet;
 
 /// A topic name as Kafka allows it: 1..=249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -248,6 +253,12 @@ pub(crate) struct Partition {
     leader_epoch: AtomicI32,
     /// Whether the controller names this broker the partition's leader (always, on a single node).
     leader: AtomicBool,
+    /// The replicas, the ISR and (while leading) each follower's progress: see `replication`.
+    replicas: Mutex<ReplicaSet>,
+    /// Whether the ISR names a broker besides this one: the high watermark then waits for them.
+    replicated: AtomicBool,
+    /// Exclusive end of the log; followers' fetches waiting for data watch it.
+    log_end: watch::Sender<i64>,
     /// Exclusive upper bound of what consumers may read. Fetches waiting for data watch it.
     high_watermark: watch::Sender<i64>,
     /// Exclusive upper bound of what is known to be on stable storage.
@@ -272,6 +283,9 @@ impl Partition {
             log: RwLock::new(log),
             leader_epoch: AtomicI32::new(0),
             leader: AtomicBool::new(true),
+            replicas: Mutex::new(ReplicaSet::default()),
+            replicated: AtomicBool::new(false),
+            log_end: watch::channel(end).0,
             // Everything recovered at start-up passed its CRC and is as durable as the disk made it.
             high_watermark: watch::channel(end).0,
             flushed: watch::channel(end).0,
@@ -297,6 +311,105 @@ impl Partition {
         was != (leader, epoch)
     }
 
+    /// What the controller says about the partition: its leadership, replicas and ISR. Returns
+    /// whether the leadership changed. A new leader term starts every follower as caught up now
+    /// (Kafka does the same): the ISR is the controller's, and lag is measured from here.
+    pub(crate) fn apply_replica_state(&self, node: i32, state: &sluice_cluster::PartitionState, topic_id: u128) -> bool {
+        let leader = state.leader == node;
+        let mut replicas = self.replicas.lock();
+        let changed = self.set_leadership(leader, state.leader_epoch);
+        replicas.update(node, state, topic_id, changed, crate::now_ms());
+        self.replicated.store(leader && state.isr.iter().any(|&r| r != node), Ordering::Release);
+        drop(replicas);
+        if leader {
+            // A smaller ISR may let the high watermark move; either way, writers waiting for
+            // acks=all look again (they fail if this broker no longer leads).
+            self.advance_high_watermark();
+        }
+        self.high_watermark.send_modify(|_| {});
+        changed
+    }
+
+    /// How many replicas are in sync, this one included (1 on a single node).
+    pub(crate) fn isr_len(&self) -> usize {
+        self.replicas.lock().isr.len().max(1)
+    }
+
+    /// Whether acks=all writes wait for other replicas.
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.replicated.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn replica_set(&self) -> parking_lot::MutexGuard<'_, ReplicaSet> {
+        self.replicas.lock()
+    }
+
+    /// The exclusive end of the log.
+    pub(crate) fn log_end_offset(&self) -> i64 {
+        *self.log_end.borrow()
+    }
+
+    pub(crate) fn watch_log_end(&self) -> watch::Receiver<i64> {
+        self.log_end.subscribe()
+    }
+
+    /// What this replica counts towards the high watermark: all it holds under the page-cache
+    /// policy, what is on stable storage under fsync-before-ack.
+    fn local_visible_end(&self) -> i64 {
+        if self.policy() == FlushPolicy::BeforeAck { *self.flushed.borrow() } else { self.log_end_offset() }
+    }
+
+    /// Moves the leader's high watermark to what every ISR member (this one included) holds.
+    /// Nothing on a follower: it learns its high watermark from the leader.
+    pub(crate) fn advance_high_watermark(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let local = self.local_visible_end();
+        let target = if self.is_replicated() { self.replicas.lock().isr_floor(local) } else { local };
+        self.high_watermark.send_if_modified(|hw| raise(hw, target));
+    }
+
+    /// A follower's high watermark: the leader's, as far as this copy reaches.
+    pub(crate) fn set_follower_high_watermark(&self, leader_high_watermark: i64) {
+        let target = leader_high_watermark.min(self.log_end_offset());
+        self.high_watermark.send_if_modified(|hw| raise(hw, target));
+    }
+
+    /// The latest leader epoch in the log and, for OffsetForLeaderEpoch, where an epoch's records
+    /// end here (KIP-101): see `PartitionLog::end_offset_for_epoch`.
+    pub(crate) fn latest_epoch(&self) -> Option<i32> {
+        self.log.read().latest_epoch()
+    }
+
+    pub(crate) fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.log.read().end_offset_for_epoch(epoch)
+    }
+
+    /// Cuts a follower's log at `offset` (a divergent tail after a leader change). Never on a
+    /// leader. Blocking file I/O.
+    pub(crate) fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
+        let mut log = self.log.write();
+        let end = log.truncate_to(offset, crate::now_ms())?;
+        let start = log.log_start_offset();
+        drop(log);
+        // The watermarks follow the log down (they only move up otherwise). A follower's high
+        // watermark is never above what the leader committed, so this cuts nothing a consumer saw.
+        self.log_end.send_replace(end);
+        self.high_watermark.send_modify(|hw| *hw = (*hw).min(end).max(start));
+        self.flushed.send_modify(|f| *f = (*f).min(end));
+        Ok(end)
+    }
+
+    /// Reads for a follower's fetch: up to the log end, not the high watermark (a follower copies
+    /// what consumers may not see yet). Blocking file I/O.
+    pub(crate) fn read_for_follower(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<(SlicedRead, i64), StorageError> {
+        let hw = self.high_watermark();
+        let log = self.log.read();
+        let end = log.log_end_offset();
+        Ok((log.read_slices(offset, max_bytes, end, min_one)?, hw))
+    }
+
     pub(crate) fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
     }
@@ -319,8 +432,7 @@ impl Partition {
         *self.policy.write() = policy;
         if policy != FlushPolicy::BeforeAck {
             // Anything flushed-but-not-visible becomes visible: the page-cache policy shows the log end.
-            let end = self.log.read().log_end_offset();
-            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+            self.advance_high_watermark();
         }
     }
 
@@ -329,10 +441,11 @@ impl Partition {
         let result = self.log.write().append(batches, mode, now_ms)?;
         if !result.duplicate {
             self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
+            let end = result.last_offset + 1;
+            self.log_end.send_if_modified(|e| raise(e, end));
         }
         if self.policy() != FlushPolicy::BeforeAck {
-            let end = result.last_offset + 1;
-            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+            self.advance_high_watermark();
         }
         Ok(result)
     }
@@ -354,6 +467,8 @@ impl Partition {
     pub(crate) fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
         let result = self.log.write().append_marker(marker, self.leader_epoch(), now_ms)?;
         self.unflushed_records.fetch_add(1, Ordering::Relaxed);
+        let end = result.last_offset + 1;
+        self.log_end.send_if_modified(|e| raise(e, end));
         if self.policy() == FlushPolicy::BeforeAck {
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.start_flush();
@@ -361,8 +476,7 @@ impl Partition {
                 self.flush_blocking()?;
             }
         } else {
-            let end = result.last_offset + 1;
-            self.high_watermark.send_if_modified(|hw| raise(hw, end));
+            self.advance_high_watermark();
         }
         Ok(result)
     }
@@ -454,15 +568,55 @@ impl Partition {
         }
     }
 
+    /// acks=all on a replicated partition: waits up to `timeout` until the high watermark passes
+    /// `offset` (every ISR member holds it). Fails when this broker stops leading the partition
+    /// meanwhile (the client retries with the new leader; its idempotent sequence numbers keep the
+    /// retry from writing twice) and when the ISR shrank below `min_insync` before the write was
+    /// replicated (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    pub(crate) async fn wait_replicated(self: &Arc<Self>, offset: i64, min_insync: usize, timeout: Duration) -> Result<(), BrokerError> {
+        let mut hw = self.high_watermark.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if !self.is_leader() {
+                return Err(BrokerError::NotLeader { topic: self.topic.as_str().to_string(), partition: self.index });
+            }
+            if *hw.borrow_and_update() >= offset {
+                let isr = self.isr_len();
+                if isr < min_insync {
+                    return Err(BrokerError::NotEnoughReplicasAfterAppend { isr, min_insync });
+                }
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, hw.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BrokerError::ShuttingDown),
+                Err(_) => {
+                    return Err(BrokerError::Timeout(format!(
+                        "the in-sync replicas did not all confirm the write within {} ms",
+                        timeout.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+
     /// [`Self::wait_durable_within`] with [`DURABILITY_WAIT_DEFAULT`], for blocking callers (threads
     /// of in-broker runtimes). Without a tokio runtime (tests) it fsyncs itself.
+    /// On a replicated partition it also waits for the ISR (the in-process writers' acks=all).
     pub(crate) fn wait_durable_blocking(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
-        if self.policy() != FlushPolicy::BeforeAck {
+        let replicated = self.is_replicated();
+        if self.policy() != FlushPolicy::BeforeAck && !replicated {
             return Ok(());
         }
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => tokio::task::block_in_place(|| handle.block_on(self.wait_durable_within(offset, DURABILITY_WAIT_DEFAULT))),
-            Err(_) => self.flush_blocking().map_err(BrokerError::Storage),
+            Ok(handle) => tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    self.wait_durable_within(offset, DURABILITY_WAIT_DEFAULT).await?;
+                    if replicated { self.wait_replicated(offset, 1, DURABILITY_WAIT_DEFAULT).await } else { Ok(()) }
+                })
+            }),
+            Err(_) if self.policy() == FlushPolicy::BeforeAck => self.flush_blocking().map_err(BrokerError::Storage),
+            Err(_) => Ok(()),
         }
     }
 
@@ -496,10 +650,10 @@ impl Partition {
                 Ok(Ok(())) => {
                     self.log.write().mark_flushed(end);
                     self.last_flush_ms.store(crate::now_ms(), Ordering::Relaxed);
-                    if self.policy() == FlushPolicy::BeforeAck {
-                        self.high_watermark.send_if_modified(|hw| raise(hw, end));
-                    }
                     self.flushed.send_if_modified(|f| raise(f, end));
+                    if self.policy() == FlushPolicy::BeforeAck {
+                        self.advance_high_watermark();
+                    }
                 }
                 Ok(Err(error)) => {
                     // After a failed fsync the kernel may have dropped the dirty pages: nothing
@@ -527,7 +681,7 @@ impl Partition {
         let end = log.log_end_offset();
         drop(log);
         self.flushed.send_if_modified(|f| raise(f, end));
-        self.high_watermark.send_if_modified(|hw| raise(hw, end));
+        self.advance_high_watermark();
         Ok(())
     }
 

@@ -40,7 +40,7 @@ pub enum TopicCmd {
         #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..=PARTITIONS_MAX))]
         partitions: Option<i32>,
         /// Replication factor [default: the broker's default.replication.factor].
-        #[arg(short = 'r', long, value_parser = clap::value_parser!(i16).range(1..))]
+        #[arg(short = 'r', long, visible_alias = "replication-factor", value_parser = clap::value_parser!(i16).range(1..))]
         replicas: Option<i16>,
         /// A topic setting, key=value (repeatable).
         #[arg(short = 'c', long = "config", value_name = "KEY=VALUE", value_parser = key_value)]

@@ -21,7 +21,9 @@ pub mod network;
 pub mod state_machine;
 
 pub use controller::{Controller, ControllerConfig, ControllerError, ControllerStatus, HeartbeatReply, parse_voters};
-pub use metadata::{BrokerRegistration, BrokerState, Command, Committed, Metadata, NO_LEADER, Outcome, PartitionState, TopicState};
+pub use metadata::{
+    BrokerRegistration, BrokerState, Command, Committed, Metadata, NO_LEADER, Outcome, PartitionState, REPLICAS_MAX, TopicState,
+};
 
 /// Node ids as Raft sees them (Kafka's `node.id`, which is non-negative).
 pub type NodeId = u64;

@@ -15,7 +15,10 @@
 //! fenced its partitions move to another live member of their ISR, or go offline (leader
 //! [`NO_LEADER`]) when none is left; when it comes back, offline partitions whose ISR names it get it
 //! as leader again. Every leader change bumps the partition's leader epoch. Unclean election (a
-//! leader from outside the ISR) never happens here.
+//! leader from outside the ISR) never happens here. A partition's leader changes its ISR with
+//! [`Command::AlterPartition`] (Kafka's AlterPartition): a follower that falls behind leaves it, one
+//! that caught up joins it; every ISR or leader change bumps the partition epoch, so a proposal made
+//! from an older picture of the partition is refused instead of undoing a newer change.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +98,10 @@ pub enum Command {
     /// Reserves `count` producer ids for a broker, none below `at_least` (ids a node handed out
     /// before it joined a quorum).
     AllocateProducerIds { broker_id: i32, count: i64, at_least: i64 },
+    /// A partition's leader replaces its ISR. Applied only while `broker_id` still leads the
+    /// partition in `leader_epoch` and the partition is still at `partition_epoch` (nothing changed
+    /// it since the leader looked); the new ISR must hold the leader and only live replicas.
+    AlterPartition { topic: String, id: u128, partition: i32, broker_id: i32, leader_epoch: i32, partition_epoch: i32, isr: Vec<i32> },
 }
 
 impl Command {
@@ -114,6 +121,18 @@ impl Command {
             }
             Command::CreatePartitions { assignments, .. } => check_assignments(assignments),
             Command::SetTopicConfig { config, .. } => check_config(config),
+            Command::AlterPartition { isr, broker_id, .. } => {
+                if isr.is_empty() || isr.len() > REPLICAS_MAX {
+                    return Err(format!("an ISR has 1 to {REPLICAS_MAX} members, not {}", isr.len()));
+                }
+                if !isr.contains(broker_id) {
+                    return Err(format!("the ISR {isr:?} must hold its leader {broker_id}"));
+                }
+                if isr.iter().enumerate().any(|(i, r)| isr[..i].contains(r)) {
+                    return Err(format!("the ISR {isr:?} names a broker twice"));
+                }
+                Ok(())
+            }
             Command::AllocateProducerIds { count, at_least, .. } => {
                 if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) || *at_least < 0 {
                     return Err(format!("cannot reserve {count} producer ids from {at_least}"));
@@ -168,6 +187,9 @@ pub enum Outcome {
     UnknownTopic,
     /// AllocateProducerIds: the first id of the reserved block.
     ProducerIds { first: i64 },
+    /// AlterPartition: the partition changed since the proposal (another leader, epoch or ISR);
+    /// the proposer reads the partition again.
+    StalePartition,
 }
 
 /// What the log committed: where, and what applying it did.
@@ -199,6 +221,10 @@ pub struct PartitionState {
     pub leader: i32,
     /// Bumped at every leader change; clients and followers are fenced by it.
     pub leader_epoch: i32,
+    /// Bumped at every change of the leader or the ISR (Kafka's partition epoch): an
+    /// [`Command::AlterPartition`] made from an older state is refused.
+    #[serde(default)]
+    pub partition_epoch: i32,
 }
 
 /// A topic as the quorum knows it.
@@ -267,6 +293,7 @@ impl Metadata {
                     for partition in self.partitions_mut() {
                         if partition.leader == id {
                             partition.leader_epoch += 1;
+                            partition.partition_epoch += 1;
                         }
                     }
                 }
@@ -338,6 +365,33 @@ impl Metadata {
                     None => Outcome::Rejected("producer ids are exhausted".into()),
                 }
             }
+            Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
+                let Some(state) = self
+                    .topics
+                    .get_mut(topic)
+                    .filter(|t| t.id == *id)
+                    .and_then(|t| usize::try_from(*partition).ok().and_then(|p| t.partitions.get_mut(p)))
+                else {
+                    return Outcome::UnknownTopic;
+                };
+                if state.leader != *broker_id || state.leader_epoch != *leader_epoch || state.partition_epoch != *partition_epoch {
+                    return Outcome::StalePartition;
+                }
+                if let Some(outsider) = isr.iter().find(|r| !state.replicas.contains(r)) {
+                    return Outcome::Rejected(format!("broker {outsider} holds no replica of the partition"));
+                }
+                // A joining replica must be alive: a fenced broker cannot be caught up.
+                if let Some(dead) = isr.iter().find(|r| !state.isr.contains(r) && !live.contains(r)) {
+                    return Outcome::Rejected(format!("broker {dead} is fenced and cannot join the ISR"));
+                }
+                state.isr = isr.clone();
+                state.partition_epoch += 1;
+                Outcome::Applied
+            }
         }
     }
 
@@ -370,7 +424,7 @@ impl Metadata {
 
     fn new_partition(&self, replicas: &[i32]) -> PartitionState {
         let leader = replicas.iter().copied().find(|&r| self.is_live(r)).unwrap_or(NO_LEADER);
-        PartitionState { replicas: replicas.to_vec(), isr: replicas.to_vec(), leader, leader_epoch: 0 }
+        PartitionState { replicas: replicas.to_vec(), isr: replicas.to_vec(), leader, leader_epoch: 0, partition_epoch: 0 }
     }
 
     fn partitions_mut(&mut self) -> impl Iterator<Item = &mut PartitionState> {
@@ -382,12 +436,14 @@ impl Metadata {
     fn broker_lost(&mut self, broker_id: i32) {
         let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
         for partition in self.partitions_mut() {
-            if partition.isr.len() > 1 {
+            if partition.isr.len() > 1 && partition.isr.contains(&broker_id) {
                 partition.isr.retain(|&r| r != broker_id);
+                partition.partition_epoch += 1;
             }
             if partition.leader == broker_id {
                 partition.leader = partition.isr.iter().copied().find(|r| live.contains(r)).unwrap_or(NO_LEADER);
                 partition.leader_epoch += 1;
+                partition.partition_epoch += 1;
             }
         }
     }
@@ -398,6 +454,7 @@ impl Metadata {
             if partition.leader == NO_LEADER && partition.isr.contains(&broker_id) {
                 partition.leader = broker_id;
                 partition.leader_epoch += 1;
+                partition.partition_epoch += 1;
             }
         }
     }
@@ -516,6 +573,43 @@ mod tests {
         // A restarted process starts a new leader term for what it leads.
         meta.apply(7, &Command::RegisterBroker(registration(1, 2)));
         assert_eq!(meta.topics["t"].partitions[1].leader_epoch, 3);
+    }
+
+    #[test]
+    fn leaders_change_their_isr_only_from_the_current_state() {
+        let mut meta = Metadata::default();
+        for id in 1..=3 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 4, "t", vec![vec![1, 2, 3]]);
+        let alter = |broker_id, leader_epoch, partition_epoch, isr: Vec<i32>| Command::AlterPartition {
+            topic: "t".into(),
+            id: 4,
+            partition: 0,
+            broker_id,
+            leader_epoch,
+            partition_epoch,
+            isr,
+        };
+        // Only the leader, from the current epochs, with itself in the ISR.
+        assert_eq!(meta.apply(5, &alter(2, 0, 0, vec![2])), Outcome::StalePartition);
+        assert!(matches!(meta.apply(6, &alter(1, 0, 0, vec![2])), Outcome::Rejected(_)));
+        assert!(matches!(meta.apply(7, &alter(1, 0, 0, vec![1, 4])), Outcome::Rejected(_)));
+        assert_eq!(meta.apply(8, &alter(1, 0, 0, vec![1, 2])), Outcome::Applied);
+        let p = &meta.topics["t"].partitions[0];
+        assert_eq!((p.isr.clone(), p.partition_epoch, p.leader_epoch), (vec![1, 2], 1, 0));
+        assert_eq!((meta.under_replicated_partitions(), meta.offline_partitions()), (1, 0));
+        // A proposal from before that change is refused: it would undo it.
+        assert_eq!(meta.apply(9, &alter(1, 0, 0, vec![1, 2, 3])), Outcome::StalePartition);
+        // A fenced broker cannot join; a live one can.
+        meta.apply(10, &Command::FenceBroker { broker_id: 3, epoch: 3 });
+        assert!(matches!(meta.apply(11, &alter(1, 0, 1, vec![1, 2, 3])), Outcome::Rejected(_)));
+        meta.apply(12, &Command::UnfenceBroker { broker_id: 3, epoch: 3 });
+        assert_eq!(meta.apply(13, &alter(1, 0, 1, vec![1, 2, 3])), Outcome::Applied);
+        // Fencing the leader moves leadership within the ISR and bumps both epochs.
+        meta.apply(14, &Command::FenceBroker { broker_id: 1, epoch: 1 });
+        let p = &meta.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch), (2, vec![2, 3], 1, 4));
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn default_request(api_key: ApiKey, version: i16, correlation_id: i32) -> Op
         DeleteTopics => DeleteTopicsRequest,
         DeleteRecords => DeleteRecordsRequest,
         InitProducerId => InitProducerIdRequest,
+        OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
         DescribeConfigs => DescribeConfigsRequest,
         AlterConfigs => AlterConfigsRequest,
         CreatePartitions => CreatePartitionsRequest,

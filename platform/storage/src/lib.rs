@@ -5,11 +5,13 @@
 //!
 //! Modules, in data-path order: `batch` (v2 framing, CRC-32C, header rewrites), `producer`
 //! (idempotent sequences), `log` (the partition log), `segment` (one `.log` with its indexes),
-//! `index` (the sparse offset and time indexes), `handles` (the process's budget of open files),
+//! `index` (the sparse offset and time indexes), `epoch` (the leader-epoch cache replication
+//! truncates by), `handles` (the process's budget of open files),
 //! `error`, `fs` (the one atomic file replace, for the broker and in-broker runtimes too), and `testing`
 //! (batch builders for tests).
 
 pub mod batch;
+mod epoch;
 pub mod error;
 pub mod fs;
 pub mod handles;
@@ -21,6 +23,7 @@ pub mod testing;
 pub mod txn;
 
 pub use batch::{BATCH_HEADER_BYTES, BatchHeader, ControlType, TimestampType, TxnMarker, validate_batches, validate_stored_batches};
+pub use epoch::LEADER_EPOCHS_MAX;
 pub use error::StorageError;
 pub use handles::{OpenFilesBudget, configure_open_files};
 pub use log::{

@@ -1,11 +1,12 @@
 //! `PartitionLog`: the ordered segments of one partition, and everything the broker does with them —
 //! append (validate, check idempotent sequences, assign offsets by header rewrite, one write),
 //! read (whole stored batches, byte for byte), segment rolls, retention, DeleteRecords, flushing,
-//! and crash recovery at open.
+//! crash recovery at open, and for replication the leader-epoch cache and truncation of a divergent
+//! tail (`truncate_to`).
 //!
 //! It sits between the broker's `Partition` (which holds it under a lock and adds the high watermark
 //! and group commit) and the files: `segment` owns each `.log` with its indexes, `batch` validates
-//! and rewrites bytes, `producer` tracks idempotent producers.
+//! and rewrites bytes, `producer` tracks idempotent producers, `epoch` the leader epochs.
 //!
 //! Files in a partition directory, besides the segments:
 //! - `log-start-offset`: the DeleteRecords log start offset, written durably (temp, fsync, rename).
@@ -18,6 +19,9 @@
 //!   by `close` and used (then removed) by the next open only after a clean shutdown; otherwise the
 //!   state is rebuilt by walking batch headers.
 //! - `aborted-txns`: the aborted-transaction index (see `txn`).
+//! - `leader-epoch-checkpoint`: the leader-epoch cache (see `epoch`), replaced durably before the
+//!   first batch of a new epoch is written and whenever retention, DeleteRecords or a truncation
+//!   changes it.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -28,6 +32,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::batch::{self, BatchHeader, Origin, TimestampType, TxnMarker, ValidatedBatch};
+use crate::epoch::{LEADER_EPOCH_FILE, LeaderEpochCache};
 use crate::error::{IoContext, StorageError};
 use crate::fs::{Durability, TEMP_SUFFIX, sync_dir, write_atomically};
 use crate::index::remove_if_present;
@@ -220,6 +225,8 @@ pub struct PartitionLog {
     recovery_point: i64,
     producers: ProducerStateTable,
     aborted: AbortedIndex,
+    /// First offset of each leader epoch still in the log; mirrored in `leader-epoch-checkpoint`.
+    epochs: LeaderEpochCache,
     /// The clean-shutdown marker is on disk (after `close`); removed before the next change.
     clean_marker: bool,
     /// `delete` removed the directory; every later call fails.
@@ -344,6 +351,7 @@ impl PartitionLog {
             recovery_point: 0,
             producers: ProducerStateTable::default(),
             aborted: AbortedIndex::empty(dir),
+            epochs: LeaderEpochCache::default(),
             clean_marker: false,
             deleted: false,
             availability: Availability::Online,
@@ -382,6 +390,7 @@ impl PartitionLog {
             let aborted = &log.aborted;
             aborted.rewrite(|bytes| write_file_atomically(dir, ABORTED_TXNS_FILE, bytes, true))?;
         }
+        log.load_epochs()?;
         tracing::debug!(dir = %dir.display(), clean, segments = log.segment_count(), log_start_offset = log.log_start_offset, log_end_offset = end, producers = log.producers.len(), "opened log");
         Ok(log)
     }
@@ -400,11 +409,34 @@ impl PartitionLog {
             recovery_point: 0,
             producers: ProducerStateTable::default(),
             aborted: AbortedIndex::empty(dir),
+            epochs: LeaderEpochCache::default(),
             clean_marker: false,
             deleted: false,
             availability: Availability::Offline(reason),
             scratch: Vec::new(),
         }
+    }
+
+    /// Loads the leader-epoch checkpoint at open and fits it to the recovered log (see
+    /// `LeaderEpochCache::trim`: entries a crash took the batches of go). A log with batches and no
+    /// usable checkpoint (none, damaged, or too long) starts from one entry, epoch 0 at the log start
+    /// (see `LeaderEpochCache::seeded`). The file is rewritten when it differs from the result.
+    fn load_epochs(&mut self) -> Result<(), StorageError> {
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        let on_disk = LeaderEpochCache::load(&self.dir);
+        let mut epochs = match &on_disk {
+            Some(loaded) => loaded.clone(),
+            None if start < end => LeaderEpochCache::seeded(start),
+            None => LeaderEpochCache::default(),
+        };
+        epochs.trim(start, end);
+        // No file is created for a log that has no epoch to record; a damaged one is replaced.
+        let nothing_to_write = on_disk.is_none() && epochs.entries().is_empty() && !self.dir.join(LEADER_EPOCH_FILE).exists();
+        if on_disk.as_ref() != Some(&epochs) && !nothing_to_write {
+            write_file_atomically(&self.dir, LEADER_EPOCH_FILE, &epochs.encode_with(&[]), true)?;
+        }
+        self.epochs = epochs;
+        Ok(())
     }
 
     /// Why the partition serves nothing, if it is offline (see `offline`).
@@ -630,8 +662,7 @@ impl PartitionLog {
             let remaining_bytes = (batches.len() - byte_start) as u64;
             self.prepare_active(&first.header, remaining_bytes, now_ms)?;
             let interval = self.config.index_interval_bytes;
-            let active = &mut self.active;
-            let (base, size) = (active.base_offset(), active.size_bytes());
+            let (base, size) = (self.active.base_offset(), self.active.size_bytes());
             let mut run_end = run_start;
             let mut run_bytes = 0usize;
             while let Some(batch) = validated.get(run_end) {
@@ -644,7 +675,19 @@ impl PartitionLog {
             }
             let run = validated.get(run_start..run_end).unwrap_or_default();
             let bytes = batches.get(byte_start..byte_start + run_bytes).unwrap_or_default();
-            active.append(bytes, run, interval, now_ms)?;
+            // A new leader epoch reaches its checkpoint before any of its batches reaches the log, so
+            // after a crash the file holds a superset of what the log does, and open trims the rest.
+            let new_epochs = self.epochs.starting_in(run.iter().map(|b| &b.header));
+            if !new_epochs.is_empty() {
+                write_file_atomically(&self.dir, LEADER_EPOCH_FILE, &self.epochs.encode_with(&new_epochs), true)?;
+            }
+            if let Err(error) = self.active.append(bytes, run, interval, now_ms) {
+                if !new_epochs.is_empty() {
+                    self.restore_epoch_checkpoint();
+                }
+                return Err(error);
+            }
+            self.epochs.extend(&new_epochs);
             let mut at = 0usize;
             for batch in run {
                 let size = batch.header.total_size();
@@ -671,6 +714,25 @@ impl PartitionLog {
             }
             run_start = run_end;
             byte_start += run_bytes;
+        }
+        Ok(())
+    }
+
+    /// Puts the checkpoint back to the cache after the batches that were to start a new epoch could
+    /// not be written. Left as it was, it would name an epoch starting at the log end, and if older
+    /// epochs' batches filled those offsets before the next crash, the next open would believe it.
+    /// If even that write fails, the log stops taking writes (see `fail_writes`).
+    fn restore_epoch_checkpoint(&mut self) {
+        if let Err(error) = write_file_atomically(&self.dir, LEADER_EPOCH_FILE, &self.epochs.encode_with(&[]), true) {
+            self.fail_writes(format!("the leader-epoch checkpoint names an epoch whose batches were not written: {error}"));
+        }
+    }
+
+    /// Fits the leader-epoch cache to the log's range after the log start or end moved, rewriting
+    /// the checkpoint if it changed.
+    fn trim_epochs(&mut self) -> Result<(), StorageError> {
+        if self.epochs.trim(self.log_start_offset, self.log_end_offset()) {
+            write_file_atomically(&self.dir, LEADER_EPOCH_FILE, &self.epochs.encode_with(&[]), true)?;
         }
         Ok(())
     }
@@ -900,6 +962,30 @@ impl PartitionLog {
         self.aborted.len()
     }
 
+    /// The latest leader epoch that wrote to the log: the epoch of the last leader-epoch cache entry.
+    /// `None` while no batch carried an epoch (or retention, DeleteRecords or a truncation emptied
+    /// the log), and for an offline partition.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.latest_epoch()
+    }
+
+    /// OffsetForLeaderEpoch, as a leader serves it (KIP-101 / KIP-279): the largest cached epoch at
+    /// or below `epoch`, and the offset where it ended here: the start of the next cached epoch, or
+    /// the log end when it is the latest (also when `epoch` is above every cached one). A follower
+    /// truncates its log there. `None` when `epoch` is older than every epoch the cache still holds
+    /// (retention or DeleteRecords moved the log start past them) or the cache is empty; Kafka
+    /// answers UNDEFINED_EPOCH / UNDEFINED_EPOCH_OFFSET then. An offline partition's cache is
+    /// empty: check `offline_reason` first.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The leader-epoch cache, `(epoch, first offset)` in increasing order of both, every start in
+    /// `[log_start_offset, log_end_offset)`: for tests and diagnostics.
+    pub fn leader_epochs(&self) -> &[(i32, i64)] {
+        self.epochs.entries()
+    }
+
     pub fn log_start_offset(&self) -> i64 {
         self.log_start_offset
     }
@@ -950,7 +1036,8 @@ impl PartitionLog {
 
     /// DeleteRecords: moves the log start offset to `offset` (persisted durably before anything is
     /// deleted) and deletes the segments wholly below it, rolling the active segment first when it is
-    /// wholly below. Returns the new log start offset (the old one if it was already beyond).
+    /// wholly below. The leader-epoch cache follows the new start (see `LeaderEpochCache::trim`).
+    /// Returns the new log start offset (the old one if it was already beyond).
     pub fn delete_records_before(&mut self, offset: i64) -> Result<i64, StorageError> {
         self.ensure_writable()?;
         let (start, end) = (self.log_start_offset, self.log_end_offset());
@@ -967,8 +1054,174 @@ impl PartitionLog {
         }
         self.delete_segments_below_start()?;
         self.prune_aborted()?;
+        self.trim_epochs()?;
         tracing::debug!(dir = %self.dir.display(), log_start_offset = offset, "moved log start offset");
         Ok(offset)
+    }
+
+    /// Removes every batch at or after `offset` and returns the new log end offset: a follower cuts
+    /// the tail that diverged from the new leader's log (KIP-101: at the end offset the leader gave
+    /// for the follower's latest epoch). A batch is never split, so the cut is rounded down to the
+    /// start of the batch holding `offset` (or to the end of the last batch before it, when `offset`
+    /// falls in an offset gap): the new end may be below `offset`.
+    ///
+    /// - `offset >= log_end_offset()`: nothing changes; returns the log end.
+    /// - `offset < log_start_offset()` (Kafka's "truncate fully and start at"): every segment goes and
+    ///   the log restarts empty at `max(offset, 0)`, its new log start, which is persisted like
+    ///   DeleteRecords persists one. The same when no record at or after the log start would stay
+    ///   (the cut batch straddles the log start): the log restarts empty at its log start.
+    /// - Otherwise every segment whose batches all lie at or after the cut is deleted (files and all),
+    ///   and the one holding the cut is cut in its file and indexes and becomes the active segment.
+    ///
+    /// The recovery point is lowered (and durably rewritten) before anything is cut, and the cut
+    /// segment and the directory are fsynced before returning, so a truncation never comes back after
+    /// a crash: segments go newest first, and a crash midway leaves a prefix of the log, as if the
+    /// truncation had stopped at a later offset. Afterwards aborted-transaction entries whose marker
+    /// was cut are dropped, the leader-epoch cache loses the epochs that started at or after the new
+    /// end, and idempotent-producer state with ongoing transactions is rebuilt from the log as at
+    /// open, the producer fence (see `fence_producers`) included:
+    /// truncation is rare, so a full header walk of the recent segments is fine. A producer whose
+    /// batches were cut may send their sequence numbers again; a transaction whose marker was cut is
+    /// open again and holds the last stable offset. Refused (`Offline`) when the log is offline or its
+    /// writes failed; an I/O failure after the first file changed stops the log's writes (see
+    /// `fail_writes`) so a restart rebuilds its state from the files.
+    ///
+    /// `FileSlice`s taken before a truncation must not be sent after it: the offsets they cover may
+    /// hold other batches by then (the one exception to "stored bytes are never rewritten").
+    pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<i64, StorageError> {
+        self.ensure_writable()?;
+        let (start, end) = (self.log_start_offset, self.log_end_offset());
+        if offset >= end {
+            return Ok(end);
+        }
+        let mut scanner = BatchScanner::new(SCAN_BUFFER_BYTES);
+        if offset < start {
+            return self.truncate_fully(offset.max(0), now_ms, &mut scanner);
+        }
+        // The segment that would hold `offset`, and in it the position of the first batch reaching
+        // `offset` (its end when `offset` lies in the gap after its last batch).
+        let at = self.segment_for(offset);
+        let holding = self.sealed.get(at).unwrap_or(&self.active);
+        let position = holding.locate(offset)?.map_or(holding.size_bytes(), |(position, _)| position);
+        // A lower bound of the new end, for the recovery point: the previous segment's end when the
+        // cut takes the whole segment, else the base of the one being cut.
+        let end_at_least = match at.checked_sub(1).and_then(|previous| self.sealed.get(previous)) {
+            Some(previous) if position == 0 => previous.next_offset(),
+            None if position == 0 => return self.truncate_fully(start, now_ms, &mut scanner),
+            _ => holding.base_offset(),
+        };
+        self.lower_recovery_point(end_at_least)?;
+        if let Err(error) = self.cut_segments(at, position, &mut scanner) {
+            self.fail_writes(format!("truncating the log to offset {offset} failed: {error}"));
+            return Err(error);
+        }
+        if self.log_end_offset() < start {
+            return self.truncate_fully(start, now_ms, &mut scanner);
+        }
+        self.finish_truncation(now_ms, &mut scanner)
+    }
+
+    /// The all-segments case of `truncate_to`: the log restarts empty at `new_start`.
+    fn truncate_fully(&mut self, new_start: i64, now_ms: i64, scanner: &mut BatchScanner) -> Result<i64, StorageError> {
+        self.lower_recovery_point(new_start)?;
+        if let Err(error) = self.replace_all_segments(new_start) {
+            self.fail_writes(format!("truncating the log fully to start at offset {new_start} failed: {error}"));
+            return Err(error);
+        }
+        self.finish_truncation(now_ms, scanner)
+    }
+
+    /// Lowers the recovery point to `offset` at most, durably, before a truncation cuts anything:
+    /// a recovery point above the log end would make the next open take the cut for lost data.
+    fn lower_recovery_point(&mut self, offset: i64) -> Result<(), StorageError> {
+        let recovery_point = self.recovery_point.min(offset);
+        write_offset_file(&self.dir, RECOVERY_POINT_FILE, recovery_point, true)?;
+        self.recovery_point = recovery_point;
+        Ok(())
+    }
+
+    /// Deletes the segments after the one at `at` (in `segments()` order), newest first, and cuts
+    /// that one at byte `position`; at position 0 it goes too and the one before becomes active.
+    /// The kept last segment becomes the active one, fsynced with its indexes, and the deletions
+    /// are made durable.
+    fn cut_segments(&mut self, at: usize, position: u64, scanner: &mut BatchScanner) -> Result<(), StorageError> {
+        let kept = if position == 0 { at } else { at + 1 };
+        while self.sealed.len() >= kept {
+            self.active.delete_files()?;
+            tracing::debug!(dir = %self.dir.display(), segment = self.active.base_offset(), "truncation deleted a segment");
+            let Some(previous) = self.sealed.pop_back() else {
+                break;
+            };
+            self.active = previous;
+        }
+        if position > 0 {
+            let recovered = self.active.truncate(&self.dir, position, self.config.index_interval_bytes, scanner)?;
+            if let Some((at, reason)) = recovered.invalid {
+                return Err(StorageError::CorruptMessage(format!(
+                    "segment {} holds an invalid batch at byte {at}, before the truncation point: {reason}",
+                    self.active.base_offset()
+                )));
+            }
+        } else {
+            self.active.activate()?;
+        }
+        self.active.sync(true)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes every segment, newest first, and starts the log empty at `new_start`, persisting the
+    /// new log start after the old segments are gone: persisted first, a crash would bring back a
+    /// smaller log start over segments DeleteRecords had hidden.
+    fn replace_all_segments(&mut self, new_start: i64) -> Result<(), StorageError> {
+        self.active.delete_files()?;
+        while let Some(newest) = self.sealed.back() {
+            newest.delete_files()?;
+            self.sealed.pop_back();
+        }
+        self.active = Segment::create(&self.dir, new_start)?;
+        sync_dir(&self.dir)?;
+        if new_start != self.log_start_offset {
+            write_offset_file(&self.dir, LOG_START_OFFSET_FILE, new_start, true)?;
+        }
+        self.log_start_offset = new_start;
+        Ok(())
+    }
+
+    /// The state derived from the log, fitted to a truncated one: aborted-transaction entries whose
+    /// marker was cut, producer state (rebuilt, fence applied), and the leader-epoch cache.
+    /// Returns the new log end. A failure stops the log's writes, since memory and files then differ.
+    fn finish_truncation(&mut self, now_ms: i64, scanner: &mut BatchScanner) -> Result<i64, StorageError> {
+        let end = self.log_end_offset();
+        self.recovery_point = self.recovery_point.min(end);
+        if let Err(error) = self.refit_to_log(now_ms, scanner) {
+            self.fail_writes(format!("updating partition state after a truncation to offset {end} failed: {error}"));
+            return Err(error);
+        }
+        tracing::info!(dir = %self.dir.display(), log_start_offset = self.log_start_offset, log_end_offset = end, "truncated the log");
+        Ok(end)
+    }
+
+    /// `finish_truncation`'s changes, stopping at the first failure.
+    fn refit_to_log(&mut self, now_ms: i64, scanner: &mut BatchScanner) -> Result<(), StorageError> {
+        let end = self.log_end_offset();
+        // Entries are dropped before the rebuild, whose header walk puts back (once: `insert` knows
+        // each marker) any abort below the new end the index lacked. Every entry's marker is at or
+        // above the log start, so a full truncation below it drops them all here too.
+        let dropped = self.aborted.drop_from(end);
+        let entries = self.aborted.len();
+        self.producers = ProducerStateTable::default();
+        self.rebuild_producer_state(now_ms, scanner);
+        // As at open. The fence itself stays where it is even above the new end: the batches copied
+        // back below it may be the promoted mirror's again, and forgetting a local producer only
+        // weakens its duplicate detection, where remembering a foreign one can fake a duplicate.
+        if let Some(fence) = read_offset_file(&self.dir, PRODUCER_FENCE_FILE) {
+            self.producers.forget_before(fence.min(end));
+        }
+        if dropped || self.aborted.len() != entries || self.aborted.file_differs() {
+            let dir = &self.dir;
+            self.aborted.rewrite(|bytes| write_file_atomically(dir, ABORTED_TXNS_FILE, bytes, true))?;
+        }
+        self.trim_epochs()
     }
 
     /// Retention by time and size, deleting whole segments from the oldest. A segment expires when its
@@ -976,7 +1229,8 @@ impl PartitionLog {
     /// write plus `timestamp_after_max_ms` counts as that (see `Segment::retention_timestamp`: one
     /// future-dated record must not keep every later segment); an expired active segment is rolled
     /// first so it can go too. Size retention deletes the oldest segments while the rest still reach
-    /// `retention_bytes`; the active segment always stays. Also forgets expired producers.
+    /// `retention_bytes`; the active segment always stays. Also forgets expired producers, and fits
+    /// the leader-epoch cache to the new log start.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<RetentionStats, StorageError> {
         let mut stats = RetentionStats::default();
         if self.deleted || matches!(self.availability, Availability::Offline(_)) {
@@ -1013,6 +1267,7 @@ impl PartitionLog {
         }
         if stats.segments_deleted > 0 {
             self.prune_aborted()?;
+            self.trim_epochs()?;
             tracing::debug!(dir = %self.dir.display(), segments = stats.segments_deleted, bytes = stats.bytes_deleted, log_start_offset = self.log_start_offset, "retention deleted segments");
         }
         Ok(stats)

@@ -274,6 +274,28 @@ impl Segment {
         Ok(())
     }
 
+    /// Cuts the segment back to its first `position` bytes, which must be a batch boundary: a
+    /// truncation of the log (`PartitionLog::truncate_to`). The `.log` is cut (reopened for writing
+    /// first if the segment was sealed), then the segment is recovered from its files as at open
+    /// with `RecoveryScan::Tail`, so nothing here works out size, next offset, max timestamp or
+    /// indexes a second way: index entries at or beyond the cut fail the load's bounds check and go
+    /// with the batches they name, and the batches after the last kept entry are scanned again. The
+    /// segment comes back open for writing, as the last one; nothing is fsynced here. `Recovered`
+    /// reports a batch before the cut that no longer checks out (the disk changed under us).
+    pub(crate) fn truncate(
+        &mut self,
+        dir: &Path,
+        position: u64,
+        index_interval_bytes: u32,
+        scanner: &mut BatchScanner,
+    ) -> Result<Recovered, StorageError> {
+        self.activate()?;
+        self.writer()?.set_len(position).context(|| format!("truncate segment {} to {position} bytes", self.log_path.display()))?;
+        let (segment, recovered) = Segment::recover(dir, self.base_offset, None, RecoveryScan::Tail, index_interval_bytes, scanner)?;
+        *self = segment;
+        Ok(recovered)
+    }
+
     /// Keeps the bytes after the accepted batches on disk, untouched and never served: an invalid
     /// batch in data that was acknowledged (a closed segment, or below the recovery point) is
     /// corruption, not a torn write, and cutting it would also give its offsets out again.

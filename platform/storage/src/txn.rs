@@ -11,8 +11,8 @@
 //! between, the marker is in the log but not here; recovery after an unclean shutdown walks the recent
 //! segments' batch headers anyway (for idempotent-producer state) and puts back every abort it finds.
 //! At open, entries at or beyond the recovered log end (their marker was lost) are dropped, and the
-//! file is rewritten whenever its contents change that way or retention moves the log start past
-//! entries.
+//! file is rewritten whenever its contents change that way, retention moves the log start past
+//! entries, or a truncation cuts markers off the log end.
 
 use std::fs;
 use std::io::Write;
@@ -159,6 +159,18 @@ impl AbortedIndex {
         true
     }
 
+    /// Drops entries whose marker is at or beyond `log_end`: a truncation cut the marker, so the
+    /// transaction is not over here any more. Returns whether any were dropped.
+    pub(crate) fn drop_from(&mut self, log_end: i64) -> bool {
+        let keep = self.entries.partition_point(|e| e.last_offset < log_end);
+        if keep == self.entries.len() {
+            return false;
+        }
+        self.entries.truncate(keep);
+        self.recompute_span();
+        true
+    }
+
     /// Aborted transactions whose range overlaps `[from, upper)`: their marker is at or after `from`
     /// and their first record below `upper`.
     pub(crate) fn overlapping(&self, from: i64, upper: i64) -> Vec<AbortedTxn> {
@@ -234,5 +246,8 @@ mod tests {
         assert_eq!(ids(&index, 71, 1000), Vec::<i64>::new());
         assert!(index.drop_below(31));
         assert_eq!(ids(&index, 0, 1000), vec![2, 4]);
+        assert!(!index.drop_from(71));
+        assert!(index.drop_from(70));
+        assert_eq!(ids(&index, 0, 1000), vec![2]);
     }
 }

@@ -52,6 +52,8 @@ struct FetchPlan {
     max_bytes: usize,
     /// isolation_level = 1: read below the last stable offset and report aborted transactions.
     read_committed: bool,
+    /// The broker id of a follower copying partitions (`replica_id` >= 0); consumers send -1.
+    replica: Option<i32>,
 }
 
 fn partition_error(index: i32, error: ResponseError) -> PartitionData {
@@ -99,6 +101,21 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
                     // KIP-74: the first partition with data returns at least one whole batch, even
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
+                    if let Some(replica) = plan.replica {
+                        return match follower_read(broker, &partition, replica, fp.fetch_offset, partition_max, min_one) {
+                            Ok((data, read_slices, bytes)) => {
+                                total += bytes;
+                                slices.push(read_slices);
+                                data.with_partition_index(fp.partition)
+                            }
+                            Err(error) => {
+                                any_error = true;
+                                partition_error(fp.partition, error)
+                                    .with_high_watermark(partition.high_watermark())
+                                    .with_log_start_offset(partition.log_start_offset())
+                            }
+                        };
+                    }
                     let quick = partition.read_is_quick();
                     let read = || partition.read_isolated_slices(fp.fetch_offset, partition_max, min_one, plan.read_committed);
                     match broker.file_calls().run(quick, read) {
@@ -150,6 +167,32 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
     (FetchReply { response: FetchResponse::default().with_responses(responses), slices }, total, any_error)
 }
 
+/// A follower's fetch (`replica_id` >= 0): records its progress (which may move the high watermark
+/// and the ISR), then reads up to the log end. Followers never read committed-only.
+fn follower_read(
+    broker: &Broker,
+    partition: &Arc<crate::topic::Partition>,
+    replica: i32,
+    fetch_offset: i64,
+    max_bytes: usize,
+    min_one: bool,
+) -> Result<(PartitionData, Vec<FileSlice>, usize), ResponseError> {
+    crate::replication::follower_fetched(broker, partition, replica, fetch_offset)?;
+    let quick = partition.read_is_quick();
+    let (read, hw) = broker.file_calls().run(quick, || partition.read_for_follower(fetch_offset, max_bytes, min_one)).map_err(|error| {
+        if !matches!(error, StorageError::OffsetOutOfRange { .. }) {
+            tracing::warn!(topic = partition.topic.as_str(), partition = partition.index, replica, %error, "replica fetch failed");
+        }
+        storage_error_code(&error)
+    })?;
+    let data = PartitionData::default()
+        .with_high_watermark(hw)
+        .with_last_stable_offset(partition.last_stable_offset())
+        .with_log_start_offset(read.log_start_offset)
+        .with_records(None);
+    Ok((data, read.slices, read.bytes))
+}
+
 pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> Reply {
     if request.session_id != 0 {
         return Reply::Ready(FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code()).into());
@@ -157,7 +200,8 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
     let broker_max = broker.config().fetch_bytes_max();
     // Fetch v0-2 had no response-level limit.
     let max_bytes = if version >= 3 && request.max_bytes > 0 { (request.max_bytes as usize).min(broker_max) } else { broker_max };
-    let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1 };
+    let replica = (request.replica_id.0 >= 0).then_some(request.replica_id.0);
+    let plan = FetchPlan { topics: request.topics, max_bytes, read_committed: request.isolation_level == 1, replica };
     let (reply, total, any_error) = read_all(broker, &plan);
     let max_wait = request.max_wait_ms.clamp(0, FETCH_WAIT_MS_MAX) as u64;
     let min_bytes = request.min_bytes.max(0) as usize;
@@ -169,7 +213,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
         .iter()
         .filter_map(|t| broker.topic(t.topic.0.as_str()).map(|topic| (topic, t)))
         .flat_map(|(topic, t)| {
-            t.partitions.iter().filter_map(move |p| topic.partition(p.partition)).map(|p| p.watch_high_watermark()).collect::<Vec<_>>()
+            t.partitions
+                .iter()
+                .filter_map(move |p| topic.partition(p.partition))
+                // A follower waits for new records, a consumer for newly committed ones.
+                .map(|p| if replica.is_some() { p.watch_log_end() } else { p.watch_high_watermark() })
+                .collect::<Vec<_>>()
         })
         .collect();
     if watches.is_empty() {

@@ -4,7 +4,10 @@
 //! A produce request's batches are validated and appended by the storage engine in request order
 //! (idempotent sequence checks happen there, under the partition lock). With the page-cache flush
 //! policy the response is ready at once; with fsync-before-ack the response is deferred until a
-//! group-committed fsync covers the batch, and the connection keeps reading meanwhile.
+//! group-committed fsync covers the batch, and the connection keeps reading meanwhile. With
+//! acks=all on a partition whose ISR has other members, the response also waits until the high
+//! watermark passes the batch (every in-sync replica holds it); with fewer in-sync replicas than
+//! `min.insync.replicas`, acks=all writes are refused before anything is written.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +27,8 @@ struct PendingDurability {
     partition_idx: usize,
     partition: Arc<Partition>,
     offset: i64,
+    /// acks=all on a replicated partition: `min.insync.replicas`, checked again once replicated.
+    replicated: Option<usize>,
 }
 
 fn error_response(index: i32, error: ResponseError, message: Option<String>) -> PartitionProduceResponse {
@@ -74,6 +79,13 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 partition_responses.push(error_response(index, ResponseError::CorruptMessage, Some("no record batch".into())));
                 continue;
             };
+            let min_insync =
+                if acks == -1 { topic.as_ref().map_or(1, |t| t.config.read().min_insync_replicas(broker.config())) } else { 1 };
+            if min_insync > 1 && partition.isr_len() < min_insync {
+                let error = BrokerError::NotEnoughReplicas { isr: partition.isr_len(), min_insync };
+                partition_responses.push(error_response(index, error.kafka(), Some(error.to_string())));
+                continue;
+            }
             // The storage engine rewrites offsets in place; the request frame is shared, so copy the
             // batch bytes once here (per batch, never per record).
             let mut batch = records.to_vec();
@@ -145,12 +157,14 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                         topic.metrics.bytes_in.inc_by(result.byte_count);
                         topic.metrics.records_in.inc_by(result.record_count);
                     }
-                    if acks != 0 && partition.policy() == FlushPolicy::BeforeAck {
+                    let replicated = (acks == -1 && partition.is_replicated()).then_some(min_insync);
+                    if acks != 0 && (partition.policy() == FlushPolicy::BeforeAck || replicated.is_some()) {
                         pending.push(PendingDurability {
                             topic_idx,
                             partition_idx,
                             partition: Arc::clone(&partition),
                             offset: result.last_offset + 1,
+                            replicated,
                         });
                     }
                     partition_responses.push(
@@ -191,10 +205,13 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
     Reply::Deferred(Box::pin(async move {
         let mut response = response;
         for p in pending {
-            let error = match p.partition.wait_durable_within(p.offset, wait).await {
+            let mut outcome = p.partition.wait_durable_within(p.offset, wait).await;
+            if let (Ok(()), Some(min_insync)) = (&outcome, p.replicated) {
+                outcome = p.partition.wait_replicated(p.offset, min_insync, wait).await;
+            }
+            let error = match outcome {
                 Ok(()) => continue,
-                Err(error @ BrokerError::Timeout(_)) => (ResponseError::RequestTimedOut, error.to_string()),
-                Err(error) => (ResponseError::KafkaStorageError, error.to_string()),
+                Err(error) => (error.kafka(), error.to_string()),
             };
             if let Some(entry) = response.responses.get_mut(p.topic_idx).and_then(|t| t.partition_responses.get_mut(p.partition_idx)) {
                 entry.error_code = error.0.code();

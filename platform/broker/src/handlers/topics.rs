@@ -65,7 +65,8 @@ pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, versi
                 Err(error) => return fail(BrokerError::InvalidConfig(error.to_string())),
             };
             let placed = (!assignments.is_empty()).then_some(assignments);
-            match blocking(|| broker.create_topic_placed(&name, partitions, placed, config, request.validate_only)) {
+            let factor = (t.replication_factor > 0).then_some(t.replication_factor as usize);
+            match blocking(|| broker.create_topic_placed(&name, partitions, placed, factor, config, request.validate_only)) {
                 Ok(created) => {
                     if !request.validate_only {
                         tracing::info!(topic = name, partitions = created.topic.partition_count(), "created topic");
@@ -89,7 +90,11 @@ pub(crate) fn create_topics(broker: &Broker, request: CreateTopicsRequest, versi
                         .with_name(t.name.clone())
                         .with_topic_id(created.topic.id)
                         .with_num_partitions(partitions.unwrap_or_else(|| broker.config().num_partitions()))
-                        .with_replication_factor(1)
+                        .with_replication_factor(if request.validate_only {
+                            factor.unwrap_or_else(|| broker.config().default_replication_factor()) as i16
+                        } else {
+                            broker.replication_factor(&created.topic) as i16
+                        })
                         .with_configs(configs)
                 }
                 Err(error) => fail(error),

@@ -1,0 +1,196 @@
+"""Partition replication across three real `sluice server` processes (issue 14, replication piece):
+followers copy their leaders' logs, the ISR follows them, acks=all waits for the ISR and
+min.insync.replicas refuses writes when too few replicas are in sync. A leader killed with SIGKILL
+hands its partitions to an in-sync follower: no acknowledged record is lost or duplicated, the
+clients find the new leader themselves, and the killed broker comes back as a follower, catches up
+and rejoins the ISR."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import kafka_wire as wire
+from harness import cf_admin, cf_consumer, cf_producer, free_ports, http_request, sluice_cli, unique, wait_for
+from test_cluster import HEARTBEAT_MS, SESSION_MS, agreed, metric
+
+LAG_MS = 3000
+
+
+def start_replicated_nodes(make_broker):
+    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
+    nodes = [
+        make_broker(
+            f"broker.session.timeout.ms={SESSION_MS}",
+            f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
+            f"replica.lag.time.max.ms={LAG_MS}",
+            extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
+            start=False,
+        )
+        for i in range(3)
+    ]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready()
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    return nodes
+
+
+def bootstrap(nodes) -> str:
+    return ",".join(n.bootstrap for n in nodes)
+
+
+def partitions(node, topic: str) -> dict[int, tuple[int, list[int], list[int]]]:
+    """partition -> (leader, replicas, isr) in the Metadata `node` serves."""
+    md = cf_admin(node).list_topics(topic, timeout=10)
+    return {p: (pm.leader, sorted(pm.replicas), sorted(pm.isrs)) for p, pm in md.topics[topic].partitions.items()}
+
+
+def log_ends(node, topic: str) -> dict[int, int]:
+    """partition -> log end offset of the copy `node` holds (its admin API)."""
+    status, _, body = http_request("GET", f"{node.admin_url}/v1/topics/{topic}", timeout=5)
+    assert status == 200, body
+    return {p["partition"]: p["log_end_offset"] for p in json.loads(body)["partition_details"]}
+
+
+def create_replicated(node, topic: str, count: int, factor: int, config: dict) -> None:
+    from confluent_kafka.admin import NewTopic
+
+    admin = cf_admin(node)
+    admin.create_topics([NewTopic(topic, num_partitions=count, replication_factor=factor, config=config)], request_timeout=15)[
+        topic
+    ].result(timeout=20)
+
+
+def read_everything(nodes, topic: str, expected: int) -> dict[bytes, list[int]]:
+    """Every record of `topic`, read_committed from offset 0 of each partition, by key. Assigned, not
+    subscribed: the group coordinator (one node, until coordinators move to replicated partitions)
+    may be the broker a test killed."""
+    from confluent_kafka import TopicPartition
+
+    consumer = cf_consumer(nodes[0], conf={"bootstrap.servers": bootstrap(nodes), "isolation.level": "read_committed"})
+    count = len(cf_admin(nodes[0], {"bootstrap.servers": bootstrap(nodes)}).list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(count)])
+    seen: dict[bytes, list[int]] = defaultdict(list)
+    try:
+
+        def more():
+            for msg in consumer.consume(num_messages=500, timeout=0.5):
+                if msg.error() is None:
+                    seen[msg.key()].append(int(msg.value()))
+            return sum(map(len, seen.values())) >= expected
+
+        wait_for(more, f"a consumer to read {expected} records", timeout=60, every=0)
+        time.sleep(1)  # anything beyond `expected` (a duplicate) arrives now
+        more()
+    finally:
+        consumer.close()
+    return seen
+
+
+def produce(producer, topic: str, values, failures: list) -> None:
+    for i in values:
+        producer.produce(topic, key=f"k{i % 20}".encode(), value=str(i).encode(), on_delivery=lambda e, m: e and failures.append(e))
+        producer.poll(0)
+
+
+def test_a_killed_leader_hands_its_partitions_to_an_in_sync_follower(make_broker):
+    nodes = start_replicated_nodes(make_broker)
+    topic = unique("replicated")
+    create_replicated(nodes[0], topic, 3, 3, {"min.insync.replicas": "2"})
+
+    # Every broker holds every partition; leaders spread over the three; the ISR is all three.
+    placed = wait_for(
+        lambda: (p := partitions(nodes[1], topic)) and len(p) == 3 and all(len(isr) == 3 for _, _, isr in p.values()) and p,
+        "three partitions with three in-sync replicas",
+    )
+    assert all(replicas == [1, 2, 3] for _, replicas, _ in placed.values()), placed
+    assert sorted(leader for leader, _, _ in placed.values()) == [1, 2, 3], placed
+    for node in nodes:
+        assert sorted(int(d.name.rsplit("-", 1)[1]) for d in node.data_dir.glob(f"{topic}-*")) == [0, 1, 2]
+
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all"})
+    failures: list = []
+    produce(producer, topic, range(0, 600), failures)
+    assert producer.flush(30) == 0 and not failures, failures
+
+    # acks=all returned: every replica has every record (followers copy byte for byte).
+    wait_for(lambda: len({tuple(sorted(log_ends(n, topic).items())) for n in nodes}) == 1, "every copy to reach the same log end")
+    ends = log_ends(nodes[0], topic)
+    assert sum(ends.values()) >= 600, ends
+
+    # SIGKILL the leader of partition 0 while the producer keeps writing: an in-sync follower takes
+    # over, the producer and the consumer find it without help.
+    victim = placed[0][0]
+    survivors = [n for i, n in enumerate(nodes) if i + 1 != victim]
+    nodes[victim - 1].kill9()
+    produce(producer, topic, range(600, 1200), failures)
+    moved = wait_for(
+        lambda: (p := partitions(survivors[0], topic)) and p[0][0] not in (victim, -1) and victim not in p[0][2] and p,
+        "partition 0 to get a new leader from its ISR",
+        timeout=30,
+    )
+    assert all(leader != victim for leader, _, _ in moved.values()), moved
+    assert producer.flush(60) == 0 and not failures, failures
+    wait_for(lambda: metric(survivors[0], "sluice_under_replicated_partitions") == 3, "three under-replicated partitions")
+
+    seen = read_everything(survivors, topic, 1200)
+    assert sum(map(len, seen.values())) == 1200, "nothing acknowledged was lost, nothing was written twice"
+    for key, values in seen.items():
+        assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"
+
+    # The killed broker comes back as a follower: it catches up and rejoins every ISR.
+    nodes[victim - 1].start()
+    wait_for(
+        lambda: all(isr == [1, 2, 3] for _, _, isr in partitions(nodes[0], topic).values()),
+        "the restarted broker to rejoin every ISR",
+        timeout=40,
+    )
+    wait_for(lambda: len({tuple(sorted(log_ends(n, topic).items())) for n in nodes}) == 1, "its copies to match the others")
+    wait_for(lambda: metric(nodes[0], "sluice_under_replicated_partitions") == 0, "no under-replicated partition")
+
+    # Its copies are the real thing: kill partition 0's current leader, so that the restarted
+    # broker leads some partitions, and read everything again.
+    leader_now = partitions(nodes[0], topic)[0][0]
+    nodes[leader_now - 1].kill9()
+    rest = [n for i, n in enumerate(nodes) if i + 1 != leader_now]
+    wait_for(
+        lambda: all(l not in (leader_now, -1) for l, _, _ in partitions(rest[0], topic).values()),
+        "every partition led by the two remaining brokers",
+        timeout=30,
+    )
+    seen = read_everything(rest, topic, 1200)
+    assert sum(map(len, seen.values())) == 1200
+    producer.flush(5)
+
+
+def test_acks_all_needs_min_insync_replicas(make_broker):
+    nodes = start_replicated_nodes(make_broker)
+    topic = unique("insync")
+
+    # More replicas than brokers is refused up front, with a reason (the CLI's CreateTopics).
+    refused = sluice_cli(nodes[0], "topic", "create", unique("wide"), "--replication-factor", "4", check=False)
+    assert refused.returncode != 0 and "replication factor" in (refused.stdout + refused.stderr).lower(), refused
+
+    create_replicated(nodes[0], topic, 1, 3, {"min.insync.replicas": "3"})
+    leader = wait_for(lambda: (p := partitions(nodes[0], topic)) and p[0][2] == [1, 2, 3] and p[0][0], "the partition's ISR")
+    leader_node = nodes[leader - 1]
+    follower = next(i + 1 for i in range(3) if i + 1 != leader)
+
+    def produce_raw(acks: int) -> int:
+        with wire.connect(leader_node.port) as sock:
+            sock.sendall(wire.produce_v3(1, topic, 0, wire.record_batch([(None, b"v", ())]), acks=acks))
+            [(_, _, code, _)] = wire.parse_produce_v3(wire.read_response(sock)[1])
+            return code
+
+    assert produce_raw(-1) == 0, "all three in sync: acks=all succeeds"
+    nodes[follower - 1].kill9()
+    # The controller fences the dead broker and drops it from the ISR: two in sync, three needed.
+    wait_for(lambda: len(partitions(leader_node, topic)[0][2]) == 2, "the ISR to shrink to two", timeout=30)
+    assert produce_raw(-1) == 19, "NOT_ENOUGH_REPLICAS"
+    assert produce_raw(1) == 0, "acks=1 does not ask for replicas"
+    nodes[follower - 1].start()
+    wait_for(lambda: partitions(leader_node, topic)[0][2] == [1, 2, 3], "the follower to rejoin the ISR", timeout=40)
+    assert produce_raw(-1) == 0
