@@ -73,6 +73,8 @@ pub struct Broker {
     incarnation: OnceLock<u128>,
     /// The follower side of replication: fetch tasks copying partitions led elsewhere.
     fetchers: crate::replication::Fetchers,
+    /// Whether hanging transactions were looked for since this broker first led what the quorum says.
+    hanging_checked: std::sync::atomic::AtomicBool,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
     _dir_lock: fs::File,
 }
@@ -185,6 +187,7 @@ impl Broker {
             reconciled: watch::channel(0).0,
             incarnation: OnceLock::new(),
             fetchers: crate::replication::Fetchers::default(),
+            hanging_checked: std::sync::atomic::AtomicBool::new(false),
             _dir_lock: dir_lock,
         }))
     }
@@ -265,6 +268,15 @@ impl Broker {
 
     pub(crate) fn set_incarnation(&self, incarnation: u128) {
         let _ = self.incarnation.set(incarnation);
+    }
+
+    /// Once, when this broker first leads what the quorum says: on the coordinator node, aborts
+    /// transactions its partitions hold open that the coordinator does not know (start-up recovery
+    /// could not: partitions of a cluster lead nothing when the data directory is opened).
+    pub(crate) fn leading_as_the_quorum_says(&self) {
+        if !self.hanging_checked.swap(true, Ordering::AcqRel) && self.coordinator_node() == self.node_id() {
+            self.transactions.abort_hanging();
+        }
     }
 
     /// Joins the broker to its controller quorum: topic changes and producer ids go through it from
@@ -787,6 +799,7 @@ fn open_topic(
 fn starting(topic: &Topic, partition: Arc<Partition>) -> Arc<Partition> {
     if topic.created_at.load(Ordering::Acquire) > 0 {
         partition.set_leadership(false, 0);
+        partition.forget_high_watermark();
     }
     partition
 }

@@ -218,6 +218,9 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     if let Ok(runtime) = broker.runtime() {
         broker.fetchers().update(broker, runtime, follow);
     }
+    if current {
+        broker.leading_as_the_quorum_says();
+    }
     let mut adopt = Vec::new();
     for topic in broker.topics() {
         let name = topic.name.as_str();

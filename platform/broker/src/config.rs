@@ -540,8 +540,10 @@ impl BrokerConfig {
     pub(crate) fn replica_lag_time_max_ms(&self) -> i64 {
         self.int("replica.lag.time.max.ms")
     }
+    /// Per partition per follower fetch: at least `message.max.bytes`, so the largest batch a
+    /// producer may write always fits one fetch.
     pub(crate) fn replica_fetch_max_bytes(&self) -> i32 {
-        self.int("replica.fetch.max.bytes") as i32
+        self.int("replica.fetch.max.bytes").max(self.int("message.max.bytes")).min(i32::MAX as i64) as i32
     }
     pub(crate) fn replica_fetch_wait_max_ms(&self) -> i32 {
         self.int("replica.fetch.wait.max.ms") as i32

@@ -181,6 +181,7 @@ pub(crate) fn storage_error_code(error: &StorageError) -> ResponseError {
         StorageError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         StorageError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
         StorageError::Offline { .. } | StorageError::Io(..) => ResponseError::KafkaStorageError,
+        StorageError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
         #[allow(unreachable_patterns)]
         _ => ResponseError::UnknownServerError,
     }

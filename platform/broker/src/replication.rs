@@ -34,7 +34,7 @@ use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use sluice_client::{Connection, ConnectionOptions};
 use sluice_cluster::{Command, Controller, Outcome, PartitionState};
-use sluice_storage::{AppendMode, BatchHeader};
+use sluice_storage::BatchHeader;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
@@ -63,6 +63,12 @@ pub(crate) struct ReplicaSet {
     /// An AlterPartition of this partition is on its way to the controller: no second one until it
     /// is answered (the second would be refused as stale anyway).
     proposing: bool,
+    /// A follower proposed for the ISR and not yet confirmed: the high watermark already waits for
+    /// it (Kafka's "maximal ISR"), since the controller may count it in sync before we hear so.
+    joining: Option<i32>,
+    /// The log end when this broker became the leader: a follower joins the ISR only once it holds
+    /// everything before this leader's term (the high watermark of a new leader may lag the old one's).
+    term_start: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +84,10 @@ struct Progress {
 
 impl ReplicaSet {
     /// Takes the controller's state; `new_term`: this broker's leadership or leader epoch changed.
-    pub(crate) fn update(&mut self, node: i32, state: &PartitionState, topic_id: u128, new_term: bool, now_ms: i64) {
+    /// `leader_end`: this replica's log end now.
+    pub(crate) fn update(&mut self, node: i32, state: &PartitionState, topic_id: u128, new_term: bool, now_ms: i64, leader_end: i64) {
+        // A new partition epoch settles any proposal: the ISR it names is the committed one.
+        let settled = state.partition_epoch != self.partition_epoch;
         self.replicas.clone_from(&state.replicas);
         self.isr.clone_from(&state.isr);
         self.partition_epoch = state.partition_epoch;
@@ -86,7 +95,11 @@ impl ReplicaSet {
         self.node = node;
         if new_term {
             self.followers.clear();
+            self.term_start = leader_end;
+        }
+        if new_term || settled {
             self.proposing = false;
+            self.joining = None;
         }
         if state.leader != node {
             self.followers.clear();
@@ -109,7 +122,12 @@ impl ReplicaSet {
     /// The high watermark the ISR allows: `local` (this replica's own end) capped by what every
     /// other ISR member holds. A member that has not fetched in this term holds nothing known yet.
     pub(crate) fn isr_floor(&self, local: i64) -> i64 {
-        self.isr.iter().filter(|&&r| r != self.node).map(|r| self.followers.get(r).map_or(-1, |p| p.end)).fold(local, i64::min)
+        self.isr
+            .iter()
+            .chain(&self.joining)
+            .filter(|&&r| r != self.node)
+            .map(|r| self.followers.get(r).map_or(-1, |p| p.end))
+            .fold(local, i64::min)
     }
 
     /// Whether `replica` holds a copy of the partition.
@@ -130,10 +148,11 @@ impl ReplicaSet {
         }
         progress.leader_end_at_last_fetch = leader_end;
         progress.last_fetch_ms = now_ms;
-        if self.isr.contains(&replica) || self.proposing || fetch_offset < high_watermark {
+        if self.isr.contains(&replica) || self.proposing || fetch_offset < high_watermark.max(self.term_start) {
             return None;
         }
         self.proposing = true;
+        self.joining = Some(replica);
         let mut isr = self.isr.clone();
         isr.push(replica);
         Some(isr)
@@ -196,11 +215,19 @@ fn propose(controller: &Arc<Controller>, partition: &Arc<Partition>, command: Co
         };
         let (topic, index) = (partition.topic.as_str(), partition.index);
         match controller.write(command).await {
+            // The reconciler applies the new partition epoch, which settles the proposal; until
+            // then the high watermark keeps waiting for a joining follower.
             Ok(Outcome::Applied) => tracing::info!(topic, partition = index, ?isr, "ISR changed"),
-            Ok(outcome) => tracing::debug!(topic, partition = index, ?isr, ?outcome, "ISR change not applied"),
-            Err(error) => tracing::warn!(topic, partition = index, ?isr, %error, "cannot reach the controller to change the ISR"),
+            outcome => {
+                match outcome {
+                    Ok(outcome) => tracing::debug!(topic, partition = index, ?isr, ?outcome, "ISR change not applied"),
+                    Err(error) => tracing::warn!(topic, partition = index, ?isr, %error, "cannot reach the controller to change the ISR"),
+                }
+                let mut set = partition.replica_set();
+                set.proposing = false;
+                set.joining = None;
+            }
         }
-        partition.replica_set().proposing = false;
     });
 }
 
@@ -310,7 +337,11 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
     let mut connection: Option<Connection> = None;
     // The leader epoch each partition's log was last reconciled with the leader's (truncated).
     let mut settled: HashMap<(String, i32), i32> = HashMap::new();
+    // Partitions the leader refused, and until when they wait: one partition's trouble (a leader
+    // that has not applied the new epoch yet) must not slow its siblings down.
+    let mut paused: HashMap<(String, i32), tokio::time::Instant> = HashMap::new();
     let mut failures = 0u32;
+    let mut round = 0usize;
     loop {
         if failures > 0 {
             let pause = RETRY * failures.min(10);
@@ -351,11 +382,19 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
                 }
             }
         }
-        let ready: Vec<&Target> = current.iter().filter(|t| settled.get(&t.key()) == Some(&t.leader_epoch)).collect();
+        let now = tokio::time::Instant::now();
+        paused.retain(|_, until| *until > now);
+        let mut ready: Vec<&Target> =
+            current.iter().filter(|t| settled.get(&t.key()) == Some(&t.leader_epoch) && !paused.contains_key(&t.key())).collect();
         if ready.is_empty() {
-            failures += 1;
+            failures = failures.max(1);
             continue;
         }
+        // Kafka's fetcher rotates too: a response fills up in request order, so no partition may
+        // always come last.
+        round = round.wrapping_add(1);
+        let by = round % ready.len();
+        ready.rotate_left(by);
         let wait_ms = broker.config().replica_fetch_wait_max_ms();
         let request = fetch_request(&broker, node, &ready, wait_ms);
         let response =
@@ -379,7 +418,6 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
             failures += 1;
             continue;
         }
-        let mut all_fine = true;
         for topic in response.responses {
             for answer in topic.partitions {
                 let Some(target) = ready
@@ -389,11 +427,11 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
                     continue;
                 };
                 if !copy(target, answer, &mut settled).await {
-                    all_fine = false;
+                    paused.insert(target.key(), tokio::time::Instant::now() + RETRY);
                 }
             }
         }
-        failures = if all_fine { 0 } else { failures + 1 };
+        failures = 0;
     }
 }
 
@@ -434,7 +472,8 @@ async fn copy(
     if whole > 0 {
         let mut bytes = records[..whole].to_vec();
         let follower = Arc::clone(partition);
-        let appended = tokio::task::spawn_blocking(move || follower.append(&mut bytes, AppendMode::PreserveOffsets, crate::now_ms())).await;
+        let epoch = target.leader_epoch;
+        let appended = tokio::task::spawn_blocking(move || follower.append_as_follower(&mut bytes, epoch, crate::now_ms())).await;
         match appended {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
@@ -630,24 +669,41 @@ mod tests {
     #[test]
     fn the_high_watermark_waits_for_every_isr_member() {
         let mut set = ReplicaSet::default();
-        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 1000);
+        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 1000, 0);
         // Nobody fetched in this term yet: nothing is known to be replicated.
         assert_eq!(set.isr_floor(100), -1);
         assert_eq!(set.fetched(2, 80, 100, 0, 1001), None);
         assert_eq!(set.fetched(3, 60, 100, 0, 1001), None);
         assert_eq!(set.isr_floor(100), 60);
         // Out of the ISR, a slow follower no longer holds the high watermark back.
-        set.update(1, &state(1, vec![1, 2]), 7, false, 1002);
+        set.update(1, &state(1, vec![1, 2]), 7, false, 1002, 0);
         assert_eq!(set.isr_floor(100), 80);
         // Back at the high watermark, it is proposed for the ISR once.
         assert_eq!(set.fetched(3, 80, 100, 80, 1003), Some(vec![1, 2, 3]));
         assert_eq!(set.fetched(3, 90, 100, 80, 1004), None, "one proposal at a time");
+        // While it is proposed, the high watermark already waits for it (the controller may count
+        // it in sync first).
+        assert_eq!(set.isr_floor(100), 80);
+        set.fetched(2, 100, 100, 80, 1005);
+        assert_eq!(set.isr_floor(100), 90);
+        // The committed ISR settles the proposal.
+        set.update(1, &PartitionState { partition_epoch: 5, ..state(1, vec![1, 2, 3]) }, 7, false, 1006, 0);
+        assert_eq!((set.proposing, set.joining), (false, None));
+    }
+
+    #[test]
+    fn a_follower_joins_only_with_everything_before_the_leaders_term() {
+        let mut set = ReplicaSet::default();
+        // This leader's term began at offset 50; its high watermark still lags at 10.
+        set.update(1, &state(1, vec![1, 2]), 7, true, 0, 50);
+        assert_eq!(set.fetched(3, 40, 60, 10, 1), None, "at the high watermark, but missing the old leader's tail");
+        assert_eq!(set.fetched(3, 50, 60, 10, 2), Some(vec![1, 2, 3]));
     }
 
     #[test]
     fn followers_that_stop_catching_up_leave_the_isr() {
         let mut set = ReplicaSet::default();
-        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 0);
+        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 0, 0);
         // Follower 2 keeps reaching the log end; follower 3 fetches but never catches up.
         for now in (1000..=40_000).step_by(1000) {
             set.fetched(2, now, now, 0, now);
@@ -660,12 +716,12 @@ mod tests {
     #[test]
     fn only_other_replicas_fetch_as_followers() {
         let mut set = ReplicaSet::default();
-        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 0);
+        set.update(1, &state(1, vec![1, 2, 3]), 7, true, 0, 0);
         assert!(set.has_replica(2) && set.has_replica(3));
         assert!(!set.has_replica(1), "the leader itself");
         assert!(!set.has_replica(4), "a broker without a copy");
         // As a follower it tracks nobody.
-        set.update(1, &state(2, vec![1, 2, 3]), 7, true, 0);
+        set.update(1, &state(2, vec![1, 2, 3]), 7, true, 0, 0);
         assert_eq!(set.fetched(3, 10, 10, 0, 1), None);
     }
 }

@@ -306,9 +306,34 @@ impl Partition {
     }
 
     /// What the controller says about this partition's leadership. Returns whether it changed.
+    /// Flips under the log's write lock: every append checks the role it was made for under that
+    /// lock, so no write lands in a role the partition no longer has.
     pub(crate) fn set_leadership(&self, leader: bool, epoch: i32) -> bool {
+        let _log = self.log.write();
         let was = (self.leader.swap(leader, Ordering::AcqRel), self.leader_epoch.swap(epoch, Ordering::AcqRel));
         was != (leader, epoch)
+    }
+
+    /// The role check every write makes under the log's write lock.
+    fn check_leader(&self, epoch: Option<i32>) -> Result<(), StorageError> {
+        if self.is_leader() && epoch.is_none_or(|e| e == self.leader_epoch()) {
+            return Ok(());
+        }
+        Err(StorageError::NotLeader(format!(
+            "this broker no longer leads partition {}-{} (leader epoch now {})",
+            self.topic.as_str(),
+            self.index,
+            self.leader_epoch()
+        )))
+    }
+
+    /// A partition of a topic the quorum holds starts with its high watermark at the log start:
+    /// what the log holds beyond that may be a tail no other replica has (a leader that died before
+    /// its followers fetched), and only the ISR can say what is committed. A leader raises it as its
+    /// ISR confirms; a follower learns it from the leader.
+    pub(crate) fn forget_high_watermark(&self) {
+        let start = self.log.read().log_start_offset();
+        self.high_watermark.send_replace(start);
     }
 
     /// What the controller says about the partition: its leadership, replicas and ISR. Returns
@@ -316,11 +341,14 @@ impl Partition {
     /// (Kafka does the same): the ISR is the controller's, and lag is measured from here.
     pub(crate) fn apply_replica_state(&self, node: i32, state: &sluice_cluster::PartitionState, topic_id: u128) -> bool {
         let leader = state.leader == node;
+        let new_term = (self.is_leader(), self.leader_epoch()) != (leader, state.leader_epoch);
         let mut replicas = self.replicas.lock();
-        let changed = self.set_leadership(leader, state.leader_epoch);
-        replicas.update(node, state, topic_id, changed, crate::now_ms());
+        replicas.update(node, state, topic_id, new_term, crate::now_ms(), self.log_end_offset());
+        // Before the flip: a write that sees this broker lead must also see whether it waits for
+        // followers.
         self.replicated.store(leader && state.isr.iter().any(|&r| r != node), Ordering::Release);
         drop(replicas);
+        let changed = self.set_leadership(leader, state.leader_epoch);
         if leader {
             // A smaller ISR may let the high watermark move; either way, writers waiting for
             // acks=all look again (they fail if this broker no longer leads).
@@ -370,10 +398,38 @@ impl Partition {
         self.high_watermark.send_if_modified(|hw| raise(hw, target));
     }
 
-    /// A follower's high watermark: the leader's, as far as this copy reaches.
+    /// A follower's high watermark: the leader's, as far as this copy reaches. Nothing once this
+    /// broker leads the partition (the ISR sets it then).
     pub(crate) fn set_follower_high_watermark(&self, leader_high_watermark: i64) {
         let target = leader_high_watermark.min(self.log_end_offset());
-        self.high_watermark.send_if_modified(|hw| raise(hw, target));
+        self.high_watermark.send_if_modified(|hw| !self.is_leader() && raise(hw, target));
+    }
+
+    /// A follower's copy of the leader's batches, in leader epoch `epoch`: refused once this broker
+    /// leads the partition or follows it in another epoch, and unless the batches continue the log
+    /// exactly where it ends (a stale reply after a truncation would leave a hole). Blocking file I/O.
+    pub(crate) fn append_as_follower(&self, batches: &mut [u8], epoch: i32, now_ms: i64) -> Result<AppendResult, StorageError> {
+        let mut log = self.log.write();
+        if self.is_leader() || self.leader_epoch() != epoch {
+            return Err(StorageError::NotLeader(format!(
+                "partition {}-{} is no longer a follower in leader epoch {epoch}",
+                self.topic.as_str(),
+                self.index
+            )));
+        }
+        let end = log.log_end_offset();
+        if let Some(first) = sluice_storage::BatchHeader::parse(batches).filter(|h| h.base_offset != end) {
+            return Err(StorageError::InvalidRecord(format!(
+                "the leader's batches start at offset {}, not at this copy's log end {end}",
+                first.base_offset
+            )));
+        }
+        let result = log.append(batches, AppendMode::PreserveOffsets, now_ms)?;
+        drop(log);
+        self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
+        let end = result.last_offset + 1;
+        self.log_end.send_if_modified(|e| raise(e, end));
+        Ok(result)
     }
 
     /// The latest leader epoch in the log and, for OffsetForLeaderEpoch, where an epoch's records
@@ -390,6 +446,9 @@ impl Partition {
     /// leader. Blocking file I/O.
     pub(crate) fn truncate_to(&self, offset: i64) -> Result<i64, StorageError> {
         let mut log = self.log.write();
+        if self.is_leader() {
+            return Err(StorageError::NotLeader(format!("partition {}-{} leads: its log is not cut", self.topic.as_str(), self.index)));
+        }
         let end = log.truncate_to(offset, crate::now_ms())?;
         let start = log.log_start_offset();
         drop(log);
@@ -438,7 +497,12 @@ impl Partition {
 
     /// Appends producer (or replica) batches. Blocking file I/O: call from a blocking context.
     pub(crate) fn append(&self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
-        let result = self.log.write().append(batches, mode, now_ms)?;
+        let mut log = self.log.write();
+        if let AppendMode::AssignOffsets { leader_epoch } = mode {
+            self.check_leader(Some(leader_epoch))?;
+        }
+        let result = log.append(batches, mode, now_ms)?;
+        drop(log);
         if !result.duplicate {
             self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
             let end = result.last_offset + 1;
@@ -465,7 +529,10 @@ impl Partition {
     /// append: at once under the page-cache policy; after the next group-committed fsync, which this
     /// starts, under fsync-before-ack. Blocking file I/O.
     pub(crate) fn append_marker(self: &Arc<Self>, marker: &TxnMarker, now_ms: i64) -> Result<AppendResult, StorageError> {
-        let result = self.log.write().append_marker(marker, self.leader_epoch(), now_ms)?;
+        let mut log = self.log.write();
+        self.check_leader(None)?;
+        let result = log.append_marker(marker, self.leader_epoch(), now_ms)?;
+        drop(log);
         self.unflushed_records.fetch_add(1, Ordering::Relaxed);
         let end = result.last_offset + 1;
         self.log_end.send_if_modified(|e| raise(e, end));
@@ -573,11 +640,19 @@ impl Partition {
     /// meanwhile (the client retries with the new leader; its idempotent sequence numbers keep the
     /// retry from writing twice) and when the ISR shrank below `min_insync` before the write was
     /// replicated (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND).
-    pub(crate) async fn wait_replicated(self: &Arc<Self>, offset: i64, min_insync: usize, timeout: Duration) -> Result<(), BrokerError> {
+    /// `epoch`: the leader epoch the write was appended in; a later term (even this broker's own,
+    /// after leading elsewhere in between) may have truncated it.
+    pub(crate) async fn wait_replicated(
+        self: &Arc<Self>,
+        offset: i64,
+        epoch: i32,
+        min_insync: usize,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
         let mut hw = self.high_watermark.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if !self.is_leader() {
+            if !self.is_leader() || self.leader_epoch() != epoch {
                 return Err(BrokerError::NotLeader { topic: self.topic.as_str().to_string(), partition: self.index });
             }
             if *hw.borrow_and_update() >= offset {
@@ -605,6 +680,7 @@ impl Partition {
     /// On a replicated partition it also waits for the ISR (the in-process writers' acks=all).
     pub(crate) fn wait_durable_blocking(self: &Arc<Self>, offset: i64) -> Result<(), BrokerError> {
         let replicated = self.is_replicated();
+        let epoch = self.leader_epoch();
         if self.policy() != FlushPolicy::BeforeAck && !replicated {
             return Ok(());
         }
@@ -612,7 +688,7 @@ impl Partition {
             Ok(handle) => tokio::task::block_in_place(|| {
                 handle.block_on(async {
                     self.wait_durable_within(offset, DURABILITY_WAIT_DEFAULT).await?;
-                    if replicated { self.wait_replicated(offset, 1, DURABILITY_WAIT_DEFAULT).await } else { Ok(()) }
+                    if replicated { self.wait_replicated(offset, epoch, 1, DURABILITY_WAIT_DEFAULT).await } else { Ok(()) }
                 })
             }),
             Err(_) if self.policy() == FlushPolicy::BeforeAck => self.flush_blocking().map_err(BrokerError::Storage),

@@ -904,11 +904,32 @@ impl TransactionCoordinator {
                 open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
             }
         }
+        self.abort_hanging_in(&open);
+    }
+
+    /// Aborts transactions that partitions this broker leads hold open but the coordinator does not
+    /// know. Run at start-up for the partitions led from the start (a single node's), and by the
+    /// reconciler once this broker leads what the quorum says (a cluster's partitions lead nothing
+    /// at start-up). Only the coordinator node may judge: elsewhere every transaction looks unknown.
+    pub(crate) fn abort_hanging(&self) {
+        let slots: Vec<Slot> = self.txns.iter().map(|e| Arc::clone(e.value())).collect();
+        let mut open: BTreeMap<i64, (i16, BTreeSet<(String, i32)>)> = BTreeMap::new();
+        for slot in slots {
+            let guard = slot.lock();
+            if let Some(current) = guard.as_ref().filter(|c| c.status == TxnStatus::Ongoing) {
+                open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
+            }
+        }
+        self.abort_hanging_in(&open);
+    }
+
+    fn abort_hanging_in(&self, open: &BTreeMap<i64, (i16, BTreeSet<(String, i32)>)>) {
         let now = crate::now_ms();
         // A mirror topic's transactions belong to the source cluster: its markers end them, and
         // promotion aborts what is left. A marker written here would make the copy differ.
         for topic in self.deps.topics.all().into_iter().filter(|t| t.mirror().is_none()) {
-            for partition in topic.partitions.read().iter() {
+            // Markers go only to partitions this broker leads (a follower copies its leader's).
+            for partition in topic.partitions.read().iter().filter(|p| p.is_leader()) {
                 let hanging: Vec<(i64, i16)> = partition
                     .open_transactions()
                     .into_iter()

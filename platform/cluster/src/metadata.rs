@@ -288,14 +288,12 @@ impl Metadata {
                 let state = BrokerState { registration: registration.clone(), epoch: index, fenced: false };
                 self.brokers.insert(id, state);
                 if restarted {
-                    // A new process lost whatever its predecessor held in memory: a new leader term
-                    // for each partition it leads.
-                    for partition in self.partitions_mut() {
-                        if partition.leader == id {
-                            partition.leader_epoch += 1;
-                            partition.partition_epoch += 1;
-                        }
-                    }
+                    // A new process may have lost what its predecessor had not made durable (a
+                    // power cut under the page-cache policy): as in Kafka, it comes back like a
+                    // fenced broker — out of every ISR it shared, its partitions led by another
+                    // in-sync replica — and rejoins as a follower once it has caught up. Only
+                    // partitions it alone holds in sync stay (or become) its own, in a new term.
+                    self.broker_lost(id);
                 }
                 self.broker_returned(id);
                 Outcome::Registered { epoch: index }
@@ -441,7 +439,7 @@ impl Metadata {
                 partition.partition_epoch += 1;
             }
             if partition.leader == broker_id {
-                partition.leader = partition.isr.iter().copied().find(|r| live.contains(r)).unwrap_or(NO_LEADER);
+                partition.leader = partition.isr.iter().copied().find(|r| *r != broker_id && live.contains(r)).unwrap_or(NO_LEADER);
                 partition.leader_epoch += 1;
                 partition.partition_epoch += 1;
             }
@@ -570,9 +568,9 @@ mod tests {
         let [replicated, single] = &meta.topics["t"].partitions[..] else { panic!() };
         assert_eq!((replicated.leader, replicated.leader_epoch), (2, 1));
         assert_eq!((single.leader, single.leader_epoch), (1, 2));
-        // A restarted process starts a new leader term for what it leads.
+        // A restarted process starts a new leader term for what only it holds in sync.
         meta.apply(7, &Command::RegisterBroker(registration(1, 2)));
-        assert_eq!(meta.topics["t"].partitions[1].leader_epoch, 3);
+        assert_eq!((meta.topics["t"].partitions[1].leader, meta.topics["t"].partitions[1].leader_epoch), (1, 4));
     }
 
     #[test]
@@ -610,6 +608,12 @@ mod tests {
         meta.apply(14, &Command::FenceBroker { broker_id: 1, epoch: 1 });
         let p = &meta.topics["t"].partitions[0];
         assert_eq!((p.leader, p.isr.clone(), p.leader_epoch, p.partition_epoch), (2, vec![2, 3], 1, 4));
+        // A leader that restarts (a new incarnation, never fenced) hands over too: its log may
+        // have lost what it had not made durable.
+        meta.apply(15, &Command::UnfenceBroker { broker_id: 1, epoch: 1 });
+        meta.apply(16, &Command::RegisterBroker(registration(2, 9)));
+        let p = &meta.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (3, vec![3], 2));
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub enum StorageError {
     /// Maps to KAFKA_STORAGE_ERROR (56).
     #[error("partition {dir} is offline: {reason}")]
     Offline { dir: String, reason: String },
+    /// A write from a role this replica no longer has: a leader's append after it stopped leading (or
+    /// in an older leader epoch), a follower's copy after it became the leader. Checked under the
+    /// log's lock, so a role change and a write never interleave. Maps to NOT_LEADER_OR_FOLLOWER (6).
+    #[error("{0}")]
+    NotLeader(String),
     /// A file operation failed; the string names the operation and the path. Maps to KAFKA_STORAGE_ERROR.
     #[error("{1}: {0}")]
     Io(#[source] io::Error, String),

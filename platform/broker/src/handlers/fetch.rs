@@ -177,6 +177,11 @@ fn follower_read(
     max_bytes: usize,
     min_one: bool,
 ) -> Result<(PartitionData, Vec<FileSlice>, usize), ResponseError> {
+    // Progress counts only for an offset this log holds: a follower asking beyond its end has a
+    // tail this leader never wrote (it truncates on OFFSET_OUT_OF_RANGE), not these records.
+    if fetch_offset < partition.log_start_offset() || fetch_offset > partition.log_end_offset() {
+        return Err(ResponseError::OffsetOutOfRange);
+    }
     crate::replication::follower_fetched(broker, partition, replica, fetch_offset)?;
     let quick = partition.read_is_quick();
     let (read, hw) = broker.file_calls().run(quick, || partition.read_for_follower(fetch_offset, max_bytes, min_one)).map_err(|error| {
@@ -227,11 +232,17 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
     let broker = Arc::clone(broker);
     Reply::Deferred(Box::pin(async move {
         let deadline = Instant::now() + Duration::from_millis(max_wait);
-        let mut reply = reply;
+        // The first pass's reply is superseded by the one below.
+        drop(reply);
         for receiver in watches.iter_mut() {
             receiver.borrow_and_update();
         }
-        loop {
+        // Records that arrived between the first read and the subscriptions changed nothing the
+        // receivers will report: read once more before waiting, or such a fetch (a follower's, whose
+        // next fetch is what moves the high watermark) would sleep its whole max_wait_ms.
+        let (mut reply, total, any_error) = read_all(&broker, &plan);
+        let mut done = total >= min_bytes.max(1) || any_error;
+        while !done {
             let changed = futures::future::select_all(watches.iter_mut().map(|w| Box::pin(w.changed())));
             match tokio::time::timeout_at(deadline.into(), changed).await {
                 Err(_) => break,
@@ -240,9 +251,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: FetchRequest, version:
             }
             let (again, total, any_error) = read_all(&broker, &plan);
             reply = again;
-            if total >= min_bytes || any_error {
-                break;
-            }
+            done = total >= min_bytes || any_error;
         }
         if Instant::now() >= deadline {
             // Data may have arrived right at the deadline.

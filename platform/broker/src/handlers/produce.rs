@@ -29,6 +29,8 @@ struct PendingDurability {
     offset: i64,
     /// acks=all on a replicated partition: `min.insync.replicas`, checked again once replicated.
     replicated: Option<usize>,
+    /// The leader epoch the batch was appended in.
+    epoch: i32,
 }
 
 fn error_response(index: i32, error: ResponseError, message: Option<String>) -> PartitionProduceResponse {
@@ -89,7 +91,8 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
             // The storage engine rewrites offsets in place; the request frame is shared, so copy the
             // batch bytes once here (per batch, never per record).
             let mut batch = records.to_vec();
-            let mode = AppendMode::AssignOffsets { leader_epoch: partition.leader_epoch() };
+            let epoch = partition.leader_epoch();
+            let mode = AppendMode::AssignOffsets { leader_epoch: epoch };
             let header = BatchHeader::parse(&batch);
             let transactional = header.is_some_and(|h| h.is_transactional());
             if !same_producer_throughout(&batch) {
@@ -165,6 +168,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                             partition: Arc::clone(&partition),
                             offset: result.last_offset + 1,
                             replicated,
+                            epoch,
                         });
                     }
                     partition_responses.push(
@@ -207,7 +211,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
         for p in pending {
             let mut outcome = p.partition.wait_durable_within(p.offset, wait).await;
             if let (Ok(()), Some(min_insync)) = (&outcome, p.replicated) {
-                outcome = p.partition.wait_replicated(p.offset, min_insync, wait).await;
+                outcome = p.partition.wait_replicated(p.offset, p.epoch, min_insync, wait).await;
             }
             let error = match outcome {
                 Ok(()) => continue,

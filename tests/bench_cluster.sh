@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Replication throughput: acks=all produce into RF=1 and RF=3 topics of one 3-node cluster on this
+# machine (three broker processes and the load generator share its cores). Usage:
+#   tests/bench_cluster.sh [seconds] [record-size] [in-flight]
+# Prints one `sluice bench produce` summary per topic. See BENCHMARKS.md for results.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${SLUICE_BIN:-target/release/sluice}
+SECS=${1:-8}
+SIZE=${2:-1024}
+INFLIGHT=${3:-16}
+DIR=$(mktemp -d /tmp/sluice-bench-cluster.XXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$DIR"' EXIT
+V=1@127.0.0.1:39093,2@127.0.0.1:39193,3@127.0.0.1:39293
+for i in 1 2 3; do
+    "$BIN" server --node-id "$i" --controller-voters "$V" --data-dir "$DIR/n$i" \
+        --listen "127.0.0.1:3${i}092" --admin-listen "127.0.0.1:3${i}644" > "$DIR/n$i.log" 2>&1 &
+done
+export SLUICE_BROKERS=127.0.0.1:31092,127.0.0.1:32092,127.0.0.1:33092 SLUICE_ADMIN_URL=http://127.0.0.1:31644
+for _ in $(seq 150); do [ "$("$BIN" cluster info 2>/dev/null | grep -c ' live$')" -ge 3 ] && break; sleep 0.2; done
+"$BIN" cluster info
+for rf in 1 3; do
+    "$BIN" topic create "rf$rf" --partitions 8 --replication-factor "$rf" --config min.insync.replicas=$(( rf > 1 ? 2 : 1 ))
+    sleep 1
+    "$BIN" bench produce --topic "rf$rf" --record-size "$SIZE" --duration "${SECS}s" --acks all --in-flight "$INFLIGHT"
+done
