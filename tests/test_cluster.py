@@ -82,12 +82,14 @@ def test_a_single_node_is_a_one_voter_quorum(broker):
     assert view["brokers"][0]["state"] == "live"
 
 
-def start_three_nodes(make_broker):
+def start_three_nodes(make_broker, *settings: str):
+    """Three nodes of one quorum (each a voter), with `settings` (KEY=VALUE) on every node."""
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
     nodes = [
         make_broker(
             f"broker.session.timeout.ms={SESSION_MS}",
             f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
+            *settings,
             extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
             start=False,
         )

@@ -12,28 +12,14 @@ import time
 from collections import defaultdict
 
 import kafka_wire as wire
-from harness import cf_admin, cf_consumer, cf_producer, free_ports, http_request, sluice_cli, unique, wait_for
-from test_cluster import HEARTBEAT_MS, SESSION_MS, agreed, metric
+from harness import cf_admin, cf_consumer, cf_producer, http_request, sluice_cli, unique, wait_for
+from test_cluster import agreed, metric, start_three_nodes
 
 LAG_MS = 3000
 
 
 def start_replicated_nodes(make_broker):
-    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
-    nodes = [
-        make_broker(
-            f"broker.session.timeout.ms={SESSION_MS}",
-            f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
-            f"replica.lag.time.max.ms={LAG_MS}",
-            extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
-            start=False,
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start(wait=False)
-    for node in nodes:
-        node.wait_ready()
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}")
     wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
     return nodes
 

@@ -1,0 +1,109 @@
+"""Failover time: how long an idempotent acks=all producer cannot write when the leader of its
+partition is killed with SIGKILL. Three `sluice server` processes on this machine, one RF=3 topic
+(min.insync.replicas=2); each round kills the current leader, measures the gap between the last
+record acknowledged before the kill and the first acknowledged after it, restarts the killed broker
+and waits until it is back in the ISR. Usage:
+
+    python3 tests/bench_failover.py [rounds] [session-timeout-ms]
+
+Not a test (no assertion on time): see BENCHMARKS.md for results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+BIN = os.environ.get("SLUICE_BIN", "target/release/sluice")
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    session_ms = int(sys.argv[2]) if len(sys.argv) > 2 else 9000
+    heartbeat_ms = max(100, session_ms // 10)
+    work = tempfile.mkdtemp(prefix="sluice-failover-")
+    voters = "1@127.0.0.1:38093,2@127.0.0.1:38193,3@127.0.0.1:38293"
+    procs: dict[int, subprocess.Popen] = {}
+
+    def start(node: int) -> None:
+        log = open(f"{work}/n{node}.log", "ab")
+        procs[node] = subprocess.Popen(
+            [BIN, "server", "--node-id", str(node), "--controller-voters", voters, "--data-dir", f"{work}/n{node}",
+             "--listen", f"127.0.0.1:38{node}92", "--admin-listen", f"127.0.0.1:38{node}44",
+             "--set", f"broker.session.timeout.ms={session_ms}", "--set", f"broker.heartbeat.interval.ms={heartbeat_ms}"],
+            stdout=log, stderr=log)
+
+    for node in (1, 2, 3):
+        start(node)
+    bootstrap = ",".join(f"127.0.0.1:38{n}92" for n in (1, 2, 3))
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    time.sleep(3)
+    admin.create_topics([NewTopic("failover", 1, 3, config={"min.insync.replicas": "2"})])["failover"].result(30)
+
+    def partition_state():
+        md = admin.list_topics("failover", timeout=10).topics["failover"].partitions[0]
+        return md.leader, sorted(md.isrs)
+
+    acked: list[float] = []
+    lock = threading.Lock()
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1,
+                         "message.timeout.ms": 60_000, "topic.metadata.refresh.interval.ms": 1000})
+    stop = threading.Event()
+
+    def on_delivery(error, _msg):
+        if error is None:
+            with lock:
+                acked.append(time.monotonic())
+
+    def load():
+        i = 0
+        while not stop.is_set():
+            producer.produce("failover", value=str(i).encode(), on_delivery=on_delivery)
+            producer.poll(0)
+            i += 1
+            time.sleep(0.001)
+        producer.flush(60)
+
+    writer = threading.Thread(target=load)
+    writer.start()
+    gaps = []
+    try:
+        for _ in range(rounds):
+            while partition_state()[1] != [1, 2, 3]:
+                time.sleep(0.2)
+            time.sleep(1)
+            leader = partition_state()[0]
+            killed_at = time.monotonic()
+            procs[leader].send_signal(signal.SIGKILL)
+            procs[leader].wait()
+            while True:
+                time.sleep(0.1)
+                with lock:
+                    after = [t for t in acked if t > killed_at]
+                if after:
+                    break
+            with lock:
+                before = max(t for t in acked if t <= killed_at)
+            gaps.append(min(after) - before)
+            print(f"killed leader {leader}: no acknowledgement for {gaps[-1] * 1000:.0f} ms", flush=True)
+            start(leader)
+    finally:
+        stop.set()
+        writer.join()
+        for proc in procs.values():
+            proc.send_signal(signal.SIGKILL)
+    gaps.sort()
+    print(f"session {session_ms} ms, {len(gaps)} failovers: p50 {statistics.median(gaps) * 1000:.0f} ms, "
+          f"max {gaps[-1] * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
