@@ -180,3 +180,41 @@ def test_acks_all_needs_min_insync_replicas(make_broker):
     nodes[follower - 1].start()
     wait_for(lambda: partitions(leader_node, topic)[0][2] == [1, 2, 3], "the follower to rejoin the ISR", timeout=40)
     assert produce_raw(-1) == 0
+
+
+def test_a_follower_behind_the_leaders_log_start_starts_over_from_there(make_broker):
+    """Retention on the leader removed everything a dead follower misses: back, it cannot copy the
+    gap, so it empties its copy, continues from the leader's log start and rejoins the ISR."""
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}", "log.retention.check.interval.ms=200")
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("retained")
+    mib = 1024 * 1024
+    create_replicated(nodes[0], topic, 1, 3, {"segment.bytes": str(mib), "retention.bytes": str(mib)})
+    leader = wait_for(lambda: (p := partitions(nodes[0], topic)) and p[0][2] == [1, 2, 3] and p[0][0], "the partition's ISR")
+    follower = next(i + 1 for i in range(3) if i + 1 != leader)
+    nodes[follower - 1].kill9()
+    wait_for(lambda: len(partitions(nodes[leader - 1], topic)[0][2]) == 2, "the ISR to drop the dead follower", timeout=30)
+
+    producer = cf_producer(nodes[leader - 1], {"acks": "all", "linger.ms": 20})
+    failures: list = []
+    value = b"x" * 10_000
+    for _ in range(600):  # ~6 MB: several segments, most of them past retention
+        producer.produce(topic, value=value, on_delivery=lambda e, m: e and failures.append(e))
+        producer.poll(0)
+    assert producer.flush(60) == 0 and not failures, failures
+
+    def leader_start():
+        status, _, body = http_request("GET", f"{nodes[leader - 1].admin_url}/v1/topics/{topic}", timeout=5)
+        return json.loads(body)["partition_details"][0]["log_start_offset"]
+
+    start = wait_for(lambda: (s := leader_start()) > 0 and s, "retention to move the leader's log start")
+    nodes[follower - 1].start()
+    # Asked of the leader: the restarted node's own view starts from the state it died with.
+    wait_for(lambda: partitions(nodes[leader - 1], topic)[0][2] == [1, 2, 3], "the follower to rejoin the ISR", timeout=40)
+
+    def copy():
+        status, _, body = http_request("GET", f"{nodes[follower - 1].admin_url}/v1/topics/{topic}", timeout=5)
+        return json.loads(body)["partition_details"][0]
+
+    wait_for(lambda: copy()["log_end_offset"] == log_ends(nodes[leader - 1], topic)[0], "the copy to reach the leader's end")
+    assert copy()["log_start_offset"] >= start, copy()

@@ -447,16 +447,23 @@ async fn copy(
     match ResponseError::try_from_code(answer.error_code) {
         None => {}
         Some(ResponseError::OffsetOutOfRange) => {
-            // Our log ends beyond the leader's (a tail the epoch check did not catch): check again.
-            // A log ending below the leader's start (retention there) is not handled yet.
-            if partition.log_end_offset() < answer.log_start_offset {
-                tracing::error!(
-                    topic,
-                    partition = index,
-                    log_end = partition.log_end_offset(),
-                    leader_log_start = answer.log_start_offset,
-                    "this follower's log ends before the leader's log starts; it cannot catch up"
-                );
+            // Our log ends before the leader's starts (retention there removed what we miss): start
+            // over from the leader's start, as Kafka's followers do. Otherwise our log ends beyond
+            // the leader's (a tail the epoch check did not catch): check the epochs again.
+            let (end, leader_start) = (partition.log_end_offset(), answer.log_start_offset);
+            if end < leader_start {
+                let follower = Arc::clone(partition);
+                match tokio::task::spawn_blocking(move || follower.restart_at(leader_start)).await {
+                    Ok(Ok(_)) => tracing::warn!(
+                        topic,
+                        partition = index,
+                        log_end = end,
+                        leader_log_start = leader_start,
+                        "this copy ended before the leader's log starts; it starts over from there"
+                    ),
+                    Ok(Err(error)) => tracing::error!(topic, partition = index, %error, "cannot restart the follower's log"),
+                    Err(error) => tracing::error!(%error, "restart task failed"),
+                }
             } else {
                 settled.remove(&target.key());
             }

@@ -460,6 +460,21 @@ impl Partition {
         Ok(end)
     }
 
+    /// Empties a follower's log and restarts it at `offset`, the leader's log start (its own log ends
+    /// before it: retention at the leader removed what it misses). Never on a leader. Blocking file I/O.
+    pub(crate) fn restart_at(&self, offset: i64) -> Result<i64, StorageError> {
+        let mut log = self.log.write();
+        if self.is_leader() {
+            return Err(StorageError::NotLeader(format!("partition {}-{} leads: its log is not emptied", self.topic.as_str(), self.index)));
+        }
+        let end = log.restart_at(offset, crate::now_ms())?;
+        drop(log);
+        self.log_end.send_replace(end);
+        self.high_watermark.send_replace(end);
+        self.flushed.send_replace(end);
+        Ok(end)
+    }
+
     /// Reads for a follower's fetch: up to the log end, not the high watermark (a follower copies
     /// what consumers may not see yet). Blocking file I/O.
     pub(crate) fn read_for_follower(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<(SlicedRead, i64), StorageError> {

@@ -1121,6 +1121,16 @@ impl PartitionLog {
         self.finish_truncation(now_ms, &mut scanner)
     }
 
+    /// Empties the log and restarts it at `offset`, above its end or not: a follower whose log ends
+    /// before its leader's log starts (retention there removed what it misses) continues from the
+    /// leader's start. Everything held is dropped, durably, as a truncation drops a tail. Blocking
+    /// file I/O.
+    pub fn restart_at(&mut self, offset: i64, now_ms: i64) -> Result<i64, StorageError> {
+        self.ensure_writable()?;
+        let mut scanner = BatchScanner::new(SCAN_BUFFER_BYTES);
+        self.truncate_fully(offset.max(0), now_ms, &mut scanner)
+    }
+
     /// The all-segments case of `truncate_to`: the log restarts empty at `new_start`.
     fn truncate_fully(&mut self, new_start: i64, now_ms: i64, scanner: &mut BatchScanner) -> Result<i64, StorageError> {
         self.lower_recovery_point(new_start)?;

@@ -254,6 +254,29 @@ fn truncation_that_keeps_no_record_restarts_the_log_empty() {
 }
 
 #[test]
+fn a_follower_behind_its_leaders_log_start_restarts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), config(), NOW).unwrap();
+    fill(&mut log);
+    assert_eq!(log.restart_at(500, NOW).unwrap(), 500);
+    let after = state(&log);
+    assert_eq!((after.records.len(), after.start, after.end, after.epochs.len()), (0, 500, 500, 0));
+    assert!(log.recovery_point() <= 500);
+    // The leader's batches continue from there, and survive a crash and a clean reopen.
+    let mut replica = BatchBuilder::new(NOW).base_offset(500).partition_leader_epoch(7).record(None, Some(b"from the leader")).build();
+    log.append(&mut replica, AppendMode::PreserveOffsets, NOW).unwrap();
+    for clean in [false, true] {
+        log = reopen(dir.path(), log, clean);
+        let reopened = state(&log);
+        assert_eq!(
+            (reopened.values(), reopened.start, reopened.end, reopened.epochs),
+            (vec!["from the leader".to_string()], 500, 501, vec![(7, 500)]),
+            "clean {clean}"
+        );
+    }
+}
+
+#[test]
 fn truncation_at_or_after_the_end_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), config(), NOW).unwrap();
