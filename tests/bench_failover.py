@@ -4,7 +4,9 @@ partition is killed with SIGKILL. Three `sluice server` processes on this machin
 first acknowledgement of a record produced after it, restarts the killed broker and waits until it is
 back in the ISR. Usage:
 
-    python3 tests/bench_failover.py [rounds] [session-timeout-ms]
+    python3 tests/bench_failover.py [rounds] [session-timeout-ms] [heartbeat-interval-ms]
+
+(session and heartbeat default to the broker's defaults, 9000 and 500 ms.)
 
 Not a test (no assertion on time): see BENCHMARKS.md for results."""
 
@@ -28,7 +30,7 @@ BIN = os.environ.get("SLUICE_BIN", "target/release/sluice")
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     session_ms = int(sys.argv[2]) if len(sys.argv) > 2 else 9000
-    heartbeat_ms = max(100, session_ms // 10)
+    heartbeat_ms = int(sys.argv[3]) if len(sys.argv) > 3 else 500
     work = tempfile.mkdtemp(prefix="sluice-failover-")
     voters = "1@127.0.0.1:38093,2@127.0.0.1:38193,3@127.0.0.1:38293"
     procs: dict[int, subprocess.Popen] = {}
@@ -102,7 +104,7 @@ def main() -> None:
         for proc in procs.values():
             proc.send_signal(signal.SIGKILL)
     gaps.sort()
-    print(f"session {session_ms} ms, {len(gaps)} failovers: p50 {statistics.median(gaps) * 1000:.0f} ms, "
+    print(f"session {session_ms} ms, heartbeat {heartbeat_ms} ms, {len(gaps)} failovers: p50 {statistics.median(gaps) * 1000:.0f} ms, "
           f"max {gaps[-1] * 1000:.0f} ms")
 
 

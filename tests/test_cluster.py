@@ -9,7 +9,10 @@ leaderless until it returns. Partitions are not replicated yet (issue 14 lands i
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from collections import Counter, defaultdict
 
 import kafka_wire as wire
@@ -149,6 +152,54 @@ def test_three_nodes_elect_fence_and_take_a_node_back(make_broker):
         return found if all(e > epoch_before for e in epochs) else None
 
     wait_for(rejoined, "the restarted broker live with a new epoch on every node", timeout=30)
+
+
+def test_a_dead_broker_is_fenced_at_once_and_a_paused_one_keeps_its_session(make_broker):
+    """A broker whose process is gone (its listener refuses connections) is fenced as soon as it misses
+    a heartbeat, not after `broker.session.timeout.ms`, also when it was the active controller; one
+    that is only paused (SIGSTOP: the kernel still accepts its connections) keeps its whole session."""
+    session_s = 30
+    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
+    nodes = [
+        make_broker(
+            f"broker.session.timeout.ms={session_s * 1000}",
+            f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
+            extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
+            start=False,
+        )
+        for i in range(3)
+    ]
+    for node in nodes:
+        node.start(wait=False)
+    for node in nodes:
+        node.wait_ready()
+    leader, _ = wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+
+    other = next(i + 1 for i in range(3) if i + 1 != leader)
+    os.kill(nodes[other - 1].proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(4 * HEARTBEAT_MS / 1000 + 2)
+        view = cluster_view(nodes[leader - 1])
+        assert brokers_by_state(view, "fenced") == [], f"a paused broker keeps its session: {view}"
+    finally:
+        os.kill(nodes[other - 1].proc.pid, signal.SIGCONT)
+
+    # Killed: fenced in about a heartbeat interval (the bound is a third of the session, to stay
+    # clear of a slow machine while still failing if only the session fenced it).
+    killed_at = time.monotonic()
+    nodes[other - 1].kill9()
+    rest = [n for i, n in enumerate(nodes) if i + 1 != other]
+    wait_for(lambda: agreed(rest, sorted(i + 1 for i in range(3) if i + 1 != other)), "the killed broker fenced", timeout=session_s / 3)
+    fenced_after = time.monotonic() - killed_at
+
+    # Back, and then the active controller killed: the new one fences it well inside the session too.
+    nodes[other - 1].start()
+    leader, _ = wait_for(lambda: agreed(nodes, [1, 2, 3]), "the restarted broker live again", timeout=30)
+    killed_at = time.monotonic()
+    nodes[leader - 1].kill9()
+    rest = [n for i, n in enumerate(nodes) if i + 1 != leader]
+    wait_for(lambda: agreed(rest, sorted(i + 1 for i in range(3) if i + 1 != leader)), "the dead controller's broker fenced", timeout=session_s / 2)
+    print(f"fenced {fenced_after:.1f} s after the kill; the dead controller's broker {time.monotonic() - killed_at:.1f} s after")
 
 
 def leaders(node, topic: str) -> dict[int, int]:

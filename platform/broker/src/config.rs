@@ -119,8 +119,9 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
     },
     SettingSpec {
         name: "broker.heartbeat.interval.ms",
-        default: "2000",
-        doc: "How often a broker heartbeats to the controller (less than broker.session.timeout.ms).",
+        default: "500",
+        doc: "How often a broker heartbeats to the controller (less than broker.session.timeout.ms). A broker that misses \
+              one and a half intervals and whose listener refuses connections is fenced at once.",
         kind: Kind::Int { min: 10, max: 600_000 },
     },
     SettingSpec {

@@ -30,8 +30,12 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts while there is no leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// How often the active controller looks for brokers whose session expired.
-const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the active controller looks for brokers whose session expired, or that missed a
+/// heartbeat and have no listener any more.
+const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the active controller waits for a TCP connection to an overdue broker's listener. Only a
+/// refusal counts (no process listens: the broker is gone); a timeout proves nothing.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Raft's timing. Leaders send heartbeats every 250 ms; a follower that hears nothing for 1–2 s
 /// stands for election. Kafka's KRaft defaults are similar (`controller.quorum.election.timeout.ms`
 /// = 1000); shorter timeouts elect needlessly on a loaded two-core machine.
@@ -68,7 +72,7 @@ impl ControllerConfig {
             voters: BTreeMap::from([(node_id, String::new())]),
             dir,
             session_timeout: Duration::from_secs(9),
-            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(500),
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
             log_kept_after_snapshot: LOG_KEPT_AFTER_SNAPSHOT,
         }
@@ -152,8 +156,17 @@ pub struct ControllerStatus {
 #[derive(Default)]
 struct Liveness {
     term: u64,
-    /// broker id → (epoch, last heartbeat or the moment this leader first saw the broker).
-    seen: HashMap<i32, (u64, Instant)>,
+    /// broker id → when it was last heard from in this term.
+    seen: HashMap<i32, Seen>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    epoch: u64,
+    /// The last heartbeat, or the moment this leader first saw the broker (its session starts then).
+    at: Instant,
+    /// Whether `at` is a heartbeat (false: only the start of this leader's view of the broker).
+    heard: bool,
 }
 
 pub struct Controller {
@@ -447,17 +460,24 @@ impl Controller {
     /// which alone sees heartbeats; a new leader gives every broker a full session first.
     fn duplicate_registration(&self, registration: &BrokerRegistration) -> Option<String> {
         let id = registration.broker_id;
-        let current = {
+        let (current, same_listener) = {
             let applied = self.state.applied().read();
             let existing = applied.metadata.brokers.get(&id)?;
             if existing.fenced || existing.registration.incarnation == registration.incarnation {
                 return None;
             }
-            existing.epoch
+            let old = &existing.registration;
+            (existing.epoch, old.host == registration.host && old.port == registration.port)
         };
         let liveness = self.liveness.lock();
-        let (epoch, at) = liveness.seen.get(&id)?;
-        (*epoch == current && at.elapsed() <= self.config.session_timeout).then(|| {
+        let Seen { epoch, at, heard } = *liveness.seen.get(&id)?;
+        // A restarted broker: the new process serves the listener its predecessor registered (one
+        // port has one listener), and the predecessor stopped heartbeating. It takes over at once, so a
+        // rolling restart does not wait out a session per broker.
+        if same_listener && heard && at.elapsed() > self.config.heartbeat_interval.mul_f64(1.5) {
+            return None;
+        }
+        (epoch == current && at.elapsed() <= self.config.session_timeout).then(|| {
             format!(
                 "broker {id} is registered by another live process (epoch {current}, heard from {:?} ago): is `node.id` {id} \
                  used twice? A restarted broker is taken once the old session expires (broker.session.timeout.ms = {:?})",
@@ -496,7 +516,7 @@ impl Controller {
             if liveness.term != term {
                 *liveness = Liveness { term, seen: HashMap::new() };
             }
-            liveness.seen.insert(broker_id, (epoch, Instant::now()));
+            liveness.seen.insert(broker_id, Seen { epoch, at: Instant::now(), heard: true });
         }
         if fenced {
             match self.write_local(Command::UnfenceBroker { broker_id, epoch }).await?.outcome {
@@ -507,14 +527,20 @@ impl Controller {
         Ok(HeartbeatReply::Alive)
     }
 
-    /// On the leader: fences every unfenced broker whose last heartbeat is older than the session.
+    /// On the leader: fences every unfenced broker whose last heartbeat is older than the session, and
+    /// at once every broker that is overdue (not heard from in this term, or not for one and a half
+    /// heartbeat intervals) and whose listener refuses connections: no process serves it, so waiting
+    /// out the session would only keep its partitions without a leader (a killed broker is noticed in
+    /// about a heartbeat interval instead of `broker.session.timeout.ms`). A broker that is merely
+    /// slow, paused or cut off still accepts or times out, and keeps its full session.
     async fn fence_expired(&self) {
         let metrics = self.raft.metrics().borrow().clone();
         if metrics.current_leader != Some(self.config.node_id) {
             return;
         }
         let now = Instant::now();
-        let expired: Vec<(i32, u64)> = {
+        let overdue_after = self.config.heartbeat_interval.mul_f64(1.5);
+        let (expired, overdue) = {
             let applied = self.state.applied().read();
             let mut liveness = self.liveness.lock();
             if liveness.term != metrics.current_term {
@@ -522,6 +548,7 @@ impl Controller {
                 *liveness = Liveness { term: metrics.current_term, seen: HashMap::new() };
             }
             let mut expired = Vec::new();
+            let mut overdue = Vec::new();
             for broker in applied.metadata.live_brokers() {
                 let id = broker.registration.broker_id;
                 // This node's own broker shares its process: if this check runs, that broker runs
@@ -529,29 +556,62 @@ impl Controller {
                 if id as u64 == self.config.node_id {
                     continue;
                 }
-                let seen = liveness.seen.entry(id).or_insert((broker.epoch, now));
-                if seen.0 != broker.epoch {
-                    *seen = (broker.epoch, now);
+                let seen = liveness.seen.entry(id).or_insert(Seen { epoch: broker.epoch, at: now, heard: false });
+                if seen.epoch != broker.epoch {
+                    *seen = Seen { epoch: broker.epoch, at: now, heard: false };
                 }
-                if now.duration_since(seen.1) > self.config.session_timeout {
+                let silent = now.duration_since(seen.at);
+                if silent > self.config.session_timeout {
                     expired.push((id, broker.epoch));
+                } else if !seen.heard || silent > overdue_after {
+                    let address = format!("{}:{}", broker.registration.host, broker.registration.port);
+                    overdue.push((id, broker.epoch, address));
                 }
             }
-            expired
+            (expired, overdue)
         };
-        for (broker_id, epoch) in expired {
-            // A heartbeat may have arrived while an earlier broker's fence was being written.
-            let heard_since =
-                self.liveness.lock().seen.get(&broker_id).is_some_and(|&(e, at)| e == epoch && at.elapsed() <= self.config.session_timeout);
+        let mut fence: Vec<(i32, u64, &'static str)> = expired.into_iter().map(|(id, epoch)| (id, epoch, "session")).collect();
+        fence.extend(refusing(overdue).await.into_iter().map(|(id, epoch)| (id, epoch, "listener")));
+        for (broker_id, epoch, why) in fence {
+            // A heartbeat may have arrived while an earlier broker's fence was being written, or
+            // while the probe ran.
+            let heard_since = self.liveness.lock().seen.get(&broker_id).is_some_and(|s| {
+                s.epoch == epoch && s.heard && (s.at > now || (why == "session" && s.at.elapsed() <= self.config.session_timeout))
+            });
             if heard_since {
                 continue;
             }
-            tracing::warn!(broker_id, epoch, timeout = ?self.config.session_timeout, "no heartbeat within the session timeout: fencing the broker");
+            if why == "session" {
+                tracing::warn!(broker_id, epoch, timeout = ?self.config.session_timeout, "no heartbeat within the session timeout: fencing the broker");
+            } else {
+                tracing::warn!(broker_id, epoch, "the broker missed its heartbeat and its listener refuses connections: fencing it now");
+            }
             if let Err(error) = self.write_local(Command::FenceBroker { broker_id, epoch }).await {
                 tracing::warn!(broker_id, %error, "fencing the broker failed");
             }
         }
     }
+}
+
+/// The brokers among `overdue` whose listener refuses a TCP connection (all probed at once, each
+/// within [`PROBE_TIMEOUT`]).
+async fn refusing(overdue: Vec<(i32, u64, String)>) -> Vec<(i32, u64)> {
+    let mut probes = tokio::task::JoinSet::new();
+    for (id, epoch, address) in overdue {
+        probes.spawn(async move {
+            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address.as_str())).await {
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => Some((id, epoch)),
+                _ => None,
+            }
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(probe) = probes.join_next().await {
+        if let Ok(Some(broker)) = probe {
+            refused.push(broker);
+        }
+    }
+    refused
 }
 
 fn role_name(state: ServerState) -> &'static str {

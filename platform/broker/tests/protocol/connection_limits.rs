@@ -2,11 +2,9 @@
 //! read, so a peer dripping one byte at a time kept its slot (and a frame buffer) for as long as it
 //! liked, and one address could take every slot.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kafka_protocol::messages::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,12 +2,10 @@
 //! codec crate clients use, sent over TCP, and the answers checked field by field. The black-box
 //! suite in `tests/` covers real client libraries; these pin protocol details quickly.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use kafka_protocol::messages::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,10 @@
 //! and the last stable offset as fetches see them, transactional offsets, and the timeout abort.
 //! Real clients (librdkafka) run the same flows end to end in `tests/test_transactions.py`.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
