@@ -85,12 +85,12 @@ def test_a_single_node_is_a_one_voter_quorum(broker):
     assert view["brokers"][0]["state"] == "live"
 
 
-def start_three_nodes(make_broker, *settings: str):
+def start_three_nodes(make_broker, *settings: str, session_ms: int = SESSION_MS):
     """Three nodes of one quorum (each a voter), with `settings` (KEY=VALUE) on every node."""
     voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
     nodes = [
         make_broker(
-            f"broker.session.timeout.ms={SESSION_MS}",
+            f"broker.session.timeout.ms={session_ms}",
             f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
             *settings,
             extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
@@ -159,20 +159,7 @@ def test_a_dead_broker_is_fenced_at_once_and_a_paused_one_keeps_its_session(make
     a heartbeat, not after `broker.session.timeout.ms`, also when it was the active controller; one
     that is only paused (SIGSTOP: the kernel still accepts its connections) keeps its whole session."""
     session_s = 30
-    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
-    nodes = [
-        make_broker(
-            f"broker.session.timeout.ms={session_s * 1000}",
-            f"broker.heartbeat.interval.ms={HEARTBEAT_MS}",
-            extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
-            start=False,
-        )
-        for i in range(3)
-    ]
-    for node in nodes:
-        node.start(wait=False)
-    for node in nodes:
-        node.wait_ready()
+    nodes = start_three_nodes(make_broker, session_ms=session_s * 1000)
     leader, _ = wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
 
     other = next(i + 1 for i in range(3) if i + 1 != leader)
