@@ -4,7 +4,8 @@ elect again when the leader dies, and take the dead node back when it restarts f
 
 Topics live in the quorum: partitions are placed across the brokers, clients find each partition's
 leader through Metadata from any broker, and a partition whose only broker is down is reported
-leaderless until it returns. Partitions are not replicated yet (issue 14 lands in pieces)."""
+leaderless until it returns. A killed broker is fenced as soon as it misses a heartbeat (its listener
+refuses connections); a paused one keeps its session. Replication itself: test_replication.py."""
 
 from __future__ import annotations
 
