@@ -160,6 +160,15 @@ struct Liveness {
     seen: HashMap<i32, Seen>,
 }
 
+/// Why the active controller fences a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FenceReason {
+    /// No heartbeat within `broker.session.timeout.ms`.
+    SessionExpired,
+    /// Overdue, and its listener refuses connections: no process serves it.
+    ListenerGone,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     epoch: u64,
@@ -474,7 +483,7 @@ impl Controller {
         // A restarted broker: the new process serves the listener its predecessor registered (one
         // port has one listener), and the predecessor stopped heartbeating. It takes over at once, so a
         // rolling restart does not wait out a session per broker.
-        if same_listener && heard && at.elapsed() > self.config.heartbeat_interval.mul_f64(1.5) {
+        if same_listener && heard && at.elapsed() > self.overdue_after() {
             return None;
         }
         (epoch == current && at.elapsed() <= self.config.session_timeout).then(|| {
@@ -527,6 +536,12 @@ impl Controller {
         Ok(HeartbeatReply::Alive)
     }
 
+    /// How long a broker may go unheard before the active controller probes its listener: one and a
+    /// half heartbeat intervals (one missed heartbeat, with slack for a late one).
+    fn overdue_after(&self) -> Duration {
+        self.config.heartbeat_interval.mul_f64(1.5)
+    }
+
     /// On the leader: fences every unfenced broker whose last heartbeat is older than the session, and
     /// at once every broker that is overdue (not heard from in this term, or not for one and a half
     /// heartbeat intervals) and whose listener refuses connections: no process serves it, so waiting
@@ -539,7 +554,7 @@ impl Controller {
             return;
         }
         let now = Instant::now();
-        let overdue_after = self.config.heartbeat_interval.mul_f64(1.5);
+        let overdue_after = self.overdue_after();
         let (expired, overdue) = {
             let applied = self.state.applied().read();
             let mut liveness = self.liveness.lock();
@@ -570,18 +585,21 @@ impl Controller {
             }
             (expired, overdue)
         };
-        let mut fence: Vec<(i32, u64, &'static str)> = expired.into_iter().map(|(id, epoch)| (id, epoch, "session")).collect();
-        fence.extend(refusing(overdue).await.into_iter().map(|(id, epoch)| (id, epoch, "listener")));
+        let mut fence: Vec<(i32, u64, FenceReason)> =
+            expired.into_iter().map(|(id, epoch)| (id, epoch, FenceReason::SessionExpired)).collect();
+        fence.extend(refusing(overdue).await.into_iter().map(|(id, epoch)| (id, epoch, FenceReason::ListenerGone)));
         for (broker_id, epoch, why) in fence {
             // A heartbeat may have arrived while an earlier broker's fence was being written, or
             // while the probe ran.
             let heard_since = self.liveness.lock().seen.get(&broker_id).is_some_and(|s| {
-                s.epoch == epoch && s.heard && (s.at > now || (why == "session" && s.at.elapsed() <= self.config.session_timeout))
+                s.epoch == epoch
+                    && s.heard
+                    && (s.at > now || (why == FenceReason::SessionExpired && s.at.elapsed() <= self.config.session_timeout))
             });
             if heard_since {
                 continue;
             }
-            if why == "session" {
+            if why == FenceReason::SessionExpired {
                 tracing::warn!(broker_id, epoch, timeout = ?self.config.session_timeout, "no heartbeat within the session timeout: fencing the broker");
             } else {
                 tracing::warn!(broker_id, epoch, "the broker missed its heartbeat and its listener refuses connections: fencing it now");
