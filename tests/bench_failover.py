@@ -20,6 +20,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import json
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -57,7 +59,9 @@ def main() -> None:
     acked: list[tuple[float, float]] = []  # (produced, acknowledged)
     lock = threading.Lock()
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 1,
-                         "message.timeout.ms": 60_000, "topic.metadata.refresh.interval.ms": 1000})
+                         "message.timeout.ms": 60_000,
+                         **({"debug": os.environ["RDKAFKA_DEBUG"]} if "RDKAFKA_DEBUG" in os.environ else {}),
+                         **({"topic.metadata.refresh.interval.ms": int(os.environ["REFRESH_MS"])} if "REFRESH_MS" in os.environ else {})})
     stop = threading.Event()
 
     def on_delivery(produced: float):
@@ -80,15 +84,61 @@ def main() -> None:
     writer = threading.Thread(target=load)
     writer.start()
     gaps = []
+    steps: dict[str, list[float]] = {}
+
+    def get(node: int, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:38{node}44{path}", timeout=0.5) as reply:
+                return json.load(reply)
+        except Exception:
+            return None
+
+    def watch(killed: int, killed_at: float, was_controller: bool, until: threading.Event) -> dict[str, float]:
+        """When each step of the failover became visible on a survivor (seconds after the kill)."""
+        seen: dict[str, float] = {}
+        first_hw: dict[int, int] = {}
+        first_end: dict[int, int] = {}
+        survivors = [n for n in (1, 2, 3) if n != killed]
+        while not until.is_set() and len(seen) < 5:
+            now = time.monotonic() - killed_at
+            cluster = get(survivors[0], "/v1/cluster")
+            if cluster:
+                leader = cluster["controller"]["leader_id"]
+                if was_controller and "controller elected" not in seen and leader not in (None, killed):
+                    seen["controller elected"] = now
+                state = [b["state"] for b in cluster["brokers"] if b["id"] == killed]
+                if "fenced" not in seen and state == ["fenced"]:
+                    seen["fenced"] = now
+            for n in survivors:
+                topic = get(n, "/v1/topics/failover")
+                partition = topic["partition_details"][0] if topic else None
+                if partition and partition["leader"] == n:
+                    if "new leader serving" not in seen:
+                        seen["new leader serving"] = now
+                        first_hw[n] = partition["high_watermark"]
+                        first_end[n] = partition["log_end_offset"]
+                    elif "first write appended" not in seen and partition["log_end_offset"] > first_end.get(n, 1 << 62):
+                        seen["first write appended"] = now
+                    elif "high watermark moved" not in seen and partition["high_watermark"] > first_hw.get(n, 1 << 62):
+                        seen["high watermark moved"] = now
+            time.sleep(0.02)
+        return seen
+
     try:
         for _ in range(rounds):
             while partition_state()[1] != [1, 2, 3]:
                 time.sleep(0.2)
             time.sleep(1)
             leader = partition_state()[0]
+            was_controller = (get(leader, "/v1/cluster") or {}).get("controller", {}).get("leader_id") == leader
             killed_at = time.monotonic()
+            print(f"kill at {time.time():.3f}", flush=True)
             procs[leader].send_signal(signal.SIGKILL)
             procs[leader].wait()
+            done_watching = threading.Event()
+            timeline: dict[str, float] = {}
+            watcher = threading.Thread(target=lambda: timeline.update(watch(leader, killed_at, was_controller, done_watching)))
+            watcher.start()
             while True:
                 time.sleep(0.1)
                 with lock:
@@ -96,7 +146,15 @@ def main() -> None:
                 if after:
                     break
             gaps.append(min(after) - killed_at)
-            print(f"killed leader {leader}: no acknowledgement for {gaps[-1] * 1000:.0f} ms", flush=True)
+            time.sleep(0.2)
+            done_watching.set()
+            watcher.join()
+            timeline["acknowledged again"] = gaps[-1]
+            for step, at in timeline.items():
+                steps.setdefault(step, []).append(at)
+            line = ", ".join(f"{step} {at * 1000:.0f}" for step, at in sorted(timeline.items(), key=lambda kv: kv[1]))
+            role = " (the active controller)" if was_controller else ""
+            print(f"killed leader {leader}{role}: ms after the kill: {line}", flush=True)
             start(leader)
     finally:
         stop.set()
@@ -106,6 +164,8 @@ def main() -> None:
     gaps.sort()
     print(f"session {session_ms} ms, heartbeat {heartbeat_ms} ms, {len(gaps)} failovers: p50 {statistics.median(gaps) * 1000:.0f} ms, "
           f"max {gaps[-1] * 1000:.0f} ms")
+    for step, ats in steps.items():
+        print(f"  {step}: median {statistics.median(ats) * 1000:.0f} ms over {len(ats)} rounds")
 
 
 if __name__ == "__main__":

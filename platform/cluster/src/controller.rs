@@ -4,7 +4,7 @@
 //! Any node takes a metadata write or a heartbeat; a node that is not the leader forwards it to the
 //! one that is, and while there is none (an election) the caller retries until [`REQUEST_TIMEOUT`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -15,7 +15,7 @@ use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::log_store::LogStore;
@@ -36,12 +36,25 @@ const FENCE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the active controller waits for a TCP connection to an overdue broker's listener. Only a
 /// refusal counts (no process listens: the broker is gone); a timeout proves nothing.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Raft's timing. Leaders send heartbeats every 250 ms; a follower that hears nothing for 1–2 s
-/// stands for election. Kafka's KRaft defaults are similar (`controller.quorum.election.timeout.ms`
-/// = 1000); shorter timeouts elect needlessly on a loaded two-core machine.
-const RAFT_HEARTBEAT_MS: u64 = 250;
-const ELECTION_TIMEOUT_MIN_MS: u64 = 1000;
-const ELECTION_TIMEOUT_MAX_MS: u64 = 2000;
+/// When a broker's heartbeat connection closed, its listener is probed at once and again this much
+/// later.
+const SUSPECT_RECHECK: Duration = Duration::from_millis(50);
+/// Raft's timing. Leaders send heartbeats every 100 ms. openraft's followers grant no vote within a
+/// leader lease of `ELECTION_TIMEOUT_MAX_MS` after the leader's last heartbeat, and stand for
+/// election only after the lease plus a random 0.6–1.2 s: 1.8–2.4 s without a word from the
+/// leader. Kafka's KRaft is similar (`controller.quorum.fetch.timeout.ms` = 2000, then an election
+/// timeout of 1000); much shorter timeouts elect needlessly on a loaded two-core machine. A leader
+/// whose process is gone is replaced sooner: see [`LEADER_CHECK_INTERVAL`].
+const RAFT_HEARTBEAT_MS: u64 = 100;
+const ELECTION_TIMEOUT_MIN_MS: u64 = 600;
+const ELECTION_TIMEOUT_MAX_MS: u64 = 1200;
+/// How often a follower voter checks on the quorum's leader. Once the leader lease has passed
+/// without a heartbeat, it probes the leader's voter address; if the connection is refused (no
+/// process listens: the leader is gone, not slow), it stands for election at once instead of
+/// waiting out Raft's random timeout. Survivors stand one after another, by voter id, `ELECT_STAGGER`
+/// apart, so that two do not split the vote.
+const LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+const ELECT_STAGGER: Duration = Duration::from_millis(300);
 /// Log entries kept after a snapshot, so a briefly lagging follower catches up without one.
 pub const LOG_KEPT_AFTER_SNAPSHOT: u64 = 1000;
 
@@ -158,6 +171,8 @@ struct Liveness {
     term: u64,
     /// broker id → when it was last heard from in this term.
     seen: HashMap<i32, Seen>,
+    /// Brokers whose heartbeat connection closed since their last heartbeat: probed at once.
+    suspects: HashSet<i32>,
 }
 
 /// Why the active controller fences a broker.
@@ -183,6 +198,10 @@ pub struct Controller {
     raft: Raft<TypeConfig>,
     state: StateMachine,
     liveness: Mutex<Liveness>,
+    /// Wakes the fence check before its next tick (a heartbeat connection closed).
+    check_fences: Arc<Notify>,
+    /// The quorum leader this node last took an AppendEntries (a heartbeat) from, and when.
+    heard_from_leader: Mutex<Option<(NodeId, Instant)>>,
     /// Connections to peers for forwarded requests, one per peer, used one request at a time.
     peers: BTreeMap<NodeId, tokio::sync::Mutex<Peer>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -271,14 +290,29 @@ impl Controller {
             .filter(|&(&id, _)| id != config.node_id)
             .map(|(&id, addr)| (id, tokio::sync::Mutex::new(Peer::new(addr.clone()))))
             .collect();
-        let controller =
-            Arc::new(Controller { config, raft, state, liveness: Mutex::new(Liveness::default()), peers, tasks: Mutex::new(Vec::new()) });
+        let controller = Arc::new(Controller {
+            config,
+            raft,
+            state,
+            liveness: Mutex::new(Liveness::default()),
+            check_fences: Arc::new(Notify::new()),
+            heard_from_leader: Mutex::new(None),
+            peers,
+            tasks: Mutex::new(Vec::new()),
+        });
         let mut tasks = Vec::new();
         if let Some(listener) = listener {
             tasks.push(tokio::spawn(network::serve(listener, Arc::downgrade(&controller))));
         }
-        tasks.push(tokio::spawn(fence_expired_brokers(Arc::downgrade(&controller))));
-        tasks.push(tokio::spawn(log_quorum_changes(controller.config.node_id, controller.raft.metrics())));
+        tasks.push(tokio::spawn(fence_expired_brokers(Arc::downgrade(&controller), Arc::clone(&controller.check_fences))));
+        if controller.config.voters.len() > 1 {
+            tasks.push(tokio::spawn(replace_a_gone_leader(Arc::downgrade(&controller))));
+        }
+        tasks.push(tokio::spawn(log_quorum_changes(
+            controller.config.node_id,
+            controller.raft.metrics(),
+            Arc::clone(&controller.check_fences),
+        )));
         controller.tasks.lock().extend(tasks);
         tracing::info!(node_id = controller.config.node_id, voters = ?controller.config.voters, "controller started");
         Ok(controller)
@@ -437,7 +471,16 @@ impl Controller {
     /// Answers one request from a peer (or from this node's own [`Controller::route`]).
     pub(crate) async fn handle(&self, request: Request) -> Reply {
         match request {
-            Request::AppendEntries(rpc) => Reply::AppendEntries(self.raft.append_entries(rpc).await),
+            Request::AppendEntries(rpc) => {
+                let from = rpc.vote.leader_id().voted_for().filter(|_| rpc.vote.is_committed());
+                let reply = self.raft.append_entries(rpc).await;
+                if let (Some(leader), Ok(answer)) = (from, &reply)
+                    && !matches!(answer, openraft::raft::AppendEntriesResponse::HigherVote(_))
+                {
+                    *self.heard_from_leader.lock() = Some((leader, Instant::now()));
+                }
+                Reply::AppendEntries(reply)
+            }
             Request::Vote(rpc) => Reply::Vote(self.raft.vote(rpc).await),
             Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(self.raft.install_snapshot(rpc).await),
             Request::Write(command) => Reply::Write(self.write_local(command).await),
@@ -523,9 +566,10 @@ impl Controller {
         {
             let mut liveness = self.liveness.lock();
             if liveness.term != term {
-                *liveness = Liveness { term, seen: HashMap::new() };
+                *liveness = Liveness { term, ..Liveness::default() };
             }
             liveness.seen.insert(broker_id, Seen { epoch, at: Instant::now(), heard: true });
+            liveness.suspects.remove(&broker_id);
         }
         if fenced {
             match self.write_local(Command::UnfenceBroker { broker_id, epoch }).await?.outcome {
@@ -534,6 +578,58 @@ impl Controller {
             }
         }
         Ok(HeartbeatReply::Alive)
+    }
+
+    /// On a follower voter: stands for election at once when the quorum's leader has been silent for
+    /// longer than the leader lease (no voter would grant a vote earlier) and its voter address
+    /// refuses connections: its process is gone, so Raft's random election timeout on top would only
+    /// keep the cluster without a controller, and so without fencing and leader elections, for
+    /// another 0.6–1.2 s. A leader that is slow, paused or cut off is left to Raft's own timers.
+    async fn replace_if_gone(&self) {
+        let Some((leader, heard)) = *self.heard_from_leader.lock() else { return };
+        let me = self.config.node_id;
+        {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader || metrics.current_leader.is_some_and(|l| l != leader) {
+                return;
+            }
+        }
+        // The survivors stand in voter-id order, so that two of them do not split the vote.
+        let rank = self.config.voters.keys().filter(|&&id| id != leader && id < me).count() as u32;
+        let lease = Duration::from_millis(ELECTION_TIMEOUT_MAX_MS);
+        if heard.elapsed() < lease + LEADER_CHECK_INTERVAL + ELECT_STAGGER * rank {
+            return;
+        }
+        let Some(address) = self.config.voters.get(&leader) else { return };
+        if refusing(vec![(0, 0, address.clone())]).await.is_empty() {
+            return;
+        }
+        tracing::info!(node_id = me, leader, silent = ?heard.elapsed(), "the controller leader's process is gone: standing for election");
+        // Once per stagger: an election a peer still inside its lease refused is tried again.
+        *self.heard_from_leader.lock() = Some((leader, heard + ELECT_STAGGER));
+        if let Err(error) = self.raft.trigger().elect().await {
+            tracing::warn!(node_id = me, %error, "cannot start an election");
+        }
+    }
+
+    /// On the leader: the peer connection that carried broker `broker_id`'s heartbeats closed. A
+    /// process that exits closes its connections at once, so this is the earliest sign of a killed
+    /// broker: its listener is probed now rather than after a missed heartbeat (a connection closed
+    /// for any other reason finds the listener up, and changes nothing).
+    pub(crate) fn heartbeat_connection_closed(&self, broker_id: i32) {
+        if self.raft.metrics().borrow().current_leader != Some(self.config.node_id) {
+            return;
+        }
+        self.liveness.lock().suspects.insert(broker_id);
+        self.check_fences.notify_one();
+        // An exiting process closes its sockets one by one: if the listener outlived the
+        // connection by a moment, the next look finds it gone.
+        let wake = Arc::clone(&self.check_fences);
+        tokio::spawn(async move {
+            tokio::time::sleep(SUSPECT_RECHECK).await;
+            wake.notify_one();
+        });
     }
 
     /// How long a broker may go unheard before the active controller probes its listener: one and a
@@ -560,7 +656,7 @@ impl Controller {
             let mut liveness = self.liveness.lock();
             if liveness.term != metrics.current_term {
                 // A new term: every broker gets a full session from now to reach the new leader.
-                *liveness = Liveness { term: metrics.current_term, seen: HashMap::new() };
+                *liveness = Liveness { term: metrics.current_term, ..Liveness::default() };
             }
             let mut expired = Vec::new();
             let mut overdue = Vec::new();
@@ -578,7 +674,7 @@ impl Controller {
                 let silent = now.duration_since(seen.at);
                 if silent > self.config.session_timeout {
                     expired.push((id, broker.epoch));
-                } else if !seen.heard || silent > overdue_after {
+                } else if !seen.heard || silent > overdue_after || liveness.suspects.contains(&id) {
                     let address = format!("{}:{}", broker.registration.host, broker.registration.port);
                     overdue.push((id, broker.epoch, address));
                 }
@@ -643,9 +739,15 @@ fn role_name(state: ServerState) -> &'static str {
 }
 
 /// Logs each change of this node's role, the leader or the term, and a fatal stop of the Raft loop.
+/// A node that becomes the leader looks for dead brokers at once (`check_fences`): the previous
+/// leader's process may have taken a broker with it.
 /// openraft's own logs are off by default (`sluice server` filters them): they report every failed
 /// RPC to a down peer, twice a second, at ERROR.
-async fn log_quorum_changes(node_id: NodeId, mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>) {
+async fn log_quorum_changes(
+    node_id: NodeId,
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>>,
+    check_fences: Arc<Notify>,
+) {
     let mut last = None;
     while metrics.changed().await.is_ok() {
         let (now, fatal) = {
@@ -659,16 +761,27 @@ async fn log_quorum_changes(node_id: NodeId, mut metrics: watch::Receiver<openra
         if last != Some(now) {
             let (role, leader, term) = now;
             tracing::info!(node_id, role, leader = ?leader, term, "controller quorum changed");
+            if role == "leader" {
+                check_fences.notify_one();
+            }
             last = Some(now);
         }
     }
 }
 
-async fn fence_expired_brokers(controller: Weak<Controller>) {
+async fn fence_expired_brokers(controller: Weak<Controller>, wake: Arc<Notify>) {
     loop {
-        tokio::time::sleep(FENCE_CHECK_INTERVAL).await;
+        let _ = tokio::time::timeout(FENCE_CHECK_INTERVAL, wake.notified()).await;
         let Some(controller) = controller.upgrade() else { return };
         controller.fence_expired().await;
+    }
+}
+
+async fn replace_a_gone_leader(controller: Weak<Controller>) {
+    loop {
+        tokio::time::sleep(LEADER_CHECK_INTERVAL).await;
+        let Some(controller) = controller.upgrade() else { return };
+        controller.replace_if_gone().await;
     }
 }
 

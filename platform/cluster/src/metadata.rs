@@ -462,6 +462,29 @@ impl Metadata {
         self.brokers.values().filter(|b| !b.fenced)
     }
 
+    /// Brokers a Metadata response lists: the live ones, and the fenced ones that still hold a
+    /// replica of some partition (an offline replica, until it comes back or is reassigned). A
+    /// client keeps its state for a listed broker; librdkafka drops a broker that leaves the list,
+    /// and when a partition moves off that broker in the same response, the drop can undo the move
+    /// and leave the partition without a leader until the client's next re-query a second later.
+    pub fn listed_brokers(&self) -> impl Iterator<Item = &BrokerState> {
+        let fenced: Vec<i32> = self.brokers.values().filter(|b| b.fenced).map(|b| b.registration.broker_id).collect();
+        let mut holding: Vec<i32> = Vec::new();
+        if !fenced.is_empty() {
+            'scan: for partition in self.topics.values().flat_map(|t| &t.partitions) {
+                for replica in &partition.replicas {
+                    if fenced.contains(replica) && !holding.contains(replica) {
+                        holding.push(*replica);
+                        if holding.len() == fenced.len() {
+                            break 'scan;
+                        }
+                    }
+                }
+            }
+        }
+        self.brokers.values().filter(move |b| !b.fenced || holding.contains(&b.registration.broker_id))
+    }
+
     /// Partitions without a leader, over all topics (Kafka's offline partitions).
     pub fn offline_partitions(&self) -> usize {
         self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.leader == NO_LEADER).count()
@@ -571,6 +594,23 @@ mod tests {
         // A restarted process starts a new leader term for what only it holds in sync.
         meta.apply(7, &Command::RegisterBroker(registration(1, 2)));
         assert_eq!((meta.topics["t"].partitions[1].leader, meta.topics["t"].partitions[1].leader_epoch), (1, 4));
+    }
+
+    #[test]
+    fn clients_see_fenced_brokers_only_while_they_hold_replicas() {
+        let mut meta = Metadata::default();
+        for id in 1..=3 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 4, "t", vec![vec![1, 2]]);
+        let listed = |meta: &Metadata| meta.listed_brokers().map(|b| b.registration.broker_id).collect::<Vec<_>>();
+        meta.apply(5, &Command::FenceBroker { broker_id: 1, epoch: 1 });
+        meta.apply(6, &Command::FenceBroker { broker_id: 3, epoch: 3 });
+        // Broker 1 is an offline replica of t-0; broker 3 holds nothing.
+        assert_eq!(listed(&meta), vec![1, 2]);
+        assert_eq!(meta.live_brokers().map(|b| b.registration.broker_id).collect::<Vec<_>>(), vec![2]);
+        meta.apply(7, &Command::DeleteTopic { name: "t".into(), id: 4 });
+        assert_eq!(listed(&meta), vec![2]);
     }
 
     #[test]

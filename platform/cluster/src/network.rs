@@ -253,17 +253,31 @@ pub(crate) async fn serve(listener: TcpListener, controller: Weak<Controller>) {
 }
 
 async fn serve_connection(mut stream: TcpStream, controller: &Weak<Controller>) -> io::Result<()> {
+    // The broker whose heartbeats this connection carries: when it closes, the leader looks at
+    // that broker at once (its process may be gone).
+    let mut heartbeats_of = None;
+    let served = serve_requests(&mut stream, controller, &mut heartbeats_of).await;
+    if let (Some(broker_id), Some(controller)) = (heartbeats_of, controller.upgrade()) {
+        controller.heartbeat_connection_closed(broker_id);
+    }
+    served
+}
+
+async fn serve_requests(stream: &mut TcpStream, controller: &Weak<Controller>, heartbeats_of: &mut Option<i32>) -> io::Result<()> {
     loop {
-        let request: Request = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut stream)).await {
+        let request: Request = match tokio::time::timeout(IDLE_TIMEOUT, read_frame(stream)).await {
             Ok(request) => request?,
             Err(_) => return Ok(()),
         };
+        if let Request::Heartbeat { broker_id, .. } = &request {
+            *heartbeats_of = Some(*broker_id);
+        }
         let Some(controller) = controller.upgrade() else { return Ok(()) };
         // A request that cannot be answered in time is dropped with its connection: the peer
         // has given up on it by then, and its slot must not be held.
         let Ok(reply) = tokio::time::timeout(HANDLE_TIMEOUT, controller.handle(request)).await else { return Ok(()) };
         drop(controller);
-        match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut stream, &reply)).await {
+        match tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, &reply)).await {
             Ok(written) => written?,
             // A peer that does not read its replies loses its connection.
             Err(_) => return Ok(()),

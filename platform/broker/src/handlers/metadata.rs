@@ -36,13 +36,27 @@ struct Node {
     rack: Option<String>,
 }
 
+/// Which brokers a response names besides this one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// Live brokers only (DescribeCluster, FindCoordinator).
+    Live,
+    /// Live brokers and fenced ones that still hold replicas (Metadata: see
+    /// [`Metadata::listed_brokers`]).
+    WithOfflineReplicas,
+}
+
 /// The brokers clients may use: this one (at the address the client reached it on) and, in a
-/// cluster, every other live broker the quorum knows.
-fn live_nodes(broker: &Broker, ctx: &ConnCtx, cluster: Option<&Metadata>) -> Vec<Node> {
+/// cluster, the other brokers the quorum knows, as `listing` says.
+fn nodes(broker: &Broker, ctx: &ConnCtx, cluster: Option<&Metadata>, listing: Listing) -> Vec<Node> {
     let (host, port) = advertised(broker, ctx);
     let mut nodes = vec![Node { id: broker.node_id(), host, port, rack: None }];
     if let Some(cluster) = cluster {
-        for state in cluster.live_brokers().filter(|b| b.registration.broker_id != broker.node_id()) {
+        let others: Vec<&sluice_cluster::BrokerState> = match listing {
+            Listing::Live => cluster.live_brokers().collect(),
+            Listing::WithOfflineReplicas => cluster.listed_brokers().collect(),
+        };
+        for state in others.into_iter().filter(|b| b.registration.broker_id != broker.node_id()) {
             let r = &state.registration;
             nodes.push(Node { id: r.broker_id, host: r.host.clone(), port: i32::from(r.port), rack: r.rack.clone() });
         }
@@ -154,7 +168,7 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: Metad
     };
     with_cluster(broker, |cluster| {
         let topics = found.into_iter().map(|f| f.map_or_else(|entry| entry, |topic| topic_entry(broker, &topic, cluster))).collect();
-        let brokers = live_nodes(broker, ctx, cluster)
+        let brokers = nodes(broker, ctx, cluster, Listing::WithOfflineReplicas)
             .into_iter()
             .map(|n| {
                 MetadataResponseBroker::default()
@@ -174,7 +188,7 @@ pub(crate) async fn metadata(broker: &Arc<Broker>, ctx: &ConnCtx, request: Metad
 
 pub(crate) fn describe_cluster(broker: &Broker, ctx: &ConnCtx, _request: DescribeClusterRequest) -> DescribeClusterResponse {
     with_cluster(broker, |cluster| {
-        let brokers = live_nodes(broker, ctx, cluster)
+        let brokers = nodes(broker, ctx, cluster, Listing::Live)
             .into_iter()
             .map(|n| {
                 DescribeClusterBroker::default()
@@ -197,7 +211,10 @@ pub(crate) fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoor
     let coordinator = broker.coordinator_node();
     let found: Result<Node, ResponseError> = match request.key_type {
         0 | 1 => with_cluster(broker, |cluster| {
-            live_nodes(broker, ctx, cluster).into_iter().find(|n| n.id == coordinator).ok_or(ResponseError::CoordinatorNotAvailable)
+            nodes(broker, ctx, cluster, Listing::Live)
+                .into_iter()
+                .find(|n| n.id == coordinator)
+                .ok_or(ResponseError::CoordinatorNotAvailable)
         }),
         _ => Err(ResponseError::InvalidRequest),
     };
