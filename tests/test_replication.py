@@ -226,3 +226,101 @@ def test_a_follower_behind_the_leaders_log_start_starts_over_from_there(make_bro
 
     wait_for(lambda: copy()["log_end_offset"] == log_ends(nodes[leader - 1], topic)[0], "the copy to reach the leader's end")
     assert copy()["log_start_offset"] >= start, copy()
+
+
+def preferred_and_leaders(node, topic: str) -> dict[int, tuple[int, int, list[int]]]:
+    """partition -> (preferred leader: the first replica, leader, isr)."""
+    md = cf_admin(node).list_topics(topic, timeout=10)
+    return {p: (pm.replicas[0], pm.leader, sorted(pm.isrs)) for p, pm in md.topics[topic].partitions.items()}
+
+
+def restart_a_preferred_leader(nodes, topic: str) -> int:
+    """Kills the broker that is the preferred leader of partition 0, waits until its partitions are
+    led by others, restarts it and waits until it is back in every ISR. Returns its id."""
+    victim = preferred_and_leaders(nodes[0], topic)[0][0]
+    others = [n for i, n in enumerate(nodes) if i + 1 != victim]
+    nodes[victim - 1].kill9()
+    wait_for(
+        lambda: all(leader not in (victim, -1) for _, leader, _ in preferred_and_leaders(others[0], topic).values()),
+        "the killed broker's partitions to move",
+        timeout=30,
+    )
+    nodes[victim - 1].start()
+    wait_for(
+        lambda: all(isr == [1, 2, 3] for _, _, isr in preferred_and_leaders(nodes[0], topic).values()),
+        "the restarted broker to rejoin every ISR",
+        timeout=40,
+    )
+    return victim
+
+
+def test_elect_leaders_gives_partitions_back_to_their_preferred_replicas(make_broker):
+    """kafka-leader-election.sh --election-type PREFERRED: a restarted broker stays a follower until
+    ElectLeaders moves leadership back; an idempotent acks=all producer writing through the move
+    loses nothing and duplicates nothing."""
+    from confluent_kafka import ElectionType, KafkaError, TopicPartition
+
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}", "auto.leader.rebalance.enable=false")
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("preferred")
+    create_replicated(nodes[0], topic, 6, 3, {"min.insync.replicas": "2"})
+    wait_for(lambda: all(len(isr) == 3 for _, _, isr in preferred_and_leaders(nodes[0], topic).values()), "six in-sync partitions")
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all"})
+    failures: list = []
+    produce(producer, topic, range(0, 500), failures)
+    assert producer.flush(30) == 0 and not failures, failures
+
+    victim = restart_a_preferred_leader(nodes, topic)
+    state = preferred_and_leaders(nodes[0], topic)
+    mine = sorted(p for p, (preferred, _, _) in state.items() if preferred == victim)
+    assert mine and all(state[p][1] != victim for p in mine), state
+
+    admin = cf_admin(nodes[1], {"bootstrap.servers": bootstrap(nodes)})  # held: see harness
+    # Named partitions: one to move, one already led by its preferred replica, one that does not exist.
+    settled = next(p for p in state if p not in mine)
+    asked = [TopicPartition(topic, mine[0]), TopicPartition(topic, settled), TopicPartition(topic, 99)]
+    produce(producer, topic, range(500, 1000), failures)
+    results = admin.elect_leaders(ElectionType.PREFERRED, asked).result(timeout=30)
+    codes = {tp.partition: (error.code() if error else 0) for tp, error in results.items()}
+    assert codes == {mine[0]: 0, settled: KafkaError.ELECTION_NOT_NEEDED, 99: KafkaError.UNKNOWN_TOPIC_OR_PART}, codes
+    # The CLI names one partition, then every partition (the rest move too).
+    assert len(mine) == 2, state
+    produce(producer, topic, range(1000, 1500), failures)
+    out = json.loads(sluice_cli(nodes[2], "cluster", "elect-leaders", "--topic", topic, "--partition", str(mine[1]), "--json").stdout)
+    assert out["results"] == [{"topic": topic, "partition": mine[1], "ok": True, "result": "elected"}], out
+    assert "Every partition is led by its preferred replica" in sluice_cli(nodes[2], "cluster", "elect-leaders").stdout
+    refused = sluice_cli(nodes[2], "cluster", "elect-leaders", "--topic", topic, "--partition", "99", check=False)
+    assert refused.returncode != 0 and "99" in refused.stdout, refused
+    wait_for(
+        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(nodes[2], topic).values()),
+        "every partition led by its preferred replica",
+    )
+    produce(producer, topic, range(1500, 2000), failures)
+    assert producer.flush(60) == 0 and not failures, failures
+    seen = read_everything(nodes, topic, 2000)
+    assert sum(map(len, seen.values())) == 2000, "nothing acknowledged was lost, nothing was written twice"
+    for key, values in seen.items():
+        assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"
+    # Unclean elections do not exist here.
+    unclean = admin.elect_leaders(ElectionType.UNCLEAN, [TopicPartition(topic, 0)])
+    try:
+        outcome = unclean.result(timeout=30)
+        assert all(error is not None for error in outcome.values()), outcome
+    except Exception as error:  # the whole request refused
+        assert "unclean" in str(error).lower() or "INVALID_REQUEST" in str(error), error
+
+
+def test_the_controller_rebalances_leaders_by_itself(make_broker):
+    """auto.leader.rebalance.enable (default true): once a restarted broker is back in sync, the active
+    controller gives it back the partitions it is preferred for."""
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}", "leader.imbalance.check.interval.seconds=1")
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("rebalanced")
+    create_replicated(nodes[0], topic, 3, 3, {})
+    wait_for(lambda: all(len(isr) == 3 for _, _, isr in preferred_and_leaders(nodes[0], topic).values()), "three in-sync partitions")
+    restart_a_preferred_leader(nodes, topic)
+    wait_for(
+        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(nodes[0], topic).values()),
+        "the controller to move leadership back to the preferred replicas",
+        timeout=20,
+    )

@@ -591,6 +591,45 @@ impl Broker {
         }
     }
 
+    /// Preferred leader election (Kafka's ElectLeaders with the PREFERRED type): `partitions` by
+    /// topic name and index, or every partition. Returns each partition's result (for every
+    /// partition: the ones whose leader changed). Blocking.
+    pub(crate) fn elect_preferred_leaders(
+        &self,
+        partitions: Option<Vec<(String, i32)>>,
+    ) -> Result<Vec<(String, i32, sluice_cluster::Election)>, BrokerError> {
+        let Some(controller) = self.controller() else {
+            return Err(BrokerError::InvalidRequest("this broker has no controller".into()));
+        };
+        // Names become the quorum's topic ids; a name it does not know answers for itself. Every
+        // partition: those whose preferred replica does not lead.
+        let mut unknown = Vec::new();
+        let named: Vec<(String, u128, i32)> = controller.with_metadata(|m, _| match partitions {
+            None => m.not_led_by_preferred(),
+            Some(list) => list
+                .into_iter()
+                .filter_map(|(name, index)| match m.topics.get(&name) {
+                    Some(topic) => Some((name, topic.id, index)),
+                    None => {
+                        unknown.push((name, index, sluice_cluster::Election::UnknownPartition));
+                        None
+                    }
+                })
+                .collect(),
+        });
+        let mut results = Vec::with_capacity(named.len() + unknown.len());
+        for chunk in named.chunks(sluice_cluster::ELECTIONS_PER_COMMAND_MAX) {
+            let committed = self.controller_write(controller, Command::ElectPreferredLeaders { partitions: chunk.to_vec() })?;
+            self.wait_reconciled(committed.index)?;
+            match committed.outcome {
+                Outcome::Elections(elections) => results.extend(elections),
+                other => return Err(BrokerError::InvalidRequest(format!("the controller refused the election: {}", refusal(other)))),
+            }
+        }
+        results.extend(unknown);
+        Ok(results)
+    }
+
     /// Appends a command to the controller's log and waits for its commit. Blocking.
     pub(crate) fn controller_write(&self, controller: &Controller, command: Command) -> Result<Committed, BrokerError> {
         crate::cluster::wait(self.runtime()?, controller.write_committed(command)).map_err(|error| match error {

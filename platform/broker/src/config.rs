@@ -125,6 +125,25 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         kind: Kind::Int { min: 10, max: 600_000 },
     },
     SettingSpec {
+        name: "auto.leader.rebalance.enable",
+        default: "true",
+        doc: "The active controller moves partition leadership back to each partition's preferred replica (the first) \
+              once it is in sync again, e.g. after a broker restart.",
+        kind: Kind::Bool,
+    },
+    SettingSpec {
+        name: "leader.imbalance.check.interval.seconds",
+        default: "300",
+        doc: "How often the active controller looks for brokers that lead too few of their preferred partitions.",
+        kind: Kind::Int { min: 1, max: 86_400 },
+    },
+    SettingSpec {
+        name: "leader.imbalance.per.broker.percentage",
+        default: "10",
+        doc: "A broker is rebalanced when more than this percentage of the partitions it is preferred for are led by others.",
+        kind: Kind::Int { min: 0, max: 100 },
+    },
+    SettingSpec {
         name: "log.segment.bytes",
         default: "1073741824",
         doc: "Default segment.bytes.",
@@ -531,6 +550,14 @@ impl BrokerConfig {
     }
     pub(crate) fn broker_heartbeat_interval_ms(&self) -> u64 {
         self.int("broker.heartbeat.interval.ms") as u64
+    }
+    /// `auto.leader.rebalance.enable` and `leader.imbalance.check.interval.seconds`.
+    pub(crate) fn leader_rebalance_interval(&self) -> Option<std::time::Duration> {
+        (self.get("auto.leader.rebalance.enable") == Some("true"))
+            .then(|| std::time::Duration::from_secs(self.int("leader.imbalance.check.interval.seconds") as u64))
+    }
+    pub(crate) fn leader_imbalance_ratio(&self) -> f64 {
+        self.int("leader.imbalance.per.broker.percentage") as f64 / 100.0
     }
     pub(crate) fn num_partitions(&self) -> i32 {
         self.int("num.partitions") as i32

@@ -170,6 +170,8 @@ async fn start_controller(
         voters: config.controller_voters(),
         session_timeout: Duration::from_millis(config.broker_session_timeout_ms()),
         heartbeat_interval: Duration::from_millis(config.broker_heartbeat_interval_ms()),
+        leader_rebalance_interval: config.leader_rebalance_interval(),
+        leader_imbalance_ratio: config.leader_imbalance_ratio(),
         ..sluice_cluster::ControllerConfig::single(node_id as u64, data_dir.join("__controller"))
     };
     let controller = sluice_cluster::Controller::start(controller_config).await?;

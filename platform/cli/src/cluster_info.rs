@@ -1,7 +1,8 @@
 //! `sluice cluster info`: brokers, controller and cluster id from Metadata, the APIs the bootstrap broker
 //! supports, and the admin API's `/health` and `/v1/cluster` (the controller quorum and the brokers
 //! registered with it) when `--admin-url` answers (a Kafka broker has none; that is reported, not an
-//! error).
+//! error). `sluice cluster elect-leaders`: preferred leader election (Kafka's ElectLeaders, as
+//! `kafka-leader-election.sh --election-type PREFERRED` sends it).
 
 use anyhow::Result;
 use clap::Args;
@@ -23,10 +24,27 @@ pub enum ClusterCmd {
     /// Brokers, controller, cluster id, topic count and admin-API health.
     #[command(after_help = "Examples:\n  sluice cluster info\n  sluice --profile prod cluster info --json")]
     Info,
+    /// Moves leadership back to each partition's preferred replica (the first), where it is in sync.
+    #[command(
+        name = "elect-leaders",
+        after_help = "Examples:\n  sluice cluster elect-leaders                  # every partition\n  \
+                      sluice cluster elect-leaders --topic orders --partition 0 --partition 3"
+    )]
+    ElectLeaders {
+        /// Only this topic's partitions (all of them unless --partition is given).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only these partitions of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Vec<i32>,
+    },
 }
 
-pub(crate) async fn run(_cmd: ClusterCmd, brokers: &[String], admin_url: &str, as_json: bool) -> Result<()> {
+pub(crate) async fn run(cmd: ClusterCmd, brokers: &[String], admin_url: &str, as_json: bool) -> Result<()> {
     let client = crate::conn::connect(brokers).await?;
+    if let ClusterCmd::ElectLeaders { topic, partition } = cmd {
+        return elect_leaders(&client, topic, partition, as_json).await;
+    }
     let meta = client.metadata(None).await?;
     let api_count = client.apis().len();
     let health = match http::get(admin_url, "/health").await {
@@ -122,4 +140,64 @@ fn print_quorum(quorum: &Value) {
         t.add_row(vec![text(&b["id"]), text(&b["host"]), text(&b["port"]), text(&b["epoch"]), text(&b["state"])]);
     }
     print_table(&t);
+}
+
+/// ElectLeaders (PREFERRED) for every partition, one topic's, or some of one topic's; prints each
+/// partition's result. Exits non-zero when a named partition could not be given to its preferred
+/// replica (ELECTION_NOT_NEEDED is success).
+async fn elect_leaders(client: &sluice_client::Client, topic: Option<String>, partitions: Vec<i32>, as_json: bool) -> Result<()> {
+    use kafka_protocol::ResponseError;
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    use kafka_protocol::messages::{ElectLeadersRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let named = match topic {
+        None => None,
+        Some(name) => {
+            let partitions = if partitions.is_empty() {
+                let meta = client.metadata(Some(std::slice::from_ref(&name))).await?;
+                let Some(found) = meta.topic(&name).filter(|t| t.error_code == 0) else { anyhow::bail!("topic `{name}` does not exist") };
+                found.partitions.iter().map(|p| p.id).collect()
+            } else {
+                partitions
+            };
+            Some(vec![TopicPartitions::default().with_topic(TopicName(StrBytes::from_string(name))).with_partitions(partitions)])
+        }
+    };
+    let request = ElectLeadersRequest::default().with_election_type(0).with_topic_partitions(named).with_timeout_ms(30_000);
+    let response = client.call(&request, 2).await?;
+    if let Some(error) = ResponseError::try_from_code(response.error_code) {
+        anyhow::bail!("the election was refused: {error}");
+    }
+    let mut rows = Vec::new();
+    for topic in &response.replica_election_results {
+        for p in &topic.partition_result {
+            let outcome = match ResponseError::try_from_code(p.error_code) {
+                None => "elected".to_string(),
+                Some(ResponseError::ElectionNotNeeded) => "already led by its preferred replica".to_string(),
+                Some(error) => p.error_message.as_ref().map_or_else(|| error.to_string(), |m| format!("{error}: {m}")),
+            };
+            let ok = matches!(ResponseError::try_from_code(p.error_code), None | Some(ResponseError::ElectionNotNeeded));
+            rows.push((topic.topic.0.to_string(), p.partition_id, ok, outcome));
+        }
+    }
+    rows.sort();
+    if as_json {
+        let results: Vec<Value> =
+            rows.iter().map(|(t, p, ok, outcome)| json!({"topic": t, "partition": p, "ok": ok, "result": outcome})).collect();
+        print_json(&json!({ "results": results }));
+    } else if rows.is_empty() {
+        println!("Every partition is led by its preferred replica.");
+    } else {
+        let mut t = table(["TOPIC", "PARTITION", "RESULT"]);
+        for (topic, partition, _, outcome) in &rows {
+            t.add_row(vec![topic.clone(), partition.to_string(), outcome.clone()]);
+        }
+        print_table(&t);
+    }
+    let failed = rows.iter().filter(|(_, _, ok, _)| !ok).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} partition(s) could not be given to their preferred replica");
+    }
+    Ok(())
 }

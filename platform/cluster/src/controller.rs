@@ -75,6 +75,13 @@ pub struct ControllerConfig {
     /// ... and this many entries before it stay in the log ([`LOG_KEPT_AFTER_SNAPSHOT`] by default),
     /// so a briefly lagging follower catches up without a snapshot.
     pub log_kept_after_snapshot: u64,
+    /// How often the active controller moves leadership back to preferred replicas (Kafka's
+    /// `auto.leader.rebalance.enable` and `leader.imbalance.check.interval.seconds`); `None`: never
+    /// on its own.
+    pub leader_rebalance_interval: Option<Duration>,
+    /// A broker is rebalanced when more than this share of the partitions it is preferred for are
+    /// led by others (Kafka's `leader.imbalance.per.broker.percentage` / 100).
+    pub leader_imbalance_ratio: f64,
 }
 
 impl ControllerConfig {
@@ -88,6 +95,8 @@ impl ControllerConfig {
             heartbeat_interval: Duration::from_millis(500),
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES,
             log_kept_after_snapshot: LOG_KEPT_AFTER_SNAPSHOT,
+            leader_rebalance_interval: Some(Duration::from_secs(300)),
+            leader_imbalance_ratio: 0.1,
         }
     }
 }
@@ -307,6 +316,9 @@ impl Controller {
         tasks.push(tokio::spawn(fence_expired_brokers(Arc::downgrade(&controller), Arc::clone(&controller.check_fences))));
         if controller.config.voters.len() > 1 {
             tasks.push(tokio::spawn(replace_a_gone_leader(Arc::downgrade(&controller))));
+        }
+        if let Some(every) = controller.config.leader_rebalance_interval {
+            tasks.push(tokio::spawn(rebalance_leaders(Arc::downgrade(&controller), every)));
         }
         tasks.push(tokio::spawn(log_quorum_changes(
             controller.config.node_id,
@@ -774,6 +786,35 @@ async fn fence_expired_brokers(controller: Weak<Controller>, wake: Arc<Notify>) 
         let _ = tokio::time::timeout(FENCE_CHECK_INTERVAL, wake.notified()).await;
         let Some(controller) = controller.upgrade() else { return };
         controller.fence_expired().await;
+    }
+}
+
+/// On the active controller, every `every`: gives the partitions of imbalanced brokers back to their
+/// preferred leaders (Kafka's automatic leader rebalance). After a broker restarts, its partitions
+/// are led by others until it has caught up and rejoined their ISRs; this brings them back.
+async fn rebalance_leaders(controller: Weak<Controller>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(controller) = controller.upgrade() else { return };
+        if controller.leader() != Some(controller.config.node_id) {
+            continue;
+        }
+        let ratio = controller.config.leader_imbalance_ratio;
+        let mut partitions = controller.with_metadata(|m, _| m.imbalanced_partitions(ratio));
+        if partitions.is_empty() {
+            continue;
+        }
+        // The rest, if any, at the next check.
+        partitions.truncate(crate::metadata::ELECTIONS_PER_COMMAND_MAX);
+        let count = partitions.len();
+        match controller.write_local(Command::ElectPreferredLeaders { partitions }).await {
+            Ok(Committed { outcome: Outcome::Elections(results), .. }) => {
+                let elected = results.iter().filter(|(_, _, e)| *e == crate::metadata::Election::Elected).count();
+                tracing::info!(candidates = count, elected, "leadership moved back to preferred replicas");
+            }
+            Ok(Committed { outcome, .. }) => tracing::warn!(?outcome, "the preferred leader election changed nothing"),
+            Err(error) => tracing::warn!(%error, "cannot elect preferred leaders"),
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub const CLUSTER_ID_BYTES_MAX: usize = 64;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Partitions one command may create. The broker's `max.partitions.per.topic` is usually lower.
 pub const PARTITIONS_PER_COMMAND_MAX: usize = 100_000;
+/// Partitions one preferred leader election names (each with its topic's name: ~2.7 MB at most, well
+/// within a Raft log record). Larger elections are split into several.
+pub const ELECTIONS_PER_COMMAND_MAX: usize = 10_000;
 /// Replicas one partition may have.
 pub const REPLICAS_MAX: usize = 16;
 /// The largest topic configuration the quorum stores (the broker's encoding of its overrides).
@@ -102,6 +105,23 @@ pub enum Command {
     /// partition in `leader_epoch` and the partition is still at `partition_epoch` (nothing changed
     /// it since the leader looked); the new ISR must hold the leader and only live replicas.
     AlterPartition { topic: String, id: u128, partition: i32, broker_id: i32, leader_epoch: i32, partition_epoch: i32, isr: Vec<i32> },
+    /// Kafka's preferred leader election: each named partition (topic, topic id, index) whose
+    /// preferred replica (the first) is live and in the ISR but does not lead gets it as leader, in
+    /// a new leader epoch. At most [`ELECTIONS_PER_COMMAND_MAX`] partitions.
+    ElectPreferredLeaders { partitions: Vec<(String, u128, i32)> },
+}
+
+/// What a preferred leader election did to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Election {
+    /// The preferred replica leads now, in a new leader epoch.
+    Elected,
+    /// It led already.
+    NotNeeded,
+    /// It is fenced or out of the ISR: nothing changed.
+    PreferredNotAvailable,
+    /// No such topic (with that id) or partition.
+    UnknownPartition,
 }
 
 impl Command {
@@ -132,6 +152,12 @@ impl Command {
                     return Err(format!("the ISR {isr:?} names a broker twice"));
                 }
                 Ok(())
+            }
+            Command::ElectPreferredLeaders { partitions } => {
+                if partitions.len() > ELECTIONS_PER_COMMAND_MAX {
+                    return Err(format!("{} partitions in one election exceed {ELECTIONS_PER_COMMAND_MAX}", partitions.len()));
+                }
+                partitions.iter().try_for_each(|(name, _, _)| check_topic_name(name))
             }
             Command::AllocateProducerIds { count, at_least, .. } => {
                 if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) || *at_least < 0 {
@@ -172,6 +198,20 @@ fn check_assignments(assignments: &[Vec<i32>]) -> Result<(), String> {
     Ok(())
 }
 
+fn elect_preferred(state: &mut PartitionState, live: &[i32]) -> Election {
+    let Some(&preferred) = state.replicas.first() else { return Election::UnknownPartition };
+    if state.leader == preferred {
+        return Election::NotNeeded;
+    }
+    if !live.contains(&preferred) || !state.isr.contains(&preferred) {
+        return Election::PreferredNotAvailable;
+    }
+    state.leader = preferred;
+    state.leader_epoch += 1;
+    state.partition_epoch += 1;
+    Election::Elected
+}
+
 /// What applying a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -190,6 +230,8 @@ pub enum Outcome {
     /// AlterPartition: the partition changed since the proposal (another leader, epoch or ISR);
     /// the proposer reads the partition again.
     StalePartition,
+    /// ElectPreferredLeaders: each named partition's result, in order.
+    Elections(Vec<(String, i32, Election)>),
 }
 
 /// What the log committed: where, and what applying it did.
@@ -390,7 +432,56 @@ impl Metadata {
                 state.partition_epoch += 1;
                 Outcome::Applied
             }
+            Command::ElectPreferredLeaders { partitions } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
+                let mut results = Vec::with_capacity(partitions.len());
+                for (name, id, index) in partitions {
+                    let state = self
+                        .topics
+                        .get_mut(name)
+                        .filter(|t| t.id == *id)
+                        .and_then(|t| usize::try_from(*index).ok().and_then(|p| t.partitions.get_mut(p)));
+                    let result = state.map_or(Election::UnknownPartition, |state| elect_preferred(state, &live));
+                    results.push((name.clone(), *index, result));
+                }
+                Outcome::Elections(results)
+            }
         }
+    }
+
+    /// Every partition whose preferred replica (the first) does not lead it.
+    pub fn not_led_by_preferred(&self) -> Vec<(String, u128, i32)> {
+        let mut found = Vec::new();
+        for (name, topic) in &self.topics {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                if p.replicas.first().is_some_and(|&first| first != p.leader) {
+                    found.push((name.clone(), topic.id, index as i32));
+                }
+            }
+        }
+        found
+    }
+
+    /// The partitions whose preferred leader could lead but does not, of the brokers that lead
+    /// fewer than `1 - ratio` of the partitions they are preferred for (Kafka's
+    /// `leader.imbalance.per.broker.percentage`): what an automatic rebalance elects. Empty when
+    /// every broker is within the ratio.
+    pub fn imbalanced_partitions(&self, ratio: f64) -> Vec<(String, u128, i32)> {
+        let mut preferred: BTreeMap<i32, (usize, Vec<(String, u128, i32)>)> = BTreeMap::new();
+        for (name, topic) in &self.topics {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                let Some(&first) = p.replicas.first() else { continue };
+                let entry = preferred.entry(first).or_default();
+                entry.0 += 1;
+                if p.leader != first && self.is_live(first) && p.isr.contains(&first) {
+                    entry.1.push((name.clone(), topic.id, index as i32));
+                }
+            }
+        }
+        preferred.into_values().filter(|(total, movable)| movable.len() as f64 > ratio * *total as f64).flat_map(|(_, m)| m).collect()
     }
 
     fn set_fenced(&mut self, broker_id: i32, epoch: u64, fenced: bool) -> Outcome {
@@ -409,7 +500,7 @@ impl Metadata {
         }
     }
 
-    fn is_live(&self, broker_id: i32) -> bool {
+    pub(crate) fn is_live(&self, broker_id: i32) -> bool {
         self.brokers.get(&broker_id).is_some_and(|b| !b.fenced)
     }
 
@@ -594,6 +685,51 @@ mod tests {
         // A restarted process starts a new leader term for what only it holds in sync.
         meta.apply(7, &Command::RegisterBroker(registration(1, 2)));
         assert_eq!((meta.topics["t"].partitions[1].leader, meta.topics["t"].partitions[1].leader_epoch), (1, 4));
+    }
+
+    #[test]
+    fn preferred_leaders_return_when_they_are_in_sync() {
+        let mut meta = Metadata::default();
+        for id in 1..=3 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 4, "t", vec![vec![1, 2], vec![2, 1], vec![1, 3]]);
+        meta.apply(5, &Command::FenceBroker { broker_id: 1, epoch: 1 });
+        meta.apply(6, &Command::UnfenceBroker { broker_id: 1, epoch: 1 });
+        // Broker 1 is back but out of the ISRs: nothing to elect yet.
+        assert!(meta.imbalanced_partitions(0.1).is_empty());
+        let named = |list: &[(i32, u128)]| Command::ElectPreferredLeaders {
+            partitions: list.iter().map(|&(p, id)| ("t".to_string(), id, p)).collect(),
+        };
+        let outcome = meta.apply(7, &named(&[(0, 4), (1, 4), (5, 4), (0, 9)]));
+        let results: Vec<Election> = match outcome {
+            Outcome::Elections(results) => results.into_iter().map(|(_, _, e)| e).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(results, [Election::PreferredNotAvailable, Election::NotNeeded, Election::UnknownPartition, Election::UnknownPartition]);
+        // Once it rejoins the ISRs, both of its preferred partitions are imbalanced (2 of 2 > 10 %).
+        for (p, leader) in [(0, 2), (2, 3)] {
+            let epochs = (meta.topics["t"].partitions[p].leader_epoch, meta.topics["t"].partitions[p].partition_epoch);
+            let alter = Command::AlterPartition {
+                topic: "t".into(),
+                id: 4,
+                partition: p as i32,
+                broker_id: leader,
+                leader_epoch: epochs.0,
+                partition_epoch: epochs.1,
+                isr: vec![leader, 1],
+            };
+            assert_eq!(meta.apply(8 + p as u64, &alter), Outcome::Applied);
+        }
+        let imbalanced = meta.imbalanced_partitions(0.1);
+        assert_eq!(imbalanced, vec![("t".to_string(), 4, 0), ("t".to_string(), 4, 2)]);
+        let epoch = meta.topics["t"].partitions[0].leader_epoch;
+        assert_eq!(meta.not_led_by_preferred(), imbalanced);
+        let elected = meta.apply(20, &Command::ElectPreferredLeaders { partitions: imbalanced });
+        assert_eq!(elected, Outcome::Elections(vec![("t".into(), 0, Election::Elected), ("t".into(), 2, Election::Elected)]));
+        let p0 = &meta.topics["t"].partitions[0];
+        assert_eq!((p0.leader, p0.leader_epoch), (1, epoch + 1));
+        assert!(meta.imbalanced_partitions(0.1).is_empty());
     }
 
     #[test]

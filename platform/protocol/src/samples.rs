@@ -47,6 +47,7 @@ pub fn default_request(api_key: ApiKey, version: i16, correlation_id: i32) -> Op
         EndTxn => EndTxnRequest,
         TxnOffsetCommit => TxnOffsetCommitRequest,
         DeleteGroups => DeleteGroupsRequest,
+        ElectLeaders => ElectLeadersRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         OffsetDelete => OffsetDeleteRequest,
         DescribeCluster => DescribeClusterRequest,

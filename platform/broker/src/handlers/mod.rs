@@ -75,6 +75,7 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
         RequestKind::CreateTopics(r) => ready(topics::create_topics(broker, r, version).into()),
         RequestKind::DeleteTopics(r) => ready(topics::delete_topics(broker, r, version).into()),
         RequestKind::CreatePartitions(r) => ready(topics::create_partitions(broker, r).into()),
+        RequestKind::ElectLeaders(r) => ready(topics::elect_leaders(broker, r, version).into()),
         RequestKind::DescribeConfigs(r) => ready(configs::describe_configs(broker, r, version).into()),
         RequestKind::AlterConfigs(r) => ready(configs::alter_configs(broker, r).into()),
         RequestKind::IncrementalAlterConfigs(r) => ready(configs::incremental_alter_configs(broker, r).into()),

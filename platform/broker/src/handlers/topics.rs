@@ -7,10 +7,12 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, TopicName,
+    DeleteTopicsResponse, ElectLeadersRequest, ElectLeadersResponse, TopicName,
 };
+use sluice_cluster::Election;
 use uuid::Uuid;
 
 use super::{blocking, str_bytes};
@@ -160,4 +162,73 @@ pub(crate) fn create_partitions(broker: &Broker, request: CreatePartitionsReques
         })
         .collect();
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Partitions one ElectLeaders request may name; a longer list is refused as a whole.
+pub(crate) const ELECT_LEADERS_PARTITIONS_MAX: usize = 100_000;
+
+/// ElectLeaders: preferred leader election (type 0) through the controller. Unclean election
+/// (type 1) is refused: a leader is only ever elected from the ISR here.
+pub(crate) fn elect_leaders(broker: &Broker, request: ElectLeadersRequest, version: i16) -> ElectLeadersResponse {
+    let refuse = |error: ResponseError, message: String| {
+        let results = request
+            .topic_partitions
+            .iter()
+            .flatten()
+            .map(|t| {
+                let partition_result = t
+                    .partitions
+                    .iter()
+                    .map(|&p| {
+                        PartitionResult::default()
+                            .with_partition_id(p)
+                            .with_error_code(error.code())
+                            .with_error_message(Some(str_bytes(message.clone())))
+                    })
+                    .collect();
+                ReplicaElectionResult::default().with_topic(t.topic.clone()).with_partition_result(partition_result)
+            })
+            .collect();
+        ElectLeadersResponse::default().with_error_code(if version >= 1 { error.code() } else { 0 }).with_replica_election_results(results)
+    };
+    if request.election_type != 0 {
+        return refuse(
+            ResponseError::InvalidRequest,
+            "unclean leader election is not supported (unclean.leader.election.enable accepts only false)".into(),
+        );
+    }
+    let named: Option<Vec<(String, i32)>> = request
+        .topic_partitions
+        .as_ref()
+        .map(|topics| topics.iter().flat_map(|t| t.partitions.iter().map(|&p| (t.topic.0.to_string(), p))).collect());
+    if named.as_ref().is_some_and(|list| list.len() > ELECT_LEADERS_PARTITIONS_MAX) {
+        return refuse(ResponseError::InvalidRequest, format!("at most {ELECT_LEADERS_PARTITIONS_MAX} partitions per request"));
+    }
+    let results = match blocking(|| broker.elect_preferred_leaders(named)) {
+        Ok(results) => results,
+        Err(error) => return refuse(error.kafka(), error.to_string()),
+    };
+    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionResult>> = std::collections::BTreeMap::new();
+    for (topic, partition, election) in results {
+        let (error, message) = match election {
+            Election::Elected => (None, None),
+            Election::NotNeeded => (Some(ResponseError::ElectionNotNeeded), Some("the preferred replica leads already")),
+            Election::PreferredNotAvailable => {
+                (Some(ResponseError::PreferredLeaderNotAvailable), Some("the preferred replica is fenced or not in the ISR"))
+            }
+            Election::UnknownPartition => (Some(ResponseError::UnknownTopicOrPartition), None),
+        };
+        let entry = PartitionResult::default()
+            .with_partition_id(partition)
+            .with_error_code(error.map_or(0, |e| e.code()))
+            .with_error_message(message.map(str_bytes));
+        by_topic.entry(topic).or_default().push(entry);
+    }
+    let results = by_topic
+        .into_iter()
+        .map(|(topic, partition_result)| {
+            ReplicaElectionResult::default().with_topic(TopicName(str_bytes(topic))).with_partition_result(partition_result)
+        })
+        .collect();
+    ElectLeadersResponse::default().with_replica_election_results(results)
 }
