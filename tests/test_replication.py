@@ -234,9 +234,11 @@ def preferred_and_leaders(node, topic: str) -> dict[int, tuple[int, int, list[in
     return {p: (pm.replicas[0], pm.leader, sorted(pm.isrs)) for p, pm in md.topics[topic].partitions.items()}
 
 
-def restart_a_preferred_leader(nodes, topic: str) -> int:
+def restart_a_preferred_leader(nodes, topic: str):
     """Kills the broker that is the preferred leader of partition 0, waits until its partitions are
-    led by others, restarts it and waits until it is back in every ISR. Returns its id."""
+    led by others, restarts it and waits until it is back in every ISR. Returns its id and a broker
+    that was not restarted (the restarted one serves its old view until it has caught up with the
+    quorum's log)."""
     victim = preferred_and_leaders(nodes[0], topic)[0][0]
     others = [n for i, n in enumerate(nodes) if i + 1 != victim]
     nodes[victim - 1].kill9()
@@ -247,11 +249,11 @@ def restart_a_preferred_leader(nodes, topic: str) -> int:
     )
     nodes[victim - 1].start()
     wait_for(
-        lambda: all(isr == [1, 2, 3] for _, _, isr in preferred_and_leaders(nodes[0], topic).values()),
+        lambda: all(isr == [1, 2, 3] for _, _, isr in preferred_and_leaders(others[0], topic).values()),
         "the restarted broker to rejoin every ISR",
         timeout=40,
     )
-    return victim
+    return victim, others[0]
 
 
 def test_elect_leaders_gives_partitions_back_to_their_preferred_replicas(make_broker):
@@ -270,8 +272,8 @@ def test_elect_leaders_gives_partitions_back_to_their_preferred_replicas(make_br
     produce(producer, topic, range(0, 500), failures)
     assert producer.flush(30) == 0 and not failures, failures
 
-    victim = restart_a_preferred_leader(nodes, topic)
-    state = preferred_and_leaders(nodes[0], topic)
+    victim, observer = restart_a_preferred_leader(nodes, topic)
+    state = preferred_and_leaders(observer, topic)
     mine = sorted(p for p, (preferred, _, _) in state.items() if preferred == victim)
     assert mine and all(state[p][1] != victim for p in mine), state
 
@@ -292,7 +294,7 @@ def test_elect_leaders_gives_partitions_back_to_their_preferred_replicas(make_br
     refused = sluice_cli(nodes[2], "cluster", "elect-leaders", "--topic", topic, "--partition", "99", check=False)
     assert refused.returncode != 0 and "99" in refused.stdout, refused
     wait_for(
-        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(nodes[2], topic).values()),
+        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(observer, topic).values()),
         "every partition led by its preferred replica",
     )
     produce(producer, topic, range(1500, 2000), failures)
@@ -318,9 +320,9 @@ def test_the_controller_rebalances_leaders_by_itself(make_broker):
     topic = unique("rebalanced")
     create_replicated(nodes[0], topic, 3, 3, {})
     wait_for(lambda: all(len(isr) == 3 for _, _, isr in preferred_and_leaders(nodes[0], topic).values()), "three in-sync partitions")
-    restart_a_preferred_leader(nodes, topic)
+    _, observer = restart_a_preferred_leader(nodes, topic)
     wait_for(
-        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(nodes[0], topic).values()),
+        lambda: all(preferred == leader for preferred, leader, _ in preferred_and_leaders(observer, topic).values()),
         "the controller to move leadership back to the preferred replicas",
         timeout=20,
     )

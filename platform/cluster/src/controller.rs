@@ -174,6 +174,42 @@ pub struct ControllerStatus {
     pub voters: Vec<Voter>,
 }
 
+/// Forwarded requests in flight to one peer at once, besides heartbeats: several, so that a burst of
+/// writes (a restarted broker's ISR changes, thousands at a time) is committed in batches.
+const WRITE_LANES: usize = 4;
+
+/// The connections to one peer for forwarded requests, each used one request at a time. Heartbeats
+/// have their own, so that no burst of writes delays them past the session timeout (and the active
+/// controller can read a closed heartbeat connection as a sign of a dead broker).
+struct Lanes {
+    heartbeats: tokio::sync::Mutex<Peer>,
+    writes: Vec<tokio::sync::Mutex<Peer>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Lanes {
+    fn new(addr: &str) -> Lanes {
+        Lanes {
+            heartbeats: tokio::sync::Mutex::new(Peer::new(addr.to_string())),
+            writes: (0..WRITE_LANES).map(|_| tokio::sync::Mutex::new(Peer::new(addr.to_string()))).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The connection for `request`: the heartbeat lane, or a free write lane (else the next one
+    /// in turn, waited for).
+    async fn lane(&self, request: &Request) -> tokio::sync::MutexGuard<'_, Peer> {
+        if matches!(request, Request::Heartbeat { .. }) {
+            return self.heartbeats.lock().await;
+        }
+        if let Some(free) = self.writes.iter().find_map(|lane| lane.try_lock().ok()) {
+            return free;
+        }
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.writes.len();
+        self.writes[turn].lock().await
+    }
+}
+
 /// The active controller's record of broker heartbeats, valid for one term.
 #[derive(Default)]
 struct Liveness {
@@ -211,8 +247,8 @@ pub struct Controller {
     check_fences: Arc<Notify>,
     /// The quorum leader this node last took an AppendEntries (a heartbeat) from, and when.
     heard_from_leader: Mutex<Option<(NodeId, Instant)>>,
-    /// Connections to peers for forwarded requests, one per peer, used one request at a time.
-    peers: BTreeMap<NodeId, tokio::sync::Mutex<Peer>>,
+    /// Connections to peers for forwarded requests.
+    peers: BTreeMap<NodeId, Lanes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -293,12 +329,7 @@ impl Controller {
             }
         }
 
-        let peers = config
-            .voters
-            .iter()
-            .filter(|&(&id, _)| id != config.node_id)
-            .map(|(&id, addr)| (id, tokio::sync::Mutex::new(Peer::new(addr.clone()))))
-            .collect();
+        let peers = config.voters.iter().filter(|&(&id, _)| id != config.node_id).map(|(&id, addr)| (id, Lanes::new(addr))).collect();
         let controller = Arc::new(Controller {
             config,
             raft,
@@ -458,13 +489,16 @@ impl Controller {
                     tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.handle(request())).await.ok()
                 }
                 Some(id) => match self.peers.get(&id) {
-                    Some(peer) => match peer.lock().await.call(&request(), FORWARD_TIMEOUT).await {
-                        Ok(reply) => Some(reply),
-                        Err(error) => {
-                            tracing::debug!(leader = id, %error, "forwarding to the controller leader failed");
-                            None
+                    Some(lanes) => {
+                        let request = request();
+                        match lanes.lane(&request).await.call(&request, FORWARD_TIMEOUT).await {
+                            Ok(reply) => Some(reply),
+                            Err(error) => {
+                                tracing::debug!(leader = id, %error, "forwarding to the controller leader failed");
+                                None
+                            }
                         }
-                    },
+                    }
                     None => None,
                 },
                 None => None,
