@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::log_store::LogStore;
-use crate::metadata::{BrokerRegistration, Command, Committed, Metadata, Outcome};
+use crate::metadata::{BrokerRegistration, Command, Committed, ELECTIONS_PER_COMMAND_MAX, Election, Metadata, Outcome};
 use crate::network::{self, Network, Peer, Reply, Request, SNAPSHOT_CHUNK_BYTES};
 use crate::state_machine::{SNAPSHOT_EVERY_ENTRIES, StateMachine};
 use crate::{NodeId, TypeConfig};
@@ -648,7 +648,7 @@ impl Controller {
             return;
         }
         let Some(address) = self.config.voters.get(&leader) else { return };
-        if refusing(vec![(0, 0, address.clone())]).await.is_empty() {
+        if !refuses(address).await {
             return;
         }
         tracing::info!(node_id = me, leader, silent = ?heard.elapsed(), "the controller leader's process is gone: standing for election");
@@ -758,12 +758,7 @@ impl Controller {
 async fn refusing(overdue: Vec<(i32, u64, String)>) -> Vec<(i32, u64)> {
     let mut probes = tokio::task::JoinSet::new();
     for (id, epoch, address) in overdue {
-        probes.spawn(async move {
-            match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address.as_str())).await {
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => Some((id, epoch)),
-                _ => None,
-            }
-        });
+        probes.spawn(async move { refuses(&address).await.then_some((id, epoch)) });
     }
     let mut refused = Vec::new();
     while let Some(probe) = probes.join_next().await {
@@ -772,6 +767,15 @@ async fn refusing(overdue: Vec<(i32, u64, String)>) -> Vec<(i32, u64)> {
         }
     }
     refused
+}
+
+/// Whether a TCP connection to `address` is refused within [`PROBE_TIMEOUT`]: nothing listens there.
+/// A timeout or any other failure proves nothing and answers false.
+async fn refuses(address: &str) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await,
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 fn role_name(state: ServerState) -> &'static str {
@@ -839,11 +843,11 @@ async fn rebalance_leaders(controller: Weak<Controller>, every: Duration) {
             continue;
         }
         // The rest, if any, at the next check.
-        partitions.truncate(crate::metadata::ELECTIONS_PER_COMMAND_MAX);
+        partitions.truncate(ELECTIONS_PER_COMMAND_MAX);
         let count = partitions.len();
         match controller.write_local(Command::ElectPreferredLeaders { partitions }).await {
             Ok(Committed { outcome: Outcome::Elections(results), .. }) => {
-                let elected = results.iter().filter(|(_, _, e)| *e == crate::metadata::Election::Elected).count();
+                let elected = results.iter().filter(|(_, _, e)| *e == Election::Elected).count();
                 tracing::info!(candidates = count, elected, "leadership moved back to preferred replicas");
             }
             Ok(Committed { outcome, .. }) => tracing::warn!(?outcome, "the preferred leader election changed nothing"),

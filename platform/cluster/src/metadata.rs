@@ -500,7 +500,7 @@ impl Metadata {
         }
     }
 
-    pub(crate) fn is_live(&self, broker_id: i32) -> bool {
+    fn is_live(&self, broker_id: i32) -> bool {
         self.brokers.get(&broker_id).is_some_and(|b| !b.fenced)
     }
 
