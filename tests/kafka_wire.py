@@ -131,6 +131,7 @@ def record_batch(records, base_timestamp: int | None = None, corrupt_crc: bool =
 # --- requests --------------------------------------------------------------------------------------------
 
 PRODUCE = 0
+METADATA = 3
 API_VERSIONS = 18
 UNSUPPORTED_VERSION = 35
 CORRUPT_MESSAGE = 2
@@ -164,6 +165,11 @@ def produce_v3(correlation_id: int, topic: str, partition: int, batch: bytes, ac
         + i32(1) + i32(partition) + nbytes(batch)
     )
     return frame(PRODUCE, 3, correlation_id, body)
+
+
+def metadata_v2(correlation_id: int, topics: list[str]) -> bytes:
+    body = i32(len(topics)) + b"".join(string(t) for t in topics)
+    return frame(METADATA, 2, correlation_id, body)
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -247,6 +253,39 @@ def parse_produce_v3(body: bytes) -> list[tuple[str, int, int, int]]:
             r.i64()  # log append time
             out.append((topic, partition, error, base_offset))
     return out
+
+
+def parse_metadata_v2(body: bytes) -> dict:
+    """{"brokers": {id: (host, port)}, "cluster_id", "controller_id",
+    "topics": {name: (error, {partition: (error, leader, replicas, isr)})}} of a Metadata v2 response."""
+    r = Reader(body)
+
+    def nullable_string():
+        n = struct.unpack_from(">h", r.data, r.pos)[0]
+        if n < 0:
+            r.pos += 2
+            return None
+        return r.string()
+
+    def int_array():
+        return [r.i32() for _ in range(r.i32())]
+
+    brokers = {}
+    for _ in range(r.i32()):
+        node, host, port = r.i32(), r.string(), r.i32()
+        nullable_string()  # rack
+        brokers[node] = (host, port)
+    cluster_id, controller_id = nullable_string(), r.i32()
+    topics = {}
+    for _ in range(r.i32()):
+        error, name = r.i16(), r.string()
+        r.take(">?")  # is_internal
+        parts = {}
+        for _ in range(r.i32()):
+            p_error, index, leader = r.i16(), r.i32(), r.i32()
+            parts[index] = (p_error, leader, int_array(), int_array())
+        topics[name] = (error, parts)
+    return {"brokers": brokers, "cluster_id": cluster_id, "controller_id": controller_id, "topics": topics}
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:

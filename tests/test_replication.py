@@ -127,8 +127,18 @@ def test_a_killed_leader_hands_its_partitions_to_an_in_sync_follower(make_broker
     for key, values in seen.items():
         assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"
 
-    # The killed broker comes back as a follower: it catches up and rejoins every ISR.
-    nodes[victim - 1].start()
+    # The killed broker comes back as a follower. It answers clients only once it has caught up with
+    # the quorum's log: its very first Metadata names the new leaders and the cluster's id, not the
+    # view it died with (which had it leading partition 0) nor its own directory's id.
+    cluster_id = cf_admin(survivors[0]).list_topics(timeout=10).cluster_id
+    nodes[victim - 1].start(wait=False)
+    first = first_metadata(nodes[victim - 1], topic)
+    assert first["cluster_id"] == cluster_id, first
+    error, served = first["topics"][topic]
+    assert error == 0 and sorted(served) == [0, 1, 2], first
+    assert all(leader not in (victim, -1) and victim not in isr for _, leader, _, isr in served.values()), first
+    nodes[victim - 1].wait_ready()
+    # It catches up and rejoins every ISR.
     wait_for(
         lambda: all(isr == [1, 2, 3] for _, _, isr in partitions(nodes[0], topic).values()),
         "the restarted broker to rejoin every ISR",
@@ -150,6 +160,27 @@ def test_a_killed_leader_hands_its_partitions_to_an_in_sync_follower(make_broker
     seen = read_everything(rest, topic, 1200)
     assert sum(map(len, seen.values())) == 1200
     producer.flush(5)
+
+
+def first_metadata(node, topic: str) -> dict:
+    """The first Metadata answer of a starting broker: asked as soon as its port accepts connections
+    (a connection it closes unanswered is tried again)."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "no Metadata answer within 30 s"
+        try:
+            sock = wire.connect(node.port, timeout=10)
+        except ConnectionRefusedError:
+            time.sleep(0.005)
+            continue
+        try:
+            sock.sendall(wire.metadata_v2(1, [topic]))
+            _, body = wire.read_response(sock)
+            return wire.parse_metadata_v2(body)
+        except ConnectionError:
+            continue
+        finally:
+            sock.close()
 
 
 def test_acks_all_needs_min_insync_replicas(make_broker):

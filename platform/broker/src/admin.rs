@@ -137,6 +137,7 @@ async fn describe_cluster(State(broker): State<Arc<Broker>>) -> Response {
     Json(json!({
         "cluster_id": broker.cluster_id(),
         "node_id": broker.node_id(),
+        "caught_up": broker.caught_up(),
         "controller": controller.status(),
         "brokers": brokers,
         "partitions": partitions,

@@ -68,6 +68,8 @@ pub struct Broker {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// The controller log index up to which this broker's topics follow the quorum.
     reconciled: watch::Sender<u64>,
+    /// Whether this broker has caught up with the quorum since it started: see [`Broker::caught_up`].
+    caught_up: watch::Sender<bool>,
     /// This process's registration with the quorum (new at every start): until the quorum's state
     /// holds it, that state may predate this process and the broker leads nothing.
     incarnation: OnceLock<u128>,
@@ -185,6 +187,7 @@ impl Broker {
             controller: OnceLock::new(),
             runtime: OnceLock::new(),
             reconciled: watch::channel(0).0,
+            caught_up: watch::channel(false).0,
             incarnation: OnceLock::new(),
             fetchers: crate::replication::Fetchers::default(),
             hanging_checked: std::sync::atomic::AtomicBool::new(false),
@@ -663,6 +666,26 @@ impl Broker {
             *done = (*done).max(index);
             newer
         });
+    }
+
+    /// Whether this broker has applied the quorum's state up to its own registration (Kafka's
+    /// "caught up with the metadata log"): only then is its view of the cluster newer than this
+    /// process. Before that, a restarted broker's view is the one it had when it died: leaders that
+    /// have moved since, an old ISR, and on a cluster's first start its own directory's cluster id.
+    /// Clients are answered only once this holds (ApiVersions excepted). It stays true while the
+    /// process runs: later, a broker trails the quorum by moments, as in Kafka.
+    pub fn caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Waits until [`Broker::caught_up`] holds.
+    pub(crate) async fn wait_caught_up(&self) {
+        let mut caught_up = self.caught_up.subscribe();
+        let _ = caught_up.wait_for(|&done| done).await;
+    }
+
+    pub(crate) fn set_caught_up(&self) {
+        self.caught_up.send_if_modified(|done| !std::mem::replace(done, true));
     }
 
     /// Opens a new topic's partitions held here and records its definition. The caller holds

@@ -256,6 +256,10 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     broker.metrics().leaderless_partitions.set(leaderless as i64);
     broker.metrics().under_replicated_partitions.set(under_replicated as i64);
     broker.set_reconciled(index);
+    if current && !broker.caught_up() {
+        tracing::info!(index, "caught up with the controller quorum: serving clients");
+        broker.set_caught_up();
+    }
     adopt
 }
 

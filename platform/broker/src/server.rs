@@ -47,6 +47,10 @@ const OUTPUT_BUFFER_KEEP_BYTES: usize = 4 * 1024 * 1024;
 const SENDFILE_CALL_BYTES_MAX: usize = 0x7fff_f000;
 /// Chunks of a stored range copied through memory where `sendfile` is not available.
 const COPY_CHUNK_BYTES: usize = 256 * 1024;
+/// How long a request waits for a starting broker to catch up with the controller quorum before its
+/// connection is closed (the client then asks another broker): a cluster forming or a restarted
+/// broker catches up within a second or two; longer means no quorum.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 struct InFlight {
     api_key: ApiKey,
@@ -148,6 +152,8 @@ enum Disconnect {
     BadRequest(DecodeError),
     PeerClosedMidRequest,
     WriterClosed,
+    /// The broker had not caught up with the controller quorum within [`CATCH_UP_WAIT`].
+    NotCaughtUp,
 }
 
 impl std::fmt::Display for Disconnect {
@@ -160,6 +166,7 @@ impl std::fmt::Display for Disconnect {
             Disconnect::BadRequest(error) => write!(f, "undecodable request: {error}"),
             Disconnect::PeerClosedMidRequest => f.write_str("peer closed mid-request"),
             Disconnect::WriterClosed => f.write_str("writer closed"),
+            Disconnect::NotCaughtUp => write!(f, "this broker has not caught up with the controller quorum within {CATCH_UP_WAIT:?}"),
         }
     }
 }
@@ -254,6 +261,18 @@ async fn serve_connection(
         let correlation_id = request.header.correlation_id;
         if let Some(api) = broker.metrics().api(api_key) {
             api.requests.inc();
+        }
+        // A starting broker's view of the cluster may predate this process (a restarted broker's is
+        // the one it died with): everything but the handshake waits until it has caught up.
+        if api_key != ApiKey::ApiVersions && !broker.caught_up() {
+            tokio::select! {
+                waited = tokio::time::timeout(CATCH_UP_WAIT, broker.wait_caught_up()) => if waited.is_err() {
+                    tracing::warn!(%peer, ?api_key, "closing connection: this broker has not caught up with the controller quorum \
+                        (is a majority of the controller voters running?)");
+                    return finish(sender, writer_task, Err(Disconnect::NotCaughtUp)).await;
+                },
+                _ = shutdown.changed() => break Ok(()),
+            }
         }
         let reply = handlers::dispatch(broker, &ctx, request).await;
         drop(reserved);
