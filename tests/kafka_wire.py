@@ -106,18 +106,21 @@ def record(offset_delta: int, key: bytes | None, value: bytes | None, headers=()
     return varint(len(body)) + body
 
 
-def record_batch(records, base_timestamp: int | None = None, corrupt_crc: bool = False) -> bytes:
-    """An uncompressed, non-transactional v2 batch of (key, value, headers) triples."""
+def record_batch(records, base_timestamp: int | None = None, corrupt_crc: bool = False,
+                 producer: tuple[int, int, int] | None = None, transactional: bool = False) -> bytes:
+    """An uncompressed v2 batch of (key, value, headers) triples; `producer` is (id, epoch, base
+    sequence) of an idempotent or (with `transactional`) transactional producer."""
     ts = int(time.time() * 1000) if base_timestamp is None else base_timestamp
     recs = b"".join(record(i, k, v, h) for i, (k, v, h) in enumerate(records))
+    producer_id, producer_epoch, base_sequence = producer or (-1, -1, -1)
     after_crc = (
-        i16(0)  # attributes: no compression, CreateTime, not transactional, not control
+        i16(0x10 if transactional else 0)  # attributes: no compression, CreateTime, not control
         + i32(len(records) - 1)  # last offset delta
         + i64(ts)  # base timestamp
         + i64(ts)  # max timestamp
-        + i64(-1)  # producer id
-        + i16(-1)  # producer epoch
-        + i32(-1)  # base sequence
+        + i64(producer_id)
+        + i16(producer_epoch)
+        + i32(base_sequence)
         + i32(len(records))
         + recs
     )
@@ -156,9 +159,9 @@ def api_versions_v3(correlation_id: int) -> bytes:
 
 
 def produce_v3(correlation_id: int, topic: str, partition: int, batch: bytes, acks: int = 1,
-               timeout_ms: int = 10_000) -> bytes:
+               timeout_ms: int = 10_000, transactional_id: str | None = None) -> bytes:
     body = (
-        string(None)  # transactional id
+        string(transactional_id)
         + i16(acks)
         + i32(timeout_ms)
         + i32(1) + string(topic)

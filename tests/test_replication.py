@@ -357,3 +357,115 @@ def test_the_controller_rebalances_leaders_by_itself(make_broker):
         "the controller to move leadership back to the preferred replicas",
         timeout=20,
     )
+
+
+def test_a_transaction_spans_partitions_led_by_every_broker_and_survives_a_leader_kill(make_broker):
+    """The coordinator (node 1) writes its own partitions' markers and sends WriteTxnMarkers to the
+    leaders of the others; a leader killed mid-transaction hands the open transaction to its successor,
+    whose marker then commits it. read_committed consumers see exactly the committed records."""
+    from confluent_kafka import TopicPartition
+
+    nodes = start_replicated_nodes(make_broker)
+    topic = unique("txn-spread")
+    create_replicated(nodes[0], topic, 3, 3, {"min.insync.replicas": "2"})
+    placed = wait_for(
+        lambda: (p := partitions(nodes[0], topic)) and len(p) == 3 and all(len(isr) == 3 for _, _, isr in p.values()) and p,
+        "three partitions with three in-sync replicas",
+    )
+    assert sorted(leader for leader, _, _ in placed.values()) == [1, 2, 3], placed
+
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "transactional.id": unique("spread"),
+                                      "transaction.timeout.ms": 60_000})
+    producer.init_transactions(30)
+
+    def transaction(tag: str, commit: bool) -> None:
+        producer.begin_transaction()
+        for p in range(3):
+            for i in range(5):
+                producer.produce(topic, key=f"{tag}-{p}".encode(), value=f"{tag}-{i}".encode(), partition=p)
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(60)
+
+    transaction("a", commit=True)
+    transaction("b", commit=False)
+
+    # A transaction open on every partition when the leader of one (not the coordinator) is killed.
+    victim = next(leader for leader, _, _ in placed.values() if leader != 1)
+    producer.begin_transaction()
+    for p in range(3):
+        producer.produce(topic, key=f"c-{p}".encode(), value=b"c", partition=p)
+    producer.flush(30)
+    nodes[victim - 1].kill9()
+    survivors = [n for i, n in enumerate(nodes) if i + 1 != victim]
+    wait_for(
+        lambda: all(leader not in (victim, -1) for leader, _, _ in partitions(survivors[0], topic).values()),
+        "the killed broker's partition to move",
+        timeout=30,
+    )
+    producer.commit_transaction(60)
+
+    def read(isolation: str) -> dict[int, list[bytes]]:
+        consumer = cf_consumer(survivors[0], conf={"bootstrap.servers": bootstrap(survivors), "isolation.level": isolation})
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
+        seen: dict[int, list[bytes]] = defaultdict(list)
+        try:
+            wanted = 6 if isolation == "read_committed" else 11
+
+            def more():
+                for msg in consumer.consume(num_messages=100, timeout=0.5):
+                    if msg.error() is None:
+                        seen[msg.partition()].append(msg.value())
+                return all(len(seen[p]) >= wanted for p in range(3))
+
+            wait_for(more, f"{wanted} {isolation} records on every partition", timeout=30, every=0)
+            time.sleep(0.5)
+            more()
+        finally:
+            consumer.close()
+        return seen
+
+    committed = read("read_committed")
+    for p in range(3):
+        assert committed[p] == [f"a-{i}".encode() for i in range(5)] + [b"c"], (p, committed[p])
+    uncommitted = read("read_uncommitted")
+    for p in range(3):
+        assert sorted(uncommitted[p]) == sorted([f"a-{i}".encode() for i in range(5)] + [f"b-{i}".encode() for i in range(5)] + [b"c"])
+
+
+def test_a_hanging_transaction_on_a_broker_that_is_not_the_coordinator_is_aborted(make_broker):
+    """A transactional batch the coordinator never heard of (a client writing after EndTxn, a retry
+    from before it) on a partition led by another broker would hold that partition's last stable
+    offset forever. Its leader asks the coordinator about transactions open longer than
+    transaction.max.timeout.ms and aborts those the coordinator does not have ongoing there."""
+    from confluent_kafka import TopicPartition
+
+    nodes = start_three_nodes(
+        make_broker,
+        f"replica.lag.time.max.ms={LAG_MS}",
+        "transaction.max.timeout.ms=2000",
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms=300",
+    )
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("hanging")
+    create_replicated(nodes[0], topic, 3, 2, {})
+    placed = wait_for(lambda: (p := partitions(nodes[0], topic)) and all(len(isr) == 2 for _, _, isr in p.values()) and p, "in sync")
+    index, (leader, _, _) = next((p, s) for p, s in placed.items() if s[0] != 1)  # node 1 coordinates
+
+    # A transactional write under a producer id no coordinator knows, straight to the leader.
+    batch = wire.record_batch([(b"k", b"ghost", ())], producer=(987_654, 0, 0), transactional=True)
+    with wire.connect(nodes[leader - 1].port) as sock:
+        sock.sendall(wire.produce_v3(1, topic, index, batch, acks=-1, transactional_id="ghost-writer"))
+        _, body = wire.read_response(sock)
+    assert wire.parse_produce_v3(body)[0][2] == 0, "a broker that is not the coordinator takes the transactional batch"
+    unstable = f'sluice_unstable_offsets{{partition="{index}",topic="{topic}"}}'
+    wait_for(lambda: metric(nodes[leader - 1], unstable) > 0, "the open transaction to hold the last stable offset back")
+
+    # transaction.max.timeout.ms (2 s) plus six checks later, the leader asks node 1 and aborts it.
+    wait_for(lambda: metric(nodes[leader - 1], unstable) == 0, "the hanging transaction to be aborted", timeout=30)
+    consumer = cf_consumer(nodes[0], conf={"bootstrap.servers": bootstrap(nodes), "isolation.level": "read_committed"})
+    try:
+        consumer.assign([TopicPartition(topic, index, 0)])
+        time.sleep(2)
+        assert not [m for m in consumer.consume(num_messages=10, timeout=1) if m.error() is None], "the aborted record stays unread"
+    finally:
+        consumer.close()

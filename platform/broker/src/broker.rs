@@ -155,6 +155,7 @@ impl Broker {
             producer_ids: Arc::clone(&producer_ids),
             offsets: Arc::clone(&offsets),
             groups: Arc::clone(&groups),
+            config: Arc::new(config.clone()),
         };
         let settings = TxnSettings {
             max_timeout_ms: config.transaction_max_timeout_ms(),
@@ -287,6 +288,7 @@ impl Broker {
     pub(crate) fn set_controller(self: &Arc<Self>, controller: Arc<Controller>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
         self.producer_ids.use_cluster(Box::new(crate::cluster::QuorumProducerIds::new(self, Arc::clone(&controller))));
+        self.transactions.use_remote_markers(Arc::new(crate::markers::QuorumMarkers::new(self.node_id(), Arc::clone(&controller))));
         // `run` starts one controller per broker; a second would be a bug, and the first stays.
         let _ = self.controller.set(controller);
     }

@@ -54,6 +54,7 @@ mod groups;
 mod handlers;
 pub mod host;
 mod internal_log;
+mod markers;
 mod metastore;
 mod metrics;
 mod offsets;
@@ -200,6 +201,7 @@ async fn run_maintenance(broker: Arc<Broker>) {
     let mut last_retention = std::time::Instant::now();
     let txn_check_every = Duration::from_millis(broker.config().transaction_expiry_check_ms());
     let mut last_txn_check = std::time::Instant::now();
+    let mut hanging = markers::HangingWatch::default();
     let groups_check_every = Duration::from_millis(broker.config().offsets_retention_check_ms());
     let mut last_groups_check = std::time::Instant::now();
     let mut tick = tokio::time::interval(MAINTENANCE_TICK);
@@ -223,8 +225,9 @@ async fn run_maintenance(broker: Arc<Broker>) {
         }
         if last_txn_check.elapsed() >= txn_check_every {
             last_txn_check = std::time::Instant::now();
-            let broker = Arc::clone(&broker);
-            let _ = tokio::task::spawn_blocking(move || broker.transactions().abort_expired(now_ms())).await;
+            let coordinator = Arc::clone(&broker);
+            let _ = tokio::task::spawn_blocking(move || coordinator.transactions().abort_expired(now_ms())).await;
+            markers::abort_hanging_elsewhere(&broker, &mut hanging).await;
         }
         if last_groups_check.elapsed() >= groups_check_every {
             last_groups_check = std::time::Instant::now();

@@ -563,6 +563,29 @@ impl Partition {
         Ok(result)
     }
 
+    /// Appends a transaction marker the way an acks=all record is written: refused while a
+    /// replicated partition's ISR is below `min_insync` (Kafka writes markers with acks=all too), then
+    /// appended. Returns the offset after the marker and the leader epoch it was written in, for
+    /// [`Partition::wait_marker`]. Blocking file I/O.
+    pub(crate) fn write_marker(self: &Arc<Self>, marker: &TxnMarker, min_insync: usize, now_ms: i64) -> Result<(i64, i32), BrokerError> {
+        if self.is_replicated() && self.isr_len() < min_insync {
+            return Err(BrokerError::NotEnoughReplicas { isr: self.isr_len(), min_insync });
+        }
+        let epoch = self.leader_epoch();
+        let appended = self.append_marker(marker, now_ms)?;
+        Ok((appended.last_offset + 1, epoch))
+    }
+
+    /// Waits until a marker [`Partition::write_marker`] wrote is durable: fsynced under
+    /// fsync-before-ack, and on every in-sync replica (at least `min_insync`) of a replicated partition.
+    pub(crate) async fn wait_marker(self: &Arc<Self>, end: i64, epoch: i32, min_insync: usize) -> Result<(), BrokerError> {
+        self.wait_durable_within(end, DURABILITY_WAIT_DEFAULT).await?;
+        if self.is_replicated() {
+            self.wait_replicated(end, epoch, min_insync, DURABILITY_WAIT_DEFAULT).await?;
+        }
+        Ok(())
+    }
+
     /// The last stable offset: below it every transaction is decided. Never above the high watermark.
     pub(crate) fn last_stable_offset(&self) -> i64 {
         let hw = self.high_watermark();
@@ -813,6 +836,16 @@ impl Partition {
     /// See `PartitionLog::fence_producers`. Blocking file I/O.
     pub(crate) fn fence_producers(&self) -> Result<i64, StorageError> {
         self.log.write().fence_producers()
+    }
+
+    /// (producer id, first offset) of every transaction open in this partition.
+    pub(crate) fn open_transaction_starts(&self) -> Vec<(i64, i64)> {
+        self.log.read().ongoing_transactions()
+    }
+
+    /// The producer epoch this partition last saw from `producer_id` (0 if it does not remember it).
+    pub(crate) fn open_transaction_epoch(&self, producer_id: i64) -> i16 {
+        self.log.read().producer_epoch(producer_id).unwrap_or(0)
     }
 
     pub(crate) fn open_transactions(&self) -> Vec<(i64, i16)> {

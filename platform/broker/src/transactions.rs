@@ -9,8 +9,13 @@
 //! on the page cache like the records they describe. Completing a transaction writes a marker (control batch) to each of its partitions and,
 //! on commit, the offsets it carries to the group offsets store; only then is the state Complete.
 //!
-//! Where Kafka's coordinator sends WriteTxnMarkers to partition leaders, this node appends the markers
-//! itself, synchronously, before answering EndTxn. Recovery at start-up finishes every transaction
+//! Markers are written before EndTxn is answered: the coordinator appends them itself to the partitions
+//! it leads, and in a cluster sends WriteTxnMarkers to the leaders of the others ([`RemoteMarkers`]),
+//! as Kafka's coordinator does. Either way a marker counts as written once it is durable the way an
+//! acks=all record is (fsynced under fsync-before-ack, and on every in-sync replica of a replicated
+//! partition), so a leader change cannot lose it. A partition whose leader cannot take its marker yet
+//! (moving, or below `min.insync.replicas`) leaves the transaction in its Prepare state; EndTxn answers
+//! with the cause, and the background tick tries again until every marker is written. Recovery at start-up finishes every transaction
 //! found in a Prepare state, and aborts transactions that partitions still hold open without a
 //! coordinator record (a "hanging" transaction), so no last stable offset stays stuck. Ongoing
 //! transactions survive a restart and are aborted by `transaction.timeout.ms` if their producer does
@@ -245,6 +250,8 @@ pub(crate) struct TxnDeps {
     pub(crate) producer_ids: Arc<ProducerIds>,
     pub(crate) offsets: Arc<OffsetStore>,
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// For topic settings the coordinator obeys (`min.insync.replicas` for markers).
+    pub(crate) config: Arc<crate::config::BrokerConfig>,
 }
 
 /// The coordinator's settings, from the broker's config.
@@ -259,9 +266,29 @@ pub(crate) struct TxnSettings {
     pub(crate) id_expiration_ms: i64,
 }
 
+/// Why a marker could not be written on the partition's leader elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MarkerError {
+    /// The partition already holds a newer producer epoch: this transaction cannot be open there.
+    StaleEpoch,
+    /// The cluster no longer has the partition (its topic was deleted).
+    Gone,
+    /// Not written (no leader, unreachable, not enough in-sync replicas…): the completion is retried.
+    NotWritten(String),
+}
+
+/// Writes markers to the partitions of a cluster that this node does not lead: on their leaders,
+/// with WriteTxnMarkers. Blocking (the coordinator calls it under a transactional id's lock).
+pub(crate) trait RemoteMarkers: Send + Sync {
+    /// One outcome per partition, in order; `Ok` once the marker is durable as an acks=all write.
+    fn write(&self, marker: &TxnMarker, partitions: &[(String, i32)]) -> Vec<Result<(), MarkerError>>;
+}
+
 pub(crate) struct TransactionCoordinator {
     log: KeyedLog,
     deps: TxnDeps,
+    /// Set when the broker joins a cluster: partitions led elsewhere get their markers through it.
+    remote: std::sync::OnceLock<Arc<dyn RemoteMarkers>>,
     settings: TxnSettings,
     txns: DashMap<String, Slot>,
     /// Producer id → transactional id: transactional produce checks the producer belongs to the id
@@ -272,6 +299,9 @@ pub(crate) struct TransactionCoordinator {
     pending_index: DashMap<(String, String, i32), usize>,
     counters: Mutex<TxnCounters>,
 }
+
+/// Producer id → (epoch, partitions) of the transactions the coordinator has open.
+type OpenByProducer = BTreeMap<i64, (i16, BTreeSet<(String, i32)>)>;
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BrokerError> {
     rmp_serde::to_vec(value).map_err(|source| BrokerError::Encode { what: "transaction state", source })
@@ -309,6 +339,7 @@ impl TransactionCoordinator {
         let coordinator = TransactionCoordinator {
             log,
             deps,
+            remote: std::sync::OnceLock::new(),
             settings,
             txns: DashMap::new(),
             by_producer: DashMap::new(),
@@ -323,6 +354,12 @@ impl TransactionCoordinator {
             coordinator.txns.insert(id, Arc::new(Mutex::new(Some(metadata))));
         }
         Ok(coordinator)
+    }
+
+    /// From now on, markers for partitions this node does not lead go to their leaders through
+    /// `remote` (a broker that joined a cluster). The first call wins.
+    pub(crate) fn use_remote_markers(&self, remote: Arc<dyn RemoteMarkers>) {
+        let _ = self.remote.set(remote);
     }
 
     fn existing_slot(&self, transactional_id: &str) -> Option<Slot> {
@@ -565,25 +602,47 @@ impl TransactionCoordinator {
         };
         let marker = TxnMarker { producer_id: current.producer_id, producer_epoch: current.producer_epoch, control, coordinator_epoch: 0 };
         let now = crate::now_ms();
+        let mut elsewhere: Vec<(String, i32)> = Vec::new();
         for (topic, index) in &current.partitions {
-            let Ok(partition) = self.deps.topics.partition(topic, *index) else {
-                tracing::warn!(
-                    transactional_id,
-                    topic,
-                    partition = index,
-                    "partition of a transaction no longer exists; no marker written"
-                );
-                continue;
+            let partition = match self.deps.topics.partition(topic, *index) {
+                Ok(partition) => partition,
+                Err(BrokerError::NotLeader { .. }) if self.remote.get().is_some() => {
+                    elsewhere.push((topic.clone(), *index));
+                    continue;
+                }
+                Err(_) if self.remote.get().is_some() && self.deps.topics.contains_partition(topic, *index) => {
+                    elsewhere.push((topic.clone(), *index));
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        transactional_id,
+                        topic,
+                        partition = index,
+                        "partition of a transaction no longer exists; no marker written"
+                    );
+                    continue;
+                }
             };
-            let appended = partition.append_marker(&marker, now).and_then(|_| {
-                // Under fsync-before-ack the marker must be durable before the offsets and the
-                // Complete record that presuppose it: otherwise a power cut could keep those and
-                // lose the marker, and recovery would abort a committed transaction.
-                if self.settings.fsync { partition.flush_blocking() } else { Ok(()) }
+            // Under fsync-before-ack the marker must be durable before the offsets and the Complete
+            // record that presuppose it: otherwise a power cut could keep those and lose the marker,
+            // and recovery would abort a committed transaction. On a replicated partition it must
+            // also be on every in-sync replica, or a new leader would not have it.
+            let min_insync = self.deps.topics.get(topic).map_or(1, |t| t.config.read().min_insync_replicas(&self.deps.config));
+            let appended = partition.write_marker(&marker, min_insync, now).and_then(|(end, epoch)| {
+                if self.settings.fsync {
+                    partition.flush_blocking()?;
+                }
+                if partition.is_replicated() {
+                    let handle = tokio::runtime::Handle::try_current()
+                        .map_err(|_| BrokerError::Timeout("no runtime to wait for the replicas on".into()))?;
+                    tokio::task::block_in_place(|| handle.block_on(partition.wait_marker(end, epoch, min_insync)))?;
+                }
+                Ok(())
             });
             match appended {
-                Ok(_) => {}
-                Err(StorageError::InvalidProducerEpoch { current: epoch, got, .. }) => {
+                Ok(()) => {}
+                Err(BrokerError::Storage(StorageError::InvalidProducerEpoch { current: epoch, got, .. })) => {
                     // A newer epoch already wrote here: this transaction cannot be open in it.
                     tracing::warn!(
                         transactional_id,
@@ -596,8 +655,38 @@ impl TransactionCoordinator {
                 }
                 Err(error) => {
                     tracing::error!(transactional_id, topic, partition = index, %error, "cannot write a transaction marker; the transaction stays in {}", current.status.name());
-                    return Err(error.into());
+                    return Err(error);
                 }
+            }
+        }
+        if let (Some(remote), false) = (self.remote.get(), elsewhere.is_empty()) {
+            let outcomes = remote.write(&marker, &elsewhere);
+            let mut unwritten = Vec::new();
+            for ((topic, index), outcome) in elsewhere.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => {}
+                    Err(MarkerError::StaleEpoch) => tracing::warn!(
+                        transactional_id,
+                        topic,
+                        partition = index,
+                        "marker older than the partition's producer epoch on its leader; skipped"
+                    ),
+                    Err(MarkerError::Gone) => tracing::warn!(
+                        transactional_id,
+                        topic,
+                        partition = index,
+                        "partition of a transaction no longer exists; no marker written"
+                    ),
+                    Err(MarkerError::NotWritten(why)) => unwritten.push(format!("{topic}-{index}: {why}")),
+                }
+            }
+            if !unwritten.is_empty() {
+                tracing::warn!(transactional_id, partitions = ?unwritten, "markers not written on the partitions' leaders; the transaction stays in {}", current.status.name());
+                return Err(BrokerError::Timeout(format!(
+                    "transaction markers not written yet on {} partition(s) led elsewhere (first: {}); retried in the background",
+                    unwritten.len(),
+                    unwritten[0]
+                )));
             }
         }
         if control == ControlType::Commit {
@@ -672,10 +761,11 @@ impl TransactionCoordinator {
         partitions: &[(String, i32)],
     ) -> Result<(), BrokerError> {
         self.with_open_txn(transactional_id, producer_id, epoch, |current| {
-            // The coordinator writes the markers itself, so it must lead every partition (in a
-            // cluster, a transaction may write only partitions its coordinator node leads, until
-            // markers travel to other brokers).
-            if partitions.iter().any(|(t, p)| !self.deps.topics.leads_partition(t, *p)) {
+            // Markers go to partitions this node leads, or, in a cluster, to any partition's leader.
+            let reachable = |t: &str, p: i32| {
+                if self.remote.get().is_some() { self.deps.topics.contains_partition(t, p) } else { self.deps.topics.leads_partition(t, p) }
+            };
+            if partitions.iter().any(|(t, p)| !reachable(t, *p)) {
                 return refuse(ResponseError::UnknownTopicOrPartition);
             }
             // Its markers would land in a read-only mirror's copy.
@@ -890,7 +980,7 @@ impl TransactionCoordinator {
     /// (their last stable offset would otherwise never move).
     pub(crate) fn recover(&self) {
         let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
-        let mut open: BTreeMap<i64, (i16, BTreeSet<(String, i32)>)> = BTreeMap::new();
+        let mut open: OpenByProducer = BTreeMap::new();
         for (id, slot) in slots {
             let mut guard = slot.lock();
             let Some(current) = guard.as_mut() else { continue };
@@ -913,7 +1003,7 @@ impl TransactionCoordinator {
     /// at start-up). Only the coordinator node may judge: elsewhere every transaction looks unknown.
     pub(crate) fn abort_hanging(&self) {
         let slots: Vec<Slot> = self.txns.iter().map(|e| Arc::clone(e.value())).collect();
-        let mut open: BTreeMap<i64, (i16, BTreeSet<(String, i32)>)> = BTreeMap::new();
+        let mut open: OpenByProducer = BTreeMap::new();
         for slot in slots {
             let guard = slot.lock();
             if let Some(current) = guard.as_ref().filter(|c| c.status == TxnStatus::Ongoing) {
@@ -923,7 +1013,7 @@ impl TransactionCoordinator {
         self.abort_hanging_in(&open);
     }
 
-    fn abort_hanging_in(&self, open: &BTreeMap<i64, (i16, BTreeSet<(String, i32)>)>) {
+    fn abort_hanging_in(&self, open: &OpenByProducer) {
         let now = crate::now_ms();
         // A mirror topic's transactions belong to the source cluster: its markers end them, and
         // promotion aborts what is left. A marker written here would make the copy differ.

@@ -470,7 +470,9 @@ impl Metadata {
     /// `leader.imbalance.per.broker.percentage`): what an automatic rebalance elects. Empty when
     /// every broker is within the ratio.
     pub fn imbalanced_partitions(&self, ratio: f64) -> Vec<(String, u128, i32)> {
-        let mut preferred: BTreeMap<i32, (usize, Vec<(String, u128, i32)>)> = BTreeMap::new();
+        // Broker → (partitions it is preferred for, those of them it does not lead but could).
+        type Preferred = BTreeMap<i32, (usize, Vec<(String, u128, i32)>)>;
+        let mut preferred: Preferred = BTreeMap::new();
         for (name, topic) in &self.topics {
             for (index, p) in topic.partitions.iter().enumerate() {
                 let Some(&first) = p.replicas.first() else { continue };

@@ -71,6 +71,8 @@ pub fn decoded_bytes_max(frame_bytes: usize) -> usize {
 /// consumer protocol, ListOffsets v8+ adds earliest-local / tiered timestamps. AddPartitionsToTxn v4+ is
 /// broker-to-broker verification; AddOffsetsToTxn, EndTxn and TxnOffsetCommit v4+ (and EndTxn v5)
 /// belong to KIP-890's transaction protocol version 2, which bumps the epoch on every commit.
+/// WriteTxnMarkers is broker-to-broker (a transaction coordinator to a partition's leader); like
+/// Kafka without an authorizer, the listener does not tell brokers from clients.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
@@ -97,6 +99,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
+    (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ElectLeaders, 0, 2),

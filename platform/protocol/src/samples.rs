@@ -45,6 +45,7 @@ pub fn default_request(api_key: ApiKey, version: i16, correlation_id: i32) -> Op
         AddPartitionsToTxn => AddPartitionsToTxnRequest,
         AddOffsetsToTxn => AddOffsetsToTxnRequest,
         EndTxn => EndTxnRequest,
+        WriteTxnMarkers => WriteTxnMarkersRequest,
         TxnOffsetCommit => TxnOffsetCommitRequest,
         DeleteGroups => DeleteGroupsRequest,
         ElectLeaders => ElectLeadersRequest,

@@ -93,6 +93,7 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
         RequestKind::AddOffsetsToTxn(r) => ready(txn::add_offsets_to_txn(broker, r).into()),
         RequestKind::TxnOffsetCommit(r) => ready(txn::txn_offset_commit(broker, r).into()),
         RequestKind::EndTxn(r) => ready(txn::end_txn(broker, r).into()),
+        RequestKind::WriteTxnMarkers(r) => ready(txn::write_txn_markers(broker, r).await.into()),
         RequestKind::DescribeTransactions(r) => ready(txn::describe_transactions(broker, r).into()),
         RequestKind::ListTransactions(r) => ready(txn::list_transactions(broker, r).into()),
         // decode_request only yields the APIs in SUPPORTED_APIS, all matched above.

@@ -1,5 +1,6 @@
 //! Produce and InitProducerId. Transactional batches are appended only after the transaction
-//! coordinator confirms the producer's transaction is open and holds the partition.
+//! coordinator confirms the producer's transaction is open and holds the partition (on a broker that
+//! is not the coordinator, the partition's producer state checks the epoch; see `crate::markers`).
 //!
 //! A produce request's batches are validated and appended by the storage engine in request order
 //! (idempotent sequence checks happen there, under the partition lock). With the page-cache flush
@@ -132,6 +133,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 // while the batch is appended.
                 Some(h) => match reserved_id(transactional_id).and_then(|id| {
                     blocking(|| {
+                        if broker.check_coordinator().is_err() {
+                            // The coordinator is another broker: it checked this partition into the
+                            // transaction (AddPartitionsToTxn) and its marker ends it here; the
+                            // partition's producer state refuses an older epoch (a zombie).
+                            return Ok(partition.append(&mut batch, mode, now));
+                        }
                         broker.transactions().transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
                             partition.append(&mut batch, mode, now)
                         })

@@ -1,18 +1,24 @@
 //! The transactional APIs: InitProducerId with a transactional id, AddPartitionsToTxn,
 //! AddOffsetsToTxn, TxnOffsetCommit, EndTxn, DescribeTransactions and ListTransactions. They check
 //! shapes and bounds and call the transaction coordinator (`crate::transactions`), which owns the
-//! state machine; WriteTxnMarkers has no handler because this node writes its markers itself.
+//! state machine. WriteTxnMarkers is the coordinator's request to a partition's leader elsewhere in
+//! the cluster (`crate::markers`).
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult};
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
 use kafka_protocol::messages::list_transactions_response::TransactionState as ListedTransaction;
 use kafka_protocol::messages::txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic};
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, DescribeTransactionsRequest,
     DescribeTransactionsResponse, EndTxnRequest, EndTxnResponse, InitProducerIdRequest, InitProducerIdResponse, ListTransactionsRequest,
     ListTransactionsResponse, ProducerId, TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
+use sluice_storage::{ControlType, StorageError, TxnMarker};
 
 use super::{blocking, per_partition, str_bytes};
 use crate::broker::Broker;
@@ -256,4 +262,66 @@ pub(crate) fn list_transactions(broker: &Broker, request: ListTransactionsReques
         })
         .collect();
     ListTransactionsResponse::default().with_unknown_state_filters(unknown).with_transaction_states(states)
+}
+
+/// The most partitions one WriteTxnMarkers request may name (a coordinator sends one transaction's
+/// partitions per leader, at most `TXN_PARTITIONS_MAX`).
+pub(crate) const MARKER_PARTITIONS_MAX: usize = TXN_PARTITIONS_MAX;
+
+/// WriteTxnMarkers: writes each marker to the partitions this broker leads and answers once each is
+/// durable the way an acks=all record is (refused under `min.insync.replicas`, fsynced under
+/// fsync-before-ack, on every in-sync replica). A partition led elsewhere answers
+/// NOT_LEADER_OR_FOLLOWER (the coordinator asks its new leader), an epoch older than the partition's
+/// producer epoch INVALID_PRODUCER_EPOCH (that transaction cannot be open here).
+pub(crate) async fn write_txn_markers(broker: &std::sync::Arc<Broker>, request: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
+    let named: usize = request.markers.iter().flat_map(|m| m.topics.iter()).map(|t| t.partition_indexes.len()).sum();
+    let refuse_all = named > MARKER_PARTITIONS_MAX;
+    if refuse_all {
+        tracing::warn!(partitions = named, limit = MARKER_PARTITIONS_MAX, "WriteTxnMarkers refused: too many partitions");
+    }
+    let now = crate::now_ms();
+    let mut results = Vec::with_capacity(request.markers.len());
+    for marker in &request.markers {
+        let txn_marker = TxnMarker {
+            producer_id: marker.producer_id.0,
+            producer_epoch: marker.producer_epoch,
+            control: if marker.transaction_result { ControlType::Commit } else { ControlType::Abort },
+            coordinator_epoch: marker.coordinator_epoch,
+        };
+        let mut topics = Vec::with_capacity(marker.topics.len());
+        for topic in &marker.topics {
+            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
+            for &index in &topic.partition_indexes {
+                let code = if refuse_all {
+                    ResponseError::InvalidRequest.code()
+                } else {
+                    match write_marker(broker, topic.name.0.as_str(), index, &txn_marker, now).await {
+                        Ok(()) => 0,
+                        Err(error) => {
+                            tracing::debug!(topic = topic.name.0.as_str(), partition = index, producer_id = txn_marker.producer_id, %error, "transaction marker not written");
+                            error.code()
+                        }
+                    }
+                };
+                partitions.push(WritableTxnMarkerPartitionResult::default().with_partition_index(index).with_error_code(code));
+            }
+            topics.push(WritableTxnMarkerTopicResult::default().with_name(topic.name.clone()).with_partitions(partitions));
+        }
+        results.push(WritableTxnMarkerResult::default().with_producer_id(marker.producer_id).with_topics(topics));
+    }
+    WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+async fn write_marker(broker: &std::sync::Arc<Broker>, topic: &str, index: i32, marker: &TxnMarker, now: i64) -> Result<(), BrokerError> {
+    let partition = broker.partition(topic, index)?;
+    let config = broker.topic(topic).map(|t| t.config.read().clone());
+    if let Some(mirror) = config.as_ref().and_then(|c| c.mirror.clone()) {
+        return Err(BrokerError::ReadOnlyMirror { topic: topic.to_string(), mirror });
+    }
+    let min_insync = config.map_or(1, |c| c.min_insync_replicas(broker.config()));
+    let (end, epoch) = match blocking(|| partition.write_marker(marker, min_insync, now)) {
+        Err(BrokerError::Storage(StorageError::InvalidProducerEpoch { .. })) => return refuse(ResponseError::InvalidProducerEpoch),
+        other => other?,
+    };
+    partition.wait_marker(end, epoch, min_insync).await
 }

@@ -451,3 +451,44 @@ async fn transactional_offset_apis_refuse_a_group_id_over_the_limit() {
     assert_eq!(send_offsets(&mut client, "t5", pid, epoch, &long, "in", 1).await, (INVALID_GROUP_ID, INVALID_GROUP_ID));
     broker.stop().await;
 }
+
+async fn write_markers(client: &mut Client, producer_id: i64, epoch: i16, commit: bool, topic: &str, partitions: Vec<i32>) -> Vec<i16> {
+    use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+    let request = WriteTxnMarkersRequest::default().with_markers(vec![
+        WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_transaction_result(commit)
+            .with_topics(vec![WritableTxnMarkerTopic::default().with_name(TopicName(s(topic))).with_partition_indexes(partitions)]),
+    ]);
+    let response: WriteTxnMarkersResponse = client.call(ApiKey::WriteTxnMarkers, 1, &request).await;
+    response.markers[0].topics[0].partitions.iter().map(|p| p.error_code).collect()
+}
+
+/// WriteTxnMarkers is what a coordinator on another broker sends a partition's leader: a commit
+/// marker ends the transaction there, and what cannot be written gets Kafka's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_txn_markers_end_a_transaction_and_refuse_what_they_cannot_write() {
+    let broker = start(&[]).await;
+    let mut client = Client::connect(broker.kafka).await;
+    assert_eq!(create_topic(&mut client, "wm", 1, &[]).await, 0);
+    init(&mut client, "wm-1", 60_000).await;
+    let (error, pid, epoch) = init(&mut client, "wm-1", 60_000).await;
+    assert_eq!((error, epoch), (0, 1), "a second InitProducerId bumps the epoch");
+    assert_eq!(add_partition(&mut client, "wm-1", pid, epoch, "wm", 0).await, 0);
+    assert_eq!(txn_produce(&mut client, "wm-1", "wm", txn_batch(&["a", "b"], pid, epoch, 0)).await, (0, 0));
+    assert_eq!(fetch_isolated(&mut client, "wm", 0, true).await.last_stable_offset, 0);
+
+    assert_eq!(write_markers(&mut client, pid, epoch - 1, true, "wm", vec![0]).await, vec![INVALID_PRODUCER_EPOCH], "a fenced epoch");
+    assert_eq!(write_markers(&mut client, pid, epoch, true, "nope", vec![0]).await, vec![UNKNOWN_TOPIC_OR_PARTITION]);
+    assert_eq!(write_markers(&mut client, pid, epoch, true, "wm", vec![0]).await, vec![0]);
+    let committed = fetch_isolated(&mut client, "wm", 0, true).await;
+    assert_eq!(committed.last_stable_offset, 3, "two records and the marker");
+    assert_eq!(committed.values.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+
+    // More partitions than one transaction may have: refused whole, nothing written.
+    let codes = write_markers(&mut client, pid, epoch, false, "wm", (0..10_001).map(|_| 0).collect()).await;
+    assert!(codes.len() == 10_001 && codes.iter().all(|&c| c == 42), "INVALID_REQUEST for every partition");
+    assert_eq!(fetch_isolated(&mut client, "wm", 0, false).await.high_watermark, 3);
+    broker.stop().await;
+}
