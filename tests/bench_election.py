@@ -1,7 +1,8 @@
 """Leader election at scale: how long after a broker's loss every partition it led has a new leader.
 Three `sluice server` processes on this machine; topics with PARTITIONS partitions in all, replication
 factor 2 (so every partition the victim led has one in-sync follower elsewhere); SIGKILL one broker
-and poll a survivor's Metadata until no partition names the victim as leader. Usage:
+and poll a survivor's Metadata until no partition names the victim as leader; restart it and time
+until every ISR holds both replicas again (the victim rejoins every ISR it left). Usage:
 
     python3 tests/bench_election.py [partitions] [rounds]
 
@@ -59,6 +60,7 @@ def main() -> None:
         return all(len(p.isrs) == 2 for t in topics for p in md.topics[t].partitions.values())
 
     took = []
+    back = []
     try:
         for _ in range(rounds):
             while not all_in_sync(1):
@@ -77,12 +79,17 @@ def main() -> None:
             leaderless = now.count(-1)
             print(f"killed broker {victim} (leader of {led} partitions): every one had a new leader after "
                   f"{took[-1] * 1000:.0f} ms ({leaderless} leaderless)", flush=True)
+            restarted = time.monotonic()
             start(victim)
-            time.sleep(3)
+            while not all_in_sync(survivor):
+                time.sleep(0.2)
+            back.append(time.monotonic() - restarted)
+            print(f"restarted broker {victim}: back in every ISR after {back[-1]:.1f} s", flush=True)
     finally:
         for proc in procs.values():
             proc.send_signal(signal.SIGKILL)
-    print(f"{total} partitions, {rounds} rounds: median {statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms")
+    print(f"{total} partitions, {rounds} rounds: median {statistics.median(took) * 1000:.0f} ms, max {max(took) * 1000:.0f} ms; "
+          f"back in every ISR after a restart: {', '.join(f'{b:.1f} s' for b in back)}")
 
 
 if __name__ == "__main__":

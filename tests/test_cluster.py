@@ -86,9 +86,9 @@ def test_a_single_node_is_a_one_voter_quorum(broker):
     assert view["brokers"][0]["state"] == "live"
 
 
-def start_three_nodes(make_broker, *settings: str, session_ms: int = SESSION_MS):
-    """Three nodes of one quorum (each a voter), with `settings` (KEY=VALUE) on every node."""
-    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(3)))
+def start_three_nodes(make_broker, *settings: str, session_ms: int = SESSION_MS, count: int = 3):
+    """`count` (three) nodes of one quorum (each a voter), with `settings` (KEY=VALUE) on every node."""
+    voters = ",".join(f"{i + 1}@127.0.0.1:{port}" for i, port in enumerate(free_ports(count)))
     nodes = [
         make_broker(
             f"broker.session.timeout.ms={session_ms}",
@@ -97,7 +97,7 @@ def start_three_nodes(make_broker, *settings: str, session_ms: int = SESSION_MS)
             extra_args=["--node-id", str(i + 1), "--controller-voters", voters],
             start=False,
         )
-        for i in range(3)
+        for i in range(count)
     ]
     for node in nodes:
         node.start(wait=False)

@@ -469,3 +469,54 @@ def test_a_hanging_transaction_on_a_broker_that_is_not_the_coordinator_is_aborte
         assert not [m for m in consumer.consume(num_messages=10, timeout=1) if m.error() is None], "the aborted record stays unread"
     finally:
         consumer.close()
+
+
+def test_five_brokers_lose_two_at_once_including_the_controller(make_broker):
+    """Five voters, RF 3: SIGKILL the active controller and another broker together while an
+    idempotent acks=all producer writes. The three left are a majority: they elect a controller,
+    fence both, re-lead every partition from its ISR; partitions that lost two replicas refuse acks=all
+    below min.insync.replicas=2 until one returns. Both come back and catch up; nothing acknowledged
+    is lost or duplicated."""
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}", count=5)
+    ids = [1, 2, 3, 4, 5]
+    wait_for(lambda: agreed(nodes, ids), "one leader and five live brokers on every node", timeout=45)
+    topic = unique("five")
+    create_replicated(nodes[0], topic, 5, 3, {"min.insync.replicas": "2"})
+    wait_for(
+        lambda: (p := partitions(nodes[0], topic)) and len(p) == 5 and all(len(isr) == 3 for _, _, isr in p.values()) and p,
+        "five partitions with three in-sync replicas",
+    )
+    controller = agreed(nodes, ids)[0]
+    other = next(leader for leader, _, _ in partitions(nodes[0], topic).values() if leader != controller)
+    killed = sorted({controller, other})
+    survivors = [n for i, n in enumerate(nodes) if i + 1 not in killed]
+
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all",
+                                      "message.timeout.ms": 120_000})
+    failures: list = []
+    produce(producer, topic, range(0, 500), failures)
+    assert producer.flush(30) == 0 and not failures, failures
+    for victim in killed:
+        nodes[victim - 1].kill9()
+    produce(producer, topic, range(500, 1000), failures)
+    live = [i for i in ids if i not in killed]
+    wait_for(lambda: agreed(survivors, live), "the three survivors to agree on a controller and fence both", timeout=30)
+    moved = wait_for(
+        lambda: (p := partitions(survivors[0], topic)) and all(l in live for l, _, _ in p.values()) and p,
+        "every partition led by a survivor",
+        timeout=30,
+    )
+    assert all(set(isr) <= set(live) for _, _, isr in moved.values()), moved
+
+    for victim in killed:
+        nodes[victim - 1].start()
+    wait_for(
+        lambda: all(len(isr) == 3 for _, _, isr in partitions(survivors[0], topic).values()),
+        "every ISR whole again",
+        timeout=60,
+    )
+    assert producer.flush(60) == 0 and not failures, failures
+    seen = read_everything(survivors, topic, 1000)
+    assert sum(map(len, seen.values())) == 1000, "nothing acknowledged was lost, nothing was written twice"
+    for key, values in seen.items():
+        assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"

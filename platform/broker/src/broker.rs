@@ -75,6 +75,8 @@ pub struct Broker {
     incarnation: OnceLock<u128>,
     /// The follower side of replication: fetch tasks copying partitions led elsewhere.
     fetchers: crate::replication::Fetchers,
+    /// ISR changes of the partitions this broker leads, on their way to the controller.
+    isr_proposals: crate::replication::IsrProposals,
     /// Whether hanging transactions were looked for since this broker first led what the quorum says.
     hanging_checked: std::sync::atomic::AtomicBool,
     /// Held for the broker's lifetime: a second broker on the same directory would corrupt it.
@@ -191,6 +193,7 @@ impl Broker {
             caught_up: watch::channel(false).0,
             incarnation: OnceLock::new(),
             fetchers: crate::replication::Fetchers::default(),
+            isr_proposals: crate::replication::IsrProposals::default(),
             hanging_checked: std::sync::atomic::AtomicBool::new(false),
             _dir_lock: dir_lock,
         }))
@@ -259,6 +262,10 @@ impl Broker {
 
     pub(crate) fn controller(&self) -> Option<&Arc<Controller>> {
         self.controller.get()
+    }
+
+    pub(crate) fn isr_proposals(&self) -> &crate::replication::IsrProposals {
+        &self.isr_proposals
     }
 
     pub(crate) fn fetchers(&self) -> &crate::replication::Fetchers {

@@ -12,8 +12,10 @@
 //! - **Leaders** ([`ReplicaSet`]): a follower's fetch offset says it holds everything below it. A
 //!   follower that has reached the leader's log end within `replica.lag.time.max.ms` stays in the
 //!   ISR; one that has not is removed, and one that reaches the high watermark again is added,
-//!   both through the controller ([`Command::AlterPartition`]), which refuses a proposal made from
-//!   an outdated picture of the partition. The controller itself removes a fenced broker.
+//!   both through the controller ([`Command::AlterPartitions`]), which refuses a proposal made from
+//!   an outdated picture of the partition. Proposals queue ([`IsrProposals`]) and go in batches, up
+//!   to [`ISR_BATCHES_IN_FLIGHT`] at once: a broker that comes back rejoins thousands of ISRs in a
+//!   few log entries rather than one each. The controller itself removes a fenced broker.
 //! - **Writes**: acks=all waits until the high watermark passes the write (`Partition::wait_replicated`);
 //!   with fewer in-sync replicas than `min.insync.replicas` it is refused before anything is written.
 //!
@@ -33,9 +35,9 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, OffsetForLeaderEpochReque
 use kafka_protocol::protocol::StrBytes;
 use parking_lot::Mutex;
 use sluice_client::{Connection, ConnectionOptions};
-use sluice_cluster::{Command, Controller, Outcome, PartitionState};
+use sluice_cluster::{Command, Controller, ISR_CHANGES_PER_COMMAND_MAX, IsrChange, Outcome, PartitionState};
 use sluice_storage::BatchHeader;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::broker::Broker;
 use crate::topic::Partition;
@@ -49,6 +51,9 @@ const EPOCHS_VERSION: i16 = 3;
 const RETRY: Duration = Duration::from_millis(200);
 /// How much longer than its own wait a follower's fetch may take before the connection is dropped.
 const FETCH_GRACE: Duration = Duration::from_secs(10);
+/// Batches of ISR changes in flight to the controller at once (it has four write lanes per peer);
+/// proposals that arrive meanwhile wait and go in the next batch.
+const ISR_BATCHES_IN_FLIGHT: usize = 4;
 
 /// A partition's replicas and ISR as the controller committed them, and while this broker leads
 /// it, each follower's progress.
@@ -173,8 +178,8 @@ impl ReplicaSet {
         Some(isr)
     }
 
-    fn command(&self, partition: &Partition, isr: Vec<i32>) -> Command {
-        Command::AlterPartition {
+    fn change(&self, partition: &Partition, isr: Vec<i32>) -> IsrChange {
+        IsrChange {
             topic: partition.topic.as_str().to_string(),
             id: self.topic_id,
             partition: partition.index,
@@ -183,6 +188,114 @@ impl ReplicaSet {
             partition_epoch: self.partition_epoch,
             isr,
         }
+    }
+}
+
+/// A partition's ISR change on its way to the controller.
+struct Proposal {
+    partition: Arc<Partition>,
+    change: IsrChange,
+}
+
+/// The queue of ISR proposals of the partitions this broker leads. Unbounded, yet bounded by the
+/// partitions: each has at most one proposal queued or in flight (`ReplicaSet::proposing`).
+#[derive(Default)]
+pub(crate) struct IsrProposals {
+    queue: std::sync::OnceLock<mpsc::UnboundedSender<Proposal>>,
+}
+
+impl IsrProposals {
+    /// Queues `change`; without a controller (never for a replicated partition) it is dropped and
+    /// the partition may propose again.
+    fn propose(&self, partition: &Arc<Partition>, change: IsrChange) {
+        let proposal = Proposal { partition: Arc::clone(partition), change };
+        let queued = self.queue.get().is_some_and(|queue| queue.send(proposal).is_ok());
+        if !queued {
+            withdraw(partition);
+        }
+    }
+}
+
+/// The proposal of `partition` was not applied: it may propose again (and the high watermark stops
+/// waiting for a joining follower the controller did not take).
+fn withdraw(partition: &Partition) {
+    let mut set = partition.replica_set();
+    set.proposing = false;
+    set.joining = None;
+}
+
+/// Sends queued ISR proposals to the controller in batches until the queue closes.
+async fn send_isr_changes(controller: Arc<Controller>, mut queue: mpsc::UnboundedReceiver<Proposal>) {
+    let lanes = Arc::new(Semaphore::new(ISR_BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(lane) = Arc::clone(&lanes).acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < ISR_CHANGES_PER_COMMAND_MAX {
+            match queue.try_recv() {
+                Ok(proposal) => batch.push(proposal),
+                Err(_) => break,
+            }
+        }
+        let controller = Arc::clone(&controller);
+        tokio::spawn(async move {
+            commit_isr_changes(&controller, batch).await;
+            drop(lane);
+        });
+    }
+}
+
+/// One batch: a single AlterPartition, or AlterPartitions for several. The reconciler applies what
+/// commits (the new partition epoch settles each proposal); a change not applied is withdrawn.
+async fn commit_isr_changes(controller: &Controller, batch: Vec<Proposal>) {
+    let count = batch.len();
+    let command = match &batch[..] {
+        [one] => {
+            let c = one.change.clone();
+            Command::AlterPartition {
+                topic: c.topic,
+                id: c.id,
+                partition: c.partition,
+                broker_id: c.broker_id,
+                leader_epoch: c.leader_epoch,
+                partition_epoch: c.partition_epoch,
+                isr: c.isr,
+            }
+        }
+        _ => Command::AlterPartitions { changes: batch.iter().map(|p| p.change.clone()).collect() },
+    };
+    let outcomes: Vec<Result<Outcome, String>> = match controller.write(command).await {
+        Ok(Outcome::Altered(outcomes)) if outcomes.len() == count => outcomes.into_iter().map(Ok).collect(),
+        Ok(outcome) if count == 1 => vec![Ok(outcome)],
+        Ok(outcome) => vec![Err(format!("the controller refused the batch: {outcome:?}")); count],
+        Err(error) => vec![Err(format!("cannot reach the controller: {error}")); count],
+    };
+    let mut applied = 0usize;
+    for (proposal, outcome) in batch.iter().zip(outcomes) {
+        let (topic, partition, isr) = (proposal.change.topic.as_str(), proposal.change.partition, &proposal.change.isr);
+        match outcome {
+            // The reconciler applies the new partition epoch, which settles the proposal; until
+            // then the high watermark keeps waiting for a joining follower.
+            Ok(Outcome::Applied) => {
+                applied += 1;
+                if count == 1 {
+                    tracing::info!(topic, partition, ?isr, "ISR changed");
+                } else {
+                    tracing::debug!(topic, partition, ?isr, "ISR changed");
+                }
+            }
+            Ok(outcome) => {
+                tracing::debug!(topic, partition, ?isr, ?outcome, "ISR change not applied");
+                withdraw(&proposal.partition);
+            }
+            Err(why) => {
+                tracing::warn!(topic, partition, ?isr, why, "ISR change not sent");
+                withdraw(&proposal.partition);
+            }
+        }
+    }
+    if count > 1 {
+        tracing::info!(partitions = count, applied, "ISR changes committed in one batch");
     }
 }
 
@@ -196,44 +309,25 @@ pub(crate) fn follower_fetched(broker: &Broker, partition: &Arc<Partition>, repl
             return Err(ResponseError::NotLeaderOrFollower);
         }
         set.fetched(replica, fetch_offset, partition.log_end_offset(), partition.high_watermark(), now)
-            .map(|isr| set.command(partition, isr))
+            .map(|isr| set.change(partition, isr))
     };
     partition.advance_high_watermark();
-    if let (Some(command), Some(controller)) = (proposal, broker.controller()) {
-        propose(controller, partition, command);
+    if let Some(change) = proposal {
+        broker.isr_proposals().propose(partition, change);
     }
     Ok(())
-}
-
-/// Sends an ISR change to the controller in the background; the reconciler applies what it commits.
-fn propose(controller: &Arc<Controller>, partition: &Arc<Partition>, command: Command) {
-    let (controller, partition) = (Arc::clone(controller), Arc::clone(partition));
-    tokio::spawn(async move {
-        let isr = match &command {
-            Command::AlterPartition { isr, .. } => isr.clone(),
-            _ => Vec::new(),
-        };
-        let (topic, index) = (partition.topic.as_str(), partition.index);
-        match controller.write(command).await {
-            // The reconciler applies the new partition epoch, which settles the proposal; until
-            // then the high watermark keeps waiting for a joining follower.
-            Ok(Outcome::Applied) => tracing::info!(topic, partition = index, ?isr, "ISR changed"),
-            outcome => {
-                match outcome {
-                    Ok(outcome) => tracing::debug!(topic, partition = index, ?isr, ?outcome, "ISR change not applied"),
-                    Err(error) => tracing::warn!(topic, partition = index, ?isr, %error, "cannot reach the controller to change the ISR"),
-                }
-                let mut set = partition.replica_set();
-                set.proposing = false;
-                set.joining = None;
-            }
-        }
-    });
 }
 
 /// Removes followers that stopped keeping up from the ISR of every partition this broker leads,
 /// until the controller stops. Runs on the broker's runtime.
 pub(crate) async fn maintain_isr(broker: Arc<Broker>, controller: Arc<Controller>) {
+    let (queue, proposals) = mpsc::unbounded_channel();
+    if broker.isr_proposals().queue.set(queue).is_err() {
+        tracing::error!("the ISR keeper started twice; this one stops");
+        return;
+    }
+    let sender = tokio::spawn(send_isr_changes(controller, proposals));
+    let _stop_sender = AbortOnDrop(sender);
     let lag_max = broker.config().replica_lag_time_max_ms();
     let mut tick = tokio::time::interval(Duration::from_millis((lag_max / 4).clamp(50, 1000) as u64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,16 +338,16 @@ pub(crate) async fn maintain_isr(broker: Arc<Broker>, controller: Arc<Controller
             for partition in topic.partitions.read().iter().filter(|p| p.is_leader() && p.is_replicated()) {
                 let proposal = {
                     let mut set = partition.replica_set();
-                    set.without_laggards(now, lag_max).map(|isr| set.command(partition, isr))
+                    set.without_laggards(now, lag_max).map(|isr| set.change(partition, isr))
                 };
-                if let Some(command) = proposal {
+                if let Some(change) = proposal {
                     tracing::warn!(
                         topic = topic.name.as_str(),
                         partition = partition.index,
                         lag_max_ms = lag_max,
                         "a follower fell behind; removing it from the ISR"
                     );
-                    propose(&controller, partition, command);
+                    broker.isr_proposals().propose(partition, change);
                 }
             }
         }
@@ -663,6 +757,15 @@ pub(crate) fn offset_for_leader_epoch(broker: &Broker, request: OffsetForLeaderE
         })
         .collect();
     OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+/// Aborts a task when dropped (the ISR keeper's batch sender stops with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@
 //! leader from outside the ISR) never happens here. A partition's leader changes its ISR with
 //! [`Command::AlterPartition`] (Kafka's AlterPartition): a follower that falls behind leaves it, one
 //! that caught up joins it; every ISR or leader change bumps the partition epoch, so a proposal made
-//! from an older picture of the partition is refused instead of undoing a newer change.
+//! from an older picture of the partition is refused instead of undoing a newer change. A leader
+//! sends its ISR changes in batches ([`Command::AlterPartitions`], as Kafka's AlterPartition request
+//! carries many partitions): a broker that comes back rejoins thousands of ISRs in a few log entries.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +39,8 @@ pub const PARTITIONS_PER_COMMAND_MAX: usize = 100_000;
 /// Partitions one preferred leader election names (each with its topic's name: ~2.7 MB at most, well
 /// within a Raft log record). Larger elections are split into several.
 pub const ELECTIONS_PER_COMMAND_MAX: usize = 10_000;
+/// ISR changes one [`Command::AlterPartitions`] carries (each with its topic's name: ~2.8 MB at most).
+pub const ISR_CHANGES_PER_COMMAND_MAX: usize = 10_000;
 /// Replicas one partition may have.
 pub const REPLICAS_MAX: usize = 16;
 /// The largest topic configuration the quorum stores (the broker's encoding of its overrides).
@@ -109,6 +113,38 @@ pub enum Command {
     /// preferred replica (the first) is live and in the ISR but does not lead gets it as leader, in
     /// a new leader epoch. At most [`ELECTIONS_PER_COMMAND_MAX`] partitions.
     ElectPreferredLeaders { partitions: Vec<(String, u128, i32)> },
+    /// Several [`Command::AlterPartition`]s from one leader, each judged on its own (at most
+    /// [`ISR_CHANGES_PER_COMMAND_MAX`]).
+    AlterPartitions { changes: Vec<IsrChange> },
+}
+
+/// One partition's ISR change, as [`Command::AlterPartition`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IsrChange {
+    pub topic: String,
+    pub id: u128,
+    pub partition: i32,
+    pub broker_id: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: Vec<i32>,
+}
+
+impl IsrChange {
+    fn validate(&self) -> Result<(), String> {
+        let IsrChange { topic, isr, broker_id, .. } = self;
+        check_topic_name(topic)?;
+        if isr.is_empty() || isr.len() > REPLICAS_MAX {
+            return Err(format!("an ISR has 1 to {REPLICAS_MAX} members, not {}", isr.len()));
+        }
+        if !isr.contains(broker_id) {
+            return Err(format!("the ISR {isr:?} must hold its leader {broker_id}"));
+        }
+        if isr.iter().enumerate().any(|(i, r)| isr[..i].contains(r)) {
+            return Err(format!("the ISR {isr:?} names a broker twice"));
+        }
+        Ok(())
+    }
 }
 
 /// What a preferred leader election did to one partition.
@@ -141,17 +177,21 @@ impl Command {
             }
             Command::CreatePartitions { assignments, .. } => check_assignments(assignments),
             Command::SetTopicConfig { config, .. } => check_config(config),
-            Command::AlterPartition { isr, broker_id, .. } => {
-                if isr.is_empty() || isr.len() > REPLICAS_MAX {
-                    return Err(format!("an ISR has 1 to {REPLICAS_MAX} members, not {}", isr.len()));
+            Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } => IsrChange {
+                topic: topic.clone(),
+                id: *id,
+                partition: *partition,
+                broker_id: *broker_id,
+                leader_epoch: *leader_epoch,
+                partition_epoch: *partition_epoch,
+                isr: isr.clone(),
+            }
+            .validate(),
+            Command::AlterPartitions { changes } => {
+                if changes.is_empty() || changes.len() > ISR_CHANGES_PER_COMMAND_MAX {
+                    return Err(format!("a batch carries 1 to {ISR_CHANGES_PER_COMMAND_MAX} ISR changes, not {}", changes.len()));
                 }
-                if !isr.contains(broker_id) {
-                    return Err(format!("the ISR {isr:?} must hold its leader {broker_id}"));
-                }
-                if isr.iter().enumerate().any(|(i, r)| isr[..i].contains(r)) {
-                    return Err(format!("the ISR {isr:?} names a broker twice"));
-                }
-                Ok(())
+                changes.iter().try_for_each(IsrChange::validate)
             }
             Command::ElectPreferredLeaders { partitions } => {
                 if partitions.len() > ELECTIONS_PER_COMMAND_MAX {
@@ -232,6 +272,8 @@ pub enum Outcome {
     StalePartition,
     /// ElectPreferredLeaders: each named partition's result, in order.
     Elections(Vec<(String, i32, Election)>),
+    /// AlterPartitions: each change's outcome, in order.
+    Altered(Vec<Outcome>),
 }
 
 /// What the log committed: where, and what applying it did.
@@ -301,6 +343,33 @@ pub struct Metadata {
 
 impl Metadata {
     /// Applies the command committed at log `index`.
+    /// One ISR change (validated): applied only while its proposer still leads the partition in the
+    /// epochs it saw, and only to replicas of the partition, a joining one alive.
+    fn alter_partition(&mut self, change: &IsrChange, live: &[i32]) -> Outcome {
+        let IsrChange { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } = change;
+        let Some(state) = self
+            .topics
+            .get_mut(topic)
+            .filter(|t| t.id == *id)
+            .and_then(|t| usize::try_from(*partition).ok().and_then(|p| t.partitions.get_mut(p)))
+        else {
+            return Outcome::UnknownTopic;
+        };
+        if state.leader != *broker_id || state.leader_epoch != *leader_epoch || state.partition_epoch != *partition_epoch {
+            return Outcome::StalePartition;
+        }
+        if let Some(outsider) = isr.iter().find(|r| !state.replicas.contains(r)) {
+            return Outcome::Rejected(format!("broker {outsider} holds no replica of the partition"));
+        }
+        // A joining replica must be alive: a fenced broker cannot be caught up.
+        if let Some(dead) = isr.iter().find(|r| !state.isr.contains(r) && !live.contains(r)) {
+            return Outcome::Rejected(format!("broker {dead} is fenced and cannot join the ISR"));
+        }
+        state.isr = isr.clone();
+        state.partition_epoch += 1;
+        Outcome::Applied
+    }
+
     pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
         match command {
             Command::RegisterBroker(registration) => {
@@ -410,27 +479,23 @@ impl Metadata {
                     return Outcome::Rejected(reason);
                 }
                 let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
-                let Some(state) = self
-                    .topics
-                    .get_mut(topic)
-                    .filter(|t| t.id == *id)
-                    .and_then(|t| usize::try_from(*partition).ok().and_then(|p| t.partitions.get_mut(p)))
-                else {
-                    return Outcome::UnknownTopic;
+                let change = IsrChange {
+                    topic: topic.clone(),
+                    id: *id,
+                    partition: *partition,
+                    broker_id: *broker_id,
+                    leader_epoch: *leader_epoch,
+                    partition_epoch: *partition_epoch,
+                    isr: isr.clone(),
                 };
-                if state.leader != *broker_id || state.leader_epoch != *leader_epoch || state.partition_epoch != *partition_epoch {
-                    return Outcome::StalePartition;
+                self.alter_partition(&change, &live)
+            }
+            Command::AlterPartitions { changes } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
                 }
-                if let Some(outsider) = isr.iter().find(|r| !state.replicas.contains(r)) {
-                    return Outcome::Rejected(format!("broker {outsider} holds no replica of the partition"));
-                }
-                // A joining replica must be alive: a fenced broker cannot be caught up.
-                if let Some(dead) = isr.iter().find(|r| !state.isr.contains(r) && !live.contains(r)) {
-                    return Outcome::Rejected(format!("broker {dead} is fenced and cannot join the ISR"));
-                }
-                state.isr = isr.clone();
-                state.partition_epoch += 1;
-                Outcome::Applied
+                let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
+                Outcome::Altered(changes.iter().map(|change| self.alter_partition(change, &live)).collect())
             }
             Command::ElectPreferredLeaders { partitions } => {
                 if let Err(reason) = command.validate() {
@@ -792,6 +857,25 @@ mod tests {
         meta.apply(16, &Command::RegisterBroker(registration(2, 9)));
         let p = &meta.topics["t"].partitions[0];
         assert_eq!((p.leader, p.isr.clone(), p.leader_epoch), (3, vec![3], 2));
+
+        // A batch: each change judged alone, in order (the second sees the first's new epoch).
+        let change = |partition_epoch, isr: Vec<i32>| IsrChange {
+            topic: "t".into(),
+            id: 4,
+            partition: 0,
+            broker_id: 3,
+            leader_epoch: 2,
+            partition_epoch,
+            isr,
+        };
+        let epoch = meta.topics["t"].partitions[0].partition_epoch;
+        let batch =
+            Command::AlterPartitions { changes: vec![change(epoch, vec![3, 1]), change(epoch, vec![3]), change(epoch + 1, vec![3])] };
+        assert_eq!(meta.apply(17, &batch), Outcome::Altered(vec![Outcome::Applied, Outcome::StalePartition, Outcome::Applied]));
+        assert_eq!(meta.topics["t"].partitions[0].isr, vec![3]);
+        let invalid = Command::AlterPartitions { changes: vec![change(epoch + 2, vec![1])] };
+        assert!(matches!(meta.apply(18, &invalid), Outcome::Rejected(_)), "a change without its leader in the ISR");
+        assert!(Command::AlterPartitions { changes: Vec::new() }.validate().is_err());
     }
 
     #[test]
