@@ -442,36 +442,33 @@ def run(seconds: float, seed: int, say=print) -> dict:
         workload.thread.start()
         txns = Transactions(cluster.bootstrap)
         txns.thread.start()
+        def cut_off(node: int) -> None:
+            for other in BROKERS:
+                if other != node:
+                    net.cut(node, other)
+                    net.cut(other, node)
+
+        # Each fault: how it is injected into a broker, and how it is healed.
+        nemesis = {
+            "kill": (cluster.kill9, cluster.start),
+            "pause": (lambda n: cluster.pause(n, True), lambda n: cluster.pause(n, False)),
+            "isolate": (lambda n: net.isolate(n, True), lambda n: net.isolate(n, False)),
+            "cut": (cut_off, lambda n: net.heal_cuts()),
+        }
         started = time.monotonic()
         time.sleep(2)
         while time.monotonic() - started < seconds:
-            kind = rng.choice(["kill", "pause", "isolate", "cut"])
+            kind = rng.choice(list(nemesis))
             node = rng.choice(BROKERS)
             # Some faults outlast the broker session (3 s): the broker is fenced and its partitions move.
             hold = rng.uniform(1.0, 8.0)
             at = time.monotonic() - started
-            if kind == "kill":
-                cluster.kill9(node)
-            elif kind == "pause":
-                cluster.pause(node, True)
-            elif kind == "isolate":
-                net.isolate(node, True)
-            else:
-                for other in BROKERS:
-                    if other != node:
-                        net.cut(node, other)
-                        net.cut(other, node)
+            inject, heal = nemesis[kind]
+            inject(node)
             faults.append(f"{at:6.1f}s {kind} broker {node} for {hold:.1f}s")
             say(f"  {faults[-1]} (acknowledged so far: {len(workload.acked)})")
             time.sleep(hold)
-            if kind == "kill":
-                cluster.start(node)
-            elif kind == "pause":
-                cluster.pause(node, False)
-            elif kind == "isolate":
-                net.isolate(node, False)
-            else:
-                net.heal_cuts()
+            heal(node)
             time.sleep(rng.uniform(1.0, 4.0))
         # Healed: every partition must get back to three in-sync replicas while the producer writes.
         wait(lambda: all_in_sync(cluster), 90, "every partition back in sync after the faults", cluster)

@@ -250,18 +250,7 @@ async fn send_isr_changes(controller: Arc<Controller>, mut queue: mpsc::Unbounde
 async fn commit_isr_changes(controller: &Controller, batch: Vec<Proposal>) {
     let count = batch.len();
     let command = match &batch[..] {
-        [one] => {
-            let c = one.change.clone();
-            Command::AlterPartition {
-                topic: c.topic,
-                id: c.id,
-                partition: c.partition,
-                broker_id: c.broker_id,
-                leader_epoch: c.leader_epoch,
-                partition_epoch: c.partition_epoch,
-                isr: c.isr,
-            }
-        }
+        [one] => Command::from(one.change.clone()),
         _ => Command::AlterPartitions { changes: batch.iter().map(|p| p.change.clone()).collect() },
     };
     let outcomes: Vec<Result<Outcome, String>> = match controller.write(command).await {

@@ -160,7 +160,31 @@ pub enum Election {
     UnknownPartition,
 }
 
+impl From<IsrChange> for Command {
+    /// One ISR change as the single-partition command (what a leader sends for a batch of one).
+    fn from(change: IsrChange) -> Command {
+        let IsrChange { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } = change;
+        Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr }
+    }
+}
+
 impl Command {
+    /// The change an [`Command::AlterPartition`] carries.
+    fn single_isr_change(&self) -> Option<IsrChange> {
+        let Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } = self else {
+            return None;
+        };
+        Some(IsrChange {
+            topic: topic.clone(),
+            id: *id,
+            partition: *partition,
+            broker_id: *broker_id,
+            leader_epoch: *leader_epoch,
+            partition_epoch: *partition_epoch,
+            isr: isr.clone(),
+        })
+    }
+
     /// Refuses a command no real node would propose, before it reaches the log (it is checked again
     /// when applied, where a refusal changes nothing).
     pub fn validate(&self) -> Result<(), String> {
@@ -177,16 +201,7 @@ impl Command {
             }
             Command::CreatePartitions { assignments, .. } => check_assignments(assignments),
             Command::SetTopicConfig { config, .. } => check_config(config),
-            Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } => IsrChange {
-                topic: topic.clone(),
-                id: *id,
-                partition: *partition,
-                broker_id: *broker_id,
-                leader_epoch: *leader_epoch,
-                partition_epoch: *partition_epoch,
-                isr: isr.clone(),
-            }
-            .validate(),
+            Command::AlterPartition { .. } => self.single_isr_change().map_or(Ok(()), |change| change.validate()),
             Command::AlterPartitions { changes } => {
                 if changes.is_empty() || changes.len() > ISR_CHANGES_PER_COMMAND_MAX {
                     return Err(format!("a batch carries 1 to {ISR_CHANGES_PER_COMMAND_MAX} ISR changes, not {}", changes.len()));
@@ -474,21 +489,15 @@ impl Metadata {
                     None => Outcome::Rejected("producer ids are exhausted".into()),
                 }
             }
-            Command::AlterPartition { topic, id, partition, broker_id, leader_epoch, partition_epoch, isr } => {
+            Command::AlterPartition { .. } => {
                 if let Err(reason) = command.validate() {
                     return Outcome::Rejected(reason);
                 }
                 let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
-                let change = IsrChange {
-                    topic: topic.clone(),
-                    id: *id,
-                    partition: *partition,
-                    broker_id: *broker_id,
-                    leader_epoch: *leader_epoch,
-                    partition_epoch: *partition_epoch,
-                    isr: isr.clone(),
-                };
-                self.alter_partition(&change, &live)
+                match command.single_isr_change() {
+                    Some(change) => self.alter_partition(&change, &live),
+                    None => Outcome::Rejected("not an ISR change".into()),
+                }
             }
             Command::AlterPartitions { changes } => {
                 if let Err(reason) = command.validate() {
