@@ -614,6 +614,20 @@ impl TransactionCoordinator {
                     elsewhere.push((topic.clone(), *index));
                     continue;
                 }
+                // Held here but not led (yet): a restarted broker's partitions lead nothing until the
+                // quorum says so. The marker must still be written, so the transaction stays in its
+                // Prepare state and the background tick tries again; skipping the partition would
+                // record it Complete with the partition still open, and the hanging-transaction
+                // check would later abort a committed transaction there.
+                Err(error @ BrokerError::NotLeader { .. }) => {
+                    tracing::warn!(
+                        transactional_id,
+                        topic,
+                        partition = index,
+                        "a partition of the transaction is not led here yet; its marker waits"
+                    );
+                    return Err(error);
+                }
                 Err(_) => {
                     tracing::warn!(
                         transactional_id,
@@ -990,7 +1004,9 @@ impl TransactionCoordinator {
                     tracing::error!(transactional_id = id, %error, "could not complete an interrupted transaction; will retry on the next request");
                 }
             }
-            if current.status == TxnStatus::Ongoing {
+            // A transaction still in a Prepare state (its markers could not all be written yet) is
+            // known too: its partitions are not hanging, and the tick finishes it.
+            if current.status == TxnStatus::Ongoing || current.status.is_prepare() {
                 open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
             }
         }
@@ -1006,7 +1022,7 @@ impl TransactionCoordinator {
         let mut open: OpenByProducer = BTreeMap::new();
         for slot in slots {
             let guard = slot.lock();
-            if let Some(current) = guard.as_ref().filter(|c| c.status == TxnStatus::Ongoing) {
+            if let Some(current) = guard.as_ref().filter(|c| c.status == TxnStatus::Ongoing || c.status.is_prepare()) {
                 open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
             }
         }
@@ -1144,6 +1160,34 @@ mod tests {
         assert!(txns.init_producer_id("tx", 60_000, None).is_err());
         let view = txns.describe("tx").unwrap();
         assert_eq!((view.state, view.producer_epoch), ("Ongoing", epoch), "a failed InitProducerId fenced no one");
+    }
+
+    /// A broker restarting with a transaction in PrepareCommit opens its quorum partitions as
+    /// non-leaders: completing it then skipped them as if gone and recorded it Complete, and once the
+    /// partitions led, the hanging-transaction check aborted the committed records. Now the marker
+    /// waits (the transaction stays PrepareCommit, and is not taken for a hanging one) until the
+    /// partition leads here, and the tick commits it.
+    #[test]
+    fn a_commit_whose_partition_is_not_led_yet_waits_for_it_and_is_never_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = open(dir.path(), &[]);
+        let txns = broker.transactions();
+        let (producer_id, epoch) = txns.init_producer_id("tx", 60_000, None).unwrap();
+        txns.add_partitions("tx", producer_id, epoch, &[("t".to_string(), 0)]).unwrap();
+        write(&broker, "tx", producer_id, epoch);
+        let partition = broker.topic("t").unwrap().partition(0).unwrap();
+
+        partition.set_leadership(false, 0);
+        assert!(matches!(txns.end_txn("tx", producer_id, epoch, true), Err(BrokerError::NotLeader { .. })));
+        assert_eq!(txns.describe("tx").unwrap().state, "PrepareCommit", "decided, not complete");
+
+        partition.set_leadership(true, 0);
+        txns.abort_hanging();
+        assert_eq!(partition.last_stable_offset(), 0, "a transaction in PrepareCommit is not hanging: nothing aborted");
+        txns.abort_expired(now_ms());
+        assert_eq!(txns.describe("tx").unwrap().state, "CompleteCommit");
+        assert_eq!(partition.last_stable_offset(), 2, "the record and the commit marker");
+        assert!(partition.open_transactions().is_empty());
     }
 
     /// State records written before the KIP-360 fields existed still read, with "none" for them.
