@@ -606,10 +606,7 @@ impl TransactionCoordinator {
         for (topic, index) in &current.partitions {
             let partition = match self.deps.topics.partition(topic, *index) {
                 Ok(partition) => partition,
-                Err(BrokerError::NotLeader { .. }) if self.remote.get().is_some() => {
-                    elsewhere.push((topic.clone(), *index));
-                    continue;
-                }
+                // Led by another broker, or held here but not led yet: its leader writes it.
                 Err(_) if self.remote.get().is_some() && self.deps.topics.contains_partition(topic, *index) => {
                     elsewhere.push((topic.clone(), *index));
                     continue;

@@ -270,7 +270,8 @@ pub(crate) const MARKER_PARTITIONS_MAX: usize = TXN_PARTITIONS_MAX;
 
 /// WriteTxnMarkers: writes each marker to the partitions this broker leads and answers once each is
 /// durable the way an acks=all record is (refused under `min.insync.replicas`, fsynced under
-/// fsync-before-ack, on every in-sync replica). A partition led elsewhere answers
+/// fsync-before-ack, on every in-sync replica). Every marker is appended before any is waited for,
+/// so the replicas confirm them all in the same fetch rounds. A partition led elsewhere answers
 /// NOT_LEADER_OR_FOLLOWER (the coordinator asks its new leader), an epoch older than the partition's
 /// producer epoch INVALID_PRODUCER_EPOCH (that transaction cannot be open here).
 pub(crate) async fn write_txn_markers(broker: &std::sync::Arc<Broker>, request: WriteTxnMarkersRequest) -> WriteTxnMarkersResponse {
@@ -280,36 +281,55 @@ pub(crate) async fn write_txn_markers(broker: &std::sync::Arc<Broker>, request: 
         tracing::warn!(partitions = named, limit = MARKER_PARTITIONS_MAX, "WriteTxnMarkers refused: too many partitions");
     }
     let now = crate::now_ms();
-    let mut results = Vec::with_capacity(request.markers.len());
-    for marker in &request.markers {
+    // One future per partition, in request order; polled together, each appends at its first poll
+    // and then waits for its replicas alongside the others.
+    let mut writes = Vec::with_capacity(if refuse_all { 0 } else { named });
+    for marker in request.markers.iter().filter(|_| !refuse_all) {
         let txn_marker = TxnMarker {
             producer_id: marker.producer_id.0,
             producer_epoch: marker.producer_epoch,
             control: if marker.transaction_result { ControlType::Commit } else { ControlType::Abort },
             coordinator_epoch: marker.coordinator_epoch,
         };
-        let mut topics = Vec::with_capacity(marker.topics.len());
         for topic in &marker.topics {
-            let mut partitions = Vec::with_capacity(topic.partition_indexes.len());
             for &index in &topic.partition_indexes {
-                let code = if refuse_all {
-                    ResponseError::InvalidRequest.code()
-                } else {
-                    match write_marker(broker, topic.name.0.as_str(), index, &txn_marker, now).await {
+                let name = topic.name.0.as_str();
+                writes.push(async move {
+                    match write_marker(broker, name, index, &txn_marker, now).await {
                         Ok(()) => 0,
                         Err(error) => {
-                            tracing::debug!(topic = topic.name.0.as_str(), partition = index, producer_id = txn_marker.producer_id, %error, "transaction marker not written");
+                            tracing::debug!(topic = name, partition = index, producer_id = txn_marker.producer_id, %error, "transaction marker not written");
                             error.code()
                         }
                     }
-                };
-                partitions.push(WritableTxnMarkerPartitionResult::default().with_partition_index(index).with_error_code(code));
+                });
             }
-            topics.push(WritableTxnMarkerTopicResult::default().with_name(topic.name.clone()).with_partitions(partitions));
         }
-        results.push(WritableTxnMarkerResult::default().with_producer_id(marker.producer_id).with_topics(topics));
     }
-    WriteTxnMarkersResponse::default().with_markers(results)
+    let mut codes = futures::future::join_all(writes).await.into_iter();
+    let markers = request
+        .markers
+        .iter()
+        .map(|marker| {
+            let topics = marker
+                .topics
+                .iter()
+                .map(|topic| {
+                    let partitions = topic
+                        .partition_indexes
+                        .iter()
+                        .map(|&index| {
+                            let code = codes.next().unwrap_or(ResponseError::InvalidRequest.code());
+                            WritableTxnMarkerPartitionResult::default().with_partition_index(index).with_error_code(code)
+                        })
+                        .collect();
+                    WritableTxnMarkerTopicResult::default().with_name(topic.name.clone()).with_partitions(partitions)
+                })
+                .collect();
+            WritableTxnMarkerResult::default().with_producer_id(marker.producer_id).with_topics(topics)
+        })
+        .collect();
+    WriteTxnMarkersResponse::default().with_markers(markers)
 }
 
 async fn write_marker(broker: &std::sync::Arc<Broker>, topic: &str, index: i32, marker: &TxnMarker, now: i64) -> Result<(), BrokerError> {
