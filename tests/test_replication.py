@@ -520,3 +520,84 @@ def test_five_brokers_lose_two_at_once_including_the_controller(make_broker):
     assert sum(map(len, seen.values())) == 1000, "nothing acknowledged was lost, nothing was written twice"
     for key, values in seen.items():
         assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"
+
+
+def replicas_of(node, topic: str) -> dict[int, tuple[int, list[int], list[int]]]:
+    """partition -> (leader, replicas in order, isr sorted), as `node` answers Metadata."""
+    md = cf_admin(node).list_topics(topic, timeout=10)
+    return {p: (pm.leader, list(pm.replicas), sorted(pm.isrs)) for p, pm in md.topics[topic].partitions.items()}
+
+
+def test_a_reassignment_moves_a_partition_while_it_is_written(make_broker):
+    """kafka-reassign-partitions.sh's job (KIP-455): a partition held by one broker moves to two
+    others while an idempotent acks=all producer writes to it. The new replicas copy the log, join
+    the ISR, the partition is then theirs (led by the first target replica) and the old copy's
+    directory is removed; nothing acknowledged is lost or duplicated. A move to a broker that is down
+    stays in progress (listed with the broker being added) until it is cancelled; what cannot work
+    is refused with Kafka's error codes."""
+    from confluent_kafka.admin import NewTopic
+
+    nodes = start_replicated_nodes(make_broker)
+    topic = unique("moved")
+    admin = cf_admin(nodes[0], {"bootstrap.servers": bootstrap(nodes)})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replica_assignment=[[1], [1]])], request_timeout=15)[topic].result(timeout=20)
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all"})
+    failures: list = []
+    produce(producer, topic, range(0, 3000), failures)
+    assert producer.flush(30) == 0 and not failures, failures
+
+    # Partition 0 from broker 1 to brokers 2 and 3, with the producer writing all along.
+    import threading
+
+    stop = threading.Event()
+    written = [3000]
+
+    def keep_writing():
+        while not stop.is_set():
+            produce(producer, topic, range(written[0], written[0] + 50), failures)
+            written[0] += 50
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        out = sluice_cli(nodes[1], "topic", "reassign", topic, "--partition", "0", "--replicas", "2,3", "--wait", "--json", timeout=120)
+        result = json.loads(out.stdout)
+        assert result["results"] == [{"topic": topic, "partition": 0, "ok": True, "error": None}], result
+        assert result["completed_in_ms"] is not None, result
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert producer.flush(30) == 0 and not failures, failures
+    wait_for(lambda: replicas_of(nodes[0], topic)[0] == (2, [2, 3], [2, 3]), "partition 0 on brokers 2 and 3, led by 2")
+    assert replicas_of(nodes[0], topic)[1] == (1, [1], [1]), "partition 1 did not move"
+    wait_for(lambda: not nodes[0].partition_dir(topic, 0).exists(), "broker 1 to remove its copy of partition 0")
+    assert nodes[1].partition_dir(topic, 0).exists() and nodes[2].partition_dir(topic, 0).exists()
+    assert "No partition is being reassigned" in sluice_cli(nodes[0], "topic", "reassignments").stdout
+    seen = read_everything(nodes, topic, written[0])
+    assert sum(map(len, seen.values())) == written[0], "nothing acknowledged was lost, nothing was written twice"
+    for key, values in seen.items():
+        assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"
+
+    # A move to a broker that is down waits for it; it is listed, then cancelled.
+    nodes[2].kill9()
+    wait_for(lambda: agreed(nodes[:2], [1, 2]), "broker 3 fenced")
+    sluice_cli(nodes[0], "topic", "reassign", topic, "--partition", "1", "--replicas", "1,3")
+    listed = json.loads(sluice_cli(nodes[0], "topic", "reassignments", topic, "--json").stdout)["reassignments"]
+    assert listed == [{"topic": topic, "partition": 1, "replicas": [1, 3], "adding": [3], "removing": []}], listed
+    time.sleep(1)
+    assert replicas_of(nodes[0], topic)[1] == (1, [1, 3], [1]), "still moving: broker 3 cannot copy"
+    sluice_cli(nodes[0], "topic", "reassign", topic, "--partition", "1", "--cancel")
+    assert replicas_of(nodes[0], topic)[1] == (1, [1], [1])
+    assert "No partition is being reassigned" in sluice_cli(nodes[0], "topic", "reassignments").stdout
+
+    # Refused: an unknown broker, a broker twice, a cancel with nothing to cancel, no such partition.
+    for args, code in [
+        (["--partition", "1", "--replicas", "9"], "INVALID_REPLICA_ASSIGNMENT"),
+        (["--partition", "1", "--replicas", "2,2"], "INVALID_REPLICA_ASSIGNMENT"),
+        (["--partition", "1", "--cancel"], "NO_REASSIGNMENT_IN_PROGRESS"),
+        (["--partition", "7", "--replicas", "1"], "UNKNOWN_TOPIC_OR_PARTITION"),
+    ]:
+        refused = sluice_cli(nodes[0], "topic", "reassign", topic, *args, check=False)
+        assert refused.returncode == 1 and code in refused.stdout, (args, refused.stdout, refused.stderr)
+    assert replicas_of(nodes[0], topic)[1] == (1, [1], [1]), "nothing changed"

@@ -642,6 +642,61 @@ impl Broker {
         Ok(results)
     }
 
+    /// Partition reassignment (Kafka's AlterPartitionReassignments): each (topic, partition) to its
+    /// target replicas, or `None` to cancel the reassignment in progress. Returns each partition's
+    /// result once this broker has applied it. Blocking.
+    pub(crate) fn reassign_partitions(
+        &self,
+        partitions: Vec<(String, i32, Option<Vec<i32>>)>,
+    ) -> Result<Vec<(String, i32, sluice_cluster::Reassigned)>, BrokerError> {
+        let Some(controller) = self.controller() else {
+            return Err(BrokerError::InvalidRequest("this broker has no controller".into()));
+        };
+        let mut unknown = Vec::new();
+        let named: Vec<sluice_cluster::Reassignment> = controller.with_metadata(|m, _| {
+            partitions
+                .into_iter()
+                .filter_map(|(topic, partition, target)| match m.topics.get(&topic) {
+                    Some(state) => Some(sluice_cluster::Reassignment { id: state.id, topic, partition, target }),
+                    None => {
+                        unknown.push((topic, partition, sluice_cluster::Reassigned::UnknownPartition));
+                        None
+                    }
+                })
+                .collect()
+        });
+        let mut results = Vec::with_capacity(named.len() + unknown.len());
+        for chunk in named.chunks(sluice_cluster::REASSIGNMENTS_PER_COMMAND_MAX) {
+            let committed = self.controller_write(controller, Command::ReassignPartitions { partitions: chunk.to_vec() })?;
+            self.wait_reconciled(committed.index)?;
+            match committed.outcome {
+                Outcome::Reassignments(done) => results.extend(done),
+                other => return Err(BrokerError::InvalidRequest(format!("the controller refused the reassignment: {}", refusal(other)))),
+            }
+        }
+        results.extend(unknown);
+        Ok(results)
+    }
+
+    /// The reassignments in progress (Kafka's ListPartitionReassignments), of every partition or of
+    /// the named ones, sorted.
+    pub(crate) fn list_reassignments(&self, named: Option<&[(String, i32)]>) -> Vec<Moving> {
+        let Some(controller) = self.controller() else { return Vec::new() };
+        let named: Option<HashSet<(&str, i32)>> = named.map(|list| list.iter().map(|(t, i)| (t.as_str(), *i)).collect());
+        controller.with_metadata(|m, _| {
+            let mut found = Vec::new();
+            for (name, topic) in &m.topics {
+                for (index, p) in topic.partitions.iter().enumerate() {
+                    let wanted = named.as_ref().is_none_or(|set| set.contains(&(name.as_str(), index as i32)));
+                    if p.reassigning() && wanted {
+                        found.push((name.clone(), index as i32, p.replicas.clone(), p.adding.clone(), p.removing.clone()));
+                    }
+                }
+            }
+            found
+        })
+    }
+
     /// Appends a command to the controller's log and waits for its commit. Blocking.
     pub(crate) fn controller_write(&self, controller: &Controller, command: Command) -> Result<Committed, BrokerError> {
         crate::cluster::wait(self.runtime()?, controller.write_committed(command)).map_err(|error| match error {
@@ -728,13 +783,45 @@ impl Broker {
         Ok(())
     }
 
-    /// Grows a topic to `total` partitions, opening `hosted` (the new ones held here). The caller
-    /// holds `control`. Blocking file I/O.
+    /// Grows a topic to `total` partitions and opens `hosted`, partitions newly held here: new
+    /// ones, or existing ones the controller moved here (a reassignment). The caller holds
+    /// `control`. Blocking file I/O.
     pub(crate) fn grow_topic_locally(&self, topic: &Arc<Topic>, total: i32, hosted: Vec<i32>) -> Result<(), BrokerError> {
         let opened = open_partitions(&self.config, &self.data_dir, topic, hosted, now_ms())?;
-        topic.partitions.write().extend(opened);
+        {
+            let mut partitions = topic.partitions.write();
+            partitions.extend(opened);
+            partitions.sort_by_key(|p| p.index);
+        }
         topic.partition_total.store(total, Ordering::Release);
         self.save_definition(topic)
+    }
+
+    /// Removes the partitions `gone` from this broker: the controller moved them to other brokers
+    /// (a reassignment completed). The definition is saved first, so a crash midway leaves only
+    /// directories that the next start removes as orphans. The caller holds `control`. Blocking
+    /// file I/O.
+    pub(crate) fn drop_partitions_locally(&self, topic: &Arc<Topic>, gone: &[i32]) -> Result<(), BrokerError> {
+        let removed: Vec<Arc<Partition>> = {
+            let mut partitions = topic.partitions.write();
+            let (removed, kept) = std::mem::take(&mut *partitions).into_iter().partition(|p| gone.contains(&p.index));
+            *partitions = kept;
+            removed
+        };
+        self.save_definition(topic)?;
+        for partition in removed {
+            partition.set_leadership(false, partition.leader_epoch());
+            if let Err(error) = partition.delete() {
+                tracing::warn!(topic = topic.name.as_str(), partition = partition.index, %error, "could not remove a moved partition's directory; it will be removed at the next start");
+            }
+            self.metrics.forget_partition(topic.name.as_str(), partition.index);
+            tracing::info!(
+                topic = topic.name.as_str(),
+                partition = partition.index,
+                "removed a partition the controller moved to other brokers"
+            );
+        }
+        Ok(())
     }
 
     /// Applies new settings to a topic here. The caller holds `control`. Blocking file I/O.
@@ -811,6 +898,9 @@ impl Broker {
 }
 
 /// Why the controller did not apply a command, in words.
+/// A partition being reassigned: topic, partition, replicas, the ones being added, the ones leaving.
+pub(crate) type Moving = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
 fn refusal(outcome: Outcome) -> String {
     match outcome {
         Outcome::Rejected(reason) => reason,

@@ -307,10 +307,18 @@ fn apply_topic(broker: &Broker, node: i32, quorum: u64, up_to_date: bool, name: 
                 topic.stamp(quorum, state.created_at);
                 broker.save_definition(&topic)?;
             }
-            let current = topic.partition_count();
-            if total > current {
-                let added = hosted.iter().copied().filter(|&p| p >= current).collect();
+            // New partitions placed here, and existing ones a reassignment moved here.
+            let held = topic.hosted();
+            let added: Vec<i32> = hosted.iter().copied().filter(|p| !held.contains(p)).collect();
+            if total > topic.partition_count() || !added.is_empty() {
                 broker.grow_topic_locally(&topic, total, added)?;
+            }
+            // Partitions a completed reassignment moved away. Only on a state that holds this
+            // process's registration: an older one (applied after a restart) may predate the
+            // reassignment that placed a partition here, and this copy may be the only one in sync.
+            let gone: Vec<i32> = held.iter().copied().filter(|p| !hosted.contains(p)).collect();
+            if up_to_date && !gone.is_empty() {
+                broker.drop_partitions_locally(&topic, &gone)?;
             }
             if *topic.config.read() != config {
                 broker.configure_topic_locally(&topic, config)?;

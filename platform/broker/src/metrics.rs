@@ -210,6 +210,13 @@ impl Metrics {
     }
 
     /// Drops a deleted topic's series so they stop being exported.
+    /// Drops the gauges of one partition this broker no longer holds (it was moved away).
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        let p = partition.to_string();
+        let _ = self.log_size_bytes.remove_label_values(&[topic, &p]);
+        let _ = self.log_end_offset.remove_label_values(&[topic, &p]);
+    }
+
     pub fn forget_topic(&self, topic: &str, partitions: i32) {
         for vec in [&self.bytes_in, &self.bytes_out, &self.records_in, &self.records_out] {
             let _ = vec.remove_label_values(&[topic]);

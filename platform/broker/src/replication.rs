@@ -762,7 +762,7 @@ mod tests {
     use super::*;
 
     fn state(leader: i32, isr: Vec<i32>) -> PartitionState {
-        PartitionState { replicas: vec![1, 2, 3], isr, leader, leader_epoch: 1, partition_epoch: 4 }
+        PartitionState { replicas: vec![1, 2, 3], isr, leader, leader_epoch: 1, partition_epoch: 4, adding: vec![], removing: vec![] }
     }
 
     #[test]

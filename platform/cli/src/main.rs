@@ -27,6 +27,7 @@ mod http;
 mod mirror;
 mod output;
 mod produce;
+mod reassign;
 mod sdk_bundle;
 mod topic;
 mod transform;

@@ -1,7 +1,8 @@
-//! `sluice topic …`: create, list, describe, alter-config, add-partitions, delete and delete-records,
-//! the jobs of `kafka-topics.sh`, `kafka-configs.sh --entity-type topics` and `kafka-delete-records.sh`,
-//! all over the Kafka protocol (CreateTopics, Metadata, ListOffsets, DescribeConfigs,
-//! IncrementalAlterConfigs, CreatePartitions, DeleteTopics, DeleteRecords).
+//! `sluice topic …`: create, list, describe, alter-config, add-partitions, delete, delete-records and
+//! reassign, the jobs of `kafka-topics.sh`, `kafka-configs.sh --entity-type topics`,
+//! `kafka-delete-records.sh` and `kafka-reassign-partitions.sh`, all over the Kafka protocol
+//! (CreateTopics, Metadata, ListOffsets, DescribeConfigs, IncrementalAlterConfigs, CreatePartitions,
+//! DeleteTopics, DeleteRecords, AlterPartitionReassignments, ListPartitionReassignments).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -102,6 +103,38 @@ pub enum TopicCmd {
         #[arg(long, value_name = "TIME")]
         before: Option<String>,
     },
+    /// Move partitions to other brokers, or cancel a move (kafka-reassign-partitions.sh --execute / --cancel).
+    #[command(after_help = "Examples:\n  \
+                          sluice topic reassign orders --partition 0 --replicas 2,3 --wait   # move partition 0 to brokers 2 and 3\n  \
+                          sluice topic reassign orders --replicas 1,2,3                      # every partition, three replicas\n  \
+                          sluice topic reassign orders --partition 0 --cancel\n  \
+                          sluice topic reassign --plan plan.json --wait                       # kafka-reassign-partitions.sh's JSON")]
+    Reassign {
+        /// The topic [not with --plan].
+        #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+        name: Option<String>,
+        /// Only this partition (repeatable) [default: every partition].
+        #[arg(long)]
+        partition: Vec<i32>,
+        /// The target replicas, broker ids separated by commas, the preferred leader first.
+        #[arg(long, value_delimiter = ',', num_args = 1.., required_unless_present_any = ["cancel", "plan"], conflicts_with = "cancel")]
+        replicas: Option<Vec<i32>>,
+        /// Cancel the moves in progress: the partitions keep the replicas they had.
+        #[arg(long)]
+        cancel: bool,
+        /// A plan in kafka-reassign-partitions.sh's JSON: {"version":1,"partitions":[{"topic":…,"partition":…,"replicas":[…]}]}.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<std::path::PathBuf>,
+        /// Wait until the new replicas are in sync and the partitions have moved.
+        #[arg(long, conflicts_with = "cancel")]
+        wait: bool,
+    },
+    /// Partitions being moved: replicas, and the brokers being added and removed (kafka-reassign-partitions.sh --list).
+    #[command(after_help = "Examples:\n  sluice topic reassignments\n  sluice topic reassignments orders --json")]
+    Reassignments {
+        /// Only this topic's partitions.
+        name: Option<String>,
+    },
 }
 
 pub(crate) async fn run(cmd: TopicCmd, brokers: &[String], as_json: bool) -> Result<()> {
@@ -126,6 +159,12 @@ pub(crate) async fn run(cmd: TopicCmd, brokers: &[String], as_json: bool) -> Res
             let before = before.as_deref().map(parse_time).transpose()?;
             delete_records(&crate::conn::connect(brokers).await?, &name, partition, offset, before, as_json).await
         }
+        TopicCmd::Reassign { name, partition, replicas, cancel, plan, wait } => {
+            let client = crate::conn::connect(brokers).await?;
+            let moves = crate::reassign::moves(&client, name.as_deref(), &partition, replicas.as_deref(), cancel, plan.as_deref()).await?;
+            crate::reassign::reassign(&client, moves, wait, as_json).await
+        }
+        TopicCmd::Reassignments { name } => crate::reassign::list(&crate::conn::connect(brokers).await?, name.as_deref(), as_json).await,
     }
 }
 

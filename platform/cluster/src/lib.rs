@@ -23,7 +23,7 @@ pub mod state_machine;
 pub use controller::{Controller, ControllerConfig, ControllerError, ControllerStatus, HeartbeatReply, parse_voters};
 pub use metadata::{
     BrokerRegistration, BrokerState, Command, Committed, ELECTIONS_PER_COMMAND_MAX, Election, ISR_CHANGES_PER_COMMAND_MAX, IsrChange,
-    Metadata, NO_LEADER, Outcome, PartitionState, REPLICAS_MAX, TopicState,
+    Metadata, NO_LEADER, Outcome, PartitionState, REASSIGNMENTS_PER_COMMAND_MAX, REPLICAS_MAX, Reassigned, Reassignment, TopicState,
 };
 
 /// Node ids as Raft sees them (Kafka's `node.id`, which is non-negative).

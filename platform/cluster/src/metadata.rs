@@ -21,6 +21,13 @@
 //! from an older picture of the partition is refused instead of undoing a newer change. A leader
 //! sends its ISR changes in batches ([`Command::AlterPartitions`], as Kafka's AlterPartition request
 //! carries many partitions): a broker that comes back rejoins thousands of ISRs in a few log entries.
+//!
+//! Partitions move between brokers Kafka's way (KIP-455, [`Command::ReassignPartitions`]): the
+//! partition's replicas become the target replicas followed by the ones being removed, the new ones
+//! copy the log from the leader and join the ISR like any follower, and once every target replica
+//! is in the ISR the reassignment completes here, in `apply`: the replicas become the target, the
+//! removed ones leave the ISR, and a leader that is no longer a replica hands over to an in-sync
+//! target replica in a new leader epoch.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +48,9 @@ pub const PARTITIONS_PER_COMMAND_MAX: usize = 100_000;
 pub const ELECTIONS_PER_COMMAND_MAX: usize = 10_000;
 /// ISR changes one [`Command::AlterPartitions`] carries (each with its topic's name: ~2.8 MB at most).
 pub const ISR_CHANGES_PER_COMMAND_MAX: usize = 10_000;
+/// Partitions one [`Command::ReassignPartitions`] moves (each with its topic's name and up to
+/// [`REPLICAS_MAX`] brokers: ~2.9 MB at most).
+pub const REASSIGNMENTS_PER_COMMAND_MAX: usize = 10_000;
 /// Replicas one partition may have.
 pub const REPLICAS_MAX: usize = 16;
 /// The largest topic configuration the quorum stores (the broker's encoding of its overrides).
@@ -105,6 +115,10 @@ pub enum Command {
     /// Reserves `count` producer ids for a broker, none below `at_least` (ids a node handed out
     /// before it joined a quorum).
     AllocateProducerIds { broker_id: i32, count: i64, at_least: i64 },
+    /// Kafka's AlterPartitionReassignments: moves each named partition to its target replicas, or
+    /// cancels the reassignment in progress (`target: None`). At most
+    /// [`REASSIGNMENTS_PER_COMMAND_MAX`] partitions; each is judged on its own.
+    ReassignPartitions { partitions: Vec<Reassignment> },
     /// A partition's leader replaces its ISR. Applied only while `broker_id` still leads the
     /// partition in `leader_epoch` and the partition is still at `partition_epoch` (nothing changed
     /// it since the leader looked); the new ISR must hold the leader and only live replicas.
@@ -145,6 +159,34 @@ impl IsrChange {
         }
         Ok(())
     }
+}
+
+/// One partition's reassignment, as [`Command::ReassignPartitions`] carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub topic: String,
+    pub id: u128,
+    pub partition: i32,
+    /// The replicas the partition should have, the preferred leader first; `None` cancels.
+    pub target: Option<Vec<i32>>,
+}
+
+/// What a reassignment did to one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reassigned {
+    /// The new replicas are copying the log; the partition moves once they are all in sync.
+    Started,
+    /// Nothing to copy: the partition has its target replicas now (a shrink, or the target it had).
+    Completed,
+    /// The reassignment in progress was cancelled: the partition keeps the replicas it had before.
+    Cancelled,
+    /// A cancellation, but nothing was being reassigned.
+    NoReassignmentInProgress,
+    /// The target cannot be used (unregistered broker, a broker twice, none), or the change would
+    /// leave no in-sync replica; nothing changed.
+    Invalid(String),
+    /// No such topic (with that id) or partition.
+    UnknownPartition,
 }
 
 /// What a preferred leader election did to one partition.
@@ -213,6 +255,12 @@ impl Command {
                     return Err(format!("{} partitions in one election exceed {ELECTIONS_PER_COMMAND_MAX}", partitions.len()));
                 }
                 partitions.iter().try_for_each(|(name, _, _)| check_topic_name(name))
+            }
+            Command::ReassignPartitions { partitions } => {
+                if partitions.is_empty() || partitions.len() > REASSIGNMENTS_PER_COMMAND_MAX {
+                    return Err(format!("a reassignment names 1 to {REASSIGNMENTS_PER_COMMAND_MAX} partitions, not {}", partitions.len()));
+                }
+                partitions.iter().try_for_each(|r| check_topic_name(&r.topic))
             }
             Command::AllocateProducerIds { count, at_least, .. } => {
                 if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) || *at_least < 0 {
@@ -289,6 +337,8 @@ pub enum Outcome {
     Elections(Vec<(String, i32, Election)>),
     /// AlterPartitions: each change's outcome, in order.
     Altered(Vec<Outcome>),
+    /// ReassignPartitions: each named partition's result, in order.
+    Reassignments(Vec<(String, i32, Reassigned)>),
 }
 
 /// What the log committed: where, and what applying it did.
@@ -324,6 +374,108 @@ pub struct PartitionState {
     /// [`Command::AlterPartition`] made from an older state is refused.
     #[serde(default)]
     pub partition_epoch: i32,
+    /// While a reassignment runs (KIP-455): the target replicas not yet in the ISR's company of
+    /// replicas before it started; they copy the log and join the ISR.
+    #[serde(default)]
+    pub adding: Vec<i32>,
+    /// While a reassignment runs: the replicas that leave once every target replica is in sync.
+    #[serde(default)]
+    pub removing: Vec<i32>,
+}
+
+impl PartitionState {
+    /// Whether a reassignment is in progress.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replicas the partition had before the reassignment in progress (all of them if none).
+    pub fn original_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.adding.contains(r)).collect()
+    }
+
+    /// The replicas a reassignment in progress moves the partition to (all of them if none).
+    pub fn target_replicas(&self) -> Vec<i32> {
+        self.replicas.iter().copied().filter(|r| !self.removing.contains(r)).collect()
+    }
+
+    /// Gives the partition `replicas`: out of the ISR go the brokers that are not among them, and
+    /// a leader that is not hands over to the first in-sync one that is live (none: offline), in a
+    /// new leader epoch.
+    fn set_replicas(&mut self, replicas: Vec<i32>, live: &[i32]) {
+        self.isr.retain(|r| replicas.contains(r));
+        if !replicas.contains(&self.leader) {
+            self.leader = replicas.iter().copied().find(|r| self.isr.contains(r) && live.contains(r)).unwrap_or(NO_LEADER);
+            self.leader_epoch += 1;
+        }
+        self.replicas = replicas;
+        self.adding.clear();
+        self.removing.clear();
+        self.partition_epoch += 1;
+    }
+
+    /// Completes the reassignment in progress once every target replica is in the ISR.
+    fn try_complete_reassignment(&mut self, live: &[i32]) -> bool {
+        if !self.reassigning() {
+            return false;
+        }
+        let target = self.target_replicas();
+        if !target.iter().all(|r| self.isr.contains(r)) {
+            return false;
+        }
+        self.set_replicas(target, live);
+        true
+    }
+
+    /// Starts moving the partition to `target` (replacing a reassignment in progress), or cancels
+    /// the one in progress. Judged against `registered` brokers.
+    fn reassign(&mut self, target: Option<&[i32]>, registered: &[i32], live: &[i32]) -> Reassigned {
+        let original = self.original_replicas();
+        let Some(target) = target else {
+            if !self.reassigning() {
+                return Reassigned::NoReassignmentInProgress;
+            }
+            if !self.isr.iter().any(|r| original.contains(r)) {
+                return Reassigned::Invalid(
+                    "cancelling would leave no in-sync replica: every replica the partition had before is out of sync; \
+                     reassign it to replicas that include an in-sync one instead"
+                        .into(),
+                );
+            }
+            self.set_replicas(original, live);
+            return Reassigned::Cancelled;
+        };
+        if target.is_empty() || target.len() > REPLICAS_MAX {
+            return Reassigned::Invalid(format!("a partition needs 1 to {REPLICAS_MAX} replicas, not {}", target.len()));
+        }
+        if target.iter().enumerate().any(|(i, r)| target[..i].contains(r)) {
+            return Reassigned::Invalid(format!("replica list {target:?} names a broker twice"));
+        }
+        if let Some(unknown) = target.iter().find(|r| !registered.contains(r)) {
+            return Reassigned::Invalid(format!("broker {unknown} is not registered"));
+        }
+        if !self.reassigning() && target == original.as_slice() {
+            return Reassigned::Completed;
+        }
+        // The target first (its first replica is the preferred leader), then those that leave.
+        let mut replicas = target.to_vec();
+        replicas.extend(original.iter().copied().filter(|r| !target.contains(r)));
+        // Replicas a replaced reassignment was adding and this one does not want leave at once.
+        self.isr.retain(|r| replicas.contains(r));
+        if self.isr.is_empty() {
+            return Reassigned::Invalid("the change would leave no in-sync replica".into());
+        }
+        self.adding = target.iter().copied().filter(|r| !original.contains(r)).collect();
+        self.removing = original.iter().copied().filter(|r| !target.contains(r)).collect();
+        self.replicas = replicas;
+        if !self.replicas.contains(&self.leader) {
+            self.leader = self.replicas.iter().copied().find(|r| self.isr.contains(r) && live.contains(r)).unwrap_or(NO_LEADER);
+            self.leader_epoch += 1;
+        }
+        self.partition_epoch += 1;
+        // Nothing to add (a shrink, or back to the replicas before): done in this step.
+        if !self.reassigning() || self.try_complete_reassignment(live) { Reassigned::Completed } else { Reassigned::Started }
+    }
 }
 
 /// A topic as the quorum knows it.
@@ -382,6 +534,8 @@ impl Metadata {
         }
         state.isr = isr.clone();
         state.partition_epoch += 1;
+        // A reassignment waits for exactly this: its new replicas in the ISR.
+        state.try_complete_reassignment(live);
         Outcome::Applied
     }
 
@@ -506,6 +660,24 @@ impl Metadata {
                 let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
                 Outcome::Altered(changes.iter().map(|change| self.alter_partition(change, &live)).collect())
             }
+            Command::ReassignPartitions { partitions } => {
+                if let Err(reason) = command.validate() {
+                    return Outcome::Rejected(reason);
+                }
+                let registered: Vec<i32> = self.brokers.keys().copied().collect();
+                let live: Vec<i32> = self.live_brokers().map(|b| b.registration.broker_id).collect();
+                let mut results = Vec::with_capacity(partitions.len());
+                for Reassignment { topic, id, partition, target } in partitions {
+                    let state = self
+                        .topics
+                        .get_mut(topic)
+                        .filter(|t| t.id == *id)
+                        .and_then(|t| usize::try_from(*partition).ok().and_then(|p| t.partitions.get_mut(p)));
+                    let result = state.map_or(Reassigned::UnknownPartition, |state| state.reassign(target.as_deref(), &registered, &live));
+                    results.push((topic.clone(), *partition, result));
+                }
+                Outcome::Reassignments(results)
+            }
             Command::ElectPreferredLeaders { partitions } => {
                 if let Err(reason) = command.validate() {
                     return Outcome::Rejected(reason);
@@ -589,7 +761,15 @@ impl Metadata {
 
     fn new_partition(&self, replicas: &[i32]) -> PartitionState {
         let leader = replicas.iter().copied().find(|&r| self.is_live(r)).unwrap_or(NO_LEADER);
-        PartitionState { replicas: replicas.to_vec(), isr: replicas.to_vec(), leader, leader_epoch: 0, partition_epoch: 0 }
+        PartitionState {
+            replicas: replicas.to_vec(),
+            isr: replicas.to_vec(),
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            adding: Vec::new(),
+            removing: Vec::new(),
+        }
     }
 
     fn partitions_mut(&mut self) -> impl Iterator<Item = &mut PartitionState> {
@@ -885,6 +1065,98 @@ mod tests {
         let invalid = Command::AlterPartitions { changes: vec![change(epoch + 2, vec![1])] };
         assert!(matches!(meta.apply(18, &invalid), Outcome::Rejected(_)), "a change without its leader in the ISR");
         assert!(Command::AlterPartitions { changes: Vec::new() }.validate().is_err());
+    }
+
+    fn reassign(meta: &mut Metadata, index: u64, target: Option<Vec<i32>>) -> Reassigned {
+        let command = Command::ReassignPartitions { partitions: vec![Reassignment { topic: "t".into(), id: 5, partition: 0, target }] };
+        match meta.apply(index, &command) {
+            Outcome::Reassignments(mut results) => results.remove(0).2,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+
+    fn isr_change(meta: &Metadata, isr: Vec<i32>) -> Command {
+        let p = &meta.topics["t"].partitions[0];
+        Command::AlterPartition {
+            topic: "t".into(),
+            id: 5,
+            partition: 0,
+            broker_id: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr,
+        }
+    }
+
+    #[test]
+    fn a_reassignment_moves_a_partition_once_its_new_replicas_are_in_sync() {
+        let mut meta = Metadata::default();
+        for id in 1..=4 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 5, "t", vec![vec![1]]);
+        // From broker 1 to brokers 2 and 3: they are added, 1 leads until they are in sync.
+        assert_eq!(reassign(&mut meta, 6, Some(vec![2, 3])), Reassigned::Started);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert_eq!((p.replicas, p.adding, p.removing, p.isr, p.leader), (vec![2, 3, 1], vec![2, 3], vec![1], vec![1], 1));
+        assert_eq!(meta.under_replicated_partitions(), 1);
+        // One new replica in sync: still moving.
+        assert_eq!(meta.apply(7, &isr_change(&meta, vec![1, 2])), Outcome::Applied);
+        assert!(meta.topics["t"].partitions[0].reassigning());
+        // Both: the partition moves, broker 1 leaves, broker 2 (the first target replica) leads.
+        assert_eq!(meta.apply(8, &isr_change(&meta, vec![1, 2, 3])), Outcome::Applied);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert!(!p.reassigning());
+        assert_eq!((p.replicas, p.isr, p.leader, p.leader_epoch), (vec![2, 3], vec![2, 3], 2, 1));
+        assert_eq!(meta.under_replicated_partitions(), 0);
+        // A shrink needs no copy: done at once, the leader stays.
+        assert_eq!(reassign(&mut meta, 9, Some(vec![2])), Reassigned::Completed);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert_eq!((p.replicas, p.isr, p.leader, p.leader_epoch), (vec![2], vec![2], 2, 1));
+        // Nothing to cancel; the same replicas again is nothing to do.
+        assert_eq!(reassign(&mut meta, 10, None), Reassigned::NoReassignmentInProgress);
+        assert_eq!(reassign(&mut meta, 11, Some(vec![2])), Reassigned::Completed);
+    }
+
+    #[test]
+    fn a_reassignment_can_be_replaced_or_cancelled_and_refuses_what_cannot_work() {
+        let mut meta = Metadata::default();
+        for id in 1..=4 {
+            meta.apply(id as u64, &Command::RegisterBroker(registration(id, 1)));
+        }
+        create(&mut meta, 5, "t", vec![vec![1, 2]]);
+        assert_eq!(reassign(&mut meta, 6, Some(vec![3, 4])), Reassigned::Started);
+        assert_eq!(meta.apply(7, &isr_change(&meta, vec![1, 2, 3])), Outcome::Applied);
+        // Replaced: 3 (in sync) is no longer wanted and leaves the ISR at once.
+        assert_eq!(reassign(&mut meta, 8, Some(vec![4, 1])), Reassigned::Started);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert_eq!((p.replicas, p.adding, p.removing, p.isr), (vec![4, 1, 2], vec![4], vec![2], vec![1, 2]));
+        // Cancelled: back to 1 and 2.
+        assert_eq!(reassign(&mut meta, 9, None), Reassigned::Cancelled);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert!(!p.reassigning());
+        assert_eq!((p.replicas, p.isr, p.leader), (vec![1, 2], vec![1, 2], 1));
+        // Refused, changing nothing.
+        for bad in [vec![], vec![3, 3], vec![9]] {
+            assert!(matches!(reassign(&mut meta, 10, Some(bad)), Reassigned::Invalid(_)));
+        }
+        assert_eq!(meta.topics["t"].partitions[0].replicas, vec![1, 2]);
+        let unknown = Reassignment { topic: "t".into(), id: 5, partition: 7, target: Some(vec![1]) };
+        let outcome = meta.apply(11, &Command::ReassignPartitions { partitions: vec![unknown] });
+        assert_eq!(outcome, Outcome::Reassignments(vec![("t".into(), 7, Reassigned::UnknownPartition)]));
+        assert!(Command::ReassignPartitions { partitions: Vec::new() }.validate().is_err());
+        // A partition whose every original replica fell out of sync cannot be cancelled back.
+        assert_eq!(reassign(&mut meta, 12, Some(vec![3, 4])), Reassigned::Started);
+        assert_eq!(meta.apply(13, &isr_change(&meta, vec![1, 2, 3])), Outcome::Applied);
+        meta.apply(14, &Command::FenceBroker { broker_id: 1, epoch: 1 });
+        meta.apply(15, &Command::FenceBroker { broker_id: 2, epoch: 2 });
+        let p = meta.topics["t"].partitions[0].clone();
+        assert_eq!((p.isr, p.leader), (vec![3], 3));
+        assert!(matches!(reassign(&mut meta, 16, None), Reassigned::Invalid(_)));
+        // 4 joins: the move completes, led by 3.
+        assert_eq!(meta.apply(17, &isr_change(&meta, vec![3, 4])), Outcome::Applied);
+        let p = meta.topics["t"].partitions[0].clone();
+        assert_eq!((p.replicas, p.isr, p.leader), (vec![3, 4], vec![3, 4], 3));
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub fn default_request(api_key: ApiKey, version: i16, correlation_id: i32) -> Op
         DeleteGroups => DeleteGroupsRequest,
         ElectLeaders => ElectLeadersRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
+        AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
+        ListPartitionReassignments => ListPartitionReassignmentsRequest,
         OffsetDelete => OffsetDeleteRequest,
         DescribeCluster => DescribeClusterRequest,
         DescribeTransactions => DescribeTransactionsRequest,

@@ -76,6 +76,8 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
         RequestKind::DeleteTopics(r) => ready(topics::delete_topics(broker, r, version).into()),
         RequestKind::CreatePartitions(r) => ready(topics::create_partitions(broker, r).into()),
         RequestKind::ElectLeaders(r) => ready(topics::elect_leaders(broker, r, version).into()),
+        RequestKind::AlterPartitionReassignments(r) => ready(topics::alter_partition_reassignments(broker, r, version).into()),
+        RequestKind::ListPartitionReassignments(r) => ready(topics::list_partition_reassignments(broker, r).into()),
         RequestKind::DescribeConfigs(r) => ready(configs::describe_configs(broker, r, version).into()),
         RequestKind::AlterConfigs(r) => ready(configs::alter_configs(broker, r).into()),
         RequestKind::IncrementalAlterConfigs(r) => ready(configs::incremental_alter_configs(broker, r).into()),

@@ -4,15 +4,18 @@
 use std::collections::HashSet;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_partition_reassignments_response::{ReassignablePartitionResponse, ReassignableTopicResponse};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::list_partition_reassignments_response::{OngoingPartitionReassignment, OngoingTopicReassignment};
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, ElectLeadersRequest, ElectLeadersResponse, TopicName,
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, ElectLeadersRequest, ElectLeadersResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, TopicName,
 };
-use sluice_cluster::Election;
+use sluice_cluster::{Election, Reassigned};
 use uuid::Uuid;
 
 use super::{blocking, str_bytes};
@@ -162,6 +165,138 @@ pub(crate) fn create_partitions(broker: &Broker, request: CreatePartitionsReques
         })
         .collect();
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// Partitions one AlterPartitionReassignments or ListPartitionReassignments request may name; a
+/// longer list is refused as a whole.
+pub(crate) const REASSIGNMENT_PARTITIONS_MAX: usize = 100_000;
+
+/// AlterPartitionReassignments (KIP-455): moves partitions to new replicas through the controller,
+/// or cancels a move in progress (`replicas: null`). Answered once the controller committed the
+/// change and this broker applied it; the copy itself runs on (ListPartitionReassignments shows it).
+/// From v1, `allow_replication_factor_change: false` refuses a target with another replica count.
+pub(crate) fn alter_partition_reassignments(
+    broker: &Broker,
+    request: AlterPartitionReassignmentsRequest,
+    version: i16,
+) -> AlterPartitionReassignmentsResponse {
+    let respond = |by_topic: std::collections::BTreeMap<String, Vec<ReassignablePartitionResponse>>| {
+        let responses = by_topic
+            .into_iter()
+            .map(|(topic, partitions)| {
+                ReassignableTopicResponse::default().with_name(TopicName(str_bytes(topic))).with_partitions(partitions)
+            })
+            .collect();
+        AlterPartitionReassignmentsResponse::default()
+            .with_allow_replication_factor_change(request.allow_replication_factor_change)
+            .with_responses(responses)
+    };
+    let partition_result = |index: i32, error: Option<ResponseError>, message: Option<String>| {
+        ReassignablePartitionResponse::default()
+            .with_partition_index(index)
+            .with_error_code(error.map_or(0, |e| e.code()))
+            .with_error_message(message.map(str_bytes))
+    };
+    let named = request.topics.iter().map(|t| t.partitions.len()).sum::<usize>();
+    if named > REASSIGNMENT_PARTITIONS_MAX {
+        return AlterPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_error_message(Some(str_bytes(format!("at most {REASSIGNMENT_PARTITIONS_MAX} partitions per request"))));
+    }
+    // v0 had no flag and allowed any replica count.
+    let keep_factor = version >= 1 && !request.allow_replication_factor_change;
+    let factors: std::collections::HashMap<(String, i32), usize> = match (keep_factor, broker.controller()) {
+        (true, Some(controller)) => controller.with_metadata(|m, _| {
+            request
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
+                .filter_map(|(topic, index)| {
+                    let state = m.topics.get(&topic)?.partitions.get(usize::try_from(index).ok()?)?;
+                    Some(((topic, index), state.original_replicas().len()))
+                })
+                .collect()
+        }),
+        _ => std::collections::HashMap::new(),
+    };
+    let mut by_topic: std::collections::BTreeMap<String, Vec<ReassignablePartitionResponse>> = std::collections::BTreeMap::new();
+    let mut wanted = Vec::with_capacity(named);
+    for topic in &request.topics {
+        let name = topic.name.0.to_string();
+        for p in &topic.partitions {
+            let target: Option<Vec<i32>> = p.replicas.as_ref().map(|r| r.iter().map(|b| b.0).collect());
+            let current = factors.get(&(name.clone(), p.partition_index));
+            if let (Some(target), Some(&current)) = (&target, current)
+                && target.len() != current
+            {
+                let message = format!(
+                    "the partition has {current} replicas and the target {}; set allow_replication_factor_change to change that",
+                    target.len()
+                );
+                by_topic.entry(name.clone()).or_default().push(partition_result(
+                    p.partition_index,
+                    Some(ResponseError::InvalidReplicationFactor),
+                    Some(message),
+                ));
+                continue;
+            }
+            wanted.push((name.clone(), p.partition_index, target));
+        }
+    }
+    if !wanted.is_empty() {
+        let results = match blocking(|| broker.reassign_partitions(wanted.clone())) {
+            Ok(results) => results,
+            Err(error) => {
+                let (code, message) = (error.kafka(), error.to_string());
+                for (topic, index, _) in wanted {
+                    by_topic.entry(topic).or_default().push(partition_result(index, Some(code), Some(message.clone())));
+                }
+                return respond(by_topic);
+            }
+        };
+        for (topic, index, result) in results {
+            let (error, message) = match result {
+                Reassigned::Started | Reassigned::Completed | Reassigned::Cancelled => (None, None),
+                Reassigned::NoReassignmentInProgress => (Some(ResponseError::NoReassignmentInProgress), None),
+                Reassigned::Invalid(reason) => (Some(ResponseError::InvalidReplicaAssignment), Some(reason)),
+                Reassigned::UnknownPartition => (Some(ResponseError::UnknownTopicOrPartition), None),
+            };
+            by_topic.entry(topic).or_default().push(partition_result(index, error, message));
+        }
+    }
+    respond(by_topic)
+}
+
+/// ListPartitionReassignments: the reassignments in progress, of every partition or the named ones.
+pub(crate) fn list_partition_reassignments(
+    broker: &Broker,
+    request: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    let named: Option<Vec<(String, i32)>> = request
+        .topics
+        .as_ref()
+        .map(|topics| topics.iter().flat_map(|t| t.partition_indexes.iter().map(|&p| (t.name.0.to_string(), p))).collect());
+    if named.as_ref().is_some_and(|list| list.len() > REASSIGNMENT_PARTITIONS_MAX) {
+        return ListPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code())
+            .with_error_message(Some(str_bytes(format!("at most {REASSIGNMENT_PARTITIONS_MAX} partitions per request"))));
+    }
+    let brokers = |ids: Vec<i32>| ids.into_iter().map(BrokerId).collect::<Vec<_>>();
+    let mut by_topic: std::collections::BTreeMap<String, Vec<OngoingPartitionReassignment>> = std::collections::BTreeMap::new();
+    for (topic, index, replicas, adding, removing) in broker.list_reassignments(named.as_deref()) {
+        by_topic.entry(topic).or_default().push(
+            OngoingPartitionReassignment::default()
+                .with_partition_index(index)
+                .with_replicas(brokers(replicas))
+                .with_adding_replicas(brokers(adding))
+                .with_removing_replicas(brokers(removing)),
+        );
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(topic, partitions)| OngoingTopicReassignment::default().with_name(TopicName(str_bytes(topic))).with_partitions(partitions))
+        .collect();
+    ListPartitionReassignmentsResponse::default().with_topics(topics)
 }
 
 /// Partitions one ElectLeaders request may name; a longer list is refused as a whole.
