@@ -259,6 +259,46 @@ def test_a_follower_behind_the_leaders_log_start_starts_over_from_there(make_bro
     assert copy()["log_start_offset"] >= start, copy()
 
 
+def test_deleted_records_stay_deleted_when_another_replica_leads(make_broker):
+    """DeleteRecords (kafka-delete-records.sh) moves the log start of every in-sync copy before it
+    answers, as Kafka's does (the followers learn the leader's log start from their fetches): after
+    the leader is killed, the new leader's log starts where the deletion left it and a consumer from
+    the beginning reads only what was kept."""
+    from confluent_kafka import TopicPartition
+
+    nodes = start_replicated_nodes(make_broker)
+    topic = unique("trimmed")
+    create_replicated(nodes[0], topic, 1, 3, {"min.insync.replicas": "2"})
+    leader = wait_for(lambda: (p := partitions(nodes[0], topic)) and p[0][2] == [1, 2, 3] and p[0][0], "the partition's ISR")
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all"})
+    failures: list = []
+    produce(producer, topic, range(1000), failures)
+    assert producer.flush(30) == 0 and not failures, failures
+    out = sluice_cli(nodes[leader - 1], "topic", "delete-records", topic, "--partition", "0", "--offset", "600", "--json")
+    assert "600" in out.stdout, out.stdout
+
+    def starts():
+        found = {}
+        for node in nodes:
+            if node.is_running():
+                status, _, body = http_request("GET", f"{node.admin_url}/v1/topics/{topic}", timeout=5)
+                found[node] = json.loads(body)["partition_details"][0]["log_start_offset"]
+        return found
+
+    assert set(starts().values()) == {600}, "every in-sync copy moved its log start before the answer"
+    nodes[leader - 1].kill9()
+    survivors = [n for n in nodes if n.is_running()]
+    wait_for(lambda: partitions(survivors[0], topic)[0][0] not in (leader, -1), "a new leader")
+    consumer = cf_consumer(survivors[0], conf={"bootstrap.servers": bootstrap(survivors)})
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        assert (low, high) == (600, 1000), (low, high)
+    finally:
+        consumer.close()
+    seen = read_everything(survivors, topic, 400)
+    assert sorted(v for values in seen.values() for v in values) == list(range(600, 1000))
+
+
 def preferred_and_leaders(node, topic: str) -> dict[int, tuple[int, int, list[int]]]:
     """partition -> (preferred leader: the first replica, leader, isr)."""
     md = cf_admin(node).list_topics(topic, timeout=10)

@@ -85,6 +85,9 @@ struct Progress {
     caught_up_ms: i64,
     last_fetch_ms: i64,
     leader_end_at_last_fetch: i64,
+    /// The follower's log start offset, as its last fetch reported it; -1 until it fetched in this
+    /// leader term.
+    log_start: i64,
 }
 
 impl ReplicaSet {
@@ -118,6 +121,7 @@ impl ReplicaSet {
                 caught_up_ms: now_ms,
                 last_fetch_ms: now_ms,
                 leader_end_at_last_fetch: 0,
+                log_start: -1,
             });
         }
         let replicas = &state.replicas;
@@ -133,6 +137,19 @@ impl ReplicaSet {
             .filter(|&&r| r != self.node)
             .map(|r| self.followers.get(r).map_or(-1, |p| p.end))
             .fold(local, i64::min)
+    }
+
+    /// Records the log start offset a follower's fetch reported.
+    fn record_log_start(&mut self, replica: i32, log_start: i64) {
+        if let Some(progress) = self.followers.get_mut(&replica) {
+            progress.log_start = log_start;
+        }
+    }
+
+    /// Kafka's low watermark: the lowest log start offset of this replica (`local`) and every other
+    /// ISR member (-1 for one that has not fetched in this term). DeleteRecords waits for it.
+    pub(crate) fn low_watermark(&self, local: i64) -> i64 {
+        self.isr.iter().filter(|&&r| r != self.node).map(|r| self.followers.get(r).map_or(-1, |p| p.log_start)).fold(local, i64::min)
     }
 
     /// Whether `replica` holds a copy of the partition.
@@ -290,13 +307,21 @@ async fn commit_isr_changes(controller: &Controller, batch: Vec<Proposal>) {
 
 /// A follower's fetch reached the leader: records its progress, moves the high watermark, and
 /// proposes the follower for the ISR when it caught up. Refuses a broker that holds no replica.
-pub(crate) fn follower_fetched(broker: &Broker, partition: &Arc<Partition>, replica: i32, fetch_offset: i64) -> Result<(), ResponseError> {
+/// `log_start`: the follower's log start offset, from its request.
+pub(crate) fn follower_fetched(
+    broker: &Broker,
+    partition: &Arc<Partition>,
+    replica: i32,
+    fetch_offset: i64,
+    log_start: i64,
+) -> Result<(), ResponseError> {
     let now = crate::now_ms();
     let proposal = {
         let mut set = partition.replica_set();
         if !set.has_replica(replica) {
             return Err(ResponseError::NotLeaderOrFollower);
         }
+        set.record_log_start(replica, log_start);
         set.fetched(replica, fetch_offset, partition.log_end_offset(), partition.high_watermark(), now)
             .map(|isr| set.change(partition, isr))
     };
@@ -578,6 +603,17 @@ async fn copy(
         }
     }
     partition.set_follower_high_watermark(answer.high_watermark);
+    // The leader's log start moved (DeleteRecords, retention): so does this copy's, as Kafka's
+    // followers do, so that what was deleted does not come back when this replica leads.
+    let leader_start = answer.log_start_offset.min(partition.log_end_offset());
+    if leader_start > partition.log_start_offset() {
+        let follower = Arc::clone(partition);
+        match tokio::task::spawn_blocking(move || follower.delete_records_before(leader_start)).await {
+            Ok(Ok(start)) => tracing::debug!(topic, partition = index, log_start = start, "moved the log start with the leader's"),
+            Ok(Err(error)) => tracing::warn!(topic, partition = index, %error, "cannot move the log start with the leader's"),
+            Err(error) => tracing::error!(%error, "log start task failed"),
+        }
+    }
     true
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_request::FetchTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use sluice_storage::{FileSlice, StorageError};
@@ -102,7 +102,7 @@ fn read_all(broker: &Broker, plan: &FetchPlan) -> (FetchReply, usize, bool) {
                     // one larger than the limits, so an oversized batch never wedges a consumer.
                     let min_one = total == 0;
                     if let Some(replica) = plan.replica {
-                        return match follower_read(broker, &partition, replica, fp.fetch_offset, partition_max, min_one) {
+                        return match follower_read(broker, &partition, replica, fp, partition_max, min_one) {
                             Ok((data, read_slices, bytes)) => {
                                 total += bytes;
                                 slices.push(read_slices);
@@ -173,16 +173,17 @@ fn follower_read(
     broker: &Broker,
     partition: &Arc<crate::topic::Partition>,
     replica: i32,
-    fetch_offset: i64,
+    request: &FetchPartition,
     max_bytes: usize,
     min_one: bool,
 ) -> Result<(PartitionData, Vec<FileSlice>, usize), ResponseError> {
+    let fetch_offset = request.fetch_offset;
     // Progress counts only for an offset this log holds: a follower asking beyond its end has a
     // tail this leader never wrote (it truncates on OFFSET_OUT_OF_RANGE), not these records.
     if fetch_offset < partition.log_start_offset() || fetch_offset > partition.log_end_offset() {
         return Err(ResponseError::OffsetOutOfRange);
     }
-    crate::replication::follower_fetched(broker, partition, replica, fetch_offset)?;
+    crate::replication::follower_fetched(broker, partition, replica, fetch_offset, request.log_start_offset)?;
     let quick = partition.read_is_quick();
     let (read, hw) = broker.file_calls().run(quick, || partition.read_for_follower(fetch_offset, max_bytes, min_one)).map_err(|error| {
         if !matches!(error, StorageError::OffsetOutOfRange { .. }) {

@@ -5,8 +5,11 @@ use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionRe
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse};
 
+use std::sync::Arc;
+
 use super::{blocking, map_partitions};
 use crate::broker::Broker;
+use crate::topic::Partition;
 
 pub(crate) const LATEST_TIMESTAMP: i64 = -1;
 pub(crate) const EARLIEST_TIMESTAMP: i64 = -2;
@@ -55,8 +58,17 @@ pub(crate) fn list_offsets(broker: &Broker, request: ListOffsetsRequest, version
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-pub(crate) fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
-    let topics = map_partitions(
+/// The longest a DeleteRecords request waits for the followers (its `timeout_ms` is capped here).
+const DELETE_RECORDS_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// DeleteRecords: moves each partition's log start on its leader, then, as Kafka does, answers once
+/// every in-sync follower has moved its copy's log start too (the low watermark; followers learn the
+/// leader's log start from their fetches), so a later leader never serves what was deleted. A
+/// partition whose followers do not follow within the request's `timeout_ms` answers
+/// REQUEST_TIMED_OUT (its leader has deleted the records; the followers follow when they fetch).
+pub(crate) async fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let mut waits: Vec<(String, i32, Arc<Partition>, i64)> = Vec::new();
+    let mut topics = map_partitions(
         &request.topics,
         |t| &t.partitions,
         |t, p| {
@@ -78,6 +90,9 @@ pub(crate) fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> 
             match blocking(|| partition.delete_records_before(offset)) {
                 Ok(low_watermark) => {
                     tracing::info!(topic = name, partition = p.partition_index, low_watermark, "deleted records");
+                    if partition.is_replicated() {
+                        waits.push((name.to_string(), p.partition_index, Arc::clone(&partition), low_watermark));
+                    }
                     result.with_low_watermark(low_watermark)
                 }
                 Err(error) => result.with_error_code(crate::error::storage_error_code(&error).code()).with_low_watermark(-1),
@@ -85,5 +100,32 @@ pub(crate) fn delete_records(broker: &Broker, request: DeleteRecordsRequest) -> 
         },
         |t, partitions| DeleteRecordsTopicResult::default().with_name(t.name.clone()).with_partitions(partitions),
     );
+    let wait = std::time::Duration::from_millis(request.timeout_ms.max(0) as u64).min(DELETE_RECORDS_WAIT_MAX);
+    let deadline = tokio::time::Instant::now() + wait;
+    for (name, index, partition, offset) in waits {
+        let low_watermark = loop {
+            let low = partition.replica_set().low_watermark(partition.log_start_offset());
+            if low >= offset || !partition.is_leader() || tokio::time::Instant::now() >= deadline {
+                break low;
+            }
+            tokio::time::sleep(FOLLOWER_POLL).await;
+        };
+        let Some(result) = topics
+            .iter_mut()
+            .filter(|t| t.name.0.as_str() == name)
+            .flat_map(|t| t.partitions.iter_mut())
+            .find(|r| r.partition_index == index)
+        else {
+            continue;
+        };
+        if low_watermark < offset {
+            let error = if partition.is_leader() { ResponseError::RequestTimedOut } else { ResponseError::NotLeaderOrFollower };
+            tracing::warn!(topic = name, partition = index, low_watermark, offset, %error, "the followers did not move their log start in time");
+            result.error_code = error.code();
+        }
+    }
     DeleteRecordsResponse::default().with_topics(topics)
 }
+
+/// How often DeleteRecords looks at the followers' log starts while it waits.
+const FOLLOWER_POLL: std::time::Duration = std::time::Duration::from_millis(10);

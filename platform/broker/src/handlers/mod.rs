@@ -70,7 +70,7 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
         RequestKind::Fetch(r) => fetch::handle(broker, r, version).await,
         RequestKind::ListOffsets(r) => ready(list_offsets::list_offsets(broker, r, version).into()),
         RequestKind::OffsetForLeaderEpoch(r) => ready(crate::replication::offset_for_leader_epoch(broker, r).into()),
-        RequestKind::DeleteRecords(r) => ready(list_offsets::delete_records(broker, r).into()),
+        RequestKind::DeleteRecords(r) => ready(list_offsets::delete_records(broker, r).await.into()),
         RequestKind::InitProducerId(r) => ready(produce::init_producer_id(broker, r).into()),
         RequestKind::CreateTopics(r) => ready(topics::create_topics(broker, r, version).into()),
         RequestKind::DeleteTopics(r) => ready(topics::delete_topics(broker, r, version).into()),
