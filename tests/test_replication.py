@@ -641,3 +641,59 @@ def test_a_reassignment_moves_a_partition_while_it_is_written(make_broker):
         refused = sluice_cli(nodes[0], "topic", "reassign", topic, *args, check=False)
         assert refused.returncode == 1 and code in refused.stdout, (args, refused.stdout, refused.stderr)
     assert replicas_of(nodes[0], topic)[1] == (1, [1], [1]), "nothing changed"
+
+
+def test_a_rolling_restart_hands_leadership_over_before_each_broker_stops(make_broker):
+    """A rolling restart with SIGTERM under an idempotent acks=all producer (RF 3,
+    min.insync.replicas 2): each stopping broker first has the quorum move the partitions it leads
+    to other in-sync replicas (Kafka's controlled shutdown) and only then stops serving; the
+    producer never fails, nothing is lost or duplicated, and each broker is back in every ISR
+    before the next one stops."""
+    import re
+    import threading
+
+    nodes = start_three_nodes(make_broker, f"replica.lag.time.max.ms={LAG_MS}", "auto.leader.rebalance.enable=false")
+    wait_for(lambda: agreed(nodes, [1, 2, 3]), "one leader and three live brokers on every node", timeout=30)
+    topic = unique("rolling")
+    create_replicated(nodes[0], topic, 6, 3, {"min.insync.replicas": "2"})
+    wait_for(lambda: all(isr == [1, 2, 3] for _, _, isr in partitions(nodes[0], topic).values()), "six in-sync partitions")
+    producer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "enable.idempotence": True, "acks": "all"})
+    failures: list = []
+    stop = threading.Event()
+    written = [0]
+
+    def keep_writing():
+        while not stop.is_set():
+            produce(producer, topic, range(written[0], written[0] + 20), failures)
+            written[0] += 20
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        for i, node in enumerate(nodes):
+            node_id = i + 1
+            other = nodes[(i + 1) % 3]
+            led = sum(1 for leader, _, _ in partitions(other, topic).values() if leader == node_id)
+            node.stop()
+            moved = re.findall(r"controlled shutdown: the partitions this broker led moved.*partitions=(\d+)", node.log_tail(400))
+            assert moved and int(moved[-1]) == led, (led, moved, node.log_tail(60))
+            wait_for(
+                lambda: all(leader not in (node_id, -1) for leader, _, _ in partitions(other, topic).values()),
+                f"broker {node_id}'s partitions led by others",
+                timeout=5,
+            )
+            node.start()
+            wait_for(
+                lambda: all(isr == [1, 2, 3] for _, _, isr in partitions(other, topic).values()),
+                f"broker {node_id} back in every ISR",
+                timeout=40,
+            )
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert producer.flush(60) == 0 and not failures, failures
+    seen = read_everything(nodes, topic, written[0])
+    assert sum(map(len, seen.values())) == written[0], "nothing acknowledged was lost, nothing was written twice"
+    for key, values in seen.items():
+        assert values == sorted(values) and len(set(values)) == len(values), f"{key}: out of order or duplicated"

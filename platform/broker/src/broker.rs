@@ -723,6 +723,12 @@ impl Broker {
         }
     }
 
+    /// Waits (async) until this broker applied the controller log up to `index`.
+    pub(crate) async fn reconciled_to(&self, index: u64) {
+        let mut applied = self.reconciled.subscribe();
+        let _ = applied.wait_for(|&done| done >= index).await;
+    }
+
     /// Says that this broker's topics reflect the controller log up to `index`.
     pub(crate) fn set_reconciled(&self, index: u64) {
         self.reconciled.send_if_modified(|done| {

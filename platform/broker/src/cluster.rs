@@ -93,6 +93,55 @@ pub(crate) fn place(
     }
 }
 
+/// How long a stopping broker waits for the quorum to move its partitions to other brokers.
+const CONTROLLED_SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Kafka's controlled shutdown, run when the broker is asked to stop and before it stops serving:
+/// the quorum fences this broker now, which moves every partition it leads to another in-sync
+/// replica and takes it out of the ISRs it shares, and this broker waits until it has applied that
+/// (it leads nothing any more). Clients then find the new leaders while this broker still answers
+/// (NOT_LEADER_OR_FOLLOWER), instead of after its connections drop. Skipped when no other broker
+/// is live (nobody to hand over to); bounded by [`CONTROLLED_SHUTDOWN_WAIT`] (a quorum without a
+/// majority cannot fence anyone: the broker stops anyway, as after a crash).
+pub(crate) async fn controlled_shutdown(broker: &Broker, controller: &Controller) {
+    let node = broker.node_id();
+    let Some(incarnation) = broker.incarnation() else { return };
+    let (others_live, leading) = controller.with_metadata(|m, _| {
+        (
+            m.live_brokers().any(|b| b.registration.broker_id != node),
+            m.topics.values().flat_map(|t| &t.partitions).filter(|p| p.leader == node).count(),
+        )
+    });
+    // Alone, or without a quorum leader to fence it, there is nothing to hand over (or nobody to
+    // do it): stop as a crash would.
+    if !others_live || controller.leader().is_none() {
+        return;
+    }
+    let started = Instant::now();
+    let moved = tokio::time::timeout(CONTROLLED_SHUTDOWN_WAIT, async {
+        if let Some(index) = controller.shut_down_broker(node, incarnation).await? {
+            broker.reconciled_to(index).await;
+        }
+        Ok::<(), sluice_cluster::ControllerError>(())
+    })
+    .await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match moved {
+        Ok(Ok(())) => tracing::info!(
+            partitions = leading,
+            elapsed_ms,
+            "controlled shutdown: the partitions this broker led moved to other in-sync replicas"
+        ),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "controlled shutdown failed; stopping anyway (the controller fences this broker when it is gone)")
+        }
+        Err(_) => tracing::warn!(
+            wait_ms = CONTROLLED_SHUTDOWN_WAIT.as_millis() as u64,
+            "controlled shutdown did not finish in time; stopping anyway (the controller fences this broker when it is gone)"
+        ),
+    }
+}
+
 /// Producer id blocks from the quorum, so that no two brokers hand out the same id.
 pub(crate) struct QuorumProducerIds {
     controller: Arc<Controller>,

@@ -138,6 +138,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     on_bound(&bound);
     shutdown.await;
     tracing::info!("shutting down");
+    cluster::controlled_shutdown(&broker, &controller).await;
     let _ = stop_sender.send(true);
     let _ = kafka_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;

@@ -250,6 +250,8 @@ pub struct Controller {
     /// Connections to peers for forwarded requests.
     peers: BTreeMap<NodeId, Lanes>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The task that registers this process's broker and heartbeats for it.
+    broker_task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Controller {
@@ -339,6 +341,7 @@ impl Controller {
             heard_from_leader: Mutex::new(None),
             peers,
             tasks: Mutex::new(Vec::new()),
+            broker_task: Mutex::new(None),
         });
         let mut tasks = Vec::new();
         if let Some(listener) = listener {
@@ -464,7 +467,25 @@ impl Controller {
                 }
             }
         });
+        *self.broker_task.lock() = Some(task.abort_handle());
         self.tasks.lock().push(task);
+    }
+
+    /// Kafka's controlled shutdown, for a broker about to stop: ends its heartbeats and fences its
+    /// registration of incarnation `incarnation` now, so that the quorum moves the partitions it
+    /// leads to other in-sync replicas and takes it out of their ISRs while it still serves, instead
+    /// of after its process is gone. Returns the log index of the fencing (None: not registered
+    /// with that incarnation, or already fenced).
+    pub async fn shut_down_broker(&self, broker_id: i32, incarnation: u128) -> Result<Option<u64>, ControllerError> {
+        if let Some(task) = self.broker_task.lock().take() {
+            task.abort();
+        }
+        let epoch = self.with_metadata(|m, _| {
+            m.brokers.get(&broker_id).filter(|b| b.registration.incarnation == incarnation && !b.fenced).map(|b| b.epoch)
+        });
+        let Some(epoch) = epoch else { return Ok(None) };
+        let committed = self.write_committed(Command::FenceBroker { broker_id, epoch }).await?;
+        Ok((committed.outcome == Outcome::Applied).then_some(committed.index))
     }
 
     /// Stops serving peers and leaves the quorum's Raft loop.
