@@ -1,5 +1,6 @@
 """Failover time: how long an idempotent acks=all producer cannot write when the leader of its
-partition is killed with SIGKILL. Three `sluice server` processes on this machine, one RF=3 topic
+partition is killed with SIGKILL (or, with STOP=term, stopped with SIGTERM: a graceful stop, which
+runs the controlled shutdown unless BROKER_SETTINGS=controlled.shutdown.enable=false). Three `sluice server` processes on this machine, one RF=3 topic
 (min.insync.replicas=2); each round kills the current leader, measures the time from the kill to the
 first acknowledgement of a record produced after it, restarts the killed broker and waits until it is
 back in the ISR. Usage:
@@ -7,7 +8,9 @@ back in the ISR. Usage:
     python3 tests/bench_failover.py [rounds] [session-timeout-ms] [heartbeat-interval-ms]
 
 (session and heartbeat default to the broker's defaults, 9000 and 500 ms.) PRODUCER_SETTINGS="k=v,k=v" adds
-librdkafka settings to the producer's (e.g. `reconnect.backoff.max.ms=1000` or `debug=metadata`).
+librdkafka settings to the producer's (e.g. `reconnect.backoff.max.ms=1000` or `debug=metadata`);
+BROKER_SETTINGS="k=v,k=v" adds broker settings. Each round also reports the worst produce-to-ack
+latency of the records produced from 0.5 s before the kill to 5 s after it (what a client waited).
 Each round prints when each step of the failover became visible on a surviving broker.
 
 Not a test (no assertion on time): see BENCHMARKS.md for results."""
@@ -38,13 +41,16 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="sluice-failover-")
     voters = "1@127.0.0.1:38093,2@127.0.0.1:38193,3@127.0.0.1:38293"
     procs: dict[int, subprocess.Popen] = {}
+    graceful = os.environ.get("STOP", "kill") == "term"
+    broker_settings = [kv for kv in os.environ.get("BROKER_SETTINGS", "").split(",") if kv]
 
     def start(node: int) -> None:
         log = open(f"{work}/n{node}.log", "ab")
         procs[node] = subprocess.Popen(
             [BIN, "server", "--node-id", str(node), "--controller-voters", voters, "--data-dir", f"{work}/n{node}",
              "--listen", f"127.0.0.1:38{node}92", "--admin-listen", f"127.0.0.1:38{node}44",
-             "--set", f"broker.session.timeout.ms={session_ms}", "--set", f"broker.heartbeat.interval.ms={heartbeat_ms}"],
+             "--set", f"broker.session.timeout.ms={session_ms}", "--set", f"broker.heartbeat.interval.ms={heartbeat_ms}",
+             *[arg for kv in broker_settings for arg in ("--set", kv)]],
             stdout=log, stderr=log)
 
     for node in (1, 2, 3):
@@ -87,6 +93,7 @@ def main() -> None:
     writer = threading.Thread(target=load)
     writer.start()
     gaps = []
+    worst: list[float] = []
     steps: dict[str, list[float]] = {}
 
     def get(node: int, path: str):
@@ -135,8 +142,8 @@ def main() -> None:
             leader = partition_state()[0]
             was_controller = (get(leader, "/v1/cluster") or {}).get("controller", {}).get("leader_id") == leader
             killed_at = time.monotonic()
-            print(f"kill at {time.time():.3f}", flush=True)
-            procs[leader].send_signal(signal.SIGKILL)
+            print(f"{'stop' if graceful else 'kill'} at {time.time():.3f}", flush=True)
+            procs[leader].send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             procs[leader].wait()
             done_watching = threading.Event()
             timeline: dict[str, float] = {}
@@ -149,7 +156,10 @@ def main() -> None:
                 if after:
                     break
             gaps.append(min(after) - killed_at)
-            time.sleep(0.2)
+            time.sleep(5.5)
+            with lock:
+                around = [done - produced for produced, done in acked if killed_at - 0.5 <= produced <= killed_at + 5]
+            worst.append(max(around, default=0.0))
             done_watching.set()
             watcher.join()
             timeline["acknowledged again"] = gaps[-1]
@@ -157,7 +167,8 @@ def main() -> None:
                 steps.setdefault(step, []).append(at)
             line = ", ".join(f"{step} {at * 1000:.0f}" for step, at in sorted(timeline.items(), key=lambda kv: kv[1]))
             role = " (the active controller)" if was_controller else ""
-            print(f"killed leader {leader}{role}: ms after the kill: {line}", flush=True)
+            print(f"{'stopped' if graceful else 'killed'} leader {leader}{role}: ms after the signal: {line}; "
+                  f"worst wait of a record produced around it {worst[-1] * 1000:.0f} ms", flush=True)
             start(leader)
     finally:
         stop.set()
@@ -165,8 +176,9 @@ def main() -> None:
         for proc in procs.values():
             proc.send_signal(signal.SIGKILL)
     gaps.sort()
+    worst.sort()
     print(f"session {session_ms} ms, heartbeat {heartbeat_ms} ms, {len(gaps)} failovers: p50 {statistics.median(gaps) * 1000:.0f} ms, "
-          f"max {gaps[-1] * 1000:.0f} ms")
+          f"max {gaps[-1] * 1000:.0f} ms; worst record wait p50 {statistics.median(worst) * 1000:.0f} ms, max {worst[-1] * 1000:.0f} ms")
     for step, ats in steps.items():
         print(f"  {step}: median {statistics.median(ats) * 1000:.0f} ms over {len(ats)} rounds")
 

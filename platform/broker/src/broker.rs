@@ -723,6 +723,12 @@ impl Broker {
         }
     }
 
+    /// Whether broker `id` is registered and not fenced, as this broker's applied quorum state says
+    /// (always true without a controller: a single node in tests).
+    pub(crate) fn is_live_broker(&self, id: i32) -> bool {
+        self.controller().is_none_or(|c| c.with_metadata(|m, _| m.brokers.get(&id).is_some_and(|b| !b.fenced)))
+    }
+
     /// Waits (async) until this broker applied the controller log up to `index`.
     pub(crate) async fn reconciled_to(&self, index: u64) {
         let mut applied = self.reconciled.subscribe();
@@ -803,14 +809,14 @@ impl Broker {
         self.save_definition(topic)
     }
 
-    /// Removes the partitions `gone` from this broker: the controller moved them to other brokers
+    /// Removes the partitions `gone` (ascending) from this broker: the controller moved them to other brokers
     /// (a reassignment completed). The definition is saved first, so a crash midway leaves only
     /// directories that the next start removes as orphans. The caller holds `control`. Blocking
     /// file I/O.
     pub(crate) fn drop_partitions_locally(&self, topic: &Arc<Topic>, gone: &[i32]) -> Result<(), BrokerError> {
         let removed: Vec<Arc<Partition>> = {
             let mut partitions = topic.partitions.write();
-            let (removed, kept) = std::mem::take(&mut *partitions).into_iter().partition(|p| gone.contains(&p.index));
+            let (removed, kept) = std::mem::take(&mut *partitions).into_iter().partition(|p| gone.binary_search(&p.index).is_ok());
             *partitions = kept;
             removed
         };

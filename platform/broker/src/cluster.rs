@@ -114,7 +114,7 @@ pub(crate) async fn controlled_shutdown(broker: &Broker, controller: &Controller
     });
     // Alone, or without a quorum leader to fence it, there is nothing to hand over (or nobody to
     // do it): stop as a crash would.
-    if !others_live || controller.leader().is_none() {
+    if !others_live || controller.leader().is_none() || !broker.config().controlled_shutdown() {
         return;
     }
     let started = Instant::now();
@@ -357,15 +357,16 @@ fn apply_topic(broker: &Broker, node: i32, quorum: u64, up_to_date: bool, name: 
                 broker.save_definition(&topic)?;
             }
             // New partitions placed here, and existing ones a reassignment moved here.
+            // Both lists ascend (binary searches: a topic may have 100,000 partitions).
             let held = topic.hosted();
-            let added: Vec<i32> = hosted.iter().copied().filter(|p| !held.contains(p)).collect();
+            let added: Vec<i32> = hosted.iter().copied().filter(|p| held.binary_search(p).is_err()).collect();
             if total > topic.partition_count() || !added.is_empty() {
                 broker.grow_topic_locally(&topic, total, added)?;
             }
             // Partitions a completed reassignment moved away. Only on a state that holds this
             // process's registration: an older one (applied after a restart) may predate the
             // reassignment that placed a partition here, and this copy may be the only one in sync.
-            let gone: Vec<i32> = held.iter().copied().filter(|p| !hosted.contains(p)).collect();
+            let gone: Vec<i32> = held.iter().copied().filter(|p| hosted.binary_search(p).is_err()).collect();
             if up_to_date && !gone.is_empty() {
                 broker.drop_partitions_locally(&topic, &gone)?;
             }

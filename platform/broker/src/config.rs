@@ -132,6 +132,13 @@ pub const BROKER_SETTINGS: &[SettingSpec] = &[
         kind: Kind::Bool,
     },
     SettingSpec {
+        name: "controlled.shutdown.enable",
+        default: "true",
+        doc: "A broker asked to stop (SIGTERM) first has the controller move the partitions it leads to other in-sync \
+              replicas and take it out of their ISRs, and stops serving only then (Kafka's controlled shutdown).",
+        kind: Kind::Bool,
+    },
+    SettingSpec {
         name: "leader.imbalance.check.interval.seconds",
         default: "300",
         doc: "How often the active controller looks for brokers that lead too few of their preferred partitions.",
@@ -555,6 +562,10 @@ impl BrokerConfig {
     pub(crate) fn leader_rebalance_interval(&self) -> Option<std::time::Duration> {
         (self.get("auto.leader.rebalance.enable") == Some("true"))
             .then(|| std::time::Duration::from_secs(self.int("leader.imbalance.check.interval.seconds") as u64))
+    }
+    /// `controlled.shutdown.enable`.
+    pub(crate) fn controlled_shutdown(&self) -> bool {
+        self.get("controlled.shutdown.enable") == Some("true")
     }
     pub(crate) fn leader_imbalance_ratio(&self) -> f64 {
         self.int("leader.imbalance.per.broker.percentage") as f64 / 100.0

@@ -139,6 +139,12 @@ impl ReplicaSet {
             .fold(local, i64::min)
     }
 
+    /// Withdraws the proposal [`ReplicaSet::fetched`] just made (its replica may not join).
+    fn cancel_join(&mut self) {
+        self.proposing = false;
+        self.joining = None;
+    }
+
     /// Records the log start offset a follower's fetch reported.
     fn record_log_start(&mut self, replica: i32, log_start: i64) {
         if let Some(progress) = self.followers.get_mut(&replica) {
@@ -322,8 +328,17 @@ pub(crate) fn follower_fetched(
             return Err(ResponseError::NotLeaderOrFollower);
         }
         set.record_log_start(replica, log_start);
-        set.fetched(replica, fetch_offset, partition.log_end_offset(), partition.high_watermark(), now)
-            .map(|isr| set.change(partition, isr))
+        match set.fetched(replica, fetch_offset, partition.log_end_offset(), partition.high_watermark(), now) {
+            // A fenced broker cannot join (the controller refuses it): one in controlled shutdown
+            // still fetches until it stops, and proposing it would hold the high watermark for it
+            // (it counts as joining) until the refusal comes back.
+            Some(_) if !broker.is_live_broker(replica) => {
+                set.cancel_join();
+                None
+            }
+            Some(isr) => Some(set.change(partition, isr)),
+            None => None,
+        }
     };
     partition.advance_high_watermark();
     if let Some(change) = proposal {

@@ -309,9 +309,18 @@ impl Partition {
     /// Flips under the log's write lock: every append checks the role it was made for under that
     /// lock, so no write lands in a role the partition no longer has.
     pub(crate) fn set_leadership(&self, leader: bool, epoch: i32) -> bool {
-        let _log = self.log.write();
+        let log = self.log.write();
         let was = (self.leader.swap(leader, Ordering::AcqRel), self.leader_epoch.swap(epoch, Ordering::AcqRel));
-        was != (leader, epoch)
+        drop(log);
+        let changed = was != (leader, epoch);
+        if changed {
+            // acks=all writes waiting for the ISR (`wait_replicated`) look at the role when the
+            // high watermark's watch wakes them: wake them now, so that they answer
+            // NOT_LEADER_OR_FOLLOWER at once (the client goes to the new leader) instead of when
+            // their timeout ends or this broker's connections close.
+            self.high_watermark.send_modify(|_| {});
+        }
+        changed
     }
 
     /// The role check every write makes under the log's write lock.
