@@ -629,17 +629,38 @@ impl Broker {
                 })
                 .collect(),
         });
-        let mut results = Vec::with_capacity(named.len() + unknown.len());
-        for chunk in named.chunks(sluice_cluster::ELECTIONS_PER_COMMAND_MAX) {
-            let committed = self.controller_write(controller, Command::ElectPreferredLeaders { partitions: chunk.to_vec() })?;
-            self.wait_reconciled(committed.index)?;
-            match committed.outcome {
-                Outcome::Elections(elections) => results.extend(elections),
-                other => return Err(BrokerError::InvalidRequest(format!("the controller refused the election: {}", refusal(other)))),
-            }
-        }
+        let mut results = self.write_in_chunks(
+            controller,
+            &named,
+            sluice_cluster::ELECTIONS_PER_COMMAND_MAX,
+            |partitions| Command::ElectPreferredLeaders { partitions },
+            |outcome| match outcome {
+                Outcome::Elections(elections) => Ok(elections),
+                other => Err(format!("the controller refused the election: {}", refusal(other))),
+            },
+        )?;
         results.extend(unknown);
         Ok(results)
+    }
+
+    /// Writes `items` to the quorum in commands of at most `per_command` (`command` builds one),
+    /// waits until this broker applied each, and collects the per-item results `results` takes out
+    /// of each outcome (or the refusal it names). Blocking.
+    fn write_in_chunks<I: Clone, R>(
+        &self,
+        controller: &Controller,
+        items: &[I],
+        per_command: usize,
+        command: impl Fn(Vec<I>) -> Command,
+        results: impl Fn(Outcome) -> Result<Vec<R>, String>,
+    ) -> Result<Vec<R>, BrokerError> {
+        let mut collected = Vec::with_capacity(items.len());
+        for chunk in items.chunks(per_command) {
+            let committed = self.controller_write(controller, command(chunk.to_vec()))?;
+            self.wait_reconciled(committed.index)?;
+            collected.extend(results(committed.outcome).map_err(BrokerError::InvalidRequest)?);
+        }
+        Ok(collected)
     }
 
     /// Partition reassignment (Kafka's AlterPartitionReassignments): each (topic, partition) to its
@@ -665,15 +686,16 @@ impl Broker {
                 })
                 .collect()
         });
-        let mut results = Vec::with_capacity(named.len() + unknown.len());
-        for chunk in named.chunks(sluice_cluster::REASSIGNMENTS_PER_COMMAND_MAX) {
-            let committed = self.controller_write(controller, Command::ReassignPartitions { partitions: chunk.to_vec() })?;
-            self.wait_reconciled(committed.index)?;
-            match committed.outcome {
-                Outcome::Reassignments(done) => results.extend(done),
-                other => return Err(BrokerError::InvalidRequest(format!("the controller refused the reassignment: {}", refusal(other)))),
-            }
-        }
+        let mut results = self.write_in_chunks(
+            controller,
+            &named,
+            sluice_cluster::REASSIGNMENTS_PER_COMMAND_MAX,
+            |partitions| Command::ReassignPartitions { partitions },
+            |outcome| match outcome {
+                Outcome::Reassignments(done) => Ok(done),
+                other => Err(format!("the controller refused the reassignment: {}", refusal(other))),
+            },
+        )?;
         results.extend(unknown);
         Ok(results)
     }

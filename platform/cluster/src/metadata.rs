@@ -260,7 +260,15 @@ impl Command {
                 if partitions.is_empty() || partitions.len() > REASSIGNMENTS_PER_COMMAND_MAX {
                     return Err(format!("a reassignment names 1 to {REASSIGNMENTS_PER_COMMAND_MAX} partitions, not {}", partitions.len()));
                 }
-                partitions.iter().try_for_each(|r| check_topic_name(&r.topic))
+                partitions.iter().try_for_each(|r| {
+                    check_topic_name(&r.topic)?;
+                    match &r.target {
+                        Some(target) if target.len() > REPLICAS_MAX => {
+                            Err(format!("a partition has at most {REPLICAS_MAX} replicas, not {}", target.len()))
+                        }
+                        _ => Ok(()),
+                    }
+                })
             }
             Command::AllocateProducerIds { count, at_least, .. } => {
                 if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) || *at_least < 0 {
@@ -1145,6 +1153,8 @@ mod tests {
         let outcome = meta.apply(11, &Command::ReassignPartitions { partitions: vec![unknown] });
         assert_eq!(outcome, Outcome::Reassignments(vec![("t".into(), 7, Reassigned::UnknownPartition)]));
         assert!(Command::ReassignPartitions { partitions: Vec::new() }.validate().is_err());
+        let huge = Reassignment { topic: "t".into(), id: 5, partition: 0, target: Some((0..=REPLICAS_MAX as i32).collect()) };
+        assert!(Command::ReassignPartitions { partitions: vec![huge] }.validate().is_err(), "never reaches the log");
         // A partition whose every original replica fell out of sync cannot be cancelled back.
         assert_eq!(reassign(&mut meta, 12, Some(vec![3, 4])), Reassigned::Started);
         assert_eq!(meta.apply(13, &isr_change(&meta, vec![1, 2, 3])), Outcome::Applied);

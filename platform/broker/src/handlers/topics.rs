@@ -224,6 +224,17 @@ pub(crate) fn alter_partition_reassignments(
     for topic in &request.topics {
         let name = topic.name.0.to_string();
         for p in &topic.partitions {
+            // A target longer than any partition may have is refused here: it would otherwise travel
+            // into the controller's log.
+            if p.replicas.as_ref().is_some_and(|r| r.len() > sluice_cluster::REPLICAS_MAX) {
+                let message = format!("a partition has at most {} replicas", sluice_cluster::REPLICAS_MAX);
+                by_topic.entry(name.clone()).or_default().push(partition_result(
+                    p.partition_index,
+                    Some(ResponseError::InvalidReplicaAssignment),
+                    Some(message),
+                ));
+                continue;
+            }
             let target: Option<Vec<i32>> = p.replicas.as_ref().map(|r| r.iter().map(|b| b.0).collect());
             let current = factors.get(&(name.clone(), p.partition_index));
             if let (Some(target), Some(&current)) = (&target, current)
