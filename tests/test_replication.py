@@ -641,6 +641,10 @@ def test_a_reassignment_moves_a_partition_while_it_is_written(make_broker):
     assert listed == [{"topic": topic, "partition": 1, "replicas": [1, 3], "adding": [3], "removing": []}], listed
     time.sleep(1)
     assert replicas_of(nodes[0], topic)[1] == (1, [1, 3], [1]), "still moving: broker 3 cannot copy"
+    described = json.loads(sluice_cli(nodes[0], "topic", "describe", topic, "--json").stdout)["partitions"]
+    assert [(p["partition"], p["adding"], p["removing"]) for p in described] == [(0, None, None), (1, [3], [])], described
+    assert "adding 3" in sluice_cli(nodes[0], "topic", "describe", topic).stdout
+    assert metric(nodes[0], "sluice_reassigning_partitions") == 1
     sluice_cli(nodes[0], "topic", "reassign", topic, "--partition", "1", "--cancel")
     assert replicas_of(nodes[0], topic)[1] == (1, [1], [1])
     assert "No partition is being reassigned" in sluice_cli(nodes[0], "topic", "reassignments").stdout

@@ -131,6 +131,7 @@ async fn describe_cluster(State(broker): State<Arc<Broker>>) -> Response {
             "partitions": m.topics.values().map(|t| t.partitions.len()).sum::<usize>(),
             "leaderless": m.offline_partitions(),
             "under_replicated": m.under_replicated_partitions(),
+            "reassigning": m.reassigning_partitions(),
         });
         (brokers, partitions)
     });

@@ -301,9 +301,11 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     if leadership_changes > 0 {
         tracing::info!(partitions = leadership_changes, "partition leadership on this broker changed");
     }
-    let (leaderless, under_replicated) = controller.with_metadata(|m, _| (m.offline_partitions(), m.under_replicated_partitions()));
+    let (leaderless, under_replicated, reassigning) =
+        controller.with_metadata(|m, _| (m.offline_partitions(), m.under_replicated_partitions(), m.reassigning_partitions()));
     broker.metrics().leaderless_partitions.set(leaderless as i64);
     broker.metrics().under_replicated_partitions.set(under_replicated as i64);
+    broker.metrics().reassigning_partitions.set(reassigning as i64);
     broker.set_reconciled(index);
     if current && !broker.caught_up() {
         tracing::info!(index, "caught up with the controller quorum: serving clients");

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub fenced_brokers: IntGauge,
     pub leaderless_partitions: IntGauge,
     pub under_replicated_partitions: IntGauge,
+    pub reassigning_partitions: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -148,6 +149,10 @@ impl Metrics {
                 "under_replicated_partitions",
                 "Partitions in the cluster whose in-sync replica set is smaller than their replica set",
             )),
+            reassigning_partitions: must(IntGauge::new(
+                "reassigning_partitions",
+                "Partitions in the cluster being moved to other replicas (Kafka's ReassigningPartitions)",
+            )),
             registry,
         };
         let mut metrics = metrics;
@@ -179,6 +184,7 @@ impl Metrics {
             Box::new(metrics.fenced_brokers.clone()),
             Box::new(metrics.leaderless_partitions.clone()),
             Box::new(metrics.under_replicated_partitions.clone()),
+            Box::new(metrics.reassigning_partitions.clone()),
             Box::new(metrics.quarantined_segments.clone()),
         ] {
             must(metrics.registry.register(collector));

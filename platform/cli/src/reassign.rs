@@ -3,7 +3,7 @@
 //! `kafka-reassign-partitions.sh --execute | --verify | --cancel`. A plan file in that tool's JSON
 //! format is accepted as it is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ pub(crate) async fn moves(
 /// Sends the moves; prints each partition's result; with `wait`, follows the copy until every
 /// started move has completed. Fails when a partition was refused.
 pub(crate) async fn reassign(client: &Client, moves: Vec<Move>, wait: bool, as_json: bool) -> Result<()> {
-    let mut by_topic: std::collections::BTreeMap<String, Vec<ReassignablePartition>> = std::collections::BTreeMap::new();
+    let mut by_topic: BTreeMap<String, Vec<ReassignablePartition>> = std::collections::BTreeMap::new();
     for (topic, partition, target) in &moves {
         let replicas = target.as_ref().map(|r| r.iter().copied().map(BrokerId).collect());
         by_topic
@@ -145,10 +145,23 @@ pub(crate) async fn reassign(client: &Client, moves: Vec<Move>, wait: bool, as_j
     Ok(())
 }
 
-/// The moves in progress among `named` (all when `None`): (topic, partition, replicas, adding, removing).
-async fn in_progress(client: &Client, named: Option<&[(String, i32)]>) -> Result<Vec<(String, i32, Vec<i32>, Vec<i32>, Vec<i32>)>> {
+/// One partition's move in progress: topic, partition, replicas, adding, removing.
+pub(crate) type Moving = (String, i32, Vec<i32>, Vec<i32>, Vec<i32>);
+
+/// The moves in progress of `topic`'s partitions, by partition: (adding, removing). Empty when the
+/// broker does not support ListPartitionReassignments.
+pub(crate) async fn moving_partitions(client: &Client, topic: &str, partitions: &[i32]) -> Result<BTreeMap<i32, (Vec<i32>, Vec<i32>)>> {
+    if client.apis().range(kafka_protocol::messages::ApiKey::ListPartitionReassignments).is_none() || partitions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let named: Vec<(String, i32)> = partitions.iter().map(|&p| (topic.to_string(), p)).collect();
+    Ok(in_progress(client, Some(&named)).await?.into_iter().map(|(_, p, _, adding, removing)| (p, (adding, removing))).collect())
+}
+
+/// The moves in progress among `named` (all when `None`).
+async fn in_progress(client: &Client, named: Option<&[(String, i32)]>) -> Result<Vec<Moving>> {
     let topics = named.map(|list| {
-        let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = std::collections::BTreeMap::new();
+        let mut by_topic: BTreeMap<&str, Vec<i32>> = std::collections::BTreeMap::new();
         for (topic, partition) in list {
             by_topic.entry(topic.as_str()).or_default().push(*partition);
         }

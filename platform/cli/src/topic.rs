@@ -249,6 +249,8 @@ async fn describe(client: &Client, name: &str, all_configs: bool, as_json: bool)
     let topic = client.topic(name).await?;
     let watermarks = client.watermarks(&topic).await?;
     let configs = describe_configs(client, name).await?;
+    let ids: Vec<i32> = topic.partitions.iter().map(|p| p.id).collect();
+    let moving = crate::reassign::moving_partitions(client, name, &ids).await?;
     let shown: Vec<&ConfigEntry> = configs.iter().filter(|c| all_configs || c.source == ConfigSource::Topic).collect();
     let shown_value = |c: &ConfigEntry| if c.sensitive { Some("(sensitive)".to_string()) } else { c.value.clone() };
     if as_json {
@@ -262,6 +264,8 @@ async fn describe(client: &Client, name: &str, all_configs: bool, as_json: bool)
                     "leader": p.leader,
                     "replicas": p.replicas,
                     "isr": p.isr,
+                    "adding": moving.get(&p.id).map(|m| &m.0),
+                    "removing": moving.get(&p.id).map(|m| &m.1),
                     "low_watermark": w.map(|w| w.low),
                     "high_watermark": w.map(|w| w.high),
                     "error": if p.error_code == 0 { Value::Null } else { Value::String(error_label(p.error_code)) },
@@ -280,11 +284,16 @@ async fn describe(client: &Client, name: &str, all_configs: bool, as_json: bool)
         topic.partitions.first().map_or(0, |p| p.replicas.len())
     );
     println!();
-    let mut t = table(["PARTITION", "LEADER", "REPLICAS", "ISR", "LOW", "HIGH", "RECORDS"]);
+    let mut header = vec!["PARTITION", "LEADER", "REPLICAS", "ISR", "LOW", "HIGH", "RECORDS"];
+    // Only while a partition is being moved (sluice topic reassign): which brokers join and leave.
+    if !moving.is_empty() {
+        header.push("MOVING");
+    }
+    let mut t = table(header);
     let join = |ids: &[i32]| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     for p in &topic.partitions {
         let w = watermarks.get(&p.id);
-        t.add_row(vec![
+        let mut row = vec![
             p.id.to_string(),
             if p.leader >= 0 { p.leader.to_string() } else { "none".to_string() },
             join(&p.replicas),
@@ -292,7 +301,20 @@ async fn describe(client: &Client, name: &str, all_configs: bool, as_json: bool)
             w.map_or("?".into(), |w| w.low.to_string()),
             w.map_or("?".into(), |w| w.high.to_string()),
             w.map_or("?".into(), |w| (w.high - w.low).to_string()),
-        ]);
+        ];
+        if !moving.is_empty() {
+            row.push(moving.get(&p.id).map_or(String::new(), |(adding, removing)| {
+                let mut parts = Vec::new();
+                if !adding.is_empty() {
+                    parts.push(format!("adding {}", join(adding)));
+                }
+                if !removing.is_empty() {
+                    parts.push(format!("removing {}", join(removing)));
+                }
+                parts.join("; ")
+            }));
+        }
+        t.add_row(row);
     }
     print_table(&t);
     println!();

@@ -845,6 +845,11 @@ impl Metadata {
         self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.leader == NO_LEADER).count()
     }
 
+    /// Partitions with a reassignment in progress, over all topics.
+    pub fn reassigning_partitions(&self) -> usize {
+        self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.reassigning()).count()
+    }
+
     /// Partitions whose ISR is smaller than their replica set, over all topics.
     pub fn under_replicated_partitions(&self) -> usize {
         self.topics.values().flat_map(|t| &t.partitions).filter(|p| p.isr.len() < p.replicas.len()).count()
