@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -76,13 +77,34 @@ def sluice_cli(broker, *args: str, timeout: int = 180, check: bool = True) -> su
     return proc
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as the source port of an outgoing connection."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (all sockets are held open until every port is chosen)."""
+    """Distinct free TCP ports on 127.0.0.1 (all sockets are held open until every port is chosen).
+
+    Chosen below the kernel's ephemeral range: a broker keeps its ports across restarts, and a port
+    from that range, free while the broker was down, can meanwhile become the source port of some
+    outgoing connection (a client's, another broker's), which makes the restart fail with "Address
+    already in use"."""
+    high = _ephemeral_low() - 1
     socks = []
     try:
-        for _ in range(count):
+        while len(socks) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", _PORTS.randint(10000, high)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:
