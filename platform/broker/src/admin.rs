@@ -167,13 +167,22 @@ fn refresh_state_gauges(broker: &Broker) {
             metrics.unstable_records.with_label_values(&labels).set(partition.high_watermark() - partition.last_stable_offset());
         }
     }
-    let counters = broker.transactions().counters();
+    let mut counters = crate::transactions::TxnCounters::default();
+    let mut ongoing = 0;
+    broker.each_coordinators(|c| {
+        let more = c.transactions.counters();
+        counters.committed += more.committed;
+        counters.aborted += more.aborted;
+        counters.timed_out += more.timed_out;
+        counters.fenced += more.fenced;
+        ongoing += c.transactions.ongoing_count();
+    });
     for (outcome, value) in
         [("committed", counters.committed), ("aborted", counters.aborted), ("timed_out", counters.timed_out), ("fenced", counters.fenced)]
     {
         metrics.transactions_finished.with_label_values(&[outcome]).set(value as i64);
     }
-    metrics.transactions_ongoing.set(broker.transactions().ongoing_count() as i64);
+    metrics.transactions_ongoing.set(ongoing as i64);
     if let Some(controller) = broker.controller() {
         let status = controller.status();
         let (registered, fenced) = controller.with_metadata(|m, _| (m.brokers.len(), m.brokers.values().filter(|b| b.fenced).count()));
@@ -194,8 +203,11 @@ fn refresh_state_gauges(broker: &Broker) {
     }
 }
 
+/// The groups whose coordinator is here: this broker's plugins', and in a cluster the clients' while
+/// it coordinates them.
 fn group_ids(broker: &Broker) -> Vec<String> {
-    let mut ids: Vec<String> = broker.groups().list().into_iter().map(|(g, _, _)| g).chain(broker.offsets().groups()).collect();
+    let mut ids = Vec::new();
+    broker.each_coordinators(|c| ids.extend(c.groups.list().into_iter().map(|(g, _, _)| g).chain(c.offsets.groups())));
     ids.sort();
     ids.dedup();
     ids
@@ -212,8 +224,9 @@ struct PartitionLag {
 }
 
 fn group_lag(broker: &Broker, group: &str) -> Vec<PartitionLag> {
-    broker
-        .offsets()
+    let Ok(coordinators) = broker.coordinators_for(group) else { return Vec::new() };
+    coordinators
+        .offsets
         .group(group)
         .into_iter()
         .map(|((topic, partition), committed)| {
@@ -350,7 +363,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
     let groups: Vec<serde_json::Value> = group_ids(&broker)
         .into_iter()
         .map(|id| {
-            let view = broker.groups().describe(&id);
+            let view = broker.coordinators_for(&id).ok().and_then(|c| c.groups.describe(&id));
             let lag: i64 = group_lag(&broker, &id).iter().map(|l| l.lag).sum();
             json!({
                 "group_id": id,
@@ -365,7 +378,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
 }
 
 async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = broker.groups().describe(&id);
+    let view = coordinators_for(&broker, &id)?.groups.describe(&id);
     let offsets = group_lag(&broker, &id);
     if view.is_none() && offsets.is_empty() {
         return Err(BrokerError::UnknownGroup(id).into());
@@ -396,16 +409,30 @@ async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String
 }
 
 async fn delete_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    tokio::task::spawn_blocking(move || broker.groups().delete_group(&id)).await.map_err(|e| ApiError::internal(e.to_string()))??;
+    let coordinators = coordinators_for(&broker, &id)?;
+    tokio::task::spawn_blocking(move || coordinators.groups.delete_group(&id)).await.map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_transactions(State(broker): State<Arc<Broker>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "transactions": broker.transactions().list() }))
+    let mut transactions = Vec::new();
+    broker.each_coordinators(|c| transactions.extend(c.transactions.list()));
+    Json(serde_json::json!({ "transactions": transactions }))
+}
+
+/// The coordinators of a group or transactional id, or an error naming the broker that has them.
+fn coordinators_for(broker: &Broker, name: &str) -> Result<Arc<crate::coordinator::Coordinators>, ApiError> {
+    broker.coordinators_for(name).map_err(|error| {
+        let whereabouts = match broker.coordinator_node() {
+            Some(node) => format!("broker {node} coordinates the cluster's groups and transactions: ask its admin API"),
+            None => "the cluster's coordinator is not elected yet: retry in a moment".to_string(),
+        };
+        ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_coordinator", format!("{error:?}: {whereabouts}"))
+    })
 }
 
 async fn describe_transaction(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    match broker.transactions().describe(&id) {
+    match coordinators_for(&broker, &id)?.transactions.describe(&id) {
         Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or_default())),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_transactional_id", format!("no transactional id '{id}'"))),
     }

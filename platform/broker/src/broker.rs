@@ -25,15 +25,14 @@ use uuid::Uuid;
 
 use crate::budget::ByteBudget;
 use crate::config::{BrokerConfig, TopicConfig};
+use crate::coordinator::{CoordinatorDeps, Coordinators, Hosting};
 use crate::error::BrokerError;
 use crate::file_calls::FileCalls;
-use crate::groups::GroupCoordinator;
+use crate::internal_log::SharedLog;
 use crate::metastore::{MetaStore, ProducerIds, TopicDefinition};
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::offsets::OffsetStore;
-use crate::topic::{FlushPolicy, Partition, RESERVED_TOPIC_NAMES, Topic, TopicName, Topics};
-use crate::transactions::{TransactionCoordinator, TxnDeps, TxnSettings};
+use crate::topic::{COORDINATOR_TOPIC, FlushPolicy, Partition, RESERVED_TOPIC_NAMES, Topic, TopicName, Topics};
 
 /// The broker: its settings, its topics and the coordinators. Opaque outside the crate; runtimes see
 /// it only through `host::Host`.
@@ -46,9 +45,14 @@ pub struct Broker {
     /// Serialises topic creation, deletion and reconfiguration.
     control: Mutex<()>,
     metrics: Metrics,
-    groups: Arc<GroupCoordinator>,
-    offsets: Arc<OffsetStore>,
-    transactions: TransactionCoordinator,
+    /// This broker's own coordinators: every client's on a single node, only its plugins' in a
+    /// cluster (see `coordinator`).
+    local: Arc<Coordinators>,
+    /// Whether the clients' coordinators live on the leader of `__sluice_coordinator-0` (a cluster
+    /// of several voters) instead of in `local`.
+    clustered: bool,
+    /// Where the clients' coordinators of a cluster are, seen from here.
+    hosting: Mutex<Hosting>,
     producer_ids: Arc<ProducerIds>,
     /// Frames being read or handled, over all connections (`queued.max.request.bytes`).
     request_bytes: Arc<ByteBudget>,
@@ -62,8 +66,6 @@ pub struct Broker {
     controller: OnceLock<Arc<Controller>>,
     /// The quorum's cluster id, once known.
     quorum_cluster_id: OnceLock<String>,
-    /// See [`Broker::coordinator_node`].
-    coordinator_node: i32,
     /// The runtime the broker serves on, for blocking callers that wait for the controller.
     runtime: OnceLock<tokio::runtime::Handle>,
     /// The controller log index up to which this broker's topics follow the quorum.
@@ -141,37 +143,23 @@ impl Broker {
             );
         }
         remove_orphan_partitions(data_dir, &definitions);
-        let offsets = Arc::new(OffsetStore::open(data_dir, now)?);
+        let producer_ids = Arc::new(ProducerIds::open(meta.clone())?);
+        let deps = CoordinatorDeps { config: &config, topics: &topics, producer_ids: &producer_ids };
+        let local = Arc::new(Coordinators::open_local(&deps, data_dir, now)?);
         tracing::info!(
             topics = definitions.len(),
             partitions = partition_count,
-            committed_offsets = offsets.len(),
+            committed_offsets = local.offsets.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered data directory {}",
             data_dir.display()
         );
-        let groups = Arc::new(GroupCoordinator::new(&config, Arc::clone(&offsets)));
-        let producer_ids = Arc::new(ProducerIds::open(meta.clone())?);
-        let deps = TxnDeps {
-            topics: Arc::clone(&topics),
-            producer_ids: Arc::clone(&producer_ids),
-            offsets: Arc::clone(&offsets),
-            groups: Arc::clone(&groups),
-            config: Arc::new(config.clone()),
-        };
-        let settings = TxnSettings {
-            max_timeout_ms: config.transaction_max_timeout_ms(),
-            fsync: config.flush_before_ack(),
-            id_expiration_ms: config.transactional_id_expiration_ms(),
-        };
-        let transactions = TransactionCoordinator::open(data_dir, now, deps, settings)?;
-        transactions.recover();
+        local.transactions.recover();
+        let clustered = config.controller_voters().len() > 1;
         let request_bytes = ByteBudget::new(config.queued_request_bytes_max() as usize);
         let fetch_reply_bytes = ByteBudget::new(usize::MAX);
         let file_calls = FileCalls::new(metrics.slow_file_calls.clone());
-        let coordinator_node = config.controller_voters().keys().next().map_or(config.node_id(), |&id| id as i32);
         Ok(Arc::new(Broker {
-            coordinator_node,
             quorum_cluster_id: OnceLock::new(),
             config,
             data_dir: data_dir.to_path_buf(),
@@ -180,9 +168,9 @@ impl Broker {
             meta,
             control: Mutex::new(()),
             metrics,
-            groups,
-            offsets,
-            transactions,
+            local,
+            clustered,
+            hosting: Mutex::new(Hosting::Elsewhere),
             producer_ids,
             request_bytes,
             fetch_reply_bytes,
@@ -244,16 +232,119 @@ impl Broker {
         &self.metrics
     }
 
-    pub(crate) fn groups(&self) -> &Arc<GroupCoordinator> {
-        &self.groups
+    /// This broker's own coordinators: its plugins' (and on a single node, every client's).
+    pub(crate) fn local_coordinators(&self) -> &Arc<Coordinators> {
+        &self.local
     }
 
-    pub(crate) fn offsets(&self) -> &OffsetStore {
-        &self.offsets
+    /// The coordinators clients use: the local ones on a single node; in a cluster the ones loaded
+    /// here while this broker leads `__sluice_coordinator-0`, else NOT_COORDINATOR (or
+    /// COORDINATOR_LOAD_IN_PROGRESS while they load).
+    pub(crate) fn coordinators(&self) -> Result<Arc<Coordinators>, kafka_protocol::ResponseError> {
+        if !self.clustered {
+            return Ok(Arc::clone(&self.local));
+        }
+        self.hosting.lock().serving()
     }
 
-    pub(crate) fn transactions(&self) -> &TransactionCoordinator {
-        &self.transactions
+    /// The coordinators of a group or transactional id: the local ones for this broker's plugins'
+    /// (`__sluice…`) and on a single node, else [`Broker::coordinators`].
+    pub(crate) fn coordinators_for(&self, name: &str) -> Result<Arc<Coordinators>, kafka_protocol::ResponseError> {
+        if !self.clustered || crate::host::is_internal_name(name) { Ok(Arc::clone(&self.local)) } else { self.coordinators() }
+    }
+
+    /// Whether clients' coordinators live on a replicated partition (a cluster of several voters).
+    pub(crate) fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
+    /// Loads or unloads the clients' coordinators to match this broker's leadership of
+    /// `__sluice_coordinator-0` (after every reconcile). A load runs in the background.
+    pub(crate) fn follow_coordinator_partition(self: &Arc<Self>) {
+        if !self.clustered {
+            return;
+        }
+        let leading = self.partition(COORDINATOR_TOPIC, 0).ok().filter(|p| p.is_leader());
+        if !self.hosting.lock().follow(leading.as_ref()) {
+            return;
+        }
+        let (Some(partition), Ok(runtime)) = (leading, self.runtime()) else { return };
+        let broker = Arc::clone(self);
+        let epoch = partition.leader_epoch();
+        runtime.spawn_blocking(move || broker.load_coordinators(partition, epoch));
+    }
+
+    fn load_coordinators(self: &Arc<Self>, partition: Arc<Partition>, epoch: i32) {
+        let started = std::time::Instant::now();
+        tracing::info!(epoch, "leading {COORDINATOR_TOPIC}: loading the group and transaction coordinators");
+        let min_insync = self.topic(COORDINATOR_TOPIC).map_or(1, |t| t.config.read().min_insync_replicas(&self.config));
+        let log = SharedLog::new(Arc::clone(&partition), epoch, min_insync);
+        let remote = self.controller().map(|c| {
+            Arc::new(crate::markers::QuorumMarkers::new(self.node_id(), Arc::clone(c))) as Arc<dyn crate::transactions::RemoteMarkers>
+        });
+        let deps = CoordinatorDeps { config: &self.config, topics: &self.topics, producer_ids: &self.producer_ids };
+        // Before coordinators were replicated the lowest voter coordinated, in its own logs.
+        let was_coordinator = self.config.controller_voters().keys().next().is_some_and(|&id| id as i32 == self.node_id());
+        let loaded = Coordinators::load(&deps, log, remote, was_coordinator.then_some(&*self.local));
+        let mut hosting = self.hosting.lock();
+        let wanted = matches!(&*hosting, Hosting::Loading { epoch: e } if *e == epoch);
+        match loaded {
+            Ok(coordinators) if wanted && partition.is_leader() && partition.leader_epoch() == epoch => {
+                tracing::info!(
+                    epoch,
+                    committed_offsets = coordinators.offsets.len(),
+                    transactional_ids = coordinators.transactions.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "coordinating groups and transactions"
+                );
+                if let Ok(runtime) = self.runtime() {
+                    coordinators.start(runtime);
+                }
+                let coordinators = Arc::new(coordinators);
+                *hosting = Hosting::Loaded(Arc::clone(&coordinators));
+                drop(hosting);
+                // Markers of transactions that were deciding when the last coordinator stopped; their
+                // ids answer CONCURRENT_TRANSACTIONS (clients retry) until this is done.
+                coordinators.transactions.finish_prepared();
+            }
+            Ok(coordinators) => {
+                coordinators.unload();
+                tracing::info!(epoch, "leadership of {COORDINATOR_TOPIC} moved on while loading; discarded");
+            }
+            Err(error) => {
+                tracing::error!(epoch, %error, "could not load the coordinators; retrying in a second");
+                if wanted {
+                    *hosting = Hosting::Elsewhere;
+                    if let Ok(runtime) = self.runtime() {
+                        let broker = Arc::clone(self);
+                        runtime.spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            broker.follow_coordinator_partition();
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a coordinator here handed `producer_id` to a transactional id (such a producer only
+    /// writes inside transactions).
+    pub(crate) fn owns_transactional_producer(&self, producer_id: i64) -> bool {
+        let mut owned = false;
+        self.each_coordinators(|c| owned |= c.transactions.owns_producer(producer_id));
+        owned
+    }
+
+    /// Runs `f` on every coordinator set this broker holds: the local one and a loaded cluster one.
+    pub(crate) fn each_coordinators(&self, mut f: impl FnMut(&Coordinators)) {
+        f(&self.local);
+        let loaded = match &*self.hosting.lock() {
+            Hosting::Loaded(c) => Some(Arc::clone(c)),
+            _ => None,
+        };
+        if let Some(c) = loaded {
+            f(&c);
+        }
     }
 
     pub(crate) fn producer_ids(&self) -> &ProducerIds {
@@ -285,8 +376,10 @@ impl Broker {
     /// transactions its partitions hold open that the coordinator does not know (start-up recovery
     /// could not: partitions of a cluster lead nothing when the data directory is opened).
     pub(crate) fn leading_as_the_quorum_says(&self) {
-        if !self.hanging_checked.swap(true, Ordering::AcqRel) && self.coordinator_node() == self.node_id() {
-            self.transactions.abort_hanging();
+        // In a cluster the periodic check finds hanging transactions instead (`markers`): the
+        // partitions led here may hold transactions of coordinators on other brokers.
+        if !self.hanging_checked.swap(true, Ordering::AcqRel) && !self.clustered {
+            self.local.transactions.abort_hanging();
         }
     }
 
@@ -295,7 +388,7 @@ impl Broker {
     pub(crate) fn set_controller(self: &Arc<Self>, controller: Arc<Controller>) {
         let _ = self.runtime.set(tokio::runtime::Handle::current());
         self.producer_ids.use_cluster(Box::new(crate::cluster::QuorumProducerIds::new(self, Arc::clone(&controller))));
-        self.transactions.use_remote_markers(Arc::new(crate::markers::QuorumMarkers::new(self.node_id(), Arc::clone(&controller))));
+        self.local.transactions.use_remote_markers(Arc::new(crate::markers::QuorumMarkers::new(self.node_id(), Arc::clone(&controller))));
         // `run` starts one controller per broker; a second would be a bug, and the first stays.
         let _ = self.controller.set(controller);
     }
@@ -305,15 +398,16 @@ impl Broker {
         self.runtime.get().ok_or(BrokerError::ShuttingDown)
     }
 
-    /// The node that coordinates every consumer group and transaction: the lowest controller voter.
-    /// Group and transaction state lives on one node until it moves to replicated partitions.
-    pub(crate) fn coordinator_node(&self) -> i32 {
-        self.coordinator_node
-    }
-
-    /// NOT_COORDINATOR on every node but [`Broker::coordinator_node`].
-    pub(crate) fn check_coordinator(&self) -> Result<(), kafka_protocol::ResponseError> {
-        if self.coordinator_node() == self.node_id() { Ok(()) } else { Err(kafka_protocol::ResponseError::NotCoordinator) }
+    /// The node that coordinates the clients' consumer groups and transactions: this one alone; in a
+    /// cluster, the leader of `__sluice_coordinator-0` as the quorum says (`None` while it has none).
+    pub(crate) fn coordinator_node(&self) -> Option<i32> {
+        if !self.clustered {
+            return Some(self.node_id());
+        }
+        let controller = self.controller()?;
+        controller.with_metadata(|m, _| {
+            m.topics.get(COORDINATOR_TOPIC).and_then(|t| t.partitions.first()).map(|p| p.leader).filter(|&l| l != sluice_cluster::NO_LEADER)
+        })
     }
 
     pub(crate) fn node_id(&self) -> i32 {
@@ -383,6 +477,7 @@ impl Broker {
     ) -> Result<CreatedTopic, BrokerError> {
         let factor = factor.unwrap_or_else(|| self.config.default_replication_factor());
         let name = TopicName::parse(name)?;
+        refuse_internal(name.as_str())?;
         let partitions = match &assignments {
             Some(assignments) => assignments.len() as i32,
             None => partitions.unwrap_or_else(|| self.config.num_partitions()),
@@ -509,6 +604,7 @@ impl Broker {
 
     /// Deletes a topic and its data. Blocking file I/O.
     pub(crate) fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name)?;
         let Some(controller) = self.controller() else {
             let _control = self.control.lock();
             return self.remove_topic_locally(name);
@@ -538,6 +634,7 @@ impl Broker {
         assignments: Option<Vec<Vec<i32>>>,
         validate_only: bool,
     ) -> Result<(), BrokerError> {
+        refuse_internal(name)?;
         let control = self.control.lock();
         let topic = self.topic(name).ok_or_else(|| BrokerError::UnknownTopic(name.to_string()))?;
         let current = topic.partition_count();
@@ -812,7 +909,15 @@ impl Broker {
             }
         }
         self.metrics.forget_topic(name, topic.partition_count());
-        self.offsets.forget_topic(name);
+        self.local.offsets.forget_topic(name);
+        if self.clustered
+            && let Ok(coordinators) = self.coordinators()
+            && let Ok(runtime) = self.runtime()
+        {
+            // An acks=all write on the coordinator log: not under the control lock held here.
+            let name = name.to_string();
+            runtime.spawn_blocking(move || coordinators.offsets.forget_topic(&name));
+        }
         tracing::info!(topic = name, "removed topic from this broker");
         Ok(())
     }
@@ -925,10 +1030,17 @@ impl Broker {
                 });
             }
         });
-        self.offsets.close();
-        self.transactions.close();
+        self.local.close();
         tracing::info!(partitions = partitions.len(), elapsed_ms = started.elapsed().as_millis() as u64, "closed all logs");
     }
+}
+
+/// Clients may read the coordinators' topic, never create, delete, grow or write it.
+pub(crate) fn refuse_internal(name: &str) -> Result<(), BrokerError> {
+    if name == COORDINATOR_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!("'{name}' is the group and transaction coordinators' internal topic")));
+    }
+    Ok(())
 }
 
 /// Why the controller did not apply a command, in words.

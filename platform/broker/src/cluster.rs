@@ -24,9 +24,11 @@ use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::config::TopicConfig;
+use crate::coordinator::COORDINATOR_REPLICATION_FACTOR;
 use crate::error::BrokerError;
 use crate::metastore::{ProducerIdSource, TopicDefinition};
 use crate::replication::Target;
+use crate::topic::COORDINATOR_TOPIC;
 
 /// How long a topic change waits for a live broker to place partitions on.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -188,6 +190,16 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
             let Command::CreateTopic { name, id, .. } = &command else { continue };
             let id = Uuid::from_u128(*id);
             let (name, id) = (name.clone(), id);
+            if name == COORDINATOR_TOPIC {
+                match controller.write_committed(command).await.map(|c| c.outcome) {
+                    Ok(Outcome::Applied) => tracing::info!(topic = name, "created the group and transaction coordinators' topic"),
+                    // Another broker created it first.
+                    Ok(Outcome::TopicExists) => {}
+                    Ok(other) => tracing::warn!(topic = name, ?other, "the controller refused the coordinators' topic; retrying"),
+                    Err(error) => tracing::warn!(topic = name, %error, "cannot create the coordinators' topic yet; retrying"),
+                }
+                continue;
+            }
             match controller.write_committed(command).await.map(|c| (c.index, c.outcome)) {
                 Ok((index, Outcome::Applied)) => {
                     tracing::info!(topic = name, "handed a topic from before the controller quorum to it");
@@ -270,7 +282,11 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     if current {
         broker.leading_as_the_quorum_says();
     }
+    broker.follow_coordinator_partition();
     let mut adopt = Vec::new();
+    if current && registered && !topics.contains_key(COORDINATOR_TOPIC) {
+        adopt.extend(create_coordinator_topic(broker, &addresses));
+    }
     for topic in broker.topics() {
         let name = topic.name.as_str();
         if topics.contains_key(name) {
@@ -312,6 +328,29 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
         broker.set_caught_up();
     }
     adopt
+}
+
+/// The command that creates `__sluice_coordinator` (see `coordinator`), once the cluster has as many
+/// live brokers as its replicas need: proposed by the live broker with the lowest id, its replicas
+/// the lowest live ids (the first its preferred leader).
+fn create_coordinator_topic(broker: &Broker, live: &std::collections::BTreeMap<i32, String>) -> Option<Command> {
+    if !broker.is_clustered() || live.keys().next() != Some(&broker.node_id()) {
+        return None;
+    }
+    let factor = COORDINATOR_REPLICATION_FACTOR.min(broker.config().controller_voters().len());
+    if live.len() < factor {
+        tracing::info!(live = live.len(), needed = factor, "waiting for brokers before creating the coordinators' topic");
+        return None;
+    }
+    let replicas: Vec<i32> = live.keys().copied().take(factor).collect();
+    let config = match encode_config(&crate::coordinator::coordinator_topic_config(factor)) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the coordinators' topic settings");
+            return None;
+        }
+    };
+    Some(Command::CreateTopic { name: COORDINATOR_TOPIC.to_string(), id: Uuid::new_v4().as_u128(), config, assignments: vec![replicas] })
 }
 
 /// Applies one of the quorum's topics; returns how many of its partitions here changed leadership.

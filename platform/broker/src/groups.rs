@@ -196,6 +196,8 @@ pub(crate) struct GroupCoordinator {
     offsets_retention_ms: i64,
     /// Broker time the coordinator started: groups it has no state for count as empty since then.
     started_ms: i64,
+    /// Set by [`GroupCoordinator::unload`]: joins answer NOT_COORDINATOR instead of creating groups.
+    unloaded: std::sync::atomic::AtomicBool,
 }
 
 fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
@@ -215,6 +217,7 @@ impl GroupCoordinator {
             group_size_max: config.group_size_max(),
             offsets_retention_ms: config.offsets_retention_ms(),
             started_ms: crate::now_ms(),
+            unloaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -242,10 +245,13 @@ impl GroupCoordinator {
         }
         let member_id = request.member_id.clone();
         let step = loop {
+            if self.unloaded.load(std::sync::atomic::Ordering::Acquire) {
+                return join_error(ResponseError::NotCoordinator, &member_id);
+            }
             let group_arc = self.group_or_create(&request.group_id);
             let mut group = group_arc.lock();
-            // The group was removed (expired, deleted) between the look-up and the lock: a new one
-            // takes its place in the map, and this request must join that one.
+            // The group was removed (expired, deleted, unloaded) between the look-up and the lock:
+            // a new one takes its place in the map, and this request must join that one.
             if group.dead {
                 continue;
             }
@@ -571,6 +577,28 @@ impl GroupCoordinator {
             self.try_complete_join(group);
         } else {
             self.prepare_rebalance(group_arc, group, group_id);
+        }
+    }
+
+    /// This coordinator stops coordinating (a cluster's coordinator moved to another broker): every
+    /// member waiting in a join or sync hears NOT_COORDINATOR now, finds the new coordinator and
+    /// joins there, and every group is forgotten (committed offsets stay in the replicated log).
+    pub(crate) fn unload(&self) {
+        self.unloaded.store(true, std::sync::atomic::Ordering::Release);
+        let groups: Vec<Arc<Mutex<Group>>> = self.groups.iter().map(|g| Arc::clone(g.value())).collect();
+        self.groups.clear();
+        for group in groups {
+            let mut group = group.lock();
+            group.dead = true;
+            for (member_id, member) in group.members.iter_mut() {
+                if let Some(waiter) = member.join_waiter.take() {
+                    let _ = waiter.send(join_error(ResponseError::NotCoordinator, member_id));
+                }
+                if let Some(waiter) = member.sync_waiter.take() {
+                    let _ = waiter.send(Err(ResponseError::NotCoordinator));
+                }
+            }
+            group.members.clear();
         }
     }
 

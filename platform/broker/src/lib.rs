@@ -48,6 +48,7 @@ mod broker;
 mod budget;
 mod cluster;
 pub mod config;
+mod coordinator;
 mod error;
 mod file_calls;
 mod groups;
@@ -132,7 +133,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
             tracing::error!(%error, "admin API server failed");
         }
     });
-    let sweeper = tokio::spawn(Arc::clone(broker.groups()).run_session_sweeper());
+    broker.local_coordinators().start(&tokio::runtime::Handle::current());
     let maintenance = tokio::spawn(run_maintenance(Arc::clone(&broker)));
     tracing::info!(kafka = %bound.kafka, admin = %bound.admin, data_dir = %options.data_dir.display(), cluster_id = broker.cluster_id(), "sluice broker ready");
     on_bound(&bound);
@@ -142,7 +143,7 @@ pub async fn run(options: ServerOptions, shutdown: impl Future<Output = ()>, on_
     let _ = stop_sender.send(true);
     let _ = kafka_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
-    sweeper.abort();
+    broker.local_coordinators().unload();
     maintenance.abort();
     let extensions = options.extensions.clone();
     tokio::task::spawn_blocking(move || extensions.iter().for_each(|e| e.stop())).await?;
@@ -227,13 +228,19 @@ async fn run_maintenance(broker: Arc<Broker>) {
         if last_txn_check.elapsed() >= txn_check_every {
             last_txn_check = std::time::Instant::now();
             let coordinator = Arc::clone(&broker);
-            let _ = tokio::task::spawn_blocking(move || coordinator.transactions().abort_expired(now_ms())).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                coordinator.each_coordinators(|c| {
+                    c.transactions.abort_expired(now_ms());
+                    c.compact();
+                })
+            })
+            .await;
             markers::abort_hanging_elsewhere(&broker, &mut hanging).await;
         }
         if last_groups_check.elapsed() >= groups_check_every {
             last_groups_check = std::time::Instant::now();
             let broker = Arc::clone(&broker);
-            let _ = tokio::task::spawn_blocking(move || broker.groups().expire(now_ms())).await;
+            let _ = tokio::task::spawn_blocking(move || broker.each_coordinators(|c| c.groups.expire(now_ms()))).await;
         }
         if last_retention.elapsed() >= retention_every {
             last_retention = std::time::Instant::now();

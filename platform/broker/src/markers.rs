@@ -208,9 +208,11 @@ pub(crate) struct HangingWatch {
     first_seen: HashMap<OpenTxn, Instant>,
 }
 
-/// One run of the check (on the broker's maintenance tick, on brokers that are not the coordinator).
+/// One run of the check (on the broker's maintenance tick, on every broker of a cluster: the
+/// partitions one leads may hold transactions of the clients' coordinator, wherever it is, and of
+/// its own plugins' coordinator). A single node checks at start-up instead.
 pub(crate) async fn abort_hanging_elsewhere(broker: &Arc<Broker>, watch: &mut HangingWatch) {
-    if broker.check_coordinator().is_ok() {
+    if !broker.is_clustered() {
         watch.first_seen.clear();
         return;
     }
@@ -236,21 +238,38 @@ pub(crate) async fn abort_hanging_elsewhere(broker: &Arc<Broker>, watch: &mut Ha
         return;
     }
     overdue.sort();
-    let coordinator = broker.coordinator_node();
-    let address = controller.with_metadata(|m, _| {
-        m.brokers.get(&coordinator).filter(|b| !b.fenced).map(|b| format!("{}:{}", b.registration.host, b.registration.port))
-    });
-    let Some(address) = address else {
-        tracing::debug!(coordinator, "the transaction coordinator is not live; hanging transactions are checked later");
-        return;
-    };
-    let ongoing = match ongoing_at_coordinator(broker.node_id(), &address, &overdue).await {
-        Ok(ongoing) => ongoing,
-        Err(error) => {
-            tracing::warn!(coordinator, %error, "cannot ask the transaction coordinator about transactions open too long; will retry");
-            return;
+    // What the coordinators have ongoing: this broker's plugins' and the clients' (asked over the
+    // network unless they are loaded here).
+    let mut ongoing: HashMap<i64, (i16, Vec<(String, i32)>)> = HashMap::new();
+    let mut add = |open: crate::transactions::OpenByProducer| {
+        for (producer, (epoch, partitions)) in open {
+            ongoing.insert(producer, (epoch, partitions.into_iter().collect()));
         }
     };
+    add(broker.local_coordinators().transactions.ongoing());
+    match broker.coordinators() {
+        Ok(coordinators) => add(coordinators.transactions.ongoing()),
+        Err(_) => {
+            let Some(coordinator) = broker.coordinator_node() else {
+                tracing::debug!("the cluster has no transaction coordinator now; hanging transactions are checked later");
+                return;
+            };
+            let address = controller.with_metadata(|m, _| {
+                m.brokers.get(&coordinator).filter(|b| !b.fenced).map(|b| format!("{}:{}", b.registration.host, b.registration.port))
+            });
+            let Some(address) = address else {
+                tracing::debug!(coordinator, "the transaction coordinator is not live; hanging transactions are checked later");
+                return;
+            };
+            match ongoing_at_coordinator(broker.node_id(), &address, &overdue).await {
+                Ok(remote) => ongoing.extend(remote),
+                Err(error) => {
+                    tracing::warn!(coordinator, %error, "cannot ask the transaction coordinator about transactions open too long; will retry");
+                    return;
+                }
+            }
+        }
+    }
     for (topic, index, producer_id, first_offset) in overdue {
         if ongoing.get(&producer_id).is_some_and(|(_, parts)| parts.contains(&(topic.clone(), index))) {
             continue;

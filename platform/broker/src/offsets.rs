@@ -8,16 +8,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
-use crate::internal_log::{BATCH_RECORD_BYTES_MAX, KeyedEntry, KeyedLog, record_bytes_max};
+use crate::internal_log::{BATCH_RECORD_BYTES_MAX, KeyedEntry, KeyedLog, SharedLog, record_bytes_max};
 
 pub(crate) const OFFSETS_DIR_NAME: &str = "__consumer_offsets-0";
+/// This store's tag in the coordinator's shared log.
+const SHARED_TAG: u8 = b'o';
 /// Rough bytes per live entry in the log, for the garbage estimate.
-const ENTRY_BYTES_ESTIMATE: u64 = 96;
+pub(crate) const ENTRY_BYTES_ESTIMATE: u64 = 96;
 /// Group metadata strings (OffsetCommit's `metadata`) longer than this are refused, like Kafka's
 /// `offset.metadata.max.bytes`.
 pub(crate) const COMMIT_METADATA_BYTES_MAX: usize = 4096;
@@ -69,6 +72,23 @@ type LiveRecord = (Vec<u8>, Vec<u8>);
 /// One entry of a write: a (topic, partition) and its new committed offset, or `None` to delete it.
 pub(crate) type OffsetWrite = ((String, i32), Option<CommittedOffset>);
 
+/// One replayed record: a commit or a tombstone.
+fn replay(offsets: &mut HashMap<String, GroupOffsets>, key: &[u8], value: Option<&[u8]>) {
+    let Ok(key) = rmp_serde::from_slice::<OffsetKey>(key) else {
+        tracing::warn!("skipping unreadable record in the offsets log");
+        return;
+    };
+    let group = offsets.entry(key.group).or_default();
+    match value.and_then(|v| rmp_serde::from_slice::<CommittedOffset>(v).ok()) {
+        Some(value) => {
+            group.insert((key.topic, key.partition), value);
+        }
+        None => {
+            group.remove(&(key.topic, key.partition));
+        }
+    }
+}
+
 pub(crate) struct OffsetStore {
     log: KeyedLog,
     offsets: RwLock<HashMap<String, GroupOffsets>>,
@@ -80,24 +100,44 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BrokerError> {
 
 impl OffsetStore {
     pub(crate) fn open(data_dir: &Path, now: i64) -> Result<OffsetStore, BrokerError> {
-        let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
-        let log = KeyedLog::open(data_dir, OFFSETS_DIR_NAME, now, |key, value| {
-            let Ok(key) = rmp_serde::from_slice::<OffsetKey>(key) else {
-                tracing::warn!("skipping unreadable record in the offsets log");
-                return;
-            };
-            let group = offsets.entry(key.group).or_default();
-            match value.and_then(|v| rmp_serde::from_slice::<CommittedOffset>(v).ok()) {
-                Some(value) => {
-                    group.insert((key.topic, key.partition), value);
-                }
-                None => {
-                    group.remove(&(key.topic, key.partition));
-                }
-            }
-        })?;
+        let mut offsets = HashMap::new();
+        let log = KeyedLog::open(data_dir, OFFSETS_DIR_NAME, now, |key, value| replay(&mut offsets, key, value))?;
+        Ok(OffsetStore::from_replayed(log, offsets))
+    }
+
+    /// The clients' offsets of a cluster, replayed from the coordinator's replicated log. Blocking.
+    pub(crate) fn open_shared(log: Arc<SharedLog>) -> Result<OffsetStore, BrokerError> {
+        let mut offsets = HashMap::new();
+        let log = KeyedLog::open_shared(log, "offsets", SHARED_TAG, |key, value| replay(&mut offsets, key, value))?;
+        Ok(OffsetStore::from_replayed(log, offsets))
+    }
+
+    fn from_replayed(log: KeyedLog, mut offsets: HashMap<String, GroupOffsets>) -> OffsetStore {
         offsets.retain(|_, g| !g.is_empty());
-        Ok(OffsetStore { log, offsets: RwLock::new(offsets) })
+        OffsetStore { log, offsets: RwLock::new(offsets) }
+    }
+
+    /// Copies the offsets of the clients' groups (not `__sluice…`) into the coordinators' shared
+    /// log, which must be new: a cluster that ran before coordinators were replicated kept them in
+    /// its lowest voter's local store. Returns how many were copied. Blocking.
+    pub(crate) fn copy_clients_to(&self, log: &Arc<SharedLog>) -> Result<usize, BrokerError> {
+        let live: Vec<LiveRecord> = self
+            .live_records()?
+            .into_iter()
+            .filter(|(key, _)| rmp_serde::from_slice::<OffsetKey>(key).is_ok_and(|k| !crate::host::is_internal_name(&k.group)))
+            .collect();
+        if !live.is_empty() {
+            KeyedLog::open_shared(Arc::clone(log), "offsets", SHARED_TAG, |_, _| {})?.lock().snapshot(&live)?;
+        }
+        Ok(live.len())
+    }
+
+    /// Appends every live entry to a shared log and returns where that snapshot starts (see
+    /// `internal_log`). Blocking.
+    pub(crate) fn snapshot(&self) -> Result<i64, BrokerError> {
+        let mut log = self.log.lock();
+        let live = self.live_records()?;
+        log.snapshot(&live)
     }
 
     /// Number of committed (group, topic, partition) entries.

@@ -42,6 +42,10 @@ pub(crate) const TOPIC_NAME_BYTES_MAX: usize = 249;
 /// Names the broker keeps for its own logs.
 pub(crate) const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__cluster"];
 
+/// The internal topic of a cluster's group and transaction coordinators (one partition, replicated;
+/// its leader coordinates). Clients may read it; only the coordinators write, create or delete it.
+pub(crate) const COORDINATOR_TOPIC: &str = "__sluice_coordinator";
+
 impl TopicName {
     pub(crate) fn parse(name: &str) -> Result<TopicName, BrokerError> {
         let invalid = |why: &str| Err(BrokerError::InvalidTopic(format!("'{name}' {why}")));
@@ -491,6 +495,18 @@ impl Partition {
         let log = self.log.read();
         let end = log.log_end_offset();
         Ok((log.read_slices(offset, max_bytes, end, min_one)?, hw))
+    }
+
+    /// Reads whole batches from `offset` up to the log end (a coordinator replaying its log on the
+    /// leader). Blocking file I/O.
+    pub(crate) fn read_to_end(&self, offset: i64, max_bytes: usize) -> Result<sluice_storage::ReadResult, StorageError> {
+        let log = self.log.read();
+        let end = log.log_end_offset();
+        log.read(offset, max_bytes, end, true)
+    }
+
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub(crate) fn high_watermark(&self) -> i64 {

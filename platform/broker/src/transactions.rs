@@ -49,12 +49,14 @@ use sluice_storage::{ControlType, StorageError, TxnMarker};
 
 use crate::error::{BrokerError, refuse};
 use crate::groups::{GROUP_ID_BYTES_MAX, GroupCoordinator};
-use crate::internal_log::{BATCH_RECORD_BYTES_MAX, KeyedEntry, KeyedLog, record_bytes_max};
+use crate::internal_log::{BATCH_RECORD_BYTES_MAX, KeyedEntry, KeyedLog, SharedLog, record_bytes_max};
 use crate::metastore::ProducerIds;
 use crate::offsets::{COMMIT_METADATA_BYTES_MAX, CommittedOffset, OffsetStore, OffsetWrite, offset_record_bytes_max};
 use crate::topic::{TOPIC_NAME_BYTES_MAX, Topics};
 
 pub(crate) const TXN_STATE_DIR_NAME: &str = "__transaction_state-0";
+/// This store's tag in the coordinator's shared log.
+const SHARED_TAG: u8 = b't';
 /// Longest transactional id accepted (Kafka sets none; ids are usually an application id plus a task).
 pub(crate) const TRANSACTIONAL_ID_BYTES_MAX: usize = 4096;
 /// Most partitions one transaction may touch.
@@ -89,7 +91,7 @@ const _: () = assert!(
 );
 
 /// Rough bytes per live transactional id in the state log, for the rewrite heuristic.
-const ENTRY_BYTES_ESTIMATE: u64 = 256;
+pub(crate) const ENTRY_BYTES_ESTIMATE: u64 = 256;
 /// No producer id / epoch (Kafka's `RecordBatch.NO_PRODUCER_ID` / `NO_PRODUCER_EPOCH`).
 const NO_PRODUCER_ID: i64 = -1;
 const NO_PRODUCER_EPOCH: i16 = -1;
@@ -301,7 +303,7 @@ pub(crate) struct TransactionCoordinator {
 }
 
 /// Producer id → (epoch, partitions) of the transactions the coordinator has open.
-type OpenByProducer = BTreeMap<i64, (i16, BTreeSet<(String, i32)>)>;
+pub(crate) type OpenByProducer = BTreeMap<i64, (i16, BTreeSet<(String, i32)>)>;
 
 fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, BrokerError> {
     rmp_serde::to_vec(value).map_err(|source| BrokerError::Encode { what: "transaction state", source })
@@ -317,25 +319,40 @@ fn epoch_exhausted(epoch: i16) -> bool {
     bump(epoch).is_none()
 }
 
+/// One replayed record: an id's state or its tombstone.
+fn replay(state: &mut BTreeMap<String, TxnMetadata>, key: &[u8], value: Option<&[u8]>) {
+    let Ok(id) = rmp_serde::from_slice::<String>(key) else {
+        tracing::warn!("skipping an unreadable key in the transaction state log");
+        return;
+    };
+    match value.map(rmp_serde::from_slice::<TxnMetadata>) {
+        Some(Ok(metadata)) => {
+            state.insert(id, metadata);
+        }
+        Some(Err(error)) => tracing::warn!(transactional_id = id, %error, "skipping an unreadable transaction state record"),
+        None => {
+            state.remove(&id);
+        }
+    }
+}
+
 impl TransactionCoordinator {
     /// Opens (replays) the state log. Call `recover` once every partition is open.
     pub(crate) fn open(data_dir: &Path, now: i64, deps: TxnDeps, settings: TxnSettings) -> Result<TransactionCoordinator, BrokerError> {
         let mut state: BTreeMap<String, TxnMetadata> = BTreeMap::new();
-        let log = KeyedLog::open(data_dir, TXN_STATE_DIR_NAME, now, |key, value| {
-            let Ok(id) = rmp_serde::from_slice::<String>(key) else {
-                tracing::warn!("skipping an unreadable key in the transaction state log");
-                return;
-            };
-            match value.map(rmp_serde::from_slice::<TxnMetadata>) {
-                Some(Ok(metadata)) => {
-                    state.insert(id, metadata);
-                }
-                Some(Err(error)) => tracing::warn!(transactional_id = id, %error, "skipping an unreadable transaction state record"),
-                None => {
-                    state.remove(&id);
-                }
-            }
-        })?;
+        let log = KeyedLog::open(data_dir, TXN_STATE_DIR_NAME, now, |key, value| replay(&mut state, key, value))?;
+        Ok(TransactionCoordinator::from_replayed(log, state, deps, settings))
+    }
+
+    /// The clients' transactions of a cluster, replayed from the coordinator's replicated log. Call
+    /// `recover` next. Blocking.
+    pub(crate) fn open_shared(log: Arc<SharedLog>, deps: TxnDeps, settings: TxnSettings) -> Result<TransactionCoordinator, BrokerError> {
+        let mut state: BTreeMap<String, TxnMetadata> = BTreeMap::new();
+        let log = KeyedLog::open_shared(log, "transactions", SHARED_TAG, |key, value| replay(&mut state, key, value))?;
+        Ok(TransactionCoordinator::from_replayed(log, state, deps, settings))
+    }
+
+    fn from_replayed(log: KeyedLog, state: BTreeMap<String, TxnMetadata>, deps: TxnDeps, settings: TxnSettings) -> TransactionCoordinator {
         let coordinator = TransactionCoordinator {
             log,
             deps,
@@ -353,7 +370,60 @@ impl TransactionCoordinator {
             }
             coordinator.txns.insert(id, Arc::new(Mutex::new(Some(metadata))));
         }
-        Ok(coordinator)
+        coordinator
+    }
+
+    /// Appends every id's state to a shared log and returns where that snapshot starts (see
+    /// `internal_log`); `None` when an id was busy (its change may be on its way to the log), and
+    /// the caller tries again later. Blocking.
+    pub(crate) fn snapshot(&self) -> Result<Option<i64>, BrokerError> {
+        let mut log = self.log.lock();
+        let Some(live) = self.live_states(None) else { return Ok(None) };
+        log.snapshot(&live).map(Some)
+    }
+
+    /// Copies the clients' transactional ids (not `__sluice…`) into the coordinators' shared log,
+    /// which must be new (see `OffsetStore::copy_clients_to`). Returns how many were copied; `None`
+    /// when an id was busy. Blocking.
+    pub(crate) fn copy_clients_to(&self, log: &Arc<SharedLog>) -> Result<Option<usize>, BrokerError> {
+        let _held = self.log.lock();
+        let Some(live) = self.live_states(None) else { return Ok(None) };
+        let live: Vec<(Vec<u8>, Vec<u8>)> = live
+            .into_iter()
+            .filter(|(key, _)| rmp_serde::from_slice::<String>(key).is_ok_and(|id| !crate::host::is_internal_name(&id)))
+            .collect();
+        if !live.is_empty() {
+            KeyedLog::open_shared(Arc::clone(log), "transactions", SHARED_TAG, |_, _| {})?.lock().snapshot(&live)?;
+        }
+        Ok(Some(live.len()))
+    }
+
+    /// Every id's encoded state, for a rewrite or a snapshot: the caller holds the log, so no change
+    /// is appended meanwhile. `current` is an id whose slot the caller holds, with the state to use
+    /// for it; any other slot is only tried, and `None` comes back if one is busy.
+    fn live_states(&self, current: Option<(&str, Option<&TxnMetadata>)>) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        let mut live = Vec::with_capacity(slots.len());
+        for (id, slot) in slots {
+            let encoded = match current {
+                Some((current, state)) if current == id => match state {
+                    Some(metadata) => (encode(&id), encode(metadata)),
+                    None => continue,
+                },
+                _ => {
+                    let guard = slot.try_lock()?;
+                    match guard.as_ref() {
+                        Some(metadata) => (encode(&id), encode(metadata)),
+                        None => continue,
+                    }
+                }
+            };
+            match encoded {
+                (Ok(k), Ok(v)) => live.push((k, v)),
+                _ => return None,
+            }
+        }
+        Some(live)
     }
 
     /// From now on, markers for partitions this node does not lead go to their leaders through
@@ -432,26 +502,7 @@ impl TransactionCoordinator {
         // The log lock first: no other id can append between the snapshot and the swap (one that is
         // waiting for it holds its slot, so the snapshot below gives up instead of missing its change).
         let mut log = self.log.lock();
-        let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
-        let mut live = Vec::with_capacity(slots.len());
-        for (id, slot) in slots {
-            let encoded = if id == current {
-                match current_state {
-                    Some(metadata) => (encode(&id), encode(metadata)),
-                    None => continue,
-                }
-            } else {
-                let Some(guard) = slot.try_lock() else { return };
-                match guard.as_ref() {
-                    Some(metadata) => (encode(&id), encode(metadata)),
-                    None => continue,
-                }
-            };
-            match encoded {
-                (Ok(k), Ok(v)) => live.push((k, v)),
-                _ => return,
-            }
-        }
+        let Some(live) = self.live_states(Some((current, current_state))) else { return };
         if let Err(error) = log.rewrite(&live) {
             tracing::warn!(%error, "transaction state log rewrite failed; keeping the current log");
         }
@@ -1000,6 +1051,15 @@ impl TransactionCoordinator {
     /// Prepare state, then abort transactions that partitions hold open but the coordinator does not
     /// (their last stable offset would otherwise never move).
     pub(crate) fn recover(&self) {
+        let open = self.finish_prepared();
+        self.abort_hanging_in(&open);
+    }
+
+    /// Finishes transactions left in a Prepare state (a crash, or a coordinator that moved) and
+    /// returns the open ones. A cluster's coordinator loading on a new leader does only this: the
+    /// partitions it leads may hold transactions of this broker's own plugins, which it never sees;
+    /// hanging ones are found by the periodic check instead (`markers::abort_hanging_elsewhere`).
+    pub(crate) fn finish_prepared(&self) -> OpenByProducer {
         let slots: Vec<(String, Slot)> = self.txns.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
         let mut open: OpenByProducer = BTreeMap::new();
         for (id, slot) in slots {
@@ -1017,7 +1077,12 @@ impl TransactionCoordinator {
                 open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
             }
         }
-        self.abort_hanging_in(&open);
+        open
+    }
+
+    /// How many transactional ids the coordinator holds.
+    pub(crate) fn len(&self) -> usize {
+        self.txns.len()
     }
 
     /// Aborts transactions that partitions this broker leads hold open but the coordinator does not
@@ -1025,6 +1090,12 @@ impl TransactionCoordinator {
     /// reconciler once this broker leads what the quorum says (a cluster's partitions lead nothing
     /// at start-up). Only the coordinator node may judge: elsewhere every transaction looks unknown.
     pub(crate) fn abort_hanging(&self) {
+        self.abort_hanging_in(&self.ongoing());
+    }
+
+    /// The transactions this coordinator has ongoing or deciding (Prepare states, whose markers are
+    /// on their way), by producer id.
+    pub(crate) fn ongoing(&self) -> OpenByProducer {
         let slots: Vec<Slot> = self.txns.iter().map(|e| Arc::clone(e.value())).collect();
         let mut open: OpenByProducer = BTreeMap::new();
         for slot in slots {
@@ -1033,7 +1104,7 @@ impl TransactionCoordinator {
                 open.insert(current.producer_id, (current.producer_epoch, current.partitions.clone()));
             }
         }
-        self.abort_hanging_in(&open);
+        open
     }
 
     fn abort_hanging_in(&self, open: &OpenByProducer) {
@@ -1139,7 +1210,8 @@ mod tests {
         let mut bytes = batch.finish();
         let mode = AppendMode::AssignOffsets { leader_epoch: 0 };
         broker
-            .transactions()
+            .local_coordinators()
+            .transactions
             .transactional_append(transactional_id, producer_id, epoch, "t", 0, || partition.append(&mut bytes, mode, now_ms()))
             .unwrap()
             .unwrap();
@@ -1153,7 +1225,7 @@ mod tests {
     fn a_decision_the_state_log_did_not_take_is_never_acted_on() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open(dir.path(), &[]);
-        let txns = broker.transactions();
+        let txns = &broker.local_coordinators().transactions;
         let (producer_id, epoch) = txns.init_producer_id("tx", 60_000, None).unwrap();
         txns.add_partitions("tx", producer_id, epoch, &[("t".to_string(), 0)]).unwrap();
         write(&broker, "tx", producer_id, epoch);
@@ -1178,7 +1250,7 @@ mod tests {
     fn a_commit_whose_partition_is_not_led_yet_waits_for_it_and_is_never_aborted() {
         let dir = tempfile::tempdir().unwrap();
         let broker = open(dir.path(), &[]);
-        let txns = broker.transactions();
+        let txns = &broker.local_coordinators().transactions;
         let (producer_id, epoch) = txns.init_producer_id("tx", 60_000, None).unwrap();
         txns.add_partitions("tx", producer_id, epoch, &[("t".to_string(), 0)]).unwrap();
         write(&broker, "tx", producer_id, epoch);
@@ -1216,15 +1288,15 @@ mod tests {
         let settings = [("transactional.id.expiration.ms", "1")];
         {
             let broker = open(dir.path(), &settings);
-            broker.transactions().init_producer_id("gone", 60_000, None).unwrap();
-            broker.transactions().init_producer_id("kept", 60_000, None).unwrap();
-            broker.transactions().abort_expired(now_ms() + 10);
-            assert!(broker.transactions().describe("gone").is_none());
+            broker.local_coordinators().transactions.init_producer_id("gone", 60_000, None).unwrap();
+            broker.local_coordinators().transactions.init_producer_id("kept", 60_000, None).unwrap();
+            broker.local_coordinators().transactions.abort_expired(now_ms() + 10);
+            assert!(broker.local_coordinators().transactions.describe("gone").is_none());
             broker.close();
         }
         let broker = open(dir.path(), &settings);
-        assert!(broker.transactions().describe("gone").is_none());
-        assert!(broker.transactions().list().is_empty());
+        assert!(broker.local_coordinators().transactions.describe("gone").is_none());
+        assert!(broker.local_coordinators().transactions.list().is_empty());
     }
 
     /// Issue 10, item 6: the internal logs took batches of at most 1 MiB while TXN_PARTITIONS_MAX and

@@ -93,7 +93,7 @@ pub(crate) async fn run(cmd: GroupCmd, brokers: &[String], as_json: bool) -> Res
 
 async fn list(client: &Client, as_json: bool) -> Result<()> {
     let groups: Vec<(String, String, String)> =
-        client.list_groups().await?.into_iter().map(|g| (g.group_id, g.state, g.protocol_type)).collect();
+        client.list_all_groups().await?.into_iter().map(|g| (g.group_id, g.state, g.protocol_type)).collect();
     if as_json {
         let items: Vec<Value> = groups
             .iter()

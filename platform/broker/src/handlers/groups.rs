@@ -28,6 +28,7 @@ use kafka_protocol::messages::{
 
 use super::{ConnCtx, blocking, map_partitions, per_partition, str_bytes};
 use crate::broker::Broker;
+use crate::coordinator::Coordinators;
 use crate::groups::{GroupState, JoinRequest, check_group_id};
 use crate::host::is_internal_name;
 use crate::offsets::{COMMIT_METADATA_BYTES_MAX, CommittedOffset, OffsetWrite};
@@ -40,16 +41,16 @@ pub(crate) const OFFSET_COMMIT_PARTITIONS_MAX: usize = 10_000;
 /// Groups under `__sluice` hold the positions of the broker's own runtimes (transforms, connectors,
 /// mirrors); clients may read them but not join, commit to or delete them. Also applies the
 /// group-id limit, like every group API.
-fn writable(broker: &Broker, group: &str) -> Result<(), ResponseError> {
-    coordinated(broker, group)?;
-    if is_internal_name(group) { Err(ResponseError::GroupAuthorizationFailed) } else { Ok(()) }
+fn writable(broker: &Broker, group: &str) -> Result<Arc<Coordinators>, ResponseError> {
+    let coordinators = coordinated(broker, group)?;
+    if is_internal_name(group) { Err(ResponseError::GroupAuthorizationFailed) } else { Ok(coordinators) }
 }
 
-/// The group-id limit, and NOT_COORDINATOR on a node that does not coordinate groups (clients
-/// then ask FindCoordinator again).
-fn coordinated(broker: &Broker, group: &str) -> Result<(), ResponseError> {
+/// The group-id limit, then the coordinators, or NOT_COORDINATOR on a node that does not
+/// coordinate groups (clients then ask FindCoordinator again; see `coordinator`).
+fn coordinated(broker: &Broker, group: &str) -> Result<Arc<Coordinators>, ResponseError> {
     check_group_id(group)?;
-    broker.check_coordinator()
+    broker.coordinators()
 }
 
 fn error_code(result: Result<(), ResponseError>) -> i16 {
@@ -63,10 +64,11 @@ pub(crate) async fn join_group(
     version: i16,
     client_id: String,
 ) -> JoinGroupResponse {
-    if let Err(error) = writable(broker, request.group_id.0.as_str()) {
-        return JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1);
-    }
-    broker.groups().join(join_request(ctx, request, version, client_id)).await
+    let coordinators = match writable(broker, request.group_id.0.as_str()) {
+        Ok(coordinators) => coordinators,
+        Err(error) => return JoinGroupResponse::default().with_error_code(error.code()).with_generation_id(-1),
+    };
+    coordinators.groups.join(join_request(ctx, request, version, client_id)).await
 }
 
 /// What the coordinator keeps of a JoinGroup. The decoder hands out metadata as zero-copy slices of
@@ -93,12 +95,13 @@ fn sync_assignments(request: &SyncGroupRequest) -> Vec<(String, Bytes)> {
 }
 
 pub(crate) async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) -> SyncGroupResponse {
-    if let Err(error) = writable(broker, request.group_id.0.as_str()) {
-        return SyncGroupResponse::default().with_error_code(error.code());
-    }
+    let coordinators = match writable(broker, request.group_id.0.as_str()) {
+        Ok(coordinators) => coordinators,
+        Err(error) => return SyncGroupResponse::default().with_error_code(error.code()),
+    };
     let assignments = sync_assignments(&request);
-    broker
-        .groups()
+    coordinators
+        .groups
         .sync(
             request.group_id.0.as_str(),
             request.member_id.as_str(),
@@ -112,7 +115,7 @@ pub(crate) async fn sync_group(broker: &Arc<Broker>, request: SyncGroupRequest) 
 
 pub(crate) fn heartbeat(broker: &Broker, request: HeartbeatRequest) -> HeartbeatResponse {
     let result = writable(broker, request.group_id.0.as_str())
-        .and_then(|()| broker.groups().heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
+        .and_then(|c| c.groups.heartbeat(request.group_id.0.as_str(), request.member_id.as_str(), request.generation_id));
     HeartbeatResponse::default().with_error_code(error_code(result))
 }
 
@@ -121,7 +124,7 @@ pub(crate) fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, vers
     let member_ids: Vec<String> =
         if version >= 3 { request.members.iter().map(|m| m.member_id.to_string()).collect() } else { vec![request.member_id.to_string()] };
     let results = match writable(broker, request.group_id.0.as_str()) {
-        Ok(()) => broker.groups().leave(request.group_id.0.as_str(), &member_ids),
+        Ok(c) => c.groups.leave(request.group_id.0.as_str(), &member_ids),
         Err(error) => member_ids.into_iter().map(|id| (id, Err(error))).collect(),
     };
     if version >= 3 {
@@ -141,9 +144,9 @@ pub(crate) fn leave_group(broker: &Arc<Broker>, request: LeaveGroupRequest, vers
 }
 
 /// Live groups plus groups that only have committed offsets (shown as Empty, like Kafka).
-fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
-    let mut groups = broker.groups().list();
-    for group in broker.offsets().groups() {
+fn all_groups(coordinators: &Coordinators) -> Vec<(String, GroupState, String)> {
+    let mut groups = coordinators.groups.list();
+    for group in coordinators.offsets.groups() {
         if !groups.iter().any(|(g, _, _)| *g == group) {
             groups.push((group, GroupState::Empty, "consumer".to_string()));
         }
@@ -153,7 +156,9 @@ fn all_groups(broker: &Broker) -> Vec<(String, GroupState, String)> {
 }
 
 pub(crate) fn list_groups(broker: &Broker, request: ListGroupsRequest) -> ListGroupsResponse {
-    let groups = all_groups(broker)
+    // Kafka asks every broker and merges: each lists the groups it coordinates, here all or none.
+    let Ok(coordinators) = broker.coordinators() else { return ListGroupsResponse::default() };
+    let groups = all_groups(&coordinators)
         .into_iter()
         .filter(|(_, state, _)| {
             request.states_filter.is_empty() || request.states_filter.iter().any(|s| s.as_str().eq_ignore_ascii_case(state.name()))
@@ -174,12 +179,13 @@ pub(crate) fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -
         .groups
         .into_iter()
         .map(|group_id| {
-            if let Err(error) = coordinated(broker, group_id.0.as_str()) {
-                return DescribedGroup::default().with_group_id(group_id).with_error_code(error.code());
-            }
+            let coordinators = match coordinated(broker, group_id.0.as_str()) {
+                Ok(coordinators) => coordinators,
+                Err(error) => return DescribedGroup::default().with_group_id(group_id).with_error_code(error.code()),
+            };
             let id = group_id.0.to_string();
             let described = DescribedGroup::default().with_group_id(group_id);
-            match broker.groups().describe(&id) {
+            match coordinators.groups.describe(&id) {
                 Some(view) => described
                     .with_group_state(str_bytes(view.state.name()))
                     .with_protocol_type(str_bytes(view.protocol_type))
@@ -198,7 +204,7 @@ pub(crate) fn describe_groups(broker: &Broker, request: DescribeGroupsRequest) -
                             })
                             .collect(),
                     ),
-                None if broker.offsets().has_group(&id) => {
+                None if coordinators.offsets.has_group(&id) => {
                     described.with_group_state(str_bytes("Empty")).with_protocol_type(str_bytes("consumer"))
                 }
                 // Kafka describes a group it has never heard of as Dead, without an error.
@@ -214,12 +220,13 @@ pub(crate) fn delete_groups(broker: &Broker, request: DeleteGroupsRequest) -> De
         .groups_names
         .into_iter()
         .map(|group_id| {
-            if let Err(error) = writable(broker, group_id.0.as_str()) {
-                return DeletableGroupResult::default().with_group_id(group_id).with_error_code(error.code());
-            }
+            let coordinators = match writable(broker, group_id.0.as_str()) {
+                Ok(coordinators) => coordinators,
+                Err(error) => return DeletableGroupResult::default().with_group_id(group_id).with_error_code(error.code()),
+            };
             let id = group_id.0.to_string();
             let result = DeletableGroupResult::default().with_group_id(group_id);
-            match blocking(|| broker.groups().delete_group(&id)) {
+            match blocking(|| coordinators.groups.delete_group(&id)) {
                 Ok(()) => result,
                 Err(error) => result.with_error_code(error.code()),
             }
@@ -234,10 +241,10 @@ pub(crate) fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Of
     // Whole-request checks come first, before anything is built per entry: a request is at most
     // `socket.request.max.bytes`, but what it asks to store could be many times that.
     let refusal = writable(broker, group)
-        .and(if count > OFFSET_COMMIT_PARTITIONS_MAX { Err(ResponseError::InvalidCommitOffsetSize) } else { Ok(()) })
-        .and_then(|()| broker.groups().check_commit(group, request.member_id.as_str(), request.generation_id_or_member_epoch));
-    let mut codes = vec![refusal.err().map_or(0, |e| e.code()); count];
-    if refusal.is_ok() {
+        .and_then(|c| if count > OFFSET_COMMIT_PARTITIONS_MAX { Err(ResponseError::InvalidCommitOffsetSize) } else { Ok(c) })
+        .and_then(|c| c.groups.check_commit(group, request.member_id.as_str(), request.generation_id_or_member_epoch).map(|()| c));
+    let mut codes = vec![refusal.as_ref().err().map_or(0, |e| e.code()); count];
+    if let Ok(coordinators) = refusal {
         // Per entry: unknown partitions and oversized metadata are answered alone; the others are
         // deduplicated (a partition named twice keeps its last offset, as two commits would), and
         // only then copied, with the names of existing topics only.
@@ -271,7 +278,7 @@ pub(crate) fn offset_commit(broker: &Broker, request: OffsetCommitRequest) -> Of
             .collect();
         let fsync = broker.config().flush_before_ack();
         // The store checks the commit's encoded size before encoding anything (CommitTooLarge).
-        if let Err(error) = blocking(|| broker.offsets().write(group, entries, fsync)) {
+        if let Err(error) = blocking(|| coordinators.offsets.write(group, entries, fsync)) {
             tracing::warn!(group, %error, "cannot write committed offsets");
             codes.iter_mut().filter(|code| **code == 0).for_each(|code| *code = error.code());
         }
@@ -291,18 +298,18 @@ type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
 
 /// Committed offsets of one group for the requested partitions, or for all it has when `topics` is
 /// None. Partitions without a commit report offset -1, as Kafka does.
-fn fetch_group_offsets(broker: &Broker, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Vec<TopicOffsets> {
+fn fetch_group_offsets(coordinators: &Coordinators, group: &str, topics: Option<Vec<(String, Vec<i32>)>>) -> Vec<TopicOffsets> {
     match topics {
         Some(topics) => topics
             .into_iter()
             .map(|(topic, partitions)| {
-                let offsets = partitions.into_iter().map(|p| (p, broker.offsets().get(group, &topic, p))).collect();
+                let offsets = partitions.into_iter().map(|p| (p, coordinators.offsets.get(group, &topic, p))).collect();
                 (topic, offsets)
             })
             .collect(),
         None => {
             let mut by_topic: Vec<TopicOffsets> = Vec::new();
-            for ((topic, partition), offset) in broker.offsets().group(group) {
+            for ((topic, partition), offset) in coordinators.offsets.group(group) {
                 match by_topic.last_mut() {
                     Some((t, list)) if *t == topic => list.push((partition, Some(offset))),
                     _ => by_topic.push((topic, vec![(partition, Some(offset))])),
@@ -343,8 +350,8 @@ macro_rules! offset_fetch_topics {
 pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     // require_stable (v7+, KIP-447): a partition with offsets staged by an open transaction answers
     // UNSTABLE_OFFSET_COMMIT, and the client retries until the transaction ends.
-    let unstable = |group: &str, topic: &str, partition: i32| {
-        request.require_stable && broker.transactions().has_pending_offset(group, topic, partition)
+    let unstable = |coordinators: &Coordinators, group: &str, topic: &str, partition: i32| {
+        request.require_stable && coordinators.transactions.has_pending_offset(group, topic, partition)
     };
     let code = ResponseError::UnstableOffsetCommit.code();
     if version >= 8 {
@@ -352,16 +359,19 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
             .groups
             .into_iter()
             .map(|g| {
-                if let Err(error) = coordinated(broker, g.group_id.0.as_str()) {
-                    return OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(error.code());
-                }
+                let coordinators = match coordinated(broker, g.group_id.0.as_str()) {
+                    Ok(coordinators) => coordinators,
+                    Err(error) => return OffsetFetchResponseGroup::default().with_group_id(g.group_id).with_error_code(error.code()),
+                };
                 let id = g.group_id.0.to_string();
                 let wanted = g.topics.map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
-                let entries = fetch_group_offsets(broker, &id, wanted);
+                let entries = fetch_group_offsets(&coordinators, &id, wanted);
                 let mut topics: Vec<OffsetFetchResponseTopics> =
                     offset_fetch_topics!(entries, OffsetFetchResponseTopics, OffsetFetchResponsePartitions);
                 for topic in topics.iter_mut() {
-                    for partition in topic.partitions.iter_mut().filter(|p| unstable(&id, topic.name.0.as_str(), p.partition_index)) {
+                    for partition in
+                        topic.partitions.iter_mut().filter(|p| unstable(&coordinators, &id, topic.name.0.as_str(), p.partition_index))
+                    {
                         partition.error_code = code;
                     }
                 }
@@ -370,7 +380,25 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
             .collect();
         return OffsetFetchResponse::default().with_groups(groups);
     }
-    if let Err(error) = coordinated(broker, request.group_id.0.as_str()) {
+    let coordinators = match coordinated(broker, request.group_id.0.as_str()) {
+        Ok(coordinators) => coordinators,
+        Err(error) => return offset_fetch_refused(request, version, error),
+    };
+    let group = request.group_id.0.to_string();
+    let wanted = request.topics.clone().map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
+    let entries = fetch_group_offsets(&coordinators, &group, wanted);
+    let mut topics: Vec<OffsetFetchResponseTopic> = offset_fetch_topics!(entries, OffsetFetchResponseTopic, OffsetFetchResponsePartition);
+    for topic in topics.iter_mut() {
+        for partition in topic.partitions.iter_mut().filter(|p| unstable(&coordinators, &group, topic.name.0.as_str(), p.partition_index)) {
+            partition.error_code = code;
+        }
+    }
+    OffsetFetchResponse::default().with_topics(topics)
+}
+
+/// An OffsetFetch below v8 refused as a whole.
+fn offset_fetch_refused(request: OffsetFetchRequest, version: i16, error: ResponseError) -> OffsetFetchResponse {
+    {
         // v2+ has a request-level error; v1 only per partition.
         if version >= 2 {
             return OffsetFetchResponse::default().with_error_code(error.code());
@@ -385,29 +413,20 @@ pub(crate) fn offset_fetch(broker: &Broker, request: OffsetFetchRequest, version
                 .collect();
             OffsetFetchResponseTopic::default().with_name(t.name).with_partitions(partitions)
         });
-        return OffsetFetchResponse::default().with_topics(topics.collect());
+        OffsetFetchResponse::default().with_topics(topics.collect())
     }
-    let group = request.group_id.0.to_string();
-    let wanted = request.topics.clone().map(|ts| ts.into_iter().map(|t| (t.name.0.to_string(), t.partition_indexes)).collect());
-    let entries = fetch_group_offsets(broker, &group, wanted);
-    let mut topics: Vec<OffsetFetchResponseTopic> = offset_fetch_topics!(entries, OffsetFetchResponseTopic, OffsetFetchResponsePartition);
-    for topic in topics.iter_mut() {
-        for partition in topic.partitions.iter_mut().filter(|p| unstable(&group, topic.name.0.as_str(), p.partition_index)) {
-            partition.error_code = code;
-        }
-    }
-    OffsetFetchResponse::default().with_topics(topics)
 }
 
 pub(crate) fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = request.group_id.0.to_string();
-    if let Err(error) = writable(broker, &group) {
-        return OffsetDeleteResponse::default().with_error_code(error.code());
-    }
-    if !broker.offsets().has_group(&group) && broker.groups().describe(&group).is_none() {
+    let coordinators = match writable(broker, &group) {
+        Ok(coordinators) => coordinators,
+        Err(error) => return OffsetDeleteResponse::default().with_error_code(error.code()),
+    };
+    if !coordinators.offsets.has_group(&group) && coordinators.groups.describe(&group).is_none() {
         return OffsetDeleteResponse::default().with_error_code(ResponseError::GroupIdNotFound.code());
     }
-    let subscribed = broker.groups().subscribed_topics(&group);
+    let subscribed = coordinators.groups.subscribed_topics(&group);
     let mut deletions = Vec::new();
     let topics = map_partitions(
         &request.topics,
@@ -420,14 +439,14 @@ pub(crate) fn offset_delete(broker: &Broker, request: OffsetDeleteRequest) -> Of
             }
             // Only what is stored is named again: a request's topic names are copied no more often
             // than the group has offsets.
-            if broker.offsets().get(&group, name, p.partition_index).is_some() {
+            if coordinators.offsets.get(&group, name, p.partition_index).is_some() {
                 deletions.push((name.to_string(), p.partition_index));
             }
             response
         },
         |t, partitions| OffsetDeleteResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions),
     );
-    if let Err(error) = blocking(|| broker.offsets().remove(&group, deletions)) {
+    if let Err(error) = blocking(|| coordinators.offsets.remove(&group, deletions)) {
         return OffsetDeleteResponse::default().with_error_code(error.code());
     }
     OffsetDeleteResponse::default().with_topics(topics)

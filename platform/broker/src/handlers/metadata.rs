@@ -114,6 +114,7 @@ fn topic_entry(broker: &Broker, topic: &Topic, cluster: Option<&Metadata>) -> Me
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(topic.name.as_str()))))
         .with_topic_id(topic.id)
+        .with_is_internal(topic.name.as_str() == crate::topic::COORDINATOR_TOPIC)
         .with_partitions(partitions)
 }
 
@@ -205,12 +206,14 @@ pub(crate) fn describe_cluster(broker: &Broker, ctx: &ConnCtx, _request: Describ
     })
 }
 
-/// Key types: 0 = consumer group, 1 = transaction. One node coordinates both
-/// ([`Broker::coordinator_node`]); while it is fenced, clients hear COORDINATOR_NOT_AVAILABLE and retry.
+/// Key types: 0 = consumer group, 1 = transaction. One node coordinates both: the leader of
+/// `__sluice_coordinator-0` in a cluster ([`Broker::coordinator_node`]); while it has none, or it is
+/// fenced, clients hear COORDINATOR_NOT_AVAILABLE and retry.
 pub(crate) fn find_coordinator(broker: &Broker, ctx: &ConnCtx, request: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let coordinator = broker.coordinator_node();
-    let found: Result<Node, ResponseError> = match request.key_type {
-        0 | 1 => with_cluster(broker, |cluster| {
+    let found: Result<Node, ResponseError> = match (request.key_type, coordinator) {
+        (0 | 1, None) => Err(ResponseError::CoordinatorNotAvailable),
+        (0 | 1, Some(coordinator)) => with_cluster(broker, |cluster| {
             nodes(broker, ctx, cluster, Listing::Live)
                 .into_iter()
                 .find(|n| n.id == coordinator)

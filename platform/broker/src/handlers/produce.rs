@@ -63,7 +63,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
     for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.to_string();
         let topic = broker.topic(&name);
-        let read_only = topic.as_ref().and_then(|t| t.check_writable().err());
+        let read_only = topic.as_ref().and_then(|t| t.check_writable().err()).or_else(|| crate::broker::refuse_internal(&name).err());
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
         for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;
@@ -114,7 +114,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
             // Kafka refuses one from a producer with an open transaction; Sluice refuses any
             // transactional id's producer (it only writes in transactions) and ids it never handed out.
             if let Some(h) = header.filter(|h| !transactional && h.producer_id >= 0) {
-                let refusal = if broker.transactions().owns_producer(h.producer_id) {
+                let refusal = if broker.owns_transactional_producer(h.producer_id) {
                     Some((ResponseError::InvalidTxnState, "the producer id belongs to a transactional id; write in a transaction"))
                 } else if !broker.producer_ids().ever_allocated(h.producer_id) {
                     Some((ResponseError::UnknownProducerId, "this producer id was never handed out by InitProducerId"))
@@ -133,13 +133,13 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 // while the batch is appended.
                 Some(h) => match reserved_id(transactional_id).and_then(|id| {
                     blocking(|| {
-                        if broker.check_coordinator().is_err() {
+                        let Ok(coordinators) = broker.coordinators() else {
                             // The coordinator is another broker: it checked this partition into the
                             // transaction (AddPartitionsToTxn) and its marker ends it here; the
                             // partition's producer state refuses an older epoch (a zombie).
                             return Ok(partition.append(&mut batch, mode, now));
-                        }
-                        broker.transactions().transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
+                        };
+                        coordinators.transactions.transactional_append(id, h.producer_id, h.producer_epoch, &name, index, || {
                             partition.append(&mut batch, mode, now)
                         })
                     })

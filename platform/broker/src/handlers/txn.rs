@@ -4,6 +4,8 @@
 //! state machine. WriteTxnMarkers is the coordinator's request to a partition's leader elsewhere in
 //! the cluster (`crate::markers`).
 
+use std::sync::Arc;
+
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult};
 use kafka_protocol::messages::describe_transactions_response::{TopicData, TransactionState};
@@ -22,6 +24,7 @@ use sluice_storage::{ControlType, StorageError, TxnMarker};
 
 use super::{blocking, per_partition, str_bytes};
 use crate::broker::Broker;
+use crate::coordinator::Coordinators;
 use crate::error::{BrokerError, refuse};
 use crate::groups::check_group_id;
 use crate::host::is_internal_name;
@@ -31,8 +34,8 @@ use crate::transactions::{TXN_OFFSETS_MAX, TXN_PARTITIONS_MAX, TxnStatus};
 /// Transactional ids and groups under `__sluice` belong to the broker's own runtimes: a client that
 /// names one could fence a transform's runner or move its input position. A node that does not
 /// coordinate transactions answers NOT_COORDINATOR.
-fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Result<(), BrokerError> {
-    broker.check_coordinator().map_err(BrokerError::Protocol)?;
+fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Result<Arc<Coordinators>, BrokerError> {
+    let coordinators = broker.coordinators().map_err(BrokerError::Protocol)?;
     if is_internal_name(transactional_id) {
         tracing::debug!(transactional_id, "refused a reserved transactional id");
         return refuse(ResponseError::TransactionalIdAuthorizationFailed);
@@ -40,14 +43,14 @@ fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Res
     if group.is_some_and(is_internal_name) {
         return refuse(ResponseError::GroupAuthorizationFailed);
     }
-    Ok(())
+    Ok(coordinators)
 }
 
 /// InitProducerId with a non-empty transactional id.
 pub(crate) fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
     let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
     let outcome = reserved(broker, transactional_id, None)
-        .and_then(|()| blocking(|| broker.transactions().init_producer_id(transactional_id, request.transaction_timeout_ms, expected)));
+        .and_then(|c| blocking(|| c.transactions.init_producer_id(transactional_id, request.transaction_timeout_ms, expected)));
     match outcome {
         Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
         Err(error) => {
@@ -72,7 +75,7 @@ pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxn
         Err(error) => vec![error.code(); count],
         // As in Kafka, one unknown partition fails the request: it gets UNKNOWN_TOPIC_OR_PARTITION,
         // the others OPERATION_NOT_ATTEMPTED.
-        Ok(()) if topics.iter().any(|t| t.partitions.iter().any(|p| !broker.partition_exists(t.name.0.as_str(), *p))) => topics
+        Ok(_) if topics.iter().any(|t| t.partitions.iter().any(|p| !broker.partition_exists(t.name.0.as_str(), *p))) => topics
             .iter()
             .flat_map(|t| {
                 t.partitions.iter().map(|p| {
@@ -85,11 +88,11 @@ pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxn
                 })
             })
             .collect(),
-        Ok(()) => {
+        Ok(coordinators) => {
             let wanted: Vec<(String, i32)> =
                 topics.iter().flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p))).collect();
             let outcome = blocking(|| {
-                broker.transactions().add_partitions(
+                coordinators.transactions.add_partitions(
                     request.v3_and_below_transactional_id.0.as_str(),
                     request.v3_and_below_producer_id.0,
                     request.v3_and_below_producer_epoch,
@@ -117,9 +120,14 @@ pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnReques
     let outcome = check_group_id(group)
         .map_err(BrokerError::Protocol)
         .and_then(|()| reserved(broker, request.transactional_id.0.as_str(), Some(group)))
-        .and_then(|()| {
+        .and_then(|coordinators| {
             blocking(|| {
-                broker.transactions().add_offsets(request.transactional_id.0.as_str(), request.producer_id.0, request.producer_epoch, group)
+                coordinators.transactions.add_offsets(
+                    request.transactional_id.0.as_str(),
+                    request.producer_id.0,
+                    request.producer_epoch,
+                    group,
+                )
             })
         });
     AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |e| e.code()))
@@ -138,7 +146,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
     });
     let codes = match refusal {
         Err(error) => vec![error.code(); count],
-        Ok(()) => {
+        Ok(coordinators) => {
             let now = crate::now_ms();
             // Entries of unknown topics are answered here; only existing topics' names (at most
             // TOPIC_NAME_BYTES_MAX) are copied, once per entry.
@@ -165,7 +173,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
                 }
             }
             let outcome = blocking(|| {
-                broker.transactions().txn_offset_commit(
+                coordinators.transactions.txn_offset_commit(
                     request.transactional_id.0.as_str(),
                     group,
                     request.producer_id.0,
@@ -199,7 +207,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
 pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
     let outcome = reserved(broker, &id, None)
-        .and_then(|()| blocking(|| broker.transactions().end_txn(&id, request.producer_id.0, request.producer_epoch, request.committed)));
+        .and_then(|c| blocking(|| c.transactions.end_txn(&id, request.producer_id.0, request.producer_epoch, request.committed)));
     if let Err(error) = &outcome {
         tracing::debug!(transactional_id = id, commit = request.committed, %error, "EndTxn refused");
     }
@@ -210,17 +218,24 @@ pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse
 }
 
 pub(crate) fn describe_transactions(broker: &Broker, request: DescribeTransactionsRequest) -> DescribeTransactionsResponse {
+    let coordinators = broker.coordinators();
     let states = request
         .transactional_ids
         .into_iter()
-        .map(|id| match broker.transactions().describe(id.0.as_str()) {
-            None => TransactionState::default()
+        .map(|id| match coordinators.as_ref().map(|c| c.transactions.describe(id.0.as_str())) {
+            Err(error) => TransactionState::default()
+                .with_transactional_id(id)
+                .with_error_code(error.code())
+                .with_transaction_state(str_bytes(""))
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+            Ok(None) => TransactionState::default()
                 .with_transactional_id(id)
                 .with_error_code(ResponseError::TransactionalIdNotFound.code())
                 .with_transaction_state(str_bytes(""))
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1),
-            Some(view) => {
+            Ok(Some(view)) => {
                 let mut topics: Vec<TopicData> = Vec::new();
                 for (topic, partition) in view.partitions {
                     match topics.last_mut() {
@@ -246,9 +261,9 @@ pub(crate) fn list_transactions(broker: &Broker, request: ListTransactionsReques
     let known: Vec<&str> = TxnStatus::ALL.iter().map(|s| s.name()).collect();
     let unknown: Vec<_> = request.state_filters.iter().filter(|s| !known.contains(&s.as_str())).cloned().collect();
     let now = crate::now_ms();
-    let states = broker
-        .transactions()
-        .list()
+    // Kafka asks every broker and merges: each lists the transactions it coordinates.
+    let listed = broker.coordinators().map(|c| c.transactions.list()).unwrap_or_default();
+    let states = listed
         .into_iter()
         .filter(|v| request.state_filters.is_empty() || request.state_filters.iter().any(|s| s.as_str() == v.state))
         .filter(|v| request.producer_id_filters.is_empty() || request.producer_id_filters.iter().any(|p| p.0 == v.producer_id))

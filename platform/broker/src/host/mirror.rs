@@ -203,21 +203,27 @@ impl Host {
         if super::is_internal_name(group) {
             return Err(refused("the name is reserved for the broker's own runtimes".into()));
         }
-        self.broker.groups().check_commit(group, "", -1).map_err(|_| refused("the group has active members on this cluster".into()))?;
+        // The clients' coordinators: in a cluster, only on the broker that leads their log (a mirror
+        // elsewhere retries until plugins reach coordinators on other brokers).
+        let coordinators = self
+            .broker
+            .coordinators()
+            .map_err(|_| refused("this broker does not coordinate the cluster's groups at the moment; retrying".into()))?;
+        coordinators.groups.check_commit(group, "", -1).map_err(|_| refused("the group has active members on this cluster".into()))?;
         let now = crate::now_ms();
         let mut entries = Vec::new();
         for (topic, partition, offset) in offsets {
             if !self.broker.topic(topic).is_some_and(|t| writable(&t)) {
                 continue;
             }
-            if self.broker.offsets().get(group, topic, *partition).is_some_and(|c| c.offset >= *offset) {
+            if coordinators.offsets.get(group, topic, *partition).is_some_and(|c| c.offset >= *offset) {
                 continue;
             }
             entries.push(((topic.clone(), *partition), Some(crate::offsets::CommittedOffset::from_request(*offset, -1, None, now))));
         }
         let written = entries.len();
         if written > 0 {
-            self.broker.offsets().write(group, entries, self.broker.config().flush_before_ack()).map_err(HostError::from_broker)?;
+            coordinators.offsets.write(group, entries, self.broker.config().flush_before_ack()).map_err(HostError::from_broker)?;
         }
         Ok(written)
     }

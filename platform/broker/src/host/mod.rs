@@ -220,7 +220,7 @@ impl Host {
 
     /// The offset a group committed for a partition (the next one to read), if any.
     pub fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.broker.offsets().get(group, topic, partition).map(|c| c.offset)
+        self.broker.local_coordinators().offsets.get(group, topic, partition).map(|c| c.offset)
     }
 
     /// Turns a start position into an offset of the partition now. Blocking file I/O (timestamps).

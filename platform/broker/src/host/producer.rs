@@ -74,7 +74,8 @@ fn failed(action: String, error: BrokerError) -> HostError {
 impl TransactionalProducer {
     pub(super) fn init(broker: Arc<Broker>, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
         let (producer_id, epoch) = broker
-            .transactions()
+            .local_coordinators()
+            .transactions
             .init_producer_id(transactional_id, timeout_ms, None)
             .map_err(|e| failed(format!("initialising transactional id '{transactional_id}'"), e))?;
         Ok(TransactionalProducer {
@@ -123,7 +124,8 @@ impl TransactionalProducer {
         let limit_bytes = target.max_batch_bytes() as usize;
         if !self.partitions.contains_key(&key) {
             self.broker
-                .transactions()
+                .local_coordinators()
+                .transactions
                 .add_partitions(&self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
                 .map_err(|e| failed(action(), e))?;
             self.partitions.insert(key.clone(), 0);
@@ -137,7 +139,8 @@ impl TransactionalProducer {
                 .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
             let appended = self
                 .broker
-                .transactions()
+                .local_coordinators()
+                .transactions
                 .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
                     target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch() }, now)
                 })
@@ -160,7 +163,8 @@ impl TransactionalProducer {
         let action = || format!("sending offsets for group '{group}' in transaction '{}'", self.transactional_id);
         if !self.groups.contains(group) {
             self.broker
-                .transactions()
+                .local_coordinators()
+                .transactions
                 .add_offsets(&self.transactional_id, self.producer_id, self.epoch, group)
                 .map_err(|e| failed(action(), e))?;
             self.groups.insert(group.to_string());
@@ -172,7 +176,8 @@ impl TransactionalProducer {
             .collect();
         let results = self
             .broker
-            .transactions()
+            .local_coordinators()
+            .transactions
             .txn_offset_commit(&self.transactional_id, group, self.producer_id, self.epoch, -1, "", entries)
             .map_err(|e| failed(action(), e))?;
         match results.into_iter().flatten().next() {
@@ -202,7 +207,7 @@ impl TransactionalProducer {
     }
 
     fn end(&mut self, commit: bool) -> Result<(), HostError> {
-        let result = self.broker.transactions().end_txn(&self.transactional_id, self.producer_id, self.epoch, commit);
+        let result = self.broker.local_coordinators().transactions.end_txn(&self.transactional_id, self.producer_id, self.epoch, commit);
         self.partitions.clear();
         self.groups.clear();
         result.map_err(|e| failed(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e))

@@ -90,7 +90,7 @@ fn output_and_progress_commit_together_aborts_stay_invisible_and_fencing_survive
     drop((successor, producer, fixture));
     let fixture = open(dir.path());
     let host = &fixture.host;
-    assert_eq!(host.broker.transactions().describe("__sluice-test-x-0").unwrap().state, "Ongoing");
+    assert_eq!(host.broker.local_coordinators().transactions.describe("__sluice-test-x-0").unwrap().state, "Ongoing");
     assert_eq!(committed_values(host, "out"), vec!["a", "b", "c", "d"], "the in-flight transaction is not visible");
     let mut restarted = host.producer("__sluice-test-x-0", 30_000).unwrap();
     restarted.send("out", 0, &[record("e")]).unwrap();
@@ -284,6 +284,6 @@ fn runtime_positions_never_expire() {
     producer.send_offsets("__sluice-test-positions", &[("in".to_string(), 0, 42)]).unwrap();
     producer.commit().unwrap();
     let year_ms = 365 * 24 * 3600 * 1000;
-    host.broker.groups().expire(now_ms() + year_ms);
+    host.broker.local_coordinators().groups.expire(now_ms() + year_ms);
     assert_eq!(host.committed_offset("__sluice-test-positions", "in", 0), Some(42));
 }
