@@ -309,6 +309,10 @@ impl Broker {
             }
             Ok(coordinators) => {
                 coordinators.unload();
+                if wanted {
+                    // Leadership went while loading, without a reconcile yet to say so.
+                    *hosting = Hosting::Elsewhere;
+                }
                 tracing::info!(epoch, "leadership of {COORDINATOR_TOPIC} moved on while loading; discarded");
             }
             Err(error) => {
