@@ -169,15 +169,11 @@ impl Coordinators {
     /// record from before its own snapshot). Any failure leaves the log as it was, to be retried on
     /// a later tick. Blocking.
     pub(crate) fn compact(&self) {
-        self.compact_above(COMPACT_THRESHOLD_BYTES);
-    }
-
-    pub(crate) fn compact_above(&self, threshold_bytes: u64) {
         let Some(log) = &self.shared else { return };
         let size = log.size_bytes();
         let live = self.offsets.len() as u64 * crate::offsets::ENTRY_BYTES_ESTIMATE
             + self.transactions.len() as u64 * crate::transactions::ENTRY_BYTES_ESTIMATE;
-        if size <= threshold_bytes || size <= COMPACT_GARBAGE_RATIO * live || !log.is_current() {
+        if size <= COMPACT_THRESHOLD_BYTES || size <= COMPACT_GARBAGE_RATIO * live || !log.is_current() {
             return;
         }
         let started = std::time::Instant::now();
