@@ -962,4 +962,23 @@ mod tests {
         assert!(coordinator.leave("g", std::slice::from_ref(&leader))[0].1.is_ok());
         assert_eq!(coordinator.describe("g").unwrap().state, GroupState::Empty);
     }
+
+    #[tokio::test]
+    async fn unloading_answers_a_parked_join_and_every_later_one_with_not_coordinator() {
+        let coordinator = coordinator();
+        let (leader, _, generation) = stable_group(&coordinator).await;
+        // The leader rejoins and parks until the other member rejoins too, which never happens.
+        let parked = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            let leader = leader.clone();
+            async move { coordinator.join(join_request(&leader, b"m")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        coordinator.unload();
+        let answered = tokio::time::timeout(Duration::from_secs(5), parked).await.expect("answered at once").unwrap();
+        assert_eq!(answered.error_code, ResponseError::NotCoordinator.code());
+        assert_eq!(coordinator.join(join_request("", b"m")).await.error_code, ResponseError::NotCoordinator.code());
+        assert!(coordinator.describe("g").is_none(), "no group is left behind");
+        assert!(coordinator.heartbeat("g", &leader, generation).is_err());
+    }
 }
