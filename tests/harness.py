@@ -86,6 +86,10 @@ def _ephemeral_low() -> int:
 
 
 _PORTS = random.Random()
+# Every port this process has handed out: ports are chosen before the processes that bind them start
+# (a cluster's voter ports, then each broker's own), so a port only checked free could be handed out
+# twice and make the second bind fail. A test session uses a few thousand of the ~22,000.
+_HANDED_OUT: set[int] = set()
 
 
 def free_ports(count: int) -> list[int]:
@@ -94,18 +98,22 @@ def free_ports(count: int) -> list[int]:
     Chosen below the kernel's ephemeral range: a broker keeps its ports across restarts, and a port
     from that range, free while the broker was down, can meanwhile become the source port of some
     outgoing connection (a client's, another broker's), which makes the restart fail with "Address
-    already in use"."""
+    already in use". No port is handed out twice by one process (see `_HANDED_OUT`)."""
     high = _ephemeral_low() - 1
     socks = []
     try:
         while len(socks) < count:
+            port = _PORTS.randint(10000, high)
+            if port in _HANDED_OUT:
+                continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                s.bind(("127.0.0.1", _PORTS.randint(10000, high)))
+                s.bind(("127.0.0.1", port))
             except OSError:
                 s.close()
                 continue
             socks.append(s)
+            _HANDED_OUT.add(port)
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:

@@ -4,6 +4,7 @@ pipelines carry on when that broker is killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -153,3 +154,85 @@ def test_offsets_and_an_exactly_once_pipeline_survive_a_coordinator_kill(make_br
         assert [tp.offset for tp in offsets] == [7, 8, 9], offsets
     finally:
         reader.close()
+
+
+def describe_group(node, group: str) -> dict | None:
+    status, _, body = http_request("GET", f"{node.admin_url}/v1/groups/{group}", timeout=10)
+    return json.loads(body) if status == 200 else None
+
+
+def test_a_stable_group_keeps_its_generation_and_assignments_across_a_coordinator_kill(make_broker):
+    """Group membership is replicated: when the coordinator is killed, the next one loads the group
+    as it was (Stable, same generation, same assignments) and its members carry on — heartbeats and
+    commits in their generation are accepted, and nobody rebalances."""
+    from confluent_kafka import TopicPartition
+
+    nodes = start_replicated_nodes(make_broker)
+    coordinator = wait_for(lambda: in_sync_coordinator(nodes, [1, 2, 3]), "the coordinators' partition in sync", timeout=30)
+    topic = unique("members")
+    create_replicated(nodes[0], topic, 4, 3, {"min.insync.replicas": "2"})
+    wait_for(lambda: all(len(isr) == 3 for _, _, isr in partitions(nodes[0], topic).values()), "the topic in sync")
+    servers = bootstrap(nodes)
+    producer = cf_producer(nodes[0], {"bootstrap.servers": servers, "acks": "all"})
+
+    group = unique("stable")
+    rebalances: list[str] = []
+    consumers = []
+    for name in ("a", "b"):
+        consumer = cf_consumer(
+            nodes[0],
+            group=group,
+            conf={"bootstrap.servers": servers, "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000},
+        )
+        consumer.subscribe(
+            [topic],
+            on_assign=lambda c, ps, name=name: rebalances.append(f"{name} assigned {sorted(p.partition for p in ps)}"),
+            on_revoke=lambda c, ps, name=name: rebalances.append(f"{name} revoked {sorted(p.partition for p in ps)}"),
+        )
+        consumers.append(consumer)
+
+    def poll_all(seconds: float) -> int:
+        received = 0
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            for consumer in consumers:
+                received += sum(1 for m in consumer.consume(num_messages=100, timeout=0.1) if m.error() is None)
+        return received
+
+    def settled():
+        poll_all(0.5)
+        view = describe_group(nodes[coordinator - 1], group)
+        if view is None or view["state"] != "Stable" or len(view["members"]) != 2 or not all(c.assignment() for c in consumers):
+            return None
+        return view
+
+    before = wait_for(settled, "both consumers in a stable group", timeout=60)
+    rebalances_before = list(rebalances)
+    for i in range(200):
+        producer.produce(topic, key=str(i).encode(), value=b"v")
+    assert producer.flush(30) == 0
+    assert poll_all(3) > 0
+
+    nodes[coordinator - 1].kill9()
+    survivors = [n for i, n in enumerate(nodes) if i + 1 != coordinator]
+    live = [n for n in (1, 2, 3) if n != coordinator]
+    moved = wait_for(lambda: in_sync_coordinator(survivors, live), "a new coordinator", timeout=30)
+    # Longer than the session timeout: members the new coordinator did not hear from would be gone.
+    for i in range(200):
+        producer.produce(topic, key=str(i).encode(), value=b"w")
+    producer.flush(30)
+    received = poll_all(10)
+    after = describe_group(nodes[moved - 1], group)
+    assert after is not None, "the new coordinator knows the group"
+    assert rebalances == rebalances_before, f"nobody rebalanced: {rebalances[len(rebalances_before):]}"
+    assert (after["state"], after["generation"]) == ("Stable", before["generation"]), after
+    by_member = lambda view: {m["member_id"]: m["assignment"] for m in view["members"]}  # noqa: E731
+    assert by_member(after) == by_member(before), "the same members with the same assignments"
+    assert received > 0, "the members kept consuming"
+    # Commits in the generation are accepted by the new coordinator.
+    for consumer in consumers:
+        consumer.commit(asynchronous=False)
+    committed = consumers[0].committed([TopicPartition(topic, p) for p in range(4)], timeout=30)
+    assert any(tp.offset > 0 for tp in committed), committed
+    for consumer in consumers:
+        consumer.close()

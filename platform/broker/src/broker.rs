@@ -1143,7 +1143,7 @@ fn remove_orphan_partitions(data_dir: &Path, definitions: &[TopicDefinition]) {
     let Ok(entries) = fs::read_dir(data_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        // The broker's own logs (`__consumer_offsets-0`, `__transaction_state-0`) look like partitions
+        // The broker's own logs (`__consumer_offsets-0`, `__consumer_groups-0`, …) look like partitions
         // but are never claimed by a topic definition.
         let looks_like_partition = name.rsplit_once('-').is_some_and(|(topic, p)| {
             !topic.is_empty() && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !RESERVED_TOPIC_NAMES.contains(&topic)

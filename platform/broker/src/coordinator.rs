@@ -15,8 +15,9 @@
 //! - a broker that stops leading it unloads them: waiting joins and syncs answer NOT_COORDINATOR,
 //!   and so does everything after (the client finds the new coordinator and retries).
 //!
-//! Group membership is not in the log: after a move, members rejoin (one rebalance), and committed
-//! offsets and transactions carry on. The log is compacted by snapshots ([`Coordinators::compact`]).
+//! The log holds the committed offsets, the transactions and each group's settled membership
+//! (`group_records`), so after a move members carry on in their generation, and committed offsets
+//! and transactions with them. It is compacted by snapshots ([`Coordinators::compact`]).
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 
 use crate::config::{BrokerConfig, TopicConfig};
 use crate::error::BrokerError;
+use crate::group_records::GroupStore;
 use crate::groups::GroupCoordinator;
 use crate::internal_log::{BATCH_BYTES_MAX, SharedLog};
 use crate::metastore::ProducerIds;
@@ -100,7 +102,7 @@ impl Coordinators {
     /// every partition is open. Blocking file I/O.
     pub(crate) fn open_local(deps: &CoordinatorDeps<'_>, data_dir: &std::path::Path, now: i64) -> Result<Coordinators, BrokerError> {
         let offsets = Arc::new(OffsetStore::open(data_dir, now)?);
-        let groups = Arc::new(GroupCoordinator::new(deps.config, Arc::clone(&offsets)));
+        let groups = Arc::new(GroupCoordinator::new(deps.config, Arc::clone(&offsets), GroupStore::open(data_dir, now)?));
         let transactions = TransactionCoordinator::open(data_dir, now, deps.txn_deps(&offsets, &groups), deps.settings())?;
         Ok(Coordinators { offsets, groups, transactions, shared: None, sweeper: Mutex::new(None) })
     }
@@ -129,7 +131,7 @@ impl Coordinators {
             }
         }
         let offsets = Arc::new(OffsetStore::open_shared(Arc::clone(&log))?);
-        let groups = Arc::new(GroupCoordinator::new(deps.config, Arc::clone(&offsets)));
+        let groups = Arc::new(GroupCoordinator::new(deps.config, Arc::clone(&offsets), GroupStore::open_shared(Arc::clone(&log))?));
         let transactions = TransactionCoordinator::open_shared(Arc::clone(&log), deps.txn_deps(&offsets, &groups), deps.settings())?;
         if let Some(remote) = remote {
             transactions.use_remote_markers(remote);
@@ -165,14 +167,15 @@ impl Coordinators {
     }
 
     /// Compacts the shared log once it is large and mostly garbage: each store appends a snapshot of
-    /// its live entries, then the log drops everything before the older snapshot (no store needs a
+    /// its live entries, then the log drops everything before the oldest snapshot (no store needs a
     /// record from before its own snapshot). Any failure leaves the log as it was, to be retried on
     /// a later tick. Blocking.
     pub(crate) fn compact(&self) {
         let Some(log) = &self.shared else { return };
         let size = log.size_bytes();
         let live = self.offsets.len() as u64 * crate::offsets::ENTRY_BYTES_ESTIMATE
-            + self.transactions.len() as u64 * crate::transactions::ENTRY_BYTES_ESTIMATE;
+            + self.transactions.len() as u64 * crate::transactions::ENTRY_BYTES_ESTIMATE
+            + self.groups.recorded_bytes();
         if size <= COMPACT_THRESHOLD_BYTES || size <= COMPACT_GARBAGE_RATIO * live || !log.is_current() {
             return;
         }
@@ -186,7 +189,11 @@ impl Coordinators {
             Ok(None) => return tracing::debug!("a transaction was changing; the coordinator log is compacted later"),
             Err(error) => return tracing::warn!(%error, "could not snapshot the transactions; the coordinator log is compacted later"),
         };
-        match log.truncate_before(offsets.min(transactions)) {
+        let groups = match self.groups.snapshot() {
+            Ok(start) => start,
+            Err(error) => return tracing::warn!(%error, "could not snapshot the groups; the coordinator log is compacted later"),
+        };
+        match log.truncate_before(offsets.min(transactions).min(groups)) {
             Ok(start) => tracing::info!(
                 size_before = size,
                 size_after = log.size_bytes(),
@@ -200,6 +207,7 @@ impl Coordinators {
 
     pub(crate) fn close(&self) {
         self.offsets.close();
+        self.groups.close();
         self.transactions.close();
     }
 }

@@ -82,7 +82,7 @@ fn duration_nanos(duration: Duration) -> u64 {
 
 /// `block_in_place` where it exists: it panics on a current-thread runtime (tests, tools), where
 /// there is no other worker to keep running anyway, so the call runs in place.
-fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn off_worker<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),

@@ -18,6 +18,12 @@
 //! The coordinator owns a group's lifecycle, including its committed offsets once the group is
 //! deleted; it gets the offsets store at construction.
 //!
+//! Settled states are recorded (`group_records`): the leader's SyncGroup writes the new generation
+//! with every member's assignment before anyone gets it, and a group that empties writes its
+//! generation. A coordinator loads them at start (a restarted single node, the next leader of a
+//! cluster's coordinator partition) as Stable groups whose members' sessions start afresh, so
+//! members carry on in their generation without a rebalance.
+//!
 //! Errors: membership outcomes are Kafka's own codes (`ResponseError`). They are the group protocol
 //! itself (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, MEMBER_ID_REQUIRED…): clients drive their
 //! state machines by the exact code, and there is nothing below them to wrap.
@@ -37,6 +43,7 @@ use tokio::sync::oneshot;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::group_records::{GroupRecord, GroupStore, MemberRecord};
 use crate::offsets::OffsetStore;
 
 /// Group ids and member ids longer than this are refused before they are stored.
@@ -148,6 +155,70 @@ impl Group {
     fn is_idle(&self) -> bool {
         self.state == GroupState::Empty && self.members.is_empty() && self.pending.is_empty()
     }
+
+    /// A group as it was recorded: Stable with its members, their sessions starting `now`, or Empty.
+    fn from_record(record: GroupRecord, now: Instant) -> Group {
+        let mut group = Group::new();
+        group.generation = record.generation;
+        group.protocol_type = record.protocol_type;
+        group.empty_since_ms = record.empty_since_ms;
+        if record.members.is_empty() {
+            return group;
+        }
+        let protocol = record.protocol_name.clone().unwrap_or_default();
+        group.state = GroupState::Stable;
+        group.protocol_name = record.protocol_name;
+        group.leader = record.leader;
+        for m in record.members {
+            let member = Member {
+                group_instance_id: m.group_instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                session_timeout: Duration::from_millis(m.session_timeout_ms),
+                rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms),
+                protocols: vec![(protocol.clone(), m.subscription)],
+                assignment: m.assignment,
+                last_heartbeat: now,
+                join_waiter: None,
+                sync_waiter: None,
+            };
+            group.members.insert(m.member_id, member);
+        }
+        group
+    }
+
+    /// The record of this group as Stable (the members with their assignments) or Empty; `None`
+    /// in any other state, which is never recorded.
+    fn record(&self) -> Option<GroupRecord> {
+        let members = match self.state {
+            GroupState::Empty => Vec::new(),
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                let protocol = self.protocol_name.clone().unwrap_or_default();
+                self.members
+                    .iter()
+                    .map(|(id, m)| MemberRecord {
+                        member_id: id.clone(),
+                        group_instance_id: m.group_instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        session_timeout_ms: m.session_timeout.as_millis() as u64,
+                        rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                        subscription: m.metadata_for(&protocol),
+                        assignment: m.assignment.clone(),
+                    })
+                    .collect()
+            }
+            GroupState::PreparingRebalance => return None,
+        };
+        Some(GroupRecord {
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone(),
+            empty_since_ms: self.empty_since_ms,
+            members,
+        })
+    }
 }
 
 /// What a JoinGroup asks for, parsed out of any request version.
@@ -189,6 +260,10 @@ pub(crate) struct GroupCoordinator {
     groups: DashMap<String, Arc<Mutex<Group>>>,
     /// Committed offsets: deleting a group deletes them.
     offsets: Arc<OffsetStore>,
+    /// Settled membership (see the module docs).
+    store: GroupStore,
+    /// Records are fsynced before they count (`flush.before.ack`).
+    fsync: bool,
     initial_delay: Duration,
     session_bounds_ms: (i32, i32),
     group_size_max: usize,
@@ -208,10 +283,18 @@ fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
 }
 
 impl GroupCoordinator {
-    pub(crate) fn new(config: &BrokerConfig, offsets: Arc<OffsetStore>) -> GroupCoordinator {
+    /// The coordinator over `store`'s recorded groups.
+    pub(crate) fn new(config: &BrokerConfig, offsets: Arc<OffsetStore>, store: GroupStore) -> GroupCoordinator {
+        let now = Instant::now();
+        let groups = DashMap::new();
+        for (group_id, record) in store.groups() {
+            groups.insert(group_id, Arc::new(Mutex::new(Group::from_record(record, now))));
+        }
         GroupCoordinator {
-            groups: DashMap::new(),
+            groups,
             offsets,
+            store,
+            fsync: config.flush_before_ack(),
             initial_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms()),
             session_bounds_ms: config.group_session_timeout_bounds_ms(),
             group_size_max: config.group_size_max(),
@@ -402,6 +485,7 @@ impl GroupCoordinator {
                 group.join_delay_until = None;
                 if group.members.is_empty() {
                     group.become_empty();
+                    self.record_later(&group_id);
                     return;
                 }
             }
@@ -444,7 +528,7 @@ impl GroupCoordinator {
     }
 
     pub(crate) async fn sync(
-        &self,
+        self: &Arc<Self>,
         group_id: &str,
         member_id: &str,
         generation: i32,
@@ -459,7 +543,7 @@ impl GroupCoordinator {
         if assignments.iter().any(|(_, a)| a.len() > MEMBER_METADATA_BYTES_MAX) {
             return error(ResponseError::InvalidRequest);
         }
-        let receiver = {
+        let (receiver, settle) = {
             let mut group = group_arc.lock();
             if !group.members.contains_key(member_id) {
                 return error(ResponseError::UnknownMemberId);
@@ -491,23 +575,19 @@ impl GroupCoordinator {
                 member.last_heartbeat = Instant::now();
                 member.sync_waiter = Some(sender);
             }
+            let mut settle = None;
             if group.leader.as_deref() == Some(member_id) {
                 let mut by_member: BTreeMap<String, Bytes> = assignments.into_iter().collect();
                 for member in group.members.iter_mut() {
                     member.1.assignment = by_member.remove(member.0).unwrap_or_default();
                 }
-                group.state = GroupState::Stable;
-                let now = Instant::now();
-                for member in group.members.values_mut() {
-                    member.last_heartbeat = now;
-                    if let Some(waiter) = member.sync_waiter.take() {
-                        let _ = waiter.send(Ok(member.assignment.clone()));
-                    }
-                }
-                tracing::info!(group = group_id, generation = group.generation, "rebalance complete: group is stable");
+                settle = Some(group.rebalance_id);
             }
-            receiver
+            (receiver, settle)
         };
+        if let Some(rebalance_id) = settle {
+            self.settle(&group_arc, group_id, rebalance_id);
+        }
         match receiver.await {
             Ok(Ok(assignment)) => {
                 let group = group_arc.lock();
@@ -519,6 +599,78 @@ impl GroupCoordinator {
             Ok(Err(e)) => error(e),
             Err(_) => error(ResponseError::RebalanceInProgress),
         }
+    }
+
+    /// The leader handed out the assignments of rebalance `rebalance_id`: records the generation,
+    /// then makes the group Stable and answers every member waiting in SyncGroup. If the record
+    /// cannot be written the members hear why (NOT_COORDINATOR when this broker no longer
+    /// coordinates, else COORDINATOR_NOT_AVAILABLE) and the group rebalances again, as Kafka's
+    /// does. If the group moved on meanwhile, its new rebalance already told the waiting members.
+    /// Blocking while the record is written.
+    fn settle(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group_id: &str, rebalance_id: u64) {
+        let settling = |group: &Group| !group.dead && group.state == GroupState::CompletingRebalance && group.rebalance_id == rebalance_id;
+        let written = crate::file_calls::off_worker(|| {
+            self.store.write_with(group_id, self.fsync, || {
+                let group = group_arc.lock();
+                settling(&group).then(|| group.record())
+            })
+        });
+        let mut group = group_arc.lock();
+        if !settling(&group) {
+            return;
+        }
+        match written {
+            Ok(()) => {
+                group.state = GroupState::Stable;
+                let now = Instant::now();
+                for member in group.members.values_mut() {
+                    member.last_heartbeat = now;
+                    if let Some(waiter) = member.sync_waiter.take() {
+                        let _ = waiter.send(Ok(member.assignment.clone()));
+                    }
+                }
+                tracing::info!(group = group_id, generation = group.generation, "rebalance complete: group is stable");
+            }
+            Err(error) => {
+                let code = match error {
+                    BrokerError::Protocol(code @ (ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable)) => code,
+                    _ => ResponseError::CoordinatorNotAvailable,
+                };
+                tracing::warn!(group = group_id, generation = group.generation, %error, "could not record the group's new generation; rebalancing again");
+                for member in group.members.values_mut() {
+                    member.assignment = Bytes::new();
+                    if let Some(waiter) = member.sync_waiter.take() {
+                        let _ = waiter.send(Err(code));
+                    }
+                }
+                self.prepare_rebalance(group_arc, &mut group, group_id);
+            }
+        }
+    }
+
+    /// Records the group's current state if it is settled (Empty or Stable), or forgets it if it is
+    /// gone. Blocking file I/O.
+    fn record(&self, group_id: &str) {
+        if self.unloaded.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let written = self.store.write_with(group_id, self.fsync, || match self.group(group_id) {
+            Some(group_arc) => {
+                let group = group_arc.lock();
+                if group.dead { Some(None) } else { group.record().filter(|_| group.state != GroupState::CompletingRebalance).map(Some) }
+            }
+            None => Some(None),
+        });
+        if let Err(error) = written {
+            tracing::warn!(group = group_id, %error, "could not record the group's state");
+        }
+    }
+
+    /// [`GroupCoordinator::record`] on a blocking thread, for code that holds the group's lock.
+    fn record_later(self: &Arc<Self>, group_id: &str) {
+        let coordinator = Arc::clone(self);
+        let group_id = group_id.to_string();
+        tokio::task::spawn_blocking(move || coordinator.record(&group_id));
     }
 
     pub(crate) fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), ResponseError> {
@@ -573,6 +725,7 @@ impl GroupCoordinator {
             group.become_empty();
             group.rebalance_id += 1;
             group.join_delay_until = None;
+            self.record_later(group_id);
         } else if group.state == GroupState::PreparingRebalance {
             self.try_complete_join(group);
         } else {
@@ -604,6 +757,11 @@ impl GroupCoordinator {
 
     /// Removes members whose session expired; runs until the coordinator is dropped.
     pub(crate) async fn run_session_sweeper(self: Arc<Self>) {
+        // Members loaded from the records have had no chance to heartbeat while the broker started.
+        let now = Instant::now();
+        for group in self.groups.iter() {
+            group.value().lock().members.values_mut().for_each(|m| m.last_heartbeat = now);
+        }
         let mut tick = tokio::time::interval(SESSION_SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -767,6 +925,8 @@ impl GroupCoordinator {
             let mut group = group_arc.lock();
             if group.is_idle() && !self.offsets.has_group(&group_id) {
                 self.remove_locked(&group_id, &group_arc, &mut group);
+                drop(group);
+                self.record(&group_id);
                 tracing::debug!(group = group_id, "forgot an empty group");
             }
         }
@@ -780,8 +940,23 @@ impl GroupCoordinator {
             return Err(BrokerError::UnknownGroup(group_id.to_string()));
         }
         self.offsets.delete_group(group_id)?;
+        self.record(group_id);
         tracing::info!(group = group_id, "deleted consumer group");
         Ok(())
+    }
+
+    /// Bytes of the groups' latest records, for the coordinator log's garbage estimate.
+    pub(crate) fn recorded_bytes(&self) -> u64 {
+        self.store.live_bytes()
+    }
+
+    /// See [`GroupStore::snapshot`].
+    pub(crate) fn snapshot(&self) -> Result<i64, BrokerError> {
+        self.store.snapshot()
+    }
+
+    pub(crate) fn close(&self) {
+        self.store.close();
     }
 
     /// Topics the group's consumers subscribe to (decoded from the consumer protocol's metadata).
@@ -873,11 +1048,16 @@ pub(crate) fn decode_assignment(assignment: &Bytes) -> Vec<(String, Vec<i32>)> {
 mod tests {
     use super::*;
 
-    fn coordinator() -> Arc<GroupCoordinator> {
-        let config = BrokerConfig::from_settings([("group.initial.rebalance.delay.ms", "0")]).unwrap();
+    /// A coordinator over a fresh directory, which lives as long as the returned guard.
+    fn coordinator() -> (Arc<GroupCoordinator>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let offsets = Arc::new(OffsetStore::open(dir.path(), 0).unwrap());
-        Arc::new(GroupCoordinator::new(&config, offsets))
+        (coordinator_in(dir.path()), dir)
+    }
+
+    fn coordinator_in(dir: &std::path::Path) -> Arc<GroupCoordinator> {
+        let config = BrokerConfig::from_settings([("group.initial.rebalance.delay.ms", "0")]).unwrap();
+        let offsets = Arc::new(OffsetStore::open(dir, 0).unwrap());
+        Arc::new(GroupCoordinator::new(&config, offsets, GroupStore::open(dir, 0).unwrap()))
     }
 
     fn join_request(member_id: &str, metadata: &'static [u8]) -> JoinRequest {
@@ -926,7 +1106,7 @@ mod tests {
     async fn unchanged_follower_rejoin_keeps_the_generation() {
         // Regression: every JoinGroup used to start a rebalance, so a client that rejoins eagerly after
         // an assignment kept its group rebalancing forever.
-        let coordinator = coordinator();
+        let (coordinator, _dir) = coordinator();
         let (_, follower, generation) = stable_group(&coordinator).await;
         let rejoin = coordinator.join(join_request(&follower, b"m")).await;
         assert_eq!((rejoin.error_code, rejoin.generation_id), (0, generation));
@@ -936,7 +1116,7 @@ mod tests {
 
     #[tokio::test]
     async fn changed_metadata_or_leader_rejoin_starts_a_rebalance() {
-        let coordinator = coordinator();
+        let (coordinator, _dir) = coordinator();
         let (leader, follower, generation) = stable_group(&coordinator).await;
         let pending = tokio::spawn({
             let coordinator = Arc::clone(&coordinator);
@@ -953,7 +1133,7 @@ mod tests {
 
     #[tokio::test]
     async fn leaving_member_triggers_a_rebalance_and_the_last_one_empties_the_group() {
-        let coordinator = coordinator();
+        let (coordinator, _dir) = coordinator();
         let (leader, follower, _) = stable_group(&coordinator).await;
         assert!(coordinator.leave("g", std::slice::from_ref(&follower))[0].1.is_ok());
         assert_eq!(coordinator.describe("g").unwrap().state, GroupState::PreparingRebalance);
@@ -964,8 +1144,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stable_group_is_loaded_as_it_was_recorded_and_its_members_carry_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = coordinator_in(dir.path());
+        let (leader, follower, generation) = stable_group(&first).await;
+        first.close();
+
+        // The next coordinator (a restarted node, a new leader of the coordinator partition).
+        let next = coordinator_in(dir.path());
+        let view = next.describe("g").expect("the group is loaded");
+        assert_eq!((view.state, view.generation, view.protocol_name.as_str()), (GroupState::Stable, generation, "range"));
+        assert_eq!(view.members.len(), 2);
+        for member in [&leader, &follower] {
+            assert_eq!(next.heartbeat("g", member, generation), Ok(()), "no rejoin needed");
+            assert_eq!(next.check_commit("g", member, generation), Ok(()), "commits in the generation are accepted");
+        }
+        let again = next.sync("g", &follower, generation, None, None, Vec::new()).await;
+        assert_eq!((again.error_code, again.assignment), (0, Bytes::from_static(b"F")), "the assignment survived");
+        // An unchanged follower rejoin keeps the generation, as before the move.
+        assert_eq!(next.join(join_request(&follower, b"m")).await.generation_id, generation);
+        assert_eq!(next.heartbeat("g", &follower, generation - 1), Err(ResponseError::IllegalGeneration));
+    }
+
+    #[tokio::test]
+    async fn an_emptied_group_keeps_its_generation_and_a_deleted_one_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = coordinator_in(dir.path());
+        let (leader, follower, generation) = stable_group(&first).await;
+        first.leave("g", &[leader, follower]);
+        // The empty state is recorded in the background.
+        let recorded = |c: &GroupCoordinator| c.store.groups().first().is_some_and(|(_, r)| r.members.is_empty());
+        for _ in 0..100 {
+            if recorded(&first) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recorded(&first), "the empty group was recorded");
+        first.close();
+
+        let next = coordinator_in(dir.path());
+        let view = next.describe("g").expect("the group is loaded");
+        assert_eq!((view.state, view.members.len()), (GroupState::Empty, 0));
+        assert!(view.generation > generation, "generations never go back: a zombie of generation {generation} stays fenced");
+        next.delete_group("g").unwrap();
+        next.close();
+        assert!(coordinator_in(dir.path()).describe("g").is_none(), "a deleted group stays deleted");
+    }
+
+    #[tokio::test]
+    async fn a_generation_that_cannot_be_recorded_is_not_handed_out() {
+        let (coordinator, _dir) = coordinator();
+        let first = coordinator.join(join_request("", b"m")).await;
+        let generation = first.generation_id;
+        let member = first.member_id.to_string();
+        coordinator.store.break_for_tests();
+        let answer = coordinator.sync("g", &member, generation, None, None, vec![(member.clone(), Bytes::from_static(b"A"))]).await;
+        assert_eq!(answer.error_code, ResponseError::CoordinatorNotAvailable.code());
+        assert_eq!(coordinator.describe("g").unwrap().state, GroupState::PreparingRebalance, "the group rebalances again");
+        assert_eq!(coordinator.heartbeat("g", &member, generation), Err(ResponseError::RebalanceInProgress));
+    }
+
+    #[tokio::test]
     async fn unloading_answers_a_parked_join_and_every_later_one_with_not_coordinator() {
-        let coordinator = coordinator();
+        let (coordinator, _dir) = coordinator();
         let (leader, _, generation) = stable_group(&coordinator).await;
         // The leader rejoins and parks until the other member rejoins too, which never happens.
         let parked = tokio::spawn({

@@ -51,6 +51,7 @@ pub mod config;
 mod coordinator;
 mod error;
 mod file_calls;
+mod group_records;
 mod groups;
 mod handlers;
 pub mod host;

@@ -40,7 +40,7 @@ pub(crate) struct TopicName(String);
 pub(crate) const TOPIC_NAME_BYTES_MAX: usize = 249;
 
 /// Names the broker keeps for its own logs.
-pub(crate) const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__cluster"];
+pub(crate) const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__transaction_state", "__consumer_groups", "__cluster"];
 
 /// The internal topic of a cluster's group and transaction coordinators (one partition, replicated;
 /// its leader coordinates). Clients may read it; only the coordinators write, create or delete it.
