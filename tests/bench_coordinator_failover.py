@@ -101,7 +101,8 @@ def main() -> None:
                                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
                                  **({"debug": os.environ["CLIENT_DEBUG"]} if os.environ.get("CLIENT_DEBUG") else {})})
             consumer.subscribe([source])
-            txn = Producer({"bootstrap.servers": bootstrap, "transactional.id": "bench-eos", "transaction.timeout.ms": 30_000})
+            txn = Producer({"bootstrap.servers": bootstrap, "transactional.id": "bench-eos", "transaction.timeout.ms": 30_000,
+                            **({"debug": os.environ["TXN_DEBUG"]} if os.environ.get("TXN_DEBUG") else {})})
             txn.init_transactions(60)
             idle_since = None
             while not drained.is_set():
@@ -133,7 +134,13 @@ def main() -> None:
                         errors.append(str(kafka_error))
                         return
                     if kafka_error.txn_requires_abort():
-                        txn.abort_transaction(60)
+                        try:
+                            txn.abort_transaction(60)
+                        except KafkaException as abort_error:
+                            # E.g. fenced: the coordinator aborted a transaction that outlived
+                            # transaction.timeout.ms and bumped the epoch (as Kafka's does).
+                            errors.append(f"{kafka_error}; then abort_transaction: {abort_error.args[0]}")
+                            return
                     for tp in consumer.committed(consumer.assignment(), timeout=60):
                         consumer.seek(TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)))
             consumer.close()
