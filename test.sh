@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one command that runs every test: the workspace's Rust tests, every fuzz target in fuzz/ for a minute
-# (in the background), and the end-to-end suite in tests/ with real Kafka clients (confluent-kafka,
-# kafka-python, kcat) against the release binary.
+# The one command that runs every test: the end-to-end suite in tests/ with real Kafka clients
+# (confluent-kafka, kafka-python, kcat) against the release binary, the workspace's Rust tests (compiled
+# in the background meanwhile), and every fuzz target in fuzz/ for a minute (in the background).
 # Written for a fresh Debian machine, run as root. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -37,24 +37,47 @@ python3 -m pip install -q -r tests/requirements.txt
 phase "cargo build --release --workspace"
 cargo build --release --workspace
 
-# The fuzz job (install cargo-fuzz once, build the targets, run each for 60 s: fuzz/run.sh) runs in the
-# background at the lowest CPU priority beside the Rust tests and the end-to-end suite, which spend much
-# of their time waiting on brokers, clients and databases: it takes the idle CPU and nearly nothing
-# else, and the whole run is shorter by the fuzz job's length. Its per-input hang limit is raised to
-# 60 s, because a starved fuzzer can be descheduled for seconds; a real hang never ends and still fails.
-phase "fuzz job: started in the background (log printed at the end)"
+# Beside the end-to-end suite, which spends much of its time waiting on brokers, clients and databases,
+# two background jobs take the idle CPU at the lowest priority: first the Rust tests are compiled
+# (`cargo test --no-run`; they run after the suite, at normal priority, because several measure
+# time), then the fuzz job (install cargo-fuzz once, build the targets, run each for 60 s:
+# fuzz/run.sh). Each costs the suite nearly nothing and the whole run is shorter by their length. The
+# fuzzers' per-input hang limit is raised to 60 s, because a starved fuzzer can be descheduled for
+# seconds; a real hang never ends and still fails.
+phase "background: compile the Rust tests, then the fuzz job (logs printed at the end)"
+tests_log="$(mktemp)"
 fuzz_log="$(mktemp)"
-# setsid: its own process group, so that the trap below stops cargo and the fuzzers with it.
+# setsid: process groups of their own, so that the trap below stops cargo and the fuzzers with them.
 nice -n 19 setsid bash -c '
     set -euo pipefail
+    cargo test --workspace --release --no-run
+    echo "Rust tests compiled in ${SECONDS} s"
+' >"$tests_log" 2>&1 &
+tests_pid=$!
+nice -n 19 setsid bash -c '
+    set -euo pipefail
+    while kill -0 "$1" 2>/dev/null; do sleep 2; done
+    started=$SECONDS
     if ! cargo fuzz --version >/dev/null 2>&1; then
         cargo install cargo-fuzz --locked --version 0.13.2
     fi
     FUZZ_INPUT_TIMEOUT=60 fuzz/run.sh
-' >"$fuzz_log" 2>&1 &
+    echo "fuzz job took $((SECONDS - started)) s after the Rust tests were compiled"
+' fuzz "$tests_pid" >"$fuzz_log" 2>&1 &
 fuzz_pid=$!
-# A failing stage below exits the script; the fuzz job must not outlive it.
-trap 'kill -- -"$fuzz_pid" 2>/dev/null || true' EXIT
+# A failing stage below exits the script; the background jobs must not outlive it.
+trap 'kill -- -"$tests_pid" -"$fuzz_pid" 2>/dev/null || true' EXIT
+
+phase "end-to-end suite: pytest tests/ (the background jobs run beside it)"
+pytest_status=0
+SLUICE_BIN=target/release/sluice python3 -m pytest tests/ -q --durations=15 || pytest_status=$?
+[ "$pytest_status" -eq 0 ] || { echo "the end-to-end suite failed (exit $pytest_status)" >&2; exit "$pytest_status"; }
+
+phase "Rust tests: waiting for their compilation"
+tests_status=0
+wait "$tests_pid" || tests_status=$?
+tail -n 5 "$tests_log"
+[ "$tests_status" -eq 0 ] || { cat "$tests_log"; echo "compiling the Rust tests failed (exit $tests_status)" >&2; exit "$tests_status"; }
 
 phase "cargo test --workspace --release"
 # Rust's test harness has no per-test timeout; a hung test must fail this run, not run into CI's limit.
@@ -66,15 +89,10 @@ if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-phase "end-to-end suite: pytest tests/ (the fuzz job runs beside it)"
-pytest_status=0
-SLUICE_BIN=target/release/sluice python3 -m pytest tests/ -q --durations=15 || pytest_status=$?
-
 phase "fuzz job: waiting for it to finish"
 fuzz_status=0
 wait "$fuzz_pid" || fuzz_status=$?
 cat "$fuzz_log"
-[ "$pytest_status" -eq 0 ] || { echo "the end-to-end suite failed (exit $pytest_status)" >&2; exit "$pytest_status"; }
 [ "$fuzz_status" -eq 0 ] || { echo "the fuzz job failed (exit $fuzz_status); its log is above" >&2; exit "$fuzz_status"; }
 
 phase "all tests passed"
