@@ -190,7 +190,11 @@ impl GroupStore {
             None => None,
         };
         let entry: KeyedEntry = (group.as_bytes().to_vec(), value);
-        log.append(std::slice::from_ref(&entry), fsync)?;
+        let appended = log.append(std::slice::from_ref(&entry), fsync);
+        // Even when the append failed: it may still have reached the log (an acks=all wait that
+        // timed out, an fsync that failed after the write), and a later snapshot must not copy the
+        // previous state after it — a group's generation never goes back. A state that never got
+        // there is one the coordinator built: newer than what the members hold, so they rejoin.
         let mut live = self.live.lock();
         match entry.1 {
             Some(value) => {
@@ -200,6 +204,7 @@ impl GroupStore {
                 live.remove(group);
             }
         }
+        appended?;
         let (entries, bytes) = (live.len(), live.iter().map(|(g, v)| (g.len() + v.len()) as u64).sum::<u64>());
         if log.wants_rewrite(entries, bytes / entries.max(1) as u64 + 1) {
             let records: Vec<(Vec<u8>, Vec<u8>)> = live.iter().map(|(g, v)| (g.as_bytes().to_vec(), v.clone())).collect();

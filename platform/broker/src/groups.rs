@@ -28,7 +28,7 @@
 //! itself (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, MEMBER_ID_REQUIRED…): clients drive their
 //! state machines by the exact code, and there is nothing below them to wrap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -602,17 +602,27 @@ impl GroupCoordinator {
     }
 
     /// The leader handed out the assignments of rebalance `rebalance_id`: records the generation,
-    /// then makes the group Stable and answers every member waiting in SyncGroup. If the record
-    /// cannot be written the members hear why (NOT_COORDINATOR when this broker no longer
+    /// then makes the group Stable and answers every member waiting in SyncGroup with the
+    /// assignments that were recorded (a leader that retried its SyncGroup meanwhile may have set
+    /// others; the record is what a later coordinator hands out, so it is what members get). If the
+    /// record cannot be written the members hear why (NOT_COORDINATOR when this broker no longer
     /// coordinates, else COORDINATOR_NOT_AVAILABLE) and the group rebalances again, as Kafka's
     /// does. If the group moved on meanwhile, its new rebalance already told the waiting members.
     /// Blocking while the record is written.
     fn settle(self: &Arc<Self>, group_arc: &Arc<Mutex<Group>>, group_id: &str, rebalance_id: u64) {
         let settling = |group: &Group| !group.dead && group.state == GroupState::CompletingRebalance && group.rebalance_id == rebalance_id;
+        let mut recorded: HashMap<String, Bytes> = HashMap::new();
         let written = crate::file_calls::off_worker(|| {
             self.store.write_with(group_id, self.fsync, || {
                 let group = group_arc.lock();
-                settling(&group).then(|| group.record())
+                if !settling(&group) {
+                    return None;
+                }
+                let record = group.record();
+                if let Some(record) = &record {
+                    recorded = record.members.iter().map(|m| (m.member_id.clone(), m.assignment.clone())).collect();
+                }
+                Some(record)
             })
         });
         let mut group = group_arc.lock();
@@ -623,8 +633,11 @@ impl GroupCoordinator {
             Ok(()) => {
                 group.state = GroupState::Stable;
                 let now = Instant::now();
-                for member in group.members.values_mut() {
+                for (id, member) in group.members.iter_mut() {
                     member.last_heartbeat = now;
+                    if let Some(assignment) = recorded.remove(id) {
+                        member.assignment = assignment;
+                    }
                     if let Some(waiter) = member.sync_waiter.take() {
                         let _ = waiter.send(Ok(member.assignment.clone()));
                     }
@@ -655,6 +668,9 @@ impl GroupCoordinator {
             return;
         }
         let written = self.store.write_with(group_id, self.fsync, || match self.group(group_id) {
+            // Unloaded meanwhile (this broker stopped coordinating, or is shutting down): the group
+            // is not gone, so nothing is written.
+            _ if self.unloaded.load(std::sync::atomic::Ordering::Acquire) => None,
             Some(group_arc) => {
                 let group = group_arc.lock();
                 if group.dead { Some(None) } else { group.record().filter(|_| group.state != GroupState::CompletingRebalance).map(Some) }
@@ -758,9 +774,11 @@ impl GroupCoordinator {
     /// Removes members whose session expired; runs until the coordinator is dropped.
     pub(crate) async fn run_session_sweeper(self: Arc<Self>) {
         // Members loaded from the records have had no chance to heartbeat while the broker started.
+        // (The groups are collected first: a group's lock is never taken under a map shard's lock,
+        // which `remove_locked` takes under the group's.)
         let now = Instant::now();
-        for group in self.groups.iter() {
-            group.value().lock().members.values_mut().for_each(|m| m.last_heartbeat = now);
+        for group in self.groups.iter().map(|e| Arc::clone(e.value())).collect::<Vec<_>>() {
+            group.lock().members.values_mut().for_each(|m| m.last_heartbeat = now);
         }
         let mut tick = tokio::time::interval(SESSION_SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -847,12 +865,13 @@ impl GroupCoordinator {
 
     /// Groups with live state, with their state and protocol type.
     pub(crate) fn list(&self) -> Vec<(String, GroupState, String)> {
-        let mut groups: Vec<_> = self
-            .groups
-            .iter()
-            .map(|g| {
-                let group = g.value().lock();
-                (g.key().clone(), group.state, group.protocol_type.clone().unwrap_or_default())
+        // Collected before any group is locked (see `run_session_sweeper`).
+        let arcs: Vec<(String, Arc<Mutex<Group>>)> = self.groups.iter().map(|g| (g.key().clone(), Arc::clone(g.value()))).collect();
+        let mut groups: Vec<_> = arcs
+            .into_iter()
+            .map(|(id, group)| {
+                let group = group.lock();
+                (id, group.state, group.protocol_type.clone().unwrap_or_default())
             })
             .collect();
         groups.sort_by(|a, b| a.0.cmp(&b.0));
@@ -882,8 +901,10 @@ impl GroupCoordinator {
     /// Kafka's offset expiry (KIP-211) and group clean-up, run every
     /// `offsets.retention.check.interval.ms`. Offsets of a group with members never expire; those of
     /// an empty group expire `offsets.retention.ms` after it became empty (or after their commit, if
-    /// later); those of the broker's own runtimes (`__sluice…` groups) never do. A group the coordinator has no state for (it only committed, or the broker restarted)
-    /// counts as empty since the broker started, so a restart never expires anything early. Then a
+    /// later); those of the broker's own runtimes (`__sluice…` groups) never do. An empty group loaded
+    /// from its record counts as empty since the time recorded (as Kafka's, whose group metadata
+    /// carries it; brokers' clocks are assumed to agree); a group the coordinator has no state for
+    /// (it only committed) counts as empty since the broker started. Then a
     /// group with nothing left — no members, no member ids waiting, no offsets — is forgotten.
     /// Blocking file I/O.
     pub(crate) fn expire(&self, now_ms: i64) {
