@@ -37,6 +37,12 @@ python3 -m pip install -q -r tests/requirements.txt
 phase "cargo build --release --workspace"
 cargo build --release --workspace
 
+# The suite runs a copy of the binary `cargo build` made: `cargo test --workspace` (below, in the
+# background) links target/release/sluice again with test-only features unified across the workspace
+# (sluice-wasm's test-host-imports), which is not the broker users run, and replaces it mid-suite.
+e2e_bin="$(mktemp -d)/sluice"
+cp target/release/sluice "$e2e_bin"
+
 # Beside the end-to-end suite, which spends much of its time waiting on brokers, clients and databases,
 # two background jobs take the idle CPU at the lowest priority: first the Rust tests are compiled
 # (`cargo test --no-run`; they run after the suite, at normal priority, because several measure
@@ -70,7 +76,7 @@ trap 'kill -- -"$tests_pid" -"$fuzz_pid" 2>/dev/null || true' EXIT
 
 phase "end-to-end suite: pytest tests/ (the background jobs run beside it)"
 pytest_status=0
-SLUICE_BIN=target/release/sluice python3 -m pytest tests/ -q --durations=15 || pytest_status=$?
+SLUICE_BIN="$e2e_bin" python3 -m pytest tests/ -q --durations=15 || pytest_status=$?
 [ "$pytest_status" -eq 0 ] || { echo "the end-to-end suite failed (exit $pytest_status)" >&2; exit "$pytest_status"; }
 
 phase "Rust tests: waiting for their compilation"
