@@ -224,7 +224,7 @@ struct PartitionLag {
 }
 
 fn group_lag(broker: &Broker, group: &str) -> Vec<PartitionLag> {
-    let Ok(coordinators) = broker.coordinators_for(group) else { return Vec::new() };
+    let Ok(coordinators) = broker.coordinators() else { return Vec::new() };
     coordinators
         .offsets
         .group(group)
@@ -363,7 +363,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
     let groups: Vec<serde_json::Value> = group_ids(&broker)
         .into_iter()
         .map(|id| {
-            let view = broker.coordinators_for(&id).ok().and_then(|c| c.groups.describe(&id));
+            let view = broker.coordinators().ok().and_then(|c| c.groups.describe(&id));
             let lag: i64 = group_lag(&broker, &id).iter().map(|l| l.lag).sum();
             json!({
                 "group_id": id,
@@ -378,7 +378,7 @@ async fn list_groups(State(broker): State<Arc<Broker>>) -> Json<serde_json::Valu
 }
 
 async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let view = coordinators_for(&broker, &id)?.groups.describe(&id);
+    let view = coordinators(&broker)?.groups.describe(&id);
     let offsets = group_lag(&broker, &id);
     if view.is_none() && offsets.is_empty() {
         return Err(BrokerError::UnknownGroup(id).into());
@@ -409,7 +409,7 @@ async fn describe_group(State(broker): State<Arc<Broker>>, Path(id): Path<String
 }
 
 async fn delete_group(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let coordinators = coordinators_for(&broker, &id)?;
+    let coordinators = coordinators(&broker)?;
     tokio::task::spawn_blocking(move || coordinators.groups.delete_group(&id)).await.map_err(|e| ApiError::internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -420,9 +420,10 @@ async fn list_transactions(State(broker): State<Arc<Broker>>) -> Json<serde_json
     Json(serde_json::json!({ "transactions": transactions }))
 }
 
-/// The coordinators of a group or transactional id, or an error naming the broker that has them.
-fn coordinators_for(broker: &Broker, name: &str) -> Result<Arc<crate::coordinator::Coordinators>, ApiError> {
-    broker.coordinators_for(name).map_err(|error| {
+/// The coordinators of groups and transactional ids (the plugins' too), or an error naming the broker
+/// that has them.
+fn coordinators(broker: &Broker) -> Result<Arc<crate::coordinator::Coordinators>, ApiError> {
+    broker.coordinators().map_err(|error| {
         let whereabouts = match broker.coordinator_node() {
             Some(node) => format!("broker {node} coordinates the cluster's groups and transactions: ask its admin API"),
             None => "the cluster's coordinator is not elected yet: retry in a moment".to_string(),
@@ -432,7 +433,7 @@ fn coordinators_for(broker: &Broker, name: &str) -> Result<Arc<crate::coordinato
 }
 
 async fn describe_transaction(State(broker): State<Arc<Broker>>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    match coordinators_for(&broker, &id)?.transactions.describe(&id) {
+    match coordinators(&broker)?.transactions.describe(&id) {
         Some(view) => Ok(Json(serde_json::to_value(view).unwrap_or_default())),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_transactional_id", format!("no transactional id '{id}'"))),
     }

@@ -247,12 +247,6 @@ impl Broker {
         self.hosting.lock().serving()
     }
 
-    /// The coordinators of a group or transactional id: the local ones for this broker's plugins'
-    /// (`__sluice…`) and on a single node, else [`Broker::coordinators`].
-    pub(crate) fn coordinators_for(&self, name: &str) -> Result<Arc<Coordinators>, kafka_protocol::ResponseError> {
-        if !self.clustered || crate::host::is_internal_name(name) { Ok(Arc::clone(&self.local)) } else { self.coordinators() }
-    }
-
     /// Whether clients' coordinators live on a replicated partition (a cluster of several voters).
     pub(crate) fn is_clustered(&self) -> bool {
         self.clustered

@@ -554,8 +554,9 @@ impl Task for SinkDriver {
                 self.commit_positions(&read_to)?;
             }
             self.mirror_positions(true)?;
-            match self.inputs.values().next() {
-                Some(input) if self.inputs.len() == 1 => input.reader.wait_for_records(IDLE_WAIT),
+            let single = self.inputs.len() == 1;
+            match self.inputs.values_mut().next() {
+                Some(input) if single => input.reader.wait_for_records(IDLE_WAIT),
                 _ => {
                     control.sleep(IDLE_WAIT);
                 }

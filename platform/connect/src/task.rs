@@ -378,7 +378,7 @@ fn transactional_id(connector: &str, task: i32) -> String {
 /// one and finished or aborted its transaction, so the marker is final.
 fn settle(host: &Host, offsets: &OffsetStore, connector: &str, task: i32, producer: &TransactionalProducer) -> Result<(), ConnectError> {
     let Some(pending) = offsets.pending(connector, task)? else { return Ok(()) };
-    let marker = host.committed_offset(producer.transactional_id(), &pending.marker_topic, pending.marker_partition);
+    let marker = host.committed_offset(producer.transactional_id(), &pending.marker_topic, pending.marker_partition)?;
     let committed = marker.is_some_and(|m| m >= pending.seq);
     offsets.settle(connector, task, pending.seq, committed)
 }
@@ -532,7 +532,7 @@ impl SourceDriver {
                 // One more than the marker the group holds on this partition: only this task's
                 // transactions move it (the group name is internal), one at a time, so it reaches
                 // `seq` exactly when this transaction commits.
-                let seq = self.shared.host.committed_offset(&group, topic, *partition).unwrap_or(0).max(0) + 1;
+                let seq = self.shared.host.committed_offset(&group, topic, *partition)?.unwrap_or(0).max(0) + 1;
                 let pending = PendingPositions { seq, marker_topic: topic.clone(), marker_partition: *partition, entries: positions };
                 match self.shared.offsets.stage(&connector, self.config.task, pending) {
                     Ok(()) => {}

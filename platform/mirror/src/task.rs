@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_broker::host::{Host, ProducerRecord, ReaderLimits, TransactionalProducer, now_ms};
+use sluice_broker::host::{Host, HostError, ProducerRecord, ReaderLimits, TransactionalProducer, now_ms};
 use sluice_client::{
     Client, ClientOptions, ConfigResource, FetchOptions, FetchedPartition, Isolation, OffsetSpec, PartitionFetch, PendingFetch,
 };
@@ -435,13 +435,13 @@ impl MirrorTask {
     }
 
     /// Rename mode: where a partition's copy resumes (its committed position, read once per start).
-    fn position(&mut self, topic: &str, partition: i32) -> i64 {
+    fn position(&mut self, topic: &str, partition: i32) -> Result<i64, HostError> {
         let key = (topic.to_string(), partition);
         if let Some(&position) = self.positions.get(&key) {
-            return position;
+            return Ok(position);
         }
         let target = self.target(topic);
-        let position = match self.host.committed_offset(&position_group(self.name()), &target, partition) {
+        let position = match self.host.committed_offset(&position_group(self.name()), &target, partition)? {
             Some(offset) => offset,
             None => {
                 self.fresh.insert(key.clone());
@@ -453,7 +453,7 @@ impl MirrorTask {
             map.truncate_from(topic, partition, position);
         }
         self.positions.insert(key, position);
-        position
+        Ok(position)
     }
 
     /// The configs set explicitly on the source topic that a mirror topic takes over.
@@ -605,9 +605,8 @@ impl MirrorTask {
             } else {
                 self.host.partition_offsets(name, id).map(|offsets| Some(offsets.high_watermark))
             };
-            let end = match copy_end {
-                Ok(Some(end)) => end,
-                Ok(None) => self.position(name, id),
+            let end = match copy_end.and_then(|end| end.map_or_else(|| self.position(name, id), Ok)) {
+                Ok(end) => end,
                 Err(error) => {
                     // The copy was deleted on this cluster, or is being grown: the next refresh
                     // creates or grows it again. The other partitions go on.

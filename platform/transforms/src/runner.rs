@@ -260,7 +260,7 @@ impl Task for Runner {
     fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
         let spec = &self.shared.spec;
         let mut producer = self.host.producer(&spec.transactional_id(self.partition), TXN_TIMEOUT_MS)?;
-        let position = match self.host.committed_offset(&spec.group(), &spec.input_topic, self.partition) {
+        let position = match self.host.committed_offset(&spec.group(), &spec.input_topic, self.partition)? {
             Some(committed) => committed,
             None => {
                 // First start: pin the start position (`--from latest` or a timestamp resolves to an
@@ -339,7 +339,7 @@ impl Runner {
         self.shared.metrics.lag(self.partition).set(lag);
         if inputs.is_empty() {
             if batch.next_offset == position {
-                if let Some(reader) = self.reader.as_ref() {
+                if let Some(reader) = self.reader.as_mut() {
                     reader.wait_for_records(IDLE_WAIT);
                 }
                 return Ok(Step::Idle);

@@ -61,17 +61,18 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
     let version = request.version;
     let client_id = request.header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
     let ready = |r: ResponseKind| Reply::Ready(r);
+    let peer = crate::host::is_peer(&client_id);
     match request.body {
         RequestKind::ApiVersions(_) => ready(api_versions::handle().into()),
         RequestKind::Metadata(r) => ready(metadata::metadata(broker, ctx, r, version).await.into()),
         RequestKind::DescribeCluster(r) => ready(metadata::describe_cluster(broker, ctx, r).into()),
         RequestKind::FindCoordinator(r) => ready(metadata::find_coordinator(broker, ctx, r, version).into()),
-        RequestKind::Produce(r) => produce::handle(broker, r, version).await,
+        RequestKind::Produce(r) => produce::handle(broker, r, version, peer).await,
         RequestKind::Fetch(r) => fetch::handle(broker, r, version).await,
         RequestKind::ListOffsets(r) => ready(list_offsets::list_offsets(broker, r, version).into()),
         RequestKind::OffsetForLeaderEpoch(r) => ready(crate::replication::offset_for_leader_epoch(broker, r).into()),
         RequestKind::DeleteRecords(r) => ready(list_offsets::delete_records(broker, r).await.into()),
-        RequestKind::InitProducerId(r) => ready(produce::init_producer_id(broker, r).into()),
+        RequestKind::InitProducerId(r) => ready(produce::init_producer_id(broker, r, peer).into()),
         RequestKind::CreateTopics(r) => ready(topics::create_topics(broker, r, version).into()),
         RequestKind::DeleteTopics(r) => ready(topics::delete_topics(broker, r, version).into()),
         RequestKind::CreatePartitions(r) => ready(topics::create_partitions(broker, r).into()),
@@ -91,10 +92,10 @@ pub(crate) async fn dispatch(broker: &Arc<Broker>, ctx: &ConnCtx, request: Decod
         RequestKind::OffsetCommit(r) => ready(groups::offset_commit(broker, r).into()),
         RequestKind::OffsetFetch(r) => ready(groups::offset_fetch(broker, r, version).into()),
         RequestKind::OffsetDelete(r) => ready(groups::offset_delete(broker, r).into()),
-        RequestKind::AddPartitionsToTxn(r) => ready(txn::add_partitions_to_txn(broker, r).into()),
-        RequestKind::AddOffsetsToTxn(r) => ready(txn::add_offsets_to_txn(broker, r).into()),
-        RequestKind::TxnOffsetCommit(r) => ready(txn::txn_offset_commit(broker, r).into()),
-        RequestKind::EndTxn(r) => ready(txn::end_txn(broker, r).into()),
+        RequestKind::AddPartitionsToTxn(r) => ready(txn::add_partitions_to_txn(broker, r, peer).into()),
+        RequestKind::AddOffsetsToTxn(r) => ready(txn::add_offsets_to_txn(broker, r, peer).into()),
+        RequestKind::TxnOffsetCommit(r) => ready(txn::txn_offset_commit(broker, r, peer).into()),
+        RequestKind::EndTxn(r) => ready(txn::end_txn(broker, r, peer).into()),
         RequestKind::WriteTxnMarkers(r) => ready(txn::write_txn_markers(broker, r).await.into()),
         RequestKind::DescribeTransactions(r) => ready(txn::describe_transactions(broker, r).into()),
         RequestKind::ListTransactions(r) => ready(txn::list_transactions(broker, r).into()),

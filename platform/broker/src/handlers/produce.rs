@@ -42,7 +42,7 @@ fn error_response(index: i32, error: ResponseError, message: Option<String>) -> 
         .with_error_message(message.map(str_bytes))
 }
 
-pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16) -> Reply {
+pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, version: i16, peer: bool) -> Reply {
     let acks = request.acks;
     if !matches!(acks, -1..=1) {
         let responses = request
@@ -131,7 +131,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
                 // The coordinator checks the producer belongs to the request's transactional id and
                 // its transaction holds this partition, and keeps the transaction from completing
                 // while the batch is appended.
-                Some(h) => match reserved_id(transactional_id).and_then(|id| {
+                Some(h) => match reserved_id(transactional_id, peer).and_then(|id| {
                     blocking(|| {
                         let Ok(coordinators) = broker.coordinators() else {
                             // The coordinator is another broker: it checked this partition into the
@@ -233,9 +233,9 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
     }))
 }
 
-pub(crate) fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) -> InitProducerIdResponse {
+pub(crate) fn init_producer_id(broker: &Broker, request: InitProducerIdRequest, peer: bool) -> InitProducerIdResponse {
     if let Some(transactional_id) = request.transactional_id.as_ref().filter(|t| !t.0.is_empty()) {
-        return super::txn::init_producer_id(broker, &request, &transactional_id.0.to_string());
+        return super::txn::init_producer_id(broker, &request, &transactional_id.0.to_string(), peer);
     }
     // Without a transactional id, Kafka's coordinator ignores the producer id and epoch a KIP-360
     // client sends and hands out a fresh producer id: it cannot tell whose id it was given, and
@@ -250,9 +250,10 @@ pub(crate) fn init_producer_id(broker: &Broker, request: InitProducerIdRequest) 
     }
 }
 
-/// The request's transactional id, unless it is one of the broker's own (`__sluice…`).
-fn reserved_id(transactional_id: &str) -> Result<&str, BrokerError> {
-    if crate::host::is_internal_name(transactional_id) {
+/// The request's transactional id, unless it is one of the broker's own (`__sluice…`) and the
+/// request does not come from a peer broker's plugin host.
+fn reserved_id(transactional_id: &str, peer: bool) -> Result<&str, BrokerError> {
+    if !peer && crate::host::is_internal_name(transactional_id) {
         Err(BrokerError::Protocol(ResponseError::TransactionalIdAuthorizationFailed))
     } else {
         Ok(transactional_id)

@@ -32,10 +32,14 @@ use crate::offsets::CommittedOffset;
 use crate::transactions::{TXN_OFFSETS_MAX, TXN_PARTITIONS_MAX, TxnStatus};
 
 /// Transactional ids and groups under `__sluice` belong to the broker's own runtimes: a client that
-/// names one could fence a transform's runner or move its input position. A node that does not
-/// coordinate transactions answers NOT_COORDINATOR.
-fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Result<Arc<Coordinators>, BrokerError> {
+/// names one could fence a transform's runner or move its input position. Peer brokers (`peer`, see
+/// `host::PEER_CLIENT_ID_PREFIX`) use them for their plugins. A node that does not coordinate
+/// transactions answers NOT_COORDINATOR.
+fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>, peer: bool) -> Result<Arc<Coordinators>, BrokerError> {
     let coordinators = broker.coordinators().map_err(BrokerError::Protocol)?;
+    if peer {
+        return Ok(coordinators);
+    }
     if is_internal_name(transactional_id) {
         tracing::debug!(transactional_id, "refused a reserved transactional id");
         return refuse(ResponseError::TransactionalIdAuthorizationFailed);
@@ -47,9 +51,14 @@ fn reserved(broker: &Broker, transactional_id: &str, group: Option<&str>) -> Res
 }
 
 /// InitProducerId with a non-empty transactional id.
-pub(crate) fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest, transactional_id: &str) -> InitProducerIdResponse {
+pub(crate) fn init_producer_id(
+    broker: &Broker,
+    request: &InitProducerIdRequest,
+    transactional_id: &str,
+    peer: bool,
+) -> InitProducerIdResponse {
     let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0).then_some((request.producer_id.0, request.producer_epoch));
-    let outcome = reserved(broker, transactional_id, None)
+    let outcome = reserved(broker, transactional_id, None, peer)
         .and_then(|c| blocking(|| c.transactions.init_producer_id(transactional_id, request.transaction_timeout_ms, expected)));
     match outcome {
         Ok((producer_id, epoch)) => InitProducerIdResponse::default().with_producer_id(ProducerId(producer_id)).with_producer_epoch(epoch),
@@ -60,7 +69,7 @@ pub(crate) fn init_producer_id(broker: &Broker, request: &InitProducerIdRequest,
     }
 }
 
-pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest) -> AddPartitionsToTxnResponse {
+pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxnRequest, peer: bool) -> AddPartitionsToTxnResponse {
     // v4+ batches several transactions for broker-to-broker verification; clients use v0-3, the only
     // versions advertised.
     let topics = request.v3_and_below_topics;
@@ -69,7 +78,7 @@ pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxn
     let refusal = if count > TXN_PARTITIONS_MAX {
         refuse(ResponseError::InvalidRequest)
     } else {
-        reserved(broker, request.v3_and_below_transactional_id.0.as_str(), None)
+        reserved(broker, request.v3_and_below_transactional_id.0.as_str(), None, peer)
     };
     let codes = match refusal {
         Err(error) => vec![error.code(); count],
@@ -115,11 +124,11 @@ pub(crate) fn add_partitions_to_txn(broker: &Broker, request: AddPartitionsToTxn
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
 }
 
-pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest) -> AddOffsetsToTxnResponse {
+pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnRequest, peer: bool) -> AddOffsetsToTxnResponse {
     let group = request.group_id.0.as_str();
     let outcome = check_group_id(group)
         .map_err(BrokerError::Protocol)
-        .and_then(|()| reserved(broker, request.transactional_id.0.as_str(), Some(group)))
+        .and_then(|()| reserved(broker, request.transactional_id.0.as_str(), Some(group), peer))
         .and_then(|coordinators| {
             blocking(|| {
                 coordinators.transactions.add_offsets(
@@ -133,7 +142,7 @@ pub(crate) fn add_offsets_to_txn(broker: &Broker, request: AddOffsetsToTxnReques
     AddOffsetsToTxnResponse::default().with_error_code(outcome.err().map_or(0, |e| e.code()))
 }
 
-pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest) -> TxnOffsetCommitResponse {
+pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest, peer: bool) -> TxnOffsetCommitResponse {
     let group = request.group_id.0.as_str();
     let count: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     // Whole-request checks first, before anything is built per entry.
@@ -141,7 +150,7 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
         if count > TXN_OFFSETS_MAX {
             refuse(ResponseError::InvalidRequest)
         } else {
-            reserved(broker, request.transactional_id.0.as_str(), Some(group))
+            reserved(broker, request.transactional_id.0.as_str(), Some(group), peer)
         }
     });
     let codes = match refusal {
@@ -204,9 +213,9 @@ pub(crate) fn txn_offset_commit(broker: &Broker, request: TxnOffsetCommitRequest
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest) -> EndTxnResponse {
+pub(crate) fn end_txn(broker: &Broker, request: EndTxnRequest, peer: bool) -> EndTxnResponse {
     let id = request.transactional_id.0.to_string();
-    let outcome = reserved(broker, &id, None)
+    let outcome = reserved(broker, &id, None, peer)
         .and_then(|c| blocking(|| c.transactions.end_txn(&id, request.producer_id.0, request.producer_epoch, request.committed)));
     if let Err(error) = &outcome {
         tracing::debug!(transactional_id = id, commit = request.committed, %error, "EndTxn refused");

@@ -12,6 +12,7 @@ use sluice_storage::{AppendMode, ControlType, TxnMarker};
 
 use super::{Host, HostError, TopicInfo, topic_info};
 use crate::config::TopicConfig;
+use crate::error::BrokerError;
 
 /// What one mirrored append wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +152,14 @@ impl Host {
                 reason: format!("the topic is not a mirror topic of mirror '{mirror}'"),
             });
         }
-        let target = owner.partition(partition).ok_or_else(|| HostError::UnknownPartition { topic: topic.to_string(), partition })?;
+        // Offset-preserving appends go to the leader's log only: a follower's copy would be
+        // truncated by replication (in a cluster the mirror writes the partitions its broker leads).
+        let target = owner.led_partition(partition).map_err(|error| match error {
+            kafka_protocol::ResponseError::NotLeaderOrFollower => {
+                HostError::from_broker(BrokerError::NotLeader { topic: topic.to_string(), partition })
+            }
+            _ => HostError::UnknownPartition { topic: topic.to_string(), partition },
+        })?;
         Ok((owner, target))
     }
 

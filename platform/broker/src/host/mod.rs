@@ -36,6 +36,7 @@ use crate::error::BrokerError;
 mod mirror;
 mod producer;
 mod reader;
+mod remote;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,8 @@ pub use crate::admin::{ADMIN_BODY_BYTES_MAX, ApiError, json_body};
 pub use mirror::{MirroredAppend, Promotion};
 pub use producer::{ProducerRecord, TransactionalProducer};
 pub use reader::{CommittedReader, ConsumedRecord, FetchedRecords, ReadBatch, ReaderLimits, RecordView, Visited, decode_fetched};
+pub use remote::PEER_CLIENT_ID_PREFIX;
+pub(crate) use remote::is_peer;
 
 /// The prefix of transactional ids and group ids reserved for the broker's own runtimes.
 pub const INTERNAL_PREFIX: &str = "__sluice";
@@ -165,11 +168,30 @@ pub struct Host {
     broker: Arc<Broker>,
     extension: &'static str,
     runtime: tokio::runtime::Handle,
+    /// In a cluster, the way to the clients' coordinators and the partitions' leaders, made on first
+    /// use (the controller joins after the host is built).
+    peers: Arc<std::sync::OnceLock<Arc<remote::Peers>>>,
 }
 
 impl Host {
     pub(crate) fn new(broker: Arc<Broker>, extension: &'static str, runtime: tokio::runtime::Handle) -> Host {
-        Host { broker, extension, runtime }
+        Host { broker, extension, runtime, peers: Arc::default() }
+    }
+
+    /// `None` on a single node (the broker's own coordinators serve its plugins in process); in a
+    /// cluster the network path of [`remote`], or an error before the controller has started.
+    fn peers(&self) -> Result<Option<Arc<remote::Peers>>, HostError> {
+        if !self.broker.is_clustered() {
+            return Ok(None);
+        }
+        if let Some(peers) = self.peers.get() {
+            return Ok(Some(Arc::clone(peers)));
+        }
+        let Some(controller) = self.broker.controller() else {
+            return Err(HostError::Refused { action: "reaching the cluster".into(), reason: "the controller has not started yet".into() });
+        };
+        let made = Arc::new(remote::Peers::new(self.broker.node_id(), Arc::clone(controller), self.runtime.clone()));
+        Ok(Some(Arc::clone(self.peers.get_or_init(|| made))))
     }
 
     /// A host over a broker opened in-process, for runtimes' own tests.
@@ -213,19 +235,49 @@ impl Host {
         self.topic(topic).ok_or_else(|| HostError::UnknownTopic(topic.to_string()))
     }
 
+    /// The partition's offsets, from this broker when it leads the partition, else (in a cluster)
+    /// from the leader. Blocking in a cluster.
     pub fn partition_offsets(&self, topic: &str, partition: i32) -> Result<PartitionOffsets, HostError> {
-        let p = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
-        Ok(PartitionOffsets { log_start: p.log_start_offset(), last_stable: p.last_stable_offset(), high_watermark: p.high_watermark() })
+        match self.broker.partition(topic, partition) {
+            Ok(p) => Ok(PartitionOffsets {
+                log_start: p.log_start_offset(),
+                last_stable: p.last_stable_offset(),
+                high_watermark: p.high_watermark(),
+            }),
+            Err(BrokerError::NotLeader { .. }) if self.broker.is_clustered() => {
+                let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
+                Ok(PartitionOffsets {
+                    log_start: peers.list_offset(topic, partition, remote::EARLIEST, false)?,
+                    last_stable: peers.list_offset(topic, partition, remote::LATEST, true)?,
+                    high_watermark: peers.list_offset(topic, partition, remote::LATEST, false)?,
+                })
+            }
+            Err(error) => Err(HostError::from_broker(error)),
+        }
     }
 
-    /// The offset a group committed for a partition (the next one to read), if any.
-    pub fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
-        self.broker.local_coordinators().offsets.get(group, topic, partition).map(|c| c.offset)
+    /// The offset a group committed for a partition (the next one to read), if any. In a cluster this
+    /// asks the coordinator (waiting while an open transaction has an offset staged for it), so it
+    /// can fail; a failure is not "nothing committed". Blocking.
+    pub fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>, HostError> {
+        let local = || self.broker.local_coordinators().offsets.get(group, topic, partition).map(|c| c.offset);
+        match self.peers()? {
+            // A plugin of a cluster from before plugins' positions moved to the cluster's
+            // coordinators has them in this broker's own: used until it commits in the cluster.
+            Some(peers) => Ok(peers.committed_offset(group, topic, partition)?.or_else(local)),
+            None => Ok(local()),
+        }
     }
 
     /// Turns a start position into an offset of the partition now. Blocking file I/O (timestamps).
     pub fn resolve_start(&self, topic: &str, partition: i32, start: StartPosition) -> Result<i64, HostError> {
-        let p = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
+        let p = match self.broker.partition(topic, partition) {
+            Ok(p) => p,
+            Err(BrokerError::NotLeader { .. }) if self.broker.is_clustered() => {
+                return self.resolve_start_at_leader(topic, partition, start);
+            }
+            Err(error) => return Err(HostError::from_broker(error)),
+        };
         let (first, end) = (p.log_start_offset(), p.last_stable_offset());
         Ok(match start {
             StartPosition::Earliest => first,
@@ -239,17 +291,40 @@ impl Host {
         })
     }
 
-    /// A reader of one partition's committed records, starting at `offset`.
+    /// [`resolve_start`](Self::resolve_start) for a partition another broker leads: ListOffsets there.
+    fn resolve_start_at_leader(&self, topic: &str, partition: i32, start: StartPosition) -> Result<i64, HostError> {
+        let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
+        let first = peers.list_offset(topic, partition, remote::EARLIEST, true)?;
+        let end = peers.list_offset(topic, partition, remote::LATEST, true)?;
+        Ok(match start {
+            StartPosition::Earliest => first,
+            StartPosition::Latest => end,
+            StartPosition::Offset(offset) => offset.clamp(first, end),
+            StartPosition::Timestamp(ts) => match peers.list_offset(topic, partition, ts, true)? {
+                offset if offset >= 0 => offset.clamp(first, end),
+                _ => end,
+            },
+        })
+    }
+
+    /// A reader of one partition's committed records, starting at `offset`: from this broker's log
+    /// when it leads the partition, else (in a cluster) from the leader over the network.
     pub fn reader(&self, topic: &str, partition: i32, offset: i64) -> Result<CommittedReader, HostError> {
-        let p = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
-        Ok(CommittedReader::new(p, offset, ReaderLimits::default(), self.runtime.clone()))
+        match self.broker.partition(topic, partition) {
+            Ok(p) => Ok(CommittedReader::new(p, offset, ReaderLimits::default(), self.runtime.clone())),
+            Err(BrokerError::NotLeader { .. }) if self.broker.is_clustered() => {
+                let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
+                Ok(CommittedReader::remote(peers, topic, partition, offset, ReaderLimits::default(), self.runtime.clone()))
+            }
+            Err(error) => Err(HostError::from_broker(error)),
+        }
     }
 
     /// Initialises the transactional producer `transactional_id` (InitProducerId): fences any
     /// earlier producer of that id and aborts its open transaction. `timeout_ms` is the
     /// transaction timeout. Blocking file I/O.
     pub fn producer(&self, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
-        TransactionalProducer::init(Arc::clone(&self.broker), transactional_id, timeout_ms)
+        TransactionalProducer::init(Arc::clone(&self.broker), self.peers()?, transactional_id, timeout_ms)
     }
 
     /// The extension's own directory, `<data-dir>/__<name>`, created if needed. Blocking file I/O.

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
 use super::HostError;
+use super::remote::{Peers, TxnIds};
 use crate::broker::Broker;
 use crate::error::{BrokerError, storage_error_code};
 use crate::offsets::CommittedOffset;
@@ -48,10 +49,13 @@ pub struct TransactionalProducer {
     /// partition reached, for the durability wait before commit.
     partitions: HashMap<(String, i32), i64>,
     groups: HashSet<String>,
+    /// In a cluster: the coordinators and leaders over the network (`remote`); on a single node, the
+    /// broker's own coordinators in process.
+    peers: Option<Arc<Peers>>,
 }
 
 /// A coordinator or partition refusal as a host error.
-fn refused(action: String, error: ResponseError) -> HostError {
+pub(super) fn refused(action: String, error: ResponseError) -> HostError {
     match error {
         ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch | ResponseError::InvalidProducerIdMapping => {
             HostError::Fenced { action }
@@ -72,12 +76,20 @@ fn failed(action: String, error: BrokerError) -> HostError {
 }
 
 impl TransactionalProducer {
-    pub(super) fn init(broker: Arc<Broker>, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
-        let (producer_id, epoch) = broker
-            .local_coordinators()
-            .transactions
-            .init_producer_id(transactional_id, timeout_ms, None)
-            .map_err(|e| failed(format!("initialising transactional id '{transactional_id}'"), e))?;
+    pub(super) fn init(
+        broker: Arc<Broker>,
+        peers: Option<Arc<Peers>>,
+        transactional_id: &str,
+        timeout_ms: i32,
+    ) -> Result<TransactionalProducer, HostError> {
+        let (producer_id, epoch) = match &peers {
+            Some(peers) => peers.init_producer_id(transactional_id, timeout_ms)?,
+            None => broker
+                .local_coordinators()
+                .transactions
+                .init_producer_id(transactional_id, timeout_ms, None)
+                .map_err(|e| failed(format!("initialising transactional id '{transactional_id}'"), e))?,
+        };
         Ok(TransactionalProducer {
             broker,
             transactional_id: transactional_id.to_string(),
@@ -86,7 +98,12 @@ impl TransactionalProducer {
             sequences: HashMap::new(),
             partitions: HashMap::new(),
             groups: HashSet::new(),
+            peers,
         })
+    }
+
+    fn ids(&self) -> TxnIds<'_> {
+        TxnIds { transactional_id: &self.transactional_id, producer_id: self.producer_id, epoch: self.epoch }
     }
 
     pub fn transactional_id(&self) -> &str {
@@ -117,8 +134,14 @@ impl TransactionalProducer {
         }
         let key = (topic.to_string(), partition);
         let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
-        if let Some(owner) = self.broker.topic(topic) {
-            owner.check_writable().map_err(HostError::from_broker)?;
+        let Some(owner) = self.broker.topic(topic) else { return Err(HostError::UnknownTopic(topic.to_string())) };
+        owner.check_writable().map_err(HostError::from_broker)?;
+        if let Some(peers) = self.peers.clone() {
+            if !(0..owner.partition_count()).contains(&partition) {
+                return Err(HostError::UnknownPartition { topic: topic.to_string(), partition });
+            }
+            let limit_bytes = owner.config.read().log_config(self.broker.config()).max_batch_bytes as usize;
+            return self.send_to_leader(&peers, topic, partition, limit_bytes, records);
         }
         let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
         let limit_bytes = target.max_batch_bytes() as usize;
@@ -157,10 +180,51 @@ impl TransactionalProducer {
         Ok(placed)
     }
 
+    /// [`send_placed`](Self::send_placed) in a cluster: the partition joins the transaction at the
+    /// coordinator, then each batch goes to the partition's leader with acks=all (durable on the ISR
+    /// when this returns, so `commit` has nothing left to wait for).
+    fn send_to_leader(
+        &mut self,
+        peers: &Peers,
+        topic: &str,
+        partition: i32,
+        limit_bytes: usize,
+        records: &[ProducerRecord],
+    ) -> Result<Vec<(i64, usize)>, HostError> {
+        let key = (topic.to_string(), partition);
+        if !self.partitions.contains_key(&key) {
+            peers.add_partition(&self.ids(), topic, partition)?;
+            self.partitions.insert(key.clone(), 0);
+        }
+        let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
+        let now = crate::now_ms();
+        let mut placed = Vec::new();
+        let mut remaining = records;
+        while !remaining.is_empty() {
+            let sequence = self.sequences.get(&key).copied().unwrap_or(0);
+            let producer = BatchProducer { producer_id: self.producer_id, epoch: self.epoch, base_sequence: sequence, transactional: true };
+            let (batch, taken) = encode_fitting(remaining, producer, limit_bytes, now)
+                .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
+            let base_offset = peers.produce(&self.ids(), topic, partition, batch.freeze())?;
+            placed.push((base_offset, taken));
+            self.sequences.insert(key.clone(), sequence.wrapping_add(taken as i32) & i32::MAX);
+            self.partitions.insert(key.clone(), base_offset + taken as i64);
+            remaining = &remaining[taken..];
+        }
+        Ok(placed)
+    }
+
     /// Stages consumer-group offsets (topic, partition, next offset to read) to commit with the
     /// transaction: a runner's input progress.
     pub fn send_offsets(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<(), HostError> {
         let action = || format!("sending offsets for group '{group}' in transaction '{}'", self.transactional_id);
+        if let Some(peers) = self.peers.clone() {
+            if !self.groups.contains(group) {
+                peers.add_offsets(&self.ids(), group)?;
+                self.groups.insert(group.to_string());
+            }
+            return peers.txn_offset_commit(&self.ids(), group, offsets);
+        }
         if !self.groups.contains(group) {
             self.broker
                 .local_coordinators()
@@ -193,7 +257,9 @@ impl TransactionalProducer {
         if self.partitions.is_empty() && self.groups.is_empty() {
             return Ok(());
         }
-        self.wait_durable()?;
+        if self.peers.is_none() {
+            self.wait_durable()?;
+        }
         self.end(true)
     }
 
@@ -207,10 +273,17 @@ impl TransactionalProducer {
     }
 
     fn end(&mut self, commit: bool) -> Result<(), HostError> {
-        let result = self.broker.local_coordinators().transactions.end_txn(&self.transactional_id, self.producer_id, self.epoch, commit);
+        let result = match &self.peers {
+            Some(peers) => peers.end_txn(&self.ids(), commit),
+            None => {
+                self.broker.local_coordinators().transactions.end_txn(&self.transactional_id, self.producer_id, self.epoch, commit).map_err(
+                    |e| failed(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e),
+                )
+            }
+        };
         self.partitions.clear();
         self.groups.clear();
-        result.map_err(|e| failed(format!("{} transaction '{}'", if commit { "committing" } else { "aborting" }, self.transactional_id), e))
+        result
     }
 
     fn wait_durable(&self) -> Result<(), HostError> {

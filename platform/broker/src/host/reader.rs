@@ -17,6 +17,7 @@ use bytes::Bytes;
 use sluice_storage::{AbortedTxn, BatchHeader, StorageError, TimestampType};
 
 use super::HostError;
+use super::remote::{FetchError, Peers};
 use crate::topic::Partition;
 
 /// Why a stored batch's records cannot be decoded.
@@ -171,16 +172,96 @@ impl Scratch {
 }
 
 pub struct CommittedReader {
-    partition: Arc<Partition>,
+    source: Source,
     position: i64,
     limits: ReaderLimits,
     runtime: tokio::runtime::Handle,
     scratch: Scratch,
 }
 
+/// Where the stored batches come from: this broker's copy (it leads the partition, or led it when
+/// the reader was made: what lies below the high watermark is committed on every replica), or, in a
+/// cluster, the leader over the network — a read_committed Fetch, decoded the same way.
+enum Source {
+    Local(Arc<Partition>),
+    Remote(Box<RemoteSource>),
+}
+
+struct RemoteSource {
+    peers: Arc<Peers>,
+    topic: String,
+    index: i32,
+    /// The leader's last stable offset in its latest answer.
+    last_stable: i64,
+    /// A long poll's answer (`wait_for_records`), kept for the read at its offset.
+    buffered: Option<(i64, super::remote::Fetched)>,
+}
+
+enum ReadFailure {
+    OutOfRange { log_start: i64 },
+    Failed(HostError),
+}
+
+impl RemoteSource {
+    fn fetch(&mut self, position: i64, max_bytes: usize, wait_ms: i32) -> Result<super::remote::Fetched, ReadFailure> {
+        let fetched = match self.buffered.take() {
+            Some((at, fetched)) if at == position => fetched,
+            _ => self.peers.fetch(&self.topic, self.index, position, max_bytes, wait_ms).map_err(|e| match e {
+                FetchError::OutOfRange { log_start } => ReadFailure::OutOfRange { log_start },
+                FetchError::Failed(error) => ReadFailure::Failed(error),
+            })?,
+        };
+        self.last_stable = fetched.last_stable_offset;
+        Ok(fetched)
+    }
+}
+
+/// Kafka's Fetch names each aborted transaction by producer and first offset only; a consumer drops
+/// that producer's transactional batches from there to its abort marker. The same spans as the
+/// local log's index gives them: each ends at the producer's first control batch at or after its
+/// start in `records`, or past them.
+fn aborted_spans(aborted: &[(i64, i64)], records: &Bytes) -> Vec<AbortedTxn> {
+    let mut markers: Vec<(i64, i64)> = Vec::new();
+    let mut at = 0usize;
+    while let Some(header) = records.get(at..).and_then(BatchHeader::parse) {
+        let size = header.total_size();
+        if size <= 12 || at + size > records.len() {
+            break;
+        }
+        if header.is_control() {
+            markers.push((header.producer_id, header.base_offset));
+        }
+        at += size;
+    }
+    aborted
+        .iter()
+        .map(|&(producer_id, first_offset)| AbortedTxn {
+            producer_id,
+            first_offset,
+            last_offset: markers
+                .iter()
+                .find(|&&(p, offset)| p == producer_id && offset >= first_offset)
+                .map_or(i64::MAX, |&(_, offset)| offset),
+        })
+        .collect()
+}
+
 impl CommittedReader {
     pub(super) fn new(partition: Arc<Partition>, position: i64, limits: ReaderLimits, runtime: tokio::runtime::Handle) -> CommittedReader {
-        CommittedReader { partition, position, limits, runtime, scratch: Scratch::default() }
+        CommittedReader { source: Source::Local(partition), position, limits, runtime, scratch: Scratch::default() }
+    }
+
+    /// A reader of a partition another broker leads, through `peers`.
+    pub(super) fn remote(
+        peers: Arc<Peers>,
+        topic: &str,
+        index: i32,
+        position: i64,
+        limits: ReaderLimits,
+        runtime: tokio::runtime::Handle,
+    ) -> CommittedReader {
+        let remote = RemoteSource { peers, topic: topic.to_string(), index, last_stable: position, buffered: None };
+        CommittedReader { source: Source::Remote(Box::new(remote)), position, limits, runtime, scratch: Scratch::default() }
     }
 
     pub fn with_limits(mut self, limits: ReaderLimits) -> CommittedReader {
@@ -189,11 +270,17 @@ impl CommittedReader {
     }
 
     pub fn topic(&self) -> &str {
-        self.partition.topic.as_str()
+        match &self.source {
+            Source::Local(partition) => partition.topic.as_str(),
+            Source::Remote(remote) => &remote.topic,
+        }
     }
 
     pub fn partition(&self) -> i32 {
-        self.partition.index
+        match &self.source {
+            Source::Local(partition) => partition.index,
+            Source::Remote(remote) => remote.index,
+        }
     }
 
     /// The next offset to read.
@@ -206,8 +293,12 @@ impl CommittedReader {
         self.position = offset;
     }
 
+    /// The partition's last stable offset: this broker's, or the leader's in its latest answer.
     pub fn last_stable_offset(&self) -> i64 {
-        self.partition.last_stable_offset()
+        match &self.source {
+            Source::Local(partition) => partition.last_stable_offset(),
+            Source::Remote(remote) => remote.last_stable,
+        }
     }
 
     /// Committed records not yet read.
@@ -254,20 +345,34 @@ impl CommittedReader {
 
     fn read(&mut self, max_records: usize, mut emit: impl FnMut(&Bytes, &RecordSpans, &[HeaderSpan])) -> Result<Visited, HostError> {
         let position = self.position;
-        let read = match self.partition.read_isolated(position, self.limits.read_bytes_max, true, true) {
+        let max_bytes = self.limits.read_bytes_max;
+        let read = match &mut self.source {
+            Source::Local(partition) => match partition.read_isolated(position, max_bytes, true, true) {
+                Ok(read) => Ok((read.read.bytes, read.aborted.unwrap_or_default())),
+                Err(StorageError::OffsetOutOfRange { start, .. }) if position < start => Err(ReadFailure::OutOfRange { log_start: start }),
+                Err(error) => Err(ReadFailure::Failed(HostError::Storage(format!(
+                    "reading {}-{}: {error}",
+                    partition.topic.as_str(),
+                    partition.index
+                )))),
+            },
+            Source::Remote(remote) => remote.fetch(position, max_bytes, 0).map(|f| {
+                let aborted = aborted_spans(&f.aborted, &f.records);
+                (f.records, aborted)
+            }),
+        };
+        let (mut bytes, aborted) = match read {
             Ok(read) => read,
-            Err(StorageError::OffsetOutOfRange { start, .. }) if position < start => {
+            Err(ReadFailure::OutOfRange { log_start }) => {
                 return Err(HostError::OffsetOutOfRange {
                     topic: self.topic().to_string(),
                     partition: self.partition(),
                     offset: position,
-                    log_start: start,
+                    log_start,
                 });
             }
-            Err(error) => return Err(HostError::Storage(format!("reading {}-{}: {error}", self.topic(), self.partition()))),
+            Err(ReadFailure::Failed(error)) => return Err(error),
         };
-        let aborted = read.aborted.unwrap_or_default();
-        let mut bytes = read.read.bytes;
         let mut visited = Visited { records: 0, next_offset: position };
         while visited.records < max_records {
             let Some(header) = BatchHeader::parse(&bytes) else { break };
@@ -328,14 +433,31 @@ impl CommittedReader {
     }
 
     /// Waits up to `timeout` for committed records past the position (returns at once if there are
-    /// some). Blocking: call from the runtime's own thread, not from an async task.
-    pub fn wait_for_records(&self, timeout: Duration) {
-        let mut watch = self.partition.watch_high_watermark();
-        watch.borrow_and_update();
-        if self.partition.last_stable_offset() > self.position {
-            return;
+    /// some). Blocking: call from the runtime's own thread, not from an async task. A remote reader
+    /// long-polls the leader and keeps its answer for the next read; a failure here is left for that
+    /// read to report.
+    pub fn wait_for_records(&mut self, timeout: Duration) {
+        let position = self.position;
+        let max_bytes = self.limits.read_bytes_max;
+        match &mut self.source {
+            Source::Local(partition) => {
+                let mut watch = partition.watch_high_watermark();
+                watch.borrow_and_update();
+                if partition.last_stable_offset() > position {
+                    return;
+                }
+                let _ = self.runtime.block_on(async { tokio::time::timeout(timeout, watch.changed()).await });
+            }
+            Source::Remote(remote) => {
+                if remote.buffered.as_ref().is_some_and(|(at, f)| *at == position && !f.records.is_empty()) {
+                    return;
+                }
+                let wait_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+                if let Ok(fetched) = remote.fetch(position, max_bytes, wait_ms) {
+                    remote.buffered = Some((position, fetched));
+                }
+            }
         }
-        let _ = self.runtime.block_on(async { tokio::time::timeout(timeout, watch.changed()).await });
     }
 }
 
@@ -617,5 +739,44 @@ mod tests {
         let raw = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
         assert!(matches!(decompress(2, &raw, 1 << 20).unwrap_err(), DecodeError::TooLarge { .. }));
         assert!(decompress(4, b"not zstd at all", 1 << 20).is_err());
+    }
+
+    /// A one-record transactional batch of `producer_id` at `base_offset`; a control batch (a
+    /// marker, as far as the headers go) when `control`.
+    fn batch_at(producer_id: i64, base_offset: i64, control: bool) -> Vec<u8> {
+        use crate::record_batch::{BatchBuilder, BatchProducer, RecordRef};
+        let mut builder = BatchBuilder::new(BatchProducer { producer_id, epoch: 0, base_sequence: 0, transactional: true });
+        builder.push(&RecordRef { key: None, value: Some(b"v"), headers: &[], timestamp_ms: 0 });
+        let mut bytes = builder.finish().to_vec();
+        bytes[0..8].copy_from_slice(&base_offset.to_be_bytes());
+        if control {
+            // Attributes sit after base offset, length, leader epoch, magic and CRC.
+            let attributes = i16::from_be_bytes([bytes[21], bytes[22]]) | 0x20;
+            bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_fetched_aborted_transaction_ends_at_its_producers_marker() {
+        let mut records = Vec::new();
+        for (producer, offset, control) in [(7, 0, false), (8, 1, false), (8, 2, true), (7, 3, false), (7, 4, true), (8, 5, false)] {
+            records.extend(batch_at(producer, offset, control));
+        }
+        let records = Bytes::from(records);
+        // Producer 8's marker at 2 is a commit of an earlier transaction as far as the list goes: the
+        // span of its aborted transaction from 5 has no marker in this answer and runs past it.
+        let spans = aborted_spans(&[(7, 0), (8, 5)], &records);
+        assert_eq!(
+            spans,
+            vec![
+                AbortedTxn { producer_id: 7, first_offset: 0, last_offset: 4 },
+                AbortedTxn { producer_id: 8, first_offset: 5, last_offset: i64::MAX },
+            ]
+        );
+        assert!(is_aborted(&spans, 7, 3) && !is_aborted(&spans, 8, 1) && is_aborted(&spans, 8, 5));
+        // A partial batch at the end is not looked into.
+        let cut = records.slice(..records.len() - 3);
+        assert_eq!(aborted_spans(&[(8, 5)], &cut)[0].last_offset, i64::MAX);
     }
 }

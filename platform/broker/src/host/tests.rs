@@ -62,10 +62,10 @@ fn output_and_progress_commit_together_aborts_stay_invisible_and_fencing_survive
     producer.send("out", 0, &[record("a"), record("b")]).unwrap();
     producer.send_offsets("__sluice-test-x", &[("in".to_string(), 0, 2)]).unwrap();
     assert!(committed_values(host, "out").is_empty(), "nothing is visible before the commit");
-    assert!(host.committed_offset("__sluice-test-x", "in", 0).is_none());
+    assert!(host.committed_offset("__sluice-test-x", "in", 0).unwrap().is_none());
     producer.commit().unwrap();
     assert_eq!(committed_values(host, "out"), vec!["a", "b"]);
-    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0), Some(2));
+    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0).unwrap(), Some(2));
 
     producer.send("out", 0, &[record("dropped")]).unwrap();
     producer.send_offsets("__sluice-test-x", &[("in".to_string(), 0, 3)]).unwrap();
@@ -73,7 +73,7 @@ fn output_and_progress_commit_together_aborts_stay_invisible_and_fencing_survive
     producer.send("out", 0, &[record("c")]).unwrap();
     producer.commit().unwrap();
     assert_eq!(committed_values(host, "out"), vec!["a", "b", "c"]);
-    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0), Some(2), "the aborted progress was dropped");
+    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0).unwrap(), Some(2), "the aborted progress was dropped");
 
     // A restarted runner fences this one; its open transaction is aborted.
     producer.send("out", 0, &[record("zombie")]).unwrap();
@@ -96,7 +96,7 @@ fn output_and_progress_commit_together_aborts_stay_invisible_and_fencing_survive
     restarted.send("out", 0, &[record("e")]).unwrap();
     restarted.commit().unwrap();
     assert_eq!(committed_values(host, "out"), vec!["a", "b", "c", "d", "e"]);
-    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0), Some(2));
+    assert_eq!(host.committed_offset("__sluice-test-x", "in", 0).unwrap(), Some(2));
 }
 
 #[test]
@@ -285,5 +285,5 @@ fn runtime_positions_never_expire() {
     producer.commit().unwrap();
     let year_ms = 365 * 24 * 3600 * 1000;
     host.broker.local_coordinators().groups.expire(now_ms() + year_ms);
-    assert_eq!(host.committed_offset("__sluice-test-positions", "in", 0), Some(42));
+    assert_eq!(host.committed_offset("__sluice-test-positions", "in", 0).unwrap(), Some(42));
 }
