@@ -43,6 +43,37 @@ pub(crate) fn wait<F: Future>(runtime: &tokio::runtime::Handle, work: F) -> F::O
     tokio::task::block_in_place(|| runtime.block_on(work))
 }
 
+/// Connections to peer brokers by address, opened on first use and replaced once closed: the
+/// transaction coordinator's marker writer and the plugin host's calls each keep one.
+pub(crate) struct PeerConnections {
+    options: sluice_client::ConnectionOptions,
+    open: parking_lot::Mutex<std::collections::HashMap<String, sluice_client::Connection>>,
+}
+
+impl PeerConnections {
+    /// Connections whose requests carry `client_id`.
+    pub(crate) fn new(client_id: String) -> PeerConnections {
+        PeerConnections {
+            options: sluice_client::ConnectionOptions { client_id, ..sluice_client::ConnectionOptions::default() },
+            open: parking_lot::Mutex::default(),
+        }
+    }
+
+    pub(crate) async fn get(&self, addr: &str) -> Result<sluice_client::Connection, String> {
+        if let Some(open) = self.open.lock().get(addr).filter(|c| !c.is_closed()) {
+            return Ok(open.clone());
+        }
+        let opened = sluice_client::Connection::open(addr, &self.options).await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
+        self.open.lock().insert(addr.to_string(), opened.clone());
+        Ok(opened)
+    }
+
+    /// Drops the connection to `addr` (it failed or timed out); the next call opens a new one.
+    pub(crate) fn forget(&self, addr: &str) {
+        self.open.lock().remove(addr);
+    }
+}
+
 /// The broker's settings of a topic, as the quorum stores them (it does not read them).
 pub(crate) fn encode_config(config: &TopicConfig) -> Result<String, BrokerError> {
     serde_json::to_string(config).map_err(|e| BrokerError::InvalidConfig(e.to_string()))

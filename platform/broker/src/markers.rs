@@ -32,7 +32,6 @@ use kafka_protocol::messages::write_txn_markers_request::{WritableTxnMarker, Wri
 use kafka_protocol::messages::{
     DescribeTransactionsRequest, ListTransactionsRequest, ProducerId, TopicName, TransactionalId, WriteTxnMarkersRequest,
 };
-use parking_lot::Mutex;
 use sluice_client::{Connection, ConnectionOptions};
 use sluice_cluster::Controller;
 use sluice_storage::{ControlType, TxnMarker};
@@ -68,9 +67,8 @@ const HANGING_CHECK_PRODUCERS_MAX: usize = 1000;
 pub(crate) struct QuorumMarkers {
     controller: Arc<Controller>,
     runtime: tokio::runtime::Handle,
-    options: ConnectionOptions,
-    /// One connection per leader address, opened on first use and replaced when it closes.
-    connections: Mutex<HashMap<String, Connection>>,
+    /// One connection per leader address.
+    connections: crate::cluster::PeerConnections,
 }
 
 impl QuorumMarkers {
@@ -79,18 +77,8 @@ impl QuorumMarkers {
         QuorumMarkers {
             controller,
             runtime: tokio::runtime::Handle::current(),
-            options: ConnectionOptions { client_id: format!("sluice-txn-coordinator-{node}"), ..ConnectionOptions::default() },
-            connections: Mutex::new(HashMap::new()),
+            connections: crate::cluster::PeerConnections::new(format!("sluice-txn-coordinator-{node}")),
         }
-    }
-
-    async fn connection(&self, addr: &str) -> Result<Connection, String> {
-        if let Some(open) = self.connections.lock().get(addr).filter(|c| !c.is_closed()) {
-            return Ok(open.clone());
-        }
-        let opened = Connection::open(addr, &self.options).await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
-        self.connections.lock().insert(addr.to_string(), opened.clone());
-        Ok(opened)
     }
 
     /// Sends the marker for `partitions` (indexes into `all`) to one leader; one error code each.
@@ -113,15 +101,15 @@ impl QuorumMarkers {
                 .with_coordinator_epoch(marker.coordinator_epoch)
                 .with_topics(topics),
         ]);
-        let connection = self.connection(addr).await?;
+        let connection = self.connections.get(addr).await?;
         let response = match tokio::time::timeout(CALL_TIMEOUT, connection.call(&request, MARKERS_VERSION)).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                self.connections.lock().remove(addr);
+                self.connections.forget(addr);
                 return Err(format!("{addr}: {error}"));
             }
             Err(_) => {
-                self.connections.lock().remove(addr);
+                self.connections.forget(addr);
                 return Err(format!("{addr} did not answer within {CALL_TIMEOUT:?}"));
             }
         };

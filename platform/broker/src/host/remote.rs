@@ -21,7 +21,6 @@
 //! leader's idempotence drops a copy it already has; a retried EndTxn finds its transaction
 //! completing or completed and succeeds.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,7 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, OffsetFetchRequest, ProduceRequest, ProducerId, TopicName, TransactionalId, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::Request;
-use parking_lot::Mutex;
-use sluice_client::{Connection, ConnectionOptions};
+
 use sluice_cluster::{Controller, NO_LEADER};
 
 use super::HostError;
@@ -113,18 +111,12 @@ enum Target<'a> {
 pub(crate) struct Peers {
     controller: Arc<Controller>,
     runtime: tokio::runtime::Handle,
-    options: ConnectionOptions,
-    connections: Mutex<HashMap<String, Connection>>,
+    connections: crate::cluster::PeerConnections,
 }
 
 impl Peers {
     pub(crate) fn new(node: i32, controller: Arc<Controller>, runtime: tokio::runtime::Handle) -> Peers {
-        Peers {
-            controller,
-            runtime,
-            options: ConnectionOptions { client_id: format!("{PEER_CLIENT_ID_PREFIX}{node}"), ..ConnectionOptions::default() },
-            connections: Mutex::new(HashMap::new()),
-        }
+        Peers { controller, runtime, connections: crate::cluster::PeerConnections::new(format!("{PEER_CLIENT_ID_PREFIX}{node}")) }
     }
 
     /// The address of `target` as the quorum names it now.
@@ -146,15 +138,6 @@ impl Peers {
         })
     }
 
-    async fn connection(&self, addr: &str) -> Result<Connection, String> {
-        if let Some(open) = self.connections.lock().get(addr).filter(|c| !c.is_closed()) {
-            return Ok(open.clone());
-        }
-        let opened = Connection::open(addr, &self.options).await.map_err(|e| format!("cannot reach {addr}: {e}"))?;
-        self.connections.lock().insert(addr.to_string(), opened.clone());
-        Ok(opened)
-    }
-
     /// Sends `request` to `target` until it answers with something other than a retriable error
     /// (`code` reads the answer's error), or [`RETRY_WAIT`] has passed. Blocking.
     fn call<R: Request>(
@@ -170,7 +153,7 @@ impl Peers {
             loop {
                 let problem = match self.address(&target) {
                     Err(why) => why,
-                    Ok(addr) => match self.connection(&addr).await {
+                    Ok(addr) => match self.connections.get(&addr).await {
                         Err(why) => why,
                         Ok(connection) => match tokio::time::timeout(CALL_TIMEOUT, connection.call(request, version)).await {
                             Ok(Ok(response)) => {
@@ -181,11 +164,11 @@ impl Peers {
                                 format!("{addr} answered {}", sluice_client::codes::error_label(answered))
                             }
                             Ok(Err(error)) => {
-                                self.connections.lock().remove(&addr);
+                                self.connections.forget(&addr);
                                 format!("{addr}: {error}")
                             }
                             Err(_) => {
-                                self.connections.lock().remove(&addr);
+                                self.connections.forget(&addr);
                                 format!("{addr} did not answer within {CALL_TIMEOUT:?}")
                             }
                         },
