@@ -280,8 +280,9 @@ def test_partitions_spread_over_three_brokers_and_clients_follow(make_broker):
     admin = cf_admin(nodes[0])
     assert sorted(admin.list_topics(topic, timeout=10).brokers) == [1, 2, 3]
     info = sluice_cli(nodes[0], "cluster", "info").stdout
-    # The coordinators' internal topic (one partition, three replicas) counts too.
-    assert "7 in 2 topics; 2 leaderless" in info, info
+    # The internal topics (the coordinators' and the plugin log, one partition of three replicas
+    # each) count too.
+    assert "8 in 3 topics; 2 leaderless" in info, info
     described = json.loads(sluice_cli(nodes[0], "topic", "describe", topic, "--json").stdout)
     offline = sorted(p["partition"] for p in described["partitions"] if p["leader"] == -1)
     assert offline == mine and all(p["high_watermark"] is None for p in described["partitions"] if p["leader"] == -1)

@@ -152,8 +152,9 @@ def test_a_killed_leader_hands_its_partitions_to_an_in_sync_follower(make_broker
     )
     assert all(leader != victim for leader, _, _ in moved.values()), moved
     assert producer.flush(60) == 0 and not failures, failures
-    # The topic's three and the coordinators' partition (its replicas are on all three brokers).
-    wait_for(lambda: metric(survivors[0], "sluice_under_replicated_partitions") == 4, "four under-replicated partitions")
+    # The topic's three and the internal topics' two (the coordinators' and the plugin log's, each
+    # with replicas on all three brokers).
+    wait_for(lambda: metric(survivors[0], "sluice_under_replicated_partitions") == 5, "five under-replicated partitions")
 
     seen = read_everything(survivors, topic, 1200)
     assert sum(map(len, seen.values())) == 1200, "nothing acknowledged was lost, nothing was written twice"
@@ -394,11 +395,11 @@ def test_elect_leaders_gives_partitions_back_to_their_preferred_replicas(make_br
     produce(producer, topic, range(1000, 1500), failures)
     out = json.loads(sluice_cli(nodes[2], "cluster", "elect-leaders", "--topic", topic, "--partition", str(mine[1]), "--json").stdout)
     assert out["results"] == [{"topic": topic, "partition": mine[1], "ok": True, "result": "elected"}], out
-    # Every partition: the topic's are all settled now; the coordinators' partition (replicas on all
-    # three) moves back too when the restarted broker was its preferred leader.
+    # Every partition: the topic's are all settled now; the internal topics' partitions (replicas on
+    # all three) move back too when the restarted broker was their preferred leader.
     everything = sluice_cli(nodes[2], "cluster", "elect-leaders").stdout
     assert "Every partition is led by its preferred replica" in everything or (
-        topic not in everything and "__sluice_coordinator" in everything
+        topic not in everything and ("__sluice_coordinator" in everything or "__sluice_plugins" in everything)
     ), everything
     refused = sluice_cli(nodes[2], "cluster", "elect-leaders", "--topic", topic, "--partition", "99", check=False)
     assert refused.returncode != 0 and "99" in refused.stdout, refused
@@ -684,8 +685,9 @@ def test_a_rolling_restart_hands_leadership_over_before_each_broker_stops(make_b
         for i, node in enumerate(nodes):
             node_id = i + 1
             other = nodes[(i + 1) % 3]
-            # The topic's partitions it leads, and the coordinators' partition if it leads that.
-            led = sum(1 for t in (topic, "__sluice_coordinator") for leader, _, _ in partitions(other, t).values() if leader == node_id)
+            # The topic's partitions it leads, and the internal topics' partitions it leads.
+            internal = (topic, "__sluice_coordinator", "__sluice_plugins")
+            led = sum(1 for t in internal for leader, _, _ in partitions(other, t).values() if leader == node_id)
             node.stop()
             moved = re.findall(r"controlled shutdown: the partitions this broker led moved.*partitions=(\d+)", node.log_tail(400))
             assert moved and int(moved[-1]) == led, (led, moved, node.log_tail(60))

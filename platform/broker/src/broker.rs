@@ -1038,6 +1038,9 @@ pub(crate) fn refuse_internal(name: &str) -> Result<(), BrokerError> {
     if name == COORDINATOR_TOPIC {
         return Err(BrokerError::InvalidTopic(format!("'{name}' is the group and transaction coordinators' internal topic")));
     }
+    if name == crate::topic::PLUGINS_TOPIC {
+        return Err(BrokerError::InvalidTopic(format!("'{name}' is the plugin host's internal topic (deployments and modules)")));
+    }
     Ok(())
 }
 

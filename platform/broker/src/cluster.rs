@@ -28,7 +28,7 @@ use crate::coordinator::COORDINATOR_REPLICATION_FACTOR;
 use crate::error::BrokerError;
 use crate::metastore::{ProducerIdSource, TopicDefinition};
 use crate::replication::Target;
-use crate::topic::COORDINATOR_TOPIC;
+use crate::topic::{INTERNAL_TOPICS, PLUGINS_TOPIC, is_internal_topic};
 
 /// How long a topic change waits for a live broker to place partitions on.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -221,13 +221,13 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
             let Command::CreateTopic { name, id, .. } = &command else { continue };
             let id = Uuid::from_u128(*id);
             let (name, id) = (name.clone(), id);
-            if name == COORDINATOR_TOPIC {
+            if is_internal_topic(&name) {
                 match controller.write_committed(command).await.map(|c| c.outcome) {
-                    Ok(Outcome::Applied) => tracing::info!(topic = name, "created the group and transaction coordinators' topic"),
+                    Ok(Outcome::Applied) => tracing::info!(topic = name, "created an internal topic of the cluster"),
                     // Another broker created it first.
                     Ok(Outcome::TopicExists) => {}
-                    Ok(other) => tracing::warn!(topic = name, ?other, "the controller refused the coordinators' topic; retrying"),
-                    Err(error) => tracing::warn!(topic = name, %error, "cannot create the coordinators' topic yet; retrying"),
+                    Ok(other) => tracing::warn!(topic = name, ?other, "the controller refused an internal topic; retrying"),
+                    Err(error) => tracing::warn!(topic = name, %error, "cannot create an internal topic yet; retrying"),
                 }
                 continue;
             }
@@ -315,8 +315,10 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     }
     broker.follow_coordinator_partition();
     let mut adopt = Vec::new();
-    if current && registered && !topics.contains_key(COORDINATOR_TOPIC) {
-        adopt.extend(create_coordinator_topic(broker, &addresses));
+    if current && registered {
+        for name in INTERNAL_TOPICS.iter().filter(|name| !topics.contains_key(**name)) {
+            adopt.extend(create_internal_topic(broker, &addresses, name));
+        }
     }
     for topic in broker.topics() {
         let name = topic.name.as_str();
@@ -361,27 +363,33 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     adopt
 }
 
-/// The command that creates `__sluice_coordinator` (see `coordinator`), once the cluster has as many
-/// live brokers as its replicas need: proposed by the live broker with the lowest id, its replicas
-/// the lowest live ids (the first its preferred leader).
-fn create_coordinator_topic(broker: &Broker, live: &std::collections::BTreeMap<i32, String>) -> Option<Command> {
+/// The command that creates one of the [`INTERNAL_TOPICS`] (`__sluice_coordinator`, see
+/// `coordinator`; `__sluice_plugins`, see `sluice_runtime::deployment_log`), once the cluster has as many live
+/// brokers as its replicas need: proposed by the live broker with the lowest id, its replicas the
+/// lowest live ids (the first its preferred leader).
+fn create_internal_topic(broker: &Broker, live: &std::collections::BTreeMap<i32, String>, name: &str) -> Option<Command> {
     if !broker.is_clustered() || live.keys().next() != Some(&broker.node_id()) {
         return None;
     }
     let factor = COORDINATOR_REPLICATION_FACTOR.min(broker.config().controller_voters().len());
     if live.len() < factor {
-        tracing::info!(live = live.len(), needed = factor, "waiting for brokers before creating the coordinators' topic");
+        tracing::info!(topic = name, live = live.len(), needed = factor, "waiting for brokers before creating an internal topic");
         return None;
     }
     let replicas: Vec<i32> = live.keys().copied().take(factor).collect();
-    let config = match encode_config(&crate::coordinator::coordinator_topic_config(factor)) {
+    let mut settings = crate::coordinator::coordinator_topic_config(factor);
+    if name == PLUGINS_TOPIC {
+        // Deployments by name and module chunks by digest: the latest of each is what counts.
+        settings.overrides.insert("cleanup.policy".into(), "compact".into());
+    }
+    let config = match encode_config(&settings) {
         Ok(config) => config,
         Err(error) => {
-            tracing::error!(%error, "cannot encode the coordinators' topic settings");
+            tracing::error!(topic = name, %error, "cannot encode an internal topic's settings");
             return None;
         }
     };
-    Some(Command::CreateTopic { name: COORDINATOR_TOPIC.to_string(), id: Uuid::new_v4().as_u128(), config, assignments: vec![replicas] })
+    Some(Command::CreateTopic { name: name.to_string(), id: Uuid::new_v4().as_u128(), config, assignments: vec![replicas] })
 }
 
 /// Applies one of the quorum's topics; returns how many of its partitions here changed leadership.

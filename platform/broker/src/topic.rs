@@ -46,6 +46,20 @@ pub(crate) const RESERVED_TOPIC_NAMES: &[&str] = &["__consumer_offsets", "__tran
 /// its leader coordinates). Clients may read it; only the coordinators write, create or delete it.
 pub(crate) const COORDINATOR_TOPIC: &str = "__sluice_coordinator";
 
+/// The internal topic of a cluster's plugin host (one partition, replicated, `cleanup.policy=compact`
+/// for when the log cleaner exists): plugin deployments and their modules, written by the broker
+/// that takes a deploy and read by every broker (`sluice_runtime::deployment_log`). Clients may
+/// read it; only peers (by client id) write it, and nobody creates or deletes it.
+pub const PLUGINS_TOPIC: &str = "__sluice_plugins";
+
+/// The topics the cluster creates for itself.
+pub(crate) const INTERNAL_TOPICS: [&str; 2] = [COORDINATOR_TOPIC, PLUGINS_TOPIC];
+
+/// Whether `name` is one of the [`INTERNAL_TOPICS`].
+pub(crate) fn is_internal_topic(name: &str) -> bool {
+    INTERNAL_TOPICS.contains(&name)
+}
+
 impl TopicName {
     pub(crate) fn parse(name: &str) -> Result<TopicName, BrokerError> {
         let invalid = |why: &str| Err(BrokerError::InvalidTopic(format!("'{name}' {why}")));

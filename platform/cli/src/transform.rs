@@ -328,6 +328,22 @@ fn print_status(status: &Value, as_json: bool) {
         ]);
     }
     print_table(&t);
+    if let Some(broker) = status["broker_id"].as_i64() {
+        // A cluster: this broker runs the partitions above (those it leads); the rest run on theirs.
+        let elsewhere: Vec<String> = status["partitions_elsewhere"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| match p["broker_id"].as_i64() {
+                Some(leader) => format!("{} on broker {leader}", p["partition"]),
+                None => format!("{} (no leader now)", p["partition"]),
+            })
+            .collect();
+        println!("\nThe partitions above run on broker {broker}, which leads them.");
+        if !elsewhere.is_empty() {
+            println!("Elsewhere (ask their broker for details): {}", elsewhere.join(", "));
+        }
+    }
     let logs = status["logs"].as_array().cloned().unwrap_or_default();
     if !logs.is_empty() {
         println!("\nRecent log lines:");

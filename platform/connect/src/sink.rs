@@ -220,6 +220,8 @@ struct Input {
 /// The supervised task of a sink connector.
 pub struct SinkDriver {
     shared: Arc<TaskShared>,
+    /// The connector's host for this task: its cluster calls stop retrying when the task stops.
+    host: Host,
     settings: Arc<SinkSettings>,
     config: TaskConfig,
     module: Option<Box<dyn SinkModule>>,
@@ -248,6 +250,7 @@ impl SinkDriver {
         SinkDriver {
             lag,
             chain,
+            host: shared.host.clone(),
             shared,
             settings,
             config,
@@ -295,7 +298,7 @@ impl SinkDriver {
             if self.inputs.contains_key(&key) {
                 continue;
             }
-            let host = &self.shared.host;
+            let host = &self.host;
             let offset = match self.positions.get(&key) {
                 Some(offset) => *offset,
                 None => {
@@ -357,7 +360,7 @@ impl SinkDriver {
 
     /// Writes dead letters in one broker transaction.
     fn dead_letter(&mut self, topic: &str, context: bool, failed: &[(&SinkRecord, String)]) -> Result<(), RuntimeError> {
-        let host = self.shared.host.clone();
+        let host = self.host.clone();
         let info = ensure_topic(&host, topic)?;
         if self.dlq.is_none() {
             let id = format!("__sluice-connect-{}-{}-dlq", self.config.connector, self.config.task);
@@ -493,7 +496,8 @@ fn is_retriable(error: &PluginError) -> bool {
 }
 
 impl Task for SinkDriver {
-    fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
+    fn start(&mut self, control: &TaskControl) -> Result<(), RuntimeError> {
+        self.host = control.host(&self.shared.host);
         self.fatal = None;
         self.inputs.clear();
         self.assigned_at = None;

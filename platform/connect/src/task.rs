@@ -407,6 +407,8 @@ pub enum CrashPoint {
 /// The supervised task of a source connector.
 pub struct SourceDriver {
     shared: Arc<TaskShared>,
+    /// The connector's host for this task: its cluster calls stop retrying when the task stops.
+    host: Host,
     config: TaskConfig,
     module: Option<Box<dyn SourceModule>>,
     producer: Option<TransactionalProducer>,
@@ -426,7 +428,7 @@ impl SourceDriver {
         let config = shared.task_config(task);
         let age = PositionAge::new(&shared, task);
         let chain = Chain::new(&shared.chain, Side::Source, Arc::clone(&shared.logs), format!("{}-{task}", config.connector));
-        SourceDriver { shared, config, module: None, producer: None, fatal: None, crash_at: None, age, chain }
+        SourceDriver { host: shared.host.clone(), shared, config, module: None, producer: None, fatal: None, crash_at: None, age, chain }
     }
 
     /// For tests: the next step with records and positions stops at `point` with an error, as if the
@@ -489,7 +491,7 @@ impl SourceDriver {
     /// Groups the records by partition, creating missing topics; returns them with their count and
     /// bytes.
     fn batches(&self, records: Vec<SourceRecord>) -> Result<(Batches, u64, u64), RuntimeError> {
-        let host = &self.shared.host;
+        let host = &self.host;
         let mut batches = Batches::new();
         let mut partitions_of: BTreeMap<String, i32> = BTreeMap::new();
         let (mut count, mut bytes) = (0u64, 0u64);
@@ -532,7 +534,7 @@ impl SourceDriver {
                 // One more than the marker the group holds on this partition: only this task's
                 // transactions move it (the group name is internal), one at a time, so it reaches
                 // `seq` exactly when this transaction commits.
-                let seq = self.shared.host.committed_offset(&group, topic, *partition)?.unwrap_or(0).max(0) + 1;
+                let seq = self.host.committed_offset(&group, topic, *partition)?.unwrap_or(0).max(0) + 1;
                 let pending = PendingPositions { seq, marker_topic: topic.clone(), marker_partition: *partition, entries: positions };
                 match self.shared.offsets.stage(&connector, self.config.task, pending) {
                     Ok(()) => {}
@@ -566,11 +568,12 @@ impl SourceDriver {
 }
 
 impl Task for SourceDriver {
-    fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
+    fn start(&mut self, control: &TaskControl) -> Result<(), RuntimeError> {
+        self.host = control.host(&self.shared.host);
         self.fatal = None;
-        let producer = self.shared.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?;
+        let producer = self.host.producer(&self.shared.transactional_id(self.config.task), TXN_TIMEOUT_MS)?;
         // Before the positions are read: they must include the last transaction's if it committed.
-        settle(&self.shared.host, &self.shared.offsets, &self.config.connector, self.config.task, &producer)?;
+        settle(&self.host, &self.shared.offsets, &self.config.connector, self.config.task, &producer)?;
         self.producer = Some(producer);
         let positions = self.shared.offsets.read(&self.config.connector).map_err(RuntimeError::from)?;
         let made = self.shared.plugin.source_module(&self.config, self.shared.context(self.config.task, self.shared.sql_session(false)?));

@@ -1128,7 +1128,8 @@ fn max_timestamp(batch: &[u8]) -> i64 {
 }
 
 impl Task for MirrorTask {
-    fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
+    fn start(&mut self, control: &TaskControl) -> Result<(), RuntimeError> {
+        self.host = control.host(&self.host);
         let options = ClientOptions { client_id: format!("sluice-mirror-{}", self.shared.name), ..ClientOptions::default() };
         let bootstrap = self.shared.spec.source_bootstrap.clone();
         let client = self.block_on(CONNECT_TIMEOUT, "connecting", Client::connect(&bootstrap, options))?;

@@ -14,10 +14,13 @@
 //!   records that fail.
 //! - [`LogBuffer`] ([`logs`]) and [`MetricFamilies`] ([`metrics`]): what operators see, keyed by
 //!   the runtime's kind.
-//! - [`store::JsonFiles`]: deployments persisted one JSON file per name, replaced atomically.
+//! - [`store::JsonFiles`]: deployments persisted one JSON file per name, replaced atomically (a
+//!   broker on its own); [`DeploymentLog`] ([`deployment_log`]): in a cluster, deployments and their
+//!   modules in the replicated `__sluice_plugins` topic, followed by every broker.
 //! - [`RuntimeError`] ([`error`]), shown over HTTP as the broker's `ApiError`; [`http`]: body parsing
 //!   and blocking calls for runtimes' admin routes.
 
+pub mod deployment_log;
 pub mod error;
 pub mod http;
 pub mod isolate;
@@ -29,6 +32,7 @@ pub mod registry;
 pub mod store;
 pub mod supervisor;
 
+pub use deployment_log::DeploymentLog;
 pub use error::RuntimeError;
 pub use logs::{LogBuffer, LogLine};
 pub use metrics::{DeploymentMetrics, MetricFamilies};

@@ -216,6 +216,16 @@ impl ModuleRegistry {
         self.load_bytes(digest, &bytes)
     }
 
+    /// The stored component's bytes, checked against its digest. Blocking file I/O.
+    pub fn bytes(&self, digest: &str) -> Result<Vec<u8>, RuntimeError> {
+        let path = self.module_path(digest);
+        let bytes = fs::read(&path).map_err(|e| RuntimeError::file(&path, e))?;
+        if digest_hex(&bytes) != digest {
+            return Err(RuntimeError::file(&path, "the stored component does not match its digest"));
+        }
+        Ok(bytes)
+    }
+
     /// The stored component with this digest, if any (for modules stored before the registry existed,
     /// see [`ModuleRegistry::import`]).
     pub fn has_digest(&self, digest: &str) -> bool {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
+use sluice_broker::host::{Host, StopFlag};
 
 use crate::error::RuntimeError;
 
@@ -94,7 +95,9 @@ pub struct TaskStatus {
 pub struct TaskControl {
     id: i32,
     deployment: Arc<DeploymentFlags>,
-    stop: AtomicBool,
+    /// Raised at the task's stop (and at its deployment's: that stop signals every task); the host
+    /// calls of a task made with [`TaskControl::host`] give up their retries once it is.
+    stop: StopFlag,
     failure: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     retries: AtomicU64,
@@ -119,7 +122,7 @@ impl TaskControl {
         TaskControl {
             id,
             deployment,
-            stop: AtomicBool::new(false),
+            stop: StopFlag::default(),
             failure: Mutex::new(None),
             last_error: Mutex::new(None),
             retries: AtomicU64::new(0),
@@ -135,7 +138,13 @@ impl TaskControl {
     }
 
     pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire) || self.deployment.stop.load(Ordering::Acquire)
+        self.stop.raised() || self.deployment.stop.load(Ordering::Acquire)
+    }
+
+    /// `host` for this task: its calls that wait on the cluster (a coordinator or leader moving)
+    /// stop retrying when the task stops, so an undeploy never waits out a failover.
+    pub fn host(&self, host: &Host) -> Host {
+        host.stopping_on(self.stop.clone())
     }
 
     /// Sleeps up to `duration`, waking early at stop. Returns whether the task should stop.
@@ -169,7 +178,7 @@ impl TaskControl {
     }
 
     fn signal_stop(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.raise();
         let _guard = self.wake_lock.lock();
         self.wake.notify_all();
     }
@@ -199,20 +208,45 @@ pub struct TaskSet {
     factory: TaskFactory,
     wanted: WantedTasks,
     tasks: Mutex<BTreeMap<i32, RunningTask>>,
+    /// Whether tasks no longer wanted are stopped ([`TaskSet::new_moving`]); otherwise a task,
+    /// once started, runs until the set stops (a deleted input shows as its tasks' errors).
+    stops_unwanted: bool,
+    /// Tasks no longer wanted, told to stop and not yet exited; an id here is not started again
+    /// until its old task is gone.
+    retiring: Mutex<Vec<(i32, RunningTask)>>,
 }
 
 impl TaskSet {
     /// A deployment whose tasks are `wanted()`, each made by `factory`. Nothing runs until
     /// [`TaskSet::reconcile`] (the supervisor calls it at once and then every tick).
     pub fn new(kind: &str, name: &str, paused: bool, factory: TaskFactory, wanted: WantedTasks) -> Arc<TaskSet> {
-        let flags = Arc::new(DeploymentFlags::default());
-        flags.paused.store(paused, Ordering::Release);
-        Arc::new(TaskSet { label: format!("{kind}-{name}"), flags, factory, wanted, tasks: Mutex::new(BTreeMap::new()) })
+        TaskSet::make(kind, name, paused, factory, wanted, false)
     }
 
-    /// Starts the wanted tasks that are not running. Tasks are never removed here: a topic's
-    /// partitions only grow, and a connector's task count changes only by reconfiguring it, which
-    /// replaces the whole set.
+    /// As [`TaskSet::new`], for tasks that move between brokers (in a cluster, an input partition's
+    /// task runs on the partition's leader): a task no longer wanted here is stopped.
+    pub fn new_moving(kind: &str, name: &str, paused: bool, factory: TaskFactory, wanted: WantedTasks) -> Arc<TaskSet> {
+        TaskSet::make(kind, name, paused, factory, wanted, true)
+    }
+
+    fn make(kind: &str, name: &str, paused: bool, factory: TaskFactory, wanted: WantedTasks, stops_unwanted: bool) -> Arc<TaskSet> {
+        let flags = Arc::new(DeploymentFlags::default());
+        flags.paused.store(paused, Ordering::Release);
+        Arc::new(TaskSet {
+            label: format!("{kind}-{name}"),
+            flags,
+            factory,
+            wanted,
+            tasks: Mutex::new(BTreeMap::new()),
+            stops_unwanted,
+            retiring: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the wanted tasks that are not running and, in a set made with
+    /// [`TaskSet::new_moving`], stops the running ones no longer wanted (a partition whose
+    /// leadership moved to another broker: its task runs there now). A stopped task finishes in
+    /// the background (it aborts what it had open); its id starts again only once it has exited.
     pub fn reconcile(&self) {
         if self.flags.stop.load(Ordering::Acquire) {
             return;
@@ -225,8 +259,21 @@ impl TaskSet {
         if self.flags.stop.load(Ordering::Acquire) {
             return;
         }
+        let mut retiring = self.retiring.lock();
+        for (_, task) in retiring.extract_if(.., |(_, task)| task.thread.is_finished()) {
+            let _ = task.thread.join();
+        }
+        let unwanted: Vec<i32> =
+            if self.stops_unwanted { tasks.keys().filter(|id| !wanted.contains(id)).copied().collect() } else { Vec::new() };
+        for id in unwanted {
+            if let Some(task) = tasks.remove(&id) {
+                tracing::info!(deployment = self.label, task = id, "task no longer wanted here; stopping it");
+                task.control.signal_stop();
+                retiring.push((id, task));
+            }
+        }
         for id in wanted {
-            if tasks.contains_key(&id) {
+            if tasks.contains_key(&id) || retiring.iter().any(|(old, _)| *old == id) {
                 continue;
             }
             match self.spawn(id) {
@@ -279,10 +326,11 @@ impl TaskSet {
     pub fn stop(&self) {
         self.flags.stop.store(true, Ordering::Release);
         let tasks = std::mem::take(&mut *self.tasks.lock());
+        let retiring = std::mem::take(&mut *self.retiring.lock());
         for task in tasks.values() {
             task.control.signal_stop();
         }
-        for (_, task) in tasks {
+        for (_, task) in tasks.into_iter().chain(retiring) {
             let _ = task.thread.join();
         }
     }
@@ -490,5 +538,68 @@ mod tests {
         assert!(set.statuses().iter().all(|s| s.state == TaskState::Paused));
         supervisor.stop_all();
         assert!(set.statuses().is_empty(), "stopped tasks are gone");
+    }
+
+    /// A task that holds on for a while after it is told to stop (a runner aborting its transaction).
+    struct Lingering {
+        running: Arc<Mutex<Vec<i32>>>,
+        overlapped: Arc<AtomicBool>,
+        id: i32,
+    }
+
+    impl Task for Lingering {
+        fn start(&mut self, _: &TaskControl) -> Result<(), RuntimeError> {
+            let mut running = self.running.lock();
+            if running.contains(&self.id) {
+                self.overlapped.store(true, Ordering::SeqCst);
+            }
+            running.push(self.id);
+            Ok(())
+        }
+
+        fn step(&mut self, control: &TaskControl) -> Result<Step, RuntimeError> {
+            control.sleep(Duration::from_millis(5));
+            Ok(Step::Idle)
+        }
+
+        fn reset(&mut self) {
+            std::thread::sleep(Duration::from_millis(300));
+            self.running.lock().retain(|id| *id != self.id);
+        }
+    }
+
+    #[test]
+    fn tasks_no_longer_wanted_stop_and_return_only_after_their_predecessor_exited() {
+        let supervisor = Supervisor::new("test").unwrap();
+        let wanted = Arc::new(Mutex::new(vec![0, 1, 2]));
+        let running: Arc<Mutex<Vec<i32>>> = Arc::default();
+        let overlapped = Arc::new(AtomicBool::new(false));
+        let (w, r, o) = (Arc::clone(&wanted), Arc::clone(&running), Arc::clone(&overlapped));
+        let set = TaskSet::new_moving(
+            "test",
+            "moving",
+            false,
+            Box::new(move |id| Ok(Box::new(Lingering { running: Arc::clone(&r), overlapped: Arc::clone(&o), id }) as Box<dyn Task>)),
+            Box::new(move || w.lock().clone()),
+        );
+        supervisor.insert("moving", Arc::clone(&set));
+        wait_for("three running tasks", || running.lock().len() == 3);
+
+        // Partition 1's leadership moves away: its task stops; the others keep running.
+        *wanted.lock() = vec![0, 2];
+        set.reconcile();
+        assert_eq!(set.statuses().iter().map(|s| s.id).collect::<Vec<_>>(), vec![0, 2]);
+        // …and comes back before the old task has finished resetting: no second task 1 meanwhile,
+        // one once the old one is gone.
+        *wanted.lock() = vec![0, 1, 2];
+        set.reconcile();
+        assert_eq!(set.statuses().len(), 2, "task 1 waits for its predecessor");
+        wait_for("task 1 to start again", || {
+            set.reconcile();
+            set.statuses().len() == 3 && running.lock().contains(&1)
+        });
+        supervisor.stop_all();
+        assert!(running.lock().is_empty(), "every task reset at stop");
+        assert!(!overlapped.load(Ordering::SeqCst), "two tasks 1 ran at once");
     }
 }

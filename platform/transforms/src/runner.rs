@@ -41,6 +41,10 @@ const TXN_TIMEOUT_MS: i32 = 60_000;
 pub struct PartitionState {
     /// Next input offset to transform.
     pub position: AtomicI64,
+    /// The input's last stable offset at the runner's latest read: the lag `status` shows when
+    /// another broker leads the input (asking that broker would put a network call, retried through
+    /// a failover, in every status request).
+    pub last_stable: AtomicI64,
     pub records_in: AtomicU64,
     pub records_out: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -257,22 +261,24 @@ impl Runner {
 impl Task for Runner {
     /// Initialises the transactional producer (fencing any predecessor) and the reader at the
     /// committed position, or at the deployment's start position when none is committed.
-    fn start(&mut self, _control: &TaskControl) -> Result<(), RuntimeError> {
+    fn start(&mut self, control: &TaskControl) -> Result<(), RuntimeError> {
         let spec = &self.shared.spec;
-        let mut producer = self.host.producer(&spec.transactional_id(self.partition), TXN_TIMEOUT_MS)?;
-        let position = match self.host.committed_offset(&spec.group(), &spec.input_topic, self.partition)? {
+        self.host = control.host(&self.host);
+        let host = &self.host;
+        let mut producer = host.producer(&spec.transactional_id(self.partition), TXN_TIMEOUT_MS)?;
+        let position = match host.committed_offset(&spec.group(), &spec.input_topic, self.partition)? {
             Some(committed) => committed,
             None => {
                 // First start: pin the start position (`--from latest` or a timestamp resolves to an
                 // offset now), so a restart before the first batch does not resolve it again and skip
                 // the records that arrived in between.
-                let start = self.host.resolve_start(&spec.input_topic, self.partition, spec.start_position())?;
+                let start = host.resolve_start(&spec.input_topic, self.partition, spec.start_position())?;
                 producer.send_offsets(&spec.group(), &[(spec.input_topic.clone(), self.partition, start)])?;
                 producer.commit()?;
                 start
             }
         };
-        self.reader = Some(self.host.reader(&spec.input_topic, self.partition, position)?);
+        self.reader = Some(host.reader(&spec.input_topic, self.partition, position)?);
         self.state.position.store(position, Ordering::Release);
         self.producer = Some(producer);
         Ok(())
@@ -288,6 +294,9 @@ impl Task for Runner {
         });
         let step = self.transform(&inputs, position, read, control);
         self.inputs = inputs;
+        if let Some(reader) = &self.reader {
+            self.state.last_stable.store(reader.last_stable_offset(), Ordering::Release);
+        }
         step
     }
 

@@ -194,6 +194,23 @@ pub struct StoredDeployment {
     pub version: u64,
     pub paused: bool,
     pub deployed_at_ms: i64,
+    /// In a cluster: the offset of the module's first chunk in the plugin log, where a broker
+    /// without the module reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_offset: Option<i64>,
+    /// In a cluster, for a change of an existing deployment (pause, resume, limits): the plugin
+    /// log offset of the record it was made from. Every broker ignores the change if another came
+    /// between (a delete, a redeploy), so a stale change never resurrects or rolls back anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub based_on: Option<i64>,
+}
+
+impl StoredDeployment {
+    /// Whether `other` is the same deployment (same deploy of the same module), perhaps paused or
+    /// limited differently: those apply without restarting the runners.
+    pub fn same_deploy(&self, other: &StoredDeployment) -> bool {
+        self.version == other.version && self.module_digest == other.module_digest && self.deployed_at_ms == other.deployed_at_ms
+    }
 }
 
 pub struct Store {

@@ -74,6 +74,10 @@ pub(crate) async fn delete_records(broker: &Broker, request: DeleteRecordsReques
         |t, p| {
             let name = t.name.0.as_str();
             let result = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            // The internal topics' logs are the coordinators' and the plugin host's state.
+            if let Err(error) = crate::broker::refuse_internal(name) {
+                return result.with_error_code(error.code()).with_low_watermark(-1);
+            }
             let partition = match broker.partition(name, p.partition_index) {
                 Ok(partition) => partition,
                 Err(error) => return result.with_error_code(error.code()).with_low_watermark(-1),

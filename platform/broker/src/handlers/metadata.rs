@@ -114,7 +114,7 @@ fn topic_entry(broker: &Broker, topic: &Topic, cluster: Option<&Metadata>) -> Me
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(topic.name.as_str()))))
         .with_topic_id(topic.id)
-        .with_is_internal(topic.name.as_str() == crate::topic::COORDINATOR_TOPIC)
+        .with_is_internal(crate::topic::is_internal_topic(topic.name.as_str()))
         .with_partitions(partitions)
 }
 

@@ -63,7 +63,10 @@ pub(crate) async fn handle(broker: &Arc<Broker>, request: ProduceRequest, versio
     for (topic_idx, topic_data) in request.topic_data.into_iter().enumerate() {
         let name = topic_data.name.0.to_string();
         let topic = broker.topic(&name);
-        let read_only = topic.as_ref().and_then(|t| t.check_writable().err()).or_else(|| crate::broker::refuse_internal(&name).err());
+        // Peers write the plugin host's topic (their plugin logs); nobody writes the coordinators'
+        // through Produce.
+        let internal = if peer && name == crate::topic::PLUGINS_TOPIC { None } else { crate::broker::refuse_internal(&name).err() };
+        let read_only = topic.as_ref().and_then(|t| t.check_writable().err()).or(internal);
         let mut partition_responses = Vec::with_capacity(topic_data.partition_data.len());
         for (partition_idx, data) in topic_data.partition_data.into_iter().enumerate() {
             let index = data.index;

@@ -41,6 +41,7 @@ mod remote;
 mod tests;
 
 pub use crate::admin::{ADMIN_BODY_BYTES_MAX, ApiError, json_body};
+pub use crate::topic::PLUGINS_TOPIC;
 pub use mirror::{MirroredAppend, Promotion};
 pub use producer::{ProducerRecord, TransactionalProducer};
 pub use reader::{CommittedReader, ConsumedRecord, FetchedRecords, ReadBatch, ReaderLimits, RecordView, Visited, decode_fetched};
@@ -53,6 +54,23 @@ pub const INTERNAL_PREFIX: &str = "__sluice";
 /// Whether a client-supplied transactional id or group id is reserved for the broker.
 pub fn is_internal_name(name: &str) -> bool {
     name.starts_with(INTERNAL_PREFIX)
+}
+
+/// A plugin task's stop signal as the host sees it. Calls that wait on the cluster — retries while
+/// a coordinator or leader moves, a remote reader's long poll — give up once it is raised, so
+/// stopping or redeploying a plugin never waits out a failover. A task passes its flag with
+/// [`Host::stopping_on`]; a default flag is never raised.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl StopFlag {
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn raised(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// What an extension's `start` may fail with: its own error type, boxed.
@@ -162,6 +180,16 @@ pub struct PartitionOffsets {
     pub high_watermark: i64,
 }
 
+impl PartitionOffsets {
+    fn of(partition: &crate::topic::Partition) -> PartitionOffsets {
+        PartitionOffsets {
+            log_start: partition.log_start_offset(),
+            last_stable: partition.last_stable_offset(),
+            high_watermark: partition.high_watermark(),
+        }
+    }
+}
+
 /// The handle a runtime gets at start. Cheap to clone; every clone speaks for the same extension.
 #[derive(Clone)]
 pub struct Host {
@@ -171,11 +199,19 @@ pub struct Host {
     /// In a cluster, the way to the clients' coordinators and the partitions' leaders, made on first
     /// use (the controller joins after the host is built).
     peers: Arc<std::sync::OnceLock<Arc<remote::Peers>>>,
+    /// The stop signal of the task this handle works for (never raised on the extension's own).
+    stop: StopFlag,
 }
 
 impl Host {
     pub(crate) fn new(broker: Arc<Broker>, extension: &'static str, runtime: tokio::runtime::Handle) -> Host {
-        Host { broker, extension, runtime, peers: Arc::default() }
+        Host { broker, extension, runtime, peers: Arc::default(), stop: StopFlag::default() }
+    }
+
+    /// This handle for one task: its calls that wait on the cluster, and the producers and readers
+    /// it makes, give up once `stop` is raised (see [`StopFlag`]).
+    pub fn stopping_on(&self, stop: StopFlag) -> Host {
+        Host { stop, ..self.clone() }
     }
 
     /// `None` on a single node (the broker's own coordinators serve its plugins in process); in a
@@ -211,6 +247,30 @@ impl Host {
         self.broker.node_id()
     }
 
+    /// Whether this broker is one of a cluster's (a controller quorum of its own or of several).
+    /// A runtime keeps its deployments in [`PLUGINS_TOPIC`] then, and runs each partition's work
+    /// on the partition's leader.
+    pub fn is_clustered(&self) -> bool {
+        self.broker.is_clustered()
+    }
+
+    /// Whether this broker leads the partition now (on a single node: whether it exists).
+    pub fn leads(&self, topic: &str, partition: i32) -> bool {
+        self.broker.topic(topic).is_some_and(|t| t.led_partition(partition).is_ok())
+    }
+
+    /// The broker that leads the partition now, as the controller says; `None` while it has no
+    /// leader (or does not exist). On a single node, this broker for every partition it has.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        let Some(controller) = self.broker.controller().filter(|_| self.broker.is_clustered()) else {
+            return self.leads(topic, partition).then(|| self.broker.node_id());
+        };
+        controller.with_metadata(|m, _| {
+            let state = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+            (state.leader != sluice_cluster::NO_LEADER).then_some(state.leader)
+        })
+    }
+
     pub fn topic(&self, name: &str) -> Option<TopicInfo> {
         self.broker.topic(name).map(|t| topic_info(&self.broker, &t))
     }
@@ -239,21 +299,23 @@ impl Host {
     /// from the leader. Blocking in a cluster.
     pub fn partition_offsets(&self, topic: &str, partition: i32) -> Result<PartitionOffsets, HostError> {
         match self.broker.partition(topic, partition) {
-            Ok(p) => Ok(PartitionOffsets {
-                log_start: p.log_start_offset(),
-                last_stable: p.last_stable_offset(),
-                high_watermark: p.high_watermark(),
-            }),
+            Ok(p) => Ok(PartitionOffsets::of(&p)),
             Err(BrokerError::NotLeader { .. }) if self.broker.is_clustered() => {
                 let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
                 Ok(PartitionOffsets {
-                    log_start: peers.list_offset(topic, partition, remote::EARLIEST, false)?,
-                    last_stable: peers.list_offset(topic, partition, remote::LATEST, true)?,
-                    high_watermark: peers.list_offset(topic, partition, remote::LATEST, false)?,
+                    log_start: peers.list_offset(topic, partition, remote::EARLIEST, false, &self.stop)?,
+                    last_stable: peers.list_offset(topic, partition, remote::LATEST, true, &self.stop)?,
+                    high_watermark: peers.list_offset(topic, partition, remote::LATEST, false, &self.stop)?,
                 })
             }
             Err(error) => Err(HostError::from_broker(error)),
         }
+    }
+
+    /// The partition's offsets if this broker leads it; `None` if it does not (or the partition does
+    /// not exist). Never a network call.
+    pub fn local_partition_offsets(&self, topic: &str, partition: i32) -> Option<PartitionOffsets> {
+        self.broker.partition(topic, partition).ok().map(|p| PartitionOffsets::of(&p))
     }
 
     /// The offset a group committed for a partition (the next one to read), if any. In a cluster this
@@ -264,7 +326,7 @@ impl Host {
         match self.peers()? {
             // A plugin of a cluster from before plugins' positions moved to the cluster's
             // coordinators has them in this broker's own: used until it commits in the cluster.
-            Some(peers) => Ok(peers.committed_offset(group, topic, partition)?.or_else(local)),
+            Some(peers) => Ok(peers.committed_offset(group, topic, partition, &self.stop)?.or_else(local)),
             None => Ok(local()),
         }
     }
@@ -294,13 +356,13 @@ impl Host {
     /// [`resolve_start`](Self::resolve_start) for a partition another broker leads: ListOffsets there.
     fn resolve_start_at_leader(&self, topic: &str, partition: i32, start: StartPosition) -> Result<i64, HostError> {
         let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
-        let first = peers.list_offset(topic, partition, remote::EARLIEST, true)?;
-        let end = peers.list_offset(topic, partition, remote::LATEST, true)?;
+        let first = peers.list_offset(topic, partition, remote::EARLIEST, true, &self.stop)?;
+        let end = peers.list_offset(topic, partition, remote::LATEST, true, &self.stop)?;
         Ok(match start {
             StartPosition::Earliest => first,
             StartPosition::Latest => end,
             StartPosition::Offset(offset) => offset.clamp(first, end),
-            StartPosition::Timestamp(ts) => match peers.list_offset(topic, partition, ts, true)? {
+            StartPosition::Timestamp(ts) => match peers.list_offset(topic, partition, ts, true, &self.stop)? {
                 offset if offset >= 0 => offset.clamp(first, end),
                 _ => end,
             },
@@ -314,7 +376,15 @@ impl Host {
             Ok(p) => Ok(CommittedReader::new(p, offset, ReaderLimits::default(), self.runtime.clone())),
             Err(BrokerError::NotLeader { .. }) if self.broker.is_clustered() => {
                 let peers = self.peers()?.ok_or_else(|| HostError::Storage("no way to the cluster".into()))?;
-                Ok(CommittedReader::remote(peers, topic, partition, offset, ReaderLimits::default(), self.runtime.clone()))
+                Ok(CommittedReader::remote(
+                    peers,
+                    self.stop.clone(),
+                    topic,
+                    partition,
+                    offset,
+                    ReaderLimits::default(),
+                    self.runtime.clone(),
+                ))
             }
             Err(error) => Err(HostError::from_broker(error)),
         }
@@ -324,7 +394,7 @@ impl Host {
     /// earlier producer of that id and aborts its open transaction. `timeout_ms` is the
     /// transaction timeout. Blocking file I/O.
     pub fn producer(&self, transactional_id: &str, timeout_ms: i32) -> Result<TransactionalProducer, HostError> {
-        TransactionalProducer::init(Arc::clone(&self.broker), self.peers()?, transactional_id, timeout_ms)
+        TransactionalProducer::init(Arc::clone(&self.broker), self.peers()?, self.stop.clone(), transactional_id, timeout_ms)
     }
 
     /// The extension's own directory, `<data-dir>/__<name>`, created if needed. Blocking file I/O.

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use super::HostError;
 use super::remote::{Peers, TxnIds};
+use super::{HostError, StopFlag};
 use crate::broker::Broker;
 use crate::error::{BrokerError, storage_error_code};
 use crate::offsets::CommittedOffset;
 use crate::record_batch::{BATCH_HEADER_BYTES, BatchBuilder, BatchProducer, RecordRef};
+use crate::topic::Partition;
 
 /// One record to write.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -52,6 +53,14 @@ pub struct TransactionalProducer {
     /// In a cluster: the coordinators and leaders over the network (`remote`); on a single node, the
     /// broker's own coordinators in process.
     peers: Option<Arc<Peers>>,
+    /// The task's stop signal: a cluster call stops retrying once it is raised.
+    stop: StopFlag,
+}
+
+/// Where one partition's batches go: this broker's copy in process, or its leader over the network.
+enum Destination {
+    Local(Arc<Partition>),
+    Leader(Arc<Peers>),
 }
 
 /// A coordinator or partition refusal as a host error.
@@ -79,11 +88,12 @@ impl TransactionalProducer {
     pub(super) fn init(
         broker: Arc<Broker>,
         peers: Option<Arc<Peers>>,
+        stop: StopFlag,
         transactional_id: &str,
         timeout_ms: i32,
     ) -> Result<TransactionalProducer, HostError> {
         let (producer_id, epoch) = match &peers {
-            Some(peers) => peers.init_producer_id(transactional_id, timeout_ms)?,
+            Some(peers) => peers.init_producer_id(transactional_id, timeout_ms, &stop)?,
             None => broker
                 .local_coordinators()
                 .transactions
@@ -99,11 +109,12 @@ impl TransactionalProducer {
             partitions: HashMap::new(),
             groups: HashSet::new(),
             peers,
+            stop,
         })
     }
 
     fn ids(&self) -> TxnIds<'_> {
-        TxnIds { transactional_id: &self.transactional_id, producer_id: self.producer_id, epoch: self.epoch }
+        TxnIds { transactional_id: &self.transactional_id, producer_id: self.producer_id, epoch: self.epoch, stop: &self.stop }
     }
 
     pub fn transactional_id(&self) -> &str {
@@ -126,7 +137,10 @@ impl TransactionalProducer {
     }
 
     /// As [`send`](Self::send), but says where every record went: (base offset, record count) of
-    /// each batch written, in order. Other writers' batches may lie between them.
+    /// each batch written, in order. Other writers' batches may lie between them. On a single node
+    /// the batches are appended in process through the transaction coordinator's checked path; in
+    /// a cluster they go to the partition's leader with acks=all (durable on the ISR when this
+    /// returns, so `commit` has nothing left to wait for).
     pub fn send_placed(&mut self, topic: &str, partition: i32, records: &[ProducerRecord]) -> Result<Vec<(i64, usize)>, HostError> {
         let mut placed = Vec::new();
         if records.is_empty() {
@@ -136,82 +150,78 @@ impl TransactionalProducer {
         let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
         let Some(owner) = self.broker.topic(topic) else { return Err(HostError::UnknownTopic(topic.to_string())) };
         owner.check_writable().map_err(HostError::from_broker)?;
-        if let Some(peers) = self.peers.clone() {
-            if !(0..owner.partition_count()).contains(&partition) {
-                return Err(HostError::UnknownPartition { topic: topic.to_string(), partition });
+        let (destination, limit_bytes) = match &self.peers {
+            Some(peers) => {
+                if !(0..owner.partition_count()).contains(&partition) {
+                    return Err(HostError::UnknownPartition { topic: topic.to_string(), partition });
+                }
+                let limit = owner.config.read().log_config(self.broker.config()).max_batch_bytes as usize;
+                (Destination::Leader(Arc::clone(peers)), limit)
             }
-            let limit_bytes = owner.config.read().log_config(self.broker.config()).max_batch_bytes as usize;
-            return self.send_to_leader(&peers, topic, partition, limit_bytes, records);
-        }
-        let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
-        let limit_bytes = target.max_batch_bytes() as usize;
+            None => {
+                let target = self.broker.partition(topic, partition).map_err(HostError::from_broker)?;
+                let limit = target.max_batch_bytes() as usize;
+                (Destination::Local(target), limit)
+            }
+        };
         if !self.partitions.contains_key(&key) {
-            self.broker
-                .local_coordinators()
-                .transactions
-                .add_partitions(&self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
-                .map_err(|e| failed(action(), e))?;
+            match &destination {
+                Destination::Leader(peers) => peers.add_partition(&self.ids(), topic, partition)?,
+                Destination::Local(_) => self
+                    .broker
+                    .local_coordinators()
+                    .transactions
+                    .add_partitions(&self.transactional_id, self.producer_id, self.epoch, std::slice::from_ref(&key))
+                    .map_err(|e| failed(action(), e))?,
+            }
             self.partitions.insert(key.clone(), 0);
         }
         let now = crate::now_ms();
-        let mut remaining = records;
-        while !remaining.is_empty() {
-            let sequence = self.sequences.get(&key).copied().unwrap_or(0);
-            let producer = BatchProducer { producer_id: self.producer_id, epoch: self.epoch, base_sequence: sequence, transactional: true };
-            let (mut batch, taken) = encode_fitting(remaining, producer, limit_bytes, now)
-                .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
-            let appended = self
-                .broker
-                .local_coordinators()
-                .transactions
-                .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
-                    target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch() }, now)
-                })
-                .map_err(|e| failed(action(), e))?
-                .map_err(|e| match e {
-                    sluice_storage::StorageError::Io(..) => HostError::Storage(format!("{}: {e}", action())),
-                    other => refused(action(), storage_error_code(&other)),
-                })?;
-            placed.push((appended.base_offset, taken));
-            self.sequences.insert(key.clone(), sequence.wrapping_add(taken as i32) & i32::MAX);
-            self.partitions.insert(key.clone(), appended.last_offset + 1);
-            remaining = &remaining[taken..];
-        }
-        Ok(placed)
-    }
-
-    /// [`send_placed`](Self::send_placed) in a cluster: the partition joins the transaction at the
-    /// coordinator, then each batch goes to the partition's leader with acks=all (durable on the ISR
-    /// when this returns, so `commit` has nothing left to wait for).
-    fn send_to_leader(
-        &mut self,
-        peers: &Peers,
-        topic: &str,
-        partition: i32,
-        limit_bytes: usize,
-        records: &[ProducerRecord],
-    ) -> Result<Vec<(i64, usize)>, HostError> {
-        let key = (topic.to_string(), partition);
-        if !self.partitions.contains_key(&key) {
-            peers.add_partition(&self.ids(), topic, partition)?;
-            self.partitions.insert(key.clone(), 0);
-        }
-        let action = || format!("writing to {topic}-{partition} in transaction '{}'", self.transactional_id);
-        let now = crate::now_ms();
-        let mut placed = Vec::new();
         let mut remaining = records;
         while !remaining.is_empty() {
             let sequence = self.sequences.get(&key).copied().unwrap_or(0);
             let producer = BatchProducer { producer_id: self.producer_id, epoch: self.epoch, base_sequence: sequence, transactional: true };
             let (batch, taken) = encode_fitting(remaining, producer, limit_bytes, now)
                 .map_err(|record_bytes| HostError::RecordTooLarge { action: action(), record_bytes, limit_bytes })?;
-            let base_offset = peers.produce(&self.ids(), topic, partition, batch.freeze())?;
+            let (base_offset, next_offset) = match &destination {
+                Destination::Leader(peers) => {
+                    let base_offset = peers.produce(&self.ids(), topic, partition, batch.freeze())?;
+                    (base_offset, base_offset + taken as i64)
+                }
+                Destination::Local(target) => {
+                    let appended = self.append_local((topic, partition), target, batch, now, action)?;
+                    (appended.base_offset, appended.last_offset + 1)
+                }
+            };
             placed.push((base_offset, taken));
             self.sequences.insert(key.clone(), sequence.wrapping_add(taken as i32) & i32::MAX);
-            self.partitions.insert(key.clone(), base_offset + taken as i64);
+            self.partitions.insert(key.clone(), next_offset);
             remaining = &remaining[taken..];
         }
         Ok(placed)
+    }
+
+    /// Appends one transactional batch to this broker's copy through the coordinator's check (the
+    /// producer still owns the transaction).
+    fn append_local(
+        &self,
+        (topic, partition): (&str, i32),
+        target: &Partition,
+        mut batch: bytes::BytesMut,
+        now: i64,
+        action: impl Fn() -> String,
+    ) -> Result<sluice_storage::AppendResult, HostError> {
+        self.broker
+            .local_coordinators()
+            .transactions
+            .transactional_append(&self.transactional_id, self.producer_id, self.epoch, topic, partition, || {
+                target.append(&mut batch, sluice_storage::AppendMode::AssignOffsets { leader_epoch: target.leader_epoch() }, now)
+            })
+            .map_err(|e| failed(action(), e))?
+            .map_err(|e| match e {
+                sluice_storage::StorageError::Io(..) => HostError::Storage(format!("{}: {e}", action())),
+                other => refused(action(), storage_error_code(&other)),
+            })
     }
 
     /// Stages consumer-group offsets (topic, partition, next offset to read) to commit with the
@@ -281,8 +291,13 @@ impl TransactionalProducer {
                 )
             }
         };
-        self.partitions.clear();
-        self.groups.clear();
+        // A transaction that did not end is still open: a following `abort` must send EndTxn
+        // rather than find nothing to do (the transaction would then hang until its timeout). A
+        // fenced producer's transaction is its successor's to end.
+        if result.as_ref().is_ok() || result.as_ref().is_err_and(HostError::is_fenced) {
+            self.partitions.clear();
+            self.groups.clear();
+        }
         result
     }
 

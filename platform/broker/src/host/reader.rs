@@ -17,7 +17,9 @@ use bytes::Bytes;
 use sluice_storage::{AbortedTxn, BatchHeader, StorageError, TimestampType};
 
 use super::HostError;
+use super::StopFlag;
 use super::remote::{FetchError, Peers};
+use crate::cluster::PeerConnections;
 use crate::topic::Partition;
 
 /// Why a stored batch's records cannot be decoded.
@@ -189,6 +191,9 @@ enum Source {
 
 struct RemoteSource {
     peers: Arc<Peers>,
+    /// This reader's own connections (a long poll must not hold up the shared ones).
+    connections: PeerConnections,
+    stop: StopFlag,
     topic: String,
     index: i32,
     /// The leader's last stable offset in its latest answer.
@@ -206,10 +211,12 @@ impl RemoteSource {
     fn fetch(&mut self, position: i64, max_bytes: usize, wait_ms: i32) -> Result<super::remote::Fetched, ReadFailure> {
         let fetched = match self.buffered.take() {
             Some((at, fetched)) if at == position => fetched,
-            _ => self.peers.fetch(&self.topic, self.index, position, max_bytes, wait_ms).map_err(|e| match e {
-                FetchError::OutOfRange { log_start } => ReadFailure::OutOfRange { log_start },
-                FetchError::Failed(error) => ReadFailure::Failed(error),
-            })?,
+            _ => self.peers.fetch(&self.connections, &self.stop, &self.topic, self.index, position, max_bytes, wait_ms).map_err(
+                |e| match e {
+                    FetchError::OutOfRange { log_start } => ReadFailure::OutOfRange { log_start },
+                    FetchError::Failed(error) => ReadFailure::Failed(error),
+                },
+            )?,
         };
         self.last_stable = fetched.last_stable_offset;
         Ok(fetched)
@@ -251,16 +258,19 @@ impl CommittedReader {
         CommittedReader { source: Source::Local(partition), position, limits, runtime, scratch: Scratch::default() }
     }
 
-    /// A reader of a partition another broker leads, through `peers`.
+    /// A reader of a partition another broker leads, through `peers` (its fetches give up retrying
+    /// once `stop` is raised).
     pub(super) fn remote(
         peers: Arc<Peers>,
+        stop: StopFlag,
         topic: &str,
         index: i32,
         position: i64,
         limits: ReaderLimits,
         runtime: tokio::runtime::Handle,
     ) -> CommittedReader {
-        let remote = RemoteSource { peers, topic: topic.to_string(), index, last_stable: position, buffered: None };
+        let connections = peers.fetch_connections();
+        let remote = RemoteSource { peers, connections, stop, topic: topic.to_string(), index, last_stable: position, buffered: None };
         CommittedReader { source: Source::Remote(Box::new(remote)), position, limits, runtime, scratch: Scratch::default() }
     }
 

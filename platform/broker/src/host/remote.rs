@@ -40,7 +40,8 @@ use kafka_protocol::protocol::Request;
 
 use sluice_cluster::{Controller, NO_LEADER};
 
-use super::HostError;
+use super::{HostError, StopFlag};
+use crate::cluster::PeerConnections;
 use crate::handlers::str_bytes;
 use crate::topic::COORDINATOR_TOPIC;
 
@@ -108,15 +109,25 @@ enum Target<'a> {
 
 /// A broker's way to the cluster's coordinators and partition leaders, shared by its plugins'
 /// producers: one connection per peer address, opened on first use and replaced when it closes.
+/// Fetches do not use them: a server answers a connection's requests in order, so a long poll
+/// would hold up every acks=all Produce and EndTxn behind it. Each remote reader fetches over its
+/// own connections ([`Peers::fetch_connections`]).
 pub(crate) struct Peers {
     controller: Arc<Controller>,
     runtime: tokio::runtime::Handle,
-    connections: crate::cluster::PeerConnections,
+    client_id: String,
+    connections: PeerConnections,
 }
 
 impl Peers {
     pub(crate) fn new(node: i32, controller: Arc<Controller>, runtime: tokio::runtime::Handle) -> Peers {
-        Peers { controller, runtime, connections: crate::cluster::PeerConnections::new(format!("{PEER_CLIENT_ID_PREFIX}{node}")) }
+        let client_id = format!("{PEER_CLIENT_ID_PREFIX}{node}");
+        Peers { controller, runtime, connections: PeerConnections::new(client_id.clone()), client_id }
+    }
+
+    /// Connections for one reader's fetches, apart from the shared ones.
+    pub(crate) fn fetch_connections(&self) -> PeerConnections {
+        PeerConnections::new(self.client_id.clone())
     }
 
     /// The address of `target` as the quorum names it now.
@@ -138,14 +149,31 @@ impl Peers {
         })
     }
 
-    /// Sends `request` to `target` until it answers with something other than a retriable error
-    /// (`code` reads the answer's error), or [`RETRY_WAIT`] has passed. Blocking.
+    /// Sends `request` to `target` over the shared connections until it answers with something
+    /// other than a retriable error (`code` reads the answer's error), [`RETRY_WAIT`] has passed, or
+    /// `stop` is raised. Blocking.
     fn call<R: Request>(
         &self,
         target: Target<'_>,
         request: &R,
         version: i16,
         action: &str,
+        stop: &StopFlag,
+        code: impl Fn(&R::Response) -> i16,
+    ) -> Result<R::Response, HostError> {
+        self.call_on(&self.connections, target, request, version, action, stop, code)
+    }
+
+    /// [`call`](Self::call) over the connections of `pool`.
+    #[allow(clippy::too_many_arguments)]
+    fn call_on<R: Request>(
+        &self,
+        pool: &PeerConnections,
+        target: Target<'_>,
+        request: &R,
+        version: i16,
+        action: &str,
+        stop: &StopFlag,
         code: impl Fn(&R::Response) -> i16,
     ) -> Result<R::Response, HostError> {
         crate::cluster::wait(&self.runtime, async {
@@ -153,7 +181,7 @@ impl Peers {
             loop {
                 let problem = match self.address(&target) {
                     Err(why) => why,
-                    Ok(addr) => match self.connections.get(&addr).await {
+                    Ok(addr) => match pool.get(&addr).await {
                         Err(why) => why,
                         Ok(connection) => match tokio::time::timeout(CALL_TIMEOUT, connection.call(request, version)).await {
                             Ok(Ok(response)) => {
@@ -164,16 +192,19 @@ impl Peers {
                                 format!("{addr} answered {}", sluice_client::codes::error_label(answered))
                             }
                             Ok(Err(error)) => {
-                                self.connections.forget(&addr);
+                                pool.forget(&addr);
                                 format!("{addr}: {error}")
                             }
                             Err(_) => {
-                                self.connections.forget(&addr);
+                                pool.forget(&addr);
                                 format!("{addr} did not answer within {CALL_TIMEOUT:?}")
                             }
                         },
                     },
                 };
+                if stop.raised() {
+                    return Err(HostError::Refused { action: action.to_string(), reason: format!("the task is stopping ({problem})") });
+                }
                 if Instant::now() >= deadline {
                     return Err(HostError::Refused {
                         action: action.to_string(),
@@ -187,14 +218,14 @@ impl Peers {
     }
 
     /// InitProducerId: fences earlier producers of the id and aborts their open transaction.
-    pub(crate) fn init_producer_id(&self, transactional_id: &str, timeout_ms: i32) -> Result<(i64, i16), HostError> {
+    pub(crate) fn init_producer_id(&self, transactional_id: &str, timeout_ms: i32, stop: &StopFlag) -> Result<(i64, i16), HostError> {
         let action = format!("initialising transactional id '{transactional_id}'");
         let request = InitProducerIdRequest::default()
             .with_transactional_id(Some(TransactionalId(str_bytes(transactional_id))))
             .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        let response = self.call(Target::Coordinator, &request, INIT_PRODUCER_ID_VERSION, &action, |r| r.error_code)?;
+        let response = self.call(Target::Coordinator, &request, INIT_PRODUCER_ID_VERSION, &action, stop, |r| r.error_code)?;
         checked(&action, response.error_code)?;
         Ok((response.producer_id.0, response.producer_epoch))
     }
@@ -216,7 +247,7 @@ impl Peers {
                 .find(|&c| c != 0)
                 .unwrap_or(r.error_code)
         };
-        let response = self.call(Target::Coordinator, &request, ADD_PARTITIONS_VERSION, &action, first_code)?;
+        let response = self.call(Target::Coordinator, &request, ADD_PARTITIONS_VERSION, &action, txn.stop, first_code)?;
         checked(&action, first_code(&response))
     }
 
@@ -236,7 +267,7 @@ impl Peers {
         let only = |r: &kafka_protocol::messages::ProduceResponse| {
             r.responses.iter().flat_map(|t| t.partition_responses.iter()).next().map(|p| (p.error_code, p.base_offset))
         };
-        let response = self.call(Target::Leader(topic, partition), &request, PRODUCE_VERSION, &action, |r| {
+        let response = self.call(Target::Leader(topic, partition), &request, PRODUCE_VERSION, &action, txn.stop, |r| {
             only(r).map_or(ResponseError::UnknownServerError.code(), |(c, _)| c)
         })?;
         let (code, base_offset) = only(&response).unwrap_or((ResponseError::UnknownServerError.code(), -1));
@@ -251,7 +282,7 @@ impl Peers {
             .with_producer_id(ProducerId(txn.producer_id))
             .with_producer_epoch(txn.epoch)
             .with_group_id(GroupId(str_bytes(group)));
-        let response = self.call(Target::Coordinator, &request, ADD_OFFSETS_VERSION, &action, |r| r.error_code)?;
+        let response = self.call(Target::Coordinator, &request, ADD_OFFSETS_VERSION, &action, txn.stop, |r| r.error_code)?;
         checked(&action, response.error_code)
     }
 
@@ -277,7 +308,7 @@ impl Peers {
         let first_code = |r: &kafka_protocol::messages::TxnOffsetCommitResponse| {
             r.topics.iter().flat_map(|t| t.partitions.iter()).map(|p| p.error_code).find(|&c| c != 0).unwrap_or(0)
         };
-        let response = self.call(Target::Coordinator, &request, TXN_OFFSET_COMMIT_VERSION, &action, first_code)?;
+        let response = self.call(Target::Coordinator, &request, TXN_OFFSET_COMMIT_VERSION, &action, txn.stop, first_code)?;
         checked(&action, first_code(&response))
     }
 
@@ -288,13 +319,13 @@ impl Peers {
             .with_producer_id(ProducerId(txn.producer_id))
             .with_producer_epoch(txn.epoch)
             .with_committed(commit);
-        let response = self.call(Target::Coordinator, &request, END_TXN_VERSION, &action, |r| r.error_code)?;
+        let response = self.call(Target::Coordinator, &request, END_TXN_VERSION, &action, txn.stop, |r| r.error_code)?;
         checked(&action, response.error_code)
     }
 
     /// The offset `group` committed for a partition, once no open transaction has one staged
     /// (`require_stable`: a runner must not start from a position its predecessor is about to move).
-    pub(crate) fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>, HostError> {
+    pub(crate) fn committed_offset(&self, group: &str, topic: &str, partition: i32, stop: &StopFlag) -> Result<Option<i64>, HostError> {
         let action = format!("reading the committed offset of {topic}-{partition} for group '{group}'");
         let request =
             OffsetFetchRequest::default().with_group_id(GroupId(str_bytes(group))).with_require_stable(true).with_topics(Some(vec![
@@ -308,7 +339,7 @@ impl Peers {
                 None => (r.error_code, -1),
             }
         };
-        let response = self.call(Target::Coordinator, &request, OFFSET_FETCH_VERSION, &action, |r| first(r).0)?;
+        let response = self.call(Target::Coordinator, &request, OFFSET_FETCH_VERSION, &action, stop, |r| first(r).0)?;
         let (code, offset) = first(&response);
         checked(&action, code)?;
         Ok((offset >= 0).then_some(offset))
@@ -332,8 +363,12 @@ pub(crate) enum FetchError {
 impl Peers {
     /// A read_committed Fetch of one partition from its leader, as a consumer sends it (replica id
     /// -1): up to `max_bytes` of whole batches at `offset`, waiting up to `max_wait_ms` for some.
+    /// Over the reader's own connections (`pool`, from [`Peers::fetch_connections`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fetch(
         &self,
+        pool: &PeerConnections,
+        stop: &StopFlag,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -363,7 +398,9 @@ impl Peers {
             }
             r.responses.iter().flat_map(|t| t.partitions.iter()).next().map_or(ResponseError::UnknownServerError.code(), |p| p.error_code)
         };
-        let response = self.call(Target::Leader(topic, partition), &request, FETCH_VERSION, &action, code).map_err(FetchError::Failed)?;
+        let response = self
+            .call_on(pool, Target::Leader(topic, partition), &request, FETCH_VERSION, &action, stop, code)
+            .map_err(FetchError::Failed)?;
         let answered = code(&response);
         let Some(answer) = response.responses.into_iter().flat_map(|t| t.partitions.into_iter()).next() else {
             return Err(FetchError::Failed(HostError::Refused { action, reason: "the leader's answer names no partition".into() }));
@@ -382,7 +419,14 @@ impl Peers {
     /// ListOffsets at the partition's leader: [`EARLIEST`], [`LATEST`] (the last stable offset when
     /// `read_committed`, else the high watermark) or the first offset at or after a timestamp (-1
     /// when there is none).
-    pub(crate) fn list_offset(&self, topic: &str, partition: i32, timestamp: i64, read_committed: bool) -> Result<i64, HostError> {
+    pub(crate) fn list_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        timestamp: i64,
+        read_committed: bool,
+        stop: &StopFlag,
+    ) -> Result<i64, HostError> {
         let action = format!("looking up an offset of {topic}-{partition} at its leader");
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
@@ -397,7 +441,7 @@ impl Peers {
                 .next()
                 .map_or((ResponseError::UnknownServerError.code(), -1), |p| (p.error_code, p.offset))
         };
-        let response = self.call(Target::Leader(topic, partition), &request, LIST_OFFSETS_VERSION, &action, |r| only(r).0)?;
+        let response = self.call(Target::Leader(topic, partition), &request, LIST_OFFSETS_VERSION, &action, stop, |r| only(r).0)?;
         let (code, offset) = only(&response);
         checked(&action, code)?;
         Ok(offset)
@@ -409,6 +453,8 @@ pub(crate) struct TxnIds<'a> {
     pub(crate) transactional_id: &'a str,
     pub(crate) producer_id: i64,
     pub(crate) epoch: i16,
+    /// The producer's task's stop signal.
+    pub(crate) stop: &'a StopFlag,
 }
 
 fn checked(action: &str, code: i16) -> Result<(), HostError> {
