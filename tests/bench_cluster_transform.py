@@ -83,7 +83,7 @@ def main() -> None:
         print(f"preloaded {records} records in {time.monotonic() - started:.1f} s")
 
         deployed_at = time.monotonic()
-        subprocess.run([BIN, "--admin-url", admins[0], "transform", "deploy", str(GUEST), "--name", "bench",
+        subprocess.run([BIN, "transform", "deploy", str(GUEST), "--admin-url", admins[0], "--name", "bench",
                         "--input-topic", "bench-in", "--output-topic", "bench-out"], check=True, stdout=subprocess.DEVNULL)
         first = None
         while True:
