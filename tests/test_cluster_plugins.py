@@ -195,3 +195,37 @@ def plugin_log(nodes) -> dict[str, bytes | None]:
     finally:
         consumer.close()
     raise AssertionError("the plugin log was not read to its end within 30 s")
+
+
+def test_only_brokers_write_the_plugin_log_and_every_broker_ignores_a_change_made_from_a_stale_copy(make_broker, guests):  # noqa: F811
+    nodes = start_replicated_nodes(make_broker)
+    wait_for(lambda: partitions(nodes[0], "__sluice_plugins").get(0, (-1,))[0] in (1, 2, 3), "the plugin log to have a leader", timeout=30)
+    src, dst = unique("st-in"), unique("st-out")
+    for topic in (src, dst):
+        create_replicated(nodes[0], topic, 1, 3, {"min.insync.replicas": "2"})
+    deploy(nodes[0], guests, "identity", "st-copy", src, [dst])
+    wait_for(lambda: all(transform_on(n, "st-copy") for n in nodes), "every broker to read the deployment", timeout=30)
+
+    # A client cannot write the plugin log (nor delete its records).
+    failures: list = []
+    client = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes)})
+    client.produce("__sluice_plugins", key=b"transform/st-copy", value=None, on_delivery=lambda e, m: failures.append(e))
+    client.flush(30)
+    assert failures and failures[0] is not None, "a client wrote the plugin log"
+
+    # A pause made from a copy that is not the latest record (a broker that had not yet read a
+    # change, simulated by writing as a peer with a wrong `based_on`) is ignored by every broker…
+    record = json.loads(plugin_log(nodes)["transform/st-copy"])
+    stale = dict(record, paused=True, based_on=record.get("based_on", 0) - 1)
+    peer = cf_producer(nodes[0], {"bootstrap.servers": bootstrap(nodes), "client.id": "__sluice-broker-99", "acks": "all"})
+    peer.produce("__sluice_plugins", key=b"transform/st-copy", value=json.dumps(stale).encode(), on_delivery=lambda e, m: failures.append(e))
+    assert peer.flush(30) == 0 and failures[-1] is None, failures
+    # …so a limit change written after it, from the latest record, applies everywhere and leaves the
+    # transform running (had the stale pause been applied, this change would carry it).
+    sluice_cli(nodes[1], "transform", "set-limits", "st-copy", "--memory-mb", "48")
+    wait_for(
+        lambda: all((transform_on(n, "st-copy") or {}).get("memory_bytes") == 48 << 20 for n in nodes),
+        "the limit change on every broker",
+        timeout=30,
+    )
+    assert all(transform_on(n, "st-copy")["state"] == "running" for n in nodes), [transform_on(n, "st-copy")["state"] for n in nodes]
