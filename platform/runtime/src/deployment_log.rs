@@ -74,8 +74,6 @@ struct Followed {
     position: i64,
     /// Digest → offset of the first chunk of its latest copy in the log.
     modules: HashMap<String, i64>,
-    /// Whether the follower has read up to the end once since it started.
-    caught_up: bool,
 }
 
 impl DeploymentLog {
@@ -184,12 +182,11 @@ impl DeploymentLog {
 
     /// Starts the follower thread: reads the log from the start and calls `apply` with every change
     /// of this log's kind, in order, and `caught_up` whenever it has read to the end (at most every
-    /// [`IDLE_WAIT`] while nothing is written; `true` the first time since it started). Runs until
-    /// [`DeploymentLog::stop`].
+    /// [`IDLE_WAIT`] while nothing is written). Runs until [`DeploymentLog::stop`].
     pub fn follow(
         self: &Arc<Self>,
         mut apply: impl FnMut(Change) + Send + 'static,
-        mut caught_up: impl FnMut(bool) + Send + 'static,
+        mut caught_up: impl FnMut() + Send + 'static,
     ) -> Result<(), RuntimeError> {
         let log = Arc::clone(self);
         let thread = std::thread::Builder::new()
@@ -222,17 +219,10 @@ impl DeploymentLog {
                                     }
                                 }
                             }
-                            let at_end = batch.next_offset >= current.last_stable_offset();
-                            let first_time = {
-                                let mut followed = log.followed.lock();
-                                followed.position = batch.next_offset;
-                                let first_time = at_end && !followed.caught_up;
-                                followed.caught_up |= at_end;
-                                first_time
-                            };
+                            log.followed.lock().position = batch.next_offset;
                             log.applied.notify_all();
-                            if at_end {
-                                caught_up(first_time);
+                            if batch.next_offset >= current.last_stable_offset() {
+                                caught_up();
                             }
                             if idle {
                                 current.wait_for_records(IDLE_WAIT);

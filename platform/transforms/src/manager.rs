@@ -189,7 +189,7 @@ impl TransformManager {
                         manager.apply(change);
                     }
                 },
-                move |_first| {
+                move || {
                     let Some(manager) = adopt.upgrade() else { return };
                     manager.adopt_when_due();
                     manager.retry_pending();
