@@ -400,6 +400,12 @@ impl Partition {
     }
 
     /// The exclusive end of the log.
+    /// The log's end. Every write publishes the new end before it releases the log's lock, so a
+    /// read of the log (which takes the lock) never returns records beyond what this says. A
+    /// follower's next fetch offset is what it read: were the end published after the lock went, a
+    /// follower could ask from an offset this still put beyond the end and be refused with
+    /// OFFSET_OUT_OF_RANGE — it then paused and re-checked its epochs, and every acks=all write
+    /// waited for it (the 500 ms stalls of RF=3 produce in BENCHMARKS.md).
     pub(crate) fn log_end_offset(&self) -> i64 {
         *self.log_end.borrow()
     }
@@ -452,10 +458,11 @@ impl Partition {
             )));
         }
         let result = log.append(batches, AppendMode::PreserveOffsets, now_ms)?;
-        drop(log);
-        self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
+        // Published before the lock goes: see `log_end_offset`.
         let end = result.last_offset + 1;
         self.log_end.send_if_modified(|e| raise(e, end));
+        drop(log);
+        self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
         Ok(result)
     }
 
@@ -478,10 +485,10 @@ impl Partition {
         }
         let end = log.truncate_to(offset, crate::now_ms())?;
         let start = log.log_start_offset();
+        self.log_end.send_replace(end);
         drop(log);
         // The watermarks follow the log down (they only move up otherwise). A follower's high
         // watermark is never above what the leader committed, so this cuts nothing a consumer saw.
-        self.log_end.send_replace(end);
         self.high_watermark.send_modify(|hw| *hw = (*hw).min(end).max(start));
         self.flushed.send_modify(|f| *f = (*f).min(end));
         Ok(end)
@@ -495,8 +502,8 @@ impl Partition {
             return Err(StorageError::NotLeader(format!("partition {}-{} leads: its log is not emptied", self.topic.as_str(), self.index)));
         }
         let end = log.restart_at(offset, crate::now_ms())?;
-        drop(log);
         self.log_end.send_replace(end);
+        drop(log);
         self.high_watermark.send_replace(end);
         self.flushed.send_replace(end);
         Ok(end)
@@ -556,11 +563,14 @@ impl Partition {
             self.check_leader(Some(leader_epoch))?;
         }
         let result = log.append(batches, mode, now_ms)?;
+        if !result.duplicate {
+            // Published before the lock goes: see `log_end_offset`.
+            let end = result.last_offset + 1;
+            self.log_end.send_if_modified(|e| raise(e, end));
+        }
         drop(log);
         if !result.duplicate {
             self.unflushed_records.fetch_add(result.record_count, Ordering::Relaxed);
-            let end = result.last_offset + 1;
-            self.log_end.send_if_modified(|e| raise(e, end));
         }
         if self.policy() != FlushPolicy::BeforeAck {
             self.advance_high_watermark();
@@ -586,10 +596,11 @@ impl Partition {
         let mut log = self.log.write();
         self.check_leader(None)?;
         let result = log.append_marker(marker, self.leader_epoch(), now_ms)?;
-        drop(log);
-        self.unflushed_records.fetch_add(1, Ordering::Relaxed);
+        // Published before the lock goes: see `log_end_offset`.
         let end = result.last_offset + 1;
         self.log_end.send_if_modified(|e| raise(e, end));
+        drop(log);
+        self.unflushed_records.fetch_add(1, Ordering::Relaxed);
         if self.policy() == FlushPolicy::BeforeAck {
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.start_flush();
