@@ -2,6 +2,7 @@
 # Replication throughput: acks=all produce into RF=1 and RF=3 topics of one 3-node cluster on this
 # machine (three broker processes and the load generator share its cores). Usage:
 #   tests/bench_cluster.sh [seconds] [record-size] [in-flight]
+#   TOPICS="3 1" tests/bench_cluster.sh      # which replication factors, in order (default "1 3")
 # Prints one `sluice bench produce` summary per topic. See BENCHMARKS.md for results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,22 @@ done
 export SLUICE_BROKERS=127.0.0.1:31092,127.0.0.1:32092,127.0.0.1:33092 SLUICE_ADMIN_URL=http://127.0.0.1:31644
 for _ in $(seq 150); do [ "$("$BIN" cluster info 2>/dev/null | grep -c ' live$')" -ge 3 ] && break; sleep 0.2; done
 "$BIN" cluster info
-for rf in 1 3; do
+# CPU seconds (user + system) the three brokers have used so far.
+broker_cpu() {
+    local ticks=0 pid
+    for pid in $(jobs -p); do ticks=$(( ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat") )); done
+    echo "scale=2; $ticks / $(getconf CLK_TCK)" | bc
+}
+for rf in ${TOPICS:-1 3}; do
     "$BIN" topic create "rf$rf" --partitions 8 --replication-factor "$rf" --config min.insync.replicas=$(( rf > 1 ? 2 : 1 ))
     sleep 1
+    before=$(broker_cpu)
     "$BIN" bench produce --topic "rf$rf" --record-size "$SIZE" --duration "${SECS}s" --acks all --in-flight "$INFLIGHT"
+    echo "  broker CPU s   $(echo "$(broker_cpu) - $before" | bc) (three brokers)"
+    # Each run starts with no dirty pages of the one before: deleting the topic drops its files
+    # (and their unwritten pages), so the next run is not measured while the kernel writes back
+    # gigabytes of the previous one.
+    "$BIN" topic delete "rf$rf" > /dev/null
+    sync
+    sleep 1
 done
