@@ -472,16 +472,31 @@ def test_a_rename_mirror_copies_committed_records_exactly_once_across_kill9(make
     # nothing twice.
     import threading
 
-    producing = threading.Thread(target=lambda: [produce_mixed(source, "orders", f"b{i}", count=100) for i in range(4)])
-    producing.start()  # 250 committed records each
-    time.sleep(1.0)
+    # The source is written in rounds of 250 committed records until the target is back, so the
+    # kill lands mid-stream however fast the machine is (a fixed number of rounds could all be done).
+    rounds: list[int] = []
+    stop = threading.Event()
+
+    def produce_until_stopped():
+        for i in range(40):
+            if stop.is_set():
+                return
+            produce_mixed(source, "orders", f"b{i}", count=100)
+            rounds.append(i)
+
+    producing = threading.Thread(target=produce_until_stopped)
+    producing.start()
+    wait_for(lambda: len(rounds) >= 1, "a first round of source writes", timeout=60, every=0.05)
     assert producing.is_alive(), "the kill must land while the source is still being written"
     target.kill9()
     target.start()
+    stop.set()
     producing.join(120)
-    want = committed_values(source, "orders", 1500)
-    assert sum(map(len, want.values())) == 1500
-    have = committed_values(target, "east.orders", 1501)
+    assert not producing.is_alive()
+    total = 500 + 250 * len(rounds)
+    want = committed_values(source, "orders", total)
+    assert sum(map(len, want.values())) == total
+    have = committed_values(target, "east.orders", total + 1)
     local = [r for rs in have.values() for r in rs if r[1] == b"local write"]
     assert len(local) == 1
     have = {p: [r for r in rs if r[1] != b"local write"] for p, rs in have.items()}
