@@ -51,9 +51,6 @@ const EPOCHS_VERSION: i16 = 3;
 const RETRY: Duration = Duration::from_millis(200);
 /// How much longer than its own wait a follower's fetch may take before the connection is dropped.
 const FETCH_GRACE: Duration = Duration::from_secs(10);
-/// Largest copy buffer a follower keeps between answers (a partition's answer is at most
-/// `replica.fetch.max.bytes`, 1 MiB by default).
-const SCRATCH_KEEP_BYTES: usize = 8 << 20;
 /// Batches of ISR changes in flight to the controller at once (it has four write lanes per peer);
 /// proposals that arrive meanwhile wait and go in the next batch.
 const ISR_BATCHES_IN_FLIGHT: usize = 4;
@@ -468,9 +465,6 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
     let mut paused: HashMap<(String, i32), tokio::time::Instant> = HashMap::new();
     let mut failures = 0u32;
     let mut round = 0usize;
-    // The batches of one partition's answer, copied out of the response for the append (which
-    // takes them mutably): kept between answers, so that the copy reuses its memory.
-    let mut scratch: Vec<u8> = Vec::new();
     loop {
         if failures > 0 {
             let pause = RETRY * failures.min(10);
@@ -555,7 +549,7 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
                 else {
                     continue;
                 };
-                if !copy(&broker, target, answer, &mut settled, &mut scratch).await {
+                if !copy(&broker, target, answer, &mut settled).await {
                     paused.insert(target.key(), tokio::time::Instant::now() + RETRY);
                 }
             }
@@ -570,13 +564,12 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, addr: String, mut targets:
 /// The append runs on this worker thread when it is a page-cache copy (`Broker::file_calls`, as a
 /// leader's appends do): handing each partition's append to a blocking thread cost two thread
 /// switches per partition per fetch, which is what a profile of RF=3 produce spent a third of its
-/// samples on (BENCHMARKS.md, "Replication").
+/// samples on (BENCHMARKS.md, "Replication"). It appends from the response's buffer as it came.
 async fn copy(
     broker: &Broker,
     target: &Target,
     answer: kafka_protocol::messages::fetch_response::PartitionData,
     settled: &mut HashMap<(String, i32), i32>,
-    scratch: &mut Vec<u8>,
 ) -> bool {
     let partition = &target.partition;
     let (topic, index) = (partition.topic.as_str(), partition.index);
@@ -613,15 +606,10 @@ async fn copy(
     let records = answer.records.unwrap_or_default();
     let whole = whole_batches(&records);
     if whole > 0 {
-        scratch.clear();
-        scratch.extend_from_slice(&records[..whole]);
         let epoch = target.leader_epoch;
         let now = crate::now_ms();
         let quick = partition.append_is_quick(whole, now);
-        let appended = broker.file_calls().run(quick, || partition.append_as_follower(scratch.as_mut_slice(), epoch, now));
-        if scratch.capacity() > SCRATCH_KEEP_BYTES {
-            *scratch = Vec::new();
-        }
+        let appended = broker.file_calls().run(quick, || partition.append_as_follower(&records[..whole], epoch, now));
         if let Err(error) = appended {
             tracing::warn!(topic, partition = index, %error, "cannot append the leader's batches; checking the log against the leader again");
             settled.remove(&target.key());

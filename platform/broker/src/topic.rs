@@ -441,7 +441,7 @@ impl Partition {
     /// A follower's copy of the leader's batches, in leader epoch `epoch`: refused once this broker
     /// leads the partition or follows it in another epoch, and unless the batches continue the log
     /// exactly where it ends (a stale reply after a truncation would leave a hole). Blocking file I/O.
-    pub(crate) fn append_as_follower(&self, batches: &mut [u8], epoch: i32, now_ms: i64) -> Result<AppendResult, StorageError> {
+    pub(crate) fn append_as_follower(&self, batches: &[u8], epoch: i32, now_ms: i64) -> Result<AppendResult, StorageError> {
         let mut log = self.log.write();
         if self.is_leader() || self.leader_epoch() != epoch {
             return Err(StorageError::NotLeader(format!(
@@ -457,7 +457,7 @@ impl Partition {
                 first.base_offset
             )));
         }
-        let result = log.append(batches, AppendMode::PreserveOffsets, now_ms)?;
+        let result = log.append_preserved(batches, now_ms)?;
         // Published before the lock goes: see `log_end_offset`.
         let end = result.last_offset + 1;
         self.log_end.send_if_modified(|e| raise(e, end));

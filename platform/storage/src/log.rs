@@ -504,101 +504,128 @@ impl PartitionLog {
 
     /// Appends a buffer of concatenated batches: validates all of them first (nothing is written if
     /// any fails), checks idempotent sequences, assigns or checks offsets, then writes the buffer to
-    /// the active segment in one write (rolling first when due).
+    /// the active segment in one write (rolling first when due). Assigning offsets rewrites the
+    /// batches' headers in place; [`PartitionLog::append_preserved`] is the same append for batches
+    /// whose offsets are set already, from a buffer it does not modify.
     pub fn append(&mut self, batches: &mut [u8], mode: AppendMode, now_ms: i64) -> Result<AppendResult, StorageError> {
+        let AppendMode::AssignOffsets { leader_epoch } = mode else {
+            return self.append_preserved(batches, now_ms);
+        };
+        self.checked_append(batches.len(), |log, validated| {
+            batch::validate(batches, log.config.max_batch_bytes, Origin::Client, validated)?;
+            log.assign_and_write(batches, leader_epoch, now_ms, validated)
+        })
+    }
+
+    /// Appends batches whose offsets were assigned elsewhere (a leader's, for a follower; a source
+    /// cluster's, for a mirror), as they are: each must start at or after the log's end, in
+    /// increasing order (gaps are allowed: the source may have compacted or deleted records).
+    pub fn append_preserved(&mut self, batches: &[u8], now_ms: i64) -> Result<AppendResult, StorageError> {
+        self.checked_append(batches.len(), |log, validated| {
+            // `max.message.bytes` limits producers. These batches were accepted under the limit of
+            // the cluster that assigned their offsets and must not be refused here for a smaller
+            // one; the whole append stays bounded by APPEND_BYTES_MAX.
+            batch::validate(batches, u32::try_from(APPEND_BYTES_MAX).unwrap_or(u32::MAX), Origin::Replica, validated)?;
+            let log_end = log.log_end_offset();
+            let mut lowest = log_end;
+            for (i, batch) in validated.iter().enumerate() {
+                let header = &batch.header;
+                if header.base_offset < lowest {
+                    return Err(StorageError::InvalidRecord(format!(
+                        "batch {i} has base offset {}; offsets must be at least {lowest} (log end offset {log_end}) and strictly increasing",
+                        header.base_offset
+                    )));
+                }
+                let Some(last) = header.base_offset.checked_add(i64::from(header.last_offset_delta)).filter(|l| *l < i64::MAX) else {
+                    return Err(StorageError::InvalidRecord(format!("batch {i} has offsets beyond the largest offset")));
+                };
+                lowest = last + 1;
+            }
+            log.write_validated(batches, validated, -1, now_ms)
+        })
+    }
+
+    /// The checks every append makes on its size, then `append` with the log's kept scratch vector
+    /// for the validated batches.
+    fn checked_append(
+        &mut self,
+        len: usize,
+        append: impl FnOnce(&mut PartitionLog, &mut Vec<ValidatedBatch>) -> Result<AppendResult, StorageError>,
+    ) -> Result<AppendResult, StorageError> {
         self.ensure_writable()?;
-        if batches.is_empty() {
+        if len == 0 {
             return Err(StorageError::InvalidRecord("the append holds no record batches".to_string()));
         }
-        if batches.len() > APPEND_BYTES_MAX {
-            return Err(StorageError::RecordTooLarge { size: batches.len(), max: APPEND_BYTES_MAX as u32 });
+        if len > APPEND_BYTES_MAX {
+            return Err(StorageError::RecordTooLarge { size: len, max: APPEND_BYTES_MAX as u32 });
         }
         let mut validated = mem::take(&mut self.scratch);
         validated.clear();
-        let result = self.append_validated(batches, mode, now_ms, &mut validated);
+        let result = append(self, &mut validated);
         self.scratch = validated;
         result
     }
 
-    fn append_validated(
+    /// A producer's append: timestamps and sequences checked, offsets (and the leader epoch, and
+    /// LogAppendTime where the topic uses it) written into the batches, then the write.
+    fn assign_and_write(
         &mut self,
         batches: &mut [u8],
-        mode: AppendMode,
+        leader_epoch: i32,
         now_ms: i64,
-        validated: &mut Vec<ValidatedBatch>,
+        validated: &mut [ValidatedBatch],
     ) -> Result<AppendResult, StorageError> {
-        let origin = match mode {
-            AppendMode::AssignOffsets { .. } => Origin::Client,
-            AppendMode::PreserveOffsets => Origin::Replica,
-        };
-        // `max.message.bytes` limits producers. Batches with their offsets assigned elsewhere (a
-        // mirror's source) were accepted there under that cluster's limit and must not be refused
-        // here for a smaller one; the whole append stays bounded by APPEND_BYTES_MAX.
-        let max_batch_bytes = match origin {
-            Origin::Client => self.config.max_batch_bytes,
-            Origin::Replica => u32::try_from(APPEND_BYTES_MAX).unwrap_or(u32::MAX),
-        };
-        batch::validate(batches, max_batch_bytes, origin, validated)?;
         let log_end = self.log_end_offset();
         let mut log_append_time = -1;
-        match mode {
-            AppendMode::AssignOffsets { leader_epoch } => {
-                if self.config.timestamp_type == TimestampType::CreateTime {
-                    self.check_timestamps(validated, now_ms)?;
-                }
-                if let Some(duplicate) = self.check_sequences(validated)? {
-                    return Ok(AppendResult {
-                        base_offset: duplicate.first_offset,
-                        last_offset: duplicate.last_offset,
-                        log_append_time: -1,
-                        log_start_offset: self.log_start_offset,
-                        record_count: 0,
-                        byte_count: 0,
-                        duplicate: true,
-                    });
-                }
-                let stamp = self.config.timestamp_type == TimestampType::LogAppendTime;
-                if stamp {
-                    log_append_time = now_ms;
-                }
-                let mut next = log_end;
-                let mut position = 0usize;
-                for batch in validated.iter_mut() {
-                    let size = batch.header.total_size();
-                    let last = next.checked_add(i64::from(batch.header.last_offset_delta)).filter(|l| *l < i64::MAX);
-                    let (Some(bytes), Some(last)) = (batches.get_mut(position..position + size), last) else {
-                        return Err(StorageError::InvalidRecord(format!("offsets are exhausted at {next}")));
-                    };
-                    batch::set_base_offset(bytes, next);
-                    batch::set_partition_leader_epoch(bytes, leader_epoch);
-                    batch.header.base_offset = next;
-                    batch.header.partition_leader_epoch = leader_epoch;
-                    if stamp {
-                        batch::set_log_append_time(bytes, now_ms);
-                        batch.header = BatchHeader::parse(bytes).unwrap_or(batch.header);
-                        batch.max_timestamp_offset_delta = 0;
-                    }
-                    next = last + 1;
-                    position += size;
-                }
-            }
-            AppendMode::PreserveOffsets => {
-                let mut lowest = log_end;
-                for (i, batch) in validated.iter().enumerate() {
-                    let header = &batch.header;
-                    if header.base_offset < lowest {
-                        return Err(StorageError::InvalidRecord(format!(
-                            "batch {i} has base offset {}; offsets must be at least {lowest} (log end offset {log_end}) and strictly increasing",
-                            header.base_offset
-                        )));
-                    }
-                    let Some(last) = header.base_offset.checked_add(i64::from(header.last_offset_delta)).filter(|l| *l < i64::MAX) else {
-                        return Err(StorageError::InvalidRecord(format!("batch {i} has offsets beyond the largest offset")));
-                    };
-                    lowest = last + 1;
-                }
-            }
+        if self.config.timestamp_type == TimestampType::CreateTime {
+            self.check_timestamps(validated, now_ms)?;
         }
+        if let Some(duplicate) = self.check_sequences(validated)? {
+            return Ok(AppendResult {
+                base_offset: duplicate.first_offset,
+                last_offset: duplicate.last_offset,
+                log_append_time: -1,
+                log_start_offset: self.log_start_offset,
+                record_count: 0,
+                byte_count: 0,
+                duplicate: true,
+            });
+        }
+        let stamp = self.config.timestamp_type == TimestampType::LogAppendTime;
+        if stamp {
+            log_append_time = now_ms;
+        }
+        let mut next = log_end;
+        let mut position = 0usize;
+        for batch in validated.iter_mut() {
+            let size = batch.header.total_size();
+            let last = next.checked_add(i64::from(batch.header.last_offset_delta)).filter(|l| *l < i64::MAX);
+            let (Some(bytes), Some(last)) = (batches.get_mut(position..position + size), last) else {
+                return Err(StorageError::InvalidRecord(format!("offsets are exhausted at {next}")));
+            };
+            batch::set_base_offset(bytes, next);
+            batch::set_partition_leader_epoch(bytes, leader_epoch);
+            batch.header.base_offset = next;
+            batch.header.partition_leader_epoch = leader_epoch;
+            if stamp {
+                batch::set_log_append_time(bytes, now_ms);
+                batch.header = BatchHeader::parse(bytes).unwrap_or(batch.header);
+                batch.max_timestamp_offset_delta = 0;
+            }
+            next = last + 1;
+            position += size;
+        }
+        self.write_validated(batches, validated, log_append_time, now_ms)
+    }
+
+    /// Writes validated batches (their offsets final) and says what was appended.
+    fn write_validated(
+        &mut self,
+        batches: &[u8],
+        validated: &[ValidatedBatch],
+        log_append_time: i64,
+        now_ms: i64,
+    ) -> Result<AppendResult, StorageError> {
         self.write_batches(batches, validated, now_ms)?;
         let (Some(first), Some(last)) = (validated.first(), validated.last()) else {
             return Err(StorageError::InvalidRecord("the append holds no record batches".to_string()));
