@@ -72,6 +72,9 @@ pub struct Broker {
     reconciled: watch::Sender<u64>,
     /// Whether this broker has caught up with the quorum since it started: see [`Broker::caught_up`].
     caught_up: watch::Sender<bool>,
+    /// Since when each internal topic the quorum lacks has been found missing (`cluster`'s
+    /// fallback for a cluster whose lowest-id broker does not create it).
+    internal_topics_missing: Mutex<std::collections::BTreeMap<&'static str, std::time::Instant>>,
     /// This process's registration with the quorum (new at every start): until the quorum's state
     /// holds it, that state may predate this process and the broker leads nothing.
     incarnation: OnceLock<u128>,
@@ -179,6 +182,7 @@ impl Broker {
             runtime: OnceLock::new(),
             reconciled: watch::channel(0).0,
             caught_up: watch::channel(false).0,
+            internal_topics_missing: Mutex::new(std::collections::BTreeMap::new()),
             incarnation: OnceLock::new(),
             fetchers: crate::replication::Fetchers::default(),
             isr_proposals: crate::replication::IsrProposals::default(),
@@ -867,6 +871,22 @@ impl Broker {
     /// have moved since, an old ISR, and on a cluster's first start its own directory's cluster id.
     /// Clients are answered only once this holds (ApiVersions excepted). It stays true while the
     /// process runs: later, a broker trails the quorum by moments, as in Kafka.
+    /// Since when the quorum has lacked the internal topic `name`, as this broker saw it (`missing`:
+    /// it lacks it now; `false` forgets the time).
+    pub(crate) fn internal_topic_missing_since(&self, name: &'static str, missing: bool) -> Option<std::time::Instant> {
+        let mut since = self.internal_topics_missing.lock();
+        if !missing {
+            since.remove(name);
+            return None;
+        }
+        Some(*since.entry(name).or_insert_with(std::time::Instant::now))
+    }
+
+    /// Whether the quorum lacks an internal topic, as this broker last saw it.
+    pub(crate) fn internal_topics_missing(&self) -> bool {
+        !self.internal_topics_missing.lock().is_empty()
+    }
+
     pub fn caught_up(&self) -> bool {
         *self.caught_up.borrow()
     }

@@ -34,6 +34,8 @@ use crate::topic::{INTERNAL_TOPICS, PLUGINS_TOPIC, is_internal_topic};
 const PLACE_WAIT: Duration = Duration::from_secs(10);
 /// How often topics from before the quorum are offered to it again after a failed hand-over.
 const ADOPT_RETRY: Duration = Duration::from_secs(1);
+/// How often a broker looks again, with no metadata change, at internal topics the quorum lacks.
+const INTERNAL_TOPIC_RECHECK: Duration = Duration::from_secs(5);
 
 /// Waits for `work` from blocking code: a handler's `blocking` section, a spawn_blocking task, a
 /// runtime's own thread, or (moved off it first) an async worker thread. The broker's runtime is
@@ -253,8 +255,12 @@ pub(crate) async fn follow(broker: Arc<Broker>, controller: Arc<Controller>) {
                 }
             }
         }
+        // An internal topic the quorum lacks is looked at again even when nothing changes, so that
+        // the fallback of `proposes_internal_topic` comes due.
         if retry {
             let _ = tokio::time::timeout(ADOPT_RETRY, changes.changed()).await;
+        } else if broker.internal_topics_missing() {
+            let _ = tokio::time::timeout(INTERNAL_TOPIC_RECHECK, changes.changed()).await;
         } else if changes.changed().await.is_err() {
             return;
         }
@@ -315,9 +321,12 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     }
     broker.follow_coordinator_partition();
     let mut adopt = Vec::new();
-    if current && registered {
-        for name in INTERNAL_TOPICS.iter().filter(|name| !topics.contains_key(**name)) {
-            adopt.extend(create_internal_topic(broker, &addresses, name));
+    if current && registered && broker.is_clustered() {
+        for name in INTERNAL_TOPICS {
+            let missing_since = broker.internal_topic_missing_since(name, !topics.contains_key(name));
+            if let Some(since) = missing_since {
+                adopt.extend(create_internal_topic(broker, &addresses, name, since.elapsed()));
+            }
         }
     }
     for topic in broker.topics() {
@@ -363,13 +372,36 @@ fn reconcile(broker: &Arc<Broker>, controller: &Controller) -> Vec<Command> {
     adopt
 }
 
+/// How long the quorum may lack an internal topic before brokers other than the lowest-id live one
+/// propose it: during a rolling upgrade that broker may run a version that does not know the topic.
+pub(crate) const INTERNAL_TOPIC_FALLBACK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether this broker proposes an internal topic the quorum has lacked for `missing_for`: the live
+/// broker with the lowest id at once, any other after [`INTERNAL_TOPIC_FALLBACK`]. Two proposals
+/// cannot both create it: the quorum applies the first and refuses the next (the name exists).
+fn proposes_internal_topic(node: i32, live: &std::collections::BTreeMap<i32, String>, missing_for: std::time::Duration) -> bool {
+    live.keys().next() == Some(&node) || (live.contains_key(&node) && missing_for >= INTERNAL_TOPIC_FALLBACK)
+}
+
 /// The command that creates one of the [`INTERNAL_TOPICS`] (`__sluice_coordinator`, see
 /// `coordinator`; `__sluice_plugins`, see `sluice_runtime::deployment_log`), once the cluster has as many live
-/// brokers as its replicas need: proposed by the live broker with the lowest id, its replicas the
+/// brokers as its replicas need: proposed as [`proposes_internal_topic`] says, its replicas the
 /// lowest live ids (the first its preferred leader).
-fn create_internal_topic(broker: &Broker, live: &std::collections::BTreeMap<i32, String>, name: &str) -> Option<Command> {
-    if !broker.is_clustered() || live.keys().next() != Some(&broker.node_id()) {
+fn create_internal_topic(
+    broker: &Broker,
+    live: &std::collections::BTreeMap<i32, String>,
+    name: &str,
+    missing_for: std::time::Duration,
+) -> Option<Command> {
+    if !broker.is_clustered() || !proposes_internal_topic(broker.node_id(), live, missing_for) {
         return None;
+    }
+    if live.keys().next() != Some(&broker.node_id()) {
+        tracing::warn!(
+            topic = name,
+            missing_s = missing_for.as_secs(),
+            "the cluster still lacks an internal topic the lowest-id live broker should have created (an older version?): proposing it"
+        );
     }
     let factor = COORDINATOR_REPLICATION_FACTOR.min(broker.config().controller_voters().len());
     if live.len() < factor {
@@ -477,4 +509,25 @@ fn apply_topic(broker: &Broker, node: i32, quorum: u64, up_to_date: bool, name: 
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::{INTERNAL_TOPIC_FALLBACK, proposes_internal_topic};
+
+    #[test]
+    fn the_lowest_live_broker_creates_internal_topics_and_the_others_only_when_it_does_not() {
+        let live: BTreeMap<i32, String> = [(1, "a".to_string()), (2, "b".to_string()), (3, "c".to_string())].into();
+        assert!(proposes_internal_topic(1, &live, Duration::ZERO));
+        assert!(!proposes_internal_topic(2, &live, Duration::ZERO));
+        assert!(!proposes_internal_topic(3, &live, INTERNAL_TOPIC_FALLBACK - Duration::from_millis(1)));
+        // A rolling upgrade: broker 1 runs a version that does not know the topic.
+        assert!(proposes_internal_topic(2, &live, INTERNAL_TOPIC_FALLBACK));
+        assert!(proposes_internal_topic(3, &live, INTERNAL_TOPIC_FALLBACK));
+        // A broker that is not live (fenced) never proposes.
+        assert!(!proposes_internal_topic(4, &live, INTERNAL_TOPIC_FALLBACK * 10));
+    }
 }
