@@ -517,6 +517,11 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// The state of partition `index` of `topic`, if the quorum has it.
+    pub fn partition(&self, topic: &str, index: i32) -> Option<&PartitionState> {
+        self.topics.get(topic)?.partitions.get(usize::try_from(index).ok()?)
+    }
+
     /// Applies the command committed at log `index`.
     /// One ISR change (validated): applied only while its proposer still leads the partition in the
     /// epochs it saw, and only to replicas of the partition, a joining one alive.

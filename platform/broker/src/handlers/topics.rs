@@ -212,7 +212,7 @@ pub(crate) fn alter_partition_reassignments(
                 .iter()
                 .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
                 .filter_map(|(topic, index)| {
-                    let state = m.topics.get(&topic)?.partitions.get(usize::try_from(index).ok()?)?;
+                    let state = m.partition(&topic, index)?;
                     Some(((topic, index), state.original_replicas().len()))
                 })
                 .collect()

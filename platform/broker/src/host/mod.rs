@@ -266,7 +266,7 @@ impl Host {
             return self.leads(topic, partition).then(|| self.broker.node_id());
         };
         controller.with_metadata(|m, _| {
-            let state = m.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)?;
+            let state = m.partition(topic, partition)?;
             (state.leader != sluice_cluster::NO_LEADER).then_some(state.leader)
         })
     }

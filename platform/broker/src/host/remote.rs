@@ -137,8 +137,7 @@ impl Peers {
             Target::Leader(topic, index) => (*topic, *index),
         };
         self.controller.with_metadata(|m, _| {
-            let state = m.topics.get(topic).and_then(|t| usize::try_from(index).ok().and_then(|p| t.partitions.get(p)));
-            let Some(state) = state else { return Err(format!("the controller does not know {topic}-{index}")) };
+            let Some(state) = m.partition(topic, index) else { return Err(format!("the controller does not know {topic}-{index}")) };
             if state.leader == NO_LEADER {
                 return Err(format!("{topic}-{index} has no leader"));
             }
