@@ -865,12 +865,6 @@ impl Broker {
         });
     }
 
-    /// Whether this broker has applied the quorum's state up to its own registration (Kafka's
-    /// "caught up with the metadata log"): only then is its view of the cluster newer than this
-    /// process. Before that, a restarted broker's view is the one it had when it died: leaders that
-    /// have moved since, an old ISR, and on a cluster's first start its own directory's cluster id.
-    /// Clients are answered only once this holds (ApiVersions excepted). It stays true while the
-    /// process runs: later, a broker trails the quorum by moments, as in Kafka.
     /// Since when the quorum has lacked the internal topic `name`, as this broker saw it (`missing`:
     /// it lacks it now; `false` forgets the time).
     pub(crate) fn internal_topic_missing_since(&self, name: &'static str, missing: bool) -> Option<std::time::Instant> {
@@ -887,6 +881,12 @@ impl Broker {
         !self.internal_topics_missing.lock().is_empty()
     }
 
+    /// Whether this broker has applied the quorum's state up to its own registration (Kafka's
+    /// "caught up with the metadata log"): only then is its view of the cluster newer than this
+    /// process. Before that, a restarted broker's view is the one it had when it died: leaders that
+    /// have moved since, an old ISR, and on a cluster's first start its own directory's cluster id.
+    /// Clients are answered only once this holds (ApiVersions excepted). It stays true while the
+    /// process runs: later, a broker trails the quorum by moments, as in Kafka.
     pub fn caught_up(&self) -> bool {
         *self.caught_up.borrow()
     }

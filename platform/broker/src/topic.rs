@@ -399,11 +399,10 @@ impl Partition {
         self.replicas.lock()
     }
 
-    /// The exclusive end of the log.
-    /// The log's end. Every write publishes the new end before it releases the log's lock, so a
-    /// read of the log (which takes the lock) never returns records beyond what this says. A
-    /// follower's next fetch offset is what it read: were the end published after the lock went, a
-    /// follower could ask from an offset this still put beyond the end and be refused with
+    /// The exclusive end of the log. Every write publishes the new end before it releases the log's
+    /// lock, so a read of the log (which takes the lock) never returns records beyond what this
+    /// says. A follower's next fetch offset is what it read: were the end published after the lock
+    /// went, a follower could ask from an offset this still put beyond the end and be refused with
     /// OFFSET_OUT_OF_RANGE — it then paused and re-checked its epochs, and every acks=all write
     /// waited for it (the 500 ms stalls of RF=3 produce in BENCHMARKS.md).
     pub(crate) fn log_end_offset(&self) -> i64 {
