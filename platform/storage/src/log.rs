@@ -920,20 +920,9 @@ impl PartitionLog {
         let offset = self.log_end_offset();
         batch::set_base_offset(&mut bytes, offset);
         batch::set_partition_leader_epoch(&mut bytes, leader_epoch);
-        let mut validated = mem::take(&mut self.scratch);
-        validated.clear();
-        let written = batch::validate(&bytes, u32::MAX, Origin::Replica, &mut validated)
-            .and_then(|()| self.write_batches(&bytes, &validated, now_ms));
-        self.scratch = validated;
-        written?;
-        Ok(AppendResult {
-            base_offset: offset,
-            last_offset: offset,
-            log_append_time: -1,
-            log_start_offset: self.log_start_offset,
-            record_count: 1,
-            byte_count: bytes.len() as u64,
-            duplicate: false,
+        self.checked_append(bytes.len(), |log, validated| {
+            batch::validate(&bytes, u32::MAX, Origin::Replica, validated)?;
+            log.write_validated(&bytes, validated, -1, now_ms)
         })
     }
 
